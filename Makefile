@@ -1,0 +1,38 @@
+# Signoff: `make run` (embedded default, demo data) and `make test` (PostgreSQL + Redis).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PORT ?= 8000
+export PORT
+
+.PHONY: install run test lint bench services-check clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(PY) manage.py migrate --noinput
+	$(PY) manage.py seed_demo
+	$(PY) manage.py runall --port $(PORT)
+
+services-check: install
+	$(PY) -m tests.services
+
+test: install services-check
+	$(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+bench: install services-check
+	$(PY) bench/engine.py
+
+clean:
+	rm -rf $(VENV) var staticfiles

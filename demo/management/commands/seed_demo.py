@@ -1,0 +1,49 @@
+"""Create the demo users and groups (idempotent)."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+from django.core.management.base import BaseCommand
+from rest_framework.authtoken.models import Token
+
+USERS = [
+    # username, superuser, groups
+    ("admin", True, []),
+    ("alice", False, []),
+    ("bob", False, ["managers"]),
+    ("carol", False, ["finance"]),
+]
+
+
+class Command(BaseCommand):
+    help = "Create demo users admin, alice, bob, carol and groups managers, finance."
+
+    def handle(self, *args: object, **options: object) -> None:
+        User = get_user_model()  # noqa: N806
+        password = settings.DEMO_PASSWORD
+        for group in ("managers", "finance"):
+            Group.objects.get_or_create(name=group)
+        for username, superuser, groups in USERS:
+            user, created = User.objects.get_or_create(
+                username=username, defaults={"email": f"{username}@example.com"}
+            )
+            if created:
+                user.set_password(password)
+            user.is_staff = superuser
+            user.is_superuser = superuser
+            user.save()
+            user.groups.add(*Group.objects.filter(name__in=groups))
+            Token.objects.get_or_create(user=user)
+        base = settings.SIGNOFF_BASE_URL
+        self.stdout.write(self.style.SUCCESS("Demo users ready."))
+        self.stdout.write(
+            f"  Log in at {base}/admin/ as admin, alice, bob or carol with the password from\n"
+            f"  DEMO_PASSWORD (default 'signoff-demo').\n"
+            "  API token:  python manage.py drf_create_token alice\n"
+            f"  Start a workflow:\n"
+            f"    curl -X POST {base}/api/v1/instances/ -H 'Authorization: Token <token>' \\\n"
+            "      -H 'Content-Type: application/json' \\\n"
+            "      -d '{\"workflow\": \"customer_onboarding\", \"input\": {\"customer\": \"ACME\"}}'"
+        )

@@ -1,0 +1,1 @@
+"""Outbound email and webhooks arrive with later issues."""

@@ -1,0 +1,404 @@
+"""Workflow definitions: the Python DSL and the registry.
+
+A workflow is a set of steps with dependencies (``after=[...]``): sequences, parallel branches
+(fan-out) and joins (fan-in). Each step has a *kind*. This module knows the ``task`` kind (a
+Python function run by a Celery worker); other apps add kinds (``approval``, ``signal``,
+``timer``) by subclassing :class:`StepSpec` and registering a :class:`StepKind` handler with
+:func:`orchestration.kinds.register_kind`.
+
+Example::
+
+    onboarding = Workflow("customer_onboarding", version=1, deadline=timedelta(hours=1))
+
+    @onboarding.task(retry=RetryPolicy(max_attempts=5))
+    def create_account(ctx: StepContext) -> dict:
+        return {"account": ctx.input["customer"]}
+
+    @onboarding.task(after=["create_account"], when=lambda ctx: ctx.input.get("plan") != "free")
+    def enable_billing(ctx: StepContext) -> dict: ...
+
+    registry.register(onboarding)
+"""
+
+from __future__ import annotations
+
+import keyword
+import random
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import jsonschema
+
+NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,99}$")
+
+
+class DefinitionError(ValueError):
+    """A workflow definition is invalid. The message names the workflow and the step."""
+
+
+class NonRetryableError(Exception):
+    """Raise from a step to fail it at once, whatever its retry policy says."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How the engine retries a failing task step (never the step's own code).
+
+    The delay before attempt ``n + 1`` is ``initial_interval * backoff_coefficient ** (n - 1)``,
+    capped at ``max_interval``, then multiplied by a random factor in ``[1 - jitter, 1]`` so
+    that many steps failing together do not retry in lockstep.
+    """
+
+    max_attempts: int = 3
+    initial_interval: timedelta = timedelta(seconds=1)
+    backoff_coefficient: float = 2.0
+    max_interval: timedelta = timedelta(seconds=100)
+    non_retryable: tuple[type[BaseException] | str, ...] = ()
+    jitter: float = 0.2
+
+    def problems(self) -> list[str]:
+        found = []
+        if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
+            found.append(f"max_attempts must be an integer >= 1, got {self.max_attempts!r}")
+        if not isinstance(self.initial_interval, timedelta) or self.initial_interval < timedelta(0):
+            found.append("initial_interval must be a non-negative timedelta")
+        if not isinstance(self.max_interval, timedelta) or self.max_interval < timedelta(0):
+            found.append("max_interval must be a non-negative timedelta")
+        elif isinstance(self.initial_interval, timedelta) and self.max_interval < self.initial_interval:
+            found.append("max_interval must not be shorter than initial_interval")
+        if not isinstance(self.backoff_coefficient, int | float) or self.backoff_coefficient < 1:
+            found.append(f"backoff_coefficient must be >= 1, got {self.backoff_coefficient!r}")
+        if not isinstance(self.jitter, int | float) or not 0 <= self.jitter < 1:
+            found.append(f"jitter must be in [0, 1), got {self.jitter!r}")
+        for item in self.non_retryable:
+            if not (isinstance(item, str) or (isinstance(item, type) and issubclass(item, BaseException))):
+                found.append(f"non_retryable entries must be exception classes or names, got {item!r}")
+        return found
+
+    def delay(self, failed_attempt: int, rng: random.Random | None = None) -> timedelta:
+        """The wait after attempt number ``failed_attempt`` (counted from 1) failed."""
+        base = self.initial_interval.total_seconds() * self.backoff_coefficient ** max(
+            failed_attempt - 1, 0
+        )
+        capped = min(base, self.max_interval.total_seconds())
+        factor = 1.0 - (rng or random).random() * self.jitter
+        return timedelta(seconds=capped * factor)
+
+    def is_retryable(self, error: BaseException) -> bool:
+        if isinstance(error, NonRetryableError):
+            return False
+        for item in self.non_retryable:
+            if isinstance(item, type) and isinstance(error, item):
+                return False
+            if isinstance(item, str):
+                for klass in type(error).__mro__:
+                    if item in (klass.__name__, f"{klass.__module__}.{klass.__qualname__}"):
+                        return False
+        return True
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "max_attempts": self.max_attempts,
+            "initial_interval": self.initial_interval.total_seconds(),
+            "backoff_coefficient": self.backoff_coefficient,
+            "max_interval": self.max_interval.total_seconds(),
+            "non_retryable": [
+                item if isinstance(item, str) else f"{item.__module__}.{item.__qualname__}"
+                for item in self.non_retryable
+            ],
+            "jitter": self.jitter,
+        }
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What a step function (or a ``when`` predicate) sees.
+
+    ``outputs`` holds the outputs of the instance's finished steps by step name. The
+    ``idempotency_key`` is the same for every attempt of this step of this instance: pass it
+    to external systems so a retried call is applied once.
+    """
+
+    instance_id: str
+    workflow: str
+    version: int
+    step: str
+    attempt: int
+    input: Mapping[str, Any]
+    outputs: Mapping[str, Any]
+    business_key: str = ""
+
+    @property
+    def idempotency_key(self) -> str:
+        return f"{self.instance_id}:{self.step}"
+
+
+Predicate = Callable[[StepContext], bool]
+
+
+@dataclass
+class StepSpec:
+    """One step of a definition. Subclasses add kinds; ``kind`` selects the engine handler."""
+
+    name: str
+    after: tuple[str, ...] = ()
+    when: Predicate | None = None
+    kind: str = "task"
+
+    def problems(self) -> list[str]:
+        return []
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "after": list(self.after),
+                "conditional": self.when is not None}
+
+
+@dataclass
+class TaskStep(StepSpec):
+    """A Python function run by a Celery worker, retried by the engine from ``retry``."""
+
+    fn: Callable[[StepContext], Any] | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    start_to_close: timedelta = timedelta(minutes=5)
+    schedule_to_close: timedelta | None = None
+    queue: str | None = None
+    # Room for the saga issue: a function undoing this step, given its output.
+    compensate: Callable[[StepContext, Any], Any] | None = None
+    kind: str = "task"
+
+    def problems(self) -> list[str]:
+        found = list(self.retry.problems()) if isinstance(self.retry, RetryPolicy) else [
+            "retry must be a RetryPolicy"
+        ]
+        if not callable(self.fn):
+            found.append("fn must be callable")
+        if not isinstance(self.start_to_close, timedelta) or self.start_to_close <= timedelta(0):
+            found.append("start_to_close must be a positive timedelta")
+        if self.schedule_to_close is not None and (
+            not isinstance(self.schedule_to_close, timedelta)
+            or self.schedule_to_close <= timedelta(0)
+        ):
+            found.append("schedule_to_close must be a positive timedelta")
+        if self.queue is not None and not (isinstance(self.queue, str) and self.queue):
+            found.append("queue must be a non-empty string")
+        return found
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            **super().describe(),
+            "retry": self.retry.describe(),
+            "start_to_close": self.start_to_close.total_seconds(),
+            "schedule_to_close": (
+                self.schedule_to_close.total_seconds() if self.schedule_to_close else None
+            ),
+            "queue": self.queue,
+        }
+
+
+class Workflow:
+    """A workflow definition: a name, a version and a graph of steps."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        version: int = 1,
+        description: str = "",
+        deadline: timedelta | None = None,
+        input_schema: Mapping[str, Any] | None = None,
+        output: Callable[[StepContext], Any] | None = None,
+    ) -> None:
+        self.name = name
+        self.version = version
+        self.description = description
+        self.deadline = deadline
+        self.input_schema = dict(input_schema) if input_schema is not None else None
+        self.output_fn = output
+        self.steps: dict[str, StepSpec] = {}
+        self._order: list[str] | None = None
+
+    def __repr__(self) -> str:
+        return f"<Workflow {self.name} v{self.version}>"
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} v{self.version}"
+
+    # -- building ---------------------------------------------------------------------------
+    def add(self, spec: StepSpec) -> StepSpec:
+        if spec.name in self.steps:
+            raise DefinitionError(f"{self.label}: duplicate step name {spec.name!r}")
+        self.steps[spec.name] = spec
+        self._order = None
+        return spec
+
+    def task(
+        self,
+        fn: Callable[[StepContext], Any] | None = None,
+        *,
+        name: str | None = None,
+        after: Iterable[str] = (),
+        when: Predicate | None = None,
+        retry: RetryPolicy | None = None,
+        start_to_close: timedelta = timedelta(minutes=5),
+        schedule_to_close: timedelta | None = None,
+        queue: str | None = None,
+    ) -> Any:
+        """Declare a task step; usable as ``@wf.task`` or ``@wf.task(after=[...])``."""
+
+        def decorate(func: Callable[[StepContext], Any]) -> Callable[[StepContext], Any]:
+            self.add(
+                TaskStep(
+                    name=name or func.__name__,
+                    after=_names(after),
+                    when=when,
+                    fn=func,
+                    retry=retry if retry is not None else RetryPolicy(),
+                    start_to_close=start_to_close,
+                    schedule_to_close=schedule_to_close,
+                    queue=queue,
+                )
+            )
+            return func
+
+        return decorate(fn) if fn is not None else decorate
+
+    # -- reading ----------------------------------------------------------------------------
+    def order(self) -> list[str]:
+        """Step names in a stable topological order (declaration order among equals)."""
+        if self._order is None:
+            self._order = _toposort(self)
+        return self._order
+
+    def dependents(self) -> dict[str, list[str]]:
+        result: dict[str, list[str]] = {name: [] for name in self.steps}
+        for spec in self.steps.values():
+            for dep in spec.after:
+                result[dep].append(spec.name)
+        return result
+
+    def leaves(self) -> list[str]:
+        dependents = self.dependents()
+        return [name for name in self.order() if not dependents[name]]
+
+    def validate(self) -> None:
+        """Raise :class:`DefinitionError` naming the first problem found."""
+        if not isinstance(self.name, str) or not NAME_RE.match(self.name):
+            raise DefinitionError(
+                f"workflow name {self.name!r} must be lower case letters, digits and _"
+            )
+        if not isinstance(self.version, int) or isinstance(self.version, bool) or self.version < 1:
+            raise DefinitionError(f"{self.name}: version must be an integer >= 1")
+        if not self.steps:
+            raise DefinitionError(f"{self.label}: a workflow needs at least one step")
+        if self.deadline is not None and (
+            not isinstance(self.deadline, timedelta) or self.deadline <= timedelta(0)
+        ):
+            raise DefinitionError(f"{self.label}: deadline must be a positive timedelta")
+        if self.input_schema is not None:
+            try:
+                jsonschema.Draft202012Validator.check_schema(self.input_schema)
+            except jsonschema.SchemaError as exc:
+                raise DefinitionError(f"{self.label}: invalid input_schema: {exc.message}") from exc
+        for spec in self.steps.values():
+            where = f"{self.label}: step {spec.name!r}"
+            if not NAME_RE.match(spec.name) or keyword.iskeyword(spec.name):
+                raise DefinitionError(f"{where}: name must be lower case letters, digits and _")
+            for dep in spec.after:
+                if dep not in self.steps:
+                    raise DefinitionError(f"{where} depends on unknown step {dep!r}")
+                if dep == spec.name:
+                    raise DefinitionError(f"{where} depends on itself")
+            if len(set(spec.after)) != len(spec.after):
+                raise DefinitionError(f"{where} lists a dependency twice")
+            if spec.when is not None and not callable(spec.when):
+                raise DefinitionError(f"{where}: when must be callable")
+            problems = spec.problems()
+            if problems:
+                raise DefinitionError(f"{where}: {problems[0]}")
+        self._order = _toposort(self)
+
+    def validate_input(self, data: Any) -> list[str]:
+        """Problems with a start input; empty when it is valid."""
+        if not isinstance(data, dict):
+            return ["input must be a JSON object"]
+        if self.input_schema is None:
+            return []
+        validator = jsonschema.Draft202012Validator(self.input_schema)
+        errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
+        return [
+            (("/".join(str(p) for p in e.absolute_path) + ": ") if e.absolute_path else "")
+            + e.message
+            for e in errors[:20]
+        ]
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "description": self.description,
+            "deadline": self.deadline.total_seconds() if self.deadline else None,
+            "input_schema": self.input_schema,
+            "steps": [self.steps[name].describe() for name in self.order()],
+        }
+
+
+def _names(after: Iterable[str] | str) -> tuple[str, ...]:
+    if isinstance(after, str):
+        return (after,)
+    return tuple(after)
+
+
+def _toposort(workflow: Workflow) -> list[str]:
+    declared = list(workflow.steps)
+    indegree = {name: len(workflow.steps[name].after) for name in declared}
+    dependents = workflow.dependents()
+    ready = [name for name in declared if indegree[name] == 0]
+    order: list[str] = []
+    while ready:
+        name = ready.pop(0)
+        order.append(name)
+        for child in dependents[name]:
+            indegree[child] -= 1
+            if indegree[child] == 0:
+                ready.append(child)
+        ready.sort(key=declared.index)
+    if len(order) != len(declared):
+        stuck = [name for name in declared if name not in order]
+        raise DefinitionError(
+            f"{workflow.label}: dependency cycle through step {stuck[0]!r} ({', '.join(stuck)})"
+        )
+    return order
+
+
+class Registry:
+    """Definitions by ``(name, version)``. New instances use the newest version."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[tuple[str, int], Workflow] = {}
+
+    def register(self, workflow: Workflow, *, replace: bool = False) -> Workflow:
+        workflow.validate()
+        key = (workflow.name, workflow.version)
+        if key in self._by_key and not replace and self._by_key[key] is not workflow:
+            raise DefinitionError(f"{workflow.label} is already registered")
+        self._by_key[key] = workflow
+        return workflow
+
+    def unregister(self, name: str, version: int) -> None:
+        self._by_key.pop((name, version), None)
+
+    def get(self, name: str, version: int | None = None) -> Workflow | None:
+        if version is not None:
+            return self._by_key.get((name, version))
+        versions = [v for (n, v) in self._by_key if n == name]
+        return self._by_key[(name, max(versions))] if versions else None
+
+    def all(self) -> list[Workflow]:
+        return [self._by_key[key] for key in sorted(self._by_key)]
+
+
+registry = Registry()

@@ -1,0 +1,634 @@
+"""The engine: every write to instances and steps goes through these services.
+
+Shape of each service (house style, trait 3): ``transaction.atomic()`` → lock the instance row
+with ``select_for_update`` (the instance row is the lock for the instance *and all its steps*,
+so locks are always taken in one order and parallel branches serialize on it) → check → django-
+fsm transitions → one event per state change → write → doorbells (Celery messages) after commit.
+
+Public services are keyword-only and return plain values; they raise
+:class:`~orchestration.errors.SignoffError` subclasses for business errors and change nothing
+when they do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import traceback
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.db.models import Subquery
+from django.utils import timezone
+
+from . import kinds
+from .definitions import StepContext, StepSpec, TaskStep, Workflow, registry
+from .errors import Conflict, InvalidInput, NotFound
+from .journal import Doorbell, Journal, ring_doorbells
+from .models import (
+    STEP_ACTIVE,
+    STEP_DONE,
+    STEP_RETRYABLE,
+    InstanceState,
+    StepRun,
+    StepState,
+    WorkflowInstance,
+)
+
+log = logging.getLogger("signoff.engine")
+
+I = InstanceState  # noqa: E741
+S = StepState
+MAX_KEY_LENGTH = 200
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def _lock_instance(instance_id: Any, *, skip_locked: bool = False) -> WorkflowInstance | None:
+    qs = WorkflowInstance.objects.select_for_update(skip_locked=skip_locked)
+    return qs.filter(pk=instance_id).first()
+
+
+def _lock_instance_of_step(step_run_id: int) -> WorkflowInstance | None:
+    owner = StepRun.objects.filter(pk=step_run_id).values("instance_id")
+    return WorkflowInstance.objects.select_for_update().filter(pk=Subquery(owner)).first()
+
+
+def _steps(instance: WorkflowInstance) -> dict[str, StepRun]:
+    return {s.name: s for s in StepRun.objects.filter(instance=instance)}
+
+
+def definition_of(instance: WorkflowInstance) -> Workflow | None:
+    return registry.get(instance.workflow, instance.version)
+
+
+def error_info(exc: BaseException) -> dict[str, str]:
+    klass = type(exc)
+    return {
+        "type": f"{klass.__module__}.{klass.__qualname__}",
+        "message": str(exc)[:2000],
+        "traceback": "".join(traceback.format_exception(exc))[-8000:],
+    }
+
+
+def _context(instance: WorkflowInstance, steps: dict[str, StepRun], step: StepRun) -> StepContext:
+    return StepContext(
+        instance_id=str(instance.pk),
+        workflow=instance.workflow,
+        version=instance.version,
+        step=step.name,
+        attempt=max(step.attempt, 1),
+        input=instance.input,
+        outputs={name: s.output for name, s in steps.items() if s.state == S.SUCCEEDED},
+        business_key=instance.business_key,
+    )
+
+
+def _jsonable(value: Any) -> Any:
+    """Round-trip through JSON so what is stored is exactly what later steps read."""
+    return json.loads(json.dumps(value))
+
+
+def request_fingerprint(payload: dict[str, Any]) -> str:
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+# -- the task kind ------------------------------------------------------------------------------
+
+
+def step_schedule(step: StepRun, spec: StepSpec, journal: Journal, *, retry: bool = False) -> None:
+    """Move a ready task step to ``scheduled`` and ring its doorbell after commit."""
+    now = journal.now
+    step.schedule()
+    step.scheduled_at = now
+    step.next_attempt_at = now
+    step.rung_at = now
+    step.started_at = None
+    step.timeout_at = None
+    if isinstance(spec, TaskStep) and spec.schedule_to_close is not None:
+        step.close_by = now + spec.schedule_to_close
+    else:
+        step.close_by = None
+    journal.record("step_scheduled", step=step, data={"retry": True} if retry else None)
+    journal.ring(step, queue=getattr(spec, "queue", None), time_limit=_time_limit(spec))
+
+
+def _time_limit(spec: StepSpec) -> float | None:
+    if isinstance(spec, TaskStep):
+        return spec.start_to_close.total_seconds()
+    return None
+
+
+class TaskKind:
+    name = "task"
+
+    def ready(self, *, step_run: StepRun, spec: StepSpec, journal: Journal, now: datetime) -> None:
+        step_schedule(step_run, spec, journal)
+
+    def cancelled(
+        self, *, step_run: StepRun, spec: StepSpec, journal: Journal, now: datetime
+    ) -> None:
+        pass
+
+
+kinds.register_kind(TaskKind())
+
+
+# -- advancing ----------------------------------------------------------------------------------
+
+
+def _advance(instance: WorkflowInstance, steps: dict[str, StepRun], definition: Workflow,
+             journal: Journal) -> None:
+    """Start every pending step whose dependencies are done; finish the instance when all are.
+
+    Runs under the instance lock, so two branches finishing at once schedule a join once.
+    """
+    if instance.state != I.RUNNING:
+        return
+    for name in definition.order():
+        step = steps[name]
+        if step.state != S.PENDING:
+            continue
+        spec = definition.steps[name]
+        if any(steps[dep].state not in STEP_DONE for dep in spec.after):
+            continue
+        if spec.when is not None:
+            try:
+                go = bool(spec.when(_context(instance, steps, step)))
+            except Exception as exc:  # noqa: BLE001 - a broken predicate fails the step
+                step.fail()
+                step.error = error_info(exc)
+                step.finished_at = journal.now
+                journal.record("step_failed", step=step,
+                               data={"reason": "when_raised", "error": step.error})
+                _fail_instance(instance, steps, definition, journal,
+                               {"step": name, **step.error})
+                return
+            if not go:
+                step.skip()
+                step.finished_at = journal.now
+                journal.record("step_skipped", step=step, data={"reason": "when_false"})
+                continue
+        kinds.get_kind(spec.kind).ready(step_run=step, spec=spec, journal=journal,
+                                        now=journal.now)
+    if all(s.state in STEP_DONE for s in steps.values()):
+        _succeed_instance(instance, steps, definition, journal)
+
+
+def _succeed_instance(instance: WorkflowInstance, steps: dict[str, StepRun],
+                      definition: Workflow, journal: Journal) -> None:
+    if definition.output_fn is not None:
+        last = steps[definition.order()[-1]]
+        output = _jsonable(definition.output_fn(_context(instance, steps, last)))
+    else:
+        output = {
+            name: steps[name].output for name in definition.leaves()
+            if steps[name].state == S.SUCCEEDED
+        }
+    instance.succeed(output)
+    instance.finished_at = journal.now
+    journal.record("instance_succeeded")
+
+
+def _fail_instance(instance: WorkflowInstance, steps: dict[str, StepRun], definition: Workflow,
+                   journal: Journal, error: dict[str, Any]) -> None:
+    """Fail the instance; cancel what waits to run. Running attempts finish and are recorded,
+    but nothing new is scheduled."""
+    instance.fail(error)
+    instance.finished_at = journal.now
+    for step in steps.values():
+        if step.state in (S.SCHEDULED, S.RETRYING, S.WAITING):
+            _cancel_step(step, definition, journal, reason="instance_failed")
+    journal.record("instance_failed", data={"error": error})
+
+
+def _cancel_step(step: StepRun, definition: Workflow | None, journal: Journal, *,
+                 reason: str) -> None:
+    step.cancel()
+    step.finished_at = journal.now
+    step.next_attempt_at = None
+    step.timeout_at = None
+    journal.record("step_cancelled", step=step, data={"reason": reason})
+    spec = definition.steps.get(step.name) if definition else None
+    if spec is not None:
+        kinds.get_kind(spec.kind).cancelled(step_run=step, spec=spec, journal=journal,
+                                            now=journal.now)
+
+
+def _attempt_failed(instance: WorkflowInstance, steps: dict[str, StepRun], step: StepRun,
+                    spec: StepSpec | None, definition: Workflow | None, journal: Journal,
+                    error: dict[str, Any], *, retryable: bool, reason: str) -> None:
+    """Apply the retry policy to a failed or timed-out attempt (step is ``running`` or
+    ``timed_out``)."""
+    now = journal.now
+    step.error = error
+    step.timeout_at = None
+    policy = spec.retry if isinstance(spec, TaskStep) else None
+    used = step.attempt - step.attempt_base
+    why = reason
+    if not retryable:
+        why = "non_retryable"
+    elif policy is None:
+        why = "no_retry_policy"
+    elif used >= policy.max_attempts:
+        why = "attempts_exhausted"
+    elif instance.state != I.RUNNING:
+        why = f"instance_{instance.state}"
+    else:
+        next_at = now + policy.delay(used)
+        if step.close_by is not None and next_at >= step.close_by:
+            why = "schedule_to_close"
+        else:
+            failed_attempt = step.attempt
+            step.retry_later()
+            step.next_attempt_at = next_at
+            step.rung_at = now
+            step.started_at = None
+            journal.record("step_retrying", step=step, attempt=failed_attempt, data={
+                "reason": reason, "error": error, "next_attempt": step.attempt,
+                "next_attempt_at": next_at.isoformat(),
+                "delay": round((next_at - now).total_seconds(), 3),
+            })
+            journal.ring(step, eta=next_at, queue=getattr(spec, "queue", None),
+                         time_limit=_time_limit(spec) if spec else None)
+            return
+    if step.state == S.RUNNING:
+        step.fail()
+        step.finished_at = now
+        journal.record("step_failed", step=step, data={"reason": why, "error": error})
+    else:  # timed_out stays the terminal state; its event was written by the caller
+        step.finished_at = now
+        journal.touch(step)
+    if instance.state == I.RUNNING and definition is not None:
+        _fail_instance(instance, steps, definition, journal,
+                       {"step": step.name, "reason": why, **error})
+
+
+# -- starting -----------------------------------------------------------------------------------
+
+
+def instance_start(
+    *,
+    workflow: str,
+    input: dict[str, Any] | None = None,
+    business_key: str = "",
+    idempotency_key: str | None = None,
+    version: int | None = None,
+    started_by: Any = None,
+    actor: str = "system",
+) -> tuple[WorkflowInstance, bool]:
+    """Start an instance; returns ``(instance, created)``.
+
+    With an ``idempotency_key``: the same key and the same request return the first instance
+    (``created`` False); the same key with another request raises :class:`Conflict`. Unknown
+    workflow or invalid input raise :class:`InvalidInput` and write nothing. Writes the
+    instance, its steps and ``instance_started`` plus the first steps' events in one
+    transaction; their doorbells ring after commit.
+    """
+    input = {} if input is None else input
+    if not isinstance(workflow, str) or not workflow:
+        raise InvalidInput("workflow must be a non-empty string", code="invalid")
+    definition = registry.get(workflow, version)
+    if definition is None:
+        known = registry.get(workflow) is not None
+        raise InvalidInput(
+            f"workflow {workflow!r} has no version {version}" if known and version
+            else f"unknown workflow {workflow!r}",
+            code="unknown_workflow",
+        )
+    problems = definition.validate_input(input)
+    if problems:
+        raise InvalidInput("invalid input: " + "; ".join(problems), code="invalid_input",
+                           errors={"input": problems})
+    if not isinstance(business_key, str) or len(business_key) > 200:
+        raise InvalidInput("business_key must be a string of at most 200 characters")
+    if idempotency_key is not None and (
+        not isinstance(idempotency_key, str) or not idempotency_key.strip()
+        or len(idempotency_key) > MAX_KEY_LENGTH
+    ):
+        raise InvalidInput(f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters",
+                           code="invalid_idempotency_key")
+    fingerprint = request_fingerprint(
+        {"workflow": workflow, "version": version, "input": input, "business_key": business_key}
+    )
+    if idempotency_key is not None:
+        existing = _same_key(workflow, idempotency_key, fingerprint)
+        if existing is not None:
+            return existing, False
+    try:
+        with transaction.atomic():
+            return _create(definition, input, business_key, idempotency_key, fingerprint,
+                           started_by, actor), True
+    except IntegrityError:
+        # Two requests with one key raced; the loser answers like a repeat.
+        if idempotency_key is None:
+            raise
+        existing = _same_key(workflow, idempotency_key, fingerprint)
+        if existing is None:
+            raise
+        return existing, False
+
+
+def _same_key(workflow: str, key: str, fingerprint: str) -> WorkflowInstance | None:
+    existing = WorkflowInstance.objects.filter(workflow=workflow, idempotency_key=key).first()
+    if existing is not None and existing.request_hash != fingerprint:
+        raise Conflict(
+            f"Idempotency-Key {key!r} was used for another request (instance {existing.pk})",
+            code="idempotency_conflict",
+        )
+    return existing
+
+
+def _create(definition: Workflow, input: dict[str, Any], business_key: str,
+            idempotency_key: str | None, fingerprint: str, started_by: Any,
+            actor: str) -> WorkflowInstance:
+    now = timezone.now()
+    instance = WorkflowInstance(
+        workflow=definition.name, version=definition.version, input=_jsonable(input),
+        business_key=business_key, idempotency_key=idempotency_key, request_hash=fingerprint,
+        started_by=started_by if getattr(started_by, "pk", None) else None,
+        created_at=now, updated_at=now,
+    )
+    journal = Journal(instance, actor=actor, now=now)
+    instance.start()
+    instance.started_at = now
+    if definition.deadline is not None:
+        instance.deadline_at = now + definition.deadline
+    steps = {
+        name: StepRun(instance=instance, name=name, kind=definition.steps[name].kind,
+                      position=position)
+        for position, name in enumerate(definition.order())
+    }
+    journal.record("instance_started", data={
+        "workflow": definition.name, "version": definition.version,
+        "business_key": business_key,
+    })
+    _advance(instance, steps, definition, journal)
+    journal.flush(created_steps=list(steps.values()))
+    return instance
+
+
+# -- running a task step (called by the Celery task) ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class Claimed:
+    spec: TaskStep
+    context: StepContext
+
+
+def step_claim(*, step_run_id: int, attempt: int) -> Claimed | None:
+    """Claim attempt ``attempt`` of a step: ``scheduled``/``retrying`` → ``running``.
+
+    Returns None (and changes nothing) for a duplicate or stale message: the step is not
+    waiting for exactly this attempt, its backoff has not elapsed, or its instance is not
+    running. Writes ``step_started``.
+    """
+    with transaction.atomic():
+        instance = _lock_instance_of_step(step_run_id)
+        if instance is None or instance.state != I.RUNNING:
+            return None
+        steps = _steps(instance)
+        step = next((s for s in steps.values() if s.pk == step_run_id), None)
+        if step is None or step.attempt != attempt or step.state not in (S.SCHEDULED, S.RETRYING):
+            return None
+        journal = Journal(instance, actor="worker")
+        now = journal.now
+        if step.next_attempt_at is not None and step.next_attempt_at > now + timedelta(seconds=1):
+            return None  # an early message; its own doorbell or the sweeper comes back
+        definition = definition_of(instance)
+        spec = definition.steps.get(step.name) if definition else None
+        step.claim()
+        step.started_at = now
+        if not isinstance(spec, TaskStep):
+            # A deploy removed this definition: fail the attempt; the policy may retry.
+            step.timeout_at = None
+            journal.record("step_started", step=step)
+            _attempt_failed(instance, steps, step, spec, definition, journal, {
+                "type": "signoff.DefinitionMissing",
+                "message": f"{instance.workflow} v{instance.version} step {step.name!r} "
+                           "is not registered in this worker",
+                "traceback": "",
+            }, retryable=spec is not None, reason="definition_missing")
+            journal.flush()
+            return None
+        step.timeout_at = now + spec.start_to_close
+        if step.close_by is not None:
+            step.timeout_at = min(step.timeout_at, step.close_by)
+        journal.record("step_started", step=step)
+        journal.flush()
+        return Claimed(spec=spec, context=_context(instance, steps, step))
+
+
+def step_complete(*, step_run_id: int, attempt: int, output: Any) -> bool:
+    """Record a successful attempt and advance the instance. Ignores (returns False) a result
+    for an attempt that is no longer running, e.g. one the timeout sweeper gave up on."""
+    output = _jsonable(output)
+    with transaction.atomic():
+        instance = _lock_instance_of_step(step_run_id)
+        if instance is None:
+            return False
+        steps = _steps(instance)
+        step = next((s for s in steps.values() if s.pk == step_run_id), None)
+        if step is None or step.state != S.RUNNING or step.attempt != attempt:
+            log.info("result of step %s attempt %s ignored (no longer running)", step_run_id,
+                     attempt)
+            return False
+        journal = Journal(instance, actor="worker")
+        step.succeed(output)
+        step.finished_at = journal.now
+        step.timeout_at = None
+        journal.record("step_succeeded", step=step)
+        definition = definition_of(instance)
+        if definition is not None:
+            _advance(instance, steps, definition, journal)
+        journal.flush()
+        return True
+
+
+def step_fail(*, step_run_id: int, attempt: int, error: BaseException,
+              error_data: dict[str, Any] | None = None) -> bool:
+    """Record a failed attempt and apply the retry policy: ``retrying`` with a backoff, or
+    ``failed`` (non-retryable, exhausted, past schedule-to-close) which fails the instance."""
+    info = error_data or error_info(error)
+    with transaction.atomic():
+        instance = _lock_instance_of_step(step_run_id)
+        if instance is None:
+            return False
+        steps = _steps(instance)
+        step = next((s for s in steps.values() if s.pk == step_run_id), None)
+        if step is None or step.state != S.RUNNING or step.attempt != attempt:
+            return False
+        journal = Journal(instance, actor="worker")
+        definition = definition_of(instance)
+        spec = definition.steps.get(step.name) if definition else None
+        retryable = spec.retry.is_retryable(error) if isinstance(spec, TaskStep) else False
+        _attempt_failed(instance, steps, step, spec, definition, journal, info,
+                        retryable=retryable, reason="error")
+        journal.flush()
+        return True
+
+
+def step_execute(*, step_run_id: int, attempt: int) -> str:
+    """Run one attempt of a task step: claim, call the function outside any transaction,
+    record the outcome. Safe to call twice with the same arguments: the second claim fails."""
+    claimed = step_claim(step_run_id=step_run_id, attempt=attempt)
+    if claimed is None:
+        return "stale"
+    fn = claimed.spec.fn
+    assert fn is not None
+    try:
+        output = _jsonable(fn(claimed.context))
+    except Exception as exc:  # noqa: BLE001 - every step error is the engine's to handle
+        step_fail(step_run_id=step_run_id, attempt=attempt, error=exc)
+        return "failed"
+    step_complete(step_run_id=step_run_id, attempt=attempt, output=output)
+    return "succeeded"
+
+
+# -- operator and API actions --------------------------------------------------------------------
+
+
+def instance_cancel(*, instance_id: Any, actor: str = "system", reason: str = "") -> WorkflowInstance:
+    """Cancel an instance that has not finished (or a failed one). Cancels its open steps;
+    running attempts finish but their results are ignored. Raises :class:`Conflict` when the
+    instance already finished."""
+    with transaction.atomic():
+        instance = _lock_instance(instance_id)
+        if instance is None:
+            raise NotFound("instance not found")
+        if instance.state not in (I.PENDING, I.RUNNING, I.FAILED):
+            raise Conflict(f"instance is {instance.state}; it cannot be cancelled",
+                           code="invalid_state")
+        journal = Journal(instance, actor=actor)
+        definition = definition_of(instance)
+        steps = _steps(instance)
+        for step in steps.values():
+            if step.state in (S.PENDING, *STEP_ACTIVE):
+                _cancel_step(step, definition, journal, reason="instance_cancelled")
+        instance.cancel()
+        instance.finished_at = journal.now
+        journal.record("instance_cancelled", data={"reason": reason} if reason else None)
+        journal.flush()
+        return instance
+
+
+def instance_retry(*, instance_id: Any, actor: str = "system") -> WorkflowInstance:
+    """Retry a failed instance from its failed, timed-out or cancelled steps, each with a
+    fresh retry budget and schedule-to-close window. Raises :class:`Conflict` unless the
+    instance is ``failed``."""
+    with transaction.atomic():
+        instance = _lock_instance(instance_id)
+        if instance is None:
+            raise NotFound("instance not found")
+        if instance.state != I.FAILED:
+            raise Conflict(f"instance is {instance.state}; only failed instances can be retried",
+                           code="invalid_state")
+        definition = definition_of(instance)
+        if definition is None:
+            raise Conflict(f"{instance.workflow} v{instance.version} is not registered",
+                           code="definition_missing")
+        journal = Journal(instance, actor=actor)
+        steps = _steps(instance)
+        instance.retry()
+        if definition.deadline is not None:
+            instance.deadline_at = journal.now + definition.deadline
+        journal.record("instance_retried")
+        for name in definition.order():
+            step = steps[name]
+            if step.state in STEP_RETRYABLE:
+                step.attempt_base = step.attempt
+                spec = definition.steps[name]
+                if spec.kind == "task":
+                    step_schedule(step, spec, journal, retry=True)
+                else:
+                    kinds.get_kind(spec.kind).ready(step_run=step, spec=spec, journal=journal,
+                                                    now=journal.now)
+        _advance(instance, steps, definition, journal)
+        journal.flush()
+        return instance
+
+
+# -- sweepers' per-row services -----------------------------------------------------------------
+
+
+def step_ring_again(*, step_run_id: int, older_than: datetime) -> bool:
+    """Re-ring the doorbell of a step still ``scheduled``/``retrying`` whose due time and last
+    ring are before ``older_than`` (its message was lost). Skips a locked instance."""
+    with transaction.atomic():
+        owner = StepRun.objects.filter(pk=step_run_id).values("instance_id")
+        instance = (WorkflowInstance.objects.select_for_update(skip_locked=True)
+                    .filter(pk=Subquery(owner)).first())
+        if instance is None or instance.state != I.RUNNING:
+            return False
+        step = StepRun.objects.filter(pk=step_run_id).first()
+        if (step is None or step.state not in (S.SCHEDULED, S.RETRYING)
+                or step.next_attempt_at is None or step.next_attempt_at > older_than
+                or (step.rung_at is not None and step.rung_at > older_than)):
+            return False
+        definition = definition_of(instance)
+        spec = definition.steps.get(step.name) if definition else None
+        StepRun.objects.filter(pk=step.pk).update(rung_at=timezone.now())
+        # Nothing changed state: no event and no instance write, only the doorbell.
+        bells = [Doorbell(step.pk, step.attempt, None, getattr(spec, "queue", None),
+                          _time_limit(spec) if spec else None)]
+        transaction.on_commit(lambda: ring_doorbells(bells))
+        return True
+
+
+def step_time_out(*, step_run_id: int) -> bool:
+    """Time out a ``running`` step past its start-to-close (or schedule-to-close) deadline
+    and apply its retry policy. Skips a locked instance."""
+    with transaction.atomic():
+        owner = StepRun.objects.filter(pk=step_run_id).values("instance_id")
+        instance = (WorkflowInstance.objects.select_for_update(skip_locked=True)
+                    .filter(pk=Subquery(owner)).first())
+        if instance is None:
+            return False
+        steps = _steps(instance)
+        step = next((s for s in steps.values() if s.pk == step_run_id), None)
+        journal = Journal(instance, actor="sweeper")
+        if (step is None or step.state != S.RUNNING or step.timeout_at is None
+                or step.timeout_at > journal.now):
+            return False
+        definition = definition_of(instance)
+        spec = definition.steps.get(step.name) if definition else None
+        past_close = step.close_by is not None and step.close_by <= journal.now
+        limit = "schedule_to_close" if past_close else "start_to_close"
+        step.time_out()
+        error = {"type": "signoff.StepTimeout",
+                 "message": f"attempt {step.attempt} exceeded {limit}", "traceback": ""}
+        journal.record("step_timed_out", step=step, data={"limit": limit})
+        _attempt_failed(instance, steps, step, spec, definition, journal, error,
+                        retryable=not past_close, reason="timed_out")
+        journal.flush()
+        return True
+
+
+def instance_expire(*, instance_id: Any) -> bool:
+    """Fail a running instance past its workflow deadline. Skips a locked instance."""
+    with transaction.atomic():
+        instance = _lock_instance(instance_id, skip_locked=True)
+        now = timezone.now()
+        if (instance is None or instance.state != I.RUNNING or instance.deadline_at is None
+                or instance.deadline_at > now):
+            return False
+        journal = Journal(instance, actor="sweeper", now=now)
+        definition = definition_of(instance)
+        steps = _steps(instance)
+        error = {"type": "signoff.DeadlineExceeded",
+                 "message": f"workflow deadline {instance.deadline_at.isoformat()} passed",
+                 "traceback": ""}
+        if definition is None:
+            instance.fail(error)
+            instance.finished_at = now
+            journal.record("instance_failed", data={"error": error})
+        else:
+            _fail_instance(instance, steps, definition, journal, error)
+        journal.flush()
+        return True

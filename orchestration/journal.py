@@ -1,0 +1,141 @@
+"""The journal of one engine transaction.
+
+Every engine service works on one instance whose row it holds locked. It changes the instance
+and its steps through transitions, and records on the journal what changed: the events (one per
+state change, numbered gap-free from the instance's ``last_seq``), the step rows to write and
+the doorbells to ring. :meth:`Journal.flush` writes it all in a few statements and arranges the
+doorbells and lifecycle announcements for after the commit, so a rolled-back transaction rings
+nothing and announces nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from django.db import connection, transaction
+from django.utils import timezone
+
+from .models import Event, StepRun, WorkflowInstance
+from .signals import event_committed
+
+log = logging.getLogger("signoff.engine")
+
+STEP_FIELDS = [
+    "state", "attempt", "attempt_base", "scheduled_at", "next_attempt_at", "rung_at",
+    "started_at", "finished_at", "timeout_at", "close_by", "output", "error",
+]
+INSTANCE_FIELDS = ["state", "output", "error", "deadline_at", "started_at", "finished_at",
+                   "updated_at", "last_seq"]
+
+
+@dataclass(frozen=True)
+class Doorbell:
+    step_run_id: int
+    attempt: int
+    eta: datetime | None
+    queue: str | None
+    time_limit: float | None
+
+
+class Journal:
+    def __init__(self, instance: WorkflowInstance, *, actor: str = "system",
+                 now: datetime | None = None) -> None:
+        if not connection.in_atomic_block:
+            raise RuntimeError("engine services must run inside transaction.atomic()")
+        self.instance = instance
+        self.actor = actor
+        self.now = now or timezone.now()
+        self.events: list[Event] = []
+        self.dirty: dict[int, StepRun] = {}
+        self._bells: list[tuple[StepRun, Doorbell]] = []
+
+    def record(self, type: str, *, step: StepRun | None = None, data: dict[str, Any] | None = None,
+               actor: str | None = None, attempt: int | None = None) -> Event:
+        """Append one event (and mark ``step`` for saving)."""
+        self.instance.last_seq += 1
+        event = Event(
+            instance=self.instance,
+            seq=self.instance.last_seq,
+            type=type,
+            step=step.name if step is not None else None,
+            attempt=attempt if attempt is not None else (step.attempt or None if step else None),
+            actor=actor or self.actor,
+            data=data or {},
+            at=self.now,
+        )
+        self.events.append(event)
+        if step is not None:
+            self.touch(step)
+        return event
+
+    def touch(self, step: StepRun) -> None:
+        self.dirty[id(step)] = step
+
+    def ring(self, step: StepRun, *, eta: datetime | None = None, queue: str | None = None,
+             time_limit: float | None = None) -> None:
+        """Ring the step's doorbell (send its Celery message) after the commit."""
+        self._bells.append((step, Doorbell(0, step.attempt, eta, queue, time_limit)))
+
+    def flush(self, *, created_steps: list[StepRun] | None = None) -> None:
+        """Write the instance, the steps and the events; schedule doorbells for after commit.
+
+        With ``created_steps`` the instance and its steps are new rows (one INSERT each).
+        """
+        self.instance.updated_at = self.now
+        if created_steps is not None:
+            self.instance.save(force_insert=True)
+            StepRun.objects.bulk_create(created_steps)
+        else:
+            self.instance.save(update_fields=INSTANCE_FIELDS)
+            dirty = list(self.dirty.values())
+            if len(dirty) == 1:
+                dirty[0].save(update_fields=STEP_FIELDS)
+            elif dirty:
+                StepRun.objects.bulk_update(dirty, STEP_FIELDS)
+        if self.events:
+            Event.objects.bulk_create(self.events)
+        # Step ids are known only now for new steps.
+        bells = [
+            Doorbell(step.pk, bell.attempt, bell.eta, bell.queue, bell.time_limit)
+            for step, bell in self._bells
+        ]
+        if bells:
+            transaction.on_commit(lambda: ring_doorbells(bells))
+        if self.events and event_committed.receivers:
+            events = list(self.events)
+            transaction.on_commit(lambda: _announce(events))
+
+
+def ring_doorbells(bells: list[Doorbell]) -> None:
+    """Send one Celery message per doorbell. A broker failure is logged, never raised: the
+    step is durable in the database and the doorbell sweeper rings again."""
+    from .tasks import run_step
+
+    for bell in bells:
+        options: dict[str, Any] = {
+            "retry": True,
+            "retry_policy": {"max_retries": 2, "interval_start": 0, "interval_step": 0.2},
+        }
+        if bell.eta is not None:
+            options["eta"] = bell.eta
+        if bell.queue:
+            options["queue"] = bell.queue
+        if bell.time_limit:
+            options["soft_time_limit"] = bell.time_limit
+            options["time_limit"] = bell.time_limit + 10
+        try:
+            run_step.apply_async((bell.step_run_id, bell.attempt), **options)
+        except Exception:  # noqa: BLE001 - the sweeper is the fallback
+            log.warning("doorbell for step %s attempt %s not rung; the sweeper will ring it",
+                        bell.step_run_id, bell.attempt, exc_info=True)
+
+
+def _announce(events: list[Event]) -> None:
+    for event in events:
+        try:
+            event_committed.send(sender=Event, event=event)
+        except Exception:  # noqa: BLE001 - a listener never breaks the engine
+            log.exception("event_committed receiver failed for %s", event.type)

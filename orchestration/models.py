@@ -1,0 +1,254 @@
+"""Durable state: workflow instances, their step runs and the append-only event history.
+
+Transitions only change the row (trait 2). The engine (``orchestration.engine``) locks the
+row, calls a transition, saves and appends the event in one transaction.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django_fsm import FSMField, FSMModelMixin, transition
+
+
+class InstanceState(models.TextChoices):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    COMPENSATING = "compensating"
+    COMPENSATED = "compensated"
+
+
+class StepState(models.TextChoices):
+    PENDING = "pending"
+    SCHEDULED = "scheduled"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    RETRYING = "retrying"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    WAITING = "waiting"
+    CANCELLED = "cancelled"
+    SKIPPED = "skipped"
+    COMPENSATING = "compensating"
+    COMPENSATED = "compensated"
+
+
+I = InstanceState  # noqa: E741 - short aliases keep the transition tables readable
+S = StepState
+
+INSTANCE_OPEN = [I.PENDING, I.RUNNING]
+INSTANCE_FINISHED = [I.SUCCEEDED, I.FAILED, I.CANCELLED, I.COMPENSATED]
+# A dependency is satisfied by these.
+STEP_DONE = [S.SUCCEEDED, S.SKIPPED]
+# A step in one of these still has work in flight or ahead of it.
+STEP_ACTIVE = [S.SCHEDULED, S.RUNNING, S.RETRYING, S.WAITING]
+# What a failed instance's retry picks up again.
+STEP_RETRYABLE = [S.FAILED, S.TIMED_OUT, S.CANCELLED]
+
+
+class WorkflowInstance(FSMModelMixin, models.Model):
+    """One execution of a workflow definition, pinned to the version it started on."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    workflow = models.CharField(max_length=100)
+    version = models.PositiveIntegerField()
+    state = FSMField(default=I.PENDING, choices=I.choices, protected=True)
+    input = models.JSONField(default=dict)
+    output = models.JSONField(null=True, blank=True)
+    error = models.JSONField(null=True, blank=True)
+    business_key = models.CharField(max_length=200, blank=True, default="")
+    idempotency_key = models.CharField(max_length=200, null=True, blank=True)
+    request_hash = models.CharField(max_length=64, blank=True, default="")
+    started_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    deadline_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField()
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField()
+    # Last event sequence number used; bumped under the row lock so history is gap-free.
+    last_seq = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["workflow", "idempotency_key"],
+                condition=Q(idempotency_key__isnull=False),
+                name="instance_idempotency_key_unique",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["state", "-created_at"], name="instance_state_created"),
+            models.Index(fields=["workflow", "-created_at"], name="instance_workflow_created"),
+            models.Index(fields=["business_key"], name="instance_business_key"),
+            models.Index(fields=["-created_at"], name="instance_created"),
+            # The deadline sweeper reads only running instances with a deadline.
+            models.Index(
+                fields=["deadline_at"], name="instance_running_deadline",
+                condition=Q(state="running", deadline_at__isnull=False),
+            ),
+        ]
+        permissions = [("operate_instance", "Can operate workflow instances (retry, cancel)")]
+
+    def __str__(self) -> str:
+        return f"{self.workflow} v{self.version} {self.id}"
+
+    # -- transitions --------------------------------------------------------------------------
+    @transition(field=state, source=I.PENDING, target=I.RUNNING)
+    def start(self) -> None:
+        pass
+
+    @transition(field=state, source=I.RUNNING, target=I.SUCCEEDED)
+    def succeed(self, output: Any = None) -> None:
+        self.output = output
+
+    @transition(field=state, source=[I.PENDING, I.RUNNING], target=I.FAILED)
+    def fail(self, error: dict[str, Any] | None = None) -> None:
+        self.error = error
+
+    @transition(field=state, source=[I.PENDING, I.RUNNING, I.FAILED], target=I.CANCELLED)
+    def cancel(self) -> None:
+        pass
+
+    @transition(field=state, source=I.FAILED, target=I.RUNNING)
+    def retry(self) -> None:
+        self.error = None
+        self.finished_at = None
+
+
+class StepRun(FSMModelMixin, models.Model):
+    """One step of one instance: its state machine, attempts, deadlines and result."""
+
+    instance = models.ForeignKey(WorkflowInstance, on_delete=models.CASCADE, related_name="steps")
+    name = models.CharField(max_length=100)
+    kind = models.CharField(max_length=20, default="task")
+    position = models.PositiveSmallIntegerField(default=0)  # topological order
+    state = FSMField(default=S.PENDING, choices=S.choices, protected=True)
+    attempt = models.PositiveIntegerField(default=0)
+    # Attempts made before the last operator retry; the policy counts from here.
+    attempt_base = models.PositiveIntegerField(default=0)
+    scheduled_at = models.DateTimeField(null=True, blank=True)
+    # When the current attempt may start (retry backoff); also the doorbell's due time.
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    # When the doorbell (Celery message) last rang.
+    rung_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    # Start-to-close of the running attempt (capped by schedule-to-close).
+    timeout_at = models.DateTimeField(null=True, blank=True)
+    # Schedule-to-close: no attempt may start or run past this.
+    close_by = models.DateTimeField(null=True, blank=True)
+    output = models.JSONField(null=True, blank=True)
+    error = models.JSONField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["instance", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["instance", "name"], name="steprun_instance_name"),
+        ]
+        indexes = [
+            # Doorbell sweeper: scheduled/retrying steps by due time.
+            models.Index(
+                fields=["next_attempt_at"], name="steprun_due_doorbell",
+                condition=Q(state__in=["scheduled", "retrying"]),
+            ),
+            # Timeout sweeper: running steps by their attempt deadline.
+            models.Index(
+                fields=["timeout_at"], name="steprun_running_timeout",
+                condition=Q(state="running"),
+            ),
+            models.Index(fields=["state"], name="steprun_state"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.state}, attempt {self.attempt})"
+
+    # -- transitions --------------------------------------------------------------------------
+    @transition(field=state, source=[S.PENDING, *STEP_RETRYABLE], target=S.SCHEDULED)
+    def schedule(self) -> None:
+        self.attempt += 1
+        self.error = None
+        self.finished_at = None
+
+    @transition(field=state, source=[S.SCHEDULED, S.RETRYING], target=S.RUNNING)
+    def claim(self) -> None:
+        pass
+
+    @transition(field=state, source=S.RUNNING, target=S.SUCCEEDED)
+    def succeed(self, output: Any = None) -> None:
+        self.output = output
+        self.error = None
+
+    @transition(field=state, source=[S.RUNNING, S.TIMED_OUT], target=S.RETRYING)
+    def retry_later(self) -> None:
+        self.attempt += 1
+
+    @transition(field=state, source=S.RUNNING, target=S.FAILED)
+    def fail(self) -> None:
+        pass
+
+    @transition(field=state, source=S.RUNNING, target=S.TIMED_OUT)
+    def time_out(self) -> None:
+        pass
+
+    @transition(field=state, source=S.PENDING, target=S.WAITING)
+    def wait(self) -> None:
+        pass
+
+    @transition(field=state, source=S.WAITING, target=S.SUCCEEDED)
+    def resolve(self, output: Any = None) -> None:
+        self.output = output
+
+    @transition(field=state, source=S.WAITING, target=S.FAILED)
+    def reject(self) -> None:
+        pass
+
+    @transition(field=state, source=[S.PENDING, *STEP_ACTIVE], target=S.CANCELLED)
+    def cancel(self) -> None:
+        pass
+
+    @transition(field=state, source=S.PENDING, target=S.SKIPPED)
+    def skip(self) -> None:
+        pass
+
+
+class Event(models.Model):
+    """Append-only history. ``seq`` counts from 1 per instance with no gaps."""
+
+    instance = models.ForeignKey(
+        WorkflowInstance, on_delete=models.CASCADE, related_name="events"
+    )
+    seq = models.PositiveIntegerField()
+    type = models.CharField(max_length=50)
+    step = models.CharField(max_length=100, null=True, blank=True)
+    attempt = models.PositiveIntegerField(null=True, blank=True)
+    actor = models.CharField(max_length=150, default="system")
+    data = models.JSONField(default=dict, blank=True)
+    at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["instance", "seq"]
+        constraints = [
+            models.UniqueConstraint(fields=["instance", "seq"], name="event_instance_seq"),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.seq} {self.type}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if not self._state.adding:
+            raise PermissionError("events are append-only")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> Any:
+        raise PermissionError("events are append-only")

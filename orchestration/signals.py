@@ -1,0 +1,7 @@
+"""Lifecycle announcements, sent after commit. ``integrations`` listens; the engine never waits
+on a listener."""
+
+from django.dispatch import Signal
+
+# Sent once per committed event with ``event`` (an ``orchestration.models.Event``).
+event_committed = Signal()

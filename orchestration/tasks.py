@@ -1,0 +1,33 @@
+"""Celery tasks: thin. They take ids, never model instances, and call one service.
+
+``run_step`` is idempotent: its claim is conditional on the step waiting for exactly this
+attempt, so a duplicate, stale or redelivered message does nothing. ``acks_late`` with
+``reject_on_worker_lost`` brings a killed worker's message back; the claim makes it harmless.
+"""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from . import engine, sweepers
+
+
+@shared_task(name="orchestration.run_step", acks_late=True, reject_on_worker_lost=True,
+             ignore_result=True)
+def run_step(step_run_id: int, attempt: int) -> str:
+    return engine.step_execute(step_run_id=step_run_id, attempt=attempt)
+
+
+@shared_task(name="orchestration.sweep_doorbells", ignore_result=True)
+def sweep_doorbells() -> int:
+    return sweepers.sweep_doorbells()
+
+
+@shared_task(name="orchestration.sweep_step_timeouts", ignore_result=True)
+def sweep_step_timeouts() -> int:
+    return sweepers.sweep_step_timeouts()
+
+
+@shared_task(name="orchestration.sweep_instance_deadlines", ignore_result=True)
+def sweep_instance_deadlines() -> int:
+    return sweepers.sweep_instance_deadlines()

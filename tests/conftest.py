@@ -1,0 +1,135 @@
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from django.conf import settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class WorkerProcess:
+    """A real Celery worker (prefork, 2 processes) in its own process group, on the test
+    database and the test Redis database."""
+
+    def __init__(self, db_name: str, concurrency: int = 2) -> None:
+        self.db_name = db_name
+        self.concurrency = concurrency
+        self.process: subprocess.Popen | None = None
+        self.log = ROOT / "var" / "test-worker.log"
+
+    def env(self) -> dict[str, str]:
+        db = settings.DATABASES["default"]
+        url = f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{self.db_name}"
+        env = dict(os.environ)
+        env.update({
+            "DJANGO_SETTINGS_MODULE": "tests.settings",
+            "SIGNOFF_TEST_DATABASE_URL": url,
+            "SIGNOFF_TEST_REDIS_URL": settings.CELERY_BROKER_URL,
+            "SIGNOFF_WORKFLOW_MODULES": ",".join(settings.SIGNOFF_WORKFLOW_MODULES),
+        })
+        return env
+
+    def start(self) -> None:
+        self.name = f"test-{time.monotonic_ns()}@localhost"
+        self.log.parent.mkdir(exist_ok=True)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "config", "worker", "-l", "INFO",
+             "-c", str(self.concurrency), "-Q", "signoff", "--without-gossip",
+             "--without-mingle", "-n", self.name],
+            cwd=ROOT, env=self.env(), stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"test worker exited; see {self.log}")
+            if self._ready():
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"test worker did not become ready; see {self.log}")
+
+    def _ready(self) -> bool:
+        from config.celery import app
+
+        replies = app.control.ping(destination=[self.name], timeout=0.5)
+        return any(self.name in reply for reply in replies)
+
+    def kill(self) -> None:
+        """SIGKILL the worker and its pool processes: no cleanup, no acks."""
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+@pytest.fixture(scope="session")
+def redis_client() -> redis.Redis:
+    return redis.Redis.from_url(settings.CELERY_BROKER_URL)
+
+
+@pytest.fixture(scope="session")
+def celery_worker_process(django_db_setup: Any, django_db_blocker: Any) -> Iterator[WorkerProcess]:
+    worker = WorkerProcess(settings.DATABASES["default"]["NAME"])
+    worker.start()
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture
+def worker(celery_worker_process: WorkerProcess, redis_client: redis.Redis,
+           transactional_db: Any) -> Iterator[WorkerProcess]:
+    """A running worker, an empty test queue, and committed (transactional) test data."""
+    if celery_worker_process.process.poll() is not None:
+        celery_worker_process.start()
+    redis_client.delete("signoff")
+    yield celery_worker_process
+    if celery_worker_process.process.poll() is not None:
+        celery_worker_process.start()
+
+
+def wait_for(condition: Callable[[], Any], *, timeout: float = 20.0, interval: float = 0.05,
+             sweep: bool = False, message: str = "condition") -> Any:
+    """Poll until ``condition()`` is truthy. With ``sweep`` the engine sweepers run each
+    round, standing in for beat."""
+    from orchestration import sweepers
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if sweep:
+            sweepers.sweep_all()
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {message}")
+        time.sleep(interval)
+
+
+@pytest.fixture
+def user(django_user_model: Any) -> Any:
+    return django_user_model.objects.create_user("alice", password="pw-alice-123")
+
+
+@pytest.fixture
+def staff(django_user_model: Any) -> Any:
+    return django_user_model.objects.create_user("ops", password="pw-ops-123", is_staff=True)

@@ -1,0 +1,42 @@
+"""`make test` runs this first: stop at once, with a message, when PostgreSQL or Redis is
+unreachable (the suite never skips for a missing service)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import psycopg
+import redis
+
+DB_URL = os.environ.get("SIGNOFF_TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/signoff")
+REDIS_URL = os.environ.get("SIGNOFF_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+def main() -> int:
+    problems = []
+    try:
+        # The test database is created by pytest-django; connect to the server's own one.
+        with psycopg.connect(DB_URL.rsplit("/", 1)[0] + "/postgres", connect_timeout=3):
+            pass
+    except Exception as exc:  # noqa: BLE001
+        problems.append(
+            f"PostgreSQL is unreachable at {DB_URL} ({exc}).\n"
+            "  Start it: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start\n"
+            "  or point SIGNOFF_TEST_DATABASE_URL at a server."
+        )
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3).ping()
+    except Exception as exc:  # noqa: BLE001
+        problems.append(
+            f"Redis is unreachable at {REDIS_URL} ({exc}).\n"
+            "  Start it: redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save ''\n"
+            "  or point SIGNOFF_TEST_REDIS_URL at a server."
+        )
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,19 @@
+"""Test settings: the real services (PostgreSQL and Redis), never the embedded default.
+
+Override with SIGNOFF_TEST_DATABASE_URL and SIGNOFF_TEST_REDIS_URL.
+"""
+
+import os
+
+os.environ["DATABASE_URL"] = os.environ.get(
+    "SIGNOFF_TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/signoff"
+)
+os.environ["CELERY_BROKER_URL"] = os.environ.get(
+    "SIGNOFF_TEST_REDIS_URL", "redis://127.0.0.1:6379/15"
+)
+os.environ.setdefault("SIGNOFF_WORKFLOW_MODULES", "demo.workflows,tests.workflows")
+
+from config.settings import *  # noqa: E402, F403
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+LOGGING["root"]["level"] = "WARNING"  # noqa: F405

@@ -1,0 +1,143 @@
+"""Workflows used by the tests, registered in the test process and in the test worker.
+
+Every step records each execution in a Redis ledger keyed by its idempotency key and attempt,
+so a test can prove a function ran once per attempt.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from typing import Any
+
+import redis
+from django.conf import settings
+
+from orchestration.definitions import NonRetryableError, RetryPolicy, StepContext, Workflow, registry
+
+_redis: redis.Redis | None = None
+
+
+def ledger() -> redis.Redis:
+    global _redis
+    if _redis is None:
+        _redis = redis.Redis.from_url(settings.CELERY_BROKER_URL.replace("redis+socket", "unix"))
+    return _redis
+
+
+def record(ctx: StepContext) -> None:
+    ledger().hincrby(f"ledger:{ctx.instance_id}", f"{ctx.step}:{ctx.attempt}", 1)
+
+
+class Flaky(Exception):
+    pass
+
+
+FAST = RetryPolicy(max_attempts=4, initial_interval=timedelta(milliseconds=200),
+                   backoff_coefficient=2.0, max_interval=timedelta(seconds=1), jitter=0.1)
+
+
+def _step(ctx: StepContext) -> dict[str, Any]:
+    record(ctx)
+    return {"step": ctx.step, "attempt": ctx.attempt, "saw": sorted(ctx.outputs)}
+
+
+# a -> b -> c
+sequence = Workflow("t_sequence", description="three steps in a row")
+sequence.task(_step, name="a", retry=FAST)
+sequence.task(_step, name="b", after=["a"], retry=FAST)
+sequence.task(_step, name="c", after=["b"], retry=FAST)
+registry.register(sequence)
+
+# fan-out to four branches, then a join
+parallel = Workflow("t_parallel", description="fan-out and join")
+parallel.task(_step, name="start", retry=FAST)
+for _i in range(4):
+    parallel.task(_step, name=f"branch_{_i}", after=["start"], retry=FAST)
+parallel.task(_step, name="join", after=[f"branch_{i}" for i in range(4)], retry=FAST)
+registry.register(parallel)
+
+# b is skipped when input.skip is true; c still runs
+conditional = Workflow("t_when")
+conditional.task(_step, name="a")
+conditional.task(_step, name="b", after=["a"], when=lambda ctx: not ctx.input.get("skip"))
+conditional.task(_step, name="c", after=["b"])
+registry.register(conditional)
+
+
+def _flaky(ctx: StepContext) -> dict[str, Any]:
+    record(ctx)
+    if ctx.attempt <= int(ctx.input.get("fail_times", 0)):
+        raise Flaky(f"transient failure on attempt {ctx.attempt}")
+    return {"attempt": ctx.attempt}
+
+
+flaky = Workflow("t_flaky")
+flaky.task(_flaky, name="call", retry=FAST)
+flaky.task(_step, name="after_call", after=["call"])
+registry.register(flaky)
+
+
+def _bad_value(ctx: StepContext) -> None:
+    record(ctx)
+    raise ValueError("this input can never work")
+
+
+nonretryable = Workflow("t_nonretryable")
+nonretryable.task(_bad_value, name="validate",
+                  retry=RetryPolicy(max_attempts=5, non_retryable=(ValueError,)))
+nonretryable.task(_step, name="never", after=["validate"])
+registry.register(nonretryable)
+
+
+def _always_flaky(ctx: StepContext) -> None:
+    record(ctx)
+    raise Flaky("still down")
+
+
+closing = Workflow("t_close")
+closing.task(_always_flaky, name="call",
+             retry=RetryPolicy(max_attempts=100, initial_interval=timedelta(milliseconds=300),
+                               backoff_coefficient=1.0, max_interval=timedelta(seconds=1),
+                               jitter=0),
+             schedule_to_close=timedelta(seconds=1))
+registry.register(closing)
+
+
+def _slow_first(ctx: StepContext) -> dict[str, Any]:
+    record(ctx)
+    if ctx.attempt == 1:
+        time.sleep(float(ctx.input.get("sleep", 3)))
+    return {"attempt": ctx.attempt}
+
+
+slow = Workflow("t_slow")
+slow.task(_slow_first, name="slow", start_to_close=timedelta(seconds=1), retry=FAST)
+registry.register(slow)
+
+
+def _hang_first(ctx: StepContext) -> dict[str, Any]:
+    record(ctx)
+    if ctx.attempt == 1:
+        time.sleep(60)  # the test kills the worker meanwhile
+    return {"attempt": ctx.attempt}
+
+
+hang = Workflow("t_hang")
+hang.task(_hang_first, name="hang", start_to_close=timedelta(seconds=2), retry=FAST)
+hang.task(_step, name="after_hang", after=["hang"])
+registry.register(hang)
+
+
+def _fail_once_permanently(ctx: StepContext) -> dict[str, Any]:
+    record(ctx)
+    if ledger().get(f"fixed:{ctx.instance_id}") is None:
+        raise NonRetryableError("broken until an operator fixes it")
+    return {"fixed": True}
+
+
+fixable = Workflow("t_fixable", deadline=timedelta(hours=1))
+fixable.task(_step, name="first")
+fixable.task(_fail_once_permanently, name="fragile", after=["first"])
+fixable.task(_step, name="last", after=["fragile"])
+registry.register(fixable)
