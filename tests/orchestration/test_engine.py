@@ -1,0 +1,370 @@
+"""Engine services, in process: the step functions run in the test, doorbells are not sent
+(the test transaction never commits). The same paths with a real worker are in test_e2e.py."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from unittest import mock
+
+import pytest
+import time_machine
+from django.db import transaction
+from django.utils import timezone
+from django_fsm import TransitionNotAllowed
+
+from orchestration import engine, sweepers
+from orchestration.definitions import RetryPolicy, Workflow, registry
+from orchestration.errors import Conflict, InvalidInput, NotFound
+from orchestration.journal import Doorbell, ring_doorbells
+from orchestration.models import Event, StepRun, WorkflowInstance
+from tests.workflows import ledger
+
+pytestmark = pytest.mark.django_db
+
+
+def steps_of(instance: WorkflowInstance) -> dict[str, StepRun]:
+    return {s.name: s for s in StepRun.objects.filter(instance=instance)}
+
+
+def event_types(instance: WorkflowInstance) -> list[str]:
+    return list(Event.objects.filter(instance=instance).order_by("seq").values_list("type",
+                                                                                     flat=True))
+
+
+def run_ready(instance: WorkflowInstance, limit: int = 50) -> None:
+    """Play the worker: execute every scheduled or due step until none is left."""
+    for _ in range(limit):
+        due = [s for s in steps_of(instance).values()
+               if s.state in ("scheduled", "retrying") and s.next_attempt_at <= timezone.now()]
+        if not due:
+            return
+        for step in due:
+            engine.step_execute(step_run_id=step.pk, attempt=step.attempt)
+
+
+def refresh(instance: WorkflowInstance) -> WorkflowInstance:
+    return WorkflowInstance.objects.get(pk=instance.pk)
+
+
+@pytest.fixture
+def slow_retry_workflow():
+    wf = Workflow("t_unit_slow_retry")
+
+    def call(ctx):  # noqa: ANN001, ANN202
+        if ctx.attempt == 1:
+            raise RuntimeError("down")
+        return {"ok": ctx.attempt}
+
+    wf.task(call, name="call",
+            retry=RetryPolicy(max_attempts=3, initial_interval=timedelta(minutes=10),
+                              max_interval=timedelta(hours=1), jitter=0),
+            start_to_close=timedelta(minutes=1), schedule_to_close=timedelta(minutes=15))
+    registry.register(wf)
+    yield wf
+    registry.unregister(wf.name, wf.version)
+
+
+def test_transitions_are_protected_and_guarded() -> None:
+    instance, _ = engine.instance_start(workflow="t_sequence")
+    with pytest.raises(AttributeError):
+        instance.state = "succeeded"
+    step = StepRun.objects.get(instance=instance, name="b")
+    assert step.state == "pending"
+    with pytest.raises(TransitionNotAllowed):
+        step.succeed()
+    with pytest.raises(TransitionNotAllowed):
+        step.claim()
+
+
+def test_start_writes_instance_steps_and_events_and_rings_after_commit(
+    django_capture_on_commit_callbacks,
+) -> None:
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        instance, created = engine.instance_start(workflow="t_parallel", input={"n": 1},
+                                                  business_key="order-7")
+    assert created
+    assert instance.state == "running"
+    steps = steps_of(instance)
+    assert steps["start"].state == "scheduled" and steps["start"].attempt == 1
+    assert all(steps[f"branch_{i}"].state == "pending" for i in range(4))
+    assert event_types(instance) == ["instance_started", "step_scheduled"]
+    assert len(callbacks) == 1  # the doorbell, only after commit
+
+
+def test_services_refuse_to_run_outside_a_transaction() -> None:
+    from orchestration.journal import Journal
+
+    instance = WorkflowInstance(workflow="x", version=1)
+    with mock.patch("orchestration.journal.connection") as conn:
+        conn.in_atomic_block = False
+        with pytest.raises(RuntimeError, match="inside transaction.atomic"):
+            Journal(instance)
+
+
+def test_sequence_runs_to_success_with_outputs_in_context() -> None:
+    instance, _ = engine.instance_start(workflow="t_sequence")
+    run_ready(instance)
+    instance = refresh(instance)
+    assert instance.state == "succeeded"
+    steps = steps_of(instance)
+    assert steps["c"].output == {"step": "c", "attempt": 1, "saw": ["a", "b"]}
+    assert instance.output == {"c": steps["c"].output}
+    assert event_types(instance) == [
+        "instance_started",
+        "step_scheduled", "step_started", "step_succeeded",
+        "step_scheduled", "step_started", "step_succeeded",
+        "step_scheduled", "step_started", "step_succeeded",
+        "instance_succeeded",
+    ]
+
+
+def test_parallel_branches_fan_out_and_join_once() -> None:
+    instance, _ = engine.instance_start(workflow="t_parallel")
+    run_ready(instance)
+    assert refresh(instance).state == "succeeded"
+    scheduled = Event.objects.filter(instance=instance, type="step_scheduled", step="join")
+    assert scheduled.count() == 1
+    assert steps_of(instance)["join"].output["saw"] == [
+        "branch_0", "branch_1", "branch_2", "branch_3", "start"]
+
+
+def test_false_when_skips_the_step_and_later_steps_still_run() -> None:
+    instance, _ = engine.instance_start(workflow="t_when", input={"skip": True})
+    run_ready(instance)
+    instance = refresh(instance)
+    steps = steps_of(instance)
+    assert instance.state == "succeeded"
+    assert steps["b"].state == "skipped"
+    assert steps["c"].state == "succeeded"
+    assert "step_skipped" in event_types(instance)
+    other, _ = engine.instance_start(workflow="t_when", input={"skip": False})
+    run_ready(other)
+    assert steps_of(other)["b"].state == "succeeded"
+
+
+def test_retryable_error_backs_off_then_succeeds(slow_retry_workflow) -> None:
+    start = timezone.now()
+    with time_machine.travel(start, tick=False):
+        instance, _ = engine.instance_start(workflow="t_unit_slow_retry")
+        step = steps_of(instance)["call"]
+        assert engine.step_execute(step_run_id=step.pk, attempt=1) == "failed"
+        step.refresh_from_db()
+        assert step.state == "retrying"
+        assert step.attempt == 2
+        assert step.next_attempt_at == start + timedelta(minutes=10)
+        assert step.error["type"] == "builtins.RuntimeError"
+        # An early doorbell does nothing.
+        assert engine.step_execute(step_run_id=step.pk, attempt=2) == "stale"
+    with time_machine.travel(start + timedelta(minutes=10), tick=False):
+        assert engine.step_execute(step_run_id=step.pk, attempt=2) == "succeeded"
+    assert refresh(instance).state == "succeeded"
+    retrying = Event.objects.get(instance=instance, type="step_retrying")
+    assert retrying.attempt == 1
+    assert retrying.data["next_attempt"] == 2
+    assert retrying.data["delay"] == 600.0
+
+
+def test_same_message_twice_runs_the_step_once() -> None:
+    instance, _ = engine.instance_start(workflow="t_sequence")
+    step = steps_of(instance)["a"]
+    assert engine.step_execute(step_run_id=step.pk, attempt=1) == "succeeded"
+    assert engine.step_execute(step_run_id=step.pk, attempt=1) == "stale"
+    assert engine.step_execute(step_run_id=step.pk, attempt=7) == "stale"
+    assert ledger().hgetall(f"ledger:{instance.pk}") == {b"a:1": b"1"}
+
+
+def test_non_retryable_error_fails_the_instance_at_once() -> None:
+    instance, _ = engine.instance_start(workflow="t_nonretryable")
+    run_ready(instance)
+    instance = refresh(instance)
+    steps = steps_of(instance)
+    assert instance.state == "failed"
+    assert steps["validate"].state == "failed" and steps["validate"].attempt == 1
+    assert steps["never"].state == "pending"
+    assert instance.error["reason"] == "non_retryable"
+    assert event_types(instance)[-2:] == ["step_failed", "instance_failed"]
+
+
+def test_exhausted_attempts_fail_the_instance() -> None:
+    instance, _ = engine.instance_start(workflow="t_flaky", input={"fail_times": 10})
+    start = timezone.now()
+    for minute in range(6):
+        with time_machine.travel(start + timedelta(minutes=minute), tick=False):
+            run_ready(instance)
+    instance = refresh(instance)
+    assert instance.state == "failed"
+    assert steps_of(instance)["call"].attempt == 4  # FAST allows four attempts
+    assert instance.error["reason"] == "attempts_exhausted"
+
+
+def test_start_to_close_timeout_is_swept_and_retried(slow_retry_workflow) -> None:
+    start = timezone.now()
+    with time_machine.travel(start, tick=False):
+        instance, _ = engine.instance_start(workflow="t_unit_slow_retry")
+        step = steps_of(instance)["call"]
+        claimed = engine.step_claim(step_run_id=step.pk, attempt=1)
+        assert claimed is not None  # the worker then dies without a word
+        assert sweepers.sweep_step_timeouts() == 0
+    with time_machine.travel(start + timedelta(minutes=1, seconds=1), tick=False):
+        assert sweepers.sweep_step_timeouts() == 1
+        assert sweepers.sweep_step_timeouts() == 0
+    step.refresh_from_db()
+    assert step.state == "retrying" and step.attempt == 2
+    types = event_types(instance)
+    assert types[-2:] == ["step_timed_out", "step_retrying"]
+    # The dead attempt's late result is ignored.
+    assert not engine.step_complete(step_run_id=step.pk, attempt=1, output={"late": True})
+
+
+def test_schedule_to_close_ends_retries(slow_retry_workflow) -> None:
+    start = timezone.now()
+    with time_machine.travel(start, tick=False):
+        instance, _ = engine.instance_start(workflow="t_unit_slow_retry")
+        step = steps_of(instance)["call"]
+        engine.step_execute(step_run_id=step.pk, attempt=1)  # retry in 10 min
+    with time_machine.travel(start + timedelta(minutes=10), tick=False):
+        assert engine.step_claim(step_run_id=step.pk, attempt=2) is not None
+    # attempt 2 hangs; schedule-to-close (15 min) cuts it before start-to-close would retry
+    with time_machine.travel(start + timedelta(minutes=15, seconds=1), tick=False):
+        assert sweepers.sweep_step_timeouts() == 1
+    step.refresh_from_db()
+    instance = refresh(instance)
+    assert step.state == "timed_out"
+    assert instance.state == "failed"
+    assert instance.error["type"] == "signoff.StepTimeout"
+    timed_out = Event.objects.get(instance=instance, type="step_timed_out")
+    assert timed_out.data == {"limit": "schedule_to_close"}
+
+
+def test_workflow_deadline_fails_the_instance_and_cancels_waiting_steps() -> None:
+    start = timezone.now()
+    with time_machine.travel(start, tick=False):
+        instance, _ = engine.instance_start(workflow="t_fixable")
+        assert instance.deadline_at == start + timedelta(hours=1)
+    with time_machine.travel(start + timedelta(minutes=59), tick=False):
+        assert sweepers.sweep_instance_deadlines() == 0
+    with time_machine.travel(start + timedelta(hours=1, seconds=1), tick=False):
+        assert sweepers.sweep_instance_deadlines() == 1
+    instance = refresh(instance)
+    assert instance.state == "failed"
+    assert instance.error["type"] == "signoff.DeadlineExceeded"
+    assert steps_of(instance)["first"].state == "cancelled"
+    assert event_types(instance)[-2:] == ["step_cancelled", "instance_failed"]
+
+
+def test_doorbell_sweeper_rings_only_overdue_steps_once_per_grace(
+    django_capture_on_commit_callbacks,
+) -> None:
+    start = timezone.now()
+    with time_machine.travel(start, tick=False):
+        instance, _ = engine.instance_start(workflow="t_sequence")
+    grace = timedelta(seconds=30)
+    with time_machine.travel(start + timedelta(seconds=10), tick=False):
+        assert sweepers.sweep_doorbells(grace=grace) == 0
+    with time_machine.travel(start + timedelta(seconds=31), tick=False):
+        with django_capture_on_commit_callbacks(execute=False) as callbacks:
+            assert sweepers.sweep_doorbells(grace=grace) == 1
+            assert sweepers.sweep_doorbells(grace=grace) == 0
+    assert len(callbacks) == 1
+    step = steps_of(instance)["a"]
+    assert step.rung_at == start + timedelta(seconds=31)
+    assert step.state == "scheduled" and step.attempt == 1
+    # Ringing is not a state change: no event.
+    assert event_types(instance) == ["instance_started", "step_scheduled"]
+
+
+def test_cancel_cancels_open_steps_and_ignores_late_results() -> None:
+    instance, _ = engine.instance_start(workflow="t_sequence")
+    step = steps_of(instance)["a"]
+    assert engine.step_claim(step_run_id=step.pk, attempt=1) is not None
+    engine.instance_cancel(instance_id=instance.pk, actor="user:ops", reason="customer left")
+    instance = refresh(instance)
+    assert instance.state == "cancelled"
+    assert {s.state for s in steps_of(instance).values()} == {"cancelled"}
+    assert not engine.step_complete(step_run_id=step.pk, attempt=1, output={})
+    last = Event.objects.filter(instance=instance).order_by("-seq").first()
+    assert (last.type, last.actor, last.data) == (
+        "instance_cancelled", "user:ops", {"reason": "customer left"})
+    with pytest.raises(Conflict):
+        engine.instance_cancel(instance_id=instance.pk)
+
+
+def test_failed_instance_retries_from_its_failed_step() -> None:
+    instance, _ = engine.instance_start(workflow="t_fixable")
+    run_ready(instance)
+    assert refresh(instance).state == "failed"
+    ledger().set(f"fixed:{instance.pk}", 1)
+    engine.instance_retry(instance_id=instance.pk, actor="user:ops")
+    run_ready(instance)
+    instance = refresh(instance)
+    steps = steps_of(instance)
+    assert instance.state == "succeeded"
+    assert steps["first"].attempt == 1
+    assert steps["fragile"].attempt == 2
+    assert "instance_retried" in event_types(instance)
+
+
+def test_only_failed_instances_can_be_retried() -> None:
+    instance, _ = engine.instance_start(workflow="t_sequence")
+    with pytest.raises(Conflict, match="only failed instances"):
+        engine.instance_retry(instance_id=instance.pk)
+    with pytest.raises(NotFound):
+        engine.instance_retry(instance_id="00000000-0000-0000-0000-000000000000")
+
+
+def test_history_is_gap_free_and_ordered() -> None:
+    instance, _ = engine.instance_start(workflow="t_parallel")
+    run_ready(instance)
+    seqs = list(Event.objects.filter(instance=instance).order_by("seq")
+                .values_list("seq", flat=True))
+    assert seqs == list(range(1, len(seqs) + 1))
+    assert refresh(instance).last_seq == len(seqs)
+
+
+def test_events_are_append_only() -> None:
+    instance, _ = engine.instance_start(workflow="t_sequence")
+    event = Event.objects.filter(instance=instance).first()
+    event.type = "tampered"
+    with pytest.raises(PermissionError):
+        event.save()
+    with pytest.raises(PermissionError):
+        event.delete()
+
+
+def test_idempotency_key_returns_same_instance_or_conflicts() -> None:
+    first, created = engine.instance_start(workflow="t_sequence", input={"a": 1},
+                                           idempotency_key="k-1")
+    again, created_again = engine.instance_start(workflow="t_sequence", input={"a": 1},
+                                                 idempotency_key="k-1")
+    assert created and not created_again and again.pk == first.pk
+    with pytest.raises(Conflict):
+        engine.instance_start(workflow="t_sequence", input={"a": 2}, idempotency_key="k-1")
+    assert WorkflowInstance.objects.count() == 1
+
+
+def test_bad_start_input_changes_nothing() -> None:
+    with pytest.raises(InvalidInput, match="unknown workflow"):
+        engine.instance_start(workflow="nope")
+    with pytest.raises(InvalidInput, match="customer"):
+        engine.instance_start(workflow="customer_onboarding", input={})
+    with pytest.raises(InvalidInput):
+        engine.instance_start(workflow="customer_onboarding", input={"customer": "x"},
+                              idempotency_key="k" * 201)
+    assert WorkflowInstance.objects.count() == 0
+    assert Event.objects.count() == 0
+
+
+def test_lost_broker_at_commit_is_logged_not_raised(caplog) -> None:
+    with mock.patch("orchestration.tasks.run_step.apply_async",
+                    side_effect=ConnectionError("redis down")):
+        ring_doorbells([Doorbell(1, 1, None, None, None)])
+    assert "the sweeper will ring it" in caplog.text
+
+
+def test_rolled_back_transaction_rings_nothing(django_capture_on_commit_callbacks) -> None:
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        with pytest.raises(RuntimeError), transaction.atomic():
+            engine.instance_start(workflow="t_sequence")
+            raise RuntimeError("boom")
+    assert callbacks == []
+    assert WorkflowInstance.objects.count() == 0
