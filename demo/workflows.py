@@ -20,8 +20,12 @@ from orchestration.definitions import (
     registry,
 )
 
-ONBOARDING_STEPS = ["create_account", "provision_infrastructure", "send_welcome_email",
-                    "enable_billing"]
+ONBOARDING_STEPS = [
+    "create_account",
+    "provision_infrastructure",
+    "send_welcome_email",
+    "enable_billing",
+]
 
 
 class TransientDemoError(Exception):
@@ -75,33 +79,39 @@ def create_account(ctx: StepContext) -> dict[str, Any]:
     _misbehave(ctx)
     customer = ctx.input["customer"]
     slug = "".join(c if c.isalnum() else "-" for c in customer.lower()).strip("-") or "customer"
-    return {"account_id": f"acct-{slug}", "plan": ctx.input.get("plan", "team"),
-            "idempotency_key": ctx.idempotency_key}
+    return {
+        "account_id": f"acct-{slug}",
+        "plan": ctx.input.get("plan", "team"),
+        "idempotency_key": ctx.idempotency_key,
+    }
 
 
-@onboarding.task(after=["create_account"], retry=DEMO_RETRY,
-                 start_to_close=timedelta(seconds=30))
+@onboarding.task(after=["create_account"], retry=DEMO_RETRY, start_to_close=timedelta(seconds=30))
 def provision_infrastructure(ctx: StepContext) -> dict[str, Any]:
     _misbehave(ctx)
     account = ctx.outputs["create_account"]["account_id"]
     return {"tenant": f"{account}.{ctx.input.get('region', 'eu-west')}", "databases": 1}
 
 
-@onboarding.task(after=["create_account"], retry=DEMO_RETRY,
-                 start_to_close=timedelta(seconds=30))
+@onboarding.task(after=["create_account"], retry=DEMO_RETRY, start_to_close=timedelta(seconds=30))
 def send_welcome_email(ctx: StepContext) -> dict[str, Any]:
     _misbehave(ctx)
     to = ctx.input.get("email") or f"admin@{ctx.outputs['create_account']['account_id']}.example"
     return {"to": to, "template": "welcome", "message_id": f"<{ctx.idempotency_key}@signoff>"}
 
 
-@onboarding.task(after=["provision_infrastructure", "send_welcome_email"], retry=DEMO_RETRY,
-                 start_to_close=timedelta(seconds=30),
-                 when=lambda ctx: ctx.input.get("plan") != "free")
+@onboarding.task(
+    after=["provision_infrastructure", "send_welcome_email"],
+    retry=DEMO_RETRY,
+    start_to_close=timedelta(seconds=30),
+    when=lambda ctx: ctx.input.get("plan") != "free",
+)
 def enable_billing(ctx: StepContext) -> dict[str, Any]:
     _misbehave(ctx)
-    return {"billing_account": f"bill-{ctx.outputs['create_account']['account_id']}",
-            "plan": ctx.outputs["create_account"]["plan"]}
+    return {
+        "billing_account": f"bill-{ctx.outputs['create_account']['account_id']}",
+        "plan": ctx.outputs["create_account"]["plan"],
+    }
 
 
 registry.register(onboarding)

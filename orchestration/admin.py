@@ -7,8 +7,17 @@ class StepRunInline(admin.TabularInline):
     model = StepRun
     extra = 0
     can_delete = False
-    fields = ["name", "kind", "state", "attempt", "scheduled_at", "started_at", "finished_at",
-              "next_attempt_at", "error"]
+    fields = [
+        "name",
+        "kind",
+        "state",
+        "attempt",
+        "scheduled_at",
+        "started_at",
+        "finished_at",
+        "next_attempt_at",
+        "error",
+    ]
     readonly_fields = fields
 
     def has_add_permission(self, request, obj=None) -> bool:  # noqa: ANN001

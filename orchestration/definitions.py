@@ -67,15 +67,23 @@ class RetryPolicy:
             found.append("initial_interval must be a non-negative timedelta")
         if not isinstance(self.max_interval, timedelta) or self.max_interval < timedelta(0):
             found.append("max_interval must be a non-negative timedelta")
-        elif isinstance(self.initial_interval, timedelta) and self.max_interval < self.initial_interval:
+        elif (
+            isinstance(self.initial_interval, timedelta)
+            and self.max_interval < self.initial_interval
+        ):
             found.append("max_interval must not be shorter than initial_interval")
         if not isinstance(self.backoff_coefficient, int | float) or self.backoff_coefficient < 1:
             found.append(f"backoff_coefficient must be >= 1, got {self.backoff_coefficient!r}")
         if not isinstance(self.jitter, int | float) or not 0 <= self.jitter < 1:
             found.append(f"jitter must be in [0, 1), got {self.jitter!r}")
         for item in self.non_retryable:
-            if not (isinstance(item, str) or (isinstance(item, type) and issubclass(item, BaseException))):
-                found.append(f"non_retryable entries must be exception classes or names, got {item!r}")
+            if not (
+                isinstance(item, str)
+                or (isinstance(item, type) and issubclass(item, BaseException))
+            ):
+                found.append(
+                    f"non_retryable entries must be exception classes or names, got {item!r}"
+                )
         return found
 
     def delay(self, failed_attempt: int, rng: random.Random | None = None) -> timedelta:
@@ -152,8 +160,12 @@ class StepSpec:
         return []
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "kind": self.kind, "after": list(self.after),
-                "conditional": self.when is not None}
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "after": list(self.after),
+            "conditional": self.when is not None,
+        }
 
 
 @dataclass
@@ -170,9 +182,11 @@ class TaskStep(StepSpec):
     kind: str = "task"
 
     def problems(self) -> list[str]:
-        found = list(self.retry.problems()) if isinstance(self.retry, RetryPolicy) else [
-            "retry must be a RetryPolicy"
-        ]
+        found = (
+            list(self.retry.problems())
+            if isinstance(self.retry, RetryPolicy)
+            else ["retry must be a RetryPolicy"]
+        )
         if not callable(self.fn):
             found.append("fn must be callable")
         if not isinstance(self.start_to_close, timedelta) or self.start_to_close <= timedelta(0):

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.db import IntegrityError, transaction
 from django.db.models import Subquery
 from django.utils import timezone
@@ -142,8 +143,9 @@ kinds.register_kind(TaskKind())
 # -- advancing ----------------------------------------------------------------------------------
 
 
-def _advance(instance: WorkflowInstance, steps: dict[str, StepRun], definition: Workflow,
-             journal: Journal) -> None:
+def _advance(
+    instance: WorkflowInstance, steps: dict[str, StepRun], definition: Workflow, journal: Journal
+) -> None:
     """Start every pending step whose dependencies are done; finish the instance when all are.
 
     Runs under the instance lock, so two branches finishing at once schedule a join once.
@@ -164,30 +166,31 @@ def _advance(instance: WorkflowInstance, steps: dict[str, StepRun], definition: 
                 step.fail()
                 step.error = error_info(exc)
                 step.finished_at = journal.now
-                journal.record("step_failed", step=step,
-                               data={"reason": "when_raised", "error": step.error})
-                _fail_instance(instance, steps, definition, journal,
-                               {"step": name, **step.error})
+                journal.record(
+                    "step_failed", step=step, data={"reason": "when_raised", "error": step.error}
+                )
+                _fail_instance(instance, steps, definition, journal, {"step": name, **step.error})
                 return
             if not go:
                 step.skip()
                 step.finished_at = journal.now
                 journal.record("step_skipped", step=step, data={"reason": "when_false"})
                 continue
-        kinds.get_kind(spec.kind).ready(step_run=step, spec=spec, journal=journal,
-                                        now=journal.now)
+        kinds.get_kind(spec.kind).ready(step_run=step, spec=spec, journal=journal, now=journal.now)
     if all(s.state in STEP_DONE for s in steps.values()):
         _succeed_instance(instance, steps, definition, journal)
 
 
-def _succeed_instance(instance: WorkflowInstance, steps: dict[str, StepRun],
-                      definition: Workflow, journal: Journal) -> None:
+def _succeed_instance(
+    instance: WorkflowInstance, steps: dict[str, StepRun], definition: Workflow, journal: Journal
+) -> None:
     if definition.output_fn is not None:
         last = steps[definition.order()[-1]]
         output = _jsonable(definition.output_fn(_context(instance, steps, last)))
     else:
         output = {
-            name: steps[name].output for name in definition.leaves()
+            name: steps[name].output
+            for name in definition.leaves()
             if steps[name].state == S.SUCCEEDED
         }
     instance.succeed(output)
@@ -195,8 +198,13 @@ def _succeed_instance(instance: WorkflowInstance, steps: dict[str, StepRun],
     journal.record("instance_succeeded")
 
 
-def _fail_instance(instance: WorkflowInstance, steps: dict[str, StepRun], definition: Workflow,
-                   journal: Journal, error: dict[str, Any]) -> None:
+def _fail_instance(
+    instance: WorkflowInstance,
+    steps: dict[str, StepRun],
+    definition: Workflow,
+    journal: Journal,
+    error: dict[str, Any],
+) -> None:
     """Fail the instance; cancel what waits to run. Running attempts finish and are recorded,
     but nothing new is scheduled."""
     instance.fail(error)
@@ -207,8 +215,9 @@ def _fail_instance(instance: WorkflowInstance, steps: dict[str, StepRun], defini
     journal.record("instance_failed", data={"error": error})
 
 
-def _cancel_step(step: StepRun, definition: Workflow | None, journal: Journal, *,
-                 reason: str) -> None:
+def _cancel_step(
+    step: StepRun, definition: Workflow | None, journal: Journal, *, reason: str
+) -> None:
     step.cancel()
     step.finished_at = journal.now
     step.next_attempt_at = None
@@ -216,13 +225,23 @@ def _cancel_step(step: StepRun, definition: Workflow | None, journal: Journal, *
     journal.record("step_cancelled", step=step, data={"reason": reason})
     spec = definition.steps.get(step.name) if definition else None
     if spec is not None:
-        kinds.get_kind(spec.kind).cancelled(step_run=step, spec=spec, journal=journal,
-                                            now=journal.now)
+        kinds.get_kind(spec.kind).cancelled(
+            step_run=step, spec=spec, journal=journal, now=journal.now
+        )
 
 
-def _attempt_failed(instance: WorkflowInstance, steps: dict[str, StepRun], step: StepRun,
-                    spec: StepSpec | None, definition: Workflow | None, journal: Journal,
-                    error: dict[str, Any], *, retryable: bool, reason: str) -> None:
+def _attempt_failed(
+    instance: WorkflowInstance,
+    steps: dict[str, StepRun],
+    step: StepRun,
+    spec: StepSpec | None,
+    definition: Workflow | None,
+    journal: Journal,
+    error: dict[str, Any],
+    *,
+    retryable: bool,
+    reason: str,
+) -> None:
     """Apply the retry policy to a failed or timed-out attempt (step is ``running`` or
     ``timed_out``)."""
     now = journal.now
@@ -249,13 +268,24 @@ def _attempt_failed(instance: WorkflowInstance, steps: dict[str, StepRun], step:
             step.next_attempt_at = next_at
             step.rung_at = now
             step.started_at = None
-            journal.record("step_retrying", step=step, attempt=failed_attempt, data={
-                "reason": reason, "error": error, "next_attempt": step.attempt,
-                "next_attempt_at": next_at.isoformat(),
-                "delay": round((next_at - now).total_seconds(), 3),
-            })
-            journal.ring(step, eta=next_at, queue=getattr(spec, "queue", None),
-                         time_limit=_time_limit(spec) if spec else None)
+            journal.record(
+                "step_retrying",
+                step=step,
+                attempt=failed_attempt,
+                data={
+                    "reason": reason,
+                    "error": error,
+                    "next_attempt": step.attempt,
+                    "next_attempt_at": next_at.isoformat(),
+                    "delay": round((next_at - now).total_seconds(), 3),
+                },
+            )
+            journal.ring(
+                step,
+                eta=next_at,
+                queue=getattr(spec, "queue", None),
+                time_limit=_time_limit(spec) if spec else None,
+            )
             return
     if step.state == S.RUNNING:
         step.fail()
@@ -265,8 +295,9 @@ def _attempt_failed(instance: WorkflowInstance, steps: dict[str, StepRun], step:
         step.finished_at = now
         journal.touch(step)
     if instance.state == I.RUNNING and definition is not None:
-        _fail_instance(instance, steps, definition, journal,
-                       {"step": step.name, "reason": why, **error})
+        _fail_instance(
+            instance, steps, definition, journal, {"step": step.name, "reason": why, **error}
+        )
 
 
 # -- starting -----------------------------------------------------------------------------------
@@ -297,22 +328,29 @@ def instance_start(
     if definition is None:
         known = registry.get(workflow) is not None
         raise InvalidInput(
-            f"workflow {workflow!r} has no version {version}" if known and version
+            f"workflow {workflow!r} has no version {version}"
+            if known and version
             else f"unknown workflow {workflow!r}",
             code="unknown_workflow",
         )
     problems = definition.validate_input(input)
     if problems:
-        raise InvalidInput("invalid input: " + "; ".join(problems), code="invalid_input",
-                           errors={"input": problems})
+        raise InvalidInput(
+            "invalid input: " + "; ".join(problems),
+            code="invalid_input",
+            errors={"input": problems},
+        )
     if not isinstance(business_key, str) or len(business_key) > 200:
         raise InvalidInput("business_key must be a string of at most 200 characters")
     if idempotency_key is not None and (
-        not isinstance(idempotency_key, str) or not idempotency_key.strip()
+        not isinstance(idempotency_key, str)
+        or not idempotency_key.strip()
         or len(idempotency_key) > MAX_KEY_LENGTH
     ):
-        raise InvalidInput(f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters",
-                           code="invalid_idempotency_key")
+        raise InvalidInput(
+            f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters",
+            code="invalid_idempotency_key",
+        )
     fingerprint = request_fingerprint(
         {"workflow": workflow, "version": version, "input": input, "business_key": business_key}
     )
@@ -322,8 +360,9 @@ def instance_start(
             return existing, False
     try:
         with transaction.atomic():
-            return _create(definition, input, business_key, idempotency_key, fingerprint,
-                           started_by, actor), True
+            return _create(
+                definition, input, business_key, idempotency_key, fingerprint, started_by, actor
+            ), True
     except IntegrityError:
         # Two requests with one key raced; the loser answers like a repeat.
         if idempotency_key is None:
@@ -344,15 +383,26 @@ def _same_key(workflow: str, key: str, fingerprint: str) -> WorkflowInstance | N
     return existing
 
 
-def _create(definition: Workflow, input: dict[str, Any], business_key: str,
-            idempotency_key: str | None, fingerprint: str, started_by: Any,
-            actor: str) -> WorkflowInstance:
+def _create(
+    definition: Workflow,
+    input: dict[str, Any],
+    business_key: str,
+    idempotency_key: str | None,
+    fingerprint: str,
+    started_by: Any,
+    actor: str,
+) -> WorkflowInstance:
     now = timezone.now()
     instance = WorkflowInstance(
-        workflow=definition.name, version=definition.version, input=_jsonable(input),
-        business_key=business_key, idempotency_key=idempotency_key, request_hash=fingerprint,
+        workflow=definition.name,
+        version=definition.version,
+        input=_jsonable(input),
+        business_key=business_key,
+        idempotency_key=idempotency_key,
+        request_hash=fingerprint,
         started_by=started_by if getattr(started_by, "pk", None) else None,
-        created_at=now, updated_at=now,
+        created_at=now,
+        updated_at=now,
     )
     journal = Journal(instance, actor=actor, now=now)
     instance.start()
@@ -360,14 +410,19 @@ def _create(definition: Workflow, input: dict[str, Any], business_key: str,
     if definition.deadline is not None:
         instance.deadline_at = now + definition.deadline
     steps = {
-        name: StepRun(instance=instance, name=name, kind=definition.steps[name].kind,
-                      position=position)
+        name: StepRun(
+            instance=instance, name=name, kind=definition.steps[name].kind, position=position
+        )
         for position, name in enumerate(definition.order())
     }
-    journal.record("instance_started", data={
-        "workflow": definition.name, "version": definition.version,
-        "business_key": business_key,
-    })
+    journal.record(
+        "instance_started",
+        data={
+            "workflow": definition.name,
+            "version": definition.version,
+            "business_key": business_key,
+        },
+    )
     _advance(instance, steps, definition, journal)
     journal.flush(created_steps=list(steps.values()))
     return instance
@@ -409,12 +464,22 @@ def step_claim(*, step_run_id: int, attempt: int) -> Claimed | None:
             # A deploy removed this definition: fail the attempt; the policy may retry.
             step.timeout_at = None
             journal.record("step_started", step=step)
-            _attempt_failed(instance, steps, step, spec, definition, journal, {
-                "type": "signoff.DefinitionMissing",
-                "message": f"{instance.workflow} v{instance.version} step {step.name!r} "
-                           "is not registered in this worker",
-                "traceback": "",
-            }, retryable=spec is not None, reason="definition_missing")
+            _attempt_failed(
+                instance,
+                steps,
+                step,
+                spec,
+                definition,
+                journal,
+                {
+                    "type": "signoff.DefinitionMissing",
+                    "message": f"{instance.workflow} v{instance.version} step {step.name!r} "
+                    "is not registered in this worker",
+                    "traceback": "",
+                },
+                retryable=spec is not None,
+                reason="definition_missing",
+            )
             journal.flush()
             return None
         step.timeout_at = now + spec.start_to_close
@@ -436,8 +501,9 @@ def step_complete(*, step_run_id: int, attempt: int, output: Any) -> bool:
         steps = _steps(instance)
         step = next((s for s in steps.values() if s.pk == step_run_id), None)
         if step is None or step.state != S.RUNNING or step.attempt != attempt:
-            log.info("result of step %s attempt %s ignored (no longer running)", step_run_id,
-                     attempt)
+            log.info(
+                "result of step %s attempt %s ignored (no longer running)", step_run_id, attempt
+            )
             return False
         journal = Journal(instance, actor="worker")
         step.succeed(output)
@@ -451,8 +517,13 @@ def step_complete(*, step_run_id: int, attempt: int, output: Any) -> bool:
         return True
 
 
-def step_fail(*, step_run_id: int, attempt: int, error: BaseException,
-              error_data: dict[str, Any] | None = None) -> bool:
+def step_fail(
+    *,
+    step_run_id: int,
+    attempt: int,
+    error: BaseException,
+    error_data: dict[str, Any] | None = None,
+) -> bool:
     """Record a failed attempt and apply the retry policy: ``retrying`` with a backoff, or
     ``failed`` (non-retryable, exhausted, past schedule-to-close) which fails the instance."""
     info = error_data or error_info(error)
@@ -468,8 +539,17 @@ def step_fail(*, step_run_id: int, attempt: int, error: BaseException,
         definition = definition_of(instance)
         spec = definition.steps.get(step.name) if definition else None
         retryable = spec.retry.is_retryable(error) if isinstance(spec, TaskStep) else False
-        _attempt_failed(instance, steps, step, spec, definition, journal, info,
-                        retryable=retryable, reason="error")
+        _attempt_failed(
+            instance,
+            steps,
+            step,
+            spec,
+            definition,
+            journal,
+            info,
+            retryable=retryable,
+            reason="error",
+        )
         journal.flush()
         return True
 
@@ -484,6 +564,10 @@ def step_execute(*, step_run_id: int, attempt: int) -> str:
     assert fn is not None
     try:
         output = _jsonable(fn(claimed.context))
+    except SoftTimeLimitExceeded:
+        # The worker enforced start-to-close itself; same outcome as the sweeper's.
+        step_time_out(step_run_id=step_run_id, attempt=attempt)
+        return "timed_out"
     except Exception as exc:  # noqa: BLE001 - every step error is the engine's to handle
         step_fail(step_run_id=step_run_id, attempt=attempt, error=exc)
         return "failed"
@@ -494,7 +578,9 @@ def step_execute(*, step_run_id: int, attempt: int) -> str:
 # -- operator and API actions --------------------------------------------------------------------
 
 
-def instance_cancel(*, instance_id: Any, actor: str = "system", reason: str = "") -> WorkflowInstance:
+def instance_cancel(
+    *, instance_id: Any, actor: str = "system", reason: str = ""
+) -> WorkflowInstance:
     """Cancel an instance that has not finished (or a failed one). Cancels its open steps;
     running attempts finish but their results are ignored. Raises :class:`Conflict` when the
     instance already finished."""
@@ -503,8 +589,9 @@ def instance_cancel(*, instance_id: Any, actor: str = "system", reason: str = ""
         if instance is None:
             raise NotFound("instance not found")
         if instance.state not in (I.PENDING, I.RUNNING, I.FAILED):
-            raise Conflict(f"instance is {instance.state}; it cannot be cancelled",
-                           code="invalid_state")
+            raise Conflict(
+                f"instance is {instance.state}; it cannot be cancelled", code="invalid_state"
+            )
         journal = Journal(instance, actor=actor)
         definition = definition_of(instance)
         steps = _steps(instance)
@@ -527,12 +614,16 @@ def instance_retry(*, instance_id: Any, actor: str = "system") -> WorkflowInstan
         if instance is None:
             raise NotFound("instance not found")
         if instance.state != I.FAILED:
-            raise Conflict(f"instance is {instance.state}; only failed instances can be retried",
-                           code="invalid_state")
+            raise Conflict(
+                f"instance is {instance.state}; only failed instances can be retried",
+                code="invalid_state",
+            )
         definition = definition_of(instance)
         if definition is None:
-            raise Conflict(f"{instance.workflow} v{instance.version} is not registered",
-                           code="definition_missing")
+            raise Conflict(
+                f"{instance.workflow} v{instance.version} is not registered",
+                code="definition_missing",
+            )
         journal = Journal(instance, actor=actor)
         steps = _steps(instance)
         instance.retry()
@@ -547,8 +638,9 @@ def instance_retry(*, instance_id: Any, actor: str = "system") -> WorkflowInstan
                 if spec.kind == "task":
                     step_schedule(step, spec, journal, retry=True)
                 else:
-                    kinds.get_kind(spec.kind).ready(step_run=step, spec=spec, journal=journal,
-                                                    now=journal.now)
+                    kinds.get_kind(spec.kind).ready(
+                        step_run=step, spec=spec, journal=journal, now=journal.now
+                    )
         _advance(instance, steps, definition, journal)
         journal.flush()
         return instance
@@ -562,50 +654,89 @@ def step_ring_again(*, step_run_id: int, older_than: datetime) -> bool:
     ring are before ``older_than`` (its message was lost). Skips a locked instance."""
     with transaction.atomic():
         owner = StepRun.objects.filter(pk=step_run_id).values("instance_id")
-        instance = (WorkflowInstance.objects.select_for_update(skip_locked=True)
-                    .filter(pk=Subquery(owner)).first())
+        instance = (
+            WorkflowInstance.objects.select_for_update(skip_locked=True)
+            .filter(pk=Subquery(owner))
+            .first()
+        )
         if instance is None or instance.state != I.RUNNING:
             return False
         step = StepRun.objects.filter(pk=step_run_id).first()
-        if (step is None or step.state not in (S.SCHEDULED, S.RETRYING)
-                or step.next_attempt_at is None or step.next_attempt_at > older_than
-                or (step.rung_at is not None and step.rung_at > older_than)):
+        if (
+            step is None
+            or step.state not in (S.SCHEDULED, S.RETRYING)
+            or step.next_attempt_at is None
+            or step.next_attempt_at > older_than
+            or (step.rung_at is not None and step.rung_at > older_than)
+        ):
             return False
         definition = definition_of(instance)
         spec = definition.steps.get(step.name) if definition else None
         StepRun.objects.filter(pk=step.pk).update(rung_at=timezone.now())
         # Nothing changed state: no event and no instance write, only the doorbell.
-        bells = [Doorbell(step.pk, step.attempt, None, getattr(spec, "queue", None),
-                          _time_limit(spec) if spec else None)]
+        bells = [
+            Doorbell(
+                step.pk,
+                step.attempt,
+                None,
+                getattr(spec, "queue", None),
+                _time_limit(spec) if spec else None,
+            )
+        ]
         transaction.on_commit(lambda: ring_doorbells(bells))
         return True
 
 
-def step_time_out(*, step_run_id: int) -> bool:
-    """Time out a ``running`` step past its start-to-close (or schedule-to-close) deadline
-    and apply its retry policy. Skips a locked instance."""
+def step_time_out(*, step_run_id: int, attempt: int | None = None) -> bool:
+    """Time out a ``running`` attempt and apply its retry policy.
+
+    From the sweeper (``attempt`` None): only a step past its start-to-close (or
+    schedule-to-close) deadline, skipping a locked instance. From the worker that enforced the
+    limit itself (Celery's soft time limit): that exact attempt, if it is still running.
+    """
     with transaction.atomic():
-        owner = StepRun.objects.filter(pk=step_run_id).values("instance_id")
-        instance = (WorkflowInstance.objects.select_for_update(skip_locked=True)
-                    .filter(pk=Subquery(owner)).first())
+        if attempt is None:
+            owner = StepRun.objects.filter(pk=step_run_id).values("instance_id")
+            instance = (
+                WorkflowInstance.objects.select_for_update(skip_locked=True)
+                .filter(pk=Subquery(owner))
+                .first()
+            )
+        else:
+            instance = _lock_instance_of_step(step_run_id)
         if instance is None:
             return False
         steps = _steps(instance)
         step = next((s for s in steps.values() if s.pk == step_run_id), None)
-        journal = Journal(instance, actor="sweeper")
-        if (step is None or step.state != S.RUNNING or step.timeout_at is None
-                or step.timeout_at > journal.now):
+        journal = Journal(instance, actor="sweeper" if attempt is None else "worker")
+        if step is None or step.state != S.RUNNING or step.timeout_at is None:
+            return False
+        if attempt is None and step.timeout_at > journal.now:
+            return False
+        if attempt is not None and step.attempt != attempt:
             return False
         definition = definition_of(instance)
         spec = definition.steps.get(step.name) if definition else None
         past_close = step.close_by is not None and step.close_by <= journal.now
         limit = "schedule_to_close" if past_close else "start_to_close"
         step.time_out()
-        error = {"type": "signoff.StepTimeout",
-                 "message": f"attempt {step.attempt} exceeded {limit}", "traceback": ""}
+        error = {
+            "type": "signoff.StepTimeout",
+            "message": f"attempt {step.attempt} exceeded {limit}",
+            "traceback": "",
+        }
         journal.record("step_timed_out", step=step, data={"limit": limit})
-        _attempt_failed(instance, steps, step, spec, definition, journal, error,
-                        retryable=not past_close, reason="timed_out")
+        _attempt_failed(
+            instance,
+            steps,
+            step,
+            spec,
+            definition,
+            journal,
+            error,
+            retryable=not past_close,
+            reason="timed_out",
+        )
         journal.flush()
         return True
 
@@ -615,15 +746,21 @@ def instance_expire(*, instance_id: Any) -> bool:
     with transaction.atomic():
         instance = _lock_instance(instance_id, skip_locked=True)
         now = timezone.now()
-        if (instance is None or instance.state != I.RUNNING or instance.deadline_at is None
-                or instance.deadline_at > now):
+        if (
+            instance is None
+            or instance.state != I.RUNNING
+            or instance.deadline_at is None
+            or instance.deadline_at > now
+        ):
             return False
         journal = Journal(instance, actor="sweeper", now=now)
         definition = definition_of(instance)
         steps = _steps(instance)
-        error = {"type": "signoff.DeadlineExceeded",
-                 "message": f"workflow deadline {instance.deadline_at.isoformat()} passed",
-                 "traceback": ""}
+        error = {
+            "type": "signoff.DeadlineExceeded",
+            "message": f"workflow deadline {instance.deadline_at.isoformat()} passed",
+            "traceback": "",
+        }
         if definition is None:
             instance.fail(error)
             instance.finished_at = now

@@ -24,11 +24,29 @@ from .signals import event_committed
 log = logging.getLogger("signoff.engine")
 
 STEP_FIELDS = [
-    "state", "attempt", "attempt_base", "scheduled_at", "next_attempt_at", "rung_at",
-    "started_at", "finished_at", "timeout_at", "close_by", "output", "error",
+    "state",
+    "attempt",
+    "attempt_base",
+    "scheduled_at",
+    "next_attempt_at",
+    "rung_at",
+    "started_at",
+    "finished_at",
+    "timeout_at",
+    "close_by",
+    "output",
+    "error",
 ]
-INSTANCE_FIELDS = ["state", "output", "error", "deadline_at", "started_at", "finished_at",
-                   "updated_at", "last_seq"]
+INSTANCE_FIELDS = [
+    "state",
+    "output",
+    "error",
+    "deadline_at",
+    "started_at",
+    "finished_at",
+    "updated_at",
+    "last_seq",
+]
 
 
 @dataclass(frozen=True)
@@ -41,8 +59,9 @@ class Doorbell:
 
 
 class Journal:
-    def __init__(self, instance: WorkflowInstance, *, actor: str = "system",
-                 now: datetime | None = None) -> None:
+    def __init__(
+        self, instance: WorkflowInstance, *, actor: str = "system", now: datetime | None = None
+    ) -> None:
         if not connection.in_atomic_block:
             raise RuntimeError("engine services must run inside transaction.atomic()")
         self.instance = instance
@@ -52,8 +71,15 @@ class Journal:
         self.dirty: dict[int, StepRun] = {}
         self._bells: list[tuple[StepRun, Doorbell]] = []
 
-    def record(self, type: str, *, step: StepRun | None = None, data: dict[str, Any] | None = None,
-               actor: str | None = None, attempt: int | None = None) -> Event:
+    def record(
+        self,
+        type: str,
+        *,
+        step: StepRun | None = None,
+        data: dict[str, Any] | None = None,
+        actor: str | None = None,
+        attempt: int | None = None,
+    ) -> Event:
         """Append one event (and mark ``step`` for saving)."""
         self.instance.last_seq += 1
         event = Event(
@@ -74,8 +100,14 @@ class Journal:
     def touch(self, step: StepRun) -> None:
         self.dirty[id(step)] = step
 
-    def ring(self, step: StepRun, *, eta: datetime | None = None, queue: str | None = None,
-             time_limit: float | None = None) -> None:
+    def ring(
+        self,
+        step: StepRun,
+        *,
+        eta: datetime | None = None,
+        queue: str | None = None,
+        time_limit: float | None = None,
+    ) -> None:
         """Ring the step's doorbell (send its Celery message) after the commit."""
         self._bells.append((step, Doorbell(0, step.attempt, eta, queue, time_limit)))
 
@@ -129,8 +161,12 @@ def ring_doorbells(bells: list[Doorbell]) -> None:
         try:
             run_step.apply_async((bell.step_run_id, bell.attempt), **options)
         except Exception:  # noqa: BLE001 - the sweeper is the fallback
-            log.warning("doorbell for step %s attempt %s not rung; the sweeper will ring it",
-                        bell.step_run_id, bell.attempt, exc_info=True)
+            log.warning(
+                "doorbell for step %s attempt %s not rung; the sweeper will ring it",
+                bell.step_run_id,
+                bell.attempt,
+                exc_info=True,
+            )
 
 
 def _announce(events: list[Event]) -> None:

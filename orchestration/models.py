@@ -67,7 +67,10 @@ class WorkflowInstance(FSMModelMixin, models.Model):
     idempotency_key = models.CharField(max_length=200, null=True, blank=True)
     request_hash = models.CharField(max_length=64, blank=True, default="")
     started_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
         related_name="+",
     )
     deadline_at = models.DateTimeField(null=True, blank=True)
@@ -94,7 +97,8 @@ class WorkflowInstance(FSMModelMixin, models.Model):
             models.Index(fields=["-created_at"], name="instance_created"),
             # The deadline sweeper reads only running instances with a deadline.
             models.Index(
-                fields=["deadline_at"], name="instance_running_deadline",
+                fields=["deadline_at"],
+                name="instance_running_deadline",
                 condition=Q(state="running", deadline_at__isnull=False),
             ),
         ]
@@ -159,12 +163,14 @@ class StepRun(FSMModelMixin, models.Model):
         indexes = [
             # Doorbell sweeper: scheduled/retrying steps by due time.
             models.Index(
-                fields=["next_attempt_at"], name="steprun_due_doorbell",
+                fields=["next_attempt_at"],
+                name="steprun_due_doorbell",
                 condition=Q(state__in=["scheduled", "retrying"]),
             ),
             # Timeout sweeper: running steps by their attempt deadline.
             models.Index(
-                fields=["timeout_at"], name="steprun_running_timeout",
+                fields=["timeout_at"],
+                name="steprun_running_timeout",
                 condition=Q(state="running"),
             ),
             models.Index(fields=["state"], name="steprun_state"),
@@ -225,9 +231,7 @@ class StepRun(FSMModelMixin, models.Model):
 class Event(models.Model):
     """Append-only history. ``seq`` counts from 1 per instance with no gaps."""
 
-    instance = models.ForeignKey(
-        WorkflowInstance, on_delete=models.CASCADE, related_name="events"
-    )
+    instance = models.ForeignKey(WorkflowInstance, on_delete=models.CASCADE, related_name="events")
     seq = models.PositiveIntegerField()
     type = models.CharField(max_length=50)
     step = models.CharField(max_length=100, null=True, blank=True)

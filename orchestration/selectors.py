@@ -5,25 +5,43 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from django.db.models import QuerySet
+from django.db.models import Prefetch, QuerySet
 
 from .errors import InvalidInput, NotFound
 from .models import Event, InstanceState, StepRun, WorkflowInstance
 
 
 def can_see_all_instances(user: Any) -> bool:
+    """Staff and holders of ``orchestration.operate_instance`` see every instance."""
     return bool(user.is_staff or user.has_perm("orchestration.operate_instance"))
 
 
 def instances_visible_to(user: Any) -> QuerySet[WorkflowInstance]:
+    """Every instance for operators; the instances they started for everyone else."""
     qs = WorkflowInstance.objects.all()
     if not can_see_all_instances(user):
         qs = qs.filter(started_by=user)
     return qs
 
 
+def _with_steps(qs: QuerySet[WorkflowInstance]) -> QuerySet[WorkflowInstance]:
+    # Two queries whatever the number of instances: the instances (with their starter) and
+    # all their steps.
+    steps = Prefetch("steps", queryset=StepRun.objects.order_by("position"))
+    return qs.select_related("started_by").prefetch_related(steps)
+
+
+def _filter_value(name: str, value: str | None) -> str | None:
+    if value is not None and "\x00" in value:
+        # PostgreSQL cannot compare text with NUL; answer 400 rather than a 500.
+        raise InvalidInput(f"{name} must not contain NUL characters", code="invalid_filter")
+    return value
+
+
 def instance_list(*, user: Any, workflow: str | None = None, state: str | None = None,
                   business_key: str | None = None) -> QuerySet[WorkflowInstance]:
+    """Instances ``user`` may see, filtered; an unknown ``state`` is :class:`InvalidInput`.
+    The query count does not grow with the number of instances."""
     qs = instances_visible_to(user)
     if state:
         if state not in InstanceState.values:
@@ -32,34 +50,32 @@ def instance_list(*, user: Any, workflow: str | None = None, state: str | None =
                 code="invalid_filter",
             )
         qs = qs.filter(state=state)
-    if workflow:
+    if _filter_value("workflow", workflow):
         qs = qs.filter(workflow=workflow)
-    if business_key:
+    if _filter_value("business_key", business_key):
         qs = qs.filter(business_key=business_key)
-    return qs.prefetch_related(
-        _steps_prefetch()
-    ).select_related("started_by")
-
-
-def _steps_prefetch() -> Any:
-    from django.db.models import Prefetch
-
-    return Prefetch("steps", queryset=StepRun.objects.order_by("position"))
+    return _with_steps(qs)
 
 
 def instance_get(*, user: Any, instance_id: Any) -> WorkflowInstance:
-    """The instance if ``user`` may see it; :class:`NotFound` otherwise (also for ids that are
-    not UUIDs), so a caller cannot probe for others' instances."""
+    """The instance with its steps if ``user`` may see it; :class:`NotFound` otherwise (also
+    for ids that are not UUIDs), so a caller cannot probe for others' instances."""
     try:
         pk = uuid.UUID(str(instance_id))
     except ValueError:
         raise NotFound("instance not found") from None
-    instance = (instances_visible_to(user).filter(pk=pk)
-                .prefetch_related(_steps_prefetch()).select_related("started_by").first())
+    instance = _with_steps(instances_visible_to(user).filter(pk=pk)).first()
     if instance is None:
         raise NotFound("instance not found")
     return instance
 
 
+def instance_with_idempotency_key(*, user: Any, workflow: str,
+                                  key: str) -> WorkflowInstance | None:
+    """The instance of ``workflow`` started with ``key``, if ``user`` may see it."""
+    return instances_visible_to(user).filter(workflow=workflow, idempotency_key=key).first()
+
+
 def instance_history(*, instance: WorkflowInstance) -> QuerySet[Event]:
+    """The instance's events, oldest first (``seq`` counts from 1 without gaps)."""
     return Event.objects.filter(instance=instance).order_by("seq")

@@ -39,21 +39,27 @@ def _batch(batch: int | None) -> int:
     return batch or settings.SIGNOFF_SWEEP_BATCH
 
 
-def sweep_doorbells(*, now: datetime | None = None, grace: timedelta | None = None,
-                    batch: int | None = None) -> int:
+def sweep_doorbells(
+    *, now: datetime | None = None, grace: timedelta | None = None, batch: int | None = None
+) -> int:
     """Ring again for steps ``scheduled``/``retrying`` whose due time and last ring are older
     than the grace period: their message was lost (Redis flushed, broker down at commit)."""
     now = now or timezone.now()
-    grace = grace if grace is not None else timedelta(
-        seconds=settings.SIGNOFF_DOORBELL_GRACE_SECONDS)
+    grace = (
+        grace if grace is not None else timedelta(seconds=settings.SIGNOFF_DOORBELL_GRACE_SECONDS)
+    )
     older_than = now - grace
     ids = list(
         StepRun.objects.filter(
             state__in=[StepState.SCHEDULED, StepState.RETRYING], next_attempt_at__lte=older_than
-        ).filter(Q(rung_at__isnull=True) | Q(rung_at__lte=older_than)).order_by("next_attempt_at").values_list("pk", flat=True)[: _batch(batch)]
+        )
+        .filter(Q(rung_at__isnull=True) | Q(rung_at__lte=older_than))
+        .order_by("next_attempt_at")
+        .values_list("pk", flat=True)[: _batch(batch)]
     )
-    return _each("doorbells", ids,
-                 lambda pk: engine.step_ring_again(step_run_id=pk, older_than=older_than))
+    return _each(
+        "doorbells", ids, lambda pk: engine.step_ring_again(step_run_id=pk, older_than=older_than)
+    )
 
 
 def sweep_step_timeouts(*, now: datetime | None = None, batch: int | None = None) -> int:
@@ -62,7 +68,8 @@ def sweep_step_timeouts(*, now: datetime | None = None, batch: int | None = None
     now = now or timezone.now()
     ids = list(
         StepRun.objects.filter(state=StepState.RUNNING, timeout_at__lte=now)
-        .order_by("timeout_at").values_list("pk", flat=True)[: _batch(batch)]
+        .order_by("timeout_at")
+        .values_list("pk", flat=True)[: _batch(batch)]
     )
     return _each("step_timeouts", ids, lambda pk: engine.step_time_out(step_run_id=pk))
 
@@ -73,7 +80,9 @@ def sweep_instance_deadlines(*, now: datetime | None = None, batch: int | None =
     ids = list(
         WorkflowInstance.objects.filter(
             state=InstanceState.RUNNING, deadline_at__isnull=False, deadline_at__lte=now
-        ).order_by("deadline_at").values_list("pk", flat=True)[: _batch(batch)]
+        )
+        .order_by("deadline_at")
+        .values_list("pk", flat=True)[: _batch(batch)]
     )
     return _each("instance_deadlines", ids, lambda pk: engine.instance_expire(instance_id=pk))
 

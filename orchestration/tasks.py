@@ -12,8 +12,9 @@ from celery import shared_task
 from . import engine, sweepers
 
 
-@shared_task(name="orchestration.run_step", acks_late=True, reject_on_worker_lost=True,
-             ignore_result=True)
+@shared_task(
+    name="orchestration.run_step", acks_late=True, reject_on_worker_lost=True, ignore_result=True
+)
 def run_step(step_run_id: int, attempt: int) -> str:
     return engine.step_execute(step_run_id=step_run_id, attempt=attempt)
 

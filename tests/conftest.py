@@ -30,22 +30,42 @@ class WorkerProcess:
         db = settings.DATABASES["default"]
         url = f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{self.db_name}"
         env = dict(os.environ)
-        env.update({
-            "DJANGO_SETTINGS_MODULE": "tests.settings",
-            "SIGNOFF_TEST_DATABASE_URL": url,
-            "SIGNOFF_TEST_REDIS_URL": settings.CELERY_BROKER_URL,
-            "SIGNOFF_WORKFLOW_MODULES": ",".join(settings.SIGNOFF_WORKFLOW_MODULES),
-        })
+        env.update(
+            {
+                "DJANGO_SETTINGS_MODULE": "tests.settings",
+                "SIGNOFF_TEST_DATABASE_URL": url,
+                "SIGNOFF_TEST_REDIS_URL": settings.CELERY_BROKER_URL,
+                "SIGNOFF_WORKFLOW_MODULES": ",".join(settings.SIGNOFF_WORKFLOW_MODULES),
+            }
+        )
         return env
 
     def start(self) -> None:
         self.name = f"test-{time.monotonic_ns()}@localhost"
         self.log.parent.mkdir(exist_ok=True)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "config", "worker", "-l", "INFO",
-             "-c", str(self.concurrency), "-Q", "signoff", "--without-gossip",
-             "--without-mingle", "-n", self.name],
-            cwd=ROOT, env=self.env(), stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "config",
+                "worker",
+                "-l",
+                "INFO",
+                "-c",
+                str(self.concurrency),
+                "-Q",
+                "signoff",
+                "--without-gossip",
+                "--without-mingle",
+                "-n",
+                self.name,
+            ],
+            cwd=ROOT,
+            env=self.env(),
+            stdout=open(self.log, "ab"),
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         deadline = time.monotonic() + 30
@@ -96,8 +116,9 @@ def celery_worker_process(django_db_setup: Any, django_db_blocker: Any) -> Itera
 
 
 @pytest.fixture
-def worker(celery_worker_process: WorkerProcess, redis_client: redis.Redis,
-           transactional_db: Any) -> Iterator[WorkerProcess]:
+def worker(
+    celery_worker_process: WorkerProcess, redis_client: redis.Redis, transactional_db: Any
+) -> Iterator[WorkerProcess]:
     """A running worker, an empty test queue, and committed (transactional) test data."""
     if celery_worker_process.process.poll() is not None:
         celery_worker_process.start()
@@ -107,8 +128,14 @@ def worker(celery_worker_process: WorkerProcess, redis_client: redis.Redis,
         celery_worker_process.start()
 
 
-def wait_for(condition: Callable[[], Any], *, timeout: float = 20.0, interval: float = 0.05,
-             sweep: bool = False, message: str = "condition") -> Any:
+def wait_for(
+    condition: Callable[[], Any],
+    *,
+    timeout: float = 20.0,
+    interval: float = 0.05,
+    sweep: bool = False,
+    message: str = "condition",
+) -> Any:
     """Poll until ``condition()`` is truthy. With ``sweep`` the engine sweepers run each
     round, standing in for beat."""
     from orchestration import sweepers

@@ -13,7 +13,13 @@ from typing import Any
 import redis
 from django.conf import settings
 
-from orchestration.definitions import NonRetryableError, RetryPolicy, StepContext, Workflow, registry
+from orchestration.definitions import (
+    NonRetryableError,
+    RetryPolicy,
+    StepContext,
+    Workflow,
+    registry,
+)
 
 _redis: redis.Redis | None = None
 
@@ -33,8 +39,13 @@ class Flaky(Exception):
     pass
 
 
-FAST = RetryPolicy(max_attempts=4, initial_interval=timedelta(milliseconds=200),
-                   backoff_coefficient=2.0, max_interval=timedelta(seconds=1), jitter=0.1)
+FAST = RetryPolicy(
+    max_attempts=4,
+    initial_interval=timedelta(milliseconds=200),
+    backoff_coefficient=2.0,
+    max_interval=timedelta(seconds=1),
+    jitter=0.1,
+)
 
 
 def _step(ctx: StepContext) -> dict[str, Any]:
@@ -84,8 +95,9 @@ def _bad_value(ctx: StepContext) -> None:
 
 
 nonretryable = Workflow("t_nonretryable")
-nonretryable.task(_bad_value, name="validate",
-                  retry=RetryPolicy(max_attempts=5, non_retryable=(ValueError,)))
+nonretryable.task(
+    _bad_value, name="validate", retry=RetryPolicy(max_attempts=5, non_retryable=(ValueError,))
+)
 nonretryable.task(_step, name="never", after=["validate"])
 registry.register(nonretryable)
 
@@ -96,11 +108,18 @@ def _always_flaky(ctx: StepContext) -> None:
 
 
 closing = Workflow("t_close")
-closing.task(_always_flaky, name="call",
-             retry=RetryPolicy(max_attempts=100, initial_interval=timedelta(milliseconds=300),
-                               backoff_coefficient=1.0, max_interval=timedelta(seconds=1),
-                               jitter=0),
-             schedule_to_close=timedelta(seconds=1))
+closing.task(
+    _always_flaky,
+    name="call",
+    retry=RetryPolicy(
+        max_attempts=100,
+        initial_interval=timedelta(milliseconds=300),
+        backoff_coefficient=1.0,
+        max_interval=timedelta(seconds=1),
+        jitter=0,
+    ),
+    schedule_to_close=timedelta(seconds=1),
+)
 registry.register(closing)
 
 

@@ -1,33 +1,144 @@
+"""Input and output serializers of the workflow and instance API.
+
+Input fields are strict about JSON types (a number is not a string, ``"2"`` is not an
+integer) and refuse what the database cannot store (NUL characters, lone surrogates, absurd
+nesting), so bad input is a 400 and never a 500 halfway through a write.
+"""
+
 from __future__ import annotations
 
+import math
 from typing import Any
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from orchestration.models import Event, StepRun, WorkflowInstance
+from orchestration.models import Event, InstanceState, StepRun, StepState, WorkflowInstance
+
+# Deeper than this is not a business document; it also keeps every later json.dumps of the
+# value (fingerprint, storage, step contexts) far from Python's recursion limit.
+MAX_JSON_DEPTH = 32
 
 
-class StartInstanceSerializer(serializers.Serializer):
-    workflow = serializers.CharField(max_length=100)
-    input = serializers.JSONField(required=False, default=dict)
-    business_key = serializers.CharField(max_length=200, required=False, default="",
-                                         allow_blank=True)
-    version = serializers.IntegerField(required=False, min_value=1, allow_null=True, default=None)
+def _string_problem(value: str) -> str | None:
+    if "\x00" in value:
+        return "strings must not contain NUL characters"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "strings must be valid Unicode (no lone surrogates)"
+    return None
 
-    def validate_input(self, value: Any) -> Any:
-        if not isinstance(value, dict):
-            raise serializers.ValidationError("input must be a JSON object")
-        return value
+
+def storable_json_problem(value: Any) -> str | None:
+    """Why ``value`` (already parsed JSON) cannot be stored, or None. Iterative, so a deeply
+    nested value cannot exhaust the stack here."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > MAX_JSON_DEPTH:
+                return f"nested deeper than {MAX_JSON_DEPTH} levels"
+            if isinstance(item, dict):
+                for key, child in item.items():
+                    if not isinstance(key, str):
+                        return "object keys must be strings"
+                    problem = _string_problem(key)
+                    if problem:
+                        return problem
+                    stack.append((child, depth + 1))
+            else:
+                stack.extend((child, depth + 1) for child in item)
+        elif isinstance(item, str):
+            problem = _string_problem(item)
+            if problem:
+                return problem
+        elif isinstance(item, float) and not math.isfinite(item):
+            return "numbers must be finite"
+        elif item is not None and not isinstance(item, bool | int | float):
+            return f"unsupported value of type {type(item).__name__}"
+    return None
+
+
+class StrictCharField(serializers.CharField):
+    """A JSON string, kept as sent (no type coercion, no trimming), storable in PostgreSQL."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("trim_whitespace", False)
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        problem = _string_problem(data)
+        if problem:
+            raise serializers.ValidationError(problem)
+        return super().to_internal_value(data)
+
+
+class StrictIntegerField(serializers.IntegerField):
+    """A JSON integer: ``"2"``, ``2.0`` and ``true`` are refused."""
+
+    def to_internal_value(self, data: Any) -> int:
+        if isinstance(data, bool) or not isinstance(data, int):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class JSONObjectField(serializers.JSONField):
+    """A JSON object that the database can store."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if not isinstance(data, dict):
+            raise serializers.ValidationError("must be a JSON object")
+        # Checked before DRF's own round trip through json.dumps, which recurses.
+        problem = storable_json_problem(data)
+        if problem:
+            raise serializers.ValidationError(problem)
+        return super().to_internal_value(data)
+
+
+class RejectUnknownFieldsMixin:
+    """A typo (``"inputs"``) is a 400 naming the field, not a silently ignored key."""
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(self.initial_data) - set(self.fields))  # type: ignore[attr-defined]
+        if unknown:
+            raise serializers.ValidationError({name: ["Unknown field."] for name in unknown})
+        return super().validate(attrs)  # type: ignore[misc]
+
+
+class StartInstanceSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
+    workflow = StrictCharField(max_length=100, help_text="A registered workflow name.")
+    input = JSONObjectField(
+        required=False, default=dict,
+        help_text="The instance input; validated against the workflow's input schema.",
+    )
+    business_key = StrictCharField(max_length=200, required=False, default="",
+                                   allow_blank=True)
+    version = StrictIntegerField(
+        required=False, min_value=1, allow_null=True, default=None,
+        help_text="A registered version; the newest when omitted.",
+    )
+
+
+class CancelInstanceSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
+    reason = StrictCharField(max_length=1000, required=False, default="", allow_blank=True)
 
 
 class ErrorSerializer(serializers.Serializer):
-    type = serializers.CharField()
-    message = serializers.CharField()
-    traceback = serializers.CharField(required=False)
+    """Every error response: a message and a stable machine-readable code."""
+
+    detail = serializers.CharField()
+    code = serializers.CharField()
+    fields = serializers.DictField(
+        required=False, help_text="Field errors, by field name, as DRF gives them."
+    )
 
 
 class StepRunSerializer(serializers.ModelSerializer):
-    error = serializers.JSONField(allow_null=True)
+    state = serializers.ChoiceField(choices=StepState.choices)
+    error = serializers.JSONField(allow_null=True, help_text="type, message, traceback")
     output = serializers.JSONField(allow_null=True)
 
     class Meta:
@@ -36,7 +147,13 @@ class StepRunSerializer(serializers.ModelSerializer):
                   "finished_at", "next_attempt_at", "timeout_at", "output", "error"]
 
 
+class InstanceLinksSerializer(serializers.Serializer):
+    self = serializers.CharField()
+    history = serializers.CharField()
+
+
 class InstanceSerializer(serializers.ModelSerializer):
+    state = serializers.ChoiceField(choices=InstanceState.choices)
     steps = StepRunSerializer(many=True, read_only=True)
     input = serializers.JSONField()
     output = serializers.JSONField(allow_null=True)
@@ -50,6 +167,7 @@ class InstanceSerializer(serializers.ModelSerializer):
                   "business_key", "idempotency_key", "started_by", "created_at", "started_at",
                   "finished_at", "deadline_at", "updated_at", "steps", "links"]
 
+    @extend_schema_field(InstanceLinksSerializer)
     def get_links(self, obj: WorkflowInstance) -> dict[str, str]:
         return {
             "self": f"/api/v1/instances/{obj.pk}/",

