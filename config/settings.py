@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import dj_database_url
 
@@ -171,9 +172,29 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
+# --- Email ------------------------------------------------------------------------------------
+# EMAIL_URL: smtp://user:password@host:port (smtps:// for TLS, ?starttls=1 for STARTTLS),
+# console:// (the embedded default: mail printed by the process that sends it) or locmem://.
+EMAIL_URL = env("EMAIL_URL", "console://")
+_email = urlsplit(EMAIL_URL)
+if _email.scheme in ("smtp", "smtps"):
+    EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    EMAIL_HOST = _email.hostname or "localhost"
+    EMAIL_PORT = _email.port or (465 if _email.scheme == "smtps" else 25)
+    EMAIL_HOST_USER = unquote(_email.username or "")
+    EMAIL_HOST_PASSWORD = unquote(_email.password or "")
+    EMAIL_USE_SSL = _email.scheme == "smtps"
+    EMAIL_USE_TLS = "starttls=1" in _email.query
+    EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 10)
+elif _email.scheme == "locmem":
+    EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+else:
+    EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
+DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", "Signoff <signoff@localhost>")
+
 # --- Signoff ----------------------------------------------------------------------------------
 # Modules whose import registers workflow definitions.
-SIGNOFF_WORKFLOW_MODULES = env_list("SIGNOFF_WORKFLOW_MODULES", "demo.workflows")
+SIGNOFF_WORKFLOW_MODULES = env_list("SIGNOFF_WORKFLOW_MODULES", "demo.workflows,demo.expenses")
 # Request bodies over this size get 413 (API and forms).
 SIGNOFF_MAX_REQUEST_BYTES = env_int("SIGNOFF_MAX_REQUEST_BYTES", 256 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = SIGNOFF_MAX_REQUEST_BYTES

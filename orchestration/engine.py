@@ -76,6 +76,11 @@ def error_info(exc: BaseException) -> dict[str, str]:
     }
 
 
+def step_context(journal: Journal, step: StepRun) -> StepContext:
+    """The context a step (or a kind handler deciding about it) sees, inside a service."""
+    return _context(journal.instance, journal.steps, step)
+
+
 def _context(instance: WorkflowInstance, steps: dict[str, StepRun], step: StepRun) -> StepContext:
     return StepContext(
         instance_id=str(instance.pk),
@@ -152,6 +157,7 @@ def _advance(
     """
     if instance.state != I.RUNNING:
         return
+    journal.steps = steps
     for name in definition.order():
         step = steps[name]
         if step.state != S.PENDING:
@@ -630,6 +636,7 @@ def instance_retry(*, instance_id: Any, actor: str = "system") -> WorkflowInstan
         if definition.deadline is not None:
             instance.deadline_at = journal.now + definition.deadline
         journal.record("instance_retried")
+        journal.steps = steps
         for name in definition.order():
             step = steps[name]
             if step.state in STEP_RETRYABLE:
@@ -769,3 +776,71 @@ def instance_expire(*, instance_id: Any) -> bool:
             _fail_instance(instance, steps, definition, journal, error)
         journal.flush()
         return True
+
+
+# -- for other step kinds (approvals, signals): act on a waiting step under the lock -------------
+
+
+@dataclass
+class LockedInstance:
+    """An instance locked for the current transaction, with its steps and a journal. Other
+    apps' services use it to complete ``waiting`` steps through the engine's rules."""
+
+    instance: WorkflowInstance
+    steps: dict[str, StepRun]
+    journal: Journal
+    definition: Workflow | None
+
+    def step_by_id(self, step_run_id: int) -> StepRun | None:
+        return next((s for s in self.steps.values() if s.pk == step_run_id), None)
+
+    def record(self, type: str, *, step: StepRun | None = None, **kwargs: Any) -> None:
+        self.journal.record(type, step=step, **kwargs)
+
+    def resolve_step(self, step: StepRun, output: Any) -> None:
+        """``waiting`` → ``succeeded`` with ``output``, then advance the instance."""
+        step.resolve(_jsonable(output))
+        step.finished_at = self.journal.now
+        self.journal.record("step_succeeded", step=step)
+        if self.definition is not None:
+            _advance(self.instance, self.steps, self.definition, self.journal)
+
+    def fail_step(self, step: StepRun, error: dict[str, Any], *, reason: str) -> None:
+        """``waiting`` → ``failed``; fails the instance (no retry for a human decision)."""
+        step.reject()
+        step.error = error
+        step.finished_at = self.journal.now
+        self.journal.record("step_failed", step=step, data={"reason": reason, "error": error})
+        if self.instance.state == I.RUNNING and self.definition is not None:
+            _fail_instance(
+                self.instance,
+                self.steps,
+                self.definition,
+                self.journal,
+                {"step": step.name, "reason": reason, **error},
+            )
+
+
+def lock_instance(
+    *, instance_id: Any = None, step_run_id: int | None = None, actor: str = "system",
+    skip_locked: bool = False,
+) -> LockedInstance | None:
+    """Lock an instance (by id or by one of its steps) in the caller's transaction and load
+    its steps; None when it does not exist (or is locked, with ``skip_locked``). The caller
+    must :meth:`Journal.flush` before leaving the transaction."""
+    if step_run_id is not None:
+        owner = StepRun.objects.filter(pk=step_run_id).values("instance_id")
+        qs = WorkflowInstance.objects.select_for_update(skip_locked=skip_locked).filter(
+            pk=Subquery(owner)
+        )
+    else:
+        qs = WorkflowInstance.objects.select_for_update(skip_locked=skip_locked).filter(
+            pk=instance_id
+        )
+    instance = qs.first()
+    if instance is None:
+        return None
+    steps = _steps(instance)
+    journal = Journal(instance, actor=actor)
+    journal.steps = steps
+    return LockedInstance(instance, steps, journal, definition_of(instance))

@@ -11,6 +11,7 @@ nothing and announces nothing.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -70,6 +71,9 @@ class Journal:
         self.events: list[Event] = []
         self.dirty: dict[int, StepRun] = {}
         self._bells: list[tuple[StepRun, Doorbell]] = []
+        self._after_write: list[Callable[[], None]] = []
+        # The instance's steps by name, when the service loaded them (kinds read it).
+        self.steps: dict[str, StepRun] = {}
 
     def record(
         self,
@@ -111,6 +115,10 @@ class Journal:
         """Ring the step's doorbell (send its Celery message) after the commit."""
         self._bells.append((step, Doorbell(0, step.attempt, eta, queue, time_limit)))
 
+    def after_write(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` inside the transaction once the rows are written (new steps have ids)."""
+        self._after_write.append(fn)
+
     def flush(self, *, created_steps: list[StepRun] | None = None) -> None:
         """Write the instance, the steps and the events; schedule doorbells for after commit.
 
@@ -129,6 +137,8 @@ class Journal:
                 StepRun.objects.bulk_update(dirty, STEP_FIELDS)
         if self.events:
             Event.objects.bulk_create(self.events)
+        for fn in self._after_write:
+            fn()
         # Step ids are known only now for new steps.
         bells = [
             Doorbell(step.pk, bell.attempt, bell.eta, bell.queue, bell.time_limit)

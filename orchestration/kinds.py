@@ -22,7 +22,10 @@ class StepKind(Protocol):
     name: str
 
     def ready(self, *, step_run: StepRun, spec: StepSpec, journal: Journal, now: datetime) -> None:
-        """The step's dependencies are done: start it (schedule, or wait for a person...)."""
+        """The step's dependencies are done: start it (schedule, or wait for a person...).
+
+        ``journal.steps`` holds the instance's steps (for ``engine.step_context``); a new
+        step may have no id yet: use ``journal.after_write`` for rows that refer to it."""
 
     def cancelled(
         self, *, step_run: StepRun, spec: StepSpec, journal: Journal, now: datetime

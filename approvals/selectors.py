@@ -1,0 +1,76 @@
+"""Reads for the inbox and the approvals API. Query counts do not grow with the data: the
+list is one query (plus one for the page's assignees), filtered with EXISTS subqueries that
+walk the pending partial index in order."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.utils import timezone
+
+from .models import ApprovalRequest, Decision, Delegation, RequestState
+
+User = get_user_model()
+AssignedUser = ApprovalRequest.assignee_users.through
+AssignedGroup = ApprovalRequest.assignee_groups.through
+Membership = User.groups.through
+
+
+def principal_ids(user: Any, now: datetime | None = None) -> list[int]:
+    """The user's id and the ids of everyone who delegated to them for ``now``."""
+    now = now or timezone.now()
+    delegators = Delegation.objects.filter(
+        delegate=user, starts_at__lte=now, ends_at__gt=now
+    ).values_list("user_id", flat=True)
+    return [user.pk, *delegators]
+
+
+def _assigned_to(ids: list[int]) -> Q:
+    groups = Membership.objects.filter(user_id__in=ids).values("group_id")
+    return Q(
+        Exists(AssignedUser.objects.filter(approvalrequest_id=OuterRef("pk"), user_id__in=ids))
+    ) | Q(
+        Exists(AssignedGroup.objects.filter(approvalrequest_id=OuterRef("pk"), group_id__in=groups))
+    )
+
+
+def decidable_by(user: Any, now: datetime | None = None) -> QuerySet[ApprovalRequest]:
+    """Pending requests ``user`` may decide now (directly, through a group or a delegation),
+    excluding their own requests (unless allowed) and those they already decided."""
+    ids = principal_ids(user, now)
+    return (
+        ApprovalRequest.objects.filter(state=RequestState.PENDING)
+        .filter(_assigned_to(ids))
+        .exclude(Q(requester_id=user.pk) & Q(allow_self_approval=False))
+        .exclude(Exists(Decision.objects.filter(request=OuterRef("pk"), decided_by=user)))
+    )
+
+
+def decided_by(user: Any) -> QuerySet[ApprovalRequest]:
+    return ApprovalRequest.objects.filter(
+        Exists(Decision.objects.filter(request=OuterRef("pk"), decided_by=user))
+    )
+
+
+def visible_to(user: Any, now: datetime | None = None) -> QuerySet[ApprovalRequest]:
+    """Every request the user is or was assigned (or decided), in any state."""
+    ids = principal_ids(user, now)
+    return ApprovalRequest.objects.filter(
+        _assigned_to(ids)
+        | Q(Exists(Decision.objects.filter(request=OuterRef("pk"), decided_by=user)))
+    )
+
+
+def request_for(user: Any, request_id: Any) -> ApprovalRequest | None:
+    """One request the user may see (assignee, delegate, decider, requester or staff)."""
+    try:
+        pk = int(request_id)
+    except (TypeError, ValueError):
+        return None
+    qs = ApprovalRequest.objects.select_related("instance", "step_run", "requester")
+    if not user.is_staff:
+        qs = qs.filter(Q(pk__in=visible_to(user).values("pk")) | Q(requester_id=user.pk))
+    return qs.filter(pk=pk).first()

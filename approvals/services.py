@@ -1,0 +1,359 @@
+"""Every write of the human side. The inbox, the API, email links and the admin all decide
+through :func:`approval_decide`.
+
+Lock order is the engine's: the instance row first (it guards the instance, its steps and
+their approval requests), then the request row.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+from django.db import transaction
+from django.utils import timezone
+
+from orchestration import engine, kinds
+from orchestration.definitions import StepSpec
+from orchestration.errors import Conflict, InvalidInput, NotAllowed, NotFound
+from orchestration.journal import Journal
+from orchestration.models import StepRun
+
+from .definitions import ApprovalStep
+from .models import ApprovalRequest, Channel, Decision, Delegation, Outcome, Policy, RequestState
+
+User = get_user_model()
+MAX_COMMENT = 5000
+
+
+def actor_name(user: Any) -> str:
+    return f"user:{user.get_username()}"
+
+
+# -- the approval kind: what the engine calls ---------------------------------------------------
+
+
+class ApprovalKind:
+    name = "approval"
+
+    def ready(self, *, step_run: StepRun, spec: StepSpec, journal: Journal, now: datetime) -> None:
+        assert isinstance(spec, ApprovalStep)
+        ctx = engine.step_context(journal, step_run)
+        usernames, group_names = spec.resolve_assignees(ctx)
+        users = list(User.objects.filter(username__in=usernames, is_active=True))
+        groups = list(Group.objects.filter(name__in=group_names))
+        requester_name = spec.requester(ctx) if spec.requester else None
+        requester = (
+            User.objects.filter(username=requester_name).first()
+            if requester_name
+            else journal.instance.started_by
+        )
+        instance = journal.instance
+        request = ApprovalRequest(
+            instance=instance,
+            workflow=instance.workflow,
+            business_key=instance.business_key,
+            step_name=step_run.name,
+            title=spec.render_title(ctx),
+            fields=engine._jsonable(spec.render_fields(ctx)),
+            policy=spec.policy,
+            quorum=spec.quorum if spec.policy == Policy.QUORUM else 1,
+            veto=spec.veto,
+            reject_requires_comment=spec.reject_requires_comment,
+            allow_self_approval=spec.allow_self_approval,
+            requester=requester,
+            created_at=now,
+            due_at=now + spec.due if spec.due else None,
+        )
+        step_run.wait()
+        step_run.started_at = now
+        journal.record("step_waiting", step=step_run)
+        missing = sorted(set(usernames) - {u.username for u in users}) + sorted(
+            set(group_names) - {g.name for g in groups}
+        )
+        journal.record(
+            "approval_requested",
+            step=step_run,
+            data={
+                "title": request.title,
+                "users": [u.username for u in users],
+                "groups": [g.name for g in groups],
+                "policy": spec.policy,
+                "due_at": request.due_at.isoformat() if request.due_at else None,
+                **({"unknown_assignees": missing} if missing else {}),
+            },
+        )
+
+        def create() -> None:
+            request.step_run = step_run
+            request.save(force_insert=True)
+            request.assignee_users.set(users)
+            request.assignee_groups.set(groups)
+
+        journal.after_write(create)
+
+    def cancelled(
+        self, *, step_run: StepRun, spec: StepSpec, journal: Journal, now: datetime
+    ) -> None:
+        request = (
+            ApprovalRequest.objects.select_for_update()
+            .filter(step_run_id=step_run.pk, state=RequestState.PENDING)
+            .first()
+        )
+        if request is None:
+            return
+        request.cancel()
+        request.resolved_at = now
+        request.save(update_fields=["state", "resolved_at"])
+        journal.record("approval_cancelled", step=step_run)
+
+
+kinds.register_kind(ApprovalKind())
+
+
+# -- deciding -----------------------------------------------------------------------------------
+
+
+def principals_for(user: Any, now: datetime | None = None) -> list[Any]:
+    """The user and everyone who delegated to them for ``now``."""
+    now = now or timezone.now()
+    delegators = User.objects.filter(
+        delegations_given__delegate=user,
+        delegations_given__starts_at__lte=now,
+        delegations_given__ends_at__gt=now,
+        is_active=True,
+    ).distinct()
+    return [user, *delegators]
+
+
+def _eligible_as(request: ApprovalRequest, user: Any, now: datetime) -> tuple[Any, Group | None]:
+    """Whose vote ``user`` may cast on ``request``: themself first, then a delegator.
+    Raises :class:`NotAllowed` saying why not."""
+    assigned_users = set(request.assignee_users.values_list("pk", flat=True))
+    assigned_groups = set(request.assignee_groups.values_list("pk", flat=True))
+    decided = set(request.decisions.values_list("assignee_id", flat=True))
+    self_blocked = False
+    already = False
+    for principal in principals_for(user, now):
+        member_of = set(principal.groups.values_list("pk", flat=True)) & assigned_groups
+        if principal.pk not in assigned_users and not member_of:
+            continue
+        if (
+            not request.allow_self_approval
+            and request.requester_id is not None
+            and request.requester_id in (principal.pk, user.pk)
+        ):
+            self_blocked = True
+            continue
+        if principal.pk in decided:
+            already = True
+            continue
+        via = Group.objects.get(pk=min(member_of)) if member_of else None
+        return principal, via
+    if self_blocked:
+        raise NotAllowed("you cannot decide your own request", code="self_approval")
+    if already:
+        raise Conflict("you have already decided this request", code="already_decided")
+    raise NotAllowed("you are not an assignee of this request", code="not_assignee")
+
+
+def _resolution(request: ApprovalRequest, decisions: list[Decision]) -> str | None:
+    approvals = [d for d in decisions if d.outcome == Outcome.APPROVE]
+    rejections = [d for d in decisions if d.outcome == Outcome.REJECT]
+    if request.policy == Policy.ANY:
+        return RequestState.APPROVED if approvals else RequestState.REJECTED if rejections else None
+    if rejections and (request.veto or request.policy == Policy.ALL):
+        return RequestState.REJECTED
+    if request.policy == Policy.QUORUM:
+        if len(approvals) >= request.quorum:
+            return RequestState.APPROVED
+        if len(rejections) >= request.quorum:
+            return RequestState.REJECTED
+        return None
+    # all: every assigned user, and one member of every assigned group, approved
+    approved_users = {d.assignee_id for d in approvals}
+    approved_groups = {d.via_group_id for d in approvals if d.via_group_id}
+    users_done = set(request.assignee_users.values_list("pk", flat=True)) <= approved_users
+    groups_done = set(request.assignee_groups.values_list("pk", flat=True)) <= approved_groups
+    return RequestState.APPROVED if users_done and groups_done else None
+
+
+def _already_decided_message(request: ApprovalRequest) -> str:
+    last = request.decisions.select_related("decided_by").order_by("-at", "-id").first()
+    when = request.resolved_at or (last.at if last else None)
+    stamp = timezone.localtime(when).strftime("%Y-%m-%d %H:%M:%S %Z") if when else "earlier"
+    if request.state in (RequestState.APPROVED, RequestState.REJECTED) and last is not None:
+        return f"already {request.state} by {last.decided_by.get_username()} at {stamp}"
+    return f"already {request.state} at {stamp}"
+
+
+def request_outcome(request: ApprovalRequest, decisions: list[Decision]) -> dict[str, Any]:
+    """The step's output: the decision, who, when, and every decision with its comment."""
+    deciding = [
+        d
+        for d in decisions
+        if d.outcome
+        == (Outcome.APPROVE if request.state == RequestState.APPROVED else Outcome.REJECT)
+    ]
+    return {
+        "decision": request.state,
+        "decided_by": [d.decided_by.get_username() for d in deciding],
+        "at": request.resolved_at.isoformat() if request.resolved_at else None,
+        "comments": [d.comment for d in decisions if d.comment],
+        "decisions": [
+            {
+                "user": d.decided_by.get_username(),
+                "for": d.assignee.get_username() if d.assignee_id != d.decided_by_id else None,
+                "outcome": d.outcome,
+                "comment": d.comment,
+                "channel": d.channel,
+                "at": d.at.isoformat(),
+            }
+            for d in decisions
+        ],
+    }
+
+
+def approval_decide(
+    *,
+    request_id: Any,
+    user: Any,
+    outcome: str,
+    comment: str = "",
+    channel: str = Channel.WEB,
+) -> Decision:
+    """Record ``user``'s decision and resolve the request when its policy is met.
+
+    Guarantees: only a current assignee (directly, through a group, or as an active delegate)
+    decides; not on their own request unless the step allows it; one decision per person; two
+    people deciding at once get one resolution (the instance row is locked) and the second a
+    :class:`Conflict` saying who decided and when. Writes ``approval_decided`` and, on
+    resolution, ``approval_resolved`` plus the step's own event, in one transaction.
+    """
+    if outcome not in Outcome.values:
+        raise InvalidInput(f"outcome must be one of {', '.join(Outcome.values)}")
+    if channel not in Channel.values:
+        raise InvalidInput(f"channel must be one of {', '.join(Channel.values)}")
+    if not isinstance(comment, str):
+        raise InvalidInput("comment must be a string")
+    comment = comment.strip()
+    if len(comment) > MAX_COMMENT:
+        raise InvalidInput(f"comment is longer than {MAX_COMMENT} characters")
+    if not getattr(user, "is_authenticated", False):
+        raise NotAllowed("log in to decide")
+    try:
+        step_run_id = (
+            ApprovalRequest.objects.filter(pk=int(request_id))
+            .values_list("step_run_id", flat=True)
+            .first()
+        )
+    except (TypeError, ValueError):
+        step_run_id = None
+    if step_run_id is None:
+        raise NotFound("approval request not found")
+    with transaction.atomic():
+        locked = engine.lock_instance(step_run_id=step_run_id, actor=actor_name(user))
+        request = ApprovalRequest.objects.select_for_update().get(pk=int(request_id))
+        if locked is None or request.state != RequestState.PENDING:
+            raise Conflict(_already_decided_message(request), code="already_decided")
+        now = locked.journal.now
+        principal, via_group = _eligible_as(request, user, now)
+        if outcome == Outcome.REJECT and request.reject_requires_comment and not comment:
+            raise InvalidInput("a comment is required to reject", code="comment_required")
+        decision = Decision.objects.create(
+            request=request,
+            assignee=principal,
+            decided_by=user,
+            via_group=via_group,
+            outcome=outcome,
+            comment=comment,
+            channel=channel,
+            at=now,
+        )
+        step = locked.step_by_id(step_run_id)
+        locked.record(
+            "approval_decided",
+            step=step,
+            data={
+                "outcome": outcome,
+                "user": user.get_username(),
+                "for": principal.get_username() if principal.pk != user.pk else None,
+                "comment": comment,
+                "channel": channel,
+            },
+        )
+        decisions = list(request.decisions.select_related("decided_by", "assignee"))
+        resolution = _resolution(request, decisions)
+        if resolution is not None:
+            _resolve(locked, request, step, resolution, decisions)
+        locked.journal.flush()
+        return decision
+
+
+def _resolve(
+    locked: engine.LockedInstance,
+    request: ApprovalRequest,
+    step: StepRun | None,
+    resolution: str,
+    decisions: list[Decision],
+) -> None:
+    if resolution == RequestState.APPROVED:
+        request.approve()
+    else:
+        request.reject()
+    request.resolved_at = locked.journal.now
+    request.save(update_fields=["state", "resolved_at"])
+    output = request_outcome(request, decisions)
+    locked.record("approval_resolved", step=step, data={"outcome": resolution})
+    if step is None or step.state != "waiting" or locked.instance.state != "running":
+        return
+    spec = locked.definition.steps.get(step.name) if locked.definition else None
+    continue_on_reject = isinstance(spec, ApprovalStep) and spec.on_reject == "continue"
+    if resolution == RequestState.APPROVED or continue_on_reject:
+        locked.resolve_step(step, output)
+    else:
+        step.output = engine._jsonable(output)
+        last = output["decisions"][-1] if output["decisions"] else {}
+        message = f"rejected by {last.get('user', '?')}"
+        if last.get("comment"):
+            message += f": {last['comment']}"
+        locked.fail_step(
+            step,
+            {"type": "signoff.ApprovalRejected", "message": message, "traceback": ""},
+            reason="rejected",
+        )
+
+
+# -- delegation ---------------------------------------------------------------------------------
+
+
+def delegation_create(
+    *, user: Any, delegate: Any, starts_at: datetime, ends_at: datetime
+) -> Delegation:
+    """Let ``delegate`` decide ``user``'s requests between ``starts_at`` and ``ends_at``."""
+    if delegate is None or delegate.pk == user.pk:
+        raise InvalidInput("choose someone else as your delegate", code="invalid_delegate")
+    if not delegate.is_active:
+        raise InvalidInput("that user is not active", code="invalid_delegate")
+    if ends_at <= starts_at:
+        raise InvalidInput("the end must be after the start", code="invalid_dates")
+    if ends_at <= timezone.now():
+        raise InvalidInput("the end is in the past", code="invalid_dates")
+    return Delegation.objects.create(
+        user=user, delegate=delegate, starts_at=starts_at, ends_at=ends_at
+    )
+
+
+def delegation_end(*, delegation_id: Any, user: Any) -> None:
+    """End one of ``user``'s delegations now (or delete it if it has not started)."""
+    delegation = Delegation.objects.filter(pk=delegation_id, user=user).first()
+    if delegation is None:
+        raise NotFound("delegation not found")
+    now = timezone.now()
+    if delegation.starts_at >= now:
+        delegation.delete()
+    elif delegation.ends_at > now:
+        delegation.ends_at = now
+        delegation.save(update_fields=["ends_at"])

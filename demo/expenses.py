@@ -1,0 +1,120 @@
+"""Demo ``expense_approval`` v1: validate → manager approval → finance approval (only over
+1,000) → pay → notify the requester."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.core.mail import EmailMessage
+
+from approvals.definitions import approval
+from orchestration.definitions import (
+    NonRetryableError,
+    RetryPolicy,
+    StepContext,
+    Workflow,
+    registry,
+)
+
+FINANCE_THRESHOLD = 1000
+
+expenses = Workflow(
+    "expense_approval",
+    version=1,
+    description="An expense approved by a manager, and by finance above 1,000, then paid.",
+    deadline=timedelta(days=30),
+    input_schema={
+        "type": "object",
+        "required": ["amount", "currency", "description", "requester"],
+        "properties": {
+            "amount": {"type": "number"},
+            "currency": {"type": "string", "pattern": "^[A-Z]{3}$"},
+            "description": {"type": "string", "minLength": 1, "maxLength": 500},
+            "requester": {"type": "string", "minLength": 1, "maxLength": 150},
+        },
+    },
+)
+
+SHOW = [
+    ("Amount", "input.amount"),
+    ("Currency", "input.currency"),
+    ("Description", "input.description"),
+    ("Requester", "input.requester"),
+]
+
+
+@expenses.task(retry=RetryPolicy(max_attempts=3), start_to_close=timedelta(seconds=30))
+def validate(ctx: StepContext) -> dict[str, Any]:
+    amount = ctx.input["amount"]
+    if amount <= 0:
+        raise NonRetryableError(f"amount must be positive, got {amount}")
+    user = get_user_model().objects.filter(username=ctx.input["requester"], is_active=True).first()
+    if user is None:
+        raise NonRetryableError(f"unknown requester {ctx.input['requester']!r}")
+    return {"requester_email": user.email, "needs_finance": amount > FINANCE_THRESHOLD}
+
+
+approval(
+    expenses,
+    "manager_approval",
+    after=["validate"],
+    groups=["managers"],
+    policy="any",
+    due=timedelta(days=2),
+    title="Expense: {input[amount]} {input[currency]} for {input[description]}",
+    show=SHOW,
+    requester=lambda ctx: ctx.input["requester"],
+)
+
+approval(
+    expenses,
+    "finance_approval",
+    after=["manager_approval"],
+    when=lambda ctx: ctx.input["amount"] > FINANCE_THRESHOLD,
+    groups=["finance"],
+    policy="any",
+    due=timedelta(days=2),
+    title="Finance check: {input[amount]} {input[currency]} for {input[description]}",
+    show=[*SHOW, ("Manager decision", "outputs.manager_approval.decided_by")],
+    requester=lambda ctx: ctx.input["requester"],
+)
+
+
+@expenses.task(
+    after=["finance_approval"],
+    retry=RetryPolicy(max_attempts=5),
+    start_to_close=timedelta(seconds=30),
+)
+def pay(ctx: StepContext) -> dict[str, Any]:
+    # A real payment call would pass ctx.idempotency_key so a retry never pays twice.
+    return {
+        "payment_id": f"pay-{ctx.idempotency_key}",
+        "amount": ctx.input["amount"],
+        "currency": ctx.input["currency"],
+    }
+
+
+@expenses.task(
+    after=["pay"], retry=RetryPolicy(max_attempts=5), start_to_close=timedelta(seconds=60)
+)
+def notify_requester(ctx: StepContext) -> dict[str, Any]:
+    to = ctx.outputs["validate"]["requester_email"]
+    if not to:
+        return {"sent": False, "reason": "requester has no email address"}
+    message_id = f"<{ctx.idempotency_key.replace(':', '.')}@signoff>"
+    EmailMessage(
+        subject=f"Your expense was approved and paid: {ctx.input['description']}",
+        body=(
+            f"Your expense of {ctx.input['amount']} {ctx.input['currency']} "
+            f"({ctx.input['description']}) was approved and paid "
+            f"(payment {ctx.outputs['pay']['payment_id']})."
+        ),
+        to=[to],
+        headers={"Message-ID": message_id},
+    ).send()
+    return {"sent": True, "to": to, "message_id": message_id}
+
+
+registry.register(expenses)

@@ -1,0 +1,314 @@
+"""Approval services: policies, who may decide, delegation, races."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import pytest
+from django.contrib.auth.models import Group
+from django.db import connection
+from django.utils import timezone
+
+from approvals import selectors, services
+from approvals.definitions import approval
+from approvals.models import ApprovalRequest, Decision
+from orchestration import engine
+from orchestration.definitions import DefinitionError, Registry, Workflow, registry
+from orchestration.errors import Conflict, InvalidInput, NotAllowed, NotFound
+from orchestration.models import Event, StepRun, WorkflowInstance
+
+pytestmark = pytest.mark.django_db
+
+
+def _noop(ctx):  # noqa: ANN001, ANN202
+    return {"ok": True}
+
+
+@pytest.fixture
+def people(django_user_model):
+    names = ["req", "ann", "ben", "cat", "dan", "eve"]
+    users = {n: django_user_model.objects.create_user(n, email=f"{n}@example.com") for n in names}
+    reviewers = Group.objects.create(name="reviewers")
+    reviewers.user_set.add(users["cat"], users["dan"])
+    return users
+
+
+@pytest.fixture
+def make_flow():
+    created = []
+
+    def make(name: str, **kwargs) -> str:  # noqa: ANN003
+        wf = Workflow(name)
+        wf.task(_noop, name="prepare")
+        approval(
+            wf,
+            "decide",
+            after=["prepare"],
+            title="Decide {input[what]}",
+            show=[("What", "input.what")],
+            requester=lambda ctx: "req",
+            **kwargs,
+        )
+        wf.task(_noop, name="after", after=["decide"])
+        registry.register(wf)
+        created.append(wf)
+        return name
+
+    yield make
+    for wf in created:
+        registry.unregister(wf.name, wf.version)
+
+
+def start(workflow: str) -> tuple[WorkflowInstance, ApprovalRequest]:
+    instance, _ = engine.instance_start(workflow=workflow, input={"what": "the budget"})
+    prepare = StepRun.objects.get(instance=instance, name="prepare")
+    engine.step_execute(step_run_id=prepare.pk, attempt=1)
+    return instance, ApprovalRequest.objects.get(instance=instance)
+
+
+def state_of(instance: WorkflowInstance) -> tuple[str, str]:
+    instance = WorkflowInstance.objects.get(pk=instance.pk)
+    return instance.state, StepRun.objects.get(instance=instance, name="decide").state
+
+
+def test_ready_approval_step_waits_and_creates_the_request(people, make_flow) -> None:
+    instance, request = start(make_flow("t_ap_any", users=["ann", "ghost"], groups=["reviewers"]))
+    assert request.title == "Decide the budget"
+    assert request.fields == [{"label": "What", "value": "the budget"}]
+    assert request.requester == people["req"]
+    assert set(request.assignee_users.values_list("username", flat=True)) == {"ann"}
+    assert list(request.assignee_groups.values_list("name", flat=True)) == ["reviewers"]
+    assert state_of(instance) == ("running", "waiting")
+    requested = Event.objects.get(instance=instance, type="approval_requested")
+    assert requested.data["unknown_assignees"] == ["ghost"]
+
+
+def test_any_first_approval_resolves_and_the_workflow_goes_on(people, make_flow) -> None:
+    instance, request = start(make_flow("t_ap_any2", groups=["reviewers"]))
+    services.approval_decide(
+        request_id=request.pk, user=people["cat"], outcome="approve", comment="fine"
+    )
+    request.refresh_from_db()
+    assert request.state == "approved"
+    assert state_of(instance) == ("running", "succeeded")
+    step = StepRun.objects.get(instance=instance, name="decide")
+    assert step.output["decision"] == "approved"
+    assert step.output["decided_by"] == ["cat"]
+    assert step.output["comments"] == ["fine"]
+    assert StepRun.objects.get(instance=instance, name="after").state == "scheduled"
+    with pytest.raises(Conflict, match=r"already approved by cat at \d{4}-"):
+        services.approval_decide(request_id=request.pk, user=people["dan"], outcome="approve")
+    assert Decision.objects.count() == 1
+
+
+def test_any_rejection_fails_the_instance_by_default(people, make_flow) -> None:
+    instance, request = start(make_flow("t_ap_rej", users=["ann"]))
+    with pytest.raises(InvalidInput, match="comment is required"):
+        services.approval_decide(request_id=request.pk, user=people["ann"], outcome="reject")
+    services.approval_decide(
+        request_id=request.pk, user=people["ann"], outcome="reject", comment="too expensive"
+    )
+    assert state_of(instance) == ("failed", "failed")
+    instance.refresh_from_db()
+    assert instance.error["message"] == "rejected by ann: too expensive"
+    assert instance.error["reason"] == "rejected"
+
+
+def test_rejection_can_continue_with_the_decision_in_the_context(people, make_flow) -> None:
+    instance, request = start(
+        make_flow("t_ap_cont", users=["ann"], on_reject="continue", reject_requires_comment=False)
+    )
+    services.approval_decide(request_id=request.pk, user=people["ann"], outcome="reject")
+    assert state_of(instance) == ("running", "succeeded")
+    step = StepRun.objects.get(instance=instance, name="decide")
+    assert step.output["decision"] == "rejected"
+
+
+def test_all_needs_every_user_and_one_member_of_every_group(people, make_flow) -> None:
+    instance, request = start(
+        make_flow("t_ap_all", policy="all", users=["ann", "ben"], groups=["reviewers"])
+    )
+    services.approval_decide(request_id=request.pk, user=people["ann"], outcome="approve")
+    services.approval_decide(request_id=request.pk, user=people["cat"], outcome="approve")
+    assert ApprovalRequest.objects.get(pk=request.pk).state == "pending"
+    with pytest.raises(Conflict, match="already decided"):
+        services.approval_decide(request_id=request.pk, user=people["ann"], outcome="approve")
+    services.approval_decide(request_id=request.pk, user=people["ben"], outcome="approve")
+    assert ApprovalRequest.objects.get(pk=request.pk).state == "approved"
+    assert state_of(instance) == ("running", "succeeded")
+
+
+def test_all_is_rejected_by_any_rejection(people, make_flow) -> None:
+    instance, request = start(make_flow("t_ap_all_rej", policy="all", users=["ann", "ben"]))
+    services.approval_decide(request_id=request.pk, user=people["ann"], outcome="approve")
+    services.approval_decide(
+        request_id=request.pk, user=people["ben"], outcome="reject", comment="no"
+    )
+    assert ApprovalRequest.objects.get(pk=request.pk).state == "rejected"
+    assert state_of(instance) == ("failed", "failed")
+
+
+@pytest.mark.parametrize(
+    ("veto", "votes", "expected"),
+    [
+        (True, ["approve", "approve"], "approved"),
+        (True, ["approve", "reject"], "rejected"),
+        (True, ["approve"], "pending"),
+        (False, ["reject", "approve", "approve"], "approved"),
+        (False, ["reject", "approve", "reject"], "rejected"),
+        (False, ["reject"], "pending"),
+    ],
+)
+def test_quorum_counts_distinct_approvals(people, make_flow, veto, votes, expected) -> None:
+    _, request = start(
+        make_flow(
+            f"t_ap_q_{int(veto)}_{len(votes)}_{votes[-1]}",
+            policy="quorum",
+            quorum=2,
+            veto=veto,
+            users=["ann", "ben", "eve"],
+            reject_requires_comment=False,
+        )
+    )
+    for voter, vote in zip(["ann", "ben", "eve"], votes, strict=False):
+        services.approval_decide(request_id=request.pk, user=people[voter], outcome=vote)
+    assert ApprovalRequest.objects.get(pk=request.pk).state == expected
+
+
+def test_non_assignee_and_requester_are_refused_and_nothing_changes(people, make_flow) -> None:
+    instance, request = start(make_flow("t_ap_who", users=["ann", "req"]))
+    before = Event.objects.filter(instance=instance).count()
+    with pytest.raises(NotAllowed, match="not an assignee"):
+        services.approval_decide(request_id=request.pk, user=people["eve"], outcome="approve")
+    with pytest.raises(NotAllowed, match="your own request"):
+        services.approval_decide(request_id=request.pk, user=people["req"], outcome="approve")
+    with pytest.raises(NotFound):
+        services.approval_decide(request_id=999999, user=people["ann"], outcome="approve")
+    with pytest.raises(NotFound):
+        services.approval_decide(request_id="abc", user=people["ann"], outcome="approve")
+    with pytest.raises(InvalidInput):
+        services.approval_decide(request_id=request.pk, user=people["ann"], outcome="maybe")
+    with pytest.raises(InvalidInput):
+        services.approval_decide(
+            request_id=request.pk, user=people["ann"], outcome="approve", comment="x" * 5001
+        )
+    assert Decision.objects.count() == 0
+    assert Event.objects.filter(instance=instance).count() == before
+    assert ApprovalRequest.objects.get(pk=request.pk).state == "pending"
+
+
+def test_self_approval_when_the_step_allows_it(people, make_flow) -> None:
+    _, request = start(make_flow("t_ap_self", users=["req"], allow_self_approval=True))
+    services.approval_decide(request_id=request.pk, user=people["req"], outcome="approve")
+    assert ApprovalRequest.objects.get(pk=request.pk).state == "approved"
+
+
+def test_delegation_only_inside_its_window(people, make_flow) -> None:
+    _, request = start(make_flow("t_ap_deleg", users=["ann"]))
+    now = timezone.now()
+    services.delegation_create(
+        user=people["ann"],
+        delegate=people["eve"],
+        starts_at=now + timedelta(days=1),
+        ends_at=now + timedelta(days=2),
+    )
+    assert request not in selectors.decidable_by(people["eve"])
+    with pytest.raises(NotAllowed):
+        services.approval_decide(request_id=request.pk, user=people["eve"], outcome="approve")
+    assert request in selectors.decidable_by(people["eve"], now + timedelta(days=1, hours=1))
+    assert request not in selectors.decidable_by(people["eve"], now + timedelta(days=3))
+    services.delegation_create(
+        user=people["ann"],
+        delegate=people["eve"],
+        starts_at=now - timedelta(hours=1),
+        ends_at=now + timedelta(hours=1),
+    )
+    assert request in selectors.decidable_by(people["eve"])
+    decision = services.approval_decide(
+        request_id=request.pk, user=people["eve"], outcome="approve"
+    )
+    assert (decision.decided_by, decision.assignee) == (people["eve"], people["ann"])
+    step = StepRun.objects.get(pk=request.step_run_id)
+    assert step.output["decisions"][0]["user"] == "eve"
+    assert step.output["decisions"][0]["for"] == "ann"
+
+
+def test_bad_delegations_are_refused(people) -> None:
+    now = timezone.now()
+    with pytest.raises(InvalidInput):
+        services.delegation_create(
+            user=people["ann"],
+            delegate=people["ann"],
+            starts_at=now,
+            ends_at=now + timedelta(days=1),
+        )
+    with pytest.raises(InvalidInput):
+        services.delegation_create(
+            user=people["ann"],
+            delegate=people["eve"],
+            starts_at=now,
+            ends_at=now - timedelta(days=1),
+        )
+
+
+def test_inbox_selector_shows_only_what_the_user_may_decide(people, make_flow) -> None:
+    name = make_flow("t_ap_sel", groups=["reviewers"])
+    _, first = start(name)
+    _, second = start(name)
+    assert set(selectors.decidable_by(people["cat"])) == {first, second}
+    assert list(selectors.decidable_by(people["ann"])) == []
+    assert list(selectors.decidable_by(people["req"])) == []  # their own requests
+    services.approval_decide(request_id=first.pk, user=people["cat"], outcome="approve")
+    assert set(selectors.decidable_by(people["dan"])) == {second}
+    assert set(selectors.decided_by(people["cat"])) == {first}
+
+
+def test_cancelling_the_instance_cancels_its_open_request(people, make_flow) -> None:
+    instance, request = start(make_flow("t_ap_cancel", users=["ann"]))
+    engine.instance_cancel(instance_id=instance.pk)
+    request.refresh_from_db()
+    assert request.state == "cancelled"
+    assert "approval_cancelled" in Event.objects.filter(instance=instance).values_list(
+        "type", flat=True
+    )
+    with pytest.raises(Conflict, match="already cancelled"):
+        services.approval_decide(request_id=request.pk, user=people["ann"], outcome="approve")
+
+
+def test_bad_approval_definitions_are_refused() -> None:
+    wf = Workflow("t_ap_bad")
+    approval(wf, "decide", users=["ann"], policy="most")
+    with pytest.raises(DefinitionError, match="step 'decide': policy must be one of"):
+        Registry().register(wf)
+    wf = Workflow("t_ap_bad2")
+    approval(wf, "decide")
+    with pytest.raises(DefinitionError, match="needs users, groups or an assignees function"):
+        Registry().register(wf)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_people_deciding_at_once_get_one_resolution(people, make_flow) -> None:
+    _, request = start(make_flow("t_ap_race", groups=["reviewers"]))
+    barrier = threading.Barrier(2)
+    results: dict[str, str] = {}
+
+    def decide(name: str) -> None:
+        barrier.wait()
+        try:
+            services.approval_decide(request_id=request.pk, user=people[name], outcome="approve")
+            results[name] = "decided"
+        except Conflict as exc:
+            results[name] = str(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=decide, args=(n,)) for n in ("cat", "dan")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results.values())[0].startswith("already approved by")
+    assert list(results.values()).count("decided") == 1
+    assert Decision.objects.filter(request=request).count() == 1
+    assert Event.objects.filter(instance=request.instance, type="approval_resolved").count() == 1
