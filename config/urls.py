@@ -7,7 +7,11 @@ from orchestration import views as orchestration_views
 urlpatterns = [
     path("", orchestration_views.home, name="home"),
     path("admin/", admin.site.urls),
+    path("accounts/", include("django.contrib.auth.urls")),
+    path("inbox/", include("approvals.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    # approvals first: the orchestration API ends with a JSON catch-all 404
+    path("api/v1/approvals/", include("approvals.api.urls")),
     path("api/v1/", include("orchestration.api.urls")),
 ]
