@@ -83,6 +83,22 @@ class WorkerProcess:
         replies = app.control.ping(destination=[self.name], timeout=0.5)
         return any(self.name in reply for reply in replies)
 
+    def quiesce(self, timeout: float = 15.0) -> None:
+        """Drop queued messages and wait until no task runs, so the test database can be
+        flushed without racing the worker (TRUNCATE against a running step deadlocks)."""
+        from config.celery import app
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            redis.Redis.from_url(settings.CELERY_BROKER_URL).delete("signoff")
+            inspect = app.control.inspect(destination=[self.name], timeout=1.0, limit=1)
+            active = (inspect.active() or {}).get(self.name)
+            if active == []:
+                return
+            time.sleep(0.1)
+        self.kill()  # a task that will not end: start clean instead
+        self.start()
+
     def kill(self) -> None:
         """SIGKILL the worker and its pool processes: no cleanup, no acks."""
         if self.process and self.process.poll() is None:
@@ -126,6 +142,7 @@ def worker(
     yield celery_worker_process
     if celery_worker_process.process.poll() is not None:
         celery_worker_process.start()
+    celery_worker_process.quiesce()
 
 
 def wait_for(

@@ -312,3 +312,17 @@ def test_two_people_deciding_at_once_get_one_resolution(people, make_flow) -> No
     assert list(results.values()).count("decided") == 1
     assert Decision.objects.filter(request=request).count() == 1
     assert Event.objects.filter(instance=request.instance, type="approval_resolved").count() == 1
+
+
+def test_seed_demo_is_idempotent_and_fills_the_inbox() -> None:
+    from django.core.management import call_command
+
+    call_command("seed_demo")
+    call_command("seed_demo")
+    assert WorkflowInstance.objects.filter(workflow="expense_approval").count() == 4
+    from django.contrib.auth import get_user_model
+
+    User = get_user_model()  # noqa: N806
+    assert User.objects.get(username="bob").groups.filter(name="managers").exists()
+    assert User.objects.get(username="admin").is_superuser
+    assert User.objects.get(username="alice").check_password("signoff-demo")

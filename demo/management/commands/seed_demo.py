@@ -17,6 +17,14 @@ USERS = [
 ]
 
 
+DEMO_EXPENSES = [
+    ("seed-expense-1", "alice", 42.5, "Taxi to the airport"),
+    ("seed-expense-2", "alice", 1850, "Conference ticket and hotel"),
+    ("seed-expense-3", "carol", 320, "Team lunch"),
+    ("seed-expense-4", "alice", 89.9, "Books"),
+]
+
+
 class Command(BaseCommand):
     help = "Create demo users admin, alice, bob, carol and groups managers, finance."
 
@@ -36,6 +44,7 @@ class Command(BaseCommand):
             user.save()
             user.groups.add(*Group.objects.filter(name__in=groups))
             Token.objects.get_or_create(user=user)
+        self._start_demo_instances(User)
         base = settings.SIGNOFF_BASE_URL
         self.stdout.write(self.style.SUCCESS("Demo users ready."))
         self.stdout.write(
@@ -47,3 +56,24 @@ class Command(BaseCommand):
             "      -H 'Content-Type: application/json' \\\n"
             '      -d \'{"workflow": "customer_onboarding", "input": {"customer": "ACME"}}\''
         )
+
+    def _start_demo_instances(self, User) -> None:  # noqa: ANN001, N803
+        """A few expenses so the inbox is not empty on first run (idempotent by key)."""
+        from orchestration.engine import instance_start
+
+        for key, requester, amount, description in DEMO_EXPENSES:
+            instance, created = instance_start(
+                workflow="expense_approval",
+                input={
+                    "amount": amount,
+                    "currency": "EUR",
+                    "description": description,
+                    "requester": requester,
+                },
+                business_key=key.replace("seed-", "").upper(),
+                idempotency_key=key,
+                started_by=User.objects.get(username=requester),
+                actor="seed_demo",
+            )
+            if created:
+                self.stdout.write(f"  started expense_approval {instance.pk} ({description})")
