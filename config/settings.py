@@ -54,6 +54,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "django_celery_beat",
     "orchestration",
     "approvals",
@@ -64,6 +65,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "orchestration.middleware.RequestSizeLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -121,6 +123,9 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = Path(env("STATIC_ROOT", str(BASE_DIR / "staticfiles")))
+# WhiteNoise serves static files in every run mode; without `collectstatic` (embedded
+# default, tests) it finds them in the apps directly.
+WHITENOISE_USE_FINDERS = True
 LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/inbox/"
 LOGOUT_REDIRECT_URL = "/accounts/login/"
@@ -143,7 +148,7 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["orchestration.api.parsers.JSONParser"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "orchestration.api.errors.exception_handler",
 }
@@ -153,6 +158,10 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    # Swagger UI served from our own static files (no CDN).
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 # --- Celery -----------------------------------------------------------------------------------
@@ -206,3 +215,15 @@ SIGNOFF_DOORBELL_GRACE_SECONDS = env_int("SIGNOFF_DOORBELL_GRACE_SECONDS", 30)
 SIGNOFF_SWEEP_BATCH = env_int("SIGNOFF_SWEEP_BATCH", 500)
 SIGNOFF_BASE_URL = env("SIGNOFF_BASE_URL", "http://127.0.0.1:8000")
 DEMO_PASSWORD = env("DEMO_PASSWORD", "signoff-demo")
+# Business calendar for durations counted in business time (approval due, reminders,
+# escalations with business_hours=True).
+SIGNOFF_BUSINESS_TIMEZONE = env("SIGNOFF_BUSINESS_TIMEZONE", TIME_ZONE)
+SIGNOFF_BUSINESS_DAYS = env("SIGNOFF_BUSINESS_DAYS", "mon-fri")
+SIGNOFF_BUSINESS_HOURS = env("SIGNOFF_BUSINESS_HOURS", "09:00-17:00")
+SIGNOFF_HOLIDAYS = env_list("SIGNOFF_HOLIDAYS")  # ISO dates, comma-separated
+# Email action links: lifetime (never past the request's resolution) and failure rate limit.
+SIGNOFF_LINK_MAX_AGE_SECONDS = env_int("SIGNOFF_LINK_MAX_AGE_SECONDS", 7 * 24 * 3600)
+SIGNOFF_LINK_FAILURES_PER_IP = env_int("SIGNOFF_LINK_FAILURES_PER_IP", 20)
+# Demo: divide approval timers by this factor so reminders and escalations show up in
+# minutes on `make run` (1 = real time).
+SIGNOFF_DEMO_TIME_FACTOR = env_int("SIGNOFF_DEMO_TIME_FACTOR", 1)

@@ -28,6 +28,7 @@ from django.utils import timezone
 from . import kinds
 from .definitions import StepContext, StepSpec, TaskStep, Workflow, registry
 from .errors import Conflict, InvalidInput, NotFound
+from .jsonsafe import storable_json_problem, string_problem
 from .journal import Doorbell, Journal, ring_doorbells
 from .models import (
     STEP_ACTIVE,
@@ -340,18 +341,25 @@ def instance_start(
             code="unknown_workflow",
         )
     problems = definition.validate_input(input)
+    unstorable = storable_json_problem(input)
+    if unstorable and not problems:
+        problems = [unstorable]
     if problems:
         raise InvalidInput(
             "invalid input: " + "; ".join(problems),
             code="invalid_input",
             errors={"input": problems},
         )
-    if not isinstance(business_key, str) or len(business_key) > 200:
-        raise InvalidInput("business_key must be a string of at most 200 characters")
+    if not isinstance(business_key, str) or len(business_key) > 200 or string_problem(business_key):
+        raise InvalidInput(
+            "business_key must be a string of at most 200 characters "
+            "(valid Unicode, no NUL characters)"
+        )
     if idempotency_key is not None and (
         not isinstance(idempotency_key, str)
         or not idempotency_key.strip()
         or len(idempotency_key) > MAX_KEY_LENGTH
+        or string_problem(idempotency_key)
     ):
         raise InvalidInput(
             f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters",
@@ -383,7 +391,7 @@ def _same_key(workflow: str, key: str, fingerprint: str) -> WorkflowInstance | N
     existing = WorkflowInstance.objects.filter(workflow=workflow, idempotency_key=key).first()
     if existing is not None and existing.request_hash != fingerprint:
         raise Conflict(
-            f"Idempotency-Key {key!r} was used for another request (instance {existing.pk})",
+            f"Idempotency-Key {key!r} was already used for a different request",
             code="idempotency_conflict",
         )
     return existing
@@ -590,6 +598,8 @@ def instance_cancel(
     """Cancel an instance that has not finished (or a failed one). Cancels its open steps;
     running attempts finish but their results are ignored. Raises :class:`Conflict` when the
     instance already finished."""
+    if not isinstance(reason, str) or len(reason) > 1000 or string_problem(reason):
+        raise InvalidInput("reason must be valid text of at most 1000 characters")
     with transaction.atomic():
         instance = _lock_instance(instance_id)
         if instance is None:

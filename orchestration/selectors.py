@@ -38,8 +38,13 @@ def _filter_value(name: str, value: str | None) -> str | None:
     return value
 
 
-def instance_list(*, user: Any, workflow: str | None = None, state: str | None = None,
-                  business_key: str | None = None) -> QuerySet[WorkflowInstance]:
+def instance_list(
+    *,
+    user: Any,
+    workflow: str | None = None,
+    state: str | None = None,
+    business_key: str | None = None,
+) -> QuerySet[WorkflowInstance]:
     """Instances ``user`` may see, filtered; an unknown ``state`` is :class:`InvalidInput`.
     The query count does not grow with the number of instances."""
     qs = instances_visible_to(user)
@@ -70,8 +75,7 @@ def instance_get(*, user: Any, instance_id: Any) -> WorkflowInstance:
     return instance
 
 
-def instance_with_idempotency_key(*, user: Any, workflow: str,
-                                  key: str) -> WorkflowInstance | None:
+def instance_with_idempotency_key(*, user: Any, workflow: str, key: str) -> WorkflowInstance | None:
     """The instance of ``workflow`` started with ``key``, if ``user`` may see it."""
     return instances_visible_to(user).filter(workflow=workflow, idempotency_key=key).first()
 

@@ -20,15 +20,34 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
             body["fields"] = exc.errors
         return Response(body, status=exc.status)
     if isinstance(exc, RequestDataTooBig):
-        return Response({"detail": str(exc), "code": "request_too_large"},
-                        status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
+        return Response(
+            {"detail": str(exc), "code": "request_too_large"},
+            status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+        )
     response = drf_exception_handler(exc, context)
     if response is None:
         return None
     if isinstance(exc, exceptions.ValidationError):
-        response.data = {"detail": "Invalid input.", "code": "invalid", "fields": exc.detail}
+        response.data = {
+            "detail": f"Invalid input: {_first_problem(exc.detail)}",
+            "code": "invalid",
+            "fields": exc.detail,
+        }
     elif isinstance(exc, exceptions.APIException):
         detail = exc.detail
         code = getattr(detail, "code", None) or exc.default_code
         response.data = {"detail": str(detail), "code": code}
     return response
+
+
+def _first_problem(detail: Any, path: str = "") -> str:
+    """The first field error as ``field: message``, so ``detail`` alone says what is wrong."""
+    if isinstance(detail, dict):
+        for key, value in detail.items():
+            name = "" if key == "non_field_errors" else str(key)
+            return _first_problem(value, f"{path}.{name}" if path and name else path or name)
+    elif isinstance(detail, list) and detail:
+        return _first_problem(detail[0], path)
+    if isinstance(detail, dict | list):
+        return "see fields"
+    return f"{path}: {detail}" if path else str(detail)

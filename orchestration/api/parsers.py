@@ -13,8 +13,12 @@ class JSONParser(parsers.JSONParser):
     the decoder runs out of stack. DRF only catches ``ValueError``, so such a body, well
     under the size limit, would otherwise be a 500."""
 
-    def parse(self, stream: Any, media_type: str | None = None,
-              parser_context: dict[str, Any] | None = None) -> Any:
+    def parse(
+        self,
+        stream: Any,
+        media_type: str | None = None,
+        parser_context: dict[str, Any] | None = None,
+    ) -> Any:
         try:
             return super().parse(stream, media_type, parser_context)
         except RecursionError:

@@ -7,57 +7,14 @@ nesting), so bad input is a 400 and never a 500 halfway through a write.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from orchestration.jsonsafe import storable_json_problem
+from orchestration.jsonsafe import string_problem as _string_problem
 from orchestration.models import Event, InstanceState, StepRun, StepState, WorkflowInstance
-
-# Deeper than this is not a business document; it also keeps every later json.dumps of the
-# value (fingerprint, storage, step contexts) far from Python's recursion limit.
-MAX_JSON_DEPTH = 32
-
-
-def _string_problem(value: str) -> str | None:
-    if "\x00" in value:
-        return "strings must not contain NUL characters"
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return "strings must be valid Unicode (no lone surrogates)"
-    return None
-
-
-def storable_json_problem(value: Any) -> str | None:
-    """Why ``value`` (already parsed JSON) cannot be stored, or None. Iterative, so a deeply
-    nested value cannot exhaust the stack here."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict | list):
-            if depth > MAX_JSON_DEPTH:
-                return f"nested deeper than {MAX_JSON_DEPTH} levels"
-            if isinstance(item, dict):
-                for key, child in item.items():
-                    if not isinstance(key, str):
-                        return "object keys must be strings"
-                    problem = _string_problem(key)
-                    if problem:
-                        return problem
-                    stack.append((child, depth + 1))
-            else:
-                stack.extend((child, depth + 1) for child in item)
-        elif isinstance(item, str):
-            problem = _string_problem(item)
-            if problem:
-                return problem
-        elif isinstance(item, float) and not math.isfinite(item):
-            return "numbers must be finite"
-        elif item is not None and not isinstance(item, bool | int | float):
-            return f"unsupported value of type {type(item).__name__}"
-    return None
 
 
 class StrictCharField(serializers.CharField):
@@ -99,7 +56,7 @@ class JSONObjectField(serializers.JSONField):
 
 
 class RejectUnknownFieldsMixin:
-    """A typo (``"inputs"``) is a 400 naming the field, not a silently ignored key."""
+    # A typo ("inputs") is a 400 naming the field, not a silently ignored key.
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         unknown = sorted(set(self.initial_data) - set(self.fields))  # type: ignore[attr-defined]
@@ -111,13 +68,16 @@ class RejectUnknownFieldsMixin:
 class StartInstanceSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
     workflow = StrictCharField(max_length=100, help_text="A registered workflow name.")
     input = JSONObjectField(
-        required=False, default=dict,
+        required=False,
+        default=dict,
         help_text="The instance input; validated against the workflow's input schema.",
     )
-    business_key = StrictCharField(max_length=200, required=False, default="",
-                                   allow_blank=True)
+    business_key = StrictCharField(max_length=200, required=False, default="", allow_blank=True)
     version = StrictIntegerField(
-        required=False, min_value=1, allow_null=True, default=None,
+        required=False,
+        min_value=1,
+        allow_null=True,
+        default=None,
         help_text="A registered version; the newest when omitted.",
     )
 
@@ -127,7 +87,7 @@ class CancelInstanceSerializer(RejectUnknownFieldsMixin, serializers.Serializer)
 
 
 class ErrorSerializer(serializers.Serializer):
-    """Every error response: a message and a stable machine-readable code."""
+    # Every error response: a message and a stable machine-readable code.
 
     detail = serializers.CharField()
     code = serializers.CharField()
@@ -143,8 +103,19 @@ class StepRunSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = StepRun
-        fields = ["name", "kind", "state", "attempt", "scheduled_at", "started_at",
-                  "finished_at", "next_attempt_at", "timeout_at", "output", "error"]
+        fields = [
+            "name",
+            "kind",
+            "state",
+            "attempt",
+            "scheduled_at",
+            "started_at",
+            "finished_at",
+            "next_attempt_at",
+            "timeout_at",
+            "output",
+            "error",
+        ]
 
 
 class InstanceLinksSerializer(serializers.Serializer):
@@ -158,14 +129,35 @@ class InstanceSerializer(serializers.ModelSerializer):
     input = serializers.JSONField()
     output = serializers.JSONField(allow_null=True)
     error = serializers.JSONField(allow_null=True)
-    started_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    started_by = serializers.SlugRelatedField(
+        slug_field="username",
+        read_only=True,
+        allow_null=True,
+        help_text="Username of who started it; null when started by the system.",
+    )
     links = serializers.SerializerMethodField()
 
     class Meta:
         model = WorkflowInstance
-        fields = ["id", "workflow", "version", "state", "input", "output", "error",
-                  "business_key", "idempotency_key", "started_by", "created_at", "started_at",
-                  "finished_at", "deadline_at", "updated_at", "steps", "links"]
+        fields = [
+            "id",
+            "workflow",
+            "version",
+            "state",
+            "input",
+            "output",
+            "error",
+            "business_key",
+            "idempotency_key",
+            "started_by",
+            "created_at",
+            "started_at",
+            "finished_at",
+            "deadline_at",
+            "updated_at",
+            "steps",
+            "links",
+        ]
 
     @extend_schema_field(InstanceLinksSerializer)
     def get_links(self, obj: WorkflowInstance) -> dict[str, str]:

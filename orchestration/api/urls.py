@@ -7,11 +7,14 @@ urlpatterns = [
     path("workflows/", views.WorkflowListView.as_view(), name="api-workflows"),
     path("instances/", views.InstanceListView.as_view(), name="api-instances"),
     path("instances/<str:pk>/", views.InstanceDetailView.as_view(), name="api-instance"),
-    path("instances/<str:pk>/history/", views.InstanceHistoryView.as_view(),
-         name="api-instance-history"),
-    path("instances/<str:pk>/cancel/", views.InstanceCancelView.as_view(),
-         name="api-instance-cancel"),
-    path("instances/<str:pk>/retry/", views.InstanceRetryView.as_view(),
-         name="api-instance-retry"),
+    path(
+        "instances/<str:pk>/history/",
+        views.InstanceHistoryView.as_view(),
+        name="api-instance-history",
+    ),
+    path(
+        "instances/<str:pk>/cancel/", views.InstanceCancelView.as_view(), name="api-instance-cancel"
+    ),
+    path("instances/<str:pk>/retry/", views.InstanceRetryView.as_view(), name="api-instance-retry"),
     re_path(r"^.*$", views.not_found),
 ]

@@ -13,7 +13,6 @@ from django.http import HttpRequest, JsonResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
-from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -23,6 +22,7 @@ from orchestration.definitions import registry
 from orchestration.errors import Conflict, InvalidInput, NotFound
 from orchestration.models import InstanceState
 
+from .pagination import EventPagination, InstancePagination
 from .parsers import JSONParser
 from .serializers import (
     CancelInstanceSerializer,
@@ -41,7 +41,7 @@ def actor_of(request: Request) -> str:
 
 
 def _errors(*codes: int) -> dict[int, OpenApiResponse]:
-    """Schema of the error responses an operation may give (besides 401)."""
+    """Schema of the error responses an operation may give; every one may give 401."""
     described = {
         400: "Invalid input: detail, code and, for field errors, fields.",
         404: "No such instance, or not one the caller may see.",
@@ -50,36 +50,23 @@ def _errors(*codes: int) -> dict[int, OpenApiResponse]:
     }
     codes = (*codes, 401)
     described[401] = "Not authenticated."
-    return {code: OpenApiResponse(ErrorSerializer, description=described[code])
-            for code in codes}
+    return {code: OpenApiResponse(ErrorSerializer, description=described[code]) for code in codes}
 
 
 INSTANCE_ID = OpenApiParameter("id", OpenApiTypes.UUID, OpenApiParameter.PATH)
 
 
-class InstancePagination(CursorPagination):
-    page_size = 50
-    ordering = ("-created_at", "-id")
-    page_size_query_param = "page_size"
-    max_page_size = 200
-
-
-class EventPagination(CursorPagination):
-    page_size = 200
-    ordering = "seq"
-    page_size_query_param = "page_size"
-    max_page_size = 1000
-
-
 class ApiView(APIView):
-    """Base of the API views: JSON only, parsed safely."""
-
+    # JSON only, parsed safely (no docstring: drf-spectacular would show it on every view).
     parser_classes = [JSONParser]
 
 
 class WorkflowListView(ApiView):
-    @extend_schema(summary="Registered workflows", responses={200: WorkflowSerializer(many=True),
-                                                               **_errors()})
+    @extend_schema(
+        summary="Registered workflows",
+        tags=["workflows"],
+        responses={200: WorkflowSerializer(many=True), **_errors()},
+    )
     def get(self, request: Request) -> Response:
         return Response([wf.describe() for wf in registry.all()])
 
@@ -90,6 +77,7 @@ class InstanceListView(ApiView):
 
     @extend_schema(
         summary="List instances",
+        tags=["instances"],
         description="The caller's instances (every instance for staff and operators), "
         "newest first, cursor-paginated.",
         parameters=[
@@ -112,14 +100,20 @@ class InstanceListView(ApiView):
 
     @extend_schema(
         summary="Start an instance",
+        tags=["instances"],
         description="With an Idempotency-Key header: the same key and the same body answer "
         "200 with the first instance; the same key with another body answers 409. Keys are "
         "unique per workflow.",
         request=StartInstanceSerializer,
-        parameters=[OpenApiParameter(IDEMPOTENCY_HEADER, str, OpenApiParameter.HEADER,
-                                     description=f"1 to {engine.MAX_KEY_LENGTH} characters")],
-        responses={201: InstanceSerializer, 200: InstanceSerializer,
-                   **_errors(400, 409, 413)},
+        parameters=[
+            OpenApiParameter(
+                IDEMPOTENCY_HEADER,
+                str,
+                OpenApiParameter.HEADER,
+                description=f"1 to {engine.MAX_KEY_LENGTH} characters",
+            )
+        ],
+        responses={201: InstanceSerializer, 200: InstanceSerializer, **_errors(400, 409, 413)},
     )
     def post(self, request: Request) -> Response:
         serializer = StartInstanceSerializer(data=request.data)
@@ -145,8 +139,10 @@ class InstanceListView(ApiView):
         except NotFound:
             # A repeat of someone else's request: the key is taken, and that is all we say.
             raise _key_conflict(request, data["workflow"], key or "") from None
-        return Response(InstanceSerializer(instance).data,
-                        status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+        return Response(
+            InstanceSerializer(instance).data,
+            status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
+        )
 
 
 def _idempotency_key(request: Request) -> str | None:
@@ -165,13 +161,19 @@ def _key_conflict(request: Request, workflow: str, key: str) -> Conflict:
     """409 for a reused key, naming the first instance only to a caller who may see it."""
     mine = selectors.instance_with_idempotency_key(user=request.user, workflow=workflow, key=key)
     where = f" (instance {mine.pk})" if mine is not None else ""
-    return Conflict(f"{IDEMPOTENCY_HEADER} {key!r} was already used with another request"
-                    f"{where}", code="idempotency_conflict")
+    return Conflict(
+        f"{IDEMPOTENCY_HEADER} {key!r} was already used with another request{where}",
+        code="idempotency_conflict",
+    )
 
 
 class InstanceDetailView(ApiView):
-    @extend_schema(summary="One instance with its steps", parameters=[INSTANCE_ID],
-                   responses={200: InstanceSerializer, **_errors(404)})
+    @extend_schema(
+        summary="One instance with its steps",
+        tags=["instances"],
+        parameters=[INSTANCE_ID],
+        responses={200: InstanceSerializer, **_errors(404)},
+    )
     def get(self, request: Request, pk: str) -> Response:
         instance = selectors.instance_get(user=request.user, instance_id=pk)
         return Response(InstanceSerializer(instance).data)
@@ -180,11 +182,13 @@ class InstanceDetailView(ApiView):
 class InstanceHistoryView(ApiView):
     pagination_class = EventPagination
 
-    @extend_schema(summary="The instance's events in order",
-                   description="Oldest first; seq counts from 1 without gaps. "
-                   "Cursor-paginated.",
-                   parameters=[INSTANCE_ID],
-                   responses={200: EventSerializer(many=True), **_errors(404)})
+    @extend_schema(
+        summary="The instance's events in order",
+        tags=["instances"],
+        description="Oldest first; seq counts from 1 without gaps. Cursor-paginated.",
+        parameters=[INSTANCE_ID],
+        responses={200: EventSerializer(many=True), **_errors(404)},
+    )
     def get(self, request: Request, pk: str) -> Response:
         instance = selectors.instance_get(user=request.user, instance_id=pk)
         paginator = self.pagination_class()
@@ -195,26 +199,37 @@ class InstanceHistoryView(ApiView):
 
 
 class InstanceCancelView(ApiView):
-    @extend_schema(summary="Cancel an instance",
-                   description="Cancels a pending, running or failed instance and its open "
-                   "steps. 409 when it already finished.",
-                   parameters=[INSTANCE_ID], request=CancelInstanceSerializer,
-                   responses={200: InstanceSerializer, **_errors(400, 404, 409, 413)})
+    @extend_schema(
+        summary="Cancel an instance",
+        tags=["instances"],
+        description="Cancels a pending, running or failed instance and its open "
+        "steps. 409 when it already finished.",
+        parameters=[INSTANCE_ID],
+        request=CancelInstanceSerializer,
+        responses={200: InstanceSerializer, **_errors(400, 404, 409, 413)},
+    )
     def post(self, request: Request, pk: str) -> Response:
         instance = selectors.instance_get(user=request.user, instance_id=pk)
         serializer = CancelInstanceSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        engine.instance_cancel(instance_id=instance.pk, actor=actor_of(request),
-                               reason=serializer.validated_data["reason"])
+        engine.instance_cancel(
+            instance_id=instance.pk,
+            actor=actor_of(request),
+            reason=serializer.validated_data["reason"],
+        )
         instance = selectors.instance_get(user=request.user, instance_id=instance.pk)
         return Response(InstanceSerializer(instance).data)
 
 
 class InstanceRetryView(ApiView):
-    @extend_schema(summary="Retry a failed instance from its failed steps",
-                   description="409 unless the instance is failed.",
-                   parameters=[INSTANCE_ID], request=None,
-                   responses={200: InstanceSerializer, **_errors(404, 409)})
+    @extend_schema(
+        summary="Retry a failed instance from its failed steps",
+        tags=["instances"],
+        description="409 unless the instance is failed.",
+        parameters=[INSTANCE_ID],
+        request=None,
+        responses={200: InstanceSerializer, **_errors(404, 409)},
+    )
     def post(self, request: Request, pk: str) -> Response:
         instance = selectors.instance_get(user=request.user, instance_id=pk)
         engine.instance_retry(instance_id=instance.pk, actor=actor_of(request))
@@ -225,8 +240,14 @@ class InstanceRetryView(ApiView):
 class ApiRootView(ApiView):
     @extend_schema(exclude=True)
     def get(self, request: Request) -> Response:
-        return Response({"workflows": "/api/v1/workflows/", "instances": "/api/v1/instances/",
-                         "schema": "/api/schema/", "docs": "/api/docs/"})
+        return Response(
+            {
+                "workflows": "/api/v1/workflows/",
+                "instances": "/api/v1/instances/",
+                "schema": "/api/schema/",
+                "docs": "/api/docs/",
+            }
+        )
 
 
 def not_found(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:

@@ -1,0 +1,75 @@
+"""The whole path through the API with a real Celery worker on Redis and PostgreSQL."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.conftest import wait_for
+
+from .test_api import INSTANCES, token_client
+
+pytestmark = pytest.mark.e2e
+
+
+def test_onboarding_started_through_the_api_retries_a_flaky_step_and_succeeds(
+    worker: Any,
+    user: Any,
+) -> None:
+    client = token_client(user)
+    created = client.post(
+        INSTANCES,
+        {
+            "workflow": "customer_onboarding",
+            "input": {"customer": "Acme Ltd", "plan": "team", "fail_times": {"create_account": 1}},
+            "business_key": "acme",
+        },
+        format="json",
+        HTTP_IDEMPOTENCY_KEY="onboard-acme",
+    )
+    assert created.status_code == 201, created.content
+    url = f"{INSTANCES}{created.json()['id']}/"
+
+    def finished() -> dict[str, Any] | None:
+        body = client.get(url).json()
+        return body if body["state"] not in ("pending", "running") else None
+
+    body = wait_for(finished, timeout=60, interval=0.2, message="customer_onboarding to finish")
+    assert body["state"] == "succeeded", body
+    steps = {s["name"]: s for s in body["steps"]}
+    assert {name: s["state"] for name, s in steps.items()} == {
+        "create_account": "succeeded",
+        "provision_infrastructure": "succeeded",
+        "send_welcome_email": "succeeded",
+        "enable_billing": "succeeded",
+    }
+    assert steps["create_account"]["attempt"] == 2
+    assert steps["create_account"]["output"]["account_id"] == "acct-acme-ltd"
+    assert body["output"]["enable_billing"]["billing_account"] == "bill-acct-acme-ltd"
+
+    events = client.get(f"{url}history/").json()["results"]
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    assert events[0]["type"] == "instance_started"
+    assert events[-1]["type"] == "instance_succeeded"
+    retrying = [e for e in events if e["type"] == "step_retrying"]
+    assert len(retrying) == 1
+    assert retrying[0]["step"] == "create_account"
+    assert retrying[0]["attempt"] == 1
+    assert retrying[0]["data"]["next_attempt"] == 2
+    assert "transient failure 1 of 1" in retrying[0]["data"]["error"]["message"]
+
+    # The same request again answers with the finished instance, not a new run.
+    again = client.post(
+        INSTANCES,
+        {
+            "workflow": "customer_onboarding",
+            "input": {"customer": "Acme Ltd", "plan": "team", "fail_times": {"create_account": 1}},
+            "business_key": "acme",
+        },
+        format="json",
+        HTTP_IDEMPOTENCY_KEY="onboard-acme",
+    )
+    assert again.status_code == 200
+    assert again.json()["id"] == created.json()["id"]
+    assert again.json()["state"] == "succeeded"
