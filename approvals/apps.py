@@ -5,6 +5,11 @@ class ApprovalsConfig(AppConfig):
     name = "approvals"
     verbose_name = "Approvals"
     default_auto_field = "django.db.models.BigAutoField"
+    periodic_tasks = [
+        ("approvals.sweep_reminders", 30),
+        ("approvals.sweep_escalations", 30),
+        ("approvals.sweep_expiry", 30),
+    ]
 
     def ready(self) -> None:
         from . import services  # noqa: F401 - registers the approval step kind

@@ -15,7 +15,7 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -23,8 +23,39 @@ from orchestration.definitions import Predicate, StepContext, StepSpec, Workflow
 
 POLICIES = ("any", "all", "quorum")
 ON_REJECT = ("fail", "continue")
+ON_EXPIRE = ("reject", "approve", "cancel_instance", "fail")
 
 Assignees = Callable[[StepContext], dict[str, Iterable[str]]]
+
+
+@dataclass(frozen=True)
+class Escalation:
+    """One escalation level: ``after`` the request was created, these assignees are added
+    (or, with ``replace``, take over: the earlier ones can no longer decide and their email
+    links stop working)."""
+
+    after: timedelta
+    users: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+    assignees: Assignees | None = None
+    replace: bool = False
+
+    def resolve(self, ctx: StepContext) -> tuple[list[str], list[str]]:
+        users, groups = list(self.users), list(self.groups)
+        if self.assignees is not None:
+            extra = self.assignees(ctx) or {}
+            users += [str(u) for u in extra.get("users", ())]
+            groups += [str(g) for g in extra.get("groups", ())]
+        return sorted(set(users)), sorted(set(groups))
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "after": self.after.total_seconds(),
+            "users": list(self.users),
+            "groups": list(self.groups),
+            "dynamic_assignees": self.assignees is not None,
+            "replace": self.replace,
+        }
 
 
 @dataclass
@@ -45,9 +76,11 @@ class ApprovalStep(StepSpec):
     on_reject: str = "fail"
     due: timedelta | None = None
     requester: Callable[[StepContext], str | None] | None = None
+    remind_every: timedelta | None = None
+    escalate: tuple[Escalation, ...] = ()
+    on_expire: str = "reject"
+    business_hours: bool = False
     kind: str = "approval"
-    # Room for the timers issue: reminders, escalation levels, on_expire.
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def problems(self) -> list[str]:
         found = []
@@ -65,6 +98,25 @@ class ApprovalStep(StepSpec):
             not isinstance(self.due, timedelta) or self.due <= timedelta(0)
         ):
             found.append("due must be a positive timedelta")
+        if self.remind_every is not None and (
+            not isinstance(self.remind_every, timedelta) or self.remind_every < timedelta(minutes=1)
+        ):
+            found.append("remind_every must be a timedelta of at least one minute")
+        if self.on_expire not in ON_EXPIRE:
+            found.append(f"on_expire must be one of {', '.join(ON_EXPIRE)}")
+        previous = timedelta(0)
+        for number, level in enumerate(self.escalate, start=1):
+            if not isinstance(level, Escalation):
+                found.append(f"escalation level {number} must be an Escalation")
+                continue
+            if not isinstance(level.after, timedelta) or level.after <= previous:
+                found.append(f"escalation level {number} must come after the previous one (after=)")
+            elif self.due is not None and level.after >= self.due:
+                found.append(f"escalation level {number} must come before due")
+            else:
+                previous = level.after
+            if not (level.users or level.groups or level.assignees):
+                found.append(f"escalation level {number} needs users, groups or assignees")
         for item in self.show:
             path = item[1] if isinstance(item, tuple) else item
             if not isinstance(path, str) or path.split(".")[0] not in ("input", "outputs"):
@@ -81,6 +133,10 @@ class ApprovalStep(StepSpec):
             "quorum": self.quorum if self.policy == "quorum" else None,
             "on_reject": self.on_reject,
             "due": self.due.total_seconds() if self.due else None,
+            "remind_every": self.remind_every.total_seconds() if self.remind_every else None,
+            "escalate": [level.describe() for level in self.escalate],
+            "on_expire": self.on_expire,
+            "business_hours": self.business_hours,
         }
 
     # -- evaluated when the step becomes ready ------------------------------------------------
@@ -146,9 +202,19 @@ def approval(
     on_reject: str = "fail",
     due: timedelta | None = None,
     requester: Callable[[StepContext], str | None] | None = None,
+    remind_every: timedelta | None = None,
+    escalate: Iterable[Escalation] = (),
+    on_expire: str = "reject",
+    business_hours: bool = False,
 ) -> ApprovalStep:
     """Add an approval step to ``workflow``. Its output is the outcome: ``decision``
-    (``approved`` / ``rejected``), ``decided_by``, ``at`` and every ``decisions`` entry."""
+    (``approved`` / ``rejected`` / ``expired``), ``decided_by``, ``at`` and every ``decisions``
+    entry.
+
+    Timers: ``due`` (the request expires then and ``on_expire`` runs: ``reject`` (default),
+    ``approve``, ``cancel_instance`` or ``fail``), ``remind_every`` (mail the current assignees
+    again), ``escalate`` (levels, each ``after`` a duration from creation). With
+    ``business_hours`` all of them count working time of the business calendar."""
     step = ApprovalStep(
         name=name,
         after=tuple([after] if isinstance(after, str) else after),
@@ -166,6 +232,10 @@ def approval(
         on_reject=on_reject,
         due=due,
         requester=requester,
+        remind_every=remind_every,
+        escalate=tuple(escalate),
+        on_expire=on_expire,
+        business_hours=business_hours,
     )
     workflow.add(step)
     return step

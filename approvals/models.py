@@ -72,9 +72,13 @@ class ApprovalRequest(FSMModelMixin, models.Model):
     created_at = models.DateTimeField()
     due_at = models.DateTimeField(null=True, blank=True)
     resolved_at = models.DateTimeField(null=True, blank=True)
-    # Escalation and reminders (timers issue).
-    level = models.PositiveSmallIntegerField(default=0)
+    # Timers. Each "next" column is set while the request is pending and something is due;
+    # the sweepers read them through partial indexes.
+    level = models.PositiveSmallIntegerField(default=0, help_text="escalation levels passed")
     last_reminded_at = models.DateTimeField(null=True, blank=True)
+    reminders_sent = models.PositiveIntegerField(default=0)
+    next_reminder_at = models.DateTimeField(null=True, blank=True)
+    next_escalation_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
@@ -174,3 +178,25 @@ class Delegation(models.Model):
 
     def __str__(self) -> str:
         return f"{self.delegate_id} for {self.user_id}"
+
+
+class ActionToken(models.Model):
+    """A one-person, one-request email action link. Only the SHA-256 of the random token is
+    stored; the link carries the token signed with a salt (tampering is detected before any
+    lookup). Single use, expiring, and never valid after the request is resolved or the person
+    was replaced by an escalation."""
+
+    request = models.ForeignKey(ApprovalRequest, on_delete=models.CASCADE, related_name="tokens")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    token_hash = models.CharField(max_length=64, unique=True)
+    purpose = models.CharField(max_length=20, default="assigned")
+    created_at = models.DateTimeField()
+    expires_at = models.DateTimeField()
+    used_at = models.DateTimeField(null=True, blank=True)
+    superseded_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["request", "user"], name="token_request_user")]
+
+    def __str__(self) -> str:
+        return f"link for {self.user_id} on {self.request_id}"

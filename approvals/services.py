@@ -7,20 +7,23 @@ their approval requests), then the request row.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.db import transaction
 from django.utils import timezone
 
 from orchestration import engine, kinds
+from orchestration.calendar import add_duration
 from orchestration.definitions import StepSpec
 from orchestration.errors import Conflict, InvalidInput, NotAllowed, NotFound
 from orchestration.journal import Journal
 from orchestration.models import StepRun
 
+from . import notifications
 from .definitions import ApprovalStep
 from .models import ApprovalRequest, Channel, Decision, Delegation, Outcome, Policy, RequestState
 
@@ -30,6 +33,22 @@ MAX_COMMENT = 5000
 
 def actor_name(user: Any) -> str:
     return f"user:{user.get_username()}"
+
+
+def timer_at(spec: ApprovalStep, start: datetime, duration: timedelta | None) -> datetime | None:
+    """When a timer of ``spec`` set at ``start`` fires (business time if the step says so).
+    ``SIGNOFF_DEMO_TIME_FACTOR`` compresses wall-clock timers for demos."""
+    if duration is None:
+        return None
+    if not spec.business_hours and settings.SIGNOFF_DEMO_TIME_FACTOR > 1:
+        duration = duration / settings.SIGNOFF_DEMO_TIME_FACTOR
+    return add_duration(start, duration, business=spec.business_hours)
+
+
+def _before_due(request: ApprovalRequest, moment: datetime | None) -> datetime | None:
+    if moment is None or (request.due_at is not None and moment >= request.due_at):
+        return None
+    return moment
 
 
 # -- the approval kind: what the engine calls ---------------------------------------------------
@@ -65,7 +84,11 @@ class ApprovalKind:
             allow_self_approval=spec.allow_self_approval,
             requester=requester,
             created_at=now,
-            due_at=now + spec.due if spec.due else None,
+            due_at=timer_at(spec, now, spec.due),
+        )
+        request.next_reminder_at = _before_due(request, timer_at(spec, now, spec.remind_every))
+        request.next_escalation_at = (
+            timer_at(spec, now, spec.escalate[0].after) if spec.escalate else None
         )
         step_run.wait()
         step_run.started_at = now
@@ -91,6 +114,9 @@ class ApprovalKind:
             request.save(force_insert=True)
             request.assignee_users.set(users)
             request.assignee_groups.set(groups)
+            notifications.notify_assignees(
+                request, notifications.current_assignee_users(request), now, kind="assigned"
+            )
 
         journal.after_write(create)
 
@@ -307,6 +333,7 @@ def _resolve(
     request.save(update_fields=["state", "resolved_at"])
     output = request_outcome(request, decisions)
     locked.record("approval_resolved", step=step, data={"outcome": resolution})
+    notifications.notify_requester(request, kind="decided", extra={"outcome": output})
     if step is None or step.state != "waiting" or locked.instance.state != "running":
         return
     spec = locked.definition.steps.get(step.name) if locked.definition else None

@@ -130,6 +130,18 @@ LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/inbox/"
 LOGOUT_REDIRECT_URL = "/accounts/login/"
 
+# --- Cache (email-link rate limits) -------------------------------------------------------------
+# SIGNOFF_CACHE_URL: redis://host:6379/1 to share counters between web processes; default is
+# per-process memory.
+_cache_url = env("SIGNOFF_CACHE_URL")
+CACHES = {
+    "default": (
+        {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": _cache_url}
+        if _cache_url
+        else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+    )
+}
+
 # --- Logging ----------------------------------------------------------------------------------
 LOGGING = {
     "version": 1,

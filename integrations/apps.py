@@ -5,3 +5,4 @@ class IntegrationsConfig(AppConfig):
     name = "integrations"
     verbose_name = "Integrations"
     default_auto_field = "django.db.models.BigAutoField"
+    periodic_tasks = [("integrations.sweep_outbox", 60)]

@@ -222,6 +222,21 @@ def _fail_instance(
     journal.record("instance_failed", data={"error": error})
 
 
+def _cancel_instance(
+    instance: WorkflowInstance,
+    steps: dict[str, StepRun],
+    definition: Workflow | None,
+    journal: Journal,
+    reason: str,
+) -> None:
+    for step in steps.values():
+        if step.state in (S.PENDING, *STEP_ACTIVE):
+            _cancel_step(step, definition, journal, reason="instance_cancelled")
+    instance.cancel()
+    instance.finished_at = journal.now
+    journal.record("instance_cancelled", data={"reason": reason} if reason else None)
+
+
 def _cancel_step(
     step: StepRun, definition: Workflow | None, journal: Journal, *, reason: str
 ) -> None:
@@ -609,14 +624,7 @@ def instance_cancel(
                 f"instance is {instance.state}; it cannot be cancelled", code="invalid_state"
             )
         journal = Journal(instance, actor=actor)
-        definition = definition_of(instance)
-        steps = _steps(instance)
-        for step in steps.values():
-            if step.state in (S.PENDING, *STEP_ACTIVE):
-                _cancel_step(step, definition, journal, reason="instance_cancelled")
-        instance.cancel()
-        instance.finished_at = journal.now
-        journal.record("instance_cancelled", data={"reason": reason} if reason else None)
+        _cancel_instance(instance, _steps(instance), definition_of(instance), journal, reason)
         journal.flush()
         return instance
 
@@ -815,6 +823,10 @@ class LockedInstance:
         if self.definition is not None:
             _advance(self.instance, self.steps, self.definition, self.journal)
 
+    def cancel_instance(self, reason: str) -> None:
+        """Cancel the instance with its open steps (and, through their kinds, requests)."""
+        _cancel_instance(self.instance, self.steps, self.definition, self.journal, reason)
+
     def fail_step(self, step: StepRun, error: dict[str, Any], *, reason: str) -> None:
         """``waiting`` → ``failed``; fails the instance (no retry for a human decision)."""
         step.reject()
@@ -832,7 +844,10 @@ class LockedInstance:
 
 
 def lock_instance(
-    *, instance_id: Any = None, step_run_id: int | None = None, actor: str = "system",
+    *,
+    instance_id: Any = None,
+    step_run_id: int | None = None,
+    actor: str = "system",
     skip_locked: bool = False,
 ) -> LockedInstance | None:
     """Lock an instance (by id or by one of its steps) in the caller's transaction and load

@@ -1,0 +1,172 @@
+"""Email action links under ``/a/<token>/``: scanner-safe.
+
+GET shows the request and a confirm form and changes nothing (mail scanners open every link).
+POST — with the CSRF token of the page the person opened — decides through the same
+``approval_decide`` as the inbox, as the link's person, with channel ``email``, and uses the
+token up. A tampered, unknown, used, expired or superseded link, or one for a resolved request,
+shows a page saying which and changes nothing. The link never logs anyone in. Failures are
+counted per client IP; past ``SIGNOFF_LINK_FAILURES_PER_IP`` in ten minutes the page answers
+429.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.core.cache import cache
+from django.db import transaction
+from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed
+from django.shortcuts import render
+from django.utils import timezone
+from django.views.decorators.cache import never_cache
+from django.views.decorators.csrf import ensure_csrf_cookie
+
+from orchestration.errors import Conflict, SignoffError
+
+from . import notifications
+from .models import ActionToken, ApprovalRequest, Channel, Outcome, RequestState
+from .services import _already_decided_message, approval_decide
+
+WINDOW_SECONDS = 600
+
+REASONS = {
+    "tampered": (
+        "This link is not valid",
+        "It was changed or cut off. Copy the whole link from the mail, or decide in your inbox.",
+    ),
+    "unknown": ("This link is not valid", "No such link exists. Decide in your inbox instead."),
+    "used": ("This link was already used", "Each link works once."),
+    "expired": ("This link has expired", "Links work for a limited time."),
+    "superseded": (
+        "This link no longer applies",
+        "The request was escalated and is now with someone else.",
+    ),
+    "resolved": ("This request is already closed", ""),
+    "rate_limited": (
+        "Too many invalid links",
+        "Too many invalid links came from your address. Try again later, or decide in your inbox.",
+    ),
+}
+
+
+def _ip(request: HttpRequest) -> str:
+    return request.META.get("REMOTE_ADDR", "unknown")
+
+
+def _failures_key(request: HttpRequest) -> str:
+    return f"signoff:link-failures:{_ip(request)}"
+
+
+def _rate_limited(request: HttpRequest) -> bool:
+    return (cache.get(_failures_key(request)) or 0) >= settings.SIGNOFF_LINK_FAILURES_PER_IP
+
+
+def _count_failure(request: HttpRequest) -> None:
+    key = _failures_key(request)
+    if cache.add(key, 1, WINDOW_SECONDS):
+        return
+    try:
+        cache.incr(key)
+    except ValueError:
+        cache.set(key, 1, WINDOW_SECONDS)
+
+
+def _refuse(request: HttpRequest, reason: str, status: int, detail: str = "") -> HttpResponse:
+    title, text = REASONS[reason]
+    return render(
+        request,
+        "links/refused.html",
+        {"reason": reason, "title": title, "text": detail or text},
+        status=status,
+    )
+
+
+def _problem(token: ActionToken) -> tuple[str, str] | None:
+    approval = token.request
+    if approval.state != RequestState.PENDING:
+        return "resolved", _already_decided_message(approval).capitalize() + "."
+    if token.used_at is not None:
+        return "used", ""
+    if token.superseded_at is not None:
+        return "superseded", ""
+    if token.expires_at <= timezone.now():
+        return "expired", ""
+    return None
+
+
+@never_cache
+@ensure_csrf_cookie
+def action_link(request: HttpRequest, token: str) -> HttpResponse:
+    if request.method not in ("GET", "HEAD", "POST"):
+        return HttpResponseNotAllowed(["GET", "POST"])
+    if _rate_limited(request):
+        return _refuse(request, "rate_limited", 429)
+    raw = notifications.token_unsign(token)
+    if raw is None:
+        _count_failure(request)
+        return _refuse(request, "tampered", 400)
+    found = notifications.token_lookup(raw)
+    if found is None:
+        _count_failure(request)
+        return _refuse(request, "unknown", 404)
+    problem = _problem(found)
+    if problem:
+        return _refuse(request, problem[0], 410, problem[1])
+    if request.method != "POST":
+        return render(request, "links/confirm.html", _page(found))
+    return _decide(request, found.pk)
+
+
+def _page(token: ActionToken, **extra: object) -> dict[str, object]:
+    approval: ApprovalRequest = token.request
+    return {
+        "token": token,
+        "approval": approval,
+        "person": token.user,
+        "decisions": list(approval.decisions.select_related("decided_by", "assignee")),
+        **extra,
+    }
+
+
+def _decide(request: HttpRequest, token_id: int) -> HttpResponse:
+    outcome = request.POST.get("outcome", "")
+    comment = request.POST.get("comment", "")
+    if outcome not in Outcome.values:
+        token = ActionToken.objects.select_related("request", "user").get(pk=token_id)
+        return render(
+            request,
+            "links/confirm.html",
+            _page(token, error="Choose Approve or Reject."),
+            status=400,
+        )
+    try:
+        with transaction.atomic():
+            token = (
+                ActionToken.objects.select_for_update()
+                .select_related("request", "user")
+                .get(pk=token_id)
+            )
+            problem = _problem(token)
+            if problem:
+                return _refuse(request, problem[0], 410, problem[1])
+            decision = approval_decide(
+                request_id=token.request_id,
+                user=token.user,
+                outcome=outcome,
+                comment=comment,
+                channel=Channel.EMAIL,
+            )
+            token.used_at = timezone.now()
+            token.save(update_fields=["used_at"])
+    except Conflict as exc:
+        return _refuse(request, "resolved", 409, exc.message)
+    except SignoffError as exc:
+        token = ActionToken.objects.select_related("request", "user").get(pk=token_id)
+        return render(
+            request, "links/confirm.html", _page(token, error=exc.message), status=exc.status
+        )
+    token.request.refresh_from_db()
+    return render(
+        request,
+        "links/done.html",
+        {"approval": token.request, "decision": decision, "person": token.user},
+    )

@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+from celery import shared_task
+
+from . import mail
+
+
+@shared_task(
+    name="integrations.send_email",
+    bind=True,
+    acks_late=True,
+    ignore_result=True,
+    max_retries=8,
+)
+def send_email(self, email_id: int) -> str:  # noqa: ANN001
+    try:
+        return mail.email_deliver(email_id=email_id)
+    except mail.RETRYABLE as exc:
+        if self.request.retries >= self.max_retries:
+            mail.email_give_up(email_id=email_id, error=f"{type(exc).__name__}: {exc}")
+            return "failed"
+        raise self.retry(exc=exc, countdown=min(2**self.request.retries * 5, 600)) from exc
+
+
+@shared_task(name="integrations.sweep_outbox", ignore_result=True)
+def sweep_outbox() -> int:
+    return mail.sweep_outbox()
