@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import threading
-from datetime import datetime, timedelta
-from datetime import timezone as dt_timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import time_machine
@@ -22,7 +21,7 @@ from orchestration.definitions import DefinitionError, Registry, Workflow, regis
 from orchestration.models import Event, StepRun, WorkflowInstance
 
 pytestmark = pytest.mark.django_db
-T0 = datetime(2026, 3, 2, 8, 0, tzinfo=dt_timezone.utc)  # a Monday
+T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)  # a Monday
 
 
 def _noop(ctx):  # noqa: ANN001, ANN202
@@ -193,29 +192,29 @@ def test_a_decision_between_timers_stops_the_later_ones(people, flow) -> None:
 
 
 def test_business_hours_due_on_friday_afternoon_falls_on_tuesday() -> None:
-    friday = datetime(2026, 3, 6, 15, 0, tzinfo=dt_timezone.utc)
+    friday = datetime(2026, 3, 6, 15, 0, tzinfo=UTC)
     assert add_duration(friday, timedelta(days=2), business=True) == datetime(
-        2026, 3, 10, 15, 0, tzinfo=dt_timezone.utc
+        2026, 3, 10, 15, 0, tzinfo=UTC
     )
     assert add_duration(friday, timedelta(hours=3), business=True) == datetime(
-        2026, 3, 9, 10, 0, tzinfo=dt_timezone.utc
+        2026, 3, 9, 10, 0, tzinfo=UTC
     )
-    saturday = datetime(2026, 3, 7, 12, 0, tzinfo=dt_timezone.utc)
+    saturday = datetime(2026, 3, 7, 12, 0, tzinfo=UTC)
     assert add_duration(saturday, timedelta(hours=1), business=True) == datetime(
-        2026, 3, 9, 10, 0, tzinfo=dt_timezone.utc
+        2026, 3, 9, 10, 0, tzinfo=UTC
     )
     with override_settings(SIGNOFF_HOLIDAYS=["2026-03-09"]):
         assert add_duration(friday, timedelta(days=1), business=True) == datetime(
-            2026, 3, 10, 15, 0, tzinfo=dt_timezone.utc
+            2026, 3, 10, 15, 0, tzinfo=UTC
         )
 
 
 def test_business_hours_apply_to_approval_timers(people, flow) -> None:
     name = flow("t_tm_biz", due=timedelta(days=2), business_hours=True)
-    with time_machine.travel(datetime(2026, 3, 6, 15, 0, tzinfo=dt_timezone.utc), tick=False):
+    with time_machine.travel(datetime(2026, 3, 6, 15, 0, tzinfo=UTC), tick=False):
         instance, _ = engine.instance_start(workflow=name)
     request = ApprovalRequest.objects.get(instance=instance)
-    assert request.due_at == datetime(2026, 3, 10, 15, 0, tzinfo=dt_timezone.utc)
+    assert request.due_at == datetime(2026, 3, 10, 15, 0, tzinfo=UTC)
 
 
 def test_bad_timer_definitions_are_refused() -> None:
