@@ -83,7 +83,8 @@ def _refuse(request: HttpRequest, reason: str, status: int, detail: str = "") ->
 def _problem(token: ActionToken) -> tuple[str, str] | None:
     approval = token.request
     if approval.state != RequestState.PENDING:
-        return "resolved", _already_decided_message(approval).capitalize() + "."
+        message = _already_decided_message(approval)
+        return "resolved", message[:1].upper() + message[1:] + "."
     if token.used_at is not None:
         return "used", ""
     if token.superseded_at is not None:

@@ -74,6 +74,7 @@ def _enqueue(email_id: int) -> None:
 def email_deliver(*, email_id: int) -> str:
     """Send one outbox row if it is still queued. Raises on an SMTP error (the task retries);
     returns ``sent`` or ``skipped``."""
+    failure: Exception | None = None
     with transaction.atomic():
         email = OutboundEmail.objects.select_for_update().filter(pk=email_id).first()
         if email is None or email.status != OutboundEmail.Status.QUEUED:
@@ -91,14 +92,18 @@ def email_deliver(*, email_id: int) -> str:
         try:
             message.send()
         except RETRYABLE as exc:
+            # Record the attempt (committed), then raise for the task to retry.
+            failure = exc
             email.last_error = f"{type(exc).__name__}: {exc}"[:2000]
             email.save(update_fields=["attempts", "last_error"])
-            raise
-        email.status = OutboundEmail.Status.SENT
-        email.sent_at = timezone.now()
-        email.last_error = ""
-        email.save(update_fields=["attempts", "status", "sent_at", "last_error"])
-        return "sent"
+        else:
+            email.status = OutboundEmail.Status.SENT
+            email.sent_at = timezone.now()
+            email.last_error = ""
+            email.save(update_fields=["attempts", "status", "sent_at", "last_error"])
+    if failure is not None:
+        raise failure
+    return "sent"
 
 
 def email_give_up(*, email_id: int, error: str) -> None:
