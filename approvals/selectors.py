@@ -74,3 +74,48 @@ def request_for(user: Any, request_id: Any) -> ApprovalRequest | None:
     if not user.is_staff:
         qs = qs.filter(Q(pk__in=visible_to(user).values("pk")) | Q(requester_id=user.pk))
     return qs.filter(pk=pk).first()
+
+
+def upcoming_timers(approval: ApprovalRequest) -> list[dict[str, Any]]:
+    """What will happen to a pending request and when: reminders, escalation levels (with
+    who), expiry (with its action), soonest first — for "escalates to finance in 3 h"."""
+    from orchestration.definitions import registry
+
+    from .definitions import ApprovalStep
+    from .services import timer_at
+
+    if approval.state != RequestState.PENDING:
+        return []
+    definition = registry.get(approval.workflow, approval.instance.version)
+    spec = definition.steps.get(approval.step_name) if definition else None
+    items: list[dict[str, Any]] = []
+    if approval.next_reminder_at:
+        items.append({"at": approval.next_reminder_at, "what": "reminder to the assignees"})
+    if isinstance(spec, ApprovalStep):
+        for number, level in enumerate(spec.escalate, start=1):
+            if number <= approval.level:
+                continue
+            who = ", ".join([*level.users, *level.groups]) or "people chosen by the workflow"
+            verb = "moves to" if level.replace else "escalates to"
+            items.append(
+                {
+                    "at": timer_at(spec, approval.created_at, level.after),
+                    "what": f"{verb} {who}",
+                }
+            )
+        if approval.due_at:
+            action = {
+                "reject": "rejected",
+                "approve": "approved",
+                "cancel_instance": "cancels the workflow",
+                "fail": "fails the workflow",
+            }
+            items.append(
+                {
+                    "at": approval.due_at,
+                    "what": f"expires: {action.get(spec.on_expire, spec.on_expire)}",
+                }
+            )
+    elif approval.due_at:
+        items.append({"at": approval.due_at, "what": "expires"})
+    return sorted((i for i in items if i["at"] is not None), key=lambda i: i["at"])

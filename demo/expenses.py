@@ -9,7 +9,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.core.mail import EmailMessage
 
-from approvals.definitions import approval
+from approvals.definitions import Escalation, approval
 from orchestration.definitions import (
     NonRetryableError,
     RetryPolicy,
@@ -62,7 +62,11 @@ approval(
     after=["validate"],
     groups=["managers"],
     policy="any",
-    due=timedelta(days=2),
+    due=timedelta(days=3),
+    remind_every=timedelta(days=1),
+    # Nobody in managers decided within two days: the admin gets it too.
+    escalate=[Escalation(after=timedelta(days=2), users=["admin"])],
+    on_expire="reject",
     title="Expense: {input[amount]} {input[currency]} for {input[description]}",
     show=SHOW,
     requester=lambda ctx: ctx.input["requester"],

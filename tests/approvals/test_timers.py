@@ -280,3 +280,30 @@ def test_two_sweeps_at_once_escalate_each_request_once(people, flow) -> None:
     for instance in instances:
         seqs = list(Event.objects.filter(instance=instance).values_list("seq", flat=True))
         assert sorted(seqs) == list(range(1, len(seqs) + 1))
+
+
+def test_upcoming_timers_say_what_happens_when(people, flow) -> None:
+    from approvals.selectors import upcoming_timers
+
+    name = flow(
+        "t_tm_upcoming",
+        due=timedelta(days=2),
+        remind_every=timedelta(days=1),
+        escalate=[Escalation(after=timedelta(hours=3), groups=["fin"])],
+    )
+    with at(0):
+        instance, _ = engine.instance_start(workflow=name)
+    request = ApprovalRequest.objects.get(instance=instance)
+    assert [(i["at"] - T0, i["what"]) for i in upcoming_timers(request)] == [
+        (timedelta(hours=3), "escalates to fin"),
+        (timedelta(days=1), "reminder to the assignees"),
+        (timedelta(days=2), "expires: rejected"),
+    ]
+
+
+def test_demo_time_factor_compresses_timers(people, flow, settings) -> None:
+    settings.SIGNOFF_DEMO_TIME_FACTOR = 1440  # a day becomes a minute
+    name = flow("t_tm_demo", due=timedelta(days=2))
+    with at(0):
+        instance, _ = engine.instance_start(workflow=name)
+    assert ApprovalRequest.objects.get(instance=instance).due_at == T0 + timedelta(minutes=2)
