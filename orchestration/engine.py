@@ -28,8 +28,8 @@ from django.utils import timezone
 from . import kinds
 from .definitions import StepContext, StepSpec, TaskStep, Workflow, registry
 from .errors import Conflict, InvalidInput, NotFound
-from .jsonsafe import storable_json_problem, string_problem
 from .journal import Doorbell, Journal, ring_doorbells
+from .jsonsafe import storable_json_problem, string_problem
 from .models import (
     STEP_ACTIVE,
     STEP_DONE,
@@ -159,6 +159,11 @@ def _advance(
     if instance.state != I.RUNNING:
         return
     journal.steps = steps
+    if instance.paused_at is not None:
+        # Paused: nothing new starts; finishing is still noticed.
+        if all(s.state in STEP_DONE for s in steps.values()):
+            _succeed_instance(instance, steps, definition, journal)
+        return
     for name in definition.order():
         step = steps[name]
         if step.state != S.PENDING:
@@ -475,8 +480,8 @@ def step_claim(*, step_run_id: int, attempt: int) -> Claimed | None:
     """
     with transaction.atomic():
         instance = _lock_instance_of_step(step_run_id)
-        if instance is None or instance.state != I.RUNNING:
-            return None
+        if instance is None or instance.state != I.RUNNING or instance.paused_at is not None:
+            return None  # unpausing rings again
         steps = _steps(instance)
         step = next((s for s in steps.values() if s.pk == step_run_id), None)
         if step is None or step.attempt != attempt or step.state not in (S.SCHEDULED, S.RETRYING):
@@ -684,7 +689,7 @@ def step_ring_again(*, step_run_id: int, older_than: datetime) -> bool:
             .filter(pk=Subquery(owner))
             .first()
         )
-        if instance is None or instance.state != I.RUNNING:
+        if instance is None or instance.state != I.RUNNING or instance.paused_at is not None:
             return False
         step = StepRun.objects.filter(pk=step_run_id).first()
         if (
@@ -869,3 +874,199 @@ def lock_instance(
     journal = Journal(instance, actor=actor)
     journal.steps = steps
     return LockedInstance(instance, steps, journal, definition_of(instance))
+
+
+# -- operator actions (admin, status page, `manage.py signoff`) ----------------------------------
+
+
+def _operator_lock(instance_id: Any, actor: str) -> tuple[WorkflowInstance, Journal]:
+    instance = _lock_instance(instance_id)
+    if instance is None:
+        raise NotFound("instance not found")
+    journal = Journal(instance, actor=actor)
+    journal.steps = _steps(instance)
+    return instance, journal
+
+
+def _ring_open_steps(instance: WorkflowInstance, journal: Journal, *, now_only: bool) -> list[str]:
+    """Ring every scheduled/retrying step again (retrying ones at their due time, or now)."""
+    definition = definition_of(instance)
+    rung = []
+    for step in journal.steps.values():
+        if step.state not in (S.SCHEDULED, S.RETRYING):
+            continue
+        spec = definition.steps.get(step.name) if definition else None
+        eta = None
+        if step.next_attempt_at and step.next_attempt_at > journal.now and not now_only:
+            eta = step.next_attempt_at
+        elif now_only:
+            step.next_attempt_at = journal.now
+        step.rung_at = journal.now
+        journal.touch(step)
+        journal.ring(
+            step,
+            eta=eta,
+            queue=getattr(spec, "queue", None),
+            time_limit=_time_limit(spec) if spec else None,
+        )
+        rung.append(step.name)
+    return rung
+
+
+def instance_pause(*, instance_id: Any, actor: str) -> WorkflowInstance:
+    """Pause a running instance: nothing new is scheduled or started until unpaused; attempts
+    already running finish and are recorded. Writes ``instance_paused``."""
+    with transaction.atomic():
+        instance, journal = _operator_lock(instance_id, actor)
+        if instance.state != I.RUNNING:
+            raise Conflict(
+                f"instance is {instance.state}; only running instances can be paused",
+                code="invalid_state",
+            )
+        if instance.paused_at is not None:
+            raise Conflict("instance is already paused", code="already_paused")
+        instance.paused_at = journal.now
+        journal.record("instance_paused")
+        journal.flush()
+        return instance
+
+
+def instance_unpause(*, instance_id: Any, actor: str) -> WorkflowInstance:
+    """Undo :func:`instance_pause`: ring the waiting steps and schedule what became ready.
+    Writes ``instance_unpaused``."""
+    with transaction.atomic():
+        instance, journal = _operator_lock(instance_id, actor)
+        if instance.paused_at is None:
+            raise Conflict("instance is not paused", code="not_paused")
+        instance.paused_at = None
+        journal.record("instance_unpaused")
+        _ring_open_steps(instance, journal, now_only=False)
+        definition = definition_of(instance)
+        if definition is not None:
+            _advance(instance, journal.steps, definition, journal)
+        journal.flush()
+        return instance
+
+
+def instance_resume(*, instance_id: Any, actor: str) -> list[str]:
+    """Resume a stuck instance: ring the doorbell of every scheduled or retrying step now
+    (skipping backoffs), e.g. after the broker lost its messages. Writes ``instance_resumed``
+    and returns the steps rung."""
+    with transaction.atomic():
+        instance, journal = _operator_lock(instance_id, actor)
+        if instance.state != I.RUNNING:
+            raise Conflict(
+                f"instance is {instance.state}; only running instances can be resumed",
+                code="invalid_state",
+            )
+        if instance.paused_at is not None:
+            raise Conflict("instance is paused; unpause it instead", code="paused")
+        rung = _ring_open_steps(instance, journal, now_only=True)
+        journal.record("instance_resumed", data={"rung": rung})
+        journal.flush()
+        return rung
+
+
+def _step_for_operator(step_run_id: Any, actor: str) -> tuple[WorkflowInstance, Journal, StepRun]:
+    try:
+        pk = int(step_run_id)
+    except (TypeError, ValueError):
+        raise NotFound("step not found") from None
+    instance = _lock_instance_of_step(pk)
+    if instance is None:
+        raise NotFound("step not found")
+    journal = Journal(instance, actor=actor)
+    journal.steps = _steps(instance)
+    step = next(s for s in journal.steps.values() if s.pk == pk)
+    return instance, journal, step
+
+
+def step_retry_now(*, step_run_id: Any, actor: str) -> StepRun:
+    """Run a step again now: a ``retrying`` step skips the rest of its backoff; a failed,
+    timed-out or cancelled step of a failed instance is scheduled again with a fresh retry
+    budget (the instance runs again). Writes ``step_scheduled`` (data ``operator``)."""
+    with transaction.atomic():
+        instance, journal, step = _step_for_operator(step_run_id, actor)
+        definition = definition_of(instance)
+        spec = definition.steps.get(step.name) if definition else None
+        if not isinstance(spec, TaskStep):
+            raise Conflict("only task steps can be retried", code="invalid_step")
+        if step.state == S.RETRYING and instance.state == I.RUNNING:
+            step.next_attempt_at = journal.now
+            step.rung_at = journal.now
+            journal.record("step_scheduled", step=step, data={"operator": True, "now": True})
+            journal.ring(step, queue=spec.queue, time_limit=_time_limit(spec))
+        elif step.state in STEP_RETRYABLE and instance.state in (I.FAILED, I.RUNNING):
+            if instance.state == I.FAILED:
+                instance.retry()
+                if definition.deadline is not None:
+                    instance.deadline_at = journal.now + definition.deadline
+                journal.record("instance_retried", data={"step": step.name})
+            step.attempt_base = step.attempt
+            step_schedule(step, spec, journal, retry=True)
+        else:
+            raise Conflict(
+                f"step is {step.state} in a {instance.state} instance; nothing to retry",
+                code="invalid_state",
+            )
+        journal.flush()
+        return step
+
+
+def step_complete_manually(*, step_run_id: Any, output: Any, actor: str, reason: str) -> StepRun:
+    """Mark a step succeeded with ``output`` given by an operator who did its work by hand
+    (a failed, timed-out, cancelled, retrying, scheduled or waiting step). A failed instance
+    with no other failed step runs again; the flow continues. Writes
+    ``step_completed_manually``."""
+    if not isinstance(reason, str) or not reason.strip() or len(reason) > 1000:
+        raise InvalidInput("a reason (up to 1000 characters) is required", code="reason_required")
+    problem = storable_json_problem(output)
+    if problem:
+        raise InvalidInput(f"output: {problem}", code="invalid_output")
+    with transaction.atomic():
+        instance, journal, step = _step_for_operator(step_run_id, actor)
+        if instance.state not in (I.RUNNING, I.FAILED):
+            raise Conflict(f"instance is {instance.state}", code="invalid_state")
+        definition = definition_of(instance)
+        if step.state not in (
+            S.FAILED,
+            S.TIMED_OUT,
+            S.CANCELLED,
+            S.RETRYING,
+            S.SCHEDULED,
+            S.WAITING,
+        ):
+            raise Conflict(
+                f"step is {step.state}; it cannot be completed by hand", code="invalid_state"
+            )
+        was_waiting = step.state == S.WAITING
+        step.complete_manually(_jsonable(output))
+        step.finished_at = journal.now
+        step.next_attempt_at = None
+        step.timeout_at = None
+        journal.record(
+            "step_completed_manually",
+            step=step,
+            data={"reason": reason.strip(), "output": step.output},
+        )
+        spec = definition.steps.get(step.name) if definition else None
+        if was_waiting and spec is not None:
+            kinds.get_kind(spec.kind).cancelled(
+                step_run=step, spec=spec, journal=journal, now=journal.now
+            )
+        still_failed = any(s.state in (S.FAILED, S.TIMED_OUT) for s in journal.steps.values())
+        if instance.state == I.FAILED and not still_failed:
+            instance.retry()
+            if definition is not None and definition.deadline is not None:
+                instance.deadline_at = journal.now + definition.deadline
+            journal.record("instance_retried", data={"step": step.name})
+            # steps the failure cancelled go on too
+            for other in journal.steps.values():
+                other_spec = definition.steps.get(other.name) if definition else None
+                if other.state == S.CANCELLED and isinstance(other_spec, TaskStep):
+                    other.attempt_base = other.attempt
+                    step_schedule(other, other_spec, journal, retry=True)
+        if definition is not None:
+            _advance(instance, journal.steps, definition, journal)
+        journal.flush()
+        return step

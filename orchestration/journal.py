@@ -47,6 +47,7 @@ INSTANCE_FIELDS = [
     "finished_at",
     "updated_at",
     "last_seq",
+    "paused_at",
 ]
 
 

@@ -78,6 +78,8 @@ class WorkflowInstance(FSMModelMixin, models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField()
+    # Set while an operator paused the instance: nothing new is scheduled or started.
+    paused_at = models.DateTimeField(null=True, blank=True)
     # Last event sequence number used; bumped under the row lock so history is gap-free.
     last_seq = models.PositiveIntegerField(default=0)
 
@@ -226,6 +228,16 @@ class StepRun(FSMModelMixin, models.Model):
     @transition(field=state, source=S.PENDING, target=S.SKIPPED)
     def skip(self) -> None:
         pass
+
+    @transition(
+        field=state,
+        source=[S.FAILED, S.TIMED_OUT, S.CANCELLED, S.RETRYING, S.SCHEDULED, S.WAITING],
+        target=S.SUCCEEDED,
+    )
+    def complete_manually(self, output: Any = None) -> None:
+        """An operator did the step's work by hand and supplies its output."""
+        self.output = output
+        self.error = None
 
 
 class Event(models.Model):

@@ -54,6 +54,7 @@ def sweep_doorbells(
             state__in=[StepState.SCHEDULED, StepState.RETRYING], next_attempt_at__lte=older_than
         )
         .filter(Q(rung_at__isnull=True) | Q(rung_at__lte=older_than))
+        .filter(instance__paused_at__isnull=True)
         .order_by("next_attempt_at")
         .values_list("pk", flat=True)[: _batch(batch)]
     )
