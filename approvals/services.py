@@ -269,6 +269,18 @@ def approval_decide(
         raise InvalidInput(f"comment is longer than {MAX_COMMENT} characters")
     if not getattr(user, "is_authenticated", False):
         raise NotAllowed("log in to decide")
+    step_run_id = _step_run_of(request_id)
+    with transaction.atomic():
+        locked, request = _lock_pending(request_id, step_run_id, user)
+        principal, via_group = _eligible_as(request, user, locked.journal.now)
+        decision = _record_decision(
+            locked, request, user, principal, via_group, outcome, comment, channel
+        )
+        locked.journal.flush()
+        return decision
+
+
+def _step_run_of(request_id: Any) -> int:
     try:
         step_run_id = (
             ApprovalRequest.objects.filter(pk=int(request_id))
@@ -279,43 +291,61 @@ def approval_decide(
         step_run_id = None
     if step_run_id is None:
         raise NotFound("approval request not found")
-    with transaction.atomic():
-        locked = engine.lock_instance(step_run_id=step_run_id, actor=actor_name(user))
-        request = ApprovalRequest.objects.select_for_update().get(pk=int(request_id))
-        if locked is None or request.state != RequestState.PENDING:
-            raise Conflict(_already_decided_message(request), code="already_decided")
-        now = locked.journal.now
-        principal, via_group = _eligible_as(request, user, now)
-        if outcome == Outcome.REJECT and request.reject_requires_comment and not comment:
-            raise InvalidInput("a comment is required to reject", code="comment_required")
-        decision = Decision.objects.create(
-            request=request,
-            assignee=principal,
-            decided_by=user,
-            via_group=via_group,
-            outcome=outcome,
-            comment=comment,
-            channel=channel,
-            at=now,
-        )
-        step = locked.step_by_id(step_run_id)
-        locked.record(
-            "approval_decided",
-            step=step,
-            data={
-                "outcome": outcome,
-                "user": user.get_username(),
-                "for": principal.get_username() if principal.pk != user.pk else None,
-                "comment": comment,
-                "channel": channel,
-            },
-        )
-        decisions = list(request.decisions.select_related("decided_by", "assignee"))
-        resolution = _resolution(request, decisions)
-        if resolution is not None:
-            _resolve(locked, request, step, resolution, decisions)
-        locked.journal.flush()
-        return decision
+    return step_run_id
+
+
+def _lock_pending(
+    request_id: Any, step_run_id: int, user: Any
+) -> tuple[engine.LockedInstance, ApprovalRequest]:
+    locked = engine.lock_instance(step_run_id=step_run_id, actor=actor_name(user))
+    request = ApprovalRequest.objects.select_for_update().get(pk=int(request_id))
+    if locked is None or request.state != RequestState.PENDING:
+        raise Conflict(_already_decided_message(request), code="already_decided")
+    return locked, request
+
+
+def _record_decision(
+    locked: engine.LockedInstance,
+    request: ApprovalRequest,
+    user: Any,
+    principal: Any,
+    via_group: Group | None,
+    outcome: str,
+    comment: str,
+    channel: str,
+    reason: str = "",
+) -> Decision:
+    if outcome == Outcome.REJECT and request.reject_requires_comment and not comment:
+        raise InvalidInput("a comment is required to reject", code="comment_required")
+    decision = Decision.objects.create(
+        request=request,
+        assignee=principal,
+        decided_by=user,
+        via_group=via_group,
+        outcome=outcome,
+        comment=comment,
+        channel=channel,
+        reason=reason,
+        at=locked.journal.now,
+    )
+    step = locked.step_by_id(request.step_run_id)
+    locked.record(
+        "approval_decided",
+        step=step,
+        data={
+            "outcome": outcome,
+            "user": user.get_username(),
+            "for": principal.get_username() if principal.pk != user.pk else None,
+            "comment": comment,
+            "channel": channel,
+            **({"reason": reason} if reason else {}),
+        },
+    )
+    decisions = list(request.decisions.select_related("decided_by", "assignee"))
+    resolution = _resolution(request, decisions)
+    if resolution is not None:
+        _resolve(locked, request, step, resolution, decisions)
+    return decision
 
 
 def _resolve(
@@ -351,6 +381,112 @@ def _resolve(
             {"type": "signoff.ApprovalRejected", "message": message, "traceback": ""},
             reason="rejected",
         )
+
+
+# -- operators ----------------------------------------------------------------------------------
+
+
+def _clean_reason(reason: Any) -> str:
+    if not isinstance(reason, str) or not reason.strip():
+        raise InvalidInput("a reason is required", code="reason_required")
+    if len(reason) > 500:
+        raise InvalidInput("the reason is longer than 500 characters")
+    return reason.strip()
+
+
+def approval_decide_on_behalf(
+    *,
+    request_id: Any,
+    operator: Any,
+    assignee: Any,
+    outcome: str,
+    comment: str = "",
+    reason: str,
+) -> Decision:
+    """An operator records ``assignee``'s decision (e.g. given by phone). ``assignee`` must be
+    a current assignee who has not decided; the reason is mandatory and recorded on the
+    decision and its event. Permission is checked by the caller (admin, status page)."""
+    reason = _clean_reason(reason)
+    if outcome not in Outcome.values:
+        raise InvalidInput(f"outcome must be one of {', '.join(Outcome.values)}")
+    if not isinstance(comment, str) or len(comment) > MAX_COMMENT:
+        raise InvalidInput("comment must be text of at most 5000 characters")
+    step_run_id = _step_run_of(request_id)
+    with transaction.atomic():
+        locked, request = _lock_pending(request_id, step_run_id, operator)
+        assigned_groups = set(request.assignee_groups.values_list("pk", flat=True))
+        member_of = set(assignee.groups.values_list("pk", flat=True)) & assigned_groups
+        if not request.assignee_users.filter(pk=assignee.pk).exists() and not member_of:
+            raise NotAllowed(
+                f"{assignee.get_username()} is not an assignee of this request", code="not_assignee"
+            )
+        if request.decisions.filter(assignee=assignee).exists():
+            raise Conflict(f"{assignee.get_username()} has already decided", code="already_decided")
+        via = Group.objects.get(pk=min(member_of)) if member_of else None
+        decision = _record_decision(
+            locked,
+            request,
+            operator,
+            assignee,
+            via,
+            outcome,
+            comment.strip(),
+            Channel.ADMIN,
+            reason,
+        )
+        locked.journal.flush()
+        return decision
+
+
+def approval_reassign(
+    *,
+    request_id: Any,
+    operator: Any,
+    users: list[str],
+    groups: list[str],
+    reason: str,
+) -> ApprovalRequest:
+    """Replace a pending request's assignees. People no longer assigned lose their email
+    links; newcomers get mail. Writes ``approval_reassigned``."""
+    reason = _clean_reason(reason)
+    user_rows = list(User.objects.filter(username__in=users, is_active=True))
+    group_rows = list(Group.objects.filter(name__in=groups))
+    unknown = sorted(set(users) - {u.username for u in user_rows}) + sorted(
+        set(groups) - {g.name for g in group_rows}
+    )
+    if unknown:
+        raise InvalidInput(
+            f"unknown users or groups: {', '.join(unknown)}", code="unknown_assignee"
+        )
+    if not user_rows and not group_rows:
+        raise InvalidInput("name at least one user or group", code="no_assignee")
+    step_run_id = _step_run_of(request_id)
+    with transaction.atomic():
+        locked, request = _lock_pending(request_id, step_run_id, operator)
+        now = locked.journal.now
+        before = {u.pk for u in notifications.current_assignee_users(request)}
+        request.assignee_users.set(user_rows)
+        request.assignee_groups.set(group_rows)
+        after = notifications.current_assignee_users(request)
+        notifications.tokens_supersede(request, before - {u.pk for u in after}, now)
+        locked.record(
+            "approval_reassigned",
+            step=locked.step_by_id(step_run_id),
+            data={
+                "users": [u.username for u in user_rows],
+                "groups": [g.name for g in group_rows],
+                "reason": reason,
+            },
+        )
+        notifications.notify_assignees(
+            request,
+            [u for u in after if u.pk not in before],
+            now,
+            kind="assigned",
+            serial=int(now.timestamp()),
+        )
+        locked.journal.flush()
+        return request
 
 
 # -- delegation ---------------------------------------------------------------------------------

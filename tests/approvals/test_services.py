@@ -326,3 +326,59 @@ def test_seed_demo_is_idempotent_and_fills_the_inbox() -> None:
     assert User.objects.get(username="bob").groups.filter(name="managers").exists()
     assert User.objects.get(username="admin").is_superuser
     assert User.objects.get(username="alice").check_password("signoff-demo")
+
+
+def test_operator_decides_on_behalf_with_a_mandatory_reason(people, make_flow) -> None:
+    instance, request = start(make_flow("t_ap_behalf", users=["ann"]))
+    ops = people["eve"]
+    with pytest.raises(InvalidInput, match="reason is required"):
+        services.approval_decide_on_behalf(
+            request_id=request.pk,
+            operator=ops,
+            assignee=people["ann"],
+            outcome="approve",
+            reason="",
+        )
+    with pytest.raises(NotAllowed, match="ben is not an assignee"):
+        services.approval_decide_on_behalf(
+            request_id=request.pk,
+            operator=ops,
+            assignee=people["ben"],
+            outcome="approve",
+            reason="phone",
+        )
+    assert Decision.objects.count() == 0
+    decision = services.approval_decide_on_behalf(
+        request_id=request.pk,
+        operator=ops,
+        assignee=people["ann"],
+        outcome="approve",
+        reason="ann approved by phone",
+    )
+    assert (decision.decided_by, decision.assignee, decision.channel, decision.reason) == (
+        ops,
+        people["ann"],
+        "admin",
+        "ann approved by phone",
+    )
+    event = Event.objects.get(instance=instance, type="approval_decided")
+    assert event.data["reason"] == "ann approved by phone" and event.data["for"] == "ann"
+    assert state_of(instance) == ("running", "succeeded")
+
+
+def test_reassign_replaces_the_assignees(people, make_flow) -> None:
+    _, request = start(make_flow("t_ap_reassign", users=["ann"]))
+    ops = people["eve"]
+    with pytest.raises(InvalidInput, match="unknown users or groups: ghost"):
+        services.approval_reassign(
+            request_id=request.pk, operator=ops, users=["ghost"], groups=[], reason="ann left"
+        )
+    services.approval_reassign(
+        request_id=request.pk, operator=ops, users=["ben"], groups=["reviewers"], reason="ann left"
+    )
+    with pytest.raises(NotAllowed):
+        services.approval_decide(request_id=request.pk, user=people["ann"], outcome="approve")
+    services.approval_decide(request_id=request.pk, user=people["dan"], outcome="approve")
+    assert ApprovalRequest.objects.get(pk=request.pk).state == "approved"
+    reassigned = Event.objects.get(type="approval_reassigned")
+    assert reassigned.data == {"users": ["ben"], "groups": ["reviewers"], "reason": "ann left"}
