@@ -224,6 +224,8 @@ SIGNOFF_MAX_REQUEST_BYTES = env_int("SIGNOFF_MAX_REQUEST_BYTES", 256 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = SIGNOFF_MAX_REQUEST_BYTES
 # A step whose doorbell rang this long ago without being claimed is rung again.
 SIGNOFF_DOORBELL_GRACE_SECONDS = env_int("SIGNOFF_DOORBELL_GRACE_SECONDS", 30)
+# A running instance with no event for this long counts as stuck (admin filter, `signoff stuck`).
+SIGNOFF_STUCK_AFTER_SECONDS = env_int("SIGNOFF_STUCK_AFTER_SECONDS", 24 * 3600)
 # Rows a sweeper handles per run.
 SIGNOFF_SWEEP_BATCH = env_int("SIGNOFF_SWEEP_BATCH", 500)
 SIGNOFF_BASE_URL = env("SIGNOFF_BASE_URL", "http://127.0.0.1:8000")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from django.db.models import Prefetch, QuerySet
+from django.db.models import Prefetch, Q, QuerySet
 
 from .errors import InvalidInput, NotFound
 from .models import Event, InstanceState, StepRun, WorkflowInstance
@@ -83,3 +83,29 @@ def instance_with_idempotency_key(*, user: Any, workflow: str, key: str) -> Work
 def instance_history(*, instance: WorkflowInstance) -> QuerySet[Event]:
     """The instance's events, oldest first (``seq`` counts from 1 without gaps)."""
     return Event.objects.filter(instance=instance).order_by("seq")
+
+
+def stuck_q(now: Any = None) -> Q:
+    """Instances that need an operator's look: a running step past its attempt deadline, a
+    scheduled step whose doorbell is overdue, a step retrying for more than an hour, or a
+    running instance with no event for ``SIGNOFF_STUCK_AFTER_SECONDS``."""
+    from datetime import timedelta
+
+    from django.conf import settings
+    from django.db.models import Exists, OuterRef
+    from django.utils import timezone
+
+    now = now or timezone.now()
+    quiet = now - timedelta(seconds=settings.SIGNOFF_STUCK_AFTER_SECONDS)
+    grace = now - timedelta(seconds=settings.SIGNOFF_DOORBELL_GRACE_SECONDS)
+    steps = StepRun.objects.filter(instance=OuterRef("pk"))
+    return Q(state="running") & (
+        Q(Exists(steps.filter(state="running", timeout_at__lt=now)))
+        | Q(Exists(steps.filter(state="scheduled", next_attempt_at__lt=grace)))
+        | Q(Exists(steps.filter(state="retrying", scheduled_at__lt=now - timedelta(hours=1))))
+        | Q(updated_at__lt=quiet)
+    )
+
+
+def stuck_instances(now: Any = None) -> QuerySet[WorkflowInstance]:
+    return WorkflowInstance.objects.filter(stuck_q(now)).order_by("updated_at")
