@@ -218,7 +218,9 @@ DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", "Signoff <signoff@localhost>")
 
 # --- Signoff ----------------------------------------------------------------------------------
 # Modules whose import registers workflow definitions.
-SIGNOFF_WORKFLOW_MODULES = env_list("SIGNOFF_WORKFLOW_MODULES", "demo.workflows,demo.expenses")
+SIGNOFF_WORKFLOW_MODULES = env_list(
+    "SIGNOFF_WORKFLOW_MODULES", "demo.workflows,demo.expenses,demo.trips"
+)
 # Request bodies over this size get 413 (API and forms).
 SIGNOFF_MAX_REQUEST_BYTES = env_int("SIGNOFF_MAX_REQUEST_BYTES", 256 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = SIGNOFF_MAX_REQUEST_BYTES

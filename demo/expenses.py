@@ -86,10 +86,16 @@ approval(
 )
 
 
+def refund(ctx: StepContext, output: dict[str, Any]) -> dict[str, Any]:
+    """Undo ``pay`` when a later step fails or the expense is cancelled after payment."""
+    return {"refunded": output["payment_id"], "amount": output["amount"]}
+
+
 @expenses.task(
     after=["finance_approval"],
     retry=RetryPolicy(max_attempts=5),
     start_to_close=timedelta(seconds=30),
+    compensate=refund,
 )
 def pay(ctx: StepContext) -> dict[str, Any]:
     # A real payment call would pass ctx.idempotency_key so a retry never pays twice.

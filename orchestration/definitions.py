@@ -177,8 +177,12 @@ class TaskStep(StepSpec):
     start_to_close: timedelta = timedelta(minutes=5)
     schedule_to_close: timedelta | None = None
     queue: str | None = None
-    # Room for the saga issue: a function undoing this step, given its output.
+    # Saga: a function undoing this step, given the context and the step's output. It runs
+    # when the instance fails or is cancelled, newest step first, with its own retry policy.
     compensate: Callable[[StepContext, Any], Any] | None = None
+    compensate_retry: RetryPolicy = field(
+        default_factory=lambda: RetryPolicy(max_attempts=5, max_interval=timedelta(minutes=5))
+    )
     kind: str = "task"
 
     def problems(self) -> list[str]:
@@ -198,6 +202,12 @@ class TaskStep(StepSpec):
             found.append("schedule_to_close must be a positive timedelta")
         if self.queue is not None and not (isinstance(self.queue, str) and self.queue):
             found.append("queue must be a non-empty string")
+        if self.compensate is not None and not callable(self.compensate):
+            found.append("compensate must be callable")
+        if not isinstance(self.compensate_retry, RetryPolicy):
+            found.append("compensate_retry must be a RetryPolicy")
+        else:
+            found.extend(f"compensate_retry: {p}" for p in self.compensate_retry.problems())
         return found
 
     def describe(self) -> dict[str, Any]:
@@ -209,6 +219,7 @@ class TaskStep(StepSpec):
                 self.schedule_to_close.total_seconds() if self.schedule_to_close else None
             ),
             "queue": self.queue,
+            "compensation": self.compensate.__name__ if self.compensate else None,
         }
 
 
@@ -260,8 +271,13 @@ class Workflow:
         start_to_close: timedelta = timedelta(minutes=5),
         schedule_to_close: timedelta | None = None,
         queue: str | None = None,
+        compensate: Callable[[StepContext, Any], Any] | None = None,
+        compensate_retry: RetryPolicy | None = None,
     ) -> Any:
-        """Declare a task step; usable as ``@wf.task`` or ``@wf.task(after=[...])``."""
+        """Declare a task step; usable as ``@wf.task`` or ``@wf.task(after=[...])``.
+
+        ``compensate(ctx, output)`` undoes the step when the instance fails or is cancelled
+        (a saga); it gets the step's output and the same ``ctx.idempotency_key``."""
 
         def decorate(func: Callable[[StepContext], Any]) -> Callable[[StepContext], Any]:
             self.add(
@@ -274,6 +290,8 @@ class Workflow:
                     start_to_close=start_to_close,
                     schedule_to_close=schedule_to_close,
                     queue=queue,
+                    compensate=compensate,
+                    **({"compensate_retry": compensate_retry} if compensate_retry else {}),
                 )
             )
             return func

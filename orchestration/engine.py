@@ -25,7 +25,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Subquery
 from django.utils import timezone
 
-from . import kinds
+from . import kinds, saga
 from .definitions import StepContext, StepSpec, TaskStep, Workflow, registry
 from .errors import Conflict, InvalidInput, NotFound
 from .journal import Doorbell, Journal, ring_doorbells
@@ -218,7 +218,10 @@ def _fail_instance(
     error: dict[str, Any],
 ) -> None:
     """Fail the instance; cancel what waits to run. Running attempts finish and are recorded,
-    but nothing new is scheduled."""
+    but nothing new is scheduled. With something to undo, the saga unwinds instead."""
+    if saga.needs_compensation(steps, definition):
+        saga.start(instance, steps, definition, journal, cause="failed", error=error)
+        return
     instance.fail(error)
     instance.finished_at = journal.now
     for step in steps.values():
@@ -234,6 +237,16 @@ def _cancel_instance(
     journal: Journal,
     reason: str,
 ) -> None:
+    compensation_failed = (instance.error or {}).get("phase") == "compensation"
+    if (
+        definition is not None
+        and not compensation_failed
+        and saga.needs_compensation(steps, definition)
+    ):
+        saga.start(
+            instance, steps, definition, journal, cause="cancelled", error=None, reason=reason
+        )
+        return
     for step in steps.values():
         if step.state in (S.PENDING, *STEP_ACTIVE):
             _cancel_step(step, definition, journal, reason="instance_cancelled")
@@ -325,6 +338,8 @@ def _attempt_failed(
         _fail_instance(
             instance, steps, definition, journal, {"step": step.name, "reason": why, **error}
         )
+    else:
+        saga.advance(instance, steps, definition, journal)
 
 
 # -- starting -----------------------------------------------------------------------------------
@@ -547,6 +562,7 @@ def step_complete(*, step_run_id: int, attempt: int, output: Any) -> bool:
         definition = definition_of(instance)
         if definition is not None:
             _advance(instance, steps, definition, journal)
+        saga.advance(instance, steps, definition, journal)
         journal.flush()
         return True
 
@@ -655,6 +671,10 @@ def instance_retry(*, instance_id: Any, actor: str = "system") -> WorkflowInstan
             )
         journal = Journal(instance, actor=actor)
         steps = _steps(instance)
+        if (instance.error or {}).get("phase") == "compensation":
+            saga.retry_failed(instance, steps, definition, journal)
+            journal.flush()
+            return instance
         instance.retry()
         if definition.deadline is not None:
             instance.deadline_at = journal.now + definition.deadline

@@ -35,6 +35,9 @@ STEP_FIELDS = [
     "finished_at",
     "timeout_at",
     "close_by",
+    "comp_attempt",
+    "comp_base",
+    "comp_phase",
     "output",
     "error",
 ]
@@ -58,6 +61,7 @@ class Doorbell:
     eta: datetime | None
     queue: str | None
     time_limit: float | None
+    task: str = "run_step"
 
 
 class Journal:
@@ -105,6 +109,19 @@ class Journal:
     def touch(self, step: StepRun) -> None:
         self.dirty[id(step)] = step
 
+    def ring_compensation(
+        self,
+        step: StepRun,
+        *,
+        eta: datetime | None = None,
+        queue: str | None = None,
+        time_limit: float | None = None,
+    ) -> None:
+        """Ring the doorbell of the step's compensation (attempt ``comp_attempt``)."""
+        self._bells.append(
+            (step, Doorbell(0, step.comp_attempt, eta, queue, time_limit, "run_compensation"))
+        )
+
     def ring(
         self,
         step: StepRun,
@@ -142,7 +159,7 @@ class Journal:
             fn()
         # Step ids are known only now for new steps.
         bells = [
-            Doorbell(step.pk, bell.attempt, bell.eta, bell.queue, bell.time_limit)
+            Doorbell(step.pk, bell.attempt, bell.eta, bell.queue, bell.time_limit, bell.task)
             for step, bell in self._bells
         ]
         if bells:
@@ -155,7 +172,7 @@ class Journal:
 def ring_doorbells(bells: list[Doorbell]) -> None:
     """Send one Celery message per doorbell. A broker failure is logged, never raised: the
     step is durable in the database and the doorbell sweeper rings again."""
-    from .tasks import run_step
+    from . import tasks
 
     for bell in bells:
         options: dict[str, Any] = {
@@ -170,7 +187,7 @@ def ring_doorbells(bells: list[Doorbell]) -> None:
             options["soft_time_limit"] = bell.time_limit
             options["time_limit"] = bell.time_limit + 10
         try:
-            run_step.apply_async((bell.step_run_id, bell.attempt), **options)
+            getattr(tasks, bell.task).apply_async((bell.step_run_id, bell.attempt), **options)
         except Exception:  # noqa: BLE001 - the sweeper is the fallback
             log.warning(
                 "doorbell for step %s attempt %s not rung; the sweeper will ring it",

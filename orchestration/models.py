@@ -118,9 +118,18 @@ class WorkflowInstance(FSMModelMixin, models.Model):
     def succeed(self, output: Any = None) -> None:
         self.output = output
 
-    @transition(field=state, source=[I.PENDING, I.RUNNING], target=I.FAILED)
+    @transition(field=state, source=[I.PENDING, I.RUNNING, I.COMPENSATING], target=I.FAILED)
     def fail(self, error: dict[str, Any] | None = None) -> None:
         self.error = error
+
+    @transition(field=state, source=[I.RUNNING, I.FAILED], target=I.COMPENSATING)
+    def compensate(self) -> None:
+        """A saga unwinds: the compensations of succeeded steps run, newest first."""
+        self.finished_at = None
+
+    @transition(field=state, source=I.COMPENSATING, target=I.COMPENSATED)
+    def finish_compensation(self) -> None:
+        pass
 
     @transition(field=state, source=[I.PENDING, I.RUNNING, I.FAILED], target=I.CANCELLED)
     def cancel(self) -> None:
@@ -154,6 +163,12 @@ class StepRun(FSMModelMixin, models.Model):
     timeout_at = models.DateTimeField(null=True, blank=True)
     # Schedule-to-close: no attempt may start or run past this.
     close_by = models.DateTimeField(null=True, blank=True)
+    # While the step is `compensating`: the compensation's own attempt counter and phase
+    # (scheduled → running → done, or retrying, or failed). The sweepers and the claim read
+    # next_attempt_at / rung_at / timeout_at for it as for a forward attempt.
+    comp_attempt = models.PositiveIntegerField(default=0)
+    comp_base = models.PositiveIntegerField(default=0)
+    comp_phase = models.CharField(max_length=10, blank=True, default="")
     output = models.JSONField(null=True, blank=True)
     error = models.JSONField(null=True, blank=True)
 
@@ -176,6 +191,16 @@ class StepRun(FSMModelMixin, models.Model):
                 condition=Q(state="running"),
             ),
             models.Index(fields=["state"], name="steprun_state"),
+            models.Index(
+                fields=["next_attempt_at"],
+                name="steprun_compensating_due",
+                condition=Q(state="compensating"),
+            ),
+            models.Index(
+                fields=["timeout_at"],
+                name="steprun_compensating_timeout",
+                condition=Q(state="compensating"),
+            ),
         ]
 
     def __str__(self) -> str:
@@ -228,6 +253,15 @@ class StepRun(FSMModelMixin, models.Model):
     @transition(field=state, source=S.PENDING, target=S.SKIPPED)
     def skip(self) -> None:
         pass
+
+    @transition(field=state, source=S.SUCCEEDED, target=S.COMPENSATING)
+    def start_compensation(self) -> None:
+        self.comp_attempt += 1
+        self.comp_phase = "scheduled"
+
+    @transition(field=state, source=S.COMPENSATING, target=S.COMPENSATED)
+    def finish_compensation(self) -> None:
+        self.comp_phase = "done"
 
     @transition(
         field=state,

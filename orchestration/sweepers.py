@@ -16,7 +16,7 @@ from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
-from . import engine
+from . import engine, saga
 from .models import InstanceState, StepRun, StepState, WorkflowInstance
 
 log = logging.getLogger("signoff.sweepers")
@@ -58,8 +58,23 @@ def sweep_doorbells(
         .order_by("next_attempt_at")
         .values_list("pk", flat=True)[: _batch(batch)]
     )
-    return _each(
+    done = _each(
         "doorbells", ids, lambda pk: engine.step_ring_again(step_run_id=pk, older_than=older_than)
+    )
+    compensations = list(
+        StepRun.objects.filter(
+            state=StepState.COMPENSATING,
+            comp_phase__in=["scheduled", "retrying"],
+            next_attempt_at__lte=older_than,
+        )
+        .filter(Q(rung_at__isnull=True) | Q(rung_at__lte=older_than))
+        .order_by("next_attempt_at")
+        .values_list("pk", flat=True)[: _batch(batch)]
+    )
+    return done + _each(
+        "compensation_doorbells",
+        compensations,
+        lambda pk: saga.ring_again(step_run_id=pk, older_than=older_than),
     )
 
 
@@ -72,7 +87,17 @@ def sweep_step_timeouts(*, now: datetime | None = None, batch: int | None = None
         .order_by("timeout_at")
         .values_list("pk", flat=True)[: _batch(batch)]
     )
-    return _each("step_timeouts", ids, lambda pk: engine.step_time_out(step_run_id=pk))
+    done = _each("step_timeouts", ids, lambda pk: engine.step_time_out(step_run_id=pk))
+    compensations = list(
+        StepRun.objects.filter(
+            state=StepState.COMPENSATING, comp_phase="running", timeout_at__lte=now
+        )
+        .order_by("timeout_at")
+        .values_list("pk", flat=True)[: _batch(batch)]
+    )
+    return done + _each(
+        "compensation_timeouts", compensations, lambda pk: saga.time_out(step_run_id=pk)
+    )
 
 
 def sweep_instance_deadlines(*, now: datetime | None = None, batch: int | None = None) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from . import engine, sweepers
+from . import engine, saga, sweepers
 
 
 @shared_task(
@@ -32,3 +32,13 @@ def sweep_step_timeouts() -> int:
 @shared_task(name="orchestration.sweep_instance_deadlines", ignore_result=True)
 def sweep_instance_deadlines() -> int:
     return sweepers.sweep_instance_deadlines()
+
+
+@shared_task(
+    name="orchestration.run_compensation",
+    acks_late=True,
+    reject_on_worker_lost=True,
+    ignore_result=True,
+)
+def run_compensation(step_run_id: int, attempt: int) -> str:
+    return saga.execute(step_run_id=step_run_id, attempt=attempt)

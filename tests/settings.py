@@ -11,7 +11,9 @@ os.environ["DATABASE_URL"] = os.environ.get(
 os.environ["CELERY_BROKER_URL"] = os.environ.get(
     "SIGNOFF_TEST_REDIS_URL", "redis://127.0.0.1:6379/15"
 )
-os.environ.setdefault("SIGNOFF_WORKFLOW_MODULES", "demo.workflows,demo.expenses,tests.workflows")
+os.environ.setdefault(
+    "SIGNOFF_WORKFLOW_MODULES", "demo.workflows,demo.expenses,demo.trips,tests.workflows"
+)
 
 from config.settings import *  # noqa: E402, F403
 
