@@ -21,7 +21,9 @@ pytestmark = pytest.mark.e2e
 
 def finished(*instances: WorkflowInstance) -> bool:
     ids = [i.pk for i in instances]
-    open_ = WorkflowInstance.objects.filter(pk__in=ids, state__in=["pending", "running"])
+    open_ = WorkflowInstance.objects.filter(
+        pk__in=ids, state__in=["pending", "running", "compensating"]
+    )
     return not open_.exists()
 
 
@@ -229,3 +231,32 @@ def test_deadline_sweeper_runs_in_the_worker(worker) -> None:
     worker.kill()  # do not leave the 60 s sleeper occupying a pool process
     worker.start()
     assert sweepers.sweep_instance_deadlines() == 0
+
+
+@pytest.mark.parametrize("fail_at", ["book_hotel", "book_car"])
+def test_saga_unwinds_with_a_real_worker(worker, fail_at) -> None:
+    instance, _ = engine.instance_start(
+        workflow="trip_booking", input={"traveller": "Ada", "fail_at": fail_at}
+    )
+    wait_for(lambda: finished(instance), message="saga to unwind")
+    assert state(instance) == "compensated"
+    order = list(
+        Event.objects.filter(instance=instance, type="step_compensated")
+        .order_by("seq")
+        .values_list("step", flat=True)
+    )
+    done = ["book_flight", "book_hotel", "book_car"]
+    assert order == list(reversed(done[: done.index(fail_at)]))
+    assert_history_sound(instance)
+
+
+def test_cancel_during_a_running_step_compensates_it_too(worker) -> None:
+    instance, _ = engine.instance_start(
+        workflow="trip_booking", input={"traveller": "Ada", "slow": True}
+    )
+    wait_for(lambda: steps(instance)["book_flight"].state == "running", message="flight running")
+    engine.instance_cancel(instance_id=instance.pk, actor="user:ops")
+    wait_for(lambda: finished(instance), timeout=30, message="cancel to unwind")
+    assert state(instance) == "compensated"
+    assert steps(instance)["book_flight"].state == "compensated"
+    assert steps(instance)["book_hotel"].state == "cancelled"
