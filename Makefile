@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PORT ?= 8000
 export PORT
 
-.PHONY: install run test lint bench services-check clean
+.PHONY: install run test lint bench services-check browser clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,7 +24,11 @@ run: install
 services-check: install
 	$(PY) -m tests.services
 
-test: install services-check
+# The browser tests use Debian's chromium; `playwright install` is never run.
+browser:
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+
+test: install services-check browser
 	$(PY) -m pytest
 
 lint: install

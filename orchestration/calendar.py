@@ -37,8 +37,9 @@ class BusinessCalendar:
         """``moment`` plus ``duration`` of working time (days as working days)."""
         if duration < timedelta(0):
             raise ValueError("business durations must not be negative")
-        remaining = duration.days * self.day_length + timedelta(seconds=duration.seconds,
-                                                                microseconds=duration.microseconds)
+        remaining = duration.days * self.day_length + timedelta(
+            seconds=duration.seconds, microseconds=duration.microseconds
+        )
         local = moment.astimezone(self.timezone)
         for _ in range(3660):  # ten years of days: a calendar with no working day stops here
             day = local.date()

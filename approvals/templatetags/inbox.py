@@ -1,0 +1,57 @@
+"""Template helpers of the inbox: the navigation count and readable JSON."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from typing import Any
+
+from django import template
+from django.utils.timesince import timesince
+
+register = template.Library()
+
+
+@register.simple_tag(takes_context=True)
+def inbox_pending_count(context: template.Context) -> str:
+    """The signed-in user's pending count ("99+" past the cap), or "" for anonymous users."""
+    request = context.get("request")
+    if request is None or not request.user.is_authenticated:
+        return ""
+    from approvals.views import pending_count
+
+    return pending_count(request)
+
+
+@register.filter
+def pretty_json(value: Any) -> str:
+    return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, default=str)
+
+
+@register.filter
+def compact_json(value: Any) -> str:
+    if value in (None, "", {}, []):
+        return ""
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
+
+
+@register.filter
+def field_value(value: Any) -> str:
+    """A field shown to the approver: scalars as text, anything else as JSON."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, str | int | float):
+        return str(value)
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
+
+
+@register.filter
+def ago(value: datetime | None, now: datetime) -> str:
+    """ "just now" for the last minute, else "3 hours ago" (the largest two units)."""
+    if value is None:
+        return ""
+    if now - value < timedelta(minutes=1):
+        return "just now"
+    return f"{timesince(value, now)} ago"

@@ -1,0 +1,455 @@
+"""The inbox: a thin HTML layer over ``approvals.selectors`` and ``approvals.services``.
+
+Every decision goes through :func:`approvals.services.approval_decide`; business errors become
+messages here, once (STYLE trait 7). Lists use keyset pagination and a capped count so the
+number and cost of queries do not grow with the data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlencode
+
+from django.contrib import messages
+from django.contrib.auth import get_user_model
+from django.contrib.auth.decorators import login_required
+from django.db.models import F, Prefetch, Q, QuerySet
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_http_methods, require_POST
+
+from orchestration.errors import SignoffError
+from orchestration.models import Event
+
+from . import selectors, services
+from .forms import (
+    PAGE_SIZE,
+    SORT_CHOICES,
+    STATE_CHOICES,
+    BulkDecisionForm,
+    DecisionForm,
+    DelegationForm,
+    InboxFilterForm,
+)
+from .models import ApprovalRequest, Delegation, Outcome, RequestState
+
+User = get_user_model()
+COUNT_CAP = 99  # the navigation shows "99+" beyond this: counting stops at 100 rows
+HISTORY_LIMIT = 200  # events shown on the detail page (the latest ones)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MICROSECOND = timedelta(microseconds=1)
+
+LISTS = {
+    "pending": selectors.decidable_by,
+    "decided": selectors.decided_by,
+    "all": selectors.visible_to,
+}
+
+
+# -- counts -------------------------------------------------------------------------------------
+
+
+def pending_count(request: HttpRequest, pending: QuerySet[ApprovalRequest] | None = None) -> str:
+    """The user's pending count for the navigation, capped ("99+"); one cheap query, cached
+    on the request. ``pending`` reuses a ``decidable_by`` query the view already built."""
+    cached = getattr(request, "_inbox_pending_count", None)
+    if cached is None:
+        if pending is None:
+            pending = selectors.decidable_by(request.user)
+        found = pending.values("pk")[: COUNT_CAP + 1].count()
+        cached = f"{COUNT_CAP}+" if found > COUNT_CAP else str(found)
+        request._inbox_pending_count = cached
+    return cached
+
+
+# -- keyset pagination --------------------------------------------------------------------------
+
+
+def _encode(moment: datetime | None, pk: int) -> str:
+    # Whole microseconds since the epoch: exact, unlike a float timestamp.
+    stamp = "n" if moment is None else str((moment - EPOCH) // MICROSECOND)
+    return f"{stamp}_{pk}"
+
+
+def _decode(cursor: str) -> tuple[datetime | None, int] | None:
+    try:
+        stamp, pk = cursor.split("_", 1)
+        moment = None if stamp == "n" else EPOCH + int(stamp) * MICROSECOND
+        number = int(pk)
+    except (ValueError, OverflowError, OSError):
+        return None
+    if not 0 < number < 2**63:
+        return None
+    return moment, number
+
+
+@dataclass(frozen=True)
+class Sort:
+    """One list order, with the conditions that select rows after or before a cursor."""
+
+    name: str
+
+    def forward(self) -> list[Any]:
+        if self.name == "due":
+            return [F("due_at").asc(nulls_last=True), "id"]
+        return ["-created_at", "-id"]
+
+    def backward(self) -> list[Any]:
+        if self.name == "due":
+            return [F("due_at").desc(nulls_first=True), "-id"]
+        return ["created_at", "id"]
+
+    def key(self, row: ApprovalRequest) -> str:
+        return _encode(row.due_at if self.name == "due" else row.created_at, row.pk)
+
+    def after(self, moment: datetime | None, pk: int) -> Q:
+        if self.name == "due":
+            if moment is None:
+                return Q(due_at__isnull=True, id__gt=pk)
+            return (Q(due_at__gte=moment) & (Q(due_at__gt=moment) | Q(id__gt=pk))) | Q(
+                due_at__isnull=True
+            )
+        if moment is None:
+            return Q(pk__in=[])
+        # The range condition lets PostgreSQL start the index scan at the cursor.
+        return Q(created_at__lte=moment) & (Q(created_at__lt=moment) | Q(id__lt=pk))
+
+    def before(self, moment: datetime | None, pk: int) -> Q:
+        if self.name == "due":
+            if moment is None:
+                return Q(due_at__isnull=False) | Q(due_at__isnull=True, id__lt=pk)
+            return Q(due_at__lte=moment) & (Q(due_at__lt=moment) | Q(id__lt=pk))
+        if moment is None:
+            return Q(pk__in=[])
+        return Q(created_at__gte=moment) & (Q(created_at__gt=moment) | Q(id__gt=pk))
+
+
+@dataclass
+class Page:
+    rows: list[ApprovalRequest]
+    next_cursor: str | None
+    prev_cursor: str | None
+
+
+def paginate(qs: QuerySet[ApprovalRequest], sort: Sort, after: str, before: str) -> Page:
+    """One page in one query (PAGE_SIZE + 1 rows tell whether there is more); no COUNT."""
+    if before and (cursor := _decode(before)):
+        rows = list(qs.filter(sort.before(*cursor)).order_by(*sort.backward())[: PAGE_SIZE + 1])
+        more = len(rows) > PAGE_SIZE
+        rows = rows[:PAGE_SIZE][::-1]
+        if not rows:
+            return paginate(qs, sort, "", "")
+        return Page(rows, sort.key(rows[-1]), sort.key(rows[0]) if more else None)
+    if after and (cursor := _decode(after)):
+        rows = list(qs.filter(sort.after(*cursor)).order_by(*sort.forward())[: PAGE_SIZE + 1])
+        more = len(rows) > PAGE_SIZE
+        rows = rows[:PAGE_SIZE]
+        if not rows:
+            return paginate(qs, sort, "", "")
+        return Page(rows, sort.key(rows[-1]) if more else None, sort.key(rows[0]))
+    rows = list(qs.order_by(*sort.forward())[: PAGE_SIZE + 1])
+    more = len(rows) > PAGE_SIZE
+    rows = rows[:PAGE_SIZE]
+    return Page(rows, sort.key(rows[-1]) if more else None, None)
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def _list_url(filters: dict[str, str], **changes: str) -> str:
+    params = {**filters, "after": "", "before": "", **changes}
+    defaults = {"state": "pending", "sort": "newest"}
+    query = {k: v for k, v in params.items() if v and defaults.get(k) != v}
+    url = reverse("inbox:list")
+    return f"{url}?{urlencode(query)}" if query else url
+
+
+def _safe_next(request: HttpRequest, candidate: str | None) -> str:
+    fallback = reverse("inbox:list")
+    if (
+        candidate
+        and candidate.startswith(fallback)
+        and url_has_allowed_host_and_scheme(
+            candidate, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+        )
+    ):
+        return candidate
+    return fallback
+
+
+def _refusal(exc: SignoffError) -> str:
+    return f"Your decision was not recorded: {exc.message}."
+
+
+def _label(pk: int, title: str | None) -> str:
+    return f"#{pk} “{title}”" if title else f"#{pk}"
+
+
+def _why_not(approval: ApprovalRequest, user: Any, decisions: list[Any]) -> str:
+    """Why the user sees no decision buttons on a request."""
+    if approval.state != RequestState.PENDING:
+        deciders = ", ".join(
+            d.decided_by.get_username() for d in decisions if approval.state.startswith(d.outcome)
+        )
+        by = f" by {deciders}" if deciders else ""
+        return f"This request was {approval.state}{by}."
+    mine = [d for d in decisions if d.decided_by_id == user.pk]
+    if mine:
+        verb = "approved" if mine[-1].outcome == Outcome.APPROVE else "rejected"
+        return f"You {verb} this request; it is waiting for other decisions."
+    if approval.requester_id == user.pk and not approval.allow_self_approval:
+        return "This is your own request: someone else decides it."
+    return "You are not an assignee of this request."
+
+
+# -- the list -----------------------------------------------------------------------------------
+
+
+@login_required
+@require_http_methods(["GET", "HEAD"])
+def inbox_list(request: HttpRequest) -> HttpResponse:
+    form = InboxFilterForm(request.GET)
+    filters = form.values()
+    pending = selectors.decidable_by(request.user)
+    qs = pending if filters["state"] == "pending" else LISTS[filters["state"]](request.user)
+    if filters["workflow"]:
+        qs = qs.filter(workflow=filters["workflow"])
+    if filters["q"]:
+        qs = qs.filter(business_key__startswith=filters["q"])
+    qs = qs.select_related("requester").prefetch_related(
+        "assignee_groups", Prefetch("assignee_users", queryset=User.objects.only("username"))
+    )
+    sort = Sort(filters["sort"])
+    page = paginate(qs, sort, filters["after"], filters["before"])
+    now = timezone.now()
+    for row in page.rows:
+        row.overdue = bool(row.state == RequestState.PENDING and row.due_at and row.due_at < now)
+        row.selectable = row.state == RequestState.PENDING
+    current = _list_url(filters, after=filters["after"], before=filters["before"])
+    context = {
+        "form": form,
+        "filters": filters,
+        "rows": page.rows,
+        "now": now,
+        "pending_count": pending_count(request, pending),
+        "tabs": [(value, label, _list_url(filters, state=value)) for value, label in STATE_CHOICES],
+        "sorts": [(value, label, _list_url(filters, sort=value)) for value, label in SORT_CHOICES],
+        "next_url": _list_url(filters, after=page.next_cursor) if page.next_cursor else None,
+        "prev_url": _list_url(filters, before=page.prev_cursor) if page.prev_cursor else None,
+        "first_url": _list_url(filters) if page.prev_cursor else None,
+        "current_url": current,
+        "filtered": bool(filters["workflow"] or filters["q"]),
+        "any_selectable": any(row.selectable for row in page.rows),
+    }
+    return render(request, "inbox/list.html", context)
+
+
+# -- one request --------------------------------------------------------------------------------
+
+
+def _render_detail(
+    request: HttpRequest, approval: ApprovalRequest, form: DecisionForm, *, status: int = 200
+) -> HttpResponse:
+    instance = approval.instance
+    decisions = list(approval.decisions.select_related("decided_by", "assignee", "via_group"))
+    events = list(Event.objects.filter(instance_id=instance.pk).order_by("-seq")[:HISTORY_LIMIT])
+    events.reverse()
+    pending = selectors.decidable_by(request.user)
+    can_decide = approval.state == RequestState.PENDING and pending.filter(pk=approval.pk).exists()
+    now = timezone.now()
+    context = {
+        "approval": approval,
+        "instance": instance,
+        "steps": list(instance.steps.order_by("position")),
+        "assignee_users": [u.get_username() for u in approval.assignee_users.all()],
+        "assignee_groups": [g.name for g in approval.assignee_groups.all()],
+        "decisions": decisions,
+        "events": events,
+        "events_hidden": max(instance.last_seq - len(events), 0),
+        "can_decide": can_decide,
+        "why_not": "" if can_decide else _why_not(approval, request.user, decisions),
+        "overdue": bool(
+            approval.state == RequestState.PENDING and approval.due_at and approval.due_at < now
+        ),
+        "form": form,
+        "now": now,
+        "instance_url": f"/api/v1/instances/{instance.pk}/",
+        "pending_count": pending_count(request, pending),
+    }
+    return render(request, "inbox/detail.html", context, status=status)
+
+
+def _visible_or_404(request: HttpRequest, pk: int) -> ApprovalRequest:
+    approval = selectors.request_for(request.user, pk) if pk < 2**63 else None
+    if approval is None:
+        raise Http404("No such request in your inbox.")
+    return approval
+
+
+@login_required
+@require_http_methods(["GET", "HEAD"])
+def inbox_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    return _render_detail(request, _visible_or_404(request, pk), DecisionForm())
+
+
+@login_required
+@require_POST
+def inbox_decide(request: HttpRequest, pk: int) -> HttpResponse:
+    """Decide one request. Success: back to the list with a message. A refusal re-renders the
+    page with the reason and the service's status (403, 409, 400); nothing is written."""
+    form = DecisionForm(request.POST)
+    if not form.is_valid():
+        approval = _visible_or_404(request, pk)
+        for errors in form.errors.values():
+            for error in errors:
+                messages.error(request, f"Your decision was not recorded: {error}")
+        return _render_detail(request, approval, form, status=400)
+    outcome = form.cleaned_data["outcome"]
+    try:
+        decision = services.approval_decide(
+            request_id=pk,
+            user=request.user,
+            outcome=outcome,
+            comment=form.cleaned_data["comment"],
+            channel="web",
+        )
+    except SignoffError as exc:
+        approval = selectors.request_for(request.user, pk) if pk < 2**63 else None
+        if approval is None:
+            if exc.status == 404:
+                raise Http404("No such request in your inbox.") from None
+            return render(
+                request,
+                "inbox/refused.html",
+                {"message": _refusal(exc), "pending_count": pending_count(request)},
+                status=exc.status,
+            )
+        messages.error(request, _refusal(exc))
+        return _render_detail(request, approval, form, status=exc.status)
+    approval = decision.request
+    verb = "Approved" if outcome == Outcome.APPROVE else "Rejected"
+    if approval.state == RequestState.PENDING:
+        noun = "approval" if outcome == Outcome.APPROVE else "rejection"
+        messages.success(
+            request,
+            f"Your {noun} of “{approval.title}” was recorded; "
+            "the request is waiting for other decisions.",
+        )
+    else:
+        messages.success(request, f"{verb} “{approval.title}”.")
+    return redirect("inbox:list")
+
+
+@login_required
+@require_POST
+def inbox_bulk(request: HttpRequest) -> HttpResponse:
+    """Decide several requests with one comment, each through ``approval_decide`` in its own
+    transaction; the messages say which succeeded and which were refused and why."""
+    form = BulkDecisionForm(request.POST)
+    next_url = _safe_next(request, request.POST.get("next"))
+    if not form.is_valid():
+        for errors in form.errors.values():
+            for error in errors:
+                messages.error(request, error)
+        return redirect(next_url)
+    ids = form.cleaned_data["ids"]
+    outcome = form.cleaned_data["outcome"]
+    titles = dict(selectors.visible_to(request.user).filter(pk__in=ids).values_list("pk", "title"))
+    done: list[str] = []
+    refused: list[str] = []
+    for pk in ids:
+        label = _label(pk, titles.get(pk))
+        try:
+            services.approval_decide(
+                request_id=pk,
+                user=request.user,
+                outcome=outcome,
+                comment=form.cleaned_data["comment"],
+                channel="web",
+            )
+        except SignoffError as exc:
+            refused.append(f"{label}: {exc.message}")
+        else:
+            done.append(label)
+    verb = "Approved" if outcome == Outcome.APPROVE else "Rejected"
+    if done:
+        messages.success(request, f"{verb} {len(done)}: {'; '.join(done)}.")
+    if refused:
+        messages.error(request, f"Refused {len(refused)}: {'; '.join(refused)}.")
+    return redirect(next_url)
+
+
+# -- out of office ------------------------------------------------------------------------------
+
+
+@login_required
+@require_http_methods(["GET", "HEAD", "POST"])
+def delegation_page(request: HttpRequest) -> HttpResponse:
+    user = request.user
+    status = 200
+    if request.method == "POST":
+        form = DelegationForm(request.POST)
+        if form.is_valid():
+            try:
+                created = services.delegation_create(
+                    user=user,
+                    delegate=form.cleaned_data["delegate"],
+                    starts_at=form.cleaned_data["starts_at"],
+                    ends_at=form.cleaned_data["ends_at"],
+                )
+            except SignoffError as exc:
+                messages.error(request, f"Not saved: {exc.message}.")
+                status = exc.status
+            else:
+                messages.success(
+                    request,
+                    f"{created.delegate.get_username()} can decide your requests from "
+                    f"{timezone.localtime(created.starts_at):%Y-%m-%d %H:%M} to "
+                    f"{timezone.localtime(created.ends_at):%Y-%m-%d %H:%M}.",
+                )
+                return redirect("inbox:delegation")
+        else:
+            status = 400
+    else:
+        form = DelegationForm()
+    now = timezone.now()
+    given = list(
+        Delegation.objects.filter(user=user, ends_at__gt=now).select_related("delegate")[:50]
+    )
+    past = list(
+        Delegation.objects.filter(user=user, ends_at__lte=now)
+        .select_related("delegate")
+        .order_by("-ends_at")[:10]
+    )
+    received = list(
+        Delegation.objects.filter(delegate=user, ends_at__gt=now).select_related("user")[:50]
+    )
+    context = {
+        "form": form,
+        "given": given,
+        "past": past,
+        "received": received,
+        "now": now,
+        "tz": timezone.get_current_timezone_name(),
+        "pending_count": pending_count(request),
+    }
+    return render(request, "inbox/delegation.html", context, status=status)
+
+
+@login_required
+@require_POST
+def delegation_stop(request: HttpRequest, pk: int) -> HttpResponse:
+    try:
+        services.delegation_end(delegation_id=pk, user=request.user)
+    except SignoffError as exc:
+        if exc.status == 404:
+            raise Http404("No such delegation.") from None
+        messages.error(request, f"Not ended: {exc.message}.")
+    else:
+        messages.success(request, "Delegation ended.")
+    return redirect("inbox:delegation")
