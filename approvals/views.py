@@ -278,8 +278,9 @@ def _render_detail(
         ),
         "form": form,
         "now": now,
-        "instance_url": f"/api/v1/instances/{instance.pk}/",
+        "instance_url": f"/instances/{instance.pk}/",
         "pending_count": pending_count(request, pending),
+        "timers": selectors.upcoming_timers(approval),
     }
     return render(request, "inbox/detail.html", context, status=status)
 

@@ -129,7 +129,7 @@ WHITENOISE_USE_FINDERS = True
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/inbox/"
-LOGOUT_REDIRECT_URL = "/accounts/login/"
+LOGOUT_REDIRECT_URL = None  # show the styled logged-out page
 
 # --- Cache (email-link rate limits) -------------------------------------------------------------
 # SIGNOFF_CACHE_URL: redis://host:6379/1 to share counters between web processes; default is

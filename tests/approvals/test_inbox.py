@@ -307,7 +307,8 @@ def test_detail_shows_fields_context_history_and_the_decision_form(
     assert "expense_approval</code> v1" in html
     assert "EX-9" in html
     assert "approval_requested" in html and "step_succeeded" in html
-    assert f'href="/api/v1/instances/{request.instance_id}/"' in html
+    assert f'href="/instances/{request.instance_id}/"' in html
+    assert "What happens next" in html and "escalates to admin" in html
     assert f'action="/inbox/{request.pk}/decide/"' in html
     assert 'name="csrfmiddlewaretoken"' in html
     assert "No decisions yet." in html
