@@ -238,6 +238,10 @@ SIGNOFF_BUSINESS_TIMEZONE = env("SIGNOFF_BUSINESS_TIMEZONE", TIME_ZONE)
 SIGNOFF_BUSINESS_DAYS = env("SIGNOFF_BUSINESS_DAYS", "mon-fri")
 SIGNOFF_BUSINESS_HOURS = env("SIGNOFF_BUSINESS_HOURS", "09:00-17:00")
 SIGNOFF_HOLIDAYS = env_list("SIGNOFF_HOLIDAYS")  # ISO dates, comma-separated
+# Per-workflow secrets for HMAC-signed signal callbacks: "workflow=secret,other=secret2".
+SIGNOFF_SIGNAL_SECRETS = dict(
+    item.split("=", 1) for item in env_list("SIGNOFF_SIGNAL_SECRETS") if "=" in item
+)
 # Email action links: lifetime (never past the request's resolution) and failure rate limit.
 SIGNOFF_LINK_MAX_AGE_SECONDS = env_int("SIGNOFF_LINK_MAX_AGE_SECONDS", 7 * 24 * 3600)
 SIGNOFF_LINK_FAILURES_PER_IP = env_int("SIGNOFF_LINK_FAILURES_PER_IP", 20)

@@ -19,6 +19,7 @@ from orchestration.definitions import (
     Workflow,
     registry,
 )
+from orchestration.waits import signal_step
 
 ONBOARDING_STEPS = [
     "create_account",
@@ -115,3 +116,44 @@ def enable_billing(ctx: StepContext) -> dict[str, Any]:
 
 
 registry.register(onboarding)
+
+
+# Version 2: billing waits until the customer finished setting up (an external callback:
+# POST /api/v1/instances/<id>/signals/setup_completed/), at most 7 days, else the onboarding is
+# cancelled. Instances started on version 1 finish on version 1.
+onboarding_v2 = Workflow(
+    "customer_onboarding",
+    version=2,
+    description="Version 1, plus: billing waits for the customer's setup_completed callback "
+    "(7 days, then the onboarding is cancelled).",
+    deadline=timedelta(days=8),
+    input_schema=onboarding.input_schema,
+)
+onboarding_v2.task(create_account, retry=DEMO_RETRY, start_to_close=timedelta(seconds=30))
+for _fn in (provision_infrastructure, send_welcome_email):
+    onboarding_v2.task(
+        _fn, after=["create_account"], retry=DEMO_RETRY, start_to_close=timedelta(seconds=30)
+    )
+signal_step(
+    onboarding_v2,
+    "setup_completed",
+    after=["provision_infrastructure", "send_welcome_email"],
+    timeout=timedelta(days=7),
+    on_timeout="cancel",
+    schema={
+        "type": "object",
+        "properties": {
+            "admin_email": {"type": "string", "maxLength": 254},
+            "seats": {"type": "integer", "minimum": 1},
+        },
+        "additionalProperties": True,
+    },
+)
+onboarding_v2.task(
+    enable_billing,
+    after=["setup_completed"],
+    retry=DEMO_RETRY,
+    start_to_close=timedelta(seconds=30),
+    when=lambda ctx: ctx.input.get("plan") != "free",
+)
+registry.register(onboarding_v2)

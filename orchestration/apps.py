@@ -10,6 +10,7 @@ class OrchestrationConfig(AppConfig):
         ("orchestration.sweep_doorbells", 10),
         ("orchestration.sweep_step_timeouts", 5),
         ("orchestration.sweep_instance_deadlines", 30),
+        ("orchestration.sweep_waiting_deadlines", 10),
     ]
 
     def ready(self) -> None:
@@ -17,7 +18,7 @@ class OrchestrationConfig(AppConfig):
 
         from django.conf import settings
 
-        from . import engine  # noqa: F401 - registers the task kind
+        from . import checks, engine, waits  # noqa: F401 - kinds and start-up checks
 
         for module in settings.SIGNOFF_WORKFLOW_MODULES:
             import_module(module)

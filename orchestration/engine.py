@@ -848,6 +848,11 @@ class LockedInstance:
         if self.definition is not None:
             _advance(self.instance, self.steps, self.definition, self.journal)
 
+    def advance(self) -> None:
+        """Schedule what became ready (after a waiting step completed)."""
+        if self.definition is not None:
+            _advance(self.instance, self.steps, self.definition, self.journal)
+
     def cancel_instance(self, reason: str) -> None:
         """Cancel the instance with its open steps (and, through their kinds, requests)."""
         _cancel_instance(self.instance, self.steps, self.definition, self.journal, reason)

@@ -191,6 +191,12 @@ class StepRun(FSMModelMixin, models.Model):
                 condition=Q(state="running"),
             ),
             models.Index(fields=["state"], name="steprun_state"),
+            # Waiting signal / timer steps by their deadline.
+            models.Index(
+                fields=["timeout_at"],
+                name="steprun_waiting_deadline",
+                condition=Q(state="waiting", timeout_at__isnull=False),
+            ),
             models.Index(
                 fields=["next_attempt_at"],
                 name="steprun_compensating_due",
@@ -302,3 +308,37 @@ class Event(models.Model):
 
     def delete(self, *args: Any, **kwargs: Any) -> Any:
         raise PermissionError("events are append-only")
+
+
+class Signal(models.Model):
+    """An external callback delivered to an instance. Kept until a ``signal`` step consumes it,
+    so a callback that arrives before its step is reached is not lost; the optional
+    ``idempotency_key`` makes a repeated delivery a no-op."""
+
+    instance = models.ForeignKey(WorkflowInstance, on_delete=models.CASCADE,
+                                 related_name="signals")
+    name = models.CharField(max_length=100)
+    payload = models.JSONField(default=dict, blank=True)
+    idempotency_key = models.CharField(max_length=200, null=True, blank=True)
+    source = models.CharField(max_length=20, default="api")
+    actor = models.CharField(max_length=150, default="system")
+    received_at = models.DateTimeField()
+    consumed_at = models.DateTimeField(null=True, blank=True)
+    step = models.CharField(max_length=100, blank=True, default="")
+
+    class Meta:
+        ordering = ["received_at", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["instance", "idempotency_key"],
+                condition=Q(idempotency_key__isnull=False),
+                name="signal_idempotency_key",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["instance", "name"], name="signal_unconsumed",
+                         condition=Q(consumed_at__isnull=True)),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} for {self.instance_id}"

@@ -109,3 +109,15 @@ def stuck_q(now: Any = None) -> Q:
 
 def stuck_instances(now: Any = None) -> QuerySet[WorkflowInstance]:
     return WorkflowInstance.objects.filter(stuck_q(now)).order_by("updated_at")
+
+
+def instance_for_signature(*, instance_id: Any) -> WorkflowInstance:
+    """The instance a signed callback names (the signature, checked next, authorises it)."""
+    try:
+        pk = uuid.UUID(str(instance_id))
+    except ValueError:
+        raise NotFound("instance not found") from None
+    instance = WorkflowInstance.objects.filter(pk=pk).first()
+    if instance is None:
+        raise NotFound("instance not found")
+    return instance

@@ -16,7 +16,7 @@ from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
-from . import engine, saga
+from . import engine, saga, waits
 from .models import InstanceState, StepRun, StepState, WorkflowInstance
 
 log = logging.getLogger("signoff.sweepers")
@@ -113,10 +113,18 @@ def sweep_instance_deadlines(*, now: datetime | None = None, batch: int | None =
     return _each("instance_deadlines", ids, lambda pk: engine.instance_expire(instance_id=pk))
 
 
+def sweep_waiting_deadlines(*, now: datetime | None = None, batch: int | None = None) -> int:
+    """Fire timer steps and time out signal waits whose deadline passed."""
+    now = now or timezone.now()
+    ids = waits.due_waiting_steps(now, _batch(batch))
+    return _each("waiting_deadlines", ids, lambda pk: waits.waiting_deadline(step_run_id=pk))
+
+
 def sweep_all(*, now: datetime | None = None) -> dict[str, int]:
     """Run every engine sweeper once (tests, `manage.py signoff sweep`)."""
     return {
         "doorbells": sweep_doorbells(now=now),
         "step_timeouts": sweep_step_timeouts(now=now),
         "instance_deadlines": sweep_instance_deadlines(now=now),
+        "waiting_deadlines": sweep_waiting_deadlines(now=now),
     }

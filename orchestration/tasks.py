@@ -42,3 +42,8 @@ def sweep_instance_deadlines() -> int:
 )
 def run_compensation(step_run_id: int, attempt: int) -> str:
     return saga.execute(step_run_id=step_run_id, attempt=attempt)
+
+
+@shared_task(name="orchestration.sweep_waiting_deadlines", ignore_result=True)
+def sweep_waiting_deadlines() -> int:
+    return sweepers.sweep_waiting_deadlines()

@@ -160,3 +160,37 @@ fixable.task(_step, name="first")
 fixable.task(_fail_once_permanently, name="fragile", after=["first"])
 fixable.task(_step, name="last", after=["fragile"])
 registry.register(fixable)
+
+
+# -- waiting steps -------------------------------------------------------------------------
+
+from orchestration.waits import signal_step, timer_step  # noqa: E402
+
+signalled = Workflow("t_signal")
+signalled.task(_step, name="a")
+signal_step(
+    signalled,
+    "go",
+    after=["a"],
+    timeout=timedelta(hours=1),
+    schema={"type": "object", "required": ["ok"], "properties": {"ok": {"type": "boolean"}}},
+)
+signalled.task(_step, name="b", after=["go"])
+registry.register(signalled)
+
+lenient = Workflow("t_signal_continue")
+signal_step(lenient, "go", timeout=timedelta(hours=1), on_timeout="continue", default={"ok": False})
+lenient.task(_step, name="b", after=["go"])
+registry.register(lenient)
+
+impatient = Workflow("t_signal_cancel")
+signal_step(impatient, "go", timeout=timedelta(hours=1), on_timeout="cancel")
+impatient.task(_step, name="b", after=["go"])
+registry.register(impatient)
+
+sleepy = Workflow("t_timer")
+sleepy.task(_step, name="a")
+timer_step(sleepy, "nap", after=["a"], duration=timedelta(hours=2))
+timer_step(sleepy, "until", after=["nap"], until_input="wake_at")
+sleepy.task(_step, name="b", after=["until"])
+registry.register(sleepy)

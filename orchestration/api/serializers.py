@@ -14,7 +14,7 @@ from rest_framework import serializers
 
 from orchestration.jsonsafe import storable_json_problem
 from orchestration.jsonsafe import string_problem as _string_problem
-from orchestration.models import Event, InstanceState, StepRun, StepState, WorkflowInstance
+from orchestration.models import Event, InstanceState, Signal, StepRun, StepState, WorkflowInstance
 
 
 class StrictCharField(serializers.CharField):
@@ -182,3 +182,15 @@ class WorkflowSerializer(serializers.Serializer):
     deadline = serializers.FloatField(allow_null=True, help_text="seconds")
     input_schema = serializers.JSONField(allow_null=True)
     steps = serializers.ListField(child=serializers.DictField())
+
+
+class SignalSerializer(serializers.ModelSerializer):
+    payload = serializers.JSONField()
+    consumed = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Signal
+        fields = ["id", "name", "payload", "source", "received_at", "consumed", "step"]
+
+    def get_consumed(self, obj: Signal) -> bool:
+        return obj.consumed_at is not None

@@ -16,5 +16,10 @@ urlpatterns = [
         "instances/<str:pk>/cancel/", views.InstanceCancelView.as_view(), name="api-instance-cancel"
     ),
     path("instances/<str:pk>/retry/", views.InstanceRetryView.as_view(), name="api-instance-retry"),
+    path(
+        "instances/<str:pk>/signals/<str:name>/",
+        views.InstanceSignalView.as_view(),
+        name="api-instance-signal",
+    ),
     re_path(r"^.*$", views.not_found),
 ]

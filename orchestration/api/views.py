@@ -19,7 +19,7 @@ from rest_framework.views import APIView
 
 from orchestration import engine, selectors
 from orchestration.definitions import registry
-from orchestration.errors import Conflict, InvalidInput, NotFound
+from orchestration.errors import Conflict, InvalidInput, NotAllowed, NotFound
 from orchestration.models import InstanceState
 
 from .pagination import EventPagination, InstancePagination
@@ -29,6 +29,7 @@ from .serializers import (
     ErrorSerializer,
     EventSerializer,
     InstanceSerializer,
+    SignalSerializer,
     StartInstanceSerializer,
     WorkflowSerializer,
 )
@@ -235,6 +236,71 @@ class InstanceRetryView(ApiView):
         engine.instance_retry(instance_id=instance.pk, actor=actor_of(request))
         instance = selectors.instance_get(user=request.user, instance_id=instance.pk)
         return Response(InstanceSerializer(instance).data)
+
+
+class InstanceSignalView(ApiView):
+    # Either an authenticated user who may see the instance, or an HMAC signature with the
+    # workflow's signal secret (for external systems without a user token).
+    permission_classes: list = []
+
+    @extend_schema(
+        summary="Deliver a signal (external callback) to an instance",
+        tags=["instances"],
+        description="The JSON body is the signal's payload. The step waiting for this signal "
+        "completes with it; a signal that arrives before its step is kept and consumed when the "
+        "step is reached. Idempotency-Key makes a repeat a no-op (200). Authenticate with a "
+        "token/session, or sign with the workflow's secret: header X-Signoff-Signature: "
+        "t=<unix>,v1=<hex HMAC-SHA256(secret, '<t>.<body>')>, valid for 5 minutes.",
+        parameters=[
+            INSTANCE_ID,
+            OpenApiParameter("name", str, OpenApiParameter.PATH),
+            OpenApiParameter(IDEMPOTENCY_HEADER, str, OpenApiParameter.HEADER),
+            OpenApiParameter("X-Signoff-Signature", str, OpenApiParameter.HEADER),
+        ],
+        request=OpenApiTypes.OBJECT,
+        responses={
+            202: SignalSerializer,
+            200: SignalSerializer,
+            403: OpenApiResponse(ErrorSerializer, description="Bad or stale signature."),
+            **_errors(400, 404, 409, 413),
+        },
+    )
+    def post(self, request: Request, pk: str, name: str) -> Response:
+        from rest_framework.exceptions import NotAuthenticated
+
+        from orchestration import waits
+
+        raw = request._request.body
+        signature = request.headers.get("X-Signoff-Signature")
+        if signature is not None:
+            instance = selectors.instance_for_signature(instance_id=pk)
+            secret = waits.signal_secret(instance.workflow)
+            if not secret:
+                raise NotAllowed(
+                    "signed signals are not enabled for this workflow", code="signatures_disabled"
+                )
+            waits.verify_signature(secret, signature, raw)
+            actor, source = f"webhook:{instance.workflow}", "webhook"
+        elif request.user and request.user.is_authenticated:
+            instance = selectors.instance_get(user=request.user, instance_id=pk)
+            actor, source = actor_of(request), "api"
+        else:
+            raise NotAuthenticated()
+        payload = request.data if raw.strip() else {}
+        if not isinstance(payload, dict):
+            raise InvalidInput("the signal payload must be a JSON object", code="invalid_payload")
+        signal, applied = waits.signal_send(
+            instance_id=instance.pk,
+            name=name,
+            payload=payload,
+            actor=actor,
+            source=source,
+            idempotency_key=request.headers.get(IDEMPOTENCY_HEADER),
+        )
+        return Response(
+            SignalSerializer(signal).data,
+            status=status.HTTP_202_ACCEPTED if applied else status.HTTP_200_OK,
+        )
 
 
 class ApiRootView(ApiView):

@@ -35,6 +35,28 @@ def test_onboarding_started_through_the_api_retries_a_flaky_step_and_succeeds(
         body = client.get(url).json()
         return body if body["state"] not in ("pending", "running") else None
 
+    def waiting_for_setup() -> bool:
+        steps = {s["name"]: s["state"] for s in client.get(url).json()["steps"]}
+        return steps["setup_completed"] == "waiting"
+
+    # Version 2 (the newest) waits for the customer's setup_completed callback.
+    assert created.json()["version"] == 2
+    wait_for(waiting_for_setup, timeout=60, interval=0.2, message="the setup_completed wait")
+    signal = client.post(
+        f"{url}signals/setup_completed/",
+        {"admin_email": "it@acme.test"},
+        format="json",
+        HTTP_IDEMPOTENCY_KEY="setup-acme",
+    )
+    assert signal.status_code == 202, signal.content
+    repeat = client.post(
+        f"{url}signals/setup_completed/",
+        {"admin_email": "it@acme.test"},
+        format="json",
+        HTTP_IDEMPOTENCY_KEY="setup-acme",
+    )
+    assert repeat.status_code == 200
+
     body = wait_for(finished, timeout=60, interval=0.2, message="customer_onboarding to finish")
     assert body["state"] == "succeeded", body
     steps = {s["name"]: s for s in body["steps"]}
@@ -42,8 +64,10 @@ def test_onboarding_started_through_the_api_retries_a_flaky_step_and_succeeds(
         "create_account": "succeeded",
         "provision_infrastructure": "succeeded",
         "send_welcome_email": "succeeded",
+        "setup_completed": "succeeded",
         "enable_billing": "succeeded",
     }
+    assert steps["setup_completed"]["output"] == {"admin_email": "it@acme.test"}
     assert steps["create_account"]["attempt"] == 2
     assert steps["create_account"]["output"]["account_id"] == "acct-acme-ltd"
     assert body["output"]["enable_billing"]["billing_account"] == "bill-acct-acme-ltd"

@@ -1,0 +1,59 @@
+"""Start-up check: every definition version that unfinished instances run on must still be
+registered, or those instances could never finish. Runs with `manage.py check --database
+default`, before `migrate`, and when `runall` and workers start."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.checks import Error, Tags, register
+from django.db import DatabaseError
+
+from .definitions import registry
+from .models import InstanceState, WorkflowInstance
+
+OPEN = [
+    InstanceState.PENDING,
+    InstanceState.RUNNING,
+    InstanceState.COMPENSATING,
+    InstanceState.FAILED,
+]
+
+
+def missing_definitions() -> list[tuple[str, int, int]]:
+    """(workflow, version, open instances) for versions in use but not registered."""
+    rows = (
+        WorkflowInstance.objects.filter(state__in=OPEN)
+        .values_list("workflow", "version")
+        .distinct()
+    )
+    missing = []
+    for workflow, version in rows:
+        if registry.get(workflow, version) is None:
+            count = WorkflowInstance.objects.filter(
+                workflow=workflow, version=version, state__in=OPEN
+            ).count()
+            missing.append((workflow, version, count))
+    return missing
+
+
+@register(Tags.database)
+def check_definitions_in_use(
+    app_configs: Any = None, databases: Any = None, **kwargs: Any
+) -> list[Error]:
+    if not databases:
+        return []
+    try:
+        missing = missing_definitions()
+    except DatabaseError:
+        return []  # tables not migrated yet
+    return [
+        Error(
+            f"workflow {workflow} version {version} is used by {count} unfinished instance(s) "
+            "but is not registered",
+            hint="Keep the old definition registered (list its module in "
+            "SIGNOFF_WORKFLOW_MODULES) until its instances finish, or cancel them.",
+            id="signoff.E001",
+        )
+        for workflow, version, count in missing
+    ]
