@@ -168,7 +168,8 @@ class ApprovalStep(StepSpec):
             else:
                 path = item
                 label = item.split(".")[-1].replace("_", " ").capitalize()
-            shown.append({"label": label, "value": lookup(ctx, path)})
+            sealed = any(path == p or path.startswith(p + ".") for p in ctx.sensitive)
+            shown.append({"label": label, "value": "••••••" if sealed else lookup(ctx, path)})
         return shown
 
 

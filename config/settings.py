@@ -238,6 +238,9 @@ SIGNOFF_BUSINESS_TIMEZONE = env("SIGNOFF_BUSINESS_TIMEZONE", TIME_ZONE)
 SIGNOFF_BUSINESS_DAYS = env("SIGNOFF_BUSINESS_DAYS", "mon-fri")
 SIGNOFF_BUSINESS_HOURS = env("SIGNOFF_BUSINESS_HOURS", "09:00-17:00")
 SIGNOFF_HOLIDAYS = env_list("SIGNOFF_HOLIDAYS")  # ISO dates, comma-separated
+# Sealed payloads: comma-separated Fernet keys, newest first (encrypt with the first, decrypt
+# with any). Unset: the embedded default generates SIGNOFF_DATA_DIR/encryption.key.
+SIGNOFF_ENCRYPTION_KEYS = env("SIGNOFF_ENCRYPTION_KEYS", "")
 # Per-workflow secrets for HMAC-signed signal callbacks: "workflow=secret,other=secret2".
 SIGNOFF_SIGNAL_SECRETS = dict(
     item.split("=", 1) for item in env_list("SIGNOFF_SIGNAL_SECRETS") if "=" in item

@@ -138,6 +138,9 @@ class StepContext:
     input: Mapping[str, Any]
     outputs: Mapping[str, Any]
     business_key: str = ""
+    # Paths of the workflow's sensitive fields (``input.x``, ``outputs.step.y``): whoever
+    # shows context values to people (approval fields, mail) masks these.
+    sensitive: frozenset[str] = frozenset()
 
     @property
     def idempotency_key(self) -> str:
@@ -235,8 +238,17 @@ class Workflow:
         deadline: timedelta | None = None,
         input_schema: Mapping[str, Any] | None = None,
         output: Callable[[StepContext], Any] | None = None,
+        sensitive: Iterable[str] = (),
+        retention: timedelta | None = timedelta(days=90),
+        delete_after: timedelta | None = None,
     ) -> None:
         self.name = name
+        # Sealed payloads: "input.<field>" and "outputs.<step>.<field>" are stored encrypted.
+        self.sensitive = frozenset(sensitive)
+        # Finished instances older than `retention` lose their sensitive fields; those older
+        # than retention + `delete_after` are deleted with their history. None keeps them.
+        self.retention = retention
+        self.delete_after = delete_after
         self.version = version
         self.description = description
         self.deadline = deadline
@@ -330,6 +342,19 @@ class Workflow:
             not isinstance(self.deadline, timedelta) or self.deadline <= timedelta(0)
         ):
             raise DefinitionError(f"{self.label}: deadline must be a positive timedelta")
+        for path in sorted(self.sensitive):
+            parts = path.split(".") if isinstance(path, str) else []
+            valid = (len(parts) == 2 and parts[0] == "input") or (
+                len(parts) == 3 and parts[0] == "outputs" and parts[1] in self.steps
+            )
+            if not valid:
+                raise DefinitionError(
+                    f"{self.label}: sensitive path {path!r} must be input.<field> or "
+                    "outputs.<step>.<field> naming a step of this workflow"
+                )
+        for label, value in (("retention", self.retention), ("delete_after", self.delete_after)):
+            if value is not None and (not isinstance(value, timedelta) or value <= timedelta(0)):
+                raise DefinitionError(f"{self.label}: {label} must be a positive timedelta")
         if self.input_schema is not None:
             try:
                 jsonschema.Draft202012Validator.check_schema(self.input_schema)
@@ -374,6 +399,7 @@ class Workflow:
             "description": self.description,
             "deadline": self.deadline.total_seconds() if self.deadline else None,
             "input_schema": self.input_schema,
+            "sensitive": sorted(self.sensitive),
             "steps": [self.steps[name].describe() for name in self.order()],
         }
 

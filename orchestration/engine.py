@@ -13,6 +13,7 @@ when they do.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import logging
 import traceback
@@ -25,7 +26,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Subquery
 from django.utils import timezone
 
-from . import kinds, saga
+from . import kinds, saga, sealing
 from .definitions import StepContext, StepSpec, TaskStep, Workflow, registry
 from .errors import Conflict, InvalidInput, NotFound
 from .journal import Doorbell, Journal, ring_doorbells
@@ -83,15 +84,22 @@ def step_context(journal: Journal, step: StepRun) -> StepContext:
 
 
 def _context(instance: WorkflowInstance, steps: dict[str, StepRun], step: StepRun) -> StepContext:
+    """The step's view of the instance, with sealed fields opened (raises SealError)."""
+    definition = definition_of(instance)
     return StepContext(
         instance_id=str(instance.pk),
         workflow=instance.workflow,
         version=instance.version,
         step=step.name,
         attempt=max(step.attempt, 1),
-        input=instance.input,
-        outputs={name: s.output for name, s in steps.items() if s.state == S.SUCCEEDED},
+        input=sealing.open_fields(instance.input, where="input"),
+        outputs={
+            name: sealing.open_fields(s.output, where=f"outputs.{name}")
+            for name, s in steps.items()
+            if s.state in (S.SUCCEEDED, S.COMPENSATING, S.COMPENSATED)
+        },
         business_key=instance.business_key,
+        sensitive=definition.sensitive if definition else frozenset(),
     )
 
 
@@ -101,8 +109,19 @@ def _jsonable(value: Any) -> Any:
 
 
 def request_fingerprint(payload: dict[str, Any]) -> str:
+    """Keyed (HMAC with SECRET_KEY): the stored hash of a request reveals nothing about
+    sensitive input."""
+    from django.conf import settings
+
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return hmac.new(settings.SECRET_KEY.encode(), canonical.encode(), hashlib.sha256).hexdigest()
+
+
+def stored_output(instance: WorkflowInstance, step_name: str, output: Any) -> Any:
+    """A step's output as stored: JSON, with the workflow's sensitive fields sealed."""
+    definition = definition_of(instance)
+    fields = sealing.output_fields(definition.sensitive, step_name) if definition else set()
+    return sealing.seal_fields(_jsonable(output), fields)
 
 
 # -- the task kind ------------------------------------------------------------------------------
@@ -445,7 +464,7 @@ def _create(
     instance = WorkflowInstance(
         workflow=definition.name,
         version=definition.version,
-        input=_jsonable(input),
+        input=sealing.seal_fields(_jsonable(input), sealing.input_fields(definition.sensitive)),
         business_key=business_key,
         idempotency_key=idempotency_key,
         request_hash=fingerprint,
@@ -535,8 +554,25 @@ def step_claim(*, step_run_id: int, attempt: int) -> Claimed | None:
         if step.close_by is not None:
             step.timeout_at = min(step.timeout_at, step.close_by)
         journal.record("step_started", step=step)
+        try:
+            context = _context(instance, steps, step)
+        except sealing.SealError as exc:
+            # A key is missing or wrong: a clear, retryable failure (a deploy may fix keys).
+            _attempt_failed(
+                instance,
+                steps,
+                step,
+                spec,
+                definition,
+                journal,
+                {"type": "signoff.SealError", "message": str(exc), "traceback": ""},
+                retryable=True,
+                reason="seal_error",
+            )
+            journal.flush()
+            return None
         journal.flush()
-        return Claimed(spec=spec, context=_context(instance, steps, step))
+        return Claimed(spec=spec, context=context)
 
 
 def step_complete(*, step_run_id: int, attempt: int, output: Any) -> bool:
@@ -555,7 +591,7 @@ def step_complete(*, step_run_id: int, attempt: int, output: Any) -> bool:
             )
             return False
         journal = Journal(instance, actor="worker")
-        step.succeed(output)
+        step.succeed(stored_output(instance, step.name, output))
         step.finished_at = journal.now
         step.timeout_at = None
         journal.record("step_succeeded", step=step)
@@ -842,7 +878,7 @@ class LockedInstance:
 
     def resolve_step(self, step: StepRun, output: Any) -> None:
         """``waiting`` → ``succeeded`` with ``output``, then advance the instance."""
-        step.resolve(_jsonable(output))
+        step.resolve(stored_output(self.instance, step.name, output))
         step.finished_at = self.journal.now
         self.journal.record("step_succeeded", step=step)
         if self.definition is not None:
@@ -1065,7 +1101,7 @@ def step_complete_manually(*, step_run_id: Any, output: Any, actor: str, reason:
                 f"step is {step.state}; it cannot be completed by hand", code="invalid_state"
             )
         was_waiting = step.state == S.WAITING
-        step.complete_manually(_jsonable(output))
+        step.complete_manually(stored_output(instance, step.name, output))
         step.finished_at = journal.now
         step.next_attempt_at = None
         step.timeout_at = None

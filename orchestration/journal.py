@@ -51,6 +51,7 @@ INSTANCE_FIELDS = [
     "updated_at",
     "last_seq",
     "paused_at",
+    "erased_at",
 ]
 
 

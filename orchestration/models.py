@@ -80,6 +80,8 @@ class WorkflowInstance(FSMModelMixin, models.Model):
     updated_at = models.DateTimeField()
     # Set while an operator paused the instance: nothing new is scheduled or started.
     paused_at = models.DateTimeField(null=True, blank=True)
+    # When its sensitive fields were erased (retention or a subject's erasure request).
+    erased_at = models.DateTimeField(null=True, blank=True)
     # Last event sequence number used; bumped under the row lock so history is gap-free.
     last_seq = models.PositiveIntegerField(default=0)
 
@@ -97,6 +99,11 @@ class WorkflowInstance(FSMModelMixin, models.Model):
             models.Index(fields=["workflow", "-created_at"], name="instance_workflow_created"),
             models.Index(fields=["business_key"], name="instance_business_key"),
             models.Index(fields=["-created_at"], name="instance_created"),
+            models.Index(
+                fields=["workflow", "finished_at"],
+                name="instance_finished",
+                condition=Q(finished_at__isnull=False),
+            ),
             # The deadline sweeper reads only running instances with a deadline.
             models.Index(
                 fields=["deadline_at"],
@@ -104,7 +111,10 @@ class WorkflowInstance(FSMModelMixin, models.Model):
                 condition=Q(state="running", deadline_at__isnull=False),
             ),
         ]
-        permissions = [("operate_instance", "Can operate workflow instances (retry, cancel)")]
+        permissions = [
+            ("operate_instance", "Can operate workflow instances (retry, cancel)"),
+            ("view_sensitive", "Can see sealed (sensitive) input and output fields"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.workflow} v{self.version} {self.id}"
@@ -315,8 +325,7 @@ class Signal(models.Model):
     so a callback that arrives before its step is reached is not lost; the optional
     ``idempotency_key`` makes a repeated delivery a no-op."""
 
-    instance = models.ForeignKey(WorkflowInstance, on_delete=models.CASCADE,
-                                 related_name="signals")
+    instance = models.ForeignKey(WorkflowInstance, on_delete=models.CASCADE, related_name="signals")
     name = models.CharField(max_length=100)
     payload = models.JSONField(default=dict, blank=True)
     idempotency_key = models.CharField(max_length=200, null=True, blank=True)
@@ -336,8 +345,11 @@ class Signal(models.Model):
             ),
         ]
         indexes = [
-            models.Index(fields=["instance", "name"], name="signal_unconsumed",
-                         condition=Q(consumed_at__isnull=True)),
+            models.Index(
+                fields=["instance", "name"],
+                name="signal_unconsumed",
+                condition=Q(consumed_at__isnull=True),
+            ),
         ]
 
     def __str__(self) -> str:

@@ -47,3 +47,10 @@ def run_compensation(step_run_id: int, attempt: int) -> str:
 @shared_task(name="orchestration.sweep_waiting_deadlines", ignore_result=True)
 def sweep_waiting_deadlines() -> int:
     return sweepers.sweep_waiting_deadlines()
+
+
+@shared_task(name="orchestration.sweep_retention", ignore_result=True)
+def sweep_retention() -> dict[str, int]:
+    from .retention import sweep_retention as sweep
+
+    return sweep()

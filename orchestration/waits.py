@@ -169,7 +169,9 @@ def timer_step(
 
 
 def _resolve(step: StepRun, output: Any, journal: Journal) -> None:
-    step.resolve(output)
+    from .engine import stored_output
+
+    step.resolve(stored_output(journal.instance, step.name, output))
     step.finished_at = journal.now
     step.timeout_at = None
     journal.record("step_succeeded", step=step)

@@ -12,6 +12,7 @@ from typing import Any
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from orchestration import sealing
 from orchestration.jsonsafe import storable_json_problem
 from orchestration.jsonsafe import string_problem as _string_problem
 from orchestration.models import Event, InstanceState, Signal, StepRun, StepState, WorkflowInstance
@@ -96,10 +97,20 @@ class ErrorSerializer(serializers.Serializer):
     )
 
 
+class SealedJSONField(serializers.JSONField):
+    """JSON whose sensitive (sealed) fields show as a mask, or opened when the serializer's
+    context says ``reveal`` (someone with orchestration.view_sensitive, on a detail)."""
+
+    def to_representation(self, value: Any) -> Any:
+        if self.context.get("reveal"):
+            return sealing.reveal(value, where=self.field_name)
+        return sealing.mask(value)
+
+
 class StepRunSerializer(serializers.ModelSerializer):
     state = serializers.ChoiceField(choices=StepState.choices)
     error = serializers.JSONField(allow_null=True, help_text="type, message, traceback")
-    output = serializers.JSONField(allow_null=True)
+    output = SealedJSONField(allow_null=True)
 
     class Meta:
         model = StepRun
@@ -121,13 +132,14 @@ class StepRunSerializer(serializers.ModelSerializer):
 class InstanceLinksSerializer(serializers.Serializer):
     self = serializers.CharField()
     history = serializers.CharField()
+    status_page = serializers.CharField()
 
 
 class InstanceSerializer(serializers.ModelSerializer):
     state = serializers.ChoiceField(choices=InstanceState.choices)
     steps = StepRunSerializer(many=True, read_only=True)
-    input = serializers.JSONField()
-    output = serializers.JSONField(allow_null=True)
+    input = SealedJSONField()
+    output = SealedJSONField(allow_null=True)
     error = serializers.JSONField(allow_null=True)
     started_by = serializers.SlugRelatedField(
         slug_field="username",
@@ -164,6 +176,7 @@ class InstanceSerializer(serializers.ModelSerializer):
         return {
             "self": f"/api/v1/instances/{obj.pk}/",
             "history": f"/api/v1/instances/{obj.pk}/history/",
+            "status_page": f"/instances/{obj.pk}/",
         }
 
 

@@ -17,7 +17,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from orchestration import engine, selectors
+from orchestration import engine, sealing, selectors
 from orchestration.definitions import registry
 from orchestration.errors import Conflict, InvalidInput, NotAllowed, NotFound
 from orchestration.models import InstanceState
@@ -177,7 +177,8 @@ class InstanceDetailView(ApiView):
     )
     def get(self, request: Request, pk: str) -> Response:
         instance = selectors.instance_get(user=request.user, instance_id=pk)
-        return Response(InstanceSerializer(instance).data)
+        reveal = sealing.can_view(request.user)
+        return Response(InstanceSerializer(instance, context={"reveal": reveal}).data)
 
 
 class InstanceHistoryView(ApiView):

@@ -32,6 +32,15 @@ def event_types(instance: WorkflowInstance) -> list[str]:
     )
 
 
+@pytest.fixture
+def rung(monkeypatch) -> list:
+    """Doorbells sent after commit (each a Doorbell), instead of Celery messages."""
+    sent: list = []
+    monkeypatch.setattr("orchestration.journal.ring_doorbells", sent.extend)
+    monkeypatch.setattr("orchestration.engine.ring_doorbells", sent.extend)
+    return sent
+
+
 def run_ready(instance: WorkflowInstance, limit: int = 50) -> None:
     """Play the worker: execute every scheduled or due step until none is left."""
     for _ in range(limit):
@@ -89,7 +98,7 @@ def test_transitions_are_protected_and_guarded() -> None:
 
 
 def test_start_writes_instance_steps_and_events_and_rings_after_commit(
-    django_capture_on_commit_callbacks,
+    django_capture_on_commit_callbacks, rung
 ) -> None:
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         instance, created = engine.instance_start(
@@ -101,7 +110,10 @@ def test_start_writes_instance_steps_and_events_and_rings_after_commit(
     assert steps["start"].state == "scheduled" and steps["start"].attempt == 1
     assert all(steps[f"branch_{i}"].state == "pending" for i in range(4))
     assert event_types(instance) == ["instance_started", "step_scheduled"]
-    assert len(callbacks) == 1  # the doorbell, only after commit
+    assert rung == []  # nothing before commit
+    for callback in callbacks:
+        callback()
+    assert [(b.step_run_id, b.attempt) for b in rung] == [(steps["start"].pk, 1)]
 
 
 def test_services_refuse_to_run_outside_a_transaction() -> None:
@@ -277,7 +289,7 @@ def test_workflow_deadline_fails_the_instance_and_cancels_waiting_steps() -> Non
 
 
 def test_doorbell_sweeper_rings_only_overdue_steps_once_per_grace(
-    django_capture_on_commit_callbacks,
+    django_capture_on_commit_callbacks, rung
 ) -> None:
     start = timezone.now()
     with time_machine.travel(start, tick=False):
@@ -289,8 +301,10 @@ def test_doorbell_sweeper_rings_only_overdue_steps_once_per_grace(
         with django_capture_on_commit_callbacks(execute=False) as callbacks:
             assert sweepers.sweep_doorbells(grace=grace) == 1
             assert sweepers.sweep_doorbells(grace=grace) == 0
-    assert len(callbacks) == 1
+    for callback in callbacks:
+        callback()
     step = steps_of(instance)["a"]
+    assert [(b.step_run_id, b.attempt) for b in rung] == [(step.pk, 1)]
     assert step.rung_at == start + timedelta(seconds=31)
     assert step.state == "scheduled" and step.attempt == 1
     # Ringing is not a state change: no event.

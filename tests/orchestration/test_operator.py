@@ -11,13 +11,15 @@ from django.utils import timezone
 from orchestration import engine, sweepers
 from orchestration.errors import Conflict, InvalidInput, NotFound
 from orchestration.models import Event, StepRun, WorkflowInstance
-from tests.orchestration.test_engine import event_types, refresh, run_ready, steps_of
+from tests.orchestration.test_engine import event_types, refresh, run_ready, rung, steps_of  # noqa: F401
 from tests.workflows import ledger
 
 pytestmark = pytest.mark.django_db
 
 
-def test_paused_instance_starts_nothing_until_unpaused(django_capture_on_commit_callbacks) -> None:
+def test_paused_instance_starts_nothing_until_unpaused(
+    django_capture_on_commit_callbacks, rung
+) -> None:
     instance, _ = engine.instance_start(workflow="t_sequence")
     a = steps_of(instance)["a"]
     engine.instance_pause(instance_id=instance.pk, actor="user:ops")
@@ -25,9 +27,9 @@ def test_paused_instance_starts_nothing_until_unpaused(django_capture_on_commit_
         engine.instance_pause(instance_id=instance.pk, actor="user:ops")
     assert engine.step_execute(step_run_id=a.pk, attempt=1) == "stale"
     assert sweepers.sweep_doorbells(grace=timedelta(0)) == 0
-    with django_capture_on_commit_callbacks(execute=False) as bells:
+    with django_capture_on_commit_callbacks(execute=True):
         engine.instance_unpause(instance_id=instance.pk, actor="user:ops")
-    assert len(bells) == 1  # a's doorbell rings again
+    assert [b.step_run_id for b in rung] == [a.pk]  # a's doorbell rings again
     run_ready(instance)
     assert refresh(instance).state == "succeeded"
     types = event_types(instance)
@@ -48,15 +50,15 @@ def test_pausing_lets_a_running_attempt_finish_but_schedules_nothing_after_it() 
 
 
 def test_resume_rings_every_open_step_now_and_skips_backoff(
-    django_capture_on_commit_callbacks,
+    django_capture_on_commit_callbacks, rung
 ) -> None:
     instance, _ = engine.instance_start(workflow="t_flaky", input={"fail_times": 1})
     call = steps_of(instance)["call"]
     engine.step_execute(step_run_id=call.pk, attempt=1)
     assert steps_of(instance)["call"].state == "retrying"
-    with django_capture_on_commit_callbacks(execute=False) as bells:
+    with django_capture_on_commit_callbacks(execute=True):
         assert engine.instance_resume(instance_id=instance.pk, actor="user:ops") == ["call"]
-    assert len(bells) == 1
+    assert [(b.step_run_id, b.eta) for b in rung] == [(call.pk, None)]
     assert steps_of(instance)["call"].next_attempt_at <= timezone.now()
     assert Event.objects.get(instance=instance, type="instance_resumed").data == {"rung": ["call"]}
 

@@ -47,10 +47,15 @@ class Command(BaseCommand):
             p = sub.add_parser(name, help=text)
             p.add_argument("instance_id")
         sub.add_parser("stuck", help="list stuck instances")
+        rotate = sub.add_parser("rotate-keys", help="re-encrypt sealed fields under the newest key")
+        rotate.add_argument("--batch", type=int, default=500)
+        erase = sub.add_parser("erase", help="erase one subject's sensitive data (GDPR)")
+        erase.add_argument("--business-key", required=True)
+        erase.add_argument("--reason", default="erasure request")
         sub.add_parser("sweep", help="run the engine sweepers once")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        action = options["action"]
+        action = options["action"].replace("-", "_")
         try:
             getattr(self, f"do_{action}")(options)
         except SignoffError as exc:
@@ -150,3 +155,26 @@ class Command(BaseCommand):
 
     def do_sweep(self, options: dict[str, Any]) -> None:
         self._json(sweepers.sweep_all())
+
+    def do_rotate_keys(self, options: dict[str, Any]) -> None:
+        from orchestration.retention import rotate_keys
+        from orchestration.sealing import SealError
+
+        try:
+            changed = rotate_keys(batch=options["batch"])
+        except SealError as exc:
+            raise Refused(f"seal_error: {exc}") from exc
+        self.stdout.write(f"re-encrypted {changed} row(s) under the newest key")
+
+    def do_erase(self, options: dict[str, Any]) -> None:
+        from orchestration.retention import erase_business_key
+
+        key = options["business_key"].strip()
+        if not key:
+            raise Refused("invalid: --business-key must not be empty")
+        instances, fields = erase_business_key(
+            business_key=key, actor=ACTOR, reason=options["reason"]
+        )
+        if not instances:
+            raise Refused(f"not_found: no instance has business key {key!r}")
+        self.stdout.write(f"erased {fields} sensitive field(s) in {instances} instance(s)")
