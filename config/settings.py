@@ -245,6 +245,12 @@ SIGNOFF_ENCRYPTION_KEYS = env("SIGNOFF_ENCRYPTION_KEYS", "")
 SIGNOFF_SIGNAL_SECRETS = dict(
     item.split("=", 1) for item in env_list("SIGNOFF_SIGNAL_SECRETS") if "=" in item
 )
+# Outbound webhooks: request timeout, attempts before giving up, optional Celery queue, and
+# how long finished deliveries are kept.
+SIGNOFF_WEBHOOK_TIMEOUT = env_int("SIGNOFF_WEBHOOK_TIMEOUT", 5)
+SIGNOFF_WEBHOOK_MAX_ATTEMPTS = env_int("SIGNOFF_WEBHOOK_MAX_ATTEMPTS", 8)
+SIGNOFF_WEBHOOK_QUEUE = env("SIGNOFF_WEBHOOK_QUEUE", "")
+SIGNOFF_WEBHOOK_KEEP_DAYS = env_int("SIGNOFF_WEBHOOK_KEEP_DAYS", 30)
 # Email action links: lifetime (never past the request's resolution) and failure rate limit.
 SIGNOFF_LINK_MAX_AGE_SECONDS = env_int("SIGNOFF_LINK_MAX_AGE_SECONDS", 7 * 24 * 3600)
 SIGNOFF_LINK_FAILURES_PER_IP = env_int("SIGNOFF_LINK_FAILURES_PER_IP", 20)

@@ -5,4 +5,15 @@ class IntegrationsConfig(AppConfig):
     name = "integrations"
     verbose_name = "Integrations"
     default_auto_field = "django.db.models.BigAutoField"
-    periodic_tasks = [("integrations.sweep_outbox", 60)]
+    periodic_tasks = [
+        ("integrations.sweep_outbox", 60),
+        ("integrations.sweep_webhooks", 60),
+    ]
+
+    def ready(self) -> None:
+        from orchestration.signals import event_committed
+
+        from . import webhook_admin  # noqa: F401 - registers the webhook admins
+        from .webhooks import on_event_committed
+
+        event_committed.connect(on_event_committed, dispatch_uid="integrations.webhooks")

@@ -1,10 +1,19 @@
 """Outbound messages. Each is written in the transaction that decides to send it (an outbox),
-then delivered by a Celery task; the unique ``message_id`` makes a retried delivery a no-op."""
+then delivered by a Celery task; the unique ``message_id`` makes a retried delivery a no-op.
+
+Webhook deliveries follow the same shape: a row per (subscription, event), written after the
+engine's commit, POSTed by a Celery task; its id is the receivers' deduplication key."""
 
 from __future__ import annotations
 
+import secrets
+from urllib.parse import urlsplit
+
+from django.core.exceptions import ValidationError
+from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 
 class OutboundEmail(models.Model):
@@ -39,3 +48,129 @@ class OutboundEmail(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} to {', '.join(self.to)}: {self.subject}"
+
+
+# -- outbound webhooks -----------------------------------------------------------------------------
+
+# What a subscription with an empty event filter receives: the lifecycle of an instance and of
+# its approvals.
+WEBHOOK_LIFECYCLE_EVENTS: dict[str, str] = {
+    "instance_started": "instance started",
+    "instance_succeeded": "instance succeeded",
+    "instance_failed": "instance failed",
+    "instance_compensating": "instance compensating (a saga unwinds)",
+    "instance_compensated": "instance compensated",
+    "instance_cancelled": "instance cancelled",
+    "approval_requested": "approval requested",
+    "approval_decided": "approval decided (one person's decision)",
+    "approval_resolved": "approval resolved (the request's outcome)",
+    "approval_expired": "approval expired",
+}
+# Sent only to subscriptions that name them.
+WEBHOOK_OPT_IN_EVENTS: dict[str, str] = {
+    "step_failed": "step failed (opt-in)",
+    "step_timed_out": "step timed out (opt-in)",
+    "approval_escalated": "approval escalated (opt-in)",
+}
+WEBHOOK_EVENTS: dict[str, str] = {**WEBHOOK_LIFECYCLE_EVENTS, **WEBHOOK_OPT_IN_EVENTS}
+
+
+def new_webhook_secret() -> str:
+    return "whsec_" + secrets.token_urlsafe(32)
+
+
+class WebhookSubscription(models.Model):
+    """An outside endpoint that receives signed POSTs for the events it asks for."""
+
+    name = models.CharField(max_length=100, unique=True)
+    url = models.URLField(max_length=500, help_text="http:// or https:// endpoint to POST to.")
+    # The receiver checks X-Signoff-Signature with it; shown in the admin to who may change it.
+    secret = models.CharField(max_length=100, default=new_webhook_secret, editable=False)
+    event_types = models.JSONField(
+        default=list, blank=True, help_text="Empty: every lifecycle event."
+    )
+    workflows = models.JSONField(default=list, blank=True, help_text="Empty: every workflow.")
+    active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        errors: dict[str, str] = {}
+        if urlsplit(self.url or "").scheme not in ("http", "https"):
+            errors["url"] = "Use an http:// or https:// URL."
+        if not isinstance(self.event_types, list) or not all(
+            isinstance(t, str) for t in self.event_types
+        ):
+            errors["event_types"] = "A list of event types."
+        elif unknown := sorted(set(self.event_types) - set(WEBHOOK_EVENTS)):
+            errors["event_types"] = f"Unknown event types: {', '.join(unknown)}."
+        if not isinstance(self.workflows, list) or not all(
+            isinstance(w, str) and w for w in self.workflows
+        ):
+            errors["workflows"] = "A list of workflow names."
+        if errors:
+            raise ValidationError(errors)
+
+    def wants(self, event_type: str, workflow: str) -> bool:
+        """Whether an event of this type, of an instance of this workflow, is sent here."""
+        if not self.active:
+            return False
+        types = self.event_types or WEBHOOK_LIFECYCLE_EVENTS
+        return event_type in types and (not self.workflows or workflow in self.workflows)
+
+
+class WebhookDelivery(models.Model):
+    """One event for one subscription: the payload (fixed when the event committed) and the
+    attempts to POST it. The row's id is the ``X-Signoff-Delivery`` receivers dedupe on."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        DELIVERED = "delivered"
+        FAILED = "failed"
+
+    subscription = models.ForeignKey(
+        WebhookSubscription, on_delete=models.CASCADE, related_name="deliveries"
+    )
+    event_id = models.BigIntegerField(null=True, blank=True)
+    event_seq = models.PositiveIntegerField()
+    instance_id = models.UUIDField()
+    event_type = models.CharField(max_length=50)
+    # Everything of the body but the delivery id, which is added when it is sent.
+    payload = models.JSONField(encoder=DjangoJSONEncoder)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    # While pending: when the next attempt is due (the Celery message's eta; the sweeper's
+    # deadline column).
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    last_error = models.TextField(blank=True, default="")
+    # One entry per attempt or operator retry, newest last (bounded).
+    history = models.JSONField(default=list, blank=True)
+    created_at = models.DateTimeField()
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name_plural = "webhook deliveries"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["subscription", "instance_id", "event_seq"], name="webhook_delivery_once"
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["next_attempt_at"],
+                name="webhook_pending_due",
+                condition=Q(status="pending"),
+            ),
+            models.Index(fields=["instance_id"], name="webhook_instance"),
+            models.Index(fields=["created_at"], name="webhook_created"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event_type} → {self.subscription_id} #{self.pk}"

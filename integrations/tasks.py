@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from . import mail
+from . import mail, webhooks
 
 
 @shared_task(
@@ -25,3 +25,20 @@ def send_email(self, email_id: int) -> str:  # noqa: ANN001
 @shared_task(name="integrations.sweep_outbox", ignore_result=True)
 def sweep_outbox() -> int:
     return mail.sweep_outbox()
+
+
+@shared_task(
+    name="integrations.deliver_webhook",
+    acks_late=True,
+    ignore_result=True,
+    # One HTTP attempt under a row lock; retries are scheduled by the service, not by Celery.
+    soft_time_limit=60,
+    time_limit=90,
+)
+def deliver_webhook(delivery_id: int) -> str:
+    return webhooks.webhook_deliver(delivery_id=delivery_id)
+
+
+@shared_task(name="integrations.sweep_webhooks", ignore_result=True)
+def sweep_webhooks() -> int:
+    return webhooks.sweep_webhooks()

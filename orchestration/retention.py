@@ -93,6 +93,13 @@ def instance_erase(*, instance_id: Any, actor: str, reason: str) -> int:
                 journal.touch(step)
                 count += n
         instance.erased_at = journal.now
+        # Webhook deliveries copied event data (business key, comments): they go too.
+        from django.apps import apps
+
+        if apps.is_installed("integrations"):
+            apps.get_model("integrations", "WebhookDelivery").objects.filter(
+                instance_id=instance.pk
+            ).delete()
         journal.record("instance_erased", data={"fields": count, "reason": reason})
         journal.flush()
         instance.save(update_fields=["input"])  # the journal writes only what engines change

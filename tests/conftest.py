@@ -177,3 +177,12 @@ def user(django_user_model: Any) -> Any:
 @pytest.fixture
 def staff(django_user_model: Any) -> Any:
     return django_user_model.objects.create_user("ops", password="pw-ops-123", is_staff=True)
+
+
+@pytest.fixture
+def rung(monkeypatch) -> list:
+    """Doorbells sent after commit (each a Doorbell), instead of Celery messages."""
+    sent: list = []
+    monkeypatch.setattr("orchestration.journal.ring_doorbells", sent.extend)
+    monkeypatch.setattr("orchestration.engine.ring_doorbells", sent.extend)
+    return sent

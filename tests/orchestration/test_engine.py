@@ -32,15 +32,6 @@ def event_types(instance: WorkflowInstance) -> list[str]:
     )
 
 
-@pytest.fixture
-def rung(monkeypatch) -> list:
-    """Doorbells sent after commit (each a Doorbell), instead of Celery messages."""
-    sent: list = []
-    monkeypatch.setattr("orchestration.journal.ring_doorbells", sent.extend)
-    monkeypatch.setattr("orchestration.engine.ring_doorbells", sent.extend)
-    return sent
-
-
 def run_ready(instance: WorkflowInstance, limit: int = 50) -> None:
     """Play the worker: execute every scheduled or due step until none is left."""
     for _ in range(limit):

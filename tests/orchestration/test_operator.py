@@ -11,7 +11,7 @@ from django.utils import timezone
 from orchestration import engine, sweepers
 from orchestration.errors import Conflict, InvalidInput, NotFound
 from orchestration.models import Event, StepRun, WorkflowInstance
-from tests.orchestration.test_engine import event_types, refresh, run_ready, rung, steps_of  # noqa: F401
+from tests.orchestration.test_engine import event_types, refresh, run_ready, steps_of
 from tests.workflows import ledger
 
 pytestmark = pytest.mark.django_db

@@ -1,0 +1,70 @@
+"""Fixtures of the operator tests: people with and without the operate permission, and
+Debian's Chromium for the status page browser test."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import Permission
+
+# Playwright's sync API runs an event loop in the test thread; Django would then refuse ORM
+# calls from that thread.
+os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+VIEW_PERMISSIONS = [
+    "orchestration.view_workflowinstance",
+    "orchestration.view_steprun",
+    "orchestration.view_event",
+    "approvals.view_approvalrequest",
+    "approvals.view_decision",
+    "approvals.view_delegation",
+    "integrations.view_outboundemail",
+]
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args: dict[str, Any]) -> dict[str, Any]:
+    """Debian's Chromium, never a downloaded browser build."""
+    executable = shutil.which("chromium")
+    if executable is None:
+        pytest.fail("chromium is not installed: apt-get install -y chromium (make browser)")
+    return {**browser_type_launch_args, "executable_path": executable, "args": CHROMIUM_ARGS}
+
+
+def _grant(user: Any, names: list[str]) -> Any:
+    for name in names:
+        app_label, codename = name.split(".")
+        user.user_permissions.add(
+            Permission.objects.get(content_type__app_label=app_label, codename=codename)
+        )
+    return type(user).objects.get(pk=user.pk)  # fresh permission cache
+
+
+@pytest.fixture
+def viewer(django_user_model: Any) -> Any:
+    """Staff who may look at everything and act on nothing."""
+    user = django_user_model.objects.create_user("viewer", password="pw-viewer-123", is_staff=True)
+    return _grant(user, VIEW_PERMISSIONS)
+
+
+@pytest.fixture
+def operator(django_user_model: Any) -> Any:
+    """Staff with view permissions and ``orchestration.operate_instance``."""
+    user = django_user_model.objects.create_user("oper", password="pw-oper-123", is_staff=True)
+    return _grant(user, [*VIEW_PERMISSIONS, "orchestration.operate_instance"])
+
+
+@pytest.fixture
+def superuser(django_user_model: Any) -> Any:
+    return django_user_model.objects.create_superuser("root", "root@example.com", "pw-root-123")
