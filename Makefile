@@ -17,9 +17,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: install
-	$(PY) manage.py migrate --noinput
-	$(PY) manage.py seed_demo
-	$(PY) manage.py runall --port $(PORT)
+	$(PY) manage.py runall --port $(PORT) --migrate --seed-demo
 
 services-check: install
 	$(PY) -m tests.services

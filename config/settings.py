@@ -147,11 +147,21 @@ CACHES = {
 }
 
 # --- Logging ----------------------------------------------------------------------------------
+# LOG_FORMAT=json: one JSON object per line, with instance, step and task ids.
+LOG_FORMAT = env("LOG_FORMAT", "plain")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "orchestration.logging.JsonFormatter"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "json" if LOG_FORMAT == "json" else "plain",
+        }
+    },
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "INFO"}},
 }
@@ -198,6 +208,9 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# Keep worker database connections between tasks (orchestration.tasks closes the broken or
+# expired ones before each task, honouring CONN_MAX_AGE and health checks).
+CELERY_DB_REUSE_MAX = env_int("CELERY_DB_REUSE_MAX", 1_000_000)
 
 # --- Email ------------------------------------------------------------------------------------
 # EMAIL_URL: smtp://user:password@host:port (smtps:// for TLS, ?starttls=1 for STARTTLS),
@@ -231,6 +244,12 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = SIGNOFF_MAX_REQUEST_BYTES
 SIGNOFF_DOORBELL_GRACE_SECONDS = env_int("SIGNOFF_DOORBELL_GRACE_SECONDS", 30)
 # A running instance with no event for this long counts as stuck (admin filter, `signoff stuck`).
 SIGNOFF_STUCK_AFTER_SECONDS = env_int("SIGNOFF_STUCK_AFTER_SECONDS", 24 * 3600)
+# /metrics answers these client addresses (IPs or networks, comma-separated), or any client
+# sending `Authorization: Bearer <SIGNOFF_METRICS_TOKEN>` when that is set.
+SIGNOFF_METRICS_ALLOWED_IPS = env_list("SIGNOFF_METRICS_ALLOWED_IPS", "127.0.0.1,::1")
+SIGNOFF_METRICS_TOKEN = env("SIGNOFF_METRICS_TOKEN")
+# Reuse a computed /metrics body for this many seconds (0: compute on every scrape).
+SIGNOFF_METRICS_CACHE_SECONDS = env_int("SIGNOFF_METRICS_CACHE_SECONDS", 0)
 # Rows a sweeper handles per run.
 SIGNOFF_SWEEP_BATCH = env_int("SIGNOFF_SWEEP_BATCH", 500)
 SIGNOFF_BASE_URL = env("SIGNOFF_BASE_URL", "http://127.0.0.1:8000")

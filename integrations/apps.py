@@ -17,3 +17,10 @@ class IntegrationsConfig(AppConfig):
         from .webhooks import on_event_committed
 
         event_committed.connect(on_event_committed, dispatch_uid="integrations.webhooks")
+        from django.db.models.signals import post_delete, post_save
+
+        from .models import WebhookSubscription
+        from .webhooks import forget_subscriptions
+
+        post_save.connect(forget_subscriptions, sender=WebhookSubscription)
+        post_delete.connect(forget_subscriptions, sender=WebhookSubscription)

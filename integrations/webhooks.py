@@ -147,16 +147,32 @@ def event_payload(event: Any) -> dict[str, Any]:
     }
 
 
+# Active subscriptions, cached per process for a few seconds: the receiver runs after every
+# lifecycle event, and most deployments have few or no subscriptions. A change made in this
+# process clears the cache at once; other processes see it within SUBSCRIPTION_CACHE_SECONDS.
+SUBSCRIPTION_CACHE_SECONDS = 5.0
+_active_cache: tuple[float, list[WebhookSubscription]] | None = None
+
+
+def active_subscriptions() -> list[WebhookSubscription]:
+    global _active_cache
+    now = time.monotonic()
+    if _active_cache is None or now - _active_cache[0] > SUBSCRIPTION_CACHE_SECONDS:
+        _active_cache = (now, list(WebhookSubscription.objects.filter(active=True)))
+    return _active_cache[1]
+
+
+def forget_subscriptions(**kwargs: Any) -> None:
+    global _active_cache
+    _active_cache = None
+
+
 def webhook_deliveries_create(*, event: Any) -> list[WebhookDelivery]:
     """Write a pending delivery for each active subscription that wants ``event`` (one INSERT)
     and enqueue their tasks after the commit. A second call for the same event writes nothing.
     Makes no HTTP request."""
     instance = event.instance
-    subscriptions = [
-        s
-        for s in WebhookSubscription.objects.filter(active=True)
-        if s.wants(event.type, instance.workflow)
-    ]
+    subscriptions = [s for s in active_subscriptions() if s.wants(event.type, instance.workflow)]
     if not subscriptions:
         return []
     payload = event_payload(event)

@@ -76,12 +76,12 @@ def socket_path_for(data_dir: Path) -> Path:
 
 
 def _ping(socket_path: Path, timeout: float = 1.0) -> bool:
-    client = redis.Redis(unix_socket_path=str(socket_path), socket_timeout=timeout,
-                         socket_connect_timeout=timeout)
+    client = redis.Redis(
+        unix_socket_path=str(socket_path), socket_timeout=timeout, socket_connect_timeout=timeout
+    )
     try:
         return bool(client.ping())
-    except (redis.ConnectionError, redis.TimeoutError, FileNotFoundError,
-            ConnectionRefusedError):
+    except (redis.ConnectionError, redis.TimeoutError, FileNotFoundError, ConnectionRefusedError):
         return False
     finally:
         client.close()
@@ -131,13 +131,22 @@ class EmbeddedRedis:
             raise RuntimeError(f"{executable} is not executable (chmod +x it)")
         return [
             str(executable),
-            "--port", "0",  # no TCP listener: only the Unix socket
-            "--unixsocket", str(self.socket),
-            "--unixsocketperm", "700",
-            "--save", "", "--appendonly", "no",  # the broker is only a doorbell
-            "--dir", str(self.data_dir),
-            "--logfile", str(self.log),
-            "--daemonize", "no",
+            "--port",
+            "0",  # no TCP listener: only the Unix socket
+            "--unixsocket",
+            str(self.socket),
+            "--unixsocketperm",
+            "700",
+            "--save",
+            "",
+            "--appendonly",
+            "no",  # the broker is only a doorbell
+            "--dir",
+            str(self.data_dir),
+            "--logfile",
+            str(self.log),
+            "--daemonize",
+            "no",
         ]
 
     def start(self, timeout: float = 10.0) -> None:
@@ -146,8 +155,12 @@ class EmbeddedRedis:
             if _ping(self.socket):
                 return  # one is already serving this folder; leave it to its owner
             self.socket.unlink(missing_ok=True)  # stale: left by a killed server
-        self.process = spawn(self.command(), stdin=subprocess.DEVNULL,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.process = spawn(
+            self.command(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.socket.exists() and _ping(self.socket, timeout=0.5):
@@ -156,11 +169,13 @@ class EmbeddedRedis:
                 code = self.process.returncode
                 self.process = None
                 raise RuntimeError(
-                    f"embedded redis-server exited at start with code {code}; see {self.log}")
+                    f"embedded redis-server exited at start with code {code}; see {self.log}"
+                )
             time.sleep(0.05)
         self.stop()
-        raise RuntimeError(f"embedded redis-server did not start in {timeout:.0f} s; "
-                           f"see {self.log}")
+        raise RuntimeError(
+            f"embedded redis-server did not start in {timeout:.0f} s; see {self.log}"
+        )
 
     def stop(self, timeout: float = 5.0) -> None:
         process, self.process = self.process, None

@@ -23,7 +23,6 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.db import IntegrityError, transaction
-from django.db.models import Subquery
 from django.utils import timezone
 
 from . import kinds, saga, sealing
@@ -56,9 +55,16 @@ def _lock_instance(instance_id: Any, *, skip_locked: bool = False) -> WorkflowIn
     return qs.filter(pk=instance_id).first()
 
 
-def _lock_instance_of_step(step_run_id: int) -> WorkflowInstance | None:
-    owner = StepRun.objects.filter(pk=step_run_id).values("instance_id")
-    return WorkflowInstance.objects.select_for_update().filter(pk=Subquery(owner)).first()
+def _lock_instance_of_step(
+    step_run_id: int, *, skip_locked: bool = False
+) -> WorkflowInstance | None:
+    """Lock the instance owning a step (one query: a join, locking only the instance row)."""
+    rows = list(
+        WorkflowInstance.objects.select_for_update(of=("self",), skip_locked=skip_locked)
+        .filter(steps__pk=step_run_id)
+        .order_by()[:1]
+    )
+    return rows[0] if rows else None
 
 
 def _steps(instance: WorkflowInstance) -> dict[str, StepRun]:
@@ -739,12 +745,7 @@ def step_ring_again(*, step_run_id: int, older_than: datetime) -> bool:
     """Re-ring the doorbell of a step still ``scheduled``/``retrying`` whose due time and last
     ring are before ``older_than`` (its message was lost). Skips a locked instance."""
     with transaction.atomic():
-        owner = StepRun.objects.filter(pk=step_run_id).values("instance_id")
-        instance = (
-            WorkflowInstance.objects.select_for_update(skip_locked=True)
-            .filter(pk=Subquery(owner))
-            .first()
-        )
+        instance = _lock_instance_of_step(step_run_id, skip_locked=True)
         if instance is None or instance.state != I.RUNNING or instance.paused_at is not None:
             return False
         step = StepRun.objects.filter(pk=step_run_id).first()
@@ -781,15 +782,7 @@ def step_time_out(*, step_run_id: int, attempt: int | None = None) -> bool:
     limit itself (Celery's soft time limit): that exact attempt, if it is still running.
     """
     with transaction.atomic():
-        if attempt is None:
-            owner = StepRun.objects.filter(pk=step_run_id).values("instance_id")
-            instance = (
-                WorkflowInstance.objects.select_for_update(skip_locked=True)
-                .filter(pk=Subquery(owner))
-                .first()
-            )
-        else:
-            instance = _lock_instance_of_step(step_run_id)
+        instance = _lock_instance_of_step(step_run_id, skip_locked=attempt is None)
         if instance is None:
             return False
         steps = _steps(instance)
@@ -920,15 +913,13 @@ def lock_instance(
     its steps; None when it does not exist (or is locked, with ``skip_locked``). The caller
     must :meth:`Journal.flush` before leaving the transaction."""
     if step_run_id is not None:
-        owner = StepRun.objects.filter(pk=step_run_id).values("instance_id")
-        qs = WorkflowInstance.objects.select_for_update(skip_locked=skip_locked).filter(
-            pk=Subquery(owner)
-        )
+        instance = _lock_instance_of_step(step_run_id, skip_locked=skip_locked)
     else:
-        qs = WorkflowInstance.objects.select_for_update(skip_locked=skip_locked).filter(
-            pk=instance_id
+        instance = (
+            WorkflowInstance.objects.select_for_update(skip_locked=skip_locked)
+            .filter(pk=instance_id)
+            .first()
         )
-    instance = qs.first()
     if instance is None:
         return None
     steps = _steps(instance)

@@ -304,19 +304,13 @@ def time_out(*, step_run_id: int) -> bool:
 
 def ring_again(*, step_run_id: int, older_than: Any) -> bool:
     """Sweeper: re-ring a compensation whose message was lost."""
-    from django.db.models import Subquery
     from django.utils import timezone
 
-    from .engine import definition_of
+    from .engine import _lock_instance_of_step, definition_of
     from .journal import Doorbell, ring_doorbells
 
     with transaction.atomic():
-        owner = StepRun.objects.filter(pk=step_run_id).values("instance_id")
-        instance = (
-            WorkflowInstance.objects.select_for_update(skip_locked=True)
-            .filter(pk=Subquery(owner))
-            .first()
-        )
+        instance = _lock_instance_of_step(step_run_id, skip_locked=True)
         if instance is None or instance.state != I.COMPENSATING:
             return False
         step = StepRun.objects.filter(pk=step_run_id).first()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
@@ -41,7 +42,15 @@ def _keys_from(config: str, data_dir: str) -> tuple[bytes, ...]:
     path = Path(data_dir) / "encryption.key"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            # Another process made it first: read theirs (below). Wait for its content.
+            for _ in range(50):
+                if path.stat().st_size:
+                    break
+                time.sleep(0.02)
+            return (path.read_bytes().strip(),)
         with os.fdopen(fd, "wb") as handle:
             handle.write(Fernet.generate_key())
         log.warning(

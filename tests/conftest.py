@@ -186,3 +186,11 @@ def rung(monkeypatch) -> list:
     monkeypatch.setattr("orchestration.journal.ring_doorbells", sent.extend)
     monkeypatch.setattr("orchestration.engine.ring_doorbells", sent.extend)
     return sent
+
+
+@pytest.fixture(autouse=True)
+def _fresh_subscription_cache() -> None:
+    """Rolled-back test data must not linger in the per-process webhook subscription cache."""
+    from integrations.webhooks import forget_subscriptions
+
+    forget_subscriptions()

@@ -607,6 +607,31 @@ def test_cancel_from_the_admin_cancels_open_steps_and_their_approval(
     ).exists()
 
 
+@pytest.mark.e2e
+def test_cancel_from_the_admin_compensates_what_was_done(
+    worker: Any, client: Client, operator: Any
+) -> None:
+    instance, _ = engine.instance_start(
+        workflow="trip_booking", input={"traveller": "Ada", "slow": True}, business_key="TRIP-9"
+    )
+    wait_for(
+        lambda: steps_of(instance)["book_flight"].state == "succeeded",
+        message="the flight to be booked",
+    )
+    client.force_login(operator)
+    response = bulk(client, "op_cancel", [instance.pk], confirm="1", reason="trip called off")
+    assert response.status_code == 302
+    assert "1 instance cancelled." in messages_of(client.get(response["Location"]))
+    wait_for(lambda: _state(instance) == "compensated", timeout=30, message="the bookings undone")
+    steps = steps_of(instance)
+    assert steps["book_flight"].state == "compensated"
+    assert steps["book_car"].state == "cancelled"
+    started = Event.objects.get(instance=instance, type="instance_compensating")
+    assert started.actor == "user:oper" and started.data["reason"] == "trip called off"
+    page = client.get(reverse("instances:detail", args=[instance.pk])).content.decode()
+    assert "Compensated" in page and 'data-step="book_flight" data-state="compensated"' in page
+
+
 @pytest.fixture
 def expense_request_e2e(worker: Any, django_user_model: Any) -> ApprovalRequest:
     """An expense waiting for its manager, its ``validate`` run by the real worker."""

