@@ -1,0 +1,1 @@
+"""Benchmarks (not tests). Run ``make bench`` or ``.venv/bin/python bench/engine.py``."""
