@@ -250,6 +250,9 @@ SIGNOFF_METRICS_ALLOWED_IPS = env_list("SIGNOFF_METRICS_ALLOWED_IPS", "127.0.0.1
 SIGNOFF_METRICS_TOKEN = env("SIGNOFF_METRICS_TOKEN")
 # Reuse a computed /metrics body for this many seconds (0: compute on every scrape).
 SIGNOFF_METRICS_CACHE_SECONDS = env_int("SIGNOFF_METRICS_CACHE_SECONDS", 0)
+# A worker that finishes a step runs the next one of the same queue at once (no broker round
+# trip), for up to this many seconds beyond the first step's start-to-close; 0 turns it off.
+SIGNOFF_CHAIN_SECONDS = env_int("SIGNOFF_CHAIN_SECONDS", 60)
 # Rows a sweeper handles per run.
 SIGNOFF_SWEEP_BATCH = env_int("SIGNOFF_SWEEP_BATCH", 500)
 SIGNOFF_BASE_URL = env("SIGNOFF_BASE_URL", "http://127.0.0.1:8000")

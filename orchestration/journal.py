@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
@@ -82,6 +83,12 @@ class Journal:
         self.dirty: dict[int, StepRun] = {}
         self._bells: list[tuple[StepRun, Doorbell]] = []
         self._after_write: list[Callable[[], None]] = []
+        # Inline chaining (see engine.step_execute): hold back the first doorbell of a task
+        # step on this queue instead of ringing it; `held` is that doorbell after flush.
+        self._hold: bool = False
+        self._hold_queue: str | None = None
+        self._held: tuple[StepRun, Doorbell] | None = None
+        self.held: Doorbell | None = None
         # The instance's steps by name, when the service loaded them (kinds read it).
         self.steps: dict[str, StepRun] = {}
 
@@ -114,6 +121,9 @@ class Journal:
     def touch(self, step: StepRun) -> None:
         self.dirty[id(step)] = step
 
+    def hold_for(self, queue: str | None) -> None:
+        self._hold, self._hold_queue = True, queue
+
     def ring_compensation(
         self,
         step: StepRun,
@@ -136,7 +146,11 @@ class Journal:
         time_limit: float | None = None,
     ) -> None:
         """Ring the step's doorbell (send its Celery message) after the commit."""
-        self._bells.append((step, Doorbell(0, step.attempt, eta, queue, time_limit)))
+        bell = Doorbell(0, step.attempt, eta, queue, time_limit)
+        if self._hold and self._held is None and eta is None and queue == self._hold_queue:
+            self._held = (step, bell)
+            return
+        self._bells.append((step, bell))
 
     def after_write(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` inside the transaction once the rows are written (new steps have ids)."""
@@ -183,6 +197,9 @@ class Journal:
             Doorbell(step.pk, bell.attempt, bell.eta, bell.queue, bell.time_limit, bell.task)
             for step, bell in self._bells
         ]
+        if self._held is not None:
+            step, bell = self._held
+            self.held = Doorbell(step.pk, bell.attempt, None, bell.queue, bell.time_limit)
         if bells:
             transaction.on_commit(lambda: ring_doorbells(bells))
         if self.events and event_committed.receivers:
@@ -205,8 +222,12 @@ def ring_doorbells(bells: list[Doorbell]) -> None:
         if bell.queue:
             options["queue"] = bell.queue
         if bell.time_limit:
-            options["soft_time_limit"] = bell.time_limit
-            options["time_limit"] = bell.time_limit + 10
+            # Room to run the next steps of the chain in the same message (engine.step_execute);
+            # each attempt's own start-to-close is enforced by the claim's deadline and the
+            # timeout sweeper, and by this limit only when no chaining is possible.
+            slack = settings.SIGNOFF_CHAIN_SECONDS if bell.task == "run_step" else 0
+            options["soft_time_limit"] = bell.time_limit + slack
+            options["time_limit"] = bell.time_limit + slack + 10
         try:
             getattr(tasks, bell.task).apply_async((bell.step_run_id, bell.attempt), **options)
         except Exception:  # noqa: BLE001 - the sweeper is the fallback

@@ -7,18 +7,27 @@ attempt, so a duplicate, stale or redelivered message does nothing. ``acks_late`
 
 from __future__ import annotations
 
+import time
+
 from celery import shared_task
 from celery.signals import task_prerun
+from django.conf import settings
 from django.db import close_old_connections
 
 from . import engine, saga, sweepers
 
 
 @shared_task(
-    name="orchestration.run_step", acks_late=True, reject_on_worker_lost=True, ignore_result=True
+    name="orchestration.run_step",
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    ignore_result=True,
 )
-def run_step(step_run_id: int, attempt: int) -> str:
-    return engine.step_execute(step_run_id=step_run_id, attempt=attempt)
+def run_step(self, step_run_id: int, attempt: int) -> str:  # noqa: ANN001
+    soft = (self.request.timelimit or (None, None))[1]
+    chain_until = time.monotonic() + soft - 1 if soft and settings.SIGNOFF_CHAIN_SECONDS else None
+    return engine.step_execute(step_run_id=step_run_id, attempt=attempt, chain_until=chain_until)
 
 
 @shared_task(name="orchestration.sweep_doorbells", ignore_result=True)

@@ -405,3 +405,50 @@ def test_rolled_back_transaction_rings_nothing(django_capture_on_commit_callback
             raise RuntimeError("boom")
     assert callbacks == []
     assert WorkflowInstance.objects.count() == 0
+
+
+def test_worker_runs_the_next_step_at_once_without_a_broker_round_trip(
+    django_capture_on_commit_callbacks, rung
+) -> None:
+    import time
+
+    instance, _ = engine.instance_start(workflow="t_sequence")
+    a = steps_of(instance)["a"]
+    with django_capture_on_commit_callbacks(execute=True):
+        outcome = engine.step_execute(
+            step_run_id=a.pk, attempt=1, chain_until=time.monotonic() + 3600
+        )
+    assert outcome == "succeeded"
+    assert refresh(instance).state == "succeeded"  # a, b and c in one call
+    assert rung == []  # b and c were never sent to the broker
+    assert ledger().hgetall(f"ledger:{instance.pk}") == {b"a:1": b"1", b"b:1": b"1", b"c:1": b"1"}
+
+
+def test_chaining_stops_when_the_next_step_would_outlive_the_message(
+    django_capture_on_commit_callbacks, rung
+) -> None:
+    import time
+
+    instance, _ = engine.instance_start(workflow="t_sequence")
+    a = steps_of(instance)["a"]
+    with django_capture_on_commit_callbacks(execute=True):
+        engine.step_execute(step_run_id=a.pk, attempt=1, chain_until=time.monotonic() + 5)
+    steps = steps_of(instance)
+    assert steps["a"].state == "succeeded" and steps["b"].state == "scheduled"
+    assert [(b.step_run_id, b.attempt) for b in rung] == [(steps["b"].pk, 1)]
+
+
+def test_a_held_step_whose_worker_died_is_rung_by_the_sweeper(
+    django_capture_on_commit_callbacks, rung
+) -> None:
+    instance, _ = engine.instance_start(workflow="t_sequence")
+    a = steps_of(instance)["a"]
+    assert engine.step_claim(step_run_id=a.pk, attempt=1) is not None
+    with django_capture_on_commit_callbacks(execute=True):
+        ok, held = engine._complete(a.pk, 1, {"x": 1}, hold=None)
+    assert ok and held is not None and rung == []  # held for this worker, which now dies
+    start = timezone.now()
+    with time_machine.travel(start + timedelta(seconds=31), tick=False):
+        with django_capture_on_commit_callbacks(execute=True):
+            assert sweepers.sweep_doorbells(grace=timedelta(seconds=30)) == 1
+    assert [b.step_run_id for b in rung] == [held.step_run_id]
