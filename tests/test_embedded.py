@@ -221,7 +221,7 @@ def test_embedded_default_runs_a_workflow_and_stops_cleanly(
         except OSError:
             return False
 
-    wait_until(http_up, 60, "the web server to answer", run)
+    wait_until(http_up, 180, "the web server to answer", run)
     with urllib.request.urlopen(f"{api.base}/static/admin/css/base.css", timeout=10) as css:
         assert css.status == 200, "static files are not served"
     assert sock.exists(), f"no embedded Redis socket at {sock}"
@@ -314,7 +314,7 @@ def test_runall_migrates_and_seeds_once_the_broker_is_up(
         except OSError:
             return False
 
-    wait_until(http_up, 60, "the web server to answer", run)
+    wait_until(http_up, 180, "the web server to answer", run)
     assert (data_dir / "signoff.sqlite3").exists()
     if re.search(r"^\s*started \w+ ", run.output(), re.MULTILINE):  # seed_demo started some
         # Their doorbells waited in the broker: the worker runs them at once, long before

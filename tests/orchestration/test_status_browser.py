@@ -1,13 +1,12 @@
 """The status page in a real browser: Debian's headless Chromium driven by Playwright against
 the live server, with a real Celery worker moving the instance on while the page watches.
 
-Screenshots land in tests/artifacts/ (git-ignored). With SIGNOFF_DOCS_SCREENSHOTS=1 the last
-test also refreshes the operators' screenshots committed under docs/.
+Screenshots land in tests/artifacts/ (git-ignored). `pytest -m docs` runs the last test, which
+refreshes the operators' screenshots committed under docs/.
 """
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -134,10 +133,7 @@ def test_an_operator_fixes_a_failed_step_from_the_status_page(
     assert steps["enable_billing"].state == "succeeded"
 
 
-@pytest.mark.skipif(
-    not os.environ.get("SIGNOFF_DOCS_SCREENSHOTS"),
-    reason="set SIGNOFF_DOCS_SCREENSHOTS=1 to refresh the screenshots under docs/",
-)
+@pytest.mark.docs  # not part of `make test`: `pytest -m docs` refreshes docs/*.png
 def test_docs_screenshots(
     page: Page, live_server: Any, operator: Any, django_user_model: Any
 ) -> None:
