@@ -44,7 +44,10 @@ def decidable_by(user: Any, now: datetime | None = None) -> QuerySet[ApprovalReq
     return (
         ApprovalRequest.objects.filter(state=RequestState.PENDING)
         .filter(_assigned_to(ids))
-        .exclude(Q(requester_id=user.pk) & Q(allow_self_approval=False))
+        .exclude(
+            (Q(requester_id=user.pk) | Q(instance__started_by_id=user.pk))
+            & Q(allow_self_approval=False)
+        )
         .exclude(Exists(Decision.objects.filter(request=OuterRef("pk"), decided_by=user)))
     )
 

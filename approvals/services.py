@@ -21,7 +21,7 @@ from orchestration.calendar import add_duration
 from orchestration.definitions import StepSpec
 from orchestration.errors import Conflict, InvalidInput, NotAllowed, NotFound
 from orchestration.journal import Journal
-from orchestration.models import StepRun
+from orchestration.models import StepRun, WorkflowInstance
 
 from . import notifications
 from .definitions import ApprovalStep
@@ -160,17 +160,20 @@ def _eligible_as(request: ApprovalRequest, user: Any, now: datetime) -> tuple[An
     assigned_users = set(request.assignee_users.values_list("pk", flat=True))
     assigned_groups = set(request.assignee_groups.values_list("pk", flat=True))
     decided = set(request.decisions.values_list("assignee_id", flat=True))
+    # Whoever started the instance is a requester too, whatever the input names.
+    started_by = (
+        WorkflowInstance.objects.filter(pk=request.instance_id)
+        .values_list("started_by_id", flat=True)
+        .first()
+    )
+    requesters = {request.requester_id, started_by} - {None}
     self_blocked = False
     already = False
     for principal in principals_for(user, now):
         member_of = set(principal.groups.values_list("pk", flat=True)) & assigned_groups
         if principal.pk not in assigned_users and not member_of:
             continue
-        if (
-            not request.allow_self_approval
-            and request.requester_id is not None
-            and request.requester_id in (principal.pk, user.pk)
-        ):
+        if not request.allow_self_approval and requesters & {principal.pk, user.pk}:
             self_blocked = True
             continue
         if principal.pk in decided:

@@ -95,6 +95,21 @@ TEMPLATES = [
     },
 ]
 
+# --- HTTPS (production) ----------------------------------------------------------------------
+# SIGNOFF_HTTPS=1 when the site is served over HTTPS only: secure cookies, a redirect from http
+# and HSTS. Behind a proxy that terminates TLS, also SIGNOFF_BEHIND_PROXY=1, so Django trusts the
+# proxy's X-Forwarded-Proto (only if the proxy always sets it, overwriting the client's).
+SIGNOFF_HTTPS = env_bool("SIGNOFF_HTTPS", False)
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", SIGNOFF_HTTPS)
+SECURE_REDIRECT_EXEMPT = [r"^healthz/$"]
+SESSION_COOKIE_SECURE = SIGNOFF_HTTPS
+CSRF_COOKIE_SECURE = SIGNOFF_HTTPS
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31_536_000 if SIGNOFF_HTTPS else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", SIGNOFF_HTTPS)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", SIGNOFF_HTTPS)
+if env_bool("SIGNOFF_BEHIND_PROXY", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
 # --- Database -------------------------------------------------------------------------------
 DATABASE_URL = env("DATABASE_URL", f"sqlite:///{DATA_DIR / 'signoff.sqlite3'}")
 DATABASES = {

@@ -7,7 +7,7 @@ from typing import Any
 
 from django.db.models import Prefetch, Q, QuerySet
 
-from .errors import InvalidInput, NotFound
+from .errors import InvalidInput, NotAllowed, NotFound
 from .models import Event, InstanceState, StepRun, WorkflowInstance
 
 
@@ -48,7 +48,8 @@ def instance_list(
     """Instances ``user`` may see, filtered; an unknown ``state`` is :class:`InvalidInput`.
     The query count does not grow with the number of instances."""
     qs = instances_visible_to(user)
-    if state:
+    if state is not None:
+        # An empty ?state= is not a state either: 400, as the schema's enum says.
         if state not in InstanceState.values:
             raise InvalidInput(
                 f"unknown state {state!r}; one of {', '.join(InstanceState.values)}",
@@ -72,6 +73,25 @@ def instance_get(*, user: Any, instance_id: Any) -> WorkflowInstance:
     instance = _with_steps(instances_visible_to(user).filter(pk=pk)).first()
     if instance is None:
         raise NotFound("instance not found")
+    return instance
+
+
+OPERATE_PERMISSION = "orchestration.operate_instance"
+
+
+def instance_for_action(*, user: Any, instance_id: Any) -> WorkflowInstance:
+    """The instance if ``user`` may act on it (cancel, retry, signal): its starter, or a holder
+    of ``orchestration.operate_instance``. :class:`NotFound` for an instance the user may not
+    see; :class:`NotAllowed` for one they may only see (staff without the permission: they
+    see but do not act, as in the admin and on the status page)."""
+    instance = instance_get(user=user, instance_id=instance_id)
+    if instance.started_by_id is not None and instance.started_by_id == user.pk:
+        return instance
+    if not user.has_perm(OPERATE_PERMISSION):
+        raise NotAllowed(
+            f"acting on an instance you did not start needs the {OPERATE_PERMISSION} permission",
+            code="permission_denied",
+        )
     return instance
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.extensions import OpenApiSerializerExtension
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -64,6 +65,20 @@ class RejectUnknownFieldsMixin:
         if unknown:
             raise serializers.ValidationError({name: ["Unknown field."] for name in unknown})
         return super().validate(attrs)  # type: ignore[misc]
+
+
+class RejectUnknownFieldsSchema(OpenApiSerializerExtension):
+    """The schema of a request that refuses unknown fields says so (``additionalProperties:
+    false``): a body the schema allows is one the API accepts."""
+
+    target_class = RejectUnknownFieldsMixin
+    match_subclasses = True
+
+    def map_serializer(self, auto_schema: Any, direction: Any) -> dict[str, Any]:
+        schema = auto_schema._map_serializer(self.target, direction, bypass_extensions=True)
+        if direction == "request":
+            schema["additionalProperties"] = False
+        return schema
 
 
 class StartInstanceSerializer(RejectUnknownFieldsMixin, serializers.Serializer):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.http import HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
@@ -45,6 +46,8 @@ def _errors(*codes: int) -> dict[int, OpenApiResponse]:
     """Schema of the error responses an operation may give; every one may give 401."""
     described = {
         400: "Invalid input: detail, code and, for field errors, fields.",
+        403: "The caller may see the instance but not act on it: only its starter and holders "
+        "of orchestration.operate_instance may (code permission_denied).",
         404: "No such instance, or not one the caller may see.",
         409: "The instance's state (or an Idempotency-Key) does not allow this.",
         413: "Request body over SIGNOFF_MAX_REQUEST_BYTES.",
@@ -53,6 +56,9 @@ def _errors(*codes: int) -> dict[int, OpenApiResponse]:
     described[401] = "Not authenticated."
     return {code: OpenApiResponse(ErrorSerializer, description=described[code]) for code in codes}
 
+
+# DRF's cursor pagination answers a cursor it cannot read with 404 (detail "Invalid cursor").
+INVALID_CURSOR = "A cursor that is not one the API gave (tampered, truncated): Invalid cursor."
 
 INSTANCE_ID = OpenApiParameter("id", OpenApiTypes.UUID, OpenApiParameter.PATH)
 
@@ -86,7 +92,11 @@ class InstanceListView(ApiView):
             OpenApiParameter("state", str, enum=InstanceState.values),
             OpenApiParameter("business_key", str),
         ],
-        responses={200: InstanceSerializer(many=True), **_errors(400)},
+        responses={
+            200: InstanceSerializer(many=True),
+            **_errors(400),
+            404: OpenApiResponse(ErrorSerializer, description=INVALID_CURSOR),
+        },
     )
     def get(self, request: Request) -> Response:
         qs = selectors.instance_list(
@@ -189,7 +199,14 @@ class InstanceHistoryView(ApiView):
         tags=["instances"],
         description="Oldest first; seq counts from 1 without gaps. Cursor-paginated.",
         parameters=[INSTANCE_ID],
-        responses={200: EventSerializer(many=True), **_errors(404)},
+        responses={
+            200: EventSerializer(many=True),
+            **_errors(400),
+            404: OpenApiResponse(
+                ErrorSerializer,
+                description=f"No such instance, or not one the caller may see. {INVALID_CURSOR}",
+            ),
+        },
     )
     def get(self, request: Request, pk: str) -> Response:
         instance = selectors.instance_get(user=request.user, instance_id=pk)
@@ -205,13 +222,14 @@ class InstanceCancelView(ApiView):
         summary="Cancel an instance",
         tags=["instances"],
         description="Cancels a pending, running or failed instance and its open "
-        "steps. 409 when it already finished.",
+        "steps. 409 when it already finished. For its starter and holders of "
+        "orchestration.operate_instance.",
         parameters=[INSTANCE_ID],
         request=CancelInstanceSerializer,
-        responses={200: InstanceSerializer, **_errors(400, 404, 409, 413)},
+        responses={200: InstanceSerializer, **_errors(400, 403, 404, 409, 413)},
     )
     def post(self, request: Request, pk: str) -> Response:
-        instance = selectors.instance_get(user=request.user, instance_id=pk)
+        instance = selectors.instance_for_action(user=request.user, instance_id=pk)
         serializer = CancelInstanceSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         engine.instance_cancel(
@@ -227,21 +245,23 @@ class InstanceRetryView(ApiView):
     @extend_schema(
         summary="Retry a failed instance from its failed steps",
         tags=["instances"],
-        description="409 unless the instance is failed.",
+        description="409 unless the instance is failed. For its starter and holders of "
+        "orchestration.operate_instance.",
         parameters=[INSTANCE_ID],
         request=None,
-        responses={200: InstanceSerializer, **_errors(404, 409)},
+        responses={200: InstanceSerializer, **_errors(403, 404, 409)},
     )
     def post(self, request: Request, pk: str) -> Response:
-        instance = selectors.instance_get(user=request.user, instance_id=pk)
+        instance = selectors.instance_for_action(user=request.user, instance_id=pk)
         engine.instance_retry(instance_id=instance.pk, actor=actor_of(request))
         instance = selectors.instance_get(user=request.user, instance_id=instance.pk)
         return Response(InstanceSerializer(instance).data)
 
 
 class InstanceSignalView(ApiView):
-    # Either an authenticated user who may see the instance, or an HMAC signature with the
-    # workflow's signal secret (for external systems without a user token).
+    # Either an authenticated user who may act on the instance (its starter, or
+    # operate_instance), or an HMAC signature with the workflow's signal secret (for external
+    # systems without a user token).
     permission_classes: list = []
 
     @extend_schema(
@@ -262,7 +282,12 @@ class InstanceSignalView(ApiView):
         responses={
             202: SignalSerializer,
             200: SignalSerializer,
-            403: OpenApiResponse(ErrorSerializer, description="Bad or stale signature."),
+            403: OpenApiResponse(
+                ErrorSerializer,
+                description="Bad or stale signature, or signed signals not enabled; or a caller "
+                "who may see the instance but not act on it (not its starter, no "
+                "orchestration.operate_instance).",
+            ),
             **_errors(400, 404, 409, 413),
         },
     )
@@ -283,7 +308,7 @@ class InstanceSignalView(ApiView):
             waits.verify_signature(secret, signature, raw)
             actor, source = f"webhook:{instance.workflow}", "webhook"
         elif request.user and request.user.is_authenticated:
-            instance = selectors.instance_get(user=request.user, instance_id=pk)
+            instance = selectors.instance_for_action(user=request.user, instance_id=pk)
             actor, source = actor_of(request), "api"
         else:
             raise NotAuthenticated()
@@ -317,6 +342,9 @@ class ApiRootView(ApiView):
         )
 
 
+@csrf_exempt
 def not_found(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
-    """Unknown paths under /api/v1/ answer JSON like the rest of the API."""
+    """Unknown paths under /api/v1/ answer JSON like the rest of the API, whatever the method:
+    exempt from CSRF, or a POST with a session cookie would get Django's HTML 403 page. It
+    reads and changes nothing."""
     return JsonResponse({"detail": "Not found.", "code": "not_found"}, status=404)

@@ -493,14 +493,22 @@ def test_non_staff_users_see_only_instances_they_started(
     assert theirs.state == "running"
 
 
-def test_staff_see_and_operate_every_instance(user: Any, staff: Any, bob: Any) -> None:
+def test_staff_see_every_instance_but_acting_needs_the_operate_permission(
+    user: Any, staff: Any, bob: Any
+) -> None:
     client = token_client(staff)
     ids = {str(start_as(user).pk), str(start_as(bob).pk)}
     assert {item["id"] for item in client.get(INSTANCES).json()["results"]} == ids
     for instance_id in ids:
         assert client.get(f"{INSTANCES}{instance_id}/").status_code == 200
         assert client.get(f"{INSTANCES}{instance_id}/history/").status_code == 200
-    cancelled = client.post(f"{INSTANCES}{ids.pop()}/cancel/", format="json")
+    target = ids.pop()
+    refused = client.post(f"{INSTANCES}{target}/cancel/", format="json")
+    assert_error(refused, 403, "permission_denied")
+    staff.user_permissions.add(Permission.objects.get(codename="operate_instance"))
+    cancelled = token_client(type(staff).objects.get(pk=staff.pk)).post(
+        f"{INSTANCES}{target}/cancel/", format="json"
+    )
     assert cancelled.status_code == 200
     assert cancelled.json()["state"] == "cancelled"
 

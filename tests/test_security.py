@@ -1,0 +1,608 @@
+"""Security checks: who may do what, and Django's deployment checklist.
+
+The authorization matrix below is the policy, one row per operation and one column per role;
+each cell is one test that makes the request and compares what happened:
+
+- a status code, or ``login`` / ``admin login`` (a redirect to the login page), or ``done``
+  (any other redirect: the action was carried out and the page moves on);
+- for lists, ``listed`` or ``hidden``: 200, with or without the row the matrix is about.
+
+A cell that refuses (4xx, login) must also leave the database as it was; a write that is
+allowed must change it. The rules behind the table (DESIGN.md):
+
+- only a current assignee decides an approval (not the requester, not staff, not even a
+  superuser: operators record someone's decision with "decide on behalf" in the admin);
+- staff and an instance's starter see the instance; an assignee sees the approval but not the
+  instance's API resource or status page;
+- acting on an instance (cancel, retry, signal, the admin's and status page's actions) needs
+  ``orchestration.operate_instance``, except that the API lets an instance's starter (the
+  system that started it) cancel, retry and signal its own instance;
+- email links act as the link's person only, with the page's CSRF token, once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group, Permission
+from django.core.cache import cache
+from django.db import transaction
+from django.http import HttpResponse
+from django.test import Client
+from django.utils import timezone
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+from approvals import notifications
+from approvals.models import ActionToken, ApprovalRequest, Decision
+from orchestration import engine
+from orchestration.models import Event, StepRun, WorkflowInstance
+
+ROOT = Path(__file__).resolve().parent.parent
+
+ROLES = ("anonymous", "requester", "assignee", "staff", "viewer", "operator", "superuser")
+ROLE_HELP = {
+    "anonymous": "not logged in",
+    "requester": "alice: started the expense, not staff",
+    "assignee": "bob: in the managers group the expense waits for, not staff",
+    "staff": "sam: is_staff, no permissions",
+    "viewer": "vera: is_staff with view permissions only",
+    "operator": "otto: is_staff, view permissions and orchestration.operate_instance",
+    "superuser": "root",
+}
+VIEW_PERMISSIONS = [
+    "orchestration.view_workflowinstance",
+    "orchestration.view_steprun",
+    "orchestration.view_event",
+    "approvals.view_approvalrequest",
+    "approvals.view_decision",
+]
+
+LOGIN = "login"
+ADMIN_LOGIN = "admin login"
+DONE = "done"
+LISTED = "listed"
+HIDDEN = "hidden"
+
+
+# -- the world: people, an expense waiting for a manager, a failed and a waiting instance ------
+
+
+@dataclass
+class World:
+    users: dict[str, Any]
+    tokens: dict[str, str]
+    expense: WorkflowInstance  # alice's, waiting for the managers' approval
+    approval: ApprovalRequest  # its manager_approval request (pending)
+    failed: WorkflowInstance  # alice's, failed in validate
+    waiting: WorkflowInstance  # alice's onboarding, waiting for setup_completed
+    links: dict[str, str] = field(default_factory=dict)  # person -> signed link token
+
+
+def _run_scheduled(instance: WorkflowInstance) -> None:
+    """Play the worker in-process."""
+    for _ in range(20):
+        due = list(StepRun.objects.filter(instance=instance, state="scheduled"))
+        if not due:
+            return
+        for step in due:
+            engine.step_execute(step_run_id=step.pk, attempt=step.attempt)
+
+
+def _make_world() -> World:
+    User = get_user_model()  # noqa: N806
+    managers = Group.objects.create(name="managers")
+    Group.objects.create(name="finance")
+
+    def person(name: str, *, staff: bool = False, perms: tuple[str, ...] = ()) -> Any:
+        user = User.objects.create_user(
+            name, email=f"{name}@example.com", password=f"pw-{name}-123", is_staff=staff
+        )
+        for perm in perms:
+            app_label, codename = perm.split(".")
+            user.user_permissions.add(
+                Permission.objects.get(content_type__app_label=app_label, codename=codename)
+            )
+        return User.objects.get(pk=user.pk)
+
+    users = {
+        "requester": person("alice"),
+        "assignee": person("bob"),
+        "staff": person("sam", staff=True),
+        "viewer": person("vera", staff=True, perms=tuple(VIEW_PERMISSIONS)),
+        "operator": person(
+            "otto", staff=True, perms=(*VIEW_PERMISSIONS, "orchestration.operate_instance")
+        ),
+        "superuser": User.objects.create_superuser("root", "root@example.com", "pw-root-123"),
+        "other": person("carol"),  # no role in the expense: a "wrong person" for links
+    }
+    managers.user_set.add(users["assignee"])
+    # The expense's requester is alice; admin is the escalation target of the demo workflow.
+    User.objects.create_user("admin", email="admin@example.com")
+    alice = users["requester"]
+
+    def start(workflow: str, input: dict[str, Any]) -> WorkflowInstance:
+        instance, _ = engine.instance_start(workflow=workflow, input=input, started_by=alice)
+        _run_scheduled(instance)
+        return WorkflowInstance.objects.get(pk=instance.pk)
+
+    expense_input = {"currency": "EUR", "description": "Taxi", "requester": "alice"}
+    expense = start("expense_approval", {**expense_input, "amount": 120})
+    failed = start("expense_approval", {**expense_input, "amount": -1})
+    waiting = start("customer_onboarding", {"customer": "ACME", "plan": "team"})
+    approval = ApprovalRequest.objects.get(instance=expense, step_name="manager_approval")
+    assert approval.state == "pending" and failed.state == "failed"
+    assert StepRun.objects.get(instance=waiting, name="setup_completed").state == "waiting"
+    now = timezone.now()
+    links = {
+        "bob": notifications.token_issue(approval, users["assignee"], now, "assigned"),
+        "carol": notifications.token_issue(approval, users["other"], now, "assigned"),
+        "alice": notifications.token_issue(approval, alice, now, "assigned"),
+    }
+    tokens = {
+        role: Token.objects.create(user=user).key for role, user in users.items() if role != "other"
+    }
+    return World(users, tokens, expense, approval, failed, waiting, links)
+
+
+@pytest.fixture(scope="module")
+def module_world(django_db_setup: Any, django_db_blocker: Any) -> Iterator[World]:
+    """Made once, in a transaction rolled back after the module; every cell runs in a
+    savepoint inside it (``db``), so each starts from the same state."""
+    with django_db_blocker.unblock():
+        atomic = transaction.atomic()
+        atomic.__enter__()
+        try:
+            yield _make_world()
+        finally:
+            transaction.set_rollback(True)
+            atomic.__exit__(None, None, None)
+
+
+@pytest.fixture
+def world(module_world: World, db: Any) -> World:
+    cache.clear()  # email-link failure counters
+    return module_world
+
+
+def snapshot() -> tuple:
+    """Everything a request could change."""
+    return (
+        WorkflowInstance.objects.count(),
+        sorted(WorkflowInstance.objects.values_list("state", flat=True)),
+        sorted(StepRun.objects.values_list("state", flat=True)),
+        Event.objects.count(),
+        sorted(ApprovalRequest.objects.values_list("state", flat=True)),
+        Decision.objects.count(),
+        ActionToken.objects.filter(used_at__isnull=False).count(),
+    )
+
+
+# -- operations ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Op:
+    call: Callable[[Client, World], HttpResponse]
+    api: bool = False  # token auth (else a session)
+    writes: bool = False
+    # For lists: whether the response lists the row the matrix is about.
+    listed: Callable[[HttpResponse, World], bool] | None = None
+
+
+def _json(client: Client, method: str, path: str, body: Any = None) -> HttpResponse:
+    data = json.dumps(body) if body is not None else None
+    return getattr(client, method)(path, data=data, content_type="application/json")
+
+
+def _ids(response: HttpResponse) -> set[str]:
+    return {str(item["id"]) for item in response.json()["results"]}
+
+
+def _bulk_cancel(client: Client, w: World) -> HttpResponse:
+    return client.post(
+        "/admin/orchestration/workflowinstance/",
+        {
+            "action": "op_cancel",
+            "_selected_action": [str(w.expense.pk)],
+            "index": "0",
+            "confirm": "1",
+            "reason": "matrix",
+        },
+    )
+
+
+OPS: dict[str, Op] = {
+    # REST API, token auth
+    "GET /api/v1/workflows/": Op(lambda c, w: c.get("/api/v1/workflows/"), api=True),
+    "GET /api/v1/instances/": Op(
+        lambda c, w: c.get("/api/v1/instances/"),
+        api=True,
+        listed=lambda r, w: str(w.expense.pk) in _ids(r),
+    ),
+    "GET /api/v1/instances/{id}/": Op(
+        lambda c, w: c.get(f"/api/v1/instances/{w.expense.pk}/"), api=True
+    ),
+    "GET /api/v1/instances/{id}/history/": Op(
+        lambda c, w: c.get(f"/api/v1/instances/{w.expense.pk}/history/"), api=True
+    ),
+    "POST /api/v1/instances/": Op(
+        lambda c, w: _json(c, "post", "/api/v1/instances/", {"workflow": "t_sequence"}),
+        api=True,
+        writes=True,
+    ),
+    "POST /api/v1/instances/{id}/cancel/": Op(
+        lambda c, w: _json(c, "post", f"/api/v1/instances/{w.expense.pk}/cancel/", {}),
+        api=True,
+        writes=True,
+    ),
+    "POST /api/v1/instances/{id}/retry/ (failed)": Op(
+        lambda c, w: _json(c, "post", f"/api/v1/instances/{w.failed.pk}/retry/"),
+        api=True,
+        writes=True,
+    ),
+    "POST /api/v1/instances/{id}/signals/{name}/": Op(
+        lambda c, w: _json(
+            c, "post", f"/api/v1/instances/{w.waiting.pk}/signals/setup_completed/", {"seats": 3}
+        ),
+        api=True,
+        writes=True,
+    ),
+    "GET /api/v1/approvals/": Op(
+        lambda c, w: c.get("/api/v1/approvals/"),
+        api=True,
+        listed=lambda r, w: str(w.approval.pk) in _ids(r),
+    ),
+    "GET /api/v1/approvals/{id}/": Op(
+        lambda c, w: c.get(f"/api/v1/approvals/{w.approval.pk}/"), api=True
+    ),
+    "POST /api/v1/approvals/{id}/approve/": Op(
+        lambda c, w: _json(c, "post", f"/api/v1/approvals/{w.approval.pk}/approve/", {}),
+        api=True,
+        writes=True,
+    ),
+    "POST /api/v1/approvals/{id}/reject/": Op(
+        lambda c, w: _json(
+            c, "post", f"/api/v1/approvals/{w.approval.pk}/reject/", {"comment": "no"}
+        ),
+        api=True,
+        writes=True,
+    ),
+    # the inbox
+    "GET /inbox/": Op(
+        lambda c, w: c.get("/inbox/"),
+        listed=lambda r, w: f"/inbox/{w.approval.pk}/" in r.content.decode(),
+    ),
+    "GET /inbox/{id}/": Op(lambda c, w: c.get(f"/inbox/{w.approval.pk}/")),
+    "POST /inbox/{id}/decide/": Op(
+        lambda c, w: c.post(f"/inbox/{w.approval.pk}/decide/", {"outcome": "approve"}),
+        writes=True,
+    ),
+    # the status page
+    "GET /instances/{id}/": Op(lambda c, w: c.get(f"/instances/{w.expense.pk}/")),
+    "GET /instances/{id}/history.json": Op(
+        lambda c, w: c.get(f"/instances/{w.expense.pk}/history.json")
+    ),
+    "POST /instances/{id}/actions/cancel/": Op(
+        lambda c, w: c.post(
+            f"/instances/{w.expense.pk}/actions/cancel/", {"confirm": "1", "reason": "x"}
+        ),
+        writes=True,
+    ),
+    # the admin
+    "GET admin: instances changelist": Op(
+        lambda c, w: c.get("/admin/orchestration/workflowinstance/")
+    ),
+    "GET admin: instance change view": Op(
+        lambda c, w: c.get(f"/admin/orchestration/workflowinstance/{w.expense.pk}/change/")
+    ),
+    "POST admin: bulk action cancel": Op(_bulk_cancel, writes=True),
+    "POST admin: instance operate cancel": Op(
+        lambda c, w: c.post(
+            f"/admin/orchestration/workflowinstance/{w.expense.pk}/operate/cancel/",
+            {"confirm": "1", "reason": "x"},
+        ),
+        writes=True,
+    ),
+    "POST admin: approval decide on behalf of bob": Op(
+        lambda c, w: c.post(
+            f"/admin/approvals/approvalrequest/{w.approval.pk}/decide/",
+            {
+                "confirm": "1",
+                "assignee": "bob",
+                "outcome": "approve",
+                "comment": "",
+                "reason": "by phone",
+            },
+        ),
+        writes=True,
+    ),
+}
+
+# fmt: off
+# The policy. Columns: anonymous, requester, assignee, staff, viewer, operator, superuser.
+MATRIX: dict[str, tuple[Any, ...]] = {
+    "GET /api/v1/workflows/":                       (401, 200, 200, 200, 200, 200, 200),
+    "GET /api/v1/instances/":                       (401, LISTED, HIDDEN, LISTED, LISTED, LISTED, LISTED),  # noqa: E501
+    "GET /api/v1/instances/{id}/":                  (401, 200, 404, 200, 200, 200, 200),
+    "GET /api/v1/instances/{id}/history/":          (401, 200, 404, 200, 200, 200, 200),
+    "POST /api/v1/instances/":                      (401, 201, 201, 201, 201, 201, 201),
+    "POST /api/v1/instances/{id}/cancel/":          (401, 200, 404, 403, 403, 200, 200),
+    "POST /api/v1/instances/{id}/retry/ (failed)":  (401, 200, 404, 403, 403, 200, 200),
+    "POST /api/v1/instances/{id}/signals/{name}/":  (401, 202, 404, 403, 403, 202, 202),
+    "GET /api/v1/approvals/":                       (401, HIDDEN, LISTED, HIDDEN, HIDDEN, HIDDEN, HIDDEN),  # noqa: E501
+    "GET /api/v1/approvals/{id}/":                  (401, 200, 200, 200, 200, 200, 200),
+    "POST /api/v1/approvals/{id}/approve/":         (401, 403, 200, 403, 403, 403, 403),
+    "POST /api/v1/approvals/{id}/reject/":          (401, 403, 200, 403, 403, 403, 403),
+    "GET /inbox/":                                  (LOGIN, HIDDEN, LISTED, HIDDEN, HIDDEN, HIDDEN, HIDDEN),  # noqa: E501
+    "GET /inbox/{id}/":                             (LOGIN, 200, 200, 200, 200, 200, 200),
+    "POST /inbox/{id}/decide/":                     (LOGIN, 403, DONE, 403, 403, 403, 403),
+    "GET /instances/{id}/":                         (LOGIN, 200, 404, 200, 200, 200, 200),
+    "GET /instances/{id}/history.json":             (LOGIN, 200, 404, 200, 200, 200, 200),
+    "POST /instances/{id}/actions/cancel/":         (LOGIN, 403, 404, 403, 403, DONE, DONE),
+    "GET admin: instances changelist":              (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, 200, 200, 200),  # noqa: E501
+    "GET admin: instance change view":              (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, 200, 200, 200),  # noqa: E501
+    "POST admin: bulk action cancel":               (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, 403, DONE, DONE),  # noqa: E501
+    "POST admin: instance operate cancel":          (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 404, 403, DONE, DONE),  # noqa: E501
+    "POST admin: approval decide on behalf of bob": (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 404, 403, DONE, DONE),  # noqa: E501
+}
+# fmt: on
+
+CELLS = [
+    pytest.param(name, role, expected, id=f"{name} | {role}")
+    for name, row in MATRIX.items()
+    for role, expected in zip(ROLES, row, strict=True)
+]
+
+
+def client_for(role: str, w: World, *, api: bool, **kwargs: Any) -> Client:
+    if api:
+        client = APIClient(**kwargs)
+        if role != "anonymous":
+            client.credentials(HTTP_AUTHORIZATION=f"Token {w.tokens[role]}")
+        return client
+    client = Client(**kwargs)
+    if role != "anonymous":
+        client.force_login(w.users[role])
+    return client
+
+
+def outcome(op: Op, response: HttpResponse, w: World) -> Any:
+    if response.status_code == 302:
+        location = response["Location"]
+        if location.startswith("/accounts/login/"):
+            return LOGIN
+        if location.startswith("/admin/login/"):
+            return ADMIN_LOGIN
+        return DONE
+    if op.listed is not None and response.status_code == 200:
+        return LISTED if op.listed(response, w) else HIDDEN
+    return response.status_code
+
+
+def test_the_matrix_covers_every_operation_and_role() -> None:
+    assert set(MATRIX) == set(OPS)
+    assert all(len(row) == len(ROLES) for row in MATRIX.values())
+    assert set(ROLE_HELP) == set(ROLES)
+
+
+@pytest.mark.parametrize(("operation", "role", "expected"), CELLS)
+def test_authorization_matrix(world: World, operation: str, role: str, expected: Any) -> None:
+    op = OPS[operation]
+    client = client_for(role, world, api=op.api)
+    before = snapshot()
+    response = op.call(client, world)
+    got = outcome(op, response, world)
+    assert got == expected, (
+        f"{operation} as {role} ({ROLE_HELP[role]}): expected {expected}, got {got} "
+        f"{response.content[:300]!r}"
+    )
+    if op.writes and got in (200, 201, 202, DONE):
+        assert snapshot() != before, f"{operation} as {role} answered {got} but changed nothing"
+    else:
+        assert snapshot() == before, f"{operation} as {role} changed data"
+
+
+# -- no self-approval by naming someone else as the requester ------------------------------------
+
+
+@pytest.mark.parametrize("channel", ["api", "inbox"])
+def test_a_manager_cannot_approve_an_expense_he_started_in_someone_elses_name(
+    world: World, channel: str
+) -> None:
+    """bob (a manager) starts an expense whose input names alice as the requester. The
+    approval request then records alice as its requester, and nothing stops bob from
+    approving what he himself asked for: the person who started the instance must count as
+    a requester too (or the requester must be checked against the starter)."""
+    bob = client_for("assignee", world, api=True)
+    started = _json(
+        bob,
+        "post",
+        "/api/v1/instances/",
+        {
+            "workflow": "expense_approval",
+            "input": {"amount": 900, "currency": "EUR", "description": "TV", "requester": "alice"},
+        },
+    )
+    assert started.status_code == 201, started.content
+    instance = WorkflowInstance.objects.get(pk=started.json()["id"])
+    _run_scheduled(instance)
+    approval = ApprovalRequest.objects.get(instance=instance, step_name="manager_approval")
+    before = snapshot()
+    if channel == "api":
+        response = _json(bob, "post", f"/api/v1/approvals/{approval.pk}/approve/", {})
+    else:
+        html = client_for("assignee", world, api=False)
+        response = html.post(f"/inbox/{approval.pk}/decide/", {"outcome": "approve"})
+    assert response.status_code == 403, f"bob approved his own expense: {response.status_code}"
+    assert snapshot() == before
+
+
+# -- email links: the link's person, once, with the page's CSRF token -----------------------------
+
+
+def _csrf_post(client: Client, url: str, data: dict[str, str]) -> HttpResponse:
+    """POST as a browser does: with the CSRF token of the page (GET) first."""
+    client.get(url)
+    return client.post(url, {**data, "csrfmiddlewaretoken": client.cookies["csrftoken"].value})
+
+
+def _tampered(signed: str) -> str:
+    return signed[:-3] + ("xyz" if not signed.endswith("xyz") else "abc")
+
+
+LINK_CASES: dict[str, tuple[Callable[[World], HttpResponse], int, bool]] = {
+    # name: (request, status, whether it decides)
+    "GET bob's link shows the request and changes nothing": (
+        lambda w: Client(enforce_csrf_checks=True).get(f"/a/{w.links['bob']}/"),
+        200,
+        False,
+    ),
+    "POST bob's link with the page's CSRF token decides, as bob": (
+        lambda w: _csrf_post(
+            Client(enforce_csrf_checks=True), f"/a/{w.links['bob']}/", {"outcome": "approve"}
+        ),
+        200,
+        True,
+    ),
+    "POST bob's link without the page's CSRF token": (
+        lambda w: Client(enforce_csrf_checks=True).post(
+            f"/a/{w.links['bob']}/", {"outcome": "approve"}
+        ),
+        403,
+        False,
+    ),
+    "POST without a token (/a/not-a-token/)": (
+        lambda w: _csrf_post(
+            Client(enforce_csrf_checks=True), "/a/not-a-token/", {"outcome": "approve"}
+        ),
+        400,
+        False,
+    ),
+    "POST bob's link, tampered": (
+        lambda w: _csrf_post(
+            Client(enforce_csrf_checks=True),
+            f"/a/{_tampered(w.links['bob'])}/",
+            {"outcome": "approve"},
+        ),
+        400,
+        False,
+    ),
+    "POST carol's link (not an assignee)": (
+        lambda w: _csrf_post(
+            Client(enforce_csrf_checks=True), f"/a/{w.links['carol']}/", {"outcome": "approve"}
+        ),
+        403,
+        False,
+    ),
+    "POST alice's link (her own request)": (
+        lambda w: _csrf_post(
+            Client(enforce_csrf_checks=True), f"/a/{w.links['alice']}/", {"outcome": "approve"}
+        ),
+        403,
+        False,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", LINK_CASES.keys())
+def test_email_link(world: World, case: str) -> None:
+    make_request, status, decides = LINK_CASES[case]
+    before = snapshot()
+    response = make_request(world)
+    assert response.status_code == status, response.content[:300]
+    if decides:
+        decision = Decision.objects.get(request=world.approval)
+        assert decision.decided_by == world.users["assignee"]
+        assert decision.channel == "email"
+    else:
+        assert snapshot() == before
+
+
+def test_email_link_acts_as_its_person_once_whoever_is_logged_in(world: World) -> None:
+    """The link is the credential: alice's session does not make bob's link hers, and the
+    link works once."""
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(world.users["requester"])
+    url = f"/a/{world.links['bob']}/"
+    assert _csrf_post(client, url, {"outcome": "approve"}).status_code == 200
+    decision = Decision.objects.get(request=world.approval)
+    assert decision.decided_by == world.users["assignee"]
+    before = snapshot()
+    again = _csrf_post(Client(enforce_csrf_checks=True), url, {"outcome": "reject"})
+    assert again.status_code == 410
+    assert snapshot() == before
+
+
+# -- CSRF: a session is not enough to act --------------------------------------------------------
+
+
+CSRF_CASES: dict[str, tuple[str, Callable[[Client, World], HttpResponse]]] = {
+    "inbox decide": ("assignee", OPS["POST /inbox/{id}/decide/"].call),
+    "API approve with a session": (
+        "assignee",
+        OPS["POST /api/v1/approvals/{id}/approve/"].call,
+    ),
+    "API cancel with a session": ("requester", OPS["POST /api/v1/instances/{id}/cancel/"].call),
+    "status page cancel": ("operator", OPS["POST /instances/{id}/actions/cancel/"].call),
+    "admin bulk cancel": ("operator", _bulk_cancel),
+}
+
+
+@pytest.mark.parametrize("case", CSRF_CASES.keys())
+def test_session_posts_without_a_csrf_token_are_refused(world: World, case: str) -> None:
+    role, call = CSRF_CASES[case]
+    client = client_for(role, world, api=False, enforce_csrf_checks=True)
+    before = snapshot()
+    response = call(client, world)
+    assert response.status_code == 403, response.content[:300]
+    assert snapshot() == before
+
+
+# -- Django's deployment checklist ---------------------------------------------------------------
+
+
+def production_env(tmp_path: Path) -> dict[str, str]:
+    """The environment of a production web process (docker-compose, behind a TLS proxy)."""
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(tmp_path),
+        "LANG": "C.UTF-8",
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+        "DEBUG": "0",
+        "SECRET_KEY": secrets.token_urlsafe(64),
+        "ALLOWED_HOSTS": "signoff.example.com",
+        "CSRF_TRUSTED_ORIGINS": "https://signoff.example.com",
+        "SIGNOFF_BASE_URL": "https://signoff.example.com",
+        # HTTPS only: secure cookies, redirect to https, HSTS; TLS ends at the proxy.
+        "SIGNOFF_HTTPS": "1",
+        "SIGNOFF_BEHIND_PROXY": "1",
+        "DATABASE_URL": "postgres://signoff@db:5432/signoff",
+        "CELERY_BROKER_URL": "redis://redis:6379/0",
+        "SIGNOFF_DATA_DIR": str(tmp_path / "var"),
+        "STATIC_ROOT": str(tmp_path / "static"),
+    }
+
+
+def test_check_deploy_is_clean_under_production_settings(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "DEBUG"],
+        cwd=ROOT,
+        env=production_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "System check identified no issues (0 silenced)." in output, output
