@@ -1,0 +1,293 @@
+"""REST API for approvals: the caller's inbox, one request, and deciding it.
+
+Reads go through :mod:`approvals.selectors`, decisions through
+:func:`approvals.services.approval_decide` (channel ``api``), the same service the web inbox
+and email links use, so the rules and the errors are the same everywhere. Business errors
+become JSON in one place, :func:`orchestration.api.errors.exception_handler`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.db.models import CharField, QuerySet, Value
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from approvals import selectors, services
+from approvals.models import ApprovalRequest, Channel, Decision, Outcome, RequestState
+from orchestration.api.pagination import CheckedCursorPagination
+from orchestration.api.serializers import ErrorSerializer
+from orchestration.api.views import ApiView
+from orchestration.errors import InvalidInput, NotAllowed, NotFound
+from orchestration.selectors import can_see_all_instances
+
+from .serializers import (
+    ASSIGNEES,
+    DECISIONS,
+    ApprovalRequestDetailSerializer,
+    ApprovalRequestSerializer,
+    DecideSerializer,
+)
+
+User = get_user_model()
+AssignedUser = ApprovalRequest.assignee_users.through
+AssignedGroup = ApprovalRequest.assignee_groups.through
+
+# What a list item shows (ApprovalRequestSerializer); the rest of the row stays in the table.
+LIST_COLUMNS = [
+    "id",
+    "title",
+    "workflow",
+    "business_key",
+    "step_name",
+    "state",
+    "policy",
+    "quorum",
+    "fields",
+    "requester_id",
+    f"requester__{User.USERNAME_FIELD}",
+    "created_at",
+    "due_at",
+    "resolved_at",
+    "instance_id",
+]
+
+STATES = {
+    "pending": "what the caller may decide now (default)",
+    "decided": "what the caller decided",
+    "all": "everything the caller is or was assigned, or decided",
+}
+
+
+class ApprovalPagination(CheckedCursorPagination):
+    # The order of the pending partial index (approval_pending_created), so a pending page
+    # is a walk of that index that stops after one page; no COUNT.
+    page_size = 50
+    ordering = ("-created_at", "-id")
+    max_page_size = 200
+
+
+class CreationOrderPagination(ApprovalPagination):
+    # state=all: every state, newest first. No index orders all requests by created_at, so
+    # that order would sort everything the caller can see (seconds at 1,000,000 rows); the
+    # id is the creation order too, and the primary key walks in it.
+    ordering = ("-id",)
+
+
+def _errors(*codes: int) -> dict[int, OpenApiResponse]:
+    """Schema of the error responses an operation may give (besides 401)."""
+    described = {
+        400: "Invalid input or filter: detail, code and, for field errors, fields.",
+        403: "Not an assignee (code not_assignee), or the caller's own request "
+        "(code self_approval).",
+        404: "No such request, or not one the caller may see.",
+        409: 'Already decided (code already_decided): "already approved by X at T".',
+        413: "Request body over SIGNOFF_MAX_REQUEST_BYTES.",
+        401: "Not authenticated.",
+    }
+    return {
+        code: OpenApiResponse(ErrorSerializer, description=described[code])
+        for code in (*codes, 401)
+    }
+
+
+def attach_assignees(requests: list[ApprovalRequest]) -> list[ApprovalRequest]:
+    """Set the assigned users' and groups' names on each request: one query for a whole
+    page (both assignment tables, UNION ALL), names only, no model instances."""
+    names: dict[int, dict[str, list[str]]] = {r.pk: {"users": [], "groups": []} for r in requests}
+    if names:
+        users = (
+            AssignedUser.objects.filter(approvalrequest_id__in=names)
+            .annotate(kind=Value("users", output_field=CharField()))
+            .values_list("approvalrequest_id", "kind", f"user__{User.USERNAME_FIELD}")
+        )
+        groups = (
+            AssignedGroup.objects.filter(approvalrequest_id__in=names)
+            .annotate(kind=Value("groups", output_field=CharField()))
+            .values_list("approvalrequest_id", "kind", "group__name")
+        )
+        for request_id, kind, name in users.union(groups, all=True):
+            names[request_id][kind].append(name)
+    for request in requests:
+        found = names[request.pk]
+        setattr(
+            request, ASSIGNEES, {"users": sorted(found["users"]), "groups": sorted(found["groups"])}
+        )
+    return requests
+
+
+def _filter_value(name: str, value: str | None) -> str | None:
+    if value is not None and "\x00" in value:
+        # PostgreSQL cannot compare text with NUL: a 400, not a 500.
+        raise InvalidInput(f"{name} must not contain NUL characters", code="invalid_filter")
+    return value or None
+
+
+def approval_list(
+    *, user: Any, state: str | None, workflow: str | None, business_key: str | None
+) -> QuerySet[ApprovalRequest]:
+    """The list's query from its query parameters (unordered: the pagination orders it);
+    an unknown ``state`` or a NUL in a filter is :class:`InvalidInput`."""
+    state = "pending" if state is None else state
+    if state == "pending":
+        qs = selectors.decidable_by(user)
+    elif state == "decided":
+        qs = selectors.decided_by(user)
+    elif state == "all":
+        qs = selectors.visible_to(user)
+    else:
+        raise InvalidInput(
+            f"unknown state {state!r}; one of {', '.join(STATES)}", code="invalid_filter"
+        )
+    if _filter_value("workflow", workflow):
+        qs = qs.filter(workflow=workflow)
+    if _filter_value("business_key", business_key):
+        qs = qs.filter(business_key=business_key)
+    # With attach_assignees, two queries for any page.
+    return qs.select_related("requester").only(*LIST_COLUMNS)
+
+
+def _detail(request: Request, approval_id: int) -> Response:
+    """The request as the caller may see it, or 404."""
+    user = request.user
+    obj = selectors.request_for(user, approval_id)
+    if obj is None:
+        raise NotFound("approval request not found")
+    attach_assignees([obj])
+    decisions = Decision.objects.filter(request=obj).select_related(
+        "decided_by", "assignee", "via_group"
+    )
+    setattr(obj, DECISIONS, list(decisions.order_by("at", "id")))
+    can_decide = (
+        obj.state == RequestState.PENDING
+        and selectors.decidable_by(user).filter(pk=obj.pk).exists()
+    )
+    instance_visible = obj.instance.started_by_id == user.pk or can_see_all_instances(user)
+    context = {"can_decide": can_decide, "instance_visible": instance_visible}
+    return Response(ApprovalRequestDetailSerializer(obj, context=context).data)
+
+
+class ApprovalListView(ApiView):
+    # Read by drf-spectacular too, which then documents the paginated envelope.
+    pagination_class = ApprovalPagination
+
+    @extend_schema(
+        operation_id="approvals_list",
+        summary="The caller's approval requests",
+        tags=["approvals"],
+        description="Newest first (state=all: in creation order, by id), cursor-paginated "
+        "(no total count). By default what the "
+        "caller may decide now: assigned directly, through a group, or to someone who "
+        "delegated to them, not their own request, not already decided by them.",
+        parameters=[
+            OpenApiParameter(
+                "state",
+                str,
+                enum=list(STATES),
+                description="; ".join(f"{k}: {v}" for k, v in STATES.items()),
+            ),
+            OpenApiParameter("workflow", str, description="Workflow name."),
+            OpenApiParameter("business_key", str),
+        ],
+        responses={
+            200: ApprovalRequestSerializer(many=True),
+            **_errors(400),
+            404: OpenApiResponse(
+                ErrorSerializer,
+                description="Invalid cursor: a cursor that is not one the API gave.",
+            ),
+        },
+    )
+    def get(self, request: Request) -> Response:
+        state = request.query_params.get("state")
+        qs = approval_list(
+            user=request.user,
+            state=state,
+            workflow=request.query_params.get("workflow"),
+            business_key=request.query_params.get("business_key"),
+        )
+        paginator = CreationOrderPagination() if state == "all" else self.pagination_class()
+        page = attach_assignees(paginator.paginate_queryset(qs, request, view=self) or [])
+        return paginator.get_paginated_response(ApprovalRequestSerializer(page, many=True).data)
+
+
+class ApprovalDetailView(ApiView):
+    @extend_schema(
+        operation_id="approvals_retrieve",
+        summary="One approval request with its decisions",
+        tags=["approvals"],
+        description="Visible to its assignees (and their delegates), whoever decided it, its "
+        "requester and staff; 404 for anyone else.",
+        responses={200: ApprovalRequestDetailSerializer, **_errors(404)},
+    )
+    def get(self, request: Request, pk: int) -> Response:
+        return _detail(request, pk)
+
+
+class _DecideView(ApiView):
+    outcome: str
+
+    def post(self, request: Request, pk: int) -> Response:
+        _check_may_address(request.user, pk)
+        serializer = DecideSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        services.approval_decide(
+            request_id=pk,
+            user=request.user,
+            outcome=self.outcome,
+            comment=serializer.validated_data["comment"],
+            channel=Channel.API,
+        )
+        return _detail(request, pk)
+
+
+def _check_may_address(user: Any, approval_id: int) -> None:
+    """404 for an unknown id; 403 for a request the caller has no part in, before the
+    service could tell them who decided it and when."""
+    if selectors.request_for(user, approval_id) is not None:
+        return
+    if ApprovalRequest.objects.filter(pk=approval_id).exists():
+        raise NotAllowed("you are not an assignee of this request", code="not_assignee")
+    raise NotFound("approval request not found")
+
+
+DECIDE_DESCRIPTION = (
+    "Decides through the same service as the web inbox and email links (channel api). Only "
+    "a current assignee (directly, through a group, or as an active delegate) may decide, not "
+    "on their own request; one decision per person. Answers the request as it is afterwards: "
+    "resolved under policy any, possibly still pending under all or quorum."
+)
+
+
+class ApprovalApproveView(_DecideView):
+    outcome = Outcome.APPROVE
+
+    @extend_schema(
+        operation_id="approvals_approve",
+        summary="Approve",
+        tags=["approvals"],
+        description=DECIDE_DESCRIPTION,
+        request=DecideSerializer,
+        responses={200: ApprovalRequestDetailSerializer, **_errors(400, 403, 404, 409, 413)},
+    )
+    def post(self, request: Request, pk: int) -> Response:
+        return super().post(request, pk)
+
+
+class ApprovalRejectView(_DecideView):
+    outcome = Outcome.REJECT
+
+    @extend_schema(
+        operation_id="approvals_reject",
+        summary="Reject",
+        tags=["approvals"],
+        description=DECIDE_DESCRIPTION + " A comment is required unless the step says "
+        "otherwise (400, code comment_required).",
+        request=DecideSerializer,
+        responses={200: ApprovalRequestDetailSerializer, **_errors(400, 403, 404, 409, 413)},
+    )
+    def post(self, request: Request, pk: int) -> Response:
+        return super().post(request, pk)
