@@ -94,6 +94,11 @@ class ApprovalRequest(FSMModelMixin, models.Model):
                 condition=Q(state="pending"),
             ),
             models.Index(fields=["state", "-created_at"], name="approval_state_created"),
+            models.Index(
+                fields=["workflow", "-created_at", "-id"],
+                name="approval_pending_workflow",
+                condition=Q(state="pending"),
+            ),
             models.Index(fields=["business_key"], name="approval_business_key"),
         ]
 

@@ -1,0 +1,900 @@
+"""Inbox benchmark: the approvals API list and the HTML inbox on 1,000,000 approval rows.
+
+Run it with ``.venv/bin/python bench/inbox.py`` (``--help`` for the knobs). It needs
+PostgreSQL on 127.0.0.1:5432 (override with ``SIGNOFF_BENCH_INBOX_DATABASE_URL``). It creates
+the database ``signoff_bench_inbox`` when missing, migrates it (``manage.py migrate`` with
+``DATABASE_URL``), seeds it unless the same seed is already there, times the pages in this
+process, prints one table and writes ``bench/results/inbox.json``. No worker, no Redis.
+
+The data
+--------
+1,000,000 approval requests (each with its workflow instance and its ``approve`` step run),
+of which 100,000 are pending (every tenth, so they are spread over the whole year of
+``created_at``), across 20 workflows (``bench_wf_00`` .. ``bench_wf_19``, registered in this
+process so the pages can find their definitions) and 500 users (``bench_u000`` ..
+``bench_u499``) in 20 groups of 25 (``bench_u<i>`` is in ``bench_g<i % 20>``). Every request
+is assigned to one group; every fifth also to one member of that group directly. The pending
+ones go round the groups, so each group (and each of its members) may decide exactly 5,000.
+The requester is always from another group. Of the 900,000 resolved requests 70 % are
+approved, 20 % rejected (each with one decision by a member of the group), 5 % expired and
+5 % cancelled. Pending instances carry six history events each, so the detail page has a
+history to show.
+
+The seed is generated inside PostgreSQL (``INSERT ... SELECT`` over ``generate_series``, foreign
+key triggers off for the session), with every column this script does not set taken from the
+model's default, so new columns with defaults need no change here. A table
+``bench_inbox_seed`` records the layout; the next run reuses the rows when it matches.
+
+What is timed
+-------------
+For ``bench_u000`` (5,000 pending requests through ``bench_g00``): 50 requests each, after 5
+for warm-up, through Django's test ``Client`` in this process, so the full middleware stack,
+authentication (an API token, or the session for HTML pages), the view, serialization or
+template rendering, and the database round trips are in; the HTTP server and the network are
+not. The query count of every request is recorded (through ``connection.execute_wrapper``).
+Detail pages cycle through 50 different pending requests. p99 of 50 samples is the largest
+but one (linear interpolation between closest ranks).
+
+Then ``EXPLAIN (ANALYZE, BUFFERS)`` of each list's main query, exactly as the view builds it,
+to check that the pending list walks the partial index ``approval_pending_created``, and of
+``request_for``'s query (the detail pages).
+
+Two modes (``--mode both``, the default, runs them one after the other): ``current``, the
+code as it is, and ``proposed``, with the selector change and the index proposed for
+``approvals/selectors.py`` and ``approvals/models.py`` (``PROPOSED_SELECTORS`` and
+``PROPOSED_INDEX_SQL`` below) swapped in, in this process and this database only. The
+proposed index is dropped again at the end, so the next ``current`` run measures the code as
+it is.
+
+Noise: 2 cores shared with PostgreSQL and whatever else runs (other people's tests). The load
+average is recorded; compare runs taken under similar load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+# Run as a script: import from the project root, and never shadow modules from bench/.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+sys.path.insert(0, str(ROOT))
+
+DB_URL = os.environ.get(
+    "SIGNOFF_BENCH_INBOX_DATABASE_URL",
+    "postgres://postgres@127.0.0.1:5432/signoff_bench_inbox",
+)
+
+# The layout; a change here reseeds.
+LAYOUT = {
+    "requests": 1_000_000,
+    "pending_every": 10,  # 100,000 pending
+    "workflows": 20,
+    "users": 500,
+    "groups": 20,
+    "direct_every": 5,  # every fifth request is also assigned to one user directly
+    "events_per_pending": 6,
+    "version": 1,
+}
+TARGET = "bench_u000"
+
+AIMS = {
+    "api_list": 15.0,
+    "html_list": 50.0,
+    "html_detail": 50.0,
+}
+
+
+def log(message: str) -> None:
+    print(f"[inbox {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def loadavg() -> list[float]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def pct(values: list[float], p: float) -> float:
+    data = sorted(values)
+    rank = (len(data) - 1) * p / 100
+    low = int(rank)
+    high = min(low + 1, len(data) - 1)
+    return data[low] + (data[high] - data[low]) * (rank - low)
+
+
+# -- database -----------------------------------------------------------------------------------
+
+
+def admin_url() -> str:
+    return urlunsplit(urlsplit(DB_URL)._replace(path="/postgres"))
+
+
+def db_name() -> str:
+    return urlsplit(DB_URL).path.lstrip("/")
+
+
+def ensure_database() -> None:
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(admin_url(), autocommit=True, connect_timeout=5) as conn:
+        found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db_name(),))
+        if found.fetchone() is None:
+            log(f"creating database {db_name()}")
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db_name())))
+
+
+def migrate() -> None:
+    env = dict(os.environ, DATABASE_URL=DB_URL, DJANGO_SETTINGS_MODULE="config.settings")
+    # --skip-checks: the start-up check for unregistered definitions in use would count the
+    # open instances of every bench workflow (registered only in this process) and fail.
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--noinput", "--skip-checks", "-v", "0"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+    )
+
+
+def setup_django() -> None:
+    os.environ["DATABASE_URL"] = DB_URL
+    os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings"
+    os.environ.setdefault("LOG_LEVEL", "WARNING")
+    import django
+
+    django.setup()
+    from django.test.utils import setup_test_environment
+
+    # ALLOWED_HOSTS gets "testserver", DEBUG stays off (no query log), mail stays in memory.
+    setup_test_environment(debug=False)
+
+
+def register_workflows() -> None:
+    """The 20 bench workflows: one approval step ``approve`` for a group."""
+    from approvals.definitions import approval
+    from orchestration.definitions import Workflow, registry
+
+    for i in range(LAYOUT["workflows"]):
+        name = f"bench_wf_{i:02d}"
+        if registry.get(name, 1) is not None:
+            continue
+        wf = Workflow(name, version=1, description="inbox benchmark")
+        approval(wf, "approve", groups=[f"bench_g{i:02d}"], title="Expense {input[n]}")
+        registry.register(wf)
+
+
+# -- seed ---------------------------------------------------------------------------------------
+
+
+def _other_columns(model: Any, explicit: list[str]) -> tuple[list[str], list[str], list[Any]]:
+    """Every concrete column of ``model`` that the seed does not set, as SQL placeholders
+    with the model's default (cast to the column type) and their parameters."""
+    from django.db import connection
+    from django.db.models import NOT_PROVIDED
+    from django.db.models.fields import AutoFieldMixin
+
+    columns, placeholders, params = [], [], []
+    for field in model._meta.concrete_fields:
+        if field.column in explicit or isinstance(field, AutoFieldMixin):
+            continue
+        if getattr(field, "db_default", NOT_PROVIDED) is not NOT_PROVIDED:
+            continue  # the database fills it
+        value = field.get_default()
+        if value is None and not field.null:
+            raise SystemExit(
+                f"{model.__name__}.{field.name} is required and has no default: "
+                "teach bench/inbox.py a value for it"
+            )
+        columns.append(connection.ops.quote_name(field.column))
+        placeholders.append(f"%s::{field.db_type(connection)}")
+        params.append(field.get_db_prep_save(value, connection))
+    return columns, placeholders, params
+
+
+def insert_select(model_or_table: Any, values: dict[str, str], source: str) -> int:
+    """``INSERT INTO <table> (<columns>) SELECT <expressions> FROM <source>``; columns not in
+    ``values`` get the model's default."""
+    from django.db import connection
+
+    if isinstance(model_or_table, str):
+        table, extra = model_or_table, ([], [], [])
+    else:
+        table = model_or_table._meta.db_table
+        extra = _other_columns(model_or_table, list(values))
+    params = extra[2]
+    columns = [connection.ops.quote_name(c) for c in values] + extra[0]
+    # With parameters, a literal % (SQL's modulo) must be doubled.
+    expressions = [e.replace("%", "%%") if params else e for e in values.values()] + extra[1]
+    sql = (
+        f"INSERT INTO {connection.ops.quote_name(table)} ({', '.join(columns)}) "
+        f"SELECT {', '.join(expressions)} FROM {source}"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params or None)
+        return cursor.rowcount
+
+
+def seed_matches() -> bool:
+    from django.db import connection
+
+    from approvals.models import ApprovalRequest
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT to_regclass('bench_inbox_seed') IS NOT NULL")
+        if not cursor.fetchone()[0]:
+            return False
+        cursor.execute("SELECT layout FROM bench_inbox_seed")
+        row = cursor.fetchone()
+    if row is None:
+        return False
+    layout = row[0] if isinstance(row[0], dict) else json.loads(row[0])
+    if layout != LAYOUT:
+        return False
+    return ApprovalRequest.objects.count() == LAYOUT["requests"]
+
+
+def seed() -> dict[str, Any]:
+    """Empty the workflow and approval tables and write the layout (see the module doc)."""
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Group
+    from django.db import connection, transaction
+
+    from approvals.models import ApprovalRequest, Decision
+    from orchestration.models import Event, StepRun, WorkflowInstance
+
+    User = get_user_model()  # noqa: N806
+    began = time.monotonic()
+    n = LAYOUT["requests"]
+    groups_n, users_n = LAYOUT["groups"], LAYOUT["users"]
+    per_group = users_n // groups_n
+    tables = [
+        "approvals_decision",
+        "approvals_approvalrequest_assignee_users",
+        "approvals_approvalrequest_assignee_groups",
+        "approvals_actiontoken",
+        "approvals_delegation",
+        "approvals_approvalrequest",
+        "orchestration_event",
+        "orchestration_steprun",
+        "orchestration_workflowinstance",
+        "authtoken_token",
+        "django_session",
+        "auth_user_groups",
+        "auth_user",
+        "auth_group",
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        present = {r[0] for r in cursor.fetchall()}
+        wipe = [t for t in tables if t in present]
+        log("emptying " + ", ".join(wipe))
+        cursor.execute(f"TRUNCATE {', '.join(wipe)} RESTART IDENTITY CASCADE")
+        cursor.execute("DROP TABLE IF EXISTS bench_inbox_seed")
+
+    groups = Group.objects.bulk_create(Group(name=f"bench_g{i:02d}") for i in range(groups_n))
+    users = User.objects.bulk_create(
+        User(username=f"bench_u{i:03d}", email=f"bench_u{i:03d}@example.com", password="!")
+        for i in range(users_n)
+    )
+    Membership = User.groups.through  # noqa: N806
+    Membership.objects.bulk_create(
+        Membership(user_id=u.pk, group_id=groups[i % groups_n].pk) for i, u in enumerate(users)
+    )
+    user_ids = [u.pk for u in users]
+    group_ids = [g.pk for g in groups]
+
+    with transaction.atomic(), connection.cursor() as cursor:
+        # Rows are consistent by construction; skip the per-row foreign key triggers.
+        cursor.execute("SET LOCAL session_replication_role = replica")
+        cursor.execute("SET LOCAL work_mem = '256MB'")
+        log("layout")
+        # One row per request: which group, workflow, requester, decider, state, time.
+        # Pending requests go round the groups; the rest hash. g counts from 1.
+        cursor.execute(
+            """
+            CREATE UNLOGGED TABLE bench_inbox_layout AS
+            SELECT g,
+                   pending,
+                   grp,
+                   abs(hashtext('w' || g)) %% %(workflows)s AS wf,
+                   (%(users)s::int[])[
+                       (abs(hashtext('r' || g)) %% %(per_group)s) * %(groups)s
+                       + (grp + 1) %% %(groups)s + 1] AS requester_id,
+                   (%(users)s::int[])[
+                       (abs(hashtext('d' || g)) %% %(per_group)s) * %(groups)s + grp + 1
+                   ] AS decider_id,
+                   (%(group_ids)s::int[])[grp + 1] AS group_id,
+                   abs(hashtext('u' || g)) %% %(direct_every)s = 0 AS direct,
+                   CASE WHEN pending THEN 'pending'
+                        WHEN s < 70 THEN 'approved'
+                        WHEN s < 90 THEN 'rejected'
+                        WHEN s < 95 THEN 'expired'
+                        ELSE 'cancelled' END AS state,
+                   now() - interval '366 days' + g * interval '30 seconds' AS created_at,
+                   md5('bench-instance-' || g)::uuid AS instance_id
+            FROM (
+                SELECT g,
+                       g %% %(pending_every)s = 0 AS pending,
+                       CASE WHEN g %% %(pending_every)s = 0
+                            THEN (g / %(pending_every)s) %% %(groups)s
+                            ELSE abs(hashtext('g' || g)) %% %(groups)s END AS grp,
+                       abs(hashtext('s' || g)) %% 100 AS s
+                FROM generate_series(1, %(n)s) AS g
+            ) AS base
+            """,
+            {
+                "n": n,
+                "pending_every": LAYOUT["pending_every"],
+                "groups": groups_n,
+                "per_group": per_group,
+                "workflows": LAYOUT["workflows"],
+                "direct_every": LAYOUT["direct_every"],
+                "users": user_ids,
+                "group_ids": group_ids,
+            },
+        )
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SET LOCAL session_replication_role = replica")
+        cursor.execute("SET LOCAL maintenance_work_mem = '256MB'")
+        source = "bench_inbox_layout"
+        log("instances")
+        insert_select(
+            WorkflowInstance,
+            {
+                "id": "instance_id",
+                "workflow": "'bench_wf_' || lpad(wf::text, 2, '0')",
+                "version": "1",
+                "state": "CASE state WHEN 'pending' THEN 'running' WHEN 'approved' THEN "
+                "'succeeded' WHEN 'cancelled' THEN 'cancelled' ELSE 'failed' END",
+                "input": "jsonb_build_object('n', g, 'amount', g % 5000)",
+                "business_key": "'BK-' || lpad(g::text, 7, '0')",
+                "started_by_id": "requester_id",
+                "created_at": "created_at",
+                "started_at": "created_at",
+                "finished_at": "CASE WHEN pending THEN NULL "
+                "ELSE created_at + interval '1 hour' END",
+                "updated_at": "created_at + interval '1 hour'",
+                "last_seq": f"CASE WHEN pending THEN {LAYOUT['events_per_pending']} ELSE 0 END",
+            },
+            source,
+        )
+        log("step runs")
+        insert_select(
+            StepRun,
+            {
+                "id": "g",
+                "instance_id": "instance_id",
+                "name": "'approve'",
+                "kind": "'approval'",
+                "position": "0",
+                "state": "CASE state WHEN 'pending' THEN 'waiting' WHEN 'approved' THEN "
+                "'succeeded' WHEN 'cancelled' THEN 'cancelled' ELSE 'failed' END",
+                "attempt": "1",
+                "scheduled_at": "created_at",
+                "started_at": "created_at",
+                "finished_at": "CASE WHEN pending THEN NULL "
+                "ELSE created_at + interval '1 hour' END",
+            },
+            source,
+        )
+        log("approval requests")
+        insert_select(
+            ApprovalRequest,
+            {
+                "id": "g",
+                "step_run_id": "g",
+                "instance_id": "instance_id",
+                "workflow": "'bench_wf_' || lpad(wf::text, 2, '0')",
+                "business_key": "'BK-' || lpad(g::text, 7, '0')",
+                "step_name": "'approve'",
+                "title": "'Expense ' || g || ': ' || (g % 5000) || ' EUR for bench item'",
+                "fields": "jsonb_build_array("
+                "jsonb_build_object('label', 'Amount', 'value', g % 5000), "
+                "jsonb_build_object('label', 'Currency', 'value', 'EUR'), "
+                "jsonb_build_object('label', 'Description', 'value', 'bench item ' || g))",
+                "policy": "'any'",
+                "quorum": "1",
+                "state": "state",
+                "requester_id": "requester_id",
+                "created_at": "created_at",
+                "due_at": "created_at + interval '2 days'",
+                "resolved_at": "CASE WHEN pending THEN NULL "
+                "ELSE created_at + interval '1 hour' END",
+            },
+            source,
+        )
+        log("assignments")
+        insert_select(
+            "approvals_approvalrequest_assignee_groups",
+            {"approvalrequest_id": "g", "group_id": "group_id"},
+            source,
+        )
+        insert_select(
+            "approvals_approvalrequest_assignee_users",
+            {"approvalrequest_id": "g", "user_id": "decider_id"},
+            f"{source} WHERE direct",
+        )
+        log("decisions")
+        insert_select(
+            Decision,
+            {
+                "request_id": "g",
+                "assignee_id": "decider_id",
+                "decided_by_id": "decider_id",
+                "via_group_id": "group_id",
+                "outcome": "CASE state WHEN 'approved' THEN 'approve' ELSE 'reject' END",
+                "comment": "CASE state WHEN 'approved' THEN '' ELSE 'over budget' END",
+                "channel": "'web'",
+                "at": "created_at + interval '1 hour'",
+            },
+            f"{source} WHERE state IN ('approved', 'rejected')",
+        )
+        log("history of pending instances")
+        events = [
+            ("instance_started", "NULL", "'{}'::jsonb"),
+            ("step_scheduled", "'approve'", "'{}'::jsonb"),
+            ("step_started", "'approve'", "'{}'::jsonb"),
+            ("step_waiting", "'approve'", "'{}'::jsonb"),
+            (
+                "approval_requested",
+                "'approve'",
+                "jsonb_build_object('groups', jsonb_build_array('bench_g' || "
+                "lpad(grp::text, 2, '0')), 'policy', 'any')",
+            ),
+            ("instance_running", "NULL", "'{}'::jsonb"),
+        ][: LAYOUT["events_per_pending"]]
+        for seq, (kind, step, data) in enumerate(events, start=1):
+            insert_select(
+                Event,
+                {
+                    "instance_id": "instance_id",
+                    "seq": str(seq),
+                    "type": f"'{kind}'",
+                    "step": step,
+                    "attempt": "1",
+                    "actor": "'system'",
+                    "data": data,
+                    "at": f"created_at + interval '{seq} seconds'",
+                },
+                f"{source} WHERE pending",
+            )
+        cursor.execute("DROP TABLE bench_inbox_layout")
+        # Explicit ids: move the sequences past them.
+        for model in (StepRun, ApprovalRequest):
+            table = model._meta.db_table
+            cursor.execute(
+                f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                f"(SELECT max(id) FROM {table}))"
+            )
+        cursor.execute("CREATE TABLE bench_inbox_seed (layout jsonb NOT NULL)")
+        cursor.execute("INSERT INTO bench_inbox_seed VALUES (%s::jsonb)", [json.dumps(LAYOUT)])
+    log("vacuum analyze")
+    with connection.cursor() as cursor:
+        for table in [
+            "orchestration_workflowinstance",
+            "orchestration_steprun",
+            "orchestration_event",
+            "approvals_approvalrequest",
+            "approvals_approvalrequest_assignee_groups",
+            "approvals_approvalrequest_assignee_users",
+            "approvals_decision",
+            "auth_user",
+            "auth_user_groups",
+            "auth_group",
+        ]:
+            cursor.execute(f"VACUUM ANALYZE {table}")
+    return {"seconds": round(time.monotonic() - began, 1)}
+
+
+def counts() -> dict[str, int]:
+    from django.contrib.auth import get_user_model
+
+    from approvals import selectors
+    from approvals.models import ApprovalRequest, Decision
+
+    target = get_user_model().objects.get(username=TARGET)
+    return {
+        "requests": ApprovalRequest.objects.count(),
+        "pending": ApprovalRequest.objects.filter(state="pending").count(),
+        "workflows": ApprovalRequest.objects.values("workflow").distinct().count(),
+        "users": get_user_model().objects.filter(username__startswith="bench_u").count(),
+        "decisions": Decision.objects.count(),
+        "target_decided": selectors.decided_by(target).count(),
+    }
+
+
+# -- timing -------------------------------------------------------------------------------------
+
+
+@contextmanager
+def counting_queries(into: list[int]) -> Iterator[None]:
+    from django.db import connection
+
+    def wrapper(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        into.append(1)
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(wrapper):
+        yield
+
+
+def measure(client: Any, path_for: Callable[[int], str], count: int, warmup: int) -> dict[str, Any]:
+    for i in range(warmup):
+        response = client.get(path_for(i))
+    times, cpu, queries, statuses = [], [], [], set()
+    for i in range(count):
+        path = path_for(i)
+        counted: list[int] = []
+        with counting_queries(counted):
+            began, began_cpu = time.perf_counter(), time.thread_time()
+            response = client.get(path)
+            elapsed, elapsed_cpu = time.perf_counter() - began, time.thread_time() - began_cpu
+        times.append(elapsed * 1000)
+        cpu.append(elapsed_cpu * 1000)
+        queries.append(len(counted))
+        statuses.add(response.status_code)
+    return {
+        "n": count,
+        "p50_ms": round(pct(times, 50), 2),
+        "p99_ms": round(pct(times, 99), 2),
+        "min_ms": round(min(times), 2),
+        "mean_ms": round(statistics.fmean(times), 2),
+        "max_ms": round(max(times), 2),
+        # This process's CPU only (Python: Django, DRF, templates, psycopg); PostgreSQL's
+        # time and waiting for a core are not in it.
+        "python_cpu_p50_ms": round(pct(cpu, 50), 2),
+        "queries": sorted(set(queries)),
+        "status": sorted(statuses),
+        "example": path_for(0),
+    }
+
+
+def explain(name: str, qs: Any) -> dict[str, Any]:
+    from django.db import connection
+
+    sql, params = qs.query.sql_with_params()
+    with connection.cursor() as cursor:
+        cursor.execute(f"EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {sql}", params)
+        plan = [row[0] for row in cursor.fetchall()]
+    text = "\n".join(plan)
+    execution = next(
+        (float(line.split(":")[1].split()[0]) for line in plan if "Execution Time" in line),
+        None,
+    )
+    planning = next(
+        (float(line.split(":")[1].split()[0]) for line in plan if "Planning Time" in line),
+        None,
+    )
+    return {
+        "name": name,
+        "uses_pending_index": "approval_pending_created" in text,
+        "seq_scans": [line.strip() for line in plan if "Seq Scan" in line],
+        "execution_ms": execution,
+        "planning_ms": planning,
+        "plan": plan,
+    }
+
+
+# -- the proposal -------------------------------------------------------------------------------
+
+# The change to approvals/selectors.py proposed in the report, verbatim (it replaces
+# ``_assigned_to``, ``visible_to`` and ``request_for``; ``decidable_by`` and ``decided_by`` stay).
+# ``--mode proposed`` runs it in this process only, with the index below, to measure it.
+PROPOSED_SELECTORS = '''
+def _assignment_subqueries(ids: list[int]) -> tuple[QuerySet[Any], QuerySet[Any]]:
+    request = OuterRef("pk")
+    groups = Membership.objects.filter(user_id__in=ids).values("group_id")
+    return (
+        AssignedUser.objects.filter(approvalrequest_id=request, user_id__in=ids).values("pk"),
+        AssignedGroup.objects.filter(approvalrequest_id=request, group_id__in=groups).values("pk"),
+    )
+
+
+def _assigned_to(ids: list[int]) -> Q:
+    # One EXISTS over a UNION ALL, not EXISTS OR EXISTS: PostgreSQL turns each EXISTS under an
+    # OR into a hashed subplan that first reads every assignment of the user's groups, in any
+    # state (50,000 rows for 5,000 pending in 1,000,000), on every page. A UNION ALL cannot
+    # be hashed: it is probed per row through the (request, user|group) unique indexes while
+    # the page walks approval_pending_created in order, and stops after one page.
+    users, groups = _assignment_subqueries(ids)
+    return Q(Exists(users.union(groups, all=True)))
+
+
+def _visible(user: Any, ids: list[int]) -> Q:
+    users, groups = _assignment_subqueries(ids)
+    decided = Decision.objects.filter(request=OuterRef("pk"), decided_by=user).values("pk")
+    return Q(Exists(users.union(groups, decided, all=True)))
+
+
+def visible_to(user: Any, now: datetime | None = None) -> QuerySet[ApprovalRequest]:
+    """Every request the user is or was assigned (or decided), in any state."""
+    return ApprovalRequest.objects.filter(_visible(user, principal_ids(user, now)))
+
+
+def request_for(user: Any, request_id: Any) -> ApprovalRequest | None:
+    """One request the user may see (assignee, delegate, decider, requester or staff)."""
+    try:
+        pk = int(request_id)
+    except (TypeError, ValueError):
+        return None
+    qs = ApprovalRequest.objects.select_related("instance", "step_run", "requester").filter(pk=pk)
+    if not user.is_staff:
+        # Tested on the one row: pk__in=visible_to(user) would build the whole visible set
+        # first (a sequential scan of every request, seconds at 1,000,000).
+        qs = qs.filter(_visible(user, principal_ids(user)) | Q(requester_id=user.pk))
+    return qs.first()
+'''
+
+# ... and, for the workflow filter, a partial index in that order per workflow (the pending
+# index alone walks 20 times as far when a filter keeps one workflow in 20):
+PROPOSED_INDEX = "bench_proposed_pending_workflow"
+PROPOSED_INDEX_SQL = (
+    f"CREATE INDEX IF NOT EXISTS {PROPOSED_INDEX} ON approvals_approvalrequest "
+    "(workflow, created_at DESC, id DESC) WHERE state = 'pending'"
+)
+PROPOSED_MODEL_INDEX = (
+    'models.Index(fields=["workflow", "-created_at", "-id"], '
+    'name="approval_pending_workflow", condition=Q(state="pending"))'
+)
+
+
+def apply_proposal() -> None:
+    """Swap the proposed selectors into ``approvals.selectors`` (in this process only), also
+    for modules that imported the functions by name, and create the proposed index."""
+    from django.db import connection
+
+    from approvals import selectors
+
+    originals = {name: getattr(selectors, name) for name in ("visible_to", "request_for")}
+    exec(PROPOSED_SELECTORS, selectors.__dict__)  # noqa: S102 - our own source, above
+    for name, original in originals.items():
+        original.__code__ = getattr(selectors, name).__code__
+    with connection.cursor() as cursor:
+        cursor.execute(PROPOSED_INDEX_SQL)
+        cursor.execute("ANALYZE approvals_approvalrequest")
+
+
+def drop_proposed_index() -> None:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP INDEX IF EXISTS {PROPOSED_INDEX}")
+
+
+def run(args: argparse.Namespace, mode: str) -> dict[str, Any]:
+    from django.contrib.auth import get_user_model
+    from django.db.models import Q
+    from django.test import Client
+    from rest_framework.authtoken.models import Token
+
+    from approvals import selectors
+    from approvals.api.views import approval_list
+    from approvals.models import ApprovalRequest
+
+    user = get_user_model().objects.get(username=TARGET)
+    token, _ = Token.objects.get_or_create(user=user)
+    api = Client(HTTP_AUTHORIZATION=f"Token {token.key}")
+    html = Client()
+    html.force_login(user)
+
+    results: dict[str, Any] = {}
+    notes: list[str] = []
+    counted = {
+        "target_may_decide": selectors.decidable_by(user).count(),
+        "target_may_see": selectors.visible_to(user).count(),
+    }
+    log(f"[{mode}] " + ", ".join(f"{k} {v:,}" for k, v in counted.items()))
+
+    first = api.get("/api/v1/approvals/").json()
+    pending_ids = [r["id"] for r in first["results"]]
+    page2 = first["next"]
+    more = api.get("/api/v1/approvals/", {"page_size": 200}).json()["results"]
+    detail_ids = [r["id"] for r in more][: args.count]
+
+    def timed(name: str, client: Any, path_for: Callable[[int], str]) -> None:
+        log(f"[{mode}] timing {name}")
+        results[name] = measure(client, path_for, args.count, args.warmup)
+
+    timed("api_list", api, lambda i: "/api/v1/approvals/")
+    timed("api_list_page2", api, lambda i: page2)
+    timed("api_list_workflow", api, lambda i: "/api/v1/approvals/?workflow=bench_wf_07")
+    timed("api_list_decided", api, lambda i: "/api/v1/approvals/?state=decided")
+    timed("api_list_all", api, lambda i: "/api/v1/approvals/?state=all")
+    timed("api_detail", api, lambda i: f"/api/v1/approvals/{detail_ids[i % len(detail_ids)]}/")
+
+    probe_list = html.get("/inbox/")
+    if probe_list.status_code == 200:
+        timed("html_list", html, lambda i: "/inbox/")
+    else:
+        notes.append(f"HTML list skipped: GET /inbox/ answered {probe_list.status_code}")
+    probe_detail = html.get(f"/inbox/{pending_ids[0]}/")
+    if probe_detail.status_code == 200:
+        timed("html_detail", html, lambda i: f"/inbox/{detail_ids[i % len(detail_ids)]}/")
+    else:
+        notes.append(
+            f"HTML detail skipped: GET /inbox/{pending_ids[0]}/ answered {probe_detail.status_code}"
+        )
+    for note in notes:
+        log(note)
+
+    log(f"[{mode}] explain")
+    ordering = ("-created_at", "-id")
+    pending_qs = approval_list(user=user, state="pending", workflow=None, business_key=None)
+    last = pending_qs.order_by(*ordering)[49]
+    # request_for's query, as it is built (the selector only adds .first()).
+    if mode == "proposed":
+        detail_qs = ApprovalRequest.objects.filter(pk=detail_ids[0]).filter(
+            selectors._visible(user, selectors.principal_ids(user)) | Q(requester_id=user.pk)
+        )
+    else:
+        detail_qs = ApprovalRequest.objects.filter(
+            Q(pk__in=selectors.visible_to(user).values("pk")) | Q(requester_id=user.pk)
+        ).filter(pk=detail_ids[0])
+    plans = [
+        explain("pending_first_page", pending_qs.order_by(*ordering)[:51]),
+        explain(
+            "pending_second_page",
+            pending_qs.filter(created_at__lt=last.created_at).order_by(*ordering)[:51],
+        ),
+        explain(
+            "pending_workflow_filter",
+            approval_list(
+                user=user, state="pending", workflow="bench_wf_07", business_key=None
+            ).order_by(*ordering)[:51],
+        ),
+        explain("decided_first_page", selectors.decided_by(user).order_by(*ordering)[:51]),
+        # state=all pages by id (CreationOrderPagination).
+        explain("all_first_page", selectors.visible_to(user).order_by("-id")[:51]),
+        explain("detail_request_for", detail_qs.order_by("pk")[:1]),
+    ]
+    return {"counts": counted, "timings": results, "explain": plans, "notes": notes}
+
+
+# -- report -------------------------------------------------------------------------------------
+
+
+def render_mode(mode: str, measured: dict[str, Any]) -> list[str]:
+    lines = [
+        f"[{mode}] "
+        + ", ".join(f"{k} {v:,}" for k, v in measured["counts"].items())
+        + f"  load {measured['load_before']} → {measured['load_after']}",
+        f"{'page':20} {'p50 ms':>8} {'p99 ms':>8} {'min':>7} {'max':>8} {'cpu p50':>8} "
+        f"{'queries':>8}  aim",
+    ]
+    for name, t in measured["timings"].items():
+        aim = AIMS.get(name)
+        verdict = ""
+        if aim is not None:
+            verdict = f"p50 ≤ {aim:g} ms: {'met' if t['p50_ms'] <= aim else 'MISSED'}"
+        queries = ",".join(map(str, t["queries"]))
+        status = "" if t["status"] == [200] else f"  status {t['status']}"
+        lines.append(
+            f"{name:20} {t['p50_ms']:8.2f} {t['p99_ms']:8.2f} {t['min_ms']:7.2f} "
+            f"{t['max_ms']:8.2f} {t['python_cpu_p50_ms']:8.2f} {queries:>8}  {verdict}{status}"
+        )
+    lines.append("EXPLAIN ANALYZE of the main query (execution, planning):")
+    for plan in measured["explain"]:
+        lines.append(
+            f"  {plan['name']:24} {plan['execution_ms']:9.3f} ms {plan['planning_ms']:7.3f} ms"
+            f"  pending index: {'yes' if plan['uses_pending_index'] else 'no '}"
+            + (f"  seq scans: {len(plan['seq_scans'])}" if plan["seq_scans"] else "")
+        )
+    lines += [f"  note: {note}" for note in measured["notes"]]
+    return lines
+
+
+def render(report: dict[str, Any]) -> str:
+    lines = [
+        f"Signoff inbox benchmark  {report['finished_at']}  ({report['environment']['cpus']} "
+        "cores shared with other work: noisy)",
+        "data: " + ", ".join(f"{k} {v:,}" for k, v in report["counts"].items()),
+        "times: server side, in process; cpu = this process's CPU only",
+    ]
+    for mode, measured in report["modes"].items():
+        lines += ["", *render_mode(mode, measured)]
+    first_mode = next(iter(report["modes"].values()))
+    lines += ["", "pending_first_page plan:"]
+    lines += ["  " + line for line in first_mode["explain"][0]["plan"]]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--count", type=int, default=50, help="timed requests per page")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument(
+        "--mode",
+        choices=["current", "proposed", "both"],
+        default="both",
+        help="the selectors as they are, with the proposed change (this process only), or both",
+    )
+    parser.add_argument("--reseed", action="store_true", help="seed even if the seed matches")
+    parser.add_argument(
+        "--requests",
+        type=int,
+        default=LAYOUT["requests"],
+        help="approval rows to seed (a tenth pending); other sizes reseed",
+    )
+    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "inbox.json")
+    args = parser.parse_args(argv)
+    LAYOUT["requests"] = args.requests
+
+    began = time.monotonic()
+    ensure_database()
+    log("migrate")
+    migrate()
+    setup_django()
+    register_workflows()
+
+    if args.reseed or not seed_matches():
+        log("seeding (a few minutes)")
+        seeded = {"reused": False, **seed()}
+        log(f"seeded in {seeded['seconds']} s")
+    else:
+        seeded = {"reused": True}
+        log("seed present, reused")
+    data = counts()
+    log("data: " + ", ".join(f"{k} {v:,}" for k, v in data.items()))
+
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW server_version")
+        server = cursor.fetchone()[0]
+    modes = ["current", "proposed"] if args.mode == "both" else [args.mode]
+    measured: dict[str, Any] = {}
+    for mode in modes:
+        if mode == "current":
+            drop_proposed_index()
+        else:
+            apply_proposal()
+        load_before = loadavg()
+        measured[mode] = run(args, mode)
+        measured[mode]["load_before"] = load_before
+        measured[mode]["load_after"] = loadavg()
+    drop_proposed_index()
+    report = {
+        "finished_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "layout": LAYOUT,
+        "target_user": TARGET,
+        "seed": seeded,
+        "counts": data,
+        "aims_p50_ms": AIMS,
+        "modes": measured,
+        "proposal": {
+            "selectors": PROPOSED_SELECTORS.strip(),
+            "index_sql": PROPOSED_INDEX_SQL,
+            "model_index": PROPOSED_MODEL_INDEX,
+        },
+        "environment": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "postgres": server,
+            "database": db_name(),
+            "client": "django.test.Client in process (no HTTP server, no network)",
+        },
+        "duration_s": round(time.monotonic() - began, 1),
+    }
+    print(render(report))
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    log(f"wrote {args.output} in {report['duration_s']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
