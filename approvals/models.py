@@ -100,6 +100,17 @@ class ApprovalRequest(FSMModelMixin, models.Model):
                 condition=Q(state="pending"),
             ),
             models.Index(fields=["business_key"], name="approval_business_key"),
+            # The reminder and escalation sweepers read only pending rows with a due timer.
+            models.Index(
+                fields=["next_reminder_at"],
+                name="approval_pending_reminder",
+                condition=Q(state="pending", next_reminder_at__isnull=False),
+            ),
+            models.Index(
+                fields=["next_escalation_at"],
+                name="approval_pending_escalation",
+                condition=Q(state="pending", next_escalation_at__isnull=False),
+            ),
         ]
 
     def __str__(self) -> str:
