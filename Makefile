@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PORT ?= 8000
 export PORT
 
-.PHONY: install run test lint bench services-check browser clean
+.PHONY: install run test lint bench chaos services-check browser clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,9 @@ lint: install
 
 bench: install services-check
 	$(PY) bench/engine.py
+
+chaos: install services-check
+	$(PY) bench/chaos.py
 
 clean:
 	rm -rf $(VENV) var staticfiles

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.exceptions import RequestDataTooBig
+from django.db import InterfaceError, OperationalError
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -19,6 +20,14 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         if exc.errors is not None:
             body["fields"] = exc.errors
         return Response(body, status=exc.status)
+    if isinstance(exc, OperationalError | InterfaceError):
+        # The database is restarting or unreachable: say so, and when to try again.
+        response = Response(
+            {"detail": "the database is unavailable; try again shortly", "code": "unavailable"},
+            status=status.HTTP_503_SERVICE_UNAVAILABLE,
+        )
+        response["Retry-After"] = "5"
+        return response
     if isinstance(exc, RequestDataTooBig):
         return Response(
             {"detail": str(exc), "code": "request_too_large"},

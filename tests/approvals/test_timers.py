@@ -247,7 +247,7 @@ def test_bad_timer_definitions_are_refused() -> None:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_two_sweeps_at_once_escalate_each_request_once(people, flow) -> None:
+def test_two_sweeps_at_once_escalate_each_request_once(people, flow, worker) -> None:
     name = flow(
         "t_tm_race",
         due=timedelta(days=2),

@@ -368,7 +368,8 @@ def test_a_key_taken_by_another_user_is_409_without_revealing_their_instance(
 
 
 @pytest.mark.django_db(transaction=True)
-def test_concurrent_requests_with_one_key_start_one_instance(user: Any) -> None:
+def test_concurrent_requests_with_one_key_start_one_instance(user: Any, worker: Any) -> None:
+    # `worker`: the live test worker runs these steps, and is quiet before the flush.
     body = {"workflow": "t_sequence", "input": {"order": 1}}
     barrier = threading.Barrier(4)
     responses: list[Any] = []
