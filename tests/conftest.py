@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +15,18 @@ import redis
 from django.conf import settings
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Playwright's sync API runs an event loop in the test thread; Django would then refuse ORM
+# calls from that thread.
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 class WorkerProcess:
@@ -194,3 +207,12 @@ def _fresh_subscription_cache() -> None:
     from integrations.webhooks import forget_subscriptions
 
     forget_subscriptions()
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args: dict[str, Any]) -> dict[str, Any]:
+    """Debian's Chromium, never a downloaded browser build."""
+    executable = shutil.which("chromium")
+    if executable is None:
+        pytest.fail("chromium is not installed: apt-get install -y chromium (make browser)")
+    return {**browser_type_launch_args, "executable_path": executable, "args": CHROMIUM_ARGS}

@@ -3,8 +3,6 @@ Chromium for the browser tests."""
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Callable
 from typing import Any
 
@@ -15,28 +13,7 @@ from approvals.models import ApprovalRequest
 from orchestration import engine
 from orchestration.models import StepRun
 
-# Playwright's sync API runs an event loop in the test thread; Django would then refuse ORM
-# calls from that thread.
-os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-
 PASSWORD = "signoff-demo"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-
-
-@pytest.fixture(scope="session")
-def browser_type_launch_args(browser_type_launch_args: dict[str, Any]) -> dict[str, Any]:
-    """Debian's Chromium, never a downloaded browser build."""
-    executable = shutil.which("chromium")
-    if executable is None:
-        pytest.fail("chromium is not installed: apt-get install -y chromium (make browser)")
-    return {**browser_type_launch_args, "executable_path": executable, "args": CHROMIUM_ARGS}
 
 
 @pytest.fixture

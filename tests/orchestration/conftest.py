@@ -3,25 +3,11 @@ Debian's Chromium for the status page browser test."""
 
 from __future__ import annotations
 
-import os
-import shutil
 from typing import Any
 
 import pytest
 from django.contrib.auth.models import Permission
 
-# Playwright's sync API runs an event loop in the test thread; Django would then refuse ORM
-# calls from that thread.
-os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
-
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 VIEW_PERMISSIONS = [
     "orchestration.view_workflowinstance",
     "orchestration.view_steprun",
@@ -31,15 +17,6 @@ VIEW_PERMISSIONS = [
     "approvals.view_delegation",
     "integrations.view_outboundemail",
 ]
-
-
-@pytest.fixture(scope="session")
-def browser_type_launch_args(browser_type_launch_args: dict[str, Any]) -> dict[str, Any]:
-    """Debian's Chromium, never a downloaded browser build."""
-    executable = shutil.which("chromium")
-    if executable is None:
-        pytest.fail("chromium is not installed: apt-get install -y chromium (make browser)")
-    return {**browser_type_launch_args, "executable_path": executable, "args": CHROMIUM_ARGS}
 
 
 def _grant(user: Any, names: list[str]) -> Any:
