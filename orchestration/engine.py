@@ -730,6 +730,19 @@ def instance_cancel(
         return instance
 
 
+def _reopen(
+    instance: WorkflowInstance,
+    definition: Workflow | None,
+    journal: Journal,
+    data: dict[str, Any] | None = None,
+) -> None:
+    """A failed instance runs again: ``failed`` → ``running`` with a fresh deadline."""
+    instance.retry()
+    if definition is not None and definition.deadline is not None:
+        instance.deadline_at = journal.now + definition.deadline
+    journal.record("instance_retried", data=data)
+
+
 def instance_retry(*, instance_id: Any, actor: str = "system") -> WorkflowInstance:
     """Retry a failed instance from its failed, timed-out or cancelled steps, each with a
     fresh retry budget and schedule-to-close window. Raises :class:`Conflict` unless the
@@ -755,10 +768,7 @@ def instance_retry(*, instance_id: Any, actor: str = "system") -> WorkflowInstan
             saga.retry_failed(instance, steps, definition, journal)
             journal.flush()
             return instance
-        instance.retry()
-        if definition.deadline is not None:
-            instance.deadline_at = journal.now + definition.deadline
-        journal.record("instance_retried")
+        _reopen(instance, definition, journal)
         journal.steps = steps
         for name in definition.order():
             step = steps[name]
@@ -1088,10 +1098,7 @@ def step_retry_now(*, step_run_id: Any, actor: str) -> StepRun:
             journal.ring(step, queue=spec.queue, time_limit=_time_limit(spec))
         elif step.state in STEP_RETRYABLE and instance.state in (I.FAILED, I.RUNNING):
             if instance.state == I.FAILED:
-                instance.retry()
-                if definition.deadline is not None:
-                    instance.deadline_at = journal.now + definition.deadline
-                journal.record("instance_retried", data={"step": step.name})
+                _reopen(instance, definition, journal, {"step": step.name})
             step.attempt_base = step.attempt
             step_schedule(step, spec, journal, retry=True)
         else:
@@ -1146,10 +1153,7 @@ def step_complete_manually(*, step_run_id: Any, output: Any, actor: str, reason:
             )
         still_failed = any(s.state in (S.FAILED, S.TIMED_OUT) for s in journal.steps.values())
         if instance.state == I.FAILED and not still_failed:
-            instance.retry()
-            if definition is not None and definition.deadline is not None:
-                instance.deadline_at = journal.now + definition.deadline
-            journal.record("instance_retried", data={"step": step.name})
+            _reopen(instance, definition, journal, {"step": step.name})
             # steps the failure cancelled go on too
             for other in journal.steps.values():
                 other_spec = definition.steps.get(other.name) if definition else None
