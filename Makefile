@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PORT ?= 8000
 export PORT
 
-.PHONY: install run test lint bench chaos services-check browser clean
+.PHONY: install run test lint bench bench-quick bench-tools chaos services-check browser clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,8 +33,17 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-bench: install services-check
-	$(PY) bench/engine.py
+# The load generator (wrk) and pgbench come from Debian packages.
+bench-tools:
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	command -v pgbench >/dev/null || (apt-get update -qq && apt-get install -y -qq postgresql-client)
+
+# Every benchmark, one summary table, bench/results/latest.json (BENCH_ARGS="--only engine,api").
+bench: install services-check bench-tools
+	$(PY) bench/run.py $(BENCH_ARGS)
+
+bench-quick: install services-check bench-tools
+	$(PY) bench/run.py --quick $(BENCH_ARGS)
 
 chaos: install services-check
 	$(PY) bench/chaos.py

@@ -108,6 +108,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import git_head, goal_row, loadavg, pct, row  # noqa: E402
+
 DB_URL = os.environ.get(
     "SIGNOFF_BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/signoff_bench"
 )
@@ -126,21 +128,6 @@ GOALS = {
 # -- small helpers ------------------------------------------------------------------------------
 
 
-def pct(values: list[float], *points: float) -> dict[str, float]:
-    """Percentiles (linear interpolation between closest ranks) in the values' unit."""
-    data = sorted(values)
-    out = {}
-    for p in points:
-        if not data:
-            out[f"p{p:g}"] = float("nan")
-            continue
-        rank = (len(data) - 1) * p / 100
-        low = int(rank)
-        high = min(low + 1, len(data) - 1)
-        out[f"p{p:g}"] = data[low] + (data[high] - data[low]) * (rank - low)
-    return out
-
-
 def ms(values: list[float]) -> list[float]:
     return [v * 1000 for v in values]
 
@@ -153,13 +140,6 @@ def summary_ms(values: list[float]) -> dict[str, float]:
     return {k: round(v, 3) for k, v in result.items()}
 
 
-def loadavg() -> list[float]:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return []
-
-
 def admin_url() -> str:
     parts = urlsplit(DB_URL)
     return urlunsplit(parts._replace(path="/postgres"))
@@ -167,20 +147,6 @@ def admin_url() -> str:
 
 def db_name() -> str:
     return urlsplit(DB_URL).path.lstrip("/")
-
-
-def git_head() -> str:
-    """The commit the tree is at (read-only; the tree may hold uncommitted changes)."""
-    try:
-        found = subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-        return found.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def log(message: str) -> None:
@@ -864,6 +830,58 @@ def render(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def summarise(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows ``make bench`` shows (bench/run.py)."""
+    lat, tp, raw, inproc = (
+        results["latency"],
+        results["throughput"],
+        results["raw"],
+        results["inprocess"],
+    )
+    o = lat["overhead_ms"]
+    partial = " (PARTIAL)" if tp["partial"] else ""
+    return [
+        goal_row("overhead per step p50", o["p50"], "ms", *GOALS["overhead_p50_ms"]),
+        row("overhead per step p95", o["p95"], "ms"),
+        goal_row("overhead per step p99", o["p99"], "ms", *GOALS["overhead_p99_ms"]),
+        row(
+            "step gap (fn end -> next fn start) p50 / p99",
+            f"{lat['step_gap_ms']['p50']:.2f} / {lat['step_gap_ms']['p99']:.2f}",
+            "ms",
+            note="includes the completing transaction",
+        ),
+        goal_row(
+            f"completed 3-step workflows/s ({tp['instances']} at once){partial}",
+            tp["workflows_per_s"],
+            "wf/s",
+            *GOALS["workflows_per_s"],
+        ),
+        row("steps/s", tp["steps_per_s"], "steps/s"),
+        row("raw Celery no-op tasks/s (same broker, worker)", raw["tasks_per_s"], "tasks/s"),
+        row("orchestrated steps/s / raw tasks/s", results["ratio_steps_to_raw"], ""),
+        goal_row(
+            "database commits per step (engine)",
+            inproc["commits_per_step"],
+            "",
+            *GOALS["commits_per_step"],
+            note=f"{tp['commits_per_step']:.2f} with the instance starts",
+        ),
+        row(
+            "worker CPU per step (main + pool)",
+            sum(tp["worker_cpu_ms_per_step"].values()),
+            "ms",
+            note="robust to load",
+        ),
+        row(
+            "claim / complete transaction p50 (in-process)",
+            f"{inproc['claim_ms']['p50']:.2f} / {inproc['complete_ms']['p50']:.2f}",
+            "ms",
+            note=f"{inproc['queries_per_claim']:.0f} / {inproc['queries_per_complete']:.1f} "
+            "queries",
+        ),
+    ]
+
+
 # -- main ----------------------------------------------------------------------------------------
 
 
@@ -896,7 +914,7 @@ def main(argv: list[str] | None = None) -> int:
         help="seconds after which the throughput phase stops and reports what finished",
     )
     parser.add_argument("--quick", action="store_true", help="a fifth of every count")
-    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "latest.json")
+    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "engine.json")
     parser.add_argument(
         "--hold-worker",
         type=float,
@@ -977,6 +995,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     results["finished_at"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     results["duration_s"] = round(time.monotonic() - began, 1)
+    results["summary"] = summarise(results)
     print(render(results))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2) + "\n")
