@@ -138,6 +138,12 @@ class StepContext:
     input: Mapping[str, Any]
     outputs: Mapping[str, Any]
     business_key: str = ""
+    # In a compensation only: True when the step never succeeded and is undone because one of
+    # its attempts was claimed (``compensate_attempted=True``). The compensation's ``output``
+    # is then None (a succeeded step may return None too, so test this flag, not the output)
+    # and the attempts' effect may or may not have been applied: look it up by
+    # ``idempotency_key`` and undo it if it is there.
+    attempted_only: bool = False
     # Paths of the workflow's sensitive fields (``input.x``, ``outputs.step.y``): whoever
     # shows context values to people (approval fields, mail) masks these.
     sensitive: frozenset[str] = frozenset()
@@ -183,6 +189,10 @@ class TaskStep(StepSpec):
     # Saga: a function undoing this step, given the context and the step's output. It runs
     # when the instance fails or is cancelled, newest step first, with its own retry policy.
     compensate: Callable[[StepContext, Any], Any] | None = None
+    # Also undo the step when it never succeeded but an attempt was claimed (it may have
+    # applied its effect and then failed, timed out or been cut off by the saga); the
+    # compensation then gets output None and ``ctx.attempted_only``.
+    compensate_attempted: bool = False
     compensate_retry: RetryPolicy = field(
         default_factory=lambda: RetryPolicy(max_attempts=5, max_interval=timedelta(minutes=5))
     )
@@ -207,6 +217,10 @@ class TaskStep(StepSpec):
             found.append("queue must be a non-empty string")
         if self.compensate is not None and not callable(self.compensate):
             found.append("compensate must be callable")
+        if not isinstance(self.compensate_attempted, bool):
+            found.append("compensate_attempted must be True or False")
+        elif self.compensate_attempted and self.compensate is None:
+            found.append("compensate_attempted=True needs compensate= (the function undoing it)")
         if not isinstance(self.compensate_retry, RetryPolicy):
             found.append("compensate_retry must be a RetryPolicy")
         else:
@@ -223,6 +237,7 @@ class TaskStep(StepSpec):
             ),
             "queue": self.queue,
             "compensation": self.compensate.__name__ if self.compensate else None,
+            "compensate_attempted": self.compensate_attempted,
         }
 
 
@@ -285,11 +300,15 @@ class Workflow:
         queue: str | None = None,
         compensate: Callable[[StepContext, Any], Any] | None = None,
         compensate_retry: RetryPolicy | None = None,
+        compensate_attempted: bool = False,
     ) -> Any:
         """Declare a task step; usable as ``@wf.task`` or ``@wf.task(after=[...])``.
 
         ``compensate(ctx, output)`` undoes the step when the instance fails or is cancelled
-        (a saga); it gets the step's output and the same ``ctx.idempotency_key``."""
+        (a saga); it gets the step's output and the same ``ctx.idempotency_key``. With
+        ``compensate_attempted=True`` it also undoes a step that never succeeded but had an
+        attempt claimed (started): then ``output`` is None and ``ctx.attempted_only`` is True,
+        and it must be harmless when the attempts applied nothing."""
 
         def decorate(func: Callable[[StepContext], Any]) -> Callable[[StepContext], Any]:
             self.add(
@@ -303,6 +322,7 @@ class Workflow:
                     schedule_to_close=schedule_to_close,
                     queue=queue,
                     compensate=compensate,
+                    compensate_attempted=compensate_attempted,
                     **({"compensate_retry": compensate_retry} if compensate_retry else {}),
                 )
             )

@@ -103,7 +103,8 @@ def _context(instance: WorkflowInstance, steps: dict[str, StepRun], step: StepRu
         outputs={
             name: sealing.open_fields(s.output, where=f"outputs.{name}")
             for name, s in steps.items()
-            if s.state in (S.SUCCEEDED, S.COMPENSATING, S.COMPENSATED)
+            # a step undone for its attempts only (saga) never had an output
+            if s.state in (S.SUCCEEDED, S.COMPENSATING, S.COMPENSATED) and not s.comp_attempted
         },
         business_key=instance.business_key,
         sensitive=definition.sensitive if definition else frozenset(),

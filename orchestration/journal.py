@@ -39,6 +39,7 @@ STEP_FIELDS = [
     "comp_attempt",
     "comp_base",
     "comp_phase",
+    "comp_attempted",
     "output",
     "error",
 ]

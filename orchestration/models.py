@@ -179,6 +179,10 @@ class StepRun(FSMModelMixin, models.Model):
     comp_attempt = models.PositiveIntegerField(default=0)
     comp_base = models.PositiveIntegerField(default=0)
     comp_phase = models.CharField(max_length=10, blank=True, default="")
+    # The saga undoes this step although it never succeeded: an attempt was claimed and the
+    # step declares ``compensate_attempted``. Set when the saga takes the step on (while it is
+    # still `cancelled`, `failed` or `timed_out`) and kept; its compensation gets output None.
+    comp_attempted = models.BooleanField(default=False)
     output = models.JSONField(null=True, blank=True)
     error = models.JSONField(null=True, blank=True)
 
@@ -270,8 +274,15 @@ class StepRun(FSMModelMixin, models.Model):
     def skip(self) -> None:
         pass
 
-    @transition(field=state, source=S.SUCCEEDED, target=S.COMPENSATING)
+    @transition(
+        field=state,
+        source=[S.SUCCEEDED, S.FAILED, S.TIMED_OUT, S.CANCELLED],
+        target=S.COMPENSATING,
+        conditions=[lambda step: step.state == S.SUCCEEDED or step.comp_attempted],
+    )
     def start_compensation(self) -> None:
+        """Undo a succeeded step, or (``comp_attempted``) the attempts of one that never
+        succeeded."""
         self.comp_attempt += 1
         self.comp_phase = "scheduled"
 

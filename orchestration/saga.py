@@ -3,11 +3,18 @@
 The compensations of succeeded steps run newest first: a step is compensated once every step
 that depends on it is settled (compensated, or never succeeded, or has nothing to undo), so
 parallel branches unwind in parallel and a chain unwinds in reverse. Attempts still running
-when the saga starts are waited for, and compensated too if they succeed. Each compensation is
-a Celery task with its own retry policy, claimed like a forward attempt (state
-``compensating``, sub-phase ``comp_phase``). When all are done the instance is
+when the saga starts are waited for (never cancelled), and compensated too if they succeed.
+Each compensation is a Celery task with its own retry policy, claimed like a forward attempt
+(state ``compensating``, sub-phase ``comp_phase``). When all are done the instance is
 ``compensated``; a compensation that keeps failing leaves it ``failed`` with
 ``error.phase == "compensation"``, and retrying the instance retries the compensation.
+
+A step declared with ``compensate_attempted=True`` is also undone when it never succeeded but
+one of its attempts was claimed (``step_started``): it failed, timed out, or was waiting to
+retry (or scheduled again by an operator) when the saga cancelled it; the attempt may have
+applied its effect before it failed. Such a step is marked ``comp_attempted`` and its
+compensation gets output None and ``ctx.attempted_only``. Its dependents never ran, so it is
+undone first, like the newest step of its branch, and the steps it depends on wait for it.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from django.db import transaction
 
 from .definitions import StepContext, TaskStep, Workflow  # noqa: F401
 from .journal import Journal
-from .models import InstanceState, StepRun, StepState, WorkflowInstance
+from .models import Event, InstanceState, StepRun, StepState, WorkflowInstance
 
 log = logging.getLogger("signoff.engine")
 I = InstanceState  # noqa: E741
@@ -35,12 +42,60 @@ def _compensation(definition: Workflow | None, step: StepRun) -> TaskStep | None
     return None
 
 
+def _undo(definition: Workflow | None, step: StepRun) -> TaskStep | None:
+    """The step's compensation if the saga still owes it: the step succeeded, or it never did
+    but an attempt was claimed and it declares ``compensate_attempted``."""
+    spec = _compensation(definition, step)
+    if spec is None:
+        return None
+    if step.state == S.SUCCEEDED:
+        return spec
+    if spec.compensate_attempted and (
+        (step.state == S.CANCELLED and step.comp_attempted)
+        # failed or timed out from `running` (a claim sets started_at); the saga may not have
+        # marked it yet: it was running when the saga started
+        or (step.state in (S.FAILED, S.TIMED_OUT) and step.started_at is not None)
+    ):
+        return spec
+    return None
+
+
+def claimed_unsucceeded(steps: dict[str, StepRun], definition: Workflow | None) -> set[str]:
+    """Names of the steps declaring ``compensate_attempted`` that never succeeded although an
+    attempt was claimed. The row tells for most states; a ``cancelled`` step, or one
+    ``scheduled`` again by an operator, is looked up in the history (one query, only then)."""
+    sure: set[str] = set()
+    unsure: list[StepRun] = []
+    for step in steps.values():
+        spec = _compensation(definition, step)
+        if spec is None or not spec.compensate_attempted:
+            continue
+        if step.state == S.RETRYING or (step.state == S.CANCELLED and step.comp_attempted):
+            sure.add(step.name)  # `retrying` follows a claimed attempt that failed
+        elif step.state in (S.FAILED, S.TIMED_OUT):
+            if step.started_at is not None:
+                sure.add(step.name)
+        elif step.state == S.CANCELLED or (step.state == S.SCHEDULED and step.attempt > 1):
+            unsure.append(step)
+    if unsure:
+        sure.update(
+            Event.objects.filter(
+                instance_id=unsure[0].instance_id,
+                type="step_started",
+                step__in=[s.name for s in unsure],
+            )
+            .values_list("step", flat=True)
+            .distinct()
+        )
+    return sure
+
+
 def needs_compensation(steps: dict[str, StepRun], definition: Workflow | None) -> bool:
     """Does anything need undoing (or might, once running attempts report)?"""
     return any(
         s.state in (S.SUCCEEDED, S.RUNNING) and _compensation(definition, s) is not None
         for s in steps.values()
-    )
+    ) or bool(claimed_unsucceeded(steps, definition))
 
 
 def start(
@@ -53,10 +108,16 @@ def start(
     error: dict[str, Any] | None,
     reason: str = "",
 ) -> None:
-    """Enter ``compensating``: cancel what has not started, then unwind."""
+    """Enter ``compensating``: cancel what has not started (a step waiting to retry too: its
+    next attempt never runs), then unwind. Steps owed an attempted compensation are marked
+    ``comp_attempted`` first (their state says so no longer once cancelled)."""
     from .engine import _cancel_step
 
+    owed = claimed_unsucceeded(steps, definition)
     for step in steps.values():
+        if step.name in owed:
+            step.comp_attempted = True
+            journal.touch(step)
         if step.state in (S.PENDING, S.SCHEDULED, S.RETRYING, S.WAITING):
             _cancel_step(step, definition, journal, reason=f"instance_{cause}")
     instance.compensate()
@@ -86,18 +147,18 @@ def advance(
         if step.state == S.COMPENSATING:
             open_ = True
             continue
-        if step.state != S.SUCCEEDED or _compensation(definition, step) is None:
+        spec = _undo(definition, step)
+        if spec is None:
             continue
         waiting_on = [
             d
             for d in dependents.get(name, [])
-            if steps[d].state == S.COMPENSATING
-            or (steps[d].state == S.SUCCEEDED and _compensation(definition, steps[d]))
+            if steps[d].state == S.COMPENSATING or _undo(definition, steps[d]) is not None
         ]
         open_ = True
         if waiting_on:
             continue
-        schedule(step, _compensation(definition, step), journal)
+        schedule(step, spec, journal)
     if not open_:
         instance.finish_compensation()
         instance.finished_at = journal.now
@@ -105,15 +166,22 @@ def advance(
 
 
 def schedule(step: StepRun, spec: TaskStep, journal: Journal, *, fresh: bool = True) -> None:
+    """Schedule the step's compensation and ring it. Writes ``step_compensating`` (data
+    ``attempted`` and the state it left, for a step that never succeeded)."""
+    data: dict[str, Any] | None = None
     if fresh:
+        if step.state != S.SUCCEEDED:
+            step.comp_attempted = True
+            data = {"attempted": True, "from": step.state}
         step.start_compensation()
     else:  # a failed compensation retried by an operator
         step.comp_attempt += 1
         step.comp_phase = "scheduled"
+        data = {"attempted": True} if step.comp_attempted else None
     step.next_attempt_at = journal.now
     step.rung_at = journal.now
     step.timeout_at = None
-    journal.record("step_compensating", step=step, attempt=step.comp_attempt)
+    journal.record("step_compensating", step=step, attempt=step.comp_attempt, data=data)
     journal.ring_compensation(
         step, queue=spec.queue, time_limit=spec.start_to_close.total_seconds()
     )
@@ -164,7 +232,8 @@ def claim(*, step_run_id: int, attempt: int) -> tuple[TaskStep, StepContext, Any
         journal.record("step_compensation_started", step=step, attempt=attempt)
         journal.flush()
         ctx = _context(instance, steps, step)
-        return spec, dataclasses.replace(ctx, attempt=attempt), step.output
+        ctx = dataclasses.replace(ctx, attempt=attempt, attempted_only=step.comp_attempted)
+        return spec, ctx, None if step.comp_attempted else step.output
 
 
 def finish(
@@ -196,12 +265,10 @@ def finish(
         step.timeout_at = None
         if error is None and error_data is None:
             step.finish_compensation()
-            journal.record(
-                "step_compensated",
-                step=step,
-                attempt=attempt,
-                data={"result": result} if result is not None else None,
-            )
+            data: dict[str, Any] = {} if result is None else {"result": result}
+            if step.comp_attempted:
+                data["attempted"] = True
+            journal.record("step_compensated", step=step, attempt=attempt, data=data or None)
         else:
             _failed_attempt(
                 instance, steps, step, definition, journal, error_data or error_info(error), error

@@ -6,6 +6,7 @@ so a test can prove a function ran once per attempt.
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import timedelta
 from typing import Any
@@ -194,3 +195,59 @@ timer_step(sleepy, "nap", after=["a"], duration=timedelta(hours=2))
 timer_step(sleepy, "until", after=["nap"], until_input="wake_at")
 sleepy.task(_step, name="b", after=["until"])
 registry.register(sleepy)
+
+
+# -- sagas that undo attempted steps ---------------------------------------------------------
+#
+# reserve -> charge and hold in parallel -> ship. Each step's behaviour comes from
+# input["behave"][step]: "ok"; "lost" (every attempt applies its effect, then fails: a lost
+# response); "lost_once" (only attempt 1 does); "doom" (fails for good before its effect);
+# "lost_then_doom" (attempt 1 lost, attempt 2 doomed); "slow" (sleeps input["sleep"] s first).
+# Effects and undos go to the Redis ledger: effects:<id> (step -> attempt) and undone:<id>
+# (step -> what the compensation saw).
+
+
+def _effect_step(ctx: StepContext) -> dict[str, Any]:
+    record(ctx)
+    behave = ctx.input.get("behave", {}).get(ctx.step, "ok")
+    if behave == "slow":
+        time.sleep(float(ctx.input.get("sleep", 1.5)))
+    if behave == "doom" or (behave == "lost_then_doom" and ctx.attempt > 1):
+        raise NonRetryableError(f"{ctx.step} cannot be done")
+    ledger().hset(f"effects:{ctx.instance_id}", ctx.step, ctx.attempt)
+    if behave == "lost" or (behave in ("lost_once", "lost_then_doom") and ctx.attempt == 1):
+        raise Flaky(f"{ctx.step} applied, but its answer was lost")
+    return {"step": ctx.step, "attempt": ctx.attempt}
+
+
+def _undo_effect(ctx: StepContext, output: Any) -> dict[str, Any]:
+    seen = {"output": output, "attempted_only": ctx.attempted_only, "outputs": sorted(ctx.outputs)}
+    ledger().hset(f"undone:{ctx.instance_id}", ctx.step, json.dumps(seen))
+    ledger().rpush(f"undo_order:{ctx.instance_id}", ctx.step)
+    return {"undone": ctx.step}
+
+
+SLOW_RETRY = RetryPolicy(
+    max_attempts=3, initial_interval=timedelta(seconds=2), max_interval=timedelta(seconds=2)
+)
+
+
+def _attempted_saga(name: str, attempted: bool) -> Workflow:
+    wf = Workflow(name, description="saga whose steps may be undone for their attempts")
+    undo = {"compensate": _undo_effect, "compensate_attempted": attempted}
+    wf.task(_effect_step, name="reserve", retry=FAST, **undo)
+    wf.task(
+        _effect_step,
+        name="charge",
+        after=["reserve"],
+        retry=SLOW_RETRY,
+        start_to_close=timedelta(seconds=5),
+        **undo,
+    )
+    wf.task(_effect_step, name="hold", after=["reserve"], retry=FAST, **undo)
+    wf.task(_step, name="ship", after=["charge", "hold"])
+    return registry.register(wf)
+
+
+attempted_saga = _attempted_saga("t_saga_attempted", True)
+plain_saga = _attempted_saga("t_saga_plain", False)

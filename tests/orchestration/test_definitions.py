@@ -177,3 +177,29 @@ def test_input_schema_validation_reports_the_field() -> None:
     assert wf.validate_input([]) == ["input must be a JSON object"]
     assert wf.validate_input({}) == ["'amount' is a required property"]
     assert wf.validate_input({"amount": "x"}) == ["amount: 'x' is not of type 'number'"]
+
+
+def undo(ctx, output):  # noqa: ANN001, ANN201
+    return None
+
+
+def test_compensate_attempted_needs_a_compensation() -> None:
+    wf = make()
+    wf.task(noop, name="pay", compensate_attempted=True)
+    with pytest.raises(DefinitionError, match=r"step 'pay': compensate_attempted=True needs"):
+        Registry().register(wf)
+
+
+def test_compensate_attempted_must_be_a_bool_and_is_described() -> None:
+    wf = make()
+    wf.task(noop, name="pay", compensate=undo, compensate_attempted="yes")
+    with pytest.raises(DefinitionError, match="compensate_attempted must be True or False"):
+        Registry().register(wf)
+    ok = make("ok")
+    ok.task(noop, name="pay", compensate=undo, compensate_attempted=True)
+    ok.task(noop, name="plain", compensate=undo)
+    Registry().register(ok)
+    described = {s["name"]: s for s in ok.describe()["steps"]}
+    assert described["pay"]["compensate_attempted"] is True
+    assert described["plain"]["compensate_attempted"] is False
+    assert ok.steps["plain"].compensate_attempted is False  # the default stays as it was

@@ -260,3 +260,32 @@ def test_cancel_during_a_running_step_compensates_it_too(worker) -> None:
     assert state(instance) == "compensated"
     assert steps(instance)["book_flight"].state == "compensated"
     assert steps(instance)["book_hotel"].state == "cancelled"
+
+
+def test_saga_undoes_a_step_whose_answer_was_lost_with_a_real_worker(worker) -> None:
+    import json
+
+    instance, _ = engine.instance_start(
+        workflow="t_saga_attempted", input={"behave": {"charge": "lost", "hold": "lost_then_doom"}}
+    )
+    wait_for(lambda: finished(instance), sweep=True, timeout=30, message="saga to unwind")
+    assert state(instance) == "compensated"
+    s = steps(instance)
+    assert {name: s[name].state for name in s} == {
+        "reserve": "compensated",
+        "charge": "compensated",
+        "hold": "compensated",
+        "ship": "cancelled",
+    }
+    effects = ledger().hgetall(f"effects:{instance.pk}")
+    undone = {
+        k.decode(): json.loads(v) for k, v in ledger().hgetall(f"undone:{instance.pk}").items()
+    }
+    assert {k.decode() for k in effects} == {"reserve", "charge", "hold"}
+    assert set(undone) == {"reserve", "charge", "hold"}  # every applied effect undone
+    assert undone["charge"]["output"] is None and undone["charge"]["attempted_only"]
+    assert undone["hold"]["output"] is None and undone["hold"]["attempted_only"]
+    order = [x.decode() for x in ledger().lrange(f"undo_order:{instance.pk}", 0, -1)]
+    assert order[-1] == "reserve"
+    types = [e.type for e in assert_history_sound(instance)]
+    assert types[-1] == "instance_compensated"
