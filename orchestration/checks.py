@@ -22,8 +22,11 @@ OPEN = [
 
 def missing_definitions() -> list[tuple[str, int, int]]:
     """(workflow, version, open instances) for versions in use but not registered."""
+    # order_by(): the model's default ordering would put created_at into the DISTINCT and
+    # report each version once per instance.
     rows = (
         WorkflowInstance.objects.filter(state__in=OPEN)
+        .order_by()
         .values_list("workflow", "version")
         .distinct()
     )

@@ -256,12 +256,17 @@ def test_unregistering_a_version_in_use_is_a_clear_startup_error() -> None:
 
     from orchestration.definitions import registry
 
-    engine.instance_start(workflow="customer_onboarding", version=1, input={"customer": "Old"})
+    from orchestration.checks import check_definitions_in_use
+
+    for name in ("Old", "Older", "Oldest"):
+        engine.instance_start(workflow="customer_onboarding", version=1, input={"customer": name})
     v1 = registry.get("customer_onboarding", 1)
     registry.unregister("customer_onboarding", 1)
     try:
-        with pytest.raises(SystemCheckError, match="customer_onboarding version 1 is used by 1"):
+        with pytest.raises(SystemCheckError, match="customer_onboarding version 1 is used by 3"):
             call_command("check", databases=["default"])
+        # One error per version, not one per instance.
+        assert len(check_definitions_in_use(databases=["default"])) == 1
     finally:
         registry.register(v1)
     call_command("check", databases=["default"])
