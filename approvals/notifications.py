@@ -14,8 +14,11 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core import signing
+from django.db import connection, transaction
+from django.utils import timezone
 
-from integrations.mail import email_queue
+from integrations.mail import email_queue, email_render, emails_enqueue
+from integrations.models import OutboundEmail
 
 from .models import ActionToken, ApprovalRequest
 
@@ -27,10 +30,12 @@ def _hash(raw: str) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
-def token_issue(request: ApprovalRequest, user: Any, now: datetime, purpose: str) -> str:
-    """A new single-use link token for ``user`` on ``request``; returns the signed token."""
+def token_new(
+    request: ApprovalRequest, user: Any, now: datetime, purpose: str
+) -> tuple[ActionToken, str]:
+    """An unsaved single-use link token for ``user`` on ``request``, and its signed form."""
     raw = secrets.token_urlsafe(32)
-    ActionToken.objects.create(
+    token = ActionToken(
         request=request,
         user=user,
         token_hash=_hash(raw),
@@ -38,7 +43,14 @@ def token_issue(request: ApprovalRequest, user: Any, now: datetime, purpose: str
         created_at=now,
         expires_at=now + timedelta(seconds=settings.SIGNOFF_LINK_MAX_AGE_SECONDS),
     )
-    return signing.TimestampSigner(salt=LINK_SALT).sign(raw)
+    return token, signing.TimestampSigner(salt=LINK_SALT).sign(raw)
+
+
+def token_issue(request: ApprovalRequest, user: Any, now: datetime, purpose: str) -> str:
+    """A new single-use link token for ``user`` on ``request``; returns the signed token."""
+    token, signed = token_new(request, user, now, purpose)
+    token.save(force_insert=True)
+    return signed
 
 
 def token_unsign(signed: str) -> str | None:
@@ -137,3 +149,70 @@ def notify_requester(request: ApprovalRequest, *, kind: str, extra: dict[str, An
         )
         is not None
     )
+
+
+def render_context(*, user_id: int, purpose: str, extra: dict[str, Any]) -> dict[str, Any]:
+    """What :func:`mails_render` needs to render an outbox row written unrendered: the
+    recipient, the link's purpose (``approval_<purpose>`` is the template) and the template's
+    extra context."""
+    return {"user": user_id, "purpose": purpose, "extra": extra}
+
+
+def mails_render(*, email_ids: list[int]) -> int:
+    """Render outbox rows a batch wrote in status ``rendering`` (the batched escalation sweep):
+    per row one action token for its recipient, the subject and bodies exactly as
+    :func:`notify_assignees` renders them, status ``queued``; the delivery tasks are sent after
+    the commit. One transaction that locks the rows (``skip_locked``: rows another renderer
+    holds are its work); rows no longer ``rendering`` are left alone, so a second run or a
+    redelivered task renders nothing twice and issues no second token. Returns the count."""
+    with transaction.atomic():
+        mails = list(
+            OutboundEmail.objects.select_for_update(skip_locked=True)
+            .filter(pk__in=email_ids, status=OutboundEmail.Status.RENDERING)
+            .order_by("pk")
+        )
+        if not mails:
+            return 0
+        requests = ApprovalRequest.objects.in_bulk({m.request_id for m in mails})
+        users = User.objects.in_bulk({(m.render_context or {}).get("user") for m in mails})
+        now = timezone.now()
+        tokens, rendered, lost = [], [], []
+        for mail in mails:
+            spec = mail.render_context or {}
+            request, user = requests.get(mail.request_id), users.get(spec.get("user"))
+            if request is None or user is None or "purpose" not in spec:
+                lost.append(mail.pk)  # deleted since (retention, erasure): nothing to send
+                continue
+            token, signed = token_new(request, user, now, spec["purpose"])
+            context = _context(request, user=user, link=link_url(signed), **spec.get("extra", {}))
+            mail.subject, mail.body_text, mail.body_html = email_render(
+                template=f"approval_{spec['purpose']}", context=context
+            )
+            tokens.append(token)
+            rendered.append(mail)
+        ActionToken.objects.bulk_create(tokens)
+        with connection.cursor() as cursor:
+            # One statement for the chunk (bulk_update's CASE per column grows with its square).
+            cursor.execute(
+                "UPDATE integrations_outboundemail m SET subject = v.subject, "
+                "body_text = v.body_text, body_html = v.body_html, status = %s, "
+                "render_context = NULL "
+                "FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[]) "
+                "AS v(id, subject, body_text, body_html) WHERE m.id = v.id",
+                [
+                    OutboundEmail.Status.QUEUED,
+                    [m.pk for m in rendered],
+                    [m.subject for m in rendered],
+                    [m.body_text for m in rendered],
+                    [m.body_html for m in rendered],
+                ],
+            )
+        if lost:
+            OutboundEmail.objects.filter(pk__in=lost).update(
+                status=OutboundEmail.Status.FAILED,
+                render_context=None,
+                last_error="not rendered: the request or the recipient no longer exists",
+            )
+        ids = [m.pk for m in rendered]
+        transaction.on_commit(lambda: emails_enqueue(ids))
+    return len(ids)

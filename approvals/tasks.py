@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from . import sweepers
+from . import notifications, sweepers
 
 
 @shared_task(name="approvals.sweep_reminders", ignore_result=True)
@@ -18,3 +18,8 @@ def sweep_escalations() -> int:
 @shared_task(name="approvals.sweep_expiry", ignore_result=True)
 def sweep_expiry() -> int:
     return sweepers.sweep_expiry()
+
+
+@shared_task(name="approvals.render_mails", acks_late=True, ignore_result=True)
+def render_mails(email_ids: list[int]) -> int:
+    return notifications.mails_render(email_ids=email_ids)

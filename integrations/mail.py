@@ -38,17 +38,14 @@ def email_queue(
     to = sorted({addr for addr in to if addr})
     if not to:
         return None
-    text = render_to_string(f"email/{template}.txt", context).lstrip()
-    subject, _, body = text.partition("\n")
-    subject = subject.removeprefix("Subject:").strip()[:300]
-    html = render_to_string(f"email/{template}.html", context)
+    subject, body_text, html = email_render(template=template, context=context)
     email, created = OutboundEmail.objects.get_or_create(
         message_id=message_id,
         defaults={
             "kind": kind,
             "to": to,
             "subject": subject,
-            "body_text": body.strip() + "\n",
+            "body_text": body_text,
             "body_html": html,
             "created_at": timezone.now(),
             "instance_id": instance_id,
@@ -58,6 +55,33 @@ def email_queue(
     if created:
         transaction.on_commit(lambda: _enqueue(email.pk))
     return email
+
+
+def email_render(*, template: str, context: dict[str, Any]) -> tuple[str, str, str]:
+    """Subject, text body and HTML body of ``email/<template>.txt`` / ``.html``."""
+    text = render_to_string(f"email/{template}.txt", context).lstrip()
+    subject, _, body = text.partition("\n")
+    html = render_to_string(f"email/{template}.html", context)
+    return subject.removeprefix("Subject:").strip()[:300], body.strip() + "\n", html
+
+
+def emails_enqueue(email_ids: list[int]) -> None:
+    """Send the delivery tasks of several queued rows over one broker connection (after
+    commit). A broker failure is logged: the outbox sweeper sends them later."""
+    from .tasks import send_email
+
+    if not email_ids:
+        return
+    try:
+        with send_email.app.producer_or_acquire() as producer:
+            for pk in email_ids:
+                send_email.apply_async((pk,), producer=producer)
+    except Exception:  # noqa: BLE001 - the outbox sweeper sends them later
+        log.warning(
+            "%d emails not enqueued; the outbox sweeper will send them",
+            len(email_ids),
+            exc_info=True,
+        )
 
 
 def _enqueue(email_id: int) -> None:

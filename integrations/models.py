@@ -18,6 +18,9 @@ from django.utils import timezone
 
 class OutboundEmail(models.Model):
     class Status(models.TextChoices):
+        # Written by a batch (the escalation sweep) before its body exists; the app that wrote
+        # it renders it from ``render_context`` and moves it to ``queued``.
+        RENDERING = "rendering"
         QUEUED = "queued"
         SENT = "sent"
         FAILED = "failed"
@@ -36,12 +39,19 @@ class OutboundEmail(models.Model):
     # Context for operators: which instance and request it is about.
     instance_id = models.UUIDField(null=True, blank=True)
     request_id = models.BigIntegerField(null=True, blank=True)
+    # While ``rendering``: what the renderer needs besides the request (recipient, level).
+    render_context = models.JSONField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
         indexes = [
             models.Index(
                 fields=["created_at"], name="email_queued_created", condition=Q(status="queued")
+            ),
+            models.Index(
+                fields=["created_at"],
+                name="email_rendering_created",
+                condition=Q(status="rendering"),
             ),
             models.Index(fields=["instance_id"], name="email_instance"),
         ]
