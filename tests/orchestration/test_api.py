@@ -262,6 +262,27 @@ def test_start_answers_201_with_the_instance_and_its_first_step_scheduled(
     assert row_counts() == (1, 3, 2)  # instance_started, step_scheduled
 
 
+def test_start_answers_with_the_written_instance_without_reading_it_back(
+    api: APIClient, user: Any
+) -> None:
+    # The answer is the instance as the detail endpoint shows it, built from what the engine
+    # wrote: beyond the engine's own queries only the token lookup and one read of the steps
+    # (no permission queries, no second read of the instance).
+    with CaptureQueriesContext(connection) as engine_only:
+        start_as(user, "t_sequence", input={"n": 0})
+    engine_queries = [q for q in engine_only if "SAVEPOINT" not in q["sql"]]
+    with CaptureQueriesContext(connection) as queries:
+        response = api.post(
+            INSTANCES, {"workflow": "t_sequence", "input": {"n": 1, "b": [2]}}, format="json"
+        )
+    assert response.status_code == 201, response.content
+    api_queries = [q for q in queries if "SAVEPOINT" not in q["sql"]]
+    assert not [q for q in api_queries if "auth_permission" in q["sql"]]
+    assert len(api_queries) <= len(engine_queries) + 2, [q["sql"] for q in api_queries]
+    body = response.json()
+    assert body == api.get(f"{INSTANCES}{body['id']}/").json()
+
+
 def test_start_pins_the_requested_version(api: APIClient) -> None:
     response = api.post(
         INSTANCES,
