@@ -9,10 +9,10 @@ true`` as well, each step returns its timestamps as its output and the commits t
 transactions are stamped:
 
 - ``task_prerun`` (Celery signal, in the worker child): when the task body starts ("p").
-- ``post_save`` of the instance row (every engine transaction saves it in ``Journal.flush``)
-  registers an ``on_commit`` callback *before* the engine registers its own (doorbells, then
-  announcements), so the stamp is taken right after ``COMMIT`` returns and before the next
-  doorbell is published ("k" for the claim, "c" for the completion).
+- ``Journal.flush`` (every engine transaction ends with it; wrapped here, in the bench
+  processes only) registers an ``on_commit`` callback *before* the engine registers its own
+  (doorbells, then announcements), so the stamp is taken right after ``COMMIT`` returns and
+  before the next doorbell is published ("k" for the claim, "c" for the completion).
 - the step function stores ``p``, ``k``, its own start ``t0`` and end ``t1`` in its output.
 - ``event_committed`` (the engine's after-commit announcement, which runs after the doorbell was
   sent) pushes the completion stamps to Redis, so no Redis call sits between a commit and the
@@ -32,10 +32,10 @@ import redis
 from celery.signals import task_prerun
 from django.conf import settings
 from django.db import close_old_connections, transaction
-from django.db.models.signals import post_save
 from django.dispatch import receiver
 
 from orchestration.definitions import RetryPolicy, StepContext, Workflow, registry
+from orchestration.journal import Journal
 from orchestration.models import WorkflowInstance
 from orchestration.signals import event_committed
 
@@ -107,10 +107,16 @@ def _stamp_prerun(**kwargs: Any) -> None:
         close_old_connections()
 
 
-@receiver(post_save, sender=WorkflowInstance)
-def _after_instance_save(sender: Any, instance: WorkflowInstance, **kwargs: Any) -> None:
-    if _timed(instance) and transaction.get_connection().in_atomic_block:
+_engine_flush = Journal.flush
+
+
+def _flush_and_stamp(self: Journal, *args: Any, **kwargs: Any) -> None:
+    if _timed(self.instance):
         transaction.on_commit(_stamp_commit)
+    _engine_flush(self, *args, **kwargs)
+
+
+Journal.flush = _flush_and_stamp  # type: ignore[method-assign]
 
 
 @receiver(event_committed)

@@ -166,6 +166,8 @@ class Journal:
         if created_steps is not None:
             self.instance.save(force_insert=True)
             StepRun.objects.bulk_create(created_steps)
+        elif self.events and connection.vendor == "postgresql":
+            _write_in_one_statement(self.instance, list(self.dirty.values()), self.events)
         else:
             self.instance.save(update_fields=INSTANCE_FIELDS)
             # One UPDATE per changed step: measured 10x cheaper in Python than bulk_update's
@@ -173,7 +175,8 @@ class Journal:
             for step in self.dirty.values():
                 step.save(update_fields=STEP_FIELDS)
         if self.events:
-            Event.objects.bulk_create(self.events)
+            if created_steps is not None or connection.vendor != "postgresql":
+                Event.objects.bulk_create(self.events)
             for event in self.events:
                 if event.type in LOGGED_EVENTS:
                     log.warning(
@@ -206,6 +209,59 @@ class Journal:
         if self.events and event_committed.receivers:
             events = list(self.events)
             transaction.on_commit(lambda: _announce(events))
+
+
+def _write_in_one_statement(
+    instance: WorkflowInstance, steps: list[StepRun], events: list[Event]
+) -> None:
+    """PostgreSQL: the instance's UPDATE, one UPDATE per changed step and the events' INSERT
+    as one statement of data-modifying CTEs — one round trip instead of two or more, and no
+    ORM query compilation (the SQL is built from the fields' own ``get_db_prep_save``, the
+    values Django's ``save()`` would send). The transitions themselves already happened, on
+    the locked rows, through django-fsm; this only writes their result. Each row appears once
+    (``Journal.dirty`` holds each step object once; nothing else updates the instance here)."""
+    quote = connection.ops.quote_name
+    params: list[Any] = []
+    ctes: list[str] = []
+
+    def update(alias: str, obj: Any, fields: list[str]) -> None:
+        meta = obj._meta
+        assignments = []
+        for name in fields:
+            field = meta.get_field(name)
+            assignments.append(f"{quote(field.column)} = %s")
+            params.append(field.get_db_prep_save(getattr(obj, field.attname), connection))
+        params.append(meta.pk.get_db_prep_save(obj.pk, connection))
+        ctes.append(
+            f"{alias} AS (UPDATE {quote(meta.db_table)} SET {', '.join(assignments)} "
+            f"WHERE {quote(meta.pk.column)} = %s)"
+        )
+
+    update("i", instance, INSTANCE_FIELDS)
+    for n, step in enumerate(steps):
+        update(f"s{n}", step, STEP_FIELDS)
+    fields = _event_fields()
+    rows = []
+    for event in events:
+        rows.append("(" + ", ".join(["%s"] * len(fields)) + ")")
+        params.extend(f.get_db_prep_save(getattr(event, f.attname), connection) for f in fields)
+    sql = (
+        f"WITH {', '.join(ctes)} INSERT INTO {quote(Event._meta.db_table)} "
+        f"({', '.join(quote(f.column) for f in fields)}) VALUES {', '.join(rows)} "
+        f"RETURNING {quote(Event._meta.pk.column)}"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        ids = [row[0] for row in cursor.fetchall()]
+    # PostgreSQL returns a multi-row VALUES insert's rows in order (bulk_create relies on it).
+    for event, pk in zip(events, ids, strict=True):
+        event.pk = pk
+        event._state.adding = False
+        event._state.db = connection.alias
+
+
+def _event_fields() -> list[Any]:
+    return [f for f in Event._meta.concrete_fields if not f.primary_key]
 
 
 def ring_doorbells(bells: list[Doorbell]) -> None:
