@@ -72,6 +72,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import goal_row, row  # noqa: E402
+
 DB_URL = os.environ.get(
     "SIGNOFF_BENCH_INBOX_DATABASE_URL",
     "postgres://postgres@127.0.0.1:5432/signoff_bench_inbox",
@@ -589,92 +591,6 @@ def explain(name: str, qs: Any) -> dict[str, Any]:
     }
 
 
-# -- the proposal -------------------------------------------------------------------------------
-
-# The change to approvals/selectors.py proposed in the report, verbatim (it replaces
-# ``_assigned_to``, ``visible_to`` and ``request_for``; ``decidable_by`` and ``decided_by`` stay).
-# ``--mode proposed`` runs it in this process only, with the index below, to measure it.
-PROPOSED_SELECTORS = '''
-def _assignment_subqueries(ids: list[int]) -> tuple[QuerySet[Any], QuerySet[Any]]:
-    request = OuterRef("pk")
-    groups = Membership.objects.filter(user_id__in=ids).values("group_id")
-    return (
-        AssignedUser.objects.filter(approvalrequest_id=request, user_id__in=ids).values("pk"),
-        AssignedGroup.objects.filter(approvalrequest_id=request, group_id__in=groups).values("pk"),
-    )
-
-
-def _assigned_to(ids: list[int]) -> Q:
-    # One EXISTS over a UNION ALL, not EXISTS OR EXISTS: PostgreSQL turns each EXISTS under an
-    # OR into a hashed subplan that first reads every assignment of the user's groups, in any
-    # state (50,000 rows for 5,000 pending in 1,000,000), on every page. A UNION ALL cannot
-    # be hashed: it is probed per row through the (request, user|group) unique indexes while
-    # the page walks approval_pending_created in order, and stops after one page.
-    users, groups = _assignment_subqueries(ids)
-    return Q(Exists(users.union(groups, all=True)))
-
-
-def _visible(user: Any, ids: list[int]) -> Q:
-    users, groups = _assignment_subqueries(ids)
-    decided = Decision.objects.filter(request=OuterRef("pk"), decided_by=user).values("pk")
-    return Q(Exists(users.union(groups, decided, all=True)))
-
-
-def visible_to(user: Any, now: datetime | None = None) -> QuerySet[ApprovalRequest]:
-    """Every request the user is or was assigned (or decided), in any state."""
-    return ApprovalRequest.objects.filter(_visible(user, principal_ids(user, now)))
-
-
-def request_for(user: Any, request_id: Any) -> ApprovalRequest | None:
-    """One request the user may see (assignee, delegate, decider, requester or staff)."""
-    try:
-        pk = int(request_id)
-    except (TypeError, ValueError):
-        return None
-    qs = ApprovalRequest.objects.select_related("instance", "step_run", "requester").filter(pk=pk)
-    if not user.is_staff:
-        # Tested on the one row: pk__in=visible_to(user) would build the whole visible set
-        # first (a sequential scan of every request, seconds at 1,000,000).
-        qs = qs.filter(_visible(user, principal_ids(user)) | Q(requester_id=user.pk))
-    return qs.first()
-'''
-
-# ... and, for the workflow filter, a partial index in that order per workflow (the pending
-# index alone walks 20 times as far when a filter keeps one workflow in 20):
-PROPOSED_INDEX = "bench_proposed_pending_workflow"
-PROPOSED_INDEX_SQL = (
-    f"CREATE INDEX IF NOT EXISTS {PROPOSED_INDEX} ON approvals_approvalrequest "
-    "(workflow, created_at DESC, id DESC) WHERE state = 'pending'"
-)
-PROPOSED_MODEL_INDEX = (
-    'models.Index(fields=["workflow", "-created_at", "-id"], '
-    'name="approval_pending_workflow", condition=Q(state="pending"))'
-)
-
-
-def apply_proposal() -> None:
-    """Swap the proposed selectors into ``approvals.selectors`` (in this process only), also
-    for modules that imported the functions by name, and create the proposed index."""
-    from django.db import connection
-
-    from approvals import selectors
-
-    originals = {name: getattr(selectors, name) for name in ("visible_to", "request_for")}
-    exec(PROPOSED_SELECTORS, selectors.__dict__)  # noqa: S102 - our own source, above
-    for name, original in originals.items():
-        original.__code__ = getattr(selectors, name).__code__
-    with connection.cursor() as cursor:
-        cursor.execute(PROPOSED_INDEX_SQL)
-        cursor.execute("ANALYZE approvals_approvalrequest")
-
-
-def drop_proposed_index() -> None:
-    from django.db import connection
-
-    with connection.cursor() as cursor:
-        cursor.execute(f"DROP INDEX IF EXISTS {PROPOSED_INDEX}")
-
-
 def run(args: argparse.Namespace, mode: str) -> dict[str, Any]:
     from django.contrib.auth import get_user_model
     from django.db.models import Q
@@ -736,14 +652,9 @@ def run(args: argparse.Namespace, mode: str) -> dict[str, Any]:
     pending_qs = approval_list(user=user, state="pending", workflow=None, business_key=None)
     last = pending_qs.order_by(*ordering)[49]
     # request_for's query, as it is built (the selector only adds .first()).
-    if mode == "proposed":
-        detail_qs = ApprovalRequest.objects.filter(pk=detail_ids[0]).filter(
-            selectors._visible(user, selectors.principal_ids(user)) | Q(requester_id=user.pk)
-        )
-    else:
-        detail_qs = ApprovalRequest.objects.filter(
-            Q(pk__in=selectors.visible_to(user).values("pk")) | Q(requester_id=user.pk)
-        ).filter(pk=detail_ids[0])
+    detail_qs = ApprovalRequest.objects.filter(pk=detail_ids[0]).filter(
+        selectors._visible(user, selectors.principal_ids(user)) | Q(requester_id=user.pk)
+    )
     plans = [
         explain("pending_first_page", pending_qs.order_by(*ordering)[:51]),
         explain(
@@ -797,6 +708,49 @@ def render_mode(mode: str, measured: dict[str, Any]) -> list[str]:
     return lines
 
 
+def summarise(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows ``make bench`` shows (bench/run.py)."""
+    counts = report["counts"]
+    measured = report["modes"]["current"]
+    timings = measured["timings"]
+    rows = [
+        row(
+            "approval requests / pending",
+            f"{counts.get('requests', 0):,} / {counts.get('pending', 0):,}",
+            note=f"{report['target_user']} may decide {measured['counts']['target_may_decide']:,}",
+        )
+    ]
+    labels = {
+        "api_list": "API list (pending, first page)",
+        "api_list_page2": "API list, second page",
+        "api_detail": "API detail",
+        "html_list": "HTML inbox list",
+        "html_detail": "HTML inbox detail",
+    }
+    for name, label in labels.items():
+        t = timings.get(name)
+        if t is None:
+            rows.append(row(f"{label}: not measured", "", ok=False))
+            continue
+        queries = "/".join(map(str, t["queries"]))
+        aim = AIMS.get(name)
+        note = f"{queries} queries, p99 {t['p99_ms']:.1f} ms, CPU {t['python_cpu_p50_ms']:.1f} ms"
+        if aim is None:
+            rows.append(row(f"{label} p50", t["p50_ms"], "ms", note=note))
+        else:
+            rows.append(goal_row(f"{label} p50", t["p50_ms"], "ms", "<=", aim, note=note))
+    plan = measured["explain"][0]
+    rows.append(
+        row(
+            "pending list SQL (EXPLAIN ANALYZE)",
+            plan["execution_ms"],
+            "ms",
+            note="walks approval_pending_created" if plan["uses_pending_index"] else "NO INDEX",
+        )
+    )
+    return rows
+
+
 def render(report: dict[str, Any]) -> str:
     lines = [
         f"Signoff inbox benchmark  {report['finished_at']}  ({report['environment']['cpus']} "
@@ -816,12 +770,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=50, help="timed requests per page")
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument(
-        "--mode",
-        choices=["current", "proposed", "both"],
-        default="both",
-        help="the selectors as they are, with the proposed change (this process only), or both",
-    )
+    parser.add_argument("--mode", choices=["current"], default="current", help=argparse.SUPPRESS)
     parser.add_argument("--reseed", action="store_true", help="seed even if the seed matches")
     parser.add_argument(
         "--requests",
@@ -855,18 +804,11 @@ def main(argv: list[str] | None = None) -> int:
     with connection.cursor() as cursor:
         cursor.execute("SHOW server_version")
         server = cursor.fetchone()[0]
-    modes = ["current", "proposed"] if args.mode == "both" else [args.mode]
     measured: dict[str, Any] = {}
-    for mode in modes:
-        if mode == "current":
-            drop_proposed_index()
-        else:
-            apply_proposal()
-        load_before = loadavg()
-        measured[mode] = run(args, mode)
-        measured[mode]["load_before"] = load_before
-        measured[mode]["load_after"] = loadavg()
-    drop_proposed_index()
+    load_before = loadavg()
+    measured["current"] = run(args, "current")
+    measured["current"]["load_before"] = load_before
+    measured["current"]["load_after"] = loadavg()
     report = {
         "finished_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
         "layout": LAYOUT,
@@ -875,11 +817,6 @@ def main(argv: list[str] | None = None) -> int:
         "counts": data,
         "aims_p50_ms": AIMS,
         "modes": measured,
-        "proposal": {
-            "selectors": PROPOSED_SELECTORS.strip(),
-            "index_sql": PROPOSED_INDEX_SQL,
-            "model_index": PROPOSED_MODEL_INDEX,
-        },
         "environment": {
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
@@ -889,6 +826,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "duration_s": round(time.monotonic() - began, 1),
     }
+    report["summary"] = summarise(report)
     print(render(report))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2, default=str) + "\n")
