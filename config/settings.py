@@ -257,6 +257,9 @@ SIGNOFF_MAX_REQUEST_BYTES = env_int("SIGNOFF_MAX_REQUEST_BYTES", 256 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = SIGNOFF_MAX_REQUEST_BYTES
 # A step whose doorbell rang this long ago without being claimed is rung again.
 SIGNOFF_DOORBELL_GRACE_SECONDS = env_int("SIGNOFF_DOORBELL_GRACE_SECONDS", 30)
+# Later re-rings of a step still not claimed back off (each waits as long as the step has been
+# overdue), up to this: a message merely queued behind a backlog is not rung every sweep.
+SIGNOFF_DOORBELL_MAX_BACKOFF_SECONDS = env_int("SIGNOFF_DOORBELL_MAX_BACKOFF_SECONDS", 300)
 # A running instance with no event for this long counts as stuck (admin filter, `signoff stuck`).
 SIGNOFF_STUCK_AFTER_SECONDS = env_int("SIGNOFF_STUCK_AFTER_SECONDS", 24 * 3600)
 # /metrics answers these client addresses (IPs or networks, comma-separated), or any client

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db.models import Q
+from django.db.models import DateTimeField, F, Q, Value
 from django.utils import timezone
 
 from . import engine, saga, waits
@@ -39,21 +39,60 @@ def _batch(batch: int | None) -> int:
     return batch or settings.SIGNOFF_SWEEP_BATCH
 
 
+def ring_again_q(*, now: datetime, grace: timedelta, max_backoff: timedelta) -> Q:
+    """Steps (due at ``next_attempt_at``, last rung at ``rung_at``) whose doorbell should ring
+    again at ``now``: the message was lost, or is only queued behind a backlog.
+
+    The first re-ring comes ``grace`` after both the due time and the last ring (a lost message
+    is rung again promptly). Each later one waits as long as the step had been overdue when it
+    was last rung (``rung_at - next_attempt_at``), at least ``grace`` and at most
+    ``max_backoff``, so the waits double — grace, grace, 2 grace, 4 grace, ... — and a message
+    queued behind a long backlog is rung a handful of times, not on every sweep. Every fresh
+    ring (scheduling, a retry, an operator's resume) sets ``rung_at`` to its due time or
+    before, which starts over. No extra column: the gap between the two timestamps is the
+    back-off's state. The caller's filter on ``next_attempt_at`` keeps the query on the
+    partial due-time index; the rest is a row filter over the overdue rows.
+    """
+    older_than = now - grace
+    # rung_at + (rung_at - next_attempt_at) <= now, written with the column on the left
+    backed_off = Q(
+        next_attempt_at__gte=F("rung_at")
+        - (Value(now, output_field=DateTimeField()) - F("rung_at"))
+    )
+    return Q(next_attempt_at__lte=older_than) & (
+        Q(rung_at__isnull=True)
+        | (Q(rung_at__lte=older_than) & (Q(rung_at__lte=now - max_backoff) | backed_off))
+    )
+
+
 def sweep_doorbells(
-    *, now: datetime | None = None, grace: timedelta | None = None, batch: int | None = None
+    *,
+    now: datetime | None = None,
+    grace: timedelta | None = None,
+    batch: int | None = None,
+    max_backoff: timedelta | None = None,
 ) -> int:
-    """Ring again for steps ``scheduled``/``retrying`` whose due time and last ring are older
-    than the grace period: their message was lost (Redis flushed, broker down at commit)."""
+    """Ring again for steps ``scheduled``/``retrying`` past their due time whose message seems
+    lost (Redis flushed, broker down at commit, worker killed), backing off for messages that
+    are only queued (:func:`ring_again_q`).
+
+    The per-row services re-check only that the row was not rung since ``now - grace``: every
+    ring sets ``rung_at`` to its own now, so a row that moved on since it was picked is
+    skipped, and one that did not still meets the back-off (time only moves forward)."""
     now = now or timezone.now()
     grace = (
         grace if grace is not None else timedelta(seconds=settings.SIGNOFF_DOORBELL_GRACE_SECONDS)
     )
+    max_backoff = (
+        max_backoff
+        if max_backoff is not None
+        else timedelta(seconds=settings.SIGNOFF_DOORBELL_MAX_BACKOFF_SECONDS)
+    )
     older_than = now - grace
+    due = ring_again_q(now=now, grace=grace, max_backoff=max_backoff)
     ids = list(
-        StepRun.objects.filter(
-            state__in=[StepState.SCHEDULED, StepState.RETRYING], next_attempt_at__lte=older_than
-        )
-        .filter(Q(rung_at__isnull=True) | Q(rung_at__lte=older_than))
+        StepRun.objects.filter(state__in=[StepState.SCHEDULED, StepState.RETRYING])
+        .filter(due)
         .filter(instance__paused_at__isnull=True)
         .order_by("next_attempt_at")
         .values_list("pk", flat=True)[: _batch(batch)]
@@ -63,11 +102,9 @@ def sweep_doorbells(
     )
     compensations = list(
         StepRun.objects.filter(
-            state=StepState.COMPENSATING,
-            comp_phase__in=["scheduled", "retrying"],
-            next_attempt_at__lte=older_than,
+            state=StepState.COMPENSATING, comp_phase__in=["scheduled", "retrying"]
         )
-        .filter(Q(rung_at__isnull=True) | Q(rung_at__lte=older_than))
+        .filter(due)
         .order_by("next_attempt_at")
         .values_list("pk", flat=True)[: _batch(batch)]
     )
