@@ -468,7 +468,9 @@ def _describe(event: Event) -> tuple[str, str, str]:
     if t == "instance_compensated":
         return "Instance compensated", "warn", ""
     if t == "step_compensating":
-        return "Compensation scheduled", "warn", ""
+        # compensate_attempted: the step never succeeded, but an attempt may have acted
+        detail = "never succeeded; undoing its attempts" if d.get("attempted") else ""
+        return "Compensation scheduled", "warn", detail
     if t == "step_compensation_started":
         return f"Compensation attempt {event.attempt} started", "warn", ""
     if t == "step_compensated":

@@ -392,3 +392,23 @@ def test_claimed_attempts_of_a_cancelled_step_are_found_in_the_history(frozen) -
     definition = registry.get("t_saga_attempted")
     assert saga.claimed_unsucceeded(steps_of(instance), definition) == {"charge"}
     assert saga.claimed_unsucceeded(steps_of(instance), registry.get("t_saga_plain")) == set()
+
+
+def test_timeline_tells_an_attempted_compensation_apart(frozen) -> None:
+    from orchestration.views import build_timeline
+
+    instance = _start_attempted({"charge": "lost", "hold": "doom"})
+    _execute(instance, "charge")
+    _execute(instance, "hold")
+    run_compensations(instance)
+    events = list(Event.objects.filter(instance=instance).order_by("seq"))
+    details = {
+        e.event.step: e.detail
+        for e in build_timeline(refresh(instance), events)
+        if e.event.type == "step_compensating"
+    }
+    assert details == {
+        "charge": "never succeeded; undoing its attempts",
+        "hold": "never succeeded; undoing its attempts",
+        "reserve": "",
+    }
