@@ -49,23 +49,29 @@ Invariants checked
 - ``one_start_one_end``: one ``instance_started`` and one terminal event per instance, the
   terminal event matching the state.
 - ``steps_settled``: every step of a finished instance in the state its outcome implies (all
-  succeeded; in an unwound saga reserve compensated, charge compensated or stopped, hold
-  failed, ship cancelled), and its attempt counter equal to its last claimed attempt.
+  succeeded; in an unwound saga reserve and hold compensated, charge compensated or — only if
+  no attempt of it was ever claimed — cancelled, ship cancelled), and its attempt counter
+  equal to its last claimed attempt.
 - ``step_scheduled_once``: every task step (the joins included) scheduled at most once.
 - ``claimed_once_per_attempt``: at most one ``step_started`` per step and attempt.
 - ``executed_once_per_attempt``: in the ledger, each function (forward or compensation)
   started and completed at most once per (idempotency key, attempt).
 - ``effects_exactly_once``: each succeeded step's side effect applied exactly once, each
-  compensated step's undo applied exactly once, none for a step that never succeeded (but see
-  the finding below), and the attempt the engine recorded as successful completed in the
-  ledger.
+  compensated step's undo applied exactly once, none for a step that never succeeded unless
+  the saga undid it for its attempts (``compensate_attempted``), and the attempt the engine
+  recorded as successful completed in the ledger.
+- ``unwound_effects_undone``: in a saga that unwound, every side effect applied by a step with
+  a compensation is undone — also when the step never succeeded: an attempt applied the effect
+  and then failed (a lost response) or timed out, and the step failed, timed out or was
+  cancelled before a retry succeeded. The engine compensates such steps because the saga's
+  steps declare ``compensate_attempted=True``; without it they would be left behind (11-14 per
+  1,000 doomed sagas before that option existed).
 - ``approvals_decided_once``: per approval request one ``approval_resolved`` event, one
   decision per assignee (policy any: one decision in all; all: one from each), decision events
   matching decision rows; no repeated API approval accepted.
 
-Findings (printed and written, not failures): ``uncompensated_partial_effects`` counts the
-effects left by a saga step that ended cancelled, failed or timed out after one of its attempts
-had applied its effect and then failed (the engine compensates succeeded steps only).
+Counts also show ``attempted_compensations`` (steps undone for their attempts only) and, of
+those, ``lost_response_effects_undone`` (their attempts had applied the effect).
 
 Also: ``--calm`` runs the same workload without kills, flush or PostgreSQL hit (a baseline);
 ``--check-only`` checks the database the last run left.
@@ -982,14 +988,13 @@ class Checker:
             """,
             [list(TERMINAL)],
         )
-        # A doomed saga: hold failed, reserve undone, charge undone or stopped before it
-        # succeeded, ship never started.
+        # A doomed saga: reserve undone; hold (failed for good) and charge undone for their
+        # claimed attempts even when they never succeeded (compensate_attempted); charge
+        # cancelled only if it never got a claim; ship never started.
         doomed = {
             "reserve": {"compensated"},
-            # cancelled while scheduled or retrying; failed or timed out when its running
-            # attempt failed after the saga had started
-            "charge": {"compensated", "cancelled", "failed", "timed_out"},
-            "hold": {"failed"},
+            "charge": {"compensated", "cancelled"},
+            "hold": {"compensated"},
             "ship": {"cancelled"},
         }
         problems = []
@@ -1003,10 +1008,14 @@ class Checker:
                 wanted = {step_state}  # an unexpected outcome is reported elsewhere
             if step_state not in wanted:
                 problems.append(f"{where}: {step_state}, expected {' or '.join(sorted(wanted))}")
-            # A step cancelled while waiting to retry is one attempt past its last claim.
+            unwound = state == "compensated" and workflow == "chaos_saga"
+            if unwound and step_state == "cancelled" and claimed and name != "ship":
+                problems.append(f"{where}: cancelled after claims {claimed}, not undone")
+            # A step cancelled while waiting to retry is one attempt past its last claim (and
+            # stays so when the saga then undoes it for that claim).
             allowed = (
                 {claimed[-1], claimed[-1] + 1}
-                if claimed and step_state == "cancelled"
+                if claimed and step_state in ("cancelled", "compensated")
                 else {claimed[-1] if claimed else None}
             )
             if kind == "task" and claimed and (attempt not in allowed or claimed[0] < 1):
@@ -1065,7 +1074,7 @@ class Checker:
             f"""
             SELECT s.instance_id::text || ':' || s.name, s.state, s.attempt, s.comp_attempt,
                    s.output, i.workflow = 'chaos_saga' AND i.state = 'compensated',
-                   i.state = ANY(%s)
+                   i.state = ANY(%s), s.comp_attempted
             FROM {self.t_step} s JOIN {self.t_instance} i ON i.id = s.instance_id
             WHERE s.kind = 'task'
             """,
@@ -1084,12 +1093,20 @@ class Checker:
         problems = []
         partial: list[str] = []
         orphans = 0
+        attempted_undone = attempted_with_effect = 0
         succeeded_states = ("succeeded", "compensating", "compensated")
-        for key, state, attempt, comp_attempt, output, unwound, finished in steps:
+        for key, state, attempt, comp_attempt, output, unwound, finished, attempted in steps:
             forward = (key, "forward") in effects
             if not finished and state not in succeeded_states + ("compensated",):
                 continue  # still in flight (a timed-out run): all_terminal reports it
-            if state in succeeded_states:
+            if attempted:
+                # Undone for its claimed attempts although it never succeeded: the effect may
+                # or may not have been applied; the undo must run either way (checked below).
+                attempted_undone += 1
+                attempted_with_effect += forward
+                if output is not None:
+                    problems.append(f"{key}: undone for its attempts, yet has an output")
+            elif state in succeeded_states:
                 if not forward:
                     problems.append(f"{key}: {state} but its effect was never applied")
                 recorded = (json.loads(output) if isinstance(output, str) else output or {}).get(
@@ -1102,8 +1119,7 @@ class Checker:
             elif forward and unwound:
                 # In a saga that unwound: an attempt applied the effect and then failed (a lost
                 # response), and the step ended cancelled, failed or timed out before a retry
-                # succeeded. The saga compensates only succeeded steps, so the effect stays.
-                # Reported as a finding, not an invariant violation.
+                # succeeded — and the saga did not undo it for that attempt.
                 partial.append(
                     f"{key}: {state} after attempt {effects[key, 'forward']} applied its "
                     "effect; never compensated"
@@ -1127,12 +1143,12 @@ class Checker:
         )[0][0]
         forward_effects = sum(1 for (_, p) in effects if p == "forward")
         undo_effects = len(effects) - forward_effects
-        self.findings["uncompensated_partial_effects"] = {
-            "count": len(partial),
-            "detail": "side effects of saga steps that ended unsucceeded after an attempt "
-            "applied them and then failed; the saga compensates only succeeded steps",
-            "examples": partial[:10],
-        }
+        self.verdict(
+            "unwound_effects_undone",
+            partial,
+            f"{attempted_undone} saga steps undone for their attempts only, "
+            f"{attempted_with_effect} of them had applied their effect (a lost response)",
+        )
         self.verdict(
             "effects_exactly_once",
             problems,
@@ -1164,6 +1180,8 @@ class Checker:
             "repeat_effects_absorbed": dupes,
             "orphan_effects": orphans,
             "uncompensated_partial_effects": len(partial),
+            "attempted_compensations": attempted_undone,
+            "lost_response_effects_undone": attempted_with_effect,
             "claims": claims,
         }
 

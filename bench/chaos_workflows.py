@@ -10,11 +10,15 @@ Four shapes, every task step flaky:
 - ``chaos_approval``: ``prepare`` → ``manager_ok`` (policy any of chaos_a, chaos_b) and
   ``finance_ok`` (policy all of chaos_a, chaos_b) in parallel → ``book``.
 - ``chaos_saga``: ``reserve`` → ``charge`` and ``hold`` in parallel → ``ship``; the first three
-  have compensations. With ``"doom": true`` in the input, ``hold`` fails for good (a
-  non-retryable error, after its transient failures) while ``charge`` may still be scheduled,
-  running or waiting to retry, and the saga unwinds: the instance must end ``compensated``,
-  ``reserve`` compensated, ``charge`` compensated (or cancelled if it had not succeeded),
-  ``hold`` failed and ``ship`` cancelled.
+  have compensations, declared ``compensate_attempted=True``: a step that never succeeded is
+  undone too once one of its attempts was claimed (it may have applied its effect and then
+  failed). With ``"doom": true`` in the input, ``hold`` fails for good (a non-retryable
+  error, after its transient failures, some of which applied its effect) while ``charge`` may
+  still be scheduled, running or waiting to retry, and the saga unwinds: the instance must end
+  ``compensated``, ``reserve`` and ``hold`` compensated, ``charge`` compensated (or cancelled
+  if no attempt of it was ever claimed) and ``ship`` cancelled. Every compensation checks what
+  it is given: the step's own output, or output None with ``ctx.attempted_only`` for a step
+  that never succeeded; anything else fails it for good (the instance would end ``failed``).
 
 Transient failures: an attempt fails when a hash of ``(seed, phase, step key, attempt)`` falls
 under ``fail_rate`` (input, default 0.2), so every process agrees on which attempts fail. The
@@ -158,7 +162,19 @@ def _task(workflow: Workflow, name: str, after: tuple[str, ...] = (), **kwargs: 
     workflow.task(step, name=name, after=after, retry=RETRY, start_to_close=STEP_TIMEOUT, **kwargs)
 
 
+class ChaosContractBroken(NonRetryableError):
+    """A compensation got something else than its step's output (or None for a step that
+    never succeeded): fails the compensation for good, so the checker sees the instance
+    ``failed``."""
+
+
 def _undo(ctx: StepContext, output: Any) -> dict[str, Any]:
+    key = ctx.idempotency_key
+    if ctx.attempted_only:
+        if output is not None:
+            raise ChaosContractBroken(f"{key}: attempted-only compensation given {output!r}")
+    elif not isinstance(output, dict) or output.get("key") != key:
+        raise ChaosContractBroken(f"{key}: compensation given {output!r}")
     return run_flaky(ctx, "compensate")
 
 
@@ -220,17 +236,12 @@ COMPENSATE_RETRY = RetryPolicy(
     backoff_coefficient=2.0,
     max_interval=timedelta(seconds=2),
 )
-_task(saga, "reserve", compensate=_undo, compensate_retry=COMPENSATE_RETRY)
-_task(saga, "charge", ("reserve",), compensate=_undo, compensate_retry=COMPENSATE_RETRY)
+UNDO = {"compensate": _undo, "compensate_retry": COMPENSATE_RETRY, "compensate_attempted": True}
+_task(saga, "reserve", **UNDO)
+_task(saga, "charge", ("reserve",), **UNDO)
 
 
-@saga.task(
-    after=["reserve"],
-    retry=RETRY,
-    start_to_close=STEP_TIMEOUT,
-    compensate=_undo,
-    compensate_retry=COMPENSATE_RETRY,
-)
+@saga.task(after=["reserve"], retry=RETRY, start_to_close=STEP_TIMEOUT, **UNDO)
 def hold(ctx: StepContext) -> dict[str, Any]:
     return run_flaky(ctx, doomed=bool(ctx.input.get("doom")))
 

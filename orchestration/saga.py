@@ -170,8 +170,10 @@ def schedule(step: StepRun, spec: TaskStep, journal: Journal, *, fresh: bool = T
     ``attempted`` and the state it left, for a step that never succeeded)."""
     data: dict[str, Any] | None = None
     if fresh:
-        if step.state != S.SUCCEEDED:
-            step.comp_attempted = True
+        # Decided here, whatever an earlier mark said (an operator may have completed a
+        # marked step by hand since).
+        step.comp_attempted = step.state != S.SUCCEEDED
+        if step.comp_attempted:
             data = {"attempted": True, "from": step.state}
         step.start_compensation()
     else:  # a failed compensation retried by an operator

@@ -29,6 +29,7 @@ INVARIANTS = [
     "claimed_once_per_attempt",
     "executed_once_per_attempt",
     "effects_exactly_once",
+    "unwound_effects_undone",
     "approvals_decided_once",
 ]
 WORKFLOWS = 100
