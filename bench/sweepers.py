@@ -2,15 +2,13 @@
 
 Run it with ``.venv/bin/python bench/sweepers.py`` (``--help`` for the knobs). It needs
 PostgreSQL on 127.0.0.1:5432 and Redis on 127.0.0.1:6379, database 4 as the broker (override
-with ``SIGNOFF_BENCH_SWEEP_DATABASE_URL`` / ``SIGNOFF_BENCH_SWEEP_BROKER_URL``). No worker: the
-follow-up mail tasks are only queued, counted in the broker and removed again. It creates the
+with ``SIGNOFF_BENCH_SWEEP_DATABASE_URL`` / ``SIGNOFF_BENCH_SWEEP_BROKER_URL``). It creates the
 database ``signoff_bench_sweep`` when missing, migrates it (``manage.py migrate`` with
 ``DATABASE_URL``), seeds it unless the same seed is there, prints one table and writes
-``bench/results/sweepers.json``.
+``bench/results/sweepers.json``, whose ``summary`` list (measure, value, unit, goal, ok) is what
+``make bench`` shows.
 
-Time: seeding takes about 5 minutes on a busy machine (once). The per-row sweeper spends about
-40 ms a row here, so the default run (all 10,000 through it) takes about 8 minutes;
-``--per-row-rows 1000`` keeps a run under 3 minutes and extrapolates.
+Time: seeding takes 1 to 5 minutes (once); a run with the seed present takes about a minute.
 
 The data
 --------
@@ -34,32 +32,22 @@ run's escalation events, tokens, mails and ``admin`` assignments removed).
 
 What is measured
 ----------------
-1. ``EXPLAIN (ANALYZE, BUFFERS)`` of each sweeper's due-ids query, captured from the sweeper
-   itself: index used and rows examined (rows the scans returned plus rows a filter removed).
-2. ``approvals.sweepers.sweep_escalations(batch=N)`` once, with 10,000 due (N = 10,000 unless
-   ``--per-row-rows`` says fewer; then its 10,000-row time is extrapolated: each row is its own
-   transaction, the cost is linear). The per-row design commits each request's new level, its
-   event, its action token and its outbox mail together, row by row, and sends the mail task
-   to the broker after each commit, so the state, the events and the queued mails are all in
-   place when the call returns; the stored timestamps (event ``at``, outbox ``created_at``) give
-   the timeline. CPU seconds of this process and of its PostgreSQL backend (from /proc) split
-   the wall time into work and waiting. Then counted: levels, events, tokens, outbox rows,
-   ``admin`` assignments, messages in the broker, failed rows.
-3. A profile of the per-row sweep over 200 more rows (``--profile-rows``): SQL statements and
-   their time by kind, COMMITs, template rendering, broker publishing, and pyinstrument's tree
-   when it is installed (it is not a project dependency: ``.venv/bin/pip install pyinstrument``).
-4. A batched prototype of the same escalation over the 10,000 (``--no-prototype`` skips it), in
-   this module and this process only: phase 1, per chunk of 2,000, one transaction of two
-   statements (lock with ``FOR UPDATE SKIP LOCKED``, then one statement of data-modifying CTEs:
-   level, assignees, ``last_seq`` and events, outbox rows in a new ``rendering`` status);
-   phase 2 renders those mails, issues their action tokens and queues their tasks. Its event
-   and mail are compared with the per-row sweeper's for the same request.
-5. Right after (zero due rows): the escalation sweep again, ``sweep_doorbells`` and
-   ``sweep_step_timeouts`` (the seed has no scheduled, retrying or running step), 20 runs each,
-   p50, and their plans.
-6. When ``approvals.models`` has no partial index on ``next_escalation_at`` (the index
-   ``approval_pending_escalation``), 1 and 5 again with such an index created in this database
-   only (``bench_pending_escalation``, also present for the prototype, dropped at the end).
+1. ``EXPLAIN (ANALYZE, BUFFERS)`` of each sweeper's due-ids queries, captured from the sweeper
+   itself: index used and rows examined.
+2. For comparison, the per-row path (``SIGNOFF_ESCALATION_BATCHED = False``, as on SQLite) over
+   ``--per-row-rows`` (200) of the due rows: time and CPU per row; its event and mail for the
+   oldest request are kept to compare with the batched sweep's.
+3. The production sweep, ``approvals.sweepers.sweep_escalations`` (batched on PostgreSQL), over
+   the 10,000 due rows, with a Celery worker (2 processes) consuming only the render queue
+   (``SIGNOFF_MAIL_RENDER_QUEUE``): when each chunk committed (the last one: *state changed*),
+   when the call returned (events announced), and when every mail was rendered, its token
+   issued and its delivery task in the broker (*follow-ups dispatched*; the delivery tasks are
+   counted and purged, no mail is sent). Then counted: levels, events, tokens, mails,
+   ``admin`` assignments, broker messages, ``last_seq`` mismatches, failed rows.
+4. ``EXPLAIN (ANALYZE, BUFFERS)`` of one chunk's two statements (rolled back), CTE by CTE: where
+   phase 1's database time goes. ``--profile``: pyinstrument's tree of one more sweep.
+5. Right after (zero due rows): each sweeper 20 times, p50 (escalations, reminders, expiry,
+   doorbells, step timeouts, mail outbox).
 
 Noise: 2 cores shared with PostgreSQL and whatever else runs (other people's tests). The load
 average is recorded; compare runs taken under similar load.
@@ -71,15 +59,12 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
-import uuid
-from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -109,7 +94,6 @@ LAYOUT = {
 }
 GOALS = {"state_changed_s": 0.5, "followups_queued_s": 10.0, "empty_sweep_ms": 50.0}
 EMPTY_RUNS = 20
-PROFILE_ROWS = 200
 INDEX_NAME = "approval_pending_escalation"
 BENCH_INDEX = "bench_pending_escalation"
 BENCH_INDEX_SQL = (
@@ -204,7 +188,7 @@ def broker_purge() -> int:
     client = redis.Redis.from_url(BROKER_URL)
     queue = settings.CELERY_TASK_DEFAULT_QUEUE
     waiting = client.llen(queue)
-    client.delete(queue)
+    client.delete(queue, "bench_sweep_render")
     return waiting
 
 
@@ -575,7 +559,15 @@ def reset() -> dict[str, Any]:
         sql(f"UPDATE {SEED_TABLE} SET info = info || jsonb_build_object('anchor', now())")
     # The requests table only: its 50,000 updated rows would leave dead entries in the
     # partial indexes the sweepers read (the other tables lost at most 10,000 rows of millions).
-    vacuum(["approvals_approvalrequest", "approvals_approvalrequest_assignee_users"])
+    # The outbox too: the last run's rendered rows left dead entries in the partial index the
+    # escalation sweep reads first (email_rendering_created).
+    vacuum(
+        [
+            "approvals_approvalrequest",
+            "approvals_approvalrequest_assignee_users",
+            "integrations_outboundemail",
+        ]
+    )
     removed["broker_messages"] = broker_purge()
     removed["seconds"] = round(time.monotonic() - began, 1)
     return removed
@@ -929,469 +921,208 @@ def clear_due() -> int:
     )
 
 
-# -- profile of the per-row sweep ---------------------------------------------------------------
+# -- the production (batched) escalation sweep --------------------------------------------------
+
+RENDER_QUEUE = "bench_sweep_render"  # the bench's worker consumes only the render tasks
 
 
-def _statement_kind(statement: str) -> str:
-    """``SELECT approvals_approvalrequest`` and the like: verb and first table."""
-    import re
+class RenderWorker:
+    """A Celery worker (prefork, 2 processes) on the bench database and broker that consumes
+    only the render queue: the delivery tasks it queues stay in the broker, counted, then
+    purged (no mail is sent)."""
 
-    words = statement.lstrip(" (\n").split()
-    verb = words[0].upper() if words else "?"
-    pattern = {
-        "SELECT": r'\bFROM\s+"?(\w+)"?',
-        "INSERT": r'\bINTO\s+"?(\w+)"?',
-        "UPDATE": r'^UPDATE\s+"?(\w+)"?',
-        "DELETE": r'\bFROM\s+"?(\w+)"?',
-    }.get(verb)
-    found = re.search(pattern, statement, re.IGNORECASE) if pattern else None
-    suffix = " FOR UPDATE" if verb == "SELECT" and "FOR UPDATE" in statement.upper() else ""
-    return f"{verb} {found.group(1) if found else '?'}{suffix}"
+    def __init__(self, concurrency: int = 2) -> None:
+        self.concurrency = concurrency
+        self.name = f"bench-sweep-{os.getpid()}@localhost"
+        self.log = ROOT / "var" / "bench-sweep-worker.log"
+        self.process: subprocess.Popen[bytes] | None = None
 
+    def start(self) -> float:
+        from config.celery import app
 
-@contextmanager
-def timed_calls(owner: Any, name: str, into: list[float]) -> Iterator[None]:
-    """Time every call of ``owner.name`` (a module function or an instance method)."""
-    original = getattr(owner, name)
-
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        began = time.perf_counter()
-        try:
-            return original(*args, **kwargs)
-        finally:
-            into.append(time.perf_counter() - began)
-
-    setattr(owner, name, wrapper)
-    try:
-        yield
-    finally:
-        if isinstance(owner, type) or hasattr(owner, "__file__"):
-            setattr(owner, name, original)
-        else:
-            delattr(owner, name)  # the instance attribute hid the class's method
-
-
-def profile_per_row(rows: int) -> dict[str, Any]:
-    """The per-row sweep over ``rows`` due requests: where the time goes per row."""
-    from django.db import connection
-
-    from approvals.sweepers import sweep_escalations
-    from integrations import mail
-
-    statements: dict[str, list[float]] = defaultdict(list)
-
-    def wrapper(execute: Any, statement: str, params: Any, many: bool, context: Any) -> Any:
-        began = time.perf_counter()
-        try:
-            return execute(statement, params, many, context)
-        finally:
-            statements[_statement_kind(statement)].append(time.perf_counter() - began)
-
-    render: list[float] = []
-    publish: list[float] = []
-    commits: list[float] = []
-    try:
-        from pyinstrument import Profiler
-    except ImportError:
-        Profiler = None  # noqa: N806
-    profiler = Profiler(interval=0.0005) if Profiler else None
-    with (
-        connection.execute_wrapper(wrapper),
-        timed_calls(mail, "render_to_string", render),
-        timed_calls(mail, "_enqueue", publish),
-        timed_calls(connection, "_commit", commits),
-    ):
-        if profiler:
-            profiler.start()
-        began = time.perf_counter()
-        done = sweep_escalations(batch=rows)
-        elapsed = time.perf_counter() - began
-        if profiler:
-            profiler.stop()
-    per = max(done, 1)
-    sql_total = sum(sum(v) for v in statements.values())
-    parts = {
-        "sql_round_trips": sql_total,
-        "commit": sum(commits),
-        "template_rendering": sum(render),
-        "broker_publish": sum(publish),
-    }
-    parts["python_other"] = elapsed - sum(parts.values())
-    result: dict[str, Any] = {
-        "rows": done,
-        "seconds": round(elapsed, 3),
-        "per_row_ms": round(elapsed * 1000 / per, 3),
-        "statements_per_row": round(sum(len(v) for v in statements.values()) / per, 2),
-        "breakdown_per_row_ms": {k: round(v * 1000 / per, 3) for k, v in parts.items()},
-        "statements": sorted(
-            (
-                {
-                    "kind": kind,
-                    "per_row": round(len(times) / per, 2),
-                    "ms_per_row": round(sum(times) * 1000 / per, 3),
-                    "mean_ms": round(statistics.fmean(times) * 1000, 3),
-                }
-                for kind, times in statements.items()
-            ),
-            key=lambda s: -s["ms_per_row"],
-        ),
-        "renders_per_row": round(len(render) / per, 2),
-        "note": "timers and the profiler slow the run; compare shares, not the total",
-    }
-    if profiler:
-        tree = profiler.output_text(
-            unicode=False, color=False, processor_options={"filter_threshold": 0.02}
+        began = time.monotonic()
+        self.log.parent.mkdir(exist_ok=True)
+        self.process = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "celery", "-A", "config", "worker", "-l", "WARNING"),
+                *("-c", str(self.concurrency), "-Q", RENDER_QUEUE, "-n", self.name),
+                *("--without-gossip", "--without-mingle", "--without-heartbeat"),
+            ],
+            cwd=ROOT,
+            env=_env(),
+            stdout=open(self.log, "ab"),  # noqa: SIM115 - the child owns it
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
-        flat = profiler.output_text(unicode=False, color=False, flat=True)
-        result["pyinstrument_tree"] = tree.splitlines()
-        result["pyinstrument_flat_top"] = [line for line in flat.splitlines() if line.strip()][:40]
-    else:
-        result["pyinstrument_tree"] = ["pyinstrument not installed: pip install pyinstrument"]
-    return result
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise SystemExit(f"render worker exited; see {self.log}")
+            if any(self.name in r for r in app.control.ping(destination=[self.name], timeout=0.5)):
+                return round(time.monotonic() - began, 1)
+        raise SystemExit(f"render worker not ready; see {self.log}")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, 15)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, 9)
 
 
-# -- batched prototype --------------------------------------------------------------------------
-
-PROTOTYPE_CHUNK = 2_000
-RENDER_CHUNK = 500
-RENDERING = "rendering"  # an outbox row whose mail is still to be rendered (proposed status)
-
-
-# One statement per chunk and escalation level: the data-modifying CTEs all see the rows as
-# they were before it (so ``newcomers`` compares with the assignees before this level).
-ESCALATE_SQL = """
-WITH due AS (
-    SELECT unnest(%(ids)s::bigint[]) AS id, unnest(%(next)s::timestamptz[]) AS next
-), req AS (
-    UPDATE approvals_approvalrequest r
-    SET level = r.level + 1, next_escalation_at = due.next
-    FROM due WHERE r.id = due.id
-    RETURNING r.id, r.instance_id, r.step_run_id, r.requester_id, r.allow_self_approval
-), newcomers AS (
-    SELECT req.id AS request_id, req.instance_id, u.id AS user_id, u.email
-    FROM req CROSS JOIN auth_user u
-    WHERE u.is_active AND u.email <> ''
-      AND (u.id = ANY(%(users)s::int[]) OR u.id IN (
-           SELECT user_id FROM auth_user_groups WHERE group_id = ANY(%(groups)s::int[])))
-      AND (u.id IS DISTINCT FROM req.requester_id OR req.allow_self_approval)
-      AND NOT EXISTS (
-          SELECT 1 FROM approvals_approvalrequest_assignee_users au
-          WHERE au.approvalrequest_id = req.id AND au.user_id = u.id)
-      AND NOT EXISTS (
-          SELECT 1 FROM approvals_approvalrequest_assignee_groups ag
-          JOIN auth_user_groups ug ON ug.group_id = ag.group_id
-          WHERE ag.approvalrequest_id = req.id AND ug.user_id = u.id)
-), add_users AS (
-    INSERT INTO approvals_approvalrequest_assignee_users (approvalrequest_id, user_id)
-    SELECT req.id, u FROM req CROSS JOIN unnest(%(users)s::int[]) AS u
-    ON CONFLICT DO NOTHING RETURNING 1
-), add_groups AS (
-    INSERT INTO approvals_approvalrequest_assignee_groups (approvalrequest_id, group_id)
-    SELECT req.id, g FROM req CROSS JOIN unnest(%(groups)s::int[]) AS g
-    ON CONFLICT DO NOTHING RETURNING 1
-), inst AS (
-    UPDATE orchestration_workflowinstance i
-    SET last_seq = i.last_seq + 1, updated_at = %(now)s
-    FROM req WHERE i.id = req.instance_id
-    RETURNING i.id, i.last_seq
-), events AS (
-    INSERT INTO orchestration_event (instance_id, seq, type, step, attempt, actor, data, at)
-    SELECT inst.id, inst.last_seq, 'approval_escalated', s.name, NULLIF(s.attempt, 0),
-           'sweeper', %(data)s::jsonb, %(now)s
-    FROM inst JOIN req ON req.instance_id = inst.id
-    JOIN orchestration_steprun s ON s.id = req.step_run_id
-    RETURNING id, instance_id, seq, step, attempt
-), mails AS (
-    INSERT INTO integrations_outboundemail (message_id, kind, "to", subject, body_text,
-        body_html, status, attempts, last_error, created_at, instance_id, request_id)
-    SELECT format('<signoff.escalated.%%s.%%s.%%s@%%s>', n.request_id, n.user_id, %(level)s,
-                  %(domain)s::text),
-           'approval_escalated', jsonb_build_array(n.email), '', '', '', %(rendering)s, 0, '',
-           %(now)s, n.instance_id, n.request_id
-    FROM newcomers n
-    ON CONFLICT (message_id) DO NOTHING RETURNING 1
-)
-SELECT (SELECT count(*) FROM req), (SELECT count(*) FROM mails),
-       (SELECT count(*) FROM add_users) + (SELECT count(*) FROM add_groups),
-       (SELECT coalesce(json_agg(json_build_array(id, instance_id, seq, step, attempt)), '[]')
-        FROM events)
-"""
+def mail_status() -> dict[str, int]:
+    return dict(
+        sql(
+            "SELECT status, count(*) FROM integrations_outboundemail "
+            "WHERE kind = 'approval_escalated' GROUP BY status"
+        )
+    )
 
 
-def prototype_escalate_state(now: datetime, batch: int, chunk: int) -> dict[str, Any]:
-    """Phase 1 of the proposed batched escalation. Per chunk, one transaction of two
-    statements: the first locks the due requests and their instances (``SKIP LOCKED``: a row
-    another sweep or a decision holds is left for the next run; the WHERE clause is re-checked
-    on the locked rows), the second (``ESCALATE_SQL``, per escalation level present) moves
-    ``level`` / ``next_escalation_at``, adds the assignees, bumps ``last_seq`` and writes one
-    event per request, and one outbox row per newcomer whose mail phase 2 renders. Levels with
-    an assignees function or ``replace`` are left to the per-row sweeper."""
-    from django.contrib.auth import get_user_model
-    from django.contrib.auth.models import Group
-    from django.db import transaction
-
-    from approvals import notifications
-    from approvals.definitions import ApprovalStep
-    from approvals.services import timer_at
-    from orchestration.definitions import registry
-    from orchestration.journal import _announce
-    from orchestration.models import Event, WorkflowInstance
-
-    User = get_user_model()  # noqa: N806
-    domain = notifications._domain()
-    done, per_row, commits, statements, mails = 0, [], [], 0, 0
-    announce: list[Event] = []
-    while done < batch:
-        with transaction.atomic():
-            # Short statements over a few thousand rows: JIT compilation costs more than it
-            # saves (the planner's row estimates for the unnest() arrays set it off).
-            sql("SET LOCAL jit = off")
-            rows = sql(
-                """
-                SELECT r.id, r.instance_id, r.level, r.created_at, i.workflow, i.version,
-                       r.step_name
-                FROM approvals_approvalrequest r
-                JOIN orchestration_workflowinstance i ON i.id = r.instance_id
-                WHERE r.state = 'pending' AND r.next_escalation_at <= %s
-                ORDER BY r.next_escalation_at
-                LIMIT %s
-                FOR UPDATE OF r, i SKIP LOCKED
-                """,
-                [now, min(chunk, batch - done)],
-            )
-            statements += 1
-            if not rows:
-                break
-            groups: dict[tuple[str, int, str, int], list[tuple[Any, ...]]] = defaultdict(list)
-            for row in rows:
-                groups[(row[4], row[5], row[6], row[2])].append(row)
-            for (workflow, version, step_name, level_no), members in groups.items():
-                definition = registry.get(workflow, version)
-                spec = definition.steps.get(step_name) if definition else None
-                ids = [r[0] for r in members]
-                if not isinstance(spec, ApprovalStep) or level_no >= len(spec.escalate):
-                    sql(
-                        "UPDATE approvals_approvalrequest SET next_escalation_at = NULL "
-                        "WHERE id = ANY(%s)",
-                        [ids],
-                    )
-                    statements += 1
-                    continue
-                level = spec.escalate[level_no]
-                if level.assignees is not None or level.replace:
-                    per_row.extend((r[0], r[1]) for r in members)
-                    continue
-                users = list(User.objects.filter(username__in=level.users, is_active=True))
-                group_objs = list(Group.objects.filter(name__in=level.groups))
-                after = level_no + 1
-                data = {
-                    "level": after,
-                    "users": [u.username for u in users],
-                    "groups": [g.name for g in group_objs],
-                    "replace": False,
-                    "removed": [],
-                }
-                following = (
-                    [timer_at(spec, r[3], spec.escalate[after].after) for r in members]
-                    if after < len(spec.escalate)
-                    else [None] * len(members)
-                )
-                changed, queued, _, written = sql(
-                    ESCALATE_SQL,
-                    {
-                        "ids": ids,
-                        "next": following,
-                        "users": [u.pk for u in users],
-                        "groups": [g.pk for g in group_objs],
-                        "now": now,
-                        "data": json.dumps(data),
-                        "level": after,
-                        "domain": domain,
-                        "rendering": RENDERING,
-                    },
-                )[0]
-                statements += 3
-                mails += queued
-                written = json.loads(written) if isinstance(written, str) else written
-                announce += [
-                    Event(
-                        id=pk,
-                        instance_id=uuid.UUID(instance_id),
-                        seq=seq,
-                        type="approval_escalated",
-                        step=step,
-                        attempt=attempt,
-                        actor="sweeper",
-                        data=data,
-                        at=now,
-                    )
-                    for pk, instance_id, seq, step, attempt in written
-                ]
-            transaction.on_commit(lambda: commits.append(time.perf_counter()))
-            done += len(rows)
-    state_end = time.perf_counter()
-    # The engine's after-commit announcement (webhook deliveries), once the state is in.
-    instances = WorkflowInstance.objects.in_bulk({e.instance_id for e in announce})
-    for event in announce:
-        event.instance = instances[event.instance_id]
-    _announce(announce)
-    return {
-        "announce_s": round(time.perf_counter() - state_end, 3),
-        "rows": done,
-        "mails": mails,
-        "per_row_fallback": per_row,
-        "last_commit": commits[-1] if commits else state_end,
-        "statements": statements,
-    }
-
-
-def prototype_render(chunk: int) -> dict[str, Any]:
-    """Phase 2: render the mails phase 1 wrote (one action token each), mark them queued and
-    send their tasks in one broker connection per chunk."""
-    from django.contrib.auth import get_user_model
-    from django.db import transaction
-    from django.template.loader import render_to_string
+def measure_batched(info: dict[str, Any], timeout: float = 120.0) -> dict[str, Any]:
+    """One production sweep (``sweep_escalations``, batched on PostgreSQL) over the 10,000 due
+    rows, the render worker running. Timeline: each chunk's commit (its render tasks are sent
+    right after it, in ``mails_dispatch``), the call's return (after the announcements), and
+    the moment every mail is rendered, queued and its delivery task is in the broker."""
+    from django.conf import settings
     from django.utils import timezone
 
-    from approvals import notifications
-    from approvals.models import ActionToken, ApprovalRequest
-    from integrations.models import OutboundEmail
-    from integrations.tasks import send_email
+    from approvals import sweepers
 
-    User = get_user_model()  # noqa: N806
-    rendered, render_s, publish_s = 0, 0.0, 0.0
-    max_age = timedelta(seconds=notifications.settings.SIGNOFF_LINK_MAX_AGE_SECONDS)
-    signer = notifications.signing.TimestampSigner(salt=notifications.LINK_SALT)
-    while True:
-        with transaction.atomic():
-            mails = list(
-                OutboundEmail.objects.select_for_update(skip_locked=True)
-                .filter(status=RENDERING)
-                .order_by("id")[:chunk]
-            )
-            if not mails:
-                break
-            requests = ApprovalRequest.objects.select_related("requester").in_bulk(
-                {m.request_id for m in mails}
-            )
-            # <signoff.escalated.{request}.{user}.{level}@domain>: the proposal stores the
-            # user and the template context in the row instead.
-            keys = [m.message_id[1:].split("@")[0].split(".") for m in mails]
-            users = User.objects.in_bulk({int(k[3]) for k in keys})
-            now = timezone.now()
-            tokens = []
-            began = time.perf_counter()
-            for mail_row, key in zip(mails, keys, strict=True):
-                request, user, level = requests[mail_row.request_id], users[int(key[3])], key[4]
-                raw = notifications.secrets.token_urlsafe(32)
-                tokens.append(
-                    ActionToken(
-                        request=request,
-                        user=user,
-                        token_hash=notifications._hash(raw),
-                        purpose="escalated",
-                        created_at=now,
-                        expires_at=now + max_age,
-                    )
-                )
-                context = notifications._context(
-                    request,
-                    user=user,
-                    link=notifications.link_url(signer.sign(raw)),
-                    level=int(level),
-                )
-                text = render_to_string("email/approval_escalated.txt", context).lstrip()
-                subject, _, body = text.partition("\n")
-                mail_row.subject = subject.removeprefix("Subject:").strip()[:300]
-                mail_row.body_text = body.strip() + "\n"
-                mail_row.body_html = render_to_string("email/approval_escalated.html", context)
-            render_s += time.perf_counter() - began
-            ActionToken.objects.bulk_create(tokens)
-            # bulk_update's CASE WHEN per column grows with the square of the chunk.
-            sql(
-                "UPDATE integrations_outboundemail m SET subject = v.subject, "
-                "body_text = v.body_text, body_html = v.body_html, status = %s "
-                "FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[]) "
-                "AS v(id, subject, body_text, body_html) WHERE m.id = v.id",
-                [
-                    OutboundEmail.Status.QUEUED,
-                    [m.pk for m in mails],
-                    [m.subject for m in mails],
-                    [m.body_text for m in mails],
-                    [m.body_html for m in mails],
-                ],
-            )
-            ids = [m.pk for m in mails]
+    commits: list[float] = []
+    dispatch = sweepers.mails_dispatch
 
-            def publish(ids: list[int] = ids) -> None:
-                nonlocal publish_s
-                began = time.perf_counter()
-                with send_email.app.producer_or_acquire() as producer:
-                    for pk in ids:
-                        send_email.apply_async((pk,), producer=producer)
-                publish_s += time.perf_counter() - began
-
-            transaction.on_commit(publish)
-            rendered += len(mails)
-    return {"mails": rendered, "render_s": round(render_s, 3), "publish_s": round(publish_s, 3)}
-
-
-def measure_prototype(info: dict[str, Any]) -> dict[str, Any]:
-    from django.utils import timezone
-
-    from approvals.sweepers import sweep_escalations
-    from integrations.tasks import send_email
+    def timed_dispatch(ids: list[int]) -> None:
+        commits.append(time.perf_counter())
+        dispatch(ids)
 
     clock = CpuClock()
     load = loadavg()
-    started = timezone.now()
-    cpu0 = clock.read()
-    began = time.perf_counter()
-    state = prototype_escalate_state(started, LAYOUT["overdue"], PROTOTYPE_CHUNK)
-    phase1_end = time.perf_counter()
-    cpu1 = clock.read()
-    fallback = 0
-    if state["per_row_fallback"]:
-        # The per-row sweeper's own loop for the levels the prototype does not batch.
-        fallback = sweep_escalations(now=started, batch=len(state["per_row_fallback"]))
-    render = prototype_render(RENDER_CHUNK)
-    end = time.perf_counter()
-    cpu2 = clock.read()
+    settings.SIGNOFF_MAIL_RENDER_QUEUE = RENDER_QUEUE
+    sweepers.mails_dispatch = timed_dispatch
+    try:
+        with FailureCounter() as failures:
+            started = timezone.now()
+            cpu0 = clock.read()
+            began = time.perf_counter()
+            done = sweepers.sweep_escalations(batch=LAYOUT["overdue"])
+            returned = time.perf_counter()
+            cpu1 = clock.read()
+    finally:
+        sweepers.mails_dispatch = dispatch
+        del settings.SIGNOFF_MAIL_RENDER_QUEUE
+    mails = sql(
+        "SELECT count(*) FROM integrations_outboundemail WHERE kind = 'approval_escalated'"
+    )[0][0]
+    from django.conf import settings as dj
 
-    def cpu(a: tuple[float, float | None], b: tuple[float, float | None]) -> dict[str, Any]:
-        server = None if a[1] is None or b[1] is None else round(b[1] - a[1], 3)
-        return {"python_s": round(b[0] - a[0], 3), "postgres_backend_s": server}
-
-    result = {
-        "chunk": PROTOTYPE_CHUNK,
-        "render_chunk": RENDER_CHUNK,
-        "acted_on": state["rows"],
-        "mails": state["mails"],
-        "statements_phase1": state["statements"],
-        "per_row_fallback": fallback,
-        "state_changed_s": round(state["last_commit"] - began, 3),
-        "phase1_with_announcements_s": round(phase1_end - began, 3),
-        "announcements_s": state["announce_s"],
-        "followups_queued_s": round(end - began, 3),
-        "phase2_s": round(end - phase1_end, 3),
-        "phase2": render,
-        "cpu_phase1": cpu(cpu0, cpu1),
-        "cpu_phase2": cpu(cpu1, cpu2),
+    queue = dj.CELERY_TASK_DEFAULT_QUEUE
+    finished = None
+    status: dict[str, int] = {}
+    while time.perf_counter() - began < timeout:
+        status = mail_status()
+        if status.get("queued", 0) == mails and broker_queues().get(queue, 0) >= mails:
+            finished = time.perf_counter()
+            break
+        time.sleep(0.05)
+    server = None if cpu0[1] is None or cpu1[1] is None else round(cpu1[1] - cpu0[1], 3)
+    return {
+        "acted_on": done,
+        "chunk": sweepers._setting("SIGNOFF_ESCALATION_CHUNK", sweepers.ESCALATION_CHUNK),
+        "render_slice": sweepers.RENDER_SLICE,
+        "state_changed_s": round((commits[-1] if commits else returned) - began, 3),
+        "chunk_commits_s": [round(c - began, 3) for c in commits],
+        "sweep_returned_s": round(returned - began, 3),
+        "followups_dispatched_s": None if finished is None else round(finished - began, 3),
+        "mails": mails,
+        "mail_status": status,
+        "cpu_sweep": {"python_s": round(cpu1[0] - cpu0[0], 3), "postgres_backend_s": server},
+        "failed_rows": len(failures.records),
+        "failures": failures.records[:5],
         "load_before": load,
         "load_after": loadavg(),
         "outcome": outcome(started, info),
     }
-    # The broker side of one task message per render chunk (a task taking a list of ids, as
-    # proposed) instead of one per mail: the same ids, published again, then purged.
-    ids = [r[0] for r in sql("SELECT id FROM integrations_outboundemail WHERE status = 'queued'")]
-    began = time.perf_counter()
-    with send_email.app.producer_or_acquire() as producer:
-        for i in range(0, len(ids), RENDER_CHUNK):
-            send_email.app.send_task(
-                "bench.send_emails", args=(ids[i : i + RENDER_CHUNK],), producer=producer
-            )
-    result["phase2"]["publish_one_message_per_chunk_s"] = round(time.perf_counter() - began, 3)
+
+
+def explain_chunk(chunk: int) -> dict[str, Any]:
+    """EXPLAIN (ANALYZE, BUFFERS) of one chunk's lock and escalate statements, rolled back:
+    where the database time of phase 1 goes, statement by statement and CTE by CTE."""
+    from django.db import connection, transaction
+    from django.utils import timezone
+
+    from approvals import sweepers
+
+    captured_sql: list[tuple[str, Any]] = []
+
+    class Rollback(Exception):
+        pass
+
+    result: dict[str, Any] = {}
+    now = timezone.now()
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SET LOCAL jit = off")
+            cursor.execute(sweepers.LOCK_DUE_SQL, [now, [], chunk])
+            rows = cursor.fetchall()
+            sid = transaction.savepoint()
+            with captured(captured_sql):
+                sweepers._escalate_chunk(rows)
+            transaction.savepoint_rollback(sid)
+            statement, params = next(q for q in captured_sql if "WITH due" in q[0])
+            for name, (text, args) in {
+                "lock": (sweepers.LOCK_DUE_SQL, [now, [], chunk]),
+                "escalate": (statement, params),
+            }.items():
+                cursor.execute(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {text}", args)
+                document = cursor.fetchone()[0]
+                document = json.loads(document) if isinstance(document, str) else document
+                top = document[0]
+                parts = []
+                for node in top["Plan"].get("Plans", []):
+                    if node.get("Subplan Name", "").startswith("CTE"):
+                        parts.append(
+                            {
+                                "cte": node["Subplan Name"].removeprefix("CTE "),
+                                "ms": round(node.get("Actual Total Time", 0.0), 1),
+                                "buffers_hit": node.get("Shared Hit Blocks", 0),
+                                "buffers_read": node.get("Shared Read Blocks", 0),
+                                "buffers_written": node.get("Shared Written Blocks", 0),
+                            }
+                        )
+                result[name] = {
+                    "rows": len(rows),
+                    "execution_ms": round(top.get("Execution Time", 0.0), 1),
+                    "ctes": parts,
+                }
+            raise Rollback
+    except Rollback:
+        pass
     return result
+
+
+def profile_batched() -> list[str]:
+    """pyinstrument's tree of one batched sweep (rolled back afterwards by a reset)."""
+    try:
+        from pyinstrument import Profiler
+    except ImportError:
+        return ["pyinstrument not installed: .venv/bin/pip install pyinstrument"]
+    from approvals import sweepers
+
+    dispatch = sweepers.mails_dispatch
+    sweepers.mails_dispatch = lambda ids: None
+    profiler = Profiler(interval=0.001)
+    try:
+        profiler.start()
+        sweepers.sweep_escalations(batch=LAYOUT["overdue"])
+        profiler.stop()
+    finally:
+        sweepers.mails_dispatch = dispatch
+    text = profiler.output_text(
+        unicode=False, color=False, processor_options={"filter_threshold": 0.02}
+    )
+    return text.splitlines()
 
 
 # -- report -------------------------------------------------------------------------------------
@@ -1410,135 +1141,114 @@ def _plan_line(plan: dict[str, Any]) -> str:
     )
 
 
-def _verdict(value: float | None, goal: float) -> str:
-    if value is None:
-        return "-"
-    return "met" if value <= goal else "MISSED"
+def summary(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows ``make bench`` shows: measure, value, unit, goal, ok."""
+    g = report["goals"]
+    batched = report.get("batched") or {}
+    rows: list[dict[str, Any]] = []
+
+    def add(measure: str, value: Any, unit: str, goal: float | None) -> None:
+        ok = None if goal is None or not isinstance(value, int | float) else value <= goal
+        goal_text = "" if goal is None else f"<= {goal:g} {unit}"
+        rows.append({"measure": measure, "value": value, "unit": unit, "goal": goal_text, "ok": ok})
+
+    if batched:
+        add(
+            "escalation sweep: 10,000 overdue state-changed (last chunk committed)",
+            batched["state_changed_s"],
+            "s",
+            g["state_changed_s"],
+        )
+        value = batched["followups_dispatched_s"]
+        add(
+            "escalation follow-ups dispatched (mails rendered, tokens issued, delivery queued)",
+            "timed out" if value is None else value,
+            "s",
+            g["followups_queued_s"],
+        )
+        if value is None:
+            rows[-1]["ok"] = False
+        add(
+            "escalation sweep rows/s (state)",
+            round(batched["acted_on"] / max(batched["state_changed_s"], 1e-9)),
+            "rows/s",
+            None,
+        )
+    per_row = report.get("per_row_sweep")
+    if per_row:
+        add(
+            f"per-row sweep (comparison, {per_row['acted_on']:,} rows): per row",
+            per_row["per_row_ms"],
+            "ms",
+            None,
+        )
+    for name, result in report["empty_sweeps"].items():
+        add(f"empty sweep p50: {name}", result["p50_ms"], "ms", g["empty_sweep_ms"])
+    return rows
 
 
 def render(report: dict[str, Any]) -> str:
-    timed = report["per_row_sweep"]
-    out = timed["outcome"]
-    empty = report["empty_sweeps"]
-    index = report["escalation_index"]
     lines = [
         f"Signoff sweeper benchmark  {report['finished_at']}  ({report['environment']['cpus']} "
         "cores shared with other work: noisy)",
         f"load average (1, 5, 15 min): start {report['load']['start']}, "
-        f"sweep {timed['load_before']} -> {timed['load_after']}, end {report['load']['end']}",
+        f"end {report['load']['end']}",
         "data: " + ", ".join(f"{k} {v:,}" for k, v in report["counts"].items()),
-        f"index {index['model_index']} on next_escalation_at: "
-        + (
-            "present"
-            if index["present"]
-            else "MISSING (approvals/models.py has none; the due query scans the table)"
-        ),
         "",
-        f"{'measure':52} {'value':>10}  {'goal':>9}  verdict",
+        f"{'measure':82} {'value':>12}  {'goal':>10}  ok",
     ]
-
-    def row(name: str, value: float | None, unit: str, goal: float | None) -> None:
-        shown = "-" if value is None else f"{value:,.3f} {unit}"
-        goal_text = "" if goal is None else f"<= {goal:g} {unit}"
-        verdict = "" if goal is None else _verdict(value, goal)
-        lines.append(f"{name:52} {shown:>10}  {goal_text:>9}  {verdict}")
-
-    g = report["goals"]
-    full = timed.get("extrapolated_10k_s", timed["seconds"])
-    how = "" if "extrapolated_10k_s" not in timed else f" (x{10_000 // timed['acted_on']:,})"
-    row(f"per-row sweep, 10,000 due: state + events{how}", full, "s", g["state_changed_s"])
-    row(f"per-row sweep, 10,000 due: mails queued{how}", full, "s", g["followups_queued_s"])
-    cpu = timed["cpu_per_row_ms"]
-    row(f"  measured: {timed['acted_on']:,} rows", timed["seconds"], "s", None)
-    row("  per row: wall", timed["per_row_ms"], "ms", None)
-    row("  per row: Python CPU", cpu["python"], "ms", None)
-    row("  per row: PostgreSQL backend CPU", cpu["postgres_backend"], "ms", None)
-    row("  per row: waiting (a core, WAL flush, Redis)", cpu["waiting"], "ms", None)
-    for name, result in empty.items():
-        row(
-            f"empty sweep p50 ({name}, {result['runs']} runs)",
-            result["p50_ms"],
-            "ms",
-            g["empty_sweep_ms"],
+    for row in report["summary"]:
+        value = row["value"]
+        shown = f"{value:,.3f} {row['unit']}" if isinstance(value, float) else f"{value}"
+        if isinstance(value, int):
+            shown = f"{value:,} {row['unit']}"
+        ok = {True: "met", False: "MISSED", None: ""}[row["ok"]]
+        lines.append(f"{row['measure']:82} {shown:>12}  {row['goal']:>10}  {ok}")
+    batched = report.get("batched")
+    if batched:
+        out = batched["outcome"]
+        cpu = batched["cpu_sweep"]
+        lines += [
+            "",
+            f"batched sweep (chunks of {batched['chunk']:,}, render tasks of "
+            f"{batched['render_slice']}): chunk commits at {batched['chunk_commits_s']} s, "
+            f"returned at {batched['sweep_returned_s']} s (announcements included); sweep CPU: "
+            f"Python {cpu['python_s']} s, PostgreSQL backend {cpu['postgres_backend_s']} s; "
+            f"load {batched['load_before']} -> {batched['load_after']}",
+            f"  left: {out['requests_escalated']:,} escalated, {out['still_due']:,} still due, "
+            f"{out['events']:,} events, {out['outbox_rows_rendered_and_queued']:,} of "
+            f"{out['outbox_rows']:,} mails rendered and queued, {out['tokens']:,} tokens, "
+            f"{out['admin_assignments']:,} admin assignments, {out['broker_messages']:,} "
+            f"delivery tasks in the broker, {out['instances_last_seq_mismatch']} last_seq "
+            f"mismatches, {batched['failed_rows']} failed rows; same event and mail as the "
+            f"per-row sweeper's: {report.get('batched_matches_per_row')}",
+        ]
+    chunk = report.get("explain_chunk")
+    if chunk:
+        lines.append(
+            f"  one chunk, EXPLAIN ANALYZE: lock {chunk['lock']['execution_ms']} ms, escalate "
+            f"{chunk['escalate']['execution_ms']} ms: "
+            + ", ".join(
+                f"{c['cte']} {c['ms']} ms ({c['buffers_hit'] + c['buffers_read']} buffers)"
+                for c in chunk["escalate"]["ctes"]
+            )
         )
-    if report.get("with_bench_index"):
-        result = report["with_bench_index"]["empty"]
-        row(
-            f"empty sweep p50 (escalations, with {BENCH_INDEX})",
-            result["p50_ms"],
-            "ms",
-            g["empty_sweep_ms"],
-        )
-    proto = report.get("prototype")
-    if proto:
-        row(
-            "batched prototype: state changed + events + intents",
-            proto["state_changed_s"],
-            "s",
-            g["state_changed_s"],
-        )
-        row(
-            "batched prototype: follow-up mails rendered+queued",
-            proto["followups_queued_s"],
-            "s",
-            g["followups_queued_s"],
-        )
-    lines += [
-        "",
-        "per-row sweep left: "
-        f"{out['requests_escalated']:,} escalated, {out['still_due']:,} still due, "
-        f"{out['events']:,} events, {out['outbox_rows']:,} outbox rows "
-        f"({out['outbox_rows_rendered_and_queued']:,} rendered), {out['tokens']:,} tokens, "
-        f"{out['admin_assignments']:,} admin assignments, {out['broker_messages']:,} broker "
-        f"messages, {timed['failed_rows']} failed rows, "
-        f"{out['instances_last_seq_mismatch']} last_seq mismatches",
-        f"  timeline (s after start): first event {out['first_event_at_s']}, median "
-        f"{out['median_event_at_s']}, last {out['last_event_at_s']}; last outbox row "
-        f"{out['last_outbox_row_at_s']}; call returned {timed['seconds']}",
-        "",
-        "EXPLAIN (ANALYZE, BUFFERS) of the due-ids queries, as the sweepers build them:",
-    ]
+    per_row = report.get("per_row_sweep")
+    if per_row:
+        cpu = per_row["cpu_per_row_ms"]
+        lines += [
+            "",
+            f"per-row sweep over {per_row['acted_on']:,} rows: {per_row['seconds']} s, "
+            f"{per_row['per_row_ms']} ms a row (Python {cpu['python']} ms, PostgreSQL "
+            f"{cpu['postgres_backend']} ms, waiting {cpu['waiting']} ms); 10,000 rows would "
+            f"take about {per_row.get('extrapolated_10k_s', per_row['seconds'])} s",
+        ]
+    lines += ["", "EXPLAIN (ANALYZE, BUFFERS) of the due-ids queries, as the sweepers build them:"]
     for plans in report["explain"].values():
         lines += [_plan_line(p) for p in plans]
-    if report.get("with_bench_index"):
-        lines.append(f"  with {BENCH_INDEX}:")
-        lines += [_plan_line(p) for p in report["with_bench_index"]["explain"]]
-    prof = report.get("profile")
-    if prof:
-        lines += [
-            "",
-            f"profile of the per-row sweep over {prof['rows']:,} rows ({prof['per_row_ms']} ms "
-            f"a row with timers on, {prof['statements_per_row']} SQL statements a row):",
-            "  " + ", ".join(f"{k} {v} ms" for k, v in prof["breakdown_per_row_ms"].items()),
-            "  statements a row (count, ms): "
-            + "; ".join(
-                f"{s['kind']} {s['per_row']} / {s['ms_per_row']}" for s in prof["statements"][:12]
-            ),
-        ]
-    if prof and prof.get("pyinstrument_tree"):
-        lines += ["", "pyinstrument (per-row sweep, frames under 2 % hidden):"]
-        lines += ["  " + line for line in prof["pyinstrument_tree"] if line.strip()][:60]
-    if proto:
-        out2 = proto["outcome"]
-        c1, c2 = proto["cpu_phase1"], proto["cpu_phase2"]
-        lines += [
-            "",
-            f"batched prototype (chunks of {proto['chunk']:,}, render chunks of "
-            f"{proto['render_chunk']}): state {proto['state_changed_s']} s "
-            f"({proto['statements_phase1']} statements), with announcements "
-            f"{proto['phase1_with_announcements_s']} s, render+queue {proto['phase2_s']} s "
-            f"(rendering {proto['phase2']['render_s']} s, broker {proto['phase2']['publish_s']} s"
-            f" for one message a mail, "
-            f"{proto['phase2']['publish_one_message_per_chunk_s']} s for one a chunk)",
-            f"  CPU: phase 1 Python {c1['python_s']} s + PostgreSQL {c1['postgres_backend_s']} s;"
-            f" phase 2 Python {c2['python_s']} s + PostgreSQL {c2['postgres_backend_s']} s",
-            f"  left: {out2['requests_escalated']:,} escalated, {out2['events']:,} events, "
-            f"{out2['outbox_rows_rendered_and_queued']:,} mails rendered and queued, "
-            f"{out2['tokens']:,} tokens, {out2['admin_assignments']:,} admin assignments, "
-            f"{out2['broker_messages']:,} broker messages, "
-            f"{out2['instances_last_seq_mismatch']} last_seq mismatches; same event and mail "
-            f"as the sweeper's: {report['prototype_matches_sweeper']}",
-        ]
+    if report.get("pyinstrument_batched"):
+        lines += ["", "pyinstrument (batched sweep, frames under 2 % hidden):"]
+        lines += ["  " + line for line in report["pyinstrument_batched"] if line.strip()][:50]
     lines += [f"note: {n}" for n in report["notes"]]
     return "\n".join(lines)
 
@@ -1549,15 +1259,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--per-row-rows",
         type=int,
-        default=LAYOUT["overdue"],
-        help="due rows the timed per-row sweep handles (fewer: its time for 10,000 is "
-        "extrapolated; 40 to 90 ms a row on this busy machine)",
+        default=200,
+        help="due rows the per-row sweep (the comparison) handles; 0 skips it",
     )
-    parser.add_argument("--profile-rows", type=int, default=PROFILE_ROWS, help="0: no profile")
-    parser.add_argument("--no-prototype", action="store_true", help="skip the batched prototype")
+    parser.add_argument(
+        "--profile", action="store_true", help="pyinstrument tree of one more batched sweep"
+    )
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "sweepers.json")
     args = parser.parse_args(argv)
-    rows = max(1, min(args.per_row_rows, LAYOUT["overdue"]))
+    rows = max(0, min(args.per_row_rows, LAYOUT["overdue"]))
 
     began = time.monotonic()
     load_start = loadavg()
@@ -1566,11 +1276,14 @@ def main(argv: list[str] | None = None) -> int:
     manage("migrate", "--noinput", "-v", "0")
     setup_django()
 
-    from approvals.sweepers import sweep_escalations
+    from django.conf import settings
+
+    from approvals.sweepers import sweep_escalations, sweep_expiry, sweep_reminders
+    from integrations.mail import sweep_outbox
     from orchestration.sweepers import sweep_doorbells, sweep_step_timeouts
 
     if args.reseed or not seed_matches():
-        log("seeding (about 5 minutes on a busy machine)")
+        log("seeding (about 1 to 5 minutes)")
         seeded = {"reused": False, **seed()}
         log(f"seeded in {seeded['seconds']} s")
     else:
@@ -1578,93 +1291,68 @@ def main(argv: list[str] | None = None) -> int:
         log("seed present, reused")
     info = seed_info()
     server = sql("SHOW server_version")[0][0]
-    index = escalation_index()
     notes: list[str] = []
-    if not index["present"]:
-        notes.append(
-            f"approvals/models.py declares no index {INDEX_NAME} (none on next_escalation_at): "
-            f"the due query reads the whole table; the lines with {BENCH_INDEX} show what the "
-            "index gives (created in this database only, dropped again)"
-        )
-    if rows < LAYOUT["overdue"]:
-        notes.append(
-            f"the per-row sweep was timed over {rows:,} of the 10,000 due rows "
-            "(--per-row-rows); its 10,000-row figures are extrapolated (each row is its own "
-            "transaction: the cost is linear)"
-        )
     log("reset: " + json.dumps(reset()))
     data = counts()
     log("data: " + ", ".join(f"{k} {v:,}" for k, v in data.items()))
     if data["escalation_due"] != LAYOUT["overdue"]:
         raise SystemExit(f"expected {LAYOUT['overdue']} due, found {data['escalation_due']}")
-    # The oldest due request: the first any sweep handles.
-    probe = LAYOUT["overdue"]
+    probe = LAYOUT["overdue"]  # the oldest due request: the first any sweep handles
 
     plans: dict[str, list[dict[str, Any]]] = {}
-    indexed: dict[str, Any] = {}
     report: dict[str, Any] = {}
+    worker = RenderWorker()
     try:
         plans["escalations_due"] = explain_sweeper("escalations, 10,000 due", sweep_escalations)
-        if not index["present"]:
-            sql(BENCH_INDEX_SQL)
-            sql("ANALYZE approvals_approvalrequest")
-            indexed["explain"] = explain_sweeper("escalations, 10,000 due", sweep_escalations)
-            sql(f"DROP INDEX {BENCH_INDEX}")
-
-        log(f"timing the per-row escalation sweep over {rows:,} due rows")
-        timed = measure_escalation(info, rows)
-        log(
-            f"  {timed['acted_on']:,} escalated in {timed['seconds']} s "
-            f"({timed['per_row_ms']} ms a row)"
-        )
-        per_row_sample = sample(probe)
-        broker_purge()
-
-        if args.profile_rows:
-            if counts()["escalation_due"] < args.profile_rows:
-                log("reset: " + json.dumps(reset()))
-            log(f"profile over {args.profile_rows:,} rows")
-            report["profile"] = profile_per_row(args.profile_rows)
-            broker_purge()
-
-        if not args.no_prototype:
+        per_row_sample = None
+        if rows:
+            log(f"per-row sweep (comparison) over {rows:,} due rows")
+            settings.SIGNOFF_ESCALATION_BATCHED = False
+            try:
+                report["per_row_sweep"] = measure_escalation(info, rows)
+            finally:
+                del settings.SIGNOFF_ESCALATION_BATCHED
+            per_row_sample = sample(probe)
+            log(f"  {report['per_row_sweep']['per_row_ms']} ms a row")
             log("reset: " + json.dumps(reset()))
-            log("batched prototype over 10,000 due rows")
-            if not index["present"]:
-                # The proposal includes the index: its lock query walks it like the sweeper's.
-                sql(BENCH_INDEX_SQL)
-                sql("ANALYZE approvals_approvalrequest")
-            report["prototype"] = measure_prototype(info)
-            report["prototype"]["with_index"] = INDEX_NAME if index["present"] else BENCH_INDEX
-            sql(f"DROP INDEX IF EXISTS {BENCH_INDEX}")
-            proto_sample = sample(probe)
-            report["prototype_matches_sweeper"] = proto_sample == per_row_sample
-            if not report["prototype_matches_sweeper"]:
-                report["samples"] = {"per_row": per_row_sample, "prototype": proto_sample}
-            log(
-                f"  state {report['prototype']['state_changed_s']} s, follow-ups "
-                f"{report['prototype']['followups_queued_s']} s"
-            )
-            broker_purge()
-        else:
-            notes.append(f"{clear_due():,} still due rows moved a day ahead for the empty sweeps")
+        log(f"render worker started in {worker.start()} s")
+        log("batched sweep over 10,000 due rows, the worker rendering")
+        report["batched"] = measure_batched(info)
+        log(
+            f"  state {report['batched']['state_changed_s']} s, follow-ups "
+            f"{report['batched']['followups_dispatched_s']} s"
+        )
+        if per_row_sample is not None:
+            batched_sample = sample(probe)
+            report["batched_matches_per_row"] = batched_sample == per_row_sample
+            if not report["batched_matches_per_row"]:
+                report["samples"] = {"per_row": per_row_sample, "batched": batched_sample}
+        worker.stop()
+        broker_purge()
+        log("reset: " + json.dumps(reset()))
+        log("EXPLAIN ANALYZE of one chunk (rolled back)")
+        from approvals import sweepers as production
+
+        report["explain_chunk"] = explain_chunk(production.ESCALATION_CHUNK)
+        if args.profile:
+            log("pyinstrument over one more batched sweep")
+            report["pyinstrument_batched"] = profile_batched()
+        notes.append(f"{clear_due():,} still due rows moved a day ahead for the empty sweeps")
 
         log(f"empty sweeps ({EMPTY_RUNS} runs each)")
-        empty = {"escalations": repeat(lambda: sweep_escalations(batch=LAYOUT["overdue"]))}
+        empty = {
+            "escalations": repeat(lambda: sweep_escalations(batch=LAYOUT["overdue"])),
+            "reminders": repeat(sweep_reminders),
+            "expiry": repeat(sweep_expiry),
+            "doorbells": repeat(sweep_doorbells),
+            "step_timeouts": repeat(sweep_step_timeouts),
+            "outbox": repeat(sweep_outbox),
+        }
         plans["escalations_empty"] = explain_sweeper("escalations, 0 due", sweep_escalations)
-        empty["doorbells"] = repeat(sweep_doorbells)
         plans["doorbells"] = explain_sweeper("doorbells, 0 due", sweep_doorbells)
-        empty["step_timeouts"] = repeat(sweep_step_timeouts)
         plans["step_timeouts"] = explain_sweeper("step_timeouts, 0 due", sweep_step_timeouts)
-        if not index["present"]:
-            sql(BENCH_INDEX_SQL)
-            sql("ANALYZE approvals_approvalrequest")
-            indexed["empty"] = repeat(lambda: sweep_escalations(batch=LAYOUT["overdue"]))
-            indexed["explain"] += explain_sweeper("escalations, 0 due", sweep_escalations)
-            indexed["index_sql"] = BENCH_INDEX_SQL
-            report["with_bench_index"] = indexed
     finally:
-        sql(f"DROP INDEX IF EXISTS {BENCH_INDEX}")
+        worker.stop()
         broker_purge()
 
     report = {
@@ -1673,8 +1361,6 @@ def main(argv: list[str] | None = None) -> int:
         "goals": GOALS,
         "seed": seeded,
         "counts": data,
-        "escalation_index": index,
-        "per_row_sweep": timed,
         "empty_sweeps": empty,
         "explain": plans,
         **report,
@@ -1689,6 +1375,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "duration_s": round(time.monotonic() - began, 1),
     }
+    report["summary"] = summary(report)
     print(render(report))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2, default=str) + "\n")
