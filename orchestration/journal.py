@@ -11,6 +11,7 @@ nothing and announces nothing.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -84,12 +85,13 @@ class Journal:
         self.dirty: dict[int, StepRun] = {}
         self._bells: list[tuple[StepRun, Doorbell]] = []
         self._after_write: list[Callable[[], None]] = []
-        # Inline chaining (see engine.step_execute): hold back the first doorbell of a task
-        # step on this queue instead of ringing it; `held` is that doorbell after flush.
+        # Inline chaining (see engine._complete): hold back the first doorbell of a task step
+        # on this queue whose start-to-close ends before `_hold_until` instead of ringing it;
+        # the caller claims that step in this transaction.
         self._hold: bool = False
         self._hold_queue: str | None = None
+        self._hold_until: float | None = None
         self._held: tuple[StepRun, Doorbell] | None = None
-        self.held: Doorbell | None = None
         # The instance's steps by name, when the service loaded them (kinds read it).
         self.steps: dict[str, StepRun] = {}
 
@@ -122,8 +124,23 @@ class Journal:
     def touch(self, step: StepRun) -> None:
         self.dirty[id(step)] = step
 
-    def hold_for(self, queue: str | None) -> None:
-        self._hold, self._hold_queue = True, queue
+    def hold_for(self, queue: str | None, *, until: float | None = None) -> None:
+        self._hold, self._hold_queue, self._hold_until = True, queue, until
+
+    @property
+    def held_step(self) -> StepRun | None:
+        return self._held[0] if self._held is not None else None
+
+    def release_held(self) -> None:
+        """Ring the held doorbell after all (the held step cannot run here)."""
+        if self._held is not None:
+            self._bells.append(self._held)
+            self._held = None
+
+    def _fits(self, time_limit: float | None) -> bool:
+        if self._hold_until is None or time_limit is None:
+            return True
+        return time.monotonic() + time_limit <= self._hold_until
 
     def ring_compensation(
         self,
@@ -148,7 +165,13 @@ class Journal:
     ) -> None:
         """Ring the step's doorbell (send its Celery message) after the commit."""
         bell = Doorbell(0, step.attempt, eta, queue, time_limit)
-        if self._hold and self._held is None and eta is None and queue == self._hold_queue:
+        if (
+            self._hold
+            and self._held is None
+            and eta is None
+            and queue == self._hold_queue
+            and self._fits(time_limit)
+        ):
             self._held = (step, bell)
             return
         self._bells.append((step, bell))
@@ -201,9 +224,6 @@ class Journal:
             Doorbell(step.pk, bell.attempt, bell.eta, bell.queue, bell.time_limit, bell.task)
             for step, bell in self._bells
         ]
-        if self._held is not None:
-            step, bell = self._held
-            self.held = Doorbell(step.pk, bell.attempt, None, bell.queue, bell.time_limit)
         if bells:
             transaction.on_commit(lambda: ring_doorbells(bells))
         if self.events and event_committed.receivers:

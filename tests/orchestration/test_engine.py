@@ -438,17 +438,63 @@ def test_chaining_stops_when_the_next_step_would_outlive_the_message(
     assert [(b.step_run_id, b.attempt) for b in rung] == [(steps["b"].pk, 1)]
 
 
-def test_a_held_step_whose_worker_died_is_rung_by_the_sweeper(
+def test_a_chained_step_is_claimed_by_the_completing_transaction(
+    django_capture_on_commit_callbacks, rung
+) -> None:
+    instance, _ = engine.instance_start(workflow="t_sequence")
+    a = steps_of(instance)["a"]
+    assert engine.step_claim(step_run_id=a.pk, attempt=1) is not None
+    seq_before = refresh(instance).last_seq
+    with django_capture_on_commit_callbacks(execute=True):
+        ok, claimed = engine._complete(a.pk, 1, {"x": 1}, hold=None)
+    b = steps_of(instance)["b"]
+    assert ok and claimed is not None and rung == []  # nothing sent to the broker
+    assert (claimed.step_run_id, claimed.attempt) == (b.pk, 1)
+    assert claimed.context.outputs == {"a": {"x": 1}}
+    assert b.state == "running" and b.timeout_at is not None
+    # One transaction, one event per state change, gap-free.
+    events = list(instance.events.filter(seq__gt=seq_before).values_list("seq", "type", "step"))
+    assert events == [
+        (seq_before + 1, "step_succeeded", "a"),
+        (seq_before + 2, "step_scheduled", "b"),
+        (seq_before + 3, "step_started", "b"),
+    ]
+
+
+def test_a_chained_step_whose_worker_died_is_retried_after_its_start_to_close(
     django_capture_on_commit_callbacks, rung
 ) -> None:
     instance, _ = engine.instance_start(workflow="t_sequence")
     a = steps_of(instance)["a"]
     assert engine.step_claim(step_run_id=a.pk, attempt=1) is not None
     with django_capture_on_commit_callbacks(execute=True):
-        ok, held = engine._complete(a.pk, 1, {"x": 1}, hold=None)
-    assert ok and held is not None and rung == []  # held for this worker, which now dies
+        ok, claimed = engine._complete(a.pk, 1, {"x": 1}, hold=None)
+    assert ok and claimed is not None  # claimed for this worker, which now dies
     start = timezone.now()
-    with time_machine.travel(start + timedelta(seconds=31), tick=False):
+    with time_machine.travel(start + timedelta(minutes=1), tick=False):
         with django_capture_on_commit_callbacks(execute=True):
-            assert sweepers.sweep_doorbells(grace=timedelta(seconds=30)) == 1
-    assert [b.step_run_id for b in rung] == [held.step_run_id]
+            assert sweepers.sweep_doorbells(grace=timedelta(seconds=30)) == 0  # it is running
+            assert sweepers.sweep_step_timeouts() == 0
+    with time_machine.travel(start + timedelta(minutes=5, seconds=1), tick=False):
+        with django_capture_on_commit_callbacks(execute=True):
+            assert sweepers.sweep_step_timeouts() == 1
+    b = steps_of(instance)["b"]
+    assert b.attempt == 2 and b.state in ("retrying", "scheduled")
+    assert [(bell.step_run_id, bell.attempt) for bell in rung] == [(b.pk, 2)]
+    with time_machine.travel(b.next_attempt_at + timedelta(seconds=1), tick=False):
+        engine.step_execute(step_run_id=b.pk, attempt=2)
+    assert steps_of(instance)["b"].state == "succeeded"
+
+
+def test_no_step_is_chained_when_the_instance_was_paused_meanwhile(
+    django_capture_on_commit_callbacks, rung
+) -> None:
+    instance, _ = engine.instance_start(workflow="t_sequence")
+    a = steps_of(instance)["a"]
+    assert engine.step_claim(step_run_id=a.pk, attempt=1) is not None
+    engine.instance_pause(instance_id=instance.pk, actor="op")
+    with django_capture_on_commit_callbacks(execute=True):
+        ok, claimed = engine._complete(a.pk, 1, {"x": 1}, hold=None)
+    b = steps_of(instance)["b"]
+    assert ok and claimed is None and rung == []
+    assert b.state == "pending"  # nothing new is scheduled while paused
