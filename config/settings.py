@@ -273,6 +273,14 @@ SIGNOFF_METRICS_CACHE_SECONDS = env_int("SIGNOFF_METRICS_CACHE_SECONDS", 0)
 SIGNOFF_CHAIN_SECONDS = env_int("SIGNOFF_CHAIN_SECONDS", 60)
 # Rows a sweeper handles per run.
 SIGNOFF_SWEEP_BATCH = env_int("SIGNOFF_SWEEP_BATCH", 500)
+# Escalations on PostgreSQL: set-based, in chunks of SIGNOFF_ESCALATION_CHUNK requests per
+# transaction, at most SIGNOFF_ESCALATION_BATCH per sweep; their mails are rendered by Celery
+# tasks on SIGNOFF_MAIL_RENDER_QUEUE (empty: the default queue). SIGNOFF_ESCALATION_BATCHED=0
+# forces the per-row path (always used on SQLite).
+SIGNOFF_ESCALATION_BATCHED = env_bool("SIGNOFF_ESCALATION_BATCHED", True)
+SIGNOFF_ESCALATION_BATCH = env_int("SIGNOFF_ESCALATION_BATCH", 10_000)
+SIGNOFF_ESCALATION_CHUNK = env_int("SIGNOFF_ESCALATION_CHUNK", 2_000)
+SIGNOFF_MAIL_RENDER_QUEUE = env("SIGNOFF_MAIL_RENDER_QUEUE", "") or None
 SIGNOFF_BASE_URL = env("SIGNOFF_BASE_URL", "http://127.0.0.1:8000")
 DEMO_PASSWORD = env("DEMO_PASSWORD", "signoff-demo")
 # Business calendar for durations counted in business time (approval due, reminders,
