@@ -254,9 +254,8 @@ def test_unregistering_a_version_in_use_is_a_clear_startup_error() -> None:
     from django.core.management import call_command
     from django.core.management.base import SystemCheckError
 
-    from orchestration.definitions import registry
-
     from orchestration.checks import check_definitions_in_use
+    from orchestration.definitions import registry
 
     for name in ("Old", "Older", "Oldest"):
         engine.instance_start(workflow="customer_onboarding", version=1, input={"customer": name})
