@@ -217,7 +217,7 @@ def _advance(
             try:
                 go = bool(spec.when(_context(instance, steps, step)))
             except Exception as exc:  # noqa: BLE001 - a broken predicate fails the step
-                step.fail()
+                step.fail_before_start()
                 step.error = error_info(exc)
                 step.finished_at = journal.now
                 journal.record(

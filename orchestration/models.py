@@ -250,6 +250,10 @@ class StepRun(FSMModelMixin, models.Model):
     def fail(self) -> None:
         pass
 
+    @transition(field=state, source=S.PENDING, target=S.FAILED)
+    def fail_before_start(self) -> None:
+        """Its ``when=`` predicate raised: the step cannot be decided, so it fails."""
+
     @transition(field=state, source=S.RUNNING, target=S.TIMED_OUT)
     def time_out(self) -> None:
         pass
@@ -304,7 +308,11 @@ class StepRun(FSMModelMixin, models.Model):
 class Event(models.Model):
     """Append-only history. ``seq`` counts from 1 per instance with no gaps."""
 
-    instance = models.ForeignKey(WorkflowInstance, on_delete=models.CASCADE, related_name="events")
+    # No index of its own: the unique (instance, seq) index starts with it and serves every
+    # lookup by instance; one index fewer to maintain on the hottest insert.
+    instance = models.ForeignKey(
+        WorkflowInstance, on_delete=models.CASCADE, related_name="events", db_index=False
+    )
     seq = models.PositiveIntegerField()
     type = models.CharField(max_length=50)
     step = models.CharField(max_length=100, null=True, blank=True)

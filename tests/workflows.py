@@ -61,6 +61,17 @@ sequence.task(_step, name="b", after=["a"], retry=FAST)
 sequence.task(_step, name="c", after=["b"], retry=FAST)
 registry.register(sequence)
 
+
+# a when= predicate that raises
+def _broken_when(ctx: StepContext) -> bool:
+    raise ValueError("predicate broke")
+
+
+broken_when = Workflow("t_broken_when", description="a when= predicate that raises")
+broken_when.task(_step, name="a", retry=FAST)
+broken_when.task(_step, name="b", after=["a"], when=_broken_when, retry=FAST)
+registry.register(broken_when)
+
 # fan-out to four branches, then a join
 parallel = Workflow("t_parallel", description="fan-out and join")
 parallel.task(_step, name="start", retry=FAST)

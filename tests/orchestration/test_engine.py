@@ -498,3 +498,17 @@ def test_no_step_is_chained_when_the_instance_was_paused_meanwhile(
     b = steps_of(instance)["b"]
     assert ok and claimed is None and rung == []
     assert b.state == "pending"  # nothing new is scheduled while paused
+
+
+def test_a_when_predicate_that_raises_fails_its_step_and_the_instance() -> None:
+    instance, _ = engine.instance_start(workflow="t_broken_when")
+    run_ready(instance)
+    steps = steps_of(instance)
+    assert steps["a"].state == "succeeded"
+    assert steps["b"].state == "failed" and steps["b"].attempt == 0
+    assert steps["b"].error["message"] == "predicate broke"
+    assert refresh(instance).state == "failed"
+    failed = instance.events.get(type="step_failed")
+    assert (failed.step, failed.data["reason"]) == ("b", "when_raised")
+    seqs = list(instance.events.order_by("seq").values_list("seq", flat=True))
+    assert seqs == list(range(1, len(seqs) + 1))
