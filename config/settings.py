@@ -34,6 +34,11 @@ def env_int(name: str, default: int) -> int:
     return int(value) if value not in (None, "") else default
 
 
+def env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    return float(value) if value not in (None, "") else default
+
+
 def env_list(name: str, default: str = "") -> list[str]:
     return [item.strip() for item in env(name, default).split(",") if item.strip()]
 
@@ -302,6 +307,11 @@ SIGNOFF_WEBHOOK_TIMEOUT = env_int("SIGNOFF_WEBHOOK_TIMEOUT", 5)
 SIGNOFF_WEBHOOK_MAX_ATTEMPTS = env_int("SIGNOFF_WEBHOOK_MAX_ATTEMPTS", 8)
 SIGNOFF_WEBHOOK_QUEUE = env("SIGNOFF_WEBHOOK_QUEUE", "")
 SIGNOFF_WEBHOOK_KEEP_DAYS = env_int("SIGNOFF_WEBHOOK_KEEP_DAYS", 30)
+# Seconds a process keeps the active subscriptions before reading them again (changes made in
+# the same process apply at once).
+SIGNOFF_WEBHOOK_SUBSCRIPTION_CACHE_SECONDS = env_float(
+    "SIGNOFF_WEBHOOK_SUBSCRIPTION_CACHE_SECONDS", 5.0
+)
 # Email action links: lifetime (never past the request's resolution) and failure rate limit.
 SIGNOFF_LINK_MAX_AGE_SECONDS = env_int("SIGNOFF_LINK_MAX_AGE_SECONDS", 7 * 24 * 3600)
 SIGNOFF_LINK_FAILURES_PER_IP = env_int("SIGNOFF_LINK_FAILURES_PER_IP", 20)

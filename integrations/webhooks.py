@@ -149,15 +149,16 @@ def event_payload(event: Any) -> dict[str, Any]:
 
 # Active subscriptions, cached per process for a few seconds: the receiver runs after every
 # lifecycle event, and most deployments have few or no subscriptions. A change made in this
-# process clears the cache at once; other processes see it within SUBSCRIPTION_CACHE_SECONDS.
-SUBSCRIPTION_CACHE_SECONDS = 5.0
+# process clears the cache at once; other processes see it within
+# SIGNOFF_WEBHOOK_SUBSCRIPTION_CACHE_SECONDS (5; 0 reads them for every event).
 _active_cache: tuple[float, list[WebhookSubscription]] | None = None
 
 
 def active_subscriptions() -> list[WebhookSubscription]:
     global _active_cache
     now = time.monotonic()
-    if _active_cache is None or now - _active_cache[0] > SUBSCRIPTION_CACHE_SECONDS:
+    ttl = settings.SIGNOFF_WEBHOOK_SUBSCRIPTION_CACHE_SECONDS
+    if _active_cache is None or now - _active_cache[0] >= ttl:
         _active_cache = (now, list(WebhookSubscription.objects.filter(active=True)))
     return _active_cache[1]
 

@@ -17,5 +17,8 @@ os.environ.setdefault(
 
 from config.settings import *  # noqa: E402, F403
 
+# The worker process reads subscriptions for every event: a test's new subscription must
+# reach a worker that served an earlier test a moment ago (the cache itself is tested apart).
+SIGNOFF_WEBHOOK_SUBSCRIPTION_CACHE_SECONDS = 0.0
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 LOGGING["root"]["level"] = "WARNING"  # noqa: F405

@@ -684,3 +684,20 @@ def test_e2e_a_worker_delivers_signed_lifecycle_events(
         assert document["instance"]["id"] == str(instance.pk)
         assert document["instance"]["business_key"] == "E2E-1"
         assert str(document["id"]) == request["headers"]["X-Signoff-Delivery"]
+
+
+def test_active_subscriptions_are_cached_per_process_and_forgotten_on_change(
+    settings: Any, django_assert_num_queries: Any
+) -> None:
+    settings.SIGNOFF_WEBHOOK_SUBSCRIPTION_CACHE_SECONDS = 60
+    webhooks.forget_subscriptions()
+    with django_assert_num_queries(1):
+        assert webhooks.active_subscriptions() == []
+    with django_assert_num_queries(0):
+        assert webhooks.active_subscriptions() == []  # cached
+    hook = subscribe("http://127.0.0.1:9/hook")  # saving it clears this process's cache
+    with django_assert_num_queries(1):
+        assert webhooks.active_subscriptions() == [hook]
+    settings.SIGNOFF_WEBHOOK_SUBSCRIPTION_CACHE_SECONDS = 0
+    with django_assert_num_queries(1):
+        assert webhooks.active_subscriptions() == [hook]  # 0: read for every event
