@@ -1017,14 +1017,29 @@ def measure_batched(info: dict[str, Any], timeout: float = 120.0) -> dict[str, A
     )[0][0]
     from django.conf import settings as dj
 
+    from integrations.mail import DELIVERY_SLICE
+
     queue = dj.CELERY_TASK_DEFAULT_QUEUE
     finished = None
     status: dict[str, int] = {}
+    # Delivery tasks carry up to DELIVERY_SLICE mails each, one or more per render task: done
+    # when every mail is queued, no render task is left and the delivery messages stop
+    # growing (each render task sends its delivery tasks right after its commit).
+    least = -(-mails // DELIVERY_SLICE)
+    seen = -1
     while time.perf_counter() - began < timeout:
         status = mail_status()
-        if status.get("queued", 0) == mails and broker_queues().get(queue, 0) >= mails:
-            finished = time.perf_counter()
+        queues = broker_queues()
+        messages = queues.get(queue, 0)
+        if (
+            status.get("queued", 0) == mails
+            and queues.get(RENDER_QUEUE, 0) == 0
+            and messages >= least
+            and messages == seen
+        ):
+            finished = time.perf_counter() - 0.05  # it was done at the previous poll
             break
+        seen = messages
         time.sleep(0.05)
     server = None if cpu0[1] is None or cpu1[1] is None else round(cpu1[1] - cpu0[1], 3)
     return {

@@ -10,7 +10,7 @@ import socket
 from typing import Any
 
 from django.conf import settings
-from django.core.mail import EmailMultiAlternatives
+from django.core.mail import EmailMultiAlternatives, get_connection
 from django.db import transaction
 from django.template.loader import render_to_string
 from django.utils import timezone
@@ -65,23 +65,58 @@ def email_render(*, template: str, context: dict[str, Any]) -> tuple[str, str, s
     return subject.removeprefix("Subject:").strip()[:300], body.strip() + "\n", html
 
 
+# Delivery tasks carry this many rows each: one broker message and one SMTP connection per
+# slice instead of per mail (a burst of 10,000 escalation mails is 100 messages).
+DELIVERY_SLICE = 100
+
+
 def emails_enqueue(email_ids: list[int]) -> None:
-    """Send the delivery tasks of several queued rows over one broker connection (after
-    commit). A broker failure is logged: the outbox sweeper sends them later."""
-    from .tasks import send_email
+    """Send the delivery tasks of several queued rows (after commit), a slice of rows per task
+    over one broker connection. A broker failure is logged: the outbox sweeper sends them
+    later."""
+    from .tasks import send_emails
 
     if not email_ids:
         return
     try:
-        with send_email.app.producer_or_acquire() as producer:
-            for pk in email_ids:
-                send_email.apply_async((pk,), producer=producer)
+        with send_emails.app.producer_or_acquire() as producer:
+            for i in range(0, len(email_ids), DELIVERY_SLICE):
+                send_emails.apply_async((email_ids[i : i + DELIVERY_SLICE],), producer=producer)
     except Exception:  # noqa: BLE001 - the outbox sweeper sends them later
         log.warning(
             "%d emails not enqueued; the outbox sweeper will send them",
             len(email_ids),
             exc_info=True,
         )
+
+
+def emails_deliver(*, email_ids: list[int]) -> dict[str, list[int]]:
+    """Deliver several outbox rows over one SMTP connection, each as :func:`email_deliver`
+    does (its own transaction and row lock; a row no longer queued is skipped). A row whose
+    send fails with a retryable error keeps its recorded attempt and is returned under
+    ``retry`` for a task of its own with backoff; the connection is opened again for the
+    rest. Returns the ids by outcome."""
+    outcome: dict[str, list[int]] = {"sent": [], "skipped": [], "retry": []}
+    connection = get_connection()
+    is_open = False
+    try:
+        for pk in email_ids:
+            try:
+                if not is_open:
+                    # Opened here, the backend keeps it open across sends (it closes only
+                    # the connections it opened itself).
+                    connection.open()
+                    is_open = True
+                result = email_deliver(email_id=pk, connection=connection)
+            except RETRYABLE:
+                outcome["retry"].append(pk)
+                connection.close()  # it may be broken; the next row opens a new one
+                is_open = False
+                continue
+            outcome[result].append(pk)
+    finally:
+        connection.close()
+    return outcome
 
 
 def _enqueue(email_id: int) -> None:
@@ -95,9 +130,9 @@ def _enqueue(email_id: int) -> None:
         )
 
 
-def email_deliver(*, email_id: int) -> str:
+def email_deliver(*, email_id: int, connection: Any = None) -> str:
     """Send one outbox row if it is still queued. Raises on an SMTP error (the task retries);
-    returns ``sent`` or ``skipped``."""
+    returns ``sent`` or ``skipped``. ``connection``: an open mail connection to reuse."""
     failure: Exception | None = None
     with transaction.atomic():
         email = OutboundEmail.objects.select_for_update().filter(pk=email_id).first()
@@ -110,6 +145,7 @@ def email_deliver(*, email_id: int) -> str:
             from_email=settings.DEFAULT_FROM_EMAIL,
             to=email.to,
             headers={"Message-ID": email.message_id, "X-Signoff-Kind": email.kind},
+            connection=connection,
         )
         if email.body_html:
             message.attach_alternative(email.body_html, "text/html")
@@ -144,6 +180,5 @@ def sweep_outbox(*, older_than_seconds: int = 60, batch: int = 500) -> int:
         .order_by("created_at")
         .values_list("pk", flat=True)[:batch]
     )
-    for pk in ids:
-        _enqueue(pk)
+    emails_enqueue(ids)
     return len(ids)

@@ -22,6 +22,16 @@ def send_email(self, email_id: int) -> str:  # noqa: ANN001
         raise self.retry(exc=exc, countdown=min(2**self.request.retries * 5, 600)) from exc
 
 
+@shared_task(name="integrations.send_emails", acks_late=True, ignore_result=True)
+def send_emails(email_ids: list[int]) -> dict[str, int]:
+    """Deliver a slice of outbox rows over one SMTP connection; a row that failed gets a task
+    of its own (``send_email``, with its retries and backoff)."""
+    outcome = mail.emails_deliver(email_ids=email_ids)
+    for pk in outcome["retry"]:
+        send_email.apply_async((pk,), countdown=5)
+    return {k: len(v) for k, v in outcome.items()}
+
+
 @shared_task(name="integrations.sweep_outbox", ignore_result=True)
 def sweep_outbox() -> int:
     return mail.sweep_outbox()

@@ -1,17 +1,21 @@
 from __future__ import annotations
 
+import email
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from email import policy
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+from aiosmtpd.controller import Controller
 from django.conf import settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -216,3 +220,34 @@ def browser_type_launch_args(browser_type_launch_args: dict[str, Any]) -> dict[s
     if executable is None:
         pytest.fail("chromium is not installed: apt-get install -y chromium (make browser)")
     return {**browser_type_launch_args, "executable_path": executable, "args": CHROMIUM_ARGS}
+
+
+class Inbox:
+    """A real SMTP server's mailbox (aiosmtpd): the messages, and how many SMTP sessions
+    (connections) brought them."""
+
+    def __init__(self) -> None:
+        self.messages: list[email.message.EmailMessage] = []
+        self.sessions: list[Any] = []  # kept alive, so no two share an identity
+
+    async def handle_DATA(self, server, session, envelope):  # noqa: ANN001, ANN201, N802
+        if not any(s is session for s in self.sessions):
+            self.sessions.append(session)
+        self.messages.append(email.message_from_bytes(envelope.content, policy=policy.default))
+        return "250 OK"
+
+
+@pytest.fixture
+def smtp_server(settings):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    handler = Inbox()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.EMAIL_HOST = "127.0.0.1"
+    settings.EMAIL_PORT = port
+    settings.EMAIL_USE_TLS = settings.EMAIL_USE_SSL = False
+    yield handler
+    controller.stop()

@@ -3,15 +3,11 @@ every bad-token case changing nothing."""
 
 from __future__ import annotations
 
-import email
 import re
-import socket
 from datetime import timedelta
-from email import policy
 
 import pytest
 import time_machine
-from aiosmtpd.controller import Controller
 from django.core.cache import cache
 from django.test import Client
 from django.utils import timezone
@@ -30,31 +26,6 @@ pytestmark = pytest.mark.django_db
 
 def _noop(ctx):  # noqa: ANN001, ANN202
     return {"ok": True}
-
-
-class Inbox:
-    def __init__(self) -> None:
-        self.messages: list[email.message.EmailMessage] = []
-
-    async def handle_DATA(self, server, session, envelope):  # noqa: ANN001, ANN201, N802
-        self.messages.append(email.message_from_bytes(envelope.content, policy=policy.default))
-        return "250 OK"
-
-
-@pytest.fixture
-def smtp_server(settings):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    handler = Inbox()
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
-    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
-    settings.EMAIL_HOST = "127.0.0.1"
-    settings.EMAIL_PORT = port
-    settings.EMAIL_USE_TLS = settings.EMAIL_USE_SSL = False
-    yield handler
-    controller.stop()
 
 
 @pytest.fixture
