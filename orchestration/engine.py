@@ -12,6 +12,7 @@ when they do.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -22,7 +23,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, connection, models, transaction
 from django.utils import timezone
 
 from . import kinds, saga, sealing
@@ -61,8 +62,8 @@ def _lock_instance_of_step(
     """Lock the instance owning a step (one query: a join, locking only the instance row)."""
     if connection.vendor == "postgresql":
         # The hot path of every step (claim, complete): fixed SQL, no ORM compilation.
-        sql = _LOCK_OF_STEP_SQL + (" SKIP LOCKED" if skip_locked else "")
-        rows = list(WorkflowInstance.objects.raw(sql, [step_run_id]))
+        sql = _hot_sql("lock_of_step") + (" SKIP LOCKED" if skip_locked else "")
+        rows = _load(WorkflowInstance, sql, [step_run_id])
     else:
         rows = list(
             WorkflowInstance.objects.select_for_update(of=("self",), skip_locked=skip_locked)
@@ -72,19 +73,54 @@ def _lock_instance_of_step(
     return rows[0] if rows else None
 
 
-_LOCK_OF_STEP_SQL = (
-    "SELECT i.* FROM orchestration_workflowinstance i "
-    "JOIN orchestration_steprun s ON s.instance_id = i.id WHERE s.id = %s LIMIT 1 FOR UPDATE OF i"
-)
-_STEPS_SQL = "SELECT * FROM orchestration_steprun WHERE instance_id = %s ORDER BY position, id"
-
-
 def _steps(instance: WorkflowInstance) -> dict[str, StepRun]:
     if connection.vendor == "postgresql":
-        rows = StepRun.objects.raw(_STEPS_SQL, [instance.pk])
+        rows = _load(StepRun, _hot_sql("steps"), [instance.pk])
     else:
-        rows = StepRun.objects.filter(instance=instance)
+        rows = list(StepRun.objects.filter(instance=instance))
     return {s.name: s for s in rows}
+
+
+def _columns(model: type[models.Model], alias: str) -> str:
+    return ", ".join(f'{alias}."{f.column}"' for f in model._meta.concrete_fields)
+
+
+@functools.cache
+def _hot_sql(name: str) -> str:
+    """The hot path's two reads, written once from the models' own columns."""
+    if name == "lock_of_step":
+        return (
+            f"SELECT {_columns(WorkflowInstance, 'i')} FROM orchestration_workflowinstance i "
+            "JOIN orchestration_steprun s ON s.instance_id = i.id WHERE s.id = %s LIMIT 1 "
+            "FOR UPDATE OF i"
+        )
+    return (
+        f"SELECT {_columns(StepRun, 's')} FROM orchestration_steprun s "
+        "WHERE s.instance_id = %s ORDER BY s.position, s.id"
+    )
+
+
+def _load(model: type[models.Model], sql: str, params: list[Any]) -> list[Any]:
+    """Rows of ``sql`` (every concrete column in field order) as model instances, as the ORM
+    loads them (``from_db``, field converters applied)."""
+    fields = model._meta.concrete_fields
+    names = [f.attname for f in fields]
+    converters = [
+        (i, f.get_db_converters(connection))
+        for i, f in enumerate(fields)
+        if f.get_db_converters(connection)
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    loaded = []
+    for row in rows:
+        values = list(row)
+        for i, funcs in converters:
+            for func in funcs:
+                values[i] = func(values[i], fields[i], connection)
+        loaded.append(model.from_db(connection.alias, names, values))
+    return loaded
 
 
 def definition_of(instance: WorkflowInstance) -> Workflow | None:

@@ -186,10 +186,13 @@ class Journal:
         With ``created_steps`` the instance and its steps are new rows (one INSERT each).
         """
         self.instance.updated_at = self.now
-        if created_steps is not None:
+        fused = bool(self.events) and connection.vendor == "postgresql"
+        if created_steps is not None and fused:
+            _insert_in_one_statement(self.instance, created_steps, self.events)
+        elif created_steps is not None:
             self.instance.save(force_insert=True)
             StepRun.objects.bulk_create(created_steps)
-        elif self.events and connection.vendor == "postgresql":
+        elif fused:
             _write_in_one_statement(self.instance, list(self.dirty.values()), self.events)
         else:
             self.instance.save(update_fields=INSTANCE_FIELDS)
@@ -198,7 +201,7 @@ class Journal:
             for step in self.dirty.values():
                 step.save(update_fields=STEP_FIELDS)
         if self.events:
-            if created_steps is not None or connection.vendor != "postgresql":
+            if not fused:
                 Event.objects.bulk_create(self.events)
             for event in self.events:
                 if event.type in LOGGED_EVENTS:
@@ -282,6 +285,53 @@ def _write_in_one_statement(
 
 def _event_fields() -> list[Any]:
     return [f for f in Event._meta.concrete_fields if not f.primary_key]
+
+
+def _insert_in_one_statement(
+    instance: WorkflowInstance, steps: list[StepRun], events: list[Event]
+) -> None:
+    """PostgreSQL: a new instance, its steps and its first events as one INSERT statement of
+    data-modifying CTEs (the foreign keys are checked at commit, Django's constraints being
+    deferrable), returning the new steps' and events' ids in order."""
+    quote = connection.ops.quote_name
+    params: list[Any] = []
+
+    def values(objs: list[Any], fields: list[Any]) -> str:
+        rows = []
+        for obj in objs:
+            rows.append("(" + ", ".join(["%s"] * len(fields)) + ")")
+            params.extend(f.get_db_prep_save(getattr(obj, f.attname), connection) for f in fields)
+        return ", ".join(rows)
+
+    def insert(model: Any, fields: list[Any], rows: str, returning: str = "") -> str:
+        meta = model._meta
+        sql = (
+            f"INSERT INTO {quote(meta.db_table)} ({', '.join(quote(f.column) for f in fields)}) "
+            f"VALUES {rows}"
+        )
+        return sql + (f" RETURNING {returning}" if returning else "")
+
+    instance_fields = list(WorkflowInstance._meta.concrete_fields)  # the UUID is set already
+    step_fields = [f for f in StepRun._meta.concrete_fields if not f.primary_key]
+    event_fields = _event_fields()
+    i_sql = insert(WorkflowInstance, instance_fields, values([instance], instance_fields))
+    s_sql = insert(StepRun, step_fields, values(steps, step_fields), "id, name") if steps else ""
+    e_sql = insert(Event, event_fields, values(events, event_fields), "id, seq::text")
+    ctes = [f"i AS ({i_sql})"] + ([f"s AS ({s_sql})"] if steps else []) + [f"e AS ({e_sql})"]
+    step_ids = "SELECT 's', id, name FROM s UNION ALL " if steps else ""
+    sql = f"WITH {', '.join(ctes)} {step_ids}SELECT 'e', id, seq FROM e"
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        returned = cursor.fetchall()
+    # Matched by key, not by order: a step's name and an event's seq are unique here.
+    ids = {(kind, key): pk for kind, pk, key in returned}
+    for step in steps:
+        step.pk = ids[("s", step.name)]
+    for event in events:
+        event.pk = ids[("e", str(event.seq))]
+    for obj in [instance, *steps, *events]:
+        obj._state.adding = False
+        obj._state.db = connection.alias
 
 
 def ring_doorbells(bells: list[Doorbell]) -> None:
