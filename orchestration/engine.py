@@ -23,7 +23,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
-from django.db import IntegrityError, connection, models, transaction
+from django.db import (
+    DEFAULT_DB_ALIAS,
+    IntegrityError,
+    connection,
+    connections,
+    models,
+    transaction,
+)
 from django.utils import timezone
 
 from . import kinds, saga, sealing
@@ -100,9 +107,9 @@ def _hot_sql(name: str) -> str:
     )
 
 
-def _load(model: type[models.Model], sql: str, params: list[Any]) -> list[Any]:
-    """Rows of ``sql`` (every concrete column in field order) as model instances, as the ORM
-    loads them (``from_db``, field converters applied)."""
+@functools.cache
+def _load_plan(model: type[models.Model], vendor: str) -> tuple[Any, list[str], list[Any]]:
+    connection = connections[DEFAULT_DB_ALIAS]
     fields = model._meta.concrete_fields
     names = [f.attname for f in fields]
     converters = [
@@ -110,6 +117,14 @@ def _load(model: type[models.Model], sql: str, params: list[Any]) -> list[Any]:
         for i, f in enumerate(fields)
         if f.get_db_converters(connection)
     ]
+    return fields, names, converters
+
+
+def _load(model: type[models.Model], sql: str, params: list[Any]) -> list[Any]:
+    """Rows of ``sql`` (every concrete column in field order) as model instances, as the ORM
+    loads them (``from_db``, field converters applied)."""
+    connection = connections[DEFAULT_DB_ALIAS]  # the real one: no proxy lookups per field
+    fields, names, converters = _load_plan(model, connection.vendor)
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()

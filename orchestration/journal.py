@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
 from django.utils import timezone
 
 from .models import Event, StepRun, WorkflowInstance
@@ -243,6 +243,7 @@ def _write_in_one_statement(
     values Django's ``save()`` would send). The transitions themselves already happened, on
     the locked rows, through django-fsm; this only writes their result. Each row appears once
     (``Journal.dirty`` holds each step object once; nothing else updates the instance here)."""
+    connection = connections[DEFAULT_DB_ALIAS]  # the real one: no proxy lookups per field
     quote = connection.ops.quote_name
     params: list[Any] = []
     ctes: list[str] = []
@@ -293,6 +294,7 @@ def _insert_in_one_statement(
     """PostgreSQL: a new instance, its steps and its first events as one INSERT statement of
     data-modifying CTEs (the foreign keys are checked at commit, Django's constraints being
     deferrable), returning the new steps' and events' ids in order."""
+    connection = connections[DEFAULT_DB_ALIAS]  # the real one: no proxy lookups per field
     quote = connection.ops.quote_name
     params: list[Any] = []
 
