@@ -154,7 +154,10 @@ class WorkflowInstance(FSMModelMixin, models.Model):
 class StepRun(FSMModelMixin, models.Model):
     """One step of one instance: its state machine, attempts, deadlines and result."""
 
-    instance = models.ForeignKey(WorkflowInstance, on_delete=models.CASCADE, related_name="steps")
+    # No index of its own: the unique (instance, name) index starts with it.
+    instance = models.ForeignKey(
+        WorkflowInstance, on_delete=models.CASCADE, related_name="steps", db_index=False
+    )
     name = models.CharField(max_length=100)
     kind = models.CharField(max_length=20, default="task")
     position = models.PositiveSmallIntegerField(default=0)  # topological order
