@@ -104,7 +104,6 @@ import pstats
 import secrets
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -113,16 +112,27 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 # Run as a script: import from the project root, and never shadow modules from bench/.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
+
+from bench.common import (  # noqa: E402
+    admin_url,
+    db_name,
+    ensure_database,
+    free_port,
+    git_head,
+    loadavg,
+    make_log,
+    migrate,
+    percentile,
+    wait_until,
+)
 
 DB_URL = os.environ.get(
     "SIGNOFF_BENCH_API_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/signoff_bench_api"
@@ -133,6 +143,7 @@ WORKFLOW = "bench_noop3"
 QUEUE = "signoff"
 USERNAME = "bench_api"
 PATH = "/api/v1/instances/"
+log = make_log("api")
 
 GOAL_P50_MS = 5.0
 GOAL_P99_MS = 15.0
@@ -208,69 +219,6 @@ end
 # -- small helpers ------------------------------------------------------------------------------
 
 
-def log(message: str) -> None:
-    print(f"[api {time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def loadavg() -> list[float]:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return []
-
-
-def git_head() -> str:
-    """The commit the tree is at (read-only; the tree may hold uncommitted changes)."""
-    try:
-        found = subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-        return found.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def pct(values: list[float], p: float) -> float:
-    """Percentile by linear interpolation between closest ranks."""
-    data = sorted(values)
-    if not data:
-        return float("nan")
-    rank = (len(data) - 1) * p / 100
-    low = int(rank)
-    high = min(low + 1, len(data) - 1)
-    return data[low] + (data[high] - data[low]) * (rank - low)
-
-
-def wait_until(
-    condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.1
-) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
-
-
-def admin_url() -> str:
-    return urlunsplit(urlsplit(DB_URL)._replace(path="/postgres"))
-
-
-def db_name() -> str:
-    return urlsplit(DB_URL).path.lstrip("/")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def cpu_seconds(pids: list[int]) -> float:
     """User + system CPU seconds used so far by these processes (0 for any that is gone)."""
     tick = os.sysconf("SC_CLK_TCK")
@@ -315,26 +263,6 @@ def bench_env() -> dict[str, str]:
     env.setdefault("SIGNOFF_ENCRYPTION_KEYS", Fernet.generate_key().decode())
     env.setdefault("LOG_LEVEL", "WARNING")
     return env
-
-
-def ensure_database() -> None:
-    import psycopg
-    from psycopg import sql
-
-    with psycopg.connect(admin_url(), autocommit=True, connect_timeout=5) as conn:
-        if (
-            conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db_name(),)).fetchone()
-            is None
-        ):
-            log(f"creating database {db_name()}")
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db_name())))
-
-
-def migrate() -> None:
-    """``manage.py migrate`` in this process (Django is set up already)."""
-    from django.core.management import call_command
-
-    call_command("migrate", interactive=False, verbosity=0)
 
 
 def broker() -> Any:
@@ -450,11 +378,11 @@ def backend_pids() -> list[int]:
     """PostgreSQL backends connected to the bench database, other than our own."""
     import psycopg
 
-    with psycopg.connect(admin_url(), autocommit=True) as conn:
+    with psycopg.connect(admin_url(DB_URL), autocommit=True) as conn:
         rows = conn.execute(
             "SELECT pid FROM pg_stat_activity WHERE datname = %s AND backend_type = "
             "'client backend' AND pid <> pg_backend_pid()",
-            (db_name(),),
+            (db_name(DB_URL),),
         ).fetchall()
     return [int(row[0]) for row in rows]
 
@@ -618,7 +546,7 @@ def phase_inprocess(run: str, token: str, count: int, profile_path: Path | None)
         "partial": len(times) < count,
         "queries_per_start": round(statistics.fmean(per_request), 2) if per_request else None,
         "queries_min_max": [min(per_request), max(per_request)] if per_request else None,
-        "ms": {f"p{p:g}": round(pct([t * 1000 for t in times], p), 3) for p in (50, 90, 99)},
+        "ms": {f"p{p:g}": round(percentile([t * 1000 for t in times], p), 3) for p in (50, 90, 99)},
         "answer_bytes": size if times else None,
         "note": "Django test Client in this process: middleware, token auth, view, "
         "transaction, doorbell publish and rendering; no HTTP server. Queries exclude "
@@ -832,7 +760,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.update(env)
     began = time.monotonic()
     load_before = loadavg()
-    ensure_database()
+    ensure_database(DB_URL, log)
 
     import django
 
@@ -840,7 +768,7 @@ def main(argv: list[str] | None = None) -> int:
     from django.conf import settings
     from django.db import connections
 
-    log(f"migrating {db_name()}")
+    log(f"migrating {db_name(DB_URL)}")
     migrate()
     reset_state()
     token = api_token()
@@ -917,7 +845,7 @@ def main(argv: list[str] | None = None) -> int:
         "debug": settings.DEBUG,
         "conn_max_age": db.get("CONN_MAX_AGE"),
         "conn_health_checks": db.get("CONN_HEALTH_CHECKS", False),
-        "database": db_name(),
+        "database": db_name(DB_URL),
         "broker": REDIS_URL,
         "workflow": WORKFLOW,
         "wrk": subprocess.run(

@@ -92,7 +92,6 @@ import os
 import platform
 import random
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -103,12 +102,21 @@ from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 # Run as a script: import from the project root, and never shadow modules from bench/.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
+
+from bench.common import (  # noqa: E402
+    admin_url,
+    create_database,
+    db_name,
+    free_port,
+    loadavg,
+    migrate,
+    wait_until,
+)
 
 DB_URL = os.environ.get(
     "SIGNOFF_CHAOS_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/signoff_chaos"
@@ -151,14 +159,6 @@ class Stats:
 # -- environment: database, Redis, processes ----------------------------------------------------
 
 
-def admin_url() -> str:
-    return urlunsplit(urlsplit(DB_URL)._replace(path="/postgres"))
-
-
-def db_name() -> str:
-    return urlsplit(DB_URL).path.lstrip("/")
-
-
 def chaos_env(doorbell_grace: int) -> dict[str, str]:
     from cryptography.fernet import Fernet
 
@@ -187,18 +187,15 @@ def ensure_database(fresh: bool) -> None:
     import psycopg
     from psycopg import sql
 
-    with psycopg.connect(admin_url(), autocommit=True, connect_timeout=5) as conn:
-        name = sql.Identifier(db_name())
+    name = db_name(DB_URL)
+    with psycopg.connect(admin_url(DB_URL), autocommit=True, connect_timeout=5) as conn:
         if fresh:
-            log(f"dropping database {db_name()}")
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
-        exists = conn.execute(
-            "SELECT 1 FROM pg_database WHERE datname = %s", (db_name(),)
-        ).fetchone()
-        if exists is None:
-            log(f"creating database {db_name()}")
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(name))
-        else:  # leftovers of an interrupted run must not write while we reset
+            log(f"dropping database {name}")
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+        if not create_database(conn, name, log):
+            # leftovers of an interrupted run must not write while we reset
             terminate_backends(conn)
 
 
@@ -206,16 +203,9 @@ def terminate_backends(conn: Any) -> int:
     rows = conn.execute(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
         "AND pid <> pg_backend_pid() AND backend_type = 'client backend'",
-        (db_name(),),
+        (db_name(DB_URL),),
     ).fetchall()
     return sum(1 for (done,) in rows if done)
-
-
-def migrate() -> None:
-    """``manage.py migrate`` in this process (it already has the chaos settings)."""
-    from django.core.management import call_command
-
-    call_command("migrate", interactive=False, verbosity=0)
 
 
 def reset_data() -> dict[str, str]:
@@ -245,12 +235,6 @@ def reset_data() -> dict[str, str]:
         tokens[username] = Token.objects.create(user=user).key
     connection.close()
     return tokens
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Process:
@@ -393,20 +377,6 @@ def web_process(env: dict[str, str], port: int, logs: Path) -> Process:
     return Process("web", command, env, logs / "web.log")
 
 
-def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            result = condition()
-        except Exception:  # noqa: BLE001 - not up yet
-            result = None
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.2)
-
-
 def worker_answers(name: str) -> bool:
     from config.celery import app
 
@@ -524,10 +494,22 @@ class Run:
 
     def wait_ready(self) -> None:
         api = Api(self.port, self.tokens["chaos_starter"])
-        wait_until(lambda: api.call("GET", "/api/v1/workflows/")[0] == 200, 60, "the web server")
+        wait_until(
+            lambda: api.call("GET", "/api/v1/workflows/")[0] == 200,
+            60,
+            "the web server",
+            interval=0.2,
+            quiet=True,
+        )
         api.close()
         for worker in self.workers:
-            wait_until(lambda w=worker: worker_answers(w.name), 60, f"worker {worker.name}")
+            wait_until(
+                lambda w=worker: worker_answers(w.name),
+                60,
+                f"worker {worker.name}",
+                interval=0.2,
+                quiet=True,
+            )
         log(f"web on port {self.port}, workers {[w.process.pid for w in self.workers]}")
 
     def stop_processes(self) -> None:
@@ -756,7 +738,7 @@ class Run:
             if others:
                 self.stats.note(
                     f"other databases have clients now ({', '.join(others)}); terminating "
-                    f"{db_name()}'s backends instead of restarting PostgreSQL"
+                    f"{db_name(DB_URL)}'s backends instead of restarting PostgreSQL"
                 )
                 mode = self.pg_mode = "terminate (others connected)"
         if mode == "restart":
@@ -770,9 +752,11 @@ class Run:
             )
             if result.returncode == 0:
                 wait_until(
-                    lambda: psycopg.connect(admin_url(), connect_timeout=2).close() or True,
+                    lambda: psycopg.connect(admin_url(DB_URL), connect_timeout=2).close() or True,
                     60,
                     "PostgreSQL after its restart",
+                    interval=0.2,
+                    quiet=True,
                 )
                 took = time.monotonic() - began
                 self.stats.add("pg_restarts")
@@ -783,11 +767,11 @@ class Run:
                 f"{(result.stderr or result.stdout).strip()[:200]}); terminating backends instead"
             )
             self.pg_mode = "terminate (restart failed)"
-        with psycopg.connect(admin_url(), autocommit=True, connect_timeout=5) as conn:
+        with psycopg.connect(admin_url(DB_URL), autocommit=True, connect_timeout=5) as conn:
             count = terminate_backends(conn)
         self.stats.add("pg_terminations")
         self.stats.add("pg_backends_terminated", count)
-        self.stats.note(f"pg_terminate_backend: {count} backends of {db_name()} terminated")
+        self.stats.note(f"pg_terminate_backend: {count} backends of {db_name(DB_URL)} terminated")
 
     # -- driving --------------------------------------------------------------------------------
     def progress(self) -> dict[str, int]:
@@ -1279,12 +1263,12 @@ def reap_orphans(pid_file: Path) -> None:
 def other_database_clients() -> list[str]:
     import psycopg
 
-    with psycopg.connect(admin_url(), autocommit=True, connect_timeout=5) as conn:
+    with psycopg.connect(admin_url(DB_URL), autocommit=True, connect_timeout=5) as conn:
         rows = conn.execute(
             "SELECT datname, count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
             "AND pid <> pg_backend_pid() AND datname IS NOT NULL AND datname <> %s "
             "GROUP BY datname ORDER BY datname",
-            (db_name(),),
+            (db_name(DB_URL),),
         ).fetchall()
     return [f"{name} ({n})" for name, n in rows]
 
@@ -1366,7 +1350,7 @@ def setup_and_drive(
         # The web server and the workers boot (slow on a busy machine) while we migrate: none
         # of them touches the database before the first request or message.
         run.start_processes()
-        log(f"migrating {db_name()}")
+        log(f"migrating {db_name(DB_URL)}")
         migrate()
         run.tokens = reset_data()
         run.wait_ready()
@@ -1465,7 +1449,7 @@ def main(argv: list[str] | None = None) -> int:
         if others:
             print(
                 "NOTE: other databases have clients that a PostgreSQL restart would disconnect: "
-                f"{', '.join(others)}. Terminating {db_name()}'s backends instead "
+                f"{', '.join(others)}. Terminating {db_name(DB_URL)}'s backends instead "
                 "(--force-restart to restart anyway).",
                 flush=True,
             )
@@ -1512,11 +1496,11 @@ def main(argv: list[str] | None = None) -> int:
         "findings": checker.findings,
         "passed": all(r["ok"] for r in checker.results.values()),
         "environment": {
-            "database": db_name(),
+            "database": db_name(DB_URL),
             "broker": REDIS_URL,
             "python": platform.python_version(),
             "cpus": os.cpu_count(),
-            "loadavg": [round(x, 2) for x in os.getloadavg()],
+            "loadavg": loadavg(),
             "finished_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
         },
     }

@@ -1,4 +1,5 @@
-"""Small helpers the benchmark scripts share: percentiles, load, the commit, summary rows.
+"""Small helpers the benchmark scripts share: logging, percentiles, load, the commit, waiting,
+the bench databases (create, migrate), free ports, summary rows.
 
 Every script in ``bench/`` writes a JSON report whose ``"summary"`` key is a list of rows
 (:func:`row`); ``bench/run.py`` (``make bench``) runs the scripts and prints those rows as one
@@ -9,26 +10,46 @@ from __future__ import annotations
 
 import os
 import platform
+import socket
 import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def make_log(prefix: str) -> Callable[[str], None]:
+    """A ``log(message)`` that prints ``[prefix HH:MM:SS] message`` and flushes."""
+
+    def log(message: str) -> None:
+        print(f"[{prefix} {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+    return log
+
+
+def _interpolate(data: list[float], p: float) -> float:
+    """Percentile ``p`` of sorted ``data`` (NaN when empty)."""
+    if not data:
+        return float("nan")
+    rank = (len(data) - 1) * p / 100
+    low = int(rank)
+    high = min(low + 1, len(data) - 1)
+    return data[low] + (data[high] - data[low]) * (rank - low)
+
+
+def percentile(values: list[float], p: float) -> float:
+    """One percentile (linear interpolation between closest ranks) in the values' unit; NaN when
+    there are no values."""
+    return _interpolate(sorted(values), p)
+
+
 def pct(values: list[float], *points: float) -> dict[str, float]:
-    """Percentiles (linear interpolation between closest ranks) in the values' unit."""
+    """Percentiles (as :func:`percentile`) keyed ``p50``, ``p99``... in the values' unit."""
     data = sorted(values)
-    out = {}
-    for p in points:
-        if not data:
-            out[f"p{p:g}"] = float("nan")
-            continue
-        rank = (len(data) - 1) * p / 100
-        low = int(rank)
-        high = min(low + 1, len(data) - 1)
-        out[f"p{p:g}"] = data[low] + (data[high] - data[low]) * (rank - low)
-    return out
+    return {f"p{p:g}": _interpolate(data, p) for p in points}
 
 
 def loadavg() -> list[float]:
@@ -50,6 +71,79 @@ def git_head() -> str:
         return found.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def wait_until(
+    condition: Callable[[], Any],
+    timeout: float,
+    what: str,
+    interval: float = 0.1,
+    *,
+    quiet: bool = False,
+) -> Any:
+    """Call ``condition`` every ``interval`` seconds until it returns something true, and return
+    that; RuntimeError after ``timeout`` seconds. ``quiet``: an exception from ``condition``
+    counts as not yet (a server still starting) instead of propagating."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            result = condition()
+        except Exception:
+            if not quiet:
+                raise
+            result = None
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (now)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# -- the bench databases ------------------------------------------------------------------------
+
+
+def admin_url(url: str) -> str:
+    """``url`` with its database replaced by ``postgres`` (to create or drop the database)."""
+    return urlunsplit(urlsplit(url)._replace(path="/postgres"))
+
+
+def db_name(url: str) -> str:
+    """The database name in a ``postgres://`` URL."""
+    return urlsplit(url).path.lstrip("/")
+
+
+def create_database(conn: Any, name: str, log: Callable[[str], None]) -> bool:
+    """Create database ``name`` when missing, over ``conn`` (autocommit, to another database);
+    True when it was created."""
+    from psycopg import sql
+
+    if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+        return False
+    log(f"creating database {name}")
+    conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return True
+
+
+def ensure_database(url: str, log: Callable[[str], None]) -> None:
+    """Create the database of ``url`` when missing (``log`` says so)."""
+    import psycopg
+
+    with psycopg.connect(admin_url(url), autocommit=True, connect_timeout=5) as conn:
+        create_database(conn, db_name(url), log)
+
+
+def migrate() -> None:
+    """``manage.py migrate`` in this process (Django is set up already, on the bench database)."""
+    from django.core.management import call_command
+
+    call_command("migrate", interactive=False, verbosity=0)
 
 
 def machine() -> dict[str, Any]:

@@ -96,20 +96,31 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 # Run as a script: import from the project root, and never shadow modules from bench/.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import git_head, goal_row, loadavg, pct, row  # noqa: E402
+from bench.common import (  # noqa: E402
+    admin_url,
+    db_name,
+    ensure_database,
+    git_head,
+    goal_row,
+    loadavg,
+    make_log,
+    migrate,
+    pct,
+    row,
+    wait_until,
+)
 
 DB_URL = os.environ.get(
     "SIGNOFF_BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/signoff_bench"
@@ -117,6 +128,7 @@ DB_URL = os.environ.get(
 REDIS_URL = os.environ.get("SIGNOFF_BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
 WORKFLOW_MODULES = "demo.workflows,bench.workflows"
 QUEUE = "signoff"
+log = make_log("bench")
 
 GOALS = {
     "overhead_p50_ms": ("<=", 3.0),
@@ -141,32 +153,6 @@ def summary_ms(values: list[float]) -> dict[str, float]:
     return {k: round(v, 3) for k, v in result.items()}
 
 
-def admin_url() -> str:
-    parts = urlsplit(DB_URL)
-    return urlunsplit(parts._replace(path="/postgres"))
-
-
-def db_name() -> str:
-    return urlsplit(DB_URL).path.lstrip("/")
-
-
-def log(message: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def wait_until(
-    condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.01
-) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
-
-
 # -- environment: database, migrations, worker --------------------------------------------------
 
 
@@ -183,26 +169,6 @@ def bench_env(settings_module: str) -> dict[str, str]:
     )
     env.setdefault("LOG_LEVEL", "WARNING")
     return env
-
-
-def ensure_database() -> None:
-    import psycopg
-    from psycopg import sql
-
-    with psycopg.connect(admin_url(), autocommit=True, connect_timeout=5) as conn:
-        if (
-            conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db_name(),)).fetchone()
-            is None
-        ):
-            log(f"creating database {db_name()}")
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db_name())))
-
-
-def migrate() -> None:
-    """``manage.py migrate`` in this process (Django is set up already)."""
-    from django.core.management import call_command
-
-    call_command("migrate", interactive=False, verbosity=0)
 
 
 def reset_state() -> None:
@@ -324,18 +290,18 @@ def close_bench_connections() -> None:
     from django.db import connections
 
     connections.close_all()
-    with psycopg.connect(admin_url(), autocommit=True) as conn:
+    with psycopg.connect(admin_url(DB_URL), autocommit=True) as conn:
         conn.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
             "AND pid <> pg_backend_pid() AND backend_type = 'client backend'",
-            (db_name(),),
+            (db_name(DB_URL),),
         )
         wait_until(
             lambda: (
                 conn.execute(
                     "SELECT count(*) FROM pg_stat_activity WHERE datname = %s "
                     "AND backend_type = 'client backend'",
-                    (db_name(),),
+                    (db_name(DB_URL),),
                 ).fetchone()[0]
                 == 0
             ),
@@ -350,12 +316,12 @@ def db_counters() -> dict[str, int]:
     two reads 0.3 s apart agree."""
     import psycopg
 
-    with psycopg.connect(admin_url(), autocommit=True) as conn:
+    with psycopg.connect(admin_url(DB_URL), autocommit=True) as conn:
 
         def read() -> dict[str, int]:
             row = conn.execute(
                 "SELECT xact_commit, sessions FROM pg_stat_database WHERE datname = %s",
-                (db_name(),),
+                (db_name(DB_URL),),
             ).fetchone()
             return {"xact_commit": int(row[0]), "sessions": int(row[1])}
 
@@ -940,14 +906,14 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.update(env)
     began = time.monotonic()
     load_before = loadavg()
-    ensure_database()
+    ensure_database(DB_URL, log)
 
     import django
 
     django.setup()
     from django.conf import settings
 
-    log(f"migrating {db_name()}")
+    log(f"migrating {db_name(DB_URL)}")
     migrate()
 
     reset_state()
@@ -995,7 +961,7 @@ def main(argv: list[str] | None = None) -> int:
         "conn_max_age": db.get("CONN_MAX_AGE"),
         "conn_health_checks": db.get("CONN_HEALTH_CHECKS", False),
         "acks_late": settings.CELERY_TASK_ACKS_LATE,
-        "database": db_name(),
+        "database": db_name(DB_URL),
         "broker": REDIS_URL,
         "python": platform.python_version(),
         "git_head": git_head(),

@@ -44,13 +44,22 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import loadavg, machine, pct, row  # noqa: E402
+from bench.common import (  # noqa: E402
+    admin_url,
+    create_database,
+    db_name,
+    loadavg,
+    machine,
+    make_log,
+    pct,
+    row,
+)
 
 DB_URL = os.environ.get(
     "SIGNOFF_BENCH_FLOOR_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/signoff_bench_floor"
@@ -70,8 +79,7 @@ SCRIPTS = {
 }
 
 
-def log(message: str) -> None:
-    print(f"[floor {time.strftime('%H:%M:%S')}] {message}", flush=True)
+log = make_log("floor")
 
 
 def conninfo() -> list[str]:
@@ -83,7 +91,7 @@ def conninfo() -> list[str]:
         str(parts.port or 5432),
         "-U",
         parts.username or "postgres",
-        parts.path.lstrip("/"),
+        db_name(DB_URL),
     ]
 
 
@@ -92,12 +100,8 @@ def ensure_database() -> dict[str, str]:
     import psycopg
     from psycopg import sql
 
-    name = urlsplit(DB_URL).path.lstrip("/")
-    admin = urlunsplit(urlsplit(DB_URL)._replace(path="/postgres"))
-    with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
-        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
-            log(f"creating database {name}")
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    with psycopg.connect(admin_url(DB_URL), autocommit=True, connect_timeout=5) as conn:
+        create_database(conn, db_name(DB_URL), log)
         settings = {}
         for setting in (
             "server_version",

@@ -65,14 +65,21 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 # Run as a script: import from the project root, and never shadow modules from bench/.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import goal_row, row  # noqa: E402
+from bench.common import (  # noqa: E402
+    db_name,
+    ensure_database,
+    goal_row,
+    loadavg,
+    make_log,
+    percentile,
+    row,
+)
 
 DB_URL = os.environ.get(
     "SIGNOFF_BENCH_INBOX_DATABASE_URL",
@@ -91,6 +98,7 @@ LAYOUT = {
     "version": 1,
 }
 TARGET = "bench_u000"
+log = make_log("inbox")
 
 AIMS = {
     "api_list": 15.0,
@@ -99,45 +107,7 @@ AIMS = {
 }
 
 
-def log(message: str) -> None:
-    print(f"[inbox {time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def loadavg() -> list[float]:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return []
-
-
-def pct(values: list[float], p: float) -> float:
-    data = sorted(values)
-    rank = (len(data) - 1) * p / 100
-    low = int(rank)
-    high = min(low + 1, len(data) - 1)
-    return data[low] + (data[high] - data[low]) * (rank - low)
-
-
 # -- database -----------------------------------------------------------------------------------
-
-
-def admin_url() -> str:
-    return urlunsplit(urlsplit(DB_URL)._replace(path="/postgres"))
-
-
-def db_name() -> str:
-    return urlsplit(DB_URL).path.lstrip("/")
-
-
-def ensure_database() -> None:
-    import psycopg
-    from psycopg import sql
-
-    with psycopg.connect(admin_url(), autocommit=True, connect_timeout=5) as conn:
-        found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db_name(),))
-        if found.fetchone() is None:
-            log(f"creating database {db_name()}")
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db_name())))
 
 
 def migrate() -> None:
@@ -551,14 +521,14 @@ def measure(client: Any, path_for: Callable[[int], str], count: int, warmup: int
         statuses.add(response.status_code)
     return {
         "n": count,
-        "p50_ms": round(pct(times, 50), 2),
-        "p99_ms": round(pct(times, 99), 2),
+        "p50_ms": round(percentile(times, 50), 2),
+        "p99_ms": round(percentile(times, 99), 2),
         "min_ms": round(min(times), 2),
         "mean_ms": round(statistics.fmean(times), 2),
         "max_ms": round(max(times), 2),
         # This process's CPU only (Python: Django, DRF, templates, psycopg); PostgreSQL's
         # time and waiting for a core are not in it.
-        "python_cpu_p50_ms": round(pct(cpu, 50), 2),
+        "python_cpu_p50_ms": round(percentile(cpu, 50), 2),
         "queries": sorted(set(queries)),
         "status": sorted(statuses),
         "example": path_for(0),
@@ -783,7 +753,7 @@ def main(argv: list[str] | None = None) -> int:
     LAYOUT["requests"] = args.requests
 
     began = time.monotonic()
-    ensure_database()
+    ensure_database(DB_URL, log)
     log("migrate")
     migrate()
     setup_django()
@@ -821,7 +791,7 @@ def main(argv: list[str] | None = None) -> int:
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "postgres": server,
-            "database": db_name(),
+            "database": db_name(DB_URL),
             "client": "django.test.Client in process (no HTTP server, no network)",
         },
         "duration_s": round(time.monotonic() - began, 1),

@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import loadavg, machine  # noqa: E402
+from bench.common import loadavg, machine, make_log  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 
@@ -50,8 +50,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
 }
 
 
-def log(message: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+log = make_log("bench")
 
 
 def run_one(name: str, quick: bool) -> dict[str, Any]:

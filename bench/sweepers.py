@@ -67,12 +67,13 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 # Run as a script: import from the project root, and never shadow modules from bench/.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
+
+from bench.common import db_name, ensure_database, loadavg, make_log, percentile  # noqa: E402
 
 DB_URL = os.environ.get(
     "SIGNOFF_BENCH_SWEEP_DATABASE_URL",
@@ -102,47 +103,10 @@ BENCH_INDEX_SQL = (
 )
 SEED_TABLE = "bench_sweep_seed"
 ROWS_TABLE = "bench_sweep_rows"
-
-
-def log(message: str) -> None:
-    print(f"[sweepers {time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def loadavg() -> list[float]:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return []
-
-
-def pct(values: list[float], p: float) -> float:
-    data = sorted(values)
-    rank = (len(data) - 1) * p / 100
-    low = int(rank)
-    high = min(low + 1, len(data) - 1)
-    return data[low] + (data[high] - data[low]) * (rank - low)
+log = make_log("sweepers")
 
 
 # -- database and broker ------------------------------------------------------------------------
-
-
-def admin_url() -> str:
-    return urlunsplit(urlsplit(DB_URL)._replace(path="/postgres"))
-
-
-def db_name() -> str:
-    return urlsplit(DB_URL).path.lstrip("/")
-
-
-def ensure_database() -> None:
-    import psycopg
-    from psycopg import sql
-
-    with psycopg.connect(admin_url(), autocommit=True, connect_timeout=5) as conn:
-        found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db_name(),))
-        if found.fetchone() is None:
-            log(f"creating database {db_name()}")
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db_name())))
 
 
 def _env() -> dict[str, str]:
@@ -732,8 +696,8 @@ def repeat(fn: Callable[[], Any], runs: int = EMPTY_RUNS) -> dict[str, Any]:
         times.append((time.perf_counter() - began) * 1000)
     return {
         "runs": runs,
-        "p50_ms": round(pct(times, 50), 2),
-        "p90_ms": round(pct(times, 90), 2),
+        "p50_ms": round(percentile(times, 50), 2),
+        "p90_ms": round(percentile(times, 90), 2),
         "min_ms": round(min(times), 2),
         "max_ms": round(max(times), 2),
         "acted_on": sorted(set(results)),
@@ -1286,7 +1250,7 @@ def main(argv: list[str] | None = None) -> int:
 
     began = time.monotonic()
     load_start = loadavg()
-    ensure_database()
+    ensure_database(DB_URL, log)
     log("migrate")
     manage("migrate", "--noinput", "-v", "0")
     setup_django()
@@ -1385,7 +1349,7 @@ def main(argv: list[str] | None = None) -> int:
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "postgres": server,
-            "database": db_name(),
+            "database": db_name(DB_URL),
             "broker": BROKER_URL,
         },
         "duration_s": round(time.monotonic() - began, 1),
