@@ -103,7 +103,6 @@ import platform
 import pstats
 import secrets
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -122,7 +121,9 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"
 sys.path.insert(0, str(ROOT))
 
 from bench.common import (  # noqa: E402
+    ServiceProcess,
     admin_url,
+    cpu_seconds,
     db_name,
     ensure_database,
     free_port,
@@ -131,7 +132,6 @@ from bench.common import (  # noqa: E402
     make_log,
     migrate,
     percentile,
-    wait_until,
 )
 
 DB_URL = os.environ.get(
@@ -219,19 +219,6 @@ end
 # -- small helpers ------------------------------------------------------------------------------
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU seconds used so far by these processes (0 for any that is gone)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    used = 0.0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        used += (int(fields[11]) + int(fields[12])) / tick
-    return used
-
-
 def children_cpu_seconds() -> float:
     """CPU seconds of this process's children that have exited and been waited for (wrk)."""
     import resource
@@ -298,20 +285,18 @@ def api_token() -> str:
     return str(token.key)
 
 
-class Gunicorn:
+class Gunicorn(ServiceProcess):
     """gunicorn as docker-compose.yml runs it, in its own process group; stopped at the end."""
 
+    what = "gunicorn"
+
     def __init__(self, env: dict[str, str], workers: int, port: int, log_path: Path) -> None:
-        self.env = env
+        super().__init__(env, log_path)
         self.workers = workers
         self.port = port
-        self.log_path = log_path
-        self.process: subprocess.Popen[bytes] | None = None
 
     def command(self) -> list[str]:
         return [
-            sys.executable,
-            "-m",
             "gunicorn",
             "config.wsgi:application",
             "--bind",
@@ -325,53 +310,21 @@ class Gunicorn:
         ]
 
     def start(self, token: str) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "wb") as out:
-            self.process = subprocess.Popen(
-                self.command(),
-                cwd=ROOT,
-                env=self.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
         def ready() -> bool:
-            if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"gunicorn exited; see {self.log_path}")
             request = urllib.request.Request(
                 f"http://127.0.0.1:{self.port}/api/v1/workflows/",
                 headers={"Authorization": f"Token {token}"},
             )
             try:
                 with urllib.request.urlopen(request, timeout=2) as answer:
-                    return answer.status == 200 and len(self.worker_pids()) >= self.workers
+                    return answer.status == 200 and len(self.children()) >= self.workers
             except (urllib.error.URLError, OSError):
                 return False
 
-        wait_until(ready, 60, "gunicorn to answer", interval=0.2)
+        self.spawn(ready)
 
     def worker_pids(self) -> list[int]:
-        if self.process is None:
-            return []
-        try:
-            children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
-            return [int(pid) for pid in children.read_text().split()]
-        except OSError:
-            return []
-
-    def pids(self) -> list[int]:
-        return ([self.process.pid] if self.process else []) + self.worker_pids()
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        return self.children()
 
 
 def backend_pids() -> list[int]:

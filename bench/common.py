@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import os
 import platform
+import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -195,3 +197,75 @@ def goal_row(
     """A summary row checked against ``op`` (``<=`` or ``>=``) ``goal``."""
     ok = value <= goal if op == "<=" else value >= goal
     return row(measure, value, unit, goal=f"{op} {goal:g}", ok=ok, note=note)
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds used so far by these processes (0 for any that is gone)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    used = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        used += (int(fields[11]) + int(fields[12])) / tick
+    return used
+
+
+class ServiceProcess:
+    """A server the benchmark starts (a Celery worker, gunicorn) in its own process group,
+    its output in ``log_path``; :meth:`stop` ends the whole group."""
+
+    what = "the process"
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.env = env
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def spawn(self, ready: Callable[[], bool], timeout: float = 60) -> None:
+        """Start :meth:`command` and wait until ``ready()`` (failing if the process exits)."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "wb") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", *self.command()],
+                cwd=ROOT,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+        def check() -> bool:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"{self.what} exited; see {self.log_path}")
+            return ready()
+
+        wait_until(check, timeout, f"{self.what} to answer", interval=0.2)
+
+    def children(self) -> list[int]:
+        """The main process's direct children (pool processes, gunicorn workers)."""
+        if self.process is None:
+            return []
+        try:
+            path = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+            return [int(pid) for pid in path.read_text().split()]
+        except OSError:
+            return []
+
+    def pids(self) -> list[int]:
+        """The main process, then its children."""
+        return ([self.process.pid] if self.process else []) + self.children()
+
+    def stop(self, timeout: float = 30) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()

@@ -90,9 +90,7 @@ import argparse
 import json
 import os
 import platform
-import signal
 import statistics
-import subprocess
 import sys
 import time
 import uuid
@@ -109,7 +107,9 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"
 sys.path.insert(0, str(ROOT))
 
 from bench.common import (  # noqa: E402
+    ServiceProcess,
     admin_url,
+    cpu_seconds,
     db_name,
     ensure_database,
     git_head,
@@ -187,21 +187,19 @@ def reset_state() -> None:
     bench_redis().flushdb()
 
 
-class Worker:
+class Worker(ServiceProcess):
     """The Celery worker under test, in its own process group; stopped at the end."""
 
+    what = "the worker"
+
     def __init__(self, env: dict[str, str], pool: str, concurrency: int, log_path: Path) -> None:
-        self.env = env
+        super().__init__(env, log_path)
         self.pool = pool
         self.concurrency = concurrency
-        self.log_path = log_path
         self.name = f"bench-{os.getpid()}-{time.monotonic_ns()}@localhost"
-        self.process: subprocess.Popen[bytes] | None = None
 
     def command(self) -> list[str]:
         return [
-            sys.executable,
-            "-m",
             "celery",
             "-A",
             "config",
@@ -225,59 +223,20 @@ class Worker:
     def start(self) -> None:
         from config.celery import app
 
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "wb") as out:
-            self.process = subprocess.Popen(
-                self.command(),
-                cwd=ROOT,
-                env=self.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
         def ready() -> bool:
-            if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"the worker exited; see {self.log_path}")
             replies = app.control.ping(destination=[self.name], timeout=0.5)
             return any(self.name in reply for reply in replies)
 
-        wait_until(ready, 60, "the worker to answer a ping", interval=0.2)
-
-    def pids(self) -> list[int]:
-        """The worker's main process and its pool children."""
-        if self.process is None:
-            return []
-        found = [self.process.pid]
-        try:
-            children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
-            found += [int(pid) for pid in children.read_text().split()]
-        except OSError:
-            pass
-        return found
+        self.spawn(ready)
 
     def cpu(self) -> dict[str, float]:
         """CPU seconds (user + system) used so far by the main process and by its pool
         children; unlike wall times this hardly moves when other programs load the machine."""
-        tick = os.sysconf("SC_CLK_TCK")
-        used = {"main": 0.0, "children": 0.0}
-        for index, pid in enumerate(self.pids()):
-            try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            used["main" if index == 0 else "children"] += (int(fields[11]) + int(fields[12])) / tick
-        return used
+        pids = self.pids()
+        return {"main": cpu_seconds(pids[:1]), "children": cpu_seconds(pids[1:])}
 
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+    def stop(self, timeout: float = 20) -> None:
+        super().stop(timeout)
 
 
 # -- database commit counter --------------------------------------------------------------------
