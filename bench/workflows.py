@@ -40,6 +40,7 @@ from orchestration.models import WorkflowInstance
 from orchestration.signals import event_committed
 
 NOOP3 = "bench_noop3"
+NOOP4 = "bench_noop4"
 NOOP3_LOCAL = "bench_noop3_local"
 LOCAL_QUEUE = "bench-inprocess"
 
@@ -77,6 +78,13 @@ noop3.task(_noop, name="one", retry=NO_RETRY)
 noop3.task(_noop, name="two", after=["one"], retry=NO_RETRY)
 noop3.task(_noop, name="three", after=["two"], retry=NO_RETRY)
 registry.register(noop3)
+
+noop4 = Workflow(NOOP4, description="benchmark: four no-op steps in a row")
+noop4.task(_noop, name="one", retry=NO_RETRY)
+noop4.task(_noop, name="two", after=["one"], retry=NO_RETRY)
+noop4.task(_noop, name="three", after=["two"], retry=NO_RETRY)
+noop4.task(_noop, name="four", after=["three"], retry=NO_RETRY)
+registry.register(noop4)
 
 noop3_local = Workflow(NOOP3_LOCAL, description="benchmark: bench_noop3 run in-process")
 noop3_local.task(_noop, name="one", retry=NO_RETRY, queue=LOCAL_QUEUE)
@@ -122,7 +130,7 @@ Journal.flush = _flush_and_stamp  # type: ignore[method-assign]
 @receiver(event_committed)
 def _after_event(sender: Any, event: Any, **kwargs: Any) -> None:
     instance = event.instance
-    if instance.workflow != NOOP3 or not isinstance(instance.input, dict):
+    if instance.workflow not in (NOOP3, NOOP4) or not isinstance(instance.input, dict):
         return
     run = instance.input.get("bench_run")
     if not run:
