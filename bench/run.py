@@ -74,7 +74,7 @@ def run_one(name: str, quick: bool) -> dict[str, Any]:
     if code == 0 and output.exists():
         report = json.loads(output.read_text())
         section["summary"] = report.get("summary", [])
-        section["report"] = str(output.relative_to(ROOT))
+        section["report"] = str(output.relative_to(ROOT) if output.is_relative_to(ROOT) else output)
     else:
         section["summary"] = []
         log(f"{name} FAILED (exit {code}) after {seconds} s")
