@@ -186,7 +186,14 @@ class Journal:
         With ``created_steps`` the instance and its steps are new rows (one INSERT each).
         """
         self.instance.updated_at = self.now
-        fused = bool(self.events) and connection.vendor == "postgresql"
+        dirty_pks = [step.pk for step in self.dirty.values()]
+        # One statement cannot update a row twice: two copies of one step (loaded apart and
+        # both changed) take the ORM path, saved in order as before.
+        fused = (
+            bool(self.events)
+            and connection.vendor == "postgresql"
+            and len(set(dirty_pks)) == len(dirty_pks)
+        )
         if created_steps is not None and fused:
             _insert_in_one_statement(self.instance, created_steps, self.events)
         elif created_steps is not None:

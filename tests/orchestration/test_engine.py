@@ -512,3 +512,43 @@ def test_a_when_predicate_that_raises_fails_its_step_and_the_instance() -> None:
     assert (failed.step, failed.data["reason"]) == ("b", "when_raised")
     seqs = list(instance.events.order_by("seq").values_list("seq", flat=True))
     assert seqs == list(range(1, len(seqs) + 1))
+
+
+def test_flush_writes_two_copies_of_one_step_in_order() -> None:
+    from orchestration.journal import Journal
+
+    instance, _ = engine.instance_start(workflow="t_sequence")
+    with transaction.atomic():
+        locked = WorkflowInstance.objects.select_for_update().get(pk=instance.pk)
+        first = StepRun.objects.get(instance=instance, name="a")
+        second = StepRun.objects.get(instance=instance, name="a")
+        journal = Journal(locked, actor="test")
+        first.rung_at = timezone.now() - timedelta(hours=1)
+        journal.record("step_scheduled", step=first)
+        second.rung_at = timezone.now()
+        journal.record("step_scheduled", step=second)
+        journal.flush()
+    a = steps_of(instance)["a"]
+    assert abs((a.rung_at - second.rung_at).total_seconds()) < 0.001  # the later copy wins
+    seqs = list(instance.events.order_by("seq").values_list("seq", flat=True))
+    assert seqs == list(range(1, len(seqs) + 1))
+
+
+def test_flush_on_postgresql_writes_what_the_orm_would(
+    django_capture_on_commit_callbacks,
+) -> None:
+    instance, _ = engine.instance_start(workflow="t_sequence")
+    a = steps_of(instance)["a"]
+    claimed = engine.step_claim(step_run_id=a.pk, attempt=1)
+    assert claimed is not None
+    row = StepRun.objects.get(pk=a.pk)
+    assert (row.state, row.attempt) == ("running", 1)
+    assert row.started_at is not None and row.timeout_at > row.started_at
+    with django_capture_on_commit_callbacks(execute=True):
+        assert engine.step_complete(step_run_id=a.pk, attempt=1, output={"nested": {"x": [1, 2]}})
+    row.refresh_from_db()
+    assert row.state == "succeeded" and row.output == {"nested": {"x": [1, 2]}}
+    assert row.timeout_at is None and row.finished_at is not None
+    fresh = refresh(instance)
+    assert fresh.last_seq == fresh.events.count()
+    assert steps_of(instance)["b"].state == "scheduled"
