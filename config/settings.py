@@ -276,6 +276,9 @@ SIGNOFF_METRICS_CACHE_SECONDS = env_int("SIGNOFF_METRICS_CACHE_SECONDS", 0)
 # A worker that finishes a step runs the next one of the same queue at once (no broker round
 # trip), for up to this many seconds beyond the first step's start-to-close; 0 turns it off.
 SIGNOFF_CHAIN_SECONDS = env_int("SIGNOFF_CHAIN_SECONDS", 60)
+# A worker skips Django's connection health check (SELECT 1) before a task when its previous
+# task ended less than this many seconds ago; 0 checks before every task.
+SIGNOFF_DB_HEALTH_CHECK_IDLE_SECONDS = env_float("SIGNOFF_DB_HEALTH_CHECK_IDLE_SECONDS", 1.0)
 # Rows a sweeper handles per run.
 SIGNOFF_SWEEP_BATCH = env_int("SIGNOFF_SWEEP_BATCH", 500)
 # Escalations on PostgreSQL: set-based, in chunks of SIGNOFF_ESCALATION_CHUNK requests per

@@ -26,6 +26,8 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.db import (
     DEFAULT_DB_ALIAS,
     IntegrityError,
+    InterfaceError,
+    OperationalError,
     connection,
     connections,
     models,
@@ -773,7 +775,18 @@ def step_execute(*, step_run_id: int, attempt: int, chain_until: float | None = 
     claims it and it runs here at once instead of waiting for its own Celery message (see
     :func:`_complete`).
     """
-    claimed = step_claim(step_run_id=step_run_id, attempt=attempt)
+    try:
+        claimed = step_claim(step_run_id=step_run_id, attempt=attempt)
+    except (OperationalError, InterfaceError):
+        if connection.in_atomic_block:
+            raise
+        # The server dropped the connection (a restart, a failover, an idle timeout) and this
+        # was its first use: nothing was written. Reconnect and claim once more, rather than
+        # leave the step to the doorbell sweeper. (Had the claim committed after all, the
+        # second one finds the step running and does nothing.)
+        log.warning("claim of step %s failed on a dropped connection; reconnecting", step_run_id)
+        connection.close()
+        claimed = step_claim(step_run_id=step_run_id, attempt=attempt)
     if claimed is None:
         return "stale"
     while True:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import time
 
 from celery import shared_task
-from celery.signals import task_prerun
+from celery.signals import task_postrun, task_prerun
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import close_old_connections, connections
 
 from . import engine, saga, sweepers
 
@@ -67,10 +67,32 @@ def sweep_retention() -> dict[str, int]:
     return sweep()
 
 
+# When this process last finished a task (time.monotonic()).
+_last_task_end = 0.0
+
+
 @task_prerun.connect
 def _reuse_database_connections(**kwargs: object) -> None:
     """Celery's Django fixup closes the connection around every task (CELERY_DB_REUSE_MAX
     turns that off); this closes only connections that are broken or older than CONN_MAX_AGE,
     so a worker keeps one connection instead of opening one per step (measured: 1.01 new
-    PostgreSQL connections and 2 extra commits per step before)."""
+    PostgreSQL connections and 2 extra commits per step before).
+
+    Django then checks a kept connection's health (``SELECT 1``) before its first query. A
+    connection that served the previous task less than SIGNOFF_DB_HEALTH_CHECK_IDLE_SECONDS
+    ago skips that check: it was alive a moment ago, and the check cost a round trip and, in
+    PostgreSQL's count, a commit per message. If the server went away in that moment, the
+    claim fails, nothing is written, the connection is closed before the next task, and the
+    doorbell sweeper rings the step again."""
     close_old_connections()
+    idle = time.monotonic() - _last_task_end
+    if idle < settings.SIGNOFF_DB_HEALTH_CHECK_IDLE_SECONDS:
+        for conn in connections.all(initialized_only=True):
+            if conn.connection is not None and not conn.errors_occurred:
+                conn.health_check_done = True
+
+
+@task_postrun.connect
+def _note_task_end(**kwargs: object) -> None:
+    global _last_task_end
+    _last_task_end = time.monotonic()

@@ -552,3 +552,62 @@ def test_flush_on_postgresql_writes_what_the_orm_would(
     fresh = refresh(instance)
     assert fresh.last_seq == fresh.events.count()
     assert steps_of(instance)["b"].state == "scheduled"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_skips_the_health_check_of_a_connection_it_just_used(settings) -> None:
+    import time
+
+    from django.db import connections
+
+    from orchestration import tasks
+
+    connection = connections["default"]
+    settings.SIGNOFF_DB_HEALTH_CHECK_IDLE_SECONDS = 1.0
+    connection.ensure_connection()
+    tasks._note_task_end()
+    tasks._reuse_database_connections()
+    assert connection.connection is not None and connection.health_check_done is True
+    tasks._last_task_end = time.monotonic() - 5  # idle for a while: check it again
+    tasks._reuse_database_connections()
+    assert connection.health_check_done is False
+    settings.SIGNOFF_DB_HEALTH_CHECK_IDLE_SECONDS = 0  # 0: always check
+    tasks._note_task_end()
+    tasks._reuse_database_connections()
+    assert connection.health_check_done is False
+    # A connection that failed is closed before the next task and never trusted.
+    connection.errors_occurred = True
+    tasks._note_task_end()
+    settings.SIGNOFF_DB_HEALTH_CHECK_IDLE_SECONDS = 1.0
+    with mock.patch.object(type(connection), "is_usable", return_value=False):
+        tasks._reuse_database_connections()
+    assert connection.connection is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_claim_on_a_connection_the_server_dropped_reconnects_once(rung, caplog) -> None:
+    import psycopg
+    from django.db import connections
+
+    instance, _ = engine.instance_start(workflow="t_sequence")
+    a = steps_of(instance)["a"]
+    conn = connections["default"]
+    conn.ensure_connection()
+    pid = conn.connection.info.backend_pid
+    params = conn.get_connection_params()
+    admin = psycopg.connect(
+        host=params.get("host"),
+        port=params.get("port"),
+        user=params.get("user"),
+        dbname="postgres",
+        autocommit=True,
+    )
+    with admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", [pid])
+    conn.health_check_done = True  # as a worker does for a connection it used a moment ago
+    assert engine.step_execute(step_run_id=a.pk, attempt=1) == "succeeded"
+    assert "failed on a dropped connection; reconnecting" in caplog.text
+    steps = steps_of(instance)
+    assert steps["a"].state == "succeeded" and steps["a"].attempt == 1
+    # a's doorbell at the start, then b's when a completed
+    assert [bell.step_run_id for bell in rung] == [steps["a"].pk, steps["b"].pk]
