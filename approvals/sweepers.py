@@ -39,8 +39,8 @@ from django.utils import timezone
 from integrations.models import OutboundEmail
 from orchestration import engine
 from orchestration.definitions import registry
+from orchestration.journal import announce_events
 from orchestration.models import Event, WorkflowInstance
-from orchestration.signals import event_committed
 
 from . import notifications
 from .definitions import ApprovalStep
@@ -342,7 +342,7 @@ def escalations_batch(*, now: datetime, batch: int | None = None, chunk: int | N
             break
     if announce:
         # Outside a transaction (beat) this runs at once; inside one, after its commit.
-        transaction.on_commit(lambda: _announce(announce))
+        transaction.on_commit(lambda: announce_events(announce))
     if escalated:
         log.info("sweeper escalations acted on %d approval requests", escalated)
     return escalated
@@ -437,17 +437,6 @@ def _escalate_chunk(
             event._state.adding = False
             events.append(event)
     return escalated, fallback, events, mail_ids
-
-
-def _announce(events: list[Event]) -> None:
-    """The engine's after-commit announcement of each event (webhooks listen)."""
-    if not event_committed.receivers:
-        return
-    for event in events:
-        try:
-            event_committed.send(sender=Event, event=event)
-        except Exception:  # noqa: BLE001 - a listener never breaks the sweep
-            log.exception("event_committed receiver failed for %s", event.type)
 
 
 def mails_dispatch(email_ids: list[int]) -> None:

@@ -323,9 +323,6 @@ class Gunicorn(ServiceProcess):
 
         self.spawn(ready)
 
-    def worker_pids(self) -> list[int]:
-        return self.children()
-
 
 def backend_pids() -> list[int]:
     """PostgreSQL backends connected to the bench database, other than our own."""
@@ -758,7 +755,7 @@ def main(argv: list[str] | None = None) -> int:
             # The CPU of the cut-off requests counts too: measured once they are written.
             served = drain(run, "clients", raw["clients"])
             web_after, pg_after = cpu_seconds(server.pids()), cpu_seconds(pg_pids)
-            results["gunicorn_worker_pids"] = server.worker_pids()
+            results["gunicorn_worker_pids"] = server.children()
     except RuntimeError as exc:
         failure = str(exc)
     finally:

@@ -110,7 +110,7 @@ def _hot_sql(name: str) -> str:
 
 
 @functools.cache
-def _load_plan(model: type[models.Model], vendor: str) -> tuple[Any, list[str], list[Any]]:
+def _load_plan(model: type[models.Model]) -> tuple[Any, list[str], list[Any]]:
     connection = connections[DEFAULT_DB_ALIAS]
     fields = model._meta.concrete_fields
     names = [f.attname for f in fields]
@@ -126,7 +126,7 @@ def _load(model: type[models.Model], sql: str, params: list[Any]) -> list[Any]:
     """Rows of ``sql`` (every concrete column in field order) as model instances, as the ORM
     loads them (``from_db``, field converters applied)."""
     connection = connections[DEFAULT_DB_ALIAS]  # the real one: no proxy lookups per field
-    fields, names, converters = _load_plan(model, connection.vendor)
+    fields, names, converters = _load_plan(model)
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()

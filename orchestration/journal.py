@@ -10,6 +10,7 @@ nothing and announces nothing.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -238,7 +239,7 @@ class Journal:
             transaction.on_commit(lambda: ring_doorbells(bells))
         if self.events and event_committed.receivers:
             events = list(self.events)
-            transaction.on_commit(lambda: _announce(events))
+            transaction.on_commit(lambda: announce_events(events))
 
 
 def _write_in_one_statement(
@@ -255,31 +256,23 @@ def _write_in_one_statement(
     params: list[Any] = []
     ctes: list[str] = []
 
-    def update(alias: str, obj: Any, fields: list[str]) -> None:
+    def update(alias: str, obj: Any, fields: list[Any]) -> None:
         meta = obj._meta
-        assignments = []
-        for name in fields:
-            field = meta.get_field(name)
-            assignments.append(f"{quote(field.column)} = %s")
-            params.append(field.get_db_prep_save(getattr(obj, field.attname), connection))
+        assignments = ", ".join(f"{quote(field.column)} = %s" for field in fields)
+        _prepare([obj], fields, params, connection)
         params.append(meta.pk.get_db_prep_save(obj.pk, connection))
         ctes.append(
-            f"{alias} AS (UPDATE {quote(meta.db_table)} SET {', '.join(assignments)} "
+            f"{alias} AS (UPDATE {quote(meta.db_table)} SET {assignments} "
             f"WHERE {quote(meta.pk.column)} = %s)"
         )
 
-    update("i", instance, INSTANCE_FIELDS)
+    update("i", instance, _fields(WorkflowInstance, tuple(INSTANCE_FIELDS)))
     for n, step in enumerate(steps):
-        update(f"s{n}", step, STEP_FIELDS)
-    fields = _event_fields()
-    rows = []
-    for event in events:
-        rows.append("(" + ", ".join(["%s"] * len(fields)) + ")")
-        params.extend(f.get_db_prep_save(getattr(event, f.attname), connection) for f in fields)
-    sql = (
-        f"WITH {', '.join(ctes)} INSERT INTO {quote(Event._meta.db_table)} "
-        f"({', '.join(quote(f.column) for f in fields)}) VALUES {', '.join(rows)} "
-        f"RETURNING {quote(Event._meta.pk.column)}"
+        update(f"s{n}", step, _fields(StepRun, tuple(STEP_FIELDS)))
+    fields = _insert_fields(Event)
+    rows = _prepare(events, fields, params, connection)
+    sql = f"WITH {', '.join(ctes)} " + _insert_sql(
+        Event, fields, rows, quote(Event._meta.pk.column), connection
     )
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
@@ -291,8 +284,32 @@ def _write_in_one_statement(
         event._state.db = connection.alias
 
 
-def _event_fields() -> list[Any]:
-    return [f for f in Event._meta.concrete_fields if not f.primary_key]
+@functools.cache
+def _fields(model: Any, names: tuple[str, ...]) -> list[Any]:
+    return [model._meta.get_field(name) for name in names]
+
+
+@functools.cache
+def _insert_fields(model: Any) -> list[Any]:
+    """The columns an INSERT writes: all but an auto-generated primary key (a UUID primary
+    key is set in Python already, so it is written)."""
+    return [f for f in model._meta.concrete_fields if not (f.primary_key and f.db_returning)]
+
+
+def _prepare(objs: list[Any], fields: list[Any], params: list[Any], connection: Any) -> str:
+    """Append each object's values (as Django's ``save()`` would send them) to ``params``;
+    return the matching ``(%s, ...), ...`` rows."""
+    row = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    for obj in objs:
+        params.extend(f.get_db_prep_save(getattr(obj, f.attname), connection) for f in fields)
+    return ", ".join([row] * len(objs))
+
+
+def _insert_sql(model: Any, fields: list[Any], rows: str, returning: str, connection: Any) -> str:
+    quote = connection.ops.quote_name
+    columns = ", ".join(quote(f.column) for f in fields)
+    sql = f"INSERT INTO {quote(model._meta.db_table)} ({columns}) VALUES {rows}"
+    return sql + (f" RETURNING {returning}" if returning else "")
 
 
 def _insert_in_one_statement(
@@ -302,30 +319,17 @@ def _insert_in_one_statement(
     data-modifying CTEs (the foreign keys are checked at commit, Django's constraints being
     deferrable), returning the new steps' and events' ids in order."""
     connection = connections[DEFAULT_DB_ALIAS]  # the real one: no proxy lookups per field
-    quote = connection.ops.quote_name
     params: list[Any] = []
 
-    def values(objs: list[Any], fields: list[Any]) -> str:
-        rows = []
-        for obj in objs:
-            rows.append("(" + ", ".join(["%s"] * len(fields)) + ")")
-            params.extend(f.get_db_prep_save(getattr(obj, f.attname), connection) for f in fields)
-        return ", ".join(rows)
-
-    def insert(model: Any, fields: list[Any], rows: str, returning: str = "") -> str:
-        meta = model._meta
-        sql = (
-            f"INSERT INTO {quote(meta.db_table)} ({', '.join(quote(f.column) for f in fields)}) "
-            f"VALUES {rows}"
+    def insert(model: Any, objs: list[Any], returning: str = "") -> str:
+        fields = _insert_fields(model)
+        return _insert_sql(
+            model, fields, _prepare(objs, fields, params, connection), returning, connection
         )
-        return sql + (f" RETURNING {returning}" if returning else "")
 
-    instance_fields = list(WorkflowInstance._meta.concrete_fields)  # the UUID is set already
-    step_fields = [f for f in StepRun._meta.concrete_fields if not f.primary_key]
-    event_fields = _event_fields()
-    i_sql = insert(WorkflowInstance, instance_fields, values([instance], instance_fields))
-    s_sql = insert(StepRun, step_fields, values(steps, step_fields), "id, name") if steps else ""
-    e_sql = insert(Event, event_fields, values(events, event_fields), "id, seq::text")
+    i_sql = insert(WorkflowInstance, [instance])
+    s_sql = insert(StepRun, steps, "id, name") if steps else ""
+    e_sql = insert(Event, events, "id, seq::text")
     ctes = [f"i AS ({i_sql})"] + ([f"s AS ({s_sql})"] if steps else []) + [f"e AS ({e_sql})"]
     step_ids = "SELECT 's', id, name FROM s UNION ALL " if steps else ""
     sql = f"WITH {', '.join(ctes)} {step_ids}SELECT 'e', id, seq FROM e"
@@ -375,7 +379,11 @@ def ring_doorbells(bells: list[Doorbell]) -> None:
             )
 
 
-def _announce(events: list[Event]) -> None:
+def announce_events(events: list[Event]) -> None:
+    """Send ``event_committed`` for each event (after its commit); a failing listener is
+    logged, never raised."""
+    if not event_committed.receivers:
+        return
     for event in events:
         try:
             event_committed.send(sender=Event, event=event)
