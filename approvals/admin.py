@@ -31,10 +31,10 @@ from orchestration.admin import (
     pill,
     report_to,
 )
-from orchestration.errors import InvalidInput, SignoffError
+from orchestration.errors import InvalidInput, NotAllowed, SignoffError
 from orchestration.views import Report, status_url
 
-from . import services
+from . import policy, services
 from .models import ActionToken, ApprovalRequest, Decision, Delegation, Outcome
 
 User = get_user_model()
@@ -272,17 +272,13 @@ class ApprovalRequestAdmin(StrictActionsMixin, ReadOnlyAdminMixin, admin.ModelAd
         extra = dict(extra_context or {})
         if obj is not None:
             extra["status_url"] = status_url(obj.instance_id)
-            if obj.state == "pending" and self.has_operate_permission(request):
-                extra["operations"] = [
-                    (
-                        "Reassign",
-                        reverse("admin:approvals_approvalrequest_reassign", args=[obj.pk]),
-                    ),
-                    (
-                        "Decide on behalf",
-                        reverse("admin:approvals_approvalrequest_decide", args=[obj.pk]),
-                    ),
-                ]
+            # Buttons the decision policy could allow (it is asked again on POST).
+            offered = policy.operator_actions(request.user, obj)
+            extra["operations"] = [
+                (label, reverse(f"admin:approvals_approvalrequest_{name}", args=[obj.pk]))
+                for name, label in [("reassign", "Reassign"), ("decide", "Decide on behalf")]
+                if name in offered
+            ]
         return super().change_view(request, object_id, form_url, extra)
 
     def get_urls(self) -> list[Any]:
@@ -314,13 +310,15 @@ class ApprovalRequestAdmin(StrictActionsMixin, ReadOnlyAdminMixin, admin.ModelAd
 
     def _finish(
         self, request: HttpRequest, obj: ApprovalRequest, form: forms.Form, act: Any, done: str
-    ) -> HttpResponse | None:
-        """Call the service; None means: show the form again (with the error on it)."""
+    ) -> HttpResponse | int:
+        """Call the service; a status means: show the form again with the error on it (400
+        for bad input, 403 when the decision policy refused)."""
         try:
             act()
-        except InvalidInput as exc:
+        except (InvalidInput, NotAllowed) as exc:
+            # Bad input or a refusal of the decision policy: the form again, with why.
             form.add_error(None, exc.message)
-            return None
+            return exc.status
         except SignoffError as exc:
             self.message_user(request, f"Refused: {exc.message}", messages.ERROR)
             return HttpResponseRedirect(self._back(obj))
@@ -337,6 +335,7 @@ class ApprovalRequestAdmin(StrictActionsMixin, ReadOnlyAdminMixin, admin.ModelAd
             "groups": ", ".join(g.name for g in obj.assignee_groups.all()),
         }
         form = ReassignForm(request.POST if confirmed else None, initial=initial)
+        status = 400 if confirmed else 200
         if confirmed and form.is_valid():
             data = form.cleaned_data
             response = self._finish(
@@ -352,8 +351,9 @@ class ApprovalRequestAdmin(StrictActionsMixin, ReadOnlyAdminMixin, admin.ModelAd
                 ),
                 f"“{obj.title}” reassigned.",
             )
-            if response is not None:
+            if not isinstance(response, int):
                 return response
+            status = response
         return confirm_page(
             self,
             request,
@@ -364,7 +364,7 @@ class ApprovalRequestAdmin(StrictActionsMixin, ReadOnlyAdminMixin, admin.ModelAd
             objects=[obj],
             count=1,
             back_url=self._back(obj),
-            status=400 if confirmed else 200,
+            status=status,
         )
 
     def decide_view(self, request: HttpRequest, object_id: int) -> HttpResponse:
@@ -382,6 +382,7 @@ class ApprovalRequestAdmin(StrictActionsMixin, ReadOnlyAdminMixin, admin.ModelAd
         names = [u.get_username() for u in candidates]
         confirmed = request.method == "POST" and "confirm" in request.POST
         form = DecideOnBehalfForm(request.POST if confirmed else None, candidates=names)
+        status = 400 if confirmed else 200
         if confirmed and form.is_valid():
             data = form.cleaned_data
             assignee = User.objects.get(username=data["assignee"])
@@ -399,8 +400,9 @@ class ApprovalRequestAdmin(StrictActionsMixin, ReadOnlyAdminMixin, admin.ModelAd
                 ),
                 f"Decision recorded for {assignee.get_username()} on “{obj.title}”.",
             )
-            if response is not None:
+            if not isinstance(response, int):
                 return response
+            status = response
         return confirm_page(
             self,
             request,
@@ -411,7 +413,7 @@ class ApprovalRequestAdmin(StrictActionsMixin, ReadOnlyAdminMixin, admin.ModelAd
             objects=[obj],
             count=1,
             back_url=self._back(obj),
-            status=400 if confirmed else 200,
+            status=status,
         )
 
     def reassign_bulk(self, request: HttpRequest, queryset: QuerySet) -> Any:

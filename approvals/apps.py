@@ -12,4 +12,9 @@ class ApprovalsConfig(AppConfig):
     ]
 
     def ready(self) -> None:
+        from orchestration.views import register_step_links
+
         from . import services  # noqa: F401 - registers the approval step kind
+        from .status_links import approval_step_links
+
+        register_step_links(approval_step_links)

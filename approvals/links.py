@@ -20,11 +20,11 @@ from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import ensure_csrf_cookie
 
-from orchestration.errors import Conflict, SignoffError
+from orchestration.errors import Conflict, NotAllowed, NotFound, SignoffError
 
-from . import notifications
+from . import notifications, policy
 from .models import ActionToken, ApprovalRequest, Channel, Outcome, RequestState
-from .services import _already_decided_message, approval_decide
+from .services import approval_decide
 
 WINDOW_SECONDS = 600
 
@@ -41,6 +41,7 @@ REASONS = {
         "The request was escalated and is now with someone else.",
     ),
     "resolved": ("This request is already closed", ""),
+    "not_allowed": ("This link cannot decide this request", ""),
     "rate_limited": (
         "Too many invalid links",
         "Too many invalid links came from your address. Try again later, or decide in your inbox.",
@@ -80,18 +81,34 @@ def _refuse(request: HttpRequest, reason: str, status: int, detail: str = "") ->
     )
 
 
+def _sentence(message: str) -> str:
+    return message[:1].upper() + message[1:] + "."
+
+
 def _problem(token: ActionToken) -> tuple[str, str] | None:
+    """Why the link cannot act now, or None. Besides the token's own state, the one decision
+    policy is asked as the link's person: a deactivated account, someone no longer assigned,
+    or the requester get a refusal here, on GET already (POST asks again under the lock)."""
     approval = token.request
     if approval.state != RequestState.PENDING:
-        message = _already_decided_message(approval)
-        return "resolved", message[:1].upper() + message[1:] + "."
+        return "resolved", _sentence(policy.already_decided_message(approval))
     if token.used_at is not None:
         return "used", ""
     if token.superseded_at is not None:
         return "superseded", ""
     if token.expires_at <= timezone.now():
         return "expired", ""
+    try:
+        policy.authorize(policy.Act.DECIDE, user=token.user, request=approval)
+    except Conflict as exc:
+        return "resolved", _sentence(exc.message)
+    except (NotAllowed, NotFound) as exc:
+        return "not_allowed", _sentence(exc.message)
     return None
+
+
+def _status(reason: str) -> int:
+    return 403 if reason == "not_allowed" else 410
 
 
 @never_cache
@@ -111,7 +128,7 @@ def action_link(request: HttpRequest, token: str) -> HttpResponse:
         return _refuse(request, "unknown", 404)
     problem = _problem(found)
     if problem:
-        return _refuse(request, problem[0], 410, problem[1])
+        return _refuse(request, problem[0], _status(problem[0]), problem[1])
     if request.method != "POST":
         return render(request, "links/confirm.html", _page(found))
     return _decide(request, found.pk)
@@ -148,7 +165,7 @@ def _decide(request: HttpRequest, token_id: int) -> HttpResponse:
             )
             problem = _problem(token)
             if problem:
-                return _refuse(request, problem[0], 410, problem[1])
+                return _refuse(request, problem[0], _status(problem[0]), problem[1])
             decision = approval_decide(
                 request_id=token.request_id,
                 user=token.user,
@@ -160,6 +177,8 @@ def _decide(request: HttpRequest, token_id: int) -> HttpResponse:
             token.save(update_fields=["used_at"])
     except Conflict as exc:
         return _refuse(request, "resolved", 409, exc.message)
+    except (NotAllowed, NotFound) as exc:
+        return _refuse(request, "not_allowed", 403, _sentence(exc.message))
     except SignoffError as exc:
         token = ActionToken.objects.select_related("request", "user").get(pk=token_id)
         return render(

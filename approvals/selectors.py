@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
@@ -51,17 +52,23 @@ def _visible(user: Any, ids: list[int]) -> Q:
     return Q(Exists(users.union(groups, decided, all=True)))
 
 
+def visible_filter(user: Any, now: datetime | None = None) -> Q:
+    """The requests ``user`` is (or a delegator is) assigned, or decided."""
+    return _visible(user, principal_ids(user, now))
+
+
 def decidable_by(user: Any, now: datetime | None = None) -> QuerySet[ApprovalRequest]:
     """Pending requests ``user`` may decide now (directly, through a group or a delegation),
-    excluding their own requests (unless allowed) and those they already decided."""
+    excluding their own requests (unless allowed) and those they already decided: the list
+    form of :func:`approvals.policy.authorize` (act ``decide``), which has the last word."""
     ids = principal_ids(user, now)
+    own = Q(requester_id=user.pk)
+    if settings.SIGNOFF_STARTER_IS_REQUESTER:
+        own |= Q(instance__started_by_id=user.pk)
     return (
         ApprovalRequest.objects.filter(state=RequestState.PENDING)
         .filter(_assigned_to(ids))
-        .exclude(
-            (Q(requester_id=user.pk) | Q(instance__started_by_id=user.pk))
-            & Q(allow_self_approval=False)
-        )
+        .exclude(own & Q(allow_self_approval=False))
         .exclude(Exists(Decision.objects.filter(request=OuterRef("pk"), decided_by=user)))
     )
 

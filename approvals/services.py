@@ -19,11 +19,12 @@ from django.utils import timezone
 from orchestration import engine, kinds
 from orchestration.calendar import add_duration
 from orchestration.definitions import StepSpec
-from orchestration.errors import Conflict, InvalidInput, NotAllowed, NotFound
+from orchestration.errors import InvalidInput, NotAllowed, NotFound
 from orchestration.journal import Journal
-from orchestration.models import StepRun, WorkflowInstance
+from orchestration.jsonsafe import string_problem
+from orchestration.models import StepRun
 
-from . import notifications
+from . import notifications, policy
 from .definitions import ApprovalStep
 from .models import ApprovalRequest, Channel, Decision, Delegation, Outcome, Policy, RequestState
 
@@ -51,6 +52,23 @@ def _before_due(request: ApprovalRequest, moment: datetime | None) -> datetime |
     return moment
 
 
+def _requester(spec: ApprovalStep, ctx: Any, instance: Any) -> Any:
+    """Who asked: for an instance a person started, that person — or, when the workflow
+    declares ``requester_input``, the person that input field names (checked at start: only
+    holders of ``orchestration.start_on_behalf`` name someone else). The step's
+    ``requester=`` function is asked only for instances the system started, so an input
+    cannot make someone else the requester."""
+    if instance.started_by_id is not None:
+        definition = engine.definition_of(instance)
+        field_name = definition.requester_input if definition is not None else None
+        named = ctx.input.get(field_name) if field_name else None
+        if isinstance(named, str) and named != instance.started_by.get_username():
+            return User.objects.filter(username=named).first()
+        return instance.started_by
+    name = spec.requester(ctx) if spec.requester else None
+    return User.objects.filter(username=name).first() if isinstance(name, str) else None
+
+
 # -- the approval kind: what the engine calls ---------------------------------------------------
 
 
@@ -63,13 +81,8 @@ class ApprovalKind:
         usernames, group_names = spec.resolve_assignees(ctx)
         users = list(User.objects.filter(username__in=usernames, is_active=True))
         groups = list(Group.objects.filter(name__in=group_names))
-        requester_name = spec.requester(ctx) if spec.requester else None
-        requester = (
-            User.objects.filter(username=requester_name).first()
-            if requester_name
-            else journal.instance.started_by
-        )
         instance = journal.instance
+        requester = _requester(spec, ctx, instance)
         request = ApprovalRequest(
             instance=instance,
             workflow=instance.workflow,
@@ -135,57 +148,28 @@ class ApprovalKind:
         request.save(update_fields=["state", "resolved_at"])
         journal.record("approval_cancelled", step=step_run)
 
+    def offers_operator(self, action: str) -> bool:
+        return action != "complete" or settings.SIGNOFF_OPERATORS_COMPLETE_APPROVALS
+
+    def authorize_operator(
+        self, *, action: str, step_run: StepRun, spec: StepSpec, instance: Any, user: Any
+    ) -> None:
+        """The engine asks before completing (``complete``) or retrying (``retry``) an
+        approval step by hand: the decision policy answers (a retry by the system — no user,
+        e.g. ``manage.py signoff retry`` — asks the assignees again and is allowed)."""
+        if action == "retry" and user is None:
+            return
+        request = ApprovalRequest.objects.filter(step_run_id=step_run.pk).order_by("-pk").first()
+        if request is not None:
+            request.instance = instance
+        act = policy.Act.COMPLETE_STEP if action == "complete" else policy.Act.RETRY_STEP
+        policy.authorize(act, user=user, request=request, instance=instance)
+
 
 kinds.register_kind(ApprovalKind())
 
 
 # -- deciding -----------------------------------------------------------------------------------
-
-
-def principals_for(user: Any, now: datetime | None = None) -> list[Any]:
-    """The user and everyone who delegated to them for ``now``."""
-    now = now or timezone.now()
-    delegators = User.objects.filter(
-        delegations_given__delegate=user,
-        delegations_given__starts_at__lte=now,
-        delegations_given__ends_at__gt=now,
-        is_active=True,
-    ).distinct()
-    return [user, *delegators]
-
-
-def _eligible_as(request: ApprovalRequest, user: Any, now: datetime) -> tuple[Any, Group | None]:
-    """Whose vote ``user`` may cast on ``request``: themself first, then a delegator.
-    Raises :class:`NotAllowed` saying why not."""
-    assigned_users = set(request.assignee_users.values_list("pk", flat=True))
-    assigned_groups = set(request.assignee_groups.values_list("pk", flat=True))
-    decided = set(request.decisions.values_list("assignee_id", flat=True))
-    # Whoever started the instance is a requester too, whatever the input names.
-    started_by = (
-        WorkflowInstance.objects.filter(pk=request.instance_id)
-        .values_list("started_by_id", flat=True)
-        .first()
-    )
-    requesters = {request.requester_id, started_by} - {None}
-    self_blocked = False
-    already = False
-    for principal in principals_for(user, now):
-        member_of = set(principal.groups.values_list("pk", flat=True)) & assigned_groups
-        if principal.pk not in assigned_users and not member_of:
-            continue
-        if not request.allow_self_approval and requesters & {principal.pk, user.pk}:
-            self_blocked = True
-            continue
-        if principal.pk in decided:
-            already = True
-            continue
-        via = Group.objects.get(pk=min(member_of)) if member_of else None
-        return principal, via
-    if self_blocked:
-        raise NotAllowed("you cannot decide your own request", code="self_approval")
-    if already:
-        raise Conflict("you have already decided this request", code="already_decided")
-    raise NotAllowed("you are not an assignee of this request", code="not_assignee")
 
 
 def _resolution(request: ApprovalRequest, decisions: list[Decision]) -> str | None:
@@ -207,15 +191,6 @@ def _resolution(request: ApprovalRequest, decisions: list[Decision]) -> str | No
     users_done = set(request.assignee_users.values_list("pk", flat=True)) <= approved_users
     groups_done = set(request.assignee_groups.values_list("pk", flat=True)) <= approved_groups
     return RequestState.APPROVED if users_done and groups_done else None
-
-
-def _already_decided_message(request: ApprovalRequest) -> str:
-    last = request.decisions.select_related("decided_by").order_by("-at", "-id").first()
-    when = request.resolved_at or (last.at if last else None)
-    stamp = timezone.localtime(when).strftime("%Y-%m-%d %H:%M:%S %Z") if when else "earlier"
-    if request.state in (RequestState.APPROVED, RequestState.REJECTED) and last is not None:
-        return f"already {request.state} by {last.decided_by.get_username()} at {stamp}"
-    return f"already {request.state} at {stamp}"
 
 
 def request_outcome(request: ApprovalRequest, decisions: list[Decision]) -> dict[str, Any]:
@@ -255,32 +230,45 @@ def approval_decide(
 ) -> Decision:
     """Record ``user``'s decision and resolve the request when its policy is met.
 
-    Guarantees: only a current assignee (directly, through a group, or as an active delegate)
-    decides; not on their own request unless the step allows it; one decision per person; two
-    people deciding at once get one resolution (the instance row is locked) and the second a
-    :class:`Conflict` saying who decided and when. Writes ``approval_decided`` and, on
-    resolution, ``approval_resolved`` plus the step's own event, in one transaction.
+    Who may decide is :func:`approvals.policy.authorize` (act ``decide``), asked under the
+    instance lock: an active current assignee (directly, through a group, or as the delegate
+    of an active assignee), not on their own request unless the step allows it, one decision
+    per person; a request the user may not see is :class:`NotFound`. Two people deciding at
+    once get one resolution (the instance row is locked) and the second a :class:`Conflict`
+    saying who decided and when. Writes ``approval_decided`` and, on resolution,
+    ``approval_resolved`` plus the step's own event, in one transaction.
     """
     if outcome not in Outcome.values:
         raise InvalidInput(f"outcome must be one of {', '.join(Outcome.values)}")
-    if channel not in Channel.values:
-        raise InvalidInput(f"channel must be one of {', '.join(Channel.values)}")
+    if channel not in Channel.values or channel == Channel.ADMIN:
+        raise InvalidInput("channel must be one of web, email, api")
+    comment = _clean_comment(comment)
+    if not getattr(user, "is_authenticated", False):
+        raise NotAllowed("log in to decide", code="not_authenticated")
+    step_run_id = _step_run_of(request_id)
+    with transaction.atomic():
+        locked, request = _lock(request_id, step_run_id, user)
+        grant = policy.authorize(
+            policy.Act.DECIDE,
+            user=user,
+            request=request,
+            instance=locked.instance,
+            now=locked.journal.now,
+        )
+        decision = _record_decision(locked, request, grant, outcome, comment, channel)
+        locked.journal.flush()
+        return decision
+
+
+def _clean_comment(comment: Any) -> str:
     if not isinstance(comment, str):
         raise InvalidInput("comment must be a string")
     comment = comment.strip()
     if len(comment) > MAX_COMMENT:
         raise InvalidInput(f"comment is longer than {MAX_COMMENT} characters")
-    if not getattr(user, "is_authenticated", False):
-        raise NotAllowed("log in to decide")
-    step_run_id = _step_run_of(request_id)
-    with transaction.atomic():
-        locked, request = _lock_pending(request_id, step_run_id, user)
-        principal, via_group = _eligible_as(request, user, locked.journal.now)
-        decision = _record_decision(
-            locked, request, user, principal, via_group, outcome, comment, channel
-        )
-        locked.journal.flush()
-        return decision
+    if string_problem(comment):
+        raise InvalidInput(f"comment: {string_problem(comment)}")
+    return comment
 
 
 def _step_run_of(request_id: Any) -> int:
@@ -290,29 +278,30 @@ def _step_run_of(request_id: Any) -> int:
             .values_list("step_run_id", flat=True)
             .first()
         )
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         step_run_id = None
     if step_run_id is None:
         raise NotFound("approval request not found")
     return step_run_id
 
 
-def _lock_pending(
+def _lock(
     request_id: Any, step_run_id: int, user: Any
 ) -> tuple[engine.LockedInstance, ApprovalRequest]:
+    """The instance (the lock for its steps and requests), then the request row. Whether the
+    request is still pending is the policy's question (after whether the user may see it)."""
     locked = engine.lock_instance(step_run_id=step_run_id, actor=actor_name(user))
+    if locked is None:
+        raise NotFound("approval request not found")
     request = ApprovalRequest.objects.select_for_update().get(pk=int(request_id))
-    if locked is None or request.state != RequestState.PENDING:
-        raise Conflict(_already_decided_message(request), code="already_decided")
+    request.instance = locked.instance
     return locked, request
 
 
 def _record_decision(
     locked: engine.LockedInstance,
     request: ApprovalRequest,
-    user: Any,
-    principal: Any,
-    via_group: Group | None,
+    grant: policy.Grant,
     outcome: str,
     comment: str,
     channel: str,
@@ -320,11 +309,12 @@ def _record_decision(
 ) -> Decision:
     if outcome == Outcome.REJECT and request.reject_requires_comment and not comment:
         raise InvalidInput("a comment is required to reject", code="comment_required")
+    user, principal = grant.actor, grant.principal
     decision = Decision.objects.create(
         request=request,
         assignee=principal,
         decided_by=user,
-        via_group=via_group,
+        via_group=grant.via_group,
         outcome=outcome,
         comment=comment,
         channel=channel,
@@ -341,6 +331,7 @@ def _record_decision(
             "for": principal.get_username() if principal.pk != user.pk else None,
             "comment": comment,
             "channel": channel,
+            **({"on_behalf": True} if grant.on_behalf else {}),
             **({"reason": reason} if reason else {}),
         },
     )
@@ -406,37 +397,29 @@ def approval_decide_on_behalf(
     comment: str = "",
     reason: str,
 ) -> Decision:
-    """An operator records ``assignee``'s decision (e.g. given by phone). ``assignee`` must be
-    a current assignee who has not decided; the reason is mandatory and recorded on the
-    decision and its event. Permission is checked by the caller (admin, status page)."""
+    """An operator records ``assignee``'s decision (e.g. given by phone), where
+    ``SIGNOFF_DECIDE_ON_BEHALF`` allows it. :func:`approvals.policy.authorize` (act
+    ``decide_on_behalf``) decides: the operator holds ``orchestration.operate_instance`` and is
+    neither the requester nor the starter; ``assignee`` is an active current assignee who may
+    decide and has not. The decision counts as the assignee's, is recorded as on behalf
+    (``decided_by`` the operator, channel ``admin``, event data ``on_behalf``) with the
+    mandatory reason."""
     reason = _clean_reason(reason)
     if outcome not in Outcome.values:
         raise InvalidInput(f"outcome must be one of {', '.join(Outcome.values)}")
-    if not isinstance(comment, str) or len(comment) > MAX_COMMENT:
-        raise InvalidInput("comment must be text of at most 5000 characters")
+    comment = _clean_comment(comment)
     step_run_id = _step_run_of(request_id)
     with transaction.atomic():
-        locked, request = _lock_pending(request_id, step_run_id, operator)
-        assigned_groups = set(request.assignee_groups.values_list("pk", flat=True))
-        member_of = set(assignee.groups.values_list("pk", flat=True)) & assigned_groups
-        if not request.assignee_users.filter(pk=assignee.pk).exists() and not member_of:
-            raise NotAllowed(
-                f"{assignee.get_username()} is not an assignee of this request", code="not_assignee"
-            )
-        if request.decisions.filter(assignee=assignee).exists():
-            raise Conflict(f"{assignee.get_username()} has already decided", code="already_decided")
-        via = Group.objects.get(pk=min(member_of)) if member_of else None
-        decision = _record_decision(
-            locked,
-            request,
-            operator,
-            assignee,
-            via,
-            outcome,
-            comment.strip(),
-            Channel.ADMIN,
-            reason,
+        locked, request = _lock(request_id, step_run_id, operator)
+        grant = policy.authorize(
+            policy.Act.DECIDE_ON_BEHALF,
+            user=operator,
+            request=request,
+            instance=locked.instance,
+            assignee=assignee,
+            now=locked.journal.now,
         )
+        decision = _record_decision(locked, request, grant, outcome, comment, Channel.ADMIN, reason)
         locked.journal.flush()
         return decision
 
@@ -450,7 +433,9 @@ def approval_reassign(
     reason: str,
 ) -> ApprovalRequest:
     """Replace a pending request's assignees. People no longer assigned lose their email
-    links; newcomers get mail. Writes ``approval_reassigned``."""
+    links; newcomers get mail. Writes ``approval_reassigned``. Asks
+    :func:`approvals.policy.authorize` (act ``reassign``): an operator, not on their own
+    request, not to themself or a group of theirs."""
     reason = _clean_reason(reason)
     user_rows = list(User.objects.filter(username__in=users, is_active=True))
     group_rows = list(Group.objects.filter(name__in=groups))
@@ -465,8 +450,17 @@ def approval_reassign(
         raise InvalidInput("name at least one user or group", code="no_assignee")
     step_run_id = _step_run_of(request_id)
     with transaction.atomic():
-        locked, request = _lock_pending(request_id, step_run_id, operator)
+        locked, request = _lock(request_id, step_run_id, operator)
         now = locked.journal.now
+        policy.authorize(
+            policy.Act.REASSIGN,
+            user=operator,
+            request=request,
+            instance=locked.instance,
+            new_users=user_rows,
+            new_groups=group_rows,
+            now=now,
+        )
         before = {u.pk for u in notifications.current_assignee_users(request)}
         request.assignee_users.set(user_rows)
         request.assignee_groups.set(group_rows)

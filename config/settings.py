@@ -297,6 +297,14 @@ SIGNOFF_BUSINESS_TIMEZONE = env("SIGNOFF_BUSINESS_TIMEZONE", TIME_ZONE)
 SIGNOFF_BUSINESS_DAYS = env("SIGNOFF_BUSINESS_DAYS", "mon-fri")
 SIGNOFF_BUSINESS_HOURS = env("SIGNOFF_BUSINESS_HOURS", "09:00-17:00")
 SIGNOFF_HOLIDAYS = env_list("SIGNOFF_HOLIDAYS")  # ISO dates, comma-separated
+# Segregation of duties (approvals.policy, README "Security"). Whoever started an instance
+# counts as its requester and never decides it; operators (orchestration.operate_instance) may
+# record an assignee's decision on their behalf only with SIGNOFF_DECIDE_ON_BEHALF=1, and
+# complete an approval step by hand only with SIGNOFF_OPERATORS_COMPLETE_APPROVALS=1 — never
+# on their own request.
+SIGNOFF_STARTER_IS_REQUESTER = env_bool("SIGNOFF_STARTER_IS_REQUESTER", True)
+SIGNOFF_DECIDE_ON_BEHALF = env_bool("SIGNOFF_DECIDE_ON_BEHALF", False)
+SIGNOFF_OPERATORS_COMPLETE_APPROVALS = env_bool("SIGNOFF_OPERATORS_COMPLETE_APPROVALS", False)
 # Sealed payloads: comma-separated Fernet keys, newest first (encrypt with the first, decrypt
 # with any). Unset: the embedded default generates SIGNOFF_DATA_DIR/encryption.key.
 SIGNOFF_ENCRYPTION_KEYS = env("SIGNOFF_ENCRYPTION_KEYS", "")

@@ -25,6 +25,9 @@ expenses = Workflow(
     version=1,
     description="An expense approved by a manager, and by finance above 1,000, then paid.",
     deadline=timedelta(days=30),
+    # A person starting an expense is its requester (filled in when left out); naming
+    # someone else needs orchestration.start_on_behalf.
+    requester_input="requester",
     input_schema={
         "type": "object",
         "required": ["amount", "currency", "description", "requester"],

@@ -32,14 +32,13 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
 from . import sealing
-from .errors import InvalidInput, SignoffError
+from .errors import InvalidInput, NotAllowed, SignoffError
 from .models import Event, StepRun, WorkflowInstance
 from .selectors import stuck_q
 from .views import (
     INSTANCE_OPERATIONS,
     STEP_OPERATIONS,
     Operation,
-    actor_of,
     can_operate,
     compact_json,
     human_duration,
@@ -614,10 +613,11 @@ class WorkflowInstanceAdmin(StrictActionsMixin, ReadOnlyAdminMixin, admin.ModelA
         status = 200
         if confirmed and form.is_valid():
             try:
-                op.run(target, actor_of(request.user), form.cleaned_data)
-            except InvalidInput as exc:
+                op.run(target, request.user, form.cleaned_data)
+            except (InvalidInput, NotAllowed) as exc:
+                # Bad input (400) or a refusal of the policy (403): the form again, with why.
                 form.add_error(None, exc.message)
-                status = 400
+                status = exc.status
             except SignoffError as exc:
                 self.message_user(request, f"Refused: {exc.message}", messages.ERROR)
                 return HttpResponseRedirect(back)
@@ -666,7 +666,7 @@ class WorkflowInstanceAdmin(StrictActionsMixin, ReadOnlyAdminMixin, admin.ModelA
         form = op.form(request.POST if confirmed else None)
         if confirmed and form.is_valid():
             targets = list(queryset.order_by("created_at"))
-            report = operate(op, targets, actor=actor_of(request.user), data=form.cleaned_data)
+            report = operate(op, targets, user=request.user, data=form.cleaned_data)
             report_to(self, request, report.messages(op))
             return None  # back to the (filtered) list
         select_across = request.POST.get("select_across") == "1"

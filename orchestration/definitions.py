@@ -256,8 +256,13 @@ class Workflow:
         sensitive: Iterable[str] = (),
         retention: timedelta | None = timedelta(days=90),
         delete_after: timedelta | None = None,
+        requester_input: str | None = None,
     ) -> None:
         self.name = name
+        # The top-level input field naming the person the instance is for (its requester).
+        # A start by a person fills it with their username when absent; naming someone else
+        # needs orchestration.start_on_behalf (engine.instance_start).
+        self.requester_input = requester_input
         # Sealed payloads: "input.<field>" and "outputs.<step>.<field>" are stored encrypted.
         self.sensitive = frozenset(sensitive)
         # Finished instances older than `retention` lose their sensitive fields; those older
@@ -419,6 +424,7 @@ class Workflow:
             "description": self.description,
             "deadline": self.deadline.total_seconds() if self.deadline else None,
             "input_schema": self.input_schema,
+            "requester_input": self.requester_input,
             "sensitive": sorted(self.sensitive),
             "steps": [self.steps[name].describe() for name in self.order()],
         }

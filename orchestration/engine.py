@@ -37,10 +37,11 @@ from django.utils import timezone
 
 from . import kinds, saga, sealing
 from .definitions import StepContext, StepSpec, TaskStep, Workflow, registry
-from .errors import Conflict, InvalidInput, NotFound
+from .errors import Conflict, InvalidInput, NotAllowed, NotFound
 from .journal import Doorbell, Journal, ring_doorbells
 from .jsonsafe import storable_json_problem, string_problem
 from .models import (
+    KEY_OWNER,
     STEP_ACTIVE,
     STEP_DONE,
     STEP_RETRYABLE,
@@ -470,6 +471,7 @@ def instance_start(
             else f"unknown workflow {workflow!r}",
             code="unknown_workflow",
         )
+    input, on_behalf_of = _requester_input(definition, input, started_by)
     problems = definition.validate_input(input)
     unstorable = storable_json_problem(input)
     if unstorable and not problems:
@@ -499,26 +501,64 @@ def instance_start(
         {"workflow": workflow, "version": version, "input": input, "business_key": business_key}
     )
     if idempotency_key is not None:
-        existing = _same_key(workflow, idempotency_key, fingerprint)
+        existing = _same_key(workflow, idempotency_key, fingerprint, started_by)
         if existing is not None:
             return existing, False
     try:
         with transaction.atomic():
             return _create(
-                definition, input, business_key, idempotency_key, fingerprint, started_by, actor
+                definition,
+                input,
+                business_key,
+                idempotency_key,
+                fingerprint,
+                started_by,
+                actor,
+                on_behalf_of,
             ), True
     except IntegrityError:
         # Two requests with one key raced; the loser answers like a repeat.
         if idempotency_key is None:
             raise
-        existing = _same_key(workflow, idempotency_key, fingerprint)
+        existing = _same_key(workflow, idempotency_key, fingerprint, started_by)
         if existing is None:
             raise
         return existing, False
 
 
-def _same_key(workflow: str, key: str, fingerprint: str) -> WorkflowInstance | None:
-    existing = WorkflowInstance.objects.filter(workflow=workflow, idempotency_key=key).first()
+def _requester_input(definition: Workflow, input: Any, started_by: Any) -> tuple[Any, str | None]:
+    """The input with the workflow's requester field (``requester_input``) checked against
+    the person starting it: filled with their username when absent; another name only with
+    ``orchestration.start_on_behalf`` (:class:`NotAllowed` otherwise). Returns the input and
+    the name started on behalf of (None when it is the starter's own). A start without a
+    person (the system, a command) is taken as it is."""
+    field_name = definition.requester_input
+    if field_name is None or not isinstance(input, dict) or not getattr(started_by, "pk", None):
+        return input, None
+    own = started_by.get_username()
+    named = input.get(field_name)
+    if named is None:
+        return {**input, field_name: own}, None
+    if named == own:
+        return input, None
+    if not started_by.has_perm("orchestration.start_on_behalf"):
+        raise NotAllowed(
+            f"input.{field_name} names someone else; starting a workflow for another person "
+            "needs the orchestration.start_on_behalf permission",
+            code="on_behalf_not_allowed",
+        )
+    return input, named if isinstance(named, str) else None
+
+
+def _same_key(
+    workflow: str, key: str, fingerprint: str, started_by: Any
+) -> WorkflowInstance | None:
+    """The caller's own instance of ``workflow`` started with ``key`` (keys are per caller)."""
+    existing = (
+        WorkflowInstance.objects.alias(owner=KEY_OWNER)
+        .filter(workflow=workflow, owner=getattr(started_by, "pk", None) or 0, idempotency_key=key)
+        .first()
+    )
     if existing is not None and existing.request_hash != fingerprint:
         raise Conflict(
             f"Idempotency-Key {key!r} was already used for a different request",
@@ -535,6 +575,7 @@ def _create(
     fingerprint: str,
     started_by: Any,
     actor: str,
+    on_behalf_of: str | None = None,
 ) -> WorkflowInstance:
     now = timezone.now()
     instance = WorkflowInstance(
@@ -565,6 +606,7 @@ def _create(
             "workflow": definition.name,
             "version": definition.version,
             "business_key": business_key,
+            **({"on_behalf_of": on_behalf_of} if on_behalf_of else {}),
         },
     )
     _advance(instance, steps, definition, journal)
@@ -847,10 +889,13 @@ def _reopen(
     journal.record("instance_retried", data=data)
 
 
-def instance_retry(*, instance_id: Any, actor: str = "system") -> WorkflowInstance:
+def instance_retry(
+    *, instance_id: Any, actor: str = "system", user: Any = None
+) -> WorkflowInstance:
     """Retry a failed instance from its failed, timed-out or cancelled steps, each with a
     fresh retry budget and schedule-to-close window. Raises :class:`Conflict` unless the
-    instance is ``failed``."""
+    instance is ``failed``. Steps of another app's kind start again only if that kind allows
+    ``user`` (None: the system) to retry them (:func:`kinds.authorize_operator`)."""
     with transaction.atomic():
         instance = _lock_instance(instance_id)
         if instance is None:
@@ -882,6 +927,9 @@ def instance_retry(*, instance_id: Any, actor: str = "system") -> WorkflowInstan
                 if spec.kind == "task":
                     step_schedule(step, spec, journal, retry=True)
                 else:
+                    kinds.authorize_operator(
+                        action="retry", step_run=step, spec=spec, instance=instance, user=user
+                    )
                     kinds.get_kind(spec.kind).ready(
                         step_run=step, spec=spec, journal=journal, now=journal.now
                     )
@@ -1214,11 +1262,14 @@ def step_retry_now(*, step_run_id: Any, actor: str) -> StepRun:
         return step
 
 
-def step_complete_manually(*, step_run_id: Any, output: Any, actor: str, reason: str) -> StepRun:
+def step_complete_manually(
+    *, step_run_id: Any, output: Any, actor: str, reason: str, user: Any = None
+) -> StepRun:
     """Mark a step succeeded with ``output`` given by an operator who did its work by hand
     (a failed, timed-out, cancelled, retrying, scheduled or waiting step). A failed instance
     with no other failed step runs again; the flow continues. Writes
-    ``step_completed_manually``."""
+    ``step_completed_manually``. A step of a kind another app owns (an approval) is completed
+    only if that kind allows ``user`` to (:func:`kinds.authorize_operator`, under the lock)."""
     if not isinstance(reason, str) or not reason.strip() or len(reason) > 1000:
         raise InvalidInput("a reason (up to 1000 characters) is required", code="reason_required")
     problem = storable_json_problem(output)
@@ -1240,6 +1291,11 @@ def step_complete_manually(*, step_run_id: Any, output: Any, actor: str, reason:
             raise Conflict(
                 f"step is {step.state}; it cannot be completed by hand", code="invalid_state"
             )
+        spec = definition.steps.get(step.name) if definition else None
+        if spec is not None:
+            kinds.authorize_operator(
+                action="complete", step_run=step, spec=spec, instance=instance, user=user
+            )
         was_waiting = step.state == S.WAITING
         step.complete_manually(stored_output(instance, step.name, output))
         step.finished_at = journal.now
@@ -1250,7 +1306,6 @@ def step_complete_manually(*, step_run_id: Any, output: Any, actor: str, reason:
             step=step,
             data={"reason": reason.strip(), "output": step.output},
         )
-        spec = definition.steps.get(step.name) if definition else None
         if was_waiting and spec is not None:
             kinds.get_kind(spec.kind).cancelled(
                 step_run=step, spec=spec, journal=journal, now=journal.now

@@ -11,7 +11,8 @@ from typing import Any
 
 from django.conf import settings
 from django.db import models
-from django.db.models import Q
+from django.db.models import F, Q, Value
+from django.db.models.functions import Coalesce
 from django_fsm import FSMField, FSMModelMixin, transition
 
 
@@ -53,6 +54,11 @@ STEP_ACTIVE = [S.SCHEDULED, S.RUNNING, S.RETRYING, S.WAITING]
 STEP_RETRYABLE = [S.FAILED, S.TIMED_OUT, S.CANCELLED]
 
 
+# Whose Idempotency-Key a start's key is: its starter's id, 0 for the system. The unique index
+# instance_idempotency_key_per_caller is on this expression; lookups filter on it to use it.
+KEY_OWNER = Coalesce(F("started_by"), Value(0))
+
+
 class WorkflowInstance(FSMModelMixin, models.Model):
     """One execution of a workflow definition, pinned to the version it started on."""
 
@@ -88,10 +94,15 @@ class WorkflowInstance(FSMModelMixin, models.Model):
     class Meta:
         ordering = ["-created_at"]
         constraints = [
+            # Idempotency keys are the caller's own: one per (workflow, starter, key), the
+            # system (no starter) counting as one caller. Another caller's key is neither
+            # found nor squatted.
             models.UniqueConstraint(
-                fields=["workflow", "idempotency_key"],
+                F("workflow"),
+                KEY_OWNER,
+                F("idempotency_key"),
                 condition=Q(idempotency_key__isnull=False),
-                name="instance_idempotency_key_unique",
+                name="instance_idempotency_key_per_caller",
             ),
         ]
         indexes = [
@@ -114,6 +125,10 @@ class WorkflowInstance(FSMModelMixin, models.Model):
         permissions = [
             ("operate_instance", "Can operate workflow instances (retry, cancel)"),
             ("view_sensitive", "Can see sealed (sensitive) input and output fields"),
+            (
+                "start_on_behalf",
+                "Can start a workflow for someone else (name another requester in the input)",
+            ),
         ]
 
     def __str__(self) -> str:

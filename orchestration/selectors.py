@@ -8,7 +8,7 @@ from typing import Any
 from django.db.models import Prefetch, Q, QuerySet
 
 from .errors import InvalidInput, NotAllowed, NotFound
-from .models import Event, InstanceState, StepRun, WorkflowInstance
+from .models import KEY_OWNER, Event, InstanceState, StepRun, WorkflowInstance
 
 
 def can_see_all_instances(user: Any) -> bool:
@@ -96,8 +96,12 @@ def instance_for_action(*, user: Any, instance_id: Any) -> WorkflowInstance:
 
 
 def instance_with_idempotency_key(*, user: Any, workflow: str, key: str) -> WorkflowInstance | None:
-    """The instance of ``workflow`` started with ``key``, if ``user`` may see it."""
-    return instances_visible_to(user).filter(workflow=workflow, idempotency_key=key).first()
+    """The instance of ``workflow`` that ``user`` started with ``key`` (keys are per caller)."""
+    return (
+        WorkflowInstance.objects.alias(owner=KEY_OWNER)
+        .filter(workflow=workflow, owner=user.pk or 0, idempotency_key=key)
+        .first()
+    )
 
 
 def instance_history(*, instance: WorkflowInstance) -> QuerySet[Event]:

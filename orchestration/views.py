@@ -20,7 +20,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django import forms
-from django.apps import apps
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -38,9 +37,9 @@ from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods
 
-from . import engine, graph, sealing, selectors
+from . import engine, graph, kinds, sealing, selectors
 from .definitions import TaskStep, registry
-from .errors import InvalidInput, NotFound, SignoffError
+from .errors import InvalidInput, NotAllowed, NotFound, SignoffError
 from .models import Event, StepRun, WorkflowInstance
 
 OPERATE_PERMISSION = "orchestration.operate_instance"
@@ -197,7 +196,7 @@ class Operation:
     done: str  # "{n} instance(s) retried" -> the past participle
     question: str
     form: type[forms.Form]
-    run: Callable[[Any, str, dict[str, Any]], Any]
+    run: Callable[[Any, Any, dict[str, Any]], Any]  # (target, user, form data)
     offered: Callable[[WorkflowInstance, StepRun | None], bool]
     danger: bool = False
     help: str = ""
@@ -217,7 +216,9 @@ INSTANCE_OPERATIONS: dict[str, Operation] = {
             question="Retry the failed, timed-out and cancelled steps, each with a fresh retry "
             "budget?",
             form=ConfirmForm,
-            run=lambda i, actor, data: engine.instance_retry(instance_id=i.pk, actor=actor),
+            run=lambda i, user, data: engine.instance_retry(
+                instance_id=i.pk, actor=actor_of(user), user=user
+            ),
             offered=lambda i, s: i.state == "failed",
         ),
         Operation(
@@ -227,7 +228,9 @@ INSTANCE_OPERATIONS: dict[str, Operation] = {
             question="Ring the doorbell of every scheduled or retrying step now, skipping "
             "backoffs (use after the broker lost its messages)?",
             form=ConfirmForm,
-            run=lambda i, actor, data: engine.instance_resume(instance_id=i.pk, actor=actor),
+            run=lambda i, user, data: engine.instance_resume(
+                instance_id=i.pk, actor=actor_of(user)
+            ),
             offered=lambda i, s: _open(i) and i.paused_at is None,
         ),
         Operation(
@@ -237,7 +240,7 @@ INSTANCE_OPERATIONS: dict[str, Operation] = {
             question="Pause: nothing new is scheduled or started until you unpause; running "
             "attempts finish.",
             form=ConfirmForm,
-            run=lambda i, actor, data: engine.instance_pause(instance_id=i.pk, actor=actor),
+            run=lambda i, user, data: engine.instance_pause(instance_id=i.pk, actor=actor_of(user)),
             offered=lambda i, s: _open(i) and i.paused_at is None,
         ),
         Operation(
@@ -246,7 +249,9 @@ INSTANCE_OPERATIONS: dict[str, Operation] = {
             done="unpaused",
             question="Unpause: ring the waiting steps and schedule what became ready?",
             form=ConfirmForm,
-            run=lambda i, actor, data: engine.instance_unpause(instance_id=i.pk, actor=actor),
+            run=lambda i, user, data: engine.instance_unpause(
+                instance_id=i.pk, actor=actor_of(user)
+            ),
             offered=lambda i, s: i.paused_at is not None,
         ),
         Operation(
@@ -256,8 +261,8 @@ INSTANCE_OPERATIONS: dict[str, Operation] = {
             question="Cancel: open steps are cancelled (pending approvals too); running attempts "
             "finish but their results are ignored.",
             form=CancelForm,
-            run=lambda i, actor, data: engine.instance_cancel(
-                instance_id=i.pk, actor=actor, reason=data.get("reason", "")
+            run=lambda i, user, data: engine.instance_cancel(
+                instance_id=i.pk, actor=actor_of(user), reason=data.get("reason", "")
             ),
             offered=lambda i, s: i.state in ("pending", "running", "failed"),
             danger=True,
@@ -282,7 +287,7 @@ STEP_OPERATIONS: dict[str, Operation] = {
             question="Run this step again now (a retrying step skips the rest of its backoff; a "
             "failed one gets a fresh retry budget and its instance runs again)?",
             form=ConfirmForm,
-            run=lambda s, actor, data: engine.step_retry_now(step_run_id=s.pk, actor=actor),
+            run=lambda s, user, data: engine.step_retry_now(step_run_id=s.pk, actor=actor_of(user)),
             offered=lambda i, s: (
                 s is not None
                 and _task_step(i, s)
@@ -299,14 +304,19 @@ STEP_OPERATIONS: dict[str, Operation] = {
             question="Mark this step succeeded with the output you give (after doing its work "
             "by hand). The flow continues from here.",
             form=CompleteStepForm,
-            run=lambda s, actor, data: engine.step_complete_manually(
-                step_run_id=s.pk, output=data["output"], actor=actor, reason=data["reason"]
+            run=lambda s, user, data: engine.step_complete_manually(
+                step_run_id=s.pk,
+                output=data["output"],
+                actor=actor_of(user),
+                reason=data["reason"],
+                user=user,
             ),
             offered=lambda i, s: (
                 s is not None
                 and i.state in ("running", "failed")
                 and s.state
                 in ("failed", "timed_out", "cancelled", "retrying", "scheduled", "waiting")
+                and kinds.offers_operator(s.kind, "complete")
             ),
             help="Skip a step with a given output",
         ),
@@ -345,13 +355,13 @@ def short_label(instance: WorkflowInstance) -> str:
 
 
 def operate(
-    op: Operation, targets: Iterable[Any], *, actor: str, data: dict[str, Any], label=short_label
+    op: Operation, targets: Iterable[Any], *, user: Any, data: dict[str, Any], label=short_label
 ) -> Report:
     """Run ``op`` on each target through its service; collect successes and refusals."""
     report = Report()
     for target in targets:
         try:
-            op.run(target, actor, data)
+            op.run(target, user, data)
         except SignoffError as exc:
             report.refused.append((label(target), exc.message))
         else:
@@ -557,39 +567,32 @@ class StepRow:
     error: str
     traceback: str
     operations: list[Operation]
-    approval: Any = None
-    approval_links: list[tuple[str, str]] = field(default_factory=list)
+    links: list[tuple[str, str]] = field(default_factory=list)  # from register_step_links
 
     @property
     def took(self) -> str:
         return human_duration(self.duration)
 
 
-def _approval_links(request: HttpRequest, instance: WorkflowInstance) -> dict[int, Any]:
-    """Pending approval requests of the instance by step id, when the approvals app is
-    installed (the engine does not import it)."""
-    if not apps.is_installed("approvals"):
-        return {}
-    model = apps.get_model("approvals", "ApprovalRequest")
-    return {
-        r.step_run_id: r
-        for r in model.objects.filter(instance_id=instance.pk, state="pending").only(
-            "pk", "step_run_id", "title", "due_at"
-        )
-    }
+# Other apps add operator links to a step's row (approvals: reassign, decide on behalf) through
+# this hook, so the engine neither imports them nor reads their tables.
+StepLinks = Callable[[HttpRequest, WorkflowInstance], dict[int, list[tuple[str, str]]]]
+_STEP_LINKS: list[StepLinks] = []
 
 
-def _approval_admin_links(request: HttpRequest, approval: Any) -> list[tuple[str, str]]:
-    links = []
-    if not request.user.is_staff:
-        return links
-    for name, label in [("reassign", "Reassign…"), ("decide", "Decide on behalf…")]:
-        try:
-            links.append(
-                (label, reverse(f"admin:approvals_approvalrequest_{name}", args=[approval.pk]))
-            )
-        except NoReverseMatch:
-            pass
+def register_step_links(provider: StepLinks) -> StepLinks:
+    """Register ``provider(request, instance) -> {step id: [(label, url), ...]}``, called
+    for operators' status pages (one call per page: keep it to a query or two)."""
+    if provider not in _STEP_LINKS:
+        _STEP_LINKS.append(provider)
+    return provider
+
+
+def _step_links(request: HttpRequest, instance: WorkflowInstance) -> dict[int, list]:
+    links: dict[int, list[tuple[str, str]]] = {}
+    for provider in _STEP_LINKS:
+        for step_id, more in provider(request, instance).items():
+            links.setdefault(step_id, []).extend(more)
     return links
 
 
@@ -601,14 +604,13 @@ def page_context(request: HttpRequest, instance: WorkflowInstance) -> dict[str, 
     events.reverse()
     operator = can_operate(request.user)
     reveal = sealing.can_view(request.user)
-    approvals = _approval_links(request, instance) if operator else {}
+    step_links = _step_links(request, instance) if operator else {}
     rows = []
     for s in steps:
         duration = None
         if s.started_at:
             duration = (s.finished_at or now) - s.started_at
         error = s.error if isinstance(s.error, dict) else {}
-        approval = approvals.get(s.pk)
         rows.append(
             StepRow(
                 step=s,
@@ -618,8 +620,7 @@ def page_context(request: HttpRequest, instance: WorkflowInstance) -> dict[str, 
                 operations=[op for op in STEP_OPERATIONS.values() if op.offered(instance, s)]
                 if operator
                 else [],
-                approval=approval,
-                approval_links=_approval_admin_links(request, approval) if approval else [],
+                links=step_links.get(s.pk, []),
             )
         )
     current = [s.name for s in steps if s.state in ("running", "scheduled", "retrying", "waiting")]
@@ -815,10 +816,11 @@ def _act(
     status = 200
     if confirmed and form.is_valid():
         try:
-            op.run(target, actor_of(request.user), form.cleaned_data)
-        except InvalidInput as exc:
+            op.run(target, request.user, form.cleaned_data)
+        except (InvalidInput, NotAllowed) as exc:
+            # Bad input (400) or a refusal of the policy (403): the form again, with why.
             form.add_error(None, exc.message)
-            status = 400
+            status = exc.status
         except SignoffError as exc:
             messages.error(request, f"{op.label.rstrip('…')} refused: {exc.message}")
             return redirect(status_url(instance))

@@ -38,7 +38,7 @@ from django.contrib.auth.models import Group, Permission
 from django.core.cache import cache
 from django.db import transaction
 from django.http import HttpResponse
-from django.test import Client
+from django.test import Client, override_settings
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
@@ -71,6 +71,7 @@ VIEW_PERMISSIONS = [
 LOGIN = "login"
 ADMIN_LOGIN = "admin login"
 DONE = "done"
+REFUSED = "refused"  # a bulk page that answered with its refusal message
 LISTED = "listed"
 HIDDEN = "hidden"
 
@@ -185,6 +186,22 @@ def snapshot() -> tuple:
         sorted(ApprovalRequest.objects.values_list("state", flat=True)),
         Decision.objects.count(),
         ActionToken.objects.filter(used_at__isnull=False).count(),
+        ActionToken.objects.filter(superseded_at__isnull=False).count(),
+        sorted(
+            ApprovalRequest.assignee_users.through.objects.values_list(
+                "approvalrequest_id", "user_id"
+            )
+        ),
+        sorted(
+            ApprovalRequest.assignee_groups.through.objects.values_list(
+                "approvalrequest_id", "group_id"
+            )
+        ),
+        sorted(
+            (str(pk), json.dumps(output, sort_keys=True))
+            for pk, output in StepRun.objects.values_list("pk", "output")
+        ),
+        sorted(get_user_model().objects.values_list("username", "is_active")),
     )
 
 
@@ -198,6 +215,10 @@ class Op:
     writes: bool = False
     # For lists: whether the response lists the row the matrix is about.
     listed: Callable[[HttpResponse, World], bool] | None = None
+    # Settings the cell runs under (segregation-of-duties switches).
+    settings: dict[str, Any] = field(default_factory=dict)
+    # For pages that always redirect (bulk): DONE or REFUSED from the page's messages.
+    judge: Callable[[HttpResponse], Any] | None = None
 
 
 def _json(client: Client, method: str, path: str, body: Any = None) -> HttpResponse:
@@ -220,6 +241,49 @@ def _bulk_cancel(client: Client, w: World) -> HttpResponse:
             "reason": "matrix",
         },
     )
+
+
+def _step_url(w: World, prefix: str) -> str:
+    """The waiting manager_approval step's "complete by hand" action (admin or status page)."""
+    return f"{prefix}/{w.expense.pk}/steps/{w.approval.step_run_id}/complete/"
+
+
+COMPLETE_BY_HAND = {"confirm": "1", "output": '{"decision": "approved"}', "reason": "done it"}
+ON_BEHALF = {"SIGNOFF_DECIDE_ON_BEHALF": True}
+OPERATORS_COMPLETE = {"SIGNOFF_OPERATORS_COMPLETE_APPROVALS": True}
+
+
+def _decide_on_behalf(c: Client, w: World) -> HttpResponse:
+    return c.post(
+        f"/admin/approvals/approvalrequest/{w.approval.pk}/decide/",
+        {"confirm": "1", "assignee": "bob", "outcome": "approve", "reason": "by phone"},
+    )
+
+
+def _reassign(users: str) -> Callable[[Client, World], HttpResponse]:
+    def call(c: Client, w: World) -> HttpResponse:
+        return c.post(
+            f"/admin/approvals/approvalrequest/{w.approval.pk}/reassign/",
+            {"confirm": "1", "users": users, "groups": "", "reason": "matrix"},
+        )
+
+    return call
+
+
+def _bulk_approve(c: Client, w: World) -> HttpResponse:
+    return c.post("/inbox/bulk/", {"outcome": "approve", "ids": [w.approval.pk], "next": "/inbox/"})
+
+
+def _bulk_judge(response: HttpResponse) -> Any:
+    """The bulk page always redirects back; what it did is in its messages."""
+    if response.status_code != 302 or not response["Location"].startswith("/inbox/"):
+        return None
+    texts = [m.message for m in response.wsgi_request._messages]
+    if any(t.startswith("Approved 1") for t in texts):
+        return DONE
+    if any(t.startswith("Refused 1") for t in texts):
+        return REFUSED
+    return texts
 
 
 OPS: dict[str, Op] = {
@@ -314,18 +378,28 @@ OPS: dict[str, Op] = {
         ),
         writes=True,
     ),
-    "POST admin: approval decide on behalf of bob": Op(
+    "POST /inbox/bulk/ approve": Op(_bulk_approve, writes=True, judge=_bulk_judge),
+    "POST admin: approval decide on behalf of bob": Op(_decide_on_behalf, writes=True),
+    "POST admin: decide on behalf of bob, SIGNOFF_DECIDE_ON_BEHALF=1": Op(
+        _decide_on_behalf, writes=True, settings=ON_BEHALF
+    ),
+    "POST admin: reassign to carol": Op(_reassign("carol"), writes=True),
+    "POST admin: reassign to the operators themselves": Op(_reassign("otto, root"), writes=True),
+    "POST admin: complete the approval step by hand": Op(
         lambda c, w: c.post(
-            f"/admin/approvals/approvalrequest/{w.approval.pk}/decide/",
-            {
-                "confirm": "1",
-                "assignee": "bob",
-                "outcome": "approve",
-                "comment": "",
-                "reason": "by phone",
-            },
+            _step_url(w, "/admin/orchestration/workflowinstance"), COMPLETE_BY_HAND
         ),
         writes=True,
+    ),
+    "POST admin: complete it by hand, SIGNOFF_OPERATORS_COMPLETE_APPROVALS=1": Op(
+        lambda c, w: c.post(
+            _step_url(w, "/admin/orchestration/workflowinstance"), COMPLETE_BY_HAND
+        ),
+        writes=True,
+        settings=OPERATORS_COMPLETE,
+    ),
+    "POST status page: complete the approval step by hand": Op(
+        lambda c, w: c.post(_step_url(w, "/instances"), COMPLETE_BY_HAND), writes=True
     ),
 }
 
@@ -354,7 +428,16 @@ MATRIX: dict[str, tuple[Any, ...]] = {
     "GET admin: instance change view":              (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, 200, 200, 200),  # noqa: E501
     "POST admin: bulk action cancel":               (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, 403, DONE, DONE),  # noqa: E501
     "POST admin: instance operate cancel":          (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 404, 403, DONE, DONE),  # noqa: E501
-    "POST admin: approval decide on behalf of bob": (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 404, 403, DONE, DONE),  # noqa: E501
+    "POST /inbox/bulk/ approve":                    (LOGIN, REFUSED, DONE, REFUSED, REFUSED, REFUSED, REFUSED),  # noqa: E501
+    # Operators record someone's decision only where SIGNOFF_DECIDE_ON_BEHALF allows it.
+    "POST admin: approval decide on behalf of bob": (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 404, 403, 403, 403),  # noqa: E501
+    "POST admin: decide on behalf of bob, SIGNOFF_DECIDE_ON_BEHALF=1": (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 404, 403, DONE, DONE),  # noqa: E501
+    "POST admin: reassign to carol":                (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 404, 403, DONE, DONE),  # noqa: E501
+    "POST admin: reassign to the operators themselves": (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 404, 403, 403, 403),  # noqa: E501
+    # Completing an approval step by hand decides it for everyone: off unless configured.
+    "POST admin: complete the approval step by hand": (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 404, 403, 403, 403),  # noqa: E501
+    "POST admin: complete it by hand, SIGNOFF_OPERATORS_COMPLETE_APPROVALS=1": (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 404, 403, DONE, DONE),  # noqa: E501
+    "POST status page: complete the approval step by hand": (LOGIN, 403, 404, 403, 403, 403, 403),  # noqa: E501
 }
 # fmt: on
 
@@ -390,6 +473,12 @@ def outcome(op: Op, response: HttpResponse, w: World) -> Any:
     return response.status_code
 
 
+def judged(op: Op, response: HttpResponse, w: World) -> Any:
+    if op.judge is not None and (verdict := op.judge(response)) is not None:
+        return verdict
+    return outcome(op, response, w)
+
+
 def test_the_matrix_covers_every_operation_and_role() -> None:
     assert set(MATRIX) == set(OPS)
     assert all(len(row) == len(ROLES) for row in MATRIX.values())
@@ -401,8 +490,9 @@ def test_authorization_matrix(world: World, operation: str, role: str, expected:
     op = OPS[operation]
     client = client_for(role, world, api=op.api)
     before = snapshot()
-    response = op.call(client, world)
-    got = outcome(op, response, world)
+    with override_settings(**op.settings):
+        response = op.call(client, world)
+    got = judged(op, response, world)
     assert got == expected, (
         f"{operation} as {role} ({ROLE_HELP[role]}): expected {expected}, got {got} "
         f"{response.content[:300]!r}"
@@ -413,39 +503,158 @@ def test_authorization_matrix(world: World, operation: str, role: str, expected:
         assert snapshot() == before, f"{operation} as {role} changed data"
 
 
-# -- no self-approval by naming someone else as the requester ------------------------------------
+# -- the requester is whoever asks, not whoever the input names -----------------------------------
 
 
-@pytest.mark.parametrize("channel", ["api", "inbox"])
-def test_a_manager_cannot_approve_an_expense_he_started_in_someone_elses_name(
-    world: World, channel: str
+EXPENSE_FOR_ALICE = {
+    "workflow": "expense_approval",
+    "input": {"amount": 900, "currency": "EUR", "description": "TV", "requester": "alice"},
+}
+
+
+def test_nobody_starts_a_request_in_someone_elses_name_without_the_permission(
+    world: World,
 ) -> None:
-    """bob (a manager) starts an expense whose input names alice as the requester. The
-    approval request then records alice as its requester, and nothing stops bob from
-    approving what he himself asked for: the person who started the instance must count as
-    a requester too (or the requester must be checked against the starter)."""
+    """bob (a manager) starts an expense whose input names alice as the requester: refused
+    (403, nothing written), since that would make alice the requester of bob's request."""
     bob = client_for("assignee", world, api=True)
-    started = _json(
+    before = snapshot()
+    response = _json(bob, "post", "/api/v1/instances/", EXPENSE_FOR_ALICE)
+    assert response.status_code == 403, response.content
+    assert response.json()["code"] == "on_behalf_not_allowed"
+    assert snapshot() == before
+    # Leaving the requester out makes it his own expense.
+    own = _json(
         bob,
         "post",
         "/api/v1/instances/",
         {
-            "workflow": "expense_approval",
-            "input": {"amount": 900, "currency": "EUR", "description": "TV", "requester": "alice"},
+            **EXPENSE_FOR_ALICE,
+            "input": {k: v for k, v in EXPENSE_FOR_ALICE["input"].items() if k != "requester"},
         },
     )
+    assert own.status_code == 201, own.content
+    assert own.json()["input"]["requester"] == "bob"
+
+
+@pytest.mark.parametrize("channel", ["api", "inbox", "bulk"])
+def test_a_manager_starting_for_someone_else_still_cannot_approve_it(
+    world: World, channel: str
+) -> None:
+    """With orchestration.start_on_behalf bob may start an expense for alice (recorded as on
+    behalf); alice is its requester, and bob, its starter, still may not decide it."""
+    bob_user = world.users["assignee"]
+    bob_user.user_permissions.add(Permission.objects.get(codename="start_on_behalf"))
+    bob = client_for("assignee", world, api=True)
+    started = _json(bob, "post", "/api/v1/instances/", EXPENSE_FOR_ALICE)
     assert started.status_code == 201, started.content
     instance = WorkflowInstance.objects.get(pk=started.json()["id"])
+    event = Event.objects.get(instance=instance, type="instance_started")
+    assert event.data["on_behalf_of"] == "alice" and event.actor == "user:bob"
     _run_scheduled(instance)
     approval = ApprovalRequest.objects.get(instance=instance, step_name="manager_approval")
+    assert approval.requester == world.users["requester"]
     before = snapshot()
+    html = client_for("assignee", world, api=False)
     if channel == "api":
         response = _json(bob, "post", f"/api/v1/approvals/{approval.pk}/approve/", {})
-    else:
-        html = client_for("assignee", world, api=False)
+        assert response.status_code == 403, response.content
+        assert response.json()["code"] == "self_approval"
+    elif channel == "inbox":
         response = html.post(f"/inbox/{approval.pk}/decide/", {"outcome": "approve"})
-    assert response.status_code == 403, f"bob approved his own expense: {response.status_code}"
+        assert response.status_code == 403
+    else:
+        response = html.post("/inbox/bulk/", {"outcome": "approve", "ids": [approval.pk]})
+        assert _bulk_judge(response) == REFUSED
     assert snapshot() == before
+
+
+# -- an operator cannot push their own request through --------------------------------------------
+
+
+OWN_REQUEST_CHANNELS: dict[str, Callable[[World, WorkflowInstance, ApprovalRequest], Any]] = {
+    "API approve": lambda w, i, a: (
+        _json(
+            client_for("operator", w, api=True), "post", f"/api/v1/approvals/{a.pk}/approve/", {}
+        ).status_code
+    ),
+    "inbox decide": lambda w, i, a: (
+        client_for("operator", w, api=False)
+        .post(f"/inbox/{a.pk}/decide/", {"outcome": "approve"})
+        .status_code
+    ),
+    "inbox bulk": lambda w, i, a: _bulk_judge(
+        client_for("operator", w, api=False).post(
+            "/inbox/bulk/", {"outcome": "approve", "ids": [a.pk]}
+        )
+    ),
+    "admin decide on behalf of bob": lambda w, i, a: (
+        client_for("operator", w, api=False)
+        .post(
+            f"/admin/approvals/approvalrequest/{a.pk}/decide/",
+            {"confirm": "1", "assignee": "bob", "outcome": "approve", "reason": "by phone"},
+        )
+        .status_code
+    ),
+    "admin reassign to carol": lambda w, i, a: (
+        client_for("operator", w, api=False)
+        .post(
+            f"/admin/approvals/approvalrequest/{a.pk}/reassign/",
+            {"confirm": "1", "users": "carol", "groups": "", "reason": "x"},
+        )
+        .status_code
+    ),
+    "admin complete by hand": lambda w, i, a: (
+        client_for("operator", w, api=False)
+        .post(
+            f"/admin/orchestration/workflowinstance/{i.pk}/steps/{a.step_run_id}/complete/",
+            COMPLETE_BY_HAND,
+        )
+        .status_code
+    ),
+    "status page complete by hand": lambda w, i, a: (
+        client_for("operator", w, api=False)
+        .post(f"/instances/{i.pk}/steps/{a.step_run_id}/complete/", COMPLETE_BY_HAND)
+        .status_code
+    ),
+}
+
+
+@pytest.mark.parametrize("channel", OWN_REQUEST_CHANNELS.keys())
+def test_an_operator_cannot_push_their_own_expense_through(world: World, channel: str) -> None:
+    """otto (operator) starts his own expense. Even with every operator switch on (decide on
+    behalf, complete approval steps by hand), no channel lets him produce its outcome."""
+    otto = world.users["operator"]
+    instance, _ = engine.instance_start(
+        workflow="expense_approval",
+        input={"amount": 5000, "currency": "EUR", "description": "Laptop"},
+        started_by=otto,
+    )
+    _run_scheduled(instance)
+    approval = ApprovalRequest.objects.get(instance=instance, step_name="manager_approval")
+    assert approval.requester == otto
+    before = snapshot()
+    with override_settings(**ON_BEHALF, **OPERATORS_COMPLETE):
+        got = OWN_REQUEST_CHANNELS[channel](world, instance, approval)
+    assert got in (403, REFUSED), got
+    assert snapshot() == before
+    assert ApprovalRequest.objects.get(pk=approval.pk).state == "pending"
+
+
+def test_operators_decisions_on_behalf_are_recorded_as_such(world: World) -> None:
+    with override_settings(**ON_BEHALF):
+        response = _decide_on_behalf(client_for("operator", world, api=False), world)
+    assert response.status_code == 302
+    decision = Decision.objects.get(request=world.approval)
+    assert (decision.decided_by, decision.assignee, decision.channel) == (
+        world.users["operator"],
+        world.users["assignee"],
+        "admin",
+    )
+    assert decision.reason == "by phone"
+    event = Event.objects.get(instance=world.expense, type="approval_decided")
+    assert event.data["on_behalf"] is True and event.data["for"] == "bob"
+    assert event.actor == "user:otto"
 
 
 # -- email links: the link's person, once, with the page's CSRF token -----------------------------
@@ -513,6 +722,64 @@ LINK_CASES: dict[str, tuple[Callable[[World], HttpResponse], int, bool]] = {
         False,
     ),
 }
+
+
+def _deactivate_bob(w: World) -> None:
+    w.users["assignee"].is_active = False
+    w.users["assignee"].save(update_fields=["is_active"])
+
+
+def _bob_leaves_managers(w: World) -> None:
+    Group.objects.get(name="managers").user_set.remove(w.users["assignee"])
+
+
+def _bob_decides_in_the_inbox(w: World) -> None:
+    response = client_for("assignee", w, api=False).post(
+        f"/inbox/{w.approval.pk}/decide/", {"outcome": "reject", "comment": "no"}
+    )
+    assert response.status_code == 302
+
+
+# Links die with what made them valid: name -> (what happens first, request, status).
+DEAD_LINK_CASES: dict[str, tuple[Callable[[World], None], Callable[[World], Any], int]] = {
+    "GET bob's link after his account was deactivated": (
+        _deactivate_bob,
+        lambda w: Client(enforce_csrf_checks=True).get(f"/a/{w.links['bob']}/"),
+        403,
+    ),
+    "POST bob's link after his account was deactivated": (
+        _deactivate_bob,
+        lambda w: _csrf_post(
+            Client(enforce_csrf_checks=True), f"/a/{w.links['bob']}/", {"outcome": "approve"}
+        ),
+        403,
+    ),
+    "POST bob's link after he left the assigned group": (
+        _bob_leaves_managers,
+        lambda w: _csrf_post(
+            Client(enforce_csrf_checks=True), f"/a/{w.links['bob']}/", {"outcome": "approve"}
+        ),
+        403,
+    ),
+    "POST bob's link after the request was decided": (
+        _bob_decides_in_the_inbox,
+        lambda w: _csrf_post(
+            Client(enforce_csrf_checks=True), f"/a/{w.links['bob']}/", {"outcome": "approve"}
+        ),
+        410,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", DEAD_LINK_CASES.keys())
+def test_a_link_dies_with_what_made_it_valid(world: World, case: str) -> None:
+    prepare, make_request, status = DEAD_LINK_CASES[case]
+    prepare(world)
+    before = snapshot()
+    response = make_request(world)
+    assert response.status_code == status, response.content[:300]
+    assert b'name="outcome"' not in response.content  # no decision form
+    assert snapshot() == before
 
 
 @pytest.mark.parametrize("case", LINK_CASES.keys())

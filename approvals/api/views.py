@@ -24,7 +24,7 @@ from approvals.models import ApprovalRequest, Channel, Decision, Outcome, Reques
 from orchestration.api.pagination import CheckedCursorPagination
 from orchestration.api.serializers import ErrorSerializer
 from orchestration.api.views import ApiView
-from orchestration.errors import InvalidInput, NotAllowed, NotFound
+from orchestration.errors import InvalidInput, NotFound
 from orchestration.selectors import can_see_all_instances
 
 from .serializers import (
@@ -84,8 +84,8 @@ def _errors(*codes: int) -> dict[int, OpenApiResponse]:
     """Schema of the error responses an operation may give (besides 401)."""
     described = {
         400: "Invalid input or filter: detail, code and, for field errors, fields.",
-        403: "Not an assignee (code not_assignee), or the caller's own request "
-        "(code self_approval).",
+        403: "The decision policy refuses: not an assignee (code not_assignee), the "
+        "caller's own request (code self_approval).",
         404: "No such request, or not one the caller may see.",
         409: 'Already decided (code already_decided): "already approved by X at T".',
         413: "Request body over SIGNOFF_MAX_REQUEST_BYTES.",
@@ -253,7 +253,6 @@ class _DecideView(ApiView):
     outcome: str
 
     def post(self, request: Request, pk: int) -> Response:
-        _check_may_address(request.user, pk)
         serializer = DecideSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         services.approval_decide(
@@ -266,21 +265,13 @@ class _DecideView(ApiView):
         return _detail(request, pk)
 
 
-def _check_may_address(user: Any, approval_id: int) -> None:
-    """404 for an unknown id; 403 for a request the caller has no part in, before the
-    service could tell them who decided it and when."""
-    if selectors.request_for(user, approval_id) is not None:
-        return
-    if ApprovalRequest.objects.filter(pk=approval_id).exists():
-        raise NotAllowed("you are not an assignee of this request", code="not_assignee")
-    raise NotFound("approval request not found")
-
-
 DECIDE_DESCRIPTION = (
-    "Decides through the same service as the web inbox and email links (channel api). Only "
-    "a current assignee (directly, through a group, or as an active delegate) may decide, not "
-    "on their own request; one decision per person. Answers the request as it is afterwards: "
-    "resolved under policy any, possibly still pending under all or quorum."
+    "Decides through the same service and decision policy as the web inbox and email links "
+    "(channel api). Only a current assignee (directly, through a group, or as an active "
+    "delegate) may decide, not on their own request (nor one they started); one decision per "
+    "person; a request the caller may not see answers 404 whatever its state. Answers the "
+    "request as it is afterwards: resolved under policy any, possibly still pending under all "
+    "or quorum."
 )
 
 

@@ -209,6 +209,11 @@ class WorkflowSerializer(serializers.Serializer):
     description = serializers.CharField()
     deadline = serializers.FloatField(allow_null=True, help_text="seconds")
     input_schema = serializers.JSONField(allow_null=True)
+    requester_input = serializers.CharField(
+        allow_null=True,
+        help_text="The input field naming the requester: filled with the caller's username "
+        "when absent; another name needs orchestration.start_on_behalf.",
+    )
     steps = serializers.ListField(child=serializers.DictField())
 
 

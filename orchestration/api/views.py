@@ -114,7 +114,7 @@ class InstanceListView(ApiView):
         tags=["instances"],
         description="With an Idempotency-Key header: the same key and the same body answer "
         "200 with the first instance; the same key with another body answers 409. Keys are "
-        "unique per workflow.",
+        "the caller's own: unique per workflow and caller.",
         request=StartInstanceSerializer,
         parameters=[
             OpenApiParameter(
@@ -124,7 +124,17 @@ class InstanceListView(ApiView):
                 description=f"1 to {engine.MAX_KEY_LENGTH} characters",
             )
         ],
-        responses={201: InstanceSerializer, 200: InstanceSerializer, **_errors(400, 409, 413)},
+        responses={
+            201: InstanceSerializer,
+            200: InstanceSerializer,
+            **_errors(400, 409, 413),
+            403: OpenApiResponse(
+                ErrorSerializer,
+                description="The input names another requester (the workflow's "
+                "requester_input) and the caller lacks orchestration.start_on_behalf "
+                "(code on_behalf_not_allowed).",
+            ),
+        },
     )
     def post(self, request: Request) -> Response:
         serializer = StartInstanceSerializer(data=request.data)

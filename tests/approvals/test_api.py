@@ -78,7 +78,7 @@ def start_expense(requester: Any, amount: int = 50, business_key: str = "") -> A
     """An expense waiting for its manager approval."""
     instance, _ = engine.instance_start(
         workflow="expense_approval",
-        input={"amount": amount, "currency": "EUR", "description": "taxi", "requester": "alice"},
+        input={"amount": amount, "currency": "EUR", "description": "taxi"},  # theirs
         business_key=business_key,
         started_by=requester,
         actor=f"user:{requester.username}",
@@ -502,22 +502,27 @@ def test_deciding_twice_is_409_saying_who_decided_and_when(expense: ApprovalRequ
     assert rows() == before
 
 
-def test_a_non_assignee_is_403_and_changes_nothing(expense: ApprovalRequest, demo) -> None:
+def test_a_non_assignee_is_refused_and_changes_nothing(expense: ApprovalRequest, demo) -> None:
+    """Staff see the request but may not decide it (403); someone with no part in it may
+    not even see it, so it does not exist for them (404, as in GET)."""
     before = rows()
-    for name in ["carol", "admin"]:  # finance; staff (sees it, may not decide it)
+    for name, status, code in [("carol", 404, "not_found"), ("admin", 403, "not_assignee")]:
         for action in ["approve", "reject"]:
             response = post_json(
                 token_client(demo[name]), f"{APPROVALS}{expense.pk}/{action}/", {"comment": "x"}
             )
-            assert_error(response, 403, "not_assignee")
+            assert_error(response, status, code)
+            assert token_client(demo[name]).get(f"{APPROVALS}{expense.pk}/").status_code == (
+                status if status == 404 else 200
+            )
     assert rows() == before
 
 
 def test_a_non_assignee_does_not_learn_who_decided(expense: ApprovalRequest, demo, bob) -> None:
     bob.post(f"{APPROVALS}{expense.pk}/approve/", {}, format="json")
     response = post_json(token_client(demo["carol"]), f"{APPROVALS}{expense.pk}/approve/", {})
-    body = assert_error(response, 403, "not_assignee")
-    assert "bob" not in body["detail"]
+    body = assert_error(response, 404, "not_found")
+    assert "bob" not in body["detail"] and "approved" not in body["detail"]
 
 
 def test_the_requester_may_not_decide_their_own_request(demo) -> None:

@@ -395,12 +395,12 @@ def test_non_assignee_post_is_forbidden_and_changes_nothing(
 ) -> None:
     request = expense()
     events = history_length(request)
-    for name in ("eve", "carol"):
+    for name in ("eve", "carol"):  # no part in the request: it does not exist for them
         response = login(Client(), people[name]).post(
             f"/inbox/{request.pk}/decide/", {"outcome": "approve", "comment": "sneaky"}
         )
-        assert response.status_code == 403
-        assert "not an assignee" in response.content.decode()
+        assert response.status_code == 404
+        assert request.title not in response.content.decode()
     # The requester may see the request (the page says why it refused) but not decide it.
     response = login(client, people["alice"]).post(
         f"/inbox/{request.pk}/decide/", {"outcome": "approve"}
@@ -525,9 +525,16 @@ def test_bulk_reject_needs_a_comment_and_refuses_what_the_user_may_not_decide(
     eve = login(Client(), people["eve"])
     eve.post("/inbox/bulk/", {"outcome": "approve", "ids": [request.pk]})
     [message] = messages_of(eve.get("/inbox/"))
-    # eve may not see the title either
-    assert message == f"Refused 1: #{request.pk}: you are not an assignee of this request."
+    # eve may not see the request: neither its title nor whether or by whom it was decided
+    assert message == f"Refused 1: #{request.pk}: approval request not found."
     assert state_of(request) == "pending"
+    bob = login(Client(), people["bob"])
+    bob.post("/inbox/bulk/", {"outcome": "approve", "ids": [request.pk]})
+    assert state_of(request) == "approved"
+    eve.post("/inbox/bulk/", {"outcome": "approve", "ids": [request.pk]})
+    [message] = messages_of(eve.get("/inbox/"))
+    assert message == f"Refused 1: #{request.pk}: approval request not found."
+    assert Decision.objects.filter(request=request).count() == 1
 
 
 def test_bulk_without_a_selection_or_with_an_unsafe_next_is_harmless(

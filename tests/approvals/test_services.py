@@ -6,7 +6,7 @@ import threading
 from datetime import timedelta
 
 import pytest
-from django.contrib.auth.models import Group
+from django.contrib.auth.models import Group, Permission
 from django.db import connection
 from django.utils import timezone
 
@@ -32,6 +32,18 @@ def people(django_user_model):
     reviewers = Group.objects.create(name="reviewers")
     reviewers.user_set.add(users["cat"], users["dan"])
     return users
+
+
+@pytest.fixture
+def operator(people, settings):
+    """eve as an operator (staff, orchestration.operate_instance), where decisions on
+    behalf of assignees are turned on (off by default)."""
+    settings.SIGNOFF_DECIDE_ON_BEHALF = True
+    eve = people["eve"]
+    eve.is_staff = True
+    eve.save(update_fields=["is_staff"])
+    eve.user_permissions.add(Permission.objects.get(codename="operate_instance"))
+    return type(eve).objects.get(pk=eve.pk)
 
 
 @pytest.fixture
@@ -186,8 +198,13 @@ def test_quorum_counts_distinct_approvals(people, make_flow, veto, votes, expect
 def test_non_assignee_and_requester_are_refused_and_nothing_changes(people, make_flow) -> None:
     instance, request = start(make_flow("t_ap_who", users=["ann", "req"]))
     before = Event.objects.filter(instance=instance).count()
-    with pytest.raises(NotAllowed, match="not an assignee"):
+    # eve has no part in it: for her the request does not exist
+    with pytest.raises(NotFound):
         services.approval_decide(request_id=request.pk, user=people["eve"], outcome="approve")
+    people["ben"].is_staff = True  # staff see every request, and may still not decide it
+    people["ben"].save(update_fields=["is_staff"])
+    with pytest.raises(NotAllowed, match="not an assignee"):
+        services.approval_decide(request_id=request.pk, user=people["ben"], outcome="approve")
     with pytest.raises(NotAllowed, match="your own request"):
         services.approval_decide(request_id=request.pk, user=people["req"], outcome="approve")
     with pytest.raises(NotFound):
@@ -221,7 +238,7 @@ def test_delegation_only_inside_its_window(people, make_flow) -> None:
         ends_at=now + timedelta(days=2),
     )
     assert request not in selectors.decidable_by(people["eve"])
-    with pytest.raises(NotAllowed):
+    with pytest.raises(NotFound):  # not yet her delegator's request, so not hers to see
         services.approval_decide(request_id=request.pk, user=people["eve"], outcome="approve")
     assert request in selectors.decidable_by(people["eve"], now + timedelta(days=1, hours=1))
     assert request not in selectors.decidable_by(people["eve"], now + timedelta(days=3))
@@ -337,9 +354,9 @@ def test_seed_demo_is_idempotent_and_fills_the_inbox() -> None:
     assert User.objects.get(username="alice").check_password("signoff-demo")
 
 
-def test_operator_decides_on_behalf_with_a_mandatory_reason(people, make_flow) -> None:
+def test_operator_decides_on_behalf_with_a_mandatory_reason(people, make_flow, operator) -> None:
     instance, request = start(make_flow("t_ap_behalf", users=["ann"]))
-    ops = people["eve"]
+    ops = operator
     with pytest.raises(InvalidInput, match="reason is required"):
         services.approval_decide_on_behalf(
             request_id=request.pk,
@@ -372,12 +389,13 @@ def test_operator_decides_on_behalf_with_a_mandatory_reason(people, make_flow) -
     )
     event = Event.objects.get(instance=instance, type="approval_decided")
     assert event.data["reason"] == "ann approved by phone" and event.data["for"] == "ann"
+    assert event.data["on_behalf"] is True
     assert state_of(instance) == ("running", "succeeded")
 
 
-def test_reassign_replaces_the_assignees(people, make_flow) -> None:
+def test_reassign_replaces_the_assignees(people, make_flow, operator) -> None:
     _, request = start(make_flow("t_ap_reassign", users=["ann"]))
-    ops = people["eve"]
+    ops = operator
     with pytest.raises(InvalidInput, match="unknown users or groups: ghost"):
         services.approval_reassign(
             request_id=request.pk, operator=ops, users=["ghost"], groups=[], reason="ann left"
@@ -385,7 +403,7 @@ def test_reassign_replaces_the_assignees(people, make_flow) -> None:
     services.approval_reassign(
         request_id=request.pk, operator=ops, users=["ben"], groups=["reviewers"], reason="ann left"
     )
-    with pytest.raises(NotAllowed):
+    with pytest.raises(NotFound):  # no longer hers: not even to see
         services.approval_decide(request_id=request.pk, user=people["ann"], outcome="approve")
     services.approval_decide(request_id=request.pk, user=people["dan"], outcome="approve")
     assert ApprovalRequest.objects.get(pk=request.pk).state == "approved"

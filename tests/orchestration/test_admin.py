@@ -420,11 +420,22 @@ def test_step_actions_in_the_admin(client: Client, operator: Any) -> None:
 
 @pytest.mark.django_db
 def test_reassign_and_decide_on_behalf_from_the_admin(
-    client: Client, operator: Any, expense_request: ApprovalRequest
+    client: Client, operator: Any, expense_request: ApprovalRequest, settings: Any
 ) -> None:
     client.force_login(operator)
     request = expense_request
-    page = client.get(reverse("admin:approvals_approvalrequest_change", args=[request.pk]))
+    change = reverse("admin:approvals_approvalrequest_change", args=[request.pk])
+    decide = reverse("admin:approvals_approvalrequest_decide", args=[request.pk])
+    # Off by default (SIGNOFF_DECIDE_ON_BEHALF): no button, and the form refuses.
+    assert decide not in client.get(change).content.decode()
+    off = client.post(
+        decide,
+        {"confirm": "1", "assignee": "bob", "outcome": "approve", "reason": "by phone"},
+    )
+    assert off.status_code == 403 and not Decision.objects.exists()
+    assert "SIGNOFF_DECIDE_ON_BEHALF" in off.content.decode()
+    settings.SIGNOFF_DECIDE_ON_BEHALF = True
+    page = client.get(change)
     assert page.status_code == 200
     assert (
         reverse("admin:approvals_approvalrequest_decide", args=[request.pk])

@@ -363,11 +363,10 @@ def test_idempotency_keys_are_unique_per_workflow(api: APIClient) -> None:
 
 
 @pytest.mark.parametrize("same_body", [True, False])
-def test_a_key_taken_by_another_user_is_409_without_revealing_their_instance(
-    api: APIClient,
-    bob: Any,
-    same_body: bool,
-) -> None:
+def test_idempotency_keys_are_per_caller(api: APIClient, bob: Any, same_body: bool) -> None:
+    """Another caller's key is neither found (bob does not get alice's instance back, nor
+    learn it exists) nor squatted (his own start with that key is his own instance); each
+    caller's repeat still answers 200 with their own instance."""
     first = api.post(
         INSTANCES,
         {"workflow": "t_sequence", "input": {"x": 1}},
@@ -375,16 +374,30 @@ def test_a_key_taken_by_another_user_is_409_without_revealing_their_instance(
         HTTP_IDEMPOTENCY_KEY="k",
     )
     assert first.status_code == 201
+    body = {"workflow": "t_sequence", "input": {"x": 1 if same_body else 2}}
+    response = token_client(bob).post(INSTANCES, body, format="json", HTTP_IDEMPOTENCY_KEY="k")
+    assert response.status_code == 201, response.content
+    assert response.json()["id"] != first.json()["id"]
+    assert first.json()["id"] not in response.content.decode()
+    assert WorkflowInstance.objects.get(pk=response.json()["id"]).started_by == bob
     before = snapshot()
-    response = token_client(bob).post(
+    again = token_client(bob).post(INSTANCES, body, format="json", HTTP_IDEMPOTENCY_KEY="k")
+    assert (again.status_code, again.json()["id"]) == (200, response.json()["id"])
+    mine = api.post(
         INSTANCES,
-        {"workflow": "t_sequence", "input": {"x": 1 if same_body else 2}},
+        {"workflow": "t_sequence", "input": {"x": 1}},
         format="json",
         HTTP_IDEMPOTENCY_KEY="k",
     )
-    error = assert_error(response, 409, "idempotency_conflict")
-    assert first.json()["id"] not in response.content.decode()
-    assert "instance" not in error["detail"]
+    assert (mine.status_code, mine.json()["id"]) == (200, first.json()["id"])
+    other_body = token_client(bob).post(
+        INSTANCES,
+        {"workflow": "t_sequence", "input": {"x": 3}},
+        format="json",
+        HTTP_IDEMPOTENCY_KEY="k",
+    )
+    error = assert_error(other_body, 409, "idempotency_conflict")
+    assert first.json()["id"] not in error["detail"]
     assert snapshot() == before
 
 

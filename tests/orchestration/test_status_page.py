@@ -214,7 +214,7 @@ def test_the_timeline_shows_durations_retries_and_decisions(
 
 
 def test_operators_get_links_to_act_on_a_waiting_approval(
-    client: Client, django_user_model: Any, operator: Any
+    client: Client, django_user_model: Any, operator: Any, settings: Any
 ) -> None:
     managers, _ = Group.objects.get_or_create(name="managers")
     managers.user_set.add(django_user_model.objects.create_user("bob", password="pw-bob-1234"))
@@ -228,8 +228,27 @@ def test_operators_get_links_to_act_on_a_waiting_approval(
     client.force_login(operator)
     html = page(client, expense)
     assert nodes(html)["manager_approval"] == "waiting"
-    assert reverse("admin:approvals_approvalrequest_reassign", args=[request.pk]) in html
-    assert reverse("admin:approvals_approvalrequest_decide", args=[request.pk]) in html
+    reassign = reverse("admin:approvals_approvalrequest_reassign", args=[request.pk])
+    decide = reverse("admin:approvals_approvalrequest_decide", args=[request.pk])
+    complete = reverse("instances:step-action", args=[expense.pk, request.step_run_id, "complete"])
+    # Only what the decision policy could allow is offered: by default no deciding on
+    # behalf and no completing an approval step by hand.
+    assert reassign in html and decide not in html and complete not in html
+    settings.SIGNOFF_DECIDE_ON_BEHALF = True
+    settings.SIGNOFF_OPERATORS_COMPLETE_APPROVALS = True
+    html = page(client, expense)
+    assert reassign in html and decide in html and complete in html
+    # Never on the operator's own request.
+    mine, _ = engine.instance_start(
+        workflow="expense_approval",
+        input={"amount": 12, "currency": "EUR", "description": "Pens"},
+        started_by=operator,
+    )
+    engine.step_execute(step_run_id=steps_of(mine)["validate"].pk, attempt=1)
+    own = ApprovalRequest.objects.get(instance=mine)
+    html = page(client, mine)
+    assert reverse("admin:approvals_approvalrequest_reassign", args=[own.pk]) not in html
+    assert reverse("admin:approvals_approvalrequest_decide", args=[own.pk]) not in html
 
 
 def test_sensitive_input_is_masked_on_the_page_and_in_downloads(client: Client, staff: Any) -> None:
