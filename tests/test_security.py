@@ -569,6 +569,43 @@ def test_a_manager_starting_for_someone_else_still_cannot_approve_it(
     assert snapshot() == before
 
 
+# -- a request you cannot see does not exist for you, decided or not ------------------------------
+
+
+@pytest.mark.parametrize("channel", ["inbox decide", "inbox bulk", "API approve"])
+def test_deciding_a_request_you_cannot_see_tells_nothing(world: World, channel: str) -> None:
+    """carol has no part in the expense. Before and after bob decides it she gets the same
+    answer — not found — and never learns that it was decided, or by whom."""
+    carol = world.users["other"]
+    Token.objects.get_or_create(user=carol)
+
+    def attempt() -> tuple[Any, str]:
+        if channel == "API approve":
+            client = APIClient()
+            client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.get(user=carol).key}")
+            r = _json(client, "post", f"/api/v1/approvals/{world.approval.pk}/approve/", {})
+            return r.status_code, r.content.decode()
+        client = Client()
+        client.force_login(carol)
+        if channel == "inbox decide":
+            r = client.post(f"/inbox/{world.approval.pk}/decide/", {"outcome": "approve"})
+            return r.status_code, r.content.decode()
+        r = client.post("/inbox/bulk/", {"outcome": "approve", "ids": [world.approval.pk]})
+        return r.status_code, " ".join(m.message for m in r.wsgi_request._messages)
+
+    before = snapshot()
+    pending = attempt()
+    assert snapshot() == before
+    _bob_decides_in_the_inbox(world)
+    before = snapshot()
+    decided = attempt()
+    assert snapshot() == before
+    assert pending == decided, (pending, decided)
+    assert pending[0] in (404, 302)
+    for leak in ("bob", "rejected", "already", world.approval.title):
+        assert leak not in decided[1]
+
+
 # -- an operator cannot push their own request through --------------------------------------------
 
 
