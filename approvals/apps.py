@@ -12,4 +12,4 @@ class ApprovalsConfig(AppConfig):
     ]
 
     def ready(self) -> None:
-        from . import services  # noqa: F401 - registers the approval step kind
+        from . import erasure, services  # noqa: F401 - the approval step kind, erase hooks
