@@ -34,6 +34,8 @@ from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 
 log = logging.getLogger("signoff.sealing")
 MARK = "$sealed"
@@ -189,25 +191,33 @@ DEFAULT_MASKED_KEYS = (
 )
 
 
-@lru_cache(maxsize=4)
-def _key_pattern(expression: str) -> re.Pattern[str]:
-    return re.compile(expression, re.I)
-
-
+@lru_cache(maxsize=1)
 def masked_keys() -> re.Pattern[str]:
-    return _key_pattern(getattr(settings, "SIGNOFF_MASKED_KEYS", DEFAULT_MASKED_KEYS))
+    return re.compile(getattr(settings, "SIGNOFF_MASKED_KEYS", DEFAULT_MASKED_KEYS), re.I)
 
 
-def mask_keys(value: Any, pattern: re.Pattern[str] | None = None) -> Any:
+@lru_cache(maxsize=4096)
+def _is_secret_key(key: str) -> bool:
+    # Readers see the same few keys on every row: remember the answer per key.
+    return masked_keys().search(key) is not None
+
+
+@receiver(setting_changed)
+def _forget_masked_keys(*, setting: str, **kwargs: Any) -> None:
+    if setting == "SIGNOFF_MASKED_KEYS":
+        masked_keys.cache_clear()
+        _is_secret_key.cache_clear()
+
+
+def mask_keys(value: Any) -> Any:
     """``value`` with the values of secret-looking keys shown as :data:`MASK`."""
-    pattern = pattern or masked_keys()
     if isinstance(value, dict):
         return {
-            k: (MASK if isinstance(k, str) and pattern.search(k) else mask_keys(v, pattern))
+            k: (MASK if isinstance(k, str) and _is_secret_key(k) else mask_keys(v))
             for k, v in value.items()
         }
     if isinstance(value, list):
-        return [mask_keys(v, pattern) for v in value]
+        return [mask_keys(v) for v in value]
     return value
 
 
@@ -221,7 +231,21 @@ def masked(value: Any, *, reveal: bool = False) -> Any:
         return _reveal(value)
     if not isinstance(value, dict | list):
         return value  # a scalar is never sealed (a sealed value is a dict) and has no keys
-    return mask_keys(mask(value))
+    return _masked(value)
+
+
+def _masked(value: Any) -> Any:
+    # mask() and mask_keys() in one walk.
+    if isinstance(value, dict):
+        if is_sealed(value):
+            return MASK
+        return {
+            k: (MASK if isinstance(k, str) and _is_secret_key(k) else _masked(v))
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_masked(v) for v in value]
+    return value
 
 
 # -- derived values, masked when written ----------------------------------------------------------
