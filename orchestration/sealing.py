@@ -209,18 +209,6 @@ def _forget_masked_keys(*, setting: str, **kwargs: Any) -> None:
         _is_secret_key.cache_clear()
 
 
-def mask_keys(value: Any) -> Any:
-    """``value`` with the values of secret-looking keys shown as :data:`MASK`."""
-    if isinstance(value, dict):
-        return {
-            k: (MASK if isinstance(k, str) and _is_secret_key(k) else mask_keys(v))
-            for k, v in value.items()
-        }
-    if isinstance(value, list):
-        return [mask_keys(v) for v in value]
-    return value
-
-
 def masked(value: Any, *, reveal: bool = False) -> Any:
     """``value`` as a person may see it. Sealed fields are opened for holders of
     ``orchestration.view_sensitive`` (``reveal``) and masked for everyone else, who also never
@@ -235,7 +223,7 @@ def masked(value: Any, *, reveal: bool = False) -> Any:
 
 
 def _masked(value: Any) -> Any:
-    # mask() and mask_keys() in one walk.
+    # Sealed values and secret-looking keys, in one walk.
     if isinstance(value, dict):
         if is_sealed(value):
             return MASK

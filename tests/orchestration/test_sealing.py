@@ -589,3 +589,9 @@ def test_the_scrubber_finds_escaped_and_quoted_copies() -> None:
         assert n == 1 and "Brien" not in cleaned and "Zo" not in cleaned, text
     assert scrubber.json({"k": ["Zoë", 1]}) == ({"k": [sealing.MASK, 1]}, 1)
     assert not sealing.Scrubber(["ab", "  "])  # too short to say anything about anyone
+
+
+def test_the_masked_keys_setting_is_read_again_when_it_changes(settings) -> None:
+    assert sealing.masked({"nick": "x", "api_key": "y"}) == {"nick": "x", "api_key": sealing.MASK}
+    settings.SIGNOFF_MASKED_KEYS = r"^nick$"
+    assert sealing.masked({"nick": "x", "api_key": "y"}) == {"nick": sealing.MASK, "api_key": "y"}
