@@ -15,10 +15,11 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
+from orchestration import sealing
 from orchestration.definitions import Predicate, StepContext, StepSpec, Workflow
 
 POLICIES = ("any", "all", "quorum")
@@ -148,19 +149,24 @@ class ApprovalStep(StepSpec):
             groups += [str(g) for g in extra.get("groups", ())]
         return sorted(set(users)), sorted(set(groups))
 
+    # What people are shown (the title and fields are stored, mailed, put in events and
+    # webhooks) is rendered from the context with every sensitive field masked: a title
+    # formatted from a sealed field says "••••••", never the value.
     def render_title(self, ctx: StepContext) -> str:
+        shown = shown_context(ctx)
         if callable(self.title):
-            text = self.title(ctx)
+            text = self.title(shown)
         elif self.title:
             try:
-                text = self.title.format(input=ctx.input, outputs=ctx.outputs)
-            except (KeyError, IndexError, AttributeError, ValueError):
+                text = self.title.format(input=shown.input, outputs=shown.outputs)
+            except (KeyError, IndexError, AttributeError, TypeError, ValueError):
                 text = self.title
         else:
             text = f"{ctx.workflow}: {self.name.replace('_', ' ')}"
         return str(text)[:300]
 
     def render_fields(self, ctx: StepContext) -> list[dict[str, Any]]:
+        shown_ctx = shown_context(ctx)
         shown = []
         for item in self.show:
             if isinstance(item, tuple):
@@ -169,8 +175,17 @@ class ApprovalStep(StepSpec):
                 path = item
                 label = item.split(".")[-1].replace("_", " ").capitalize()
             sealed = any(path == p or path.startswith(p + ".") for p in ctx.sensitive)
-            shown.append({"label": label, "value": "••••••" if sealed else lookup(ctx, path)})
+            value = sealing.MASK if sealed else lookup(shown_ctx, path)
+            shown.append({"label": label, "value": value})
         return shown
+
+
+def shown_context(ctx: StepContext) -> StepContext:
+    """``ctx`` with its sensitive fields masked: what text shown to people renders from."""
+    if not ctx.sensitive:
+        return ctx
+    shown_input, shown_outputs = sealing.mask_paths(ctx.input, ctx.outputs, ctx.sensitive)
+    return replace(ctx, input=shown_input, outputs=shown_outputs)
 
 
 def lookup(ctx: StepContext, path: str) -> Any:

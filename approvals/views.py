@@ -23,6 +23,7 @@ from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_http_methods, require_POST
 
+from orchestration import sealing
 from orchestration.errors import SignoffError
 from orchestration.models import Event
 
@@ -255,15 +256,28 @@ def inbox_list(request: HttpRequest) -> HttpResponse:
 def _render_detail(
     request: HttpRequest, approval: ApprovalRequest, form: DecisionForm, *, status: int = 200
 ) -> HttpResponse:
+    # An assignee sees what the step shows (``show=`` fields, masked where sealed or secret-
+    # looking) and the decisions; of the instance only its steps and the history's outline
+    # (what happened, when, by whom), never its input or event data.
     instance = approval.instance
     decisions = list(approval.decisions.select_related("decided_by", "assignee", "via_group"))
-    events = list(Event.objects.filter(instance_id=instance.pk).order_by("-seq")[:HISTORY_LIMIT])
+    events = list(
+        Event.objects.filter(instance_id=instance.pk)
+        .order_by("-seq")
+        .only("seq", "type", "step", "actor", "at")[:HISTORY_LIMIT]
+    )
     events.reverse()
+    fields = [
+        {"label": item.get("label"), "value": sealing.masked(item.get("value"))}
+        for item in approval.fields or []
+        if isinstance(item, dict)
+    ]
     pending = selectors.decidable_by(request.user)
     can_decide = approval.state == RequestState.PENDING and pending.filter(pk=approval.pk).exists()
     now = timezone.now()
     context = {
         "approval": approval,
+        "fields": fields,
         "instance": instance,
         "steps": list(instance.steps.order_by("position")),
         "assignee_users": [u.get_username() for u in approval.assignee_users.all()],

@@ -13,7 +13,7 @@ class IntegrationsConfig(AppConfig):
     def ready(self) -> None:
         from orchestration.signals import event_committed
 
-        from . import webhook_admin  # noqa: F401 - registers the webhook admins
+        from . import erasure, webhook_admin  # noqa: F401 - erase hooks, the webhook admins
         from .webhooks import on_event_committed
 
         event_committed.connect(on_event_committed, dispatch_uid="integrations.webhooks")

@@ -33,6 +33,8 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from orchestration import sealing
+
 from .models import WEBHOOK_EVENTS, WebhookDelivery, WebhookSubscription, new_webhook_secret
 
 log = logging.getLogger("signoff.webhooks")
@@ -142,7 +144,9 @@ def event_payload(event: Any) -> dict[str, Any]:
         },
         "step": event.step,
         "seq": event.seq,
-        "data": _public(event.data or {}),
+        # Event data holds no sealed value (masked when written); secret-looking keys are
+        # masked as for every reader.
+        "data": _public(sealing.masked(event.data or {})),
         "at": event.at.isoformat(),
     }
 

@@ -154,6 +154,16 @@ def error_info(exc: BaseException) -> dict[str, str]:
     }
 
 
+def scrubbed_error(
+    instance: WorkflowInstance, steps: dict[str, StepRun], error: dict[str, Any]
+) -> dict[str, Any]:
+    """``error`` as it may be stored (step, instance, events, webhooks): every copy of the
+    instance's sealed values in its message and traceback masked, so an exception that quotes
+    its input does not unseal it."""
+    scrubber = sealing.scrubber_for(instance.input, *(s.output for s in steps.values()))
+    return scrubber.json(error)[0] if scrubber else error
+
+
 def step_context(journal: Journal, step: StepRun) -> StepContext:
     """The context a step (or a kind handler deciding about it) sees, inside a service."""
     return _context(journal.instance, journal.steps, step)
@@ -272,7 +282,7 @@ def _advance(
                 go = bool(spec.when(_context(instance, steps, step)))
             except Exception as exc:  # noqa: BLE001 - a broken predicate fails the step
                 step.fail_before_start()
-                step.error = error_info(exc)
+                step.error = scrubbed_error(instance, steps, error_info(exc))
                 step.finished_at = journal.now
                 journal.record(
                     "step_failed", step=step, data={"reason": "when_raised", "error": step.error}
@@ -381,6 +391,7 @@ def _attempt_failed(
     """Apply the retry policy to a failed or timed-out attempt (step is ``running`` or
     ``timed_out``)."""
     now = journal.now
+    error = scrubbed_error(instance, steps, error)
     step.error = error
     step.timeout_at = None
     policy = spec.retry if isinstance(spec, TaskStep) else None

@@ -22,6 +22,7 @@ from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
 from django.utils import timezone
 
+from . import sealing
 from .models import Event, StepRun, WorkflowInstance
 from .signals import event_committed
 
@@ -114,7 +115,9 @@ class Journal:
             step=step.name if step is not None else None,
             attempt=attempt if attempt is not None else (step.attempt or None if step else None),
             actor=actor or self.actor,
-            data=data or {},
+            # History never holds a sealed value: it is append-only, copied to webhooks and
+            # left alone by key rotation. A sealed field in event data shows as its mask.
+            data=sealing.mask(data) if data else {},
             at=self.now,
         )
         self.events.append(event)

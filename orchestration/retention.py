@@ -1,9 +1,20 @@
 """Keys and retention for sealed payloads: re-encrypt under the newest key, erase a subject's
-sensitive data, and the retention sweeper (erase, later delete, finished instances)."""
+sensitive data, and the retention sweeper (erase, later delete, finished instances).
+
+Erasure covers every table that can hold a subject's data. The engine's own rows are erased
+here: sealed values become ``[erased]`` wherever they are (input, output, step outputs, signal
+payloads), and every copy of their plaintext — in step and instance errors, other fields, event
+data and the reason given — is masked. Other apps hold copies too (approval titles and
+comments, outbound mail, webhook deliveries); the engine imports none of them, so they register
+hooks (:func:`register_erase_hook`, :func:`register_delete_hook`) that erase and retention call
+in the same transaction.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -16,7 +27,7 @@ from . import sealing
 from .definitions import registry
 from .errors import NotFound
 from .journal import Journal
-from .models import InstanceState, StepRun, WorkflowInstance
+from .models import Event, InstanceState, Signal, StepRun, WorkflowInstance
 
 log = logging.getLogger("signoff.retention")
 FINISHED = [
@@ -28,15 +39,55 @@ FINISHED = [
 ERASED = "[erased]"
 
 
+# -- hooks of the other apps ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Erasure:
+    """What an erase hook gets: the instance whose sensitive data goes, and a scrubber that
+    masks every copy of its sealed values (opened before they were erased)."""
+
+    instance_id: Any
+    scrubber: sealing.Scrubber
+
+
+# An erase hook erases what its app holds of one instance (inside the erasing transaction,
+# the instance row locked) and returns how many copies it masked or removed. A delete hook
+# deletes what its app holds of instances about to be deleted and returns how many rows.
+EraseHook = Callable[[Erasure], int]
+DeleteHook = Callable[[list[Any]], int]
+_erase_hooks: dict[str, EraseHook] = {}
+_delete_hooks: dict[str, DeleteHook] = {}
+
+
+def register_erase_hook(name: str, hook: EraseHook) -> EraseHook:
+    """Call ``hook`` whenever an instance's sensitive data is erased (``signoff erase``, the
+    retention sweeper). Registering one name twice keeps the last."""
+    _erase_hooks[name] = hook
+    return hook
+
+
+def register_delete_hook(name: str, hook: DeleteHook) -> DeleteHook:
+    """Call ``hook`` with the ids of instances the retention sweeper is about to delete, for
+    rows that are not deleted with them (no foreign key to the instance)."""
+    _delete_hooks[name] = hook
+    return hook
+
+
 def _has_sealed(field: str) -> Q:
     return Q(**{f"{field}_text__contains": f'"{sealing.MARK}"'})
 
 
 def rotate_keys(*, batch: int = 500) -> int:
     """Re-encrypt every sealed value under the newest key, in batches of short transactions;
-    returns how many rows changed. Afterwards older keys can be removed."""
+    returns how many rows changed. Afterwards older keys can be removed. (Events and other
+    apps' rows never hold sealed values: they are masked when written.)"""
     changed = 0
-    for model, fields in ((WorkflowInstance, ["input", "output"]), (StepRun, ["output"])):
+    for model, fields in (
+        (WorkflowInstance, ["input", "output"]),
+        (StepRun, ["output"]),
+        (Signal, ["payload"]),
+    ):
         qs = model.objects.annotate(**{f"{f}_text": Cast(f, TextField()) for f in fields})
         condition = Q()
         for f in fields:
@@ -75,35 +126,84 @@ def _erase(value: Any) -> tuple[Any, int]:
     return value, 0
 
 
+def _erase_and_scrub(value: Any, scrubber: sealing.Scrubber) -> tuple[Any, int, int]:
+    """``value`` with its sealed values erased and the copies of their plaintext masked:
+    ``(value, sealed values erased, copies masked)``."""
+    value, erased = _erase(value)
+    value, copies = scrubber.json(value)
+    return value, erased, copies
+
+
 def instance_erase(*, instance_id: Any, actor: str, reason: str) -> int:
-    """Erase the sensitive (sealed) fields of one instance for good. Writes
-    ``instance_erased`` with the count and reason, never the data. Returns the count."""
+    """Erase the sensitive (sealed) data of one instance for good, in one transaction: the
+    sealed values in its rows become ``[erased]`` and every copy of their plaintext (errors,
+    event data, other fields; through the registered hooks: approval titles and comments,
+    mail, webhook deliveries) is masked or removed. Nothing that opens to the data is left.
+    Writes ``instance_erased`` with the counts and the reason (scrubbed too), never the
+    data. Returns how many sealed values were erased."""
     with transaction.atomic():
         instance = WorkflowInstance.objects.select_for_update().filter(pk=instance_id).first()
         if instance is None:
             raise NotFound("instance not found")
         journal = Journal(instance, actor=actor)
-        instance.input, n_input = _erase(instance.input)
-        instance.output, n_output = _erase(instance.output)
-        count = n_input + n_output
-        for step in StepRun.objects.filter(instance=instance):
-            erased, n = _erase(step.output)
-            if n:
-                step.output = erased
+        steps = list(StepRun.objects.filter(instance=instance))
+        signals = list(Signal.objects.filter(instance=instance))
+        # Open everything sealed first: its copies elsewhere are found by their plaintext.
+        scrubber = sealing.scrubber_for(
+            instance.input,
+            instance.output,
+            *(s.output for s in steps),
+            *(s.payload for s in signals),
+        )
+        fields = copies = 0
+        for name in ("input", "output", "error"):
+            value, n_fields, n_copies = _erase_and_scrub(getattr(instance, name), scrubber)
+            setattr(instance, name, value)
+            fields, copies = fields + n_fields, copies + n_copies
+        for step in steps:
+            output, n_fields, n_output = _erase_and_scrub(step.output, scrubber)
+            error, n_error = scrubber.json(step.error)
+            if n_fields or n_output or n_error:
+                step.output, step.error = output, error
                 journal.touch(step)
-                count += n
+                fields, copies = fields + n_fields, copies + n_output + n_error
+        for signal in signals:
+            payload, n_fields, n_copies = _erase_and_scrub(signal.payload, scrubber)
+            if n_fields or n_copies:
+                signal.payload = payload
+                signal.save(update_fields=["payload"])
+                fields, copies = fields + n_fields, copies + n_copies
+        copies += _erase_events(instance, scrubber)
+        erasure = Erasure(instance_id=instance.pk, scrubber=scrubber)
+        for hook in _erase_hooks.values():
+            copies += hook(erasure)
         instance.erased_at = journal.now
-        # Webhook deliveries copied event data (business key, comments): they go too.
-        from django.apps import apps
-
-        if apps.is_installed("integrations"):
-            apps.get_model("integrations", "WebhookDelivery").objects.filter(
-                instance_id=instance.pk
-            ).delete()
-        journal.record("instance_erased", data={"fields": count, "reason": reason})
+        reason, _ = scrubber.text(reason)
+        journal.record(
+            "instance_erased", data={"fields": fields, "copies": copies, "reason": reason}
+        )
         journal.flush()
         instance.save(update_fields=["input"])  # the journal writes only what engines change
-        return count
+        return fields
+
+
+def _erase_events(instance: WorkflowInstance, scrubber: sealing.Scrubber) -> int:
+    """Mask the copies in the instance's history. Erasure is the one writer that changes an
+    event after it was appended, and only its data: never its type, order or count. (Events
+    written since sealing at the source hold no sealed value and no quoted error; older ones
+    and comments typed by people may.)"""
+    if not scrubber:
+        return 0
+    copies = 0
+    rows = Event.objects.filter(instance=instance).values_list("pk", "data")
+    for pk, data in rows.iterator(chunk_size=2000):
+        cleaned, n_fields = _erase(data)
+        cleaned, n_copies = scrubber.json(cleaned)
+        if n_fields or n_copies:
+            # QuerySet.update: Event.save() refuses to change an appended event.
+            Event.objects.filter(pk=pk).update(data=cleaned)
+            copies += n_fields + n_copies
+    return copies
 
 
 def erase_business_key(*, business_key: str, actor: str, reason: str) -> tuple[int, int]:
@@ -141,6 +241,8 @@ def sweep_retention(*, now: datetime | None = None, batch: int = 200) -> dict[st
             ids = list(old.values_list("pk", flat=True)[:batch])
             if ids:
                 with transaction.atomic():
+                    for hook in _delete_hooks.values():
+                        hook(ids)
                     deleted += (
                         WorkflowInstance.objects.filter(pk__in=ids)
                         .delete()[1]

@@ -292,7 +292,10 @@ def _failed_attempt(
     spec = _compensation(definition, step)
     policy = spec.compensate_retry if spec else None
     used = step.comp_attempt - step.comp_base
+    from .engine import scrubbed_error
+
     retryable = policy is not None and (error is None or policy.is_retryable(error))
+    info = scrubbed_error(instance, steps, info)
     step.error = info
     if retryable and used < policy.max_attempts:
         failed = step.comp_attempt

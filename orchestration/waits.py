@@ -26,7 +26,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from . import kinds
+from . import kinds, sealing
 from .definitions import Predicate, StepContext, StepSpec, Workflow
 from .errors import Conflict, InvalidInput, NotAllowed, NotFound
 from .journal import Journal
@@ -200,6 +200,7 @@ class SignalKind:
             .first()
         )
         if early is not None:
+            payload = sealing.open_value(early.payload, where=f"signal {spec.signal} payload")
             early.consumed_at = now
             early.step = step_run.name
             early.save(update_fields=["consumed_at", "step"])
@@ -208,7 +209,7 @@ class SignalKind:
                 step=step_run,
                 data={"signal": spec.signal, "received_at": early.received_at.isoformat()},
             )
-            _resolve(step_run, early.payload, journal)
+            _resolve(step_run, payload, journal)
 
     def cancelled(
         self, *, step_run: StepRun, spec: StepSpec, journal: Journal, now: datetime
@@ -321,7 +322,10 @@ def signal_send(
                 instance=locked.instance, idempotency_key=idempotency_key
             ).first()
             if existing is not None:
-                if existing.name != name or existing.payload != payload:
+                same = existing.name == name and (
+                    sealing.open_value(existing.payload, where="signal payload") == payload
+                )
+                if not same:
                     raise Conflict(
                         "Idempotency-Key was already used for a different signal",
                         code="idempotency_conflict",
@@ -363,7 +367,9 @@ def signal_send(
         signal = Signal(
             instance=locked.instance,
             name=name,
-            payload=payload,
+            # A workflow with sensitive fields keeps the payload sealed whole until a step
+            # consumes it (the step's output then seals its declared fields).
+            payload=sealing.seal_value(payload) if definition.sensitive else payload,
             idempotency_key=idempotency_key,
             source=source,
             actor=actor,

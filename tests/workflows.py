@@ -262,3 +262,49 @@ def _attempted_saga(name: str, attempted: bool) -> Workflow:
 
 attempted_saga = _attempted_saga("t_saga_attempted", True)
 plain_saga = _attempted_saga("t_saga_plain", False)
+
+
+# -- the sentinel (tests/test_sentinel.py): one value in every kind of sealed field -----------
+#
+# derive (a sealed output field) -> quote (its first attempt fails quoting the input) ->
+# review (an approval whose title and fields are formatted from sealed fields) -> callback (a
+# signal, sent early, whose `code` is sealed) -> finish (with input.fail: fails for good,
+# quoting the input and the signal's code).
+
+from approvals.definitions import approval  # noqa: E402
+
+
+def _sentinel_derive(ctx: StepContext) -> dict[str, Any]:
+    return {"secret_out": f"{ctx.input['secret']}/derived", "public": "derived in public"}
+
+
+def _sentinel_quote(ctx: StepContext) -> dict[str, Any]:
+    if ctx.attempt == 1:
+        raise ValueError(f"cannot use {ctx.input['secret']!r} yet")
+    return {"quoted": True}
+
+
+def _sentinel_finish(ctx: StepContext) -> dict[str, Any]:
+    if ctx.input.get("fail"):
+        code = ctx.outputs["callback"]["code"]
+        raise NonRetryableError(f"refused {code} for {ctx.input['secret']}")
+    return {"done": True}
+
+
+sentinel = Workflow(
+    "t_sentinel",
+    sensitive=["input.secret", "outputs.derive.secret_out", "outputs.callback.code"],
+)
+sentinel.task(_sentinel_derive, name="derive", retry=FAST)
+sentinel.task(_sentinel_quote, name="quote", after=["derive"], retry=FAST)
+approval(
+    sentinel,
+    "review",
+    after=["quote"],
+    users=["sentinel_approver"],
+    title="Review {input[secret]} ({outputs[derive][secret_out]}) for {input[name]}",
+    show=["input.secret", "outputs.derive.secret_out", "input.name", "outputs.derive.public"],
+)
+signal_step(sentinel, "callback", after=["review"])
+sentinel.task(_sentinel_finish, name="finish", after=["callback"], retry=FAST)
+registry.register(sentinel)

@@ -16,6 +16,7 @@ from rest_framework import serializers
 
 from approvals.models import ApprovalRequest, Channel, Decision, Outcome, Policy, RequestState
 from approvals.services import MAX_COMMENT
+from orchestration import sealing
 from orchestration.api.serializers import RejectUnknownFieldsMixin, StrictCharField
 
 
@@ -65,9 +66,17 @@ class DecideSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
     )
 
 
+class ShownValueField(serializers.JSONField):
+    """A field's value as a reader may see it: sealed values were masked when the request
+    was written; secret-looking keys inside it are masked here (``sealing.masked``)."""
+
+    def to_representation(self, value: Any) -> Any:
+        return sealing.masked(value)
+
+
 class FieldSerializer(serializers.Serializer):
     label = serializers.CharField()
-    value = serializers.JSONField(allow_null=True)
+    value = ShownValueField(allow_null=True)
 
 
 class AssigneesSerializer(serializers.Serializer):
@@ -194,7 +203,8 @@ class ApprovalRequestSerializer(serializers.ModelSerializer):
             "policy": obj.policy,
             "quorum": obj.quorum,
             "fields": [
-                {"label": item.get("label"), "value": item.get("value")} for item in obj.fields
+                {"label": item.get("label"), "value": sealing.masked(item.get("value"))}
+                for item in obj.fields
             ],
             "requester": obj.requester.get_username() if obj.requester_id else None,
             "assignees": self.get_assignees(obj),

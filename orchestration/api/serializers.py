@@ -113,13 +113,15 @@ class ErrorSerializer(serializers.Serializer):
 
 
 class SealedJSONField(serializers.JSONField):
-    """JSON whose sensitive (sealed) fields show as a mask, or opened when the serializer's
-    context says ``reveal`` (someone with orchestration.view_sensitive, on a detail)."""
+    """JSON as a reader may see it (:func:`orchestration.sealing.masked`): sensitive (sealed)
+    fields and the values of secret-looking keys show as a mask, or sealed fields are opened
+    when the serializer's context says ``reveal`` (someone with orchestration.view_sensitive,
+    on a detail)."""
 
     def to_representation(self, value: Any) -> Any:
         if self.context.get("reveal"):
             return sealing.reveal(value, where=self.field_name)
-        return sealing.mask(value)
+        return sealing.masked(value)
 
 
 class StepRunSerializer(serializers.ModelSerializer):
@@ -196,7 +198,7 @@ class InstanceSerializer(serializers.ModelSerializer):
 
 
 class EventSerializer(serializers.ModelSerializer):
-    data = serializers.JSONField()
+    data = SealedJSONField()
 
     class Meta:
         model = Event
@@ -218,7 +220,9 @@ class WorkflowSerializer(serializers.Serializer):
 
 
 class SignalSerializer(serializers.ModelSerializer):
-    payload = serializers.JSONField()
+    payload = SealedJSONField(
+        help_text="As stored: a workflow with sensitive fields keeps payloads sealed (masked)."
+    )
     consumed = serializers.SerializerMethodField()
 
     class Meta:

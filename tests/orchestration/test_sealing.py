@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from cryptography.fernet import Fernet
 from django.contrib.auth.models import Permission
@@ -173,7 +175,7 @@ def test_erase_by_business_key_removes_sensitive_values_and_says_so(sealed_flow)
     assert instance.input["iban"] == "[erased]" and instance.erased_at is not None
     assert steps_of(instance)["use"].output["api_token"] == "[erased]"
     event = Event.objects.get(instance=instance, type="instance_erased")
-    assert event.data == {"fields": 2, "reason": "erasure request"}
+    assert event.data == {"fields": 2, "copies": 0, "reason": "erasure request"}
     assert SECRET_IBAN not in str(event.data)
     with pytest.raises(CommandError, match="not_found"):
         call_command("signoff", "erase", "--business-key", "nobody", stdout=StringIO())
@@ -216,3 +218,380 @@ def test_retention_erases_then_deletes_finished_instances(keys) -> None:
         assert WorkflowInstance.objects.filter(pk=running.pk).exists()
     finally:
         registry.unregister(wf.name, wf.version)
+
+
+# -- sealing at the source (issue 11: items 7, 8 and 9) -------------------------------------------
+
+CARD = "4111-1111-1111-1111"
+CODE = "callback-code-93xq"
+
+
+def _charge(ctx):  # noqa: ANN001, ANN202
+    if ctx.attempt == 1:
+        raise ValueError(f"card {ctx.input['card']} was declined")
+    return {"charge_id": "ch_1"}
+
+
+@pytest.fixture
+def card_flow(keys, django_user_model):  # noqa: ANN001, ANN201
+    """charge (fails once quoting the card) → approve (title and fields from the card) →
+    callback (a signal whose ``code`` is sealed)."""
+    from datetime import timedelta
+
+    from approvals.definitions import approval
+    from orchestration.definitions import RetryPolicy
+    from orchestration.waits import signal_step
+
+    ann = django_user_model.objects.create_user("ann", email="ann@example.com", password="pw")
+    wf = Workflow("t_sealed_card", sensitive=["input.card", "outputs.callback.code"])
+    wf.task(
+        _charge,
+        name="charge",
+        retry=RetryPolicy(
+            max_attempts=2, initial_interval=timedelta(0), max_interval=timedelta(0), jitter=0
+        ),
+    )
+    approval(
+        wf,
+        "approve",
+        after=["charge"],
+        users=["ann"],
+        title="Card {input[card]} for {input[name]}",
+        show=["input.card", "input.name", "input.meta"],
+    )
+    signal_step(wf, "callback", after=["approve"])
+    registry.register(wf)
+    yield ann
+    registry.unregister(wf.name, wf.version)
+
+
+def _start_card(**kwargs):  # noqa: ANN003, ANN202
+    instance, _ = engine.instance_start(
+        workflow="t_sealed_card",
+        input={"card": CARD, "name": "Ada", "meta": {"api_key": "k-123456", "plan": "gold"}},
+        **kwargs,
+    )
+    run_ready(instance)
+    return instance
+
+
+def test_a_title_formatted_from_a_sealed_field_is_masked_everywhere_it_goes(
+    card_flow, django_capture_on_commit_callbacks, monkeypatch, client
+) -> None:
+    """Item 7: the title is rendered masked, so the API, the event, the mail, the inbox and the
+    webhook payload carry the mask."""
+    from approvals.models import ApprovalRequest
+    from integrations import webhooks
+    from integrations.models import OutboundEmail, WebhookDelivery, WebhookSubscription
+    from orchestration.models import Event
+
+    monkeypatch.setattr(webhooks, "_enqueue", lambda pk, eta=None: None)
+    WebhookSubscription.objects.create(name="all", url="http://127.0.0.1:9/hook")
+    with django_capture_on_commit_callbacks(execute=True):
+        instance = _start_card()
+    request = ApprovalRequest.objects.get(instance=instance)
+    assert request.title == f"Card {sealing.MASK} for Ada"
+    assert request.fields[0] == {"label": "Card", "value": sealing.MASK}
+    event = Event.objects.get(instance=instance, type="approval_requested")
+    assert event.data["title"] == request.title
+    mail = OutboundEmail.objects.get(instance_id=instance.pk)
+    assert sealing.MASK in mail.subject
+    delivery = WebhookDelivery.objects.get(instance_id=instance.pk, event_type="approval_requested")
+    assert delivery.payload["data"]["title"] == request.title
+    api = APIClient()
+    api.force_authenticate(card_flow)
+    approvals_api = api.get("/api/v1/approvals/").content.decode()
+    client.force_login(card_flow)
+    pages = (
+        client.get("/inbox/").content.decode()
+        + client.get(f"/inbox/{request.pk}/").content.decode()
+    )
+    stored = raw("SELECT title || fields::text FROM approvals_approvalrequest")
+    stored += raw("SELECT data::text FROM orchestration_event")
+    stored += raw("SELECT subject || body_text || body_html FROM integrations_outboundemail")
+    stored += raw("SELECT payload::text FROM integrations_webhookdelivery")
+    for text in (stored, approvals_api, pages):
+        assert CARD not in text
+        assert "Ada" in text  # what is not sealed still shows
+
+
+def test_a_step_error_quoting_a_sealed_value_is_stored_scrubbed(card_flow) -> None:
+    """Item 8 at the source: the failed attempt's message and traceback, its event and its
+    webhook copy hold the mask, never the card."""
+    from orchestration.models import Event
+
+    instance = _start_card()
+    retried = Event.objects.get(instance=instance, type="step_retrying")
+    assert retried.data["error"]["message"] == f"card {sealing.MASK} was declined"
+    assert CARD not in retried.data["error"]["traceback"]
+    assert "ValueError" in retried.data["error"]["traceback"]  # still useful
+    assert CARD not in raw("SELECT error::text FROM orchestration_steprun")
+
+
+def test_a_failing_step_and_a_broken_predicate_fail_scrubbed(keys) -> None:
+    from orchestration.models import Event, WorkflowInstance
+
+    def boom(ctx):  # noqa: ANN001, ANN202
+        raise NonRetryable(f"no such iban {ctx.input['iban']}")
+
+    def when(ctx):  # noqa: ANN001, ANN202
+        raise KeyError(ctx.input["iban"])
+
+    from orchestration.definitions import NonRetryableError as NonRetryable
+
+    wf = Workflow("t_sealed_errors", sensitive=["input.iban"])
+    wf.task(boom, name="boom")
+    wf.task(_use, name="guarded", when=when)
+    registry.register(wf)
+    try:
+        instance, _ = engine.instance_start(workflow="t_sealed_errors", input={"iban": SECRET_IBAN})
+        run_ready(instance)
+        instance = WorkflowInstance.objects.get(pk=instance.pk)
+        assert instance.state == "failed"
+        assert SECRET_IBAN not in str(instance.error)
+        everything = raw("SELECT error::text FROM orchestration_steprun")
+        everything += raw("SELECT data::text FROM orchestration_event")
+        assert SECRET_IBAN not in everything
+        assert Event.objects.filter(instance=instance, type="step_failed").exists()
+    finally:
+        registry.unregister(wf.name, wf.version)
+
+
+def test_a_pending_signal_payload_is_sealed_until_a_step_consumes_it(card_flow, staff) -> None:
+    from approvals import services
+    from approvals.models import ApprovalRequest
+    from orchestration.models import Signal
+    from orchestration.waits import signal_send
+
+    instance = _start_card()
+    signal, applied = signal_send(
+        instance_id=instance.pk,
+        name="callback",
+        payload={"code": CODE, "note": "ok"},
+        idempotency_key="cb-1",
+    )
+    assert applied and sealing.is_sealed(Signal.objects.get(pk=signal.pk).payload)
+    assert CODE not in raw("SELECT payload::text FROM orchestration_signal")
+    # A repeat with the same key and body is recognised through the seal.
+    assert signal_send(
+        instance_id=instance.pk,
+        name="callback",
+        payload={"code": CODE, "note": "ok"},
+        idempotency_key="cb-1",
+    ) == (signal, False)
+    request = ApprovalRequest.objects.get(instance=instance)
+    services.approval_decide(request_id=request.pk, user=card_flow, outcome="approve")
+    callback = steps_of(instance)["callback"]
+    assert callback.state == "succeeded"
+    assert sealing.is_sealed(callback.output["code"]) and callback.output["note"] == "ok"
+    assert sealing.open_value(callback.output["code"]) == CODE
+    assert CODE not in raw("SELECT output::text FROM orchestration_steprun")
+    # The sender reads the payload back masked.
+    api = APIClient()
+    api.force_authenticate(staff)
+    response = api.post(
+        f"/api/v1/instances/{instance.pk}/signals/callback/",
+        {"code": CODE},
+        format="json",
+        HTTP_IDEMPOTENCY_KEY="cb-2",
+    )
+    assert CODE not in response.content.decode()
+
+
+def test_api_masks_secret_looking_keys_in_detail_list_and_history_like_the_pages(
+    card_flow, staff
+) -> None:
+    """Item 9: one door (``sealing.masked``) for the API, the status page, the admin and the
+    history; ``view_sensitive`` still opens sealed fields in the API detail."""
+    instance = _start_card()
+    api = APIClient()
+    api.force_authenticate(staff)
+    detail = api.get(f"/api/v1/instances/{instance.pk}/").json()
+    listed = api.get("/api/v1/instances/?workflow=t_sealed_card").json()["results"][0]
+    for shown in (detail, listed):
+        assert shown["input"]["meta"] == {"api_key": sealing.MASK, "plan": "gold"}
+        assert shown["input"]["card"] == sealing.MASK
+    history = api.get(f"/api/v1/instances/{instance.pk}/history/").content.decode()
+    assert "k-123456" not in history and CARD not in history
+    status_page = APIClient()
+    status_page.force_login(staff)
+    assert "k-123456" not in status_page.get(f"/instances/{instance.pk}/").content.decode()
+    staff.user_permissions.add(Permission.objects.get(codename="view_sensitive"))
+    api.force_authenticate(type(staff).objects.get(pk=staff.pk))
+    detail = api.get(f"/api/v1/instances/{instance.pk}/").json()
+    assert detail["input"]["card"] == CARD
+    assert detail["input"]["meta"]["api_key"] == "k-123456"
+    listed = api.get("/api/v1/instances/?workflow=t_sealed_card").json()["results"][0]
+    assert listed["input"]["card"] == sealing.MASK  # lists never open
+
+
+def test_the_inbox_request_page_shows_the_show_fields_and_decisions_not_input_or_event_data(
+    card_flow, client
+) -> None:
+    """Item 9: an assignee sees the step's ``show=`` fields (masked where sealed or secret-
+    looking) and the decision history; not the instance input nor event data."""
+    from approvals.models import ApprovalRequest
+
+    instance = _start_card()
+    request = ApprovalRequest.objects.get(instance=instance)
+    client.force_login(card_flow)
+    html = client.get(f"/inbox/{request.pk}/").content.decode()
+    assert "<dt>Name</dt><dd>Ada</dd>" in html
+    assert "<dt>Card</dt><dd>" + sealing.MASK in html
+    assert "k-123456" not in html  # meta is shown, its api_key masked
+    assert "gold" in html
+    assert "Input" not in html and "was declined" not in html  # no input, no event data
+    assert "approval_requested" in html  # the history's outline stays
+    assert "No decisions yet." in html
+
+
+def test_erase_covers_signals_errors_titles_comments_events_mail_and_webhooks(
+    card_flow, django_capture_on_commit_callbacks, monkeypatch
+) -> None:
+    """Item 8: after ``signoff erase`` no row of any app holds the card or the code, even rows
+    written before sealing at the source or typed by people (a comment quoting the card), and
+    no sealed value of the subject is left to open."""
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    from approvals import services
+    from approvals.models import ApprovalRequest, Decision
+    from integrations import webhooks
+    from integrations.models import OutboundEmail, WebhookDelivery, WebhookSubscription
+    from orchestration.models import Event, Signal
+
+    monkeypatch.setattr(webhooks, "_enqueue", lambda pk, eta=None: None)
+    WebhookSubscription.objects.create(name="all", url="http://127.0.0.1:9/hook")
+    with django_capture_on_commit_callbacks(execute=True):
+        instance = _start_card(business_key="subject-7")
+        from orchestration.waits import signal_send
+
+        signal_send(instance_id=instance.pk, name="callback", payload={"code": CODE})
+        request = ApprovalRequest.objects.get(instance=instance)
+        services.approval_decide(
+            request_id=request.pk,
+            user=card_flow,
+            outcome="approve",
+            comment=f"checked card {CARD} by phone",
+        )
+    # Rows as an older release wrote them: plaintext copies in the title, the mail, an event.
+    ApprovalRequest.objects.filter(pk=request.pk).update(title=f"Card {CARD} for Ada")
+    OutboundEmail.objects.filter(instance_id=instance.pk).update(body_text=f"card {CARD}")
+    Event.objects.filter(instance=instance, type="approval_requested").update(
+        data={"title": f"Card {CARD}"}
+    )
+    assert WebhookDelivery.objects.filter(instance_id=instance.pk).exists()
+    subject_rows = (
+        "SELECT input::text || coalesce(output::text, '') || coalesce(error::text, '') "
+        "FROM orchestration_workflowinstance",
+        "SELECT coalesce(output::text, '') || coalesce(error::text, '') FROM orchestration_steprun",
+        "SELECT payload::text FROM orchestration_signal",
+        "SELECT data::text FROM orchestration_event",
+        "SELECT title || fields::text FROM approvals_approvalrequest",
+        "SELECT comment || reason FROM approvals_decision",
+        "SELECT subject || body_text || body_html FROM integrations_outboundemail",
+        "SELECT payload::text FROM integrations_webhookdelivery",
+    )
+    before = " ".join(raw(sql) for sql in subject_rows)
+    assert CARD in before  # the copies are there to erase
+
+    out = StringIO()
+    call_command("signoff", "erase", "--business-key", "subject-7", stdout=out)
+    assert "in 1 instance(s)" in out.getvalue()
+
+    after = " ".join(raw(sql) for sql in subject_rows)
+    assert CARD not in after and CODE not in after
+    for sql in subject_rows:
+        for token in re.findall(r'"\$sealed": "([^"]+)"', raw(sql)):
+            pytest.fail(f"a sealed value is left after erase: {token[:20]}...")
+    assert not WebhookDelivery.objects.filter(instance_id=instance.pk).exists()
+    assert Signal.objects.get(instance=instance).payload == "[erased]"
+    assert "by phone" in Decision.objects.get(request=request).comment  # the rest stays
+    erased = Event.objects.get(instance=instance, type="instance_erased")
+    assert erased.data["copies"] > 0 and CARD not in str(erased.data)
+
+
+def test_retention_deletes_mail_and_webhook_deliveries_through_hooks(
+    keys, django_capture_on_commit_callbacks, monkeypatch
+) -> None:
+    from datetime import timedelta
+
+    import time_machine
+    from django.utils import timezone
+
+    from integrations import webhooks
+    from integrations.models import OutboundEmail, WebhookDelivery, WebhookSubscription
+    from orchestration.retention import sweep_retention
+
+    monkeypatch.setattr(webhooks, "_enqueue", lambda pk, eta=None: None)
+    WebhookSubscription.objects.create(name="all", url="http://127.0.0.1:9/hook")
+    wf = Workflow(
+        "t_retained_hooks",
+        sensitive=["input.iban"],
+        retention=timedelta(days=1),
+        delete_after=timedelta(days=1),
+    )
+    wf.task(_use, name="use")
+    registry.register(wf)
+    try:
+        start = timezone.now()
+        with time_machine.travel(start, tick=False):
+            with django_capture_on_commit_callbacks(execute=True):
+                done, _ = engine.instance_start(
+                    workflow="t_retained_hooks", input={"iban": SECRET_IBAN}
+                )
+                run_ready(done)
+            OutboundEmail.objects.create(
+                message_id="<m1@x>",
+                kind="k",
+                to=["a@x"],
+                subject="s",
+                body_text="b",
+                created_at=start,
+                instance_id=done.pk,
+            )
+        assert WebhookDelivery.objects.filter(instance_id=done.pk).exists()
+        with time_machine.travel(start + timedelta(days=3), tick=False):
+            assert sweep_retention() == {"erased": 1, "deleted": 1}
+        assert not WebhookDelivery.objects.filter(instance_id=done.pk).exists()
+        assert not OutboundEmail.objects.filter(instance_id=done.pk).exists()
+    finally:
+        registry.unregister(wf.name, wf.version)
+
+
+def test_rotation_reencrypts_pending_signal_payloads(card_flow, keys) -> None:
+    from orchestration.models import Signal
+    from orchestration.retention import rotate_keys
+    from orchestration.waits import signal_send
+
+    settings, first, second = keys
+    instance = _start_card()
+    signal_send(instance_id=instance.pk, name="callback", payload={"code": CODE})
+    settings.SIGNOFF_ENCRYPTION_KEYS = f"{second},{first}"
+    sealing._keys_from.cache_clear()
+    assert rotate_keys() >= 2
+    settings.SIGNOFF_ENCRYPTION_KEYS = second
+    sealing._keys_from.cache_clear()
+    assert sealing.open_value(Signal.objects.get(instance=instance).payload)["code"] == CODE
+
+
+def test_the_scrubber_finds_escaped_and_quoted_copies() -> None:
+    scrubber = sealing.Scrubber(["O'Brien & <Co>", "Zoë"])
+    for text in (
+        "name O'Brien & <Co>",  # as typed
+        "name O&#x27;Brien &amp; &lt;Co&gt;",  # HTML-escaped (a mail body)
+        "name O'Brien &amp; &lt;Co&gt;",  # HTML-escaped without quotes
+        'name "Zo\\u00eb"',  # JSON-escaped
+        "name 'Zo\\xeb'".replace("\\xeb", "ë"),  # repr
+    ):
+        cleaned, n = scrubber.text(text)
+        assert n == 1 and "Brien" not in cleaned and "Zo" not in cleaned, text
+    assert scrubber.json({"k": ["Zoë", 1]}) == ({"k": [sealing.MASK, 1]}, 1)
+    assert not sealing.Scrubber(["ab", "  "])  # too short to say anything about anyone
+
+
+def test_the_masked_keys_setting_is_read_again_when_it_changes(settings) -> None:
+    assert sealing.masked({"nick": "x", "api_key": "y"}) == {"nick": "x", "api_key": sealing.MASK}
+    settings.SIGNOFF_MASKED_KEYS = r"^nick$"
+    assert sealing.masked({"nick": "x", "api_key": "y"}) == {"nick": sealing.MASK, "api_key": "y"}
