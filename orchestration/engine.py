@@ -164,6 +164,18 @@ def scrubbed_error(
     return scrubber.json(error)[0] if scrubber else error
 
 
+def _sealed_derived(instance: WorkflowInstance, steps: dict[str, StepRun], output: Any) -> Any:
+    """A workflow's own ``output=`` result as it may be stored: each top-level value (or the
+    whole result, when it is not an object) that holds a copy of one of the instance's sealed
+    values is sealed too, so deriving from a sealed field never unseals it."""
+    scrubber = sealing.scrubber_for(instance.input, *(s.output for s in steps.values()))
+    if not scrubber:
+        return output
+    if not isinstance(output, dict):
+        return sealing.seal_value(output) if scrubber.json(output)[1] else output
+    return {k: sealing.seal_value(v) if scrubber.json(v)[1] else v for k, v in output.items()}
+
+
 def step_context(journal: Journal, step: StepRun) -> StepContext:
     """The context a step (or a kind handler deciding about it) sees, inside a service."""
     return _context(journal.instance, journal.steps, step)
@@ -304,7 +316,9 @@ def _succeed_instance(
 ) -> None:
     if definition.output_fn is not None:
         last = steps[definition.order()[-1]]
-        output = _jsonable(definition.output_fn(_context(instance, steps, last)))
+        output = _sealed_derived(
+            instance, steps, _jsonable(definition.output_fn(_context(instance, steps, last)))
+        )
     else:
         output = {
             name: steps[name].output

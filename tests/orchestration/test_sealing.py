@@ -595,3 +595,32 @@ def test_the_masked_keys_setting_is_read_again_when_it_changes(settings) -> None
     assert sealing.masked({"nick": "x", "api_key": "y"}) == {"nick": "x", "api_key": sealing.MASK}
     settings.SIGNOFF_MASKED_KEYS = r"^nick$"
     assert sealing.masked({"nick": "x", "api_key": "y"}) == {"nick": sealing.MASK, "api_key": "y"}
+
+
+def test_a_workflow_output_derived_from_a_sealed_field_is_sealed(keys, staff) -> None:
+    """``output=`` computes the instance's result from sealed fields: each top-level value
+    holding a copy is sealed when written (the API shows it masked, view_sensitive opens it),
+    the others stay as they are."""
+    wf = Workflow(
+        "t_sealed_output",
+        sensitive=["input.iban"],
+        output=lambda ctx: {"summary": f"paid to {ctx.input['iban']}", "n": 1},
+    )
+    wf.task(_use, name="use")
+    registry.register(wf)
+    try:
+        instance, _ = engine.instance_start(workflow=wf.name, input={"iban": SECRET_IBAN})
+        run_ready(instance)
+        instance = refresh(instance)
+        assert instance.state == "succeeded"
+        assert sealing.is_sealed(instance.output["summary"]) and instance.output["n"] == 1
+        assert SECRET_IBAN not in raw(
+            "SELECT output::text FROM orchestration_workflowinstance WHERE id = %s", instance.pk
+        )
+        assert sealing.open_value(instance.output["summary"]) == f"paid to {SECRET_IBAN}"
+        client = APIClient()
+        client.force_authenticate(staff)
+        body = client.get(f"/api/v1/instances/{instance.pk}/").content.decode()
+        assert SECRET_IBAN not in body and "••••••" in body
+    finally:
+        registry.unregister(wf.name, wf.version)
