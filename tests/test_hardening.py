@@ -1,0 +1,285 @@
+"""Hardening (issue 11, items 11 and 12): JSON depth limits on every JSON input, login and
+token throttling, refusal to start without real secrets outside the embedded default, and the
+docker-compose file's safe defaults.
+
+Every refusal also asserts that nothing changed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import Group, Permission
+from django.test import Client
+from django.urls import reverse
+from django_celery_beat.models import PeriodicTask
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+from approvals.models import ApprovalRequest, Decision
+from integrations.models import WebhookSubscription
+from orchestration import engine, jsonsafe
+from orchestration.models import Event, Signal, StepRun, WorkflowInstance
+from orchestration.waits import sign
+
+DEEP = 2_000  # the attack run's figure: Python's decoder gives up near 1,000
+
+
+def deep_value(depth: int) -> Any:
+    value: Any = 1
+    for n in range(depth):
+        value = [value] if n % 2 else {"a": value}
+    return value
+
+
+def deep_text(depth: int) -> str:
+    """JSON text nested ``depth`` levels; built as text (json.dumps would recurse too)."""
+    return "[" * depth + "1" + "]" * depth
+
+
+def snapshot() -> dict[str, Any]:
+    """The rows any of the refused requests below could have changed."""
+    return {
+        "instances": sorted(
+            WorkflowInstance.objects.values_list("id", "state", "updated_at", "last_seq")
+        ),
+        "steps": sorted(StepRun.objects.values_list("id", "state", "attempt", "output")),
+        "events": Event.objects.count(),
+        "signals": Signal.objects.count(),
+        "requests": sorted(ApprovalRequest.objects.values_list("id", "state")),
+        "decisions": Decision.objects.count(),
+        "periodic": sorted(PeriodicTask.objects.values_list("id", "args", "kwargs", "headers")),
+        "hooks": sorted(WebhookSubscription.objects.values_list("id", "event_types", "workflows")),
+    }
+
+
+def grant(user: Any, *names: str) -> Any:
+    for name in names:
+        app_label, codename = name.split(".")
+        user.user_permissions.add(
+            Permission.objects.get(content_type__app_label=app_label, codename=codename)
+        )
+    return type(user).objects.get(pk=user.pk)
+
+
+def token_client(user: Any) -> APIClient:
+    token, _ = Token.objects.get_or_create(user=user)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+    return client
+
+
+def run_scheduled(instance: WorkflowInstance) -> None:
+    while due := list(StepRun.objects.filter(instance=instance, state="scheduled")):
+        for step in due:
+            engine.step_execute(step_run_id=step.pk, attempt=step.attempt)
+
+
+# -- JSON depth: the pieces ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "deeper"),
+    [
+        ('{"a": [1, {"b": [2, 3]}]}', False),
+        (deep_text(100), False),
+        (deep_text(101), True),
+        (deep_text(DEEP), True),
+        ("[" * 100_000, True),  # unclosed: the decoder would still descend
+        (json.dumps({"s": "[" * 5_000}), False),  # brackets inside a string do not count
+        (json.dumps({"s": '\\"[[[' * 2_000}), False),  # nor escaped quotes with brackets
+        (json.dumps([[]] * 5_000), False),  # many brackets, shallow
+        ("]" * 5_000 + deep_text(50), False),  # stray closers do not hide or fake depth
+    ],
+)
+def test_too_deep_counts_nesting_without_decoding(text: str, deeper: bool) -> None:
+    assert jsonsafe.too_deep(text) is deeper
+    assert jsonsafe.too_deep(text.encode()) is deeper
+
+
+def test_too_deep_is_linear_on_hostile_text() -> None:
+    # Quotes and backslashes that a backtracking string pattern would take quadratic time on.
+    hostile = '"\\' * 120_000 + deep_text(101)
+    started = time.perf_counter()
+    jsonsafe.too_deep(hostile)
+    jsonsafe.too_deep('["' + '\\"' * 120_000 + "[" * 200)
+    assert time.perf_counter() - started < 1.0
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (deep_text(DEEP), "nested deeper than 100 levels"),
+        ("[" * 100_000, "nested deeper than 100 levels"),
+        ('{"a": NaN}', "NaN is not a JSON number"),
+        ('{"a": -Infinity}', "-Infinity is not a JSON number"),
+        ('{"a": ', "not valid JSON: Expecting value (line 1)"),
+    ],
+)
+def test_loads_refuses_with_a_message_never_a_stack_error(text: str, message: str) -> None:
+    with pytest.raises(jsonsafe.JSONInputError, match=re.escape(message)):
+        jsonsafe.loads(text)
+    assert jsonsafe.loads(deep_text(100)) is not None
+
+
+# -- JSON depth: every input -------------------------------------------------------------------
+
+
+@pytest.fixture
+def people(django_user_model: Any) -> dict[str, Any]:
+    managers, _ = Group.objects.get_or_create(name="managers")
+    users = {
+        name: django_user_model.objects.create_user(
+            name, email=f"{name}@example.com", password=f"pw-{name}-123"
+        )
+        for name in ("alice", "bob")
+    }
+    managers.user_set.add(users["bob"])
+    users["oper"] = grant(
+        django_user_model.objects.create_user("oper", password="pw-oper-123", is_staff=True),
+        "orchestration.view_workflowinstance",
+        "orchestration.operate_instance",
+    )
+    users["root"] = django_user_model.objects.create_superuser("root", "r@example.com", "pw-r-1")
+    return users
+
+
+@pytest.fixture
+def failed(people: dict[str, Any]) -> tuple[WorkflowInstance, StepRun]:
+    """A t_fixable instance whose step ``fragile`` failed: "complete by hand" is offered."""
+    instance, _ = engine.instance_start(workflow="t_fixable", started_by=people["alice"])
+    run_scheduled(instance)
+    fragile = StepRun.objects.get(instance=instance, name="fragile")
+    assert fragile.state == "failed"
+    return instance, fragile
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("where", ["status page", "admin"])
+@pytest.mark.parametrize("depth", [DEEP, 150, 40])
+def test_complete_by_hand_with_deep_json_is_a_form_error(where, depth, people, failed) -> None:
+    instance, fragile = failed
+    client = Client()
+    client.force_login(people["oper"])
+    if where == "admin":
+        url = reverse(
+            "admin:orchestration_workflowinstance_step_operate",
+            args=[instance.pk, fragile.pk, "complete"],
+        )
+    else:
+        url = reverse("instances:step-action", args=[instance.pk, fragile.pk, "complete"])
+    before = snapshot()
+    response = client.post(
+        url, {"confirm": "1", "output": deep_text(depth), "reason": "fixed it by hand"}
+    )
+    assert response.status_code in (200, 400), response.status_code
+    assert b"nested deeper than" in response.content
+    assert snapshot() == before
+    ok = client.post(url, {"confirm": "1", "output": '{"fixed": 1}', "reason": "fixed it by hand"})
+    assert ok.status_code == 302
+    assert StepRun.objects.get(pk=fragile.pk).state == "succeeded"
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("depth", [DEEP, 150])
+def test_every_api_write_refuses_deep_json_with_400(depth, people, settings) -> None:
+    settings.SIGNOFF_SIGNAL_SECRETS = {"t_signal": "s3cret"}
+    alice, bob = people["alice"], people["bob"]
+    waiting, _ = engine.instance_start(workflow="t_signal", started_by=alice)
+    run_scheduled(waiting)
+    expense, _ = engine.instance_start(
+        workflow="expense_approval",
+        input={"amount": 80, "currency": "EUR", "description": "Taxi", "requester": "alice"},
+        started_by=alice,
+    )
+    run_scheduled(expense)
+    request = ApprovalRequest.objects.get(instance=expense)
+    body = deep_text(depth)
+    signal_path = f"/api/v1/instances/{waiting.pk}/signals/go/"
+    calls = [
+        (alice, "/api/v1/instances/", '{"workflow": "t_sequence", "input": ' + body + "}", {}),
+        (alice, f"/api/v1/instances/{waiting.pk}/cancel/", '{"reason": ' + body + "}", {}),
+        (alice, signal_path, body, {}),
+        (bob, f"/api/v1/approvals/{request.pk}/approve/", '{"comment": ' + body + "}", {}),
+        (bob, f"/api/v1/approvals/{request.pk}/reject/", body, {}),
+        # Signed: the signature is good, the body is still refused.
+        (
+            None,
+            signal_path,
+            body,
+            {"HTTP_X_SIGNOFF_SIGNATURE": sign("s3cret", body.encode(), path=signal_path)},
+        ),
+    ]
+    before = snapshot()
+    for user, url, data, headers in calls:
+        client = token_client(user) if user else APIClient()
+        response = client.post(url, data=data, content_type="application/json", **headers)
+        assert response.status_code == 400, (url, response.content[:200])
+        assert response.json()["code"] == "parse_error", response.json()
+        assert "nested deeper than 100 levels" in response.json()["detail"]
+    assert snapshot() == before
+
+
+@pytest.mark.django_db
+def test_periodic_task_admin_refuses_deep_json_in_args_kwargs_and_headers(people) -> None:
+    client = Client()
+    client.force_login(people["root"])
+    task = PeriodicTask.objects.order_by("pk").first()
+    assert task is not None  # the sweepers' schedule, installed by migrate
+    url = reverse("admin:django_celery_beat_periodictask_change", args=[task.pk])
+    form = client.get(url).context["adminform"].form
+    data = {k: v for k, v in form.initial.items() if v is not None and not hasattr(v, "pk")}
+    data.update(
+        {
+            "name": task.name,
+            "task": task.task,
+            "regtask": task.task,
+            "interval": task.interval_id or "",
+            "enabled": "on",
+            "args": "[]",
+            "kwargs": "{}",
+            "headers": "{}",
+            "priority": "",
+            "expire_seconds": "",
+            "start_time_0": "",
+            "start_time_1": "",
+            "expires_0": "",
+            "expires_1": "",
+        }
+    )
+    for key in ("crontab", "solar", "clocked", "last_run_at", "total_run_count", "date_changed"):
+        data.pop(key, None)
+    before = snapshot()
+    for field in ("args", "kwargs", "headers"):
+        response = client.post(url, {**data, field: deep_text(DEEP)})
+        assert response.status_code == 200, (field, response.status_code)
+        errors = response.context["adminform"].form.errors
+        assert "nested deeper than 100 levels" in str(errors.get(field)), (field, errors)
+    assert snapshot() == before
+    ok = client.post(url, data)
+    assert ok.status_code == 302, ok.context and ok.context["adminform"].form.errors
+
+
+@pytest.mark.django_db
+def test_webhook_admin_takes_no_json_text(people) -> None:
+    """Its event types and workflows are checkboxes: JSON text is not parsed, only refused."""
+    client = Client()
+    client.force_login(people["root"])
+    before = snapshot()
+    response = client.post(
+        reverse("admin:integrations_webhooksubscription_add"),
+        {
+            "name": "deep",
+            "url": "https://hooks.example/x",
+            "event_types": deep_text(DEEP),
+            "workflows": deep_text(DEEP),
+            "active": "on",
+        },
+    )
+    assert response.status_code == 200
+    assert response.context["adminform"].form.errors.keys() >= {"event_types", "workflows"}
+    assert snapshot() == before
