@@ -8,6 +8,7 @@ production shape (PostgreSQL and Redis). See ``.env.example``.
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -63,6 +64,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_celery_beat",
+    "axes",
     "orchestration",
     "approvals",
     "integrations",
@@ -79,6 +81,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last: turns a login refused for too many failures into the lockout page (429).
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -139,6 +143,24 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
 ]
 
+# --- Login throttling (django-axes) --------------------------------------------------------------
+# Every login form (/accounts/login/ and the admin's) is refused for a username + client
+# address after SIGNOFF_LOGIN_FAILURE_LIMIT failures, for SIGNOFF_LOGIN_LOCKOUT_MINUTES after
+# the last one (each failure while locked starts the wait again); the right password is refused
+# too while locked. A successful login clears that user's failures from that address. Attempts
+# are kept in the database (shared by every web process); the admin lists them under "Axes",
+# and `manage.py axes_reset_username <name>` (or axes_reset) lifts a lock.
+AUTHENTICATION_BACKENDS = [
+    "config.auth.LoginLockoutBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env_int("SIGNOFF_LOGIN_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("SIGNOFF_LOGIN_LOCKOUT_MINUTES", 15))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+AXES_DISABLE_ACCESS_LOG = True  # failures are what matters; no row per successful login
+
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = env("TIME_ZONE", "UTC")
 USE_I18N = True
@@ -189,7 +211,8 @@ LOGGING = {
 # --- REST API ---------------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        # DRF's token auth, plus 429 for an address that sent too many invalid tokens.
+        "orchestration.api.authentication.ThrottledTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -318,6 +341,10 @@ SIGNOFF_WEBHOOK_SUBSCRIPTION_CACHE_SECONDS = env_float(
 # Email action links: lifetime (never past the request's resolution) and failure rate limit.
 SIGNOFF_LINK_MAX_AGE_SECONDS = env_int("SIGNOFF_LINK_MAX_AGE_SECONDS", 7 * 24 * 3600)
 SIGNOFF_LINK_FAILURES_PER_IP = env_int("SIGNOFF_LINK_FAILURES_PER_IP", 20)
+# API requests with an invalid token: after this many from one address within the window, that
+# address gets 429 for any token until the window ends.
+SIGNOFF_TOKEN_FAILURES_PER_IP = env_int("SIGNOFF_TOKEN_FAILURES_PER_IP", 20)
+SIGNOFF_TOKEN_FAILURE_WINDOW_SECONDS = env_int("SIGNOFF_TOKEN_FAILURE_WINDOW_SECONDS", 600)
 # Demo: divide approval timers by this factor so reminders and escalations show up in
 # minutes on `make run` (1 = real time).
 SIGNOFF_DEMO_TIME_FACTOR = env_int("SIGNOFF_DEMO_TIME_FACTOR", 1)

@@ -283,3 +283,126 @@ def test_webhook_admin_takes_no_json_text(people) -> None:
     assert response.status_code == 200
     assert response.context["adminform"].form.errors.keys() >= {"event_types", "workflows"}
     assert snapshot() == before
+
+
+# -- login throttling ---------------------------------------------------------------------------
+
+
+def logged_in_as(client: Client) -> str | None:
+    from django.contrib.auth import get_user_model
+
+    pk = client.session.get("_auth_user_id")
+    return get_user_model().objects.get(pk=pk).get_username() if pk else None
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("login_url", ["/accounts/login/", "/admin/login/"])
+def test_forty_wrong_passwords_then_the_right_one_is_refused(login_url, people) -> None:
+    import time_machine
+    from django.utils import timezone
+
+    name, password = ("root", "pw-r-1") if "admin" in login_url else ("bob", "pw-bob-123")
+    started = timezone.now()
+    with time_machine.travel(started, tick=False):
+        attacker = Client(REMOTE_ADDR="203.0.113.7")
+        for n in range(40):
+            response = attacker.post(login_url, {"username": name, "password": f"guess-{n}"})
+            assert response.status_code in (200, 429), response.status_code
+            assert logged_in_as(attacker) is None
+        assert response.status_code == 429
+        assert b"Too many failed logins" in response.content
+        right = attacker.post(login_url, {"username": name, "password": password})
+        assert right.status_code == 429
+        assert logged_in_as(attacker) is None
+        # The lock is for this user from this address: others log in as usual.
+        other = Client(REMOTE_ADDR="203.0.113.7")
+        other.post(login_url, {"username": "oper", "password": "pw-oper-123"})
+        assert logged_in_as(other) == "oper"
+        elsewhere = Client(REMOTE_ADDR="198.51.100.20")
+        elsewhere.post(login_url, {"username": name, "password": password})
+        assert logged_in_as(elsewhere) == name
+    # After the cool-off (15 minutes after the last failure) the right password works again.
+    with time_machine.travel(started + timezone.timedelta(minutes=16), tick=False):
+        attacker.post(login_url, {"username": name, "password": password})
+        assert logged_in_as(attacker) == name
+
+
+@pytest.mark.django_db
+def test_a_few_typos_do_not_lock_and_a_success_clears_them(people) -> None:
+    client = Client(REMOTE_ADDR="192.0.2.1")
+    for _ in range(4):
+        client.post("/accounts/login/", {"username": "bob", "password": "typo"})
+    client.post("/accounts/login/", {"username": "bob", "password": "pw-bob-123"})
+    assert logged_in_as(client) == "bob"
+    client.logout()
+    for _ in range(4):  # counted from zero again
+        assert (
+            client.post("/accounts/login/", {"username": "bob", "password": "typo"}).status_code
+            == 200
+        )
+    client.post("/accounts/login/", {"username": "bob", "password": "pw-bob-123"})
+    assert logged_in_as(client) == "bob"
+
+
+@pytest.mark.django_db
+def test_test_client_logins_still_work(people) -> None:
+    """client.login() calls authenticate() without a request: the lockout backend lets it pass
+    to the password check instead of raising (the suite logs in this way)."""
+    client = Client()
+    assert client.login(username="bob", password="pw-bob-123")
+    assert not client.login(username="bob", password="wrong")
+    client.force_login(people["alice"])
+    assert client.get("/inbox/").status_code == 200
+
+
+# -- API token throttling -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def token_limit(settings) -> int:
+    from django.core.cache import cache
+
+    settings.SIGNOFF_TOKEN_FAILURES_PER_IP = 20
+    settings.SIGNOFF_TOKEN_FAILURE_WINDOW_SECONDS = 600
+    cache.clear()
+    yield 20
+    cache.clear()
+
+
+@pytest.mark.django_db
+def test_a_burst_of_bad_tokens_gets_429_and_a_normal_user_is_unaffected(
+    token_limit, people
+) -> None:
+    import time_machine
+    from django.utils import timezone
+
+    good = Token.objects.create(user=people["alice"]).key
+    url = "/api/v1/instances/"
+    started = timezone.now()
+    with time_machine.travel(started, tick=False):
+        attacker = APIClient(REMOTE_ADDR="203.0.113.9")
+        statuses = []
+        for n in range(30):
+            attacker.credentials(HTTP_AUTHORIZATION=f"Token {n:040x}")
+            statuses.append(attacker.get(url).status_code)
+        assert statuses == [401] * token_limit + [429] * (30 - token_limit)
+        refused = attacker.get(url)
+        assert refused.json()["code"] == "throttled"
+        assert int(refused["Retry-After"]) > 0
+        # A valid token from that address is refused too (else the 429 would tell right from
+        # wrong guesses); nothing is written either way.
+        attacker.credentials(HTTP_AUTHORIZATION=f"Token {good}")
+        before = snapshot()
+        started_body = {"workflow": "t_sequence"}
+        assert attacker.post(url, started_body, format="json").status_code == 429
+        assert snapshot() == before
+        # Another address with the same valid token, and a session from the attacker's
+        # address, are not affected.
+        user = APIClient(REMOTE_ADDR="198.51.100.30")
+        user.credentials(HTTP_AUTHORIZATION=f"Token {good}")
+        assert user.get(url).status_code == 200
+        session = APIClient(REMOTE_ADDR="203.0.113.9")
+        session.force_login(people["alice"])
+        assert session.get(url).status_code == 200
+    with time_machine.travel(started + timezone.timedelta(seconds=601), tick=False):
+        assert attacker.get(url).status_code == 200  # the window is over
