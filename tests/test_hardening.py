@@ -8,8 +8,12 @@ Every refusal also asserts that nothing changed.
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -406,3 +410,248 @@ def test_a_burst_of_bad_tokens_gets_429_and_a_normal_user_is_unaffected(
         assert session.get(url).status_code == 200
     with time_machine.travel(started + timezone.timedelta(seconds=601), tick=False):
         assert attacker.get(url).status_code == 200  # the window is over
+
+
+# -- no start without real secrets outside the embedded default ---------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+REAL_SECRET_KEY = "x9" * 20 + "-a-real-looking-secret-key-QZ"
+REAL_FERNET_KEY = "ZmRbNGX0o2tq7w3l4Jb0o6Ck2sXo2s9gD0xT6yq0i7s="
+
+
+def run(args: list[str], env: dict[str, str], timeout: float = 90) -> tuple[int, str]:
+    done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    return done.returncode, done.stdout + done.stderr
+
+
+def clean_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """A process environment with nothing from this test run (no tests.settings secrets)."""
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(tmp_path),
+        "LANG": "C.UTF-8",
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+        "SIGNOFF_DATA_DIR": str(tmp_path / "var"),
+        "STATIC_ROOT": str(tmp_path / "static"),
+        **extra,
+    }
+
+
+PG = {"DATABASE_URL": "postgres://signoff@db.invalid:5432/signoff"}
+REDIS = {"CELERY_BROKER_URL": "redis://redis.invalid:6379/0"}
+KEYS = {"SIGNOFF_ENCRYPTION_KEYS": REAL_FERNET_KEY}
+
+
+def test_the_fernet_key_used_here_is_valid() -> None:
+    from cryptography.fernet import Fernet
+
+    Fernet(REAL_FERNET_KEY)
+
+
+@pytest.mark.parametrize(
+    ("environment", "named"),
+    [
+        pytest.param({**PG, **KEYS}, "SECRET_KEY is not set", id="database_without_secret_key"),
+        pytest.param({**REDIS, **KEYS}, "SECRET_KEY is not set", id="broker_without_secret_key"),
+        pytest.param(
+            {**PG, **KEYS, "SECRET_KEY": "change-me-to-a-long-random-string"},
+            "SECRET_KEY is a placeholder",
+            id="the_old_env_example_placeholder",
+        ),
+        pytest.param(
+            {**PG, **KEYS, "SECRET_KEY": "dev-only-insecure-secret-key-change-me"},
+            "SECRET_KEY is a placeholder",
+            id="the_embedded_default_key",
+        ),
+        pytest.param(
+            {**PG, **KEYS, "SECRET_KEY": "short-but-set"},
+            "SECRET_KEY is too weak",
+            id="short_secret_key",
+        ),
+        pytest.param(
+            {**PG, "SECRET_KEY": REAL_SECRET_KEY},
+            "SIGNOFF_ENCRYPTION_KEYS is not set",
+            id="no_encryption_keys",
+        ),
+        pytest.param(
+            {**PG, "SECRET_KEY": REAL_SECRET_KEY, "SIGNOFF_ENCRYPTION_KEYS": "change-me"},
+            "SIGNOFF_ENCRYPTION_KEYS: key 1 is not a Fernet key",
+            id="encryption_key_not_fernet",
+        ),
+        pytest.param({**PG, **REDIS}, "SIGNOFF_ENCRYPTION_KEYS is not set", id="neither"),
+    ],
+)
+def test_manage_py_refuses_to_start_without_real_secrets(tmp_path, environment, named) -> None:
+    code, output = run(
+        [sys.executable, "manage.py", "check", "--deploy"], clean_env(tmp_path, **environment)
+    )
+    assert code != 0, output
+    assert named in output, output
+    assert "Signoff will not start" in output
+
+
+def test_every_kind_of_process_refuses_without_secrets(tmp_path) -> None:
+    """gunicorn and Celery never run system checks: the refusal is at settings import, so the
+    web server, the worker, beat and migrate stop too."""
+    env = clean_env(tmp_path, **PG, **REDIS)
+    bin_dir = Path(sys.executable).parent
+    commands = {
+        "gunicorn": [str(bin_dir / "gunicorn"), "--check-config", "config.wsgi:application"],
+        "worker": [sys.executable, "-m", "celery", "-A", "config", "worker", "-P", "solo"],
+        "beat": [sys.executable, "-m", "celery", "-A", "config", "beat"],
+        "migrate": [sys.executable, "manage.py", "migrate", "--noinput"],
+    }
+    for name, command in commands.items():
+        code, output = run(command, env)
+        assert code != 0, (name, output[-2000:])
+        assert "SECRET_KEY is not set" in output, (name, output[-2000:])
+
+
+def test_with_real_secrets_it_starts(tmp_path) -> None:
+    env = clean_env(tmp_path, **PG, **REDIS, **KEYS, SECRET_KEY=REAL_SECRET_KEY)
+    code, output = run([sys.executable, "manage.py", "check"], env)
+    assert code == 0, output
+    code, output = run(
+        [
+            str(Path(sys.executable).parent / "gunicorn"),
+            "--check-config",
+            "config.wsgi:application",
+        ],
+        env,
+    )
+    assert code == 0, output
+
+
+def test_the_embedded_default_needs_no_setup(tmp_path) -> None:
+    """No DATABASE_URL and no broker, or the bundled Redis that runall hands its children."""
+    from orchestration.embedded import socket_path_for
+
+    plain = clean_env(tmp_path)
+    code, output = run([sys.executable, "manage.py", "check"], plain)
+    assert code == 0, output
+    runall_child = clean_env(
+        tmp_path, CELERY_BROKER_URL=f"redis+socket://{socket_path_for(tmp_path / 'var')}"
+    )
+    code, output = run([sys.executable, "manage.py", "check"], runall_child)
+    assert code == 0, output
+
+
+# -- docker-compose: loopback only, no working placeholder secret, no demo users by default -----
+
+COMPOSE = ROOT / "docker-compose.yml"
+ENV_EXAMPLE = ROOT / ".env.example"
+APP_SERVICES = ("migrate", "web", "worker", "beat")
+REQUIRED = {"SECRET_KEY", "SIGNOFF_ENCRYPTION_KEYS", "POSTGRES_PASSWORD"}
+
+
+def compose() -> dict[str, Any]:
+    import yaml
+
+    return yaml.safe_load(COMPOSE.read_text())  # resolves the x-app merge keys
+
+
+def env_example() -> dict[str, str]:
+    pairs = [
+        line.split("=", 1)
+        for line in ENV_EXAMPLE.read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    return {name: value for name, value in pairs}
+
+
+def interpolate(value: str, env: dict[str, str]) -> tuple[str, set[str]]:
+    """Compose's ${VAR}, ${VAR:-default} and ${VAR:?error} ($$ is a literal $): the value, and
+    the variables whose :? refused."""
+    refused: set[str] = set()
+
+    def one(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name, op, arg = match.group(1), match.group(2) or "", match.group(3) or ""
+        if env.get(name):
+            return env[name]
+        if op == ":?":
+            refused.add(name)
+            return ""
+        return arg if op == ":-" else ""
+
+    pattern = r"\$\$|\$\{(\w+)(?:(:[-?])([^}]*))?\}"
+    return re.sub(pattern, one, value), refused
+
+
+def service_env(service: dict[str, Any], env: dict[str, str]) -> tuple[dict[str, str], set[str]]:
+    values, refused = {}, set()
+    for name, raw in (service.get("environment") or {}).items():
+        values[name], missing = interpolate(str(raw), env)
+        refused |= missing
+    return values, refused
+
+
+def test_compose_publishes_ports_on_loopback_only() -> None:
+    published = {
+        name: service.get("ports", [])
+        for name, service in compose()["services"].items()
+        if service.get("ports")
+    }
+    assert set(published) == {"web", "mailpit"}
+    for name, ports in published.items():
+        for port in ports:
+            assert str(port).startswith("127.0.0.1:"), (name, port)
+
+
+def test_compose_refuses_to_run_without_the_secrets() -> None:
+    """`cp .env.example .env` and nothing else: Compose stops on each required variable (they
+    have no default), and the shipped example holds no value for them."""
+    data, shipped = compose(), env_example()
+    for name in REQUIRED:
+        assert shipped.get(name, "") == "", name
+    assert not [v for v in shipped.values() if "change-me" in v.lower()]
+    for name in APP_SERVICES:
+        _, refused = service_env(data["services"][name], shipped)
+        assert refused == REQUIRED, (name, refused)
+    _, refused = service_env(data["services"]["postgres"], shipped)
+    assert refused == {"POSTGRES_PASSWORD"}
+    # With the three set, every app container gets them and a DATABASE_URL that matches the
+    # postgres service.
+    chosen = {
+        "SECRET_KEY": "s" * 60,
+        "SIGNOFF_ENCRYPTION_KEYS": REAL_FERNET_KEY,
+        "POSTGRES_PASSWORD": "0a1b2c3d",
+    }
+    for name in APP_SERVICES:
+        values, refused = service_env(data["services"][name], {**shipped, **chosen})
+        assert not refused
+        assert values["SECRET_KEY"] == chosen["SECRET_KEY"]
+        assert values["SIGNOFF_ENCRYPTION_KEYS"] == REAL_FERNET_KEY
+        assert values["DATABASE_URL"] == "postgres://signoff:0a1b2c3d@postgres:5432/signoff"
+
+
+def test_compose_seeds_no_demo_users_unless_asked_with_a_password(tmp_path) -> None:
+    """The migrate step's shell command, run with a stand-in `python` that records its calls."""
+    assert env_example()["SEED_DEMO"] == "0"
+    command = compose()["services"]["migrate"]["command"]
+    assert command[:2] == ["sh", "-c"]
+    script, _ = interpolate(command[2], {})
+    stub = tmp_path / "bin"
+    stub.mkdir()
+    (stub / "python").write_text('#!/bin/sh\necho "$*" >> "$CALLS"\n')
+    (stub / "python").chmod(0o755)
+
+    def migrate_step(**env: str) -> tuple[int, list[str], str]:
+        calls = tmp_path / f"calls-{len(list(tmp_path.iterdir()))}"
+        done = subprocess.run(
+            ["sh", "-c", script],
+            env={"PATH": f"{stub}:/usr/bin:/bin", "CALLS": str(calls), **env},
+            capture_output=True,
+            text=True,
+        )
+        made = calls.read_text().splitlines() if calls.exists() else []
+        return done.returncode, made, done.stderr
+
+    assert migrate_step() == (0, ["manage.py migrate --noinput"], "")
+    assert migrate_step(SEED_DEMO="0")[1] == ["manage.py migrate --noinput"]
+    code, calls, error = migrate_step(SEED_DEMO="1")
+    assert code != 0 and "DEMO_PASSWORD" in error
+    assert "manage.py seed_demo" not in calls
+    code, calls, _ = migrate_step(SEED_DEMO="1", DEMO_PASSWORD="my-own-demo-password")
+    assert (code, calls) == (0, ["manage.py migrate --noinput", "manage.py seed_demo"])
