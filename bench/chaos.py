@@ -116,6 +116,7 @@ from bench.common import (  # noqa: E402
     loadavg,
     migrate,
     wait_until,
+    with_secrets,
 )
 
 DB_URL = os.environ.get(
@@ -180,7 +181,7 @@ def chaos_env(doorbell_grace: int) -> dict[str, str]:
             "PYTHONUNBUFFERED": "1",
         }
     )
-    return env
+    return with_secrets(env)
 
 
 def ensure_database(fresh: bool) -> None:

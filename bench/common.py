@@ -22,6 +22,22 @@ from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# Outside the embedded default the settings refuse to start without real secrets. The
+# benchmarks run on local throwaway databases: fixed bench-only values, the same in every
+# process of a run and in every run (the seeds are reused). Never deploy them.
+BENCH_SECRETS = {
+    "SECRET_KEY": "bench-only-secret-key-for-local-throwaway-databases-0123456789",
+    "SIGNOFF_ENCRYPTION_KEYS": "eLbhHaikOK-nDWwKzn2EI6Y9SCue32iRrGwken28_O8=",
+}
+
+
+def with_secrets(env: dict[str, str]) -> dict[str, str]:
+    """``env`` with the bench secrets where it has none of its own; returns ``env``."""
+    for name, value in BENCH_SECRETS.items():
+        if not env.get(name):
+            env[name] = value
+    return env
+
 
 def make_log(prefix: str) -> Callable[[str], None]:
     """A ``log(message)`` that prints ``[prefix HH:MM:SS] message`` and flushes."""

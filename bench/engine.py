@@ -122,6 +122,7 @@ from bench.common import (  # noqa: E402
     pct,
     row,
     wait_until,
+    with_secrets,
 )
 
 DB_URL = os.environ.get(
@@ -170,7 +171,7 @@ def bench_env(settings_module: str) -> dict[str, str]:
         }
     )
     env.setdefault("LOG_LEVEL", "WARNING")
-    return env
+    return with_secrets(env)
 
 
 def reset_state() -> None:

@@ -79,6 +79,7 @@ from bench.common import (  # noqa: E402
     make_log,
     percentile,
     row,
+    with_secrets,
 )
 
 DB_URL = os.environ.get(
@@ -111,7 +112,9 @@ AIMS = {
 
 
 def migrate() -> None:
-    env = dict(os.environ, DATABASE_URL=DB_URL, DJANGO_SETTINGS_MODULE="config.settings")
+    env = with_secrets(
+        dict(os.environ, DATABASE_URL=DB_URL, DJANGO_SETTINGS_MODULE="config.settings")
+    )
     # --skip-checks: the start-up check for unregistered definitions in use would count the
     # open instances of every bench workflow (registered only in this process) and fail.
     subprocess.run(
@@ -126,6 +129,7 @@ def setup_django() -> None:
     os.environ["DATABASE_URL"] = DB_URL
     os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings"
     os.environ.setdefault("LOG_LEVEL", "WARNING")
+    with_secrets(os.environ)
     import django
 
     django.setup()

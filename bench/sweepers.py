@@ -73,7 +73,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import db_name, ensure_database, loadavg, make_log, percentile  # noqa: E402
+from bench.common import (  # noqa: E402
+    db_name,
+    ensure_database,
+    loadavg,
+    make_log,
+    percentile,
+    with_secrets,
+)
 
 DB_URL = os.environ.get(
     "SIGNOFF_BENCH_SWEEP_DATABASE_URL",
@@ -110,12 +117,14 @@ log = make_log("sweepers")
 
 
 def _env() -> dict[str, str]:
-    return dict(
-        os.environ,
-        DATABASE_URL=DB_URL,
-        CELERY_BROKER_URL=BROKER_URL,
-        DJANGO_SETTINGS_MODULE="config.settings",
-        LOG_LEVEL=os.environ.get("LOG_LEVEL", "WARNING"),
+    return with_secrets(
+        dict(
+            os.environ,
+            DATABASE_URL=DB_URL,
+            CELERY_BROKER_URL=BROKER_URL,
+            DJANGO_SETTINGS_MODULE="config.settings",
+            LOG_LEVEL=os.environ.get("LOG_LEVEL", "WARNING"),
+        )
     )
 
 

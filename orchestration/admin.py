@@ -15,6 +15,7 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.core.exceptions import PermissionDenied
@@ -30,8 +31,10 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
+from django_celery_beat import admin as beat_admin
+from django_celery_beat.models import PeriodicTask
 
-from . import sealing
+from . import jsonsafe, sealing
 from .errors import InvalidInput, NotAllowed, SignoffError
 from .models import Event, StepRun, WorkflowInstance
 from .selectors import stuck_q
@@ -722,3 +725,34 @@ class EventAdmin(StrictActionsMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     @admin.display(description="data")
     def data_pretty(self, obj: Event) -> str:
         return json_block(obj.data, reveal=_reveal(obj))
+
+
+# -- periodic tasks (django-celery-beat): the sweepers' schedule ----------------------------------
+
+
+class PeriodicTaskForm(beat_admin.PeriodicTaskForm):
+    """django-celery-beat's form checks args and kwargs with a plain JSON decode, which lets
+    a RecursionError through (a 500 for JSON nested a few thousand deep) and does not check
+    headers at all, though beat decodes them for every run. Each is parsed here safely: a
+    clear form error, and nothing stored that would stop beat."""
+
+    def _clean_json(self, field: str) -> str:
+        value = self.cleaned_data[field]
+        if value:
+            try:
+                jsonsafe.loads(value)
+            except jsonsafe.JSONInputError as exc:
+                raise forms.ValidationError(str(exc)) from None
+        return value
+
+    def clean_headers(self) -> str:
+        return self._clean_json("headers")
+
+
+class PeriodicTaskAdmin(beat_admin.PeriodicTaskAdmin):
+    form = PeriodicTaskForm
+
+
+if admin.site.is_registered(PeriodicTask):
+    admin.site.unregister(PeriodicTask)
+admin.site.register(PeriodicTask, PeriodicTaskAdmin)

@@ -35,7 +35,7 @@ from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods
 
-from . import engine, graph, kinds, sealing, selectors
+from . import engine, graph, jsonsafe, kinds, sealing, selectors
 from .definitions import TaskStep, registry
 from .errors import InvalidInput, NotAllowed, NotFound, SignoffError
 from .models import Event, StepRun, WorkflowInstance
@@ -143,10 +143,16 @@ class CompleteStepForm(forms.Form):
     )
 
     def clean_output(self) -> Any:
+        # Operator input: parsed without recursion limits (a 2,000-deep value is a form error,
+        # not a 500) and checked for what the step's output column can store.
         try:
-            return json.loads(self.cleaned_data["output"])
-        except json.JSONDecodeError as exc:
-            raise forms.ValidationError(f"not valid JSON: {exc.msg} (line {exc.lineno})") from None
+            output = jsonsafe.loads(self.cleaned_data["output"])
+        except jsonsafe.JSONInputError as exc:
+            raise forms.ValidationError(str(exc)) from None
+        problem = jsonsafe.storable_json_problem(output)
+        if problem:
+            raise forms.ValidationError(f"cannot be stored: {problem}")
+        return output
 
     def clean_reason(self) -> str:
         reason = self.cleaned_data["reason"].strip()

@@ -397,36 +397,103 @@ def signal_send(
         return signal, True
 
 
-# -- webhook signatures for signals --------------------------------------------------------------
+# -- signed signals (callbacks from systems without a user token) ---------------------------------
+#
+# X-Signoff-Signature: t=<unix seconds>,v2=<hex HMAC-SHA256(secret, message)>, where message is
+#
+#     <t> "\n" <METHOD> "\n" <path> "\n" <Idempotency-Key or nothing> "\n" <raw body bytes>
+#
+# The path is the request's path from /api/v1/ on (it names the instance and the signal), so a
+# signature is good for one method, one instance, one signal, one idempotency key and one body,
+# within SIGNAL_SIGNATURE_TOLERANCE seconds of t. The first scheme (v1) covered only "<t>.<body>":
+# a body signed for one instance was accepted by every instance of the workflow. It is refused
+# with a clear code rather than accepted as a weaker fallback.
+
+SIGNAL_SIGNATURE_TOLERANCE = 300
+SIGNAL_SIGNATURE_SCHEME = "v2"
 
 
 def signal_secret(workflow: str) -> str | None:
     return settings.SIGNOFF_SIGNAL_SECRETS.get(workflow)
 
 
+def signature_message(
+    *, stamp: int, method: str, path: str, idempotency_key: str, body: bytes
+) -> bytes:
+    """The bytes a v2 signal signature is the HMAC-SHA256 of."""
+    return f"{stamp}\n{method.upper()}\n{path}\n{idempotency_key}\n".encode() + body
+
+
+def _digest(secret: str, message: bytes) -> str:
+    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+
+
 def verify_signature(
-    secret: str, header: str, body: bytes, *, tolerance: int = 300, now: float | None = None
-) -> None:
-    """Check ``X-Signoff-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>``.
-    Raises :class:`NotAllowed` saying what is wrong."""
-    parts = dict(item.split("=", 1) for item in header.split(",") if "=" in item)
-    try:
-        stamp = int(parts["t"])
-        given = parts["v1"]
-    except (KeyError, ValueError):
-        raise NotAllowed("malformed signature header", code="bad_signature") from None
+    secret: str,
+    header: str,
+    *,
+    method: str,
+    path: str,
+    body: bytes,
+    idempotency_key: str = "",
+    tolerance: int = SIGNAL_SIGNATURE_TOLERANCE,
+    now: float | None = None,
+) -> str:
+    """Check ``X-Signoff-Signature: t=<unix>,v2=<hex>`` against this request (method, path,
+    idempotency key and body; see above). Returns the matching hex digest; raises
+    :class:`NotAllowed` saying what is wrong: ``bad_signature`` (malformed, or no match),
+    ``unsupported_signature`` (only the retired v1 scheme), ``stale_signature``."""
+    stamps: list[str] = []
+    given: dict[str, list[str]] = {}
+    for item in header.split(","):
+        key, sep, value = item.strip().partition("=")
+        if not sep:
+            raise NotAllowed("malformed signature header", code="bad_signature")
+        if key == "t":
+            stamps.append(value)
+        else:
+            given.setdefault(key, []).append(value)
+    if len(stamps) != 1 or not stamps[0].isascii() or not stamps[0].isdigit():
+        raise NotAllowed("malformed signature header", code="bad_signature")
+    signatures = [s for s in given.get(SIGNAL_SIGNATURE_SCHEME, []) if s]
+    if not signatures:
+        if given.get("v1"):
+            raise NotAllowed(
+                "v1 signatures (over the body only) are no longer accepted: sign the method, "
+                "path, Idempotency-Key and body as v2 (README, Signals)",
+                code="unsupported_signature",
+            )
+        raise NotAllowed("malformed signature header", code="bad_signature")
+    stamp = int(stamps[0])
     now = time.time() if now is None else now
     if abs(now - stamp) > tolerance:
         raise NotAllowed("signature timestamp outside the replay window", code="stale_signature")
-    expected = hmac.new(secret.encode(), f"{stamp}.".encode() + body, hashlib.sha256).hexdigest()
-    if not hmac.compare_digest(expected, given):
+    expected = _digest(
+        secret,
+        signature_message(
+            stamp=stamp, method=method, path=path, idempotency_key=idempotency_key, body=body
+        ),
+    )
+    if not any(hmac.compare_digest(expected, s) for s in signatures):
         raise NotAllowed("signature does not match", code="bad_signature")
+    return expected
 
 
-def sign(secret: str, body: bytes, stamp: int | None = None) -> str:
+def sign(
+    secret: str,
+    body: bytes,
+    *,
+    path: str,
+    method: str = "POST",
+    idempotency_key: str = "",
+    stamp: int | None = None,
+) -> str:
+    """The ``X-Signoff-Signature`` value for a signal request (what a sender computes)."""
     stamp = int(time.time()) if stamp is None else stamp
-    digest = hmac.new(secret.encode(), f"{stamp}.".encode() + body, hashlib.sha256).hexdigest()
-    return f"t={stamp},v1={digest}"
+    message = signature_message(
+        stamp=stamp, method=method, path=path, idempotency_key=idempotency_key, body=body
+    )
+    return f"t={stamp},{SIGNAL_SIGNATURE_SCHEME}={_digest(secret, message)}"
 
 
 # -- the waiting-deadline sweeper ------------------------------------------------------------------

@@ -14,6 +14,10 @@ os.environ["CELERY_BROKER_URL"] = os.environ.get(
 os.environ.setdefault(
     "SIGNOFF_WORKFLOW_MODULES", "demo.workflows,demo.expenses,demo.trips,tests.workflows"
 )
+# Outside the embedded default the settings refuse to start without real secrets: the suite's
+# own, fixed (the worker processes it starts inherit them). Never deploy them.
+os.environ["SECRET_KEY"] = "tests-only-secret-key-for-the-test-databases-0123456789abcdef"
+os.environ["SIGNOFF_ENCRYPTION_KEYS"] = "5ivTi3DjPOMz6XT6R0DblYlA6SpEVDUQ6Zb7kI-arhk="
 
 from config.settings import *  # noqa: E402, F403
 
@@ -22,3 +26,6 @@ from config.settings import *  # noqa: E402, F403
 SIGNOFF_WEBHOOK_SUBSCRIPTION_CACHE_SECONDS = 0.0
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 LOGGING["root"]["level"] = "WARNING"  # noqa: F405
+# The suite sends invalid tokens from one address on purpose (schemathesis' auth probes, the
+# 401 tests): the throttle's own tests set the production limit back.
+SIGNOFF_TOKEN_FAILURES_PER_IP = 1_000_000

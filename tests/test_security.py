@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.fernet import Fernet
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group, Permission
 from django.core.cache import cache
@@ -885,6 +886,7 @@ def production_env(tmp_path: Path) -> dict[str, str]:
         "DJANGO_SETTINGS_MODULE": "config.settings",
         "DEBUG": "0",
         "SECRET_KEY": secrets.token_urlsafe(64),
+        "SIGNOFF_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
         "ALLOWED_HOSTS": "signoff.example.com",
         "CSRF_TRUSTED_ORIGINS": "https://signoff.example.com",
         "SIGNOFF_BASE_URL": "https://signoff.example.com",

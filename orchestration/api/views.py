@@ -284,7 +284,10 @@ class InstanceSignalView(ApiView):
         "completes with it; a signal that arrives before its step is kept and consumed when the "
         "step is reached. Idempotency-Key makes a repeat a no-op (200). Authenticate with a "
         "token/session, or sign with the workflow's secret: header X-Signoff-Signature: "
-        "t=<unix>,v1=<hex HMAC-SHA256(secret, '<t>.<body>')>, valid for 5 minutes.",
+        "t=<unix>,v2=<hex HMAC-SHA256(secret, '<t>\\n<METHOD>\\n<path>\\n<Idempotency-Key or "
+        "empty>\\n<raw body>')>, where path is the request path from /api/v1/ on; valid for 5 "
+        "minutes. A signed request without Idempotency-Key is applied once: repeating it is a "
+        "no-op (200). v1 signatures (body only) are refused (unsupported_signature).",
         parameters=[
             INSTANCE_ID,
             OpenApiParameter("name", str, OpenApiParameter.PATH),
@@ -297,8 +300,9 @@ class InstanceSignalView(ApiView):
             200: SignalSerializer,
             403: OpenApiResponse(
                 ErrorSerializer,
-                description="Bad or stale signature, or signed signals not enabled; or a caller "
-                "who may see the instance but not act on it (not its starter, no "
+                description="Bad, stale or v1 signature (bad_signature, stale_signature, "
+                "unsupported_signature), or signed signals not enabled (signatures_disabled); "
+                "or a caller who may see the instance but not act on it (not its starter, no "
                 "orchestration.operate_instance).",
             ),
             **_errors(400, 404, 409, 413),
@@ -311,6 +315,7 @@ class InstanceSignalView(ApiView):
 
         raw = request._request.body
         signature = request.headers.get("X-Signoff-Signature")
+        idempotency_key = request.headers.get(IDEMPOTENCY_HEADER)
         if signature is not None:
             instance = selectors.instance_for_signature(instance_id=pk)
             secret = waits.signal_secret(instance.workflow)
@@ -318,7 +323,19 @@ class InstanceSignalView(ApiView):
                 raise NotAllowed(
                     "signed signals are not enabled for this workflow", code="signatures_disabled"
                 )
-            waits.verify_signature(secret, signature, raw)
+            # Checked on the raw bytes before parsing; binds method, path (instance and signal
+            # name), Idempotency-Key and body, so a captured request works nowhere else.
+            digest = waits.verify_signature(
+                secret,
+                signature,
+                method=request.method,
+                path=request._request.path_info,
+                idempotency_key=idempotency_key or "",
+                body=raw,
+            )
+            if idempotency_key is None:
+                # Replaying the same signed request inside its window applies nothing twice.
+                idempotency_key = f"sig:{digest}"
             actor, source = f"webhook:{instance.workflow}", "webhook"
         elif request.user and request.user.is_authenticated:
             instance = selectors.instance_for_action(user=request.user, instance_id=pk)
@@ -334,7 +351,7 @@ class InstanceSignalView(ApiView):
             payload=payload,
             actor=actor,
             source=source,
-            idempotency_key=request.headers.get(IDEMPOTENCY_HEADER),
+            idempotency_key=idempotency_key,
         )
         return Response(
             SignalSerializer(signal).data,

@@ -52,6 +52,7 @@ def test_status_history_retry_and_cancel() -> None:
     [
         (("start", "nope"), "unknown_workflow"),
         (("start", "t_sequence", "--input", "{bad"), "invalid_json"),
+        (("start", "t_sequence", "--input", "[" * 2000 + "]" * 2000), "nested deeper"),
         (("start", "customer_onboarding", "--input", "[]"), "invalid_input"),
         (("status", "not-a-uuid"), "not_found"),
         (("status", "00000000-0000-0000-0000-000000000000"), "not_found"),

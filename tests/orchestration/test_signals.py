@@ -159,14 +159,13 @@ def test_signed_callbacks_without_a_user_token(settings) -> None:
         )
 
     before = snapshot()
-    assert send(sign("wrong", body)).json()["code"] == "bad_signature"
-    assert send(sign("s3cret", body, stamp=int(time.time()) - 301)).json()["code"] == (
-        "stale_signature"
-    )
+    assert send(sign("wrong", body, path=url)).json()["code"] == "bad_signature"
+    stale = sign("s3cret", body, path=url, stamp=int(time.time()) - 301)
+    assert send(stale).json()["code"] == "stale_signature"
     assert send("garbage").json()["code"] == "bad_signature"
-    assert send(sign("s3cret", body), payload=b'{"ok": false}').status_code == 403
+    assert send(sign("s3cret", body, path=url), payload=b'{"ok": false}').status_code == 403
     assert snapshot() == before
-    ok = send(sign("s3cret", body))
+    ok = send(sign("s3cret", body, path=url))
     assert ok.status_code == 202, ok.content
     assert Signal.objects.get().actor == "webhook:t_signal"
 
@@ -175,14 +174,239 @@ def test_signatures_are_off_for_workflows_without_a_secret(settings) -> None:
     settings.SIGNOFF_SIGNAL_SECRETS = {}
     instance, _ = engine.instance_start(workflow="t_signal")
     body = b'{"ok": true}'
+    url = f"/api/v1/instances/{instance.pk}/signals/go/"
     response = APIClient().post(
-        f"/api/v1/instances/{instance.pk}/signals/go/",
+        url,
         data=body,
         content_type="application/json",
-        HTTP_X_SIGNOFF_SIGNATURE=sign("x", body),
+        HTTP_X_SIGNOFF_SIGNATURE=sign("x", body, path=url),
     )
     assert response.status_code == 403
     assert response.json()["code"] == "signatures_disabled"
+
+
+# -- signed signals are bound to their target ---------------------------------------------------
+
+SECRET = "s3cret-for-signals"
+
+
+def signal_url(instance: WorkflowInstance, name: str) -> str:
+    return f"/api/v1/instances/{instance.pk}/signals/{name}/"
+
+
+def send_signed(url: str, body: bytes, signature: str, **headers: str) -> Any:
+    return APIClient().post(
+        url,
+        data=body,
+        content_type="application/json",
+        HTTP_X_SIGNOFF_SIGNATURE=signature,
+        **headers,
+    )
+
+
+def state_of(instance: WorkflowInstance) -> tuple:
+    """Everything a delivered signal would change on one instance."""
+    row = refresh(instance)
+    return (
+        row.state,
+        row.last_seq,
+        row.updated_at,
+        sorted((s.name, s.state, s.attempt) for s in steps_of(row).values()),
+        Event.objects.filter(instance=row).count(),
+        Signal.objects.filter(instance=row).count(),
+    )
+
+
+@pytest.fixture
+def signed(settings) -> None:
+    settings.SIGNOFF_SIGNAL_SECRETS = {"t_signal": SECRET, "t_two_signals": SECRET}
+
+
+@pytest.fixture
+def two_signals():
+    """A workflow waiting for two different signals at once."""
+    from orchestration.definitions import Workflow, registry
+    from orchestration.waits import signal_step
+
+    wf = Workflow("t_two_signals")
+    signal_step(wf, "approved", timeout=timedelta(hours=1))
+    signal_step(wf, "cancelled", timeout=timedelta(hours=1))
+    registry.register(wf)
+    yield wf
+    registry.unregister(wf.name, wf.version)
+
+
+def waiting_instance(workflow: str = "t_signal") -> WorkflowInstance:
+    instance, _ = engine.instance_start(workflow=workflow)
+    run_ready(instance)
+    assert "waiting" in {s.state for s in steps_of(instance).values()}
+    return instance
+
+
+def test_a_signal_signed_for_one_instance_is_refused_by_another(signed) -> None:
+    a, b = waiting_instance(), waiting_instance()
+    body = b'{"ok": true}'
+    signature = sign(SECRET, body, path=signal_url(a, "go"))
+    before_a, before_b = state_of(a), state_of(b)
+    replayed = send_signed(signal_url(b, "go"), body, signature)
+    assert replayed.status_code == 403, replayed.content
+    assert replayed.json()["code"] == "bad_signature"
+    assert state_of(b) == before_b and state_of(a) == before_a
+    assert Signal.objects.count() == 0
+    # The same headers at the instance they were made for are accepted.
+    assert send_signed(signal_url(a, "go"), body, signature).status_code == 202
+    assert steps_of(a)["go"].state == "succeeded"
+    assert state_of(b) == before_b
+
+
+def test_a_signal_signed_for_one_name_is_refused_for_another(signed, two_signals) -> None:
+    instance = waiting_instance("t_two_signals")
+    body = b"{}"
+    signature = sign(SECRET, body, path=signal_url(instance, "approved"))
+    before = state_of(instance)
+    refused = send_signed(signal_url(instance, "cancelled"), body, signature)
+    assert refused.status_code == 403, refused.content
+    assert refused.json()["code"] == "bad_signature"
+    assert state_of(instance) == before
+    accepted = send_signed(signal_url(instance, "approved"), body, signature)
+    assert accepted.status_code == 202, accepted.content
+    assert steps_of(instance)["approved"].state == "succeeded"
+    assert steps_of(instance)["cancelled"].state == "waiting"
+
+
+BODY = b'{"ok": true}'
+
+
+@pytest.mark.parametrize(
+    ("signed_as", "headers", "code"),
+    [
+        pytest.param({"method": "PUT"}, {}, "bad_signature", id="other_method"),
+        pytest.param(
+            {"path": "/api/v1/instances/{other}/signals/go/"}, {}, "bad_signature", id="other_path"
+        ),
+        pytest.param(
+            {"path": "/api/v1/instances/{id}/signals/go"},
+            {},
+            "bad_signature",
+            id="path_without_trailing_slash",
+        ),
+        pytest.param({"body": b'{"ok": false}'}, {}, "bad_signature", id="other_body"),
+        pytest.param({"stamp": -301}, {}, "stale_signature", id="older_than_the_window"),
+        pytest.param({"stamp": +301}, {}, "stale_signature", id="from_the_future"),
+        pytest.param({"secret": "not-the-secret"}, {}, "bad_signature", id="other_secret"),
+        pytest.param(
+            {"idempotency_key": "k1"},
+            {"HTTP_IDEMPOTENCY_KEY": "k2"},
+            "bad_signature",
+            id="other_idempotency_key",
+        ),
+        pytest.param({"idempotency_key": "k1"}, {}, "bad_signature", id="idempotency_key_dropped"),
+        pytest.param(
+            {}, {"HTTP_IDEMPOTENCY_KEY": "k2"}, "bad_signature", id="idempotency_key_added"
+        ),
+        pytest.param({"scheme": "v1"}, {}, "unsupported_signature", id="v1_scheme"),
+        pytest.param({"header": "t={t}"}, {}, "bad_signature", id="no_signature"),
+        pytest.param({"header": "t={t},t={t},v2=00"}, {}, "bad_signature", id="two_timestamps"),
+        pytest.param({"header": "t=soon,v2=00"}, {}, "bad_signature", id="timestamp_not_a_number"),
+        pytest.param({"header": "v2"}, {}, "bad_signature", id="garbage"),
+    ],
+)
+def test_a_signature_covers_method_path_key_body_and_time(signed, signed_as, headers, code) -> None:
+    instance, other = waiting_instance(), waiting_instance()
+    url = signal_url(instance, "go")
+    now = int(time.time())
+    spec = dict(signed_as)
+    if "header" in spec:
+        signature = spec["header"].format(t=now)
+    elif spec.get("scheme") == "v1":
+        import hashlib
+        import hmac
+
+        v1 = hmac.new(SECRET.encode(), f"{now}.".encode() + BODY, hashlib.sha256).hexdigest()
+        signature = f"t={now},v1={v1}"
+    else:
+        signature = sign(
+            spec.get("secret", SECRET),
+            spec.get("body", BODY),
+            path=spec.get("path", url).format(id=instance.pk, other=other.pk),
+            method=spec.get("method", "POST"),
+            idempotency_key=spec.get("idempotency_key", ""),
+            stamp=now + spec.get("stamp", 0),
+        )
+    before = state_of(instance), state_of(other)
+    response = send_signed(url, BODY, signature, **headers)
+    assert response.status_code == 403, response.content
+    assert response.json()["code"] == code
+    assert (state_of(instance), state_of(other)) == before
+
+
+def test_the_right_signature_is_accepted_also_next_to_an_old_v1_one(signed) -> None:
+    instance = waiting_instance()
+    url = signal_url(instance, "go")
+    v2 = sign(SECRET, BODY, path=url, idempotency_key="cb-1")
+    both = f"{v2},v1=0123456789abcdef"  # a sender moving from v1 may send both
+    response = send_signed(url, BODY, both, HTTP_IDEMPOTENCY_KEY="cb-1")
+    assert response.status_code == 202, response.content
+    assert Signal.objects.get().idempotency_key == "cb-1"
+
+
+def test_a_signed_request_replayed_as_is_is_applied_once(signed) -> None:
+    # Before its step is reached the signal is kept: a replay must not keep a second one.
+    instance, _ = engine.instance_start(workflow="t_signal")
+    url = signal_url(instance, "go")
+    signature = sign(SECRET, BODY, path=url)
+    first = send_signed(url, BODY, signature)
+    assert first.status_code == 202, first.content
+    before = state_of(instance)
+    again = send_signed(url, BODY, signature)
+    assert again.status_code == 200, again.content
+    assert again.json()["id"] == first.json()["id"]
+    assert state_of(instance) == before
+    run_ready(instance)
+    assert steps_of(instance)["go"].state == "succeeded"
+
+
+def test_other_methods_are_not_signal_deliveries(signed) -> None:
+    instance = waiting_instance()
+    url = signal_url(instance, "go")
+    before = state_of(instance)
+    for method in ("put", "patch", "delete"):
+        signature = sign(SECRET, BODY, path=url, method=method.upper())
+        response = getattr(APIClient(), method)(
+            url, data=BODY, content_type="application/json", HTTP_X_SIGNOFF_SIGNATURE=signature
+        )
+        assert response.status_code == 405, response.content
+    assert state_of(instance) == before
+
+
+def test_the_readme_shell_recipe_signs_like_the_server(signed) -> None:
+    """The openssl pipeline in README ("Signals") computes the signature the server expects."""
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.fail("openssl is needed to check the README's shell recipe")
+    instance = waiting_instance()
+    path = signal_url(instance, "go")
+    body, key, stamp = '{"ok": true, "note": "100% done\\n"}', "cb-7", int(time.time())
+    script = (
+        'SIG=$(printf \'%s\\nPOST\\n%s\\n%s\\n%s\' "$T" "$P" "$KEY" "$BODY" '
+        '| openssl dgst -sha256 -hmac "$SECRET" | sed \'s/^.*= //\'); echo "t=$T,v2=$SIG"'
+    )
+    env = {
+        "T": str(stamp),
+        "P": path,
+        "KEY": key,
+        "BODY": body,
+        "SECRET": SECRET,
+        "PATH": "/usr/bin:/bin",
+    }
+    header = subprocess.run(
+        ["bash", "-c", script], env=env, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert header == sign(SECRET, body.encode(), path=path, idempotency_key=key, stamp=stamp)
+    response = send_signed(path, body.encode(), header, HTTP_IDEMPOTENCY_KEY=key)
+    assert response.status_code == 202, response.content
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from orchestration import engine, selectors, sweepers
+from orchestration import engine, jsonsafe, selectors, sweepers
 from orchestration.errors import SignoffError
 from orchestration.models import Event, StepRun, WorkflowInstance
 
@@ -102,9 +102,9 @@ class Command(BaseCommand):
 
     def do_start(self, options: dict[str, Any]) -> None:
         try:
-            data = json.loads(options["input"])
-        except json.JSONDecodeError as exc:
-            raise Refused(f"invalid_json: --input is not JSON ({exc})") from exc
+            data = jsonsafe.loads(options["input"])
+        except jsonsafe.JSONInputError as exc:
+            raise Refused(f"invalid_json: --input: {exc}") from exc
         instance, created = engine.instance_start(
             workflow=options["workflow"],
             input=data,
