@@ -722,3 +722,6 @@ class EventAdmin(StrictActionsMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     @admin.display(description="data")
     def data_pretty(self, obj: Event) -> str:
         return json_block(obj.data, reveal=_reveal(obj))
+
+
+from . import token_admin  # noqa: E402, F401 - replaces DRF's token admin (keys never whole)
