@@ -171,3 +171,46 @@ def test_integrations_imports_nothing_of_approvals() -> None:
                 names = [node.module or ""]
             assert not [n for n in names if n.split(".")[0] == "approvals"], path
         assert 'get_model("approvals"' not in path.read_text(), path
+
+
+def test_the_migration_scrubs_live_links_from_rows_written_before() -> None:
+    import importlib
+
+    from django.apps import apps
+    from django.utils import timezone
+
+    live = "http://127.0.0.1:8000/a/AbC-d_e:1tQx2y:Zz-9_Q/"
+    body = f"Review and decide:\n{live}\n\nOr decide in your inbox"
+    html = f'<a href="{live}">Review and decide</a>'
+    rows = {
+        status: OutboundEmail.objects.create(
+            message_id=f"<old.{status}@test>",
+            kind="approval_assigned",
+            to=["ann@example.com"],
+            subject="Approval needed",
+            body_text=body,
+            body_html=html,
+            status=status,
+            created_at=timezone.now(),
+            request_id=42,
+        )
+        for status in ("queued", "sent", "failed")
+    }
+    untouched = mail.email_queue(
+        message_id="<new@test>",
+        kind="test",
+        to=["bob@example.com"],
+        template="approval_reminder",
+        context={"request": {"title": "T", "fields": []}, "link": "https://x.example/inbox/"},
+    )
+    migration = importlib.import_module("integrations.migrations.0004_outbox_link_ref")
+    migration.scrub_live_links(apps, None)
+    for status, row in rows.items():
+        row.refresh_from_db()
+        assert "/a/" not in row.body_text + row.body_html
+        shown = "http://127.0.0.1:8000/inbox/42/" if status == "queued" else mail.LINK_PLACEHOLDER
+        assert row.body_text == f"Review and decide:\n{shown}\n\nOr decide in your inbox"
+        assert row.body_html == f'<a href="{shown}">Review and decide</a>'
+    before = untouched.body_text
+    untouched.refresh_from_db()
+    assert untouched.body_text == before
