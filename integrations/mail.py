@@ -196,7 +196,9 @@ def email_deliver(*, email_id: int, connection: Any = None) -> str:
     whose send fails has asked for a link all the same and keeps it (the minter's writes
     commit with the recorded attempt): an SMTP error does not prove the mail was not accepted,
     so that link may have reached the person, and the retry, under the same Message-ID, may be
-    dropped as a duplicate by the receiving side. The retry asks for a new link."""
+    dropped as a duplicate by the receiving side. The retry asks for a new link. (A worker
+    killed during the send rolls the attempt back, link included: should that mail have left,
+    its link answers "not valid" and points to the inbox.)"""
     failure: Exception | None = None
     with transaction.atomic():
         email = OutboundEmail.objects.select_for_update().filter(pk=email_id).first()
