@@ -15,7 +15,7 @@ The data
 ``manage.py seed_demo`` makes the users (``admin``, ``alice``, ``bob`` in ``managers``...). One
 real ``expense_approval`` instance is then started through the engine and its ``validate``
 step run in this process, so ``manager_approval`` asks ``managers`` exactly as in production
-(request, step runs, events, assignee rows, action token, "assigned" mail). That instance is the
+(request, step runs, events, assignee rows, "assigned" mail). That instance is the
 template: it is cloned 200,000 times inside PostgreSQL (``INSERT ... SELECT`` over every column
 of each table, so new columns need no change here; times shifted to each clone's creation) and
 then removed. Of the clones:
@@ -40,9 +40,10 @@ What is measured
 3. The production sweep, ``approvals.sweepers.sweep_escalations`` (batched on PostgreSQL), over
    the 10,000 due rows, with a Celery worker (2 processes) consuming only the render queue
    (``SIGNOFF_MAIL_RENDER_QUEUE``): when each chunk committed (the last one: *state changed*),
-   when the call returned (events announced), and when every mail was rendered, its token
-   issued and its delivery task in the broker (*follow-ups dispatched*; the delivery tasks are
-   counted and purged, no mail is sent). Then counted: levels, events, tokens, mails,
+   when the call returned (events announced), and when every mail was rendered (with the link
+   placeholder: action tokens are issued at delivery, which is not run here) and its delivery
+   task in the broker (*follow-ups dispatched*; the delivery tasks are counted and purged, no
+   mail is sent). Then counted: levels, events, tokens (none: none is sent), mails,
    ``admin`` assignments, broker messages, ``last_seq`` mismatches, failed rows.
 4. ``EXPLAIN (ANALYZE, BUFFERS)`` of one chunk's two statements (rolled back), CTE by CTE: where
    phase 1's database time goes. ``--profile``: pyinstrument's tree of one more sweep.
@@ -435,6 +436,7 @@ def seed() -> dict[str, Any]:
                 "message_id": f"replace(t.message_id, '.{template.pk}.', '.' || l.g || '.')",
                 "request_id": "l.g",
                 "instance_id": "l.instance_id",
+                "link_ref": "jsonb_set(t.link_ref, '{request}', to_jsonb(l.g))",
                 "status": "'sent'",
                 "sent_at": "t.created_at + l.shift + interval '5 seconds'",
             },
@@ -799,7 +801,8 @@ def sample(request_id: int) -> dict[str, Any]:
     )
 
     def mask(value: Any) -> Any:
-        # The link's token is random; the due time moves with each run's re-anchoring.
+        # A link's token would be random (the outbox keeps a placeholder); the due time moves
+        # with each run's re-anchoring.
         if isinstance(value, str):
             value = re.sub(r"/a/[^/\s\"'<]+/", "/a/<token>/", value)
             return re.sub(r"Due [^\n<]*", "Due <time>", value)
@@ -1149,7 +1152,7 @@ def summary(report: dict[str, Any]) -> list[dict[str, Any]]:
         )
         value = batched["followups_dispatched_s"]
         add(
-            "escalation follow-ups dispatched (mails rendered, tokens issued, delivery queued)",
+            "escalation follow-ups dispatched (mails rendered, delivery queued)",
             "timed out" if value is None else value,
             "s",
             g["followups_queued_s"],

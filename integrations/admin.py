@@ -1,5 +1,8 @@
 """The outbox in the admin, read-only: what was sent (or failed), to whom, about which
-instance. Delivery is the Celery task's job; nothing here sends or edits mail."""
+instance. Delivery is the Celery task's job; nothing here sends or edits mail.
+
+A personal link is never stored: the bodies show the placeholder it replaced, marked, and the
+page says that the link is made when the mail is sent."""
 
 from __future__ import annotations
 
@@ -10,12 +13,30 @@ from django.contrib import admin
 from django.db import connection
 from django.db.models import Q, QuerySet
 from django.http import HttpRequest
-from django.utils.html import format_html
+from django.utils.html import escape, format_html
+from django.utils.safestring import SafeString, mark_safe
 
 from orchestration.admin import ReadOnlyAdminMixin, StrictActionsMixin, pill
 from orchestration.views import status_url
 
+from .mail import LINK_PLACEHOLDER
 from .models import OutboundEmail
+
+LINK_NOTE = (
+    "Inserted when the mail is sent: a single-use link for this recipient, made at delivery "
+    "and never stored (only its hash is kept). Each delivery attempt makes its own; if the "
+    "link could no longer act by then, the request's inbox URL is sent instead."
+)
+
+
+def _marked(text: str) -> SafeString:
+    """``text`` escaped, with the link placeholder marked for the operator."""
+    mark = format_html(
+        '<mark title="{}" style="background:#fff3bf;padding:0 2px">{}</mark>',
+        LINK_NOTE,
+        LINK_PLACEHOLDER,
+    )
+    return mark_safe(escape(text).replace(escape(LINK_PLACEHOLDER), mark))
 
 
 @admin.register(OutboundEmail)
@@ -53,7 +74,7 @@ class OutboundEmailAdmin(StrictActionsMixin, ReadOnlyAdminMixin, admin.ModelAdmi
                 ]
             },
         ),
-        ("Body", {"fields": ["body_text_block", "body_html_preview"]}),
+        ("Body", {"fields": ["personal_link", "body_text_block", "body_html_preview"]}),
     ]
     readonly_fields = [
         "kind",
@@ -67,6 +88,7 @@ class OutboundEmailAdmin(StrictActionsMixin, ReadOnlyAdminMixin, admin.ModelAdmi
         "instance",
         "request_id",
         "last_error_block",
+        "personal_link",
         "body_text_block",
         "body_html_preview",
     ]
@@ -111,9 +133,15 @@ class OutboundEmailAdmin(StrictActionsMixin, ReadOnlyAdminMixin, admin.ModelAdmi
             return "—"
         return format_html('<pre class="so-json">{}</pre>', obj.last_error)
 
+    @admin.display(description="personal link")
+    def personal_link(self, obj: OutboundEmail) -> str:
+        if not obj.link_ref and LINK_PLACEHOLDER not in obj.body_text:
+            return "—"
+        return format_html("<code>{}</code> — {}", LINK_PLACEHOLDER, LINK_NOTE)
+
     @admin.display(description="text")
     def body_text_block(self, obj: OutboundEmail) -> str:
-        return format_html('<pre class="so-json">{}</pre>', obj.body_text)
+        return format_html('<pre class="so-json">{}</pre>', _marked(obj.body_text))
 
     @admin.display(description="HTML")
     def body_html_preview(self, obj: OutboundEmail) -> str:

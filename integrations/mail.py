@@ -1,12 +1,21 @@
 """Outbound email: an outbox row written in the caller's transaction, delivered after commit
 by a Celery task that is safe to run twice (the row's status is checked and set under a lock,
-and the Message-ID is fixed when the row is written)."""
+and the Message-ID is fixed when the row is written).
+
+A mail may carry one personal link that must never be stored (an approval's single-use action
+link: whoever reads the outbox could use it). The outbox keeps :data:`LINK_PLACEHOLDER` where
+the template puts ``{{ link }}`` and, in ``link_ref``, which registered minter makes the link
+and for what (ids, no secret). At delivery, inside the row's transaction and under its lock,
+the minter returns the URL; the body with the URL is sent and never saved. Each delivery
+attempt asks the minter again (see :func:`email_deliver`)."""
 
 from __future__ import annotations
 
 import logging
+import secrets
 import smtplib
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
@@ -14,11 +23,30 @@ from django.core.mail import EmailMultiAlternatives, get_connection
 from django.db import transaction
 from django.template.loader import render_to_string
 from django.utils import timezone
+from django.utils.html import escape
 
 from .models import OutboundEmail
 
 log = logging.getLogger("signoff.mail")
 RETRYABLE = (smtplib.SMTPException, socket.error, OSError)
+
+# What the outbox stores in place of a personal link (HTML-safe: the same in text and HTML).
+LINK_PLACEHOLDER = "{signoff:action-link}"
+# The placeholder's text when it comes from the content (a title, a field), not from the
+# template: shown as it was written, never replaced by a link.
+LINK_PLACEHOLDER_DEFUSED = "(signoff:action-link)"
+
+LinkMinter = Callable[[dict[str, Any]], str]
+_link_minters: dict[str, LinkMinter] = {}
+
+
+def register_link_minter(name: str, minter: LinkMinter) -> None:
+    """Let ``name`` (the ``minter`` of a row's ``link_ref``) make the personal links of the
+    mails queued with it. ``minter(link_ref)`` runs at delivery, once per attempt, inside the
+    delivery's transaction while the outbox row is locked; it returns the absolute URL sent in
+    place of :data:`LINK_PLACEHOLDER`. What it writes (a token's hash) commits with the
+    attempt, also when the SMTP send then fails. Registering a name again replaces it."""
+    _link_minters[name] = minter
 
 
 def email_queue(
@@ -30,15 +58,24 @@ def email_queue(
     context: dict[str, Any],
     instance_id: Any = None,
     request_id: int | None = None,
+    link_ref: dict[str, Any] | None = None,
 ) -> OutboundEmail | None:
     """Render ``email/<template>.txt`` / ``.html`` (first line of the text is ``Subject: ...``)
     and write an outbox row; the send task runs after commit. Idempotent: a second call with
     the same ``message_id`` changes nothing and sends nothing. Returns None without recipients.
+
+    ``link_ref``: the mail carries a personal link, made at delivery by the minter registered
+    under ``link_ref["minter"]`` (:func:`register_link_minter`); the template's ``{{ link }}``
+    is stored as :data:`LINK_PLACEHOLDER`. Only ids belong in it: it is stored and shown.
     """
     to = sorted({addr for addr in to if addr})
     if not to:
         return None
-    subject, body_text, html = email_render(template=template, context=context)
+    if link_ref is not None and link_ref.get("minter") not in _link_minters:
+        raise ValueError(f"no link minter registered as {link_ref.get('minter')!r}")
+    subject, body_text, html = email_render(
+        template=template, context=context, personal_link=link_ref is not None
+    )
     email, created = OutboundEmail.objects.get_or_create(
         message_id=message_id,
         defaults={
@@ -50,6 +87,7 @@ def email_queue(
             "created_at": timezone.now(),
             "instance_id": instance_id,
             "request_id": request_id,
+            "link_ref": link_ref,
         },
     )
     if created:
@@ -57,12 +95,30 @@ def email_queue(
     return email
 
 
-def email_render(*, template: str, context: dict[str, Any]) -> tuple[str, str, str]:
-    """Subject, text body and HTML body of ``email/<template>.txt`` / ``.html``."""
+def email_render(
+    *, template: str, context: dict[str, Any], personal_link: bool = False
+) -> tuple[str, str, str]:
+    """Subject, text body and HTML body of ``email/<template>.txt`` / ``.html``.
+
+    ``personal_link``: the template's ``{{ link }}`` becomes :data:`LINK_PLACEHOLDER`, and only
+    it does: a placeholder written into the content (a title quoting it) is defused first, so
+    delivery puts the link only where the template put it."""
+    marker = f"signoff-link-{secrets.token_hex(8)}" if personal_link else None
+    if marker:
+        context = {**context, "link": marker}
     text = render_to_string(f"email/{template}.txt", context).lstrip()
     subject, _, body = text.partition("\n")
     html = render_to_string(f"email/{template}.html", context)
-    return subject.removeprefix("Subject:").strip()[:300], body.strip() + "\n", html
+    subject, body = subject.removeprefix("Subject:").strip()[:300], body.strip() + "\n"
+    if marker:
+        subject, body, html = (_place_link(part, marker) for part in (subject, body, html))
+    return subject, body, html
+
+
+def _place_link(text: str, marker: str) -> str:
+    return text.replace(LINK_PLACEHOLDER, LINK_PLACEHOLDER_DEFUSED).replace(
+        marker, LINK_PLACEHOLDER
+    )
 
 
 # Delivery tasks carry this many rows each: one broker message and one SMTP connection per
@@ -95,8 +151,8 @@ def emails_deliver(*, email_ids: list[int]) -> dict[str, list[int]]:
     does (its own transaction and row lock; a row no longer queued is skipped). A row whose
     send fails with a retryable error keeps its recorded attempt and is returned under
     ``retry`` for a task of its own with backoff; the connection is opened again for the
-    rest. Returns the ids by outcome."""
-    outcome: dict[str, list[int]] = {"sent": [], "skipped": [], "retry": []}
+    rest. Returns the ids by outcome (``failed``: a row that cannot be sent at all)."""
+    outcome: dict[str, list[int]] = {"sent": [], "skipped": [], "retry": [], "failed": []}
     connection = get_connection()
     is_open = False
     try:
@@ -132,23 +188,45 @@ def _enqueue(email_id: int) -> None:
 
 def email_deliver(*, email_id: int, connection: Any = None) -> str:
     """Send one outbox row if it is still queued. Raises on an SMTP error (the task retries);
-    returns ``sent`` or ``skipped``. ``connection``: an open mail connection to reuse."""
+    returns ``sent``, ``skipped`` (not queued any more: a repeated task) or ``failed`` (its
+    link's minter is not registered). ``connection``: an open mail connection to reuse.
+
+    A row with a ``link_ref`` gets its personal link from the minter here, under the row's
+    lock, for this attempt only: the body with the link is sent and never saved. An attempt
+    whose send fails has asked for a link all the same and keeps it (the minter's writes
+    commit with the recorded attempt): an SMTP error does not prove the mail was not accepted,
+    so that link may have reached the person, and the retry, under the same Message-ID, may be
+    dropped as a duplicate by the receiving side. The retry asks for a new link. (A worker
+    killed during the send rolls the attempt back, link included: should that mail have left,
+    its link answers "not valid" and points to the inbox.)"""
     failure: Exception | None = None
     with transaction.atomic():
         email = OutboundEmail.objects.select_for_update().filter(pk=email_id).first()
         if email is None or email.status != OutboundEmail.Status.QUEUED:
             return "skipped"
         email.attempts += 1
+        body_text, body_html = email.body_text, email.body_html
+        if email.link_ref:
+            minter = _link_minters.get(email.link_ref.get("minter"))
+            if minter is None:
+                email.status = OutboundEmail.Status.FAILED
+                email.last_error = f"no link minter registered as {email.link_ref.get('minter')!r}"
+                email.save(update_fields=["attempts", "status", "last_error"])
+                log.error("email %s not sent: %s", email.pk, email.last_error)
+                return "failed"
+            url = minter(dict(email.link_ref))
+            body_text = body_text.replace(LINK_PLACEHOLDER, url)
+            body_html = body_html.replace(LINK_PLACEHOLDER, escape(url))
         message = EmailMultiAlternatives(
             subject=email.subject,
-            body=email.body_text,
+            body=body_text,
             from_email=settings.DEFAULT_FROM_EMAIL,
             to=email.to,
             headers={"Message-ID": email.message_id, "X-Signoff-Kind": email.kind},
             connection=connection,
         )
-        if email.body_html:
-            message.attach_alternative(email.body_html, "text/html")
+        if body_html:
+            message.attach_alternative(body_html, "text/html")
         try:
             message.send()
         except RETRYABLE as exc:

@@ -41,6 +41,10 @@ class OutboundEmail(models.Model):
     request_id = models.BigIntegerField(null=True, blank=True)
     # While ``rendering``: what the renderer needs besides the request (recipient, level).
     render_context = models.JSONField(null=True, blank=True)
+    # The mail carries a personal link: the bodies hold ``mail.LINK_PLACEHOLDER`` and this
+    # says which registered minter makes the link at delivery, and for what (ids only, no
+    # secret). The link itself is never stored.
+    link_ref = models.JSONField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]

@@ -756,3 +756,5 @@ class PeriodicTaskAdmin(beat_admin.PeriodicTaskAdmin):
 if admin.site.is_registered(PeriodicTask):
     admin.site.unregister(PeriodicTask)
 admin.site.register(PeriodicTask, PeriodicTaskAdmin)
+
+from . import token_admin  # noqa: E402, F401 - replaces DRF's token admin (keys never whole)

@@ -4,12 +4,14 @@ request under concurrency, never after a decision, and follow-up mails rendered 
 from __future__ import annotations
 
 import re
+import socket
 import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 import time_machine
+from aiosmtpd.controller import Controller
 from django.contrib.auth.models import Group
 from django.db import connection, transaction
 from django.test import Client
@@ -19,11 +21,12 @@ from approvals import notifications, services, sweepers
 from approvals.definitions import Escalation, approval
 from approvals.models import ActionToken, ApprovalRequest
 from integrations import webhooks
+from integrations.mail import LINK_PLACEHOLDER
 from integrations.models import OutboundEmail, WebhookDelivery, WebhookSubscription
 from orchestration import engine
 from orchestration.definitions import Workflow, registry
 from orchestration.models import Event, StepRun, WorkflowInstance
-from tests.conftest import wait_for
+from tests.conftest import Inbox, wait_for
 
 pytestmark = pytest.mark.django_db
 T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
@@ -93,6 +96,26 @@ def render_all() -> int:
     return notifications.mails_render(email_ids=ids)
 
 
+ACTION_LINK = re.compile(r"/a/[^/\s\"'<>&]+/")
+
+
+def outbox_dump() -> str:
+    """Every column of every outbox row, as text."""
+    return "\n".join(str(value) for row in OutboundEmail.objects.values() for value in row.values())
+
+
+def assert_no_link_stored(escalated: Any) -> None:
+    """Rendered escalation mails: the placeholder and what to make at delivery, no token, and
+    nothing in any column of the outbox that opens /a/."""
+    for m in escalated:
+        assert m.status == "queued", m
+        assert LINK_PLACEHOLDER in m.body_text and LINK_PLACEHOLDER in m.body_html
+        assert m.link_ref["minter"] == notifications.LINK_MINTER
+        assert (m.link_ref["request"], m.link_ref["purpose"]) == (m.request_id, "escalated")
+    assert not ActionToken.objects.filter(purpose="escalated").exists()
+    assert not ACTION_LINK.search(outbox_dump())
+
+
 def outcome(instance: WorkflowInstance) -> dict[str, Any]:
     """What an escalation left for one instance, with ids and random link tokens masked."""
     requests = ApprovalRequest.objects.filter(instance=instance).order_by("step_name")
@@ -136,6 +159,7 @@ def outcome(instance: WorkflowInstance) -> dict[str, Any]:
                 mask(m.body_html),
                 m.status,
                 m.render_context,
+                m.link_ref and {**m.link_ref, "request": ids[str(m.link_ref["request"])]},
             )
             for m in OutboundEmail.objects.filter(instance_id=instance.pk)
         ),
@@ -170,6 +194,9 @@ def test_batched_escalation_writes_what_the_per_row_sweep_writes(
             with at(T0 + timedelta(hours=2)):
                 assert render_all() == 6
                 assert render_all() == 0
+            assert_no_link_stored(
+                OutboundEmail.objects.filter(instance_id=instance.pk, kind="approval_escalated")
+            )
         results[batched] = outcome(instance)
         deliveries = WebhookDelivery.objects.filter(
             subscription=subscription, instance_id=instance.pk
@@ -225,7 +252,7 @@ def test_per_row_path_when_the_database_is_not_postgresql(people, flow, monkeypa
     monkeypatch.undo()
     assert not OutboundEmail.objects.filter(status="rendering").exists()
     assert OutboundEmail.objects.filter(kind="approval_escalated").count() == 3
-    assert ActionToken.objects.filter(purpose="escalated").count() == 3
+    assert_no_link_stored(OutboundEmail.objects.filter(kind="approval_escalated"))
     assert ApprovalRequest.objects.get(instance=instance).level == 1
 
 
@@ -285,10 +312,7 @@ def test_phase_two_renders_once_and_a_crashed_render_is_dispatched_again(
     monkeypatch.setattr(notifications, "emails_enqueue", lambda ids: enqueued.append(ids))
     assert notifications.mails_render(email_ids=ids) == 3
     assert notifications.mails_render(email_ids=ids) == 0  # a redelivered task
-    assert ActionToken.objects.filter(purpose="escalated").count() == 3
-    assert set(OutboundEmail.objects.filter(pk__in=ids).values_list("status", flat=True)) == {
-        "queued"
-    }
+    assert_no_link_stored(OutboundEmail.objects.filter(pk__in=ids))  # tokens: at delivery
 
 
 @pytest.mark.django_db(transaction=True)
@@ -399,9 +423,33 @@ def test_the_sweep_holding_the_instance_makes_a_decision_wait_not_fail(
     assert sorted(seqs) == list(range(1, len(seqs) + 1))
 
 
+@pytest.fixture
+def worker_mailbox(worker: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The real worker, restarted to send its mail to an SMTP server on loopback (aiosmtpd):
+    what it delivered, as received. Restarted again afterwards with the usual settings."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    inbox = Inbox()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    monkeypatch.setenv("EMAIL_URL", f"smtp://127.0.0.1:{port}")
+    worker.restart()
+    try:
+        yield inbox
+    finally:
+        monkeypatch.undo()
+        worker.restart()
+        controller.stop()
+
+
+def _received(inbox: Any, to: str) -> list[Any]:
+    return [m for m in inbox.messages if m["To"] == to]
+
+
 @pytest.mark.e2e
 def test_worker_renders_the_follow_ups_and_the_escalated_persons_link_decides(
-    django_user_model, worker
+    django_user_model, worker_mailbox
 ) -> None:
     # The demo expense (the worker knows its definition): managers, then admin after 2 days.
     users = {
@@ -419,6 +467,7 @@ def test_worker_renders_the_follow_ups_and_the_escalated_persons_link_decides(
         lambda: ApprovalRequest.objects.filter(instance=instance).first(),
         message="the manager approval requested",
     )
+    wait_for(lambda: _received(worker_mailbox, "bob@example.com"), message="bob's mail sent")
     later = request.next_escalation_at + timedelta(minutes=1)
     assert sweepers.sweep_escalations(now=later) == 1
     escalated = OutboundEmail.objects.filter(kind="approval_escalated")
@@ -431,8 +480,17 @@ def test_worker_renders_the_follow_ups_and_the_escalated_persons_link_decides(
     assert mail.message_id.startswith(f"<signoff.escalated.{request.pk}.{users['admin'].pk}.1@")
     assert mail.subject == "Escalated to you: Expense: 80 EUR for Taxi"
     assert ActionToken.objects.filter(purpose="escalated", user=users["admin"]).count() == 1
-    url = re.search(r"http://[^\s]+/a/[^\s]+/", mail.body_text).group(0)
-    url = url.split("127.0.0.1:8000", 1)[1]
+    # the link comes from the mail received over SMTP; the outbox holds the placeholder only
+    (received,) = _received(worker_mailbox, "admin@example.com")
+    assert received["Message-ID"] == mail.message_id
+    text = received.get_body(preferencelist=("plain",)).get_content()
+    url = ACTION_LINK.search(text).group(0)
+    (bob_received,) = _received(worker_mailbox, "bob@example.com")
+    bob_url = ACTION_LINK.search(bob_received.get_body(("plain",)).get_content()).group(0)
+    assert LINK_PLACEHOLDER in mail.body_text
+    dump = outbox_dump()
+    assert not ACTION_LINK.search(dump)
+    assert url.split("/")[2] not in dump and bob_url.split("/")[2] not in dump
 
     client = Client(enforce_csrf_checks=True)
     page = client.get(url)
@@ -440,9 +498,13 @@ def test_worker_renders_the_follow_ups_and_the_escalated_persons_link_decides(
     csrf = client.cookies["csrftoken"].value
     done = client.post(url, {"outcome": "approve", "comment": "ok", "csrfmiddlewaretoken": csrf})
     assert done.status_code == 200
+    again = client.post(url, {"outcome": "approve", "comment": "ok", "csrfmiddlewaretoken": csrf})
+    assert again.status_code == 410
     request.refresh_from_db()
     assert request.state == "approved"
     assert request.decisions.get().decided_by == users["admin"]
+    # bob's link (still assigned, unused) now says the request is closed
+    assert Client().get(bob_url).status_code == 410
     wait_for(
         lambda: WorkflowInstance.objects.get(pk=instance.pk).state == "succeeded",
         message="instance finished after the mailed decision",

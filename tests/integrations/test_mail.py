@@ -30,7 +30,7 @@ def queued(n: int, *, prefix: str = "m") -> list[int]:
 def test_a_slice_goes_over_one_smtp_connection_and_each_row_once(smtp_server: Any) -> None:
     ids = queued(5)
     outcome = mail.emails_deliver(email_ids=ids)
-    assert outcome == {"sent": ids, "skipped": [], "retry": []}
+    assert outcome == {"sent": ids, "skipped": [], "retry": [], "failed": []}
     assert len(smtp_server.messages) == 5
     assert len(smtp_server.sessions) == 1
     assert sorted(m["Message-ID"] for m in smtp_server.messages) == sorted(
@@ -38,7 +38,12 @@ def test_a_slice_goes_over_one_smtp_connection_and_each_row_once(smtp_server: An
     )
     assert set(OutboundEmail.objects.values_list("status", flat=True)) == {"sent"}
     # The same slice again (a redelivered task): nothing is sent twice.
-    assert mail.emails_deliver(email_ids=ids) == {"sent": [], "skipped": ids, "retry": []}
+    assert mail.emails_deliver(email_ids=ids) == {
+        "sent": [],
+        "skipped": ids,
+        "retry": [],
+        "failed": [],
+    }
     assert len(smtp_server.messages) == 5
 
 
@@ -55,7 +60,7 @@ def test_a_failing_row_is_recorded_and_handed_back_the_rest_still_go(
 
     monkeypatch.setattr(mail.EmailMultiAlternatives, "send", send)
     outcome = mail.emails_deliver(email_ids=ids)
-    assert outcome == {"sent": [ids[0], ids[2]], "skipped": [], "retry": [ids[1]]}
+    assert outcome == {"sent": [ids[0], ids[2]], "skipped": [], "retry": [ids[1]], "failed": []}
     failed = OutboundEmail.objects.get(pk=ids[1])
     assert (failed.status, failed.attempts) == ("queued", 1)
     assert "peer went away" in failed.last_error
@@ -63,8 +68,9 @@ def test_a_failing_row_is_recorded_and_handed_back_the_rest_still_go(
 
 
 def test_unknown_and_missing_rows_are_skipped(smtp_server: Any) -> None:
-    assert mail.emails_deliver(email_ids=[]) == {"sent": [], "skipped": [], "retry": []}
-    assert mail.emails_deliver(email_ids=[10**9]) == {"sent": [], "skipped": [10**9], "retry": []}
+    nothing: dict[str, list[int]] = {"sent": [], "skipped": [], "retry": [], "failed": []}
+    assert mail.emails_deliver(email_ids=[]) == nothing
+    assert mail.emails_deliver(email_ids=[10**9]) == {**nothing, "skipped": [10**9]}
     assert smtp_server.messages == []
 
 
@@ -85,7 +91,7 @@ def test_the_task_retries_a_failed_row_on_its_own(
             (_ for _ in ()).throw(OSError("down")) if email_id == ids[0] else "sent"
         ),
     )
-    assert tasks.send_emails(ids) == {"sent": 1, "skipped": 0, "retry": 1}
+    assert tasks.send_emails(ids) == {"sent": 1, "skipped": 0, "retry": 1, "failed": 0}
     assert retried == [((ids[0],), {"countdown": 5})]
 
 
