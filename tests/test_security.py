@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -67,6 +68,8 @@ VIEW_PERMISSIONS = [
     "orchestration.view_event",
     "approvals.view_approvalrequest",
     "approvals.view_decision",
+    "integrations.view_outboundemail",
+    "authtoken.view_tokenproxy",
 ]
 
 LOGIN = "login"
@@ -219,7 +222,7 @@ class Op:
     # Settings the cell runs under (segregation-of-duties switches).
     settings: dict[str, Any] = field(default_factory=dict)
     # For pages that always redirect (bulk): DONE or REFUSED from the page's messages.
-    judge: Callable[[HttpResponse], Any] | None = None
+    judge: Callable[[HttpResponse, World], Any] | None = None
 
 
 def _json(client: Client, method: str, path: str, body: Any = None) -> HttpResponse:
@@ -275,7 +278,7 @@ def _bulk_approve(c: Client, w: World) -> HttpResponse:
     return c.post("/inbox/bulk/", {"outcome": "approve", "ids": [w.approval.pk], "next": "/inbox/"})
 
 
-def _bulk_judge(response: HttpResponse) -> Any:
+def _bulk_judge(response: HttpResponse, w: World | None = None) -> Any:
     """The bulk page always redirects back; what it did is in its messages."""
     if response.status_code != 302 or not response["Location"].startswith("/inbox/"):
         return None
@@ -285,6 +288,32 @@ def _bulk_judge(response: HttpResponse) -> Any:
     if any(t.startswith("Refused 1") for t in texts):
         return REFUSED
     return texts
+
+
+LEAK = "leak"  # a page that showed something usable (a live link, a whole API token)
+
+
+def _no_live_link(response: HttpResponse, w: World) -> Any:
+    """An outbox page must show no usable link: no /a/<token>/ and none of the world's."""
+    body = response.content.decode(errors="replace")
+    if response.status_code == 200 and (
+        re.search(r"/a/[A-Za-z0-9_:\-]{20,}", body) or any(t in body for t in w.links.values())
+    ):
+        return LEAK
+    return None
+
+
+def _no_whole_key(response: HttpResponse, w: World) -> Any:
+    body = response.content.decode(errors="replace")
+    if response.status_code == 200 and any(key in body for key in w.tokens.values()):
+        return LEAK
+    return None
+
+
+def _outbox_mail(w: World) -> int:
+    from integrations.models import OutboundEmail
+
+    return OutboundEmail.objects.filter(request_id=w.approval.pk).values_list("pk", flat=True)[0]
 
 
 OPS: dict[str, Op] = {
@@ -380,6 +409,20 @@ OPS: dict[str, Op] = {
         writes=True,
     ),
     "POST /inbox/bulk/ approve": Op(_bulk_approve, writes=True, judge=_bulk_judge),
+    "GET admin: outbound mail of the expense (no live link)": Op(
+        lambda c, w: c.get(f"/admin/integrations/outboundemail/{_outbox_mail(w)}/change/"),
+        judge=_no_live_link,
+    ),
+    "GET admin: outbound mail list (no live link)": Op(
+        lambda c, w: c.get("/admin/integrations/outboundemail/"), judge=_no_live_link
+    ),
+    "GET admin: API tokens (no whole key)": Op(
+        lambda c, w: c.get("/admin/authtoken/tokenproxy/"), judge=_no_whole_key
+    ),
+    "GET admin: the superuser's API token (no whole key)": Op(
+        lambda c, w: c.get(f"/admin/authtoken/tokenproxy/{w.users['superuser'].pk}/change/"),
+        judge=_no_whole_key,
+    ),
     "POST admin: approval decide on behalf of bob": Op(_decide_on_behalf, writes=True),
     "POST admin: decide on behalf of bob, SIGNOFF_DECIDE_ON_BEHALF=1": Op(
         _decide_on_behalf, writes=True, settings=ON_BEHALF
@@ -430,6 +473,11 @@ MATRIX: dict[str, tuple[Any, ...]] = {
     "POST admin: bulk action cancel":               (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, 403, DONE, DONE),  # noqa: E501
     "POST admin: instance operate cancel":          (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 404, 403, DONE, DONE),  # noqa: E501
     "POST /inbox/bulk/ approve":                    (LOGIN, REFUSED, DONE, REFUSED, REFUSED, REFUSED, REFUSED),  # noqa: E501
+    # What staff may read holds nothing usable: mail keeps a placeholder, tokens a prefix.
+    "GET admin: outbound mail of the expense (no live link)": (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, 200, 200, 200),  # noqa: E501
+    "GET admin: outbound mail list (no live link)": (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, 200, 200, 200),  # noqa: E501
+    "GET admin: API tokens (no whole key)":         (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, 200, 200, 200),  # noqa: E501
+    "GET admin: the superuser's API token (no whole key)": (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, 200, 200, 200),  # noqa: E501
     # Operators record someone's decision only where SIGNOFF_DECIDE_ON_BEHALF allows it.
     "POST admin: approval decide on behalf of bob": (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 404, 403, 403, 403),  # noqa: E501
     "POST admin: decide on behalf of bob, SIGNOFF_DECIDE_ON_BEHALF=1": (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 404, 403, DONE, DONE),  # noqa: E501
@@ -475,7 +523,7 @@ def outcome(op: Op, response: HttpResponse, w: World) -> Any:
 
 
 def judged(op: Op, response: HttpResponse, w: World) -> Any:
-    if op.judge is not None and (verdict := op.judge(response)) is not None:
+    if op.judge is not None and (verdict := op.judge(response, w)) is not None:
         return verdict
     return outcome(op, response, w)
 

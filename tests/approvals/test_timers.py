@@ -14,6 +14,7 @@ from django.test import override_settings
 from approvals import services, sweepers
 from approvals.definitions import Escalation, approval
 from approvals.models import ActionToken, ApprovalRequest
+from integrations import mail
 from integrations.models import OutboundEmail
 from orchestration import engine
 from orchestration.calendar import add_duration
@@ -112,7 +113,16 @@ def test_due_reminders_and_two_escalation_levels_at_each_moment(people, flow) ->
         ("reminder", "fin2@example.com"),
     ]
 
+    # ann's mails leave (their links are minted at delivery): the escalation that replaces
+    # her must kill those links.
+    with at(30):
+        mail.emails_deliver(
+            email_ids=list(
+                OutboundEmail.objects.filter(to=["ann@example.com"]).values_list("pk", flat=True)
+            )
+        )
     old_links = set(ActionToken.objects.filter(user__username="ann").values_list("pk", flat=True))
+    assert len(old_links) == 2  # assigned, reminder
     assert sweep(36) == {"reminders": 0, "escalations": 1, "expiry": 0}
     assert mails("escalated")[-1] == ("escalated", "boss@example.com")
     request.refresh_from_db()

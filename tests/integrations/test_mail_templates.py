@@ -17,6 +17,7 @@ from django.contrib.auth.models import Group
 
 from approvals.models import ApprovalRequest
 from integrations import mail
+from integrations.mail import LINK_PLACEHOLDER
 from integrations.models import OutboundEmail
 from integrations.templatetags.mailtext import oneline
 from orchestration import engine
@@ -188,7 +189,8 @@ def test_an_expense_description_cannot_put_markup_in_the_approvers_mail(
     parsed = Parsed(assigned.body_html)
     assert {tag for tag, _ in parsed.tags} <= TAGS
     links = parsed.links
-    assert all(link.startswith(f"{BASE}/") for link in links), links
+    # Stored: our links, and the placeholder the personal link replaces at delivery.
+    assert all(link.startswith(f"{BASE}/") or link == LINK_PLACEHOLDER for link in links), links
     assert not any("evil.example" in link for link in links)
     assert "&lt;/title&gt;&lt;a href=" in assigned.body_html
     assert "\n" not in assigned.subject and "\r" not in assigned.subject
@@ -199,3 +201,9 @@ def test_an_expense_description_cannot_put_markup_in_the_approvers_mail(
     assert message["Subject"].startswith("Approval needed: ")
     assert "Bcc: all@example.com" in message["Subject"]  # as text, on the subject's one line
     assert message.get_all("Subject") and len(message.get_all("Subject")) == 1
+    # Delivered: every link in the HTML part is ours, the personal link included.
+    html_part = next(p for p in message.walk() if p.get_content_type() == "text/html")
+    delivered = Parsed(html_part.get_content())
+    assert {tag for tag, _ in delivered.tags} <= TAGS
+    assert delivered.links and all(link.startswith(f"{BASE}/") for link in delivered.links)
+    assert any("/a/" in link for link in delivered.links), delivered.links
