@@ -13,6 +13,7 @@ or no longer assigned) is replaced by the request's inbox URL and no token is is
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import secrets
@@ -124,7 +125,7 @@ def action_link_mint(ref: dict[str, Any]) -> str:
         # One statement (delivery runs it per mail): the token is written only if the link can
         # act; the ORM's Exists() version cost three times as much CPU.
         cursor.execute(
-            MINT_SQL,
+            _mint_sql(),
             {
                 "request": request_id,
                 "user": user_id,
@@ -141,20 +142,32 @@ def action_link_mint(ref: dict[str, Any]) -> str:
     return link_url(signing.TimestampSigner(salt=LINK_SALT).sign(raw))
 
 
-# A token for (request, user) if the request is pending and the user active and assigned to it,
-# directly or through a group (as current_assignee_users counts them).
-MINT_SQL = """
-INSERT INTO approvals_actiontoken
+@functools.cache
+def _mint_sql() -> str:
+    """A token for (request, user) if the request is pending and the user active and assigned
+    to it, directly or through a group (as current_assignee_users counts them). Table and
+    column names come from the models (a custom user model keeps working)."""
+    q = connection.ops.quote_name
+    assigned_users = ApprovalRequest.assignee_users.through._meta
+    assigned_groups = ApprovalRequest.assignee_groups.through._meta
+    memberships = User.groups.through._meta
+    return f"""
+INSERT INTO {q(ActionToken._meta.db_table)}
     (request_id, user_id, token_hash, purpose, created_at, expires_at)
-SELECT r.id, u.id, %(hash)s, %(purpose)s, %(now)s, %(expires)s
-FROM approvals_approvalrequest r
-JOIN auth_user u ON u.id = %(user)s AND u.is_active
+SELECT r.id, u.{q(User._meta.pk.column)}, %(hash)s, %(purpose)s, %(now)s, %(expires)s
+FROM {q(ApprovalRequest._meta.db_table)} r
+JOIN {q(User._meta.db_table)} u ON u.{q(User._meta.pk.column)} = %(user)s AND u.is_active
 WHERE r.id = %(request)s AND r.state = %(pending)s
-  AND (EXISTS (SELECT 1 FROM approvals_approvalrequest_assignee_users au
-               WHERE au.approvalrequest_id = r.id AND au.user_id = u.id)
-       OR EXISTS (SELECT 1 FROM approvals_approvalrequest_assignee_groups ag
-                  JOIN auth_user_groups ug ON ug.group_id = ag.group_id
-                  WHERE ag.approvalrequest_id = r.id AND ug.user_id = u.id))
+  AND (EXISTS (SELECT 1 FROM {q(assigned_users.db_table)} au
+               WHERE au.{q(assigned_users.get_field("approvalrequest").column)} = r.id
+                 AND au.{q(assigned_users.get_field("user").column)} = u.{q(User._meta.pk.column)})
+       OR EXISTS (SELECT 1 FROM {q(assigned_groups.db_table)} ag
+                  JOIN {q(memberships.db_table)} ug
+                    ON ug.{q(memberships.get_field("group").column)}
+                       = ag.{q(assigned_groups.get_field("group").column)}
+                  WHERE ag.{q(assigned_groups.get_field("approvalrequest").column)} = r.id
+                    AND ug.{q(memberships.get_field("user").column)}
+                        = u.{q(User._meta.pk.column)}))
 RETURNING id
 """
 
