@@ -19,7 +19,9 @@ def erase_requests(erasure: Erasure) -> int:
     if not scrubber:
         return 0
     copies = 0
-    requests = ApprovalRequest.objects.select_for_update().filter(instance_id=erasure.instance_id)
+    requests = ApprovalRequest.objects.select_for_update(no_key=True).filter(
+        instance_id=erasure.instance_id
+    )
     for request in requests:
         title, n_title = scrubber.text(request.title)
         fields, n_fields = scrubber.json(request.fields)

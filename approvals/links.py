@@ -159,7 +159,9 @@ def _decide(request: HttpRequest, token_id: int) -> HttpResponse:
     try:
         with transaction.atomic():
             token = (
-                ActionToken.objects.select_for_update()
+                # The token row only: the request is locked by approval_decide, after the
+                # instance (the engine's one lock order).
+                ActionToken.objects.select_for_update(of=("self",), no_key=True)
                 .select_related("request", "user")
                 .get(pk=token_id)
             )

@@ -137,7 +137,7 @@ class ApprovalKind:
         self, *, step_run: StepRun, spec: StepSpec, journal: Journal, now: datetime
     ) -> None:
         request = (
-            ApprovalRequest.objects.select_for_update()
+            ApprovalRequest.objects.select_for_update(no_key=True)
             .filter(step_run_id=step_run.pk, state=RequestState.PENDING)
             .first()
         )
@@ -293,7 +293,9 @@ def _lock(
     locked = engine.lock_instance(step_run_id=step_run_id, actor=actor_name(user))
     if locked is None:
         raise NotFound("approval request not found")
-    request = ApprovalRequest.objects.select_for_update().get(pk=int(request_id))
+    # NO KEY UPDATE: rows that only refer to the request (a token minted while a mail is
+    # delivered holds KEY SHARE for that delivery) never make a decision wait.
+    request = ApprovalRequest.objects.select_for_update(no_key=True).get(pk=int(request_id))
     request.instance = locked.instance
     return locked, request
 

@@ -9,8 +9,8 @@ crash, never remind or escalate twice.
 
 Escalations on PostgreSQL are batched (a backlog of thousands must move in well under a
 second): per chunk one transaction locks the due requests *and* their instances
-(``FOR UPDATE OF instance, request SKIP LOCKED``, the instance first: the engine's one lock
-order), then one statement per escalation level writes the new level and timer, the added
+(``FOR NO KEY UPDATE OF instance, request SKIP LOCKED``, the instance first: the engine's one
+lock order), then one statement per escalation level writes the new level and timer, the added
 assignees, the instances' ``last_seq``, exactly one ``approval_escalated`` event per request
 (gap-free seq, as the journal numbers them) and one outbox row per newly assigned person in
 status ``rendering``. After the commit a Celery task per slice of those rows
@@ -76,7 +76,7 @@ def _each(
                 if locked is None:
                     continue
                 request = (
-                    ApprovalRequest.objects.select_for_update(of=("self",))
+                    ApprovalRequest.objects.select_for_update(of=("self",), no_key=True)
                     .select_related("requester")
                     .get(pk=request_id)
                 )
@@ -201,7 +201,7 @@ JOIN approvals_approvalrequest r ON r.instance_id = i.id
 WHERE r.state = 'pending' AND r.next_escalation_at <= %s AND NOT (r.id = ANY(%s::bigint[]))
 ORDER BY r.next_escalation_at
 LIMIT %s
-FOR UPDATE OF i, r SKIP LOCKED
+FOR NO KEY UPDATE OF i, r SKIP LOCKED
 """
 
 # One level's escalation for a set of locked requests, as one statement. Its data-modifying

@@ -386,6 +386,44 @@ def test_a_decision_holding_the_instance_wins_over_the_sweep(people, flow, monke
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_row_referring_to_the_request_does_not_hide_it_from_the_sweep(
+    people, flow, monkeypatch
+) -> None:
+    """A transaction that refers to the request (a mail delivery minting its token takes a
+    KEY SHARE lock on it when it commits) must not make the sweep skip the request: the sweep
+    locks FOR NO KEY UPDATE, which KEY SHARE does not block. Here another connection holds
+    that lock for the whole sweep."""
+    monkeypatch.setattr(sweepers, "mails_dispatch", lambda ids: None)
+    name = flow("t_eb_keyshare", due=timedelta(days=2), escalate=LEVELS[:1])
+    instance = start(name)
+    request = ApprovalRequest.objects.get(instance=instance)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold_key_share() -> None:
+        try:
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT id FROM approvals_approvalrequest WHERE id = %s FOR KEY SHARE",
+                    [request.pk],
+                )
+                holding.set()
+                release.wait(20)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=hold_key_share)
+    thread.start()
+    try:
+        assert holding.wait(10)
+        with at(T0 + timedelta(hours=1)):
+            assert sweepers.sweep_escalations() == 1
+    finally:
+        release.set()
+        thread.join()
+    assert ApprovalRequest.objects.get(pk=request.pk).level == 1
+
+
+@pytest.mark.django_db(transaction=True)
 def test_the_sweep_holding_the_instance_makes_a_decision_wait_not_fail(
     people, flow, monkeypatch
 ) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import re
 import smtplib
+import threading
 from datetime import timedelta
 from typing import Any
 
@@ -15,6 +16,8 @@ import pytest
 import time_machine
 from django.contrib.auth.models import Permission
 from django.core.cache import cache
+from django.core.mail import EmailMultiAlternatives
+from django.db import connection
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
@@ -305,3 +308,49 @@ def test_the_per_row_escalation_stores_a_placeholder_too(people: dict[str, Any],
     assert escalated.link_ref["purpose"] == "escalated"
     assert not ActionToken.objects.exists()
     assert not LINK.search(outbox_dump())
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_mail_being_delivered_does_not_make_a_decision_wait(
+    people: dict[str, Any], flow: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The delivery's transaction holds the token it minted while SMTP talks, which may take
+    seconds. A decision on that request meanwhile must not wait for it (the token's reference
+    to the request is checked at commit, and the request is locked FOR NO KEY UPDATE, which
+    such a check does not block). A 3 s lock timeout turns waiting into an error."""
+    request = start()
+    email = mail_to(people["ann"])
+    sending, release = threading.Event(), threading.Event()
+    real_send = EmailMultiAlternatives.send
+
+    def slow_send(message: Any, *args: Any, **kwargs: Any) -> Any:
+        sending.set()
+        release.wait(20)
+        return real_send(message, *args, **kwargs)
+
+    monkeypatch.setattr(EmailMultiAlternatives, "send", slow_send)
+
+    def deliver() -> None:
+        try:
+            mail.email_deliver(email_id=email.pk)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=deliver)
+    thread.start()
+    try:
+        assert sending.wait(10)
+        assert ActionToken.objects.count() == 0  # minted, not committed yet
+        with connection.cursor() as cursor:
+            cursor.execute("SET lock_timeout = '3s'")
+        decision = services.approval_decide(
+            request_id=request.pk, user=people["bob"], outcome="approve"
+        )
+        assert decision.request.state == "approved"
+    finally:
+        release.set()
+        thread.join()
+        with connection.cursor() as cursor:
+            cursor.execute("RESET lock_timeout")
+    assert OutboundEmail.objects.get(pk=email.pk).status == "sent"
+    assert ActionToken.objects.filter(user=people["ann"]).count() == 1
