@@ -312,12 +312,16 @@ def test_the_per_row_escalation_stores_a_placeholder_too(people: dict[str, Any],
 
 @pytest.mark.django_db(transaction=True)
 def test_a_mail_being_delivered_does_not_make_a_decision_wait(
-    people: dict[str, Any], flow: Any, monkeypatch: pytest.MonkeyPatch
+    people: dict[str, Any], flow: Any, monkeypatch: pytest.MonkeyPatch, worker: Any
 ) -> None:
+    # ``worker``: the live test worker runs the step the decision schedules, and is quiet
+    # before the flush.
     """The delivery's transaction holds the token it minted while SMTP talks, which may take
     seconds. A decision on that request meanwhile must not wait for it (the token's reference
     to the request is checked at commit, and the request is locked FOR NO KEY UPDATE, which
     such a check does not block). A 3 s lock timeout turns waiting into an error."""
+    # This test delivers the mail itself: no task for a live worker to take it first.
+    monkeypatch.setattr(mail, "_enqueue", lambda email_id: None)
     request = start()
     email = mail_to(people["ann"])
     sending, release = threading.Event(), threading.Event()
