@@ -18,7 +18,7 @@ WORKDIR /app
 # (The project's own code is not packaged, `packages = []`: `pip install .` installs the
 # dependencies and the code runs from /app.)
 COPY pyproject.toml README.md ./
-RUN pip install .
+RUN pip install ".[s3]"
 
 COPY . .
 

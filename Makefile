@@ -11,7 +11,7 @@ export PORT
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,s3]'
 	touch $(STAMP)
 
 install: $(STAMP)

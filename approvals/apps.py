@@ -14,7 +14,7 @@ class ApprovalsConfig(AppConfig):
     def ready(self) -> None:
         from orchestration.views import register_step_links
 
-        from . import erasure, services  # noqa: F401 - the approval step kind, erase hooks
+        from . import erasure, files, services  # noqa: F401 - step kind, erase hooks, readers
         from .status_links import approval_step_links
 
         register_step_links(approval_step_links)

@@ -32,6 +32,16 @@ The rules, in the order they are checked (the first that fails answers):
      never on their own request.
    - ``retry_step``: a retry asks the assignees again with a fresh request; it decides
      nothing, so anyone the engine lets retry the instance may.
+   - ``attach`` (add a file to a pending request): its requester (and the instance's starter),
+     a current assignee directly or through a group, the active delegate of one, or an
+     operator; nobody else (``not_participant``).
+
+Files (``download``, asked with an instance and no request, through the reader check that
+approvals registers with :mod:`orchestration.attachments`): besides whom the engine admits
+(the instance's starter, staff, operators), anyone who may see one of the instance's requests
+— an assignee, current or of an earlier request, directly or through a group, a delegate of
+one, someone who decided one, or its requester — may read the instance's files; nobody else
+learns they exist (``NotFound``).
 """
 
 from __future__ import annotations
@@ -62,6 +72,9 @@ class Act(StrEnum):
     REASSIGN = "reassign"
     COMPLETE_STEP = "complete_step"
     RETRY_STEP = "retry_step"
+    # files (see "Files" above)
+    ATTACH = "attach"
+    DOWNLOAD = "download"
 
 
 @dataclass(frozen=True)
@@ -205,6 +218,8 @@ def authorize(
         instance = request.instance
     if act in (Act.COMPLETE_STEP, Act.RETRY_STEP):
         return _authorize_step(act, user, request, instance)
+    if act is Act.DOWNLOAD:
+        return _authorize_download(user, instance, now)
     assert request is not None
     if not can_see(user, request, now):
         raise NotFound("approval request not found")
@@ -213,6 +228,8 @@ def authorize(
     requesters = requester_ids(request, instance)
     if act is Act.DECIDE:
         return _authorize_decide(user, request, requesters, now)
+    if act is Act.ATTACH:
+        return _authorize_attach(user, request, requesters, now)
     if not is_operator(user):
         raise NotAllowed("you may not operate approval requests", code="permission_denied")
     if user.pk in requesters:
@@ -314,3 +331,46 @@ def _authorize_step(
     if user.pk in requester_ids(request, instance):
         raise NotAllowed("you cannot complete an approval of your own request", code="own_request")
     return Grant(act, user, on_behalf=True)
+
+
+# -- files ---------------------------------------------------------------------------------------
+
+
+def _authorize_attach(
+    user: Any, request: ApprovalRequest, requesters: set[int], now: datetime
+) -> Grant:
+    if user.pk in requesters or is_operator(user):
+        return Grant(Act.ATTACH, user)
+    groups = _assigned_groups(request)
+    for principal in [user, *_delegators(user, now)]:
+        direct, member_of = _assignment(request, principal, groups)
+        if direct or member_of:
+            return Grant(Act.ATTACH, user, principal, _via(member_of))
+    raise NotAllowed(
+        "only the requester, the assignees (or their delegates) and operators may add files "
+        "to this request",
+        code="not_participant",
+    )
+
+
+def _authorize_download(user: Any, instance: WorkflowInstance, now: datetime) -> Grant:
+    """Someone who may see one of the instance's requests (two queries)."""
+    from .selectors import visible_filter
+
+    if (
+        ApprovalRequest.objects.filter(instance_id=instance.pk)
+        .filter(visible_filter(user, now) | Q(requester_id=user.pk))
+        .exists()
+    ):
+        return Grant(Act.DOWNLOAD, user)
+    raise NotFound("file not found")
+
+
+def may_read_files(user: Any, instance: WorkflowInstance) -> bool:
+    """The reader check approvals registers with :mod:`orchestration.attachments`: the
+    ``download`` act's answer as a yes or no."""
+    try:
+        authorize(Act.DOWNLOAD, user=user, request=None, instance=instance)
+    except (NotFound, NotAllowed):
+        return False
+    return True

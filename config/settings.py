@@ -287,7 +287,9 @@ DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", "Signoff <signoff@localhost>")
 SIGNOFF_WORKFLOW_MODULES = env_list(
     "SIGNOFF_WORKFLOW_MODULES", "demo.workflows,demo.expenses,demo.trips"
 )
-# Request bodies over this size get 413 (API and forms).
+# Request bodies over this size get 413 (API and forms), except multipart uploads to the views
+# that take files (SIGNOFF_MAX_UPLOAD_BYTES, below). Form fields of a multipart body still count
+# against this limit (DATA_UPLOAD_MAX_MEMORY_SIZE): only the files may be larger.
 SIGNOFF_MAX_REQUEST_BYTES = env_int("SIGNOFF_MAX_REQUEST_BYTES", 256 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = SIGNOFF_MAX_REQUEST_BYTES
 # A step whose doorbell rang this long ago without being claimed is rung again.
@@ -363,6 +365,73 @@ SIGNOFF_TOKEN_FAILURE_WINDOW_SECONDS = env_int("SIGNOFF_TOKEN_FAILURE_WINDOW_SEC
 # Demo: divide approval timers by this factor so reminders and escalations show up in
 # minutes on `make run` (1 = real time).
 SIGNOFF_DEMO_TIME_FACTOR = env_int("SIGNOFF_DEMO_TIME_FACTOR", 1)
+
+# --- Files (attachments) ------------------------------------------------------------------------
+# Files people attach to a start, a request or a comment (orchestration.attachments). The type
+# is read from the bytes, never from the name or the client's header; only these MIME types
+# are accepted (comma-separated; known: application/pdf, image/png, image/jpeg, image/gif,
+# image/webp, image/tiff, text/plain, application/zip, the Office formats ...).
+SIGNOFF_FILE_TYPES = env_list(
+    "SIGNOFF_FILE_TYPES", "application/pdf,image/png,image/jpeg,text/plain"
+)
+SIGNOFF_FILE_MAX_BYTES = env_int("SIGNOFF_FILE_MAX_BYTES", 10 * 1024 * 1024)  # per file
+SIGNOFF_FILE_MAX_COUNT = env_int("SIGNOFF_FILE_MAX_COUNT", 5)  # per upload
+SIGNOFF_FILE_MAX_PER_INSTANCE = env_int("SIGNOFF_FILE_MAX_PER_INSTANCE", 20)
+# A multipart body to a view that takes files may be this large (the files plus the form).
+SIGNOFF_MAX_UPLOAD_BYTES = env_int(
+    "SIGNOFF_MAX_UPLOAD_BYTES",
+    SIGNOFF_FILE_MAX_BYTES * SIGNOFF_FILE_MAX_COUNT + SIGNOFF_MAX_REQUEST_BYTES,
+)
+# Django's own guard against many-file bodies stays above ours, so ours names the problem.
+DATA_UPLOAD_MAX_NUMBER_FILES = max(100, SIGNOFF_FILE_MAX_COUNT + 1)
+# Uploads over this are spooled to a temporary file rather than kept in memory.
+FILE_UPLOAD_MAX_MEMORY_SIZE = env_int("FILE_UPLOAD_MAX_MEMORY_SIZE", 2_621_440)
+# Where the bytes live: a folder in SIGNOFF_DATA_DIR (embedded default, tests), or an S3 bucket
+# when SIGNOFF_FILES_S3_BUCKET is set (needs the optional dependency: pip install '.[s3]').
+# Either way under random names, never served by a static or media URL: only the download
+# views stream them, to people who may see the instance.
+SIGNOFF_FILES_DIR = Path(env("SIGNOFF_FILES_DIR", str(DATA_DIR / "files")))
+SIGNOFF_FILES_S3_BUCKET = env("SIGNOFF_FILES_S3_BUCKET")
+if SIGNOFF_FILES_S3_BUCKET:
+    import importlib.util
+
+    if importlib.util.find_spec("storages") is None:
+        raise ImproperlyConfigured(
+            "SIGNOFF_FILES_S3_BUCKET is set but django-storages is not installed: "
+            "pip install '.[s3]' (django-storages[s3])."
+        )
+    _attachments_storage: dict = {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": SIGNOFF_FILES_S3_BUCKET,
+            "location": env("SIGNOFF_FILES_S3_PREFIX", "signoff-files"),
+            "region_name": env("SIGNOFF_FILES_S3_REGION") or None,
+            "endpoint_url": env("SIGNOFF_FILES_S3_ENDPOINT_URL") or None,
+            # Credentials: these, or boto3's usual chain (AWS_* variables, an instance role).
+            "access_key": env("SIGNOFF_FILES_S3_ACCESS_KEY_ID") or None,
+            "secret_key": env("SIGNOFF_FILES_S3_SECRET_ACCESS_KEY") or None,
+            # Keys are random and never reused; nothing is public (the bucket's own policy
+            # should block public access too) and no URL to a file is ever handed out.
+            "file_overwrite": False,
+            "querystring_auth": True,
+            "object_parameters": {"ServerSideEncryption": "AES256"},
+        },
+    }
+else:
+    _attachments_storage = {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {
+            "location": str(SIGNOFF_FILES_DIR),
+            "base_url": None,
+            "file_permissions_mode": 0o600,
+            "directory_permissions_mode": 0o700,
+        },
+    }
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    "attachments": _attachments_storage,
+}
 
 # --- Secrets ------------------------------------------------------------------------------------
 # Outside the embedded default every process (web, worker, beat, migrate, any manage.py

@@ -257,8 +257,14 @@ class Workflow:
         retention: timedelta | None = timedelta(days=90),
         delete_after: timedelta | None = None,
         requester_input: str | None = None,
+        attachments: str | None = None,
     ) -> None:
         self.name = name
+        # The top-level input field that lists the files uploaded with a start (multipart
+        # POST /api/v1/instances/): ``[{"id", "name", "content_type", "size"}, ...]``, filled
+        # by the engine (``[]`` without files), so ``input_schema`` may require it and an
+        # approval's ``show=`` and ``revisable=`` may name it. None: starts take no files.
+        self.attachments = attachments
         # The top-level input field naming the person the instance is for (its requester).
         # A start by a person fills it with their username when absent; naming someone else
         # needs orchestration.start_on_behalf (engine.instance_start).
@@ -377,6 +383,17 @@ class Workflow:
                     f"{self.label}: sensitive path {path!r} must be input.<field> or "
                     "outputs.<step>.<field> naming a step of this workflow"
                 )
+        if self.attachments is not None and (
+            not isinstance(self.attachments, str) or not NAME_RE.match(self.attachments)
+        ):
+            raise DefinitionError(
+                f"{self.label}: attachments must name an input field (lower case letters, "
+                "digits and _)"
+            )
+        if self.attachments is not None and self.attachments == self.requester_input:
+            raise DefinitionError(
+                f"{self.label}: attachments and requester_input name the same input field"
+            )
         for label, value in (("retention", self.retention), ("delete_after", self.delete_after)):
             if value is not None and (not isinstance(value, timedelta) or value <= timedelta(0)):
                 raise DefinitionError(f"{self.label}: {label} must be a positive timedelta")
@@ -425,6 +442,7 @@ class Workflow:
             "deadline": self.deadline.total_seconds() if self.deadline else None,
             "input_schema": self.input_schema,
             "requester_input": self.requester_input,
+            "attachments": self.attachments,
             "sensitive": sorted(self.sensitive),
             "steps": [self.steps[name].describe() for name in self.order()],
         }

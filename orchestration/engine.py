@@ -18,6 +18,7 @@ import hmac
 import json
 import logging
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -35,7 +36,7 @@ from django.db import (
 )
 from django.utils import timezone
 
-from . import kinds, saga, sealing
+from . import attachments, kinds, saga, sealing
 from .definitions import StepContext, StepSpec, TaskStep, Workflow, registry
 from .errors import Conflict, InvalidInput, NotAllowed, NotFound
 from .journal import Doorbell, Journal, ring_doorbells
@@ -475,8 +476,14 @@ def instance_start(
     version: int | None = None,
     started_by: Any = None,
     actor: str = "system",
+    files: Sequence[Any] = (),
 ) -> tuple[WorkflowInstance, bool]:
     """Start an instance; returns ``(instance, created)``.
+
+    ``files`` (uploads) are checked (:mod:`orchestration.attachments`), listed in the input
+    field the workflow names (``Workflow(attachments=...)``) before the input is validated,
+    and stored with the instance in its transaction (their bytes deleted if it fails). A
+    repeat with the same Idempotency-Key and the same files stores nothing.
 
     With an ``idempotency_key``: the same key and the same request return the first instance
     (``created`` False); the same key with another request raises :class:`Conflict`. Unknown
@@ -497,8 +504,13 @@ def instance_start(
             code="unknown_workflow",
         )
     input, on_behalf_of = _requester_input(definition, input, started_by)
-    problems = definition.validate_input(input)
-    unstorable = storable_json_problem(input)
+    uploads = attachments.start_files(definition, input, files, started_by)
+    if uploads is not None:
+        stored_input = {**input, definition.attachments: uploads.refs}
+    else:
+        stored_input = input
+    problems = definition.validate_input(stored_input)
+    unstorable = storable_json_problem(stored_input)
     if unstorable and not problems:
         problems = [unstorable]
     if problems:
@@ -522,24 +534,32 @@ def instance_start(
             f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters",
             code="invalid_idempotency_key",
         )
-    fingerprint = request_fingerprint(
-        {"workflow": workflow, "version": version, "input": input, "business_key": business_key}
-    )
+    request = {
+        "workflow": workflow,
+        "version": version,
+        "input": input,
+        "business_key": business_key,
+    }
+    if uploads is not None and uploads.checked:
+        # The files by name and content, not by the ids this start would give them.
+        request["files"] = uploads.digests
+    fingerprint = request_fingerprint(request)
     if idempotency_key is not None:
         existing = _same_key(workflow, idempotency_key, fingerprint, started_by)
         if existing is not None:
             return existing, False
     try:
-        with transaction.atomic():
+        with attachments.guard(), transaction.atomic():
             return _create(
                 definition,
-                input,
+                stored_input,
                 business_key,
                 idempotency_key,
                 fingerprint,
                 started_by,
                 actor,
                 on_behalf_of,
+                uploads,
             ), True
     except IntegrityError:
         # Two requests with one key raced; the loser answers like a repeat.
@@ -601,6 +621,7 @@ def _create(
     started_by: Any,
     actor: str,
     on_behalf_of: str | None = None,
+    uploads: attachments.PendingFiles | None = None,
 ) -> WorkflowInstance:
     now = timezone.now()
     instance = WorkflowInstance(
@@ -634,6 +655,8 @@ def _create(
             **({"on_behalf_of": on_behalf_of} if on_behalf_of else {}),
         },
     )
+    if uploads is not None:
+        uploads.record(instance, journal)
     _advance(instance, steps, definition, journal)
     journal.flush(created_steps=list(steps.values()))
     return instance

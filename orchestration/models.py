@@ -391,3 +391,41 @@ class Signal(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} for {self.instance_id}"
+
+
+class Attachment(models.Model):
+    """A file that belongs to an instance: uploaded with its start, to one of its requests or
+    comments. ``context`` says to what, as a string the attaching app chooses (``start``,
+    ``request:<id>``, ``comment:<id>``, ``revision:<round>``), so other apps attach files to
+    their own things without a foreign key into their tables. The bytes live in the
+    ``attachments`` storage under ``storage_key``, a random name that is never shown."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    instance = models.ForeignKey(
+        WorkflowInstance, on_delete=models.CASCADE, related_name="attachments", db_index=False
+    )
+    context = models.CharField(max_length=100)
+    name = models.CharField(max_length=255, help_text="As uploaded, made safe to show.")
+    content_type = models.CharField(max_length=100, help_text="Read from the bytes.")
+    size = models.PositiveBigIntegerField()
+    sha256 = models.CharField(max_length=64)
+    storage_key = models.CharField(max_length=255, unique=True)
+    uploaded_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    uploaded_at = models.DateTimeField()
+    position = models.PositiveSmallIntegerField(default=0, help_text="Order within its upload.")
+
+    class Meta:
+        ordering = ["uploaded_at", "position"]
+        indexes = [
+            # Every read is by instance (optionally by context), in upload order.
+            models.Index(fields=["instance", "context", "uploaded_at"], name="attachment_instance"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.context})"

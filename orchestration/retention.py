@@ -7,7 +7,9 @@ payloads), and every copy of their plaintext — in step and instance errors, ot
 data and the reason given — is masked. Other apps hold copies too (approval titles and
 comments, outbound mail, webhook deliveries); the engine imports none of them, so they register
 hooks (:func:`register_erase_hook`, :func:`register_delete_hook`) that erase and retention call
-in the same transaction.
+in the same transaction. An instance's files (:mod:`orchestration.attachments`) are deleted by
+erasure, rows at once and bytes after the commit, and their names masked wherever copied;
+deleting an instance deletes its files the same way.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from django.db.models import Q, TextField
 from django.db.models.functions import Cast
 from django.utils import timezone
 
-from . import sealing
+from . import attachments, sealing
 from .definitions import registry
 from .errors import NotFound
 from .journal import Journal
@@ -149,12 +151,15 @@ def instance_erase(*, instance_id: Any, actor: str, reason: str) -> int:
         steps = list(StepRun.objects.filter(instance=instance))
         signals = list(Signal.objects.filter(instance=instance))
         # Open everything sealed first: its copies elsewhere are found by their plaintext.
+        # Files go whole, and their names count as sensitive: masked wherever copied.
         scrubber = sealing.scrubber_for(
             instance.input,
             instance.output,
             *(s.output for s in steps),
             *(s.payload for s in signals),
+            extra=attachments.names_of(instance.pk),
         )
+        files = attachments.erase_files(instance.pk)
         fields = copies = 0
         for name in ("input", "output", "error"):
             value, n_fields, n_copies = _erase_and_scrub(getattr(instance, name), scrubber)
@@ -180,7 +185,8 @@ def instance_erase(*, instance_id: Any, actor: str, reason: str) -> int:
         instance.erased_at = journal.now
         reason, _ = scrubber.text(reason)
         journal.record(
-            "instance_erased", data={"fields": fields, "copies": copies, "reason": reason}
+            "instance_erased",
+            data={"fields": fields, "copies": copies, "files": files, "reason": reason},
         )
         journal.flush()
         instance.save(update_fields=["input"])  # the journal writes only what engines change

@@ -345,10 +345,11 @@ class Scrubber:
         return value, 0
 
 
-def scrubber_for(*data: Any) -> Scrubber:
-    """A :class:`Scrubber` for the sealed values inside ``data``. A value that cannot be
-    opened (a key is missing) is logged and left out: what it hides cannot be looked for."""
-    found: set[str] = set()
+def scrubber_for(*data: Any, extra: Iterable[str] = ()) -> Scrubber:
+    """A :class:`Scrubber` for the sealed values inside ``data`` (and the ``extra`` texts). A
+    value that cannot be opened (a key is missing) is logged and left out: what it hides
+    cannot be looked for."""
+    found: set[str] = set(extra)
     for item in data:
         for token in sealed_in(item):
             try:

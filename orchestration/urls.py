@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from . import metrics, views
+from . import file_views, metrics, views
 
 app_name = "instances"
 urlpatterns = [
@@ -16,5 +16,6 @@ urlpatterns = [
         views.step_action,
         name="step-action",
     ),
+    path("files/<uuid:pk>/", file_views.file_download, name="file"),
     path("metrics", metrics.metrics_view, name="metrics"),
 ]

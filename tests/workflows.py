@@ -308,3 +308,51 @@ approval(
 signal_step(sentinel, "callback", after=["review"])
 sentinel.task(_sentinel_finish, name="finish", after=["callback"], retry=FAST)
 registry.register(sentinel)
+
+
+# -- attachments (tests/orchestration/test_attachments.py, tests/test_security_files.py) ------
+#
+# An expense with receipts: the files of the start are listed in input.receipts, which the
+# schema requires (at least one) and both approvals show; a manager, then finance.
+
+from orchestration.attachments import REFS_SCHEMA  # noqa: E402
+
+receipts = Workflow(
+    "t_receipts",
+    description="an expense with receipts: a manager, then finance",
+    requester_input="requester",
+    attachments="receipts",
+    input_schema={
+        "type": "object",
+        "required": ["amount", "receipts"],
+        "properties": {
+            "amount": {"type": "number"},
+            "requester": {"type": "string"},
+            "receipts": {**REFS_SCHEMA, "minItems": 1},
+        },
+    },
+)
+RECEIPTS_SHOW = [("Amount", "input.amount"), ("Receipts", "input.receipts")]
+approval(
+    receipts,
+    "manager_approval",
+    groups=["managers"],
+    title="Receipts for {input[amount]}",
+    show=RECEIPTS_SHOW,
+    requester=lambda ctx: ctx.input["requester"],
+)
+approval(
+    receipts,
+    "finance_approval",
+    after=["manager_approval"],
+    groups=["finance"],
+    title="Finance: receipts for {input[amount]}",
+    show=RECEIPTS_SHOW,
+    requester=lambda ctx: ctx.input["requester"],
+)
+registry.register(receipts)
+
+# Files optional: any number, none required.
+notes = Workflow("t_notes", attachments="files")
+notes.task(_step, name="a", retry=FAST)
+registry.register(notes)

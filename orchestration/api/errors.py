@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.exceptions import RequestDataTooBig
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from django.db import InterfaceError, OperationalError
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -32,6 +32,10 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         return Response(
             {"detail": str(exc), "code": "request_too_large"},
             status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+        )
+    if isinstance(exc, TooManyFilesSent | TooManyFieldsSent):
+        return Response(
+            {"detail": str(exc), "code": "too_many_parts"}, status=status.HTTP_400_BAD_REQUEST
         )
     response = drf_exception_handler(exc, context)
     if response is None:

@@ -98,6 +98,52 @@ class StartInstanceSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
     )
 
 
+class StartInstanceMultipartSerializer(serializers.Serializer):
+    # The multipart form of a start (documentation; the view reads the form itself).
+
+    workflow = serializers.CharField(max_length=100, help_text="A registered workflow name.")
+    input = serializers.CharField(
+        required=False,
+        help_text="The instance input as a JSON object (a string), without the files' field: "
+        "the workflow's `attachments` input field is filled from the files.",
+    )
+    business_key = serializers.CharField(max_length=200, required=False, allow_blank=True)
+    version = serializers.IntegerField(required=False, min_value=1)
+    files = serializers.ListField(
+        child=serializers.FileField(),
+        required=False,
+        help_text="The files (repeat the field for several). Their type is read from their "
+        "bytes and must be one of SIGNOFF_FILE_TYPES; limits: SIGNOFF_FILE_MAX_BYTES per file, "
+        "SIGNOFF_FILE_MAX_COUNT per upload.",
+    )
+
+
+class AttachmentLinksSerializer(serializers.Serializer):
+    download = serializers.CharField()
+
+
+class AttachmentSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    name = serializers.CharField()
+    content_type = serializers.CharField(help_text="Read from the file's bytes.")
+    size = serializers.IntegerField(help_text="bytes")
+    sha256 = serializers.CharField()
+    context = serializers.CharField(
+        help_text="What the file was attached to: start, request:<id>, comment:<id>, "
+        "revision:<round>."
+    )
+    uploaded_by = serializers.SerializerMethodField()
+    uploaded_at = serializers.DateTimeField()
+    links = serializers.SerializerMethodField()
+
+    def get_uploaded_by(self, obj: Any) -> str | None:
+        return obj.uploaded_by.get_username() if obj.uploaded_by_id else None
+
+    @extend_schema_field(AttachmentLinksSerializer)
+    def get_links(self, obj: Any) -> dict[str, str]:
+        return {"download": f"/api/v1/files/{obj.pk}/"}
+
+
 class CancelInstanceSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
     reason = StrictCharField(max_length=1000, required=False, default="", allow_blank=True)
 
@@ -149,6 +195,7 @@ class StepRunSerializer(serializers.ModelSerializer):
 class InstanceLinksSerializer(serializers.Serializer):
     self = serializers.CharField()
     history = serializers.CharField()
+    files = serializers.CharField()
     status_page = serializers.CharField()
 
 
@@ -193,6 +240,7 @@ class InstanceSerializer(serializers.ModelSerializer):
         return {
             "self": f"/api/v1/instances/{obj.pk}/",
             "history": f"/api/v1/instances/{obj.pk}/history/",
+            "files": f"/api/v1/instances/{obj.pk}/files/",
             "status_page": f"/instances/{obj.pk}/",
         }
 
@@ -215,6 +263,11 @@ class WorkflowSerializer(serializers.Serializer):
         allow_null=True,
         help_text="The input field naming the requester: filled with the caller's username "
         "when absent; another name needs orchestration.start_on_behalf.",
+    )
+    attachments = serializers.CharField(
+        allow_null=True,
+        help_text="The input field listing the files of a start (multipart POST "
+        "/api/v1/instances/), filled from them; null when the workflow takes no files.",
     )
     steps = serializers.ListField(child=serializers.DictField())
 

@@ -16,6 +16,8 @@ urlpatterns = [
         "instances/<str:pk>/cancel/", views.InstanceCancelView.as_view(), name="api-instance-cancel"
     ),
     path("instances/<str:pk>/retry/", views.InstanceRetryView.as_view(), name="api-instance-retry"),
+    path("instances/<str:pk>/files/", views.InstanceFilesView.as_view(), name="api-instance-files"),
+    path("files/<str:pk>/", views.FileDownloadView.as_view(), name="api-file"),
     path(
         "instances/<str:pk>/signals/<str:name>/",
         views.InstanceSignalView.as_view(),

@@ -13,12 +13,13 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
-from rest_framework import status
+from rest_framework import serializers, status
+from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from orchestration import engine, sealing, selectors
+from orchestration import attachments, engine, jsonsafe, sealing, selectors
 from orchestration.definitions import registry
 from orchestration.errors import Conflict, InvalidInput, NotAllowed, NotFound
 from orchestration.models import InstanceState
@@ -26,11 +27,13 @@ from orchestration.models import InstanceState
 from .pagination import EventPagination, InstancePagination
 from .parsers import JSONParser
 from .serializers import (
+    AttachmentSerializer,
     CancelInstanceSerializer,
     ErrorSerializer,
     EventSerializer,
     InstanceSerializer,
     SignalSerializer,
+    StartInstanceMultipartSerializer,
     StartInstanceSerializer,
     WorkflowSerializer,
 )
@@ -50,7 +53,8 @@ def _errors(*codes: int) -> dict[int, OpenApiResponse]:
         "of orchestration.operate_instance may (code permission_denied).",
         404: "No such instance, or not one the caller may see.",
         409: "The instance's state (or an Idempotency-Key) does not allow this.",
-        413: "Request body over SIGNOFF_MAX_REQUEST_BYTES.",
+        413: "Request body over SIGNOFF_MAX_REQUEST_BYTES (a multipart upload: over "
+        "SIGNOFF_MAX_UPLOAD_BYTES).",
     }
     codes = (*codes, 401)
     described[401] = "Not authenticated."
@@ -81,6 +85,9 @@ class WorkflowListView(ApiView):
 class InstanceListView(ApiView):
     # Read by drf-spectacular too, which then documents the paginated envelope.
     pagination_class = InstancePagination
+    # A start may carry files: multipart bodies up to SIGNOFF_MAX_UPLOAD_BYTES (middleware).
+    parser_classes = [JSONParser, MultiPartParser]
+    accepts_uploads = True
 
     @extend_schema(
         summary="List instances",
@@ -114,8 +121,18 @@ class InstanceListView(ApiView):
         tags=["instances"],
         description="With an Idempotency-Key header: the same key and the same body answer "
         "200 with the first instance; the same key with another body answers 409. Keys are "
-        "the caller's own: unique per workflow and caller.",
-        request=StartInstanceSerializer,
+        "the caller's own: unique per workflow and caller.\n\n"
+        "With files: a multipart/form-data body (fields workflow, input as a JSON string, "
+        "business_key, version, and the files, each under `files`) for a workflow that "
+        "declares an `attachments` input field: the files are checked (type read from their "
+        "bytes, size, count; a refused file is a 400 naming it, and nothing is stored), "
+        "stored with the instance, and listed in that field as "
+        '`[{"id", "name", "content_type", "size"}]` before the input is validated. A repeat '
+        "with the same Idempotency-Key and the same files answers 200 and stores nothing.",
+        request={
+            "application/json": StartInstanceSerializer,
+            "multipart/form-data": StartInstanceMultipartSerializer,
+        },
         parameters=[
             OpenApiParameter(
                 IDEMPOTENCY_HEADER,
@@ -137,7 +154,11 @@ class InstanceListView(ApiView):
         },
     )
     def post(self, request: Request) -> Response:
-        serializer = StartInstanceSerializer(data=request.data)
+        if request.content_type.startswith("multipart/form-data"):
+            body, files = _multipart_start(request)
+        else:
+            body, files = request.data, []
+        serializer = StartInstanceSerializer(data=body)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         key = _idempotency_key(request)
@@ -150,6 +171,7 @@ class InstanceListView(ApiView):
                 idempotency_key=key,
                 started_by=request.user,
                 actor=actor_of(request),
+                files=files,
             )
         except Conflict as exc:
             if exc.code == "idempotency_conflict" and key is not None:
@@ -167,6 +189,49 @@ class InstanceListView(ApiView):
             # A repeat of someone else's request: the key is taken, and that is all we say.
             raise _key_conflict(request, data["workflow"], key or "") from None
         return Response(InstanceSerializer(instance).data, status=status.HTTP_200_OK)
+
+
+START_FORM_FIELDS = {"workflow", "input", "business_key", "version"}
+FILES_FIELD = "files"
+
+
+def _multipart_start(request: Request) -> tuple[dict[str, Any], list[Any]]:
+    """The start's fields and files from a multipart form: each field at most once, ``input``
+    a JSON object in a string, ``version`` an integer, files only under ``files``."""
+    form, uploads = request.POST, request.FILES
+    problems: dict[str, list[str]] = {}
+    for name in sorted(set(form) - START_FORM_FIELDS):
+        problems[name] = (
+            ["must be a file part (with a filename), not a text field"]
+            if name == FILES_FIELD
+            else ["Unknown field."]
+        )
+    for name in sorted(set(uploads) - {FILES_FIELD}):
+        problems[name] = [
+            "Unknown file field; send files under files"
+            if name not in START_FORM_FIELDS
+            else "must be a text field, not a file"
+        ]
+    for name in sorted(set(form) & START_FORM_FIELDS):
+        if len(form.getlist(name)) > 1:
+            problems[name] = ["sent more than once"]
+    body: dict[str, Any] = {
+        name: form[name] for name in START_FORM_FIELDS if name in form and name not in problems
+    }
+    if "input" in body:
+        try:
+            body["input"] = jsonsafe.loads(body["input"])
+        except jsonsafe.JSONInputError as exc:
+            problems["input"] = [f"not valid JSON: {exc}"]
+    if "version" in body:
+        text = body["version"].strip()
+        if not text.isascii() or not text.isdigit() or len(text) > 9:
+            problems["version"] = ["A valid integer is required."]
+        else:
+            body["version"] = int(text)
+    if problems:
+        raise serializers.ValidationError(problems)
+    return body, uploads.getlist(FILES_FIELD)
 
 
 def _idempotency_key(request: Request) -> str | None:
@@ -357,6 +422,47 @@ class InstanceSignalView(ApiView):
             SignalSerializer(signal).data,
             status=status.HTTP_202_ACCEPTED if applied else status.HTTP_200_OK,
         )
+
+
+FILE_ID = OpenApiParameter("id", OpenApiTypes.UUID, OpenApiParameter.PATH)
+
+
+class InstanceFilesView(ApiView):
+    @extend_schema(
+        summary="The instance's files",
+        tags=["files"],
+        description="Every file attached to the instance (with its start, to its requests, "
+        "comments, resubmissions), oldest first. For whoever may read them: the instance's "
+        "starter, staff, operators, and the assignees (current and past), delegates, deciders "
+        "and requesters of its approval requests.",
+        parameters=[INSTANCE_ID],
+        responses={200: AttachmentSerializer(many=True), **_errors(404)},
+    )
+    def get(self, request: Request, pk: str) -> Response:
+        _, files = attachments.instance_files_for_reader(user=request.user, instance_id=pk)
+        return Response(AttachmentSerializer(files, many=True).data)
+
+
+class FileDownloadView(ApiView):
+    @extend_schema(
+        summary="Download a file",
+        tags=["files"],
+        description="The file's bytes, as a download (Content-Disposition: attachment, "
+        "X-Content-Type-Options: nosniff), with the type read from its bytes when it was "
+        "uploaded. 404 for a file the caller may not read (the same answer as for no file).",
+        parameters=[FILE_ID],
+        responses={
+            (200, "*/*"): OpenApiResponse(OpenApiTypes.BINARY, description="The file."),
+            **_errors(404),
+        },
+    )
+    def get(self, request: Request, pk: str) -> Any:
+        attachment = attachments.attachment_for_reader(user=request.user, attachment_id=pk)
+        return attachments.file_response(attachment)
+
+    def perform_content_negotiation(self, request: Request, force: bool = False) -> Any:
+        # The file is not rendered: any Accept is fine, and errors are JSON.
+        return super().perform_content_negotiation(request, force=True)
 
 
 class ApiRootView(ApiView):

@@ -1,0 +1,38 @@
+"""Template tags for an instance's files (status page, request page)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import template
+
+from orchestration import attachments
+
+register = template.Library()
+
+
+@register.simple_tag
+def instance_files(instance: Any) -> list[Any]:
+    """The instance's files, oldest first (one query). Only on pages whose reader may read
+    them (the status page's readers are a subset of the files' readers)."""
+    return attachments.attachments_of(instance_id=instance.pk)
+
+
+@register.filter
+def file_context(context: str) -> str:
+    """``request:12`` → "on request #12", and so on."""
+    kind, _, ref = str(context).partition(":")
+    if kind == "start":
+        return "with the start"
+    if kind == "request":
+        return f"on request #{ref}"
+    if kind == "comment":
+        return "with a comment"
+    if kind == "revision":
+        return f"with resubmission {ref}"
+    return str(context)
+
+
+@register.filter
+def file_type(content_type: str) -> str:
+    return attachments.type_label(content_type)
