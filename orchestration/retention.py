@@ -186,7 +186,12 @@ def instance_erase(*, instance_id: Any, actor: str, reason: str) -> int:
         reason, _ = scrubber.text(reason)
         journal.record(
             "instance_erased",
-            data={"fields": fields, "copies": copies, "files": files, "reason": reason},
+            data={
+                "fields": fields,
+                "copies": copies,
+                **({"files": files} if files else {}),
+                "reason": reason,
+            },
         )
         journal.flush()
         instance.save(update_fields=["input"])  # the journal writes only what engines change

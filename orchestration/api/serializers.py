@@ -98,8 +98,9 @@ class StartInstanceSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
     )
 
 
-class StartInstanceMultipartSerializer(serializers.Serializer):
-    # The multipart form of a start (documentation; the view reads the form itself).
+class StartInstanceMultipartSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
+    # The multipart form of a start (documentation; the view reads the form itself and, like
+    # the JSON body, refuses unknown fields).
 
     workflow = serializers.CharField(max_length=100, help_text="A registered workflow name.")
     input = serializers.CharField(
