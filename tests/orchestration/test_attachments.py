@@ -3,7 +3,10 @@ idempotent repeats), serving (headers, who), and deletion with erasure and reten
 
 from __future__ import annotations
 
+import io
 import json
+import subprocess
+import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -503,3 +506,64 @@ def test_orphaned_bytes_are_found_and_swept(files_dir: Path, alice: Any) -> None
     assert attachments.sweep_orphans(older_than_seconds=3600) == []
     attachments.sweep_orphans(older_than_seconds=-60, delete=True)
     assert len(stored_keys(files_dir)) == 1 and Attachment.objects.count() == 1
+
+
+def test_the_file_orphans_command_lists_and_deletes(files_dir: Path, alice: Any) -> None:
+    engine.instance_start(workflow="t_notes", files=[upload("a.pdf", PDF)], started_by=alice)
+    orphan = attachments.storage().save("zz/left-behind", attachments.content_file(PDF, "x"))
+    out, err = io.StringIO(), io.StringIO()
+    call_command("signoff", "file-orphans", "--older-than-hours", "-1", stdout=out, stderr=err)
+    assert out.getvalue().split() == [orphan] and "found 1 orphaned file(s)" in err.getvalue()
+    call_command(
+        "signoff", "file-orphans", "--older-than-hours", "-1", "--delete", stdout=out, stderr=err
+    )
+    assert orphan not in stored_keys(files_dir) and len(stored_keys(files_dir)) == 1
+
+
+def test_production_settings_put_files_in_s3_when_a_bucket_is_set(tmp_path: Path) -> None:
+    pytest.importorskip("storages")
+    from tests.test_security import production_env
+
+    env = {
+        **production_env(tmp_path),
+        "SIGNOFF_FILES_S3_BUCKET": "acme-signoff",
+        "SIGNOFF_FILES_S3_REGION": "eu-central-1",
+    }
+    probe = (
+        "import django; django.setup(); "
+        "from django.core.files.storage import storages; s = storages['attachments']; "
+        "print(type(s).__name__, s.bucket_name, s.location, s.region_name, s.file_overwrite)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=Path(__file__).resolve().parents[2],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [
+        "S3Storage",
+        "acme-signoff",
+        "signoff-files",
+        "eu-central-1",
+        "False",
+    ]
+    # Without a bucket: a folder in SIGNOFF_DATA_DIR (no URL serves it: only the views).
+    env.pop("SIGNOFF_FILES_S3_BUCKET")
+    probe = (
+        "import django; django.setup(); "
+        "from django.core.files.storage import storages; s = storages['attachments']; "
+        "print(type(s).__name__, s.location)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=Path(__file__).resolve().parents[2],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["FileSystemStorage", str(tmp_path / "var" / "files")]

@@ -53,6 +53,13 @@ class Command(BaseCommand):
         erase.add_argument("--business-key", required=True)
         erase.add_argument("--reason", default="erasure request")
         sub.add_parser("sweep", help="run the engine sweepers once")
+        orphans = sub.add_parser(
+            "file-orphans",
+            help="list (or --delete) stored file bytes with no attachment row, left by a "
+            "process killed between writing them and committing",
+        )
+        orphans.add_argument("--older-than-hours", type=float, default=24.0)
+        orphans.add_argument("--delete", action="store_true")
 
     def handle(self, *args: Any, **options: Any) -> None:
         action = options["action"].replace("-", "_")
@@ -178,3 +185,14 @@ class Command(BaseCommand):
         if not instances:
             raise Refused(f"not_found: no instance has business key {key!r}")
         self.stdout.write(f"erased {fields} sensitive field(s) in {instances} instance(s)")
+
+    def do_file_orphans(self, options: dict[str, Any]) -> None:
+        from orchestration.attachments import sweep_orphans
+
+        keys = sweep_orphans(
+            older_than_seconds=int(options["older_than_hours"] * 3600), delete=options["delete"]
+        )
+        for key in keys:
+            self.stdout.write(key)
+        verb = "deleted" if options["delete"] else "found"
+        self.stderr.write(f"{verb} {len(keys)} orphaned file(s)")
