@@ -322,6 +322,21 @@ def ref(attachment: Attachment) -> dict[str, Any]:
     }
 
 
+def is_refs(value: Any) -> bool:
+    """Whether ``value`` is a list of files as an input field lists them (:func:`ref`): what
+    a page shows as links rather than as data (``show=`` naming the files' field)."""
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(
+            isinstance(item, dict)
+            and isinstance(item.get("name"), str)
+            and _uuid(item.get("id")) is not None
+            for item in value
+        )
+    )
+
+
 # -- storing -------------------------------------------------------------------------------------
 
 # The keys written by the innermost guard() block (see guard).

@@ -5,6 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from django import template
+from django.urls import reverse
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString
 
 from orchestration import attachments
 
@@ -36,3 +39,23 @@ def file_context(context: str) -> str:
 @register.filter
 def file_type(content_type: str) -> str:
     return attachments.type_label(content_type)
+
+
+@register.filter
+def file_links(value: Any) -> SafeString | None:
+    """A list of files as an input field holds them (``show=`` naming the files' field), as
+    download links with their sizes; None for anything else (show it as data)."""
+    if not attachments.is_refs(value):
+        return None
+    return format_html_join(
+        ", ",
+        '<a href="{}" download>{}</a> <span class="muted small">({})</span>',
+        (
+            (
+                reverse("instances:file", args=[item["id"]]),
+                item["name"],
+                attachments.human_size(item["size"]) if isinstance(item.get("size"), int) else "",
+            )
+            for item in value
+        ),
+    ) or format_html("")

@@ -567,3 +567,21 @@ def test_production_settings_put_files_in_s3_when_a_bucket_is_set(tmp_path: Path
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["FileSystemStorage", str(tmp_path / "var" / "files")]
+
+
+def test_a_list_of_files_in_the_input_shows_as_download_links() -> None:
+    from orchestration.templatetags.instance_files import file_links
+
+    refs = [
+        {"id": "603f392c-0351-460c-aa9d-7bd6fa2f0b62", "name": "<b>a</b>.pdf", "size": 2048},
+        {"id": "703f392c-0351-460c-aa9d-7bd6fa2f0b62", "name": "b.png", "size": 10},
+    ]
+    html = str(file_links(refs))
+    assert html == (
+        '<a href="/files/603f392c-0351-460c-aa9d-7bd6fa2f0b62/" download>&lt;b&gt;a&lt;/b&gt;.pdf'
+        '</a> <span class="muted small">(2 KB)</span>, '
+        '<a href="/files/703f392c-0351-460c-aa9d-7bd6fa2f0b62/" download>b.png</a> '
+        '<span class="muted small">(10 bytes)</span>'
+    )
+    for other in ([], [{"id": "x", "name": "a"}], "a.pdf", [{"name": "a"}], None):
+        assert file_links(other) is None
