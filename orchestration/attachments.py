@@ -477,15 +477,16 @@ def attachments_save(
     context = _valid_context(context)
     if journal is not None:
         return _save(journal.instance, files, user, context, journal)
+    from . import engine  # the engine imports this module to start instances with files
+
     pk = getattr(instance, "pk", instance)
     actor = f"user:{user.get_username()}" if getattr(user, "pk", None) else "system"
     with guard(), transaction.atomic():
-        locked = WorkflowInstance.objects.select_for_update().filter(pk=pk).first()
+        locked = engine.lock_instance(instance_id=pk, actor=actor)
         if locked is None:
             raise NotFound("instance not found")
-        journal = Journal(locked, actor=actor)
-        saved = _save(locked, files, user, context, journal)
-        journal.flush()
+        saved = _save(locked.instance, files, user, context, locked.journal)
+        locked.journal.flush()
         return saved
 
 
