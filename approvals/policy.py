@@ -419,9 +419,7 @@ def _authorize_claim_act(
                 code="not_claimant",
             )
         if user.pk in requesters:
-            raise NotAllowed(
-                "you cannot release a claim on your own request", code="own_request"
-            )
+            raise NotAllowed("you cannot release a claim on your own request", code="own_request")
         return Grant(act, user, on_behalf=True)
     if act is Act.TAKE_OVER:
         if not claimed:
