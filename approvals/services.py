@@ -234,7 +234,9 @@ def approval_decide(
     Who may decide is :func:`approvals.policy.authorize` (act ``decide``), asked under the
     instance lock: an active current assignee (directly, through a group, or as the delegate
     of an active assignee), not on their own request unless the step allows it, one decision
-    per person; a request the user may not see is :class:`NotFound`. Two people deciding at
+    per person, and not while someone else holds a claim on it (:class:`Conflict`, code
+    ``claimed``: "claimed by X since T"); a request the user may not see is
+    :class:`NotFound`. Two people deciding at
     once get one resolution (the instance row is locked) and the second a :class:`Conflict`
     saying who decided and when. Writes ``approval_decided`` and, on resolution,
     ``approval_resolved`` plus the step's own event, in one transaction.
