@@ -92,8 +92,29 @@ def _locked_request(
     step_run_id = _step_run_of(request_id)
     locked, request = _lock(request_id, step_run_id, user)
     step = locked.step_by_id(step_run_id)
-    claim_expire_if_idle(locked, request, step)
+    if not claim_expire_if_idle(locked, request, step):
+        _end_if_claimant_inactive(locked, request, step)
     return locked, request, step
+
+
+def _end_if_claimant_inactive(
+    locked: engine.LockedInstance, request: ApprovalRequest, step: StepRun | None
+) -> None:
+    """A claim whose claimant was deactivated (or deleted) no longer counts; end it, so the
+    act that follows starts from an unclaimed request (``approval_released``, actor
+    ``system``, with the reason)."""
+    if request.claim_state != ClaimState.CLAIMED:
+        return
+    claimant = request.claimed_by
+    if claimant is not None and claimant.is_active:
+        return
+    data = {
+        "user": claimant.get_username() if claimant is not None else None,
+        "reason": "claimant deactivated" if claimant is not None else "claimant removed",
+    }
+    request.release_claim()
+    request.save(update_fields=CLAIM_FIELDS)
+    locked.record("approval_released", step=step, data=data, actor="system")
 
 
 def claim_expire_if_idle(

@@ -224,11 +224,14 @@ class ApprovalRequest(FSMModelMixin, models.Model):
         self.claimed_at = self.claim_active_at = self.claim_expires_at = None
 
     def claim_holder_id(self, now: datetime) -> int | None:
-        """Who holds the claim now: none unless pending, claimed and not idle past its expiry
-        (an idle claim stops counting at once; the sweeper records its expiry later)."""
+        """Who holds the claim now: none unless pending, claimed, not idle past its expiry and
+        held by an active account (such a claim stops counting at once; the sweeper, or the
+        next claim act, records its end). Reads ``claimed_by`` (load it with the row)."""
         if self.state != R.PENDING or self.claim_state != C.CLAIMED:
             return None
         if self.claim_expires_at is not None and self.claim_expires_at <= now:
+            return None
+        if self.claimed_by_id is None or not self.claimed_by.is_active:
             return None
         return self.claimed_by_id
 

@@ -60,6 +60,7 @@ LIST_COLUMNS = [
     "claim_state",
     "claimed_by_id",
     f"claimed_by__{User.USERNAME_FIELD}",
+    "claimed_by__is_active",
     "claimed_at",
     "claim_expires_at",
 ]

@@ -521,6 +521,20 @@ def test_reassign_asks_whether_the_caller_may_before_looking_names_up(people, fl
     assert state(request) == before
 
 
+def test_a_deactivated_claimants_claim_no_longer_counts(people, flow) -> None:
+    request = start(flow("t_cl_deactivated"))
+    claim(request, people["cat"])
+    people["cat"].is_active = False
+    people["cat"].save(update_fields=["is_active"])
+    policy.authorize(policy.Act.DECIDE, user=people["dan"], request=fresh(request))
+    claim(request, people["dan"])
+    assert fresh(request).claimed_by == people["dan"]
+    assert events(request) == ["approval_claimed", "approval_released", "approval_claimed"]
+    released = last(request, "approval_released")
+    assert released.actor == "system"
+    assert released.data == {"user": "cat", "reason": "claimant deactivated"}
+
+
 # -- idle expiry -----------------------------------------------------------------------------------
 
 
