@@ -461,7 +461,7 @@ def claim_actions(user: Any, request: ApprovalRequest, *, may_decide: bool) -> s
             return {"claim"}
         return set()
     if holder == user.pk:
-        return {"release"}
+        return {"claim", "release"}  # claiming again renews it
     offered = set()
     if may_decide and (request.claim_mode == ClaimMode.SOFT or may_override_claims(user)):
         offered.add("take_over")

@@ -95,6 +95,7 @@ def test_claim_in_the_inbox_others_see_who_and_cannot_decide(people, expense) ->
     mine = bob.get(f"/inbox/{request.pk}/").content.decode()
     assert "Claimed by you" in mine
     assert f'action="/inbox/{request.pk}/release/"' in mine
+    assert "Keep my claim" in mine  # claiming again renews it
     assert f'action="/inbox/{request.pk}/decide/"' in mine  # bob decides
 
     theirs = dave.get(f"/inbox/{request.pk}/").content.decode()
