@@ -1,6 +1,8 @@
 """Approval requests, decisions and delegations in the admin: read-only, plus two operator
 actions through ``approvals.services``: reassign (bulk or one request) and decide on behalf of
-an assignee, each with a mandatory reason. Acting needs ``orchestration.operate_instance``."""
+an assignee, each with a mandatory reason. Acting needs ``orchestration.operate_instance``.
+The request page shows its claim; releasing it (anyone's, with ``approvals.override_claim``)
+or taking it over goes through ``approvals.claims``, which asks the decision policy."""
 
 from __future__ import annotations
 
@@ -34,8 +36,8 @@ from orchestration.admin import (
 from orchestration.errors import InvalidInput, NotAllowed, SignoffError
 from orchestration.views import Report, status_url
 
-from . import policy, services
-from .models import ActionToken, ApprovalRequest, Decision, Delegation, Outcome
+from . import claims, policy, selectors, services
+from .models import ActionToken, ApprovalRequest, Channel, Decision, Delegation, Outcome
 
 User = get_user_model()
 
@@ -102,6 +104,23 @@ class DecideOnBehalfForm(forms.Form):
         if not reason:
             raise forms.ValidationError("A reason is required.")
         return reason
+
+
+class ClaimNoteForm(forms.Form):
+    note = forms.CharField(
+        required=False,
+        max_length=500,
+        widget=forms.Textarea(attrs={"rows": 2}),
+        help_text="Recorded on the event and shown to the claimant in the history.",
+    )
+
+
+class TakeOverClaimForm(ClaimNoteForm):
+    note = forms.CharField(
+        max_length=500,
+        widget=forms.Textarea(attrs={"rows": 2}),
+        help_text="Required: why you take the claim over (recorded).",
+    )
 
 
 class _ReadOnlyInline(admin.TabularInline):
@@ -197,6 +216,7 @@ class ApprovalRequestAdmin(StrictActionsMixin, ReadOnlyAdminMixin, admin.ModelAd
                     "status_page",
                     "requester",
                     "assignees",
+                    "claim_display",
                     ("policy", "quorum", "veto"),
                     ("reject_requires_comment", "allow_self_approval"),
                     "fields_pretty",
@@ -223,6 +243,7 @@ class ApprovalRequestAdmin(StrictActionsMixin, ReadOnlyAdminMixin, admin.ModelAd
         "status_page",
         "requester",
         "assignees",
+        "claim_display",
         "policy",
         "quorum",
         "veto",
@@ -260,6 +281,23 @@ class ApprovalRequestAdmin(StrictActionsMixin, ReadOnlyAdminMixin, admin.ModelAd
         groups = [f"group {g.name}" for g in obj.assignee_groups.all()]
         return ", ".join(users + groups) or "—"
 
+    @admin.display(description="claim")
+    def claim_display(self, obj: ApprovalRequest) -> str:
+        if not obj.claim_mode:
+            return "no claims on this request"
+        holder = selectors.claim_holder_name(obj)
+        if holder is None:
+            return f"unclaimed ({obj.claim_mode} claims)"
+        expires = (
+            f", expires if idle at {timezone.localtime(obj.claim_expires_at):%Y-%m-%d %H:%M %Z}"
+            if obj.claim_expires_at
+            else ""
+        )
+        return (
+            f"claimed by {holder} since {timezone.localtime(obj.claimed_at):%Y-%m-%d %H:%M %Z}"
+            f" ({obj.claim_mode}{expires})"
+        )
+
     @admin.display(description="what the approver sees")
     def fields_pretty(self, obj: ApprovalRequest) -> str:
         return json_block(obj.fields)
@@ -278,12 +316,37 @@ class ApprovalRequestAdmin(StrictActionsMixin, ReadOnlyAdminMixin, admin.ModelAd
                 (label, reverse(f"admin:approvals_approvalrequest_{name}", args=[obj.pk]))
                 for name, label in [("reassign", "Reassign"), ("decide", "Decide on behalf")]
                 if name in offered
-            ]
+            ] + self._claim_operations(request, obj)
         return super().change_view(request, object_id, form_url, extra)
+
+    def _claim_operations(self, request: HttpRequest, obj: ApprovalRequest) -> list[Any]:
+        """The claim buttons the policy could allow this user here (asked again on POST)."""
+        if obj.claim_state != "claimed":
+            return []
+        may_decide = selectors.decidable_by(request.user).filter(pk=obj.pk).exists()
+        offered = policy.claim_actions(request.user, obj, may_decide=may_decide)
+        return [
+            (label, reverse(f"admin:approvals_approvalrequest_{name}", args=[obj.pk]))
+            for act, name, label in [
+                ("release", "release_claim", "Release the claim"),
+                ("take_over", "take_over_claim", "Take the claim over"),
+            ]
+            if act in offered
+        ]
 
     def get_urls(self) -> list[Any]:
         wrap = self.admin_site.admin_view
         return [
+            path(
+                "<int:object_id>/release-claim/",
+                wrap(self.release_claim_view),
+                name="approvals_approvalrequest_release_claim",
+            ),
+            path(
+                "<int:object_id>/take-over-claim/",
+                wrap(self.take_over_claim_view),
+                name="approvals_approvalrequest_take_over_claim",
+            ),
             path(
                 "<int:object_id>/reassign/",
                 wrap(self.reassign_view),
@@ -365,6 +428,81 @@ class ApprovalRequestAdmin(StrictActionsMixin, ReadOnlyAdminMixin, admin.ModelAd
             count=1,
             back_url=self._back(obj),
             status=status,
+        )
+
+    def _claim_request_for(self, request: HttpRequest, object_id: int) -> ApprovalRequest:
+        # Who may release or take over is the decision policy's answer (on POST), not a
+        # model permission: viewing the request is enough to ask.
+        obj = self.get_object(request, str(object_id))
+        if obj is None or not self.has_view_permission(request, obj):
+            raise Http404("No such approval request.")
+        return obj
+
+    def _claim_view(
+        self,
+        request: HttpRequest,
+        object_id: int,
+        *,
+        form_class: type[forms.Form],
+        title: str,
+        question: str,
+        act: Any,
+        done: str,
+    ) -> HttpResponse:
+        if request.method not in ("GET", "POST"):
+            return HttpResponseNotAllowed(["GET", "POST"])
+        obj = self._claim_request_for(request, object_id)
+        confirmed = request.method == "POST" and "confirm" in request.POST
+        form = form_class(request.POST if confirmed else None)
+        status = 400 if confirmed else 200
+        if confirmed and form.is_valid():
+            response = self._finish(
+                request, obj, form, lambda: act(obj, form.cleaned_data["note"]), done
+            )
+            if not isinstance(response, int):
+                return response
+            status = response
+        holder = selectors.claim_holder_name(obj) or "nobody"
+        return confirm_page(
+            self,
+            request,
+            title=f"{title}: {obj.title}",
+            question=question.format(holder=holder),
+            form=form,
+            objects=[obj],
+            count=1,
+            back_url=self._back(obj),
+            status=status,
+        )
+
+    def release_claim_view(self, request: HttpRequest, object_id: int) -> HttpResponse:
+        return self._claim_view(
+            request,
+            object_id,
+            form_class=ClaimNoteForm,
+            title="Release the claim",
+            question="End {holder}'s claim on this request: any assignee may then decide "
+            "it. Releasing someone else's claim needs approvals.override_claim and is "
+            "recorded as forced.",
+            act=lambda obj, note: claims.approval_release(
+                request_id=obj.pk, user=request.user, note=note, channel=Channel.ADMIN
+            ),
+            done="Claim released.",
+        )
+
+    def take_over_claim_view(self, request: HttpRequest, object_id: int) -> HttpResponse:
+        return self._claim_view(
+            request,
+            object_id,
+            form_class=TakeOverClaimForm,
+            title="Take the claim over",
+            question="Take {holder}'s claim over: you must be someone who may decide this "
+            "request (a hard claim also needs approvals.override_claim). Your note is "
+            "recorded.",
+            act=lambda obj, note: claims.approval_take_over(
+                request_id=obj.pk, user=request.user, note=note, channel=Channel.ADMIN
+            ),
+            done="Claim taken over: the request is yours to decide in the inbox.",
         )
 
     def decide_view(self, request: HttpRequest, object_id: int) -> HttpResponse:

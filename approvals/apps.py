@@ -9,6 +9,7 @@ class ApprovalsConfig(AppConfig):
         ("approvals.sweep_reminders", 30),
         ("approvals.sweep_escalations", 30),
         ("approvals.sweep_expiry", 30),
+        ("approvals.sweep_claims", 60),
     ]
 
     def ready(self) -> None:

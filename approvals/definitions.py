@@ -23,6 +23,7 @@ from orchestration import sealing
 from orchestration.definitions import Predicate, StepContext, StepSpec, Workflow
 
 POLICIES = ("any", "all", "quorum")
+CLAIMS = ("soft", "hard", None)
 ON_REJECT = ("fail", "continue")
 ON_EXPIRE = ("reject", "approve", "cancel_instance", "fail")
 
@@ -81,6 +82,8 @@ class ApprovalStep(StepSpec):
     escalate: tuple[Escalation, ...] = ()
     on_expire: str = "reject"
     business_hours: bool = False
+    claim: str | None = "soft"
+    claim_idle: timedelta | None = None
     kind: str = "approval"
 
     def problems(self) -> list[str]:
@@ -105,6 +108,16 @@ class ApprovalStep(StepSpec):
             found.append("remind_every must be a timedelta of at least one minute")
         if self.on_expire not in ON_EXPIRE:
             found.append(f"on_expire must be one of {', '.join(ON_EXPIRE)}")
+        if self.claim not in CLAIMS:
+            found.append("claim must be 'soft', 'hard' or None")
+        elif self.claim == "hard" and not self.one_decision_resolves:
+            found.append(
+                "claim='hard' needs a request one decision resolves (policy any, or quorum 1)"
+            )
+        if self.claim_idle is not None and (
+            not isinstance(self.claim_idle, timedelta) or self.claim_idle < timedelta(minutes=1)
+        ):
+            found.append("claim_idle must be a timedelta of at least one minute")
         previous = timedelta(0)
         for number, level in enumerate(self.escalate, start=1):
             if not isinstance(level, Escalation):
@@ -138,7 +151,20 @@ class ApprovalStep(StepSpec):
             "escalate": [level.describe() for level in self.escalate],
             "on_expire": self.on_expire,
             "business_hours": self.business_hours,
+            "claim": self.claim_mode or None,
+            "claim_idle": self.claim_idle.total_seconds() if self.claim_idle else None,
         }
+
+    @property
+    def one_decision_resolves(self) -> bool:
+        return self.policy == "any" or (self.policy == "quorum" and self.quorum == 1)
+
+    @property
+    def claim_mode(self) -> str:
+        """The claim mode requests of this step get: ``soft``, ``hard`` or ``""`` (none).
+        Claims are for requests one decision resolves: under ``all`` or a quorum of several
+        people each must decide, so "I'm on it" would only stand in the others' way."""
+        return (self.claim or "") if self.one_decision_resolves else ""
 
     # -- evaluated when the step becomes ready ------------------------------------------------
     def resolve_assignees(self, ctx: StepContext) -> tuple[list[str], list[str]]:
@@ -222,6 +248,8 @@ def approval(
     escalate: Iterable[Escalation] = (),
     on_expire: str = "reject",
     business_hours: bool = False,
+    claim: str | None = "soft",
+    claim_idle: timedelta | None = None,
 ) -> ApprovalStep:
     """Add an approval step to ``workflow``. Its output is the outcome: ``decision``
     (``approved`` / ``rejected`` / ``expired``), ``decided_by``, ``at`` and every ``decisions``
@@ -230,7 +258,15 @@ def approval(
     Timers: ``due`` (the request expires then and ``on_expire`` runs: ``reject`` (default),
     ``approve``, ``cancel_instance`` or ``fail``), ``remind_every`` (mail the current assignees
     again), ``escalate`` (levels, each ``after`` a duration from creation). With
-    ``business_hours`` all of them count working time of the business calendar."""
+    ``business_hours`` all of them count working time of the business calendar.
+
+    Claims (``approvals.claims``): on a request assigned to a group or to several people, an
+    assignee who may decide may claim it ("I'm on it"); others cannot decide while it holds.
+    ``claim="soft"`` (default): another assignee may take the claim over with a note;
+    ``"hard"``: only the claimant releases it, or a holder of ``approvals.override_claim``
+    releases or takes it over; ``None``: no claims. Claims apply where one decision resolves
+    the request (policy ``any`` or quorum 1); ``claim_idle`` (default
+    ``SIGNOFF_CLAIM_IDLE_SECONDS``) is how long a claim lasts without activity."""
     step = ApprovalStep(
         name=name,
         after=tuple([after] if isinstance(after, str) else after),
@@ -252,6 +288,8 @@ def approval(
         escalate=tuple(escalate),
         on_expire=on_expire,
         business_hours=business_hours,
+        claim=claim,
+        claim_idle=claim_idle,
     )
     workflow.add(step)
     return step

@@ -4,7 +4,9 @@ GET shows the request and a confirm form and changes nothing (mail scanners open
 POST — with the CSRF token of the page the person opened — decides through the same
 ``approval_decide`` as the inbox, as the link's person, with channel ``email``, and uses the
 token up. A tampered, unknown, used, expired or superseded link, or one for a resolved request,
-shows a page saying which and changes nothing. The link never logs anyone in. Failures are
+shows a page saying which and changes nothing. A link to a request someone else claimed shows
+"claimed by X since T" and no decision form, and stays valid for when the claim ends
+(claiming from a mail is not offered). The link never logs anyone in. Failures are
 counted per client IP; past ``SIGNOFF_LINK_FAILURES_PER_IP`` in ten minutes the page answers
 429.
 """
@@ -41,6 +43,11 @@ REASONS = {
         "The request was escalated and is now with someone else.",
     ),
     "resolved": ("This request is already closed", ""),
+    "claimed": (
+        "Someone else is on this request",
+        "Another assignee claimed it. The link works again if they release it or the claim "
+        "expires.",
+    ),
     "not_allowed": ("This link cannot decide this request", ""),
     "rate_limited": (
         "Too many invalid links",
@@ -101,6 +108,8 @@ def _problem(token: ActionToken) -> tuple[str, str] | None:
     try:
         policy.authorize(policy.Act.DECIDE, user=token.user, request=approval)
     except Conflict as exc:
+        if exc.code == "claimed":  # the link stays good for when the claim ends
+            return "claimed", _sentence(exc.message) + " " + REASONS["claimed"][1]
         return "resolved", _sentence(exc.message)
     except (NotAllowed, NotFound) as exc:
         return "not_allowed", _sentence(exc.message)
@@ -108,7 +117,7 @@ def _problem(token: ActionToken) -> tuple[str, str] | None:
 
 
 def _status(reason: str) -> int:
-    return 403 if reason == "not_allowed" else 410
+    return {"not_allowed": 403, "claimed": 409}.get(reason, 410)
 
 
 @never_cache
@@ -178,6 +187,8 @@ def _decide(request: HttpRequest, token_id: int) -> HttpResponse:
             token.used_at = timezone.now()
             token.save(update_fields=["used_at"])
     except Conflict as exc:
+        if exc.code == "claimed":
+            return _refuse(request, "claimed", 409, _sentence(exc.message))
         return _refuse(request, "resolved", 409, exc.message)
     except (NotAllowed, NotFound) as exc:
         return _refuse(request, "not_allowed", 403, _sentence(exc.message))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+from typing import Any
+
 from django.conf import settings
 from django.contrib.auth.models import Group
 from django.db import models
@@ -37,7 +40,25 @@ class Outcome(models.TextChoices):
     REJECT = "reject"
 
 
+class ClaimMode(models.TextChoices):
+    """Whether an assignee may claim the request ("I'm on it"), copied from the step."""
+
+    NONE = "", "no claims"
+    SOFT = "soft"  # another assignee may take the claim over, with a note
+    HARD = "hard"  # only the claimant releases; an override_claim holder may take it over
+
+
+class ClaimState(models.TextChoices):
+    UNCLAIMED = "unclaimed"
+    CLAIMED = "claimed"
+
+
 R = RequestState
+C = ClaimState
+
+
+def _pending(request: ApprovalRequest) -> bool:
+    return request.state == R.PENDING
 
 
 class ApprovalRequest(FSMModelMixin, models.Model):
@@ -79,9 +100,48 @@ class ApprovalRequest(FSMModelMixin, models.Model):
     reminders_sent = models.PositiveIntegerField(default=0)
     next_reminder_at = models.DateTimeField(null=True, blank=True)
     next_escalation_at = models.DateTimeField(null=True, blank=True)
+    # Claims (approvals.claims): who said "I'm on it", since when, their last activity, and
+    # when the claim expires if they stay idle (the claim sweeper reads it through a partial
+    # index). Others cannot decide while the claim holds.
+    claim_mode = models.CharField(
+        max_length=4, choices=ClaimMode.choices, blank=True, default=ClaimMode.NONE
+    )
+    claim_state = FSMField(default=C.UNCLAIMED, choices=C.choices, protected=True)
+    claimed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    claim_active_at = models.DateTimeField(
+        null=True, blank=True, help_text="the claimant's last activity on the claim"
+    )
+    claim_expires_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
+        permissions = [
+            (
+                "override_claim",
+                "Can release anyone's claim on an approval request and take over a hard claim",
+            ),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=(
+                    Q(claim_state=C.CLAIMED, claimed_at__isnull=False)
+                    | Q(
+                        claim_state=C.UNCLAIMED,
+                        claimed_by__isnull=True,
+                        claimed_at__isnull=True,
+                        claim_expires_at__isnull=True,
+                    )
+                ),
+                name="approval_claim_consistent",
+            ),
+        ]
         indexes = [
             models.Index(
                 fields=["-created_at", "-id"],
@@ -111,6 +171,12 @@ class ApprovalRequest(FSMModelMixin, models.Model):
                 name="approval_pending_escalation",
                 condition=Q(state="pending", next_escalation_at__isnull=False),
             ),
+            # The claim sweeper reads only pending, claimed rows with an expiry.
+            models.Index(
+                fields=["claim_expires_at"],
+                name="approval_claim_expiry",
+                condition=Q(state="pending", claim_state="claimed", claim_expires_at__isnull=False),
+            ),
         ]
 
     def __str__(self) -> str:
@@ -131,6 +197,43 @@ class ApprovalRequest(FSMModelMixin, models.Model):
     @transition(field=state, source=R.PENDING, target=R.CANCELLED)
     def cancel(self) -> None:
         pass
+
+    # -- the claim ------------------------------------------------------------------------------
+    @transition(field=claim_state, source=C.UNCLAIMED, target=C.CLAIMED, conditions=[_pending])
+    def claim(self, user: Any, now: datetime, expires_at: datetime | None) -> None:
+        self.claimed_by = user
+        self.claimed_at = self.claim_active_at = now
+        self.claim_expires_at = expires_at
+
+    @transition(field=claim_state, source=C.CLAIMED, target=C.CLAIMED, conditions=[_pending])
+    def take_over_claim(self, user: Any, now: datetime, expires_at: datetime | None) -> None:
+        self.claimed_by = user
+        self.claimed_at = self.claim_active_at = now
+        self.claim_expires_at = expires_at
+
+    @transition(field=claim_state, source=C.CLAIMED, target=C.UNCLAIMED)
+    def release_claim(self) -> None:
+        self._clear_claim()
+
+    @transition(field=claim_state, source=C.CLAIMED, target=C.UNCLAIMED)
+    def expire_claim(self) -> None:
+        self._clear_claim()
+
+    def _clear_claim(self) -> None:
+        self.claimed_by = None
+        self.claimed_at = self.claim_active_at = self.claim_expires_at = None
+
+    def claim_holder_id(self, now: datetime) -> int | None:
+        """Who holds the claim now: none unless pending, claimed, not idle past its expiry and
+        held by an active account (such a claim stops counting at once; the sweeper, or the
+        next claim act, records its end). Reads ``claimed_by`` (load it with the row)."""
+        if self.state != R.PENDING or self.claim_state != C.CLAIMED:
+            return None
+        if self.claim_expires_at is not None and self.claim_expires_at <= now:
+            return None
+        if self.claimed_by_id is None or not self.claimed_by.is_active:
+            return None
+        return self.claimed_by_id
 
 
 class Decision(models.Model):

@@ -19,12 +19,17 @@ The rules, in the order they are checked (the first that fails answers):
    - ``decide`` (own vote, or a delegator's): a current assignee, directly or through a group,
      or the active delegate of one who is active; never the requester or the instance's
      starter (``SIGNOFF_STARTER_IS_REQUESTER``, on by default) unless the step allows self
-     approval; one decision per person.
+     approval; one decision per person; and not while someone else holds a claim on the
+     request (``Conflict``, code ``claimed``: "claimed by X since T").
    - ``decide_on_behalf``: only where ``SIGNOFF_DECIDE_ON_BEHALF`` allows it (off by default),
      by a holder of ``orchestration.operate_instance`` who is neither the requester nor the
      starter (whatever the step allows), for an active current assignee who could decide
-     themself and has not. Recorded as on behalf (decision ``decided_by`` the operator,
-     ``assignee`` the person, channel ``admin``, a mandatory reason).
+     themself and has not, and while nobody but that assignee holds a claim (the operator
+     does not take the claim over: a claimant's decision given by phone is recorded for
+     them; anyone else's waits until the claim is released — by an
+     ``approvals.override_claim`` holder if need be — or expires). Recorded as on behalf
+     (decision ``decided_by`` the operator, ``assignee`` the person, channel ``admin``, a
+     mandatory reason).
    - ``reassign``: an operator who is neither requester nor starter, naming neither themself
      nor a group they belong to, nor only people who may not decide it.
    - ``complete_step``: an operator completing an approval step by hand decides it in
@@ -42,6 +47,22 @@ approvals registers with :mod:`orchestration.attachments`): besides whom the eng
 — an assignee, current or of an earlier request, directly or through a group, a delegate of
 one, someone who decided one, or its requester — may read the instance's files; nobody else
 learns they exist (``NotFound``).
+
+Claims ("I'm on it"; ``approvals.claims``). A claim counts while the request is pending and
+its claimant was active within the idle time; an idle claim stops counting at once (the
+sweeper records its expiry).
+
+   - ``claim``: whoever may ``decide`` it (the rules above, claims aside), on a request that
+     takes claims (``Conflict`` ``not_claimable``: the step says ``claim=None``, its policy
+     needs several decisions, or it is assigned to one person alone) and that nobody else
+     holds (``Conflict`` ``claimed``: "claimed by X since T"). The claimant claiming again
+     renews the claim.
+   - ``release``: the claimant; or, forcing it, a holder of ``approvals.override_claim`` who
+     is not the requester (``NotAllowed`` ``not_claimant`` for anyone else). Only a claimed
+     request (``Conflict`` ``not_claimed``).
+   - ``take_over``: someone other than the claimant (``Conflict`` ``own_claim``) who may
+     ``decide`` it, claims aside; of a ``hard`` claim only a holder of
+     ``approvals.override_claim`` (``NotAllowed`` ``hard_claim``). Only a claimed request.
 """
 
 from __future__ import annotations
@@ -60,10 +81,11 @@ from django.utils import timezone
 from orchestration.errors import Conflict, NotAllowed, NotFound
 from orchestration.models import WorkflowInstance
 
-from .models import ApprovalRequest, Delegation, RequestState
+from .models import ApprovalRequest, ClaimMode, ClaimState, Delegation, RequestState
 
 User = get_user_model()
 OPERATE_PERMISSION = "orchestration.operate_instance"
+OVERRIDE_CLAIM_PERMISSION = "approvals.override_claim"
 
 
 class Act(StrEnum):
@@ -75,6 +97,12 @@ class Act(StrEnum):
     # files (see "Files" above)
     ATTACH = "attach"
     DOWNLOAD = "download"
+    CLAIM = "claim"
+    RELEASE = "release"
+    TAKE_OVER = "take_over"
+
+
+CLAIM_ACTS = (Act.CLAIM, Act.RELEASE, Act.TAKE_OVER)
 
 
 @dataclass(frozen=True)
@@ -193,8 +221,8 @@ def authorize(
     request: ApprovalRequest | None,
     instance: WorkflowInstance | None = None,
     assignee: Any = None,
-    new_users: list[Any] | tuple[Any, ...] = (),
-    new_groups: list[Group] | tuple[Group, ...] = (),
+    new_users: list[Any] | tuple[Any, ...] | None = None,
+    new_groups: list[Group] | tuple[Group, ...] | None = None,
     now: datetime | None = None,
 ) -> Grant:
     """Answer whether ``user`` may perform ``act`` on ``request`` now, and for whom.
@@ -203,8 +231,11 @@ def authorize(
     :class:`Conflict` (already decided) or :class:`NotAllowed` (with a stable ``code``:
     ``inactive``, ``not_assignee``, ``self_approval``, ``already_decided``,
     ``on_behalf_disabled``, ``own_request``, ``permission_denied``, ``self_assignment``,
-    ``approval_step``). Call it inside the transaction that acts, with the instance (and
+    ``approval_step``, ``claimed``, ``not_claimable``, ``not_claimed``, ``not_claimant``,
+    ``own_claim``, ``hard_claim``). Call it inside the transaction that acts, with the instance (and
     request) locked, so the answer still holds when the write happens. Reads only.
+    ``reassign`` without ``new_users`` and ``new_groups`` (both None) answers whether the user
+    may reassign the request at all, before anything is said about the people named.
     """
     act = Act(act)
     now = now or timezone.now()
@@ -227,9 +258,13 @@ def authorize(
         raise _already_decided(request)
     requesters = requester_ids(request, instance)
     if act is Act.DECIDE:
-        return _authorize_decide(user, request, requesters, now)
+        grant = _decide_grant(user, request, requesters, now)
+        _check_claim(request, grant.actor, now)
+        return grant
     if act is Act.ATTACH:
         return _authorize_attach(user, request, requesters, now)
+    if act in CLAIM_ACTS:
+        return _authorize_claim_act(act, user, request, requesters, now)
     if not is_operator(user):
         raise NotAllowed("you may not operate approval requests", code="permission_denied")
     if user.pk in requesters:
@@ -237,13 +272,14 @@ def authorize(
             "you cannot act on your own request, not even as an operator", code="own_request"
         )
     if act is Act.DECIDE_ON_BEHALF:
-        return _authorize_on_behalf(user, request, assignee, requesters)
+        return _authorize_on_behalf(user, request, assignee, requesters, now)
     return _authorize_reassign(user, request, requesters, new_users, new_groups)
 
 
-def _authorize_decide(
+def _decide_grant(
     user: Any, request: ApprovalRequest, requesters: set[int], now: datetime
 ) -> Grant:
+    """The ``decide`` rules without the claim: whose vote ``user`` may cast."""
     groups = _assigned_groups(request)
     decided = set(request.decisions.values_list("assignee_id", flat=True))
     self_blocked = already = False
@@ -266,7 +302,7 @@ def _authorize_decide(
 
 
 def _authorize_on_behalf(
-    user: Any, request: ApprovalRequest, assignee: Any, requesters: set[int]
+    user: Any, request: ApprovalRequest, assignee: Any, requesters: set[int], now: datetime
 ) -> Grant:
     if not settings.SIGNOFF_DECIDE_ON_BEHALF:
         raise NotAllowed(
@@ -287,6 +323,8 @@ def _authorize_on_behalf(
         raise NotAllowed(f"{name} cannot decide their own request", code="self_approval")
     if request.decisions.filter(assignee=assignee).exists():
         raise Conflict(f"{name} has already decided", code="already_decided")
+    # The vote is the assignee's: only their own claim (or none) lets it through.
+    _check_claim(request, assignee, now)
     return Grant(Act.DECIDE_ON_BEHALF, user, assignee, _via(member_of), on_behalf=True)
 
 
@@ -294,9 +332,12 @@ def _authorize_reassign(
     user: Any,
     request: ApprovalRequest,
     requesters: set[int],
-    new_users: list[Any] | tuple[Any, ...],
-    new_groups: list[Group] | tuple[Group, ...],
+    new_users: list[Any] | tuple[Any, ...] | None,
+    new_groups: list[Group] | tuple[Group, ...] | None,
 ) -> Grant:
+    if new_users is None and new_groups is None:
+        return Grant(Act.REASSIGN, user)
+    new_users, new_groups = new_users or (), new_groups or ()
     if any(u.pk == user.pk for u in new_users):
         raise NotAllowed("you cannot assign a request to yourself", code="self_assignment")
     group_ids = {g.pk for g in new_groups}
@@ -374,3 +415,116 @@ def may_read_files(user: Any, instance: WorkflowInstance) -> bool:
     except (NotFound, NotAllowed):
         return False
     return True
+
+
+# -- claims ----------------------------------------------------------------------------------------
+
+
+def _stamp(moment: datetime | None) -> str:
+    return timezone.localtime(moment).strftime("%Y-%m-%d %H:%M:%S %Z") if moment else "earlier"
+
+
+def claimant_name(request: ApprovalRequest) -> str:
+    claimant = request.claimed_by
+    return claimant.get_username() if claimant is not None else "a removed user"
+
+
+def claimed_message(request: ApprovalRequest) -> str:
+    """ "claimed by bob since 2026-03-02 10:15:00 UTC" """
+    return f"claimed by {claimant_name(request)} since {_stamp(request.claimed_at)}"
+
+
+def _claimed(request: ApprovalRequest) -> Conflict:
+    return Conflict(claimed_message(request), code="claimed")
+
+
+def _check_claim(request: ApprovalRequest, person: Any, now: datetime) -> None:
+    """Refuse while someone other than ``person`` holds a live claim on ``request``."""
+    holder = request.claim_holder_id(now)
+    if holder is not None and holder != person.pk:
+        raise _claimed(request)
+
+
+def claimable_problem(request: ApprovalRequest) -> str | None:
+    """Why ``request`` takes no claims, or None. Reads the assignees (two small queries)."""
+    if request.claim_mode == ClaimMode.NONE:
+        return "this request takes no claims (its step says claim=None, or several must decide)"
+    if not request.assignee_groups.exists() and request.assignee_users.count() < 2:
+        return "this request is assigned to one person alone; it needs no claim"
+    return None
+
+
+def may_override_claims(user: Any) -> bool:
+    return bool(
+        getattr(user, "is_authenticated", False)
+        and user.is_active
+        and user.has_perm(OVERRIDE_CLAIM_PERMISSION)
+    )
+
+
+def _authorize_claim_act(
+    act: Act, user: Any, request: ApprovalRequest, requesters: set[int], now: datetime
+) -> Grant:
+    claimed = request.claim_state == ClaimState.CLAIMED
+    own = claimed and request.claimed_by_id == user.pk
+    if act is Act.RELEASE:
+        if not claimed:
+            raise Conflict("this request is not claimed", code="not_claimed")
+        if own:
+            return Grant(act, user)
+        if not may_override_claims(user):
+            hint = "; take it over instead" if request.claim_mode == ClaimMode.SOFT else ""
+            raise NotAllowed(
+                f"{claimed_message(request)}: only they may release it{hint}",
+                code="not_claimant",
+            )
+        if user.pk in requesters:
+            raise NotAllowed("you cannot release a claim on your own request", code="own_request")
+        return Grant(act, user, on_behalf=True)
+    if act is Act.TAKE_OVER:
+        if not claimed:
+            raise Conflict("this request is not claimed; claim it instead", code="not_claimed")
+        if own:
+            raise Conflict("you already hold the claim on this request", code="own_claim")
+    # claim, or take over: the claimant-to-be must be someone who may decide it now.
+    grant = _decide_grant(user, request, requesters, now)
+    problem = claimable_problem(request)
+    if problem is not None:
+        raise Conflict(problem, code="not_claimable")
+    if act is Act.CLAIM:
+        _check_claim(request, user, now)
+        return Grant(act, user, grant.principal, grant.via_group)
+    if (
+        request.claim_mode == ClaimMode.HARD
+        and request.claim_holder_id(now) is not None
+        and not may_override_claims(user)
+    ):
+        raise NotAllowed(
+            f"{claimed_message(request)}: a hard claim is released by its claimant or "
+            "taken over by someone allowed to override claims",
+            code="hard_claim",
+        )
+    return Grant(act, user, grant.principal, grant.via_group)
+
+
+def claim_actions(user: Any, request: ApprovalRequest, *, may_decide: bool) -> set[str]:
+    """Which claim buttons to offer ``user`` on ``request`` (``claim``, ``release``,
+    ``take_over``), from what the page already knows (``may_decide``: the decide rules,
+    claims aside) and the row's claim columns; :func:`authorize` answers again, under the
+    lock, when one is used. No query unless the request is unclaimed and decidable."""
+    if request.state != RequestState.PENDING or request.claim_mode == ClaimMode.NONE:
+        return set()
+    now = timezone.now()
+    holder = request.claim_holder_id(now)
+    if holder is None:
+        if may_decide and claimable_problem(request) is None:
+            return {"claim"}
+        return set()
+    if holder == user.pk:
+        return {"claim", "release"}  # claiming again renews it
+    offered = set()
+    if may_decide and (request.claim_mode == ClaimMode.SOFT or may_override_claims(user)):
+        offered.add("take_over")
+    if may_override_claims(user) and user.pk not in requester_ids(request, request.instance):
+        offered.add("release")
+    return offered

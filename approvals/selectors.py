@@ -4,6 +4,7 @@ walk the pending partial index in order."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -12,6 +13,7 @@ from django.contrib.auth import get_user_model
 from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
+from . import policy
 from .models import ApprovalRequest, Decision, Delegation, RequestState
 
 User = get_user_model()
@@ -90,7 +92,9 @@ def request_for(user: Any, request_id: Any) -> ApprovalRequest | None:
         pk = int(request_id)
     except (TypeError, ValueError):
         return None
-    qs = ApprovalRequest.objects.select_related("instance", "step_run", "requester").filter(pk=pk)
+    qs = ApprovalRequest.objects.select_related(
+        "instance", "step_run", "requester", "claimed_by"
+    ).filter(pk=pk)
     if not user.is_staff:
         # Checks this one row (a pk__in over everything visible scanned the table: 1.8 s).
         qs = qs.filter(_visible(user, principal_ids(user)) | Q(requester_id=user.pk))
@@ -140,3 +144,55 @@ def upcoming_timers(approval: ApprovalRequest) -> list[dict[str, Any]]:
     elif approval.due_at:
         items.append({"at": approval.due_at, "what": "expires"})
     return sorted((i for i in items if i["at"] is not None), key=lambda i: i["at"])
+
+
+@dataclass(frozen=True)
+class ClaimSummary:
+    """The claim on a request as one person's page shows it: who holds it (a live claim:
+    pending, not idle past its expiry), since and until when, and which claim buttons to
+    offer (:func:`approvals.policy.claim_actions`; the policy answers again on POST)."""
+
+    mode: str
+    holder: str | None = None
+    since: datetime | None = None
+    expires_at: datetime | None = None
+    mine: bool = False
+    actions: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def blocks(self) -> bool:
+        """Someone else holds it: the viewer cannot decide."""
+        return self.holder is not None and not self.mine
+
+    @property
+    def message(self) -> str:
+        if self.holder is None:
+            return ""
+        stamp = timezone.localtime(self.since).strftime("%Y-%m-%d %H:%M %Z") if self.since else ""
+        who = "you" if self.mine else self.holder
+        return f"Claimed by {who} since {stamp}"
+
+
+def claim_holder_name(approval: ApprovalRequest, now: datetime | None = None) -> str | None:
+    """The username of whoever holds a live claim on ``approval`` (``claimed_by`` must be
+    loaded with it, as the lists do with ``select_related``), or None."""
+    holder = approval.claim_holder_id(now or timezone.now())
+    if holder is None:
+        return None
+    return approval.claimed_by.get_username()
+
+
+def claim_summary(user: Any, approval: ApprovalRequest, *, may_decide: bool) -> ClaimSummary:
+    now = timezone.now()
+    holder = claim_holder_name(approval, now)
+    actions = frozenset(policy.claim_actions(user, approval, may_decide=may_decide))
+    if holder is None:
+        return ClaimSummary(mode=approval.claim_mode, actions=actions)
+    return ClaimSummary(
+        mode=approval.claim_mode,
+        holder=holder,
+        since=approval.claimed_at,
+        expires_at=approval.claim_expires_at,
+        mine=approval.claimed_by_id == user.pk,
+        actions=actions,
+    )

@@ -95,6 +95,7 @@ class ApprovalKind:
             veto=spec.veto,
             reject_requires_comment=spec.reject_requires_comment,
             allow_self_approval=spec.allow_self_approval,
+            claim_mode=spec.claim_mode,
             requester=requester,
             created_at=now,
             due_at=timer_at(spec, now, spec.due),
@@ -233,7 +234,9 @@ def approval_decide(
     Who may decide is :func:`approvals.policy.authorize` (act ``decide``), asked under the
     instance lock: an active current assignee (directly, through a group, or as the delegate
     of an active assignee), not on their own request unless the step allows it, one decision
-    per person; a request the user may not see is :class:`NotFound`. Two people deciding at
+    per person, and not while someone else holds a claim on it (:class:`Conflict`, code
+    ``claimed``: "claimed by X since T"); a request the user may not see is
+    :class:`NotFound`. Two people deciding at
     once get one resolution (the instance row is locked) and the second a :class:`Conflict`
     saying who decided and when. Writes ``approval_decided`` and, on resolution,
     ``approval_resolved`` plus the step's own event, in one transaction.
@@ -433,27 +436,28 @@ def approval_reassign(
     users: list[str],
     groups: list[str],
     reason: str,
+    channel: str = Channel.ADMIN,
 ) -> ApprovalRequest:
     """Replace a pending request's assignees. People no longer assigned lose their email
-    links; newcomers get mail. Writes ``approval_reassigned``. Asks
-    :func:`approvals.policy.authorize` (act ``reassign``): an operator, not on their own
-    request, not to themself or a group of theirs."""
+    links; newcomers get mail; a claim held by someone who may no longer decide it is
+    released (``approval_released``, reason ``reassigned``). Writes ``approval_reassigned``
+    (with the channel: ``admin`` or ``api``). Asks :func:`approvals.policy.authorize` (act
+    ``reassign``): an operator, not on their own request, not to themself or a group of
+    theirs — whether the caller may reassign at all is asked before the names are looked
+    up, so nobody else learns which usernames exist."""
     reason = _clean_reason(reason)
-    user_rows = list(User.objects.filter(username__in=users, is_active=True))
-    group_rows = list(Group.objects.filter(name__in=groups))
-    unknown = sorted(set(users) - {u.username for u in user_rows}) + sorted(
-        set(groups) - {g.name for g in group_rows}
-    )
-    if unknown:
-        raise InvalidInput(
-            f"unknown users or groups: {', '.join(unknown)}", code="unknown_assignee"
-        )
-    if not user_rows and not group_rows:
-        raise InvalidInput("name at least one user or group", code="no_assignee")
     step_run_id = _step_run_of(request_id)
     with transaction.atomic():
         locked, request = _lock(request_id, step_run_id, operator)
         now = locked.journal.now
+        policy.authorize(
+            policy.Act.REASSIGN,
+            user=operator,
+            request=request,
+            instance=locked.instance,
+            now=now,
+        )
+        user_rows, group_rows = _named_assignees(users, groups)
         policy.authorize(
             policy.Act.REASSIGN,
             user=operator,
@@ -468,15 +472,20 @@ def approval_reassign(
         request.assignee_groups.set(group_rows)
         after = notifications.current_assignee_users(request)
         notifications.tokens_supersede(request, before - {u.pk for u in after}, now)
+        step = locked.step_by_id(step_run_id)
         locked.record(
             "approval_reassigned",
-            step=locked.step_by_id(step_run_id),
+            step=step,
             data={
                 "users": [u.username for u in user_rows],
                 "groups": [g.name for g in group_rows],
                 "reason": reason,
+                **({"channel": channel} if channel != Channel.ADMIN else {}),
             },
         )
+        from .claims import claim_drop_if_ineligible  # claims builds on this module
+
+        claim_drop_if_ineligible(locked, request, step, reason="reassigned")
         notifications.notify_assignees(
             request,
             [u for u in after if u.pk not in before],
@@ -486,6 +495,21 @@ def approval_reassign(
         )
         locked.journal.flush()
         return request
+
+
+def _named_assignees(users: list[str], groups: list[str]) -> tuple[list[Any], list[Group]]:
+    user_rows = list(User.objects.filter(username__in=users, is_active=True))
+    group_rows = list(Group.objects.filter(name__in=groups))
+    unknown = sorted(set(users) - {u.username for u in user_rows}) + sorted(
+        set(groups) - {g.name for g in group_rows}
+    )
+    if unknown:
+        raise InvalidInput(
+            f"unknown users or groups: {', '.join(unknown)}", code="unknown_assignee"
+        )
+    if not user_rows and not group_rows:
+        raise InvalidInput("name at least one user or group", code="no_assignee")
+    return user_rows, group_rows
 
 
 # -- delegation ---------------------------------------------------------------------------------

@@ -529,6 +529,32 @@ def _expire_action(
         locked.fail_step(step, error, reason="expired")
 
 
+def sweep_claims(*, now: datetime | None = None, batch: int | None = None) -> int:
+    """End the claims whose claimant stayed idle past their expiry (pending requests only,
+    through the partial index ``approval_claim_expiry``): per request its instance locked
+    with ``skip_locked``, the claim re-checked under the lock (renewed, released or taken
+    over since we looked: left alone), ``approval_claim_expired`` written. Returns how many
+    claims ended."""
+    from .claims import claim_expire_if_idle
+
+    now = now or timezone.now()
+    due = list(
+        ApprovalRequest.objects.filter(
+            state=RequestState.PENDING, claim_state="claimed", claim_expires_at__lte=now
+        )
+        .order_by("claim_expires_at")
+        .values_list("pk", "step_run_id")[: batch or settings.SIGNOFF_SWEEP_BATCH]
+    )
+
+    def expire(
+        locked: engine.LockedInstance, request: ApprovalRequest, spec: ApprovalStep | None
+    ) -> bool:
+        step = locked.step_by_id(request.step_run_id)
+        return claim_expire_if_idle(locked, request, step, now)
+
+    return _each("claims", due, expire, "claim_expires_at", now)
+
+
 def sweep_all(*, now: datetime | None = None) -> dict[str, int]:
     return {
         "reminders": sweep_reminders(now=now),

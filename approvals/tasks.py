@@ -20,6 +20,11 @@ def sweep_expiry() -> int:
     return sweepers.sweep_expiry()
 
 
+@shared_task(name="approvals.sweep_claims", ignore_result=True)
+def sweep_claims() -> int:
+    return sweepers.sweep_claims()
+
+
 @shared_task(name="approvals.render_mails", acks_late=True, ignore_result=True)
 def render_mails(email_ids: list[int]) -> int:
     return notifications.mails_render(email_ids=email_ids)

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import files, views
+from . import claim_views, files, views
 
 app_name = "inbox"
 urlpatterns = [
@@ -9,6 +9,9 @@ urlpatterns = [
     path("<int:pk>/decide/", views.inbox_decide, name="decide"),
     path("<int:pk>/files/", files.inbox_attach, name="attach"),
     path("bulk/", views.inbox_bulk, name="bulk"),
+    path("<int:pk>/claim/", claim_views.inbox_claim, name="claim"),
+    path("<int:pk>/release/", claim_views.inbox_release, name="release"),
+    path("<int:pk>/take-over/", claim_views.inbox_take_over, name="take-over"),
     path("delegation/", views.delegation_page, name="delegation"),
     path("delegation/<int:pk>/end/", views.delegation_stop, name="delegation-end"),
 ]

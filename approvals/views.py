@@ -191,8 +191,15 @@ def _label(pk: int, title: str | None) -> str:
     return f"#{pk} “{title}”" if title else f"#{pk}"
 
 
-def _why_not(approval: ApprovalRequest, user: Any, decisions: list[Any]) -> str:
+def _why_not(
+    approval: ApprovalRequest,
+    user: Any,
+    decisions: list[Any],
+    claim: selectors.ClaimSummary | None = None,
+) -> str:
     """Why the user sees no decision buttons on a request."""
+    if claim is not None and claim.blocks and approval.state == RequestState.PENDING:
+        return f"{claim.message}: you can decide once it is released, taken over or expired."
     if approval.state != RequestState.PENDING:
         deciders = ", ".join(
             d.decided_by.get_username() for d in decisions if approval.state.startswith(d.outcome)
@@ -222,7 +229,7 @@ def inbox_list(request: HttpRequest) -> HttpResponse:
         qs = qs.filter(workflow=filters["workflow"])
     if filters["q"]:
         qs = qs.filter(business_key__startswith=filters["q"])
-    qs = qs.select_related("requester").prefetch_related(
+    qs = qs.select_related("requester", "claimed_by").prefetch_related(
         "assignee_groups", Prefetch("assignee_users", queryset=User.objects.only("username"))
     )
     sort = Sort(filters["sort"])
@@ -230,7 +237,12 @@ def inbox_list(request: HttpRequest) -> HttpResponse:
     now = timezone.now()
     for row in page.rows:
         row.overdue = bool(row.state == RequestState.PENDING and row.due_at and row.due_at < now)
-        row.selectable = row.state == RequestState.PENDING
+        row.claim_holder = selectors.claim_holder_name(row, now)
+        row.claim_mine = row.claim_holder is not None and row.claimed_by_id == request.user.pk
+        # A request someone else claimed is not offered for a bulk decision.
+        row.selectable = row.state == RequestState.PENDING and (
+            row.claim_holder is None or row.claim_mine
+        )
     current = _list_url(filters, after=filters["after"], before=filters["before"])
     context = {
         "form": form,
@@ -273,7 +285,9 @@ def _render_detail(
         if isinstance(item, dict)
     ]
     pending = selectors.decidable_by(request.user)
-    can_decide = approval.state == RequestState.PENDING and pending.filter(pk=approval.pk).exists()
+    may_decide = approval.state == RequestState.PENDING and pending.filter(pk=approval.pk).exists()
+    claim = selectors.claim_summary(request.user, approval, may_decide=may_decide)
+    can_decide = may_decide and not claim.blocks
     now = timezone.now()
     context = {
         "approval": approval,
@@ -286,7 +300,10 @@ def _render_detail(
         "events": events,
         "events_hidden": max(instance.last_seq - len(events), 0),
         "can_decide": can_decide,
-        "why_not": "" if can_decide else _why_not(approval, request.user, decisions),
+        "why_not": ""
+        if can_decide
+        else _why_not(approval, request.user, decisions, claim if may_decide else None),
+        "claim": claim,
         "overdue": bool(
             approval.state == RequestState.PENDING and approval.due_at and approval.due_at < now
         ),

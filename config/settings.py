@@ -337,6 +337,9 @@ SIGNOFF_HOLIDAYS = env_list("SIGNOFF_HOLIDAYS")  # ISO dates, comma-separated
 SIGNOFF_STARTER_IS_REQUESTER = env_bool("SIGNOFF_STARTER_IS_REQUESTER", True)
 SIGNOFF_DECIDE_ON_BEHALF = env_bool("SIGNOFF_DECIDE_ON_BEHALF", False)
 SIGNOFF_OPERATORS_COMPLETE_APPROVALS = env_bool("SIGNOFF_OPERATORS_COMPLETE_APPROVALS", False)
+# A claim on an approval request ("I'm on it") expires after this many seconds without activity
+# by its claimant (a step's claim_idle= overrides it); 0: claims never expire.
+SIGNOFF_CLAIM_IDLE_SECONDS = env_int("SIGNOFF_CLAIM_IDLE_SECONDS", 8 * 3600)
 # Sealed payloads: comma-separated Fernet keys, newest first (encrypt with the first, decrypt
 # with any). Unset: the embedded default generates SIGNOFF_DATA_DIR/encryption.key.
 SIGNOFF_ENCRYPTION_KEYS = env("SIGNOFF_ENCRYPTION_KEYS", "")

@@ -140,6 +140,8 @@ class ApprovalRequestSerializer(serializers.ModelSerializer):
     overdue = serializers.SerializerMethodField()
     instance = serializers.UUIDField(source="instance_id", help_text="The workflow instance id.")
     links = serializers.SerializerMethodField()
+    claimed_by = serializers.SerializerMethodField()
+    claimed_at = serializers.SerializerMethodField()
 
     class Meta:
         model = ApprovalRequest
@@ -159,9 +161,36 @@ class ApprovalRequestSerializer(serializers.ModelSerializer):
             "due_at",
             "overdue",
             "resolved_at",
+            "claimed_by",
+            "claimed_at",
             "instance",
             "links",
         ]
+
+    def _claim_holder(self, obj: ApprovalRequest) -> int | None:
+        now = self.context.setdefault("now", timezone.now())
+        return obj.claim_holder_id(now)
+
+    @extend_schema_field(
+        serializers.CharField(
+            allow_null=True,
+            help_text='Username of whoever claimed the pending request ("I\'m on it"): while '
+            "the claim holds nobody else may decide it. Null when unclaimed, decided, or the "
+            "claim went idle past its expiry.",
+        )
+    )
+    def get_claimed_by(self, obj: ApprovalRequest) -> str | None:
+        if self._claim_holder(obj) is None:
+            return None
+        return obj.claimed_by.get_username()
+
+    @extend_schema_field(
+        serializers.DateTimeField(allow_null=True, help_text="Since when it is claimed.")
+    )
+    def get_claimed_at(self, obj: ApprovalRequest) -> str | None:
+        if self._claim_holder(obj) is None:
+            return None
+        return TIMESTAMP.to_representation(obj.claimed_at)
 
     @extend_schema_field(AssigneesSerializer)
     def get_assignees(self, obj: ApprovalRequest) -> dict[str, list[str]]:
@@ -212,6 +241,8 @@ class ApprovalRequestSerializer(serializers.ModelSerializer):
             "due_at": timestamp(obj.due_at) if obj.due_at else None,
             "overdue": self.get_overdue(obj),
             "resolved_at": timestamp(obj.resolved_at) if obj.resolved_at else None,
+            "claimed_by": self.get_claimed_by(obj),
+            "claimed_at": self.get_claimed_at(obj),
             "instance": str(obj.instance_id),
             "links": self.get_links(obj),
         }
@@ -222,6 +253,8 @@ class ApprovalRequestDetailSerializer(ApprovalRequestSerializer):
 
     decisions = serializers.SerializerMethodField()
     can_decide = serializers.SerializerMethodField()
+    claim = serializers.SerializerMethodField()
+    claim_expires_at = serializers.SerializerMethodField()
 
     class Meta(ApprovalRequestSerializer.Meta):
         fields = [
@@ -230,6 +263,8 @@ class ApprovalRequestDetailSerializer(ApprovalRequestSerializer):
             "reject_requires_comment",
             "allow_self_approval",
             "level",
+            "claim",
+            "claim_expires_at",
             "can_decide",
             "decisions",
         ]
@@ -250,6 +285,30 @@ class ApprovalRequestDetailSerializer(ApprovalRequestSerializer):
         return DecisionSerializer(decisions, many=True).data
 
     @extend_schema_field(
+        serializers.ChoiceField(
+            choices=["soft", "hard"],
+            allow_null=True,
+            help_text="Whether assignees may claim it: soft (another assignee may take the "
+            "claim over with a note), hard (only the claimant releases it; an "
+            "approvals.override_claim holder may take it over), null (no claims).",
+        )
+    )
+    def get_claim(self, obj: ApprovalRequest) -> str | None:
+        return obj.claim_mode or None
+
+    @extend_schema_field(
+        serializers.DateTimeField(
+            allow_null=True,
+            help_text="When the claim ends unless its claimant acts again (null: unclaimed, "
+            "or claims never expire).",
+        )
+    )
+    def get_claim_expires_at(self, obj: ApprovalRequest) -> str | None:
+        if self._claim_holder(obj) is None or obj.claim_expires_at is None:
+            return None
+        return TIMESTAMP.to_representation(obj.claim_expires_at)
+
+    @extend_schema_field(
         serializers.BooleanField(help_text="Whether the caller may approve or reject it now.")
     )
     def get_can_decide(self, obj: ApprovalRequest) -> bool:
@@ -261,3 +320,55 @@ class ApprovalRequestDetailSerializer(ApprovalRequestSerializer):
         visible = self.context.get("instance_visible", False)
         links["instance"] = f"/api/v1/instances/{obj.instance_id}/" if visible else None
         return links
+
+
+class TakeOverSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
+    note = StrictCharField(
+        max_length=500,
+        trim_whitespace=True,
+        help_text="Why you take the claim over; recorded, and shown to the claimant in the "
+        "history.",
+    )
+    claimant = StrictCharField(
+        required=False,
+        max_length=150,
+        help_text="Username you expect to hold the claim. If someone else holds it now (two "
+        "took it over at once), 409 claimed says who, and nothing changes.",
+    )
+
+
+class ReleaseSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
+    note = StrictCharField(
+        required=False,
+        default="",
+        allow_blank=True,
+        max_length=500,
+        trim_whitespace=True,
+        help_text="Optional; recorded when you release someone else's claim.",
+    )
+
+
+class ClaimSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
+    """No fields: the body is {} (or empty)."""
+
+
+class ReassignSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
+    users = serializers.ListField(
+        child=StrictCharField(max_length=150),
+        required=False,
+        default=list,
+        max_length=100,
+        help_text="Usernames; they replace the current assignees.",
+    )
+    groups = serializers.ListField(
+        child=StrictCharField(max_length=150),
+        required=False,
+        default=list,
+        max_length=100,
+        help_text="Group names.",
+    )
+    reason = StrictCharField(
+        max_length=500,
+        trim_whitespace=True,
+        help_text="Why; recorded on the approval_reassigned event.",
+    )

@@ -15,6 +15,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.db import connection
 from django.db.models import QuerySet
+from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -56,6 +57,12 @@ LIST_COLUMNS = [
     "due_at",
     "resolved_at",
     "instance_id",
+    "claim_state",
+    "claimed_by_id",
+    f"claimed_by__{User.USERNAME_FIELD}",
+    "claimed_by__is_active",
+    "claimed_at",
+    "claim_expires_at",
 ]
 
 STATES = {
@@ -87,7 +94,8 @@ def _errors(*codes: int) -> dict[int, OpenApiResponse]:
         403: "The decision policy refuses: not an assignee (code not_assignee), the "
         "caller's own request (code self_approval).",
         404: "No such request, or not one the caller may see.",
-        409: 'Already decided (code already_decided): "already approved by X at T".',
+        409: 'Already decided (code already_decided): "already approved by X at T"; or '
+        'someone else claimed it (code claimed): "claimed by X since T".',
         413: "Request body over SIGNOFF_MAX_REQUEST_BYTES.",
         401: "Not authenticated.",
     }
@@ -169,7 +177,7 @@ def approval_list(
     if _filter_value("business_key", business_key):
         qs = qs.filter(business_key=business_key)
     # With attach_assignees, two queries for any page.
-    return qs.select_related("requester").only(*LIST_COLUMNS)
+    return qs.select_related("requester", "claimed_by").only(*LIST_COLUMNS)
 
 
 def _detail(request: Request, approval_id: int) -> Response:
@@ -185,6 +193,7 @@ def _detail(request: Request, approval_id: int) -> Response:
     setattr(obj, DECISIONS, list(decisions.order_by("at", "id")))
     can_decide = (
         obj.state == RequestState.PENDING
+        and obj.claim_holder_id(timezone.now()) in (None, user.pk)
         and selectors.decidable_by(user).filter(pk=obj.pk).exists()
     )
     instance_visible = obj.instance.started_by_id == user.pk or can_see_all_instances(user)
