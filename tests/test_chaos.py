@@ -49,6 +49,9 @@ def test_chaos_run_keeps_every_invariant(tmp_path: Path) -> None:
             "--workflows",
             str(WORKFLOWS),
             "--pg-restart=terminate",
+            # Its database is shared with `make chaos` and other checkouts on this machine,
+            # which may have migrated it further: start from an empty one every time.
+            "--fresh-db",
             "--output",
             str(output),
             "--logs",
