@@ -17,6 +17,12 @@ class RequestState(models.TextChoices):
     REJECTED = "rejected"
     EXPIRED = "expired"
     CANCELLED = "cancelled"
+    # Sent back to the requester for changes (this round ends; the step keeps waiting).
+    CHANGES_REQUESTED = "changes_requested", "Changes requested"
+    # The requester answered a round sent back: revised and resubmitted (the next round is a
+    # new request) or withdrew (the instance is cancelled).
+    RESUBMITTED = "resubmitted"
+    WITHDRAWN = "withdrawn"
 
 
 class Policy(models.TextChoices):
@@ -35,13 +41,24 @@ class Channel(models.TextChoices):
 class Outcome(models.TextChoices):
     APPROVE = "approve"
     REJECT = "reject"
+    REQUEST_CHANGES = "request_changes", "Request changes"
+
+
+# What approve and reject (and bulk) accept; request_changes has its own service.
+DECISIONS = (Outcome.APPROVE, Outcome.REJECT)
 
 
 R = RequestState
 
 
 class ApprovalRequest(FSMModelMixin, models.Model):
-    step_run = models.OneToOneField(StepRun, on_delete=models.CASCADE, related_name="approval")
+    """One round of an approval step: round 1 when the step becomes ready, round N+1 when the
+    requester resubmits a round sent back for changes (or an operator retries the step)."""
+
+    step_run = models.ForeignKey(
+        StepRun, on_delete=models.CASCADE, related_name="approval_requests"
+    )
+    round = models.PositiveSmallIntegerField(default=1, help_text="from 1, per step run")
     instance = models.ForeignKey(
         WorkflowInstance, on_delete=models.CASCADE, related_name="approvals"
     )
@@ -57,6 +74,10 @@ class ApprovalRequest(FSMModelMixin, models.Model):
     veto = models.BooleanField(default=True, help_text="a single rejection rejects")
     reject_requires_comment = models.BooleanField(default=True)
     allow_self_approval = models.BooleanField(default=False)
+    # Send back for changes: which top-level input fields the requester may revise, and how
+    # many rounds the step may take (in the last one, changes can no longer be requested).
+    revisable = models.JSONField(default=list, blank=True)
+    max_rounds = models.PositiveSmallIntegerField(default=3)
     requester = models.ForeignKey(
         settings.AUTH_USER_MODEL,
         null=True,
@@ -79,9 +100,21 @@ class ApprovalRequest(FSMModelMixin, models.Model):
     reminders_sent = models.PositiveIntegerField(default=0)
     next_reminder_at = models.DateTimeField(null=True, blank=True)
     next_escalation_at = models.DateTimeField(null=True, blank=True)
+    # Who answered a round sent back for changes (resubmitted or withdrew), and when.
+    answered_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    answered_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["step_run", "round"], name="approval_one_per_round"),
+        ]
         indexes = [
             models.Index(
                 fields=["-created_at", "-id"],
@@ -100,6 +133,12 @@ class ApprovalRequest(FSMModelMixin, models.Model):
                 condition=Q(state="pending"),
             ),
             models.Index(fields=["business_key"], name="approval_business_key"),
+            # "Revise and resubmit": the requester's requests sent back to them.
+            models.Index(
+                fields=["requester", "-created_at"],
+                name="approval_changes_requester",
+                condition=Q(state="changes_requested"),
+            ),
             # The reminder and escalation sweepers read only pending rows with a due timer.
             models.Index(
                 fields=["next_reminder_at"],
@@ -128,9 +167,26 @@ class ApprovalRequest(FSMModelMixin, models.Model):
     def expire(self) -> None:
         pass
 
-    @transition(field=state, source=R.PENDING, target=R.CANCELLED)
+    @transition(field=state, source=[R.PENDING, R.CHANGES_REQUESTED], target=R.CANCELLED)
     def cancel(self) -> None:
         pass
+
+    @transition(field=state, source=R.PENDING, target=R.CHANGES_REQUESTED)
+    def request_changes(self) -> None:
+        pass
+
+    @transition(field=state, source=R.CHANGES_REQUESTED, target=R.RESUBMITTED)
+    def resubmit(self) -> None:
+        pass
+
+    @transition(field=state, source=R.CHANGES_REQUESTED, target=R.WITHDRAWN)
+    def withdraw(self) -> None:
+        pass
+
+    @property
+    def last_round(self) -> bool:
+        """In its last round changes can no longer be requested (``max_rounds``)."""
+        return self.round >= self.max_rounds
 
 
 class Decision(models.Model):
@@ -147,7 +203,7 @@ class Decision(models.Model):
     via_group = models.ForeignKey(
         Group, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
-    outcome = models.CharField(max_length=10, choices=Outcome.choices)
+    outcome = models.CharField(max_length=20, choices=Outcome.choices)
     comment = models.TextField(blank=True, default="")
     channel = models.CharField(max_length=10, choices=Channel.choices)
     reason = models.CharField(

@@ -11,8 +11,8 @@ The rules, in the order they are checked (the first that fails answers):
 
 1. The actor is a logged-in, active user.
 2. The actor may see the request (an assignee, a delegate of one, someone who decided it, its
-   requester, or staff); otherwise the request does not exist for them (``NotFound``), so a
-   refusal never tells them who decided what.
+   requester, its instance's starter, or staff); otherwise the request does not exist for
+   them (``NotFound``), so a refusal never tells them who decided what.
 3. The request is still pending (``Conflict``: "already approved by X at T").
 4. Per act:
 
@@ -32,11 +32,22 @@ The rules, in the order they are checked (the first that fails answers):
      never on their own request.
    - ``retry_step``: a retry asks the assignees again with a fresh request; it decides
      nothing, so anyone the engine lets retry the instance may.
+
+Send back for changes (issue 12), its own acts:
+
+- ``request_changes``: exactly who may ``decide`` (the same rules, one decision per person,
+  the same "already approved by X" answer to the slower of two people), and only while the
+  request is not in its last round (``max_rounds``; ``Conflict``, code ``max_rounds``).
+- ``resubmit`` and ``withdraw``: the request's requester or the instance's starter (whatever
+  ``SIGNOFF_STARTER_IS_REQUESTER`` says: the input is theirs), active; only while the request
+  is ``changes_requested`` and its instance running. Anyone else who may see the request is
+  refused (``not_requester``); anyone who may not, answered ``NotFound``. A second answer (a
+  double click) is a ``Conflict`` naming who answered first and when.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -62,6 +73,10 @@ class Act(StrEnum):
     REASSIGN = "reassign"
     COMPLETE_STEP = "complete_step"
     RETRY_STEP = "retry_step"
+    # send back for changes
+    REQUEST_CHANGES = "request_changes"
+    RESUBMIT = "resubmit"
+    WITHDRAW = "withdraw"
 
 
 @dataclass(frozen=True)
@@ -102,14 +117,16 @@ def requester_ids(request: ApprovalRequest | None, instance: WorkflowInstance) -
 
 def can_see(user: Any, request: ApprovalRequest, now: datetime | None = None) -> bool:
     """Staff see every request; others the ones they are (or a delegator is) assigned, decided
-    or requested. One query."""
+    or requested, or whose instance they started. One query."""
     if user.is_staff:
         return True
     from .selectors import visible_filter  # selectors import this module's siblings only
 
     return (
         ApprovalRequest.objects.filter(pk=request.pk)
-        .filter(visible_filter(user, now) | Q(requester_id=user.pk))
+        .filter(
+            visible_filter(user, now) | Q(requester_id=user.pk) | Q(instance__started_by_id=user.pk)
+        )
         .exists()
     )
 
@@ -143,12 +160,21 @@ def _via(member_of: set[int]) -> Group | None:
     return Group.objects.get(pk=min(member_of)) if member_of else None
 
 
+def _stamp(when: datetime | None) -> str:
+    return timezone.localtime(when).strftime("%Y-%m-%d %H:%M:%S %Z") if when else "earlier"
+
+
+SENT_BACK = (RequestState.CHANGES_REQUESTED, RequestState.RESUBMITTED, RequestState.WITHDRAWN)
+
+
 def _already_decided(request: ApprovalRequest) -> Conflict:
     last = request.decisions.select_related("decided_by").order_by("-at", "-id").first()
     when = request.resolved_at or (last.at if last else None)
-    stamp = timezone.localtime(when).strftime("%Y-%m-%d %H:%M:%S %Z") if when else "earlier"
+    stamp = _stamp(when)
     if request.state in (RequestState.APPROVED, RequestState.REJECTED) and last is not None:
         message = f"already {request.state} by {last.decided_by.get_username()} at {stamp}"
+    elif request.state in SENT_BACK and last is not None:
+        message = f"changes were already requested by {last.decided_by.get_username()} at {stamp}"
     else:
         message = f"already {request.state} at {stamp}"
     return Conflict(message, code="already_decided")
@@ -206,6 +232,8 @@ def authorize(
     if act in (Act.COMPLETE_STEP, Act.RETRY_STEP):
         return _authorize_step(act, user, request, instance)
     assert request is not None
+    if act in (Act.RESUBMIT, Act.WITHDRAW):
+        return _authorize_answer(act, user, request, instance, now)
     if not can_see(user, request, now):
         raise NotFound("approval request not found")
     if request.state != RequestState.PENDING:
@@ -213,6 +241,15 @@ def authorize(
     requesters = requester_ids(request, instance)
     if act is Act.DECIDE:
         return _authorize_decide(user, request, requesters, now)
+    if act is Act.REQUEST_CHANGES:
+        grant = _authorize_decide(user, request, requesters, now)
+        if request.last_round:
+            raise Conflict(
+                f"this is round {request.round} of {request.max_rounds}, the last: changes can "
+                "no longer be requested; approve or reject",
+                code="max_rounds",
+            )
+        return replace(grant, act=Act.REQUEST_CHANGES)
     if not is_operator(user):
         raise NotAllowed("you may not operate approval requests", code="permission_denied")
     if user.pk in requesters:
@@ -295,6 +332,37 @@ def _authorize_reassign(
                 code="self_approval",
             )
     return Grant(Act.REASSIGN, user)
+
+
+def _authorize_answer(
+    act: Act, user: Any, request: ApprovalRequest, instance: WorkflowInstance, now: datetime
+) -> Grant:
+    """Resubmit or withdraw a request sent back for changes: its requester or starter."""
+    owners = {request.requester_id, instance.started_by_id} - {None}
+    if user.pk not in owners:
+        if can_see(user, request, now):
+            verb = "resubmit" if act is Act.RESUBMIT else "withdraw"
+            raise NotAllowed(f"only the requester may {verb} this request", code="not_requester")
+        raise NotFound("approval request not found")
+    if request.state == RequestState.RESUBMITTED or request.state == RequestState.WITHDRAWN:
+        who = request.answered_by.get_username() if request.answered_by_id else "someone"
+        raise Conflict(
+            f"already {request.state} by {who} at {_stamp(request.answered_at)}",
+            code=f"already_{request.state}",
+        )
+    if request.state == RequestState.PENDING:
+        raise Conflict(
+            "the request is waiting for a decision, not for your changes",
+            code="not_changes_requested",
+        )
+    if request.state != RequestState.CHANGES_REQUESTED:
+        raise _already_decided(request)
+    if instance.state != "running":
+        raise Conflict(
+            f"the workflow instance is {instance.state}; it can no longer be revised",
+            code="invalid_state",
+        )
+    return Grant(act, user)
 
 
 def _authorize_step(

@@ -9,6 +9,13 @@ urlpatterns = [
     path("<int:pk>/", views.ApprovalDetailView.as_view(), name="api-approval"),
     path("<int:pk>/approve/", views.ApprovalApproveView.as_view(), name="api-approval-approve"),
     path("<int:pk>/reject/", views.ApprovalRejectView.as_view(), name="api-approval-reject"),
+    path(
+        "<int:pk>/request-changes/",
+        views.ApprovalRequestChangesView.as_view(),
+        name="api-approval-request-changes",
+    ),
+    path("<int:pk>/resubmit/", views.ApprovalResubmitView.as_view(), name="api-approval-resubmit"),
+    path("<int:pk>/withdraw/", views.ApprovalWithdrawView.as_view(), name="api-approval-withdraw"),
     # Anything else here (a non-integer id, a typo) is a JSON 404 like the rest of the API.
     re_path(r"^.*$", not_found),
 ]
