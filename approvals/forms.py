@@ -130,6 +130,8 @@ class NumberField(forms.CharField):
         text = super().to_python(value)
         if text in self.empty_values:
             return None
+        if len(text) > 100:
+            raise forms.ValidationError("Enter a number.")
         try:
             number = int(text)
         except ValueError:
@@ -202,7 +204,7 @@ def _field_for(prop: dict[str, Any], *, required: bool) -> forms.Field:
         choices = [(v, v) for v in prop["enum"]]
         return forms.ChoiceField(choices=choices, required=required)
     if kind == "number":
-        return NumberField(required=required, max_length=100)
+        return NumberField(required=required, widget=forms.TextInput(attrs={"inputmode": "decimal"}))
     if kind == "integer":
         return forms.IntegerField(required=required)
     if kind == "boolean":
