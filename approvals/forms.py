@@ -204,7 +204,8 @@ def _field_for(prop: dict[str, Any], *, required: bool) -> forms.Field:
         choices = [(v, v) for v in prop["enum"]]
         return forms.ChoiceField(choices=choices, required=required)
     if kind == "number":
-        return NumberField(required=required, widget=forms.TextInput(attrs={"inputmode": "decimal"}))
+        widget = forms.TextInput(attrs={"inputmode": "decimal"})
+        return NumberField(required=required, widget=widget)
     if kind == "integer":
         return forms.IntegerField(required=required)
     if kind == "boolean":

@@ -213,10 +213,11 @@ def authorize(
     """Answer whether ``user`` may perform ``act`` on ``request`` now, and for whom.
 
     Returns a :class:`Grant`; raises :class:`NotFound` (a request the user may not see),
-    :class:`Conflict` (already decided) or :class:`NotAllowed` (with a stable ``code``:
-    ``inactive``, ``not_assignee``, ``self_approval``, ``already_decided``,
-    ``on_behalf_disabled``, ``own_request``, ``permission_denied``, ``self_assignment``,
-    ``approval_step``). Call it inside the transaction that acts, with the instance (and
+    :class:`Conflict` (already decided; ``max_rounds``, ``already_resubmitted``,
+    ``already_withdrawn``, ``not_changes_requested``, ``invalid_state``) or
+    :class:`NotAllowed` (with a stable ``code``: ``inactive``, ``not_assignee``,
+    ``self_approval``, ``already_decided``, ``on_behalf_disabled``, ``own_request``,
+    ``permission_denied``, ``self_assignment``, ``approval_step``, ``not_requester``). Call it inside the transaction that acts, with the instance (and
     request) locked, so the answer still holds when the write happens. Reads only.
     """
     act = Act(act)

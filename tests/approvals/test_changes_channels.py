@@ -484,3 +484,25 @@ def test_the_inbox_list_costs_the_same_with_1_or_6_requests_to_revise(people) ->
     assert response.content.decode().count("data-revise=") == 6
     six = count_queries(lambda: alice.get("/inbox/"))
     assert one == six <= LIST_QUERIES + 1  # + who asked for the changes
+
+
+# -- the admin ----------------------------------------------------------------------------------
+
+
+def test_the_admin_shows_the_round_and_never_records_changes_on_someones_behalf(
+    people, django_user_model, settings
+) -> None:
+    settings.SIGNOFF_DECIDE_ON_BEHALF = True
+    request = rounds(people, 2)
+    root = django_user_model.objects.create_superuser("root", "root@example.com", "pw")
+    admin = login(root)
+    listing = admin.get("/admin/approvals/approvalrequest/")
+    assert listing.status_code == 200
+    page = admin.get(f"/admin/approvals/approvalrequest/{request.pk}/change/")
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert "Max rounds" in html and "Answered by" in html
+    form = admin.get(f"/admin/approvals/approvalrequest/{request.pk}/decide/")
+    assert form.status_code == 200
+    assert 'value="approve"' in form.content.decode()
+    assert 'value="request_changes"' not in form.content.decode()
