@@ -217,8 +217,9 @@ def authorize(
     ``already_withdrawn``, ``not_changes_requested``, ``invalid_state``) or
     :class:`NotAllowed` (with a stable ``code``: ``inactive``, ``not_assignee``,
     ``self_approval``, ``already_decided``, ``on_behalf_disabled``, ``own_request``,
-    ``permission_denied``, ``self_assignment``, ``approval_step``, ``not_requester``). Call it inside the transaction that acts, with the instance (and
-    request) locked, so the answer still holds when the write happens. Reads only.
+    ``permission_denied``, ``self_assignment``, ``approval_step``, ``not_requester``).
+    Call it inside the transaction that acts, with the instance (and request) locked, so the
+    answer still holds when the write happens. Reads only.
     """
     act = Act(act)
     now = now or timezone.now()
