@@ -159,6 +159,7 @@ class ReviseForm(forms.Form):
         required = set((schema or {}).get("required") or [])
         sealed = sealing.input_fields(definition.sensitive) if definition else set()
         current = instance.input if isinstance(instance.input, dict) else {}
+        self.current = current
         self.sealed_names: set[str] = set()
         for name in approval.revisable:
             prop = properties.get(name) if isinstance(properties.get(name), dict) else {}
@@ -192,8 +193,10 @@ class ReviseForm(forms.Form):
                 # then judges it).
                 out[name] = value
                 continue
-            if value is None and not self.fields[name].required:
-                continue
+            if value in (None, "") and name not in self.current:
+                continue  # left empty and never set: not a change
+            if value is None:
+                continue  # an emptied number or JSON value keeps the current one
             out[name] = value
         return out
 
@@ -202,6 +205,8 @@ def _field_for(prop: dict[str, Any], *, required: bool) -> forms.Field:
     kind = prop.get("type")
     if isinstance(prop.get("enum"), list) and all(isinstance(v, str) for v in prop["enum"]):
         choices = [(v, v) for v in prop["enum"]]
+        if not required:
+            choices = [("", "—"), *choices]
         return forms.ChoiceField(choices=choices, required=required)
     if kind == "number":
         widget = forms.TextInput(attrs={"inputmode": "decimal"})
@@ -224,7 +229,10 @@ def _field_for(prop: dict[str, Any], *, required: bool) -> forms.Field:
 
 
 class StrictJSONField(forms.JSONField):
-    """JSON the engine may store (depth, size, valid text)."""
+    """JSON the engine may store (depth, size, valid text); no value shows empty."""
+
+    def prepare_value(self, value: Any) -> Any:
+        return "" if value is None else super().prepare_value(value)
 
     def to_python(self, value: Any) -> Any:
         if isinstance(value, str) and len(value) > MAX_JSON_TEXT:

@@ -506,3 +506,27 @@ def test_the_admin_shows_the_round_and_never_records_changes_on_someones_behalf(
     assert form.status_code == 200
     assert 'value="approve"' in form.content.decode()
     assert 'value="request_changes"' not in form.content.decode()
+
+
+def test_the_revise_form_as_it_comes_changes_nothing(people) -> None:
+    """Submitting the prefilled form untouched (an optional choice never set, an empty JSON
+    field, a sealed field left empty) resubmits without an input change."""
+    instance, _ = engine.instance_start(
+        workflow="t_revisable",
+        input={"amount": 120, "description": "Taxi", "iban": "DE00 1234 5678"},
+        started_by=people["alice"],
+    )
+    engine.step_execute(
+        step_run_id=StepRun.objects.get(instance=instance, name="reserve").pk, attempt=1
+    )
+    request = ApprovalRequest.objects.get(instance=instance)
+    send_back(request, people["bob"])
+    alice = login(people["alice"])
+    form = alice.get(f"/inbox/{request.pk}/revise/").context["form"]
+    assert form["category"].value() in (None, "")
+    data = {name: form[name].value() or "" for name in form.fields}
+    assert data["items"] == "" and data["iban"] == ""
+    response = alice.post(f"/inbox/{request.pk}/revise/", data)
+    assert response.status_code == 302, response.content[:500]
+    assert not Event.objects.filter(instance=instance, type="instance_input_revised").exists()
+    assert WorkflowInstance.objects.get(pk=instance.pk).input == instance.input
