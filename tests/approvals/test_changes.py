@@ -455,6 +455,23 @@ def test_withdraw_cancels_the_instance_and_runs_its_compensations(people) -> Non
     assert caught.value.code == "already_withdrawn"
 
 
+def test_withdraw_with_nothing_to_undo_cancels_the_instance(people, all_flow) -> None:
+    request = start(people, workflow="t_chg_all")
+    send_back(request, people["bob"])
+    services.approval_withdraw(request_id=request.pk, user=people["alice"])
+    instance = WorkflowInstance.objects.get(pk=request.instance_id)
+    assert instance.state == "cancelled"
+    history = events(instance.pk)
+    assert history[history.index("approval_withdrawn") :] == [
+        "approval_withdrawn",
+        "step_cancelled",
+        "step_cancelled",
+        "instance_cancelled",
+    ]
+    cancelled = Event.objects.get(instance=instance, type="instance_cancelled")
+    assert cancelled.data == {"reason": "withdrawn by alice"}
+
+
 def test_nothing_is_resubmitted_once_the_instance_stopped(people) -> None:
     request = start(people)
     send_back(request, people["bob"])
