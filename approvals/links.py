@@ -187,7 +187,7 @@ def _decide(request: HttpRequest, token_id: int) -> HttpResponse:
             token.used_at = timezone.now()
             token.save(update_fields=["used_at"])
     except Conflict as exc:
-        if exc.code == "max_rounds":  # the request is still open: approve or reject it
+        if exc.code in ("max_rounds", "no_requester"):  # still open: approve or reject it
             token = ActionToken.objects.select_related("request", "user").get(pk=token_id)
             return render(
                 request, "links/confirm.html", _page(token, error=exc.message), status=409

@@ -188,6 +188,17 @@ class ApprovalRequest(FSMModelMixin, models.Model):
         """In its last round changes can no longer be requested (``max_rounds``)."""
         return self.round >= self.max_rounds
 
+    @property
+    def has_reviser(self) -> bool:
+        """Whether someone could answer a request for changes: its requester or the
+        instance's starter (an instance the system started for nobody has neither)."""
+        return self.requester_id is not None or self.instance.started_by_id is not None
+
+    @property
+    def can_be_sent_back(self) -> bool:
+        """Whether to offer "Request changes" (buttons only: the policy answers on use)."""
+        return self.state == R.PENDING and not self.last_round and self.has_reviser
+
 
 class Decision(models.Model):
     """One person's decision on one request. ``assignee`` is whose vote it is; ``decided_by``

@@ -37,7 +37,8 @@ Send back for changes (issue 12), its own acts:
 
 - ``request_changes``: exactly who may ``decide`` (the same rules, one decision per person,
   the same "already approved by X" answer to the slower of two people), and only while the
-  request is not in its last round (``max_rounds``; ``Conflict``, code ``max_rounds``).
+  request is not in its last round (``max_rounds``; ``Conflict``, code ``max_rounds``) and
+  someone could answer it (a requester or a starter; code ``no_requester``).
 - ``resubmit`` and ``withdraw``: the request's requester or the instance's starter (whatever
   ``SIGNOFF_STARTER_IS_REQUESTER`` says: the input is theirs), active; only while the request
   is ``changes_requested`` and its instance running. Anyone else who may see the request is
@@ -213,7 +214,7 @@ def authorize(
     """Answer whether ``user`` may perform ``act`` on ``request`` now, and for whom.
 
     Returns a :class:`Grant`; raises :class:`NotFound` (a request the user may not see),
-    :class:`Conflict` (already decided; ``max_rounds``, ``already_resubmitted``,
+    :class:`Conflict` (already decided; ``max_rounds``, ``no_requester``, ``already_resubmitted``,
     ``already_withdrawn``, ``not_changes_requested``, ``invalid_state``) or
     :class:`NotAllowed` (with a stable ``code``: ``inactive``, ``not_assignee``,
     ``self_approval``, ``already_decided``, ``on_behalf_disabled``, ``own_request``,
@@ -250,6 +251,11 @@ def authorize(
                 f"this is round {request.round} of {request.max_rounds}, the last: changes can "
                 "no longer be requested; approve or reject",
                 code="max_rounds",
+            )
+        if not request.has_reviser:
+            raise Conflict(
+                "nobody could revise this request (it has no requester); approve or reject",
+                code="no_requester",
             )
         return replace(grant, act=Act.REQUEST_CHANGES)
     if not is_operator(user):

@@ -323,7 +323,7 @@ def _render_detail(
         # offer "Request changes" (the policy answers again when it is used) and the
         # requester's way to revise
         "rounds": _rounds(approval),
-        "can_request_changes": can_decide and not approval.last_round,
+        "can_request_changes": can_decide and approval.can_be_sent_back,
         "can_revise": approval.state == RequestState.CHANGES_REQUESTED
         and instance.state == "running"
         and user.pk in (approval.requester_id, instance.started_by_id),

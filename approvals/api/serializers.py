@@ -334,7 +334,7 @@ class ApprovalRequestDetailSerializer(ApprovalRequestSerializer):
         )
     )
     def get_can_request_changes(self, obj: ApprovalRequest) -> bool:
-        return bool(self.context.get("can_decide", False)) and not obj.last_round
+        return bool(self.context.get("can_decide", False)) and obj.can_be_sent_back
 
     @extend_schema_field(
         serializers.BooleanField(

@@ -525,6 +525,24 @@ def test_max_rounds_1_never_sends_back(people) -> None:
     assert caught.value.code == "max_rounds"
 
 
+def test_a_request_nobody_could_revise_is_never_sent_back(people) -> None:
+    """An instance the system started for nobody (no requester, no starter): sending it back
+    would strand it, so it is refused (409 no_requester) and not offered."""
+    instance, _ = engine.instance_start(
+        workflow="t_revisable", input={**EXPENSE, "requester": "a system"}
+    )
+    engine.step_execute(
+        step_run_id=StepRun.objects.get(instance=instance, name="reserve").pk, attempt=1
+    )
+    request = ApprovalRequest.objects.get(instance=instance)
+    assert request.requester is None and not request.can_be_sent_back
+    before = snapshot(instance.pk)
+    with pytest.raises(Conflict) as caught:
+        send_back(request, people["bob"])
+    assert caught.value.code == "no_requester"
+    assert snapshot(instance.pk) == before
+
+
 def test_a_round_one_step_output_says_round_1(people) -> None:
     request = start(people)
     services.approval_decide(request_id=request.pk, user=people["bob"], outcome="approve")
