@@ -37,7 +37,7 @@ from orchestration.errors import InvalidInput, NotAllowed, SignoffError
 from orchestration.views import Report, status_url
 
 from . import claims, policy, selectors, services
-from .models import ActionToken, ApprovalRequest, Channel, Decision, Delegation, Outcome
+from .models import DECISIONS, ActionToken, ApprovalRequest, Channel, Decision, Delegation
 
 User = get_user_model()
 
@@ -82,7 +82,10 @@ class ReassignForm(forms.Form):
 
 class DecideOnBehalfForm(forms.Form):
     assignee = forms.ChoiceField(help_text="The assignee whose decision you record.")
-    outcome = forms.ChoiceField(choices=Outcome.choices, widget=forms.RadioSelect)
+    # Sending back for changes is the assignee's own act, never recorded on their behalf.
+    outcome = forms.ChoiceField(
+        choices=[(o.value, o.label) for o in DECISIONS], widget=forms.RadioSelect
+    )
     comment = forms.CharField(
         required=False,
         max_length=5000,
@@ -186,6 +189,7 @@ class ApprovalRequestAdmin(StrictActionsMixin, ReadOnlyAdminMixin, admin.ModelAd
         "workflow",
         "business_key",
         "step_name",
+        "round",
         "state_pill",
         "policy",
         "decision_count",
@@ -213,6 +217,8 @@ class ApprovalRequestAdmin(StrictActionsMixin, ReadOnlyAdminMixin, admin.ModelAd
                     "title",
                     "state_pill",
                     ("workflow", "business_key", "step_name"),
+                    ("round", "max_rounds", "revisable"),
+                    ("answered_by", "answered_at"),
                     "status_page",
                     "requester",
                     "assignees",
@@ -240,6 +246,11 @@ class ApprovalRequestAdmin(StrictActionsMixin, ReadOnlyAdminMixin, admin.ModelAd
         "workflow",
         "business_key",
         "step_name",
+        "round",
+        "max_rounds",
+        "revisable",
+        "answered_by",
+        "answered_at",
         "status_page",
         "requester",
         "assignees",

@@ -9,6 +9,7 @@ Example::
         groups=["managers"], policy="any", due=timedelta(days=2),
         title="Expense {input[amount]} {input[currency]}: {input[description]}",
         show=[("Amount", "input.amount"), ("Requester", "input.requester")],
+        revisable=["amount", "description"], max_rounds=3,
     )
 """
 
@@ -22,6 +23,8 @@ from typing import Any
 from orchestration import sealing
 from orchestration.definitions import Predicate, StepContext, StepSpec, Workflow
 
+MAX_ROUNDS = 3  # default bound on the rounds of one approval step (send back for changes)
+ROUNDS_LIMIT = 50  # the most a step may declare
 POLICIES = ("any", "all", "quorum")
 CLAIMS = ("soft", "hard", None)
 ON_REJECT = ("fail", "continue")
@@ -84,6 +87,8 @@ class ApprovalStep(StepSpec):
     business_hours: bool = False
     claim: str | None = "soft"
     claim_idle: timedelta | None = None
+    revisable: tuple[str, ...] = ()
+    max_rounds: int = MAX_ROUNDS
     kind: str = "approval"
 
     def problems(self) -> list[str]:
@@ -135,6 +140,36 @@ class ApprovalStep(StepSpec):
             path = item[1] if isinstance(item, tuple) else item
             if not isinstance(path, str) or path.split(".")[0] not in ("input", "outputs"):
                 found.append(f"show entry {item!r} must be a path under input. or outputs.")
+        if (
+            not isinstance(self.max_rounds, int)
+            or isinstance(self.max_rounds, bool)
+            or not 1 <= self.max_rounds <= ROUNDS_LIMIT
+        ):
+            found.append(f"max_rounds must be an integer from 1 to {ROUNDS_LIMIT}")
+        for name in self.revisable:
+            if not isinstance(name, str) or not name or "." in name:
+                found.append(f"revisable entry {name!r} must name a top-level input field")
+        if len(set(self.revisable)) != len(self.revisable):
+            found.append("revisable lists a field twice")
+        return found
+
+    def problems_in(self, workflow: Workflow) -> list[str]:
+        """Revisable fields are top-level properties of the workflow's ``input_schema`` (when
+        it has one), and never the field naming the requester."""
+        found = []
+        for name in self.revisable:
+            if name == workflow.requester_input:
+                found.append(f"revisable field {name!r} names the requester; it cannot be revised")
+        schema = workflow.input_schema
+        if schema is not None:
+            properties = schema.get("properties") if isinstance(schema, dict) else None
+            known = set(properties) if isinstance(properties, dict) else set()
+            unknown = [n for n in self.revisable if n not in known]
+            if unknown:
+                found.append(
+                    f"revisable field {unknown[0]!r} is not a top-level property of the "
+                    "workflow's input_schema"
+                )
         return found
 
     def describe(self) -> dict[str, Any]:
@@ -153,6 +188,8 @@ class ApprovalStep(StepSpec):
             "business_hours": self.business_hours,
             "claim": self.claim_mode or None,
             "claim_idle": self.claim_idle.total_seconds() if self.claim_idle else None,
+            "revisable": list(self.revisable),
+            "max_rounds": self.max_rounds,
         }
 
     @property
@@ -250,6 +287,8 @@ def approval(
     business_hours: bool = False,
     claim: str | None = "soft",
     claim_idle: timedelta | None = None,
+    revisable: Iterable[str] = (),
+    max_rounds: int = MAX_ROUNDS,
 ) -> ApprovalStep:
     """Add an approval step to ``workflow``. Its output is the outcome: ``decision``
     (``approved`` / ``rejected`` / ``expired``), ``decided_by``, ``at`` and every ``decisions``
@@ -266,7 +305,13 @@ def approval(
     ``"hard"``: only the claimant releases it, or a holder of ``approvals.override_claim``
     releases or takes it over; ``None``: no claims. Claims apply where one decision resolves
     the request (policy ``any`` or quorum 1); ``claim_idle`` (default
-    ``SIGNOFF_CLAIM_IDLE_SECONDS``) is how long a claim lasts without activity."""
+    ``SIGNOFF_CLAIM_IDLE_SECONDS``) is how long a claim lasts without activity.
+
+    Send back for changes: an assignee may ``request_changes`` (with a comment) instead of
+    deciding; the requester then revises the ``revisable`` top-level input fields (or none:
+    resubmits as is) and resubmits, which starts the next round of this step (a fresh request,
+    assignees and timers), or withdraws (the instance is cancelled). ``max_rounds`` (default
+    3) bounds the rounds: in the last one changes can no longer be requested."""
     step = ApprovalStep(
         name=name,
         after=tuple([after] if isinstance(after, str) else after),
@@ -290,6 +335,8 @@ def approval(
         business_hours=business_hours,
         claim=claim,
         claim_idle=claim_idle,
+        revisable=tuple([revisable] if isinstance(revisable, str) else revisable),
+        max_rounds=max_rounds,
     )
     workflow.add(step)
     return step

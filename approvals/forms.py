@@ -10,9 +10,11 @@ from django import forms
 from django.contrib.auth import get_user_model
 from django.utils import timezone
 
+from orchestration import sealing
 from orchestration.definitions import registry
+from orchestration.jsonsafe import storable_json_problem, too_deep
 
-from .models import Outcome
+from .models import ApprovalRequest, Outcome
 from .services import MAX_COMMENT
 
 PAGE_SIZE = 25
@@ -104,6 +106,150 @@ class BulkDecisionForm(forms.Form):
     ids = IdListField()
     comment = forms.CharField(required=False, max_length=MAX_COMMENT, widget=forms.Textarea)
     next = forms.CharField(required=False, max_length=2000)
+
+    def clean_outcome(self) -> str:
+        outcome = self.cleaned_data["outcome"]
+        if outcome == Outcome.REQUEST_CHANGES:
+            raise forms.ValidationError(
+                "Changes are requested one request at a time, with a comment for its "
+                "requester: open the request and use “Request changes”."
+            )
+        return outcome
+
+
+# -- revise and resubmit --------------------------------------------------------------------------
+
+LONG_TEXT = 200  # strings allowed longer than this get a text area
+MAX_JSON_TEXT = 100_000
+
+
+class NumberField(forms.CharField):
+    """A JSON number: an integer when written as one (``120``), else a float (``95.5``)."""
+
+    def to_python(self, value: Any) -> int | float | None:
+        text = super().to_python(value)
+        if text in self.empty_values:
+            return None
+        if len(text) > 100:
+            raise forms.ValidationError("Enter a number.")
+        try:
+            number = int(text)
+        except ValueError:
+            try:
+                number = float(text)
+            except ValueError:
+                raise forms.ValidationError("Enter a number.") from None
+            if number != number or number in (float("inf"), float("-inf")):
+                raise forms.ValidationError("Enter a number.") from None
+        return number
+
+
+class ReviseForm(forms.Form):
+    """The revisable fields of a request sent back for changes, prefilled with the instance's
+    current input. Field types follow the workflow's ``input_schema`` (anything it does not
+    describe as a scalar is edited as JSON). A sealed field is never shown: left empty it
+    keeps its value. The service validates the whole input after the merge."""
+
+    def __init__(self, approval: ApprovalRequest, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        instance = approval.instance
+        definition = registry.get(instance.workflow, instance.version)
+        schema = definition.input_schema if definition else None
+        properties = (schema or {}).get("properties") or {}
+        required = set((schema or {}).get("required") or [])
+        sealed = sealing.input_fields(definition.sensitive) if definition else set()
+        current = instance.input if isinstance(instance.input, dict) else {}
+        self.current = current
+        self.sealed_names: set[str] = set()
+        for name in approval.revisable:
+            prop = properties.get(name) if isinstance(properties.get(name), dict) else {}
+            label = prop.get("title") or name.replace("_", " ").capitalize()
+            if name in sealed:
+                self.sealed_names.add(name)
+                self.fields[name] = forms.CharField(
+                    label=label,
+                    required=False,
+                    strip=False,
+                    max_length=MAX_JSON_TEXT,
+                    help_text="Sealed: its value is not shown. Leave empty to keep it.",
+                    widget=forms.PasswordInput(render_value=False),
+                )
+                continue
+            field = _field_for(prop, required=name in required)
+            field.label = label
+            field.help_text = prop.get("description", "")
+            self.fields[name] = field
+            if name in current and not self.is_bound:
+                self.initial[name] = current[name]
+
+    def changes(self) -> dict[str, Any]:
+        """The submitted fields as input values (a sealed field left empty: unchanged)."""
+        out: dict[str, Any] = {}
+        for name, value in self.cleaned_data.items():
+            if name in self.sealed_names:
+                if value == "":
+                    continue
+                # Typed as text: what the requester wrote is what is stored (the schema
+                # then judges it).
+                out[name] = value
+                continue
+            if value in (None, "") and name not in self.current:
+                continue  # left empty and never set: not a change
+            if value is None:
+                continue  # an emptied number or JSON value keeps the current one
+            out[name] = value
+        return out
+
+
+def _field_for(prop: dict[str, Any], *, required: bool) -> forms.Field:
+    kind = prop.get("type")
+    if isinstance(prop.get("enum"), list) and all(isinstance(v, str) for v in prop["enum"]):
+        choices = [(v, v) for v in prop["enum"]]
+        if not required:
+            choices = [("", "—"), *choices]
+        return forms.ChoiceField(choices=choices, required=required)
+    if kind == "number":
+        widget = forms.TextInput(attrs={"inputmode": "decimal"})
+        return NumberField(required=required, widget=widget)
+    if kind == "integer":
+        return forms.IntegerField(required=required)
+    if kind == "boolean":
+        return forms.BooleanField(required=False)
+    if kind == "string":
+        limit = prop.get("maxLength") if isinstance(prop.get("maxLength"), int) else None
+        widget = (
+            forms.Textarea(attrs={"rows": 3})
+            if limit is None or limit > LONG_TEXT
+            else forms.TextInput()
+        )
+        return forms.CharField(
+            required=required, max_length=limit or MAX_JSON_TEXT, widget=widget, strip=True
+        )
+    return StrictJSONField(required=required, widget=forms.Textarea(attrs={"rows": 4}))
+
+
+class StrictJSONField(forms.JSONField):
+    """JSON the engine may store (depth, size, valid text); no value shows empty."""
+
+    def prepare_value(self, value: Any) -> Any:
+        return "" if value is None else super().prepare_value(value)
+
+    def to_python(self, value: Any) -> Any:
+        if isinstance(value, str) and len(value) > MAX_JSON_TEXT:
+            raise forms.ValidationError(f"At most {MAX_JSON_TEXT} characters.")
+        if isinstance(value, str) and too_deep(value):
+            raise forms.ValidationError("The JSON is nested too deeply.")
+        data = super().to_python(value)
+        problem = storable_json_problem(data)
+        if problem:
+            raise forms.ValidationError(problem)
+        return data
+
+
+class WithdrawForm(forms.Form):
+    reason = forms.CharField(
+        required=False, max_length=500, widget=forms.Textarea(attrs={"rows": 2})
+    )
 
 
 def _local_input(value: datetime) -> str:

@@ -2,13 +2,14 @@
 
 GET shows the request and a confirm form and changes nothing (mail scanners open every link).
 POST — with the CSRF token of the page the person opened — decides through the same
-``approval_decide`` as the inbox, as the link's person, with channel ``email``, and uses the
-token up. A tampered, unknown, used, expired or superseded link, or one for a resolved request,
-shows a page saying which and changes nothing. A link to a request someone else claimed shows
-"claimed by X since T" and no decision form, and stays valid for when the claim ends
-(claiming from a mail is not offered). The link never logs anyone in. Failures are
-counted per client IP; past ``SIGNOFF_LINK_FAILURES_PER_IP`` in ten minutes the page answers
-429.
+``approval_decide`` as the inbox (or sends the request back for changes through
+``approval_request_changes``, a comment required), as the link's person, with channel
+``email``, and uses the token up. A tampered, unknown, used, expired or superseded link, or
+one for a resolved request, shows a page saying which and changes nothing. A link to a
+request someone else claimed shows "claimed by X since T" and no decision form, and stays
+valid for when the claim ends (claiming from a mail is not offered). The link never logs
+anyone in. Failures are counted per client IP; past ``SIGNOFF_LINK_FAILURES_PER_IP`` in ten
+minutes the page answers 429.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from orchestration.errors import Conflict, NotAllowed, NotFound, SignoffError
 
 from . import notifications, policy
 from .models import ActionToken, ApprovalRequest, Channel, Outcome, RequestState
-from .services import approval_decide
+from .services import approval_decide, approval_request_changes
 
 WINDOW_SECONDS = 600
 
@@ -162,7 +163,7 @@ def _decide(request: HttpRequest, token_id: int) -> HttpResponse:
         return render(
             request,
             "links/confirm.html",
-            _page(token, error="Choose Approve or Reject."),
+            _page(token, error="Choose Approve, Reject or Request changes."),
             status=400,
         )
     try:
@@ -177,18 +178,31 @@ def _decide(request: HttpRequest, token_id: int) -> HttpResponse:
             problem = _problem(token)
             if problem:
                 return _refuse(request, problem[0], _status(problem[0]), problem[1])
-            decision = approval_decide(
-                request_id=token.request_id,
-                user=token.user,
-                outcome=outcome,
-                comment=comment,
-                channel=Channel.EMAIL,
-            )
+            if outcome == Outcome.REQUEST_CHANGES:
+                decision = approval_request_changes(
+                    request_id=token.request_id,
+                    user=token.user,
+                    comment=comment,
+                    channel=Channel.EMAIL,
+                )
+            else:
+                decision = approval_decide(
+                    request_id=token.request_id,
+                    user=token.user,
+                    outcome=outcome,
+                    comment=comment,
+                    channel=Channel.EMAIL,
+                )
             token.used_at = timezone.now()
             token.save(update_fields=["used_at"])
     except Conflict as exc:
         if exc.code == "claimed":
             return _refuse(request, "claimed", 409, _sentence(exc.message))
+        if exc.code in ("max_rounds", "no_requester"):  # still open: approve or reject it
+            token = ActionToken.objects.select_related("request", "user").get(pk=token_id)
+            return render(
+                request, "links/confirm.html", _page(token, error=exc.message), status=409
+            )
         return _refuse(request, "resolved", 409, exc.message)
     except (NotAllowed, NotFound) as exc:
         return _refuse(request, "not_allowed", 403, _sentence(exc.message))

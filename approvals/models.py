@@ -20,6 +20,12 @@ class RequestState(models.TextChoices):
     REJECTED = "rejected"
     EXPIRED = "expired"
     CANCELLED = "cancelled"
+    # Sent back to the requester for changes (this round ends; the step keeps waiting).
+    CHANGES_REQUESTED = "changes_requested", "Changes requested"
+    # The requester answered a round sent back: revised and resubmitted (the next round is a
+    # new request) or withdrew (the instance is cancelled).
+    RESUBMITTED = "resubmitted"
+    WITHDRAWN = "withdrawn"
 
 
 class Policy(models.TextChoices):
@@ -38,6 +44,11 @@ class Channel(models.TextChoices):
 class Outcome(models.TextChoices):
     APPROVE = "approve"
     REJECT = "reject"
+    REQUEST_CHANGES = "request_changes", "Request changes"
+
+
+# What approve and reject (and bulk) accept; request_changes has its own service.
+DECISIONS = (Outcome.APPROVE, Outcome.REJECT)
 
 
 class ClaimMode(models.TextChoices):
@@ -62,7 +73,13 @@ def _pending(request: ApprovalRequest) -> bool:
 
 
 class ApprovalRequest(FSMModelMixin, models.Model):
-    step_run = models.OneToOneField(StepRun, on_delete=models.CASCADE, related_name="approval")
+    """One round of an approval step: round 1 when the step becomes ready, round N+1 when the
+    requester resubmits a round sent back for changes (or an operator retries the step)."""
+
+    step_run = models.ForeignKey(
+        StepRun, on_delete=models.CASCADE, related_name="approval_requests"
+    )
+    round = models.PositiveSmallIntegerField(default=1, help_text="from 1, per step run")
     instance = models.ForeignKey(
         WorkflowInstance, on_delete=models.CASCADE, related_name="approvals"
     )
@@ -78,6 +95,10 @@ class ApprovalRequest(FSMModelMixin, models.Model):
     veto = models.BooleanField(default=True, help_text="a single rejection rejects")
     reject_requires_comment = models.BooleanField(default=True)
     allow_self_approval = models.BooleanField(default=False)
+    # Send back for changes: which top-level input fields the requester may revise, and how
+    # many rounds the step may take (in the last one, changes can no longer be requested).
+    revisable = models.JSONField(default=list, blank=True)
+    max_rounds = models.PositiveSmallIntegerField(default=3)
     requester = models.ForeignKey(
         settings.AUTH_USER_MODEL,
         null=True,
@@ -119,6 +140,15 @@ class ApprovalRequest(FSMModelMixin, models.Model):
         null=True, blank=True, help_text="the claimant's last activity on the claim"
     )
     claim_expires_at = models.DateTimeField(null=True, blank=True)
+    # Who answered a round sent back for changes (resubmitted or withdrew), and when.
+    answered_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    answered_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
@@ -141,6 +171,7 @@ class ApprovalRequest(FSMModelMixin, models.Model):
                 ),
                 name="approval_claim_consistent",
             ),
+            models.UniqueConstraint(fields=["step_run", "round"], name="approval_one_per_round"),
         ]
         indexes = [
             models.Index(
@@ -160,6 +191,12 @@ class ApprovalRequest(FSMModelMixin, models.Model):
                 condition=Q(state="pending"),
             ),
             models.Index(fields=["business_key"], name="approval_business_key"),
+            # "Revise and resubmit": the requester's requests sent back to them.
+            models.Index(
+                fields=["requester", "-created_at"],
+                name="approval_changes_requester",
+                condition=Q(state="changes_requested"),
+            ),
             # The reminder and escalation sweepers read only pending rows with a due timer.
             models.Index(
                 fields=["next_reminder_at"],
@@ -194,7 +231,7 @@ class ApprovalRequest(FSMModelMixin, models.Model):
     def expire(self) -> None:
         pass
 
-    @transition(field=state, source=R.PENDING, target=R.CANCELLED)
+    @transition(field=state, source=[R.PENDING, R.CHANGES_REQUESTED], target=R.CANCELLED)
     def cancel(self) -> None:
         pass
 
@@ -235,6 +272,34 @@ class ApprovalRequest(FSMModelMixin, models.Model):
             return None
         return self.claimed_by_id
 
+    @transition(field=state, source=R.PENDING, target=R.CHANGES_REQUESTED)
+    def request_changes(self) -> None:
+        pass
+
+    @transition(field=state, source=R.CHANGES_REQUESTED, target=R.RESUBMITTED)
+    def resubmit(self) -> None:
+        pass
+
+    @transition(field=state, source=R.CHANGES_REQUESTED, target=R.WITHDRAWN)
+    def withdraw(self) -> None:
+        pass
+
+    @property
+    def last_round(self) -> bool:
+        """In its last round changes can no longer be requested (``max_rounds``)."""
+        return self.round >= self.max_rounds
+
+    @property
+    def has_reviser(self) -> bool:
+        """Whether someone could answer a request for changes: its requester or the
+        instance's starter (an instance the system started for nobody has neither)."""
+        return self.requester_id is not None or self.instance.started_by_id is not None
+
+    @property
+    def can_be_sent_back(self) -> bool:
+        """Whether to offer "Request changes" (buttons only: the policy answers on use)."""
+        return self.state == R.PENDING and not self.last_round and self.has_reviser
+
 
 class Decision(models.Model):
     """One person's decision on one request. ``assignee`` is whose vote it is; ``decided_by``
@@ -250,7 +315,7 @@ class Decision(models.Model):
     via_group = models.ForeignKey(
         Group, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
-    outcome = models.CharField(max_length=10, choices=Outcome.choices)
+    outcome = models.CharField(max_length=20, choices=Outcome.choices)
     comment = models.TextField(blank=True, default="")
     channel = models.CharField(max_length=10, choices=Channel.choices)
     reason = models.CharField(

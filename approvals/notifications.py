@@ -98,6 +98,12 @@ def inbox_url(request_id: Any) -> str:
     return f"{base}{request_id}/" if request_id else base
 
 
+def revise_url(request_id: Any) -> str:
+    """The requester's "Revise and resubmit" page of a request sent back for changes (a page
+    that asks for a login, never an action link)."""
+    return f"{settings.SIGNOFF_BASE_URL.rstrip('/')}/inbox/{request_id}/revise/"
+
+
 def link_ref(request: ApprovalRequest, user: Any, purpose: str) -> dict[str, Any]:
     """What an outbox row records so :func:`action_link_mint` can make its link at delivery:
     ids and the purpose, nothing secret."""

@@ -11,8 +11,8 @@ The rules, in the order they are checked (the first that fails answers):
 
 1. The actor is a logged-in, active user.
 2. The actor may see the request (an assignee, a delegate of one, someone who decided it, its
-   requester, or staff); otherwise the request does not exist for them (``NotFound``), so a
-   refusal never tells them who decided what.
+   requester, its instance's starter, or staff); otherwise the request does not exist for
+   them (``NotFound``), so a refusal never tells them who decided what.
 3. The request is still pending (``Conflict``: "already approved by X at T").
 4. Per act:
 
@@ -63,11 +63,24 @@ sweeper records its expiry).
    - ``take_over``: someone other than the claimant (``Conflict`` ``own_claim``) who may
      ``decide`` it, claims aside; of a ``hard`` claim only a holder of
      ``approvals.override_claim`` (``NotAllowed`` ``hard_claim``). Only a claimed request.
+
+Send back for changes (issue 12), its own acts:
+
+- ``request_changes``: exactly who may ``decide`` (the same rules, one decision per person,
+  the same "already approved by X" answer to the slower of two people, refused while someone
+  else holds a claim), and only while the
+  request is not in its last round (``max_rounds``; ``Conflict``, code ``max_rounds``) and
+  someone could answer it (a requester or a starter; code ``no_requester``).
+- ``resubmit`` and ``withdraw``: the request's requester or the instance's starter (whatever
+  ``SIGNOFF_STARTER_IS_REQUESTER`` says: the input is theirs), active; only while the request
+  is ``changes_requested`` and its instance running. Anyone else who may see the request is
+  refused (``not_requester``); anyone who may not, answered ``NotFound``. A second answer (a
+  double click) is a ``Conflict`` naming who answered first and when.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -100,6 +113,10 @@ class Act(StrEnum):
     CLAIM = "claim"
     RELEASE = "release"
     TAKE_OVER = "take_over"
+    # send back for changes
+    REQUEST_CHANGES = "request_changes"
+    RESUBMIT = "resubmit"
+    WITHDRAW = "withdraw"
 
 
 CLAIM_ACTS = (Act.CLAIM, Act.RELEASE, Act.TAKE_OVER)
@@ -143,14 +160,16 @@ def requester_ids(request: ApprovalRequest | None, instance: WorkflowInstance) -
 
 def can_see(user: Any, request: ApprovalRequest, now: datetime | None = None) -> bool:
     """Staff see every request; others the ones they are (or a delegator is) assigned, decided
-    or requested. One query."""
+    or requested, or whose instance they started. One query."""
     if user.is_staff:
         return True
     from .selectors import visible_filter  # selectors import this module's siblings only
 
     return (
         ApprovalRequest.objects.filter(pk=request.pk)
-        .filter(visible_filter(user, now) | Q(requester_id=user.pk))
+        .filter(
+            visible_filter(user, now) | Q(requester_id=user.pk) | Q(instance__started_by_id=user.pk)
+        )
         .exists()
     )
 
@@ -184,12 +203,21 @@ def _via(member_of: set[int]) -> Group | None:
     return Group.objects.get(pk=min(member_of)) if member_of else None
 
 
+def _stamp(when: datetime | None) -> str:
+    return timezone.localtime(when).strftime("%Y-%m-%d %H:%M:%S %Z") if when else "earlier"
+
+
+SENT_BACK = (RequestState.CHANGES_REQUESTED, RequestState.RESUBMITTED, RequestState.WITHDRAWN)
+
+
 def _already_decided(request: ApprovalRequest) -> Conflict:
     last = request.decisions.select_related("decided_by").order_by("-at", "-id").first()
     when = request.resolved_at or (last.at if last else None)
-    stamp = timezone.localtime(when).strftime("%Y-%m-%d %H:%M:%S %Z") if when else "earlier"
+    stamp = _stamp(when)
     if request.state in (RequestState.APPROVED, RequestState.REJECTED) and last is not None:
         message = f"already {request.state} by {last.decided_by.get_username()} at {stamp}"
+    elif request.state in SENT_BACK and last is not None:
+        message = f"changes were already requested by {last.decided_by.get_username()} at {stamp}"
     else:
         message = f"already {request.state} at {stamp}"
     return Conflict(message, code="already_decided")
@@ -228,14 +256,17 @@ def authorize(
     """Answer whether ``user`` may perform ``act`` on ``request`` now, and for whom.
 
     Returns a :class:`Grant`; raises :class:`NotFound` (a request the user may not see),
-    :class:`Conflict` (already decided) or :class:`NotAllowed` (with a stable ``code``:
-    ``inactive``, ``not_assignee``, ``self_approval``, ``already_decided``,
-    ``on_behalf_disabled``, ``own_request``, ``permission_denied``, ``self_assignment``,
-    ``approval_step``, ``claimed``, ``not_claimable``, ``not_claimed``, ``not_claimant``,
-    ``own_claim``, ``hard_claim``). Call it inside the transaction that acts, with the instance (and
-    request) locked, so the answer still holds when the write happens. Reads only.
-    ``reassign`` without ``new_users`` and ``new_groups`` (both None) answers whether the user
-    may reassign the request at all, before anything is said about the people named.
+    :class:`Conflict` (already decided; ``max_rounds``, ``no_requester``,
+    ``already_resubmitted``, ``already_withdrawn``, ``not_changes_requested``,
+    ``invalid_state``, ``claimed``, ``not_claimable``, ``not_claimed``, ``own_claim``) or
+    :class:`NotAllowed` (with a stable ``code``: ``inactive``, ``not_assignee``,
+    ``self_approval``, ``already_decided``, ``on_behalf_disabled``, ``own_request``,
+    ``permission_denied``, ``self_assignment``, ``approval_step``, ``not_requester``,
+    ``not_claimant``, ``hard_claim``, ``not_participant``). Call it inside the transaction that
+    acts, with the instance (and request) locked, so the answer still holds when the write
+    happens. Reads only. ``reassign`` without ``new_users`` and ``new_groups`` (both None)
+    answers whether the user may reassign the request at all, before anything is said about
+    the people named.
     """
     act = Act(act)
     now = now or timezone.now()
@@ -252,6 +283,8 @@ def authorize(
     if act is Act.DOWNLOAD:
         return _authorize_download(user, instance, now)
     assert request is not None
+    if act in (Act.RESUBMIT, Act.WITHDRAW):
+        return _authorize_answer(act, user, request, instance, now)
     if not can_see(user, request, now):
         raise NotFound("approval request not found")
     if request.state != RequestState.PENDING:
@@ -261,6 +294,22 @@ def authorize(
         grant = _decide_grant(user, request, requesters, now)
         _check_claim(request, grant.actor, now)
         return grant
+    if act is Act.REQUEST_CHANGES:
+        # Who may decide, claims included (someone else's claim holds it back too).
+        grant = _decide_grant(user, request, requesters, now)
+        _check_claim(request, grant.actor, now)
+        if request.last_round:
+            raise Conflict(
+                f"this is round {request.round} of {request.max_rounds}, the last: changes can "
+                "no longer be requested; approve or reject",
+                code="max_rounds",
+            )
+        if not request.has_reviser:
+            raise Conflict(
+                "nobody could revise this request (it has no requester); approve or reject",
+                code="no_requester",
+            )
+        return replace(grant, act=Act.REQUEST_CHANGES)
     if act is Act.ATTACH:
         return _authorize_attach(user, request, requesters, now)
     if act in CLAIM_ACTS:
@@ -353,6 +402,37 @@ def _authorize_reassign(
                 code="self_approval",
             )
     return Grant(Act.REASSIGN, user)
+
+
+def _authorize_answer(
+    act: Act, user: Any, request: ApprovalRequest, instance: WorkflowInstance, now: datetime
+) -> Grant:
+    """Resubmit or withdraw a request sent back for changes: its requester or starter."""
+    owners = {request.requester_id, instance.started_by_id} - {None}
+    if user.pk not in owners:
+        if can_see(user, request, now):
+            verb = "resubmit" if act is Act.RESUBMIT else "withdraw"
+            raise NotAllowed(f"only the requester may {verb} this request", code="not_requester")
+        raise NotFound("approval request not found")
+    if request.state == RequestState.RESUBMITTED or request.state == RequestState.WITHDRAWN:
+        who = request.answered_by.get_username() if request.answered_by_id else "someone"
+        raise Conflict(
+            f"already {request.state} by {who} at {_stamp(request.answered_at)}",
+            code=f"already_{request.state}",
+        )
+    if request.state == RequestState.PENDING:
+        raise Conflict(
+            "the request is waiting for a decision, not for your changes",
+            code="not_changes_requested",
+        )
+    if request.state != RequestState.CHANGES_REQUESTED:
+        raise _already_decided(request)
+    if instance.state != "running":
+        raise Conflict(
+            f"the workflow instance is {instance.state}; it can no longer be revised",
+            code="invalid_state",
+        )
+    return Grant(act, user)
 
 
 def _authorize_step(

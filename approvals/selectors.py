@@ -86,8 +86,21 @@ def visible_to(user: Any, now: datetime | None = None) -> QuerySet[ApprovalReque
     return ApprovalRequest.objects.filter(_visible(user, principal_ids(user, now)))
 
 
+def awaiting_revision(user: Any) -> QuerySet[ApprovalRequest]:
+    """Requests sent back for changes that ``user`` may revise and resubmit (or withdraw):
+    their own (requester or the instance's starter), whose instance still runs. Walks the
+    ``changes_requested`` partial index; :func:`approvals.policy.authorize` (act
+    ``resubmit``) has the last word."""
+    return ApprovalRequest.objects.filter(
+        Q(requester_id=user.pk) | Q(instance__started_by_id=user.pk),
+        state=RequestState.CHANGES_REQUESTED,
+        instance__state="running",
+    )
+
+
 def request_for(user: Any, request_id: Any) -> ApprovalRequest | None:
-    """One request the user may see (assignee, delegate, decider, requester or staff)."""
+    """One request the user may see (assignee, delegate, decider, requester, the instance's
+    starter, or staff)."""
     try:
         pk = int(request_id)
     except (TypeError, ValueError):
@@ -97,7 +110,11 @@ def request_for(user: Any, request_id: Any) -> ApprovalRequest | None:
     ).filter(pk=pk)
     if not user.is_staff:
         # Checks this one row (a pk__in over everything visible scanned the table: 1.8 s).
-        qs = qs.filter(_visible(user, principal_ids(user)) | Q(requester_id=user.pk))
+        qs = qs.filter(
+            _visible(user, principal_ids(user))
+            | Q(requester_id=user.pk)
+            | Q(instance__started_by_id=user.pk)
+        )
     return qs.first()
 
 

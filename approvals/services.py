@@ -1,5 +1,7 @@
 """Every write of the human side. The inbox, the API, email links and the admin all decide
-through :func:`approval_decide`.
+through :func:`approval_decide`, and send back for changes through
+:func:`approval_request_changes`; the requester answers with :func:`approval_resubmit` (the
+next round) or :func:`approval_withdraw`.
 
 Lock order is the engine's: the instance row first (it guards the instance, its steps and
 their approval requests), then the request row.
@@ -14,19 +16,29 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.db import transaction
+from django.db.models import Prefetch
 from django.utils import timezone
 
 from orchestration import engine, kinds
 from orchestration.calendar import add_duration
 from orchestration.definitions import StepSpec
-from orchestration.errors import InvalidInput, NotAllowed, NotFound
+from orchestration.errors import Conflict, InvalidInput, NotAllowed, NotFound
 from orchestration.journal import Journal
 from orchestration.jsonsafe import string_problem
 from orchestration.models import StepRun
 
 from . import notifications, policy
 from .definitions import ApprovalStep
-from .models import ApprovalRequest, Channel, Decision, Delegation, Outcome, Policy, RequestState
+from .models import (
+    DECISIONS,
+    ApprovalRequest,
+    Channel,
+    Decision,
+    Delegation,
+    Outcome,
+    Policy,
+    RequestState,
+)
 
 User = get_user_model()
 MAX_COMMENT = 5000
@@ -77,69 +89,20 @@ class ApprovalKind:
 
     def ready(self, *, step_run: StepRun, spec: StepSpec, journal: Journal, now: datetime) -> None:
         assert isinstance(spec, ApprovalStep)
-        ctx = engine.step_context(journal, step_run)
-        usernames, group_names = spec.resolve_assignees(ctx)
-        users = list(User.objects.filter(username__in=usernames, is_active=True))
-        groups = list(Group.objects.filter(name__in=group_names))
-        instance = journal.instance
-        requester = _requester(spec, ctx, instance)
-        request = ApprovalRequest(
-            instance=instance,
-            workflow=instance.workflow,
-            business_key=instance.business_key,
-            step_name=step_run.name,
-            title=spec.render_title(ctx),
-            fields=engine._jsonable(spec.render_fields(ctx)),
-            policy=spec.policy,
-            quorum=spec.quorum if spec.policy == Policy.QUORUM else 1,
-            veto=spec.veto,
-            reject_requires_comment=spec.reject_requires_comment,
-            allow_self_approval=spec.allow_self_approval,
-            claim_mode=spec.claim_mode,
-            requester=requester,
-            created_at=now,
-            due_at=timer_at(spec, now, spec.due),
-        )
-        request.next_reminder_at = _before_due(request, timer_at(spec, now, spec.remind_every))
-        request.next_escalation_at = (
-            timer_at(spec, now, spec.escalate[0].after) if spec.escalate else None
-        )
         step_run.wait()
         step_run.started_at = now
         journal.record("step_waiting", step=step_run)
-        missing = sorted(set(usernames) - {u.username for u in users}) + sorted(
-            set(group_names) - {g.name for g in groups}
-        )
-        journal.record(
-            "approval_requested",
-            step=step_run,
-            data={
-                "title": request.title,
-                "users": [u.username for u in users],
-                "groups": [g.name for g in groups],
-                "policy": spec.policy,
-                "due_at": request.due_at.isoformat() if request.due_at else None,
-                **({"unknown_assignees": missing} if missing else {}),
-            },
-        )
-
-        def create() -> None:
-            request.step_run = step_run
-            request.save(force_insert=True)
-            request.assignee_users.set(users)
-            request.assignee_groups.set(groups)
-            notifications.notify_assignees(
-                request, notifications.current_assignee_users(request), now, kind="assigned"
-            )
-
-        journal.after_write(create)
+        open_round(journal, step_run, spec, now, round_no=1)
 
     def cancelled(
         self, *, step_run: StepRun, spec: StepSpec, journal: Journal, now: datetime
     ) -> None:
         request = (
             ApprovalRequest.objects.select_for_update(no_key=True)
-            .filter(step_run_id=step_run.pk, state=RequestState.PENDING)
+            .filter(
+                step_run_id=step_run.pk,
+                state__in=[RequestState.PENDING, RequestState.CHANGES_REQUESTED],
+            )
             .first()
         )
         if request is None:
@@ -170,6 +133,72 @@ class ApprovalKind:
 kinds.register_kind(ApprovalKind())
 
 
+def open_round(
+    journal: Journal, step_run: StepRun, spec: ApprovalStep, now: datetime, *, round_no: int
+) -> ApprovalRequest:
+    """A new request for a waiting approval step: round ``round_no``, assignees resolved from
+    the context as it is now (the input may have been revised), timers counted from ``now``.
+    Writes ``approval_requested``; the row is saved once the journal has written the step."""
+    ctx = engine.step_context(journal, step_run)
+    usernames, group_names = spec.resolve_assignees(ctx)
+    users = list(User.objects.filter(username__in=usernames, is_active=True))
+    groups = list(Group.objects.filter(name__in=group_names))
+    instance = journal.instance
+    requester = _requester(spec, ctx, instance)
+    request = ApprovalRequest(
+        instance=instance,
+        workflow=instance.workflow,
+        business_key=instance.business_key,
+        step_name=step_run.name,
+        round=round_no,
+        title=spec.render_title(ctx),
+        fields=engine._jsonable(spec.render_fields(ctx)),
+        policy=spec.policy,
+        quorum=spec.quorum if spec.policy == Policy.QUORUM else 1,
+        veto=spec.veto,
+        reject_requires_comment=spec.reject_requires_comment,
+        allow_self_approval=spec.allow_self_approval,
+        revisable=list(spec.revisable),
+        max_rounds=spec.max_rounds,
+        claim_mode=spec.claim_mode,
+        requester=requester,
+        created_at=now,
+        due_at=timer_at(spec, now, spec.due),
+    )
+    request.next_reminder_at = _before_due(request, timer_at(spec, now, spec.remind_every))
+    request.next_escalation_at = (
+        timer_at(spec, now, spec.escalate[0].after) if spec.escalate else None
+    )
+    missing = sorted(set(usernames) - {u.username for u in users}) + sorted(
+        set(group_names) - {g.name for g in groups}
+    )
+    journal.record(
+        "approval_requested",
+        step=step_run,
+        data={
+            "title": request.title,
+            "users": [u.username for u in users],
+            "groups": [g.name for g in groups],
+            "policy": spec.policy,
+            "due_at": request.due_at.isoformat() if request.due_at else None,
+            **({"round": round_no} if round_no > 1 else {}),
+            **({"unknown_assignees": missing} if missing else {}),
+        },
+    )
+
+    def create() -> None:
+        request.step_run = step_run
+        request.save(force_insert=True)
+        request.assignee_users.set(users)
+        request.assignee_groups.set(groups)
+        notifications.notify_assignees(
+            request, notifications.current_assignee_users(request), now, kind="assigned"
+        )
+
+    journal.after_write(create)
+    return request
+
+
 # -- deciding -----------------------------------------------------------------------------------
 
 
@@ -194,8 +223,54 @@ def _resolution(request: ApprovalRequest, decisions: list[Decision]) -> str | No
     return RequestState.APPROVED if users_done and groups_done else None
 
 
+def _decision_item(d: Decision) -> dict[str, Any]:
+    return {
+        "user": d.decided_by.get_username(),
+        "for": d.assignee.get_username() if d.assignee_id != d.decided_by_id else None,
+        "outcome": d.outcome,
+        "comment": d.comment,
+        "channel": d.channel,
+        "at": d.at.isoformat(),
+    }
+
+
+def earlier_rounds(request: ApprovalRequest) -> list[ApprovalRequest]:
+    """The step's rounds before ``request``, oldest first, each with its decisions (two
+    queries however many; none in round 1)."""
+    if request.round <= 1:
+        return []
+    return list(
+        ApprovalRequest.objects.filter(step_run_id=request.step_run_id, round__lt=request.round)
+        .select_related("answered_by")
+        .prefetch_related(
+            Prefetch(
+                "decisions",
+                queryset=Decision.objects.select_related("decided_by", "assignee", "via_group"),
+            )
+        )
+        .order_by("round")
+    )
+
+
+def round_summary(request: ApprovalRequest) -> dict[str, Any]:
+    """One earlier round, for the step's output (``rounds``)."""
+    decisions = list(request.decisions.all())
+    sent_back = next((d for d in decisions if d.outcome == Outcome.REQUEST_CHANGES), None)
+    return {
+        "round": request.round,
+        "state": request.state,
+        "requested_at": request.created_at.isoformat(),
+        "changes_requested_by": sent_back.decided_by.get_username() if sent_back else None,
+        "comment": sent_back.comment if sent_back else "",
+        "answered_by": request.answered_by.get_username() if request.answered_by_id else None,
+        "answered_at": request.answered_at.isoformat() if request.answered_at else None,
+        "decisions": [_decision_item(d) for d in decisions],
+    }
+
+
 def request_outcome(request: ApprovalRequest, decisions: list[Decision]) -> dict[str, Any]:
-    """The step's output: the decision, who, when, and every decision with its comment."""
+    """The step's output: the decision, who, when, and every decision with its comment; the
+    round it was decided in and the earlier rounds (sent back for changes, resubmitted)."""
     deciding = [
         d
         for d in decisions
@@ -207,17 +282,9 @@ def request_outcome(request: ApprovalRequest, decisions: list[Decision]) -> dict
         "decided_by": [d.decided_by.get_username() for d in deciding],
         "at": request.resolved_at.isoformat() if request.resolved_at else None,
         "comments": [d.comment for d in decisions if d.comment],
-        "decisions": [
-            {
-                "user": d.decided_by.get_username(),
-                "for": d.assignee.get_username() if d.assignee_id != d.decided_by_id else None,
-                "outcome": d.outcome,
-                "comment": d.comment,
-                "channel": d.channel,
-                "at": d.at.isoformat(),
-            }
-            for d in decisions
-        ],
+        "decisions": [_decision_item(d) for d in decisions],
+        "round": request.round,
+        "rounds": [round_summary(r) for r in earlier_rounds(request)],
     }
 
 
@@ -241,10 +308,8 @@ def approval_decide(
     saying who decided and when. Writes ``approval_decided`` and, on resolution,
     ``approval_resolved`` plus the step's own event, in one transaction.
     """
-    if outcome not in Outcome.values:
-        raise InvalidInput(f"outcome must be one of {', '.join(Outcome.values)}")
-    if channel not in Channel.values or channel == Channel.ADMIN:
-        raise InvalidInput("channel must be one of web, email, api")
+    _check_outcome(outcome)
+    _check_channel(channel)
     comment = _clean_comment(comment)
     if not getattr(user, "is_authenticated", False):
         raise NotAllowed("log in to decide", code="not_authenticated")
@@ -261,6 +326,21 @@ def approval_decide(
         decision = _record_decision(locked, request, grant, outcome, comment, channel)
         locked.journal.flush()
         return decision
+
+
+def _check_outcome(outcome: Any) -> None:
+    if outcome == Outcome.REQUEST_CHANGES:
+        raise InvalidInput(
+            "request changes with its own action (a comment for the requester is required)",
+            code="invalid_outcome",
+        )
+    if outcome not in DECISIONS:
+        raise InvalidInput("outcome must be one of approve, reject", code="invalid_outcome")
+
+
+def _check_channel(channel: Any) -> None:
+    if channel not in Channel.values or channel == Channel.ADMIN:
+        raise InvalidInput("channel must be one of web, email, api")
 
 
 def _clean_comment(comment: Any) -> str:
@@ -382,6 +462,195 @@ def _resolve(
         )
 
 
+# -- send back for changes ----------------------------------------------------------------------
+
+
+def approval_request_changes(
+    *, request_id: Any, user: Any, comment: str, channel: str = Channel.WEB
+) -> Decision:
+    """Send a pending request back to its requester for changes, with a comment (required).
+
+    Who may is :func:`approvals.policy.authorize` (act ``request_changes``): exactly who may
+    decide, and not in the request's last round (``Conflict``, code ``max_rounds``). Under
+    every policy one request for changes ends the round at once (like a veto); decisions
+    others made in it stay recorded. The request becomes ``changes_requested`` (its timers
+    stop), the step keeps waiting, the requester gets one mail. Records the person's decision
+    (outcome ``request_changes``) and writes ``approval_changes_requested``, in one
+    transaction under the instance lock; two people acting at once get one outcome and the
+    second a :class:`Conflict` saying who was first."""
+    _check_channel(channel)
+    comment = _clean_comment(comment)
+    if not comment:
+        raise InvalidInput(
+            "a comment is required to request changes: tell the requester what to change",
+            code="comment_required",
+        )
+    if not getattr(user, "is_authenticated", False):
+        raise NotAllowed("log in to decide", code="not_authenticated")
+    step_run_id = _step_run_of(request_id)
+    with transaction.atomic():
+        locked, request = _lock(request_id, step_run_id, user)
+        now = locked.journal.now
+        grant = policy.authorize(
+            policy.Act.REQUEST_CHANGES,
+            user=user,
+            request=request,
+            instance=locked.instance,
+            now=now,
+        )
+        principal = grant.principal
+        decision = Decision.objects.create(
+            request=request,
+            assignee=principal,
+            decided_by=user,
+            via_group=grant.via_group,
+            outcome=Outcome.REQUEST_CHANGES,
+            comment=comment,
+            channel=channel,
+            at=now,
+        )
+        request.request_changes()
+        request.resolved_at = now
+        request.next_reminder_at = None
+        request.next_escalation_at = None
+        request.save(
+            update_fields=["state", "resolved_at", "next_reminder_at", "next_escalation_at"]
+        )
+        locked.record(
+            "approval_changes_requested",
+            step=locked.step_by_id(step_run_id),
+            data={
+                "user": user.get_username(),
+                "for": principal.get_username() if principal.pk != user.pk else None,
+                "comment": comment,
+                "channel": channel,
+                "round": request.round,
+            },
+        )
+        notifications.notify_requester(
+            request,
+            kind="changes_requested",
+            extra={
+                "by": user.get_username(),
+                "comment": comment,
+                "revise_url": notifications.revise_url(request.pk),
+            },
+        )
+        locked.journal.flush()
+        return decision
+
+
+def _clean_changes(changes: Any, request: ApprovalRequest) -> dict[str, Any]:
+    if not isinstance(changes, dict):
+        raise InvalidInput("input must be a JSON object of the fields to change", code="invalid")
+    refused = sorted(str(name) for name in changes if name not in request.revisable)
+    if refused:
+        allowed = ", ".join(request.revisable) or "none"
+        raise InvalidInput(
+            f"not revisable in this step: {', '.join(refused)} (revisable: {allowed})",
+            code="not_revisable",
+            errors={"input": [f"{name}: not revisable" for name in refused]},
+        )
+    return changes
+
+
+def _sent_back(
+    request_id: Any, user: Any, act: policy.Act
+) -> tuple[engine.LockedInstance, ApprovalRequest, StepRun, ApprovalStep]:
+    """Lock and authorize an answer (resubmit, withdraw) to a request sent back for changes;
+    the caller's transaction is open."""
+    if not getattr(user, "is_authenticated", False):
+        raise NotAllowed("log in to act on approval requests", code="not_authenticated")
+    step_run_id = _step_run_of(request_id)
+    locked, request = _lock(request_id, step_run_id, user)
+    policy.authorize(act, user=user, request=request, instance=locked.instance)
+    step = locked.step_by_id(step_run_id)
+    spec = locked.definition.steps.get(step.name) if locked.definition and step else None
+    if step is None or step.state != "waiting" or not isinstance(spec, ApprovalStep):
+        raise Conflict("the approval step is no longer waiting", code="invalid_state")
+    return locked, request, step, spec
+
+
+def approval_resubmit(
+    *, request_id: Any, user: Any, changes: dict[str, Any] | None = None, channel: str = "web"
+) -> ApprovalRequest:
+    """The requester revises and resubmits a request sent back for changes; returns the next
+    round's request.
+
+    :func:`approvals.policy.authorize` (act ``resubmit``): the requester or the instance's
+    starter, while the request is ``changes_requested`` and the instance running. ``changes``
+    holds only the step's ``revisable`` top-level input fields (others: ``InvalidInput``,
+    code ``not_revisable``); merged into the input they must pass the workflow's
+    ``input_schema`` (``invalid_input``). In one transaction under the instance lock: the
+    input change (:meth:`engine.LockedInstance.revise_input`: ``instance_input_revised`` with
+    a diff, sealed fields masked and sealed again), the request ``resubmitted``
+    (``approval_resubmitted``), and round N+1 of the same step: a fresh request, assignees
+    resolved again, reminders, escalations and due counted from now (``approval_requested``,
+    mail to the assignees). A second resubmit (a double click) finds the request resubmitted:
+    :class:`Conflict` naming who and when; one round."""
+    changes = {} if changes is None else changes
+    _check_channel(channel)
+    with transaction.atomic():
+        locked, request, step, spec = _sent_back(request_id, user, policy.Act.RESUBMIT)
+        changes = _clean_changes(changes, request)
+        now = locked.journal.now
+        next_round = request.round + 1
+        diff = locked.revise_input(
+            changes, reason=f"resubmitted for round {next_round} of {step.name}"
+        )
+        request.resubmit()
+        request.answered_by = user
+        request.answered_at = now
+        request.save(update_fields=["state", "answered_by", "answered_at"])
+        locked.record(
+            "approval_resubmitted",
+            step=step,
+            data={
+                "user": user.get_username(),
+                "round": next_round,
+                "changed": sorted(diff),
+                "channel": channel,
+            },
+        )
+        new = open_round(locked.journal, step, spec, now, round_no=next_round)
+        locked.journal.flush()
+        return new
+
+
+def approval_withdraw(
+    *, request_id: Any, user: Any, reason: str = "", channel: str = "web"
+) -> ApprovalRequest:
+    """The requester withdraws a request sent back for changes instead of revising it: the
+    request becomes ``withdrawn`` (``approval_withdrawn``) and the instance is cancelled
+    (compensations run, then the usual cancellation events), in one transaction under the
+    instance lock. Authorized like :func:`approval_resubmit` (act ``withdraw``)."""
+    _check_channel(channel)
+    if not isinstance(reason, str) or len(reason) > 500 or string_problem(reason):
+        raise InvalidInput("reason must be valid text of at most 500 characters")
+    reason = reason.strip()
+    with transaction.atomic():
+        locked, request, step, _spec = _sent_back(request_id, user, policy.Act.WITHDRAW)
+        now = locked.journal.now
+        request.withdraw()
+        request.answered_by = user
+        request.answered_at = now
+        request.save(update_fields=["state", "answered_by", "answered_at"])
+        name = user.get_username()
+        locked.record(
+            "approval_withdrawn",
+            step=step,
+            data={
+                "user": name,
+                "round": request.round,
+                "channel": channel,
+                **({"reason": reason} if reason else {}),
+            },
+        )
+        locked.cancel_instance(f"withdrawn by {name}" + (f": {reason}" if reason else ""))
+        locked.journal.flush()
+        return request
+
+
 # -- operators ----------------------------------------------------------------------------------
 
 
@@ -410,8 +679,7 @@ def approval_decide_on_behalf(
     (``decided_by`` the operator, channel ``admin``, event data ``on_behalf``) with the
     mandatory reason."""
     reason = _clean_reason(reason)
-    if outcome not in Outcome.values:
-        raise InvalidInput(f"outcome must be one of {', '.join(Outcome.values)}")
+    _check_outcome(outcome)
     comment = _clean_comment(comment)
     step_run_id = _step_run_of(request_id)
     with transaction.atomic():

@@ -27,7 +27,7 @@ from orchestration import sealing
 from orchestration.errors import SignoffError
 from orchestration.models import Event
 
-from . import selectors, services
+from . import policy, selectors, services
 from .forms import (
     PAGE_SIZE,
     SORT_CHOICES,
@@ -36,12 +36,15 @@ from .forms import (
     DecisionForm,
     DelegationForm,
     InboxFilterForm,
+    ReviseForm,
+    WithdrawForm,
 )
-from .models import ApprovalRequest, Delegation, Outcome, RequestState
+from .models import ApprovalRequest, Decision, Delegation, Outcome, RequestState
 
 User = get_user_model()
 COUNT_CAP = 99  # the navigation shows "99+" beyond this: counting stops at 100 rows
 HISTORY_LIMIT = 200  # events shown on the detail page (the latest ones)
+REVISE_LIMIT = 20  # requests listed under "Revise and resubmit" at the top of the inbox
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MICROSECOND = timedelta(microseconds=1)
 
@@ -191,6 +194,11 @@ def _label(pk: int, title: str | None) -> str:
     return f"#{pk} “{title}”" if title else f"#{pk}"
 
 
+def _sent_back_by(decisions: list[Any]) -> str:
+    sent = [d for d in decisions if d.outcome == Outcome.REQUEST_CHANGES]
+    return sent[-1].decided_by.get_username() if sent else "an approver"
+
+
 def _why_not(
     approval: ApprovalRequest,
     user: Any,
@@ -200,6 +208,17 @@ def _why_not(
     """Why the user sees no decision buttons on a request."""
     if claim is not None and claim.blocks and approval.state == RequestState.PENDING:
         return f"{claim.message}: you can decide once it is released, taken over or expired."
+    by = _sent_back_by(decisions)
+    answered = approval.answered_by.get_username() if approval.answered_by_id else "the requester"
+    if approval.state == RequestState.CHANGES_REQUESTED:
+        return f"Changes were requested by {by}; waiting for the requester to revise and resubmit."
+    if approval.state == RequestState.RESUBMITTED:
+        return (
+            f"Round {approval.round} was sent back for changes by {by}; {answered} revised and "
+            f"resubmitted it as round {approval.round + 1}."
+        )
+    if approval.state == RequestState.WITHDRAWN:
+        return f"Sent back for changes by {by}; {answered} withdrew the request."
     if approval.state != RequestState.PENDING:
         deciders = ", ".join(
             d.decided_by.get_username() for d in decisions if approval.state.startswith(d.outcome)
@@ -247,6 +266,7 @@ def inbox_list(request: HttpRequest) -> HttpResponse:
     context = {
         "form": form,
         "filters": filters,
+        "to_revise": _to_revise(request.user),
         "rows": page.rows,
         "now": now,
         "pending_count": pending_count(request, pending),
@@ -260,6 +280,28 @@ def inbox_list(request: HttpRequest) -> HttpResponse:
         "any_selectable": any(row.selectable for row in page.rows),
     }
     return render(request, "inbox/list.html", context)
+
+
+def _to_revise(user: Any) -> list[ApprovalRequest]:
+    """The user's requests sent back for changes (newest first): one query, and one more for
+    who asked for the changes when there are any."""
+    rows = list(
+        selectors.awaiting_revision(user)
+        .prefetch_related(
+            Prefetch(
+                "decisions",
+                queryset=Decision.objects.filter(outcome=Outcome.REQUEST_CHANGES).select_related(
+                    "decided_by"
+                ),
+                to_attr="sent_back",
+            )
+        )
+        .order_by("-created_at", "-id")[:REVISE_LIMIT]
+    )
+    for row in rows:
+        row.sent_back_by = row.sent_back[-1].decided_by.get_username() if row.sent_back else ""
+        row.sent_back_comment = row.sent_back[-1].comment if row.sent_back else ""
+    return rows
 
 
 # -- one request --------------------------------------------------------------------------------
@@ -289,7 +331,17 @@ def _render_detail(
     claim = selectors.claim_summary(request.user, approval, may_decide=may_decide)
     can_decide = may_decide and not claim.blocks
     now = timezone.now()
+    user = request.user
     context = {
+        # send back for changes: the earlier rounds (two queries however many), whether to
+        # offer "Request changes" (the policy answers again when it is used) and the
+        # requester's way to revise
+        "rounds": _rounds(approval),
+        "can_request_changes": can_decide and approval.can_be_sent_back,
+        "can_revise": approval.state == RequestState.CHANGES_REQUESTED
+        and instance.state == "running"
+        and user.pk in (approval.requester_id, instance.started_by_id),
+        "next_round": _next_round(approval),
         "approval": approval,
         "fields": fields,
         "instance": instance,
@@ -314,6 +366,27 @@ def _render_detail(
         "timers": selectors.upcoming_timers(approval),
     }
     return render(request, "inbox/detail.html", context, status=status)
+
+
+def _rounds(approval: ApprovalRequest) -> list[dict[str, Any]]:
+    rounds = []
+    for earlier in services.earlier_rounds(approval):
+        decisions = list(earlier.decisions.all())
+        sent = [d for d in decisions if d.outcome == Outcome.REQUEST_CHANGES]
+        rounds.append(
+            {"request": earlier, "decisions": decisions, "sent_back": sent[-1] if sent else None}
+        )
+    return rounds
+
+
+def _next_round(approval: ApprovalRequest) -> int | None:
+    if approval.state != RequestState.RESUBMITTED:
+        return None
+    return (
+        ApprovalRequest.objects.filter(step_run_id=approval.step_run_id, round=approval.round + 1)
+        .values_list("pk", flat=True)
+        .first()
+    )
 
 
 def _visible_or_404(request: HttpRequest, pk: int) -> ApprovalRequest:
@@ -343,13 +416,18 @@ def inbox_decide(request: HttpRequest, pk: int) -> HttpResponse:
         return _render_detail(request, approval, form, status=400)
     outcome = form.cleaned_data["outcome"]
     try:
-        decision = services.approval_decide(
-            request_id=pk,
-            user=request.user,
-            outcome=outcome,
-            comment=form.cleaned_data["comment"],
-            channel="web",
-        )
+        if outcome == Outcome.REQUEST_CHANGES:
+            decision = services.approval_request_changes(
+                request_id=pk, user=request.user, comment=form.cleaned_data["comment"]
+            )
+        else:
+            decision = services.approval_decide(
+                request_id=pk,
+                user=request.user,
+                outcome=outcome,
+                comment=form.cleaned_data["comment"],
+                channel="web",
+            )
     except SignoffError as exc:
         approval = selectors.request_for(request.user, pk) if pk < 2**63 else None
         if approval is None:
@@ -365,7 +443,10 @@ def inbox_decide(request: HttpRequest, pk: int) -> HttpResponse:
         return _render_detail(request, approval, form, status=exc.status)
     approval = decision.request
     verb = "Approved" if outcome == Outcome.APPROVE else "Rejected"
-    if approval.state == RequestState.PENDING:
+    if outcome == Outcome.REQUEST_CHANGES:
+        who = approval.requester.get_username() if approval.requester_id else "the requester"
+        messages.success(request, f"Sent “{approval.title}” back to {who} for changes.")
+    elif approval.state == RequestState.PENDING:
         noun = "approval" if outcome == Outcome.APPROVE else "rejection"
         messages.success(
             request,
@@ -414,6 +495,103 @@ def inbox_bulk(request: HttpRequest) -> HttpResponse:
     if refused:
         messages.error(request, f"Refused {len(refused)}: {'; '.join(refused)}.")
     return redirect(next_url)
+
+
+# -- revise and resubmit ------------------------------------------------------------------------
+
+
+def _answer_refused(request: HttpRequest, exc: SignoffError) -> HttpResponse:
+    if exc.status == 404:
+        raise Http404("No such request in your inbox.")
+    return render(
+        request,
+        "inbox/refused.html",
+        {
+            "message": f"Nothing was changed: {exc.message}.",
+            "pending_count": pending_count(request),
+        },
+        status=exc.status,
+    )
+
+
+def _field_errors(form: ReviseForm, exc: SignoffError) -> None:
+    """Put the service's input errors ("amount: -5 is less than the minimum of 0") on the
+    fields they name, the rest on the form."""
+    problems = (exc.errors or {}).get("input") if isinstance(exc.errors, dict) else None
+    for problem in problems or [exc.message]:
+        name, _, rest = str(problem).partition(": ")
+        field = name.split("/", 1)[0]
+        if rest and field in form.fields:
+            form.add_error(field, rest)
+        else:
+            form.add_error(None, str(problem))
+
+
+@login_required
+@require_http_methods(["GET", "HEAD", "POST"])
+def inbox_revise(request: HttpRequest, pk: int) -> HttpResponse:
+    """The requester's "Revise and resubmit" page of a request sent back for changes: the
+    revisable fields prefilled with the current input; POST resubmits (the next round) through
+    :func:`approvals.services.approval_resubmit`. Refused (the policy's act ``resubmit``, asked
+    here to show the page and again under the lock): a page saying why, nothing changed."""
+    approval = _visible_or_404(request, pk)
+    try:
+        policy.authorize(policy.Act.RESUBMIT, user=request.user, request=approval)
+    except SignoffError as exc:
+        return _answer_refused(request, exc)
+    status = 200
+    if request.method == "POST":
+        form = ReviseForm(approval, request.POST)
+        if form.is_valid():
+            try:
+                new = services.approval_resubmit(
+                    request_id=pk, user=request.user, changes=form.changes(), channel="web"
+                )
+            except SignoffError as exc:
+                if exc.status != 400:
+                    return _answer_refused(request, exc)
+                _field_errors(form, exc)
+                status = 400
+            else:
+                messages.success(
+                    request, f"Resubmitted “{new.title}”: round {new.round} waits for a decision."
+                )
+                return redirect("inbox:detail", pk=new.pk)
+        else:
+            status = 400
+    else:
+        form = ReviseForm(approval)
+    decisions = list(approval.decisions.select_related("decided_by"))
+    sent = [d for d in decisions if d.outcome == Outcome.REQUEST_CHANGES]
+    context = {
+        "approval": approval,
+        "form": form,
+        "sent_back": sent[-1] if sent else None,
+        "withdraw_form": WithdrawForm(),
+        "pending_count": pending_count(request),
+    }
+    return render(request, "inbox/revise.html", context, status=status)
+
+
+@login_required
+@require_POST
+def inbox_withdraw(request: HttpRequest, pk: int) -> HttpResponse:
+    """Withdraw a request sent back for changes: the workflow instance is cancelled."""
+    form = WithdrawForm(request.POST)
+    if not form.is_valid():
+        approval = _visible_or_404(request, pk)
+        for errors in form.errors.values():
+            for error in errors:
+                messages.error(request, f"Not withdrawn: {error}")
+        return redirect("inbox:revise", pk=approval.pk)
+    try:
+        approval = services.approval_withdraw(
+            request_id=pk, user=request.user, reason=form.cleaned_data["reason"], channel="web"
+        )
+    except SignoffError as exc:
+        return _answer_refused(request, exc)
+    messages.success(request, f"Withdrew “{approval.title}”; the workflow was cancelled.")
+    return redirect("inbox:list")
 
 
 # -- out of office ------------------------------------------------------------------------------

@@ -168,6 +168,11 @@ class StepSpec:
     def problems(self) -> list[str]:
         return []
 
+    def problems_in(self, workflow: Workflow) -> list[str]:
+        """Problems only the whole workflow shows (its input schema, its other steps);
+        checked at registration after :meth:`problems`."""
+        return []
+
     def describe(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -415,7 +420,7 @@ class Workflow:
                 raise DefinitionError(f"{where} lists a dependency twice")
             if spec.when is not None and not callable(spec.when):
                 raise DefinitionError(f"{where}: when must be callable")
-            problems = spec.problems()
+            problems = spec.problems() or spec.problems_in(self)
             if problems:
                 raise DefinitionError(f"{where}: {problems[0]}")
         self._order = _toposort(self)

@@ -1134,6 +1134,11 @@ class LockedInstance:
         """Cancel the instance with its open steps (and, through their kinds, requests)."""
         _cancel_instance(self.instance, self.steps, self.definition, self.journal, reason)
 
+    def revise_input(self, changes: Any, *, reason: str = "") -> dict[str, Any]:
+        """Change top-level input fields of the running instance (see
+        :func:`instance_revise_input`); returns the diff recorded."""
+        return _revise_input(self.instance, self.definition, self.journal, changes, reason)
+
     def fail_step(self, step: StepRun, error: dict[str, Any], *, reason: str) -> None:
         """``waiting`` → ``failed``; fails the instance (no retry for a human decision)."""
         step.reject()
@@ -1148,6 +1153,98 @@ class LockedInstance:
                 self.journal,
                 {"step": step.name, "reason": reason, **error},
             )
+
+
+def _revise_input(
+    instance: WorkflowInstance,
+    definition: Workflow | None,
+    journal: Journal,
+    changes: Any,
+    reason: str,
+) -> dict[str, Any]:
+    if instance.state != I.RUNNING:
+        raise Conflict(
+            f"instance is {instance.state}; only a running instance's input can be revised",
+            code="invalid_state",
+        )
+    if definition is None:
+        raise Conflict(
+            f"{instance.workflow} v{instance.version} is not registered",
+            code="definition_missing",
+        )
+    if not isinstance(changes, dict):
+        raise InvalidInput("the changes must be a JSON object of input fields", code="invalid")
+    problem = storable_json_problem(changes)
+    if problem:
+        raise InvalidInput(f"input: {problem}", code="invalid_input")
+    if not isinstance(reason, str) or len(reason) > 1000 or string_problem(reason):
+        raise InvalidInput("reason must be valid text of at most 1000 characters")
+    if definition.requester_input is not None and definition.requester_input in changes:
+        raise InvalidInput(
+            f"input.{definition.requester_input} names the requester; it cannot be revised",
+            code="not_revisable",
+        )
+    changes = _jsonable(changes)
+    current = sealing.open_fields(instance.input, where="input")
+    if not isinstance(current, dict):
+        raise Conflict("the instance's input is not an object", code="invalid_state")
+    problems = definition.validate_input({**current, **changes})
+    if problems:
+        raise InvalidInput(
+            "invalid input: " + "; ".join(problems),
+            code="invalid_input",
+            errors={"input": problems},
+        )
+    sealed_fields = sealing.input_fields(definition.sensitive)
+    stored = dict(instance.input)
+    diff: dict[str, Any] = {}
+    for name, new in changes.items():
+        old = current.get(name)
+        if name in current and old == new and isinstance(old, bool) == isinstance(new, bool):
+            continue  # 120 and 120.0 are the same amount; true and 1 are not the same
+        entry: dict[str, Any] = {"from": current.get(name), "to": new}
+        if name not in current:
+            entry["added"] = True
+        if name in sealed_fields:
+            # The history never holds a sealed value: the diff says that it changed, not how.
+            entry.update({"from": sealing.MASK if name in current else None, "to": sealing.MASK})
+            entry["sealed"] = True
+            stored[name] = sealing.seal_value(new)
+        else:
+            stored[name] = new
+        diff[name] = entry
+    if not diff:
+        return {}
+    instance.input = stored
+    # The journal's instance write leaves the input alone (it is not in the hot path's
+    # columns): write it here, in the same transaction.
+    WorkflowInstance.objects.filter(pk=instance.pk).update(input=stored)
+    journal.record(
+        "instance_input_revised",
+        data={"changes": diff, **({"reason": reason} if reason else {})},
+    )
+    return diff
+
+
+def instance_revise_input(
+    *, instance_id: Any, changes: dict[str, Any], actor: str = "system", reason: str = ""
+) -> dict[str, Any]:
+    """Change top-level fields of a running instance's input, under the instance lock.
+
+    The whole input after the change must pass the workflow's ``input_schema``; the field
+    naming the requester (``requester_input``) cannot change. Sensitive fields are sealed
+    again. Steps that already ran are not run again: later steps see the new input. Writes
+    ``instance_input_revised`` with a diff (``{field: {"from", "to"}}``; a sealed field's
+    values masked) when something changed, and returns that diff (empty: nothing changed,
+    nothing written). Raises :class:`InvalidInput`, :class:`NotFound` or :class:`Conflict`
+    (not running) and changes nothing then. Who may revise is the caller's question."""
+    with transaction.atomic():
+        locked = lock_instance(instance_id=instance_id, actor=actor)
+        if locked is None:
+            raise NotFound("instance not found")
+        diff = locked.revise_input(changes, reason=reason)
+        locked.journal.flush()
+        return diff
 
 
 def lock_instance(

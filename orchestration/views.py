@@ -383,6 +383,27 @@ def _error_line(error: Any) -> str:
     return f"{kind}: {message}" if kind else message
 
 
+def _short(value: Any, limit: int = 80) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _revision_line(changes: Any) -> str:
+    """An input diff in words: "amount 120 → 95; receipt added" (sealed and secret-looking
+    values masked)."""
+    if not isinstance(changes, dict):
+        return ""
+    parts = []
+    for name, change in masked(changes).items():
+        if not isinstance(change, dict):
+            parts.append(f"{name} changed")
+        elif change.get("added"):
+            parts.append(f"{name} set to {_short(change.get('to'))}")
+        else:
+            parts.append(f"{name} {_short(change.get('from'))} → {_short(change.get('to'))}")
+    return "; ".join(parts)
+
+
 def _describe(event: Event) -> tuple[str, str, str]:
     """(title, tone, detail) of one event for people."""
     d = event.data if isinstance(event.data, dict) else {}
@@ -426,7 +447,29 @@ def _describe(event: Event) -> tuple[str, str, str]:
         return "Completed by hand", "operator", str(d.get("reason", ""))
     if t == "approval_requested":
         who = ", ".join([*d.get("users", []), *[f"group {g}" for g in d.get("groups", [])]])
-        return "Approval requested", "human", f"from {who}" if who else ""
+        title = "Approval requested" + (f" (round {d['round']})" if d.get("round") else "")
+        return title, "human", f"from {who}" if who else ""
+    if t == "approval_changes_requested":
+        who = str(d.get("user", "?"))
+        if d.get("for"):
+            who += f" for {d['for']}"
+        return (
+            f"Changes requested by {who} via {d.get('channel', '?')}",
+            "warn",
+            str(d.get("comment") or ""),
+        )
+    if t == "approval_resubmitted":
+        changed = d.get("changed") or []
+        detail = "changed " + ", ".join(map(str, changed)) if changed else "nothing changed"
+        return (
+            f"Resubmitted by {d.get('user', '?')} for round {d.get('round', '?')}",
+            "human",
+            detail,
+        )
+    if t == "approval_withdrawn":
+        return f"Withdrawn by {d.get('user', '?')}", "bad", str(d.get("reason", ""))
+    if t == "instance_input_revised":
+        return "Input revised", "human", _revision_line(d.get("changes"))
     if t == "approval_decided":
         verb = "Approved" if d.get("outcome") == "approve" else "Rejected"
         who = str(d.get("user", "?"))
@@ -506,7 +549,12 @@ def build_timeline(
             duration = e.at - started.pop(comp)
         elif e.type == "step_waiting":
             waiting[e.step] = e.at
-        elif e.type in ("approval_decided", "approval_resolved") and e.step in waiting:
+        elif e.type == "approval_resubmitted":
+            waiting[e.step] = e.at  # the next round waits from the resubmission
+        elif (
+            e.type in ("approval_decided", "approval_resolved", "approval_changes_requested")
+            and e.step in waiting
+        ):
             duration = e.at - waiting[e.step]
         elif e.type in (
             "instance_succeeded",

@@ -356,3 +356,71 @@ registry.register(receipts)
 notes = Workflow("t_notes", attachments="files")
 notes.task(_step, name="a", retry=FAST)
 registry.register(notes)
+# -- send back for changes (issue 12): an expense the manager may send back -------------------
+#
+# reserve (undone by release when the expense is withdrawn) -> manager_approval (amount,
+# description, category, iban (sealed) and receipt are revisable; at most 3 rounds) -> pay.
+
+from approvals.definitions import Escalation  # noqa: E402
+
+
+def _reserve(ctx: StepContext) -> dict[str, Any]:
+    return {"reserved": ctx.input["amount"]}
+
+
+def _release(ctx: StepContext, output: dict[str, Any]) -> dict[str, Any]:
+    return {"released": output["reserved"]}
+
+
+def _pay(ctx: StepContext) -> dict[str, Any]:
+    return {"paid": ctx.input["amount"], "for": ctx.input["description"]}
+
+
+REVISABLE_SCHEMA = {
+    "type": "object",
+    "required": ["amount", "description", "requester"],
+    "properties": {
+        "amount": {"type": "number", "exclusiveMinimum": 0, "maximum": 100000},
+        "description": {"type": "string", "minLength": 1, "maxLength": 500},
+        "category": {"type": "string", "enum": ["travel", "meals", "other"]},
+        "iban": {"type": "string", "minLength": 5, "maxLength": 34},
+        "receipt": {"type": "string", "maxLength": 100},
+        "items": {"type": "array", "maxItems": 10},
+        "requester": {"type": "string", "minLength": 1},
+    },
+}
+
+
+def revisable_workflow(name: str, *, max_rounds: int = 3, **approval_options: Any) -> Workflow:
+    wf = Workflow(
+        name,
+        description="an expense its manager may send back for changes",
+        requester_input="requester",
+        sensitive=["input.iban"],
+        input_schema=REVISABLE_SCHEMA,
+    )
+    wf.task(_reserve, name="reserve", retry=FAST, compensate=_release)
+    options: dict[str, Any] = {
+        "groups": ["managers"],
+        "due": timedelta(days=3),
+        "remind_every": timedelta(days=1),
+        "escalate": [Escalation(after=timedelta(days=2), users=["admin"])],
+        **approval_options,
+    }
+    approval(
+        wf,
+        "manager_approval",
+        after=["reserve"],
+        title="Expense {input[amount]} for {input[description]}",
+        show=[("Amount", "input.amount"), ("Description", "input.description")],
+        revisable=["amount", "description", "category", "iban", "receipt", "items"],
+        max_rounds=max_rounds,
+        **options,
+    )
+    wf.task(_pay, name="pay", after=["manager_approval"], retry=FAST)
+    return registry.register(wf)
+
+
+revisable = revisable_workflow("t_revisable")
+revisable_long = revisable_workflow("t_revisable_long", max_rounds=8)
+revisable_once = revisable_workflow("t_revisable_once", max_rounds=1)

@@ -17,7 +17,11 @@ from rest_framework import serializers
 from approvals.models import ApprovalRequest, Channel, Decision, Outcome, Policy, RequestState
 from approvals.services import MAX_COMMENT
 from orchestration import sealing
-from orchestration.api.serializers import RejectUnknownFieldsMixin, StrictCharField
+from orchestration.api.serializers import (
+    JSONObjectField,
+    RejectUnknownFieldsMixin,
+    StrictCharField,
+)
 
 
 class RequestStateField(serializers.ChoiceField):
@@ -66,6 +70,32 @@ class DecideSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
     )
 
 
+class RequestChangesSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
+    comment = StrictCharField(
+        required=True,
+        allow_blank=False,
+        trim_whitespace=True,
+        max_length=MAX_COMMENT,
+        help_text="What the requester should change (required).",
+    )
+
+
+class ResubmitSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
+    input = JSONObjectField(
+        required=False,
+        default=dict,
+        help_text="The changed revisable top-level input fields (the request's `revisable`); "
+        "merged into the instance input, the whole must pass the workflow's input schema. "
+        "Empty or left out: resubmitted as it is.",
+    )
+
+
+class WithdrawSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
+    reason = StrictCharField(
+        required=False, default="", allow_blank=True, trim_whitespace=True, max_length=500
+    )
+
+
 class ShownValueField(serializers.JSONField):
     """A field's value as a reader may see it: sealed values were masked when the request
     was written; secret-looking keys inside it are masked here (``sealing.masked``)."""
@@ -88,6 +118,9 @@ class ApprovalLinksSerializer(serializers.Serializer):
     self = serializers.CharField()
     approve = serializers.CharField()
     reject = serializers.CharField()
+    request_changes = serializers.CharField(help_text="Send it back to the requester.")
+    resubmit = serializers.CharField(help_text="The requester's answer: the next round.")
+    withdraw = serializers.CharField(help_text="The requester's answer: cancel the workflow.")
     inbox = serializers.CharField(help_text="The request's page in the web inbox.")
     instance = serializers.CharField(
         allow_null=True,
@@ -122,10 +155,29 @@ class DecisionSerializer(serializers.ModelSerializer):
         return obj.assignee.get_username()
 
 
+class RoundSerializer(serializers.Serializer):
+    """An earlier round of the same approval step (sent back for changes)."""
+
+    id = serializers.IntegerField(help_text="That round's approval request.")
+    round = serializers.IntegerField()
+    state = RequestStateField()
+    created_at = serializers.DateTimeField()
+    changes_requested_by = serializers.CharField(allow_null=True)
+    comment = serializers.CharField(help_text="What was asked to change.")
+    answered_by = serializers.CharField(
+        allow_null=True, help_text="Who resubmitted or withdrew it."
+    )
+    answered_at = serializers.DateTimeField(allow_null=True)
+    decisions = DecisionSerializer(many=True, help_text="Every decision of that round.")
+
+
 class ApprovalRequestSerializer(serializers.ModelSerializer):
     """One request as listed: what is asked, of whom, by when."""
 
     step = serializers.CharField(source="step_name")
+    round = serializers.IntegerField(
+        help_text="The round of its approval step (from 1; the next after a resubmission)."
+    )
     state = RequestStateField()
     policy = serializers.ChoiceField(choices=Policy.choices)
     quorum = serializers.IntegerField(help_text="Approvals needed under policy quorum.")
@@ -151,6 +203,7 @@ class ApprovalRequestSerializer(serializers.ModelSerializer):
             "workflow",
             "business_key",
             "step",
+            "round",
             "state",
             "policy",
             "quorum",
@@ -214,6 +267,9 @@ class ApprovalRequestSerializer(serializers.ModelSerializer):
             "self": base,
             "approve": f"{base}approve/",
             "reject": f"{base}reject/",
+            "request_changes": f"{base}request-changes/",
+            "resubmit": f"{base}resubmit/",
+            "withdraw": f"{base}withdraw/",
             "inbox": f"/inbox/{obj.pk}/",
         }
 
@@ -228,6 +284,7 @@ class ApprovalRequestSerializer(serializers.ModelSerializer):
             "workflow": obj.workflow,
             "business_key": obj.business_key,
             "step": obj.step_name,
+            "round": obj.round,
             "state": obj.state,
             "policy": obj.policy,
             "quorum": obj.quorum,
@@ -255,6 +312,13 @@ class ApprovalRequestDetailSerializer(ApprovalRequestSerializer):
     can_decide = serializers.SerializerMethodField()
     claim = serializers.SerializerMethodField()
     claim_expires_at = serializers.SerializerMethodField()
+    can_request_changes = serializers.SerializerMethodField()
+    can_resubmit = serializers.SerializerMethodField()
+    revisable = serializers.ListField(
+        child=serializers.CharField(),
+        help_text="Input fields the requester may revise when it is sent back for changes.",
+    )
+    rounds = serializers.SerializerMethodField()
 
     class Meta(ApprovalRequestSerializer.Meta):
         fields = [
@@ -265,12 +329,21 @@ class ApprovalRequestDetailSerializer(ApprovalRequestSerializer):
             "level",
             "claim",
             "claim_expires_at",
+            "max_rounds",
+            "revisable",
             "can_decide",
+            "can_request_changes",
+            "can_resubmit",
             "decisions",
+            "rounds",
         ]
         extra_kwargs = {
             "veto": {"help_text": "Whether a single rejection rejects."},
             "level": {"help_text": "Escalation level reached (0: none)."},
+            "max_rounds": {
+                "help_text": "Rounds the step may take; in the last, changes can no longer be "
+                "requested."
+            },
         }
 
     def to_representation(self, obj: ApprovalRequest) -> dict[str, Any]:
@@ -313,6 +386,46 @@ class ApprovalRequestDetailSerializer(ApprovalRequestSerializer):
     )
     def get_can_decide(self, obj: ApprovalRequest) -> bool:
         return bool(self.context.get("can_decide", False))
+
+    @extend_schema_field(
+        serializers.BooleanField(
+            help_text="Whether the caller may send it back for changes now (not in the last round)."
+        )
+    )
+    def get_can_request_changes(self, obj: ApprovalRequest) -> bool:
+        return bool(self.context.get("can_decide", False)) and obj.can_be_sent_back
+
+    @extend_schema_field(
+        serializers.BooleanField(
+            help_text="Whether the caller may resubmit or withdraw it now (its requester, "
+            "while it is changes_requested)."
+        )
+    )
+    def get_can_resubmit(self, obj: ApprovalRequest) -> bool:
+        return bool(self.context.get("can_resubmit", False))
+
+    @extend_schema_field(RoundSerializer(many=True))
+    def get_rounds(self, obj: ApprovalRequest) -> list[dict[str, Any]]:
+        rows = []
+        for earlier in self.context.get("rounds", []):
+            decisions = list(earlier.decisions.all())
+            sent = [d for d in decisions if d.outcome == Outcome.REQUEST_CHANGES]
+            rows.append(
+                {
+                    "id": earlier.pk,
+                    "round": earlier.round,
+                    "state": earlier.state,
+                    "created_at": earlier.created_at,
+                    "changes_requested_by": sent[-1].decided_by.get_username() if sent else None,
+                    "comment": sent[-1].comment if sent else "",
+                    "answered_by": earlier.answered_by.get_username()
+                    if earlier.answered_by_id
+                    else None,
+                    "answered_at": earlier.answered_at,
+                    "decisions": decisions,
+                }
+            )
+        return RoundSerializer(rows, many=True).data
 
     @extend_schema_field(ApprovalLinksSerializer)
     def get_links(self, obj: ApprovalRequest) -> dict[str, Any]:

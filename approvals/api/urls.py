@@ -25,6 +25,13 @@ urlpatterns = [
         claim_views.ApprovalReassignView.as_view(),
         name="api-approval-reassign",
     ),
+    path(
+        "<int:pk>/request-changes/",
+        views.ApprovalRequestChangesView.as_view(),
+        name="api-approval-request-changes",
+    ),
+    path("<int:pk>/resubmit/", views.ApprovalResubmitView.as_view(), name="api-approval-resubmit"),
+    path("<int:pk>/withdraw/", views.ApprovalWithdrawView.as_view(), name="api-approval-withdraw"),
     # Anything else here (a non-integer id, a typo) is a JSON 404 like the rest of the API.
     re_path(r"^.*$", not_found),
 ]

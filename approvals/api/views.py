@@ -1,4 +1,5 @@
-"""REST API for approvals: the caller's inbox, one request, and deciding it.
+"""REST API for approvals: the caller's inbox, one request, deciding it, sending it back for
+changes, and the requester's answer (resubmit, withdraw).
 
 Reads go through :mod:`approvals.selectors`, decisions through
 :func:`approvals.services.approval_decide` (channel ``api``), the same service the web inbox
@@ -34,6 +35,9 @@ from .serializers import (
     ApprovalRequestDetailSerializer,
     ApprovalRequestSerializer,
     DecideSerializer,
+    RequestChangesSerializer,
+    ResubmitSerializer,
+    WithdrawSerializer,
 )
 
 User = get_user_model()
@@ -47,6 +51,8 @@ LIST_COLUMNS = [
     "workflow",
     "business_key",
     "step_name",
+    "round",
+    "max_rounds",
     "state",
     "policy",
     "quorum",
@@ -69,6 +75,8 @@ STATES = {
     "pending": "what the caller may decide now (default)",
     "decided": "what the caller decided",
     "all": "everything the caller is or was assigned, or decided",
+    "revise": "the caller's own requests sent back for changes, waiting for them to resubmit "
+    "or withdraw",
 }
 
 
@@ -92,10 +100,13 @@ def _errors(*codes: int) -> dict[int, OpenApiResponse]:
     described = {
         400: "Invalid input or filter: detail, code and, for field errors, fields.",
         403: "The decision policy refuses: not an assignee (code not_assignee), the "
-        "caller's own request (code self_approval).",
+        "caller's own request (code self_approval), not the requester (code not_requester).",
         404: "No such request, or not one the caller may see.",
-        409: 'Already decided (code already_decided): "already approved by X at T"; or '
-        'someone else claimed it (code claimed): "claimed by X since T".',
+        409: 'Already decided (code already_decided): "already approved by X at T"; someone '
+        'else claimed it (code claimed): "claimed by X since T"; in its last round (code '
+        "max_rounds); already resubmitted or withdrawn (codes already_resubmitted, "
+        "already_withdrawn); not sent back (code not_changes_requested); the instance no "
+        "longer running (code invalid_state).",
         413: "Request body over SIGNOFF_MAX_REQUEST_BYTES.",
         401: "Not authenticated.",
     }
@@ -168,6 +179,8 @@ def approval_list(
         qs = selectors.decided_by(user)
     elif state == "all":
         qs = selectors.visible_to(user)
+    elif state == "revise":
+        qs = selectors.awaiting_revision(user)
     else:
         raise InvalidInput(
             f"unknown state {state!r}; one of {', '.join(STATES)}", code="invalid_filter"
@@ -180,7 +193,7 @@ def approval_list(
     return qs.select_related("requester", "claimed_by").only(*LIST_COLUMNS)
 
 
-def _detail(request: Request, approval_id: int) -> Response:
+def _detail(request: Request, approval_id: int, status: int = 200) -> Response:
     """The request as the caller may see it, or 404."""
     user = request.user
     obj = selectors.request_for(user, approval_id)
@@ -197,8 +210,18 @@ def _detail(request: Request, approval_id: int) -> Response:
         and selectors.decidable_by(user).filter(pk=obj.pk).exists()
     )
     instance_visible = obj.instance.started_by_id == user.pk or can_see_all_instances(user)
-    context = {"can_decide": can_decide, "instance_visible": instance_visible}
-    return Response(ApprovalRequestDetailSerializer(obj, context=context).data)
+    can_resubmit = (
+        obj.state == RequestState.CHANGES_REQUESTED
+        and obj.instance.state == "running"
+        and user.pk in (obj.requester_id, obj.instance.started_by_id)
+    )
+    context = {
+        "can_decide": can_decide,
+        "can_resubmit": can_resubmit,
+        "instance_visible": instance_visible,
+        "rounds": services.earlier_rounds(obj),
+    }
+    return Response(ApprovalRequestDetailSerializer(obj, context=context).data, status=status)
 
 
 class ApprovalListView(ApiView):
@@ -313,3 +336,85 @@ class ApprovalRejectView(_DecideView):
     )
     def post(self, request: Request, pk: int) -> Response:
         return super().post(request, pk)
+
+
+class ApprovalRequestChangesView(ApiView):
+    @extend_schema(
+        operation_id="approvals_request_changes",
+        summary="Send back for changes",
+        tags=["approvals"],
+        description="Sends the request back to its requester, who may revise the step's "
+        "revisable input fields and resubmit (the next round, a new request) or withdraw. "
+        "Who may: exactly who may approve or reject it (the same decision policy); a comment "
+        "is required (400, code comment_required). Under every policy one request for "
+        "changes ends the round at once; decisions others made in it stay recorded. In the "
+        "request's last round (max_rounds) it is refused: 409, code max_rounds. Answers the "
+        "request as it is afterwards (state changes_requested).",
+        request=RequestChangesSerializer,
+        responses={200: ApprovalRequestDetailSerializer, **_errors(400, 403, 404, 409, 413)},
+    )
+    def post(self, request: Request, pk: int) -> Response:
+        serializer = RequestChangesSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        services.approval_request_changes(
+            request_id=pk,
+            user=request.user,
+            comment=serializer.validated_data["comment"],
+            channel=Channel.API,
+        )
+        return _detail(request, pk)
+
+
+class ApprovalResubmitView(ApiView):
+    @extend_schema(
+        operation_id="approvals_resubmit",
+        summary="Revise and resubmit (requester)",
+        tags=["approvals"],
+        description="The requester (or the instance's starter) answers a request sent back "
+        "for changes: `input` holds the changed revisable fields (others: 400, code "
+        "not_revisable); merged into the instance input, the whole must pass the workflow's "
+        "input schema (400, code invalid_input). The input change is recorded in the history "
+        "as a diff (instance_input_revised), and the next round starts: a new request (201, "
+        "its id differs) with its assignees resolved again and its reminders, escalations "
+        "and due time counted from now. Only while the request is changes_requested and its "
+        "instance running (409); a second resubmit answers 409 (code already_resubmitted) "
+        "naming who resubmitted and when.",
+        request=ResubmitSerializer,
+        responses={201: ApprovalRequestDetailSerializer, **_errors(400, 403, 404, 409, 413)},
+    )
+    def post(self, request: Request, pk: int) -> Response:
+        serializer = ResubmitSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        new = services.approval_resubmit(
+            request_id=pk,
+            user=request.user,
+            changes=serializer.validated_data["input"],
+            channel=Channel.API,
+        )
+        response = _detail(request, new.pk, status=201)
+        response["Location"] = f"/api/v1/approvals/{new.pk}/"
+        return response
+
+
+class ApprovalWithdrawView(ApiView):
+    @extend_schema(
+        operation_id="approvals_withdraw",
+        summary="Withdraw instead of resubmitting (requester)",
+        tags=["approvals"],
+        description="The requester (or the instance's starter) withdraws a request sent back "
+        "for changes: the request becomes withdrawn and the workflow instance is cancelled "
+        "(compensations run). Only while the request is changes_requested and its instance "
+        "running (409).",
+        request=WithdrawSerializer,
+        responses={200: ApprovalRequestDetailSerializer, **_errors(400, 403, 404, 409, 413)},
+    )
+    def post(self, request: Request, pk: int) -> Response:
+        serializer = WithdrawSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        services.approval_withdraw(
+            request_id=pk,
+            user=request.user,
+            reason=serializer.validated_data["reason"],
+            channel=Channel.API,
+        )
+        return _detail(request, pk)

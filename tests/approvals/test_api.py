@@ -201,6 +201,9 @@ def test_token_auth_lists_the_expense_for_a_manager(expense: ApprovalRequest, bo
         "self": f"{APPROVALS}{expense.pk}/",
         "approve": f"{APPROVALS}{expense.pk}/approve/",
         "reject": f"{APPROVALS}{expense.pk}/reject/",
+        "request_changes": f"{APPROVALS}{expense.pk}/request-changes/",
+        "resubmit": f"{APPROVALS}{expense.pk}/resubmit/",
+        "withdraw": f"{APPROVALS}{expense.pk}/withdraw/",
         "inbox": f"/inbox/{expense.pk}/",
     }
 
@@ -656,6 +659,9 @@ def test_the_endpoints_are_in_the_openapi_schema(demo) -> None:
         "rejected",
         "expired",
         "cancelled",
+        "changes_requested",
+        "resubmitted",
+        "withdrawn",
     ]
 
 

@@ -24,8 +24,9 @@ AssignedGroup = ApprovalRequest.assignee_groups.through
 AssignedUser = ApprovalRequest.assignee_users.through
 
 # Queries for one inbox page whatever the number of rows: session, user, the user's delegators,
-# the page, the page's assignee groups and users, and the capped pending count.
-LIST_QUERIES = 7
+# the page, the page's assignee groups and users, the capped pending count, and the user's
+# requests sent back for changes ("Revise and resubmit"; one more, who asked, when there are).
+LIST_QUERIES = 8
 
 
 def login(client: Client, user: Any) -> Client:

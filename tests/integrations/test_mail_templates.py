@@ -29,7 +29,8 @@ MAILS = sorted(p.stem for p in TEMPLATES.glob("approval_*.txt"))
 BASE = "https://signoff.example"
 LINK = f"{BASE}/a/our-own-token/"
 INBOX = f"{BASE}/inbox/7/"
-OUR_LINKS = {LINK, INBOX, f"{BASE}/inbox/"}
+REVISE = f"{BASE}/inbox/7/revise/"
+OUR_LINKS = {LINK, INBOX, REVISE, f"{BASE}/inbox/"}
 
 HOSTILE = [
     '<a href="https://evil.example/pay">Approve here</a>',
@@ -101,12 +102,17 @@ def context_with(hostile: str) -> dict[str, Any]:
         "level": 1,
         "action": hostile,
         "outcome": {"decision": "rejected", "decided_by": [hostile], "comments": [hostile]},
+        # approval_changes_requested
+        "by": hostile,
+        "comment": hostile,
+        "revise_url": REVISE,
     }
 
 
 def test_every_mail_template_is_covered() -> None:
     assert MAILS == [
         "approval_assigned",
+        "approval_changes_requested",
         "approval_decided",
         "approval_escalated",
         "approval_expired",
