@@ -32,6 +32,22 @@ The rules, in the order they are checked (the first that fails answers):
      never on their own request.
    - ``retry_step``: a retry asks the assignees again with a fresh request; it decides
      nothing, so anyone the engine lets retry the instance may.
+
+Context and comments (issue 12) — these read, or add to the conversation, and decide nothing,
+so rule 3 does not apply to them:
+
+   - ``view_instance`` (no request; the instance): whoever may see one of the instance's
+     requests (rule 2: current and past assignees — replaced by an escalation or a
+     reassignment — directly or through a group, the active delegates of either, whoever
+     decided one, the requester, the starter) may read the instance read-only; staff,
+     operators and the starter as before. Otherwise ``NotFound``, as if it did not exist.
+   - ``read_comments``: whoever may see the request (rule 2).
+   - ``comment``: while the instance runs (``Conflict``, code ``comments_closed``, once it
+     has finished); the requester or starter (role ``requester``), a current assignee or
+     whoever decided the request (``assignee``), the active delegate of a current assignee
+     (``delegate``), or an operator (``operator``), in that order. Anyone else who may only
+     see the request — staff without the permission, a past assignee who never decided it —
+     is refused (``NotAllowed``, code ``not_participant``).
 """
 
 from __future__ import annotations
@@ -44,7 +60,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
-from django.db.models import Exists, OuterRef, Q
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from orchestration.errors import Conflict, NotAllowed, NotFound
@@ -62,6 +78,10 @@ class Act(StrEnum):
     REASSIGN = "reassign"
     COMPLETE_STEP = "complete_step"
     RETRY_STEP = "retry_step"
+    # context and comments (issue 12)
+    VIEW_INSTANCE = "view_instance"
+    READ_COMMENTS = "read_comments"
+    COMMENT = "comment"
 
 
 @dataclass(frozen=True)
@@ -101,17 +121,14 @@ def requester_ids(request: ApprovalRequest | None, instance: WorkflowInstance) -
 
 
 def can_see(user: Any, request: ApprovalRequest, now: datetime | None = None) -> bool:
-    """Staff see every request; others the ones they are (or a delegator is) assigned, decided
-    or requested. One query."""
-    if user.is_staff:
-        return True
-    from .selectors import visible_filter  # selectors import this module's siblings only
+    """Staff and operators see every request; others the ones they are or were (or a
+    delegator is or was) assigned, decided, requested or whose instance they started. One
+    query."""
+    from .selectors import seeing_filter, sees_all_requests  # selectors import models only
 
-    return (
-        ApprovalRequest.objects.filter(pk=request.pk)
-        .filter(visible_filter(user, now) | Q(requester_id=user.pk))
-        .exists()
-    )
+    if sees_all_requests(user):
+        return True
+    return ApprovalRequest.objects.filter(pk=request.pk).filter(seeing_filter(user, now)).exists()
 
 
 def _assigned_groups(request: ApprovalRequest) -> set[int]:
@@ -190,7 +207,8 @@ def authorize(
     :class:`Conflict` (already decided) or :class:`NotAllowed` (with a stable ``code``:
     ``inactive``, ``not_assignee``, ``self_approval``, ``already_decided``,
     ``on_behalf_disabled``, ``own_request``, ``permission_denied``, ``self_assignment``,
-    ``approval_step``). Call it inside the transaction that acts, with the instance (and
+    ``approval_step``, ``comments_closed``, ``not_participant``); a :class:`CommentGrant`
+    for ``comment``. Call it inside the transaction that acts, with the instance (and
     request) locked, so the answer still holds when the write happens. Reads only.
     """
     act = Act(act)
@@ -205,6 +223,8 @@ def authorize(
         instance = request.instance
     if act in (Act.COMPLETE_STEP, Act.RETRY_STEP):
         return _authorize_step(act, user, request, instance)
+    if act in CONTEXT_ACTS:
+        return _authorize_context(act, user, request, instance, now)
     assert request is not None
     if not can_see(user, request, now):
         raise NotFound("approval request not found")
@@ -314,3 +334,81 @@ def _authorize_step(
     if user.pk in requester_ids(request, instance):
         raise NotAllowed("you cannot complete an approval of your own request", code="own_request")
     return Grant(act, user, on_behalf=True)
+
+
+# -- context and comments (issue 12) ---------------------------------------------------------------
+
+CONTEXT_ACTS = (Act.VIEW_INSTANCE, Act.READ_COMMENTS, Act.COMMENT)
+OPEN_INSTANCE_STATES = ("pending", "running")
+
+
+@dataclass(frozen=True)
+class CommentGrant(Grant):
+    """A ``comment`` grant: what the author posts as (a ``Comment.Role`` value), which
+    decides who is told; ``principal`` is the assignee a delegate stands in for."""
+
+    role: str = ""
+
+
+def _authorize_context(
+    act: Act,
+    user: Any,
+    request: ApprovalRequest | None,
+    instance: WorkflowInstance,
+    now: datetime,
+) -> Grant:
+    if act is Act.VIEW_INSTANCE:
+        return _authorize_view_instance(user, instance, now)
+    if request is None or not can_see(user, request, now):
+        raise NotFound("approval request not found")
+    if act is Act.READ_COMMENTS:
+        return Grant(act, user)
+    return _authorize_comment(user, request, instance, now)
+
+
+def _authorize_view_instance(user: Any, instance: WorkflowInstance, now: datetime) -> Grant:
+    from .selectors import seeing_filter, sees_all_requests
+
+    if sees_all_requests(user) or (
+        instance.started_by_id is not None and instance.started_by_id == user.pk
+    ):
+        return Grant(Act.VIEW_INSTANCE, user)
+    seen = ApprovalRequest.objects.filter(instance_id=instance.pk).filter(seeing_filter(user, now))
+    if not seen.exists():
+        raise NotFound("instance not found")
+    return Grant(Act.VIEW_INSTANCE, user)
+
+
+def _authorize_comment(
+    user: Any, request: ApprovalRequest, instance: WorkflowInstance, now: datetime
+) -> CommentGrant:
+    from .models import Comment
+
+    if instance.state not in OPEN_INSTANCE_STATES:
+        raise Conflict(
+            f"the workflow has {instance.state}: its requests take no more comments",
+            code="comments_closed",
+        )
+    Role = Comment.Role  # noqa: N806
+    if user.pk in requester_ids(request, instance):
+        return CommentGrant(Act.COMMENT, user, role=Role.REQUESTER)
+    groups = _assigned_groups(request)
+    direct, member_of = _assignment(request, user, groups)
+    if direct or member_of:
+        return CommentGrant(Act.COMMENT, user, user, _via(member_of), role=Role.ASSIGNEE)
+    decided_for = (
+        request.decisions.filter(decided_by=user).values_list("assignee_id", flat=True).first()
+    )
+    if decided_for is not None:
+        role = Role.ASSIGNEE if decided_for == user.pk else Role.DELEGATE
+        return CommentGrant(Act.COMMENT, user, role=role)
+    for principal in _delegators(user, now):
+        direct, member_of = _assignment(request, principal, groups)
+        if direct or member_of:
+            return CommentGrant(Act.COMMENT, user, principal, _via(member_of), role=Role.DELEGATE)
+    if is_operator(user):
+        return CommentGrant(Act.COMMENT, user, role=Role.OPERATOR)
+    raise NotAllowed(
+        "only the request's assignees, their delegates, its requester and operators comment on it",
+        code="not_participant",
+    )

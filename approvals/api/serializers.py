@@ -14,7 +14,16 @@ from drf_spectacular.plumbing import ResolvedComponent
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from approvals.models import ApprovalRequest, Channel, Decision, Outcome, Policy, RequestState
+from approvals.comments import MAX_BODY
+from approvals.models import (
+    ApprovalRequest,
+    Channel,
+    Comment,
+    Decision,
+    Outcome,
+    Policy,
+    RequestState,
+)
 from approvals.services import MAX_COMMENT
 from orchestration import sealing
 from orchestration.api.serializers import RejectUnknownFieldsMixin, StrictCharField
@@ -88,6 +97,7 @@ class ApprovalLinksSerializer(serializers.Serializer):
     self = serializers.CharField()
     approve = serializers.CharField()
     reject = serializers.CharField()
+    comments = serializers.CharField(help_text="The thread of the request's step.")
     inbox = serializers.CharField(help_text="The request's page in the web inbox.")
     instance = serializers.CharField(
         allow_null=True,
@@ -185,6 +195,7 @@ class ApprovalRequestSerializer(serializers.ModelSerializer):
             "self": base,
             "approve": f"{base}approve/",
             "reject": f"{base}reject/",
+            "comments": f"{base}comments/",
             "inbox": f"/inbox/{obj.pk}/",
         }
 
@@ -261,3 +272,35 @@ class ApprovalRequestDetailSerializer(ApprovalRequestSerializer):
         visible = self.context.get("instance_visible", False)
         links["instance"] = f"/api/v1/instances/{obj.instance_id}/" if visible else None
         return links
+
+
+# -- comments ------------------------------------------------------------------------------------
+
+
+class CommentCreateSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
+    body = StrictCharField(
+        max_length=MAX_BODY,
+        # Trimmed before the checks, as comment_post counts it.
+        trim_whitespace=True,
+        help_text=f"The comment: 1 to {MAX_BODY} characters (after trimming), no NUL. It "
+        "decides nothing; the other side (requester, or current assignees) gets a mail.",
+    )
+
+
+class CommentSerializer(serializers.ModelSerializer):
+    author = serializers.CharField(source="author.get_username", help_text="Who wrote it.")
+    role = serializers.ChoiceField(
+        choices=Comment.Role.choices,
+        help_text="What the author posted as: requester, assignee, delegate or operator.",
+    )
+    channel = serializers.ChoiceField(choices=[("web", "web"), ("api", "api")])
+    request = serializers.IntegerField(
+        source="request_id",
+        help_text="The approval request it was posted on (the thread holds every round of "
+        "the step).",
+    )
+    step = serializers.CharField(source="request.step_name")
+
+    class Meta:
+        model = Comment
+        fields = ["id", "request", "step", "author", "role", "body", "channel", "created_at"]

@@ -201,6 +201,7 @@ def test_token_auth_lists_the_expense_for_a_manager(expense: ApprovalRequest, bo
         "self": f"{APPROVALS}{expense.pk}/",
         "approve": f"{APPROVALS}{expense.pk}/approve/",
         "reject": f"{APPROVALS}{expense.pk}/reject/",
+        "comments": f"{APPROVALS}{expense.pk}/comments/",
         "inbox": f"/inbox/{expense.pk}/",
     }
 
@@ -351,7 +352,8 @@ def test_detail_for_an_assignee(expense: ApprovalRequest, bob) -> None:
     assert body["assignees"] == {"users": [], "groups": ["managers"]}
     assert body["instance"] == str(expense.instance_id)
     # bob did not start the instance, and the instance API would not show it to him
-    assert body["links"]["instance"] is None
+    # An assignee reads the instance too, read-only (issue 12).
+    assert body["links"]["instance"] == f"/api/v1/instances/{expense.instance_id}/"
 
 
 def test_detail_for_the_requester_links_the_instance(expense: ApprovalRequest, demo) -> None:

@@ -101,15 +101,25 @@ def context_with(hostile: str) -> dict[str, Any]:
         "level": 1,
         "action": hostile,
         "outcome": {"decision": "rejected", "decided_by": [hostile], "comments": [hostile]},
+        # approval_decided: the step; approval_commented: who wrote what; approval_finished
+        "step": hostile,
+        "comment": {"body": hostile},
+        "author": hostile,
+        "role": hostile,
+        "ending": hostile,
+        "summary": hostile,
+        "detail": hostile,
     }
 
 
 def test_every_mail_template_is_covered() -> None:
     assert MAILS == [
         "approval_assigned",
+        "approval_commented",
         "approval_decided",
         "approval_escalated",
         "approval_expired",
+        "approval_finished",
         "approval_reminder",
     ]
     for name in MAILS:
