@@ -17,7 +17,8 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import QuerySet
+from django.db.models import Count, OuterRef, QuerySet, Subquery
+from django.db.models.functions import Coalesce
 
 from integrations.mail import email_queue
 from orchestration.errors import Conflict, InvalidInput, NotAllowed
@@ -167,23 +168,27 @@ def thread_of(request: ApprovalRequest) -> QuerySet[Comment]:
 def thread_for_page(request: ApprovalRequest) -> tuple[list[Comment], bool]:
     """The latest :data:`THREAD_LIMIT` comments of the thread, oldest first, each with
     ``round`` (the position of its request among the step's requests, from 1) and ``here``
-    (posted on ``request``); and whether earlier ones were left out. Two queries."""
-    rounds = {
-        pk: number
-        for number, pk in enumerate(
-            ApprovalRequest.objects.filter(
-                instance_id=request.instance_id, step_name=request.step_name
-            )
-            .order_by("created_at", "pk")
-            .values_list("pk", flat=True),
-            start=1,
+    (posted on ``request``); and whether earlier ones were left out. One query."""
+    earlier = (
+        ApprovalRequest.objects.filter(
+            instance_id=OuterRef("request__instance_id"),
+            step_name=OuterRef("request__step_name"),
+            created_at__lt=OuterRef("request__created_at"),
         )
-    }
-    rows = list(thread_of(request).order_by("-created_at", "-id")[: THREAD_LIMIT + 1])
+        .order_by()
+        .values("instance_id")
+        .annotate(n=Count("pk"))
+        .values("n")
+    )
+    rows = list(
+        thread_of(request)
+        .annotate(round_number=Coalesce(Subquery(earlier), 0) + 1)
+        .order_by("-created_at", "-id")[: THREAD_LIMIT + 1]
+    )
     more = len(rows) > THREAD_LIMIT
     rows = rows[:THREAD_LIMIT][::-1]
     for comment in rows:
-        comment.round = getattr(comment.request, "round", None) or rounds.get(comment.request_id)
+        comment.round = getattr(comment.request, "round", None) or comment.round_number
         comment.here = comment.request_id == request.pk
     return rows, more
 

@@ -382,7 +382,8 @@ def _authorize_view_instance(user: Any, instance: WorkflowInstance, now: datetim
 def _authorize_comment(
     user: Any, request: ApprovalRequest, instance: WorkflowInstance, now: datetime
 ) -> CommentGrant:
-    from .models import Comment
+    from .models import Comment, Decision
+    from .selectors import assigned_filter
 
     if instance.state not in OPEN_INSTANCE_STATES:
         raise Conflict(
@@ -392,20 +393,21 @@ def _authorize_comment(
     Role = Comment.Role  # noqa: N806
     if user.pk in requester_ids(request, instance):
         return CommentGrant(Act.COMMENT, user, role=Role.REQUESTER)
-    groups = _assigned_groups(request)
-    direct, member_of = _assignment(request, user, groups)
-    if direct or member_of:
-        return CommentGrant(Act.COMMENT, user, user, _via(member_of), role=Role.ASSIGNEE)
+    this = ApprovalRequest.objects.filter(pk=request.pk)
+    # One query each: assigned now (directly or through a group), or decided it.
+    if this.filter(assigned_filter([user.pk])).exists():
+        return CommentGrant(Act.COMMENT, user, user, role=Role.ASSIGNEE)
     decided_for = (
-        request.decisions.filter(decided_by=user).values_list("assignee_id", flat=True).first()
+        Decision.objects.filter(request=request, decided_by=user)
+        .values_list("assignee_id", flat=True)
+        .first()
     )
     if decided_for is not None:
         role = Role.ASSIGNEE if decided_for == user.pk else Role.DELEGATE
         return CommentGrant(Act.COMMENT, user, role=role)
     for principal in _delegators(user, now):
-        direct, member_of = _assignment(request, principal, groups)
-        if direct or member_of:
-            return CommentGrant(Act.COMMENT, user, principal, _via(member_of), role=Role.DELEGATE)
+        if this.filter(assigned_filter([principal.pk])).exists():
+            return CommentGrant(Act.COMMENT, user, principal, role=Role.DELEGATE)
     if is_operator(user):
         return CommentGrant(Act.COMMENT, user, role=Role.OPERATOR)
     raise NotAllowed(

@@ -46,6 +46,11 @@ def _assigned_to(ids: list[int]) -> Q:
     return Q(Exists(users.union(groups, all=True)))
 
 
+def assigned_filter(ids: list[int]) -> Q:
+    """Requests assigned now to any of ``ids`` (users), directly or through a group."""
+    return _assigned_to(ids)
+
+
 def _visible(user: Any, ids: list[int]) -> Q:
     users, groups = _assignment_subqueries(ids)
     decided = Decision.objects.filter(request=OuterRef("pk"), decided_by=user).values("pk")
