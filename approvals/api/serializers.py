@@ -68,8 +68,8 @@ class DecideSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
         required=False,
         default="",
         allow_blank=True,
-        # Trimmed before the length check, as approval_decide counts it.
-        trim_whitespace=True,
+        # The length as sent, as the schema's maxLength says (approval_decide trims it after;
+        # trimming first accepted 5,001 characters that began with a control character).
         max_length=MAX_COMMENT,
         help_text="Why. Required to reject unless the step says otherwise.",
     )
@@ -279,10 +279,9 @@ class ApprovalRequestDetailSerializer(ApprovalRequestSerializer):
 
 class CommentCreateSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
     body = StrictCharField(
+        # The length as sent, as the schema says; comment_post trims it and refuses a blank.
         max_length=MAX_BODY,
-        # Trimmed before the checks, as comment_post counts it.
-        trim_whitespace=True,
-        help_text=f"The comment: 1 to {MAX_BODY} characters (after trimming), no NUL. It "
+        help_text=f"The comment: 1 to {MAX_BODY} characters, not only white space, no NUL. It "
         "decides nothing; the other side (requester, or current assignees) gets a mail.",
     )
 

@@ -436,6 +436,10 @@ BAD_BODIES = [
     pytest.param("approve", {"comment": {"a": 1}}, 400, "invalid", id="comment_object"),
     pytest.param("approve", {"comment": True}, 400, "invalid", id="comment_bool"),
     pytest.param("approve", {"comment": "x" * 5001}, 400, "invalid", id="comment_too_long"),
+    # The length as sent (the schema's maxLength), not after trimming: found by the fuzzer.
+    pytest.param(
+        "approve", {"comment": "\x1c" + "x" * 5000}, 400, "invalid", id="too_long_as_sent"
+    ),
     pytest.param("approve", {"comment": "a\x00b"}, 400, "invalid", id="comment_nul"),
     pytest.param("approve", '{"comment": "\\ud800"}', 400, "invalid", id="lone_surrogate"),
     pytest.param("approve", {"coment": "typo"}, 400, "invalid", id="unknown_field"),

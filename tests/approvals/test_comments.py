@@ -423,7 +423,8 @@ def test_api_post_and_list(people: dict[str, Any], manager: ApprovalRequest) -> 
     [
         ("bob", {}, 400, "invalid"),
         ("bob", {"body": ""}, 400, "invalid"),
-        ("bob", {"body": "   "}, 400, "invalid"),
+        ("bob", {"body": "   "}, 400, "comment_required"),
+        ("bob", {"body": " " + "x" * MAX_BODY}, 400, "invalid"),  # the length as sent
         ("bob", {"body": "x" * (MAX_BODY + 1)}, 400, "invalid"),
         ("bob", {"body": "a\x00b"}, 400, "invalid"),
         ("bob", {"body": 5}, 400, "invalid"),
