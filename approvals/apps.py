@@ -13,9 +13,16 @@ class ApprovalsConfig(AppConfig):
     ]
 
     def ready(self) -> None:
-        from orchestration.views import register_step_links
+        from orchestration.selectors import register_instance_reader
+        from orchestration.signals import event_committed
+        from orchestration.views import register_step_links, register_timeline_details
 
         from . import erasure, files, services  # noqa: F401 - step kind, erase hooks, readers
+        from .context import comment_details, instance_reader
+        from .lifecycle import on_event_committed
         from .status_links import approval_step_links
 
         register_step_links(approval_step_links)
+        register_instance_reader(instance_reader)
+        register_timeline_details(comment_details)
+        event_committed.connect(on_event_committed, dispatch_uid="approvals.end_notice")

@@ -1,13 +1,14 @@
 """What approvals hold of a subject, for ``signoff erase`` and retention (hooks registered with
 the engine, which imports no app): request titles and fields (masked when written; rows
 written before that, and fields of custom ``title=`` functions, may quote a sealed value) and
-people's decision comments and reasons (free text, which may quote anything)."""
+people's decision comments and reasons, and the comments of request threads (free text, which
+may quote anything)."""
 
 from __future__ import annotations
 
 from orchestration.retention import Erasure, register_erase_hook
 
-from .models import ApprovalRequest, Decision
+from .models import ApprovalRequest, Comment, Decision
 
 TITLE_LENGTH = ApprovalRequest._meta.get_field("title").max_length
 
@@ -42,4 +43,25 @@ def erase_requests(erasure: Erasure) -> int:
     return copies
 
 
+def erase_comments(erasure: Erasure) -> int:
+    """Mask every copy of the instance's sealed values in the comments of its requests'
+    threads (their events never hold the text: nothing to erase there); returns how many
+    copies went. The comments go with the instance when retention deletes it."""
+    scrubber = erasure.scrubber
+    if not scrubber:
+        return 0
+    copies = 0
+    comments = Comment.objects.select_for_update(of=("self",)).filter(
+        request__instance_id=erasure.instance_id
+    )
+    for comment in comments:
+        body, n_body = scrubber.text(comment.body)
+        if n_body:
+            comment.body = body
+            comment.save(update_fields=["body"])
+            copies += n_body
+    return copies
+
+
 register_erase_hook("approvals", erase_requests)
+register_erase_hook("approvals.comments", erase_comments)

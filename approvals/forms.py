@@ -3,6 +3,7 @@ rejection needs a comment, delegation dates) live in ``approvals.services``."""
 
 from __future__ import annotations
 
+import secrets
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -14,6 +15,7 @@ from orchestration import sealing
 from orchestration.definitions import registry
 from orchestration.jsonsafe import storable_json_problem, too_deep
 
+from .comments import MAX_BODY, MAX_KEY
 from .models import ApprovalRequest, Outcome
 from .services import MAX_COMMENT
 
@@ -75,6 +77,26 @@ class DecisionForm(forms.Form):
         max_length=MAX_COMMENT,
         widget=forms.Textarea(attrs={"rows": 3}),
     )
+
+
+class CommentForm(forms.Form):
+    """A comment on a request's thread. ``key`` is drawn when the page is rendered, so a
+    double-submitted form posts one comment (the service checks the body and the key again).
+    Attachments (issue 12 item 5) add a file field here and a file input to
+    ``inbox/_comments.html``; the form is already sent as multipart."""
+
+    body = forms.CharField(
+        label="Comment",
+        max_length=MAX_BODY,
+        widget=forms.Textarea(attrs={"rows": 3, "maxlength": MAX_BODY}),
+        error_messages={"required": "The comment is empty: write something."},
+    )
+    key = forms.CharField(required=False, max_length=MAX_KEY, widget=forms.HiddenInput)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not self.is_bound:
+            self.initial.setdefault("key", secrets.token_urlsafe(18))
 
 
 class IdListField(forms.Field):

@@ -384,3 +384,68 @@ class ActionToken(models.Model):
 
     def __str__(self) -> str:
         return f"link for {self.user_id} on {self.request_id}"
+
+
+class PastAssignee(models.Model):
+    """Someone who was an assignee of a request and no longer is: replaced by an escalation
+    level with ``replace`` or by a reassignment. Current assignees are the request's
+    ``assignee_users`` and ``assignee_groups``; together with these rows they are everyone who
+    was ever asked. People assigned through a group are recorded one by one, as members were
+    when the group was taken off the request (whoever joins the group later was never asked).
+    Read by the visibility rules (a past assignee may still read the request and its instance,
+    read-only) through the ``(request, user)`` unique index."""
+
+    class Cause(models.TextChoices):
+        ESCALATED = "escalated"
+        REASSIGNED = "reassigned"
+
+    request = models.ForeignKey(
+        ApprovalRequest, on_delete=models.CASCADE, related_name="past_assignees"
+    )
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    cause = models.CharField(max_length=20, choices=Cause.choices)
+    removed_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["request", "user"], name="past_assignee_once"),
+        ]
+        indexes = [models.Index(fields=["user"], name="past_assignee_user")]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} was assigned {self.request_id}"
+
+
+class Comment(models.Model):
+    """One message in a request's thread: a question or an answer, not a decision. ``role``
+    is what the author posted as (``requester``, ``assignee``, ``delegate``, ``operator``),
+    which decides who is told by mail. ``idempotency_key`` (per author) makes a repeated
+    submission (a double click, a retried API call) one comment."""
+
+    class Role(models.TextChoices):
+        REQUESTER = "requester"
+        ASSIGNEE = "assignee"
+        DELEGATE = "delegate"
+        OPERATOR = "operator"
+
+    request = models.ForeignKey(ApprovalRequest, on_delete=models.CASCADE, related_name="comments")
+    author = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    role = models.CharField(max_length=10, choices=Role.choices)
+    body = models.TextField()
+    channel = models.CharField(max_length=10, choices=Channel.choices)
+    created_at = models.DateTimeField()
+    idempotency_key = models.CharField(max_length=200, blank=True, default="")
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["author", "idempotency_key"],
+                name="comment_idempotency_key_per_author",
+                condition=~Q(idempotency_key=""),
+            ),
+        ]
+        indexes = [models.Index(fields=["request", "created_at"], name="comment_request_created")]
+
+    def __str__(self) -> str:
+        return f"comment {self.pk} by {self.author_id} on {self.request_id}"

@@ -76,6 +76,22 @@ Send back for changes (issue 12), its own acts:
   is ``changes_requested`` and its instance running. Anyone else who may see the request is
   refused (``not_requester``); anyone who may not, answered ``NotFound``. A second answer (a
   double click) is a ``Conflict`` naming who answered first and when.
+
+Context and comments (issue 12) — these read, or add to the conversation, and decide nothing,
+so rule 3 does not apply to them:
+
+   - ``view_instance`` (no request; the instance): whoever may see one of the instance's
+     requests (rule 2: current and past assignees — replaced by an escalation or a
+     reassignment — directly or through a group, the active delegates of either, whoever
+     decided one, the requester, the starter) may read the instance read-only; staff,
+     operators and the starter as before. Otherwise ``NotFound``, as if it did not exist.
+   - ``read_comments``: whoever may see the request (rule 2).
+   - ``comment``: while the instance runs (``Conflict``, code ``comments_closed``, once it
+     has finished); the requester or starter (role ``requester``), a current assignee or
+     whoever decided the request (``assignee``), the active delegate of a current assignee
+     (``delegate``), or an operator (``operator``), in that order. Anyone else who may only
+     see the request — staff without the permission, a past assignee who never decided it —
+     is refused (``NotAllowed``, code ``not_participant``).
 """
 
 from __future__ import annotations
@@ -88,7 +104,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
-from django.db.models import Exists, OuterRef, Q
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from orchestration.errors import Conflict, NotAllowed, NotFound
@@ -117,6 +133,10 @@ class Act(StrEnum):
     REQUEST_CHANGES = "request_changes"
     RESUBMIT = "resubmit"
     WITHDRAW = "withdraw"
+    # context and comments
+    VIEW_INSTANCE = "view_instance"
+    READ_COMMENTS = "read_comments"
+    COMMENT = "comment"
 
 
 CLAIM_ACTS = (Act.CLAIM, Act.RELEASE, Act.TAKE_OVER)
@@ -159,19 +179,14 @@ def requester_ids(request: ApprovalRequest | None, instance: WorkflowInstance) -
 
 
 def can_see(user: Any, request: ApprovalRequest, now: datetime | None = None) -> bool:
-    """Staff see every request; others the ones they are (or a delegator is) assigned, decided
-    or requested, or whose instance they started. One query."""
-    if user.is_staff:
-        return True
-    from .selectors import visible_filter  # selectors import this module's siblings only
+    """Staff and operators see every request; others the ones they are or were (or a
+    delegator is or was) assigned, decided, requested or whose instance they started. One
+    query."""
+    from .selectors import seeing_filter, sees_all_requests  # selectors import models only
 
-    return (
-        ApprovalRequest.objects.filter(pk=request.pk)
-        .filter(
-            visible_filter(user, now) | Q(requester_id=user.pk) | Q(instance__started_by_id=user.pk)
-        )
-        .exists()
-    )
+    if sees_all_requests(user):
+        return True
+    return ApprovalRequest.objects.filter(pk=request.pk).filter(seeing_filter(user, now)).exists()
 
 
 def _assigned_groups(request: ApprovalRequest) -> set[int]:
@@ -258,15 +273,15 @@ def authorize(
     Returns a :class:`Grant`; raises :class:`NotFound` (a request the user may not see),
     :class:`Conflict` (already decided; ``max_rounds``, ``no_requester``,
     ``already_resubmitted``, ``already_withdrawn``, ``not_changes_requested``,
-    ``invalid_state``, ``claimed``, ``not_claimable``, ``not_claimed``, ``own_claim``) or
-    :class:`NotAllowed` (with a stable ``code``: ``inactive``, ``not_assignee``,
-    ``self_approval``, ``already_decided``, ``on_behalf_disabled``, ``own_request``,
-    ``permission_denied``, ``self_assignment``, ``approval_step``, ``not_requester``,
-    ``not_claimant``, ``hard_claim``, ``not_participant``). Call it inside the transaction that
-    acts, with the instance (and request) locked, so the answer still holds when the write
-    happens. Reads only. ``reassign`` without ``new_users`` and ``new_groups`` (both None)
-    answers whether the user may reassign the request at all, before anything is said about
-    the people named.
+    ``invalid_state``, ``claimed``, ``not_claimable``, ``not_claimed``, ``own_claim``,
+    ``comments_closed``) or :class:`NotAllowed` (with a stable ``code``: ``inactive``,
+    ``not_assignee``, ``self_approval``, ``already_decided``, ``on_behalf_disabled``,
+    ``own_request``, ``permission_denied``, ``self_assignment``, ``approval_step``,
+    ``not_requester``, ``not_claimant``, ``hard_claim``, ``not_participant``); a
+    :class:`CommentGrant` for ``comment``. Call it inside the transaction that acts, with the
+    instance (and request) locked, so the answer still holds when the write happens. Reads
+    only. ``reassign`` without ``new_users`` and ``new_groups`` (both None) answers whether
+    the user may reassign the request at all, before anything is said about the people named.
     """
     act = Act(act)
     now = now or timezone.now()
@@ -282,6 +297,8 @@ def authorize(
         return _authorize_step(act, user, request, instance)
     if act is Act.DOWNLOAD:
         return _authorize_download(user, instance, now)
+    if act in CONTEXT_ACTS:
+        return _authorize_context(act, user, request, instance, now)
     assert request is not None
     if act in (Act.RESUBMIT, Act.WITHDRAW):
         return _authorize_answer(act, user, request, instance, now)
@@ -475,16 +492,13 @@ def _authorize_attach(
 
 
 def _authorize_download(user: Any, instance: WorkflowInstance, now: datetime) -> Grant:
-    """Someone who may see one of the instance's requests (two queries)."""
-    from .selectors import visible_filter
-
-    if (
-        ApprovalRequest.objects.filter(instance_id=instance.pk)
-        .filter(visible_filter(user, now) | Q(requester_id=user.pk))
-        .exists()
-    ):
-        return Grant(Act.DOWNLOAD, user)
-    raise NotFound("file not found")
+    """Whoever may read the instance (``view_instance``: current and past assignees, their
+    delegates, deciders, the requester) may read its files; nobody else learns they exist."""
+    try:
+        _authorize_view_instance(user, instance, now)
+    except NotFound:
+        raise NotFound("file not found") from None
+    return Grant(Act.DOWNLOAD, user)
 
 
 def may_read_files(user: Any, instance: WorkflowInstance) -> bool:
@@ -608,3 +622,83 @@ def claim_actions(user: Any, request: ApprovalRequest, *, may_decide: bool) -> s
     if may_override_claims(user) and user.pk not in requester_ids(request, request.instance):
         offered.add("release")
     return offered
+
+
+# -- context and comments (issue 12) ---------------------------------------------------------------
+
+CONTEXT_ACTS = (Act.VIEW_INSTANCE, Act.READ_COMMENTS, Act.COMMENT)
+OPEN_INSTANCE_STATES = ("pending", "running")
+
+
+@dataclass(frozen=True)
+class CommentGrant(Grant):
+    """A ``comment`` grant: what the author posts as (a ``Comment.Role`` value), which
+    decides who is told; ``principal`` is the assignee a delegate stands in for."""
+
+    role: str = ""
+
+
+def _authorize_context(
+    act: Act,
+    user: Any,
+    request: ApprovalRequest | None,
+    instance: WorkflowInstance,
+    now: datetime,
+) -> Grant:
+    if act is Act.VIEW_INSTANCE:
+        return _authorize_view_instance(user, instance, now)
+    if request is None or not can_see(user, request, now):
+        raise NotFound("approval request not found")
+    if act is Act.READ_COMMENTS:
+        return Grant(act, user)
+    return _authorize_comment(user, request, instance, now)
+
+
+def _authorize_view_instance(user: Any, instance: WorkflowInstance, now: datetime) -> Grant:
+    from .selectors import seeing_filter, sees_all_requests
+
+    if sees_all_requests(user) or (
+        instance.started_by_id is not None and instance.started_by_id == user.pk
+    ):
+        return Grant(Act.VIEW_INSTANCE, user)
+    seen = ApprovalRequest.objects.filter(instance_id=instance.pk).filter(seeing_filter(user, now))
+    if not seen.exists():
+        raise NotFound("instance not found")
+    return Grant(Act.VIEW_INSTANCE, user)
+
+
+def _authorize_comment(
+    user: Any, request: ApprovalRequest, instance: WorkflowInstance, now: datetime
+) -> CommentGrant:
+    from .models import Comment, Decision
+    from .selectors import assigned_filter
+
+    if instance.state not in OPEN_INSTANCE_STATES:
+        raise Conflict(
+            f"the workflow has {instance.state}: its requests take no more comments",
+            code="comments_closed",
+        )
+    Role = Comment.Role  # noqa: N806
+    if user.pk in requester_ids(request, instance):
+        return CommentGrant(Act.COMMENT, user, role=Role.REQUESTER)
+    this = ApprovalRequest.objects.filter(pk=request.pk)
+    # One query each: assigned now (directly or through a group), or decided it.
+    if this.filter(assigned_filter([user.pk])).exists():
+        return CommentGrant(Act.COMMENT, user, user, role=Role.ASSIGNEE)
+    decided_for = (
+        Decision.objects.filter(request=request, decided_by=user)
+        .values_list("assignee_id", flat=True)
+        .first()
+    )
+    if decided_for is not None:
+        role = Role.ASSIGNEE if decided_for == user.pk else Role.DELEGATE
+        return CommentGrant(Act.COMMENT, user, role=role)
+    for principal in _delegators(user, now):
+        if this.filter(assigned_filter([principal.pk])).exists():
+            return CommentGrant(Act.COMMENT, user, principal, role=Role.DELEGATE)
+    if is_operator(user):
+        return CommentGrant(Act.COMMENT, user, role=Role.OPERATOR)
+    raise NotAllowed(
+        "only the request's assignees, their delegates, its requester and operators comment on it",
+        code="not_participant",
+    )

@@ -28,6 +28,7 @@ from orchestration.jsonsafe import string_problem
 from orchestration.models import StepRun
 
 from . import notifications, policy
+from .context import step_label
 from .definitions import ApprovalStep
 from .models import (
     DECISIONS,
@@ -36,6 +37,7 @@ from .models import (
     Decision,
     Delegation,
     Outcome,
+    PastAssignee,
     Policy,
     RequestState,
 )
@@ -442,7 +444,10 @@ def _resolve(
     request.save(update_fields=["state", "resolved_at"])
     output = request_outcome(request, decisions)
     locked.record("approval_resolved", step=step, data={"outcome": resolution})
-    notifications.notify_requester(request, kind="decided", extra={"outcome": output})
+    # This step's decision, said as that (the instance's end is told once, by lifecycle).
+    notifications.notify_requester(
+        request, kind="decided", extra={"outcome": output, "step": step_label(request.step_name)}
+    )
     if step is None or step.state != "waiting" or locked.instance.state != "running":
         return
     spec = locked.definition.steps.get(step.name) if locked.definition else None
@@ -651,6 +656,29 @@ def approval_withdraw(
         return request
 
 
+# -- who was ever asked ---------------------------------------------------------------------------
+
+
+def past_assignees_record(
+    request: ApprovalRequest, user_ids: set[int] | list[int], now: datetime, *, cause: str
+) -> int:
+    """Remember that ``user_ids`` were assignees of ``request`` and are no longer (call it
+    where assignees are replaced, in the transaction that replaces them, with everyone who
+    could decide before and cannot now). They keep reading the request and its instance;
+    someone assigned again and removed again keeps the first record. Returns how many
+    people were given."""
+    if not user_ids:
+        return 0
+    rows = PastAssignee.objects.bulk_create(
+        [
+            PastAssignee(request=request, user_id=pk, cause=cause, removed_at=now)
+            for pk in sorted(user_ids)
+        ],
+        ignore_conflicts=True,
+    )
+    return len(rows)
+
+
 # -- operators ----------------------------------------------------------------------------------
 
 
@@ -739,7 +767,9 @@ def approval_reassign(
         request.assignee_users.set(user_rows)
         request.assignee_groups.set(group_rows)
         after = notifications.current_assignee_users(request)
-        notifications.tokens_supersede(request, before - {u.pk for u in after}, now)
+        removed = before - {u.pk for u in after}
+        notifications.tokens_supersede(request, removed, now)
+        past_assignees_record(request, removed, now, cause=PastAssignee.Cause.REASSIGNED)
         step = locked.step_by_id(step_run_id)
         locked.record(
             "approval_reassigned",

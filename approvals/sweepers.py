@@ -44,8 +44,8 @@ from orchestration.models import Event, WorkflowInstance
 
 from . import notifications
 from .definitions import ApprovalStep
-from .models import ApprovalRequest, RequestState
-from .services import _before_due, request_outcome, timer_at
+from .models import ApprovalRequest, PastAssignee, RequestState
+from .services import _before_due, past_assignees_record, request_outcome, timer_at
 
 log = logging.getLogger("signoff.sweepers")
 User = get_user_model()
@@ -145,6 +145,7 @@ def _escalate(
     after = notifications.current_assignee_users(request)
     removed = before - {u.pk for u in after}
     notifications.tokens_supersede(request, removed, now)
+    past_assignees_record(request, removed, now, cause=PastAssignee.Cause.ESCALATED)
     request.level += 1
     request.next_escalation_at = (
         timer_at(spec, request.created_at, spec.escalate[request.level].after)

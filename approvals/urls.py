@@ -10,6 +10,7 @@ urlpatterns = [
     path("<int:pk>/files/", files.inbox_attach, name="attach"),
     path("<int:pk>/revise/", views.inbox_revise, name="revise"),
     path("<int:pk>/withdraw/", views.inbox_withdraw, name="withdraw"),
+    path("<int:pk>/comments/", views.inbox_comment, name="comment"),
     path("bulk/", views.inbox_bulk, name="bulk"),
     path("<int:pk>/claim/", claim_views.inbox_claim, name="claim"),
     path("<int:pk>/release/", claim_views.inbox_release, name="release"),

@@ -27,12 +27,13 @@ from orchestration import sealing
 from orchestration.errors import SignoffError
 from orchestration.models import Event
 
-from . import policy, selectors, services
+from . import comments, context, policy, selectors, services
 from .forms import (
     PAGE_SIZE,
     SORT_CHOICES,
     STATE_CHOICES,
     BulkDecisionForm,
+    CommentForm,
     DecisionForm,
     DelegationForm,
     InboxFilterForm,
@@ -308,11 +309,17 @@ def _to_revise(user: Any) -> list[ApprovalRequest]:
 
 
 def _render_detail(
-    request: HttpRequest, approval: ApprovalRequest, form: DecisionForm, *, status: int = 200
+    request: HttpRequest,
+    approval: ApprovalRequest,
+    form: DecisionForm,
+    *,
+    status: int = 200,
+    comment_form: CommentForm | None = None,
 ) -> HttpResponse:
     # An assignee sees what the step shows (``show=`` fields, masked where sealed or secret-
-    # looking) and the decisions; of the instance only its steps and the history's outline
-    # (what happened, when, by whom), never its input or event data.
+    # looking) and the decisions on the whole instance; of the instance only its steps and
+    # the history's outline (what happened, when, by whom), never its input or event data
+    # (the instance's status page shows more, read-only and masked).
     instance = approval.instance
     decisions = list(approval.decisions.select_related("decided_by", "assignee", "via_group"))
     events = list(
@@ -364,6 +371,7 @@ def _render_detail(
         "instance_url": f"/instances/{instance.pk}/",
         "pending_count": pending_count(request, pending),
         "timers": selectors.upcoming_timers(approval),
+        **_context_and_comments(request, approval, comment_form),
     }
     return render(request, "inbox/detail.html", context, status=status)
 
@@ -387,6 +395,30 @@ def _next_round(approval: ApprovalRequest) -> int | None:
         .values_list("pk", flat=True)
         .first()
     )
+
+
+def _context_and_comments(
+    request: HttpRequest, approval: ApprovalRequest, comment_form: CommentForm | None
+) -> dict[str, Any]:
+    """The earlier decisions on the instance and the step's thread (issue 12): four queries
+    whatever their number."""
+    thread, thread_more = comments.thread_for_page(approval)
+    try:
+        policy.authorize(
+            policy.Act.COMMENT, user=request.user, request=approval, instance=approval.instance
+        )
+        can_comment, why_no_comment = True, ""
+    except SignoffError as exc:
+        can_comment, why_no_comment = False, exc.message
+    return {
+        "decision_lines": context.decision_lines(approval),
+        "thread": thread,
+        "thread_more": thread_more,
+        "can_comment": can_comment,
+        "why_no_comment": why_no_comment,
+        "comment_form": comment_form or CommentForm(),
+        "comment_max": comments.MAX_BODY,
+    }
 
 
 def _visible_or_404(request: HttpRequest, pk: int) -> ApprovalRequest:
@@ -456,6 +488,41 @@ def inbox_decide(request: HttpRequest, pk: int) -> HttpResponse:
     else:
         messages.success(request, f"{verb} “{approval.title}”.")
     return redirect("inbox:list")
+
+
+@login_required
+@require_POST
+def inbox_comment(request: HttpRequest, pk: int) -> HttpResponse:
+    """Post a comment on a request's thread. Success: back to the request's page, at the
+    comment. A refusal re-renders the page with the reason and the service's status (400,
+    403, 409); a request the user cannot see is a 404. Nothing is written on a refusal."""
+    form = CommentForm(request.POST, request.FILES)
+    approval = _visible_or_404(request, pk)
+    if not form.is_valid():
+        for errors in form.errors.values():
+            for error in errors:
+                messages.error(request, f"Your comment was not posted: {error}")
+        return _render_detail(request, approval, DecisionForm(), status=400, comment_form=form)
+    try:
+        posted = comments.comment_post(
+            request_id=pk,
+            user=request.user,
+            body=form.cleaned_data["body"],
+            channel="web",
+            idempotency_key=form.cleaned_data["key"],
+        )
+    except SignoffError as exc:
+        if exc.status == 404:
+            raise Http404("No such request in your inbox.") from None
+        messages.error(request, f"Your comment was not posted: {exc.message}.")
+        return _render_detail(
+            request, approval, DecisionForm(), status=exc.status, comment_form=form
+        )
+    if posted.created:
+        messages.success(request, "Your comment was posted.")
+    else:
+        messages.info(request, "Your comment was already posted.")
+    return redirect(f"{reverse('inbox:detail', args=[pk])}#comment-{posted.comment.pk}")
 
 
 @login_required

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from django.db.models import Prefetch, Q, QuerySet
 
+from . import sealing
 from .errors import InvalidInput, NotAllowed, NotFound
 from .models import KEY_OWNER, Event, InstanceState, StepRun, WorkflowInstance
+
+log = logging.getLogger("signoff.engine")
 
 
 def can_see_all_instances(user: Any) -> bool:
@@ -63,14 +68,68 @@ def instance_list(
     return _with_steps(qs)
 
 
+# -- readers: people other apps let read an instance ---------------------------------------------
+
+# Other apps let people with a part in an instance read it (approvals: the assignees, past
+# assignees and requester of its approval requests) through this hook, so the engine neither
+# imports them nor reads their tables. A reader answers for one user and one instance.
+InstanceReader = Callable[[Any, WorkflowInstance], bool]
+_READERS: list[InstanceReader] = []
+
+
+def register_instance_reader(reader: InstanceReader) -> InstanceReader:
+    """Register ``reader(user, instance) -> bool``: whether ``user`` may read ``instance``
+    (its status page, history downloads, API detail and history) although they neither
+    started it nor operate instances. Such readers read only: no operator action, sealed
+    fields masked whatever their permissions. Asked only when the user is no owner (one call
+    per page or API call: keep it to a query or two); a reader that raises counts as no."""
+    if reader not in _READERS:
+        _READERS.append(reader)
+    return reader
+
+
+def is_owner(user: Any, instance: WorkflowInstance) -> bool:
+    """Staff, operators and the instance's starter: who saw an instance before readers."""
+    return can_see_all_instances(user) or (
+        instance.started_by_id is not None and instance.started_by_id == user.pk
+    )
+
+
+def is_reader(user: Any, instance: WorkflowInstance) -> bool:
+    """Whether a registered reader lets ``user`` read ``instance``."""
+    for reader in _READERS:
+        try:
+            if reader(user, instance):
+                return True
+        except Exception:  # noqa: BLE001 - a broken hook denies, never breaks the page
+            log.exception("instance reader %r failed", reader)
+    return False
+
+
+def can_read(user: Any, instance: WorkflowInstance) -> bool:
+    return is_owner(user, instance) or is_reader(user, instance)
+
+
+def may_reveal(user: Any, instance: WorkflowInstance) -> bool:
+    """Whether ``user`` sees the instance's sealed fields opened: holders of
+    ``orchestration.view_sensitive`` who own it (readers never do)."""
+    return sealing.can_view(user) and is_owner(user, instance)
+
+
 def instance_get(*, user: Any, instance_id: Any) -> WorkflowInstance:
-    """The instance with its steps if ``user`` may see it; :class:`NotFound` otherwise (also
-    for ids that are not UUIDs), so a caller cannot probe for others' instances."""
+    """The instance with its steps if ``user`` may see it — an owner (:func:`is_owner`) or a
+    registered reader lets them (:func:`register_instance_reader`); :class:`NotFound`
+    otherwise (also for ids that are not UUIDs), so a caller cannot probe for others'
+    instances."""
     try:
         pk = uuid.UUID(str(instance_id))
     except ValueError:
         raise NotFound("instance not found") from None
     instance = _with_steps(instances_visible_to(user).filter(pk=pk)).first()
+    if instance is None and _READERS and getattr(user, "is_authenticated", False):
+        candidate = _with_steps(WorkflowInstance.objects.filter(pk=pk)).first()
+        if candidate is not None and is_reader(user, candidate):
+            instance = candidate
     if instance is None:
         raise NotFound("instance not found")
     return instance

@@ -480,6 +480,9 @@ def _describe(event: Event) -> tuple[str, str, str]:
             detail = (detail + " · " if detail else "") + f"on behalf, reason: {d['reason']}"
         tone = "ok" if d.get("outcome") == "approve" else "bad"
         return f"{verb} by {who} via {d.get('channel', '?')}", tone, detail
+    if t == "approval_commented":
+        role = f" ({d['role']})" if d.get("role") else ""
+        return f"Comment by {d.get('user', '?')}{role}", "human", ""
     if t == "approval_resolved":
         return f"Approval {d.get('outcome', 'resolved')}", "human", ""
     if t == "approval_reassigned":
@@ -526,16 +529,23 @@ def _describe(event: Event) -> tuple[str, str, str]:
 
 
 def build_timeline(
-    instance: WorkflowInstance, events: list[Event], *, reveal: bool = False
+    instance: WorkflowInstance,
+    events: list[Event],
+    *,
+    reveal: bool = False,
+    details: dict[int, str] | None = None,
 ) -> list[TimelineEntry]:
     """Events in order, for people: what happened, how long attempts took, retries, decisions
-    and how long an approval waited."""
+    and how long an approval waited. ``details``: text for some events by ``seq``, from
+    :func:`register_timeline_details` (a comment's text), in place of the computed one."""
+    details = details or {}
     started: dict[tuple[str | None, int | None], datetime] = {}
     waiting: dict[str | None, datetime] = {}
     begin = instance.created_at
     entries = []
     for e in events:
         title, tone, detail = _describe(e)
+        detail = details.get(e.seq, detail)
         duration = None
         key = (e.step, e.attempt)
         comp = (f"{e.step}/compensation", e.attempt)
@@ -619,14 +629,41 @@ def _step_links(request: HttpRequest, instance: WorkflowInstance) -> dict[int, l
     return links
 
 
+# Other apps give the text of some of their events on the timeline (approvals: a comment's
+# text, which its event does not carry) through this hook, for the events they may show.
+TimelineDetails = Callable[[HttpRequest, WorkflowInstance, list[Event]], dict[int, str]]
+_TIMELINE_DETAILS: list[TimelineDetails] = []
+
+
+def register_timeline_details(provider: TimelineDetails) -> TimelineDetails:
+    """Register ``provider(request, instance, events) -> {seq: text}``, called once per status
+    page with the events shown (keep it to a query or two). It answers only for the events
+    the page's user may read the text of."""
+    if provider not in _TIMELINE_DETAILS:
+        _TIMELINE_DETAILS.append(provider)
+    return provider
+
+
+def _timeline_details(
+    request: HttpRequest, instance: WorkflowInstance, events: list[Event]
+) -> dict[int, str]:
+    details: dict[int, str] = {}
+    for provider in _TIMELINE_DETAILS:
+        details.update(provider(request, instance, events))
+    return details
+
+
 def page_context(request: HttpRequest, instance: WorkflowInstance) -> dict[str, Any]:
     now = timezone.now()
     steps = list(instance.steps.all())
     definition = registry.get(instance.workflow, instance.version)
     events = list(Event.objects.filter(instance=instance).order_by("-seq")[:TIMELINE_LIMIT])
     events.reverse()
-    operator = can_operate(request.user)
-    reveal = sealing.can_view(request.user)
+    # A reader (someone another app lets read the instance: an assignee) reads only: no
+    # operator action, sealed fields masked whatever their permissions.
+    read_only = not selectors.is_owner(request.user, instance)
+    operator = can_operate(request.user) and not read_only
+    reveal = selectors.may_reveal(request.user, instance)
     step_links = _step_links(request, instance) if operator else {}
     rows = []
     for s in steps:
@@ -654,12 +691,15 @@ def page_context(request: HttpRequest, instance: WorkflowInstance) -> dict[str, 
             definition, steps, title=f"{instance.workflow} v{instance.version}"
         ),
         "rows": rows,
-        "timeline": build_timeline(instance, events, reveal=reveal),
+        "timeline": build_timeline(
+            instance, events, reveal=reveal, details=_timeline_details(request, instance, events)
+        ),
         "events_hidden": max(instance.last_seq - len(events), 0),
         "operations": [op for op in INSTANCE_OPERATIONS.values() if op.offered(instance, None)]
         if operator
         else [],
         "can_operate": operator,
+        "read_only": read_only,
         "current": current,
         "elapsed": human_duration((instance.finished_at or now) - instance.created_at),
         "open": instance.state in OPEN_STATES,
@@ -684,7 +724,9 @@ def _admin_url(request: HttpRequest, instance: WorkflowInstance) -> str:
 
 
 def visible_instance(request: HttpRequest, pk: Any) -> WorkflowInstance:
-    """The instance if the user may see it (staff, operators, its starter); 404 otherwise."""
+    """The instance if the user may see it (staff, operators, its starter, or someone a
+    registered reader lets read it: see ``selectors.register_instance_reader``); 404
+    otherwise."""
     try:
         return selectors.instance_get(user=request.user, instance_id=pk)
     except NotFound:
@@ -763,7 +805,7 @@ def _filename(instance: WorkflowInstance, ext: str) -> str:
 def history_json(request: HttpRequest, pk: Any) -> StreamingHttpResponse:
     """The instance and its whole history as one JSON document (streamed)."""
     instance = visible_instance(request, pk)
-    reveal = sealing.can_view(request.user)
+    reveal = selectors.may_reveal(request.user, instance)
     head = {
         "instance": _instance_record(instance, reveal),
         "exported_at": timezone.now().isoformat(),
@@ -803,7 +845,7 @@ def history_csv(request: HttpRequest, pk: Any) -> StreamingHttpResponse:
     """The whole history as CSV, one event per row (``data`` as JSON)."""
     instance = visible_instance(request, pk)
     writer = csv.writer(_Echo())
-    reveal = sealing.can_view(request.user)
+    reveal = selectors.may_reveal(request.user, instance)
 
     def stream() -> Iterator[str]:
         yield writer.writerow(CSV_COLUMNS)

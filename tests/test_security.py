@@ -12,8 +12,9 @@ allowed must change it. The rules behind the table (DESIGN.md):
 
 - only a current assignee decides an approval (not the requester, not staff, not even a
   superuser: operators record someone's decision with "decide on behalf" in the admin);
-- staff and an instance's starter see the instance; an assignee sees the approval but not the
-  instance's API resource or status page;
+- staff and an instance's starter see the instance; an assignee (current or past, or their
+  delegate) reads it too, read-only (its API resource, history and status page), and acting
+  on it answers 403;
 - acting on an instance (cancel, retry, signal, the admin's and status page's actions) needs
   ``orchestration.operate_instance``, except that the API lets an instance's starter (the
   system that started it) cancel, retry and signal its own instance;
@@ -452,10 +453,10 @@ OPS: dict[str, Op] = {
 MATRIX: dict[str, tuple[Any, ...]] = {
     "GET /api/v1/workflows/":                       (401, 200, 200, 200, 200, 200, 200),
     "GET /api/v1/instances/":                       (401, LISTED, HIDDEN, LISTED, LISTED, LISTED, LISTED),  # noqa: E501
-    "GET /api/v1/instances/{id}/":                  (401, 200, 404, 200, 200, 200, 200),
-    "GET /api/v1/instances/{id}/history/":          (401, 200, 404, 200, 200, 200, 200),
+    "GET /api/v1/instances/{id}/":                  (401, 200, 200, 200, 200, 200, 200),
+    "GET /api/v1/instances/{id}/history/":          (401, 200, 200, 200, 200, 200, 200),
     "POST /api/v1/instances/":                      (401, 201, 201, 201, 201, 201, 201),
-    "POST /api/v1/instances/{id}/cancel/":          (401, 200, 404, 403, 403, 200, 200),
+    "POST /api/v1/instances/{id}/cancel/":          (401, 200, 403, 403, 403, 200, 200),
     "POST /api/v1/instances/{id}/retry/ (failed)":  (401, 200, 404, 403, 403, 200, 200),
     "POST /api/v1/instances/{id}/signals/{name}/":  (401, 202, 404, 403, 403, 202, 202),
     "GET /api/v1/approvals/":                       (401, HIDDEN, LISTED, HIDDEN, HIDDEN, HIDDEN, HIDDEN),  # noqa: E501
@@ -465,9 +466,9 @@ MATRIX: dict[str, tuple[Any, ...]] = {
     "GET /inbox/":                                  (LOGIN, HIDDEN, LISTED, HIDDEN, HIDDEN, HIDDEN, HIDDEN),  # noqa: E501
     "GET /inbox/{id}/":                             (LOGIN, 200, 200, 200, 200, 200, 200),
     "POST /inbox/{id}/decide/":                     (LOGIN, 403, DONE, 403, 403, 403, 403),
-    "GET /instances/{id}/":                         (LOGIN, 200, 404, 200, 200, 200, 200),
-    "GET /instances/{id}/history.json":             (LOGIN, 200, 404, 200, 200, 200, 200),
-    "POST /instances/{id}/actions/cancel/":         (LOGIN, 403, 404, 403, 403, DONE, DONE),
+    "GET /instances/{id}/":                         (LOGIN, 200, 200, 200, 200, 200, 200),
+    "GET /instances/{id}/history.json":             (LOGIN, 200, 200, 200, 200, 200, 200),
+    "POST /instances/{id}/actions/cancel/":         (LOGIN, 403, 403, 403, 403, DONE, DONE),
     "GET admin: instances changelist":              (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, 200, 200, 200),  # noqa: E501
     "GET admin: instance change view":              (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, 200, 200, 200),  # noqa: E501
     "POST admin: bulk action cancel":               (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, 403, DONE, DONE),  # noqa: E501
@@ -486,7 +487,7 @@ MATRIX: dict[str, tuple[Any, ...]] = {
     # Completing an approval step by hand decides it for everyone: off unless configured.
     "POST admin: complete the approval step by hand": (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 404, 403, 403, 403),  # noqa: E501
     "POST admin: complete it by hand, SIGNOFF_OPERATORS_COMPLETE_APPROVALS=1": (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 404, 403, DONE, DONE),  # noqa: E501
-    "POST status page: complete the approval step by hand": (LOGIN, 403, 404, 403, 403, 403, 403),  # noqa: E501
+    "POST status page: complete the approval step by hand": (LOGIN, 403, 403, 403, 403, 403, 403),  # noqa: E501
 }
 # fmt: on
 

@@ -141,7 +141,8 @@ def opened_tokens(text: str) -> list[str]:
 def responses(people: dict[str, Any], instances: list[WorkflowInstance]) -> dict[str, str]:
     """Every page and API answer about the subject, as read by people without
     ``view_sensitive``: the starter (API), the approver (inbox, approvals API) and staff with
-    every view permission (API, status pages, history downloads, every admin page)."""
+    every view permission (API, status pages, history downloads, every admin page); the approver
+    also reads the instances' status pages, downloads and API resource, as an assignee."""
     starter, approver, viewer = (
         _api(people["starter"]),
         _api(people["approver"]),
@@ -173,6 +174,10 @@ def responses(people: dict[str, Any], instances: list[WorkflowInstance]) -> dict
     for instance in instances:
         for suffix in ("", "live/", "history.json", "history.csv"):
             read("viewer", staff, f"/instances/{instance.pk}/{suffix}")
+            # The approver reads the instance too (read-only, as an assignee: issue 12).
+            read("approver", inbox, f"/instances/{instance.pk}/{suffix}")
+        read("approver", approver, f"/api/v1/instances/{instance.pk}/")
+        read("approver", approver, f"/api/v1/instances/{instance.pk}/history/")
     for model, model_admin in admin.site._registry.items():
         meta = model._meta
         try:

@@ -14,7 +14,16 @@ from drf_spectacular.plumbing import ResolvedComponent
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from approvals.models import ApprovalRequest, Channel, Decision, Outcome, Policy, RequestState
+from approvals.comments import MAX_BODY
+from approvals.models import (
+    ApprovalRequest,
+    Channel,
+    Comment,
+    Decision,
+    Outcome,
+    Policy,
+    RequestState,
+)
 from approvals.services import MAX_COMMENT
 from orchestration import sealing
 from orchestration.api.serializers import (
@@ -63,8 +72,8 @@ class DecideSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
         required=False,
         default="",
         allow_blank=True,
-        # Trimmed before the length check, as approval_decide counts it.
-        trim_whitespace=True,
+        # The length as sent, as the schema's maxLength says (approval_decide trims it after;
+        # trimming first accepted 5,001 characters that began with a control character).
         max_length=MAX_COMMENT,
         help_text="Why. Required to reject unless the step says otherwise.",
     )
@@ -121,6 +130,7 @@ class ApprovalLinksSerializer(serializers.Serializer):
     request_changes = serializers.CharField(help_text="Send it back to the requester.")
     resubmit = serializers.CharField(help_text="The requester's answer: the next round.")
     withdraw = serializers.CharField(help_text="The requester's answer: cancel the workflow.")
+    comments = serializers.CharField(help_text="The thread of the request's step.")
     inbox = serializers.CharField(help_text="The request's page in the web inbox.")
     instance = serializers.CharField(
         allow_null=True,
@@ -270,6 +280,7 @@ class ApprovalRequestSerializer(serializers.ModelSerializer):
             "request_changes": f"{base}request-changes/",
             "resubmit": f"{base}resubmit/",
             "withdraw": f"{base}withdraw/",
+            "comments": f"{base}comments/",
             "inbox": f"/inbox/{obj.pk}/",
         }
 
@@ -485,3 +496,34 @@ class ReassignSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
         trim_whitespace=True,
         help_text="Why; recorded on the approval_reassigned event.",
     )
+
+
+# -- comments ------------------------------------------------------------------------------------
+
+
+class CommentCreateSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
+    body = StrictCharField(
+        # The length as sent, as the schema says; comment_post trims it and refuses a blank.
+        max_length=MAX_BODY,
+        help_text=f"The comment: 1 to {MAX_BODY} characters, not only white space, no NUL. It "
+        "decides nothing; the other side (requester, or current assignees) gets a mail.",
+    )
+
+
+class CommentSerializer(serializers.ModelSerializer):
+    author = serializers.CharField(source="author.get_username", help_text="Who wrote it.")
+    role = serializers.ChoiceField(
+        choices=Comment.Role.choices,
+        help_text="What the author posted as: requester, assignee, delegate or operator.",
+    )
+    channel = serializers.ChoiceField(choices=[("web", "web"), ("api", "api")])
+    request = serializers.IntegerField(
+        source="request_id",
+        help_text="The approval request it was posted on (the thread holds every round of "
+        "the step).",
+    )
+    step = serializers.CharField(source="request.step_name")
+
+    class Meta:
+        model = Comment
+        fields = ["id", "request", "step", "author", "role", "body", "channel", "created_at"]

@@ -32,6 +32,7 @@ urlpatterns = [
     ),
     path("<int:pk>/resubmit/", views.ApprovalResubmitView.as_view(), name="api-approval-resubmit"),
     path("<int:pk>/withdraw/", views.ApprovalWithdrawView.as_view(), name="api-approval-withdraw"),
+    path("<int:pk>/comments/", views.ApprovalCommentsView.as_view(), name="api-approval-comments"),
     # Anything else here (a non-integer id, a typo) is a JSON 404 like the rest of the API.
     re_path(r"^.*$", not_found),
 ]

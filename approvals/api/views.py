@@ -18,22 +18,25 @@ from django.db import connection
 from django.db.models import QuerySet
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from approvals import selectors, services
+from approvals import comments, policy, selectors, services
 from approvals.models import ApprovalRequest, Channel, Decision, Outcome, RequestState
 from orchestration.api.pagination import CheckedCursorPagination
 from orchestration.api.serializers import ErrorSerializer
 from orchestration.api.views import ApiView
 from orchestration.errors import InvalidInput, NotFound
-from orchestration.selectors import can_see_all_instances
+from orchestration.selectors import can_read
 
 from .serializers import (
     ASSIGNEES,
     DECISIONS,
     ApprovalRequestDetailSerializer,
     ApprovalRequestSerializer,
+    CommentCreateSerializer,
+    CommentSerializer,
     DecideSerializer,
     RequestChangesSerializer,
     ResubmitSerializer,
@@ -209,7 +212,9 @@ def _detail(request: Request, approval_id: int, status: int = 200) -> Response:
         and obj.claim_holder_id(timezone.now()) in (None, user.pk)
         and selectors.decidable_by(user).filter(pk=obj.pk).exists()
     )
-    instance_visible = obj.instance.started_by_id == user.pk or can_see_all_instances(user)
+    # Whoever may see a request may read its instance (read-only, as the policy's
+    # view_instance says); asked all the same, so the link follows the policy.
+    instance_visible = can_read(user, obj.instance)
     can_resubmit = (
         obj.state == RequestState.CHANGES_REQUESTED
         and obj.instance.state == "running"
@@ -418,3 +423,124 @@ class ApprovalWithdrawView(ApiView):
             channel=Channel.API,
         )
         return _detail(request, pk)
+
+
+# -- comments ------------------------------------------------------------------------------------
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+
+class CommentPagination(CheckedCursorPagination):
+    # Posting order; the id follows it (ids and created_at both grow as comments are posted).
+    page_size = 50
+    ordering = ("id",)
+    max_page_size = 200
+
+
+COMMENT_ERRORS = {
+    400: "Invalid comment: empty (code comment_required or invalid), too long "
+    "(comment_too_long or invalid), NUL characters, unknown fields, or a bad Idempotency-Key "
+    "(invalid_idempotency_key).",
+    403: "The caller may see the request but has no part in it (code not_participant): only "
+    "its assignees, their delegates, its requester and operators comment.",
+    404: "No such request, or not one the caller may see.",
+    409: "The workflow has finished (code comments_closed), or the Idempotency-Key was used "
+    "for another comment (idempotency_conflict).",
+    413: "Request body over SIGNOFF_MAX_REQUEST_BYTES.",
+    401: "Not authenticated.",
+}
+
+
+def _comment_errors(*codes: int) -> dict[int, OpenApiResponse]:
+    return {
+        code: OpenApiResponse(ErrorSerializer, description=COMMENT_ERRORS[code])
+        for code in (*codes, 401)
+    }
+
+
+def _comment_key(request: Request) -> str:
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is None:
+        return ""
+    if not key.strip() or len(key) > comments.MAX_KEY or not key.isprintable():
+        raise InvalidInput(
+            f"{IDEMPOTENCY_HEADER} must be 1 to {comments.MAX_KEY} printable characters",
+            code="invalid_idempotency_key",
+        )
+    return key
+
+
+class ApprovalCommentsView(ApiView):
+    pagination_class = CommentPagination
+
+    @extend_schema(
+        operation_id="approvals_comments_list",
+        summary="The comments of a request's thread",
+        tags=["approvals"],
+        description="Every comment on the request's step of its workflow instance (every "
+        "round), in posting order, cursor-paginated. Readable by whoever may see the request "
+        "(its assignees, past assignees, their delegates, whoever decided it, its requester, "
+        "staff and operators); 404 for anyone else.",
+        responses={
+            200: CommentSerializer(many=True),
+            **_comment_errors(400),
+            404: OpenApiResponse(
+                ErrorSerializer,
+                description="No such request, or not one the caller may see; or an invalid cursor.",
+            ),
+        },
+    )
+    def get(self, request: Request, pk: int) -> Response:
+        approval = selectors.request_for(request.user, pk)
+        if approval is None:
+            raise NotFound("approval request not found")
+        policy.authorize(policy.Act.READ_COMMENTS, user=request.user, request=approval)
+        paginator = self.pagination_class()
+        page = paginator.paginate_queryset(comments.thread_of(approval), request, view=self)
+        return paginator.get_paginated_response(CommentSerializer(page, many=True).data)
+
+    @extend_schema(
+        operation_id="approvals_comments_create",
+        summary="Comment on a request",
+        tags=["approvals"],
+        description="Posts a question or an answer on the request's thread; it decides "
+        "nothing. Allowed while the workflow runs, to the request's requester (and the "
+        "instance's starter), its current assignees and whoever decided it, their active "
+        "delegates, and operators (orchestration.operate_instance). The other side is told by "
+        "mail (the requester for an assignee's comment, the current assignees for the "
+        "requester's, both for an operator's), with a link to the request's page and never an "
+        "action link. One approval_commented event per comment (without the text). With an "
+        "Idempotency-Key header a repeated post (same key, request and body) answers the first "
+        "comment with 200 and posts nothing.",
+        parameters=[
+            OpenApiParameter(
+                IDEMPOTENCY_HEADER,
+                str,
+                OpenApiParameter.HEADER,
+                description=f"1 to {comments.MAX_KEY} printable characters, per caller.",
+            )
+        ],
+        request=CommentCreateSerializer,
+        responses={
+            201: CommentSerializer,
+            200: OpenApiResponse(
+                CommentSerializer, description="The same post again (Idempotency-Key)."
+            ),
+            **_comment_errors(400, 403, 404, 409, 413),
+        },
+    )
+    def post(self, request: Request, pk: int) -> Response:
+        key = _comment_key(request)
+        serializer = CommentCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        posted = comments.comment_post(
+            request_id=pk,
+            user=request.user,
+            body=serializer.validated_data["body"],
+            channel=Channel.API,
+            idempotency_key=key,
+        )
+        return Response(
+            CommentSerializer(posted.comment).data,
+            status=status.HTTP_201_CREATED if posted.created else status.HTTP_200_OK,
+        )

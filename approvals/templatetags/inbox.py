@@ -37,14 +37,29 @@ def compact_json(value: Any) -> str:
 
 @register.filter
 def field_value(value: Any) -> str:
-    """A field shown to the approver: scalars as text, anything else as JSON."""
+    """A field shown to people, as text, never JSON: ``["bob"]`` → ``bob``, a list as
+    ``a, b``, a dict as ``key: value; key: value``, nested ones in parentheses, nothing as
+    ``—``, booleans as yes / no. Masking is the caller's (``sealing.masked``)."""
+    text = _as_text(value, nested=False)
+    return text if text != "" else "—"
+
+
+def _as_text(value: Any, *, nested: bool) -> str:
     if value is None:
         return "—"
     if isinstance(value, bool):
         return "yes" if value else "no"
-    if isinstance(value, str | int | float):
+    if isinstance(value, int | float):
         return str(value)
-    return json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list | tuple):
+        text = ", ".join(_as_text(v, nested=True) for v in value)
+    elif isinstance(value, dict):
+        text = "; ".join(f"{k}: {_as_text(v, nested=True)}" for k, v in value.items())
+    else:
+        return str(value)
+    return f"({text})" if nested and text else text
 
 
 @register.filter

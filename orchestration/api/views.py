@@ -19,7 +19,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from orchestration import attachments, engine, jsonsafe, sealing, selectors
+from orchestration import attachments, engine, jsonsafe, selectors
 from orchestration.definitions import registry
 from orchestration.errors import Conflict, InvalidInput, NotAllowed, NotFound
 from orchestration.models import InstanceState
@@ -260,12 +260,16 @@ class InstanceDetailView(ApiView):
     @extend_schema(
         summary="One instance with its steps",
         tags=["instances"],
+        description="Visible to its starter, staff, holders of orchestration.operate_instance, "
+        "and read-only to whoever has a part in one of its approval requests (current and "
+        "past assignees, their delegates, deciders, the requester): for those, sealed fields "
+        "stay masked whatever their permissions.",
         parameters=[INSTANCE_ID],
         responses={200: InstanceSerializer, **_errors(404)},
     )
     def get(self, request: Request, pk: str) -> Response:
         instance = selectors.instance_get(user=request.user, instance_id=pk)
-        reveal = sealing.can_view(request.user)
+        reveal = selectors.may_reveal(request.user, instance)
         return Response(InstanceSerializer(instance, context={"reveal": reveal}).data)
 
 
@@ -275,7 +279,10 @@ class InstanceHistoryView(ApiView):
     @extend_schema(
         summary="The instance's events in order",
         tags=["instances"],
-        description="Oldest first; seq counts from 1 without gaps. Cursor-paginated.",
+        description="Oldest first; seq counts from 1 without gaps. Cursor-paginated. Readable "
+        "by whoever may read the instance (see the instance's detail). Comments on approval "
+        "requests appear as approval_commented events without their text (read it at "
+        "/api/v1/approvals/{id}/comments/).",
         parameters=[INSTANCE_ID],
         responses={
             200: EventSerializer(many=True),

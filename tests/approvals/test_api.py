@@ -204,6 +204,7 @@ def test_token_auth_lists_the_expense_for_a_manager(expense: ApprovalRequest, bo
         "request_changes": f"{APPROVALS}{expense.pk}/request-changes/",
         "resubmit": f"{APPROVALS}{expense.pk}/resubmit/",
         "withdraw": f"{APPROVALS}{expense.pk}/withdraw/",
+        "comments": f"{APPROVALS}{expense.pk}/comments/",
         "inbox": f"/inbox/{expense.pk}/",
     }
 
@@ -354,7 +355,8 @@ def test_detail_for_an_assignee(expense: ApprovalRequest, bob) -> None:
     assert body["assignees"] == {"users": [], "groups": ["managers"]}
     assert body["instance"] == str(expense.instance_id)
     # bob did not start the instance, and the instance API would not show it to him
-    assert body["links"]["instance"] is None
+    # An assignee reads the instance too, read-only (issue 12).
+    assert body["links"]["instance"] == f"/api/v1/instances/{expense.instance_id}/"
 
 
 def test_detail_for_the_requester_links_the_instance(expense: ApprovalRequest, demo) -> None:
@@ -437,6 +439,10 @@ BAD_BODIES = [
     pytest.param("approve", {"comment": {"a": 1}}, 400, "invalid", id="comment_object"),
     pytest.param("approve", {"comment": True}, 400, "invalid", id="comment_bool"),
     pytest.param("approve", {"comment": "x" * 5001}, 400, "invalid", id="comment_too_long"),
+    # The length as sent (the schema's maxLength), not after trimming: found by the fuzzer.
+    pytest.param(
+        "approve", {"comment": "\x1c" + "x" * 5000}, 400, "invalid", id="too_long_as_sent"
+    ),
     pytest.param("approve", {"comment": "a\x00b"}, 400, "invalid", id="comment_nul"),
     pytest.param("approve", '{"comment": "\\ud800"}', 400, "invalid", id="lone_surrogate"),
     pytest.param("approve", {"coment": "typo"}, 400, "invalid", id="unknown_field"),

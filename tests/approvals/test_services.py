@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from approvals import selectors, services
 from approvals.definitions import approval
-from approvals.models import ApprovalRequest, Decision
+from approvals.models import ApprovalRequest, Decision, PastAssignee
 from orchestration import engine
 from orchestration.definitions import DefinitionError, Registry, Workflow, registry
 from orchestration.errors import Conflict, InvalidInput, NotAllowed, NotFound
@@ -403,8 +403,12 @@ def test_reassign_replaces_the_assignees(people, make_flow, operator) -> None:
     services.approval_reassign(
         request_id=request.pk, operator=ops, users=["ben"], groups=["reviewers"], reason="ann left"
     )
-    with pytest.raises(NotFound):  # no longer hers: not even to see
+    # No longer hers to decide; as a past assignee she still sees it (read-only).
+    with pytest.raises(NotAllowed, match="not an assignee"):
         services.approval_decide(request_id=request.pk, user=people["ann"], outcome="approve")
+    assert list(PastAssignee.objects.filter(request=request).values_list("user", "cause")) == [
+        (people["ann"].pk, "reassigned")
+    ]
     services.approval_decide(request_id=request.pk, user=people["dan"], outcome="approve")
     assert ApprovalRequest.objects.get(pk=request.pk).state == "approved"
     reassigned = Event.objects.get(type="approval_reassigned")

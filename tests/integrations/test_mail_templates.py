@@ -85,7 +85,7 @@ class Person:
         return self.name
 
 
-def context_with(hostile: str) -> dict[str, Any]:
+def context_with(hostile: str, name: str = "") -> dict[str, Any]:
     return {
         "request": {
             "title": f"Expense: 80 EUR for {hostile}",
@@ -102,10 +102,17 @@ def context_with(hostile: str) -> dict[str, Any]:
         "level": 1,
         "action": hostile,
         "outcome": {"decision": "rejected", "decided_by": [hostile], "comments": [hostile]},
-        # approval_changes_requested
+        # approval_changes_requested: who sent it back, their comment, the revise page
         "by": hostile,
-        "comment": hostile,
+        "comment": {"body": hostile} if name == "approval_commented" else hostile,
         "revise_url": REVISE,
+        # approval_decided: the step; approval_commented: who wrote what; approval_finished
+        "step": hostile,
+        "author": hostile,
+        "role": hostile,
+        "ending": hostile,
+        "summary": hostile,
+        "detail": hostile,
     }
 
 
@@ -113,9 +120,11 @@ def test_every_mail_template_is_covered() -> None:
     assert MAILS == [
         "approval_assigned",
         "approval_changes_requested",
+        "approval_commented",
         "approval_decided",
         "approval_escalated",
         "approval_expired",
+        "approval_finished",
         "approval_reminder",
     ]
     for name in MAILS:
@@ -135,7 +144,7 @@ def test_no_mail_template_marks_input_safe() -> None:
 @pytest.mark.parametrize("hostile", HOSTILE, ids=range(len(HOSTILE)))
 @pytest.mark.parametrize("name", MAILS)
 def test_hostile_text_is_escaped_in_the_html_and_adds_no_tag_or_link(name, hostile) -> None:
-    subject, text, html = mail.email_render(template=name, context=context_with(hostile))
+    subject, text, html = mail.email_render(template=name, context=context_with(hostile, name))
     parsed = Parsed(html)
     assert {tag for tag, _ in parsed.tags} <= TAGS, sorted({t for t, _ in parsed.tags} - TAGS)
     for tag, attrs in parsed.tags:
@@ -156,7 +165,7 @@ def test_hostile_text_is_escaped_in_the_html_and_adds_no_tag_or_link(name, hosti
 @pytest.mark.parametrize("hostile", HOSTILE, ids=range(len(HOSTILE)))
 @pytest.mark.parametrize("name", MAILS)
 def test_hostile_text_cannot_break_the_subject_or_fake_lines_in_the_text(name, hostile) -> None:
-    subject, text, _ = mail.email_render(template=name, context=context_with(hostile))
+    subject, text, _ = mail.email_render(template=name, context=context_with(hostile, name))
     assert not re.search(r"[\r\n\x0b\x0c\x85\u2028\u2029]", subject), repr(subject)
     if "title" in subject.lower() or "Expense" in subject:
         assert oneline(f"Expense: 80 EUR for {hostile}") in subject
