@@ -16,7 +16,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.db import transaction
-from django.db.models import Prefetch
+from django.db.models import Max, Prefetch
 from django.utils import timezone
 
 from orchestration import engine, kinds
@@ -91,10 +91,17 @@ class ApprovalKind:
 
     def ready(self, *, step_run: StepRun, spec: StepSpec, journal: Journal, now: datetime) -> None:
         assert isinstance(spec, ApprovalStep)
+        # A retried step (its request rejected or expired, the instance retried) asks again
+        # in the next round: a fresh request beside the earlier ones.
+        earlier = (
+            ApprovalRequest.objects.filter(step_run_id=step_run.pk).aggregate(n=Max("round"))["n"]
+            if step_run.pk
+            else None
+        )
         step_run.wait()
         step_run.started_at = now
         journal.record("step_waiting", step=step_run)
-        open_round(journal, step_run, spec, now, round_no=1)
+        open_round(journal, step_run, spec, now, round_no=(earlier or 0) + 1)
 
     def cancelled(
         self, *, step_run: StepRun, spec: StepSpec, journal: Journal, now: datetime

@@ -276,7 +276,9 @@ class StepRun(FSMModelMixin, models.Model):
     def time_out(self) -> None:
         pass
 
-    @transition(field=state, source=S.PENDING, target=S.WAITING)
+    # From a retryable state too: a retried step of a waiting kind (a rejected approval, a
+    # signal that timed out) waits again.
+    @transition(field=state, source=[S.PENDING, *STEP_RETRYABLE], target=S.WAITING)
     def wait(self) -> None:
         pass
 

@@ -676,3 +676,24 @@ def test_the_schema_validates_without_warnings(tmp_path: Path) -> None:
     out = tmp_path / "schema.yml"
     call_command("spectacular", "--validate", "--fail-on-warn", "--file", str(out))
     assert "/api/v1/approvals/{id}/approve/" in out.read_text()
+
+
+def test_a_rejected_expense_retried_asks_the_managers_again_in_a_new_round(
+    expense: ApprovalRequest, demo, bob
+) -> None:
+    """Retrying an instance whose approval was rejected asks again: the step waits once more
+    and round 2 is a fresh request (round 1 and its rejection kept); the retry decides nothing.
+    (It used to answer 500: the step could not wait again from failed.)"""
+    rejected = post_json(bob, f"{APPROVALS}{expense.pk}/reject/", {"comment": "too dear"})
+    assert rejected.status_code == 200, rejected.content
+    instance = WorkflowInstance.objects.get(pk=expense.instance_id)
+    assert instance.state == "failed"
+    alice = token_client(demo["alice"])
+    retried = post_json(alice, f"/api/v1/instances/{instance.pk}/retry/", {})
+    assert retried.status_code == 200, retried.content
+    rounds = list(ApprovalRequest.objects.filter(step_run_id=expense.step_run_id).order_by("round"))
+    assert [(r.round, r.state) for r in rounds] == [(1, "rejected"), (2, "pending")]
+    assert StepRun.objects.get(pk=expense.step_run_id).state == "waiting"
+    approved = post_json(bob, f"{APPROVALS}{rounds[1].pk}/approve/", {})
+    assert approved.status_code == 200, approved.content
+    assert StepRun.objects.get(pk=expense.step_run_id).state == "succeeded"
