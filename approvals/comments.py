@@ -12,6 +12,7 @@ step of the instance (every round, a retried step's earlier request), oldest fir
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,7 @@ from django.db.models import Count, OuterRef, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 
 from integrations.mail import email_queue
+from orchestration import attachments
 from orchestration.errors import Conflict, InvalidInput, NotAllowed
 from orchestration.jsonsafe import string_problem
 
@@ -75,6 +77,7 @@ def comment_post(
     body: Any,
     channel: str = Channel.WEB,
     idempotency_key: Any = "",
+    files: Sequence[Any] = (),
 ) -> Posted:
     """Post ``body`` on the thread of request ``request_id`` as ``user``.
 
@@ -90,6 +93,11 @@ def comment_post(
     (the requester for an assignee's or delegate's comment, the current assignees for the
     requester's, both for an operator's), each with a fixed Message-ID and a link to the
     request page, never an action link.
+
+    ``files`` are attached with the comment (context ``comment:<id>``, the engine's checks of
+    type, size and count; one ``attachments_added`` event); a refused file posts nothing and
+    leaves no bytes behind. A repeated submission (same key) answers the first comment and
+    stores none of its files again.
     """
     if channel not in (Channel.WEB, Channel.API):
         raise InvalidInput("channel must be web or api", code="invalid_channel")
@@ -98,7 +106,7 @@ def comment_post(
     if not getattr(user, "is_authenticated", False):
         raise NotAllowed("log in to comment", code="not_authenticated")
     step_run_id = services._step_run_of(request_id)
-    with transaction.atomic():
+    with attachments.guard(), transaction.atomic():
         locked, request = services._lock(request_id, step_run_id, user)
         earlier = Comment.objects.filter(author=user, idempotency_key=key).first() if key else None
         if earlier is not None and earlier.request_id == request.pk and earlier.body == body:
@@ -142,9 +150,35 @@ def comment_post(
                 ),
             },
         )
+        if files:
+            comment.files = attachments.attachments_save(
+                instance=locked.instance,
+                files=files,
+                user=user,
+                context=comment_context(comment.pk),
+                journal=locked.journal,
+            )
         comment_notify(comment, request)
         locked.journal.flush()
         return Posted(comment, True)
+
+
+def comment_context(comment_id: Any) -> str:
+    return f"comment:{comment_id}"
+
+
+def with_files(thread: Sequence[Comment]) -> Sequence[Comment]:
+    """Give each comment of one instance's thread its ``files`` (oldest first): one query
+    for the whole thread, whatever the number of comments and files."""
+    if not thread:
+        return thread
+    by_context = attachments.attachments_by_context(
+        instance_id=thread[0].request.instance_id,
+        contexts=[comment_context(c.pk) for c in thread],
+    )
+    for c in thread:
+        c.files = by_context[comment_context(c.pk)]
+    return thread
 
 
 def _key_conflict(key: str) -> Conflict:
@@ -168,7 +202,8 @@ def thread_of(request: ApprovalRequest) -> QuerySet[Comment]:
 def thread_for_page(request: ApprovalRequest) -> tuple[list[Comment], bool]:
     """The latest :data:`THREAD_LIMIT` comments of the thread, oldest first, each with
     ``round`` (the position of its request among the step's requests, from 1) and ``here``
-    (posted on ``request``); and whether earlier ones were left out. One query."""
+    (posted on ``request``) and ``files``; and whether earlier ones were left out. Two
+    queries (the comments, their files)."""
     earlier = (
         ApprovalRequest.objects.filter(
             instance_id=OuterRef("request__instance_id"),
@@ -190,6 +225,7 @@ def thread_for_page(request: ApprovalRequest) -> tuple[list[Comment], bool]:
     for comment in rows:
         comment.round = getattr(comment.request, "round", None) or comment.round_number
         comment.here = comment.request_id == request.pk
+    with_files(rows)
     return rows, more
 
 

@@ -65,6 +65,7 @@ class DecisionLine:
     via_group: str
     this_request: bool
     request_id: int
+    round: int = 1
 
 
 def decision_lines(approval: ApprovalRequest) -> list[DecisionLine]:
@@ -94,6 +95,7 @@ def decision_lines(approval: ApprovalRequest) -> list[DecisionLine]:
                 via_group=d.via_group.name if d.via_group_id else "",
                 this_request=d.request_id == approval.pk,
                 request_id=d.request_id,
+                round=d.request.round,
             )
         )
     return lines

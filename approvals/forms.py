@@ -11,7 +11,7 @@ from django import forms
 from django.contrib.auth import get_user_model
 from django.utils import timezone
 
-from orchestration import sealing
+from orchestration import attachments, sealing
 from orchestration.definitions import registry
 from orchestration.jsonsafe import storable_json_problem, too_deep
 
@@ -82,8 +82,8 @@ class DecisionForm(forms.Form):
 class CommentForm(forms.Form):
     """A comment on a request's thread. ``key`` is drawn when the page is rendered, so a
     double-submitted form posts one comment (the service checks the body and the key again).
-    Attachments (issue 12 item 5) add a file field here and a file input to
-    ``inbox/_comments.html``; the form is already sent as multipart."""
+    Files posted with the comment come from the page's ``files`` input (the service checks
+    them)."""
 
     body = forms.CharField(
         label="Comment",
@@ -183,9 +183,19 @@ class ReviseForm(forms.Form):
         current = instance.input if isinstance(instance.input, dict) else {}
         self.current = current
         self.sealed_names: set[str] = set()
+        # The workflow's files field, when revisable: files kept (ticked) and files added
+        # (the page's ``files`` input, given to the service as uploads).
+        self.files_name: str | None = None
+        files_field = definition.attachments if definition else None
         for name in approval.revisable:
             prop = properties.get(name) if isinstance(properties.get(name), dict) else {}
             label = prop.get("title") or name.replace("_", " ").capitalize()
+            if name == files_field:
+                self.files_name = name
+                self.fields[name] = _kept_files_field(current.get(name), label)
+                if not self.is_bound:
+                    self.initial[name] = [choice for choice, _ in self.fields[name].choices]
+                continue
             if name in sealed:
                 self.sealed_names.add(name)
                 self.fields[name] = forms.CharField(
@@ -208,6 +218,12 @@ class ReviseForm(forms.Form):
         """The submitted fields as input values (a sealed field left empty: unchanged)."""
         out: dict[str, Any] = {}
         for name, value in self.cleaned_data.items():
+            if name == self.files_name:
+                ticked = set(value or [])
+                listed = [choice for choice, _ in self.fields[name].choices]
+                if ticked != set(listed):  # a file unticked: off the input, kept on the instance
+                    out[name] = [choice for choice in listed if choice in ticked]
+                continue
             if name in self.sealed_names:
                 if value == "":
                     continue
@@ -221,6 +237,26 @@ class ReviseForm(forms.Form):
                 continue  # an emptied number or JSON value keeps the current one
             out[name] = value
         return out
+
+
+def _kept_files_field(value: Any, label: str) -> forms.Field:
+    refs = value if attachments.is_refs(value) else []
+    choices = [
+        (
+            item["id"],
+            f"{item['name']} ({attachments.human_size(item['size'])})"
+            if isinstance(item.get("size"), int)
+            else item["name"],
+        )
+        for item in refs
+    ]
+    return forms.MultipleChoiceField(
+        label=label,
+        choices=choices,
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="Untick a file to take it off the request; add new files below.",
+    )
 
 
 def _field_for(prop: dict[str, Any], *, required: bool) -> forms.Field:

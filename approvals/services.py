@@ -9,6 +9,7 @@ their approval requests), then the request row.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -19,7 +20,7 @@ from django.db import transaction
 from django.db.models import Max, Prefetch
 from django.utils import timezone
 
-from orchestration import engine, kinds
+from orchestration import attachments, engine, kinds
 from orchestration.calendar import add_duration
 from orchestration.definitions import StepSpec
 from orchestration.errors import Conflict, InvalidInput, NotAllowed, NotFound
@@ -584,7 +585,12 @@ def _sent_back(
 
 
 def approval_resubmit(
-    *, request_id: Any, user: Any, changes: dict[str, Any] | None = None, channel: str = "web"
+    *,
+    request_id: Any,
+    user: Any,
+    changes: dict[str, Any] | None = None,
+    channel: str = "web",
+    files: Sequence[Any] = (),
 ) -> ApprovalRequest:
     """The requester revises and resubmits a request sent back for changes; returns the next
     round's request.
@@ -599,16 +605,25 @@ def approval_resubmit(
     (``approval_resubmitted``), and round N+1 of the same step: a fresh request, assignees
     resolved again, reminders, escalations and due counted from now (``approval_requested``,
     mail to the assignees). A second resubmit (a double click) finds the request resubmitted:
-    :class:`Conflict` naming who and when; one round."""
+    :class:`Conflict` naming who and when; one round.
+
+    Files: when the step's ``revisable`` names the workflow's files field
+    (``Workflow(attachments=...)``), ``files`` are checked and attached (context
+    ``revision:<round>``) and added to that field; ``changes`` may set the field to the ids
+    of the instance's files to keep (leaving one out takes it off the input; the file itself
+    stays on the instance). Refused files change nothing and leave no bytes behind."""
     changes = {} if changes is None else changes
     _check_channel(channel)
-    with transaction.atomic():
+    with attachments.guard(), transaction.atomic():
         locked, request, step, spec = _sent_back(request_id, user, policy.Act.RESUBMIT)
         changes = _clean_changes(changes, request)
         now = locked.journal.now
         next_round = request.round + 1
+        added = _revision_files(locked, request, user, changes, files, next_round)
         diff = locked.revise_input(
-            changes, reason=f"resubmitted for round {next_round} of {step.name}"
+            changes,
+            reason=f"resubmitted for round {next_round} of {step.name}",
+            added_files=added,
         )
         request.resubmit()
         request.answered_by = user
@@ -627,6 +642,42 @@ def approval_resubmit(
         new = open_round(locked.journal, step, spec, now, round_no=next_round)
         locked.journal.flush()
         return new
+
+
+def _revision_files(
+    locked: engine.LockedInstance,
+    request: ApprovalRequest,
+    user: Any,
+    changes: dict[str, Any],
+    files: Sequence[Any],
+    round_no: int,
+) -> list[Any]:
+    """Attach a resubmission's files and list them in the files' field of ``changes`` (after
+    the kept ones: the field as sent, else as it is). Returns the new attachment rows."""
+    if not files:
+        return []
+    field = getattr(locked.definition, "attachments", None)
+    if field is None or field not in request.revisable:
+        raise InvalidInput(
+            "this step takes no files on a resubmission"
+            + (f" ({field} is not revisable here)" if field else ""),
+            code="not_revisable",
+            errors={"files": ["not revisable in this step"]},
+        )
+    saved = attachments.attachments_save(
+        instance=locked.instance,
+        files=files,
+        user=user,
+        context=f"revision:{round_no}",
+        journal=locked.journal,
+    )
+    if field in changes:
+        kept = changes[field]
+    else:
+        kept = (locked.instance.input or {}).get(field) or []
+    if isinstance(kept, list):  # anything else: the engine's check refuses it, naming it
+        changes[field] = [*kept, *(str(row.pk) for row in saved)]
+    return saved
 
 
 def approval_withdraw(

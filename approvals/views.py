@@ -25,6 +25,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from orchestration import sealing
 from orchestration.errors import SignoffError
+from orchestration.middleware import accepts_uploads
 from orchestration.models import Event
 
 from . import comments, context, policy, selectors, services
@@ -490,6 +491,7 @@ def inbox_decide(request: HttpRequest, pk: int) -> HttpResponse:
     return redirect("inbox:list")
 
 
+@accepts_uploads
 @login_required
 @require_POST
 def inbox_comment(request: HttpRequest, pk: int) -> HttpResponse:
@@ -510,6 +512,7 @@ def inbox_comment(request: HttpRequest, pk: int) -> HttpResponse:
             body=form.cleaned_data["body"],
             channel="web",
             idempotency_key=form.cleaned_data["key"],
+            files=request.FILES.getlist("files"),
         )
     except SignoffError as exc:
         if exc.status == 404:
@@ -594,6 +597,7 @@ def _field_errors(form: ReviseForm, exc: SignoffError) -> None:
             form.add_error(None, str(problem))
 
 
+@accepts_uploads
 @login_required
 @require_http_methods(["GET", "HEAD", "POST"])
 def inbox_revise(request: HttpRequest, pk: int) -> HttpResponse:
@@ -612,7 +616,11 @@ def inbox_revise(request: HttpRequest, pk: int) -> HttpResponse:
         if form.is_valid():
             try:
                 new = services.approval_resubmit(
-                    request_id=pk, user=request.user, changes=form.changes(), channel="web"
+                    request_id=pk,
+                    user=request.user,
+                    changes=form.changes(),
+                    channel="web",
+                    files=request.FILES.getlist("files"),
                 )
             except SignoffError as exc:
                 if exc.status != 400:

@@ -1,5 +1,7 @@
 """Demo ``expense_approval`` v1: validate → manager approval → finance approval (only over
-1,000) → pay → notify the requester."""
+1,000) → pay → book the payment. Receipts come as files with the start; either approver may
+send the expense back for a changed amount, description or receipts. The requester hears of
+each decision and of the end from the approvals app's mails (no mail step here)."""
 
 from __future__ import annotations
 
@@ -7,9 +9,9 @@ from datetime import timedelta
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.core.mail import EmailMessage
 
 from approvals.definitions import Escalation, approval
+from orchestration.attachments import REFS_SCHEMA
 from orchestration.definitions import (
     NonRetryableError,
     RetryPolicy,
@@ -28,6 +30,8 @@ expenses = Workflow(
     # A person starting an expense is its requester (filled in when left out); naming
     # someone else needs orchestration.start_on_behalf.
     requester_input="requester",
+    # Receipts: files sent with the start (multipart), listed in input.receipts.
+    attachments="receipts",
     input_schema={
         "type": "object",
         "required": ["amount", "currency", "description", "requester"],
@@ -36,15 +40,20 @@ expenses = Workflow(
             "currency": {"type": "string", "pattern": "^[A-Z]{3}$"},
             "description": {"type": "string", "minLength": 1, "maxLength": 500},
             "requester": {"type": "string", "minLength": 1, "maxLength": 150},
+            "receipts": {**REFS_SCHEMA, "title": "Receipts"},
         },
     },
 )
+
+# What the requester may change when an approver sends the expense back.
+REVISABLE = ["amount", "description", "receipts"]
 
 SHOW = [
     ("Amount", "input.amount"),
     ("Currency", "input.currency"),
     ("Description", "input.description"),
     ("Requester", "input.requester"),
+    ("Receipts", "input.receipts"),
 ]
 
 
@@ -73,6 +82,7 @@ approval(
     title="Expense: {input[amount]} {input[currency]} for {input[description]}",
     show=SHOW,
     requester=lambda ctx: ctx.input["requester"],
+    revisable=REVISABLE,
 )
 
 approval(
@@ -86,6 +96,7 @@ approval(
     title="Finance check: {input[amount]} {input[currency]} for {input[description]}",
     show=[*SHOW, ("Manager decision", "outputs.manager_approval.decided_by")],
     requester=lambda ctx: ctx.input["requester"],
+    revisable=REVISABLE,
 )
 
 
@@ -110,24 +121,19 @@ def pay(ctx: StepContext) -> dict[str, Any]:
 
 
 @expenses.task(
-    after=["pay"], retry=RetryPolicy(max_attempts=5), start_to_close=timedelta(seconds=60)
+    after=["pay"], retry=RetryPolicy(max_attempts=5), start_to_close=timedelta(seconds=30)
 )
-def notify_requester(ctx: StepContext) -> dict[str, Any]:
-    to = ctx.outputs["validate"]["requester_email"]
-    if not to:
-        return {"sent": False, "reason": "requester has no email address"}
-    message_id = f"<{ctx.idempotency_key.replace(':', '.')}@signoff>"
-    EmailMessage(
-        subject=f"Your expense was approved and paid: {ctx.input['description']}",
-        body=(
-            f"Your expense of {ctx.input['amount']} {ctx.input['currency']} "
-            f"({ctx.input['description']}) was approved and paid "
-            f"(payment {ctx.outputs['pay']['payment_id']})."
-        ),
-        to=[to],
-        headers={"Message-ID": message_id},
-    ).send()
-    return {"sent": True, "to": to, "message_id": message_id}
+def book(ctx: StepContext) -> dict[str, Any]:
+    """Book the payment in the expense ledger (a real one would post to accounting with
+    ctx.idempotency_key, so a retry books once)."""
+    pay = ctx.outputs["pay"]
+    return {
+        "entry": f"book-{ctx.idempotency_key}",
+        "payment": pay["payment_id"],
+        "amount": pay["amount"],
+        "currency": pay["currency"],
+        "receipts": len(ctx.input.get("receipts") or []),
+    }
 
 
 registry.register(expenses)

@@ -337,6 +337,46 @@ def is_refs(value: Any) -> bool:
     )
 
 
+def refs_of_instance(
+    instance_id: Any, value: Any, *, field: str, added: Sequence[Attachment] = ()
+) -> list[dict[str, Any]]:
+    """The files' input field (``Workflow(attachments=...)``) as a revision sets it: ``value``
+    lists files by id (``"3f2a…"`` or ``{"id": "3f2a…", ...}``), each a file of this instance
+    (or one of ``added``, saved in the same transaction and not yet written); answers their
+    refs as the rows say (a caller cannot rename a file or point at another instance's).
+    Raises :class:`InvalidInput` naming the field otherwise."""
+    if not isinstance(value, list):
+        raise InvalidInput(
+            f"input.{field} must be a list of file ids of this instance",
+            code="invalid_input",
+            errors={"input": [f"{field}: must be a list of file ids"]},
+        )
+    ids: list[uuid.UUID] = []
+    for item in value:
+        raw = item.get("id") if isinstance(item, dict) else item
+        file_id = _uuid(raw)
+        if file_id is None:
+            raise InvalidInput(
+                f"input.{field}: {str(raw)[:60]!r} is not a file id",
+                code="invalid_input",
+                errors={"input": [f"{field}: not a file id"]},
+            )
+        if file_id not in ids:
+            ids.append(file_id)
+    rows = {row.pk: row for row in added}
+    missing = [i for i in ids if i not in rows]
+    if missing:
+        rows.update(Attachment.objects.filter(instance_id=instance_id, pk__in=missing).in_bulk())
+    unknown = [str(i) for i in ids if i not in rows]
+    if unknown:
+        raise InvalidInput(
+            f"input.{field}: no such file on this instance: {', '.join(unknown)}",
+            code="invalid_input",
+            errors={"input": [f"{field}: no such file on this instance"]},
+        )
+    return [ref(rows[i]) for i in ids]
+
+
 # -- storing -------------------------------------------------------------------------------------
 
 # The keys written by the innermost guard() block (see guard).
@@ -586,6 +626,19 @@ def attachments_of(*, instance_id: Any, context: str | None = None) -> list[Atta
     return list(qs.order_by("uploaded_at", "position"))
 
 
+def attachments_by_context(
+    *, instance_id: Any, contexts: Sequence[str]
+) -> dict[str, list[Attachment]]:
+    """The files of one instance under each of ``contexts`` (every one a key, maybe with an
+    empty list), oldest first: one query."""
+    found: dict[str, list[Attachment]] = {context: [] for context in contexts}
+    if found:
+        rows = Attachment.objects.filter(instance_id=instance_id, context__in=list(found))
+        for row in rows.order_by("uploaded_at", "position"):
+            found[row.context].append(row)
+    return found
+
+
 def instance_files_for_reader(*, user: Any, instance_id: Any) -> tuple[WorkflowInstance, list]:
     """The instance and its files if ``user`` may read them; :class:`NotFound` otherwise."""
     pk = _uuid(instance_id)
@@ -684,6 +737,7 @@ def sweep_orphans(*, older_than_seconds: int = 24 * 3600, delete: bool = False) 
 __all__ = [
     "REFS_SCHEMA",
     "attachment_for_reader",
+    "attachments_by_context",
     "attachments_of",
     "attachments_save",
     "check_files",
@@ -692,6 +746,7 @@ __all__ = [
     "guard",
     "instance_files_for_reader",
     "may_read",
+    "refs_of_instance",
     "register_reader_check",
     "sweep_orphans",
 ]

@@ -1134,10 +1134,15 @@ class LockedInstance:
         """Cancel the instance with its open steps (and, through their kinds, requests)."""
         _cancel_instance(self.instance, self.steps, self.definition, self.journal, reason)
 
-    def revise_input(self, changes: Any, *, reason: str = "") -> dict[str, Any]:
+    def revise_input(
+        self, changes: Any, *, reason: str = "", added_files: Sequence[Any] = ()
+    ) -> dict[str, Any]:
         """Change top-level input fields of the running instance (see
-        :func:`instance_revise_input`); returns the diff recorded."""
-        return _revise_input(self.instance, self.definition, self.journal, changes, reason)
+        :func:`instance_revise_input`); returns the diff recorded. ``added_files``: attachment
+        rows saved on this journal (not yet written) that the files' field may list."""
+        return _revise_input(
+            self.instance, self.definition, self.journal, changes, reason, added_files
+        )
 
     def fail_step(self, step: StepRun, error: dict[str, Any], *, reason: str) -> None:
         """``waiting`` → ``failed``; fails the instance (no retry for a human decision)."""
@@ -1161,6 +1166,7 @@ def _revise_input(
     journal: Journal,
     changes: Any,
     reason: str,
+    added_files: Sequence[Any] = (),
 ) -> dict[str, Any]:
     if instance.state != I.RUNNING:
         raise Conflict(
@@ -1185,6 +1191,14 @@ def _revise_input(
             code="not_revisable",
         )
     changes = _jsonable(changes)
+    if definition.attachments is not None and definition.attachments in changes:
+        # The files' field lists files of this instance only, as their rows say.
+        changes[definition.attachments] = attachments.refs_of_instance(
+            instance.pk,
+            changes[definition.attachments],
+            field=definition.attachments,
+            added=added_files,
+        )
     current = sealing.open_fields(instance.input, where="input")
     if not isinstance(current, dict):
         raise Conflict("the instance's input is not an object", code="invalid_state")

@@ -340,6 +340,7 @@ approval(
     title="Receipts for {input[amount]}",
     show=RECEIPTS_SHOW,
     requester=lambda ctx: ctx.input["requester"],
+    revisable=["amount", "receipts"],
 )
 approval(
     receipts,

@@ -27,6 +27,7 @@ from approvals.models import (
 from approvals.services import MAX_COMMENT
 from orchestration import sealing
 from orchestration.api.serializers import (
+    AttachmentSerializer,
     JSONObjectField,
     RejectUnknownFieldsMixin,
     StrictCharField,
@@ -163,6 +164,21 @@ class DecisionSerializer(serializers.ModelSerializer):
         if obj.assignee_id == obj.decided_by_id:
             return None
         return obj.assignee.get_username()
+
+
+class WorkflowDecisionSerializer(serializers.Serializer):
+    request = serializers.IntegerField(source="request_id", help_text="The request decided.")
+    step = serializers.CharField(help_text="The step, in words (“Manager approval”).")
+    round = serializers.IntegerField(help_text="The round of that step (from 1).")
+    who = serializers.CharField(
+        help_text="Who decided: “bob”, or “bob for carol” (a delegate, or on behalf)."
+    )
+    outcome = serializers.ChoiceField(choices=Outcome.choices)
+    verb = serializers.CharField(help_text="approved, rejected, asked for changes.")
+    at = serializers.DateTimeField()
+    channel = serializers.CharField(help_text="web, email link, API, admin.")
+    comment = serializers.CharField(allow_blank=True)
+    this_request = serializers.BooleanField(help_text="Made on this request.")
 
 
 class RoundSerializer(serializers.Serializer):
@@ -330,6 +346,7 @@ class ApprovalRequestDetailSerializer(ApprovalRequestSerializer):
         help_text="Input fields the requester may revise when it is sent back for changes.",
     )
     rounds = serializers.SerializerMethodField()
+    workflow_decisions = serializers.SerializerMethodField()
 
     class Meta(ApprovalRequestSerializer.Meta):
         fields = [
@@ -347,6 +364,7 @@ class ApprovalRequestDetailSerializer(ApprovalRequestSerializer):
             "can_resubmit",
             "decisions",
             "rounds",
+            "workflow_decisions",
         ]
         extra_kwargs = {
             "veto": {"help_text": "Whether a single rejection rejects."},
@@ -414,6 +432,13 @@ class ApprovalRequestDetailSerializer(ApprovalRequestSerializer):
     )
     def get_can_resubmit(self, obj: ApprovalRequest) -> bool:
         return bool(self.context.get("can_resubmit", False))
+
+    @extend_schema_field(WorkflowDecisionSerializer(many=True))
+    def get_workflow_decisions(self, obj: ApprovalRequest) -> list[dict[str, Any]]:
+        """Every decision on the request's workflow instance (every step and round), oldest
+        first: the whole picture an approver decides with."""
+        lines = self.context.get("workflow_decisions", [])
+        return WorkflowDecisionSerializer(lines, many=True).data
 
     @extend_schema_field(RoundSerializer(many=True))
     def get_rounds(self, obj: ApprovalRequest) -> list[dict[str, Any]]:
@@ -523,7 +548,49 @@ class CommentSerializer(serializers.ModelSerializer):
         "the step).",
     )
     step = serializers.CharField(source="request.step_name")
+    files = serializers.SerializerMethodField()
 
     class Meta:
         model = Comment
-        fields = ["id", "request", "step", "author", "role", "body", "channel", "created_at"]
+        fields = [
+            "id",
+            "request",
+            "step",
+            "author",
+            "role",
+            "body",
+            "channel",
+            "created_at",
+            "files",
+        ]
+
+    @extend_schema_field(AttachmentSerializer(many=True))
+    def get_files(self, obj: Comment) -> list[dict[str, Any]]:
+        """The files posted with the comment (download: whoever may read the instance's
+        files)."""
+        return AttachmentSerializer(getattr(obj, "files", None) or [], many=True).data
+
+
+class CommentMultipartSerializer(serializers.Serializer):
+    # The multipart form of a comment with files (documentation; the view reads the form).
+    body = serializers.CharField(max_length=MAX_BODY)
+    files = serializers.ListField(
+        child=serializers.FileField(),
+        required=False,
+        help_text="Files posted with the comment (repeat the field): type read from the "
+        "bytes, SIGNOFF_FILE_TYPES, SIGNOFF_FILE_MAX_BYTES, SIGNOFF_FILE_MAX_COUNT.",
+    )
+
+
+class ResubmitMultipartSerializer(serializers.Serializer):
+    # The multipart form of a resubmission with files (documentation; the view reads it).
+    input = serializers.CharField(
+        required=False,
+        help_text="The changed revisable fields as a JSON object (a string).",
+    )
+    files = serializers.ListField(
+        child=serializers.FileField(),
+        required=False,
+        help_text="New files for the workflow's files field, when the step lists it as "
+        "revisable: added after the files kept.",
+    )

@@ -19,12 +19,15 @@ from django.db.models import QuerySet
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
+from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from approvals import comments, policy, selectors, services
+from approvals.context import decision_lines
 from approvals.models import ApprovalRequest, Channel, Decision, Outcome, RequestState
 from orchestration.api.pagination import CheckedCursorPagination
+from orchestration.api.parsers import JSONParser, is_multipart, multipart_body
 from orchestration.api.serializers import ErrorSerializer
 from orchestration.api.views import ApiView
 from orchestration.errors import InvalidInput, NotFound
@@ -36,9 +39,11 @@ from .serializers import (
     ApprovalRequestDetailSerializer,
     ApprovalRequestSerializer,
     CommentCreateSerializer,
+    CommentMultipartSerializer,
     CommentSerializer,
     DecideSerializer,
     RequestChangesSerializer,
+    ResubmitMultipartSerializer,
     ResubmitSerializer,
     WithdrawSerializer,
 )
@@ -225,6 +230,7 @@ def _detail(request: Request, approval_id: int, status: int = 200) -> Response:
         "can_resubmit": can_resubmit,
         "instance_visible": instance_visible,
         "rounds": services.earlier_rounds(obj),
+        "workflow_decisions": decision_lines(obj),
     }
     return Response(ApprovalRequestDetailSerializer(obj, context=context).data, status=status)
 
@@ -370,7 +376,20 @@ class ApprovalRequestChangesView(ApiView):
         return _detail(request, pk)
 
 
+def _body_and_files(
+    request: Request, fields: set[str], *, json_fields: set[str] = frozenset()
+) -> tuple[Any, list[Any]]:
+    """A JSON body, or a multipart one with files under ``files`` (its JSON fields as strings)."""
+    if is_multipart(request):
+        return multipart_body(request, fields=fields, json_fields=json_fields)
+    return request.data, []
+
+
 class ApprovalResubmitView(ApiView):
+    # A resubmission may add files: multipart bodies up to SIGNOFF_MAX_UPLOAD_BYTES.
+    parser_classes = [JSONParser, MultiPartParser]
+    accepts_uploads = True
+
     @extend_schema(
         operation_id="approvals_resubmit",
         summary="Revise and resubmit (requester)",
@@ -384,17 +403,22 @@ class ApprovalResubmitView(ApiView):
         "and due time counted from now. Only while the request is changes_requested and its "
         "instance running (409); a second resubmit answers 409 (code already_resubmitted) "
         "naming who resubmitted and when.",
-        request=ResubmitSerializer,
+        request={
+            "application/json": ResubmitSerializer,
+            "multipart/form-data": ResubmitMultipartSerializer,
+        },
         responses={201: ApprovalRequestDetailSerializer, **_errors(400, 403, 404, 409, 413)},
     )
     def post(self, request: Request, pk: int) -> Response:
-        serializer = ResubmitSerializer(data=request.data)
+        data, files = _body_and_files(request, {"input"}, json_fields={"input"})
+        serializer = ResubmitSerializer(data=data)
         serializer.is_valid(raise_exception=True)
         new = services.approval_resubmit(
             request_id=pk,
             user=request.user,
             changes=serializer.validated_data["input"],
             channel=Channel.API,
+            files=files,
         )
         response = _detail(request, new.pk, status=201)
         response["Location"] = f"/api/v1/approvals/{new.pk}/"
@@ -472,6 +496,9 @@ def _comment_key(request: Request) -> str:
 
 class ApprovalCommentsView(ApiView):
     pagination_class = CommentPagination
+    # A comment may carry files: multipart bodies up to SIGNOFF_MAX_UPLOAD_BYTES.
+    parser_classes = [JSONParser, MultiPartParser]
+    accepts_uploads = True
 
     @extend_schema(
         operation_id="approvals_comments_list",
@@ -497,6 +524,7 @@ class ApprovalCommentsView(ApiView):
         policy.authorize(policy.Act.READ_COMMENTS, user=request.user, request=approval)
         paginator = self.pagination_class()
         page = paginator.paginate_queryset(comments.thread_of(approval), request, view=self)
+        comments.with_files(page)
         return paginator.get_paginated_response(CommentSerializer(page, many=True).data)
 
     @extend_schema(
@@ -520,7 +548,10 @@ class ApprovalCommentsView(ApiView):
                 description=f"1 to {comments.MAX_KEY} printable characters, per caller.",
             )
         ],
-        request=CommentCreateSerializer,
+        request={
+            "application/json": CommentCreateSerializer,
+            "multipart/form-data": CommentMultipartSerializer,
+        },
         responses={
             201: CommentSerializer,
             200: OpenApiResponse(
@@ -531,7 +562,8 @@ class ApprovalCommentsView(ApiView):
     )
     def post(self, request: Request, pk: int) -> Response:
         key = _comment_key(request)
-        serializer = CommentCreateSerializer(data=request.data)
+        data, files = _body_and_files(request, {"body"})
+        serializer = CommentCreateSerializer(data=data)
         serializer.is_valid(raise_exception=True)
         posted = comments.comment_post(
             request_id=pk,
@@ -539,6 +571,7 @@ class ApprovalCommentsView(ApiView):
             body=serializer.validated_data["body"],
             channel=Channel.API,
             idempotency_key=key,
+            files=files,
         )
         return Response(
             CommentSerializer(posted.comment).data,

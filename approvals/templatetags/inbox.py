@@ -9,6 +9,8 @@ from typing import Any
 from django import template
 from django.utils.timesince import timesince
 
+from orchestration import attachments
+
 register = template.Library()
 
 
@@ -40,6 +42,16 @@ def field_value(value: Any) -> str:
     """A field shown to people, as text, never JSON: ``["bob"]`` → ``bob``, a list as
     ``a, b``, a dict as ``key: value; key: value``, nested ones in parentheses, nothing as
     ``—``, booleans as yes / no. Masking is the caller's (``sealing.masked``)."""
+    if attachments.is_refs(value):  # files: their names and sizes (links: ``file_links``)
+        return (
+            ", ".join(
+                f"{item['name']} ({attachments.human_size(item['size'])})"
+                if isinstance(item.get("size"), int)
+                else str(item["name"])
+                for item in value
+            )
+            or "—"
+        )
     text = _as_text(value, nested=False)
     return text if text != "" else "—"
 

@@ -22,6 +22,14 @@ def request_files(context: template.Context, approval: Any) -> dict[str, Any]:
     return {
         "files": attachments.attachments_of(instance_id=approval.instance_id),
         "can_attach": may_attach(user, approval),
+        **upload_limits(),
+    }
+
+
+@register.simple_tag
+def upload_limits() -> dict[str, Any]:
+    """What a file input says about what it takes (no query)."""
+    return {
         "accept": ",".join(attachments.accepted_types()),
         "accepted": attachments.accepted_label(),
         "max_size": attachments.human_size(settings.SIGNOFF_FILE_MAX_BYTES),

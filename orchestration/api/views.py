@@ -19,13 +19,13 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from orchestration import attachments, engine, jsonsafe, selectors
+from orchestration import attachments, engine, selectors
 from orchestration.definitions import registry
 from orchestration.errors import Conflict, InvalidInput, NotAllowed, NotFound
 from orchestration.models import InstanceState
 
 from .pagination import EventPagination, InstancePagination
-from .parsers import JSONParser
+from .parsers import JSONParser, multipart_body
 from .serializers import (
     AttachmentSerializer,
     CancelInstanceSerializer,
@@ -192,46 +192,18 @@ class InstanceListView(ApiView):
 
 
 START_FORM_FIELDS = {"workflow", "input", "business_key", "version"}
-FILES_FIELD = "files"
 
 
 def _multipart_start(request: Request) -> tuple[dict[str, Any], list[Any]]:
-    """The start's fields and files from a multipart form: each field at most once, ``input``
-    a JSON object in a string, ``version`` an integer, files only under ``files``."""
-    form, uploads = request.POST, request.FILES
-    problems: dict[str, list[str]] = {}
-    for name in sorted(set(form) - START_FORM_FIELDS):
-        problems[name] = (
-            ["must be a file part (with a filename), not a text field"]
-            if name == FILES_FIELD
-            else ["Unknown field."]
-        )
-    for name in sorted(set(uploads) - {FILES_FIELD}):
-        problems[name] = [
-            "Unknown file field; send files under files"
-            if name not in START_FORM_FIELDS
-            else "must be a text field, not a file"
-        ]
-    for name in sorted(set(form) & START_FORM_FIELDS):
-        if len(form.getlist(name)) > 1:
-            problems[name] = ["sent more than once"]
-    body: dict[str, Any] = {
-        name: form[name] for name in START_FORM_FIELDS if name in form and name not in problems
-    }
-    if "input" in body:
-        try:
-            body["input"] = jsonsafe.loads(body["input"])
-        except jsonsafe.JSONInputError as exc:
-            problems["input"] = [f"not valid JSON: {exc}"]
+    """The start's fields and files from a multipart form (:func:`parsers.multipart_body`),
+    ``version`` an integer."""
+    body, files = multipart_body(request, fields=START_FORM_FIELDS, json_fields={"input"})
     if "version" in body:
         text = body["version"].strip()
         if not text.isascii() or not text.isdigit() or len(text) > 9:
-            problems["version"] = ["A valid integer is required."]
-        else:
-            body["version"] = int(text)
-    if problems:
-        raise serializers.ValidationError(problems)
-    return body, uploads.getlist(FILES_FIELD)
+            raise serializers.ValidationError({"version": ["A valid integer is required."]})
+        body["version"] = int(text)
+    return body, files
 
 
 def _idempotency_key(request: Request) -> str | None:

@@ -129,7 +129,7 @@ def test_bob_approves_an_expense_in_the_browser_and_the_instance_finishes(
     assert steps["manager_approval"].output["decided_by"] == ["bob"]
     assert steps["finance_approval"].state == "skipped"
     assert steps["pay"].state == "succeeded"
-    assert steps["notify_requester"].state == "succeeded"
+    assert steps["book"].state == "succeeded"
     decision = Decision.objects.get(request=taxi)
     assert (decision.comment, decision.channel) == (
         "Fine, thanks for taking the early flight.",

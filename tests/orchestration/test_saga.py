@@ -162,10 +162,10 @@ def test_expense_payment_is_refunded_when_notification_fails_for_good(monkeypatc
     )
     from orchestration.definitions import NonRetryableError, registry
 
-    spec = registry.get("expense_approval").steps["notify_requester"]
+    spec = registry.get("expense_approval").steps["book"]
 
     def broken(ctx):  # noqa: ANN001, ANN202
-        raise NonRetryableError("mail address bounced")
+        raise NonRetryableError("the ledger refused the entry")
 
     monkeypatch.setattr(spec, "fn", broken)
     play(instance)

@@ -18,11 +18,39 @@ USERS = [
 
 
 DEMO_EXPENSES = [
-    ("seed-expense-1", "alice", 42.5, "Taxi to the airport"),
-    ("seed-expense-2", "alice", 1850, "Conference ticket and hotel"),
-    ("seed-expense-3", "carol", 320, "Team lunch"),
-    ("seed-expense-4", "alice", 89.9, "Books"),
+    # key, requester, amount, description, receipt (a file name, or None)
+    ("seed-expense-1", "alice", 42.5, "Taxi to the airport", "taxi-receipt.pdf"),
+    ("seed-expense-2", "alice", 1850, "Conference ticket and hotel", "conference-invoice.pdf"),
+    ("seed-expense-3", "carol", 320, "Team lunch", None),
+    ("seed-expense-4", "alice", 89.9, "Books", None),
 ]
+
+
+def receipt_pdf(text: str) -> bytes:
+    """A one-page PDF showing ``text`` (ASCII): a demo receipt any viewer opens."""
+    safe = text.replace("\\", "").replace("(", "").replace(")", "")
+    stream = f"BT /F1 14 Tf 72 720 Td ({safe}) Tj ET".encode()
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
+        b"/Resources << /Font << /F1 5 0 R >> >> >>",
+        b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream",
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+    ]
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
+        len(objects) + 1,
+        xref,
+    )
+    return bytes(out)
 
 
 class Command(BaseCommand):
@@ -59,9 +87,15 @@ class Command(BaseCommand):
 
     def _start_demo_instances(self, User) -> None:  # noqa: ANN001, N803
         """A few expenses so the inbox is not empty on first run (idempotent by key)."""
+        from orchestration.attachments import content_file
         from orchestration.engine import instance_start
 
-        for key, requester, amount, description in DEMO_EXPENSES:
+        for key, requester, amount, description, receipt in DEMO_EXPENSES:
+            files = (
+                [content_file(receipt_pdf(f"Receipt: {description}, {amount} EUR"), receipt)]
+                if receipt
+                else []
+            )
             instance, created = instance_start(
                 workflow="expense_approval",
                 input={
@@ -74,6 +108,7 @@ class Command(BaseCommand):
                 idempotency_key=key,
                 started_by=User.objects.get(username=requester),
                 actor="seed_demo",
+                files=files,
             )
             if created:
                 self.stdout.write(f"  started expense_approval {instance.pk} ({description})")
