@@ -52,7 +52,7 @@ from django.dispatch import receiver
 from django.http import FileResponse
 from django.utils import timezone
 
-from .errors import InvalidInput, NotFound
+from .errors import InvalidInput, NotAllowed, NotFound
 from .journal import Journal
 from .models import Attachment, WorkflowInstance
 
@@ -608,12 +608,19 @@ def _uuid(value: Any) -> uuid.UUID | None:
 
 
 def attachment_for_reader(*, user: Any, attachment_id: Any) -> Attachment:
-    """The file if ``user`` may read it; :class:`NotFound` otherwise (no such file, not a
-    UUID, or not theirs to see: the same answer, so ids cannot be probed)."""
+    """The file if ``user`` may read it. :class:`NotFound` for no such file (or not a UUID);
+    :class:`NotAllowed` (403) for a file the user may not read. File ids are random UUIDs
+    that only reach people through pages and mails of the instance, so telling "not yours"
+    from "none" gives nothing away that a guess could find."""
     pk = _uuid(attachment_id)
     attachment = Attachment.objects.select_related("instance").filter(pk=pk).first() if pk else None
-    if attachment is None or not may_read(user, attachment.instance):
+    if attachment is None:
         raise NotFound("file not found")
+    if not may_read(user, attachment.instance):
+        raise NotAllowed(
+            "you may not read this file: it is for the people of its workflow instance",
+            code="not_allowed",
+        )
     return attachment
 
 

@@ -11,7 +11,8 @@ with a receipt, that bob approved as a manager and that now waits for finance. C
 - staff, viewer, operator, superuser: as in the main matrix.
 
 Reading a file asks the policy (``download``): the starter, staff and operators, and anyone
-who may see one of the instance's requests; everyone else gets 404 (the same as for no file).
+who may see one of the instance's requests; everyone else gets 403 (an unknown id 404). The
+instance's file list is an instance resource: 404 for anyone who may not read the instance.
 Adding a file to a request (``attach``) is for its requester, current assignees, their
 delegates and operators, while it is pending. A refusal changes nothing: no row, no bytes.
 """
@@ -198,8 +199,8 @@ OPS: dict[str, Op] = {
 # Columns: anonymous, requester, assignee, past assignee, delegate, other, staff, viewer,
 # operator, superuser.
 MATRIX: dict[str, tuple[Any, ...]] = {
-    "GET /api/v1/files/{id}/":                      (401, 200, 200, 200, 200, 404, 200, 200, 200, 200),  # noqa: E501
-    "GET /files/{id}/":                             (LOGIN, 200, 200, 200, 200, 404, 200, 200, 200, 200),  # noqa: E501
+    "GET /api/v1/files/{id}/":                      (401, 200, 200, 200, 200, 403, 200, 200, 200, 200),  # noqa: E501
+    "GET /files/{id}/":                             (LOGIN, 200, 200, 200, 200, 403, 200, 200, 200, 200),  # noqa: E501
     "GET /api/v1/instances/{id}/files/":            (401, 200, 200, 200, 200, 404, 200, 200, 200, 200),  # noqa: E501
     "GET /inbox/{finance}/ lists the receipt":      (LOGIN, LISTED, LISTED, 404, LISTED, 404, LISTED, LISTED, LISTED, LISTED),  # noqa: E501
     "POST /inbox/{finance}/files/ (pending)":       (LOGIN, DONE, DONE, 404, DONE, 404, 403, 403, DONE, DONE),  # noqa: E501
@@ -265,7 +266,7 @@ def test_a_refused_upload_names_the_file_and_the_problem(world: FilesWorld) -> N
 def test_the_delegate_loses_the_files_when_the_delegation_ends(world: FilesWorld) -> None:
     Delegation.objects.filter(delegate=world.users["delegate"]).update(ends_at=timezone.now())
     response = client_for("delegate", world, api=True).get(f"/api/v1/files/{world.receipt.pk}/")
-    assert response.status_code == 404
+    assert response.status_code == 403
 
 
 def test_a_deactivated_assignee_reads_nothing(world: FilesWorld) -> None:

@@ -428,11 +428,13 @@ class FileDownloadView(ApiView):
         tags=["files"],
         description="The file's bytes, as a download (Content-Disposition: attachment, "
         "X-Content-Type-Options: nosniff), with the type read from its bytes when it was "
-        "uploaded. 404 for a file the caller may not read (the same answer as for no file).",
+        "uploaded. 403 (code not_allowed) for a file the caller may not read (only the people "
+        "of its instance may: its starter, the people of its requests, staff and operators); "
+        "404 for an unknown id.",
         parameters=[FILE_ID],
         responses={
             (200, "*/*"): OpenApiResponse(OpenApiTypes.BINARY, description="The file."),
-            **_errors(404),
+            **_errors(403, 404),
         },
     )
     def get(self, request: Request, pk: str) -> Any:

@@ -372,15 +372,21 @@ def test_a_download_is_an_attachment_with_nosniff(
     assert "scan.pdf.png" in status.content.decode()
 
 
-def test_no_file_is_served_to_someone_else_or_by_a_made_up_id(
+def test_no_file_is_served_to_someone_else_403_or_by_a_made_up_id_404(
     files_dir: Path, api: APIClient, django_user_model: Any
 ) -> None:
     started = post_start(api, start_form([upload("taxi.pdf", PDF)]))
     file_id = started.json()["input"]["receipts"][0]["id"]
     eve = APIClient()
     eve.force_authenticate(django_user_model.objects.create_user("eve"))
+    refused = eve.get(f"/api/v1/files/{file_id}/")
+    assert refused.status_code == 403
+    assert refused.json()["code"] == "not_allowed"
+    assert b"%PDF" not in refused.content
+    web = Client()
+    web.force_login(django_user_model.objects.get(username="eve"))
+    assert web.get(f"/files/{file_id}/").status_code == 403
     for path in (
-        f"/api/v1/files/{file_id}/",
         "/api/v1/files/00000000-0000-0000-0000-000000000000/",
         "/api/v1/files/not-a-uuid/",
         f"/api/v1/instances/{started.json()['id']}/files/",
