@@ -36,7 +36,7 @@ from django.utils import timezone
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from approvals.models import ApprovalRequest, Delegation
+from approvals.models import ApprovalRequest, Comment, Delegation
 from approvals.services import approval_decide
 from orchestration import engine
 from orchestration.models import Attachment
@@ -148,6 +148,7 @@ def files_snapshot() -> tuple:
     return (
         *snapshot(),
         sorted(Attachment.objects.values_list("pk", "context", "storage_key")),
+        sorted(Comment.objects.values_list("pk", flat=True)),
     )
 
 
@@ -169,6 +170,16 @@ class Op:
     api: bool = False
     writes: bool = False
     listed: Callable[[HttpResponse, FilesWorld], bool] | None = None
+
+
+def _comment_with_file(api: bool, data: bytes = PNG) -> Callable:
+    def call(c: Client, w: FilesWorld) -> HttpResponse:
+        form = {"body": "Is this the right scan?", "files": [upload("photo.png", data)]}
+        if api:
+            return c.post(f"/api/v1/approvals/{w.finance.pk}/comments/", form, format="multipart")
+        return c.post(f"/inbox/{w.finance.pk}/comments/", form)
+
+    return call
 
 
 def _attach(request: Callable[[FilesWorld], ApprovalRequest], data: bytes = PNG) -> Callable:
@@ -193,6 +204,13 @@ OPS: dict[str, Op] = {
         _attach(lambda w: w.finance, ELF), writes=True
     ),
     "POST /inbox/{manager}/files/ (decided)": Op(_attach(lambda w: w.manager), writes=True),
+    "POST /api/v1/approvals/{finance}/comments/ with a file": Op(
+        _comment_with_file(api=True), api=True, writes=True
+    ),
+    "POST /inbox/{finance}/comments/ with a file": Op(_comment_with_file(api=False), writes=True),
+    "POST /inbox/{finance}/comments/ with an executable": Op(
+        _comment_with_file(api=False, data=ELF), writes=True
+    ),
 }
 
 # fmt: off
@@ -206,6 +224,9 @@ MATRIX: dict[str, tuple[Any, ...]] = {
     "POST /inbox/{finance}/files/ (pending)":       (LOGIN, DONE, DONE, 404, DONE, 404, 403, 403, DONE, DONE),  # noqa: E501
     "POST /inbox/{finance}/files/ an executable":   (LOGIN, 400, 400, 404, 400, 404, 403, 403, 400, 400),  # noqa: E501
     "POST /inbox/{manager}/files/ (decided)":       (LOGIN, 409, 404, 409, 404, 404, 409, 409, 409, 409),  # noqa: E501
+    "POST /api/v1/approvals/{finance}/comments/ with a file": (401, 201, 201, 404, 201, 404, 403, 403, 201, 201),  # noqa: E501
+    "POST /inbox/{finance}/comments/ with a file":  (LOGIN, DONE, DONE, 404, DONE, 404, 403, 403, DONE, DONE),  # noqa: E501
+    "POST /inbox/{finance}/comments/ with an executable": (LOGIN, 400, 400, 404, 400, 404, 403, 403, 400, 400),  # noqa: E501
 }
 # fmt: on
 
@@ -242,9 +263,14 @@ def test_files_authorization_matrix(
     assert got == expected, f"{operation} as {role}: expected {expected}, got {got} " + repr(
         response.content[:300] if not response.streaming else b"<file>"
     )
-    if op.writes and got == DONE:
+    if op.writes and got in (DONE, 201):
         added = Attachment.objects.exclude(pk=world.receipt.pk).get()
-        assert added.context == f"request:{world.finance.pk}"
+        if "comments" in operation:  # the file belongs to the comment just posted
+            comment = Comment.objects.get(request=world.finance)
+            assert comment.author == world.users[role]
+            assert added.context == f"comment:{comment.pk}"
+        else:
+            assert added.context == f"request:{world.finance.pk}"
         assert added.uploaded_by == world.users[role]
         assert len(stored_keys(world.storage)) == len(keys) + 1
     else:
