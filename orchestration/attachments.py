@@ -637,11 +637,11 @@ def attachments_by_context(
     *, instance_id: Any, contexts: Sequence[str]
 ) -> dict[str, list[Attachment]]:
     """The files of one instance under each of ``contexts`` (every one a key, maybe with an
-    empty list), oldest first: one query."""
+    empty list), oldest first, with their uploaders: one query."""
     found: dict[str, list[Attachment]] = {context: [] for context in contexts}
     if found:
         rows = Attachment.objects.filter(instance_id=instance_id, context__in=list(found))
-        for row in rows.order_by("uploaded_at", "position"):
+        for row in rows.select_related("uploaded_by").order_by("uploaded_at", "position"):
             found[row.context].append(row)
     return found
 

@@ -361,3 +361,25 @@ def test_the_revise_page_refuses_a_bad_file_and_changes_nothing(
     assert "virus.jpg" in response.content.decode()
     assert state(files_dir) == before
     assert WorkflowInstance.objects.get(pk=receipts.instance_id).input["amount"] == 80
+
+
+def test_the_comment_list_queries_stay_constant_as_comments_carry_files(
+    people: dict[str, Any], receipts: ApprovalRequest, files_dir: Path
+) -> None:
+    client = api(people["bob"])
+    url = f"/api/v1/approvals/{receipts.pk}/comments/"
+    comments.comment_post(request_id=receipts.pk, user=people["alice"], body="first")
+    client.get(url)
+    with CaptureQueriesContext(connection) as before:
+        assert len(client.get(url).json()["results"]) == 1
+    for n in range(5):
+        comments.comment_post(
+            request_id=receipts.pk,
+            user=people["alice"],
+            body=f"more {n}",
+            files=[upload(f"m{n}.pdf", PDF)],
+        )
+    with CaptureQueriesContext(connection) as after:
+        listed = client.get(url).json()["results"]
+    assert [len(c["files"]) for c in listed] == [0, 1, 1, 1, 1, 1]
+    assert len(after) == len(before)
