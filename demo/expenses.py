@@ -32,13 +32,35 @@ expenses = Workflow(
     requester_input="requester",
     # Receipts: files sent with the start (multipart), listed in input.receipts.
     attachments="receipts",
+    # Anyone in the demo's "employees" group may submit one from the web (/start/).
+    startable_by=["employees"],
     input_schema={
         "type": "object",
         "required": ["amount", "currency", "description", "requester"],
         "properties": {
-            "amount": {"type": "number"},
-            "currency": {"type": "string", "pattern": "^[A-Z]{3}$"},
-            "description": {"type": "string", "minLength": 1, "maxLength": 500},
+            "amount": {
+                "type": "number",
+                "title": "Amount",
+                "description": "Over 1,000 finance checks it too.",
+            },
+            "currency": {
+                "type": "string",
+                "title": "Currency",
+                "pattern": "^[A-Z]{3}$",
+                "description": "Three capital letters: EUR, USD, GBP...",
+            },
+            "description": {
+                "type": "string",
+                "title": "What for",
+                "minLength": 1,
+                "maxLength": 500,
+            },
+            "category": {
+                "type": "string",
+                "title": "Category",
+                "enum": ["travel", "meals", "equipment", "training", "other"],
+            },
+            "spent_on": {"type": "string", "format": "date", "title": "Date of the expense"},
             "requester": {"type": "string", "minLength": 1, "maxLength": 150},
             "receipts": {**REFS_SCHEMA, "title": "Receipts"},
         },

@@ -263,8 +263,16 @@ class Workflow:
         delete_after: timedelta | None = None,
         requester_input: str | None = None,
         attachments: str | None = None,
+        startable_by: Iterable[str] | None = None,
     ) -> None:
         self.name = name
+        # Who may start it from the web (the start page, /start/): members of these groups
+        # (and superusers). None: not offered on the web (the API starts it as before).
+        self.startable_by = (
+            tuple(startable_by)
+            if startable_by is not None and not isinstance(startable_by, str)
+            else startable_by
+        )
         # The top-level input field that lists the files uploaded with a start (multipart
         # POST /api/v1/instances/): ``[{"id", "name", "content_type", "size"}, ...]``, filled
         # by the engine (``[]`` without files), so ``input_schema`` may require it and an
@@ -395,6 +403,14 @@ class Workflow:
                 f"{self.label}: attachments must name an input field (lower case letters, "
                 "digits and _)"
             )
+        if self.startable_by is not None and (
+            not isinstance(self.startable_by, tuple)
+            or not self.startable_by
+            or not all(isinstance(g, str) and g.strip() for g in self.startable_by)
+        ):
+            raise DefinitionError(
+                f"{self.label}: startable_by must be a non-empty list of group names"
+            )
         if self.attachments is not None and self.attachments == self.requester_input:
             raise DefinitionError(
                 f"{self.label}: attachments and requester_input name the same input field"
@@ -448,6 +464,7 @@ class Workflow:
             "input_schema": self.input_schema,
             "requester_input": self.requester_input,
             "attachments": self.attachments,
+            "startable_by": list(self.startable_by) if self.startable_by else None,
             "sensitive": sorted(self.sensitive),
             "steps": [self.steps[name].describe() for name in self.order()],
         }
@@ -506,6 +523,13 @@ class Registry:
 
     def all(self) -> list[Workflow]:
         return [self._by_key[key] for key in sorted(self._by_key)]
+
+    def latest(self) -> list[Workflow]:
+        """The newest version of each workflow, by name."""
+        newest: dict[str, Workflow] = {}
+        for (name, _version), wf in sorted(self._by_key.items()):
+            newest[name] = wf
+        return list(newest.values())
 
 
 registry = Registry()

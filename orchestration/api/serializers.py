@@ -270,6 +270,12 @@ class WorkflowSerializer(serializers.Serializer):
         help_text="The input field listing the files of a start (multipart POST "
         "/api/v1/instances/), filled from them; null when the workflow takes no files.",
     )
+    startable_by = serializers.ListField(
+        child=serializers.CharField(),
+        allow_null=True,
+        help_text="The groups whose members may start it from the web (/start/); null: not "
+        "offered on the web.",
+    )
     steps = serializers.ListField(child=serializers.DictField())
 
 

@@ -11,9 +11,9 @@ from rest_framework.authtoken.models import Token
 USERS = [
     # username, superuser, groups
     ("admin", True, []),
-    ("alice", False, []),
-    ("bob", False, ["managers"]),
-    ("carol", False, ["finance"]),
+    ("alice", False, ["employees"]),
+    ("bob", False, ["employees", "managers"]),
+    ("carol", False, ["employees", "finance"]),
 ]
 
 
@@ -54,12 +54,12 @@ def receipt_pdf(text: str) -> bytes:
 
 
 class Command(BaseCommand):
-    help = "Create demo users admin, alice, bob, carol and groups managers, finance."
+    help = "Create demo users admin, alice, bob, carol and groups employees, managers, finance."
 
     def handle(self, *args: object, **options: object) -> None:
         User = get_user_model()  # noqa: N806
         password = settings.DEMO_PASSWORD
-        for group in ("managers", "finance"):
+        for group in ("employees", "managers", "finance"):
             Group.objects.get_or_create(name=group)
         for username, superuser, groups in USERS:
             user, created = User.objects.get_or_create(
