@@ -185,3 +185,23 @@ def test_phone_screens_fit_390(page: Page, live_server: Any, screens: dict[str, 
     page.goto(f"{base}/inbox/{screens['requests'][0].pk}/")
     expect(page.get_by_role("heading", level=1)).to_be_visible()
     fits(page, "request")
+
+
+def test_refused_bulk_reject_comes_back_with_the_same_ticks(
+    page: Page, live_server: Any, screens: dict[str, Any]
+) -> None:
+    page.set_viewport_size(PHONE)
+    base = live_server.url
+    laptop, taxi = screens["requests"]
+    log_in(page, base, screens["bob"])
+    page.goto(f"{base}/inbox/")
+    page.locator(f"#pick-{taxi.pk}").check()
+    page.get_by_role("button", name="Reject selected").click()
+    expect(page.locator(".msg-error")).to_contain_text("a comment is required to reject")
+    expect(page.locator(f"#pick-{taxi.pk}")).to_be_checked()
+    expect(page.locator(f"#pick-{laptop.pk}")).not_to_be_checked()
+    fits(page, "inbox-refused")
+    page.get_by_label("Comment").fill("No taxis this quarter.")
+    page.get_by_role("button", name="Reject selected").click()
+    expect(page.locator(".msg-success")).to_contain_text("Rejected 1")
+    expect(page.locator(".request")).to_have_count(1)
