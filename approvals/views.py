@@ -30,6 +30,7 @@ from orchestration.models import Event
 
 from . import comments, context, policy, selectors, services
 from .forms import (
+    BULK_LIMIT,
     PAGE_SIZE,
     SORT_CHOICES,
     STATE_CHOICES,
@@ -264,8 +265,12 @@ def inbox_list(request: HttpRequest) -> HttpResponse:
         row.selectable = row.state == RequestState.PENDING and (
             row.claim_holder is None or row.claim_mine
         )
+    kept = request.session.pop(KEPT_SELECTION, None) or {"ids": [], "comment": ""}
+    for row in page.rows:
+        row.picked = row.selectable and str(row.pk) in kept["ids"]
     current = _list_url(filters, after=filters["after"], before=filters["before"])
     context = {
+        "kept_comment": kept["comment"],
         "form": form,
         "filters": filters,
         "to_revise": _to_revise(request.user),
@@ -539,12 +544,14 @@ def inbox_bulk(request: HttpRequest) -> HttpResponse:
         for errors in form.errors.values():
             for error in errors:
                 messages.error(request, error)
+        _keep_selection(request, request.POST.getlist("ids"), request.POST.get("comment", ""))
         return redirect(next_url)
     ids = form.cleaned_data["ids"]
     outcome = form.cleaned_data["outcome"]
     titles = dict(selectors.visible_to(request.user).filter(pk__in=ids).values_list("pk", "title"))
     done: list[str] = []
     refused: list[str] = []
+    kept: list[int] = []
     for pk in ids:
         label = _label(pk, titles.get(pk))
         try:
@@ -557,6 +564,7 @@ def inbox_bulk(request: HttpRequest) -> HttpResponse:
             )
         except SignoffError as exc:
             refused.append(f"{label}: {exc.message}")
+            kept.append(pk)
         else:
             done.append(label)
     verb = "Approved" if outcome == Outcome.APPROVE else "Rejected"
@@ -564,7 +572,22 @@ def inbox_bulk(request: HttpRequest) -> HttpResponse:
         messages.success(request, f"{verb} {len(done)}: {'; '.join(done)}.")
     if refused:
         messages.error(request, f"Refused {len(refused)}: {'; '.join(refused)}.")
+        _keep_selection(request, kept, form.cleaned_data["comment"])
     return redirect(next_url)
+
+
+KEPT_SELECTION = "inbox_kept_selection"
+
+
+def _keep_selection(request: HttpRequest, ids: list[Any], comment: str) -> None:
+    """After a refusal the list comes back with the refused requests still ticked and the
+    comment still typed (read once by ``inbox_list``), so adding the missing comment is all
+    it takes to try again."""
+    picked = [str(pk) for pk in ids if str(pk).isdigit()][:BULK_LIMIT]
+    request.session[KEPT_SELECTION] = {
+        "ids": picked,
+        "comment": str(comment)[: services.MAX_COMMENT],
+    }
 
 
 # -- revise and resubmit ------------------------------------------------------------------------

@@ -1,12 +1,21 @@
 from django.contrib import admin
+from django.http import HttpRequest, HttpResponse, HttpResponsePermanentRedirect
+from django.templatetags.static import static
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from approvals.links import action_link
 from orchestration import views as orchestration_views
 
+
+def favicon(request: HttpRequest) -> HttpResponse:
+    """Browsers and crawlers ask for /favicon.ico whatever the page links: send them to the SVG."""
+    return HttpResponsePermanentRedirect(static("approvals/favicon.svg"))
+
+
 urlpatterns = [
     path("", orchestration_views.home, name="home"),
+    path("favicon.ico", favicon, name="favicon"),
     path("admin/", admin.site.urls),
     path("accounts/", include("django.contrib.auth.urls")),
     path("inbox/", include("approvals.urls")),

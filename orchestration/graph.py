@@ -22,6 +22,9 @@ BOX_H = 58
 GAP_X = 64
 GAP_Y = 20
 PAD = 14
+# Narrower than this share of its drawn size, the 11.5 px labels drop below 10 px: on a
+# phone the drawing keeps this size and scrolls sideways in its card instead.
+MIN_SCALE = 0.87
 NAME_CHARS = 25
 
 # Steps that still have work in flight: drawn with a highlight; "running" gets the strongest.
@@ -153,7 +156,8 @@ def render_svg(definition: Workflow | None, steps: Iterable, *, title: str = "")
     parts = [
         f'<svg class="wf-graph" xmlns="http://www.w3.org/2000/svg" role="img" '
         f'viewBox="0 0 {plan.width} {plan.height}" width="{plan.width}" height="{plan.height}" '
-        f'aria-labelledby="wf-graph-title">',
+        # The page may scale the drawing down, but no further than its labels stay readable.
+        f'style="min-width: {round(plan.width * MIN_SCALE)}px" aria-labelledby="wf-graph-title">',
         f'<title id="wf-graph-title">{escape(title or "Workflow graph")}: '
         + escape(", ".join(f"{n.name} {n.state}" for n in plan.nodes))
         + "</title>",

@@ -61,7 +61,9 @@ masked = sealing.masked
 
 
 def home(request: HttpRequest) -> HttpResponse:
-    return render(request, "home.html", {"workflows": registry.all()})
+    # The example names the host and port this request came to, not the default one.
+    start_url = request.build_absolute_uri(reverse("api-instances"))
+    return render(request, "home.html", {"workflows": registry.all(), "start_url": start_url})
 
 
 # -- presentation helpers (shared with the admin) --------------------------------------------------

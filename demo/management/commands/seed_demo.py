@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
@@ -53,6 +55,31 @@ def receipt_pdf(text: str) -> bytes:
     return bytes(out)
 
 
+def who_logs_in_where(base: str) -> str:
+    """The banner: which demo user may use which door, read from the users themselves (only
+    staff get into the admin; everyone has an inbox)."""
+    User = get_user_model()  # noqa: N806
+    found = User.objects.filter(username__in=[name for name, _, _ in USERS], is_active=True)
+    people = [user for user in found.prefetch_related("groups").order_by("pk")]
+
+    def with_groups(user: Any) -> str:
+        groups = sorted(group.name for group in user.groups.all())
+        return user.username + (f" ({', '.join(groups)})" if groups else "")
+
+    everyone = ", ".join(with_groups(user) for user in people)
+    staff = ", ".join(user.username for user in people if user.is_staff)
+    return (
+        "  Log in with the password from DEMO_PASSWORD (default 'signoff-demo'):\n"
+        f"    inbox  {base}/inbox/  everyone: {everyone}\n"
+        f"    admin  {base}/admin/  staff only: {staff or 'nobody'}\n"
+        "  API token:  python manage.py drf_create_token alice\n"
+        "  Start a workflow:\n"
+        f"    curl -X POST {base}/api/v1/instances/ -H 'Authorization: Token <token>' \\\n"
+        "      -H 'Content-Type: application/json' \\\n"
+        '      -d \'{"workflow": "customer_onboarding", "input": {"customer": "ACME"}}\''
+    )
+
+
 class Command(BaseCommand):
     help = "Create demo users admin, alice, bob, carol and groups employees, managers, finance."
 
@@ -73,17 +100,8 @@ class Command(BaseCommand):
             user.groups.add(*Group.objects.filter(name__in=groups))
             Token.objects.get_or_create(user=user)
         self._start_demo_instances(User)
-        base = settings.SIGNOFF_BASE_URL
         self.stdout.write(self.style.SUCCESS("Demo users ready."))
-        self.stdout.write(
-            f"  Log in at {base}/admin/ as admin, alice, bob or carol with the password from\n"
-            f"  DEMO_PASSWORD (default 'signoff-demo').\n"
-            "  API token:  python manage.py drf_create_token alice\n"
-            f"  Start a workflow:\n"
-            f"    curl -X POST {base}/api/v1/instances/ -H 'Authorization: Token <token>' \\\n"
-            "      -H 'Content-Type: application/json' \\\n"
-            '      -d \'{"workflow": "customer_onboarding", "input": {"customer": "ACME"}}\''
-        )
+        self.stdout.write(who_logs_in_where(settings.SIGNOFF_BASE_URL))
 
     def _start_demo_instances(self, User) -> None:  # noqa: ANN001, N803
         """A few expenses so the inbox is not empty on first run (idempotent by key)."""

@@ -66,6 +66,17 @@ def check_port(host: str, port: int) -> None:
             raise CommandError(f"cannot listen on {host}:{port}: {exc}") from None
 
 
+def up_banner(base_url: str, queues: str) -> str:
+    """The last line ``make run`` prints: where to go, and who gets in (the admin lets in
+    staff only; every active user has an inbox)."""
+    return (
+        f"Signoff is up on {base_url}/ (web, worker on {queues}, beat).\n"
+        f"  Inbox: {base_url}/inbox/ (every user)  Admin: {base_url}/admin/ (staff only)  "
+        f"API: {base_url}/api/docs/\n"
+        "Ctrl-C stops all of it."
+    )
+
+
 class Command(BaseCommand):
     help = "Run web (port 8000 or $PORT), a Celery worker and beat together; Ctrl-C stops all."
 
@@ -180,12 +191,7 @@ class Command(BaseCommand):
             self.children[name] = spawn(
                 cmd, env=env, cwd=settings.BASE_DIR, stdin=subprocess.DEVNULL
             )
-        self.stdout.write(
-            self.style.SUCCESS(
-                f"Signoff is up on {base_url}/ (web, worker on {queues}, beat). "
-                "Ctrl-C stops all of it."
-            )
-        )
+        self.stdout.write(self.style.SUCCESS(up_banner(base_url, queues)))
         while not self.signals_received:
             for name, child in self.children.items():
                 if child.poll() is not None:
