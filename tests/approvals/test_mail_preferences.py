@@ -483,3 +483,63 @@ def test_every_inbox_page_shows_what_waits_for_the_user(people: dict[str, Any], 
     for path in ("/inbox/", "/inbox/preferences/", "/inbox/delegation/"):
         page = client.get(path).content.decode()
         assert re.search(r'<span class="badge" title="2 waiting for you">2</span>', page), path
+
+
+# -- end to end: the digest over real SMTP -------------------------------------------------------
+
+
+def test_the_digest_goes_out_over_smtp_at_the_chosen_hour_with_exactly_the_pending_requests(
+    people: dict[str, Any], flow: Any, smtp_server: Any, settings: Any
+) -> None:
+    """bob reads a 09:00 digest in Berlin (08:00 UTC in March). Three requests wait for him,
+    one he decided: the digest lists exactly the three, overdue first, then the one due
+    soonest, then the oldest without a due time; links to the inbox, none that acts."""
+    settings.SIGNOFF_BASE_URL = BASE
+    soon = flow("t_mp_e2e_soon", users=("bob",), due=timedelta(hours=1))
+    later = flow("t_mp_e2e_later", users=("bob",), due=timedelta(days=3))
+    whenever = flow("t_mp_e2e_none", users=("bob",))
+    day = datetime(2026, 3, 2, tzinfo=UTC)
+    with at(day):
+        digest_for(people["bob"], 9, "Europe/Berlin")
+    with at(day + timedelta(hours=5)):
+        oldest = start(whenever, "without a due time")
+    with at(day + timedelta(hours=6)):
+        decided = start(later, "decided already")
+    with at(day + timedelta(hours=6, minutes=30)):
+        overdue = start(soon, "overdue since 08:30 CET")
+        services.approval_decide(request_id=decided.pk, user=people["bob"], outcome="approve")
+    with at(day + timedelta(hours=7)):
+        due_soon = start(later, "due in three days")
+    assert mails("assigned") == []  # held for the digest
+
+    with at(day + timedelta(hours=7, minutes=59)):
+        assert sweepers.sweep_digests() == 0
+    with at(day + timedelta(hours=8, minutes=3)):
+        assert sweepers.sweep_digests() == 1
+        (digest,) = OutboundEmail.objects.filter(kind="approval_digest")
+        assert mail.emails_deliver(email_ids=[digest.pk])["sent"] == [digest.pk]
+    with at(day + timedelta(hours=10)):
+        assert sweepers.sweep_digests() == 0
+
+    (message,) = smtp_server.messages
+    assert message["To"] == "bob@example.com"
+    # (a folded header keeps its leading space when parsed back)
+    assert str(message["Subject"]).strip() == "3 requests waiting for your decision — daily digest"
+    assert (
+        message["Message-ID"] == f"<signoff.digest.{people['bob'].pk}.2026-03-02@signoff.example>"
+    )
+    text = message.get_body(preferencelist=("plain",)).get_content().replace("\r\n", "\n")
+    html = message.get_body(preferencelist=("html",)).get_content()
+    listed = re.findall(r"^\d+\. (?:\[OVERDUE\] )?(Request .+)$", text, re.M)
+    assert listed == [
+        "Request overdue since 08:30 CET",
+        "Request due in three days",
+        "Request without a due time",
+    ]
+    assert "[OVERDUE] Request overdue since 08:30 CET" in text
+    assert "decided already" not in text + html
+    pages = re.findall(rf"{BASE}/inbox/(\d+)/", text)
+    assert pages == [str(r.pk) for r in (overdue, due_soon, oldest)]
+    assert "due Thu 5 Mar 2026, 08:00 CET" in text  # 07:00 UTC, in bob's zone
+    assert f"{BASE}/a/" not in text + html  # no action link in a digest
+    assert str(message["List-Unsubscribe"]).strip().startswith(f"<{BASE}/mail/")
