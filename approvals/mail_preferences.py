@@ -3,7 +3,8 @@ digest, and every mail carries a signed link to change that choice without loggi
 
 What a digest holds back (:data:`HELD_KINDS`, decided per recipient in
 :func:`approvals.notifications.notify_assignees`): the mail about a new request assigned to
-them (also by a reassignment) and the reminders. Everything else stays immediate: escalations
+them (also by a reassignment) and the reminders, unless the request is due before their next
+digest (then it is mailed at once). Everything else stays immediate: escalations
 (a request escalated to them), comments, and the mails to a requester (a step's decision,
 changes requested, expiry, the instance's end). The digest itself is sent by
 :func:`approvals.sweepers.sweep_digests`.
@@ -44,15 +45,16 @@ def preference_of(user: Any) -> MailPreference:
     return found if found is not None else MailPreference(user_id=user.pk)
 
 
-def digest_user_ids(user_ids: list[int] | set[int]) -> set[int]:
-    """Which of ``user_ids`` get the daily digest (one query)."""
+def digest_user_ids(user_ids: list[int] | set[int], *, due_at: datetime | None = None) -> set[int]:
+    """Which of ``user_ids`` get the daily digest (one query). With ``due_at`` (a request's
+    due time): only those whose next digest comes before it; a request that would expire
+    before anyone's digest is mailed to them at once."""
     if not user_ids:
         return set()
-    return set(
-        MailPreference.objects.filter(user_id__in=user_ids, mode=Mode.DIGEST).values_list(
-            "user_id", flat=True
-        )
-    )
+    readers = MailPreference.objects.filter(user_id__in=user_ids, mode=Mode.DIGEST)
+    if due_at is not None:
+        readers = readers.filter(next_digest_at__lt=due_at)
+    return set(readers.values_list("user_id", flat=True))
 
 
 def mail_preference_set(

@@ -210,10 +210,11 @@ def notify_assignees(
     is sent (module doc): the outbox row holds the placeholder and a :func:`link_ref`.
 
     A kind in :data:`approvals.mail_preferences.HELD_KINDS` (a new request, a reminder) is not
-    mailed to a person who chose the daily digest: the request waits in their next digest."""
+    mailed to a person who chose the daily digest: the request waits in their next digest
+    (unless it is due before that digest)."""
     sent = 0
     held = (
-        mail_preferences.digest_user_ids({u.pk for u in users})
+        mail_preferences.digest_user_ids({u.pk for u in users}, due_at=request.due_at)
         if kind in mail_preferences.HELD_KINDS
         else set()
     )

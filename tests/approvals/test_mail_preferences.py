@@ -168,6 +168,19 @@ def test_new_request_and_reminder_mails_wait_for_a_digest_reader_only(
     assert mails("reminder") == [("reminder", "bob@example.com")]
 
 
+def test_a_request_due_before_the_next_digest_is_mailed_at_once(
+    people: dict[str, Any], flow: Any
+) -> None:
+    urgent = flow("t_mp_urgent", users=("ann",), due=timedelta(hours=1))
+    relaxed = flow("t_mp_relaxed", users=("ann",), due=timedelta(hours=3))
+    with at(T0):  # 06:00 in Berlin; ann's digest at 08:00 (07:00 UTC)
+        digest_for(people["ann"], 8, "Europe/Berlin")
+        start(urgent, "1")  # due 06:00 UTC
+        start(relaxed, "2")  # due 08:00 UTC: waits for the digest
+    assert mails() == [("assigned", "ann@example.com")]
+    assert OutboundEmail.objects.get().subject.endswith("Request 1")
+
+
 def test_escalations_comments_and_the_requesters_news_stay_immediate(
     people: dict[str, Any], flow: Any
 ) -> None:
@@ -510,7 +523,10 @@ def test_the_digest_goes_out_over_smtp_at_the_chosen_hour_with_exactly_the_pendi
         services.approval_decide(request_id=decided.pk, user=people["bob"], outcome="approve")
     with at(day + timedelta(hours=7)):
         due_soon = start(later, "due in three days")
-    assert mails("assigned") == []  # held for the digest
+    # Held for the digest, but for the one due (07:30 UTC) before it (08:00 UTC): mailed at once.
+    assert [
+        (m.to, m.request_id) for m in OutboundEmail.objects.filter(kind="approval_assigned")
+    ] == [(["bob@example.com"], overdue.pk)]
 
     with at(day + timedelta(hours=7, minutes=59)):
         assert sweepers.sweep_digests() == 0
