@@ -10,6 +10,7 @@ class ApprovalsConfig(AppConfig):
         ("approvals.sweep_escalations", 30),
         ("approvals.sweep_expiry", 30),
         ("approvals.sweep_claims", 60),
+        ("approvals.sweep_digests", 300),
     ]
 
     def ready(self) -> None:
@@ -17,7 +18,12 @@ class ApprovalsConfig(AppConfig):
         from orchestration.signals import event_committed
         from orchestration.views import register_step_links, register_timeline_details
 
-        from . import erasure, files, services  # noqa: F401 - step kind, erase hooks, readers
+        from . import (  # noqa: F401 - step kind, erase hooks, readers, the preferences link
+            erasure,
+            files,
+            mail_preferences,
+            services,
+        )
         from .context import comment_details, instance_reader
         from .lifecycle import on_event_committed
         from .status_links import approval_step_links

@@ -294,6 +294,7 @@ def comment_notify(comment: Comment, request: ApprovalRequest) -> int:
             ),
             instance_id=request.instance_id,
             request_id=request.pk,
+            recipient_id=person.pk,
         )
         queued += mail is not None
     return queued

@@ -16,7 +16,7 @@ from orchestration.definitions import registry
 from orchestration.jsonsafe import storable_json_problem, too_deep
 
 from .comments import MAX_BODY, MAX_KEY
-from .models import ApprovalRequest, Outcome
+from .models import ApprovalRequest, MailPreference, Outcome, time_zone_names
 from .services import MAX_COMMENT
 
 PAGE_SIZE = 25
@@ -337,3 +337,24 @@ class DelegationForm(forms.Form):
         if delegate is None:
             raise forms.ValidationError(f"No active user named “{name}”.")
         return delegate
+
+
+class MailPreferenceForm(forms.Form):
+    """Immediate mail or one daily digest, its hour and time zone (checked again by
+    :func:`approvals.mail_preferences.mail_preference_set`)."""
+
+    mode = forms.ChoiceField(choices=MailPreference.Mode.choices, widget=forms.RadioSelect)
+    digest_hour = forms.TypedChoiceField(
+        choices=[(h, f"{h:02d}:00") for h in range(24)], coerce=int, label="Digest at"
+    )
+    time_zone = forms.ChoiceField(choices=(), label="Time zone")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["time_zone"].choices = [(z, z) for z in sorted(time_zone_names())]
+
+
+class MailModeForm(forms.Form):
+    """The preferences link's one choice: immediate mail or the daily digest."""
+
+    mode = forms.ChoiceField(choices=MailPreference.Mode.choices)

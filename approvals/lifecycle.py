@@ -99,5 +99,6 @@ def instance_end_notify(*, event: Any) -> bool:
         ),
         instance_id=event.instance_id,
         request_id=request.pk,
+        recipient_id=person.pk,
     )
     return mail is not None

@@ -17,7 +17,7 @@ import functools
 import hashlib
 import json
 import secrets
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -29,6 +29,7 @@ from django.utils import timezone
 from integrations.mail import email_queue, email_render, emails_enqueue, register_link_minter
 from integrations.models import OutboundEmail
 
+from . import mail_preferences
 from .models import ActionToken, ApprovalRequest, RequestState
 
 User = get_user_model()
@@ -206,10 +207,21 @@ def notify_assignees(
     extra: dict[str, Any] | None = None,
 ) -> int:
     """Mail each of ``users`` (who can decide) with their own action link, made when the mail
-    is sent (module doc): the outbox row holds the placeholder and a :func:`link_ref`."""
+    is sent (module doc): the outbox row holds the placeholder and a :func:`link_ref`.
+
+    A kind in :data:`approvals.mail_preferences.HELD_KINDS` (a new request, a reminder) is not
+    mailed to a person who chose the daily digest: the request waits in their next digest
+    (unless it is due before that digest)."""
     sent = 0
+    held = (
+        mail_preferences.digest_user_ids({u.pk for u in users}, due_at=request.due_at)
+        if kind in mail_preferences.HELD_KINDS
+        else set()
+    )
     for user in users:
         if not user.email or (request.requester_id == user.pk and not request.allow_self_approval):
+            continue
+        if user.pk in held:
             continue
         queued = email_queue(
             message_id=f"<signoff.{kind}.{request.pk}.{user.pk}.{serial}@{_domain()}>",
@@ -220,6 +232,7 @@ def notify_assignees(
             instance_id=request.instance_id,
             request_id=request.pk,
             link_ref=link_ref(request, user, kind),
+            recipient_id=user.pk,
         )
         sent += queued is not None
     return sent
@@ -238,6 +251,7 @@ def notify_requester(request: ApprovalRequest, *, kind: str, extra: dict[str, An
             context=_context(request, user=requester, **extra),
             instance_id=request.instance_id,
             request_id=request.pk,
+            recipient_id=requester.pk,
         )
         is not None
     )
@@ -277,7 +291,10 @@ def mails_render(*, email_ids: list[int]) -> int:
                 continue
             context = _context(request, user=user, **spec.get("extra", {}))
             mail.subject, mail.body_text, mail.body_html = email_render(
-                template=f"approval_{spec['purpose']}", context=context, personal_link=True
+                template=f"approval_{spec['purpose']}",
+                context=context,
+                personal_link=True,
+                recipient_id=user.pk,
             )
             rendered.append(mail)
             refs.append(json.dumps(link_ref(request, user, spec["purpose"])))
@@ -307,3 +324,47 @@ def mails_render(*, email_ids: list[int]) -> int:
         ids = [m.pk for m in rendered]
         transaction.on_commit(lambda: emails_enqueue(ids))
     return len(ids)
+
+
+def notify_digest(
+    user: Any,
+    requests: list[ApprovalRequest],
+    *,
+    day: date,
+    total: int,
+    now: datetime,
+    time_zone: str,
+) -> bool:
+    """Queue ``user``'s daily digest for the local ``day``: ``requests`` (most urgent first),
+    each with a link to its inbox page and no action link; ``total`` counts all pending ones
+    (the list may be capped); times are shown in ``time_zone``. The Message-ID is fixed per
+    person and day, so a second call for the same day queues nothing. Nothing listed or no
+    address: no mail (False)."""
+    if not requests or not user.email:
+        return False
+    items = [
+        {
+            "request": r,
+            "inbox_url": inbox_url(r.pk),
+            "overdue": bool(r.due_at and r.due_at < now),
+        }
+        for r in requests
+    ]
+    mail = email_queue(
+        message_id=f"<signoff.digest.{user.pk}.{day.isoformat()}@{_domain()}>",
+        kind="approval_digest",
+        to=[user.email],
+        template="approval_digest",
+        context={
+            "user": user,
+            "items": items,
+            "total": total,
+            "more": max(total - len(items), 0),
+            "day": day,
+            "time_zone": time_zone,
+            "inbox_url": inbox_url(None),
+            "base_url": settings.SIGNOFF_BASE_URL.rstrip("/"),
+        },
+        recipient_id=user.pk,
+    )
+    return mail is not None

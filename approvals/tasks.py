@@ -25,6 +25,11 @@ def sweep_claims() -> int:
     return sweepers.sweep_claims()
 
 
+@shared_task(name="approvals.sweep_digests", ignore_result=True)
+def sweep_digests() -> int:
+    return sweepers.sweep_digests()
+
+
 @shared_task(name="approvals.render_mails", acks_late=True, ignore_result=True)
 def render_mails(email_ids: list[int]) -> int:
     return notifications.mails_render(email_ids=email_ids)

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import claim_views, files, views
+from . import claim_views, files, mail_views, views
 
 app_name = "inbox"
 urlpatterns = [
@@ -16,5 +16,6 @@ urlpatterns = [
     path("<int:pk>/release/", claim_views.inbox_release, name="release"),
     path("<int:pk>/take-over/", claim_views.inbox_take_over, name="take-over"),
     path("delegation/", views.delegation_page, name="delegation"),
+    path("preferences/", mail_views.preferences_page, name="preferences"),
     path("delegation/<int:pk>/end/", views.delegation_stop, name="delegation-end"),
 ]

@@ -362,6 +362,12 @@ SIGNOFF_WEBHOOK_SUBSCRIPTION_CACHE_SECONDS = env_float(
 # Email action links: lifetime (never past the request's resolution) and failure rate limit.
 SIGNOFF_LINK_MAX_AGE_SECONDS = env_int("SIGNOFF_LINK_MAX_AGE_SECONDS", 7 * 24 * 3600)
 SIGNOFF_LINK_FAILURES_PER_IP = env_int("SIGNOFF_LINK_FAILURES_PER_IP", 20)
+# The mail-preferences link in every mail's footer (immediate mail or a daily digest): lifetime.
+SIGNOFF_PREFERENCES_LINK_MAX_AGE_SECONDS = env_int(
+    "SIGNOFF_PREFERENCES_LINK_MAX_AGE_SECONDS", 60 * 24 * 3600
+)
+# Most requests one daily digest lists (the rest: "and N more" with a link to the inbox).
+SIGNOFF_DIGEST_LIMIT = env_int("SIGNOFF_DIGEST_LIMIT", 100)
 # API requests with an invalid token: after this many from one address within the window, that
 # address gets 429 for any token until the window ends.
 SIGNOFF_TOKEN_FAILURES_PER_IP = env_int("SIGNOFF_TOKEN_FAILURES_PER_IP", 20)

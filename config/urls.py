@@ -5,6 +5,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from approvals.links import action_link
+from approvals.mail_views import preferences_link
 from orchestration import views as orchestration_views
 
 
@@ -22,6 +23,7 @@ urlpatterns = [
     path("start/", include("orchestration.start_urls")),
     path("", include("orchestration.urls")),  # /instances/<id>/ status pages, /metrics
     path("a/<str:token>/", action_link, name="action-link"),
+    path("mail/<str:token>/", preferences_link, name="mail-preferences-link"),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     # approvals first: the orchestration API ends with a JSON catch-all 404

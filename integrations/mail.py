@@ -7,11 +7,18 @@ link: whoever reads the outbox could use it). The outbox keeps :data:`LINK_PLACE
 the template puts ``{{ link }}`` and, in ``link_ref``, which registered minter makes the link
 and for what (ids, no secret). At delivery, inside the row's transaction and under its lock,
 the minter returns the URL; the body with the URL is sent and never saved. Each delivery
-attempt asks the minter again (see :func:`email_deliver`)."""
+attempt asks the minter again (see :func:`email_deliver`).
+
+A mail to a person also carries a link to their mail preferences (immediate mail or a daily
+digest) in its footer and in a ``List-Unsubscribe`` header. It is signed and works without a
+login, so it is never stored either: the outbox keeps :func:`preferences_placeholder` (the
+recipient's user id, nothing secret) and the maker registered with
+:func:`register_preferences_link` writes the URL at delivery."""
 
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 import smtplib
 import socket
@@ -39,6 +46,32 @@ LINK_PLACEHOLDER_DEFUSED = "(signoff:action-link)"
 LinkMinter = Callable[[dict[str, Any]], str]
 _link_minters: dict[str, LinkMinter] = {}
 
+# Where the recipient's preferences link goes: ``{signoff:preferences-link:<user id>}``.
+_PREFERENCES_PREFIX = "{signoff:preferences-link"
+_PREFERENCES_DEFUSED = "(signoff:preferences-link"
+_PREFERENCES_RE = re.compile(r"\{signoff:preferences-link:(\d+)\}")
+PreferencesLink = Callable[[int], str]
+_preferences_link: dict[str, PreferencesLink] = {}
+
+
+def preferences_placeholder(recipient_id: int) -> str:
+    """What the outbox stores in place of ``recipient_id``'s preferences link."""
+    return f"{_PREFERENCES_PREFIX}:{int(recipient_id)}}}"
+
+
+def register_preferences_link(maker: PreferencesLink) -> None:
+    """Let ``maker(user_id)`` make the absolute URL of a person's mail preferences page, put
+    at delivery where a mail to them has :func:`preferences_placeholder` (and in its
+    ``List-Unsubscribe`` header). Registering again replaces it."""
+    _preferences_link["maker"] = maker
+
+
+def _preferences_url(recipient_id: int) -> str:
+    maker = _preferences_link.get("maker")
+    if maker is None:  # nobody registered one: the site, at least
+        return f"{settings.SIGNOFF_BASE_URL.rstrip('/')}/"
+    return maker(recipient_id)
+
 
 def register_link_minter(name: str, minter: LinkMinter) -> None:
     """Let ``name`` (the ``minter`` of a row's ``link_ref``) make the personal links of the
@@ -59,6 +92,7 @@ def email_queue(
     instance_id: Any = None,
     request_id: int | None = None,
     link_ref: dict[str, Any] | None = None,
+    recipient_id: int | None = None,
 ) -> OutboundEmail | None:
     """Render ``email/<template>.txt`` / ``.html`` (first line of the text is ``Subject: ...``)
     and write an outbox row; the send task runs after commit. Idempotent: a second call with
@@ -67,6 +101,9 @@ def email_queue(
     ``link_ref``: the mail carries a personal link, made at delivery by the minter registered
     under ``link_ref["minter"]`` (:func:`register_link_minter`); the template's ``{{ link }}``
     is stored as :data:`LINK_PLACEHOLDER`. Only ids belong in it: it is stored and shown.
+
+    ``recipient_id``: the user the mail is for; the mail gets their preferences link (footer
+    and ``List-Unsubscribe``), made at delivery (:func:`register_preferences_link`).
     """
     to = sorted({addr for addr in to if addr})
     if not to:
@@ -74,7 +111,10 @@ def email_queue(
     if link_ref is not None and link_ref.get("minter") not in _link_minters:
         raise ValueError(f"no link minter registered as {link_ref.get('minter')!r}")
     subject, body_text, html = email_render(
-        template=template, context=context, personal_link=link_ref is not None
+        template=template,
+        context=context,
+        personal_link=link_ref is not None,
+        recipient_id=recipient_id,
     )
     email, created = OutboundEmail.objects.get_or_create(
         message_id=message_id,
@@ -96,22 +136,41 @@ def email_queue(
 
 
 def email_render(
-    *, template: str, context: dict[str, Any], personal_link: bool = False
+    *,
+    template: str,
+    context: dict[str, Any],
+    personal_link: bool = False,
+    recipient_id: int | None = None,
 ) -> tuple[str, str, str]:
     """Subject, text body and HTML body of ``email/<template>.txt`` / ``.html``.
 
     ``personal_link``: the template's ``{{ link }}`` becomes :data:`LINK_PLACEHOLDER`, and only
     it does: a placeholder written into the content (a title quoting it) is defused first, so
-    delivery puts the link only where the template put it."""
+    delivery puts the link only where the template put it.
+
+    ``recipient_id``: the text gets the ``email/_preferences.txt`` footer and the HTML layout
+    its preferences row (``{{ preferences_link }}``), both holding
+    :func:`preferences_placeholder`; a preferences placeholder in the content is defused."""
     marker = f"signoff-link-{secrets.token_hex(8)}" if personal_link else None
     if marker:
         context = {**context, "link": marker}
+    prefs = f"signoff-prefs-{secrets.token_hex(8)}" if recipient_id is not None else None
+    if prefs:
+        context = {**context, "preferences_link": prefs}
     text = render_to_string(f"email/{template}.txt", context).lstrip()
     subject, _, body = text.partition("\n")
     html = render_to_string(f"email/{template}.html", context)
     subject, body = subject.removeprefix("Subject:").strip()[:300], body.strip() + "\n"
+    if prefs:
+        body += "\n" + render_to_string("email/_preferences.txt", context).strip() + "\n"
     if marker:
         subject, body, html = (_place_link(part, marker) for part in (subject, body, html))
+    subject, body, html = (
+        part.replace(_PREFERENCES_PREFIX, _PREFERENCES_DEFUSED) for part in (subject, body, html)
+    )
+    if prefs:
+        placeholder = preferences_placeholder(recipient_id)
+        body, html = (part.replace(prefs, placeholder) for part in (body, html))
     return subject, body, html
 
 
@@ -206,6 +265,14 @@ def email_deliver(*, email_id: int, connection: Any = None) -> str:
             return "skipped"
         email.attempts += 1
         body_text, body_html = email.body_text, email.body_html
+        headers = {"Message-ID": email.message_id, "X-Signoff-Kind": email.kind}
+        preferences = {
+            int(pk): _preferences_url(int(pk)) for pk in _PREFERENCES_RE.findall(body_text)
+        }
+        if preferences:
+            body_text = _PREFERENCES_RE.sub(lambda m: preferences[int(m[1])], body_text)
+            body_html = _PREFERENCES_RE.sub(lambda m: escape(preferences[int(m[1])]), body_html)
+            headers["List-Unsubscribe"] = f"<{next(iter(preferences.values()))}>"
         if email.link_ref:
             minter = _link_minters.get(email.link_ref.get("minter"))
             if minter is None:
@@ -222,7 +289,7 @@ def email_deliver(*, email_id: int, connection: Any = None) -> str:
             body=body_text,
             from_email=settings.DEFAULT_FROM_EMAIL,
             to=email.to,
-            headers={"Message-ID": email.message_id, "X-Signoff-Kind": email.kind},
+            headers=headers,
             connection=connection,
         )
         if body_html:

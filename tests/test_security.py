@@ -46,8 +46,8 @@ from django.utils import timezone
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from approvals import notifications
-from approvals.models import ActionToken, ApprovalRequest, Decision
+from approvals import mail_preferences, notifications
+from approvals.models import ActionToken, ApprovalRequest, Decision, MailPreference
 from orchestration import engine
 from orchestration.models import Event, StepRun, WorkflowInstance
 
@@ -207,6 +207,7 @@ def snapshot() -> tuple:
             for pk, output in StepRun.objects.values_list("pk", "output")
         ),
         sorted(get_user_model().objects.values_list("username", "is_active")),
+        sorted(MailPreference.objects.values_list("user_id", "mode", "digest_hour", "time_zone")),
     )
 
 
@@ -317,6 +318,10 @@ def _outbox_mail(w: World) -> int:
     return OutboundEmail.objects.filter(request_id=w.approval.pk).values_list("pk", flat=True)[0]
 
 
+def _preferences_link(w: World) -> str:
+    return f"/mail/{mail_preferences.preferences_token(w.users['assignee'].pk)}/"
+
+
 OPS: dict[str, Op] = {
     # REST API, token auth
     "GET /api/v1/workflows/": Op(lambda c, w: c.get("/api/v1/workflows/"), api=True),
@@ -410,6 +415,19 @@ OPS: dict[str, Op] = {
         writes=True,
     ),
     "POST /inbox/bulk/ approve": Op(_bulk_approve, writes=True, judge=_bulk_judge),
+    # Mail preferences: the page is the logged-in person's own; the signed link in bob's mails
+    # changes bob's mode for whoever holds it, and nothing else.
+    "GET /inbox/preferences/": Op(lambda c, w: c.get("/inbox/preferences/")),
+    "POST /inbox/preferences/ digest": Op(
+        lambda c, w: c.post(
+            "/inbox/preferences/", {"mode": "digest", "digest_hour": "8", "time_zone": "UTC"}
+        ),
+        writes=True,
+    ),
+    "GET /mail/{bob's preferences link}/": Op(lambda c, w: c.get(_preferences_link(w))),
+    "POST /mail/{bob's preferences link}/ digest": Op(
+        lambda c, w: c.post(_preferences_link(w), {"mode": "digest"}), writes=True
+    ),
     "GET admin: outbound mail of the expense (no live link)": Op(
         lambda c, w: c.get(f"/admin/integrations/outboundemail/{_outbox_mail(w)}/change/"),
         judge=_no_live_link,
@@ -474,6 +492,10 @@ MATRIX: dict[str, tuple[Any, ...]] = {
     "POST admin: bulk action cancel":               (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, 403, DONE, DONE),  # noqa: E501
     "POST admin: instance operate cancel":          (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 404, 403, DONE, DONE),  # noqa: E501
     "POST /inbox/bulk/ approve":                    (LOGIN, REFUSED, DONE, REFUSED, REFUSED, REFUSED, REFUSED),  # noqa: E501
+    "GET /inbox/preferences/":                      (LOGIN, 200, 200, 200, 200, 200, 200),
+    "POST /inbox/preferences/ digest":              (LOGIN, DONE, DONE, DONE, DONE, DONE, DONE),
+    "GET /mail/{bob's preferences link}/":          (200, 200, 200, 200, 200, 200, 200),
+    "POST /mail/{bob's preferences link}/ digest":  (200, 200, 200, 200, 200, 200, 200),
     # What staff may read holds nothing usable: mail keeps a placeholder, tokens a prefix.
     "GET admin: outbound mail of the expense (no live link)": (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, 200, 200, 200),  # noqa: E501
     "GET admin: outbound mail list (no live link)": (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, 200, 200, 200),  # noqa: E501
@@ -910,6 +932,8 @@ CSRF_CASES: dict[str, tuple[str, Callable[[Client, World], HttpResponse]]] = {
     "API cancel with a session": ("requester", OPS["POST /api/v1/instances/{id}/cancel/"].call),
     "status page cancel": ("operator", OPS["POST /instances/{id}/actions/cancel/"].call),
     "admin bulk cancel": ("operator", _bulk_cancel),
+    "mail preferences page": ("assignee", OPS["POST /inbox/preferences/ digest"].call),
+    "mail preferences link": ("anonymous", OPS["POST /mail/{bob's preferences link}/ digest"].call),
 }
 
 

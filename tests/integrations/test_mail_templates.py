@@ -86,15 +86,22 @@ class Person:
 
 
 def context_with(hostile: str, name: str = "") -> dict[str, Any]:
+    request = {
+        "title": f"Expense: 80 EUR for {hostile}",
+        "fields": [
+            {"label": "Description", "value": hostile},
+            {"label": hostile, "value": 80},
+        ],
+        "due_at": None,
+        "workflow": hostile,
+    }
     return {
-        "request": {
-            "title": f"Expense: 80 EUR for {hostile}",
-            "fields": [
-                {"label": "Description", "value": hostile},
-                {"label": hostile, "value": 80},
-            ],
-            "due_at": None,
-        },
+        "request": request,
+        # approval_digest: the pending requests, each with its inbox page
+        "items": [{"request": request, "inbox_url": INBOX, "overdue": True}],
+        "total": 1,
+        "more": 0,
+        "time_zone": "Europe/Berlin",
         "user": Person(f"bob{hostile}"),
         "link": LINK,
         "inbox_url": INBOX,
@@ -122,6 +129,7 @@ def test_every_mail_template_is_covered() -> None:
         "approval_changes_requested",
         "approval_commented",
         "approval_decided",
+        "approval_digest",
         "approval_escalated",
         "approval_expired",
         "approval_finished",
@@ -204,8 +212,10 @@ def test_an_expense_description_cannot_put_markup_in_the_approvers_mail(
     parsed = Parsed(assigned.body_html)
     assert {tag for tag, _ in parsed.tags} <= TAGS
     links = parsed.links
-    # Stored: our links, and the placeholder the personal link replaces at delivery.
-    assert all(link.startswith(f"{BASE}/") or link == LINK_PLACEHOLDER for link in links), links
+    # Stored: our links, and the placeholders the personal link and the preferences link
+    # replace at delivery.
+    placeholders = {LINK_PLACEHOLDER, mail.preferences_placeholder(bob.pk)}
+    assert all(link.startswith(f"{BASE}/") or link in placeholders for link in links), links
     assert not any("evil.example" in link for link in links)
     assert "&lt;/title&gt;&lt;a href=" in assigned.body_html
     assert "\n" not in assigned.subject and "\r" not in assigned.subject
