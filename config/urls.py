@@ -10,6 +10,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("accounts/", include("django.contrib.auth.urls")),
     path("inbox/", include("approvals.urls")),
+    path("requests/", include("approvals.request_urls")),  # "My requests"
     path("", include("orchestration.urls")),  # /instances/<id>/ status pages, /metrics
     path("a/<str:token>/", action_link, name="action-link"),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
