@@ -41,9 +41,7 @@ def test_alice_finds_her_expense_in_my_requests_and_opens_its_status_page(
     log_in(page, base, "alice")
     page.get_by_role("link", name="My requests").click()
     expect(page).to_have_url(f"{base}/requests/")
-    expect(page.get_by_role("link", name="My requests")).to_have_attribute(
-        "aria-current", "page"
-    )
+    expect(page.get_by_role("link", name="My requests")).to_have_attribute("aria-current", "page")
     rows = page.locator(".my-requests .request")
     expect(rows).to_have_count(2)
     expect(rows.first).to_contain_text("Expense: 86.4 EUR for Taxi to the airport")
