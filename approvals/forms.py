@@ -14,6 +14,7 @@ from django.utils import timezone
 from orchestration import attachments, sealing
 from orchestration.definitions import registry
 from orchestration.jsonsafe import storable_json_problem, too_deep
+from orchestration.models import InstanceState
 
 from .comments import MAX_BODY, MAX_KEY
 from .models import ApprovalRequest, MailPreference, Outcome, time_zone_names
@@ -68,6 +69,35 @@ class InboxFilterForm(forms.Form):
             "after": data.get("after") or "",
             "before": data.get("before") or "",
         }
+
+
+SEARCH_MAX = 200  # characters of a "My requests" search
+
+
+class MyRequestsFilterForm(forms.Form):
+    """The query string of "My requests". Unlike the inbox's, it does not fall back quietly:
+    a search too long or holding NUL characters (PostgreSQL cannot compare text with them),
+    or an unknown state, makes the page answer 400 with the message, never a 500."""
+
+    state = forms.ChoiceField(choices=[("", "Any state"), *InstanceState.choices], required=False)
+    q = forms.CharField(
+        required=False,
+        max_length=SEARCH_MAX,
+        strip=True,
+        label="Search",
+        error_messages={
+            "max_length": f"Search for at most {SEARCH_MAX} characters.",
+            "null_characters_not_allowed": "The search cannot contain NUL characters.",
+        },
+    )
+    # Cursors are opaque: one that does not parse gives the first page (the view decides).
+    after = forms.CharField(required=False, max_length=100)
+    before = forms.CharField(required=False, max_length=100)
+
+    def values(self) -> dict[str, str]:
+        """The cleaned filters (call after ``is_valid()``)."""
+        data = self.cleaned_data
+        return {name: data.get(name) or "" for name in ("state", "q", "after", "before")}
 
 
 class DecisionForm(forms.Form):

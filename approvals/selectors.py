@@ -13,6 +13,9 @@ from django.contrib.auth import get_user_model
 from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
+from orchestration.models import WorkflowInstance
+from orchestration.selectors import instances_started_by
+
 from . import policy
 from .models import ApprovalRequest, Decision, Delegation, PastAssignee, RequestState
 
@@ -121,6 +124,31 @@ def awaiting_revision(user: Any) -> QuerySet[ApprovalRequest]:
         state=RequestState.CHANGES_REQUESTED,
         instance__state="running",
     )
+
+
+def my_requests(user: Any, *, state: str = "", text: str = "") -> QuerySet[WorkflowInstance]:
+    """The instances that are ``user``'s requests, unordered (the page orders and pages them):
+    those they started, and those whose approval requests name them the requester (started
+    on their behalf, or by the system) — both people the policy lets read the instance.
+
+    ``state`` is an instance state (empty: any). ``text`` matches, case-insensitively and
+    anywhere, the business key, the workflow's name or the title of one of its approval
+    requests; Django escapes ``%``, ``_`` and ``\\`` in it, and the caller keeps NUL
+    characters and very long strings out. The match runs over the user's own instances only:
+    the ``IN (… UNION …)`` starts from the ``started_by`` and ``requester`` indexes, so the
+    cost follows the user's instances, not the table."""
+    # No ORDER BY inside the union (the models' default orderings would add one each).
+    started = instances_started_by(user).order_by().values("pk")
+    named = ApprovalRequest.objects.filter(requester_id=user.pk).order_by().values("instance_id")
+    qs = WorkflowInstance.objects.filter(pk__in=started.union(named))
+    if state:
+        qs = qs.filter(state=state)
+    if text:
+        titled = ApprovalRequest.objects.filter(instance_id=OuterRef("pk"), title__icontains=text)
+        qs = qs.filter(
+            Q(business_key__icontains=text) | Q(workflow__icontains=text) | Q(Exists(titled))
+        )
+    return qs
 
 
 def request_for(user: Any, request_id: Any) -> ApprovalRequest | None:

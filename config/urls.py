@@ -21,6 +21,7 @@ urlpatterns = [
     path("accounts/", include("django.contrib.auth.urls")),
     path("inbox/", include("approvals.urls")),
     path("start/", include("orchestration.start_urls")),
+    path("requests/", include("approvals.request_urls")),  # "My requests"
     path("", include("orchestration.urls")),  # /instances/<id>/ status pages, /metrics
     path("a/<str:token>/", action_link, name="action-link"),
     path("mail/<str:token>/", preferences_link, name="mail-preferences-link"),

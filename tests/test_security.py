@@ -384,6 +384,11 @@ OPS: dict[str, Op] = {
         listed=lambda r, w: f"/inbox/{w.approval.pk}/" in r.content.decode(),
     ),
     "GET /inbox/{id}/": Op(lambda c, w: c.get(f"/inbox/{w.approval.pk}/")),
+    # "My requests" lists the caller's own requests only, whoever they are (staff included).
+    "GET /requests/": Op(
+        lambda c, w: c.get("/requests/"),
+        listed=lambda r, w: f'data-instance="{w.expense.pk}"' in r.content.decode(),
+    ),
     "POST /inbox/{id}/decide/": Op(
         lambda c, w: c.post(f"/inbox/{w.approval.pk}/decide/", {"outcome": "approve"}),
         writes=True,
@@ -483,6 +488,7 @@ MATRIX: dict[str, tuple[Any, ...]] = {
     "POST /api/v1/approvals/{id}/reject/":          (401, 403, 200, 403, 403, 403, 403),
     "GET /inbox/":                                  (LOGIN, HIDDEN, LISTED, HIDDEN, HIDDEN, HIDDEN, HIDDEN),  # noqa: E501
     "GET /inbox/{id}/":                             (LOGIN, 200, 200, 200, 200, 200, 200),
+    "GET /requests/":                               (LOGIN, LISTED, HIDDEN, HIDDEN, HIDDEN, HIDDEN, HIDDEN),  # noqa: E501
     "POST /inbox/{id}/decide/":                     (LOGIN, 403, DONE, 403, 403, 403, 403),
     "GET /instances/{id}/":                         (LOGIN, 200, 200, 200, 200, 200, 200),
     "GET /instances/{id}/history.json":             (LOGIN, 200, 200, 200, 200, 200, 200),
