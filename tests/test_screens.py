@@ -69,7 +69,9 @@ def test_seed_demo_banner_sends_staff_to_the_admin_and_everyone_to_the_inbox() -
     inbox = re.search(rf"inbox\s+{re.escape(base)}/inbox/\s+everyone: (.+)", banner)
     admin = re.search(rf"admin\s+{re.escape(base)}/admin/\s+staff only: (.+)", banner)
     assert inbox and admin, banner
-    assert inbox.group(1) == "admin, alice (employees), bob (employees, managers), carol (employees, finance)"
+    assert inbox.group(1) == (
+        "admin, alice (employees), bob (employees, managers), carol (employees, finance)"
+    )
     assert admin.group(1) == "admin"
     assert not re.search(r"/admin/ as .*alice", banner)  # the old, false promise
 

@@ -133,6 +133,8 @@ def _make_world() -> World:
         "other": person("carol"),  # no role in the expense: a "wrong person" for links
     }
     managers.user_set.add(users["assignee"])
+    # Only alice may start an expense from the web (the demo's startable_by=["employees"]).
+    Group.objects.create(name="employees").user_set.add(users["requester"])
     # The expense's requester is alice; admin is the escalation target of the demo workflow.
     User.objects.create_user("admin", email="admin@example.com")
     alice = users["requester"]
@@ -393,6 +395,22 @@ OPS: dict[str, Op] = {
         lambda c, w: c.post(f"/inbox/{w.approval.pk}/decide/", {"outcome": "approve"}),
         writes=True,
     ),
+    # the web start: only for the workflow's startable_by groups (and superusers)
+    "GET /start/": Op(
+        lambda c, w: c.get("/start/"),
+        listed=lambda r, w: "/start/expense_approval/" in r.content.decode(),
+    ),
+    "GET /start/expense_approval/": Op(lambda c, w: c.get("/start/expense_approval/")),
+    "POST /start/expense_approval/": Op(
+        lambda c, w: c.post(
+            "/start/expense_approval/",
+            {
+                "input": '{"amount": 12, "currency": "EUR", "description": "Pens"}',
+                "key": "matrix-start",
+            },
+        ),
+        writes=True,
+    ),
     # the status page
     "GET /instances/{id}/": Op(lambda c, w: c.get(f"/instances/{w.expense.pk}/")),
     "GET /instances/{id}/history.json": Op(
@@ -490,6 +508,9 @@ MATRIX: dict[str, tuple[Any, ...]] = {
     "GET /inbox/{id}/":                             (LOGIN, 200, 200, 200, 200, 200, 200),
     "GET /requests/":                               (LOGIN, LISTED, HIDDEN, HIDDEN, HIDDEN, HIDDEN, HIDDEN),  # noqa: E501
     "POST /inbox/{id}/decide/":                     (LOGIN, 403, DONE, 403, 403, 403, 403),
+    "GET /start/":                                  (LOGIN, LISTED, HIDDEN, HIDDEN, HIDDEN, HIDDEN, LISTED),  # noqa: E501
+    "GET /start/expense_approval/":                 (LOGIN, 200, 403, 403, 403, 403, 200),
+    "POST /start/expense_approval/":                (LOGIN, DONE, 403, 403, 403, 403, DONE),
     "GET /instances/{id}/":                         (LOGIN, 200, 200, 200, 200, 200, 200),
     "GET /instances/{id}/history.json":             (LOGIN, 200, 200, 200, 200, 200, 200),
     "POST /instances/{id}/actions/cancel/":         (LOGIN, 403, 403, 403, 403, DONE, DONE),
