@@ -141,6 +141,16 @@ def accepted_types() -> list[str]:
     return list(settings.SIGNOFF_FILE_TYPES)
 
 
+def upload_limits() -> dict[str, Any]:
+    """What a file input says about what it takes (``accept``, and the limits in words)."""
+    return {
+        "accept": ",".join(accepted_types()),
+        "accepted": accepted_label(),
+        "max_size": human_size(settings.SIGNOFF_FILE_MAX_BYTES),
+        "max_count": settings.SIGNOFF_FILE_MAX_COUNT,
+    }
+
+
 def accepted_label() -> str:
     return ", ".join(type_label(t) for t in accepted_types())
 
@@ -756,4 +766,5 @@ __all__ = [
     "refs_of_instance",
     "register_reader_check",
     "sweep_orphans",
+    "upload_limits",
 ]

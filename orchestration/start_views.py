@@ -4,9 +4,6 @@ the API: the same validation, the same requester rule, the same files checks."""
 
 from __future__ import annotations
 
-from typing import Any
-
-from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
@@ -24,15 +21,6 @@ from .middleware import accepts_uploads
 def start_list(request: HttpRequest) -> HttpResponse:
     """The workflows this user may start from the web (only those)."""
     return render(request, "start/list.html", {"workflows": start.startable_for(request.user)})
-
-
-def _limits() -> dict[str, Any]:
-    return {
-        "accept": ",".join(attachments.accepted_types()),
-        "accepted": attachments.accepted_label(),
-        "max_size": attachments.human_size(settings.SIGNOFF_FILE_MAX_BYTES),
-        "max_count": settings.SIGNOFF_FILE_MAX_COUNT,
-    }
 
 
 @accepts_uploads
@@ -87,6 +75,6 @@ def start_form(request: HttpRequest, name: str) -> HttpResponse:
     return render(
         request,
         "start/form.html",
-        {"form": form, "definition": definition, "limits": _limits()},
+        {"form": form, "definition": definition, "limits": attachments.upload_limits()},
         status=status,
     )

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from django import template
-from django.conf import settings
 
 from orchestration import attachments
 
@@ -29,9 +28,4 @@ def request_files(context: template.Context, approval: Any) -> dict[str, Any]:
 @register.simple_tag
 def upload_limits() -> dict[str, Any]:
     """What a file input says about what it takes (no query)."""
-    return {
-        "accept": ",".join(attachments.accepted_types()),
-        "accepted": attachments.accepted_label(),
-        "max_size": attachments.human_size(settings.SIGNOFF_FILE_MAX_BYTES),
-        "max_count": settings.SIGNOFF_FILE_MAX_COUNT,
-    }
+    return attachments.upload_limits()
