@@ -34,9 +34,10 @@ from orchestration.models import StepRun, StepState, WorkflowInstance
 from . import selectors
 from .api.serializers import ASSIGNEES
 from .api.views import attach_assignees
+from .context import step_label
 from .forms import MyRequestsFilterForm
 from .models import ApprovalRequest, RequestState
-from .views import _to_revise
+from .views import REVISE_LIMIT
 
 PAGE_SIZE = 25
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -116,11 +117,6 @@ def paginate(qs: QuerySet[WorkflowInstance], after: str, before: str) -> Page:
 # -- what each row shows ------------------------------------------------------------------------
 
 
-def step_words(name: str) -> str:
-    """``manager_approval`` → ``Manager approval``."""
-    return name.replace("_", " ").strip().capitalize()
-
-
 def _annotate(rows: list[WorkflowInstance], user: Any, now: datetime) -> None:
     """Set on each row: ``title``, ``current_step`` (words), ``holders`` (people and groups),
     ``claimed_by``, ``due_at``, ``overdue`` and ``revise_url`` — in three queries for any page
@@ -168,7 +164,7 @@ def _annotate(rows: list[WorkflowInstance], user: Any, now: datetime) -> None:
         step = steps.get(row.pk)
         request = requests.get(row.pk) if row.state == "running" else None
         row.title = titles.get(row.pk, "")
-        row.current_step = step_words(step.name) if step else ""
+        row.current_step = step_label(step.name) if step else ""
         row.step_state = STEP_WORDS.get(step.state, step.state) if step else ""
         row.request = request
         row.holders = []
@@ -209,7 +205,7 @@ def my_requests(request: HttpRequest) -> HttpResponse:
     context: dict[str, Any] = {
         "form": form,
         "now": now,
-        "to_revise": _to_revise(request.user),
+        "to_revise": selectors.to_revise(request.user, limit=REVISE_LIMIT),
         "rows": [],
         "filters": {"state": "", "q": ""},
         "filtered": bool(request.GET.get("state") or request.GET.get("q")),

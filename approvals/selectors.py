@@ -10,14 +10,21 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.db.models import Exists, OuterRef, Prefetch, Q, QuerySet
 from django.utils import timezone
 
 from orchestration.models import WorkflowInstance
 from orchestration.selectors import instances_started_by
 
 from . import policy
-from .models import ApprovalRequest, Decision, Delegation, PastAssignee, RequestState
+from .models import (
+    ApprovalRequest,
+    Decision,
+    Delegation,
+    Outcome,
+    PastAssignee,
+    RequestState,
+)
 
 User = get_user_model()
 AssignedUser = ApprovalRequest.assignee_users.through
@@ -264,3 +271,26 @@ def claim_summary(user: Any, approval: ApprovalRequest, *, may_decide: bool) -> 
         mine=approval.claimed_by_id == user.pk,
         actions=actions,
     )
+
+
+def to_revise(user: Any, *, limit: int) -> list[ApprovalRequest]:
+    """The user's requests sent back for changes (newest first, at most ``limit``), each with
+    ``sent_back_by`` and ``sent_back_comment``: one query, and one more for who asked for the
+    changes when there are any."""
+    rows = list(
+        awaiting_revision(user)
+        .prefetch_related(
+            Prefetch(
+                "decisions",
+                queryset=Decision.objects.filter(outcome=Outcome.REQUEST_CHANGES).select_related(
+                    "decided_by"
+                ),
+                to_attr="sent_back",
+            )
+        )
+        .order_by("-created_at", "-id")[:limit]
+    )
+    for row in rows:
+        row.sent_back_by = row.sent_back[-1].decided_by.get_username() if row.sent_back else ""
+        row.sent_back_comment = row.sent_back[-1].comment if row.sent_back else ""
+    return rows

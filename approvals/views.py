@@ -42,7 +42,7 @@ from .forms import (
     ReviseForm,
     WithdrawForm,
 )
-from .models import ApprovalRequest, Decision, Delegation, Outcome, RequestState
+from .models import ApprovalRequest, Delegation, Outcome, RequestState
 
 User = get_user_model()
 COUNT_CAP = 99  # the navigation shows "99+" beyond this: counting stops at 100 rows
@@ -273,7 +273,7 @@ def inbox_list(request: HttpRequest) -> HttpResponse:
         "kept_comment": kept["comment"],
         "form": form,
         "filters": filters,
-        "to_revise": _to_revise(request.user),
+        "to_revise": selectors.to_revise(request.user, limit=REVISE_LIMIT),
         "rows": page.rows,
         "now": now,
         "pending_count": pending_count(request, pending),
@@ -287,28 +287,6 @@ def inbox_list(request: HttpRequest) -> HttpResponse:
         "any_selectable": any(row.selectable for row in page.rows),
     }
     return render(request, "inbox/list.html", context)
-
-
-def _to_revise(user: Any) -> list[ApprovalRequest]:
-    """The user's requests sent back for changes (newest first): one query, and one more for
-    who asked for the changes when there are any."""
-    rows = list(
-        selectors.awaiting_revision(user)
-        .prefetch_related(
-            Prefetch(
-                "decisions",
-                queryset=Decision.objects.filter(outcome=Outcome.REQUEST_CHANGES).select_related(
-                    "decided_by"
-                ),
-                to_attr="sent_back",
-            )
-        )
-        .order_by("-created_at", "-id")[:REVISE_LIMIT]
-    )
-    for row in rows:
-        row.sent_back_by = row.sent_back[-1].decided_by.get_username() if row.sent_back else ""
-        row.sent_back_comment = row.sent_back[-1].comment if row.sent_back else ""
-    return rows
 
 
 # -- one request --------------------------------------------------------------------------------
