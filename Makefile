@@ -46,6 +46,7 @@ bench-quick: install services-check bench-tools
 	$(PY) bench/run.py --quick $(BENCH_ARGS)
 
 chaos: install services-check
+	$(PY) -m pytest -m chaos tests/test_chaos.py
 	$(PY) bench/chaos.py
 
 clean:

@@ -1,4 +1,4 @@
-"""The small chaos run in CI: ``bench/chaos.py --workflows 100`` as a subprocess.
+"""The small chaos run as a test (``make chaos`` runs it first; ``make test`` leaves it out): ``bench/chaos.py --workflows 100`` as a subprocess.
 
 It runs its own web server and workers on the database ``signoff_chaos`` and Redis db 7, SIGKILLs
 workers, flushes its Redis database and terminates its own database's backends
@@ -39,6 +39,7 @@ TIMEOUT = 900
 
 
 @pytest.mark.e2e
+@pytest.mark.chaos
 def test_chaos_run_keeps_every_invariant(tmp_path: Path) -> None:
     output = tmp_path / "chaos.json"
     env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
