@@ -8,13 +8,14 @@ Example::
         wf, "manager_approval", after=["validate"],
         groups=["managers"], policy="any", due=timedelta(days=2),
         title="Expense {input[amount]} {input[currency]}: {input[description]}",
-        show=[("Amount", "input.amount"), ("Requester", "input.requester")],
+        show=[Show("Amount", "input.amount", column=True), ("Requester", "input.requester")],
         revisable=["amount", "description"], max_rounds=3,
     )
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
@@ -31,6 +32,34 @@ ON_REJECT = ("fail", "continue")
 ON_EXPIRE = ("reject", "approve", "cancel_instance", "fail")
 
 Assignees = Callable[[StepContext], dict[str, Iterable[str]]]
+COLUMN_KEY = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+
+
+@dataclass(frozen=True)
+class Show:
+    """One field an approval shows its deciders: ``label`` and the context ``path`` it comes
+    from (``input.…`` or ``outputs.…``), like the ``(label, path)`` pair. ``column=True`` also
+    makes it a column of the inbox list, sortable; ``key`` names the column in the list's
+    ``sort=`` (default: the path's last part), lower-case letters, digits and ``_``."""
+
+    label: str
+    path: str
+    column: bool = False
+    key: str = ""
+
+    @property
+    def column_key(self) -> str:
+        return self.key or self.path.rsplit(".", 1)[-1]
+
+
+def show_entry(item: str | tuple[str, str] | Show) -> Show:
+    """A ``show=`` entry as a :class:`Show`: a bare path is labelled from its last part."""
+    if isinstance(item, Show):
+        return item
+    if isinstance(item, tuple):
+        label, path = item
+        return Show(str(label), path)
+    return Show(str(item).split(".")[-1].replace("_", " ").capitalize(), item)
 
 
 @dataclass(frozen=True)
@@ -77,7 +106,7 @@ class ApprovalStep(StepSpec):
     reject_requires_comment: bool = True
     allow_self_approval: bool = False
     title: str | Callable[[StepContext], str] = ""
-    show: Sequence[str | tuple[str, str]] = ()
+    show: Sequence[str | tuple[str, str] | Show] = ()
     on_reject: str = "fail"
     due: timedelta | None = None
     requester: Callable[[StepContext], str | None] | None = None
@@ -136,10 +165,24 @@ class ApprovalStep(StepSpec):
                 previous = level.after
             if not (level.users or level.groups or level.assignees):
                 found.append(f"escalation level {number} needs users, groups or assignees")
+        keys: set[str] = set()
         for item in self.show:
-            path = item[1] if isinstance(item, tuple) else item
+            if isinstance(item, Show):
+                path = item.path
+            else:
+                path = item[1] if isinstance(item, tuple) and len(item) == 2 else item
             if not isinstance(path, str) or path.split(".")[0] not in ("input", "outputs"):
                 found.append(f"show entry {item!r} must be a path under input. or outputs.")
+            elif isinstance(item, Show) and item.column:
+                key = item.column_key
+                if not COLUMN_KEY.match(key):
+                    found.append(
+                        f"column key {key!r} must be lower-case letters, digits and _ "
+                        "(at most 40, starting with a letter)"
+                    )
+                elif key in keys:
+                    found.append(f"two columns are named {key!r}: give one a key=")
+                keys.add(key)
         if (
             not isinstance(self.max_rounds, int)
             or isinstance(self.max_rounds, bool)
@@ -228,18 +271,24 @@ class ApprovalStep(StepSpec):
             text = f"{ctx.workflow}: {self.name.replace('_', ' ')}"
         return str(text)[:300]
 
+    @property
+    def columns(self) -> list[Show]:
+        """The ``show=`` entries the inbox list shows as columns."""
+        return [entry for entry in map(show_entry, self.show) if entry.column]
+
     def render_fields(self, ctx: StepContext) -> list[dict[str, Any]]:
+        """The fields as stored on the request: label and value (masked where sealed), and
+        ``column`` (its key) for those the inbox list shows as columns."""
         shown_ctx = shown_context(ctx)
         shown = []
-        for item in self.show:
-            if isinstance(item, tuple):
-                label, path = item
-            else:
-                path = item
-                label = item.split(".")[-1].replace("_", " ").capitalize()
+        for entry in map(show_entry, self.show):
+            path = entry.path
             sealed = any(path == p or path.startswith(p + ".") for p in ctx.sensitive)
             value = sealing.MASK if sealed else lookup(shown_ctx, path)
-            shown.append({"label": label, "value": value})
+            field = {"label": entry.label, "value": value}
+            if entry.column:
+                field["column"] = entry.column_key
+            shown.append(field)
         return shown
 
 
@@ -277,7 +326,7 @@ def approval(
     reject_requires_comment: bool = True,
     allow_self_approval: bool = False,
     title: str | Callable[[StepContext], str] = "",
-    show: Sequence[str | tuple[str, str]] = (),
+    show: Sequence[str | tuple[str, str] | Show] = (),
     on_reject: str = "fail",
     due: timedelta | None = None,
     requester: Callable[[StepContext], str | None] | None = None,
@@ -293,6 +342,10 @@ def approval(
     """Add an approval step to ``workflow``. Its output is the outcome: ``decision``
     (``approved`` / ``rejected`` / ``expired``), ``decided_by``, ``at`` and every ``decisions``
     entry.
+
+    ``show``: what deciders see besides the title, as ``(label, path)`` pairs, bare paths or
+    :class:`Show` entries; ``Show(..., column=True)`` also makes a field a sortable column of
+    the inbox list (for example the amount).
 
     Timers: ``due`` (the request expires then and ``on_expire`` runs: ``reject`` (default),
     ``approve``, ``cancel_instance`` or ``fail``), ``remind_every`` (mail the current assignees

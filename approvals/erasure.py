@@ -28,7 +28,8 @@ def erase_requests(erasure: Erasure) -> int:
         fields, n_fields = scrubber.json(request.fields)
         if n_title or n_fields:
             request.title, request.fields = title[:TITLE_LENGTH], fields
-            request.save(update_fields=["title", "fields"])
+            request.refresh_search()  # the search text quotes the title and the fields
+            request.save(update_fields=["title", "fields", "search_text", "columns"])
             copies += n_title + n_fields
     decisions = Decision.objects.select_for_update().filter(
         request__instance_id=erasure.instance_id

@@ -31,18 +31,20 @@ STATE_CHOICES = [
 SORT_CHOICES = [
     ("newest", "Newest first"),
     ("due", "Due soonest"),
-]
+]  # and col.<key> / -col.<key> for the columns a workflow marks (approvals.search)
 
 
 class InboxFilterForm(forms.Form):
-    """The list's query string. Bad values fall back to the defaults instead of failing."""
+    """The list's query string. A bad tab, order or cursor falls back to the default; the
+    search and the filters are kept as typed (for the page and its links) and checked by
+    :func:`approvals.search.parse_filters`, which refuses bad ones with a 400."""
 
     state = forms.ChoiceField(choices=STATE_CHOICES, required=False)
     workflow = forms.ChoiceField(required=False)
-    q = forms.CharField(required=False, max_length=200, strip=True, label="Business key")
-    sort = forms.ChoiceField(choices=SORT_CHOICES, required=False)
-    after = forms.CharField(required=False, max_length=100)
-    before = forms.CharField(required=False, max_length=100)
+    sort = forms.CharField(required=False, max_length=60)
+    after = forms.CharField(required=False, max_length=200)
+    before = forms.CharField(required=False, max_length=200)
+    TYPED = ("q", "step", "requester", "overdue", "due_before")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -57,14 +59,18 @@ class InboxFilterForm(forms.Form):
         self.fields["workflow"].choices = [("", "All workflows"), *[(n, n) for n in names]]
 
     def values(self) -> dict[str, str]:
-        """The cleaned filters, with defaults for anything missing or invalid."""
+        """The cleaned tab, workflow, order and cursors (defaults for anything missing or
+        invalid) and the other filters as typed (NUL characters dropped, at most 1,000
+        characters: enough to show a refused value)."""
         self.is_valid()  # cleaned_data keeps the valid fields of a partly invalid form
         data = self.cleaned_data
-        q = (data.get("q") or "").replace("\x00", "")
+        typed = {
+            name: str(self.data.get(name) or "").replace("\x00", "")[:1000] for name in self.TYPED
+        }
         return {
             "state": data.get("state") or "pending",
             "workflow": data.get("workflow") or "",
-            "q": q,
+            **typed,
             "sort": data.get("sort") or "newest",
             "after": data.get("after") or "",
             "before": data.get("before") or "",

@@ -16,6 +16,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 from django_fsm import FSMField, FSMModelMixin, transition
 
+from orchestration import sealing
 from orchestration.models import StepRun, WorkflowInstance
 
 
@@ -73,6 +74,30 @@ R = RequestState
 C = ClaimState
 
 
+SEARCH_TEXT_MAX = 2000  # characters of a request's search text
+
+
+def _searchable(value: Any) -> bool:
+    """A scalar worth matching or sorting by: text or a number, not the mask of a sealed
+    value, not a list of files or an object."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        return False
+    return value != sealing.MASK and value != ""
+
+
+def search_document(title: str, business_key: str, requester: str, fields: Any) -> str:
+    """What a request's text search matches: its title, business key, requester's username
+    and shown field values, lower case, at most SEARCH_TEXT_MAX characters."""
+    parts = [title, business_key, requester]
+    if isinstance(fields, list):
+        parts += [
+            str(field.get("value"))
+            for field in fields
+            if isinstance(field, dict) and _searchable(field.get("value"))
+        ]
+    return " ".join(part for part in parts if part).lower()[:SEARCH_TEXT_MAX]
+
+
 def _pending(request: ApprovalRequest) -> bool:
     return request.state == R.PENDING
 
@@ -93,8 +118,14 @@ class ApprovalRequest(FSMModelMixin, models.Model):
     business_key = models.CharField(max_length=200, blank=True, default="")
     step_name = models.CharField(max_length=100)
     title = models.CharField(max_length=300)
-    # What the approver sees: [{"label": ..., "value": ...}], captured when requested.
+    # What the approver sees: [{"label": ..., "value": ..., "column": key?}], captured when
+    # requested (sealed values masked).
     fields = models.JSONField(default=list, blank=True)
+    # Derived from the above when written (see ``refresh_search``): what the inbox's text
+    # search matches (lower case; a trigram index on PostgreSQL) and the values of the fields
+    # the step shows as columns, by column key (what the list sorts by).
+    search_text = models.TextField(blank=True, default="", editable=False)
+    columns = models.JSONField(default=dict, blank=True, editable=False)
     policy = models.CharField(max_length=10, choices=Policy.choices, default=Policy.ANY)
     quorum = models.PositiveSmallIntegerField(default=1)
     veto = models.BooleanField(default=True, help_text="a single rejection rejects")
@@ -220,6 +251,21 @@ class ApprovalRequest(FSMModelMixin, models.Model):
                 condition=Q(state="pending", claim_state="claimed", claim_expires_at__isnull=False),
             ),
         ]
+
+    def refresh_search(self, requester_name: str | None = None) -> None:
+        """Derive ``search_text`` and ``columns`` from the title, business key, requester and
+        fields (whose sealed values are already masked: nothing sealed gets in). Call before
+        saving whenever those change; ``requester_name`` spares loading the requester."""
+        if requester_name is None:
+            requester_name = self.requester.get_username() if self.requester_id else ""
+        self.search_text = search_document(
+            self.title, self.business_key, requester_name, self.fields
+        )
+        self.columns = {
+            field["column"]: field["value"]
+            for field in self.fields
+            if isinstance(field, dict) and field.get("column") and _searchable(field.get("value"))
+        }
 
     def __str__(self) -> str:
         return f"{self.title} ({self.state})"

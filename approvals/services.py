@@ -175,6 +175,7 @@ def open_round(
         created_at=now,
         due_at=timer_at(spec, now, spec.due),
     )
+    request.refresh_search(requester.get_username() if requester else "")
     request.next_reminder_at = _before_due(request, timer_at(spec, now, spec.remind_every))
     request.next_escalation_at = (
         timer_at(spec, now, spec.escalate[0].after) if spec.escalate else None

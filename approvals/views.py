@@ -7,15 +7,13 @@ number and cost of queries do not grow with the data.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
 from django.contrib import messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
-from django.db.models import F, Prefetch, Q, QuerySet
+from django.db.models import Prefetch, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -24,11 +22,12 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_http_methods, require_POST
 
 from orchestration import sealing
-from orchestration.errors import SignoffError
+from orchestration.definitions import registry
+from orchestration.errors import InvalidInput, SignoffError
 from orchestration.middleware import accepts_uploads
 from orchestration.models import Event
 
-from . import comments, context, policy, selectors, services
+from . import comments, context, policy, search, selectors, services
 from .forms import (
     BULK_LIMIT,
     PAGE_SIZE,
@@ -48,8 +47,6 @@ User = get_user_model()
 COUNT_CAP = 99  # the navigation shows "99+" beyond this: counting stops at 100 rows
 HISTORY_LIMIT = 200  # events shown on the detail page (the latest ones)
 REVISE_LIMIT = 20  # requests listed under "Revise and resubmit" at the top of the inbox
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-MICROSECOND = timedelta(microseconds=1)
 
 LISTS = {
     "pending": selectors.decidable_by,
@@ -72,97 +69,6 @@ def pending_count(request: HttpRequest, pending: QuerySet[ApprovalRequest] | Non
         cached = f"{COUNT_CAP}+" if found > COUNT_CAP else str(found)
         request._inbox_pending_count = cached
     return cached
-
-
-# -- keyset pagination --------------------------------------------------------------------------
-
-
-def _encode(moment: datetime | None, pk: int) -> str:
-    # Whole microseconds since the epoch: exact, unlike a float timestamp.
-    stamp = "n" if moment is None else str((moment - EPOCH) // MICROSECOND)
-    return f"{stamp}_{pk}"
-
-
-def _decode(cursor: str) -> tuple[datetime | None, int] | None:
-    try:
-        stamp, pk = cursor.split("_", 1)
-        moment = None if stamp == "n" else EPOCH + int(stamp) * MICROSECOND
-        number = int(pk)
-    except (ValueError, OverflowError, OSError):
-        return None
-    if not 0 < number < 2**63:
-        return None
-    return moment, number
-
-
-@dataclass(frozen=True)
-class Sort:
-    """One list order, with the conditions that select rows after or before a cursor."""
-
-    name: str
-
-    def forward(self) -> list[Any]:
-        if self.name == "due":
-            return [F("due_at").asc(nulls_last=True), "id"]
-        return ["-created_at", "-id"]
-
-    def backward(self) -> list[Any]:
-        if self.name == "due":
-            return [F("due_at").desc(nulls_first=True), "-id"]
-        return ["created_at", "id"]
-
-    def key(self, row: ApprovalRequest) -> str:
-        return _encode(row.due_at if self.name == "due" else row.created_at, row.pk)
-
-    def after(self, moment: datetime | None, pk: int) -> Q:
-        if self.name == "due":
-            if moment is None:
-                return Q(due_at__isnull=True, id__gt=pk)
-            return (Q(due_at__gte=moment) & (Q(due_at__gt=moment) | Q(id__gt=pk))) | Q(
-                due_at__isnull=True
-            )
-        if moment is None:
-            return Q(pk__in=[])
-        # The range condition lets PostgreSQL start the index scan at the cursor.
-        return Q(created_at__lte=moment) & (Q(created_at__lt=moment) | Q(id__lt=pk))
-
-    def before(self, moment: datetime | None, pk: int) -> Q:
-        if self.name == "due":
-            if moment is None:
-                return Q(due_at__isnull=False) | Q(due_at__isnull=True, id__lt=pk)
-            return Q(due_at__lte=moment) & (Q(due_at__lt=moment) | Q(id__lt=pk))
-        if moment is None:
-            return Q(pk__in=[])
-        return Q(created_at__gte=moment) & (Q(created_at__gt=moment) | Q(id__gt=pk))
-
-
-@dataclass
-class Page:
-    rows: list[ApprovalRequest]
-    next_cursor: str | None
-    prev_cursor: str | None
-
-
-def paginate(qs: QuerySet[ApprovalRequest], sort: Sort, after: str, before: str) -> Page:
-    """One page in one query (PAGE_SIZE + 1 rows tell whether there is more); no COUNT."""
-    if before and (cursor := _decode(before)):
-        rows = list(qs.filter(sort.before(*cursor)).order_by(*sort.backward())[: PAGE_SIZE + 1])
-        more = len(rows) > PAGE_SIZE
-        rows = rows[:PAGE_SIZE][::-1]
-        if not rows:
-            return paginate(qs, sort, "", "")
-        return Page(rows, sort.key(rows[-1]), sort.key(rows[0]) if more else None)
-    if after and (cursor := _decode(after)):
-        rows = list(qs.filter(sort.after(*cursor)).order_by(*sort.forward())[: PAGE_SIZE + 1])
-        more = len(rows) > PAGE_SIZE
-        rows = rows[:PAGE_SIZE]
-        if not rows:
-            return paginate(qs, sort, "", "")
-        return Page(rows, sort.key(rows[-1]) if more else None, sort.key(rows[0]))
-    rows = list(qs.order_by(*sort.forward())[: PAGE_SIZE + 1])
-    more = len(rows) > PAGE_SIZE
-    rows = rows[:PAGE_SIZE]
-    return Page(rows, sort.key(rows[-1]) if more else None, None)
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -243,20 +149,32 @@ def _why_not(
 @login_required
 @require_http_methods(["GET", "HEAD"])
 def inbox_list(request: HttpRequest) -> HttpResponse:
+    """The list: a tab (pending, decided, all), text search and filters, an order (newest,
+    due, or a column), one keyset page. Wrong filters answer 400 with the reason and the form
+    as typed; a wrong tab, order or cursor falls back to the default."""
     form = InboxFilterForm(request.GET)
     filters = form.values()
     pending = selectors.decidable_by(request.user)
+    try:
+        params = request.GET.copy()
+        params["workflow"] = filters["workflow"]  # an unknown workflow means every workflow
+        found = search.parse_filters(params, search="q")
+    except InvalidInput as exc:
+        context = {
+            **_list_context(request, filters, pending, rows=[], columns=[]),
+            "filter_error": exc.message,
+        }
+        return render(request, "inbox/list.html", context, status=400)
     qs = pending if filters["state"] == "pending" else LISTS[filters["state"]](request.user)
-    if filters["workflow"]:
-        qs = qs.filter(workflow=filters["workflow"])
-    if filters["q"]:
-        qs = qs.filter(business_key__startswith=filters["q"])
+    now = timezone.now()
+    qs = search.apply(qs, found, now)
     qs = qs.select_related("requester", "claimed_by").prefetch_related(
         "assignee_groups", Prefetch("assignee_users", queryset=User.objects.only("username"))
     )
-    sort = Sort(filters["sort"])
-    page = paginate(qs, sort, filters["after"], filters["before"])
-    now = timezone.now()
+    columns = search.columns_for(registry.all(), found.workflow, found.step)
+    sort = search.sort_for(filters["sort"], columns)
+    filters["sort"] = sort.name
+    page = search.paginate(qs, sort, filters["after"], filters["before"], PAGE_SIZE)
     for row in page.rows:
         row.overdue = bool(row.state == RequestState.PENDING and row.due_at and row.due_at < now)
         row.claim_holder = selectors.claim_holder_name(row, now)
@@ -265,28 +183,63 @@ def inbox_list(request: HttpRequest) -> HttpResponse:
         row.selectable = row.state == RequestState.PENDING and (
             row.claim_holder is None or row.claim_mine
         )
+        values = row.columns if isinstance(row.columns, dict) else {}
+        row.column_values = [(c.label, values.get(c.column_key)) for c in columns]
     kept = request.session.pop(KEPT_SELECTION, None) or {"ids": [], "comment": ""}
     for row in page.rows:
         row.picked = row.selectable and str(row.pk) in kept["ids"]
-    current = _list_url(filters, after=filters["after"], before=filters["before"])
     context = {
+        **_list_context(request, filters, pending, rows=page.rows, columns=columns),
         "kept_comment": kept["comment"],
-        "form": form,
-        "filters": filters,
-        "to_revise": selectors.to_revise(request.user, limit=REVISE_LIMIT),
-        "rows": page.rows,
         "now": now,
-        "pending_count": pending_count(request, pending),
-        "tabs": [(value, label, _list_url(filters, state=value)) for value, label in STATE_CHOICES],
-        "sorts": [(value, label, _list_url(filters, sort=value)) for value, label in SORT_CHOICES],
         "next_url": _list_url(filters, after=page.next_cursor) if page.next_cursor else None,
         "prev_url": _list_url(filters, before=page.prev_cursor) if page.prev_cursor else None,
         "first_url": _list_url(filters) if page.prev_cursor else None,
-        "current_url": current,
-        "filtered": bool(filters["workflow"] or filters["q"]),
+        "filtered": found.any,
         "any_selectable": any(row.selectable for row in page.rows),
     }
     return render(request, "inbox/list.html", context)
+
+
+def _list_context(
+    request: HttpRequest,
+    filters: dict[str, str],
+    pending: QuerySet[ApprovalRequest],
+    *,
+    rows: list[ApprovalRequest],
+    columns: list[Any],
+) -> dict[str, Any]:
+    """What the list page shows around its rows: the tabs, the filter form as typed, the
+    orders (a column header sorts by it, a second click the other way)."""
+    sorts = [(value, label, _list_url(filters, sort=value)) for value, label in SORT_CHOICES]
+    headers = []
+    for column in columns:
+        up = f"col.{column.column_key}"
+        current = filters["sort"] in (up, f"-{up}")
+        flip = f"-{up}" if filters["sort"] == up else up
+        direction = (
+            "" if not current else "descending" if filters["sort"].startswith("-") else "ascending"
+        )
+        headers.append(
+            {"label": column.label, "url": _list_url(filters, sort=flip), "sorted": direction}
+        )
+        sorts += [
+            (up, f"{column.label}, low to high", _list_url(filters, sort=up)),
+            (f"-{up}", f"{column.label}, high to low", _list_url(filters, sort=f"-{up}")),
+        ]
+    return {
+        "form": filters,
+        "filters": filters,
+        "workflows": InboxFilterForm().fields["workflow"].choices,
+        "steps": search.step_names(registry.all(), filters["workflow"]),
+        "to_revise": selectors.to_revise(request.user, limit=REVISE_LIMIT),
+        "rows": rows,
+        "columns": headers,
+        "pending_count": pending_count(request, pending),
+        "tabs": [(value, label, _list_url(filters, state=value)) for value, label in STATE_CHOICES],
+        "sorts": sorts,
+        "current_url": _list_url(filters, after=filters["after"], before=filters["before"]),
+    }
 
 
 # -- one request --------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 
-from approvals.definitions import Escalation, approval
+from approvals.definitions import Escalation, Show, approval
 from orchestration.attachments import REFS_SCHEMA
 from orchestration.definitions import (
     NonRetryableError,
@@ -71,7 +71,7 @@ expenses = Workflow(
 REVISABLE = ["amount", "description", "receipts"]
 
 SHOW = [
-    ("Amount", "input.amount"),
+    Show("Amount", "input.amount", column=True),  # a sortable column of the inbox list
     ("Currency", "input.currency"),
     ("Description", "input.description"),
     ("Requester", "input.requester"),

@@ -208,6 +208,11 @@ class ApprovalRequestSerializer(serializers.ModelSerializer):
     policy = serializers.ChoiceField(choices=Policy.choices)
     quorum = serializers.IntegerField(help_text="Approvals needed under policy quorum.")
     fields = FieldSerializer(many=True, help_text="What the approver is shown.")
+    columns = serializers.DictField(
+        help_text="The values of the fields the step shows as inbox columns "
+        '(`Show(..., column=True)`), by column key, for example {"amount": 86.4}; sealed '
+        "values never appear."
+    )
     requester = serializers.SlugRelatedField(
         slug_field="username",
         read_only=True,
@@ -234,6 +239,7 @@ class ApprovalRequestSerializer(serializers.ModelSerializer):
             "policy",
             "quorum",
             "fields",
+            "columns",
             "requester",
             "assignees",
             "created_at",
@@ -319,6 +325,7 @@ class ApprovalRequestSerializer(serializers.ModelSerializer):
                 {"label": item.get("label"), "value": sealing.masked(item.get("value"))}
                 for item in obj.fields
             ],
+            "columns": obj.columns,
             "requester": obj.requester.get_username() if obj.requester_id else None,
             "assignees": self.get_assignees(obj),
             "created_at": timestamp(obj.created_at),

@@ -23,7 +23,7 @@ from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from approvals import comments, policy, selectors, services
+from approvals import comments, policy, search, selectors, services
 from approvals.context import decision_lines
 from approvals.models import ApprovalRequest, Channel, Decision, Outcome, RequestState
 from orchestration.api.pagination import CheckedCursorPagination
@@ -65,6 +65,7 @@ LIST_COLUMNS = [
     "policy",
     "quorum",
     "fields",
+    "columns",
     "requester_id",
     f"requester__{User.USERNAME_FIELD}",
     "created_at",
@@ -176,10 +177,17 @@ def _filter_value(name: str, value: str | None) -> str | None:
 
 
 def approval_list(
-    *, user: Any, state: str | None, workflow: str | None, business_key: str | None
+    *,
+    user: Any,
+    state: str | None,
+    workflow: str | None,
+    business_key: str | None,
+    filters: search.Filters | None = None,
 ) -> QuerySet[ApprovalRequest]:
     """The list's query from its query parameters (unordered: the pagination orders it);
-    an unknown ``state`` or a NUL in a filter is :class:`InvalidInput`."""
+    an unknown ``state`` or a NUL in a filter is :class:`InvalidInput`. ``filters`` (text
+    search, step, requester, overdue, due before) as :func:`approvals.search.parse_filters`
+    read them."""
     state = "pending" if state is None else state
     if state == "pending":
         qs = selectors.decidable_by(user)
@@ -197,6 +205,8 @@ def approval_list(
         qs = qs.filter(workflow=workflow)
     if _filter_value("business_key", business_key):
         qs = qs.filter(business_key=business_key)
+    if filters is not None:
+        qs = search.apply(qs, filters, timezone.now())
     # With attach_assignees, two queries for any page.
     return qs.select_related("requester", "claimed_by").only(*LIST_COLUMNS)
 
@@ -255,7 +265,25 @@ class ApprovalListView(ApiView):
                 description="; ".join(f"{k}: {v}" for k, v in STATES.items()),
             ),
             OpenApiParameter("workflow", str, description="Workflow name."),
-            OpenApiParameter("business_key", str),
+            OpenApiParameter("business_key", str, description="Exactly this business key."),
+            OpenApiParameter(
+                "search",
+                str,
+                description="Words (at most 200 characters, the first 8 words count) each "
+                "found anywhere, case-insensitively, in the title, business key, requester's "
+                "username or a shown field's value.",
+            ),
+            OpenApiParameter("step", str, description="Approval step name."),
+            OpenApiParameter("requester", str, description="Requester's username."),
+            OpenApiParameter(
+                "overdue", bool, description="true: only pending requests past their due time."
+            ),
+            OpenApiParameter(
+                "due_before",
+                str,
+                description="ISO date (its start, server time zone) or date and time: only "
+                "requests due before it.",
+            ),
         ],
         responses={
             200: ApprovalRequestSerializer(many=True),
@@ -267,12 +295,16 @@ class ApprovalListView(ApiView):
         },
     )
     def get(self, request: Request) -> Response:
-        state = request.query_params.get("state")
+        params = request.query_params
+        state = params.get("state")
+        # workflow: checked for NUL by approval_list, as before.
+        filters = search.parse_filters({**params.dict(), "workflow": ""})
         qs = approval_list(
             user=request.user,
             state=state,
-            workflow=request.query_params.get("workflow"),
-            business_key=request.query_params.get("business_key"),
+            workflow=params.get("workflow"),
+            business_key=params.get("business_key"),
+            filters=filters,
         )
         paginator = CreationOrderPagination() if state == "all" else self.pagination_class()
         page = attach_assignees(paginator.paginate_queryset(qs, request, view=self) or [])

@@ -38,6 +38,19 @@ def compact_json(value: Any) -> str:
 
 
 @register.filter
+def column_value(value: Any) -> str:
+    """A column's value in the inbox list: numbers with thousands separators (decimal
+    numbers with two decimals), text as it is, nothing as ``—``."""
+    if isinstance(value, bool) or value is None or value == "":
+        return field_value(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:,.2f}"
+    return str(value)
+
+
+@register.filter
 def field_value(value: Any) -> str:
     """A field shown to people, as text, never JSON: ``["bob"]`` → ``bob``, a list as
     ``a, b``, a dict as ``key: value; key: value``, nested ones in parentheses, nothing as

@@ -351,7 +351,8 @@ def test_detail_for_an_assignee(expense: ApprovalRequest, bob) -> None:
     assert body["decisions"] == []
     assert body["reject_requires_comment"] is True
     assert body["veto"] is True
-    assert body["fields"] == expense.fields
+    assert body["fields"] == [{"label": f["label"], "value": f["value"]} for f in expense.fields]
+    assert body["columns"] == {"amount": 50}
     assert body["assignees"] == {"users": [], "groups": ["managers"]}
     assert body["instance"] == str(expense.instance_id)
     # bob did not start the instance, and the instance API would not show it to him
