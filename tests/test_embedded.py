@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -209,6 +210,8 @@ def test_embedded_default_runs_a_workflow_and_stops_cleanly(
     manage(env, "seed_demo")
     match = re.search(r"\b([0-9a-f]{40})\b", manage(env, "drf_create_token", "alice"))
     assert match, "no token in drf_create_token output"
+    bob_token = re.search(r"\b([0-9a-f]{40})\b", manage(env, "drf_create_token", "bob"))
+    assert bob_token, "no token in drf_create_token output"
     assert (data_dir / "signoff.sqlite3").exists(), "the SQLite file is not in SIGNOFF_DATA_DIR"
 
     port = free_port()
@@ -256,6 +259,24 @@ def test_embedded_default_runs_a_workflow_and_stops_cleanly(
     assert steps["provision_infrastructure"]["state"] == "succeeded"
     assert steps["provision_infrastructure"]["attempt"] == 2
     assert all(step["state"] == "succeeded" for step in steps.values()), steps
+
+    # The inbox's text search on SQLite (no trigram index: a scan, the same answers): bob,
+    # a manager, finds the demo's conference expense by a word of it and by its amount.
+    bob = Api(api.base, bob_token.group(1))
+
+    def searched(text: str) -> list[str] | None:
+        status, body = bob.call("GET", f"/api/v1/approvals/?search={urllib.parse.quote(text)}")
+        assert status == 200, body
+        return [item["business_key"] for item in body["results"]] or None
+
+    assert wait_until(lambda: searched("CONFERENCE"), 60, "the demo expenses", run) == [
+        "EXPENSE-2"
+    ]
+    assert searched("1850") == ["EXPENSE-2"]
+    assert searched("taxi alice") == ["EXPENSE-1"]
+    assert searched("100%") is None  # a % is a character, not a wildcard
+    status, body = bob.call("GET", "/api/v1/approvals/?search=" + "x" * 201)
+    assert status == 400 and '"invalid_filter"' in body, body
 
     # Beat runs the sweepers from the DatabaseScheduler on SQLite, and the worker runs them.
     wait_until(
