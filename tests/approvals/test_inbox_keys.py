@@ -1,12 +1,17 @@
-"""A decision goes back to the filtered inbox list it came from ("next", an inbox URL only)."""
+"""The inbox list's keyboard decisions, server side: the list gives each row what the dialog
+needs (only rows the user may decide get a decide URL), the dialog posts the ordinary decision
+form with the CSRF token, and a decision goes back to the filtered list it came from ("next",
+an inbox URL only). The keys themselves are tested in test_inbox_keys_browser.py."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
 from django.test import Client
 
+from approvals import claims, services
 from approvals.models import ApprovalRequest, Decision
 from orchestration.models import Event
 
@@ -28,6 +33,63 @@ UNSAFE_NEXT = {
 
 def state_of(request: ApprovalRequest) -> str:
     return ApprovalRequest.objects.get(pk=request.pk).state
+
+
+def row_tag(page: str, pk: int) -> str:
+    match = re.search(rf'<li class="[^"]*" data-request="{pk}"[^>]*>', page)
+    assert match, f"request {pk} is not listed"
+    return match.group(0)
+
+
+def test_list_rows_carry_what_the_dialog_needs_for_requests_the_user_may_decide(
+    client: Client, people: Any, expense: Any
+) -> None:
+    taxi = expense(description="Taxi")
+    hotel = expense(description="Hotel")
+    ApprovalRequest.objects.filter(pk=hotel.pk).update(reject_requires_comment=False)
+    claimed = expense(description="Lunch")
+    claims.approval_claim(request_id=claimed.pk, user=people["dave"])
+    client.force_login(people["bob"])
+    page = client.get("/inbox/?sort=due").content.decode()
+
+    tag = row_tag(page, taxi.pk)
+    assert 'data-title="Expense: 120 EUR for Taxi"' in tag
+    assert f'data-decide-url="/inbox/{taxi.pk}/decide/"' in tag
+    assert 'data-reject-needs-comment="true"' in tag
+    assert 'data-reject-needs-comment="false"' in row_tag(page, hotel.pk)
+    # Claimed by dave: no checkbox, and nothing for "a" or "r" to post to.
+    assert "data-decide-url" not in row_tag(page, claimed.pk)
+    assert f'id="pick-{claimed.pk}"' not in page
+
+    assert '<script src="/static/approvals/inbox-keys.js" defer></script>' in page
+    assert "Select all on this page" in page
+    assert "Keyboard: <kbd>j</kbd>/<kbd>k</kbd> move" in page
+    dialog = re.search(r'<dialog class="keys-dialog" id="decide-dialog".*?</dialog>', page, re.S)
+    assert dialog, "the decision dialog is on the page"
+    assert 'name="csrfmiddlewaretoken"' in dialog.group(0)
+    assert '<input type="hidden" name="next" value="/inbox/?sort=due">' in dialog.group(0)
+    assert page.count('id="decide-dialog"') == 1
+
+
+def test_decided_rows_offer_no_decision_and_an_empty_list_no_keys(
+    client: Client, people: Any, expense: Any
+) -> None:
+    taxi = expense()
+    services.approval_decide(request_id=taxi.pk, user=people["bob"], outcome="approve")
+    client.force_login(people["bob"])
+    decided = client.get("/inbox/?state=decided").content.decode()
+    assert "data-decide-url" not in row_tag(decided, taxi.pk)
+    assert "Select all on this page" not in decided  # nothing on the page can be selected
+    assert 'id="decide-dialog"' in decided  # j/k/o and the help still work
+    empty = client.get("/inbox/").content.decode()
+    assert "All caught up" in empty
+    assert 'id="decide-dialog"' not in empty and "Keyboard:" not in empty
+
+
+def test_the_keyboard_script_is_served_locally(client: Client) -> None:
+    response = client.get("/static/approvals/inbox-keys.js")
+    assert response.status_code == 200
+    assert b"showModal" in b"".join(response.streaming_content)
 
 
 def test_decide_goes_back_to_the_filtered_list_named_in_next(
