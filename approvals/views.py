@@ -8,7 +8,7 @@ number and cost of queries do not grow with the data.
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import unquote, urlencode, urlsplit
 
 from django.contrib import messages
 from django.contrib.auth import get_user_model
@@ -83,16 +83,27 @@ def _list_url(filters: dict[str, str], **changes: str) -> str:
 
 
 def _safe_next(request: HttpRequest, candidate: str | None) -> str:
+    """``candidate`` if it is a URL of the inbox on this site (the list with its query string,
+    as the bulk form and the keyboard's decision dialog post it), else the list. Django's
+    check also refuses URLs over 2048 characters."""
     fallback = reverse("inbox:list")
     if (
         candidate
         and candidate.startswith(fallback)
+        and not _climbs(candidate)
         and url_has_allowed_host_and_scheme(
             candidate, allowed_hosts={request.get_host()}, require_https=request.is_secure()
         )
     ):
         return candidate
     return fallback
+
+
+def _climbs(url: str) -> bool:
+    """Whether the path has a dot segment ("/inbox/../admin/"; browsers also read "%2e" as a
+    dot and a backslash as a slash), which would lead out of the inbox."""
+    path = unquote(urlsplit(url).path).replace("\\", "/")
+    return any(segment in (".", "..") for segment in path.split("/"))
 
 
 def _refusal(exc: SignoffError) -> str:
@@ -374,8 +385,10 @@ def inbox_detail(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 @require_POST
 def inbox_decide(request: HttpRequest, pk: int) -> HttpResponse:
-    """Decide one request. Success: back to the list with a message. A refusal re-renders the
-    page with the reason and the service's status (403, 409, 400); nothing is written."""
+    """Decide one request. Success: back to the list with a message, or to the inbox URL
+    posted as ``next`` (the filtered page a keyboard decision came from; anything else falls
+    back to the list). A refusal re-renders the page with the reason and the service's status
+    (403, 409, 400); nothing is written."""
     form = DecisionForm(request.POST)
     if not form.is_valid():
         approval = _visible_or_404(request, pk)
@@ -424,7 +437,7 @@ def inbox_decide(request: HttpRequest, pk: int) -> HttpResponse:
         )
     else:
         messages.success(request, f"{verb} “{approval.title}”.")
-    return redirect("inbox:list")
+    return redirect(_safe_next(request, request.POST.get("next")))
 
 
 @accepts_uploads

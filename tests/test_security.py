@@ -294,6 +294,19 @@ def _bulk_judge(response: HttpResponse, w: World | None = None) -> Any:
     return texts
 
 
+def _decide_with_unsafe_next(c: Client, w: World) -> HttpResponse:
+    return c.post(
+        f"/inbox/{w.approval.pk}/decide/", {"outcome": "approve", "next": "https://evil.example/"}
+    )
+
+
+def _back_on_the_list(response: HttpResponse, w: World | None = None) -> Any:
+    """A decision posted with a ``next`` outside the inbox still lands on the inbox list."""
+    if response.status_code != 302 or response["Location"].startswith("/accounts/login/"):
+        return None
+    return DONE if response["Location"] == "/inbox/" else f"to {response['Location']}"
+
+
 LEAK = "leak"  # a page that showed something usable (a live link, a whole API token)
 
 
@@ -394,6 +407,10 @@ OPS: dict[str, Op] = {
     "POST /inbox/{id}/decide/": Op(
         lambda c, w: c.post(f"/inbox/{w.approval.pk}/decide/", {"outcome": "approve"}),
         writes=True,
+    ),
+    # the keyboard's decision dialog posts "next": only an inbox URL is followed
+    "POST /inbox/{id}/decide/ next=another site": Op(
+        _decide_with_unsafe_next, writes=True, judge=_back_on_the_list
     ),
     # the web start: only for the workflow's startable_by groups (and superusers)
     "GET /start/": Op(
@@ -508,6 +525,7 @@ MATRIX: dict[str, tuple[Any, ...]] = {
     "GET /inbox/{id}/":                             (LOGIN, 200, 200, 200, 200, 200, 200),
     "GET /requests/":                               (LOGIN, LISTED, HIDDEN, HIDDEN, HIDDEN, HIDDEN, HIDDEN),  # noqa: E501
     "POST /inbox/{id}/decide/":                     (LOGIN, 403, DONE, 403, 403, 403, 403),
+    "POST /inbox/{id}/decide/ next=another site":   (LOGIN, 403, DONE, 403, 403, 403, 403),
     "GET /start/":                                  (LOGIN, LISTED, HIDDEN, HIDDEN, HIDDEN, HIDDEN, LISTED),  # noqa: E501
     "GET /start/expense_approval/":                 (LOGIN, 200, 403, 403, 403, 403, 200),
     "POST /start/expense_approval/":                (LOGIN, DONE, 403, 403, 403, 403, DONE),

@@ -41,7 +41,7 @@ def listed(response: Any) -> list[int]:
 
 def row_html(response: Any, pk: int) -> str:
     html = response.content.decode()
-    match = re.search(rf'<li class="([^"]*)" data-request="{pk}">(.*?)</li>', html, re.S)
+    match = re.search(rf'<li class="([^"]*)" data-request="{pk}"[^>]*>(.*?)</li>', html, re.S)
     assert match, f"request {pk} is not listed"
     return match.group(1) + match.group(2)
 
