@@ -96,13 +96,19 @@ LAYOUT = {
     "groups": 20,
     "direct_every": 5,  # every fifth request is also assigned to one user directly
     "events_per_pending": 6,
-    "version": 1,
+    "version": 2,  # 2: search text and the amount column
 }
+# Words of the titles (request g has WORDS[g % 8]); a search for one matches 1 in 8.
+WORDS = ["taxi", "hotel", "train", "laptop", "conference", "books", "lunch", "flight"]
+# A pending request bench_u000 may decide (g a multiple of 200 goes to bench_g00).
+RARE_KEY = "BK-0123400"
 TARGET = "bench_u000"
 log = make_log("inbox")
 
 AIMS = {
     "api_list": 15.0,
+    "api_search_word": 30.0,
+    "api_search_key": 30.0,
     "html_list": 50.0,
     "html_detail": 50.0,
 }
@@ -141,7 +147,7 @@ def setup_django() -> None:
 
 def register_workflows() -> None:
     """The 20 bench workflows: one approval step ``approve`` for a group."""
-    from approvals.definitions import approval
+    from approvals.definitions import Show, approval
     from orchestration.definitions import Workflow, registry
 
     for i in range(LAYOUT["workflows"]):
@@ -149,7 +155,13 @@ def register_workflows() -> None:
         if registry.get(name, 1) is not None:
             continue
         wf = Workflow(name, version=1, description="inbox benchmark")
-        approval(wf, "approve", groups=[f"bench_g{i:02d}"], title="Expense {input[n]}")
+        approval(
+            wf,
+            "approve",
+            groups=[f"bench_g{i:02d}"],
+            title="Expense {input[n]}",
+            show=[Show("Amount", "input.amount", column=True)],
+        )
         registry.register(wf)
 
 
@@ -377,11 +389,18 @@ def seed() -> dict[str, Any]:
                 "workflow": "'bench_wf_' || lpad(wf::text, 2, '0')",
                 "business_key": "'BK-' || lpad(g::text, 7, '0')",
                 "step_name": "'approve'",
-                "title": "'Expense ' || g || ': ' || (g % 5000) || ' EUR for bench item'",
+                "title": "'Expense ' || g || ': ' || (g % 5000) || ' EUR for ' || "
+                f"(ARRAY{WORDS!r})[g % {len(WORDS)} + 1]",
                 "fields": "jsonb_build_array("
-                "jsonb_build_object('label', 'Amount', 'value', g % 5000), "
+                "jsonb_build_object('label', 'Amount', 'value', g % 5000, 'column', 'amount'), "
                 "jsonb_build_object('label', 'Currency', 'value', 'EUR'), "
                 "jsonb_build_object('label', 'Description', 'value', 'bench item ' || g))",
+                # approvals.models.search_document: title, key, requester, field values.
+                "search_text": "lower('Expense ' || g || ': ' || (g % 5000) || ' EUR for ' || "
+                f"(ARRAY{WORDS!r})[g % {len(WORDS)} + 1] || ' BK-' || lpad(g::text, 7, '0') "
+                "|| ' ' || (SELECT username FROM auth_user WHERE id = requester_id) || ' ' || "
+                "(g % 5000) || ' EUR bench item ' || g)",
+                "columns": "jsonb_build_object('amount', g % 5000)",
                 "policy": "'any'",
                 "quorum": "1",
                 "state": "state",
@@ -605,12 +624,18 @@ def run(args: argparse.Namespace, mode: str) -> dict[str, Any]:
     timed("api_list_decided", api, lambda i: "/api/v1/approvals/?state=decided")
     timed("api_list_all", api, lambda i: "/api/v1/approvals/?state=all")
     timed("api_detail", api, lambda i: f"/api/v1/approvals/{detail_ids[i % len(detail_ids)]}/")
+    timed("api_search_word", api, lambda i: f"/api/v1/approvals/?search={WORDS[i % len(WORDS)]}")
+    timed("api_search_key", api, lambda i: f"/api/v1/approvals/?search={RARE_KEY}")
+    timed("api_search_miss", api, lambda i: "/api/v1/approvals/?search=zzqx")
+    timed("api_search_all", api, lambda i: "/api/v1/approvals/?state=all&search=hotel")
 
     probe_list = html.get("/inbox/")
     if probe_list.status_code == 200:
         timed("html_list", html, lambda i: "/inbox/")
     else:
         notes.append(f"HTML list skipped: GET /inbox/ answered {probe_list.status_code}")
+    timed("html_search", html, lambda i: f"/inbox/?q={WORDS[i % len(WORDS)]}")
+    timed("html_sort_amount", html, lambda i: "/inbox/?sort=-col.amount")
     probe_detail = html.get(f"/inbox/{pending_ids[0]}/")
     if probe_detail.status_code == 200:
         timed("html_detail", html, lambda i: f"/inbox/{detail_ids[i % len(detail_ids)]}/")
@@ -698,7 +723,13 @@ def summarise(report: dict[str, Any]) -> list[dict[str, Any]]:
         "api_list": "API list (pending, first page)",
         "api_list_page2": "API list, second page",
         "api_detail": "API detail",
+        "api_search_word": "API text search, a word in 1 of 8",
+        "api_search_key": "API text search, one business key",
+        "api_search_miss": "API text search, no match",
+        "api_search_all": "API text search, state=all",
         "html_list": "HTML inbox list",
+        "html_search": "HTML inbox search",
+        "html_sort_amount": "HTML inbox by amount column",
         "html_detail": "HTML inbox detail",
     }
     for name, label in labels.items():
