@@ -1,4 +1,5 @@
-"""The small chaos run as a test (``make chaos`` runs it first; ``make test`` leaves it out): ``bench/chaos.py --workflows 100`` as a subprocess.
+"""The small chaos run as a test (``make chaos`` runs it first; ``make test`` leaves it out):
+``bench/chaos.py --workflows 100`` as a subprocess.
 
 It runs its own web server and workers on the database ``signoff_chaos`` and Redis db 7, SIGKILLs
 workers, flushes its Redis database and terminates its own database's backends
