@@ -269,9 +269,7 @@ def test_embedded_default_runs_a_workflow_and_stops_cleanly(
         assert status == 200, body
         return [item["business_key"] for item in body["results"]] or None
 
-    assert wait_until(lambda: searched("CONFERENCE"), 60, "the demo expenses", run) == [
-        "EXPENSE-2"
-    ]
+    assert wait_until(lambda: searched("CONFERENCE"), 60, "the demo expenses", run) == ["EXPENSE-2"]
     assert searched("1850") == ["EXPENSE-2"]
     assert searched("taxi alice") == ["EXPENSE-1"]
     assert searched("100%") is None  # a % is a character, not a wildcard
