@@ -319,21 +319,22 @@ class Page:
 def paginate(
     qs: QuerySet[ApprovalRequest], sort: Sort | ColumnSort, after: str, before: str, size: int
 ) -> Page:
-    """One page in one query (``size`` + 1 rows tell whether there is more); no COUNT."""
-    qs = sort.prepare(qs)
+    """One page in one query (``size`` + 1 rows tell whether there is more); no COUNT. A
+    cursor past the end gives the first page."""
+    base, qs = qs, sort.prepare(qs)
     if before and (cursor := sort.decode(before)):
         rows = list(qs.filter(sort.before(*cursor)).order_by(*sort.backward())[: size + 1])
         more = len(rows) > size
         rows = rows[:size][::-1]
         if not rows:
-            return paginate(qs, sort, "", "", size)
+            return paginate(base, sort, "", "", size)
         return Page(rows, sort.key(rows[-1]), sort.key(rows[0]) if more else None)
     if after and (cursor := sort.decode(after)):
         rows = list(qs.filter(sort.after(*cursor)).order_by(*sort.forward())[: size + 1])
         more = len(rows) > size
         rows = rows[:size]
         if not rows:
-            return paginate(qs, sort, "", "", size)
+            return paginate(base, sort, "", "", size)
         return Page(rows, sort.key(rows[-1]) if more else None, sort.key(rows[0]))
     rows = list(qs.order_by(*sort.forward())[: size + 1])
     more = len(rows) > size

@@ -172,7 +172,7 @@ def inbox_list(request: HttpRequest) -> HttpResponse:
         found = search.parse_filters(params, search="q")
     except InvalidInput as exc:
         context = {
-            **_list_context(request, filters, pending, rows=[], columns=[]),
+            **_list_context(request, form, filters, pending, rows=[], columns=[]),
             "filter_error": exc.message,
         }
         return render(request, "inbox/list.html", context, status=400)
@@ -200,7 +200,7 @@ def inbox_list(request: HttpRequest) -> HttpResponse:
     for row in page.rows:
         row.picked = row.selectable and str(row.pk) in kept["ids"]
     context = {
-        **_list_context(request, filters, pending, rows=page.rows, columns=columns),
+        **_list_context(request, form, filters, pending, rows=page.rows, columns=columns),
         "kept_comment": kept["comment"],
         "now": now,
         "next_url": _list_url(filters, after=page.next_cursor) if page.next_cursor else None,
@@ -214,6 +214,7 @@ def inbox_list(request: HttpRequest) -> HttpResponse:
 
 def _list_context(
     request: HttpRequest,
+    form: InboxFilterForm,
     filters: dict[str, str],
     pending: QuerySet[ApprovalRequest],
     *,
@@ -226,11 +227,8 @@ def _list_context(
     headers = []
     for column in columns:
         up = f"col.{column.column_key}"
-        current = filters["sort"] in (up, f"-{up}")
         flip = f"-{up}" if filters["sort"] == up else up
-        direction = (
-            "" if not current else "descending" if filters["sort"].startswith("-") else "ascending"
-        )
+        direction = {up: "ascending", f"-{up}": "descending"}.get(filters["sort"], "")
         headers.append(
             {"label": column.label, "url": _list_url(filters, sort=flip), "sorted": direction}
         )
@@ -239,9 +237,8 @@ def _list_context(
             (f"-{up}", f"{column.label}, high to low", _list_url(filters, sort=f"-{up}")),
         ]
     return {
-        "form": filters,
         "filters": filters,
-        "workflows": InboxFilterForm().fields["workflow"].choices,
+        "workflows": form.fields["workflow"].choices,
         "steps": search.step_names(registry.all(), filters["workflow"]),
         "to_revise": selectors.to_revise(request.user, limit=REVISE_LIMIT),
         "rows": rows,
