@@ -21,6 +21,7 @@ from django.db.models import Max, Prefetch
 from django.utils import timezone
 
 from orchestration import attachments, engine, kinds
+from orchestration.actors import actor_of
 from orchestration.calendar import add_duration
 from orchestration.definitions import StepSpec
 from orchestration.errors import Conflict, InvalidInput, NotAllowed, NotFound
@@ -45,10 +46,6 @@ from .models import (
 
 User = get_user_model()
 MAX_COMMENT = 5000
-
-
-def actor_name(user: Any) -> str:
-    return f"user:{user.get_username()}"
 
 
 def timer_at(spec: ApprovalStep, start: datetime, duration: timedelta | None) -> datetime | None:
@@ -384,7 +381,7 @@ def _lock(
 ) -> tuple[engine.LockedInstance, ApprovalRequest]:
     """The instance (the lock for its steps and requests), then the request row. Whether the
     request is still pending is the policy's question (after whether the user may see it)."""
-    locked = engine.lock_instance(step_run_id=step_run_id, actor=actor_name(user))
+    locked = engine.lock_instance(step_run_id=step_run_id, actor=actor_of(user))
     if locked is None:
         raise NotFound("approval request not found")
     # NO KEY UPDATE: rows that only refer to the request (a token minted while a mail is

@@ -42,6 +42,7 @@ from orchestration import engine
 from orchestration.definitions import registry
 from orchestration.journal import announce_events
 from orchestration.models import Event, WorkflowInstance
+from orchestration.vendor import is_postgresql
 
 from . import notifications, selectors
 from .definitions import ApprovalStep
@@ -285,9 +286,7 @@ def _setting(name: str, default: int) -> int:
 
 
 def _batched() -> bool:
-    return connection.vendor == "postgresql" and getattr(
-        settings, "SIGNOFF_ESCALATION_BATCHED", True
-    )
+    return is_postgresql(connection) and getattr(settings, "SIGNOFF_ESCALATION_BATCHED", True)
 
 
 def sweep_escalations(*, now: datetime | None = None, batch: int | None = None) -> int:

@@ -17,6 +17,7 @@ from django.utils.html import escape, format_html
 from django.utils.safestring import SafeString, mark_safe
 
 from orchestration.admin import ReadOnlyAdminMixin, StrictActionsMixin, pill
+from orchestration.vendor import supports_json_contains
 from orchestration.views import status_url
 
 from .mail import LINK_PLACEHOLDER
@@ -103,7 +104,7 @@ class OutboundEmailAdmin(StrictActionsMixin, ReadOnlyAdminMixin, admin.ModelAdmi
         if not term:
             return queryset, False
         q = Q(subject__icontains=term) | Q(message_id=term)
-        if connection.features.supports_json_field_contains:
+        if supports_json_contains(connection):
             q |= Q(to__contains=[term])
         try:
             q |= Q(instance_id=uuid.UUID(term))

@@ -15,9 +15,10 @@ from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
+from orchestration.actors import actor_of
 from orchestration.admin import ReadOnlyAdminMixin, StrictActionsMixin, json_block, pill
 from orchestration.definitions import registry
-from orchestration.views import actor_of, status_url
+from orchestration.views import status_url
 
 from . import webhooks
 from .models import (

@@ -52,6 +52,7 @@ from django.dispatch import receiver
 from django.http import FileResponse
 from django.utils import timezone
 
+from .actors import actor_of
 from .errors import InvalidInput, NotAllowed, NotFound
 from .journal import Journal
 from .models import Attachment, WorkflowInstance
@@ -530,7 +531,7 @@ def attachments_save(
     from . import engine  # the engine imports this module to start instances with files
 
     pk = getattr(instance, "pk", instance)
-    actor = f"user:{user.get_username()}" if getattr(user, "pk", None) else "system"
+    actor = actor_of(user)
     with guard(), transaction.atomic():
         locked = engine.lock_instance(instance_id=pk, actor=actor)
         if locked is None:

@@ -51,6 +51,7 @@ from .models import (
     StepState,
     WorkflowInstance,
 )
+from .vendor import is_postgresql
 
 log = logging.getLogger("signoff.engine")
 
@@ -71,7 +72,7 @@ def _lock_instance_of_step(
     step_run_id: int, *, skip_locked: bool = False
 ) -> WorkflowInstance | None:
     """Lock the instance owning a step (one query: a join, locking only the instance row)."""
-    if connection.vendor == "postgresql":
+    if is_postgresql(connection):
         # The hot path of every step (claim, complete): fixed SQL, no ORM compilation.
         sql = _hot_sql("lock_of_step") + (" SKIP LOCKED" if skip_locked else "")
         rows = _load(WorkflowInstance, sql, [step_run_id])
@@ -85,7 +86,7 @@ def _lock_instance_of_step(
 
 
 def _steps(instance: WorkflowInstance) -> dict[str, StepRun]:
-    if connection.vendor == "postgresql":
+    if is_postgresql(connection):
         rows = _load(StepRun, _hot_sql("steps"), [instance.pk])
     else:
         rows = list(StepRun.objects.filter(instance=instance))

@@ -25,6 +25,7 @@ from django.utils import timezone
 from . import sealing
 from .models import Event, StepRun, WorkflowInstance
 from .signals import event_committed
+from .vendor import is_postgresql
 
 log = logging.getLogger("signoff.engine")
 
@@ -195,7 +196,7 @@ class Journal:
         # both changed) take the ORM path, saved in order as before.
         fused = (
             bool(self.events)
-            and connection.vendor == "postgresql"
+            and is_postgresql(connection)
             and len(set(dirty_pks)) == len(dirty_pks)
         )
         if created_steps is not None and fused:

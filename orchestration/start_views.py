@@ -11,6 +11,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods
 
 from . import attachments, engine, start
+from .actors import actor_of
 from .definitions import registry
 from .errors import SignoffError
 from .middleware import accepts_uploads
@@ -56,7 +57,7 @@ def start_form(request: HttpRequest, name: str) -> HttpResponse:
                     business_key=form.cleaned_data["business_key"],
                     idempotency_key=f"web:{form.cleaned_data['key']}",
                     started_by=request.user,
-                    actor=f"user:{request.user.get_username()}",
+                    actor=actor_of(request.user),
                     files=request.FILES.getlist("files"),
                 )
             except SignoffError as exc:

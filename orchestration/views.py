@@ -36,6 +36,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods
 
 from . import engine, graph, jsonsafe, kinds, sealing, selectors
+from .actors import actor_of
 from .definitions import TaskStep, registry
 from .errors import InvalidInput, NotAllowed, NotFound, SignoffError
 from .models import Event, StepRun, WorkflowInstance
@@ -103,10 +104,6 @@ def human_duration(delta: timedelta | None) -> str:
 
 def can_operate(user: Any) -> bool:
     return bool(user.is_authenticated and user.is_active and user.has_perm(OPERATE_PERMISSION))
-
-
-def actor_of(user: Any) -> str:
-    return f"user:{user.get_username()}"
 
 
 def status_url(instance: WorkflowInstance | Any) -> str:

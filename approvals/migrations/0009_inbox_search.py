@@ -6,6 +6,8 @@ the search text; SQLite scans."""
 
 from django.db import migrations, models
 
+from orchestration.vendor import is_postgresql
+
 BATCH = 2000
 
 
@@ -32,7 +34,7 @@ def backfill(apps, schema_editor):  # noqa: ANN001, ANN201
 
 
 def trigram_index(apps, schema_editor):  # noqa: ANN001, ANN201
-    if schema_editor.connection.vendor == "postgresql":
+    if is_postgresql(schema_editor.connection):
         schema_editor.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
         schema_editor.execute(
             "CREATE INDEX IF NOT EXISTS approval_search_trgm ON approvals_approvalrequest "
@@ -41,7 +43,7 @@ def trigram_index(apps, schema_editor):  # noqa: ANN001, ANN201
 
 
 def drop_trigram_index(apps, schema_editor):  # noqa: ANN001, ANN201
-    if schema_editor.connection.vendor == "postgresql":
+    if is_postgresql(schema_editor.connection):
         schema_editor.execute("DROP INDEX IF EXISTS approval_search_trgm")
 
 

@@ -19,7 +19,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from orchestration import attachments, engine, selectors
+from orchestration import actors, attachments, engine, selectors
 from orchestration.definitions import registry
 from orchestration.errors import Conflict, InvalidInput, NotAllowed, NotFound
 from orchestration.models import InstanceState
@@ -42,7 +42,7 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 
 def actor_of(request: Request) -> str:
-    return f"user:{request.user.get_username()}"
+    return actors.actor_of(request.user)
 
 
 def _errors(*codes: int) -> dict[int, OpenApiResponse]:

@@ -6,14 +6,16 @@ ones. Nothing to do on SQLite."""
 
 from django.db import migrations
 
+from orchestration.vendor import is_postgresql
+
 
 def set_fillfactor(apps, schema_editor):  # noqa: ANN001, ANN201
-    if schema_editor.connection.vendor == "postgresql":
+    if is_postgresql(schema_editor.connection):
         schema_editor.execute("ALTER TABLE orchestration_workflowinstance SET (fillfactor = 85)")
 
 
 def reset_fillfactor(apps, schema_editor):  # noqa: ANN001, ANN201
-    if schema_editor.connection.vendor == "postgresql":
+    if is_postgresql(schema_editor.connection):
         schema_editor.execute("ALTER TABLE orchestration_workflowinstance RESET (fillfactor)")
 
 

@@ -1,0 +1,24 @@
+"""What differs between the databases Signoff runs on, in one place.
+
+Signoff runs on PostgreSQL (production, ``make test``) and on SQLite (the embedded default).
+The ORM hides nearly every difference; the few paths that use PostgreSQL-only SQL for speed
+(the step hot path's fixed reads, the journal's one-statement writes, the set-based escalation)
+ask here, so a third database means reading this module and its callers, nothing else.
+Migrations get their connection from the schema editor and ask :func:`is_postgresql` with it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import DEFAULT_DB_ALIAS, connections
+
+
+def is_postgresql(connection: Any = None) -> bool:
+    """Whether ``connection`` (default: the default database's) is PostgreSQL."""
+    return (connection or connections[DEFAULT_DB_ALIAS]).vendor == "postgresql"
+
+
+def supports_json_contains(connection: Any = None) -> bool:
+    """Whether JSON ``contains`` lookups work (PostgreSQL yes, SQLite no)."""
+    return bool((connection or connections[DEFAULT_DB_ALIAS]).features.supports_json_field_contains)
