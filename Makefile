@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PORT ?= 8000
 export PORT
 
-.PHONY: install run test lint bench bench-quick bench-tools chaos services-check browser clean
+.PHONY: install run test lint imports bench bench-quick bench-tools chaos services-check browser clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,10 +26,15 @@ services-check: install
 browser:
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
-test: install services-check browser
+# The import rules first (seconds): a broken rule fails the run before the suite starts.
+test: install services-check browser imports
 	$(PY) -m pytest
 
-lint: install
+# The import rules of DESIGN.md as import-linter contracts (pyproject.toml, ARCHITECTURE.md).
+imports: install
+	$(VENV)/bin/lint-imports
+
+lint: install imports
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
