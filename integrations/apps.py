@@ -14,7 +14,8 @@ class IntegrationsConfig(AppConfig):
         from orchestration.metrics import register_collector
         from orchestration.signals import event_committed
 
-        from . import erasure, webhook_admin  # noqa: F401 - erase hooks, the webhook admins
+        # erase hooks, the webhook admins, and the tasks the services send by name
+        from . import erasure, tasks, webhook_admin  # noqa: F401
         from .metrics import email_metrics
         from .webhooks import on_event_committed
 

@@ -25,6 +25,7 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+from celery import current_app
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives, get_connection
 from django.db import transaction
@@ -36,6 +37,11 @@ from .models import OutboundEmail
 
 log = logging.getLogger("signoff.mail")
 RETRYABLE = (smtplib.SMTPException, socket.error, OSError)
+
+# The delivery tasks (:mod:`integrations.tasks`, loaded by the app's ready()), sent by name
+# from Celery's registry: the tasks call this module, so this module does not import them.
+SEND_EMAIL = "integrations.send_email"
+SEND_EMAILS = "integrations.send_emails"
 
 # What the outbox stores in place of a personal link (HTML-safe: the same in text and HTML).
 LINK_PLACEHOLDER = "{signoff:action-link}"
@@ -189,10 +195,9 @@ def emails_enqueue(email_ids: list[int]) -> None:
     """Send the delivery tasks of several queued rows (after commit), a slice of rows per task
     over one broker connection. A broker failure is logged: the outbox sweeper sends them
     later."""
-    from .tasks import send_emails
-
     if not email_ids:
         return
+    send_emails = current_app.tasks[SEND_EMAILS]
     try:
         with send_emails.app.producer_or_acquire() as producer:
             for i in range(0, len(email_ids), DELIVERY_SLICE):
@@ -235,10 +240,8 @@ def emails_deliver(*, email_ids: list[int]) -> dict[str, list[int]]:
 
 
 def _enqueue(email_id: int) -> None:
-    from .tasks import send_email
-
     try:
-        send_email.delay(email_id)
+        current_app.tasks[SEND_EMAIL].delay(email_id)
     except Exception:  # noqa: BLE001 - the outbox sweeper sends it later
         log.warning(
             "email %s not enqueued; the outbox sweeper will send it", email_id, exc_info=True
