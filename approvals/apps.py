@@ -24,6 +24,7 @@ class ApprovalsConfig(AppConfig):
             files,
             mail_preferences,
             services,
+            tasks,  # the render task the sweepers send by name
         )
         from .context import comment_details, instance_reader
         from .lifecycle import on_event_committed
