@@ -14,6 +14,7 @@ class ApprovalsConfig(AppConfig):
     ]
 
     def ready(self) -> None:
+        from orchestration.metrics import register_collector
         from orchestration.selectors import register_instance_reader
         from orchestration.signals import event_committed
         from orchestration.views import register_step_links, register_timeline_details
@@ -23,12 +24,15 @@ class ApprovalsConfig(AppConfig):
             files,
             mail_preferences,
             services,
+            tasks,  # the render task the sweepers send by name
         )
         from .context import comment_details, instance_reader
         from .lifecycle import on_event_committed
+        from .metrics import approval_metrics
         from .status_links import approval_step_links
 
         register_step_links(approval_step_links)
         register_instance_reader(instance_reader)
         register_timeline_details(comment_details)
+        register_collector("approvals", approval_metrics)
         event_committed.connect(on_event_committed, dispatch_uid="approvals.end_notice")

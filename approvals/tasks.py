@@ -1,3 +1,8 @@
+"""The approvals' Celery tasks, thin: the beat sweepers (:mod:`approvals.sweepers`,
+:mod:`approvals.digests`) and the render task of the batched escalation's mails. The sweepers
+send the render task by name (:data:`approvals.sweepers.RENDER_MAILS`), never importing this
+module."""
+
 from __future__ import annotations
 
 from celery import shared_task
@@ -30,6 +35,6 @@ def sweep_digests() -> int:
     return sweepers.sweep_digests()
 
 
-@shared_task(name="approvals.render_mails", acks_late=True, ignore_result=True)
+@shared_task(name=sweepers.RENDER_MAILS, acks_late=True, ignore_result=True)
 def render_mails(email_ids: list[int]) -> int:
     return notifications.mails_render(email_ids=email_ids)

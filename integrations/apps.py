@@ -11,12 +11,16 @@ class IntegrationsConfig(AppConfig):
     ]
 
     def ready(self) -> None:
+        from orchestration.metrics import register_collector
         from orchestration.signals import event_committed
 
-        from . import erasure, webhook_admin  # noqa: F401 - erase hooks, the webhook admins
+        # erase hooks, the webhook admins, and the tasks the services send by name
+        from . import erasure, tasks, webhook_admin  # noqa: F401
+        from .metrics import email_metrics
         from .webhooks import on_event_committed
 
         event_committed.connect(on_event_committed, dispatch_uid="integrations.webhooks")
+        register_collector("integrations", email_metrics)
         from django.db.models.signals import post_delete, post_save
 
         from .models import WebhookSubscription

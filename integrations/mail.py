@@ -23,11 +23,13 @@ import secrets
 import smtplib
 import socket
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
+from celery import current_app
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives, get_connection
-from django.db import transaction
+from django.db import connection, transaction
 from django.template.loader import render_to_string
 from django.utils import timezone
 from django.utils.html import escape
@@ -36,6 +38,11 @@ from .models import OutboundEmail
 
 log = logging.getLogger("signoff.mail")
 RETRYABLE = (smtplib.SMTPException, socket.error, OSError)
+
+# The delivery tasks (:mod:`integrations.tasks`, loaded by the app's ready()), sent by name
+# from Celery's registry: the tasks call this module, so this module does not import them.
+SEND_EMAIL = "integrations.send_email"
+SEND_EMAILS = "integrations.send_emails"
 
 # What the outbox stores in place of a personal link (HTML-safe: the same in text and HTML).
 LINK_PLACEHOLDER = "{signoff:action-link}"
@@ -189,10 +196,9 @@ def emails_enqueue(email_ids: list[int]) -> None:
     """Send the delivery tasks of several queued rows (after commit), a slice of rows per task
     over one broker connection. A broker failure is logged: the outbox sweeper sends them
     later."""
-    from .tasks import send_emails
-
     if not email_ids:
         return
+    send_emails = current_app.tasks[SEND_EMAILS]
     try:
         with send_emails.app.producer_or_acquire() as producer:
             for i in range(0, len(email_ids), DELIVERY_SLICE):
@@ -235,10 +241,8 @@ def emails_deliver(*, email_ids: list[int]) -> dict[str, list[int]]:
 
 
 def _enqueue(email_id: int) -> None:
-    from .tasks import send_email
-
     try:
-        send_email.delay(email_id)
+        current_app.tasks[SEND_EMAIL].delay(email_id)
     except Exception:  # noqa: BLE001 - the outbox sweeper sends it later
         log.warning(
             "email %s not enqueued; the outbox sweeper will send it", email_id, exc_info=True
@@ -309,6 +313,75 @@ def email_deliver(*, email_id: int, connection: Any = None) -> str:
     if failure is not None:
         raise failure
     return "sent"
+
+
+# -- outbox rows written unrendered, set-based (PostgreSQL) -------------------------------------
+
+
+def unrendered_emails_insert(
+    *, source: str, kind: str, now: datetime
+) -> tuple[str, dict[str, Any]]:
+    """An ``INSERT … SELECT`` (PostgreSQL; usable as a data-modifying CTE) that queues one
+    outbox row per row of ``source``, in status ``rendering`` (no subject or body yet: the
+    app that writes them renders each from its ``render_context`` and moves it to
+    ``queued``), and returns the new rows' ids. A row whose Message-ID is in the outbox
+    already is skipped, as :func:`email_queue` skips it. Returns ``(sql, params)``: the
+    statement returns the new rows' ids as ``id``, and its params' names start with
+    ``outbox_`` (the SQL is the same for every ``source``: callers may keep it).
+
+    ``source`` is a table expression (a CTE's name, or a SELECT in parentheses) with the
+    columns ``message_id`` (text), ``address`` (text, the one recipient), ``instance_id``,
+    ``request_id`` and ``render_context`` (jsonb)."""
+    q = connection.ops.quote_name
+    meta = OutboundEmail._meta
+
+    def column(name: str) -> str:
+        return q(meta.get_field(name).column)
+
+    columns = ", ".join(
+        column(name)
+        for name in (
+            "message_id",
+            "kind",
+            "to",
+            "subject",
+            "body_text",
+            "body_html",
+            "status",
+            "attempts",
+            "last_error",
+            "created_at",
+            "instance_id",
+            "request_id",
+            "render_context",
+        )
+    )
+    sql = f"""
+    INSERT INTO {q(meta.db_table)} ({columns})
+    SELECT src.message_id, %(outbox_kind)s, jsonb_build_array(src.address), '', '', '',
+           %(outbox_status)s, 0, '', %(outbox_now)s, src.instance_id, src.request_id,
+           src.render_context
+    FROM {source} src
+    ON CONFLICT ({column("message_id")}) DO NOTHING
+    RETURNING {q(meta.pk.column)} AS id"""
+    params = {
+        "outbox_kind": kind,
+        "outbox_status": OutboundEmail.Status.RENDERING,
+        "outbox_now": now,
+    }
+    return sql, params
+
+
+def unrendered_email_ids(*, written_before: datetime, limit: int) -> list[int]:
+    """The outbox rows still ``rendering`` that were written before ``written_before``
+    (their render task was lost, or its worker died), oldest first."""
+    return list(
+        OutboundEmail.objects.filter(
+            status=OutboundEmail.Status.RENDERING, created_at__lte=written_before
+        )
+        .order_by("created_at")
+        .values_list("pk", flat=True)[:limit]
+    )
 
 
 def email_give_up(*, email_id: int, error: str) -> None:

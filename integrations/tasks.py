@@ -1,3 +1,7 @@
+"""The integrations' Celery tasks, thin: each takes ids and calls a service of
+:mod:`integrations.mail` or :mod:`integrations.webhooks`. The services send them by name
+(their constants), so they never import this module."""
+
 from __future__ import annotations
 
 from celery import shared_task
@@ -6,7 +10,7 @@ from . import mail, webhooks
 
 
 @shared_task(
-    name="integrations.send_email",
+    name=mail.SEND_EMAIL,
     bind=True,
     acks_late=True,
     ignore_result=True,
@@ -22,7 +26,7 @@ def send_email(self, email_id: int) -> str:  # noqa: ANN001
         raise self.retry(exc=exc, countdown=min(2**self.request.retries * 5, 600)) from exc
 
 
-@shared_task(name="integrations.send_emails", acks_late=True, ignore_result=True)
+@shared_task(name=mail.SEND_EMAILS, acks_late=True, ignore_result=True)
 def send_emails(email_ids: list[int]) -> dict[str, int]:
     """Deliver a slice of outbox rows over one SMTP connection; a row that failed gets a task
     of its own (``send_email``, with its retries and backoff)."""
@@ -38,7 +42,7 @@ def sweep_outbox() -> int:
 
 
 @shared_task(
-    name="integrations.deliver_webhook",
+    name=webhooks.DELIVER_WEBHOOK,
     acks_late=True,
     ignore_result=True,
     # One HTTP attempt under a row lock; retries are scheduled by the service, not by Celery.

@@ -28,6 +28,7 @@ import urllib.request
 from datetime import datetime, timedelta
 from typing import Any
 
+from celery import current_app
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import IntegrityError, transaction
@@ -42,6 +43,9 @@ log = logging.getLogger("signoff.webhooks")
 USER_AGENT = "Signoff-Webhooks/1"
 SIGNATURE_HEADER = "X-Signoff-Signature"
 HISTORY_KEEP = 20
+# The delivery task (:mod:`integrations.tasks`, loaded by the app's ready()), sent by name from
+# Celery's registry: the task calls this module, so this module does not import it.
+DELIVER_WEBHOOK = "integrations.deliver_webhook"
 # A message may arrive a little before the row's due time (clock skew between hosts).
 EARLY_SLACK = timedelta(seconds=2)
 
@@ -214,8 +218,6 @@ def _enqueue_all(ids: list[int]) -> None:
 def _enqueue(delivery_id: int, eta: datetime | None = None) -> None:
     """Send the delivery task's message. A broker failure is logged, never raised: the row is
     pending in the database and the sweeper rings again."""
-    from .tasks import deliver_webhook
-
     options: dict[str, Any] = {
         "retry": True,
         "retry_policy": {"max_retries": 2, "interval_start": 0, "interval_step": 0.2},
@@ -226,7 +228,7 @@ def _enqueue(delivery_id: int, eta: datetime | None = None) -> None:
     if queue:
         options["queue"] = queue
     try:
-        deliver_webhook.apply_async((delivery_id,), **options)
+        current_app.tasks[DELIVER_WEBHOOK].apply_async((delivery_id,), **options)
     except Exception:  # noqa: BLE001 - the sweeper is the fallback
         log.warning(
             "webhook delivery %s not enqueued; the sweeper will send it", delivery_id, exc_info=True

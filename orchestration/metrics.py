@@ -13,6 +13,10 @@ bucket), so a scrape costs a handful of queries whatever the data size; the even
 with the history, so ``SIGNOFF_METRICS_CACHE_SECONDS`` can keep a result for a few seconds
 when several Prometheus servers scrape.
 
+Other apps add their own families through :func:`register_collector` (approvals: the
+approval waits; integrations: the outbox), from their ``AppConfig.ready()``: the engine
+never reads their tables.
+
 Access: a bearer token (``SIGNOFF_METRICS_TOKEN``) or a client address in
 ``SIGNOFF_METRICS_ALLOWED_IPS`` (addresses or networks; loopback by default).
 """
@@ -23,11 +27,10 @@ import hmac
 import ipaddress
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import timedelta
 from typing import Any
 
-from django.apps import apps
 from django.conf import settings
 from django.db.models import (
     Case,
@@ -74,24 +77,23 @@ ACTIVE_STEP_STATES = ["scheduled", "running", "retrying", "waiting"]
 DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 1800, 3600)
 LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 ATTEMPT_BUCKETS = (1, 2, 3, 4, 5, 7, 10, 15, 20)
-WAIT_BUCKETS = (
-    60,
-    300,
-    900,
-    1800,
-    3600,
-    4 * 3600,
-    8 * 3600,
-    86400,
-    2 * 86400,
-    3 * 86400,
-    7 * 86400,
-    14 * 86400,
-    30 * 86400,
-)
+
+# -- other apps' families ----------------------------------------------------------------------
+
+# A collector yields metric families computed from its own app's tables at scrape time.
+MetricsCollector = Callable[[], Iterable[Metric]]
+_collectors: dict[str, MetricsCollector] = {}
 
 
-def _histogram(
+def register_collector(name: str, collector: MetricsCollector) -> MetricsCollector:
+    """Add ``collector``'s families to ``/metrics`` (after the engine's, in the order of the
+    names, so the output does not depend on the order the apps start in). Registering one
+    name twice keeps the last."""
+    _collectors[name] = collector
+    return collector
+
+
+def histogram(
     name: str,
     documentation: str,
     labels: Sequence[str],
@@ -133,7 +135,7 @@ def _outcome(column: str) -> Case:
     )
 
 
-def _duration(later: str, earlier: str) -> ExpressionWrapper:
+def duration(later: str, earlier: str) -> ExpressionWrapper:
     return ExpressionWrapper(F(later) - F(earlier), output_field=DurationField())
 
 
@@ -148,10 +150,8 @@ class SignoffCollector(Collector):
         yield self.doorbell_lag()
         yield from self.events()
         yield from self.sweepers()
-        if apps.is_installed("approvals"):
-            yield from self.approvals()
-        if apps.is_installed("integrations"):
-            yield from self.emails()
+        for name in sorted(_collectors):
+            yield from _collectors[name]()
 
     # -- instances and steps ----------------------------------------------------------------
     def instances(self) -> Iterator[Metric]:
@@ -230,9 +230,9 @@ class SignoffCollector(Collector):
                 workflow=F("instance__workflow"),
             )
             .filter(end_at__isnull=False)
-            .annotate(value=_duration("end_at", "at"))
+            .annotate(value=duration("end_at", "at"))
         )
-        return _histogram(
+        return histogram(
             "signoff_step_duration_seconds",
             "Duration of step attempts (started to succeeded, failed or timed out).",
             ["workflow", "step", "outcome"],
@@ -246,7 +246,7 @@ class SignoffCollector(Collector):
         qs = Event.objects.filter(
             type__in=["step_succeeded", "step_failed"], attempt__gte=1
         ).annotate(workflow=F("instance__workflow"), value=F("attempt"))
-        return _histogram(
+        return histogram(
             "signoff_step_attempts",
             "Attempts a step took until it succeeded or failed for good.",
             ["workflow", "step", "outcome"],
@@ -272,9 +272,9 @@ class SignoffCollector(Collector):
                 workflow=F("instance__workflow"),
             )
             .filter(scheduled_at__isnull=False)
-            .annotate(value=_duration("at", "scheduled_at"))
+            .annotate(value=duration("at", "scheduled_at"))
         )
-        return _histogram(
+        return histogram(
             "signoff_doorbell_lag_seconds",
             "Time from a step being scheduled to a worker claiming it.",
             ["workflow"],
@@ -333,54 +333,6 @@ class SignoffCollector(Collector):
                 last.add_metric([task], row["at"].timestamp())
         yield runs
         yield last
-
-    # -- other apps (looked up through the app registry: the engine does not import them) -----
-    def approvals(self) -> Iterator[Metric]:
-        model = apps.get_model("approvals", "ApprovalRequest")
-        qs = model.objects.filter(resolved_at__isnull=False).annotate(
-            value=_duration("resolved_at", "created_at")
-        )
-        yield _histogram(
-            "signoff_approval_wait_seconds",
-            "Time from an approval request to its resolution, by workflow and result.",
-            ["workflow", "state"],
-            qs,
-            WAIT_BUCKETS,
-            seconds=True,
-        )
-        pending = GaugeMetricFamily(
-            "signoff_approvals_pending",
-            "Approval requests waiting for people.",
-            labels=["workflow"],
-        )
-        oldest = GaugeMetricFamily(
-            "signoff_approval_oldest_pending_seconds",
-            "Age of the oldest pending approval request.",
-            labels=["workflow"],
-        )
-        now = timezone.now()
-        for row in (
-            model.objects.filter(state="pending")
-            .values("workflow")
-            .annotate(n=Count("pk"), first=Min("created_at"))
-            .order_by("workflow")
-        ):
-            pending.add_metric([row["workflow"]], row["n"])
-            oldest.add_metric([row["workflow"]], (now - row["first"]).total_seconds())
-        yield pending
-        yield oldest
-
-    def emails(self) -> Iterator[Metric]:
-        model = apps.get_model("integrations", "OutboundEmail")
-        family = GaugeMetricFamily(
-            "signoff_outbound_emails", "Outbound emails by delivery status.", labels=["status"]
-        )
-        counts = dict.fromkeys(["queued", "sent", "failed"], 0)
-        for row in model.objects.values("status").annotate(n=Count("pk")).order_by():
-            counts[row["status"]] = row["n"]
-        for status, n in sorted(counts.items()):
-            family.add_metric([status], n)
-        yield family
 
 
 collector_registry = CollectorRegistry(auto_describe=False)
