@@ -15,6 +15,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from approvals.comments import MAX_BODY
+from approvals.inputs import MAX_COMMENT
 from approvals.models import (
     ApprovalRequest,
     Channel,
@@ -24,7 +25,6 @@ from approvals.models import (
     Policy,
     RequestState,
 )
-from approvals.services import MAX_COMMENT
 from orchestration import sealing
 from orchestration.api.serializers import (
     AttachmentSerializer,
