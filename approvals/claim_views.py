@@ -20,9 +20,9 @@ from django.views.decorators.http import require_POST
 from orchestration.errors import SignoffError
 
 from . import claims, selectors
+from .detail_views import render_detail, visible_or_404
 from .forms import DecisionForm
 from .models import Channel
-from .views import _render_detail, _visible_or_404
 
 
 class TakeOverForm(forms.Form):
@@ -45,7 +45,7 @@ def _act(
         if approval is None:
             raise Http404("No such request in your inbox.") from None
         messages.error(request, f"Not {verb}: {exc.message}.")
-        return _render_detail(request, approval, DecisionForm(), status=exc.status)
+        return render_detail(request, approval, DecisionForm(), status=exc.status)
     messages.success(request, done)
     return redirect("inbox:detail", pk=pk)
 
@@ -79,11 +79,11 @@ def inbox_release(request: HttpRequest, pk: int) -> HttpResponse:
 def inbox_take_over(request: HttpRequest, pk: int) -> HttpResponse:
     form = TakeOverForm(request.POST)
     if not form.is_valid():
-        approval = _visible_or_404(request, pk)
+        approval = visible_or_404(request, pk)
         for errors in form.errors.values():
             for error in errors:
                 messages.error(request, f"Not taken over: {error}")
-        return _render_detail(request, approval, DecisionForm(), status=400)
+        return render_detail(request, approval, DecisionForm(), status=400)
     return _act(
         request,
         pk,

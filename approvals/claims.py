@@ -9,7 +9,7 @@ unable to decide, or its claimant stays idle past the claim's idle time (the cla
 :func:`approvals.sweepers.sweep_claims`, records the expiry; an idle claim stops counting at
 once).
 
-Every service here has the shape of :mod:`approvals.services`: one transaction; the instance
+Every service here has the shape of :mod:`approvals.deciding`: one transaction; the instance
 locked first, then the request (``FOR NO KEY UPDATE``); an idle claim found under the lock is
 expired first (``approval_claim_expired``), so the history reads in order; then the policy
 (:func:`approvals.policy.authorize`, acts ``claim``, ``release``, ``take_over``) is asked;
@@ -33,8 +33,8 @@ from orchestration.models import StepRun
 
 from . import policy
 from .definitions import ApprovalStep
+from .locking import lock_request, step_run_of
 from .models import ApprovalRequest, Channel, ClaimState
-from .services import _lock, _step_run_of
 
 MAX_NOTE = 500
 CLAIM_FIELDS = ["claim_state", "claimed_by", "claimed_at", "claim_active_at", "claim_expires_at"]
@@ -89,8 +89,8 @@ def _locked_request(
     request_id: Any, user: Any
 ) -> tuple[engine.LockedInstance, ApprovalRequest, StepRun | None]:
     """Lock the instance and the request (engine order), and expire an idle claim first."""
-    step_run_id = _step_run_of(request_id)
-    locked, request = _lock(request_id, step_run_id, user)
+    step_run_id = step_run_of(request_id)
+    locked, request = lock_request(request_id, step_run_id, user)
     step = locked.step_by_id(step_run_id)
     if not claim_expire_if_idle(locked, request, step):
         _end_if_claimant_inactive(locked, request, step)

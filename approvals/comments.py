@@ -26,8 +26,9 @@ from orchestration import attachments
 from orchestration.errors import Conflict, InvalidInput, NotAllowed
 from orchestration.jsonsafe import string_problem
 
-from . import notifications, policy, services
+from . import notifications, policy
 from .context import step_label
+from .locking import lock_request, step_run_of
 from .models import ApprovalRequest, Channel, Comment
 
 MAX_BODY = 5000  # characters, after trimming
@@ -105,9 +106,9 @@ def comment_post(
     key = _clean_key(idempotency_key)
     if not getattr(user, "is_authenticated", False):
         raise NotAllowed("log in to comment", code="not_authenticated")
-    step_run_id = services._step_run_of(request_id)
+    step_run_id = step_run_of(request_id)
     with attachments.guard(), transaction.atomic():
-        locked, request = services._lock(request_id, step_run_id, user)
+        locked, request = lock_request(request_id, step_run_id, user)
         earlier = Comment.objects.filter(author=user, idempotency_key=key).first() if key else None
         if earlier is not None and earlier.request_id == request.pk and earlier.body == body:
             return Posted(earlier, False)  # nothing recorded: nothing to flush or change

@@ -22,6 +22,7 @@ from orchestration.errors import SignoffError
 
 from . import policy
 from .models import ApprovalRequest, Comment, Decision
+from .selectors import seeing_filter, sees_all_requests
 
 DECISION_LIMIT = 200  # decisions shown on a request page (the latest ones)
 
@@ -105,8 +106,6 @@ def comment_details(request: HttpRequest, instance: Any, events: list[Any]) -> d
     """The text of the comments among ``events``, by event ``seq``, for those the page's user
     may read: comments on a step of which they may see a request (as in the request page's
     thread, which holds every round of the step). Two queries at most."""
-    from .selectors import seeing_filter, sees_all_requests
-
     wanted = {
         e.seq: e.data.get("comment")
         for e in events

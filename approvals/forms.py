@@ -17,8 +17,8 @@ from orchestration.jsonsafe import storable_json_problem, too_deep
 from orchestration.models import InstanceState
 
 from .comments import MAX_BODY, MAX_KEY
+from .inputs import MAX_COMMENT
 from .models import ApprovalRequest, MailPreference, Outcome, time_zone_names
-from .services import MAX_COMMENT
 
 PAGE_SIZE = 25
 BULK_LIMIT = 100  # requests one bulk decision may touch

@@ -5,7 +5,7 @@ the commit, in the process that committed it). When an instance that asked someo
 approval ends — succeeded, failed, cancelled, or compensated after a failure or a
 cancellation — its requester gets one mail saying so, whatever step came last (a flow whose
 last step is a task tells them too). Each step's decision is told on its own, as that step's
-(``approval_decided`` mail, :func:`approvals.services._resolve`).
+(``approval_decided`` mail, :func:`approvals.deciding._resolve`).
 
 The mail's Message-ID is fixed per instance, end event and person, so a repeated announcement
 queues nothing twice; an instance retried after a failure and ending again is a new end.

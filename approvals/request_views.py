@@ -36,8 +36,8 @@ from .api.serializers import ASSIGNEES
 from .api.views import attach_assignees
 from .context import step_label
 from .forms import MyRequestsFilterForm
+from .list_views import REVISE_LIMIT
 from .models import ApprovalRequest, RequestState
-from .views import REVISE_LIMIT
 
 PAGE_SIZE = 25
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

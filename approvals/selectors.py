@@ -4,7 +4,6 @@ walk the pending partial index in order."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -13,10 +12,11 @@ from django.contrib.auth import get_user_model
 from django.db.models import Exists, OuterRef, Prefetch, Q, QuerySet
 from django.utils import timezone
 
+from orchestration.definitions import registry
 from orchestration.models import WorkflowInstance
 from orchestration.selectors import instances_started_by
 
-from . import policy
+from .definitions import ApprovalStep
 from .models import (
     ApprovalRequest,
     Decision,
@@ -25,6 +25,7 @@ from .models import (
     PastAssignee,
     RequestState,
 )
+from .timing import timer_at
 
 User = get_user_model()
 AssignedUser = ApprovalRequest.assignee_users.through
@@ -179,11 +180,6 @@ def request_for(user: Any, request_id: Any) -> ApprovalRequest | None:
 def upcoming_timers(approval: ApprovalRequest) -> list[dict[str, Any]]:
     """What will happen to a pending request and when: reminders, escalation levels (with
     who), expiry (with its action), soonest first — for "escalates to finance in 3 h"."""
-    from orchestration.definitions import registry
-
-    from .definitions import ApprovalStep
-    from .services import timer_at
-
     if approval.state != RequestState.PENDING:
         return []
     definition = registry.get(approval.workflow, approval.instance.version)
@@ -221,33 +217,6 @@ def upcoming_timers(approval: ApprovalRequest) -> list[dict[str, Any]]:
     return sorted((i for i in items if i["at"] is not None), key=lambda i: i["at"])
 
 
-@dataclass(frozen=True)
-class ClaimSummary:
-    """The claim on a request as one person's page shows it: who holds it (a live claim:
-    pending, not idle past its expiry), since and until when, and which claim buttons to
-    offer (:func:`approvals.policy.claim_actions`; the policy answers again on POST)."""
-
-    mode: str
-    holder: str | None = None
-    since: datetime | None = None
-    expires_at: datetime | None = None
-    mine: bool = False
-    actions: frozenset[str] = field(default_factory=frozenset)
-
-    @property
-    def blocks(self) -> bool:
-        """Someone else holds it: the viewer cannot decide."""
-        return self.holder is not None and not self.mine
-
-    @property
-    def message(self) -> str:
-        if self.holder is None:
-            return ""
-        stamp = timezone.localtime(self.since).strftime("%Y-%m-%d %H:%M %Z") if self.since else ""
-        who = "you" if self.mine else self.holder
-        return f"Claimed by {who} since {stamp}"
-
-
 def claim_holder_name(approval: ApprovalRequest, now: datetime | None = None) -> str | None:
     """The username of whoever holds a live claim on ``approval`` (``claimed_by`` must be
     loaded with it, as the lists do with ``select_related``), or None."""
@@ -255,22 +224,6 @@ def claim_holder_name(approval: ApprovalRequest, now: datetime | None = None) ->
     if holder is None:
         return None
     return approval.claimed_by.get_username()
-
-
-def claim_summary(user: Any, approval: ApprovalRequest, *, may_decide: bool) -> ClaimSummary:
-    now = timezone.now()
-    holder = claim_holder_name(approval, now)
-    actions = frozenset(policy.claim_actions(user, approval, may_decide=may_decide))
-    if holder is None:
-        return ClaimSummary(mode=approval.claim_mode, actions=actions)
-    return ClaimSummary(
-        mode=approval.claim_mode,
-        holder=holder,
-        since=approval.claimed_at,
-        expires_at=approval.claim_expires_at,
-        mine=approval.claimed_by_id == user.pk,
-        actions=actions,
-    )
 
 
 def to_revise(user: Any, *, limit: int) -> list[ApprovalRequest]:

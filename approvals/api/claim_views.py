@@ -14,13 +14,13 @@ from approvals.models import Channel
 from orchestration.api.serializers import ErrorSerializer
 from orchestration.api.views import ApiView
 
-from .serializers import (
-    ApprovalRequestDetailSerializer,
+from .input_serializers import (
     ClaimSerializer,
     ReassignSerializer,
     ReleaseSerializer,
     TakeOverSerializer,
 )
+from .serializers import ApprovalRequestDetailSerializer
 from .views import _detail
 
 

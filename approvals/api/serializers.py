@@ -1,4 +1,6 @@
-"""Input and output serializers of the approvals API.
+"""Output serializers of the approvals API: a request (list and detail), its decisions, rounds
+and links (inputs: :mod:`approvals.api.input_serializers`; comments:
+:mod:`approvals.api.comment_serializers`).
 
 Output serializers read only what the views load beforehand (requester, assignee names,
 decisions), so a page costs the same number of queries whatever its length.
@@ -14,24 +16,15 @@ from drf_spectacular.plumbing import ResolvedComponent
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from approvals.comments import MAX_BODY
 from approvals.models import (
     ApprovalRequest,
     Channel,
-    Comment,
     Decision,
     Outcome,
     Policy,
     RequestState,
 )
-from approvals.services import MAX_COMMENT
 from orchestration import sealing
-from orchestration.api.serializers import (
-    AttachmentSerializer,
-    JSONObjectField,
-    RejectUnknownFieldsMixin,
-    StrictCharField,
-)
 
 
 class RequestStateField(serializers.ChoiceField):
@@ -66,44 +59,6 @@ TIMESTAMP = serializers.DateTimeField()
 # decisions (a list), loaded for a whole page at once.
 ASSIGNEES = "assignee_names"
 DECISIONS = "decision_list"
-
-
-class DecideSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
-    comment = StrictCharField(
-        required=False,
-        default="",
-        allow_blank=True,
-        # The length as sent, as the schema's maxLength says (approval_decide trims it after;
-        # trimming first accepted 5,001 characters that began with a control character).
-        max_length=MAX_COMMENT,
-        help_text="Why. Required to reject unless the step says otherwise.",
-    )
-
-
-class RequestChangesSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
-    comment = StrictCharField(
-        required=True,
-        allow_blank=False,
-        trim_whitespace=True,
-        max_length=MAX_COMMENT,
-        help_text="What the requester should change (required).",
-    )
-
-
-class ResubmitSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
-    input = JSONObjectField(
-        required=False,
-        default=dict,
-        help_text="The changed revisable top-level input fields (the request's `revisable`); "
-        "merged into the instance input, the whole must pass the workflow's input schema. "
-        "Empty or left out: resubmitted as it is.",
-    )
-
-
-class WithdrawSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
-    reason = StrictCharField(
-        required=False, default="", allow_blank=True, trim_whitespace=True, max_length=500
-    )
 
 
 class ShownValueField(serializers.JSONField):
@@ -476,128 +431,3 @@ class ApprovalRequestDetailSerializer(ApprovalRequestSerializer):
         visible = self.context.get("instance_visible", False)
         links["instance"] = f"/api/v1/instances/{obj.instance_id}/" if visible else None
         return links
-
-
-class TakeOverSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
-    note = StrictCharField(
-        max_length=500,
-        trim_whitespace=True,
-        help_text="Why you take the claim over; recorded, and shown to the claimant in the "
-        "history.",
-    )
-    claimant = StrictCharField(
-        required=False,
-        max_length=150,
-        help_text="Username you expect to hold the claim. If someone else holds it now (two "
-        "took it over at once), 409 claimed says who, and nothing changes.",
-    )
-
-
-class ReleaseSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
-    note = StrictCharField(
-        required=False,
-        default="",
-        allow_blank=True,
-        max_length=500,
-        trim_whitespace=True,
-        help_text="Optional; recorded when you release someone else's claim.",
-    )
-
-
-class ClaimSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
-    """No fields: the body is {} (or empty)."""
-
-
-class ReassignSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
-    users = serializers.ListField(
-        child=StrictCharField(max_length=150),
-        required=False,
-        default=list,
-        max_length=100,
-        help_text="Usernames; they replace the current assignees.",
-    )
-    groups = serializers.ListField(
-        child=StrictCharField(max_length=150),
-        required=False,
-        default=list,
-        max_length=100,
-        help_text="Group names.",
-    )
-    reason = StrictCharField(
-        max_length=500,
-        trim_whitespace=True,
-        help_text="Why; recorded on the approval_reassigned event.",
-    )
-
-
-# -- comments ------------------------------------------------------------------------------------
-
-
-class CommentCreateSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
-    body = StrictCharField(
-        # The length as sent, as the schema says; comment_post trims it and refuses a blank.
-        max_length=MAX_BODY,
-        help_text=f"The comment: 1 to {MAX_BODY} characters, not only white space, no NUL. It "
-        "decides nothing; the other side (requester, or current assignees) gets a mail.",
-    )
-
-
-class CommentSerializer(serializers.ModelSerializer):
-    author = serializers.CharField(source="author.get_username", help_text="Who wrote it.")
-    role = serializers.ChoiceField(
-        choices=Comment.Role.choices,
-        help_text="What the author posted as: requester, assignee, delegate or operator.",
-    )
-    channel = serializers.ChoiceField(choices=[("web", "web"), ("api", "api")])
-    request = serializers.IntegerField(
-        source="request_id",
-        help_text="The approval request it was posted on (the thread holds every round of "
-        "the step).",
-    )
-    step = serializers.CharField(source="request.step_name")
-    files = serializers.SerializerMethodField()
-
-    class Meta:
-        model = Comment
-        fields = [
-            "id",
-            "request",
-            "step",
-            "author",
-            "role",
-            "body",
-            "channel",
-            "created_at",
-            "files",
-        ]
-
-    @extend_schema_field(AttachmentSerializer(many=True))
-    def get_files(self, obj: Comment) -> list[dict[str, Any]]:
-        """The files posted with the comment (download: whoever may read the instance's
-        files)."""
-        return AttachmentSerializer(getattr(obj, "files", None) or [], many=True).data
-
-
-class CommentMultipartSerializer(serializers.Serializer):
-    # The multipart form of a comment with files (documentation; the view reads the form).
-    body = serializers.CharField(max_length=MAX_BODY)
-    files = serializers.ListField(
-        child=serializers.FileField(),
-        required=False,
-        help_text="Files posted with the comment (repeat the field): type read from the "
-        "bytes, SIGNOFF_FILE_TYPES, SIGNOFF_FILE_MAX_BYTES, SIGNOFF_FILE_MAX_COUNT.",
-    )
-
-
-class ResubmitMultipartSerializer(serializers.Serializer):
-    # The multipart form of a resubmission with files (documentation; the view reads it).
-    input = serializers.CharField(
-        required=False,
-        help_text="The changed revisable fields as a JSON object (a string).",
-    )
-    files = serializers.ListField(
-        child=serializers.FileField(),
-        required=False,
-        help_text="New files for the workflow's files field, when the step lists it as "
-        "revisable: added after the files kept.",
-    )

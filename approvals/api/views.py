@@ -1,5 +1,8 @@
-"""REST API for approvals: the caller's inbox, one request, deciding it, sending it back for
-changes, and the requester's answer (resubmit, withdraw).
+"""REST API for approvals, the reads: the caller's inbox (the list, with its filters) and one
+request; and what the write views share (the detail they answer with, the error schema).
+Deciding, sending back and the requester's answer: :mod:`approvals.api.decision_views`;
+comments: :mod:`approvals.api.comment_views`; claims and reassignment:
+:mod:`approvals.api.claim_views`.
 
 Reads go through :mod:`approvals.selectors`, decisions through
 :func:`approvals.services.approval_decide` (channel ``api``), the same service the web inbox
@@ -18,16 +21,13 @@ from django.db import connection
 from django.db.models import QuerySet
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
-from rest_framework import status
-from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from approvals import comments, policy, search, selectors, services
+from approvals import search, selectors, services
 from approvals.context import decision_lines
-from approvals.models import ApprovalRequest, Channel, Decision, Outcome, RequestState
+from approvals.models import ApprovalRequest, Decision, RequestState
 from orchestration.api.pagination import CheckedCursorPagination
-from orchestration.api.parsers import JSONParser, is_multipart, multipart_body
 from orchestration.api.serializers import ErrorSerializer
 from orchestration.api.views import ApiView
 from orchestration.errors import InvalidInput, NotFound
@@ -38,14 +38,6 @@ from .serializers import (
     DECISIONS,
     ApprovalRequestDetailSerializer,
     ApprovalRequestSerializer,
-    CommentCreateSerializer,
-    CommentMultipartSerializer,
-    CommentSerializer,
-    DecideSerializer,
-    RequestChangesSerializer,
-    ResubmitMultipartSerializer,
-    ResubmitSerializer,
-    WithdrawSerializer,
 )
 
 User = get_user_model()
@@ -322,290 +314,3 @@ class ApprovalDetailView(ApiView):
     )
     def get(self, request: Request, pk: int) -> Response:
         return _detail(request, pk)
-
-
-class _DecideView(ApiView):
-    outcome: str
-
-    def post(self, request: Request, pk: int) -> Response:
-        serializer = DecideSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        services.approval_decide(
-            request_id=pk,
-            user=request.user,
-            outcome=self.outcome,
-            comment=serializer.validated_data["comment"],
-            channel=Channel.API,
-        )
-        return _detail(request, pk)
-
-
-DECIDE_DESCRIPTION = (
-    "Decides through the same service and decision policy as the web inbox and email links "
-    "(channel api). Only a current assignee (directly, through a group, or as an active "
-    "delegate) may decide, not on their own request (nor one they started); one decision per "
-    "person; a request the caller may not see answers 404 whatever its state. Answers the "
-    "request as it is afterwards: resolved under policy any, possibly still pending under all "
-    "or quorum."
-)
-
-
-class ApprovalApproveView(_DecideView):
-    outcome = Outcome.APPROVE
-
-    @extend_schema(
-        operation_id="approvals_approve",
-        summary="Approve",
-        tags=["approvals"],
-        description=DECIDE_DESCRIPTION,
-        request=DecideSerializer,
-        responses={200: ApprovalRequestDetailSerializer, **_errors(400, 403, 404, 409, 413)},
-    )
-    def post(self, request: Request, pk: int) -> Response:
-        return super().post(request, pk)
-
-
-class ApprovalRejectView(_DecideView):
-    outcome = Outcome.REJECT
-
-    @extend_schema(
-        operation_id="approvals_reject",
-        summary="Reject",
-        tags=["approvals"],
-        description=DECIDE_DESCRIPTION + " A comment is required unless the step says "
-        "otherwise (400, code comment_required).",
-        request=DecideSerializer,
-        responses={200: ApprovalRequestDetailSerializer, **_errors(400, 403, 404, 409, 413)},
-    )
-    def post(self, request: Request, pk: int) -> Response:
-        return super().post(request, pk)
-
-
-class ApprovalRequestChangesView(ApiView):
-    @extend_schema(
-        operation_id="approvals_request_changes",
-        summary="Send back for changes",
-        tags=["approvals"],
-        description="Sends the request back to its requester, who may revise the step's "
-        "revisable input fields and resubmit (the next round, a new request) or withdraw. "
-        "Who may: exactly who may approve or reject it (the same decision policy); a comment "
-        "is required (400, code comment_required). Under every policy one request for "
-        "changes ends the round at once; decisions others made in it stay recorded. In the "
-        "request's last round (max_rounds) it is refused: 409, code max_rounds. Answers the "
-        "request as it is afterwards (state changes_requested).",
-        request=RequestChangesSerializer,
-        responses={200: ApprovalRequestDetailSerializer, **_errors(400, 403, 404, 409, 413)},
-    )
-    def post(self, request: Request, pk: int) -> Response:
-        serializer = RequestChangesSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        services.approval_request_changes(
-            request_id=pk,
-            user=request.user,
-            comment=serializer.validated_data["comment"],
-            channel=Channel.API,
-        )
-        return _detail(request, pk)
-
-
-def _body_and_files(
-    request: Request, fields: set[str], *, json_fields: set[str] = frozenset()
-) -> tuple[Any, list[Any]]:
-    """A JSON body, or a multipart one with files under ``files`` (its JSON fields as strings)."""
-    if is_multipart(request):
-        return multipart_body(request, fields=fields, json_fields=json_fields)
-    return request.data, []
-
-
-class ApprovalResubmitView(ApiView):
-    # A resubmission may add files: multipart bodies up to SIGNOFF_MAX_UPLOAD_BYTES.
-    parser_classes = [JSONParser, MultiPartParser]
-    accepts_uploads = True
-
-    @extend_schema(
-        operation_id="approvals_resubmit",
-        summary="Revise and resubmit (requester)",
-        tags=["approvals"],
-        description="The requester (or the instance's starter) answers a request sent back "
-        "for changes: `input` holds the changed revisable fields (others: 400, code "
-        "not_revisable); merged into the instance input, the whole must pass the workflow's "
-        "input schema (400, code invalid_input). The input change is recorded in the history "
-        "as a diff (instance_input_revised), and the next round starts: a new request (201, "
-        "its id differs) with its assignees resolved again and its reminders, escalations "
-        "and due time counted from now. Only while the request is changes_requested and its "
-        "instance running (409); a second resubmit answers 409 (code already_resubmitted) "
-        "naming who resubmitted and when.",
-        request={
-            "application/json": ResubmitSerializer,
-            "multipart/form-data": ResubmitMultipartSerializer,
-        },
-        responses={201: ApprovalRequestDetailSerializer, **_errors(400, 403, 404, 409, 413)},
-    )
-    def post(self, request: Request, pk: int) -> Response:
-        data, files = _body_and_files(request, {"input"}, json_fields={"input"})
-        serializer = ResubmitSerializer(data=data)
-        serializer.is_valid(raise_exception=True)
-        new = services.approval_resubmit(
-            request_id=pk,
-            user=request.user,
-            changes=serializer.validated_data["input"],
-            channel=Channel.API,
-            files=files,
-        )
-        response = _detail(request, new.pk, status=201)
-        response["Location"] = f"/api/v1/approvals/{new.pk}/"
-        return response
-
-
-class ApprovalWithdrawView(ApiView):
-    @extend_schema(
-        operation_id="approvals_withdraw",
-        summary="Withdraw instead of resubmitting (requester)",
-        tags=["approvals"],
-        description="The requester (or the instance's starter) withdraws a request sent back "
-        "for changes: the request becomes withdrawn and the workflow instance is cancelled "
-        "(compensations run). Only while the request is changes_requested and its instance "
-        "running (409).",
-        request=WithdrawSerializer,
-        responses={200: ApprovalRequestDetailSerializer, **_errors(400, 403, 404, 409, 413)},
-    )
-    def post(self, request: Request, pk: int) -> Response:
-        serializer = WithdrawSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        services.approval_withdraw(
-            request_id=pk,
-            user=request.user,
-            reason=serializer.validated_data["reason"],
-            channel=Channel.API,
-        )
-        return _detail(request, pk)
-
-
-# -- comments ------------------------------------------------------------------------------------
-
-IDEMPOTENCY_HEADER = "Idempotency-Key"
-
-
-class CommentPagination(CheckedCursorPagination):
-    # Posting order; the id follows it (ids and created_at both grow as comments are posted).
-    page_size = 50
-    ordering = ("id",)
-    max_page_size = 200
-
-
-COMMENT_ERRORS = {
-    400: "Invalid comment: empty (code comment_required or invalid), too long "
-    "(comment_too_long or invalid), NUL characters, unknown fields, or a bad Idempotency-Key "
-    "(invalid_idempotency_key).",
-    403: "The caller may see the request but has no part in it (code not_participant): only "
-    "its assignees, their delegates, its requester and operators comment.",
-    404: "No such request, or not one the caller may see.",
-    409: "The workflow has finished (code comments_closed), or the Idempotency-Key was used "
-    "for another comment (idempotency_conflict).",
-    413: "Request body over SIGNOFF_MAX_REQUEST_BYTES.",
-    401: "Not authenticated.",
-}
-
-
-def _comment_errors(*codes: int) -> dict[int, OpenApiResponse]:
-    return {
-        code: OpenApiResponse(ErrorSerializer, description=COMMENT_ERRORS[code])
-        for code in (*codes, 401)
-    }
-
-
-def _comment_key(request: Request) -> str:
-    key = request.headers.get(IDEMPOTENCY_HEADER)
-    if key is None:
-        return ""
-    if not key.strip() or len(key) > comments.MAX_KEY or not key.isprintable():
-        raise InvalidInput(
-            f"{IDEMPOTENCY_HEADER} must be 1 to {comments.MAX_KEY} printable characters",
-            code="invalid_idempotency_key",
-        )
-    return key
-
-
-class ApprovalCommentsView(ApiView):
-    pagination_class = CommentPagination
-    # A comment may carry files: multipart bodies up to SIGNOFF_MAX_UPLOAD_BYTES.
-    parser_classes = [JSONParser, MultiPartParser]
-    accepts_uploads = True
-
-    @extend_schema(
-        operation_id="approvals_comments_list",
-        summary="The comments of a request's thread",
-        tags=["approvals"],
-        description="Every comment on the request's step of its workflow instance (every "
-        "round), in posting order, cursor-paginated. Readable by whoever may see the request "
-        "(its assignees, past assignees, their delegates, whoever decided it, its requester, "
-        "staff and operators); 404 for anyone else.",
-        responses={
-            200: CommentSerializer(many=True),
-            **_comment_errors(400),
-            404: OpenApiResponse(
-                ErrorSerializer,
-                description="No such request, or not one the caller may see; or an invalid cursor.",
-            ),
-        },
-    )
-    def get(self, request: Request, pk: int) -> Response:
-        approval = selectors.request_for(request.user, pk)
-        if approval is None:
-            raise NotFound("approval request not found")
-        policy.authorize(policy.Act.READ_COMMENTS, user=request.user, request=approval)
-        paginator = self.pagination_class()
-        page = paginator.paginate_queryset(comments.thread_of(approval), request, view=self)
-        comments.with_files(page)
-        return paginator.get_paginated_response(CommentSerializer(page, many=True).data)
-
-    @extend_schema(
-        operation_id="approvals_comments_create",
-        summary="Comment on a request",
-        tags=["approvals"],
-        description="Posts a question or an answer on the request's thread; it decides "
-        "nothing. Allowed while the workflow runs, to the request's requester (and the "
-        "instance's starter), its current assignees and whoever decided it, their active "
-        "delegates, and operators (orchestration.operate_instance). The other side is told by "
-        "mail (the requester for an assignee's comment, the current assignees for the "
-        "requester's, both for an operator's), with a link to the request's page and never an "
-        "action link. One approval_commented event per comment (without the text). With an "
-        "Idempotency-Key header a repeated post (same key, request and body) answers the first "
-        "comment with 200 and posts nothing.",
-        parameters=[
-            OpenApiParameter(
-                IDEMPOTENCY_HEADER,
-                str,
-                OpenApiParameter.HEADER,
-                description=f"1 to {comments.MAX_KEY} printable characters, per caller.",
-            )
-        ],
-        request={
-            "application/json": CommentCreateSerializer,
-            "multipart/form-data": CommentMultipartSerializer,
-        },
-        responses={
-            201: CommentSerializer,
-            200: OpenApiResponse(
-                CommentSerializer, description="The same post again (Idempotency-Key)."
-            ),
-            **_comment_errors(400, 403, 404, 409, 413),
-        },
-    )
-    def post(self, request: Request, pk: int) -> Response:
-        key = _comment_key(request)
-        data, files = _body_and_files(request, {"body"})
-        serializer = CommentCreateSerializer(data=data)
-        serializer.is_valid(raise_exception=True)
-        posted = comments.comment_post(
-            request_id=pk,
-            user=request.user,
-            body=serializer.validated_data["body"],
-            channel=Channel.API,
-            idempotency_key=key,
-            files=files,
-        )
-        return Response(
-            CommentSerializer(posted.comment).data,
-            status=status.HTTP_201_CREATED if posted.created else status.HTTP_200_OK,
-        )

@@ -20,7 +20,7 @@ def inbox_pending_count(context: template.Context) -> str:
     request = context.get("request")
     if request is None or not request.user.is_authenticated:
         return ""
-    from approvals.views import pending_count
+    from approvals.navigation import pending_count
 
     return pending_count(request)
 

@@ -1,19 +1,18 @@
-"""Approval requests, decisions and delegations in the admin: read-only, plus two operator
-actions through ``approvals.services``: reassign (bulk or one request) and decide on behalf of
-an assignee, each with a mandatory reason. Acting needs ``orchestration.operate_instance``.
-The request page shows its claim; releasing it (anyone's, with ``approvals.override_claim``)
-or taking it over goes through ``approvals.claims``, which asks the decision policy."""
+"""The operator actions on an approval request's admin page, as a mixin of its ModelAdmin:
+reassign (one request, or the selected ones in bulk), decide on behalf of an assignee, and
+release or take over a claim. Each is a confirm page whose POST calls one service; the
+decision policy answers there, and a refusal shows the form again with why (400, 403)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from django import forms
-from django.contrib import admin, messages
+from django.contrib import messages
 from django.contrib.admin import helpers
 from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Q, QuerySet
 from django.http import (
     Http404,
     HttpRequest,
@@ -22,298 +21,22 @@ from django.http import (
     HttpResponseRedirect,
 )
 from django.urls import path, reverse
-from django.utils import timezone
-from django.utils.html import format_html
 
-from orchestration.admin import (
-    ReadOnlyAdminMixin,
-    StrictActionsMixin,
-    confirm_page,
-    json_block,
-    pill,
-    report_to,
-)
+from orchestration.admin import confirm_page, report_to
 from orchestration.errors import InvalidInput, NotAllowed, SignoffError
 from orchestration.views import Report, status_url
 
-from . import claims, policy, selectors, services
-from .models import DECISIONS, ActionToken, ApprovalRequest, Channel, Decision, Delegation
+from .. import claims, policy, selectors, services
+from ..models import ApprovalRequest, Channel
+from .forms import ClaimNoteForm, DecideOnBehalfForm, ReassignForm, TakeOverClaimForm
 
 User = get_user_model()
 
 
-def _names(value: str) -> list[str]:
-    return sorted({part.strip() for part in value.replace("\n", ",").split(",") if part.strip()})
+class OperatorActionsMixin:
+    """The pages behind the request page's operator buttons (offered from what the policy
+    could allow; it is asked again on POST)."""
 
-
-class ReassignForm(forms.Form):
-    users = forms.CharField(
-        required=False,
-        max_length=2000,
-        help_text="Usernames, comma-separated. They replace the current assignees.",
-    )
-    groups = forms.CharField(
-        required=False, max_length=2000, help_text="Group names, comma-separated."
-    )
-    reason = forms.CharField(
-        max_length=500,
-        widget=forms.Textarea(attrs={"rows": 2}),
-        help_text="Required; recorded on the approval_reassigned event.",
-    )
-
-    def clean_users(self) -> list[str]:
-        return _names(self.cleaned_data["users"])
-
-    def clean_groups(self) -> list[str]:
-        return _names(self.cleaned_data["groups"])
-
-    def clean_reason(self) -> str:
-        reason = self.cleaned_data["reason"].strip()
-        if not reason:
-            raise forms.ValidationError("A reason is required.")
-        return reason
-
-    def clean(self) -> dict[str, Any]:
-        data = super().clean()
-        if not data.get("users") and not data.get("groups") and not self.errors:
-            raise forms.ValidationError("Name at least one user or group.")
-        return data
-
-
-class DecideOnBehalfForm(forms.Form):
-    assignee = forms.ChoiceField(help_text="The assignee whose decision you record.")
-    # Sending back for changes is the assignee's own act, never recorded on their behalf.
-    outcome = forms.ChoiceField(
-        choices=[(o.value, o.label) for o in DECISIONS], widget=forms.RadioSelect
-    )
-    comment = forms.CharField(
-        required=False,
-        max_length=5000,
-        widget=forms.Textarea(attrs={"rows": 3}),
-        help_text="The assignee's words (required to reject when the request says so).",
-    )
-    reason = forms.CharField(
-        max_length=500,
-        widget=forms.Textarea(attrs={"rows": 2}),
-        help_text="Required: why you decide for them (e.g. “approved by phone, traveling”).",
-    )
-
-    def __init__(self, *args: Any, candidates: list[str], **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.fields["assignee"].choices = [("", "—")] + [(n, n) for n in candidates]
-
-    def clean_reason(self) -> str:
-        reason = self.cleaned_data["reason"].strip()
-        if not reason:
-            raise forms.ValidationError("A reason is required.")
-        return reason
-
-
-class ClaimNoteForm(forms.Form):
-    note = forms.CharField(
-        required=False,
-        max_length=500,
-        widget=forms.Textarea(attrs={"rows": 2}),
-        help_text="Recorded on the event and shown to the claimant in the history.",
-    )
-
-
-class TakeOverClaimForm(ClaimNoteForm):
-    note = forms.CharField(
-        max_length=500,
-        widget=forms.Textarea(attrs={"rows": 2}),
-        help_text="Required: why you take the claim over (recorded).",
-    )
-
-
-class _ReadOnlyInline(admin.TabularInline):
-    extra = 0
-    can_delete = False
-
-    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return request.user.has_perm("approvals.view_approvalrequest")
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-
-class DecisionInline(_ReadOnlyInline):
-    model = Decision
-    fields = [
-        "at",
-        "outcome",
-        "assignee",
-        "decided_by",
-        "via_group",
-        "channel",
-        "comment",
-        "reason",
-    ]
-    readonly_fields = fields
-    ordering = ["at", "id"]
-
-    def get_queryset(self, request: HttpRequest) -> QuerySet:
-        return super().get_queryset(request).select_related("assignee", "decided_by", "via_group")
-
-
-class ActionTokenInline(_ReadOnlyInline):
-    """Email links sent (only their hashes are stored; nothing here can act)."""
-
-    model = ActionToken
-    verbose_name_plural = "Email action links"
-    fields = ["user", "purpose", "created_at", "expires_at", "used_at", "superseded_at"]
-    readonly_fields = fields
-    ordering = ["created_at"]
-
-    def get_queryset(self, request: HttpRequest) -> QuerySet:
-        return super().get_queryset(request).select_related("user")
-
-
-@admin.action(description="Reassign (selected pending requests)…", permissions=["operate"])
-def reassign_selected(
-    modeladmin: ApprovalRequestAdmin, request: HttpRequest, queryset: QuerySet
-) -> Any:
-    return modeladmin.reassign_bulk(request, queryset)
-
-
-@admin.register(ApprovalRequest)
-class ApprovalRequestAdmin(StrictActionsMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
-    list_display = [
-        "title",
-        "workflow",
-        "business_key",
-        "step_name",
-        "round",
-        "state_pill",
-        "policy",
-        "decision_count",
-        "created_at",
-        "due_at",
-        "resolved_at",
-        "status_page",
-    ]
-    list_filter = ["state", "policy", "workflow"]
-    list_select_related = ["requester"]
-    search_fields = ["title", "=business_key", "=workflow"]
-    search_help_text = "Words of the title, or an exact business key or workflow."
-    date_hierarchy = "created_at"
-    show_full_result_count = False
-    list_per_page = 50
-    actions = [reassign_selected]
-    inlines = [DecisionInline, ActionTokenInline]
-    change_form_template = "admin/approvals/approvalrequest/change_form.html"
-    change_list_template = "admin/approvals/approvalrequest/change_list.html"
-    fieldsets = [
-        (
-            None,
-            {
-                "fields": [
-                    "title",
-                    "state_pill",
-                    ("workflow", "business_key", "step_name"),
-                    ("round", "max_rounds", "revisable"),
-                    ("answered_by", "answered_at"),
-                    "status_page",
-                    "requester",
-                    "assignees",
-                    "claim_display",
-                    ("policy", "quorum", "veto"),
-                    ("reject_requires_comment", "allow_self_approval"),
-                    "fields_pretty",
-                ]
-            },
-        ),
-        (
-            "Times",
-            {
-                "fields": [
-                    ("created_at", "due_at", "resolved_at"),
-                    ("level", "reminders_sent", "last_reminded_at"),
-                    ("next_reminder_at", "next_escalation_at"),
-                ]
-            },
-        ),
-    ]
-    readonly_fields = [
-        "title",
-        "state_pill",
-        "workflow",
-        "business_key",
-        "step_name",
-        "round",
-        "max_rounds",
-        "revisable",
-        "answered_by",
-        "answered_at",
-        "status_page",
-        "requester",
-        "assignees",
-        "claim_display",
-        "policy",
-        "quorum",
-        "veto",
-        "reject_requires_comment",
-        "allow_self_approval",
-        "fields_pretty",
-        "created_at",
-        "due_at",
-        "resolved_at",
-        "level",
-        "reminders_sent",
-        "last_reminded_at",
-        "next_reminder_at",
-        "next_escalation_at",
-    ]
-
-    def get_queryset(self, request: HttpRequest) -> QuerySet:
-        return super().get_queryset(request).annotate(n_decisions=Count("decisions"))
-
-    @admin.display(description="state", ordering="state")
-    def state_pill(self, obj: ApprovalRequest) -> str:
-        return pill(obj.state, obj.get_state_display())
-
-    @admin.display(description="decisions", ordering="n_decisions")
-    def decision_count(self, obj: ApprovalRequest) -> int:
-        return getattr(obj, "n_decisions", 0)
-
-    @admin.display(description="instance")
-    def status_page(self, obj: ApprovalRequest) -> str:
-        return format_html('<a href="{}">Status page&nbsp;→</a>', status_url(obj.instance_id))
-
-    @admin.display(description="assigned to")
-    def assignees(self, obj: ApprovalRequest) -> str:
-        users = [u.get_username() for u in obj.assignee_users.all()]
-        groups = [f"group {g.name}" for g in obj.assignee_groups.all()]
-        return ", ".join(users + groups) or "—"
-
-    @admin.display(description="claim")
-    def claim_display(self, obj: ApprovalRequest) -> str:
-        if not obj.claim_mode:
-            return "no claims on this request"
-        holder = selectors.claim_holder_name(obj)
-        if holder is None:
-            return f"unclaimed ({obj.claim_mode} claims)"
-        expires = (
-            f", expires if idle at {timezone.localtime(obj.claim_expires_at):%Y-%m-%d %H:%M %Z}"
-            if obj.claim_expires_at
-            else ""
-        )
-        return (
-            f"claimed by {holder} since {timezone.localtime(obj.claimed_at):%Y-%m-%d %H:%M %Z}"
-            f" ({obj.claim_mode}{expires})"
-        )
-
-    @admin.display(description="what the approver sees")
-    def fields_pretty(self, obj: ApprovalRequest) -> str:
-        return json_block(obj.fields)
-
-    # -- operator actions ------------------------------------------------------------------
     def change_view(
         self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: Any = None
     ) -> HttpResponse:
@@ -612,44 +335,3 @@ class ApprovalRequestAdmin(StrictActionsMixin, ReadOnlyAdminMixin, admin.ModelAd
             back_url=request.get_full_path(),
             status=400 if confirmed else 200,
         )
-
-
-class ActiveDelegationFilter(admin.SimpleListFilter):
-    title = "active"
-    parameter_name = "active"
-
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return [("now", "Active now"), ("future", "Upcoming"), ("past", "Ended")]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
-        now = timezone.now()
-        if self.value() == "now":
-            return queryset.filter(starts_at__lte=now, ends_at__gt=now)
-        if self.value() == "future":
-            return queryset.filter(starts_at__gt=now)
-        if self.value() == "past":
-            return queryset.filter(ends_at__lte=now)
-        return queryset
-
-
-@admin.register(Delegation)
-class DelegationAdmin(StrictActionsMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
-    list_display = ["user", "delegate", "starts_at", "ends_at", "status", "created_at"]
-    list_select_related = ["user", "delegate"]
-    list_filter = [ActiveDelegationFilter]
-    search_fields = ["=user__username", "=delegate__username"]
-    search_help_text = "An exact username (who delegated, or the delegate)."
-    fields = ["user", "delegate", "starts_at", "ends_at", "created_at"]
-    readonly_fields = fields
-
-    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
-        return {}
-
-    @admin.display(description="status")
-    def status(self, obj: Delegation) -> str:
-        now = timezone.now()
-        if obj.starts_at > now:
-            return pill("scheduled", "upcoming")
-        if obj.ends_at > now:
-            return pill("active", "active")
-        return pill("ended", "ended")
