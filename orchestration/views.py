@@ -39,15 +39,14 @@ from .operator_actions import (
     INSTANCE_OPERATIONS,
     STEP_OPERATIONS,
     Operation,
-    Report,  # noqa: F401 - imported from here by approvals.admin
+    Report,  # noqa: F401 - approvals.admin imports Report and status_url from here
     can_operate,
     confirm_and_run,
     instance_operations,
     step_links,
     step_operations,
 )
-from .presentation import error_line, human_duration, masked, pretty_json
-from .presentation import status_url as status_url  # imported from here by approvals.admin
+from .presentation import error_line, human_duration, masked, pretty_json, status_url
 from .timeline import build_timeline, timeline_details
 
 TIMELINE_LIMIT = 500  # events shown on the page; the downloads hold them all
