@@ -15,9 +15,10 @@ class ApprovalsConfig(AppConfig):
 
     def ready(self) -> None:
         from orchestration.metrics import register_collector
+        from orchestration.operator_actions import register_step_links
         from orchestration.selectors import register_instance_reader
         from orchestration.signals import event_committed
-        from orchestration.views import register_step_links, register_timeline_details
+        from orchestration.timeline import register_event_titles, register_timeline_details
 
         from . import (  # noqa: F401 - step kind, erase hooks, readers, the preferences link
             erasure,
@@ -30,9 +31,11 @@ class ApprovalsConfig(AppConfig):
         from .lifecycle import on_event_committed
         from .metrics import approval_metrics
         from .status_links import approval_step_links
+        from .timeline import APPROVAL_EVENTS
 
         register_step_links(approval_step_links)
         register_instance_reader(instance_reader)
         register_timeline_details(comment_details)
         register_collector("approvals", approval_metrics)
+        register_event_titles(APPROVAL_EVENTS)
         event_committed.connect(on_event_committed, dispatch_uid="approvals.end_notice")

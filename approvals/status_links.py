@@ -1,6 +1,6 @@
 """Operator links on a status page's approval steps (reassign, decide on behalf), registered
-with :func:`orchestration.views.register_step_links`: only the actions the decision policy
-could allow this operator (it is asked again when one is used)."""
+with :func:`orchestration.operator_actions.register_step_links`: only the actions the decision
+policy could allow this operator (it is asked again when one is used)."""
 
 from __future__ import annotations
 

@@ -16,9 +16,9 @@ from django.http import HttpRequest
 from django.utils.html import escape, format_html
 from django.utils.safestring import SafeString, mark_safe
 
-from orchestration.admin import ReadOnlyAdminMixin, StrictActionsMixin, pill
+from orchestration.admin.shared import ReadOnlyAdminMixin, StrictActionsMixin
+from orchestration.presentation import pill, status_url
 from orchestration.vendor import supports_json_contains
-from orchestration.views import status_url
 
 from .mail import LINK_PLACEHOLDER
 from .models import OutboundEmail

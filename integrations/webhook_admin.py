@@ -16,9 +16,9 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
 from orchestration.actors import actor_of
-from orchestration.admin import ReadOnlyAdminMixin, StrictActionsMixin, json_block, pill
+from orchestration.admin.shared import ReadOnlyAdminMixin, StrictActionsMixin
 from orchestration.definitions import registry
-from orchestration.views import status_url
+from orchestration.presentation import json_block, pill, status_url
 
 from . import webhooks
 from .models import (

@@ -19,9 +19,9 @@ from django.utils import timezone
 
 from approvals.models import ApprovalRequest, Decision
 from orchestration import engine
-from orchestration.admin import WorkflowInstanceAdmin
+from orchestration.admin.instances import WorkflowInstanceAdmin
 from orchestration.models import Event, StepRun, WorkflowInstance
-from orchestration.views import INSTANCE_OPERATIONS, STEP_OPERATIONS
+from orchestration.operator_actions import INSTANCE_OPERATIONS, STEP_OPERATIONS
 from tests.conftest import wait_for
 from tests.orchestration.test_engine import refresh, run_ready, steps_of
 from tests.workflows import ledger

@@ -395,7 +395,7 @@ def test_claimed_attempts_of_a_cancelled_step_are_found_in_the_history(frozen) -
 
 
 def test_timeline_tells_an_attempted_compensation_apart(frozen) -> None:
-    from orchestration.views import build_timeline
+    from orchestration.timeline import build_timeline
 
     instance = _start_attempted({"charge": "lost", "hold": "doom"})
     _execute(instance, "charge")

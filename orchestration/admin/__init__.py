@@ -1,0 +1,26 @@
+"""The operators' admin: find stuck or failed instances, read their history, act on them.
+
+Everything shown is read-only: instances, steps and events change only through the engine's
+services, and events are never added, changed or deleted here. Actions (bulk on a filtered
+list, or on one instance or step) ask for confirmation, call one service each with the
+operator as the actor, and report what succeeded and what was refused and why. Acting needs
+``orchestration.operate_instance``; staff with view permissions only see, and get 403 when
+they post an action anyway.
+
+- :mod:`.shared`: the building blocks every admin of the project uses (read-only rows, strict
+  actions, the confirmation page);
+- :mod:`.instances`, :mod:`.instance_inlines`, :mod:`.instance_operations`: workflow instances,
+  their steps and history, and the operator actions on them;
+- :mod:`.events`: every event, read-only;
+- :mod:`.periodic_tasks`: the sweepers' schedule (django-celery-beat);
+- :mod:`.tokens`: the REST API's tokens, never shown whole (replaces DRF's token admin).
+"""
+
+from ..presentation import json_block, pill  # noqa: F401 - imported from here by approvals.admin
+from . import events, instances, periodic_tasks, tokens  # noqa: F401 - they register the admins
+from .shared import (  # noqa: F401 - imported from here by approvals.admin
+    ReadOnlyAdminMixin,
+    StrictActionsMixin,
+    confirm_page,
+    report_to,
+)

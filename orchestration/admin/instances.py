@@ -1,0 +1,278 @@
+"""Workflow instances in the operators' admin: find stuck or failed ones (filters, search by
+id or business key, the current step in the list), read one (its data, steps and history,
+sealed fields masked unless the user may see them) and act on it (the actions are in
+:mod:`.instance_operations`, the steps and events tables in :mod:`.instance_inlines`)."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from django.contrib import admin
+from django.db.models import OuterRef, Q, QuerySet, Subquery
+from django.http import HttpRequest, HttpResponse
+from django.utils import timezone
+from django.utils.html import format_html
+
+from .. import sealing
+from ..models import StepRun, WorkflowInstance
+from ..operator_actions import INSTANCE_OPERATIONS
+from ..presentation import coarse_age, error_block, json_block, pill, status_url
+from ..selectors import stuck_q
+from .instance_inlines import EventInline, StepRunInline
+from .instance_operations import InstanceOperationsMixin, bulk_action
+from .shared import ReadOnlyAdminMixin, StrictActionsMixin, reveal_of
+
+CURRENT_STATES = ["running", "retrying", "scheduled", "waiting", "failed", "timed_out"]
+
+
+# -- filters -----------------------------------------------------------------------------------
+
+
+class StuckFilter(admin.SimpleListFilter):
+    title = "stuck"
+    parameter_name = "stuck"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("yes", "Stuck now")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        if self.value() == "yes":
+            return queryset.filter(stuck_q(timezone.now()))
+        return queryset
+
+
+class FailedRecentlyFilter(admin.SimpleListFilter):
+    title = "failed"
+    parameter_name = "failed_within"
+    WINDOWS = {"1h": timedelta(hours=1), "24h": timedelta(days=1), "7d": timedelta(days=7)}
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("1h", "In the last hour"), ("24h", "In the last day"), ("7d", "In the last week")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        window = self.WINDOWS.get(self.value() or "")
+        if window is None:
+            return queryset
+        return queryset.filter(state="failed", finished_at__gte=timezone.now() - window)
+
+
+class PausedFilter(admin.SimpleListFilter):
+    title = "paused"
+    parameter_name = "paused"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("yes", "Paused"), ("no", "Not paused")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        if self.value() == "yes":
+            return queryset.filter(paused_at__isnull=False)
+        if self.value() == "no":
+            return queryset.filter(paused_at__isnull=True)
+        return queryset
+
+
+# -- instances ---------------------------------------------------------------------------------
+
+
+@admin.register(WorkflowInstance)
+class WorkflowInstanceAdmin(
+    InstanceOperationsMixin, StrictActionsMixin, ReadOnlyAdminMixin, admin.ModelAdmin
+):
+    list_display = [
+        "short_id",
+        "workflow_version",
+        "state_pill",
+        "business_key",
+        "started_by",
+        "age",
+        "current_step",
+        "status_link",
+    ]
+    list_display_links = ["short_id"]
+    list_filter = [
+        "state",
+        StuckFilter,
+        FailedRecentlyFilter,
+        PausedFilter,
+        "workflow",
+        "version",
+    ]
+    list_select_related = ["started_by"]
+    list_per_page = 50
+    show_full_result_count = False
+    empty_value_display = "—"
+    search_fields = ["business_key"]
+    search_help_text = "An instance id (or its first 8 characters) or a business key (prefix)."
+    date_hierarchy = "created_at"
+    ordering = ["-created_at"]
+    actions = [bulk_action(op) for op in INSTANCE_OPERATIONS.values()]
+    inlines = [StepRunInline, EventInline]
+    change_form_template = "admin/orchestration/workflowinstance/change_form.html"
+    change_list_template = "admin/orchestration/workflowinstance/change_list.html"
+    fieldsets = [
+        (
+            None,
+            {
+                "fields": [
+                    "id",
+                    ("workflow", "version"),
+                    "state_pill",
+                    "paused_at",
+                    "business_key",
+                    "idempotency_key",
+                    "started_by",
+                    "status_page",
+                ]
+            },
+        ),
+        (
+            "Times",
+            {
+                "fields": [
+                    ("created_at", "started_at", "finished_at"),
+                    ("updated_at", "deadline_at"),
+                    "last_seq",
+                ]
+            },
+        ),
+        ("Data", {"fields": ["input_pretty", "output_pretty", "error_pretty"]}),
+    ]
+    readonly_fields = [
+        "id",
+        "workflow",
+        "version",
+        "state_pill",
+        "paused_at",
+        "business_key",
+        "idempotency_key",
+        "started_by",
+        "status_page",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "updated_at",
+        "deadline_at",
+        "last_seq",
+        "input_pretty",
+        "output_pretty",
+        "error_pretty",
+    ]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        # The current step in one query with the list: the first step (in topological order)
+        # with work in flight or a failure.
+        current = StepRun.objects.filter(
+            instance=OuterRef("pk"), state__in=CURRENT_STATES
+        ).order_by("position")
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                current_step_name=Subquery(current.values("name")[:1]),
+                current_step_state=Subquery(current.values("state")[:1]),
+            )
+        )
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet, search_term: str
+    ) -> tuple[QuerySet, bool]:
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        q = Q(business_key=term) | Q(business_key__startswith=term)
+        try:
+            q |= Q(pk=uuid.UUID(term))
+        except ValueError:
+            if re.fullmatch(r"[0-9a-fA-F-]{4,36}", term):
+                q |= Q(id__startswith=term.lower())
+        return queryset.filter(q), False
+
+    def get_inline_instances(self, request: HttpRequest, obj: Any = None) -> list[Any]:
+        # Inline instances are made per request, so per-request flags are safe on them.
+        inlines = super().get_inline_instances(request, obj)
+        for inline in inlines:
+            inline.reveal = sealing.can_view(request.user)
+            if isinstance(inline, StepRunInline):
+                inline.can_operate = self.has_operate_permission(request)
+        return inlines
+
+    def get_object(self, request: HttpRequest, object_id: str, from_field: Any = None) -> Any:
+        obj = super().get_object(request, object_id, from_field)
+        if obj is not None:
+            obj._signoff_reveal = sealing.can_view(request.user)
+        return obj
+
+    # -- columns ---------------------------------------------------------------------------
+    @admin.display(description="id", ordering="id")
+    def short_id(self, obj: WorkflowInstance) -> str:
+        return format_html('<code title="{}">{}</code>', obj.pk, str(obj.pk)[:8])
+
+    @admin.display(description="workflow", ordering="workflow")
+    def workflow_version(self, obj: WorkflowInstance) -> str:
+        return f"{obj.workflow} v{obj.version}"
+
+    @admin.display(description="state", ordering="state")
+    def state_pill(self, obj: WorkflowInstance) -> str:
+        html = pill(obj.state, obj.get_state_display())
+        if obj.paused_at:
+            html = format_html("{} {}", html, pill("paused", "paused"))
+        return html
+
+    @admin.display(description="age", ordering="created_at")
+    def age(self, obj: WorkflowInstance) -> str:
+        return format_html(
+            '<span title="created {}, last change {}">{}</span>',
+            timezone.localtime(obj.created_at).isoformat(timespec="seconds"),
+            timezone.localtime(obj.updated_at).isoformat(timespec="seconds"),
+            coarse_age(timezone.now() - obj.created_at),
+        )
+
+    @admin.display(description="current step")
+    def current_step(self, obj: WorkflowInstance) -> str:
+        name = getattr(obj, "current_step_name", None)
+        if not name:
+            return "—"
+        state = obj.current_step_state
+        return format_html("<code>{}</code> {}", name, pill(state, state.replace("_", " ")))
+
+    @admin.display(description="")
+    def status_link(self, obj: WorkflowInstance) -> str:
+        return format_html(
+            '<a class="so-status-link" href="{}" title="Status page">status&nbsp;↗</a>',
+            status_url(obj),
+        )
+
+    @admin.display(description="status page")
+    def status_page(self, obj: WorkflowInstance) -> str:
+        return format_html('<a href="{}">Status&nbsp;→</a>', status_url(obj))
+
+    @admin.display(description="input")
+    def input_pretty(self, obj: WorkflowInstance) -> str:
+        return json_block(obj.input, reveal=reveal_of(obj))
+
+    @admin.display(description="output")
+    def output_pretty(self, obj: WorkflowInstance) -> str:
+        return json_block(obj.output, reveal=reveal_of(obj))
+
+    @admin.display(description="error")
+    def error_pretty(self, obj: WorkflowInstance) -> str:
+        if not obj.error:
+            return "—"
+        rest = {k: v for k, v in obj.error.items() if k not in ("type", "message", "traceback")}
+        extra = json_block(rest) if rest else ""
+        return format_html("{}{}", error_block(obj.error), extra)
+
+    # -- pages -----------------------------------------------------------------------------
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: Any = None
+    ) -> HttpResponse:
+        obj = self.get_object(request, object_id)
+        extra = dict(extra_context or {})
+        if obj is not None:
+            extra["status_url"] = status_url(obj)
+            if self.has_operate_permission(request):
+                extra["operations"] = self.offered_operations(obj)
+        return super().change_view(request, object_id, form_url, extra)

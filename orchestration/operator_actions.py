@@ -1,0 +1,388 @@
+"""What an operator may do to an instance or a step, and the one way it is done.
+
+The actions are declared once (:data:`INSTANCE_OPERATIONS`, :data:`STEP_OPERATIONS`: a label,
+the confirm question, the form, the engine service it calls, when it is offered) and run
+through one confirm-and-run flow, :func:`confirm_and_run` (one target: the status page's
+buttons and the admin's per-instance and per-step pages) or :func:`confirm_and_run_each` (the
+admin's bulk actions): the permission check, the confirmation form (a reason where one is
+asked), one service call per target with the operator as the actor, and business errors
+mapped once to what the operator reads (STYLE trait 7). Each page only says where to go back
+to and how its confirmation page looks.
+
+Other apps add links to a step's row on the status page (approvals: reassign, decide on
+behalf) through :func:`register_step_links`.
+
+A presentation module: only views, admins, forms, template tags and urls import it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from django import forms
+from django.contrib import messages
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest
+
+from . import engine, jsonsafe, kinds
+from .actors import actor_of
+from .definitions import TaskStep, registry
+from .errors import InvalidInput, NotAllowed, SignoffError
+from .models import StepRun, WorkflowInstance
+from .selectors import OPERATE_PERMISSION
+
+
+def can_operate(user: Any) -> bool:
+    return bool(user.is_authenticated and user.is_active and user.has_perm(OPERATE_PERMISSION))
+
+
+def require_operator(user: Any) -> None:
+    """403 unless ``user`` may operate workflow instances."""
+    if not can_operate(user):
+        raise PermissionDenied("You may not operate workflow instances.")
+
+
+# -- forms -------------------------------------------------------------------------------------
+
+
+class ConfirmForm(forms.Form):
+    """Nothing to fill in: the confirmation itself is the form."""
+
+
+class CancelForm(forms.Form):
+    reason = forms.CharField(
+        required=False,
+        max_length=1000,
+        widget=forms.Textarea(attrs={"rows": 2}),
+        help_text="Optional; recorded on the instance_cancelled event.",
+    )
+
+
+class CompleteStepForm(forms.Form):
+    output = forms.CharField(
+        label="Output (JSON)",
+        initial="{}",
+        max_length=100_000,
+        widget=forms.Textarea(attrs={"rows": 6, "class": "mono", "spellcheck": "false"}),
+        help_text="What the step would have returned; later steps read it.",
+    )
+    reason = forms.CharField(
+        max_length=1000,
+        widget=forms.Textarea(attrs={"rows": 2}),
+        help_text="Required: what you did by hand, for the audit trail.",
+    )
+
+    def clean_output(self) -> Any:
+        # Operator input: parsed without recursion limits (a 2,000-deep value is a form error,
+        # not a 500) and checked for what the step's output column can store.
+        try:
+            output = jsonsafe.loads(self.cleaned_data["output"])
+        except jsonsafe.JSONInputError as exc:
+            raise forms.ValidationError(str(exc)) from None
+        problem = jsonsafe.storable_json_problem(output)
+        if problem:
+            raise forms.ValidationError(f"cannot be stored: {problem}")
+        return output
+
+    def clean_reason(self) -> str:
+        reason = self.cleaned_data["reason"].strip()
+        if not reason:
+            raise forms.ValidationError("A reason is required.")
+        return reason
+
+
+# -- the actions -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One operator action: its form, the service it calls, and when it is offered (the service
+    re-checks under its lock; ``offered`` only decides which buttons are shown)."""
+
+    name: str
+    label: str
+    done: str  # "{n} instance(s) retried" -> the past participle
+    question: str
+    form: type[forms.Form]
+    run: Callable[[Any, Any, dict[str, Any]], Any]  # (target, user, form data)
+    offered: Callable[[WorkflowInstance, StepRun | None], bool]
+    danger: bool = False
+    help: str = ""
+
+    @property
+    def title(self) -> str:
+        """The label without its "…" (a page's heading)."""
+        return self.label.rstrip("…")
+
+
+def _open(instance: WorkflowInstance) -> bool:
+    return instance.state == "running"
+
+
+INSTANCE_OPERATIONS: dict[str, Operation] = {
+    op.name: op
+    for op in [
+        Operation(
+            name="retry",
+            label="Retry failed steps",
+            done="retried",
+            question="Retry the failed, timed-out and cancelled steps, each with a fresh retry "
+            "budget?",
+            form=ConfirmForm,
+            run=lambda i, user, data: engine.instance_retry(
+                instance_id=i.pk, actor=actor_of(user), user=user
+            ),
+            offered=lambda i, s: i.state == "failed",
+        ),
+        Operation(
+            name="resume",
+            label="Resume (ring now)",
+            done="resumed",
+            question="Ring the doorbell of every scheduled or retrying step now, skipping "
+            "backoffs (use after the broker lost its messages)?",
+            form=ConfirmForm,
+            run=lambda i, user, data: engine.instance_resume(
+                instance_id=i.pk, actor=actor_of(user)
+            ),
+            offered=lambda i, s: _open(i) and i.paused_at is None,
+        ),
+        Operation(
+            name="pause",
+            label="Pause",
+            done="paused",
+            question="Pause: nothing new is scheduled or started until you unpause; running "
+            "attempts finish.",
+            form=ConfirmForm,
+            run=lambda i, user, data: engine.instance_pause(instance_id=i.pk, actor=actor_of(user)),
+            offered=lambda i, s: _open(i) and i.paused_at is None,
+        ),
+        Operation(
+            name="unpause",
+            label="Unpause",
+            done="unpaused",
+            question="Unpause: ring the waiting steps and schedule what became ready?",
+            form=ConfirmForm,
+            run=lambda i, user, data: engine.instance_unpause(
+                instance_id=i.pk, actor=actor_of(user)
+            ),
+            offered=lambda i, s: i.paused_at is not None,
+        ),
+        Operation(
+            name="cancel",
+            label="Cancel",
+            done="cancelled",
+            question="Cancel: open steps are cancelled (pending approvals too); running attempts "
+            "finish but their results are ignored.",
+            form=CancelForm,
+            run=lambda i, user, data: engine.instance_cancel(
+                instance_id=i.pk, actor=actor_of(user), reason=data.get("reason", "")
+            ),
+            offered=lambda i, s: i.state in ("pending", "running", "failed"),
+            danger=True,
+        ),
+    ]
+}
+
+
+def _task_step(instance: WorkflowInstance, step: StepRun | None) -> bool:
+    definition = registry.get(instance.workflow, instance.version)
+    spec = definition.steps.get(step.name) if definition and step else None
+    return isinstance(spec, TaskStep)
+
+
+STEP_OPERATIONS: dict[str, Operation] = {
+    op.name: op
+    for op in [
+        Operation(
+            name="retry-now",
+            label="Retry now",
+            done="scheduled again",
+            question="Run this step again now (a retrying step skips the rest of its backoff; a "
+            "failed one gets a fresh retry budget and its instance runs again)?",
+            form=ConfirmForm,
+            run=lambda s, user, data: engine.step_retry_now(step_run_id=s.pk, actor=actor_of(user)),
+            offered=lambda i, s: (
+                s is not None
+                and _task_step(i, s)
+                and (
+                    (s.state == "retrying" and i.state == "running")
+                    or (s.state in ("failed", "timed_out", "cancelled") and i.state == "failed")
+                )
+            ),
+        ),
+        Operation(
+            name="complete",
+            label="Complete by hand…",
+            done="completed by hand",
+            question="Mark this step succeeded with the output you give (after doing its work "
+            "by hand). The flow continues from here.",
+            form=CompleteStepForm,
+            run=lambda s, user, data: engine.step_complete_manually(
+                step_run_id=s.pk,
+                output=data["output"],
+                actor=actor_of(user),
+                reason=data["reason"],
+                user=user,
+            ),
+            offered=lambda i, s: (
+                s is not None
+                and i.state in ("running", "failed")
+                and s.state
+                in ("failed", "timed_out", "cancelled", "retrying", "scheduled", "waiting")
+                and kinds.offers_operator(s.kind, "complete")
+            ),
+            help="Skip a step with a given output",
+        ),
+    ]
+}
+
+
+def instance_operations(instance: WorkflowInstance) -> list[Operation]:
+    """The instance actions offered for ``instance`` now."""
+    return [op for op in INSTANCE_OPERATIONS.values() if op.offered(instance, None)]
+
+
+def step_operations(instance: WorkflowInstance, step: StepRun) -> list[Operation]:
+    """The step actions offered for ``step`` of ``instance`` now."""
+    return [op for op in STEP_OPERATIONS.values() if op.offered(instance, step)]
+
+
+# -- confirm and run ---------------------------------------------------------------------------
+
+
+@dataclass
+class Report:
+    """What a (bulk) action did: how many succeeded, and which were refused and why."""
+
+    done: list[Any] = field(default_factory=list)
+    refused: list[tuple[Any, str]] = field(default_factory=list)
+
+    def messages(self, op: Operation, noun: str = "instance") -> list[tuple[int, str]]:
+        out: list[tuple[int, str]] = []
+        if self.done:
+            n = len(self.done)
+            out.append((messages.SUCCESS, f"{n} {noun}{'s' if n != 1 else ''} {op.done}."))
+        if self.refused:
+            n = len(self.refused)
+            shown = "; ".join(f"{label}: {why}" for label, why in self.refused[:20])
+            more = f"; and {n - 20} more" if n > 20 else ""
+            out.append(
+                (
+                    messages.WARNING if self.done else messages.ERROR,
+                    f"{n} {noun}{'s' if n != 1 else ''} refused — {shown}{more}",
+                )
+            )
+        return out
+
+
+def short_label(instance: WorkflowInstance) -> str:
+    key = f" {instance.business_key}" if instance.business_key else ""
+    return f"{str(instance.pk)[:8]} ({instance.workflow}{key})"
+
+
+def operate(
+    op: Operation, targets: Iterable[Any], *, user: Any, data: dict[str, Any], label=short_label
+) -> Report:
+    """Run ``op`` on each target through its service; collect successes and refusals."""
+    report = Report()
+    for target in targets:
+        try:
+            op.run(target, user, data)
+        except SignoffError as exc:
+            report.refused.append((label(target), exc.message))
+        else:
+            report.done.append(target)
+    return report
+
+
+@dataclass
+class Confirmation:
+    """The confirmation page to show: the form (empty, or with what was wrong) and the HTTP
+    status to answer with."""
+
+    form: forms.Form
+    status: int = 200
+
+
+def _confirmation_form(request: HttpRequest, op: Operation) -> tuple[forms.Form, bool]:
+    """The operator check, then ``op``'s form, bound when the confirmation was posted."""
+    require_operator(request.user)
+    confirmed = request.method == "POST" and "confirm" in request.POST
+    return op.form(request.POST if confirmed else None), confirmed
+
+
+def confirm_and_run(
+    request: HttpRequest,
+    op: Operation,
+    target: Any,
+    *,
+    subject: str,
+    refused: str = "Refused",
+    invalid_status: int = 400,
+) -> Confirmation | None:
+    """``op`` on one target (an instance or a step), asked first: a GET, or a POST without
+    ``confirm`` (a page's button), gets the :class:`Confirmation` to show; a POST with
+    ``confirm`` and a valid form calls the service once.
+
+    Returns None when it ran ("<Subject> <done>." as a success message) or the service refused
+    it ("<refused>: <why>" as an error message): the caller goes back to its page. Bad input
+    (400) or a refusal of the decision policy (403) shows the form again with why; an invalid
+    form answers ``invalid_status``.
+    """
+    form, confirmed = _confirmation_form(request, op)
+    if not confirmed:
+        return Confirmation(form)
+    if not form.is_valid():
+        return Confirmation(form, invalid_status)
+    try:
+        op.run(target, request.user, form.cleaned_data)
+    except (InvalidInput, NotAllowed) as exc:
+        form.add_error(None, exc.message)
+        return Confirmation(form, exc.status)
+    except SignoffError as exc:
+        messages.error(request, f"{refused}: {exc.message}")
+        return None
+    messages.success(request, f"{subject[:1].upper()}{subject[1:]} {op.done}.")
+    return None
+
+
+def confirm_and_run_each(
+    request: HttpRequest, op: Operation, targets: Iterable[Any]
+) -> Confirmation | None:
+    """``op`` on many targets (a bulk action), asked first like :func:`confirm_and_run`; once
+    confirmed, one service call per target, in order. Returns None when it ran, with one
+    message for those done and one naming those refused and why."""
+    form, confirmed = _confirmation_form(request, op)
+    if not (confirmed and form.is_valid()):
+        return Confirmation(form, 400 if confirmed else 200)
+    report = operate(op, list(targets), user=request.user, data=form.cleaned_data)
+    for level, text in report.messages(op):
+        messages.add_message(request, level, text)
+    return None
+
+
+# -- other apps' links on a step's row -----------------------------------------------------------
+
+# Other apps add operator links to a step's row (approvals: reassign, decide on behalf) through
+# this hook, so the engine neither imports them nor reads their tables.
+StepLinks = Callable[[HttpRequest, WorkflowInstance], dict[int, list[tuple[str, str]]]]
+_STEP_LINKS: list[StepLinks] = []
+
+
+def register_step_links(provider: StepLinks) -> StepLinks:
+    """Register ``provider(request, instance) -> {step id: [(label, url), ...]}``, called
+    for operators' status pages (one call per page: keep it to a query or two)."""
+    if provider not in _STEP_LINKS:
+        _STEP_LINKS.append(provider)
+    return provider
+
+
+def step_links(request: HttpRequest, instance: WorkflowInstance) -> dict[int, list]:
+    """The registered providers' links for ``instance``'s steps, by step id."""
+    links: dict[int, list[tuple[str, str]]] = {}
+    for provider in _STEP_LINKS:
+        for step_id, more in provider(request, instance).items():
+            links.setdefault(step_id, []).extend(more)
+    return links
