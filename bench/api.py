@@ -125,14 +125,13 @@ from bench.common import (  # noqa: E402
     cpu_seconds,
     db_name,
     empty_workflow_tables,
-    ensure_database,
     free_port,
     git_head,
     loadavg,
     make_log,
-    migrate,
     percentile,
     root_pythonpath,
+    setup_bench_django,
 )
 
 DB_URL = os.environ.get(
@@ -702,17 +701,10 @@ def main(argv: list[str] | None = None) -> int:
     wrk_path()  # fail early and clearly
 
     env = bench_env()
-    os.environ.update(env)
-    ensure_database(DB_URL, log)
-
-    import django
-
-    django.setup()
+    setup_bench_django(env, DB_URL, log)
     from django.conf import settings
     from django.db import connections
 
-    log(f"migrating {db_name(DB_URL)}")
-    migrate()
     reset_state()
     token = api_token()
     connections.close_all()

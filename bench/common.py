@@ -176,6 +176,18 @@ def migrate() -> None:
     call_command("migrate", interactive=False, verbosity=0)
 
 
+def setup_bench_django(env: dict[str, str], url: str, log: Callable[[str], None]) -> None:
+    """Put ``env`` (the bench database ``url``, its broker, settings) into this process's
+    environment, create the database when missing, set Django up and migrate."""
+    os.environ.update(env)
+    ensure_database(url, log)
+    import django
+
+    django.setup()
+    log(f"migrating {db_name(url)}")
+    migrate()
+
+
 def empty_workflow_tables() -> None:
     """TRUNCATE the engine's tables (instances, steps, events) of the bench database this
     process is set up on (a dedicated one), then close the connection."""

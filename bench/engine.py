@@ -111,15 +111,14 @@ from bench.common import (  # noqa: E402
     cpu_seconds,
     db_name,
     empty_workflow_tables,
-    ensure_database,
     git_head,
     goal_row,
     loadavg,
     make_log,
-    migrate,
     pct,
     root_pythonpath,
     row,
+    setup_bench_django,
     wait_until,
     with_secrets,
     worker_answers,
@@ -863,16 +862,8 @@ def main(argv: list[str] | None = None) -> int:
             setattr(args, name, max(10, getattr(args, name) // 5))
 
     env = bench_env(args.settings)
-    os.environ.update(env)
-    ensure_database(DB_URL, log)
-
-    import django
-
-    django.setup()
+    setup_bench_django(env, DB_URL, log)
     from django.conf import settings
-
-    log(f"migrating {db_name(DB_URL)}")
-    migrate()
 
     reset_state()
     run = uuid.uuid4().hex[:8]
