@@ -94,7 +94,6 @@ and the query count more than wall times.
 
 from __future__ import annotations
 
-import argparse
 import cProfile
 import io
 import json
@@ -111,7 +110,6 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -121,17 +119,19 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"
 sys.path.insert(0, str(ROOT))
 
 from bench.common import (  # noqa: E402
+    BenchRun,
     ServiceProcess,
     admin_url,
     cpu_seconds,
     db_name,
-    ensure_database,
+    empty_workflow_tables,
     free_port,
     git_head,
     loadavg,
     make_log,
-    migrate,
     percentile,
+    root_pythonpath,
+    setup_bench_django,
 )
 
 DB_URL = os.environ.get(
@@ -243,7 +243,7 @@ def bench_env() -> dict[str, str]:
             "CELERY_BROKER_URL": REDIS_URL,
             "SIGNOFF_WORKFLOW_MODULES": WORKFLOW_MODULES,
             "ALLOWED_HOSTS": "127.0.0.1,localhost,testserver",
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
+            "PYTHONPATH": root_pythonpath(env),
         }
     )
     env.setdefault("SECRET_KEY", secrets.token_urlsafe(50))
@@ -260,16 +260,7 @@ def broker() -> Any:
 
 def reset_state() -> None:
     """Empty the workflow tables (a dedicated database) and the bench Redis db."""
-    from django.db import connection
-
-    from orchestration.models import Event, StepRun, WorkflowInstance
-
-    tables = ", ".join(
-        connection.ops.quote_name(m._meta.db_table) for m in (Event, StepRun, WorkflowInstance)
-    )
-    with connection.cursor() as cursor:
-        cursor.execute(f"TRUNCATE {tables} CASCADE")
-    connection.close()
+    empty_workflow_tables()
     broker().flushdb()
 
 
@@ -296,8 +287,11 @@ class Gunicorn(ServiceProcess):
         self.port = port
 
     def command(self) -> list[str]:
+        return [sys.executable, "-m", "gunicorn", *self.arguments()]
+
+    def arguments(self) -> list[str]:
+        """gunicorn's arguments (the report records them)."""
         return [
-            "gunicorn",
             "config.wsgi:application",
             "--bind",
             f"127.0.0.1:{self.port}",
@@ -687,7 +681,8 @@ def render(results: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    bench = BenchRun("api", __doc__, log)
+    parser = bench.parser
     parser.add_argument("--clients", type=int, default=50, help="concurrent connections")
     parser.add_argument("--seconds", type=float, default=30.0, help="the loaded phase's length")
     parser.add_argument("--single-seconds", type=float, default=10.0, help="1-client phase")
@@ -697,8 +692,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inprocess", type=int, default=200, help="starts in this process")
     parser.add_argument("--profile", action="store_true", help="cProfile the in-process starts too")
     parser.add_argument("--quick", action="store_true", help="shorter phases")
-    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "api.json")
-    args = parser.parse_args(argv)
+    args = bench.parse(argv)
     if args.quick:
         args.seconds = min(args.seconds, 10.0)
         args.single_seconds = min(args.single_seconds, 5.0)
@@ -707,19 +701,10 @@ def main(argv: list[str] | None = None) -> int:
     wrk_path()  # fail early and clearly
 
     env = bench_env()
-    os.environ.update(env)
-    began = time.monotonic()
-    load_before = loadavg()
-    ensure_database(DB_URL, log)
-
-    import django
-
-    django.setup()
+    setup_bench_django(env, DB_URL, log)
     from django.conf import settings
     from django.db import connections
 
-    log(f"migrating {db_name(DB_URL)}")
-    migrate()
     reset_state()
     token = api_token()
     connections.close_all()
@@ -790,7 +775,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     results["environment"] = {
         "gunicorn_workers": args.workers,
-        "gunicorn_command": " ".join(server.command()[1:]),
+        "gunicorn_command": " ".join(server.arguments()),
         "settings": env["DJANGO_SETTINGS_MODULE"],
         "debug": settings.DEBUG,
         "conn_max_age": db.get("CONN_MAX_AGE"),
@@ -804,17 +789,11 @@ def main(argv: list[str] | None = None) -> int:
         "python": platform.python_version(),
         "git_head": git_head(),
         "cpus": os.cpu_count(),
-        "loadavg_before": load_before,
+        "loadavg_before": bench.load_before,
         "loadavg_after": loadavg(),
     }
-    results["finished_at"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    results["duration_s"] = round(time.monotonic() - began, 1)
-    results["summary"] = summary_rows(results)
-    print(render(results))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2) + "\n")
-    shown = args.output.relative_to(ROOT) if args.output.is_relative_to(ROOT) else args.output
-    log(f"wrote {shown} in {results['duration_s']} s")
+    bench.stamp(results)
+    bench.finish(results, render, summary_rows)
     failed = [
         r["measure"]
         for r in results["summary"]

@@ -109,15 +109,21 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"
 sys.path.insert(0, str(ROOT))
 
 from bench.common import (  # noqa: E402
+    RESULTS,
+    BenchRun,
     admin_url,
     create_database,
     db_name,
+    finished_at,
     free_port,
     loadavg,
     migrate,
+    root_pythonpath,
     wait_until,
     with_secrets,
+    worker_answers,
 )
+from orchestration.worker import worker_command  # noqa: E402
 
 DB_URL = os.environ.get(
     "SIGNOFF_CHAOS_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/signoff_chaos"
@@ -125,7 +131,6 @@ DB_URL = os.environ.get(
 REDIS_URL = os.environ.get("SIGNOFF_CHAOS_REDIS_URL", "redis://127.0.0.1:6379/7")
 WORKFLOW_MODULES = "bench.chaos_workflows"
 QUEUE = "signoff"
-RESULTS = ROOT / "bench" / "results"
 MIX = {"chaos_sequence": 30, "chaos_parallel": 25, "chaos_approval": 20, "chaos_saga": 25}
 TERMINAL = ("succeeded", "failed", "cancelled", "compensated")
 # Tables a reset keeps: the schema's own bookkeeping and beat's schedule (set by migrations).
@@ -177,7 +182,7 @@ def chaos_env(doorbell_grace: int) -> dict[str, str]:
             or Fernet.generate_key().decode(),
             "EMAIL_URL": "locmem://",
             "LOG_LEVEL": os.environ.get("SIGNOFF_CHAOS_LOG_LEVEL", "WARNING"),
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
+            "PYTHONPATH": root_pythonpath(env),
             "PYTHONUNBUFFERED": "1",
         }
     )
@@ -331,26 +336,9 @@ def _running(pid: int) -> bool:
 
 def worker_process(slot: int, env: dict[str, str], generation: int, logs: Path) -> Process:
     name = f"chaos-{slot}-{generation}-{os.getpid()}@localhost"
-    command = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "config",
-        "worker",
-        "-l",
-        "WARNING",
-        "-P",
-        "prefork",
-        "-c",
-        "2",
-        "-Q",
-        QUEUE,
-        "-n",
-        name,
-        "--without-gossip",
-        "--without-mingle",
-    ]
+    command = worker_command(
+        queues=QUEUE, concurrency=2, hostname=name, loglevel="WARNING", pool="prefork"
+    )
     return Process(name, command, env, logs / f"worker-{slot}.log")
 
 
@@ -376,13 +364,6 @@ def web_process(env: dict[str, str], port: int, logs: Path) -> Process:
         "warning",
     ]
     return Process("web", command, env, logs / "web.log")
-
-
-def worker_answers(name: str) -> bool:
-    from config.celery import app
-
-    replies = app.control.ping(destination=[name], timeout=0.5)
-    return any(name in reply for reply in replies)
 
 
 # -- the API client -----------------------------------------------------------------------------
@@ -1366,7 +1347,8 @@ def setup_and_drive(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+    bench = BenchRun("chaos", __doc__, log)
+    parser = bench.parser
     parser.add_argument("--workflows", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--fail-rate", type=float, default=0.2, help="transient failures")
@@ -1425,11 +1407,10 @@ def main(argv: list[str] | None = None) -> int:
         help="only check the invariants on the database as the last run left it (same "
         "--workflows and --seed)",
     )
-    parser.add_argument("--output", type=Path, default=RESULTS / "chaos.json")
     parser.add_argument(
         "--logs", type=Path, default=RESULTS / "chaos-logs", help="web and worker logs"
     )
-    args = parser.parse_args(argv)
+    args = bench.parse(argv)
     if args.ramp is None:
         args.ramp = max(25.0, 0.1 * args.workflows)
     if args.timeout is None:
@@ -1502,13 +1483,10 @@ def main(argv: list[str] | None = None) -> int:
             "python": platform.python_version(),
             "cpus": os.cpu_count(),
             "loadavg": loadavg(),
-            "finished_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+            "finished_at": finished_at(),
         },
     }
-    print(render(summary), flush=True)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    log(f"wrote {args.output}")
+    bench.finish(summary, render)
     return 0 if summary["passed"] else 1
 
 

@@ -1,5 +1,7 @@
 """Small helpers the benchmark scripts share: logging, percentiles, load, the commit, waiting,
-the bench databases (create, migrate), free ports, summary rows.
+the bench databases (create, migrate, empty), free ports, summary rows, child processes and
+their environment, and :class:`BenchRun`, the part of every script's ``main()`` that is not its
+own (the command line, the clock, the printed table and the JSON report).
 
 Every script in ``bench/`` writes a JSON report whose ``"summary"`` key is a list of rows
 (:func:`row`); ``bench/run.py`` (``make bench``) runs the scripts and prints those rows as one
@@ -8,19 +10,23 @@ table.
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import platform
 import signal
 import socket
 import subprocess
-import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
 
 # Outside the embedded default the settings refuse to start without real secrets. The
 # benchmarks run on local throwaway databases: fixed bench-only values, the same in every
@@ -37,6 +43,12 @@ def with_secrets(env: dict[str, str]) -> dict[str, str]:
         if not env.get(name):
             env[name] = value
     return env
+
+
+def root_pythonpath(env: dict[str, str]) -> str:
+    """``env``'s ``PYTHONPATH`` with the project root first, for child processes (a worker,
+    gunicorn) that import ``config`` and ``bench``."""
+    return os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
 
 
 def make_log(prefix: str) -> Callable[[str], None]:
@@ -164,6 +176,46 @@ def migrate() -> None:
     call_command("migrate", interactive=False, verbosity=0)
 
 
+def setup_bench_django(env: dict[str, str], url: str, log: Callable[[str], None]) -> None:
+    """Put ``env`` (the bench database ``url``, its broker, settings) into this process's
+    environment, create the database when missing, set Django up and migrate."""
+    os.environ.update(env)
+    ensure_database(url, log)
+    import django
+
+    django.setup()
+    log(f"migrating {db_name(url)}")
+    migrate()
+
+
+def empty_workflow_tables() -> None:
+    """TRUNCATE the engine's tables (instances, steps, events) of the bench database this
+    process is set up on (a dedicated one), then close the connection."""
+    from django.db import connection
+
+    from orchestration.models import Event, StepRun, WorkflowInstance
+
+    tables = ", ".join(
+        connection.ops.quote_name(m._meta.db_table) for m in (Event, StepRun, WorkflowInstance)
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(f"TRUNCATE {tables} CASCADE")
+    connection.close()
+
+
+@contextmanager
+def counting_queries(into: list[int]) -> Iterator[None]:
+    """Add to ``into[0]`` one per SQL statement the default connection runs inside."""
+    from django.db import connection
+
+    def wrapper(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        into[0] += 1
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(wrapper):
+        yield
+
+
 def machine() -> dict[str, Any]:
     """What the figures ran on."""
     model = ""
@@ -228,6 +280,14 @@ def cpu_seconds(pids: list[int]) -> float:
     return used
 
 
+def worker_answers(name: str) -> bool:
+    """Whether the Celery worker named ``name`` answers a ping (it is consuming)."""
+    from config.celery import app
+
+    replies = app.control.ping(destination=[name], timeout=0.5)
+    return any(name in reply for reply in replies)
+
+
 class ServiceProcess:
     """A server the benchmark starts (a Celery worker, gunicorn) in its own process group,
     its output in ``log_path``; :meth:`stop` ends the whole group."""
@@ -240,6 +300,7 @@ class ServiceProcess:
         self.process: subprocess.Popen[bytes] | None = None
 
     def command(self) -> list[str]:
+        """The whole command line (the interpreter first)."""
         raise NotImplementedError
 
     def spawn(self, ready: Callable[[], bool], timeout: float = 60) -> None:
@@ -247,7 +308,7 @@ class ServiceProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "wb") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", *self.command()],
+                self.command(),
                 cwd=ROOT,
                 env=self.env,
                 stdout=out,
@@ -285,3 +346,79 @@ class ServiceProcess:
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
+
+
+# -- a benchmark script's main() ----------------------------------------------------------------
+
+
+def finished_at() -> str:
+    """Now, as every report writes it: UTC, to the second."""
+    return datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+class BenchRun:
+    """What every benchmark script's ``main()`` shares; the rest of ``main()`` is its own::
+
+        run = BenchRun("floor", __doc__, log)
+        run.parser.add_argument("--seconds", ...)  # the script's own arguments
+        args = run.parse(argv)  # adds --output, starts the clock, notes the load average
+        results = {...}  # measured
+        run.stamp(results)  # finished_at, duration_s
+        run.finish(results, render, summarise)  # summary rows, the table, the JSON report
+
+    The parser is described by the first paragraph of the script's docstring; ``--output``
+    defaults to ``bench/results/<name>.json`` (``bench/run.py`` reads its ``"summary"``).
+    """
+
+    def __init__(self, name: str, doc: str | None, log: Callable[[str], None]) -> None:
+        self.log = log
+        self.parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
+        self.output = RESULTS / f"{name}.json"
+        self.began = time.monotonic()
+        self.load_before: list[float] = []
+
+    def parse(self, argv: list[str] | None) -> argparse.Namespace:
+        """Parse the command line (``--output`` last in ``--help``), start the clock and note
+        the load average."""
+        self.parser.add_argument(
+            "--output", type=Path, default=self.output, help="where the JSON report goes"
+        )
+        args = self.parser.parse_args(argv)
+        self.output = args.output
+        self.began = time.monotonic()
+        self.load_before = loadavg()
+        return args
+
+    def seconds(self) -> float:
+        """Seconds since :meth:`parse`, to a tenth."""
+        return round(time.monotonic() - self.began, 1)
+
+    def machine_report(self) -> dict[str, Any]:
+        """The load average before and now, and :func:`machine`."""
+        return {
+            "loadavg_before": self.load_before,
+            "loadavg_after": loadavg(),
+            "machine": machine(),
+        }
+
+    def stamp(self, report: dict[str, Any]) -> dict[str, Any]:
+        """Add ``finished_at`` and ``duration_s`` to ``report``; returns it."""
+        report["finished_at"] = finished_at()
+        report["duration_s"] = self.seconds()
+        return report
+
+    def finish(
+        self,
+        report: dict[str, Any],
+        render: Callable[[dict[str, Any]], str],
+        summarise: Callable[[dict[str, Any]], list[dict[str, Any]]] | None = None,
+    ) -> None:
+        """Add the ``"summary"`` rows (``summarise``), print ``render(report)`` and write the
+        report as JSON to ``--output``."""
+        if summarise is not None:
+            report["summary"] = summarise(report)
+        print(render(report), flush=True)
+        self.output.parent.mkdir(parents=True, exist_ok=True)
+        self.output.write_text(json.dumps(report, indent=2, default=str) + "\n")
+        shown = self.output.relative_to(ROOT) if self.output.is_relative_to(ROOT) else self.output
+        self.log(f"wrote {shown} in {self.seconds()} s")

@@ -6,7 +6,7 @@ Run it with ``make bench`` (or ``.venv/bin/python bench/engine.py``; ``--help`` 
 database ``signoff_bench`` when missing, migrates it, empties its workflow tables and Redis db 12,
 starts a Celery worker (prefork, 2 processes, queue ``signoff``, the project's settings) with
 ``SIGNOFF_WORKFLOW_MODULES=demo.workflows,bench.workflows`` and ``-I bench.tasks``, runs the
-phases below, stops the worker, prints one table and writes ``bench/results/latest.json``.
+phases below, stops the worker, prints one table and writes ``bench/results/engine.json``.
 Anything the project reads from the environment (``CONN_MAX_AGE``,
 ``CELERY_WORKER_PREFETCH_MULTIPLIER``, ...) passes through to the worker and this script.
 
@@ -88,18 +88,13 @@ results; compare runs taken under similar load, and run twice before trusting a 
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import platform
 import statistics
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -109,21 +104,26 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"
 sys.path.insert(0, str(ROOT))
 
 from bench.common import (  # noqa: E402
+    BenchRun,
     ServiceProcess,
     admin_url,
+    counting_queries,
     cpu_seconds,
     db_name,
-    ensure_database,
+    empty_workflow_tables,
     git_head,
     goal_row,
     loadavg,
     make_log,
-    migrate,
     pct,
+    root_pythonpath,
     row,
+    setup_bench_django,
     wait_until,
     with_secrets,
+    worker_answers,
 )
+from orchestration.worker import worker_command  # noqa: E402
 
 DB_URL = os.environ.get(
     "SIGNOFF_BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/signoff_bench"
@@ -167,7 +167,7 @@ def bench_env(settings_module: str) -> dict[str, str]:
             "CELERY_BROKER_URL": REDIS_URL,
             "SIGNOFF_WORKFLOW_MODULES": WORKFLOW_MODULES,
             "DJANGO_SETTINGS_MODULE": settings_module,
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
+            "PYTHONPATH": root_pythonpath(env),
         }
     )
     env.setdefault("LOG_LEVEL", "WARNING")
@@ -176,17 +176,9 @@ def bench_env(settings_module: str) -> dict[str, str]:
 
 def reset_state() -> None:
     """Empty the workflow tables (a dedicated database) and Redis db 12 (queue included)."""
-    from django.db import connection
-
     from bench.workflows import bench_redis
-    from orchestration.models import Event, StepRun, WorkflowInstance
 
-    tables = ", ".join(
-        connection.ops.quote_name(m._meta.db_table) for m in (Event, StepRun, WorkflowInstance)
-    )
-    with connection.cursor() as cursor:
-        cursor.execute(f"TRUNCATE {tables} CASCADE")
-    connection.close()
+    empty_workflow_tables()
     bench_redis().flushdb()
 
 
@@ -202,35 +194,17 @@ class Worker(ServiceProcess):
         self.name = f"bench-{os.getpid()}-{time.monotonic_ns()}@localhost"
 
     def command(self) -> list[str]:
-        return [
-            "celery",
-            "-A",
-            "config",
-            "worker",
-            "-l",
-            "WARNING",
-            "-P",
-            self.pool,
-            "-c",
-            str(self.concurrency),
-            "-Q",
-            QUEUE,
-            "-I",
-            "bench.tasks",
-            "-n",
-            self.name,
-            "--without-gossip",
-            "--without-mingle",
-        ]
+        return worker_command(
+            queues=QUEUE,
+            concurrency=self.concurrency,
+            hostname=self.name,
+            loglevel="WARNING",
+            pool=self.pool,
+            include=["bench.tasks"],
+        )
 
     def start(self) -> None:
-        from config.celery import app
-
-        def ready() -> bool:
-            replies = app.control.ping(destination=[self.name], timeout=0.5)
-            return any(self.name in reply for reply in replies)
-
-        self.spawn(ready)
+        self.spawn(lambda: worker_answers(self.name))
 
     def cpu(self) -> dict[str, float]:
         """CPU seconds (user + system) used so far by the main process and by its pool
@@ -430,18 +404,6 @@ def phase_latency(run: str, count: int, warmup: int, budget: float) -> dict[str,
             "function_end_to_complete_commit": summary_ms(complete),
         },
     }
-
-
-@contextmanager
-def counting_queries(into: list[int]) -> Iterator[None]:
-    from django.db import connection
-
-    def wrapper(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
-        into[0] += 1
-        return execute(sql, params, many, context)
-
-    with connection.execute_wrapper(wrapper):
-        yield
 
 
 def phase_inprocess(count: int) -> dict[str, Any]:
@@ -859,7 +821,8 @@ def summarise(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    bench = BenchRun("engine", __doc__, log)
+    parser = bench.parser
     parser.add_argument("--latency", type=int, default=200, help="instances run one by one")
     parser.add_argument("--throughput", type=int, default=1000, help="instances started at once")
     parser.add_argument("--raw", type=int, default=3000, help="raw tasks for the rate")
@@ -887,31 +850,20 @@ def main(argv: list[str] | None = None) -> int:
         help="seconds after which the throughput phase stops and reports what finished",
     )
     parser.add_argument("--quick", action="store_true", help="a fifth of every count")
-    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "engine.json")
     parser.add_argument(
         "--hold-worker",
         type=float,
         default=0.0,
         help="seconds to keep the worker idle after warm-up (to attach py-spy)",
     )
-    args = parser.parse_args(argv)
+    args = bench.parse(argv)
     if args.quick:
         for name in ("latency", "throughput", "raw", "raw_roundtrips", "inprocess"):
             setattr(args, name, max(10, getattr(args, name) // 5))
 
     env = bench_env(args.settings)
-    os.environ.update(env)
-    began = time.monotonic()
-    load_before = loadavg()
-    ensure_database(DB_URL, log)
-
-    import django
-
-    django.setup()
+    setup_bench_django(env, DB_URL, log)
     from django.conf import settings
-
-    log(f"migrating {db_name(DB_URL)}")
-    migrate()
 
     reset_state()
     run = uuid.uuid4().hex[:8]
@@ -975,17 +927,11 @@ def main(argv: list[str] | None = None) -> int:
         "python": platform.python_version(),
         "git_head": git_head(),
         "cpus": os.cpu_count(),
-        "loadavg_before": load_before,
+        "loadavg_before": bench.load_before,
         "loadavg_after": loadavg(),
     }
-    results["finished_at"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    results["duration_s"] = round(time.monotonic() - began, 1)
-    results["summary"] = summarise(results)
-    print(render(results))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2) + "\n")
-    shown = args.output.relative_to(ROOT) if args.output.is_relative_to(ROOT) else args.output
-    log(f"wrote {shown} in {results['duration_s']} s")
+    bench.stamp(results)
+    bench.finish(results, render, summarise)
     return 0
 
 

@@ -33,15 +33,11 @@ floor.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -51,11 +47,10 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"
 sys.path.insert(0, str(ROOT))
 
 from bench.common import (  # noqa: E402
+    BenchRun,
     admin_url,
     create_database,
     db_name,
-    loadavg,
-    machine,
     make_log,
     pct,
     row,
@@ -232,18 +227,16 @@ def render(results: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seconds", type=float, default=10.0, help="per phase")
-    parser.add_argument("--quick", action="store_true", help="3 s per phase")
-    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "floor.json")
-    args = parser.parse_args(argv)
+    run = BenchRun("floor", __doc__, log)
+    run.parser.add_argument("--seconds", type=float, default=10.0, help="per phase")
+    run.parser.add_argument("--quick", action="store_true", help="3 s per phase")
+    args = run.parse(argv)
     if args.quick:
         args.seconds = 3.0
     if shutil.which("pgbench") is None:
         print("pgbench is not installed (apt-get install -y postgresql-client)", file=sys.stderr)
         return 2
-    began = time.monotonic()
-    results: dict[str, Any] = {"loadavg_before": loadavg()}
+    results: dict[str, Any] = {"loadavg_before": run.load_before}
     results["settings"] = ensure_database()
     log("pgbench -i (scale 1)")
     pgbench("-i", "-q", "-s", "1", *conninfo())
@@ -255,15 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     ):
         log(f"{name}: {clients} client(s), {args.seconds:g} s")
         results[name] = run_script(name.removesuffix("_8"), clients, args.seconds)
-    results["loadavg_after"] = loadavg()
-    results["machine"] = machine()
-    results["finished_at"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    results["duration_s"] = round(time.monotonic() - began, 1)
-    results["summary"] = summarise(results)
-    print(render(results))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2) + "\n")
-    log(f"wrote {args.output} in {results['duration_s']} s")
+    results.update(run.machine_report())
+    run.stamp(results)
+    run.finish(results, render, summarise)
     return 0
 
 

@@ -60,9 +60,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from datetime import UTC, datetime
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,8 +70,11 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"
 sys.path.insert(0, str(ROOT))
 
 from bench.common import (  # noqa: E402
+    BenchRun,
+    counting_queries,
     db_name,
     ensure_database,
+    finished_at,
     goal_row,
     loadavg,
     make_log,
@@ -517,32 +518,20 @@ def counts() -> dict[str, int]:
 # -- timing -------------------------------------------------------------------------------------
 
 
-@contextmanager
-def counting_queries(into: list[int]) -> Iterator[None]:
-    from django.db import connection
-
-    def wrapper(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
-        into.append(1)
-        return execute(sql, params, many, context)
-
-    with connection.execute_wrapper(wrapper):
-        yield
-
-
 def measure(client: Any, path_for: Callable[[int], str], count: int, warmup: int) -> dict[str, Any]:
     for i in range(warmup):
         response = client.get(path_for(i))
     times, cpu, queries, statuses = [], [], [], set()
     for i in range(count):
         path = path_for(i)
-        counted: list[int] = []
+        counted = [0]
         with counting_queries(counted):
             began, began_cpu = time.perf_counter(), time.thread_time()
             response = client.get(path)
             elapsed, elapsed_cpu = time.perf_counter() - began, time.thread_time() - began_cpu
         times.append(elapsed * 1000)
         cpu.append(elapsed_cpu * 1000)
-        queries.append(len(counted))
+        queries.append(counted[0])
         statuses.add(response.status_code)
     return {
         "n": count,
@@ -778,7 +767,8 @@ def render(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    bench = BenchRun("inbox", __doc__, log)
+    parser = bench.parser
     parser.add_argument("--count", type=int, default=50, help="timed requests per page")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--mode", choices=["current"], default="current", help=argparse.SUPPRESS)
@@ -789,11 +779,9 @@ def main(argv: list[str] | None = None) -> int:
         default=LAYOUT["requests"],
         help="approval rows to seed (a tenth pending); other sizes reseed",
     )
-    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "inbox.json")
-    args = parser.parse_args(argv)
+    args = bench.parse(argv)
     LAYOUT["requests"] = args.requests
 
-    began = time.monotonic()
     ensure_database(DB_URL, log)
     log("migrate")
     migrate()
@@ -821,7 +809,7 @@ def main(argv: list[str] | None = None) -> int:
     measured["current"]["load_before"] = load_before
     measured["current"]["load_after"] = loadavg()
     report = {
-        "finished_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "finished_at": finished_at(),
         "layout": LAYOUT,
         "target_user": TARGET,
         "seed": seeded,
@@ -835,13 +823,9 @@ def main(argv: list[str] | None = None) -> int:
             "database": db_name(DB_URL),
             "client": "django.test.Client in process (no HTTP server, no network)",
         },
-        "duration_s": round(time.monotonic() - began, 1),
+        "duration_s": bench.seconds(),
     }
-    report["summary"] = summarise(report)
-    print(render(report))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    log(f"wrote {args.output} in {report['duration_s']} s")
+    bench.finish(report, render, summarise)
     return 0
 
 

@@ -23,12 +23,10 @@ is a figure, written down in README.md with its profile).
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import loadavg, machine, make_log  # noqa: E402
-
-RESULTS = ROOT / "bench" / "results"
+from bench.common import RESULTS, BenchRun, finished_at, make_log  # noqa: E402
 
 # name: (script, extra arguments, arguments under --quick)
 BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
@@ -134,28 +130,28 @@ def render(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    bench = BenchRun("latest", __doc__, log)
+    parser = bench.parser
     parser.add_argument(
         "--only", default="", help=f"comma-separated subset of {','.join(BENCHMARKS)}"
     )
     parser.add_argument("--quick", action="store_true", help="smaller counts in every benchmark")
-    parser.add_argument("--output", type=Path, default=RESULTS / "latest.json")
-    args = parser.parse_args(argv)
+    args = bench.parse(argv)
     names = [n.strip() for n in args.only.split(",") if n.strip()] or list(BENCHMARKS)
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown benchmark(s): {', '.join(unknown)}")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    report: dict[str, Any] = {"loadavg_before": loadavg(), "quick": args.quick, "sections": {}}
+    report: dict[str, Any] = {
+        "loadavg_before": bench.load_before,
+        "quick": args.quick,
+        "sections": {},
+    }
     for name in names:
         report["sections"][name] = run_one(name, args.quick)
-    report["loadavg_after"] = loadavg()
-    report["machine"] = machine()
-    report["finished_at"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    print(render(report))
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
-    shown = args.output.relative_to(ROOT) if args.output.is_relative_to(ROOT) else args.output
-    log(f"wrote {shown}")
+    report.update(bench.machine_report())
+    report["finished_at"] = finished_at()
+    bench.finish(report, render)
     failed = [n for n, s in report["sections"].items() if s["exit"] != 0]
     return 1 if failed else 0
 

@@ -56,7 +56,6 @@ average is recorded; compare runs taken under similar load.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -75,13 +74,17 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"
 sys.path.insert(0, str(ROOT))
 
 from bench.common import (  # noqa: E402
+    BenchRun,
     db_name,
     ensure_database,
+    finished_at,
     loadavg,
     make_log,
     percentile,
     with_secrets,
+    worker_answers,
 )
+from orchestration.worker import worker_command  # noqa: E402
 
 DB_URL = os.environ.get(
     "SIGNOFF_BENCH_SWEEP_DATABASE_URL",
@@ -914,16 +917,16 @@ class RenderWorker:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> float:
-        from config.celery import app
-
         began = time.monotonic()
         self.log.parent.mkdir(exist_ok=True)
         self.process = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "celery", "-A", "config", "worker", "-l", "WARNING"),
-                *("-c", str(self.concurrency), "-Q", RENDER_QUEUE, "-n", self.name),
-                *("--without-gossip", "--without-mingle", "--without-heartbeat"),
-            ],
+            worker_command(
+                queues=RENDER_QUEUE,
+                concurrency=self.concurrency,
+                hostname=self.name,
+                loglevel="WARNING",
+                extra=["--without-heartbeat"],
+            ),
             cwd=ROOT,
             env=_env(),
             stdout=open(self.log, "ab"),  # noqa: SIM115 - the child owns it
@@ -934,7 +937,7 @@ class RenderWorker:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise SystemExit(f"render worker exited; see {self.log}")
-            if any(self.name in r for r in app.control.ping(destination=[self.name], timeout=0.5)):
+            if worker_answers(self.name):
                 return round(time.monotonic() - began, 1)
         raise SystemExit(f"render worker not ready; see {self.log}")
 
@@ -1245,7 +1248,8 @@ def render(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    bench = BenchRun("sweepers", __doc__, log)
+    parser = bench.parser
     parser.add_argument("--reseed", action="store_true", help="seed even if the seed matches")
     parser.add_argument(
         "--per-row-rows",
@@ -1256,12 +1260,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--profile", action="store_true", help="pyinstrument tree of one more batched sweep"
     )
-    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "sweepers.json")
-    args = parser.parse_args(argv)
+    args = bench.parse(argv)
     rows = max(0, min(args.per_row_rows, LAYOUT["overdue"]))
 
-    began = time.monotonic()
-    load_start = loadavg()
     ensure_database(DB_URL, log)
     log("migrate")
     manage("migrate", "--noinput", "-v", "0")
@@ -1347,7 +1348,7 @@ def main(argv: list[str] | None = None) -> int:
         broker_purge()
 
     report = {
-        "finished_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "finished_at": finished_at(),
         "layout": LAYOUT,
         "goals": GOALS,
         "seed": seeded,
@@ -1356,7 +1357,7 @@ def main(argv: list[str] | None = None) -> int:
         "explain": plans,
         **report,
         "notes": notes,
-        "load": {"start": load_start, "end": loadavg()},
+        "load": {"start": bench.load_before, "end": loadavg()},
         "environment": {
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
@@ -1364,13 +1365,9 @@ def main(argv: list[str] | None = None) -> int:
             "database": db_name(DB_URL),
             "broker": BROKER_URL,
         },
-        "duration_s": round(time.monotonic() - began, 1),
+        "duration_s": bench.seconds(),
     }
-    report["summary"] = summary(report)
-    print(render(report))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    log(f"wrote {args.output} in {report['duration_s']} s")
+    bench.finish(report, render, summary)
     return 0
 
 

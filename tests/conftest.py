@@ -6,7 +6,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from email import policy
@@ -17,6 +16,8 @@ import pytest
 import redis
 from aiosmtpd.controller import Controller
 from django.conf import settings
+
+from orchestration.worker import worker_command
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -61,24 +62,7 @@ class WorkerProcess:
         self.name = f"test-{time.monotonic_ns()}@localhost"
         self.log.parent.mkdir(exist_ok=True)
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "config",
-                "worker",
-                "-l",
-                "INFO",
-                "-c",
-                str(self.concurrency),
-                "-Q",
-                "signoff",
-                "--without-gossip",
-                "--without-mingle",
-                "-n",
-                self.name,
-            ],
+            worker_command(queues="signoff", concurrency=self.concurrency, hostname=self.name),
             cwd=ROOT,
             env=self.env(),
             stdout=open(self.log, "ab"),

@@ -27,6 +27,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from orchestration.embedded import EmbeddedRedis, signal_group, spawn
+from orchestration.worker import beat_command, worker_command
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 GRACE_SECONDS = 10.0
@@ -167,25 +168,13 @@ class Command(BaseCommand):
         commands = {
             # Static files come from WhiteNoise (settings), as in production.
             "web": [python, manage, "runserver", "--noreload", f"{host}:{port}"],
-            "worker": [
-                python,
-                "-m",
-                "celery",
-                "-A",
-                "config",
-                "worker",
-                "-l",
-                "INFO",
-                "-c",
-                str(options["concurrency"]),
-                "-Q",
-                queues,
-                "-n",
-                f"runall-{os.getpid()}@%h",
-                "--without-gossip",
-                "--without-mingle",
-            ],
-            "beat": [python, "-m", "celery", "-A", "config", "beat", "-l", "INFO", "--pidfile="],
+            "worker": worker_command(
+                queues=queues,
+                concurrency=int(options["concurrency"]),
+                hostname=f"runall-{os.getpid()}@%h",
+                loglevel="INFO",
+            ),
+            "beat": beat_command(loglevel="INFO"),
         }
         for name, cmd in commands.items():
             self.children[name] = spawn(
