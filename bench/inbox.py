@@ -39,13 +39,6 @@ Then ``EXPLAIN (ANALYZE, BUFFERS)`` of each list's main query, exactly as the vi
 to check that the pending list walks the partial index ``approval_pending_created``, and of
 ``request_for``'s query (the detail pages).
 
-Two modes (``--mode both``, the default, runs them one after the other): ``current``, the
-code as it is, and ``proposed``, with the selector change and the index proposed for
-``approvals/selectors.py`` and ``approvals/models.py`` (``PROPOSED_SELECTORS`` and
-``PROPOSED_INDEX_SQL`` below) swapped in, in this process and this database only. The
-proposed index is dropped again at the end, so the next ``current`` run measures the code as
-it is.
-
 Noise: 2 cores shared with PostgreSQL and whatever else runs (other people's tests). The load
 average is recorded; compare runs taken under similar load.
 """
@@ -771,7 +764,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = bench.parser
     parser.add_argument("--count", type=int, default=50, help="timed requests per page")
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--mode", choices=["current"], default="current", help=argparse.SUPPRESS)
     parser.add_argument("--reseed", action="store_true", help="seed even if the seed matches")
     parser.add_argument(
         "--requests",

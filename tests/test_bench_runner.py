@@ -104,3 +104,19 @@ def test_the_quick_arguments_are_passed(scripts: Path, monkeypatch: pytest.Monke
     monkeypatch.setattr(runner.subprocess, "call", lambda cmd, cwd: seen.append(cmd) or 0)
     runner.main(["--only", "good", "--quick", "--output", str(scripts / "latest.json")])
     assert seen[0][0] == sys.executable and "--quick-flag-ignored" in seen[0]
+
+
+@pytest.mark.parametrize("name", sorted(runner.BENCHMARKS))
+def test_every_benchmark_accepts_the_arguments_run_passes_it(name: str) -> None:
+    """``make bench-quick`` once passed ``--quick`` to a script without it (exit 2): each
+    script's own parser must accept its extra and its quick arguments."""
+    import subprocess
+
+    script, extra, quick = runner.BENCHMARKS[name]
+    root = Path(runner.__file__).resolve().parent.parent
+    found = subprocess.run(
+        [sys.executable, script, "--help"], cwd=root, capture_output=True, text=True, timeout=60
+    )
+    assert found.returncode == 0, found.stderr[-2000:]
+    for flag in [a for a in (*extra, *quick) if a.startswith("--")]:
+        assert flag in found.stdout, f"{script} has no {flag}"
