@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import secrets
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -26,8 +25,16 @@ from django.core import signing
 from django.db import connection, transaction
 from django.utils import timezone
 
-from integrations.mail import email_queue, email_render, emails_enqueue, register_link_minter
-from integrations.models import OutboundEmail
+from integrations.mail import (
+    RenderedEmail,
+    email_queue,
+    email_render,
+    emails_enqueue,
+    register_link_minter,
+    rendered_emails_save,
+    unrendered_emails_fail,
+    unrendered_emails_lock,
+)
 
 from . import mail_preferences
 from .models import ActionToken, ApprovalRequest, RequestState
@@ -273,55 +280,39 @@ def mails_render(*, email_ids: list[int]) -> int:
     ``rendering`` are left alone, so a second run or a redelivered task renders nothing twice.
     Returns the count."""
     with transaction.atomic():
-        mails = list(
-            OutboundEmail.objects.select_for_update(skip_locked=True)
-            .filter(pk__in=email_ids, status=OutboundEmail.Status.RENDERING)
-            .order_by("pk")
-        )
+        mails = unrendered_emails_lock(email_ids=email_ids)
         if not mails:
             return 0
         requests = ApprovalRequest.objects.in_bulk({m.request_id for m in mails})
-        users = User.objects.in_bulk({(m.render_context or {}).get("user") for m in mails})
-        rendered, refs, lost = [], [], []
+        users = User.objects.in_bulk({m.render_context.get("user") for m in mails})
+        rendered, lost = [], []
         for mail in mails:
-            spec = mail.render_context or {}
+            spec = mail.render_context
             request, user = requests.get(mail.request_id), users.get(spec.get("user"))
             if request is None or user is None or "purpose" not in spec:
-                lost.append(mail.pk)  # deleted since (retention, erasure): nothing to send
+                lost.append(mail.id)  # deleted since (retention, erasure): nothing to send
                 continue
             context = _context(request, user=user, **spec.get("extra", {}))
-            mail.subject, mail.body_text, mail.body_html = email_render(
+            subject, body_text, body_html = email_render(
                 template=f"approval_{spec['purpose']}",
                 context=context,
                 personal_link=True,
                 recipient_id=user.pk,
             )
-            rendered.append(mail)
-            refs.append(json.dumps(link_ref(request, user, spec["purpose"])))
-        with connection.cursor() as cursor:
-            # One statement for the chunk (bulk_update's CASE per column grows with its square).
-            cursor.execute(
-                "UPDATE integrations_outboundemail m SET subject = v.subject, "
-                "body_text = v.body_text, body_html = v.body_html, status = %s, "
-                "render_context = NULL, link_ref = v.link_ref::jsonb "
-                "FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[]) "
-                "AS v(id, subject, body_text, body_html, link_ref) WHERE m.id = v.id",
-                [
-                    OutboundEmail.Status.QUEUED,
-                    [m.pk for m in rendered],
-                    [m.subject for m in rendered],
-                    [m.body_text for m in rendered],
-                    [m.body_html for m in rendered],
-                    refs,
-                ],
+            rendered.append(
+                RenderedEmail(
+                    id=mail.id,
+                    subject=subject,
+                    body_text=body_text,
+                    body_html=body_html,
+                    link_ref=link_ref(request, user, spec["purpose"]),
+                )
             )
-        if lost:
-            OutboundEmail.objects.filter(pk__in=lost).update(
-                status=OutboundEmail.Status.FAILED,
-                render_context=None,
-                last_error="not rendered: the request or the recipient no longer exists",
-            )
-        ids = [m.pk for m in rendered]
+        rendered_emails_save(emails=rendered)
+        unrendered_emails_fail(
+            email_ids=lost, error="not rendered: the request or the recipient no longer exists"
+        )
+        ids = [m.id for m in rendered]
         transaction.on_commit(lambda: emails_enqueue(ids))
     return len(ids)
 

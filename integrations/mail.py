@@ -17,12 +17,14 @@ recipient's user id, nothing secret) and the maker registered with
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import secrets
 import smtplib
 import socket
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -316,6 +318,14 @@ def email_deliver(*, email_id: int, connection: Any = None) -> str:
 
 
 # -- outbox rows written unrendered, set-based (PostgreSQL) -------------------------------------
+# A batch (approvals' escalation sweep) writes rows in status ``rendering`` with one statement
+# (:func:`unrendered_emails_insert`); its render task locks them (:func:`unrendered_emails_lock`),
+# renders each, and stores them queued (:func:`rendered_emails_save`) or failed
+# (:func:`unrendered_emails_fail`), all in one transaction. The table is only named here.
+
+
+def _column(name: str) -> str:
+    return connection.ops.quote_name(OutboundEmail._meta.get_field(name).column)
 
 
 def unrendered_emails_insert(
@@ -334,12 +344,8 @@ def unrendered_emails_insert(
     ``request_id`` and ``render_context`` (jsonb)."""
     q = connection.ops.quote_name
     meta = OutboundEmail._meta
-
-    def column(name: str) -> str:
-        return q(meta.get_field(name).column)
-
     columns = ", ".join(
-        column(name)
+        _column(name)
         for name in (
             "message_id",
             "kind",
@@ -362,7 +368,7 @@ def unrendered_emails_insert(
            %(outbox_status)s, 0, '', %(outbox_now)s, src.instance_id, src.request_id,
            src.render_context
     FROM {source} src
-    ON CONFLICT ({column("message_id")}) DO NOTHING
+    ON CONFLICT ({_column("message_id")}) DO NOTHING
     RETURNING {q(meta.pk.column)} AS id"""
     params = {
         "outbox_kind": kind,
@@ -382,6 +388,85 @@ def unrendered_email_ids(*, written_before: datetime, limit: int) -> list[int]:
         .order_by("created_at")
         .values_list("pk", flat=True)[:limit]
     )
+
+
+@dataclass(frozen=True)
+class UnrenderedEmail:
+    """An outbox row still to render: its id, the approval request it is about (if any) and
+    what its writer stored to render it from (``{}`` when nothing)."""
+
+    id: int
+    request_id: int | None
+    render_context: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RenderedEmail:
+    """What :func:`rendered_emails_save` stores for one row (``link_ref`` as in
+    :func:`email_queue`)."""
+
+    id: int
+    subject: str
+    body_text: str
+    body_html: str
+    link_ref: dict[str, Any] | None
+
+
+def _in_transaction() -> None:
+    if not transaction.get_connection().in_atomic_block:
+        raise RuntimeError("call this inside transaction.atomic(): the rows stay locked in it")
+
+
+def unrendered_emails_lock(*, email_ids: list[int]) -> list[UnrenderedEmail]:
+    """Lock the rows of ``email_ids`` still ``rendering``, by id, for the caller's transaction
+    (``skip_locked``: rows another renderer holds are its work; rows no longer ``rendering``
+    were rendered already). Must run inside ``transaction.atomic()``."""
+    _in_transaction()
+    return [
+        UnrenderedEmail(id=pk, request_id=request_id, render_context=spec or {})
+        for pk, request_id, spec in OutboundEmail.objects.select_for_update(skip_locked=True)
+        .filter(pk__in=email_ids, status=OutboundEmail.Status.RENDERING)
+        .order_by("pk")
+        .values_list("pk", "request_id", "render_context")
+    ]
+
+
+def rendered_emails_save(*, emails: list[RenderedEmail]) -> None:
+    """Store the subject and bodies of rows locked by :func:`unrendered_emails_lock`, status
+    ``queued``, their ``render_context`` cleared: one statement for them all (``bulk_update``'s
+    CASE per column grows with the square of the rows). The caller sends their delivery tasks
+    after the commit (:func:`emails_enqueue`). Must run inside ``transaction.atomic()``."""
+    _in_transaction()
+    if not emails:
+        return
+    q = connection.ops.quote_name
+    meta = OutboundEmail._meta
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {q(meta.db_table)} m SET {_column('subject')} = v.subject, "
+            f"{_column('body_text')} = v.body_text, {_column('body_html')} = v.body_html, "
+            f"{_column('status')} = %s, {_column('render_context')} = NULL, "
+            f"{_column('link_ref')} = v.link_ref::jsonb "
+            "FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[]) "
+            f"AS v(id, subject, body_text, body_html, link_ref) WHERE m.{q(meta.pk.column)} = v.id",
+            [
+                OutboundEmail.Status.QUEUED,
+                [e.id for e in emails],
+                [e.subject for e in emails],
+                [e.body_text for e in emails],
+                [e.body_html for e in emails],
+                [json.dumps(e.link_ref) for e in emails],
+            ],
+        )
+
+
+def unrendered_emails_fail(*, email_ids: list[int], error: str) -> None:
+    """Mark rows that cannot be rendered (what they were about no longer exists) ``failed``
+    with ``error``, their ``render_context`` cleared: nothing is sent."""
+    if email_ids:
+        OutboundEmail.objects.filter(pk__in=email_ids).update(
+            status=OutboundEmail.Status.FAILED, render_context=None, last_error=error
+        )
 
 
 def email_give_up(*, email_id: int, error: str) -> None:

@@ -96,10 +96,20 @@ class CompleteStepForm(forms.Form):
 # -- the actions -------------------------------------------------------------------------------
 
 
+def _always(*args: Any) -> bool:
+    return True
+
+
 @dataclass(frozen=True)
 class Operation:
     """One operator action: its form, the service it calls, and when it is offered (the service
-    re-checks under its lock; ``offered`` only decides which buttons are shown)."""
+    re-checks under its lock; ``offered`` only decides which buttons are shown).
+
+    Another app's actions (approvals: reassign, decide on behalf, release a claim) use the
+    optional parts: ``form_kwargs(target)``, more arguments of the form for one target (initial
+    values, choices; a bulk action builds its form without them); ``success(target, data)``,
+    the message when it ran on one target, if not "<Subject> <done>."; ``operators_only``
+    False, when anyone who may see the target may ask and the service's policy answers."""
 
     name: str
     label: str
@@ -107,9 +117,12 @@ class Operation:
     question: str
     form: type[forms.Form]
     run: Callable[[Any, Any, dict[str, Any]], Any]  # (target, user, form data)
-    offered: Callable[[WorkflowInstance, StepRun | None], bool]
+    offered: Callable[[WorkflowInstance, StepRun | None], bool] = _always
     danger: bool = False
     help: str = ""
+    form_kwargs: Callable[[Any], dict[str, Any]] | None = None
+    success: Callable[[Any, dict[str, Any]], str] | None = None
+    operators_only: bool = True
 
     @property
     def title(self) -> str:
@@ -259,22 +272,30 @@ class Report:
     done: list[Any] = field(default_factory=list)
     refused: list[tuple[Any, str]] = field(default_factory=list)
 
-    def messages(self, op: Operation, noun: str = "instance") -> list[tuple[int, str]]:
+    def messages(
+        self, op: Operation, noun: str = "instance", *, refused_noun: str | None = None
+    ) -> list[tuple[int, str]]:
+        """The lines: "3 instances retried." and "2 instances refused — <label>: <why>; …" (20
+        named at most); ``refused_noun`` words the second ("" for "2 refused — …")."""
         out: list[tuple[int, str]] = []
         if self.done:
-            n = len(self.done)
-            out.append((messages.SUCCESS, f"{n} {noun}{'s' if n != 1 else ''} {op.done}."))
+            out.append((messages.SUCCESS, f"{_count(len(self.done), noun)} {op.done}."))
         if self.refused:
             n = len(self.refused)
             shown = "; ".join(f"{label}: {why}" for label, why in self.refused[:20])
             more = f"; and {n - 20} more" if n > 20 else ""
+            counted = _count(n, noun if refused_noun is None else refused_noun)
             out.append(
                 (
                     messages.WARNING if self.done else messages.ERROR,
-                    f"{n} {noun}{'s' if n != 1 else ''} refused — {shown}{more}",
+                    f"{counted} refused — {shown}{more}",
                 )
             )
         return out
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' if n != 1 else ''}" if noun else str(n)
 
 
 def short_label(instance: WorkflowInstance) -> str:
@@ -306,11 +327,15 @@ class Confirmation:
     status: int = 200
 
 
-def _confirmation_form(request: HttpRequest, op: Operation) -> tuple[forms.Form, bool]:
-    """The operator check, then ``op``'s form, bound when the confirmation was posted."""
-    require_operator(request.user)
+def _confirmation_form(
+    request: HttpRequest, op: Operation, kwargs: dict[str, Any] | None = None
+) -> tuple[forms.Form, bool]:
+    """The operator check (unless ``op`` is not for operators only), then ``op``'s form, bound
+    when the confirmation was posted."""
+    if op.operators_only:
+        require_operator(request.user)
     confirmed = request.method == "POST" and "confirm" in request.POST
-    return op.form(request.POST if confirmed else None), confirmed
+    return op.form(request.POST if confirmed else None, **(kwargs or {})), confirmed
 
 
 def confirm_and_run(
@@ -326,12 +351,14 @@ def confirm_and_run(
     ``confirm`` (a page's button), gets the :class:`Confirmation` to show; a POST with
     ``confirm`` and a valid form calls the service once.
 
-    Returns None when it ran ("<Subject> <done>." as a success message) or the service refused
-    it ("<refused>: <why>" as an error message): the caller goes back to its page. Bad input
-    (400) or a refusal of the decision policy (403) shows the form again with why; an invalid
-    form answers ``invalid_status``.
+    Returns None when it ran ("<Subject> <done>.", or ``op.success``, as a success message) or
+    the service refused it ("<refused>: <why>" as an error message): the caller goes back to
+    its page. Bad input (400) or a refusal of the decision policy (403) shows the form again
+    with why; an invalid form answers ``invalid_status``.
     """
-    form, confirmed = _confirmation_form(request, op)
+    form, confirmed = _confirmation_form(
+        request, op, op.form_kwargs(target) if op.form_kwargs else None
+    )
     if not confirmed:
         return Confirmation(form)
     if not form.is_valid():
@@ -344,21 +371,31 @@ def confirm_and_run(
     except SignoffError as exc:
         messages.error(request, f"{refused}: {exc.message}")
         return None
-    messages.success(request, f"{subject[:1].upper()}{subject[1:]} {op.done}.")
+    if op.success is not None:
+        messages.success(request, op.success(target, form.cleaned_data))
+    else:
+        messages.success(request, f"{subject[:1].upper()}{subject[1:]} {op.done}.")
     return None
 
 
 def confirm_and_run_each(
-    request: HttpRequest, op: Operation, targets: Iterable[Any]
+    request: HttpRequest,
+    op: Operation,
+    targets: Iterable[Any],
+    *,
+    noun: str = "instance",
+    refused_noun: str | None = None,
+    label: Callable[[Any], str] = short_label,
 ) -> Confirmation | None:
     """``op`` on many targets (a bulk action), asked first like :func:`confirm_and_run`; once
     confirmed, one service call per target, in order. Returns None when it ran, with one
-    message for those done and one naming those refused and why."""
+    message for those done and one naming those refused (by ``label``) and why (worded by
+    :meth:`Report.messages`)."""
     form, confirmed = _confirmation_form(request, op)
     if not (confirmed and form.is_valid()):
         return Confirmation(form, 400 if confirmed else 200)
-    report = operate(op, list(targets), user=request.user, data=form.cleaned_data)
-    for level, text in report.messages(op):
+    report = operate(op, list(targets), user=request.user, data=form.cleaned_data, label=label)
+    for level, text in report.messages(op, noun, refused_noun=refused_noun):
         messages.add_message(request, level, text)
     return None
 

@@ -39,7 +39,6 @@ from .operator_actions import (
     INSTANCE_OPERATIONS,
     STEP_OPERATIONS,
     Operation,
-    Report,  # noqa: F401 - approvals.admin imports Report and status_url from here
     can_operate,
     confirm_and_run,
     instance_operations,

@@ -9,7 +9,8 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
 
-from orchestration.admin import ReadOnlyAdminMixin, StrictActionsMixin, pill
+from orchestration.admin.shared import ReadOnlyAdminMixin, StrictActionsMixin
+from orchestration.presentation import pill
 
 from ..models import Delegation
 

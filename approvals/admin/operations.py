@@ -1,14 +1,16 @@
 """The operator actions on an approval request's admin page, as a mixin of its ModelAdmin:
 reassign (one request, or the selected ones in bulk), decide on behalf of an assignee, and
-release or take over a claim. Each is a confirm page whose POST calls one service; the
-decision policy answers there, and a refusal shows the form again with why (400, 403)."""
+release or take over a claim. Each is declared once as an
+:class:`~orchestration.operator_actions.Operation` and runs through the project's one
+confirm-and-run flow (the confirm page, the form, one service call, a business error shown on
+the form or as a message); the decision policy answers in the service, and a refusal shows the
+form again with why (400, 403). Here only the pages' URLs, titles and where to go back to are
+chosen."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from django import forms
-from django.contrib import messages
 from django.contrib.admin import helpers
 from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied
@@ -22,15 +24,117 @@ from django.http import (
 )
 from django.urls import path, reverse
 
-from orchestration.admin import confirm_page, report_to
-from orchestration.errors import InvalidInput, NotAllowed, SignoffError
-from orchestration.views import Report, status_url
+from orchestration.admin.shared import confirm_page
+from orchestration.operator_actions import Operation, confirm_and_run, confirm_and_run_each
+from orchestration.presentation import status_url
 
 from .. import claims, policy, selectors, services
 from ..models import ApprovalRequest, Channel
 from .forms import ClaimNoteForm, DecideOnBehalfForm, ReassignForm, TakeOverClaimForm
 
 User = get_user_model()
+
+
+def _reassign(obj: ApprovalRequest, user: Any, data: dict[str, Any]) -> Any:
+    return services.approval_reassign(
+        request_id=obj.pk,
+        operator=user,
+        users=data["users"],
+        groups=data["groups"],
+        reason=data["reason"],
+    )
+
+
+def _current_assignees(obj: ApprovalRequest) -> dict[str, Any]:
+    return {
+        "initial": {
+            "users": ", ".join(u.get_username() for u in obj.assignee_users.all()),
+            "groups": ", ".join(g.name for g in obj.assignee_groups.all()),
+        }
+    }
+
+
+def _undecided_assignees(obj: ApprovalRequest) -> dict[str, Any]:
+    decided = set(obj.decisions.values_list("assignee_id", flat=True))
+    candidates = (
+        User.objects.filter(is_active=True)
+        .filter(Q(approval_requests=obj) | Q(groups__approval_requests=obj))
+        .exclude(pk__in=decided)
+        .distinct()
+        .order_by("username")
+    )
+    return {"candidates": [u.get_username() for u in candidates]}
+
+
+def _decide_on_behalf(obj: ApprovalRequest, user: Any, data: dict[str, Any]) -> Any:
+    return services.approval_decide_on_behalf(
+        request_id=obj.pk,
+        operator=user,
+        assignee=User.objects.get(username=data["assignee"]),
+        outcome=data["outcome"],
+        comment=data["comment"],
+        reason=data["reason"],
+    )
+
+
+REASSIGN = Operation(
+    name="reassign",
+    label="Reassign",
+    done="reassigned",
+    question="Replace the assignees of this pending request. People no longer assigned lose "
+    "their email links; newcomers get mail.",
+    form=ReassignForm,
+    form_kwargs=_current_assignees,
+    run=_reassign,
+)
+REASSIGN_EACH = Operation(
+    name="reassign_selected",
+    label="Reassign approval requests",
+    done="reassigned",
+    question="Replace the assignees of each selected pending request. Decided requests are "
+    "refused.",
+    form=ReassignForm,
+    run=_reassign,
+)
+DECIDE_ON_BEHALF = Operation(
+    name="decide",
+    label="Decide on behalf",
+    done="decided on behalf",
+    question="Record an assignee's decision for them (e.g. given by phone). It counts as "
+    "theirs under the request's policy; you and your reason are recorded.",
+    form=DecideOnBehalfForm,
+    form_kwargs=_undecided_assignees,
+    run=_decide_on_behalf,
+    success=lambda obj, data: f"Decision recorded for {data['assignee']} on “{obj.title}”.",
+)
+# Who may release or take over is the decision policy's answer (in the service), not a model
+# permission: viewing the request is enough to ask. ``{holder}`` is filled in on the page.
+RELEASE_CLAIM = Operation(
+    name="release_claim",
+    label="Release the claim",
+    done="released",
+    question="End {holder}'s claim on this request: any assignee may then decide it. Releasing "
+    "someone else's claim needs approvals.override_claim and is recorded as forced.",
+    form=ClaimNoteForm,
+    run=lambda obj, user, data: claims.approval_release(
+        request_id=obj.pk, user=user, note=data["note"], channel=Channel.ADMIN
+    ),
+    success=lambda obj, data: "Claim released.",
+    operators_only=False,
+)
+TAKE_OVER_CLAIM = Operation(
+    name="take_over_claim",
+    label="Take the claim over",
+    done="taken over",
+    question="Take {holder}'s claim over: you must be someone who may decide this request (a "
+    "hard claim also needs approvals.override_claim). Your note is recorded.",
+    form=TakeOverClaimForm,
+    run=lambda obj, user, data: claims.approval_take_over(
+        request_id=obj.pk, user=user, note=data["note"], channel=Channel.ADMIN
+    ),
+    success=lambda obj, data: "Claim taken over: the request is yours to decide in the inbox.",
+    operators_only=False,
+)
 
 
 class OperatorActionsMixin:
@@ -94,244 +198,76 @@ class OperatorActionsMixin:
             *super().get_urls(),
         ]
 
-    def _request_for(self, request: HttpRequest, object_id: int) -> ApprovalRequest:
-        obj = self.get_object(request, str(object_id))
-        if obj is None or not self.has_view_permission(request, obj):
-            raise Http404("No such approval request.")
-        if not self.has_operate_permission(request):
-            raise PermissionDenied("You may not operate approval requests.")
-        return obj
-
     def _back(self, obj: ApprovalRequest) -> str:
         return reverse("admin:approvals_approvalrequest_change", args=[obj.pk])
 
-    def _finish(
-        self, request: HttpRequest, obj: ApprovalRequest, form: forms.Form, act: Any, done: str
-    ) -> HttpResponse | int:
-        """Call the service; a status means: show the form again with the error on it (400
-        for bad input, 403 when the decision policy refused)."""
-        try:
-            act()
-        except (InvalidInput, NotAllowed) as exc:
-            # Bad input or a refusal of the decision policy: the form again, with why.
-            form.add_error(None, exc.message)
-            return exc.status
-        except SignoffError as exc:
-            self.message_user(request, f"Refused: {exc.message}", messages.ERROR)
-            return HttpResponseRedirect(self._back(obj))
-        self.message_user(request, done, messages.SUCCESS)
-        return HttpResponseRedirect(self._back(obj))
-
-    def reassign_view(self, request: HttpRequest, object_id: int) -> HttpResponse:
+    def _operate(self, request: HttpRequest, object_id: int, op: Operation) -> HttpResponse:
+        """``op`` on one request: 405 unless GET or POST, 404 unless the user may view it, 403
+        unless they may operate (when ``op`` is for operators only); then the confirm page, or
+        the service called and back to the request's page."""
         if request.method not in ("GET", "POST"):
             return HttpResponseNotAllowed(["GET", "POST"])
-        obj = self._request_for(request, object_id)
-        confirmed = request.method == "POST" and "confirm" in request.POST
-        initial = {
-            "users": ", ".join(u.get_username() for u in obj.assignee_users.all()),
-            "groups": ", ".join(g.name for g in obj.assignee_groups.all()),
-        }
-        form = ReassignForm(request.POST if confirmed else None, initial=initial)
-        status = 400 if confirmed else 200
-        if confirmed and form.is_valid():
-            data = form.cleaned_data
-            response = self._finish(
-                request,
-                obj,
-                form,
-                lambda: services.approval_reassign(
-                    request_id=obj.pk,
-                    operator=request.user,
-                    users=data["users"],
-                    groups=data["groups"],
-                    reason=data["reason"],
-                ),
-                f"“{obj.title}” reassigned.",
-            )
-            if not isinstance(response, int):
-                return response
-            status = response
-        return confirm_page(
-            self,
-            request,
-            title=f"Reassign: {obj.title}",
-            question="Replace the assignees of this pending request. People no longer "
-            "assigned lose their email links; newcomers get mail.",
-            form=form,
-            objects=[obj],
-            count=1,
-            back_url=self._back(obj),
-            status=status,
-        )
-
-    def _claim_request_for(self, request: HttpRequest, object_id: int) -> ApprovalRequest:
-        # Who may release or take over is the decision policy's answer (on POST), not a
-        # model permission: viewing the request is enough to ask.
         obj = self.get_object(request, str(object_id))
         if obj is None or not self.has_view_permission(request, obj):
             raise Http404("No such approval request.")
-        return obj
-
-    def _claim_view(
-        self,
-        request: HttpRequest,
-        object_id: int,
-        *,
-        form_class: type[forms.Form],
-        title: str,
-        question: str,
-        act: Any,
-        done: str,
-    ) -> HttpResponse:
-        if request.method not in ("GET", "POST"):
-            return HttpResponseNotAllowed(["GET", "POST"])
-        obj = self._claim_request_for(request, object_id)
-        confirmed = request.method == "POST" and "confirm" in request.POST
-        form = form_class(request.POST if confirmed else None)
-        status = 400 if confirmed else 200
-        if confirmed and form.is_valid():
-            response = self._finish(
-                request, obj, form, lambda: act(obj, form.cleaned_data["note"]), done
-            )
-            if not isinstance(response, int):
-                return response
-            status = response
-        holder = selectors.claim_holder_name(obj) or "nobody"
+        if op.operators_only and not self.has_operate_permission(request):
+            raise PermissionDenied("You may not operate approval requests.")
+        confirmation = confirm_and_run(request, op, obj, subject=f"“{obj.title}”")
+        if confirmation is None:
+            return HttpResponseRedirect(self._back(obj))
+        question = op.question
+        if "{holder}" in question:  # a claim's page names its holder
+            question = question.format(holder=selectors.claim_holder_name(obj) or "nobody")
         return confirm_page(
             self,
             request,
-            title=f"{title}: {obj.title}",
-            question=question.format(holder=holder),
-            form=form,
+            title=f"{op.title}: {obj.title}",
+            question=question,
+            form=confirmation.form,
             objects=[obj],
             count=1,
+            danger=op.danger,
             back_url=self._back(obj),
-            status=status,
+            status=confirmation.status,
         )
 
-    def release_claim_view(self, request: HttpRequest, object_id: int) -> HttpResponse:
-        return self._claim_view(
-            request,
-            object_id,
-            form_class=ClaimNoteForm,
-            title="Release the claim",
-            question="End {holder}'s claim on this request: any assignee may then decide "
-            "it. Releasing someone else's claim needs approvals.override_claim and is "
-            "recorded as forced.",
-            act=lambda obj, note: claims.approval_release(
-                request_id=obj.pk, user=request.user, note=note, channel=Channel.ADMIN
-            ),
-            done="Claim released.",
-        )
-
-    def take_over_claim_view(self, request: HttpRequest, object_id: int) -> HttpResponse:
-        return self._claim_view(
-            request,
-            object_id,
-            form_class=TakeOverClaimForm,
-            title="Take the claim over",
-            question="Take {holder}'s claim over: you must be someone who may decide this "
-            "request (a hard claim also needs approvals.override_claim). Your note is "
-            "recorded.",
-            act=lambda obj, note: claims.approval_take_over(
-                request_id=obj.pk, user=request.user, note=note, channel=Channel.ADMIN
-            ),
-            done="Claim taken over: the request is yours to decide in the inbox.",
-        )
+    def reassign_view(self, request: HttpRequest, object_id: int) -> HttpResponse:
+        return self._operate(request, object_id, REASSIGN)
 
     def decide_view(self, request: HttpRequest, object_id: int) -> HttpResponse:
-        if request.method not in ("GET", "POST"):
-            return HttpResponseNotAllowed(["GET", "POST"])
-        obj = self._request_for(request, object_id)
-        decided = set(obj.decisions.values_list("assignee_id", flat=True))
-        candidates = (
-            User.objects.filter(is_active=True)
-            .filter(Q(approval_requests=obj) | Q(groups__approval_requests=obj))
-            .exclude(pk__in=decided)
-            .distinct()
-            .order_by("username")
-        )
-        names = [u.get_username() for u in candidates]
-        confirmed = request.method == "POST" and "confirm" in request.POST
-        form = DecideOnBehalfForm(request.POST if confirmed else None, candidates=names)
-        status = 400 if confirmed else 200
-        if confirmed and form.is_valid():
-            data = form.cleaned_data
-            assignee = User.objects.get(username=data["assignee"])
-            response = self._finish(
-                request,
-                obj,
-                form,
-                lambda: services.approval_decide_on_behalf(
-                    request_id=obj.pk,
-                    operator=request.user,
-                    assignee=assignee,
-                    outcome=data["outcome"],
-                    comment=data["comment"],
-                    reason=data["reason"],
-                ),
-                f"Decision recorded for {assignee.get_username()} on “{obj.title}”.",
-            )
-            if not isinstance(response, int):
-                return response
-            status = response
-        return confirm_page(
-            self,
-            request,
-            title=f"Decide on behalf: {obj.title}",
-            question="Record an assignee's decision for them (e.g. given by phone). It counts "
-            "as theirs under the request's policy; you and your reason are recorded.",
-            form=form,
-            objects=[obj],
-            count=1,
-            back_url=self._back(obj),
-            status=status,
-        )
+        return self._operate(request, object_id, DECIDE_ON_BEHALF)
+
+    def release_claim_view(self, request: HttpRequest, object_id: int) -> HttpResponse:
+        return self._operate(request, object_id, RELEASE_CLAIM)
+
+    def take_over_claim_view(self, request: HttpRequest, object_id: int) -> HttpResponse:
+        return self._operate(request, object_id, TAKE_OVER_CLAIM)
 
     def reassign_bulk(self, request: HttpRequest, queryset: QuerySet) -> Any:
+        """The bulk action: a confirmation page first, then one reassignment per request."""
         if not self.has_operate_permission(request):
             raise PermissionDenied("You may not operate approval requests.")
-        confirmed = "confirm" in request.POST
-        form = ReassignForm(request.POST if confirmed else None)
-        if confirmed and form.is_valid():
-            data = form.cleaned_data
-            report = Report()
-            for obj in queryset.order_by("created_at"):
-                try:
-                    services.approval_reassign(
-                        request_id=obj.pk,
-                        operator=request.user,
-                        users=data["users"],
-                        groups=data["groups"],
-                        reason=data["reason"],
-                    )
-                except SignoffError as exc:
-                    report.refused.append((f"#{obj.pk} {obj.title}", exc.message))
-                else:
-                    report.done.append(obj)
-            lines = []
-            if report.done:
-                n = len(report.done)
-                lines.append((messages.SUCCESS, f"{n} request{'s' if n != 1 else ''} reassigned."))
-            if report.refused:
-                shown = "; ".join(f"{label}: {why}" for label, why in report.refused[:20])
-                more = f"; and {len(report.refused) - 20} more" if len(report.refused) > 20 else ""
-                level = messages.WARNING if report.done else messages.ERROR
-                lines.append((level, f"{len(report.refused)} refused — {shown}{more}"))
-            report_to(self, request, lines)
-            return None
+        confirmation = confirm_and_run_each(
+            request,
+            REASSIGN_EACH,
+            queryset.order_by("created_at"),
+            noun="request",
+            refused_noun="",
+            label=lambda obj: f"#{obj.pk} {obj.title}",
+        )
+        if confirmation is None:
+            return None  # back to the (filtered) list
         return confirm_page(
             self,
             request,
-            title="Reassign approval requests",
-            question="Replace the assignees of each selected pending request. Decided "
-            "requests are refused.",
-            form=form,
+            title=REASSIGN_EACH.title,
+            question=REASSIGN_EACH.question,
+            form=confirmation.form,
             objects=list(queryset[:50]),
             count=queryset.count(),
-            action="reassign_selected",
+            action=REASSIGN_EACH.name,
             select_across=request.POST.get("select_across") == "1",
             selected=request.POST.getlist(helpers.ACTION_CHECKBOX_NAME),
             back_url=request.get_full_path(),
-            status=400 if confirmed else 200,
+            status=confirmation.status,
         )

@@ -13,8 +13,8 @@ from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.html import format_html
 
-from orchestration.admin import ReadOnlyAdminMixin, StrictActionsMixin, json_block, pill
-from orchestration.views import status_url
+from orchestration.admin.shared import ReadOnlyAdminMixin, StrictActionsMixin
+from orchestration.presentation import json_block, pill, status_url
 
 from .. import selectors
 from ..models import ActionToken, ApprovalRequest, Decision

@@ -16,11 +16,4 @@ they post an action anyway.
 - :mod:`.tokens`: the REST API's tokens, never shown whole (replaces DRF's token admin).
 """
 
-from ..presentation import json_block, pill  # noqa: F401 - imported from here by approvals.admin
 from . import events, instances, periodic_tasks, tokens  # noqa: F401 - they register the admins
-from .shared import (  # noqa: F401 - imported from here by approvals.admin
-    ReadOnlyAdminMixin,
-    StrictActionsMixin,
-    confirm_page,
-    report_to,
-)

@@ -94,8 +94,3 @@ def confirm_page(
         "media": modeladmin.media,
     }
     return TemplateResponse(request, "admin/signoff/confirm.html", context, status=status)
-
-
-def report_to(modeladmin: admin.ModelAdmin, request: HttpRequest, lines: list[tuple[int, str]]):
-    for level, text in lines:
-        modeladmin.message_user(request, text, level)
