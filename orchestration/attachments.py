@@ -53,7 +53,10 @@ from django.http import FileResponse
 from django.utils import timezone
 
 from .actors import actor_of
+from .engine.locking import lock_instance
 from .errors import InvalidInput, NotAllowed, NotFound
+from .file_refs import as_uuid as _uuid
+from .file_refs import is_refs, ref, refs_of_instance  # noqa: F401 - part of this module's API
 from .journal import Journal
 from .models import Attachment, WorkflowInstance
 
@@ -323,71 +326,6 @@ def content_file(data: bytes, name: str) -> File:
     return ContentFile(data, name=name)
 
 
-def ref(attachment: Attachment) -> dict[str, Any]:
-    """How an input field lists a file (``Workflow(attachments=...)``, revisable fields)."""
-    return {
-        "id": str(attachment.pk),
-        "name": attachment.name,
-        "content_type": attachment.content_type,
-        "size": attachment.size,
-    }
-
-
-def is_refs(value: Any) -> bool:
-    """Whether ``value`` is a list of files as an input field lists them (:func:`ref`): what
-    a page shows as links rather than as data (``show=`` naming the files' field)."""
-    return (
-        isinstance(value, list)
-        and bool(value)
-        and all(
-            isinstance(item, dict)
-            and isinstance(item.get("name"), str)
-            and _uuid(item.get("id")) is not None
-            for item in value
-        )
-    )
-
-
-def refs_of_instance(
-    instance_id: Any, value: Any, *, field: str, added: Sequence[Attachment] = ()
-) -> list[dict[str, Any]]:
-    """The files' input field (``Workflow(attachments=...)``) as a revision sets it: ``value``
-    lists files by id (``"3f2a…"`` or ``{"id": "3f2a…", ...}``), each a file of this instance
-    (or one of ``added``, saved in the same transaction and not yet written); answers their
-    refs as the rows say (a caller cannot rename a file or point at another instance's).
-    Raises :class:`InvalidInput` naming the field otherwise."""
-    if not isinstance(value, list):
-        raise InvalidInput(
-            f"input.{field} must be a list of file ids of this instance",
-            code="invalid_input",
-            errors={"input": [f"{field}: must be a list of file ids"]},
-        )
-    ids: list[uuid.UUID] = []
-    for item in value:
-        raw = item.get("id") if isinstance(item, dict) else item
-        file_id = _uuid(raw)
-        if file_id is None:
-            raise InvalidInput(
-                f"input.{field}: {str(raw)[:60]!r} is not a file id",
-                code="invalid_input",
-                errors={"input": [f"{field}: not a file id"]},
-            )
-        if file_id not in ids:
-            ids.append(file_id)
-    rows = {row.pk: row for row in added}
-    missing = [i for i in ids if i not in rows]
-    if missing:
-        rows.update(Attachment.objects.filter(instance_id=instance_id, pk__in=missing).in_bulk())
-    unknown = [str(i) for i in ids if i not in rows]
-    if unknown:
-        raise InvalidInput(
-            f"input.{field}: no such file on this instance: {', '.join(unknown)}",
-            code="invalid_input",
-            errors={"input": [f"{field}: no such file on this instance"]},
-        )
-    return [ref(rows[i]) for i in ids]
-
-
 # -- storing -------------------------------------------------------------------------------------
 
 # The keys written by the innermost guard() block (see guard).
@@ -528,12 +466,10 @@ def attachments_save(
     context = _valid_context(context)
     if journal is not None:
         return _save(journal.instance, files, user, context, journal)
-    from . import engine  # the engine imports this module to start instances with files
-
     pk = getattr(instance, "pk", instance)
     actor = actor_of(user)
     with guard(), transaction.atomic():
-        locked = engine.lock_instance(instance_id=pk, actor=actor)
+        locked = lock_instance(instance_id=pk, actor=actor)
         if locked is None:
             raise NotFound("instance not found")
         saved = _save(locked.instance, files, user, context, locked.journal)
@@ -609,13 +545,6 @@ def may_read(user: Any, instance: WorkflowInstance) -> bool:
     if can_see_all_instances(user):
         return True
     return any(check(user, instance) for check in _reader_checks.values())
-
-
-def _uuid(value: Any) -> uuid.UUID | None:
-    try:
-        return uuid.UUID(str(value))
-    except ValueError:
-        return None
 
 
 def attachment_for_reader(*, user: Any, attachment_id: Any) -> Attachment:
