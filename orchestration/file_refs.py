@@ -12,6 +12,22 @@ from typing import Any
 from .errors import InvalidInput
 from .models import Attachment
 
+# A JSON schema for the list of files a workflow's ``attachments`` input field holds, for
+# ``input_schema`` (add ``"minItems": 1`` to require a file).
+REFS_SCHEMA: dict[str, Any] = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "required": ["id", "name", "content_type", "size"],
+        "properties": {
+            "id": {"type": "string"},
+            "name": {"type": "string"},
+            "content_type": {"type": "string"},
+            "size": {"type": "integer"},
+        },
+    },
+}
+
 
 def as_uuid(value: Any) -> uuid.UUID | None:
     """``value`` as a UUID, or None when it is not one."""

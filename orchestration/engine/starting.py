@@ -13,12 +13,13 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from .. import attachments, sealing
+from .. import sealing
 from ..definitions import Workflow, registry
 from ..errors import Conflict, InvalidInput, NotAllowed
 from ..journal import Journal
 from ..jsonsafe import storable_json_problem, string_problem
 from ..models import KEY_OWNER, StepRun, WorkflowInstance
+from ..uploads import PendingFiles, guard, start_files
 from .advancing import advance
 from .context import jsonable, request_fingerprint
 
@@ -38,7 +39,7 @@ def instance_start(
 ) -> tuple[WorkflowInstance, bool]:
     """Start an instance; returns ``(instance, created)``.
 
-    ``files`` (uploads) are checked (:mod:`orchestration.attachments`), listed in the input
+    ``files`` (uploads) are checked (:mod:`orchestration.uploads`), listed in the input
     field the workflow names (``Workflow(attachments=...)``) before the input is validated,
     and stored with the instance in its transaction (their bytes deleted if it fails). A
     repeat with the same Idempotency-Key and the same files stores nothing.
@@ -62,7 +63,7 @@ def instance_start(
             code="unknown_workflow",
         )
     input, on_behalf_of = _requester_input(definition, input, started_by)
-    uploads = attachments.start_files(definition, input, files, started_by)
+    uploads = start_files(definition, input, files, started_by)
     if uploads is not None:
         stored_input = {**input, definition.attachments: uploads.refs}
     else:
@@ -107,7 +108,7 @@ def instance_start(
         if existing is not None:
             return existing, False
     try:
-        with attachments.guard(), transaction.atomic():
+        with guard(), transaction.atomic():
             return _create(
                 definition,
                 stored_input,
@@ -179,7 +180,7 @@ def _create(
     started_by: Any,
     actor: str,
     on_behalf_of: str | None = None,
-    uploads: attachments.PendingFiles | None = None,
+    uploads: PendingFiles | None = None,
 ) -> WorkflowInstance:
     now = timezone.now()
     instance = WorkflowInstance(
