@@ -19,7 +19,8 @@ class OrchestrationConfig(AppConfig):
 
         from django.conf import settings
 
-        from . import checks, engine, waits  # noqa: F401 - kinds and start-up checks
+        # Step kinds, start-up checks, and the Celery tasks doorbells send.
+        from . import checks, engine, tasks, waits  # noqa: F401
 
         for module in settings.SIGNOFF_WORKFLOW_MODULES:
             import_module(module)

@@ -3,8 +3,9 @@
 A workflow is a set of steps with dependencies (``after=[...]``): sequences, parallel branches
 (fan-out) and joins (fan-in). Each step has a *kind*. This module knows the ``task`` kind (a
 Python function run by a Celery worker); other apps add kinds (``approval``, ``signal``,
-``timer``) by subclassing :class:`StepSpec` and registering a :class:`StepKind` handler with
-:func:`orchestration.kinds.register_kind`.
+``timer``) by subclassing :class:`StepSpec` and registering a
+:class:`~orchestration.kinds.StepKind` with :func:`orchestration.kinds.register_kind` (the
+engine runs ``task`` steps through its own, :mod:`orchestration.engine.task_kind`).
 
 Example::
 

@@ -88,7 +88,7 @@ class Journal:
         self.dirty: dict[int, StepRun] = {}
         self._bells: list[tuple[StepRun, Doorbell]] = []
         self._after_write: list[Callable[[], None]] = []
-        # Inline chaining (see engine._complete): hold back the first doorbell of a task step
+        # Inline chaining (see engine.complete_attempt): hold back the first doorbell of a task step
         # on this queue whose start-to-close ends before `_hold_until` instead of ringing it;
         # the caller claims that step in this transaction.
         self._hold: bool = False
@@ -351,11 +351,19 @@ def _insert_in_one_statement(
         obj._state.db = connection.alias
 
 
+# The Celery tasks doorbells send, by ``Doorbell.task`` (``run_step``, ``run_compensation``):
+# registered by :mod:`orchestration.tasks`, which sits above the engine and imports it.
+_doorbell_tasks: dict[str, Any] = {}
+
+
+def register_doorbell_task(name: str, task: Any) -> None:
+    """Let doorbells whose ``task`` is ``name`` send ``task`` (a Celery task)."""
+    _doorbell_tasks[name] = task
+
+
 def ring_doorbells(bells: list[Doorbell]) -> None:
     """Send one Celery message per doorbell. A broker failure is logged, never raised: the
     step is durable in the database and the doorbell sweeper rings again."""
-    from . import tasks
-
     for bell in bells:
         options: dict[str, Any] = {
             "retry": True,
@@ -373,7 +381,7 @@ def ring_doorbells(bells: list[Doorbell]) -> None:
             options["soft_time_limit"] = bell.time_limit + slack
             options["time_limit"] = bell.time_limit + slack + 10
         try:
-            getattr(tasks, bell.task).apply_async((bell.step_run_id, bell.attempt), **options)
+            _doorbell_tasks[bell.task].apply_async((bell.step_run_id, bell.attempt), **options)
         except Exception:  # noqa: BLE001 - the sweeper is the fallback
             log.warning(
                 "doorbell for step %s attempt %s not rung; the sweeper will ring it",

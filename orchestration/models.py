@@ -41,8 +41,20 @@ class StepState(models.TextChoices):
     COMPENSATED = "compensated"
 
 
+class CompensationPhase(models.TextChoices):
+    """Where a ``compensating`` step's compensation is (``comp_phase``); blank before."""
+
+    NONE = "", "not compensating"
+    SCHEDULED = "scheduled"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    FAILED = "failed"
+    DONE = "done"
+
+
 I = InstanceState  # noqa: E741 - short aliases keep the transition tables readable
 S = StepState
+C = CompensationPhase
 
 INSTANCE_OPEN = [I.PENDING, I.RUNNING]
 INSTANCE_FINISHED = [I.SUCCEEDED, I.FAILED, I.CANCELLED, I.COMPENSATED]
@@ -196,7 +208,9 @@ class StepRun(FSMModelMixin, models.Model):
     # next_attempt_at / rung_at / timeout_at for it as for a forward attempt.
     comp_attempt = models.PositiveIntegerField(default=0)
     comp_base = models.PositiveIntegerField(default=0)
-    comp_phase = models.CharField(max_length=10, blank=True, default="")
+    comp_phase = FSMField(
+        max_length=10, blank=True, default=C.NONE, choices=C.choices, protected=True
+    )
     # The saga undoes this step although it never succeeded: an attempt was claimed and the
     # step declares ``compensate_attempted``. Set when the saga takes the step on (while it is
     # still `cancelled`, `failed` or `timed_out`) and kept; its compensation gets output None.
@@ -306,13 +320,36 @@ class StepRun(FSMModelMixin, models.Model):
     )
     def start_compensation(self) -> None:
         """Undo a succeeded step, or (``comp_attempted``) the attempts of one that never
-        succeeded."""
-        self.comp_attempt += 1
-        self.comp_phase = "scheduled"
+        succeeded: its first compensation attempt is scheduled."""
+        self.queue_compensation()
 
     @transition(field=state, source=S.COMPENSATING, target=S.COMPENSATED)
     def finish_compensation(self) -> None:
-        self.comp_phase = "done"
+        """The running compensation attempt succeeded."""
+        self.close_compensation()
+
+    # -- the compensation's own phase (while `compensating`) --------------------------------
+    @transition(field=comp_phase, source=[C.NONE, C.FAILED], target=C.SCHEDULED)
+    def queue_compensation(self) -> None:
+        """A compensation attempt is scheduled: the first, or one an operator retries after
+        the compensation failed."""
+        self.comp_attempt += 1
+
+    @transition(field=comp_phase, source=[C.SCHEDULED, C.RETRYING], target=C.RUNNING)
+    def claim_compensation(self) -> None:
+        pass
+
+    @transition(field=comp_phase, source=C.RUNNING, target=C.RETRYING)
+    def retry_compensation(self) -> None:
+        self.comp_attempt += 1
+
+    @transition(field=comp_phase, source=C.RUNNING, target=C.FAILED)
+    def fail_compensation(self) -> None:
+        pass
+
+    @transition(field=comp_phase, source=C.RUNNING, target=C.DONE)
+    def close_compensation(self) -> None:
+        pass
 
     @transition(
         field=state,

@@ -27,8 +27,8 @@ from django.utils import timezone
 
 from . import attachments, sealing
 from .definitions import registry
+from .engine.locking import lock_instance
 from .errors import NotFound
-from .journal import Journal
 from .models import Event, InstanceState, Signal, StepRun, WorkflowInstance
 
 log = logging.getLogger("signoff.retention")
@@ -144,11 +144,11 @@ def instance_erase(*, instance_id: Any, actor: str, reason: str) -> int:
     Writes ``instance_erased`` with the counts and the reason (scrubbed too), never the
     data. Returns how many sealed values were erased."""
     with transaction.atomic():
-        instance = WorkflowInstance.objects.select_for_update().filter(pk=instance_id).first()
-        if instance is None:
+        locked = lock_instance(instance_id=instance_id, actor=actor)
+        if locked is None:
             raise NotFound("instance not found")
-        journal = Journal(instance, actor=actor)
-        steps = list(StepRun.objects.filter(instance=instance))
+        instance, journal = locked.instance, locked.journal
+        steps = list(locked.steps.values())
         signals = list(Signal.objects.filter(instance=instance))
         # Open everything sealed first: its copies elsewhere are found by their plaintext.
         # Files go whole, and their names count as sensitive: masked wherever copied.

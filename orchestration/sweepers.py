@@ -17,7 +17,7 @@ from django.db.models import DateTimeField, F, Q, Value
 from django.utils import timezone
 
 from . import engine, saga, waits
-from .models import InstanceState, StepRun, StepState, WorkflowInstance
+from .models import CompensationPhase, InstanceState, StepRun, StepState, WorkflowInstance
 
 log = logging.getLogger("signoff.sweepers")
 
@@ -102,7 +102,8 @@ def sweep_doorbells(
     )
     compensations = list(
         StepRun.objects.filter(
-            state=StepState.COMPENSATING, comp_phase__in=["scheduled", "retrying"]
+            state=StepState.COMPENSATING,
+            comp_phase__in=[CompensationPhase.SCHEDULED, CompensationPhase.RETRYING],
         )
         .filter(due)
         .order_by("next_attempt_at")
@@ -111,7 +112,7 @@ def sweep_doorbells(
     return done + _each(
         "compensation_doorbells",
         compensations,
-        lambda pk: saga.ring_again(step_run_id=pk, older_than=older_than),
+        lambda pk: saga.ring_compensation_again(step_run_id=pk, older_than=older_than),
     )
 
 
@@ -127,13 +128,15 @@ def sweep_step_timeouts(*, now: datetime | None = None, batch: int | None = None
     done = _each("step_timeouts", ids, lambda pk: engine.step_time_out(step_run_id=pk))
     compensations = list(
         StepRun.objects.filter(
-            state=StepState.COMPENSATING, comp_phase="running", timeout_at__lte=now
+            state=StepState.COMPENSATING, comp_phase=CompensationPhase.RUNNING, timeout_at__lte=now
         )
         .order_by("timeout_at")
         .values_list("pk", flat=True)[: _batch(batch)]
     )
     return done + _each(
-        "compensation_timeouts", compensations, lambda pk: saga.time_out(step_run_id=pk)
+        "compensation_timeouts",
+        compensations,
+        lambda pk: saga.time_out_compensation(step_run_id=pk),
     )
 
 
@@ -154,7 +157,7 @@ def sweep_waiting_deadlines(*, now: datetime | None = None, batch: int | None = 
     """Fire timer steps and time out signal waits whose deadline passed."""
     now = now or timezone.now()
     ids = waits.due_waiting_steps(now, _batch(batch))
-    return _each("waiting_deadlines", ids, lambda pk: waits.waiting_deadline(step_run_id=pk))
+    return _each("waiting_deadlines", ids, lambda pk: engine.waiting_step_deadline(step_run_id=pk))
 
 
 def sweep_all(*, now: datetime | None = None) -> dict[str, int]:

@@ -15,6 +15,8 @@ from django.conf import settings
 from django.db import close_old_connections, connections
 
 from . import engine, saga, sweepers
+from .journal import register_doorbell_task
+from .retention import sweep_retention as sweep_retention_now
 
 
 @shared_task(
@@ -52,7 +54,7 @@ def sweep_instance_deadlines() -> int:
     ignore_result=True,
 )
 def run_compensation(step_run_id: int, attempt: int) -> str:
-    return saga.execute(step_run_id=step_run_id, attempt=attempt)
+    return saga.execute_compensation(step_run_id=step_run_id, attempt=attempt)
 
 
 @shared_task(name="orchestration.sweep_waiting_deadlines", ignore_result=True)
@@ -62,9 +64,12 @@ def sweep_waiting_deadlines() -> int:
 
 @shared_task(name="orchestration.sweep_retention", ignore_result=True)
 def sweep_retention() -> dict[str, int]:
-    from .retention import sweep_retention as sweep
+    return sweep_retention_now()
 
-    return sweep()
+
+# Doorbells (orchestration.journal) send these; the journal does not import this module.
+register_doorbell_task("run_step", run_step)
+register_doorbell_task("run_compensation", run_compensation)
 
 
 # When this process last finished a task (time.monotonic()).

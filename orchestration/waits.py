@@ -26,11 +26,13 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from . import kinds, sealing
+from . import sealing
 from .definitions import Predicate, StepContext, StepSpec, Workflow
+from .engine import LockedInstance, definition_of, lock_instance, step_context, stored_output
 from .errors import Conflict, InvalidInput, NotAllowed, NotFound
 from .journal import Journal
 from .jsonsafe import storable_json_problem, string_problem
+from .kinds import StepKind, register_kind
 from .models import Signal, StepRun, StepState
 
 S = StepState
@@ -169,15 +171,13 @@ def timer_step(
 
 
 def _resolve(step: StepRun, output: Any, journal: Journal) -> None:
-    from .engine import stored_output
-
     step.resolve(stored_output(journal.instance, step.name, output))
     step.finished_at = journal.now
     step.timeout_at = None
     journal.record("step_succeeded", step=step)
 
 
-class SignalKind:
+class SignalKind(StepKind):
     name = "signal"
 
     def ready(self, *, step_run: StepRun, spec: StepSpec, journal: Journal, now: datetime) -> None:
@@ -211,13 +211,10 @@ class SignalKind:
             )
             _resolve(step_run, payload, journal)
 
-    def cancelled(
-        self, *, step_run: StepRun, spec: StepSpec, journal: Journal, now: datetime
-    ) -> None:
-        pass
-
-    def deadline(self, *, locked: Any, step: StepRun, spec: StepSpec) -> None:
+    def timed_out(self, *, locked: LockedInstance, step_run: StepRun, spec: StepSpec) -> bool:
+        """No signal in time: apply ``on_timeout``."""
         assert isinstance(spec, SignalStep)
+        step = step_run
         journal = locked.journal
         journal.record(
             "step_timed_out", step=step, data={"signal": spec.signal, "on_timeout": spec.on_timeout}
@@ -237,14 +234,13 @@ class SignalKind:
                 },
                 reason="signal_timeout",
             )
+        return True
 
 
-class TimerKind:
+class TimerKind(StepKind):
     name = "timer"
 
     def ready(self, *, step_run: StepRun, spec: StepSpec, journal: Journal, now: datetime) -> None:
-        from .engine import step_context
-
         assert isinstance(spec, TimerStep)
         fire = spec.fire_at(step_context(journal, step_run), now)
         step_run.wait()
@@ -254,15 +250,11 @@ class TimerKind:
         if fire <= now:
             _resolve(step_run, {"fired_at": now.isoformat(), "until": fire.isoformat()}, journal)
 
-    def cancelled(
-        self, *, step_run: StepRun, spec: StepSpec, journal: Journal, now: datetime
-    ) -> None:
-        pass
-
-    def deadline(self, *, locked: Any, step: StepRun, spec: StepSpec) -> None:
-        until = step.timeout_at
+    def timed_out(self, *, locked: LockedInstance, step_run: StepRun, spec: StepSpec) -> bool:
+        """The timer fires."""
+        until = step_run.timeout_at
         _resolve(
-            step,
+            step_run,
             {
                 "fired_at": locked.journal.now.isoformat(),
                 "until": until.isoformat() if until else None,
@@ -270,10 +262,11 @@ class TimerKind:
             locked.journal,
         )
         locked.advance()
+        return True
 
 
-kinds.register_kind(SignalKind())
-kinds.register_kind(TimerKind())
+register_kind(SignalKind())
+register_kind(TimerKind())
 
 
 # -- delivering a signal -----------------------------------------------------------------------
@@ -297,8 +290,6 @@ def signal_send(
     payload not matching the step's schema) and :class:`Conflict` (instance finished, or the
     step no longer waits: it timed out or already got its signal).
     """
-    from .engine import definition_of, lock_instance
-
     if not isinstance(name, str) or string_problem(name) or len(name) > 100:
         raise InvalidInput("invalid signal name")
     problem = storable_json_problem(payload)
@@ -497,34 +488,11 @@ def sign(
 
 
 # -- the waiting-deadline sweeper ------------------------------------------------------------------
-
-
-def waiting_deadline(*, step_run_id: int) -> bool:
-    """A waiting signal/timer step's deadline passed: fire the timer or apply on_timeout."""
-    from .engine import lock_instance
-
-    with transaction.atomic():
-        locked = lock_instance(step_run_id=step_run_id, actor="sweeper", skip_locked=True)
-        if locked is None or locked.instance.state != "running":
-            return False
-        step = locked.step_by_id(step_run_id)
-        if (
-            step is None
-            or step.state != S.WAITING
-            or step.timeout_at is None
-            or step.timeout_at > locked.journal.now
-        ):
-            return False
-        spec = locked.definition.steps.get(step.name) if locked.definition else None
-        handler = kinds.get_kind(spec.kind) if spec else None
-        if handler is None or not hasattr(handler, "deadline"):
-            return False
-        handler.deadline(locked=locked, step=step, spec=spec)
-        locked.journal.flush()
-        return True
+# (it acts on each due step through engine.waiting_step_deadline, which asks the step's kind)
 
 
 def due_waiting_steps(now: datetime, batch: int) -> list[int]:
+    """Ids of ``waiting`` steps whose deadline passed by ``now``, earliest first."""
     return list(
         StepRun.objects.filter(state=S.WAITING, timeout_at__isnull=False, timeout_at__lte=now)
         .order_by("timeout_at")

@@ -185,7 +185,6 @@ def rung(monkeypatch) -> list:
     """Doorbells sent after commit (each a Doorbell), instead of Celery messages."""
     sent: list = []
     monkeypatch.setattr("orchestration.journal.ring_doorbells", sent.extend)
-    monkeypatch.setattr("orchestration.engine.ring_doorbells", sent.extend)
     return sent
 
 

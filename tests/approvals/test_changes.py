@@ -442,7 +442,10 @@ def test_withdraw_cancels_the_instance_and_runs_its_compensations(people) -> Non
     assert steps["reserve"].state == "compensating"
     # The compensation runs (a worker would): the reservation is released.
     reserve = steps["reserve"]
-    assert saga.execute(step_run_id=reserve.pk, attempt=reserve.comp_attempt) == "compensated"
+    assert (
+        saga.execute_compensation(step_run_id=reserve.pk, attempt=reserve.comp_attempt)
+        == "compensated"
+    )
     instance.refresh_from_db()
     assert instance.state == "compensated"  # a cancelled saga ends compensated
     assert events(instance.pk)[-2:] == ["step_compensated", "instance_compensated"]

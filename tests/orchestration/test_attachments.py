@@ -21,6 +21,7 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from orchestration import attachments, engine, retention
+from orchestration.definitions import registry
 from orchestration.errors import InvalidInput
 from orchestration.models import Attachment, Event, WorkflowInstance
 from tests.attachments_fixtures import (
@@ -475,7 +476,7 @@ def test_a_rolled_back_delete_keeps_the_bytes(
 def test_retention_deletes_the_files_with_the_instance(
     files_dir: Path, alice: Any, django_capture_on_commit_callbacks: Any, monkeypatch: Any
 ) -> None:
-    definition = engine.registry.get("t_notes")
+    definition = registry.get("t_notes")
     monkeypatch.setattr(definition, "retention", timedelta(days=1))
     monkeypatch.setattr(definition, "delete_after", timedelta(days=1))
     instance, _ = engine.instance_start(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from orchestration import engine, saga, sweepers
+from orchestration.engine import compensating
 from orchestration.models import Event, StepRun, WorkflowInstance
 from tests.orchestration.test_engine import refresh, run_ready, steps_of
 
@@ -21,7 +22,7 @@ def run_compensations(instance: WorkflowInstance, limit: int = 30) -> None:
         if not due:
             return
         for step in due:
-            saga.execute(step_run_id=step.pk, attempt=step.comp_attempt)
+            saga.execute_compensation(step_run_id=step.pk, attempt=step.comp_attempt)
 
 
 def play(instance: WorkflowInstance) -> None:
@@ -131,7 +132,8 @@ def test_compensation_timeout_is_swept_and_retried() -> None:
     run_ready(instance)
     flight = steps_of(instance)["book_flight"]
     assert flight.state == "compensating"
-    assert saga.claim(step_run_id=flight.pk, attempt=1) is not None  # the worker dies here
+    # the worker dies here, after its claim
+    assert saga.claim_compensation(step_run_id=flight.pk, attempt=1) is not None
     with time_machine.travel(play_until + timedelta(minutes=5), tick=False):
         assert sweepers.sweep_step_timeouts() == 1
     flight = steps_of(instance)["book_flight"]
@@ -390,8 +392,10 @@ def test_claimed_attempts_of_a_cancelled_step_are_found_in_the_history(frozen) -
     _execute(instance, "charge")  # claimed, then retrying
     StepRun.objects.filter(instance=instance, name__in=["charge", "hold"]).update(state="cancelled")
     definition = registry.get("t_saga_attempted")
-    assert saga.claimed_unsucceeded(steps_of(instance), definition) == {"charge"}
-    assert saga.claimed_unsucceeded(steps_of(instance), registry.get("t_saga_plain")) == set()
+    assert compensating.claimed_unsucceeded(steps_of(instance), definition) == {"charge"}
+    assert (
+        compensating.claimed_unsucceeded(steps_of(instance), registry.get("t_saga_plain")) == set()
+    )
 
 
 def test_timeline_tells_an_attempted_compensation_apart(frozen) -> None:

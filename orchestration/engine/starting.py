@@ -1,0 +1,221 @@
+"""Starting an instance: checks, the Idempotency-Key, files, and the first steps.
+
+:func:`instance_start` writes the instance, its steps, ``instance_started`` and the first
+steps' events in one transaction (one statement on PostgreSQL); their doorbells ring after
+commit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from .. import sealing
+from ..definitions import Workflow, registry
+from ..errors import Conflict, InvalidInput, NotAllowed
+from ..journal import Journal
+from ..jsonsafe import storable_json_problem, string_problem
+from ..models import KEY_OWNER, StepRun, WorkflowInstance
+from ..uploads import PendingFiles, guard, start_files
+from .advancing import advance
+from .context import jsonable, request_fingerprint
+
+MAX_KEY_LENGTH = 200
+
+
+def instance_start(
+    *,
+    workflow: str,
+    input: dict[str, Any] | None = None,
+    business_key: str = "",
+    idempotency_key: str | None = None,
+    version: int | None = None,
+    started_by: Any = None,
+    actor: str = "system",
+    files: Sequence[Any] = (),
+) -> tuple[WorkflowInstance, bool]:
+    """Start an instance; returns ``(instance, created)``.
+
+    ``files`` (uploads) are checked (:mod:`orchestration.uploads`), listed in the input
+    field the workflow names (``Workflow(attachments=...)``) before the input is validated,
+    and stored with the instance in its transaction (their bytes deleted if it fails). A
+    repeat with the same Idempotency-Key and the same files stores nothing.
+
+    With an ``idempotency_key``: the same key and the same request return the first instance
+    (``created`` False); the same key with another request raises :class:`Conflict`. Unknown
+    workflow or invalid input raise :class:`InvalidInput` and write nothing. Writes the
+    instance, its steps and ``instance_started`` plus the first steps' events in one
+    transaction; their doorbells ring after commit.
+    """
+    input = {} if input is None else input
+    if not isinstance(workflow, str) or not workflow:
+        raise InvalidInput("workflow must be a non-empty string", code="invalid")
+    definition = registry.get(workflow, version)
+    if definition is None:
+        known = registry.get(workflow) is not None
+        raise InvalidInput(
+            f"workflow {workflow!r} has no version {version}"
+            if known and version
+            else f"unknown workflow {workflow!r}",
+            code="unknown_workflow",
+        )
+    input, on_behalf_of = _requester_input(definition, input, started_by)
+    uploads = start_files(definition, input, files, started_by)
+    if uploads is not None:
+        stored_input = {**input, definition.attachments: uploads.refs}
+    else:
+        stored_input = input
+    problems = definition.validate_input(stored_input)
+    unstorable = storable_json_problem(stored_input)
+    if unstorable and not problems:
+        problems = [unstorable]
+    if problems:
+        raise InvalidInput(
+            "invalid input: " + "; ".join(problems),
+            code="invalid_input",
+            errors={"input": problems},
+        )
+    if not isinstance(business_key, str) or len(business_key) > 200 or string_problem(business_key):
+        raise InvalidInput(
+            "business_key must be a string of at most 200 characters "
+            "(valid Unicode, no NUL characters)"
+        )
+    if idempotency_key is not None and (
+        not isinstance(idempotency_key, str)
+        or not idempotency_key.strip()
+        or len(idempotency_key) > MAX_KEY_LENGTH
+        or string_problem(idempotency_key)
+    ):
+        raise InvalidInput(
+            f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters",
+            code="invalid_idempotency_key",
+        )
+    request = {
+        "workflow": workflow,
+        "version": version,
+        "input": input,
+        "business_key": business_key,
+    }
+    if uploads is not None and uploads.checked:
+        # The files by name and content, not by the ids this start would give them.
+        request["files"] = uploads.digests
+    fingerprint = request_fingerprint(request)
+    if idempotency_key is not None:
+        existing = _same_key(workflow, idempotency_key, fingerprint, started_by)
+        if existing is not None:
+            return existing, False
+    try:
+        with guard(), transaction.atomic():
+            return _create(
+                definition,
+                stored_input,
+                business_key,
+                idempotency_key,
+                fingerprint,
+                started_by,
+                actor,
+                on_behalf_of,
+                uploads,
+            ), True
+    except IntegrityError:
+        # Two requests with one key raced; the loser answers like a repeat.
+        if idempotency_key is None:
+            raise
+        existing = _same_key(workflow, idempotency_key, fingerprint, started_by)
+        if existing is None:
+            raise
+        return existing, False
+
+
+def _requester_input(definition: Workflow, input: Any, started_by: Any) -> tuple[Any, str | None]:
+    """The input with the workflow's requester field (``requester_input``) checked against
+    the person starting it: filled with their username when absent; another name only with
+    ``orchestration.start_on_behalf`` (:class:`NotAllowed` otherwise). Returns the input and
+    the name started on behalf of (None when it is the starter's own). A start without a
+    person (the system, a command) is taken as it is."""
+    field_name = definition.requester_input
+    if field_name is None or not isinstance(input, dict) or not getattr(started_by, "pk", None):
+        return input, None
+    own = started_by.get_username()
+    named = input.get(field_name)
+    if named is None:
+        return {**input, field_name: own}, None
+    if named == own:
+        return input, None
+    if not started_by.has_perm("orchestration.start_on_behalf"):
+        raise NotAllowed(
+            f"input.{field_name} names someone else; starting a workflow for another person "
+            "needs the orchestration.start_on_behalf permission",
+            code="on_behalf_not_allowed",
+        )
+    return input, named if isinstance(named, str) else None
+
+
+def _same_key(
+    workflow: str, key: str, fingerprint: str, started_by: Any
+) -> WorkflowInstance | None:
+    """The caller's own instance of ``workflow`` started with ``key`` (keys are per caller)."""
+    existing = (
+        WorkflowInstance.objects.alias(owner=KEY_OWNER)
+        .filter(workflow=workflow, owner=getattr(started_by, "pk", None) or 0, idempotency_key=key)
+        .first()
+    )
+    if existing is not None and existing.request_hash != fingerprint:
+        raise Conflict(
+            f"Idempotency-Key {key!r} was already used for a different request",
+            code="idempotency_conflict",
+        )
+    return existing
+
+
+def _create(
+    definition: Workflow,
+    input: dict[str, Any],
+    business_key: str,
+    idempotency_key: str | None,
+    fingerprint: str,
+    started_by: Any,
+    actor: str,
+    on_behalf_of: str | None = None,
+    uploads: PendingFiles | None = None,
+) -> WorkflowInstance:
+    now = timezone.now()
+    instance = WorkflowInstance(
+        workflow=definition.name,
+        version=definition.version,
+        input=sealing.seal_fields(jsonable(input), sealing.input_fields(definition.sensitive)),
+        business_key=business_key,
+        idempotency_key=idempotency_key,
+        request_hash=fingerprint,
+        started_by=started_by if getattr(started_by, "pk", None) else None,
+        created_at=now,
+        updated_at=now,
+    )
+    journal = Journal(instance, actor=actor, now=now)
+    instance.start()
+    instance.started_at = now
+    if definition.deadline is not None:
+        instance.deadline_at = now + definition.deadline
+    steps = {
+        name: StepRun(
+            instance=instance, name=name, kind=definition.steps[name].kind, position=position
+        )
+        for position, name in enumerate(definition.order())
+    }
+    journal.record(
+        "instance_started",
+        data={
+            "workflow": definition.name,
+            "version": definition.version,
+            "business_key": business_key,
+            **({"on_behalf_of": on_behalf_of} if on_behalf_of else {}),
+        },
+    )
+    if uploads is not None:
+        uploads.record(instance, journal)
+    advance(instance, steps, definition, journal)
+    journal.flush(created_steps=list(steps.values()))
+    return instance
