@@ -43,8 +43,13 @@ def _requester(spec: ApprovalStep, ctx: Any, instance: Any) -> Any:
     return User.objects.filter(username=name).first() if isinstance(name, str) else None
 
 
-class ApprovalKind:
+class ApprovalKind(kinds.StepKind):
     name = "approval"
+
+    def state_label(self, state: str) -> str:
+        if state == "waiting":
+            return "waiting for a decision"
+        return super().state_label(state)
 
     def ready(self, *, step_run: StepRun, spec: StepSpec, journal: Journal, now: datetime) -> None:
         assert isinstance(spec, ApprovalStep)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 
+from . import kinds
 from .definitions import Workflow
 
 BOX_W = 212
@@ -135,10 +136,8 @@ def layout(definition: Workflow | None, steps: Iterable) -> Layout:
 
 def _meta(node: Node) -> str:
     state = node.state.replace("_", " ")
-    if node.kind == "approval":
-        return "waiting for a decision" if node.state == "waiting" else f"approval · {state}"
     if node.kind != "task":
-        return f"{node.kind} · {state}"
+        return kinds.state_label(node.kind, node.state)
     if node.attempt > 1:
         return f"{state} · attempt {node.attempt}"
     return state

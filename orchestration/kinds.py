@@ -8,8 +8,7 @@ without the engine importing them. The engine calls a kind inside its own transa
 instance row locked; the kind changes the step only through its transitions and records what it
 did on the journal.
 
-A kind subclasses :class:`StepKind` and overrides what differs from the defaults. An object that
-does not subclass it (an older kind) is registered with the defaults for the methods it lacks.
+A kind subclasses :class:`StepKind` and overrides what differs from the defaults.
 """
 
 from __future__ import annotations
@@ -81,37 +80,20 @@ class StepKind:
         """Whether to offer operator ``action`` on steps of this kind at all (buttons only)."""
         return True
 
-
-# The methods a kind may define; an object that is no StepKind keeps its own and gets the
-# defaults for the others.
-HOOKS = (
-    "ready",
-    "retried",
-    "cancelled",
-    "timed_out",
-    "completed_by_hand",
-    "authorize_operator",
-    "offers_operator",
-)
-
-
-class _Defaulted(StepKind):
-    """A kind object registered without subclassing :class:`StepKind`."""
-
-    def __init__(self, kind: Any) -> None:
-        self.name = kind.name
-        for hook in HOOKS:
-            method = getattr(kind, hook, None)
-            if method is not None:
-                setattr(self, hook, method)
+    def state_label(self, state: str) -> str:
+        """How a step of this kind in ``state`` reads on the workflow graph (a ``waiting``
+        approval reads "waiting for a decision")."""
+        return f"{self.name} · {state.replace('_', ' ')}"
 
 
 _KINDS: dict[str, StepKind] = {}
 
 
-def register_kind(kind: Any) -> Any:
-    """Register ``kind`` (a :class:`StepKind`) under its ``name``; returns it."""
-    _KINDS[kind.name] = kind if isinstance(kind, StepKind) else _Defaulted(kind)
+def register_kind(kind: StepKind) -> StepKind:
+    """Register ``kind`` under its ``name``; returns it."""
+    if not isinstance(kind, StepKind) or not kind.name:
+        raise TypeError(f"{kind!r} is not a named orchestration.kinds.StepKind")
+    _KINDS[kind.name] = kind
     return kind
 
 
@@ -138,6 +120,15 @@ def offers_operator(kind_name: str, action: str) -> bool:
     :func:`authorize_operator` decides when it is used)."""
     kind = _KINDS.get(kind_name)
     return True if kind is None else bool(kind.offers_operator(action))
+
+
+def state_label(kind_name: str, state: str) -> str:
+    """The graph's words for a step of ``kind_name`` in ``state`` (:meth:`StepKind.state_label`;
+    an unregistered kind reads like the default)."""
+    kind = _KINDS.get(kind_name)
+    if kind is None:
+        return f"{kind_name} · {state.replace('_', ' ')}"
+    return kind.state_label(state)
 
 
 def kind_names() -> list[str]:
