@@ -361,6 +361,11 @@ def register_doorbell_task(name: str, task: Any) -> None:
     _doorbell_tasks[name] = task
 
 
+def doorbell_tasks() -> dict[str, Any]:
+    """The registered doorbell tasks by name (a copy; the test kit swaps and restores them)."""
+    return dict(_doorbell_tasks)
+
+
 def ring_doorbells(bells: list[Doorbell]) -> None:
     """Send one Celery message per doorbell. A broker failure is logged, never raised: the
     step is durable in the database and the doorbell sweeper rings again."""

@@ -21,6 +21,10 @@ from orchestration.worker import worker_command
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# The workflow test kit's fixtures (signoff_kit, signoff_approvals): also pytest11 entry points
+# of the same names, which an install made before they existed does not have yet.
+pytest_plugins = ["orchestration.pytest_plugin", "approvals.pytest_plugin"]
+
 # Playwright's sync API runs an event loop in the test thread; Django would then refuse ORM
 # calls from that thread.
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")

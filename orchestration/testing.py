@@ -1,0 +1,601 @@
+"""A test kit for people writing workflows: run a workflow in pytest, in-process, on the test
+database, with no worker, and skip time.
+
+The kit drives the engine exactly as a worker and beat would, only in the test's process:
+
+- **Doorbells** (the Celery messages that say "run attempt N of step S") are caught instead of
+  sent, and :meth:`SignoffKit.run_until_idle` runs each due one through the real Celery task
+  (``orchestration.run_step``, ``orchestration.run_compensation``): the claim, the step's
+  function, the retry policy and the advance are the engine's own code. In a ``django_db``
+  test (everything inside one transaction that is rolled back) the kit also runs the
+  ``on_commit`` callbacks the engine arranged, as a commit would.
+- **Time** moves with time-machine (:meth:`SignoffKit.skip`, :meth:`SignoffKit.advance_to`);
+  after each move the beat sweepers every app declares (``AppConfig.periodic_tasks``) run once,
+  so timers fire, signal waits time out, approvals remind, escalate and expire — a 7-day wait
+  passes in milliseconds.
+- **Faults**: :meth:`SignoffKit.fail_step` makes a task step raise on chosen attempts without
+  touching the workflow's code (its registered function is wrapped while the kit is open).
+
+Use it through the ``signoff_kit`` fixture (``orchestration.pytest_plugin``) or as a context
+manager (``with SignoffKit() as kit:``). The approval side is in :mod:`approvals.testing`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from . import journal, sealing
+from .actors import actor_of
+from .definitions import StepContext, TaskStep, Workflow, registry
+from .engine import instance_cancel, instance_start
+from .models import Event, InstanceState, StepRun, StepState, WorkflowInstance
+from .periodic import wanted_periodic_tasks
+from .waits import SignalStep, signal_send
+
+__all__ = [
+    "DEFAULT_SKIPPED_SWEEPERS",
+    "KitError",
+    "SignoffKit",
+    "WorkflowHandle",
+]
+
+# Beat tasks the kit does not run when time moves: retention would erase or delete test
+# instances after a long skip; the outbox, webhooks and digests talk to the outside world.
+DEFAULT_SKIPPED_SWEEPERS = frozenset(
+    {
+        "orchestration.sweep_retention",
+        "integrations.sweep_outbox",
+        "integrations.sweep_webhooks",
+        "approvals.sweep_digests",
+    }
+)
+FINISHED = {
+    InstanceState.SUCCEEDED,
+    InstanceState.FAILED,
+    InstanceState.CANCELLED,
+    InstanceState.COMPENSATED,
+}
+
+
+class KitError(Exception):
+    """A test asked the kit for something that cannot be: an unknown workflow or step, time
+    going backwards, a signal no step waits for... The message says what and why."""
+
+
+@dataclass(frozen=True)
+class _Bell:
+    task: str
+    step_run_id: int
+    attempt: int
+    eta: datetime | None
+
+
+class _CaughtTask:
+    """Stands in for a doorbell's Celery task while the kit is open: keeps the message."""
+
+    def __init__(self, kit: SignoffKit, name: str) -> None:
+        self.kit, self.name = kit, name
+
+    def apply_async(self, args: tuple[int, int], **options: Any) -> None:
+        self.kit._bells.append(_Bell(self.name, args[0], args[1], options.get("eta")))
+
+
+@dataclass
+class _Fault:
+    workflow: str
+    step: str
+    attempts: frozenset[int]
+    error: BaseException | type[BaseException] | None
+    version: int | None = None
+    instance_id: str | None = None
+    hits: list[int] = field(default_factory=list)
+
+    def matches(self, ctx: StepContext) -> bool:
+        return (
+            ctx.workflow == self.workflow
+            and ctx.step == self.step
+            and ctx.attempt in self.attempts
+            and (self.version is None or ctx.version == self.version)
+            and (self.instance_id is None or str(ctx.instance_id) == self.instance_id)
+        )
+
+    def raise_for(self, ctx: StepContext) -> None:
+        self.hits.append(ctx.attempt)
+        message = f"signoff kit: {ctx.step} made to fail on attempt {ctx.attempt}"
+        if self.error is None:
+            raise RuntimeError(message)
+        if isinstance(self.error, type):
+            raise self.error(message)
+        raise self.error.with_traceback(None)
+
+
+class SignoffKit:
+    """Runs workflows in the test's process. Open it (``with`` or :meth:`open`) before the
+    first start; :meth:`close` restores the doorbells, the clock and the faulted steps.
+
+    ``sweepers`` names the beat tasks to run when time moves (default: every app's
+    ``periodic_tasks`` but :data:`DEFAULT_SKIPPED_SWEEPERS`); ``max_runs`` bounds one
+    :meth:`run_until_idle` (a workflow that never settles fails the test instead of hanging).
+    """
+
+    def __init__(self, *, sweepers: Iterable[str] | None = None, max_runs: int = 10_000) -> None:
+        self.sweepers = (
+            list(sweepers)
+            if sweepers is not None
+            else [n for n, _ in wanted_periodic_tasks() if n not in DEFAULT_SKIPPED_SWEEPERS]
+        )
+        self.max_runs = max_runs
+        self._bells: list[_Bell] = []
+        self._tasks: dict[str, Any] = {}
+        self._ran_callbacks: dict[int, Any] = {}
+        self._faults: list[_Fault] = []
+        self._wrapped: list[tuple[TaskStep, Callable[..., Any]]] = []
+        self._travel: Any = None
+        self._clock: Any = None
+        self._open = False
+
+    # -- opening and closing ------------------------------------------------------------------
+
+    def open(self) -> SignoffKit:
+        if self._open:
+            return self
+        self._tasks = journal.doorbell_tasks()
+        for name in self._tasks:
+            journal.register_doorbell_task(name, _CaughtTask(self, name))
+        self._open = True
+        return self
+
+    def close(self) -> None:
+        if not self._open:
+            return
+        for name, task in self._tasks.items():
+            journal.register_doorbell_task(name, task)
+        for spec, fn in reversed(self._wrapped):
+            spec.fn = fn
+        self._wrapped.clear()
+        if self._travel is not None:
+            self._travel.stop()
+            self._travel = self._clock = None
+        self._open = False
+
+    def __enter__(self) -> SignoffKit:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if not self._open:
+            raise KitError("the kit is closed: use the signoff_kit fixture or `with SignoffKit()`")
+
+    # -- starting -----------------------------------------------------------------------------
+
+    def start(
+        self,
+        workflow: str,
+        input: dict[str, Any] | None = None,
+        *,
+        version: int | None = None,
+        business_key: str = "",
+        user: Any = None,
+        idempotency_key: str | None = None,
+    ) -> WorkflowHandle:
+        """Start ``workflow`` (its newest version unless ``version``) as ``user`` would, through
+        the engine's own start (input schema, sealing, first steps). Nothing runs yet: call
+        :meth:`WorkflowHandle.run_until_idle`. Raises :class:`KitError` for an unknown
+        workflow or version and the engine's :class:`~orchestration.errors.InvalidInput` for
+        input the workflow refuses."""
+        self._check_open()
+        definition_of(workflow, version)
+        instance, _ = instance_start(
+            workflow=workflow,
+            input=input,
+            version=version,
+            business_key=business_key,
+            idempotency_key=idempotency_key,
+            started_by=user,
+            actor=actor_of(user),
+        )
+        return WorkflowHandle(self, instance.pk)
+
+    def handle(self, instance: WorkflowInstance | Any) -> WorkflowHandle:
+        """A handle on an instance started some other way (an API call in the test)."""
+        pk = getattr(instance, "pk", instance)
+        if not WorkflowInstance.objects.filter(pk=pk).exists():
+            raise KitError(f"no workflow instance {pk}")
+        return WorkflowHandle(self, pk)
+
+    # -- running ------------------------------------------------------------------------------
+
+    def run_until_idle(self, *, skip_backoff: bool = True) -> int:
+        """Run every due doorbell (and what each one rings in turn) and the due sweepers until
+        nothing is left to do now; returns how many doorbells ran.
+
+        With ``skip_backoff`` (the default) a retry's backoff passes at once: when only
+        retries wait, the clock moves to the earliest one, as a worker would wait for it.
+        Waiting steps (signals, timers, approvals) never move the clock: use :meth:`skip`."""
+        self._check_open()
+        runs = rounds = 0
+        while True:
+            rounds += 1
+            if rounds > self.max_runs:
+                raise KitError(
+                    f"still busy after {self.max_runs} rounds: does the workflow ever settle? "
+                    "(raise SignoffKit(max_runs=...) if it is just long)"
+                )
+            self._run_callbacks()
+            bell = self._next_due()
+            if bell is not None:
+                runs += 1
+                self._bells.remove(bell)
+                self._tasks[bell.task](bell.step_run_id, bell.attempt)
+                continue
+            if self.sweep():
+                continue
+            self._bells = [b for b in self._bells if _live(b)]
+            waiting = [b.eta for b in self._bells if b.eta is not None]
+            if skip_backoff and waiting:
+                self._move_to(max(min(waiting), timezone.now()))
+                continue
+            return runs
+
+    def sweep(self) -> int:
+        """Run each of :attr:`sweepers` once at the kit's now; returns how many rows they
+        acted on (beat's work, in this process)."""
+        from celery import current_app
+
+        tasks = current_app.tasks
+        if any(name not in tasks for name in self.sweepers):
+            current_app.loader.import_default_modules()
+        acted = 0
+        for name in self.sweepers:
+            if name not in tasks:
+                raise KitError(f"no Celery task {name!r} to sweep with")
+            result = tasks[name]()
+            acted += sum(result.values()) if isinstance(result, dict) else int(result or 0)
+            self._run_callbacks()
+        return acted
+
+    def _next_due(self) -> _Bell | None:
+        now = timezone.now()
+        return next((b for b in self._bells if b.eta is None or b.eta <= now), None)
+
+    def _run_callbacks(self) -> None:
+        """Inside the test's transaction (``django_db``) the engine's ``on_commit`` callbacks
+        wait for a commit that never comes: run each once, as the commit would."""
+        connection = transaction.get_connection()
+        if not connection.in_atomic_block:
+            return  # a transactional test: they ran at each commit
+        while True:
+            pending = [c for c in connection.run_on_commit if id(c) not in self._ran_callbacks]
+            if not pending:
+                return
+            for callback in pending:
+                self._ran_callbacks[id(callback)] = callback  # kept: ids stay unique
+                callback[1]()
+
+    # -- time ---------------------------------------------------------------------------------
+
+    @property
+    def now(self) -> datetime:
+        return timezone.now()
+
+    def skip(self, delta: timedelta, *, every: timedelta | None = None) -> None:
+        """Move the clock ``delta`` forward, running the sweepers and whatever they ring.
+
+        One jump by default: beat's sweeps in between are not replayed (an approval
+        reminding daily gets one reminder over a 3-day skip). With ``every`` the clock stops
+        at each ``every`` on the way, as beat's sweeps would."""
+        if not isinstance(delta, timedelta) or delta < timedelta(0):
+            raise KitError(f"skip needs a timedelta of zero or more, not {delta!r}")
+        if every is not None and (not isinstance(every, timedelta) or every <= timedelta(0)):
+            raise KitError(f"every must be a positive timedelta, not {every!r}")
+        self.advance_to(timezone.now() + delta, every=every)
+
+    def advance_to(self, when: datetime, *, every: timedelta | None = None) -> None:
+        """Move the clock to ``when`` (aware, not in the past); see :meth:`skip`."""
+        self._check_open()
+        if not isinstance(when, datetime) or timezone.is_naive(when):
+            raise KitError(f"advance_to needs an aware datetime, not {when!r}")
+        if when < timezone.now():
+            raise KitError(f"cannot go back in time to {when.isoformat()} (now {self.now})")
+        self.run_until_idle(skip_backoff=False)
+        if every is not None:
+            while timezone.now() + every < when:
+                self._move_to(timezone.now() + every)
+                self.run_until_idle(skip_backoff=False)
+        self._move_to(when)
+        self.run_until_idle(skip_backoff=False)
+
+    def _move_to(self, when: datetime) -> None:
+        import time_machine
+
+        if self._travel is None:
+            self._travel = time_machine.travel(when, tick=True)
+            self._clock = self._travel.start()
+        else:
+            self._clock.move_to(when)
+
+    # -- faults -------------------------------------------------------------------------------
+
+    def fail_step(
+        self,
+        workflow: str,
+        step: str,
+        *,
+        on_attempt: int | Iterable[int] = 1,
+        error: BaseException | type[BaseException] | None = None,
+        version: int | None = None,
+        instance_id: Any = None,
+    ) -> None:
+        """Make task step ``step`` of ``workflow`` (every version unless ``version``; every
+        instance unless ``instance_id``) raise ``error`` on attempt ``on_attempt`` (or each of
+        several), before its function runs. The engine's retry policy then does what it
+        would: a retryable error retries, a non-retryable one or the last attempt fails.
+        ``error`` is an exception, an exception class, or None (a ``RuntimeError``)."""
+        self._check_open()
+        attempts = frozenset([on_attempt] if isinstance(on_attempt, int) else on_attempt)
+        if not attempts or any(
+            not isinstance(a, int) or isinstance(a, bool) or a < 1 for a in attempts
+        ):
+            raise KitError(f"on_attempt must be attempt numbers from 1, not {on_attempt!r}")
+        if error is not None and not (
+            isinstance(error, BaseException)
+            or (isinstance(error, type) and issubclass(error, BaseException))
+        ):
+            raise KitError(f"error must be an exception or an exception class, not {error!r}")
+        definitions = [definition_of(workflow, version)] if version else versions_of(workflow)
+        for definition in definitions:
+            spec = definition.steps.get(step)
+            if spec is None:
+                raise KitError(
+                    f"{definition.name} v{definition.version} has no step {step!r}; "
+                    f"its steps: {', '.join(definition.steps)}"
+                )
+            if not isinstance(spec, TaskStep):
+                raise KitError(
+                    f"{step!r} is a {spec.kind} step: only task steps run code to fail "
+                    "(decide, signal or skip time to end the others)"
+                )
+        pk = str(instance_id) if instance_id is not None else None
+        self._faults.append(_Fault(workflow, step, attempts, error, version, pk))
+        for definition in definitions:
+            self._wrap(definition.steps[step])
+
+    def _wrap(self, spec: TaskStep) -> None:
+        if any(wrapped is spec for wrapped, _ in self._wrapped):
+            return
+        original = spec.fn
+        assert original is not None
+
+        def faulty(ctx: StepContext) -> Any:
+            for fault in self._faults:
+                if fault.matches(ctx):
+                    fault.raise_for(ctx)
+            return original(ctx)
+
+        self._wrapped.append((spec, original))
+        spec.fn = faulty
+
+
+class WorkflowHandle:
+    """One instance under test: read its state, output, steps and history; send signals;
+    run it. Every read goes to the database (no stale copies)."""
+
+    def __init__(self, kit: SignoffKit, instance_id: Any) -> None:
+        self.kit = kit
+        self.id = instance_id
+
+    def __repr__(self) -> str:
+        instance = self.instance
+        return (
+            f"<WorkflowHandle {instance.workflow} v{instance.version} {self.id} {instance.state}>"
+        )
+
+    @property
+    def instance(self) -> WorkflowInstance:
+        return WorkflowInstance.objects.get(pk=self.id)
+
+    @property
+    def state(self) -> str:
+        return self.instance.state
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINISHED
+
+    @property
+    def output(self) -> Any:
+        """The instance's output, sealed fields opened (a test may read its own secrets)."""
+        return sealing.reveal(self.instance.output, where="instance output")
+
+    @property
+    def error(self) -> Any:
+        return self.instance.error
+
+    def run_until_idle(self, *, skip_backoff: bool = True) -> WorkflowHandle:
+        """:meth:`SignoffKit.run_until_idle`; returns the handle (``h.run_until_idle().state``)."""
+        self.kit.run_until_idle(skip_backoff=skip_backoff)
+        return self
+
+    def step(self, name: str) -> StepRun:
+        """The step's row as it is now (``.state``, ``.attempt``, ``.output``, ``.error``)."""
+        found = StepRun.objects.filter(instance_id=self.id, name=name).first()
+        if found is None:
+            names = StepRun.objects.filter(instance_id=self.id).values_list("name", flat=True)
+            raise KitError(f"no step {name!r} in this instance; its steps: {', '.join(names)}")
+        return found
+
+    def steps(self) -> dict[str, str]:
+        """Each step's state by name."""
+        return dict(StepRun.objects.filter(instance_id=self.id).values_list("name", "state"))
+
+    def events(self) -> list[Event]:
+        return list(Event.objects.filter(instance_id=self.id).order_by("seq"))
+
+    def history(self, *, steps: bool = False) -> list[str]:
+        """The event types in order; with ``steps`` as ``"type:step"`` where an event names a
+        step (the notation :meth:`assert_history` accepts)."""
+        return [_label(e) if steps else e.type for e in self.events()]
+
+    def assert_history(self, *expected: str, exact: bool = False) -> None:
+        """Assert that these events happened in this order (others may come between them,
+        unless ``exact``). Each is an event type, or ``"type:step"`` for that step's event:
+        ``h.assert_history("step_retrying:call", "step_succeeded:call", "instance_succeeded")``.
+        The failure message shows the whole history and where the match stopped."""
+        assert_history(self.events(), *expected, exact=exact, title=repr(self))
+
+    def signal(
+        self,
+        name: str,
+        payload: Any = None,
+        *,
+        early: bool = False,
+        idempotency_key: str | None = None,
+        user: Any = None,
+        run: bool = True,
+    ) -> WorkflowHandle:
+        """Send signal ``name`` with ``payload`` through the engine's delivery (schema check,
+        idempotency), then run until idle unless ``run`` is False.
+
+        Raises :class:`KitError` when no step of the workflow waits for that signal, or its
+        step does not wait now: finished, or not reached yet (``early=True`` sends it ahead,
+        kept until the step waits, as the API allows)."""
+        instance = self.instance
+        definition = definition_of(instance.workflow, instance.version)
+        specs = [s for s in definition.steps.values() if isinstance(s, SignalStep)]
+        spec = next((s for s in specs if s.signal == name), None)
+        if spec is None:
+            waits = ", ".join(s.signal for s in specs) or "no signal at all"
+            raise KitError(
+                f"{instance.workflow} v{instance.version} waits for {waits}, not {name!r}"
+            )
+        state = self.step(spec.name).state
+        if state != StepState.WAITING and not (early and state == StepState.PENDING):
+            hint = "; pass early=True to send it ahead" if state == StepState.PENDING else ""
+            raise KitError(
+                f"step {spec.name!r} is {state}, not waiting for signal {name!r} "
+                f"(instance {instance.state}){hint}"
+            )
+        signal_send(
+            instance_id=self.id,
+            name=name,
+            payload=payload,
+            idempotency_key=idempotency_key,
+            actor=actor_of(user),
+        )
+        return self.run_until_idle() if run else self
+
+    def cancel(self, reason: str = "", *, user: Any = None) -> WorkflowHandle:
+        """Cancel the instance (the engine's cancel: its saga unwinds), then run until idle."""
+        instance_cancel(instance_id=self.id, actor=actor_of(user), reason=reason)
+        return self.run_until_idle()
+
+    def fail_step(
+        self,
+        step: str,
+        *,
+        on_attempt: int | Iterable[int] = 1,
+        error: BaseException | type[BaseException] | None = None,
+    ) -> WorkflowHandle:
+        """:meth:`SignoffKit.fail_step` for this instance only."""
+        instance = self.instance
+        self.kit.fail_step(
+            instance.workflow,
+            step,
+            on_attempt=on_attempt,
+            error=error,
+            version=instance.version,
+            instance_id=self.id,
+        )
+        return self
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def versions_of(workflow: str) -> list[Workflow]:
+    found = [wf for wf in registry.all() if wf.name == workflow]
+    if not found:
+        known = ", ".join(sorted({wf.name for wf in registry.all()}))
+        raise KitError(
+            f"unknown workflow {workflow!r}; registered: {known} "
+            "(is its module listed in SIGNOFF_WORKFLOW_MODULES?)"
+        )
+    return found
+
+
+def definition_of(workflow: str, version: int | None = None) -> Workflow:
+    """The registered definition, or a :class:`KitError` naming what is registered."""
+    versions = versions_of(workflow)
+    definition = registry.get(workflow, version)
+    if definition is None:
+        have = ", ".join(str(wf.version) for wf in versions)
+        raise KitError(f"workflow {workflow!r} has no version {version}; it has {have}")
+    return definition
+
+
+def _live(bell: _Bell) -> bool:
+    """Whether the step still waits for this doorbell's attempt (a stale one moves no clock)."""
+    step = StepRun.objects.filter(pk=bell.step_run_id).first()
+    if step is None:
+        return False
+    if bell.task == "run_compensation":
+        return step.state == StepState.COMPENSATING and step.comp_attempt == bell.attempt
+    return step.state in (StepState.SCHEDULED, StepState.RETRYING) and step.attempt == bell.attempt
+
+
+def _label(event: Event) -> str:
+    return f"{event.type}:{event.step}" if event.step else event.type
+
+
+def _matches(event: Event, wanted: str) -> bool:
+    kind, _, step = wanted.partition(":")
+    return event.type == kind and (not step or event.step == step)
+
+
+def assert_history(
+    events: Iterable[Event], *expected: str, exact: bool = False, title: str = "instance"
+) -> None:
+    """Assert ``events`` contain ``expected`` in order (see
+    :meth:`WorkflowHandle.assert_history`); raises AssertionError with the whole history."""
+    events = list(events)
+    if not expected:
+        raise KitError("assert_history needs at least one expected event")
+    if exact:
+        got = [_label(e) if ":" in w else e.type for e, w in zip(events, expected, strict=False)]
+        ok = len(events) == len(expected) and all(map(_matches, events, expected))
+        if not ok:
+            raise AssertionError(
+                f"history of {title} is not exactly {list(expected)}\n"
+                f"got {got if len(events) == len(expected) else [_label(e) for e in events]}"
+                f"\n{_listing(events, None)}"
+            )
+        return
+    position, matched = 0, -1
+    for wanted in expected:
+        found = next((i for i in range(position, len(events)) if _matches(events[i], wanted)), None)
+        if found is None:
+            earlier = any(_matches(e, wanted) for e in events[:position])
+            where = "only before the events matched so far" if earlier else "nowhere"
+            raise AssertionError(
+                f"history of {title}: expected {wanted!r} after "
+                f"{_label(events[matched]) if matched >= 0 else 'the start'}, found it {where}\n"
+                f"expected in order: {list(expected)}\n{_listing(events, matched)}"
+            )
+        matched, position = found, found + 1
+
+
+def _listing(events: list[Event], matched: int | None) -> str:
+    lines = ["history:"]
+    for i, event in enumerate(events):
+        attempt = f" attempt {event.attempt}" if event.attempt else ""
+        mark = "  <- matched up to here" if matched is not None and i == matched else ""
+        lines.append(f"  #{event.seq} {event.type} {event.step or ''}{attempt}{mark}".rstrip())
+    return "\n".join(lines)
