@@ -30,19 +30,22 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from . import journal, sealing
+from . import journal
 from .actors import actor_of
-from .definitions import StepContext, TaskStep, Workflow, registry
-from .engine import instance_cancel, instance_start
-from .models import Event, InstanceState, StepRun, StepState, WorkflowInstance
+from .definitions import StepContext, TaskStep
+from .engine import instance_start
+from .models import StepRun, StepState, WorkflowInstance
 from .periodic import wanted_periodic_tasks
-from .waits import SignalStep, signal_send
+from .testing_handle import WorkflowHandle
+from .testing_support import KitError, assert_history, definition_of, versions_of
 
 __all__ = [
     "DEFAULT_SKIPPED_SWEEPERS",
     "KitError",
     "SignoffKit",
     "WorkflowHandle",
+    "assert_history",
+    "definition_of",
 ]
 
 # Beat tasks the kit does not run when time moves: retention would erase or delete test
@@ -55,17 +58,6 @@ DEFAULT_SKIPPED_SWEEPERS = frozenset(
         "approvals.sweep_digests",
     }
 )
-FINISHED = {
-    InstanceState.SUCCEEDED,
-    InstanceState.FAILED,
-    InstanceState.CANCELLED,
-    InstanceState.COMPENSATED,
-}
-
-
-class KitError(Exception):
-    """A test asked the kit for something that cannot be: an unknown workflow or step, time
-    going backwards, a signal no step waits for... The message says what and why."""
 
 
 @dataclass(frozen=True)
@@ -384,163 +376,6 @@ class SignoffKit:
         spec.fn = faulty
 
 
-class WorkflowHandle:
-    """One instance under test: read its state, output, steps and history; send signals;
-    run it. Every read goes to the database (no stale copies)."""
-
-    def __init__(self, kit: SignoffKit, instance_id: Any) -> None:
-        self.kit = kit
-        self.id = instance_id
-
-    def __repr__(self) -> str:
-        instance = self.instance
-        return (
-            f"<WorkflowHandle {instance.workflow} v{instance.version} {self.id} {instance.state}>"
-        )
-
-    @property
-    def instance(self) -> WorkflowInstance:
-        return WorkflowInstance.objects.get(pk=self.id)
-
-    @property
-    def state(self) -> str:
-        return self.instance.state
-
-    @property
-    def finished(self) -> bool:
-        return self.state in FINISHED
-
-    @property
-    def output(self) -> Any:
-        """The instance's output, sealed fields opened (a test may read its own secrets)."""
-        return sealing.reveal(self.instance.output, where="instance output")
-
-    @property
-    def error(self) -> Any:
-        return self.instance.error
-
-    def run_until_idle(self, *, skip_backoff: bool = True) -> WorkflowHandle:
-        """:meth:`SignoffKit.run_until_idle`; returns the handle (``h.run_until_idle().state``)."""
-        self.kit.run_until_idle(skip_backoff=skip_backoff)
-        return self
-
-    def step(self, name: str) -> StepRun:
-        """The step's row as it is now (``.state``, ``.attempt``, ``.output``, ``.error``)."""
-        found = StepRun.objects.filter(instance_id=self.id, name=name).first()
-        if found is None:
-            names = StepRun.objects.filter(instance_id=self.id).values_list("name", flat=True)
-            raise KitError(f"no step {name!r} in this instance; its steps: {', '.join(names)}")
-        return found
-
-    def steps(self) -> dict[str, str]:
-        """Each step's state by name."""
-        return dict(StepRun.objects.filter(instance_id=self.id).values_list("name", "state"))
-
-    def events(self) -> list[Event]:
-        return list(Event.objects.filter(instance_id=self.id).order_by("seq"))
-
-    def history(self, *, steps: bool = False) -> list[str]:
-        """The event types in order; with ``steps`` as ``"type:step"`` where an event names a
-        step (the notation :meth:`assert_history` accepts)."""
-        return [_label(e) if steps else e.type for e in self.events()]
-
-    def assert_history(self, *expected: str, exact: bool = False) -> None:
-        """Assert that these events happened in this order (others may come between them,
-        unless ``exact``). Each is an event type, or ``"type:step"`` for that step's event:
-        ``h.assert_history("step_retrying:call", "step_succeeded:call", "instance_succeeded")``.
-        The failure message shows the whole history and where the match stopped."""
-        assert_history(self.events(), *expected, exact=exact, title=repr(self))
-
-    def signal(
-        self,
-        name: str,
-        payload: Any = None,
-        *,
-        early: bool = False,
-        idempotency_key: str | None = None,
-        user: Any = None,
-        run: bool = True,
-    ) -> WorkflowHandle:
-        """Send signal ``name`` with ``payload`` through the engine's delivery (schema check,
-        idempotency), then run until idle unless ``run`` is False.
-
-        Raises :class:`KitError` when no step of the workflow waits for that signal, or its
-        step does not wait now: finished, or not reached yet (``early=True`` sends it ahead,
-        kept until the step waits, as the API allows)."""
-        instance = self.instance
-        definition = definition_of(instance.workflow, instance.version)
-        specs = [s for s in definition.steps.values() if isinstance(s, SignalStep)]
-        spec = next((s for s in specs if s.signal == name), None)
-        if spec is None:
-            waits = ", ".join(s.signal for s in specs) or "no signal at all"
-            raise KitError(
-                f"{instance.workflow} v{instance.version} waits for {waits}, not {name!r}"
-            )
-        state = self.step(spec.name).state
-        if state != StepState.WAITING and not (early and state == StepState.PENDING):
-            hint = "; pass early=True to send it ahead" if state == StepState.PENDING else ""
-            raise KitError(
-                f"step {spec.name!r} is {state}, not waiting for signal {name!r} "
-                f"(instance {instance.state}){hint}"
-            )
-        signal_send(
-            instance_id=self.id,
-            name=name,
-            payload=payload,
-            idempotency_key=idempotency_key,
-            actor=actor_of(user),
-        )
-        return self.run_until_idle() if run else self
-
-    def cancel(self, reason: str = "", *, user: Any = None) -> WorkflowHandle:
-        """Cancel the instance (the engine's cancel: its saga unwinds), then run until idle."""
-        instance_cancel(instance_id=self.id, actor=actor_of(user), reason=reason)
-        return self.run_until_idle()
-
-    def fail_step(
-        self,
-        step: str,
-        *,
-        on_attempt: int | Iterable[int] = 1,
-        error: BaseException | type[BaseException] | None = None,
-    ) -> WorkflowHandle:
-        """:meth:`SignoffKit.fail_step` for this instance only."""
-        instance = self.instance
-        self.kit.fail_step(
-            instance.workflow,
-            step,
-            on_attempt=on_attempt,
-            error=error,
-            version=instance.version,
-            instance_id=self.id,
-        )
-        return self
-
-
-# -- helpers ----------------------------------------------------------------------------------
-
-
-def versions_of(workflow: str) -> list[Workflow]:
-    found = [wf for wf in registry.all() if wf.name == workflow]
-    if not found:
-        known = ", ".join(sorted({wf.name for wf in registry.all()}))
-        raise KitError(
-            f"unknown workflow {workflow!r}; registered: {known} "
-            "(is its module listed in SIGNOFF_WORKFLOW_MODULES?)"
-        )
-    return found
-
-
-def definition_of(workflow: str, version: int | None = None) -> Workflow:
-    """The registered definition, or a :class:`KitError` naming what is registered."""
-    versions = versions_of(workflow)
-    definition = registry.get(workflow, version)
-    if definition is None:
-        have = ", ".join(str(wf.version) for wf in versions)
-        raise KitError(f"workflow {workflow!r} has no version {version}; it has {have}")
-    return definition
-
-
 def _live(bell: _Bell) -> bool:
     """Whether the step still waits for this doorbell's attempt (a stale one moves no clock)."""
     step = StepRun.objects.filter(pk=bell.step_run_id).first()
@@ -549,53 +384,3 @@ def _live(bell: _Bell) -> bool:
     if bell.task == "run_compensation":
         return step.state == StepState.COMPENSATING and step.comp_attempt == bell.attempt
     return step.state in (StepState.SCHEDULED, StepState.RETRYING) and step.attempt == bell.attempt
-
-
-def _label(event: Event) -> str:
-    return f"{event.type}:{event.step}" if event.step else event.type
-
-
-def _matches(event: Event, wanted: str) -> bool:
-    kind, _, step = wanted.partition(":")
-    return event.type == kind and (not step or event.step == step)
-
-
-def assert_history(
-    events: Iterable[Event], *expected: str, exact: bool = False, title: str = "instance"
-) -> None:
-    """Assert ``events`` contain ``expected`` in order (see
-    :meth:`WorkflowHandle.assert_history`); raises AssertionError with the whole history."""
-    events = list(events)
-    if not expected:
-        raise KitError("assert_history needs at least one expected event")
-    if exact:
-        got = [_label(e) if ":" in w else e.type for e, w in zip(events, expected, strict=False)]
-        ok = len(events) == len(expected) and all(map(_matches, events, expected))
-        if not ok:
-            raise AssertionError(
-                f"history of {title} is not exactly {list(expected)}\n"
-                f"got {got if len(events) == len(expected) else [_label(e) for e in events]}"
-                f"\n{_listing(events, None)}"
-            )
-        return
-    position, matched = 0, -1
-    for wanted in expected:
-        found = next((i for i in range(position, len(events)) if _matches(events[i], wanted)), None)
-        if found is None:
-            earlier = any(_matches(e, wanted) for e in events[:position])
-            where = "only before the events matched so far" if earlier else "nowhere"
-            raise AssertionError(
-                f"history of {title}: expected {wanted!r} after "
-                f"{_label(events[matched]) if matched >= 0 else 'the start'}, found it {where}\n"
-                f"expected in order: {list(expected)}\n{_listing(events, matched)}"
-            )
-        matched, position = found, found + 1
-
-
-def _listing(events: list[Event], matched: int | None) -> str:
-    lines = ["history:"]
-    for i, event in enumerate(events):
-        attempt = f" attempt {event.attempt}" if event.attempt else ""
-        mark = "  <- matched up to here" if matched is not None and i == matched else ""
-        lines.append(f"  #{event.seq} {event.type} {event.step or ''}{attempt}{mark}".rstrip())
-    return "\n".join(lines)
