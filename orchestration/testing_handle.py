@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import sealing
 from .actors import actor_of
 from .engine import instance_cancel
 from .models import Event, InstanceState, StepRun, StepState, WorkflowInstance
-from .testing_support import KitError, assert_history, definition_of, label
+from .testing_support import Kit, KitError, assert_history, definition_of, label
 from .waits import SignalStep, signal_send
-
-if TYPE_CHECKING:
-    from .testing import SignoffKit
 
 FINISHED = {
     InstanceState.SUCCEEDED,
@@ -27,7 +24,7 @@ class WorkflowHandle:
     """One instance under test: read its state, output, steps and history; send signals;
     run it. Every read goes to the database (no stale copies)."""
 
-    def __init__(self, kit: SignoffKit, instance_id: Any) -> None:
+    def __init__(self, kit: Kit, instance_id: Any) -> None:
         self.kit = kit
         self.id = instance_id
 

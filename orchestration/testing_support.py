@@ -4,9 +4,27 @@ registered definition, and the history assertions with their failure messages.""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any, Protocol
 
 from .definitions import Workflow, registry
 from .models import Event
+
+
+class Kit(Protocol):
+    """What a handle asks of its kit (:class:`orchestration.testing.SignoffKit`)."""
+
+    def run_until_idle(self, *, skip_backoff: bool = True) -> int: ...
+
+    def fail_step(
+        self,
+        workflow: str,
+        step: str,
+        *,
+        on_attempt: int | Iterable[int] = 1,
+        error: BaseException | type[BaseException] | None = None,
+        version: int | None = None,
+        instance_id: Any = None,
+    ) -> None: ...
 
 
 class KitError(Exception):
