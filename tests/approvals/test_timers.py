@@ -172,13 +172,14 @@ def test_each_on_expire_action(people, flow, on_expire, instance_state, step_sta
         assert StepRun.objects.get(instance=instance, name="after").state == "scheduled"
 
 
-def test_rejection_that_continues_also_continues_on_expiry(people, flow) -> None:
+def test_rejection_that_continues_also_continues_on_expiry(people, flow, signoff_kit) -> None:
     name = flow("t_tm_exp_cont", due=timedelta(hours=1), on_reject="continue")
-    with at(0):
-        instance, _ = engine.instance_start(workflow=name)
-    sweep(1)
-    step = StepRun.objects.get(instance=instance, name="decide")
+    handle = signoff_kit.start(name).run_until_idle()
+    signoff_kit.skip(timedelta(hours=1))
+    step = handle.step("decide")
     assert step.state == "succeeded" and step.output["decision"] == "rejected"
+    assert handle.state == "succeeded"  # and the step after it ran
+    handle.assert_history("approval_expired:decide", "step_succeeded:after", "instance_succeeded")
 
 
 def test_a_decision_between_timers_stops_the_later_ones(people, flow) -> None:

@@ -429,22 +429,19 @@ def test_on_timeout_actions(workflow, instance_state, b_state) -> None:
         assert steps_of(instance)["go"].output == {"ok": False, "timed_out": True}
 
 
-def test_timer_sleeps_for_a_duration_then_until_a_time_from_the_input() -> None:
+def test_timer_sleeps_for_a_duration_then_until_a_time_from_the_input(signoff_kit) -> None:
     start = timezone.now()
     wake = start + timedelta(hours=5)
-    with time_machine.travel(start, tick=False):
-        instance, _ = engine.instance_start(workflow="t_timer", input={"wake_at": wake.isoformat()})
-        run_ready(instance)
-        assert steps_of(instance)["nap"].timeout_at == start + timedelta(hours=2)
-    with time_machine.travel(start + timedelta(hours=1), tick=False):
-        assert sweepers.sweep_waiting_deadlines() == 0
-    with time_machine.travel(start + timedelta(hours=2), tick=False):
-        assert sweepers.sweep_waiting_deadlines() == 1
-        assert steps_of(instance)["until"].timeout_at == wake
-    with time_machine.travel(wake, tick=False):
-        assert sweepers.sweep_waiting_deadlines() == 1
-        run_ready(instance)
-    assert refresh(instance).state == "succeeded"
+    handle = signoff_kit.start("t_timer", {"wake_at": wake.isoformat()}).run_until_idle()
+    nap = handle.step("nap")
+    assert start + timedelta(hours=2) <= nap.timeout_at <= timezone.now() + timedelta(hours=2)
+    signoff_kit.skip(timedelta(hours=1))
+    assert handle.steps()["nap"] == "waiting"
+    signoff_kit.advance_to(nap.timeout_at)
+    assert handle.step("until").timeout_at == wake
+    signoff_kit.advance_to(wake)
+    assert handle.state == "succeeded"
+    handle.assert_history("step_waiting:nap", "step_succeeded:nap", "step_succeeded:until")
 
 
 def test_service_refuses_unstorable_payloads() -> None:
@@ -458,20 +455,16 @@ def test_service_refuses_unstorable_payloads() -> None:
         signal_send(instance_id=instance.pk, name="go", payload={"ok": True})
 
 
-def test_versions_old_instances_finish_on_their_version() -> None:
-    v1, _ = engine.instance_start(
-        workflow="customer_onboarding", version=1, input={"customer": "Old"}
-    )
-    v2, _ = engine.instance_start(workflow="customer_onboarding", input={"customer": "New"})
-    assert (v1.version, v2.version) == (1, 2)
-    run_ready(v1)
-    run_ready(v2)
-    assert refresh(v1).state == "succeeded"
-    assert "setup_completed" not in steps_of(v1)
-    assert steps_of(v2)["setup_completed"].state == "waiting"
-    signal_send(instance_id=v2.pk, name="setup_completed", payload={"seats": 3})
-    run_ready(v2)
-    assert refresh(v2).state == "succeeded"
+def test_versions_old_instances_finish_on_their_version(signoff_kit) -> None:
+    v1 = signoff_kit.start("customer_onboarding", {"customer": "Old"}, version=1)
+    v2 = signoff_kit.start("customer_onboarding", {"customer": "New"})
+    assert (v1.instance.version, v2.instance.version) == (1, 2)
+    signoff_kit.run_until_idle()
+    assert v1.state == "succeeded"
+    assert "setup_completed" not in v1.steps()
+    assert v2.step("setup_completed").state == "waiting"
+    v2.signal("setup_completed", {"seats": 3})
+    assert v2.state == "succeeded"
 
 
 def test_unregistering_a_version_in_use_is_a_clear_startup_error() -> None:
