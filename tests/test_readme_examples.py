@@ -124,3 +124,54 @@ def test_demo_workflow_inputs_in_the_list_start_as_written(django_user_model: An
         content_type="application/json",
     )
     assert response.status_code == 201, (shown, response.content)
+
+
+# -- "Testing your workflows": the example workflow module and its tests, run as written ------
+#
+# The first block (the user's workflow module) is registered for these tests only; the second
+# (the user's test module) is executed here, so pytest collects its fixtures and tests as if
+# they were this file's, each marked to run with the workflow registered.
+
+
+def readme_testing_blocks() -> list[str]:
+    text = README.read_text()
+    section = text[text.index("## Testing your workflows") :]
+    section = section[: section.index("\n## ", 1)]
+    return re.findall(r"```python\n(.*?)```", section, re.S)
+
+
+@pytest.fixture(scope="module")
+def readme_workflow() -> Any:
+    from orchestration.definitions import registry
+
+    names = {(wf.name, wf.version) for wf in registry.all()}
+    exec(compile(readme_testing_blocks()[0], "README.md (myapp/workflows.py)", "exec"), {})
+    added = [wf for wf in registry.all() if (wf.name, wf.version) not in names]
+    assert [wf.name for wf in added] == ["contract_signing"]
+    yield added[0]
+    for wf in added:
+        registry.unregister(wf.name, wf.version)
+
+
+def is_fixture(value: Any) -> bool:
+    return type(value).__name__ == "FixtureFunctionDefinition" or hasattr(
+        value, "_pytestfixturefunction"
+    )
+
+
+def _collect_readme_tests() -> None:
+    example: dict[str, Any] = {}
+    code = compile(readme_testing_blocks()[1], "README.md (tests/test_contract_signing.py)", "exec")
+    exec(code, example)
+    tests = [name for name in example if name.startswith("test_")]
+    assert len(tests) == 4, tests
+    for name, value in list(example.items()):
+        if name.startswith("test_"):
+            globals()[f"test_readme_example_{name.removeprefix('test_')}"] = (
+                pytest.mark.usefixtures("readme_workflow")(value)
+            )
+        elif is_fixture(value):
+            globals()[name] = value
+
+
+_collect_readme_tests()
