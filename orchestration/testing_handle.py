@@ -68,6 +68,10 @@ class WorkflowHandle:
             raise KitError(f"no step {name!r} in this instance; its steps: {', '.join(names)}")
         return found
 
+    def step_output(self, name: str) -> Any:
+        """The step's output, sealed fields opened."""
+        return sealing.reveal(self.step(name).output, where=f"output of {name}")
+
     def steps(self) -> dict[str, str]:
         """Each step's state by name."""
         return dict(StepRun.objects.filter(instance_id=self.id).values_list("name", "state"))

@@ -11,7 +11,7 @@ import pytest
 from django.utils import timezone
 
 from orchestration import journal
-from orchestration.definitions import NonRetryableError, registry
+from orchestration.definitions import NonRetryableError, RetryPolicy, Workflow, registry
 from orchestration.errors import InvalidInput
 from orchestration.models import Event, StepRun, WorkflowInstance
 from orchestration.testing import KitError, SignoffKit
@@ -128,6 +128,35 @@ def test_a_retry_backoff_passes_at_once_unless_asked_not_to(signoff_kit) -> None
     assert handle.step("call").state == "retrying"
     handle.run_until_idle()
     assert handle.state == "succeeded"
+
+
+@pytest.fixture
+def slow_retry() -> str:
+    """A step retried a day after it fails."""
+    wf = Workflow("t_kit_slow_retry")
+    wf.task(
+        lambda ctx: {"attempt": ctx.attempt},
+        name="call",
+        retry=RetryPolicy(max_attempts=2, initial_interval=DAY, max_interval=DAY, jitter=0),
+    )
+    registry.register(wf)
+    yield wf.name
+    registry.unregister(wf.name, wf.version)
+
+
+def test_the_clock_moves_to_a_waiting_retry_only_while_it_still_waits(
+    signoff_kit, slow_retry
+) -> None:
+    begun = timezone.now()
+    signoff_kit.fail_step(slow_retry, "call", on_attempt=1)
+    cancelled = signoff_kit.start(slow_retry).run_until_idle(skip_backoff=False)
+    assert cancelled.step("call").state == "retrying"
+    cancelled.cancel("no longer needed")  # runs until idle: its doorbell is stale now
+    assert cancelled.state == "cancelled"
+    assert timezone.now() - begun < timedelta(hours=1)
+    waits = signoff_kit.start(slow_retry).run_until_idle()  # a day passes, as a worker waits
+    assert timezone.now() - begun >= DAY
+    assert waits.state == "succeeded" and waits.step_output("call") == {"attempt": 2}
 
 
 def test_a_saga_unwinds_in_process(signoff_kit) -> None:
