@@ -138,6 +138,8 @@ class SignoffKit:
         if self._open:
             return self
         self._tasks = journal.doorbell_tasks()
+        if any(isinstance(task, _CaughtTask) for task in self._tasks.values()):
+            raise KitError("another SignoffKit is open in this process: close it first")
         for name in self._tasks:
             journal.register_doorbell_task(name, _CaughtTask(self, name))
         self._open = True

@@ -259,6 +259,8 @@ def test_a_closed_kit_refuses_and_leaves_nothing_behind() -> None:
     spec = registry.get("t_sequence").steps["a"]
     original = spec.fn
     kit = SignoffKit().open()
+    with pytest.raises(KitError, match="another SignoffKit is open"):
+        SignoffKit().open()
     kit.fail_step("t_sequence", "a")
     kit._move_to(timezone.now() + 30 * DAY)
     assert spec.fn is not original and journal.doorbell_tasks() != tasks
