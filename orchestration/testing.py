@@ -23,7 +23,7 @@ manager (``with SignoffKit() as kit:``). The approval side is in :mod:`approvals
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -86,7 +86,6 @@ class _Fault:
     error: BaseException | type[BaseException] | None
     version: int | None = None
     instance_id: str | None = None
-    hits: list[int] = field(default_factory=list)
 
     def matches(self, ctx: StepContext) -> bool:
         return (
@@ -98,7 +97,6 @@ class _Fault:
         )
 
     def raise_for(self, ctx: StepContext) -> None:
-        self.hits.append(ctx.attempt)
         message = f"signoff kit: {ctx.step} made to fail on attempt {ctx.attempt}"
         if self.error is None:
             raise RuntimeError(message)
