@@ -334,7 +334,8 @@ def _child_start(
         raw = spec.input(ctx) if spec.input is not None else {}
         key = spec.business_key(ctx) if spec.business_key is not None else instance.business_key
     except Exception as exc:  # noqa: BLE001 - a broken mapping fails the step, clearly
-        message = scrubber.text(f"{type(exc).__name__}: {exc}")[0] if scrubber else str(exc)
+        message = f"{type(exc).__name__}: {exc}"
+        message = scrubber.text(message)[0] if scrubber else message
         raise StepFailure("signoff.ChildInputFailed", f"input mapping raised {message}") from exc
     if not isinstance(key, str) or len(key) > 200 or string_problem(key):
         raise StepFailure(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from django.db.models import Prefetch, Q, QuerySet
@@ -37,10 +37,32 @@ def instances_started_by(user: Any) -> QuerySet[WorkflowInstance]:
 
 
 def _with_steps(qs: QuerySet[WorkflowInstance]) -> QuerySet[WorkflowInstance]:
-    # Two queries whatever the number of instances: the instances (with their starter) and
-    # all their steps.
+    # Two queries whatever the number of instances: the instances (with their starter and,
+    # for a child, the parent's step and instance) and all their steps.
     steps = Prefetch("steps", queryset=StepRun.objects.order_by("position"))
-    return qs.select_related("started_by").prefetch_related(steps)
+    return qs.select_related("started_by", "parent_step__instance").prefetch_related(steps)
+
+
+def attach_children(instances: Iterable[WorkflowInstance]) -> list[WorkflowInstance]:
+    """Set ``child_links`` on each instance (its steps prefetched): the child workflows its
+    ``child`` steps started, as ``(child, step name)`` oldest first. One query for the
+    whole page, and none when no instance has a ``child`` step."""
+    instances = list(instances)
+    step_names = {s.pk: s.name for i in instances for s in i.steps.all() if s.kind == "child"}
+    found: dict[int, list[WorkflowInstance]] = {}
+    if step_names:
+        rows = (
+            WorkflowInstance.objects.filter(parent_step_id__in=step_names)
+            .only("id", "workflow", "version", "state", "parent_step", "parent_attempt")
+            .order_by("parent_step_id", "parent_attempt")
+        )
+        for child in rows:
+            found.setdefault(child.parent_step_id, []).append(child)
+    for instance in instances:
+        instance.child_links = [
+            (child, step.name) for step in instance.steps.all() for child in found.get(step.pk, [])
+        ]
+    return instances
 
 
 def _filter_value(name: str, value: str | None) -> str | None:
@@ -139,6 +161,7 @@ def instance_get(*, user: Any, instance_id: Any) -> WorkflowInstance:
             instance = candidate
     if instance is None:
         raise NotFound("instance not found")
+    attach_children([instance])
     return instance
 
 

@@ -496,7 +496,8 @@ child_step(
     input=lambda ctx: {
         "customer": ctx.outputs["prepare"]["customer"],
         # the first child fails when asked to: the step's retry starts a second one
-        "fail": bool(ctx.input.get("fail_first")) and ctx.attempt == 1
+        "fail": bool(ctx.input.get("fail_first"))
+        and ctx.attempt == 1
         or bool(ctx.input.get("fail_always")),
     },
     retry=CHILD_FAST,
@@ -521,7 +522,6 @@ child_step(
     "hold",
     workflow="child_wait",
     input=lambda ctx: {"customer": ctx.input.get("customer", "c-1")},
-    business_key=lambda ctx: f"child-of-{ctx.business_key}" if ctx.input.get("own_key") else "",
 )
 child_parent_wait.task(_child_after, name="after", after=["hold"], retry=FAST)
 registry.register(child_parent_wait)
