@@ -10,6 +10,7 @@ from typing import Any
 from django.db.models import Prefetch, Q, QuerySet
 
 from . import sealing
+from .definitions import registry
 from .errors import InvalidInput, NotAllowed, NotFound
 from .models import KEY_OWNER, Event, InstanceState, StepRun, WorkflowInstance
 
@@ -44,25 +45,40 @@ def _with_steps(qs: QuerySet[WorkflowInstance]) -> QuerySet[WorkflowInstance]:
 
 
 def attach_children(instances: Iterable[WorkflowInstance]) -> list[WorkflowInstance]:
-    """Set ``child_links`` on each instance (its steps prefetched): the child workflows its
-    ``child`` steps started, as ``(child, step name)`` oldest first. One query for the
-    whole page, and none when no instance has a ``child`` step."""
+    """Set ``child_links`` on each instance: the child workflows its ``child`` steps started,
+    as ``(child, step name)`` by step and attempt. One query for the whole page, and none
+    when no instance's definition has a ``child`` step (read from the registry, so a fresh
+    instance's steps are not read again)."""
     instances = list(instances)
-    step_names = {s.pk: s.name for i in instances for s in i.steps.all() if s.kind == "child"}
+    parents = [i for i in instances if _may_have_children(i)]
     found: dict[int, list[WorkflowInstance]] = {}
-    if step_names:
+    if parents:
         rows = (
-            WorkflowInstance.objects.filter(parent_step_id__in=step_names)
-            .only("id", "workflow", "version", "state", "parent_step", "parent_attempt")
-            .order_by("parent_step_id", "parent_attempt")
+            WorkflowInstance.objects.filter(parent_step__instance__in=parents)
+            .select_related("parent_step")
+            .only(
+                "id",
+                "workflow",
+                "version",
+                "state",
+                "parent_attempt",
+                "parent_step__name",
+                "parent_step__instance",
+            )
+            .order_by("parent_step__position", "parent_attempt")
         )
         for child in rows:
-            found.setdefault(child.parent_step_id, []).append(child)
+            found.setdefault(child.parent_step.instance_id, []).append(child)
     for instance in instances:
-        instance.child_links = [
-            (child, step.name) for step in instance.steps.all() for child in found.get(step.pk, [])
-        ]
+        instance.child_links = [(c, c.parent_step.name) for c in found.get(instance.pk, [])]
     return instances
+
+
+def _may_have_children(instance: WorkflowInstance) -> bool:
+    definition = registry.get(instance.workflow, instance.version)
+    if definition is None:
+        return True  # not registered (any more): look
+    return any(spec.kind == "child" for spec in definition.steps.values())
 
 
 def _filter_value(name: str, value: str | None) -> str | None:

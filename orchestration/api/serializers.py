@@ -209,7 +209,8 @@ class ParentLinkSerializer(serializers.Serializer):
 class ChildLinkSerializer(serializers.Serializer):
     id = serializers.UUIDField()
     workflow = serializers.CharField()
-    state = serializers.ChoiceField(choices=InstanceState.choices)
+    # Not an enum of its own: drf-spectacular would name the instance states' enum apart.
+    state = serializers.CharField(help_text="The child's state (an instance state).")
     step = serializers.CharField(help_text="The child step of this instance that started it.")
     attempt = serializers.IntegerField(help_text="The step's attempt it was started for.")
 
