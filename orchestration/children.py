@@ -433,6 +433,7 @@ def attempt_failed(
                 "error": error,
                 "next_attempt": step.attempt,
                 "next_attempt_at": next_at.isoformat(),
+                "delay": round((next_at - now).total_seconds(), 3),
             },
         )
         journal.ring_task(step, "child_sync", eta=next_at)

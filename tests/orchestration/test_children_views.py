@@ -78,6 +78,7 @@ def test_status_page_links_parent_and_child_both_ways(client: Client, staff: Any
     page = client.get(f"/instances/{parent.pk}/").content.decode()
     assert 'id="children"' in page and f"/instances/{child.pk}/" in page
     assert "child_wait" in page and "attempt 1" in page
+    assert "Child workflow child_wait started" in page  # the timeline
     page = client.get(f"/instances/{child.pk}/").content.decode()
     assert 'id="parent-link"' in page and f"/instances/{parent.pk}/" in page
     assert "<code>hold</code>" in page
