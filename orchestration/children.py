@@ -21,7 +21,8 @@ How it stays consistent:
   it); a child's transaction never locks its parent. When a child ends, its journal rings the
   ``child_sync`` doorbell after commit (:data:`orchestration.journal.CHILD_ENDING_EVENTS`);
   :func:`child_step_sync` then locks the parent and applies the outcome. A lost doorbell is
-  picked up by :func:`due_child_steps` (the waiting-deadline sweeper).
+  picked up by :func:`due_child_steps` (the waiting-deadline sweeper). ``manage.py check``
+  names a child workflow unregistered after its parent (:mod:`orchestration.checks`).
 - **Sealed values stay sealed.** The child's own ``sensitive`` paths seal its input fields;
   besides, every top-level child input field holding a copy of one of the parent's sealed
   values is sealed in the child too (whatever the child declares), the business key may not
@@ -38,7 +39,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.core.checks import Error, register
 from django.db import transaction
 from django.db.models import F
 
@@ -499,26 +499,3 @@ def due_child_steps(now: datetime, batch: int, grace: timedelta) -> list[int]:
         .order_by("pk")
         .values_list("pk", flat=True)[:batch]
     )
-
-
-# -- start-up check --------------------------------------------------------------------------------
-
-
-@register()
-def check_child_workflows(app_configs: Any = None, **kwargs: Any) -> list[Error]:
-    """Every child step names a registered workflow (one may have been unregistered or
-    replaced after its parent registered)."""
-    errors = []
-    for workflow in registry.all():
-        for spec in workflow.steps.values():
-            if isinstance(spec, ChildStep) and registry.get(spec.workflow, spec.version) is None:
-                errors.append(
-                    Error(
-                        f"{workflow.label}: step {spec.name!r} starts {spec.workflow}"
-                        + (f" v{spec.version}" if spec.version else "")
-                        + ", which is not registered",
-                        hint="List the child workflow's module in SIGNOFF_WORKFLOW_MODULES.",
-                        id="signoff.E010",
-                    )
-                )
-    return errors
