@@ -246,6 +246,8 @@ class ChildKind(StepKind):
         assert isinstance(spec, ChildStep)
         child = current_child(step_run)
         if child is None:
+            if locked.instance.paused_at is not None:
+                return False  # nothing new starts while paused; the next sweep comes back
             start_child(locked, step_run, spec)
             return True
         if child.state in INSTANCE_FINISHED:

@@ -514,3 +514,30 @@ def test_child_output_holding_a_sealed_child_value_is_sealed_in_the_parent() -> 
 
 def test_child_step_spec_is_a_stepspec() -> None:
     assert isinstance(registry.get("child_parent").steps["verify"], ChildStep)
+
+
+def test_a_retry_rings_its_doorbell_at_the_backoff_and_waits_while_paused(
+    rung, django_capture_on_commit_callbacks
+) -> None:
+    parent, _ = engine.instance_start(
+        workflow="child_parent", input={"customer": "acme", "fail_first": True}
+    )
+    for _ in range(5):
+        for instance in tree(parent):
+            run_ready(instance)
+            run_compensations(instance)
+    step = steps_of(parent)["verify"]
+    rung.clear()
+    with django_capture_on_commit_callbacks(execute=True):
+        assert child_step_sync(step_run_id=step.pk, attempt=1) == "child_compensated"
+    (bell,) = [b for b in rung if b.task == "child_sync"]
+    step = steps_of(parent)["verify"]
+    assert (bell.step_run_id, bell.attempt, bell.eta) == (step.pk, 2, step.next_attempt_at)
+    engine.instance_pause(instance_id=parent.pk, actor="oper")
+    with time_machine.travel(timezone.now() + timedelta(seconds=5)):
+        assert child_step_sync(step_run_id=step.pk, attempt=2) == "not_due"
+        sweepers.sweep_waiting_deadlines()
+        assert len(children_of(parent)) == 1  # paused: no new child
+        engine.instance_unpause(instance_id=parent.pk, actor="oper")
+        assert child_step_sync(step_run_id=step.pk, attempt=2) == "started"
+    assert [c.parent_attempt for c in children_of(parent)] == [1, 2]
