@@ -541,3 +541,21 @@ def test_a_retry_rings_its_doorbell_at_the_backoff_and_waits_while_paused(
         engine.instance_unpause(instance_id=parent.pk, actor="oper")
         assert child_step_sync(step_run_id=step.pk, attempt=2) == "started"
     assert [c.parent_attempt for c in children_of(parent)] == [1, 2]
+
+
+def test_readme_example_declares_a_child_step() -> None:
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("### Child workflows") :]
+    block = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    onboarding = Workflow("t_readme_onboarding")
+    onboarding.task(lambda ctx: {"account": "a-1"}, name="create_account")
+    namespace = {"onboarding": onboarding, "RetryPolicy": RetryPolicy, "timedelta": timedelta}
+    exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 - our own README
+    spec = onboarding.steps["verify"]
+    assert isinstance(spec, ChildStep) and spec.workflow == "kyc_check"
+    assert spec.retry.max_attempts == 3 and spec.timeout == timedelta(days=2)
+    with pytest.raises(DefinitionError, match="unknown child workflow kyc_check"):
+        registry.register(onboarding)  # kyc_check is the README's, not registered here
