@@ -538,7 +538,11 @@ registry.register(child_parent_timeout)
 
 child_sealed_target = Workflow("child_sealed_target", description="a child sealing nothing")
 child_sealed_target.task(
-    lambda ctx: {"seen": ctx.input["tax_id"][-4:], "len": len(ctx.input["tax_id"])},
+    lambda ctx: {
+        "seen": ctx.input["tax_id"][-4:],
+        "len": len(ctx.input["tax_id"]),
+        "echo": {"tax_id": ctx.input["tax_id"]},  # a child echoing its input
+    },
     name="use",
     retry=FAST,
 )
