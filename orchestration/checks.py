@@ -1,6 +1,7 @@
-"""Start-up check: every definition version that unfinished instances run on must still be
-registered, or those instances could never finish. Runs with `manage.py check --database
-default`, before `migrate`, and when `runall` and workers start."""
+"""Start-up checks: every definition version that unfinished instances run on must still be
+registered, or those instances could never finish (runs with `manage.py check --database
+default`, before `migrate`, and when `runall` and workers start); and every child step's
+workflow must be registered (every `manage.py check`)."""
 
 from __future__ import annotations
 
@@ -60,3 +61,24 @@ def check_definitions_in_use(
         )
         for workflow, version, count in missing
     ]
+
+
+@register()
+def check_child_workflows(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    """Every ``child`` step (:mod:`orchestration.children`) names a registered workflow: one
+    may have been unregistered or replaced after its parent registered."""
+    errors = []
+    for workflow in registry.all():
+        for spec in workflow.steps.values():
+            name, version = getattr(spec, "workflow", None), getattr(spec, "version", None)
+            if spec.kind == "child" and registry.get(name, version) is None:
+                errors.append(
+                    Error(
+                        f"{workflow.label}: step {spec.name!r} starts {name}"
+                        + (f" v{version}" if version else "")
+                        + ", which is not registered",
+                        hint="List the child workflow's module in SIGNOFF_WORKFLOW_MODULES.",
+                        id="signoff.E010",
+                    )
+                )
+    return errors

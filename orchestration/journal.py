@@ -61,6 +61,11 @@ INSTANCE_FIELDS = [
 ]
 
 
+# A child instance's end: its parent's ``child`` step learns of it (orchestration.children).
+CHILD_ENDING_EVENTS = frozenset(
+    {"instance_succeeded", "instance_failed", "instance_cancelled", "instance_compensated"}
+)
+
 # Failures operators should find in the logs at 3 a.m., with the ids to look them up.
 LOGGED_EVENTS = {"step_failed", "step_timed_out", "instance_failed", "step_compensation_failed"}
 
@@ -181,6 +186,11 @@ class Journal:
             return
         self._bells.append((step, bell))
 
+    def ring_task(self, step: StepRun, task: str, *, eta: datetime | None = None) -> None:
+        """Ring the doorbell task registered as ``task`` for the step's current attempt (a
+        kind's own task: ``child_sync``) after the commit."""
+        self._bells.append((step, Doorbell(0, step.attempt, eta, None, None, task)))
+
     def after_write(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` inside the transaction once the rows are written (new steps have ids)."""
         self._after_write.append(fn)
@@ -239,6 +249,20 @@ class Journal:
             Doorbell(step.pk, bell.attempt, bell.eta, bell.queue, bell.time_limit, bell.task)
             for step, bell in self._bells
         ]
+        parent_step_id = self.instance.parent_step_id
+        if parent_step_id is not None and any(e.type in CHILD_ENDING_EVENTS for e in self.events):
+            # A child ended: its parent's step is told after the commit, never here (the
+            # parent's row is locked only in a transaction of its own: no lock-order cycle).
+            bells.append(
+                Doorbell(
+                    parent_step_id,
+                    self.instance.parent_attempt or 0,
+                    None,
+                    None,
+                    None,
+                    "child_sync",
+                )
+            )
         if bells:
             transaction.on_commit(lambda: ring_doorbells(bells))
         if self.events and event_committed.receivers:

@@ -3,10 +3,10 @@
 The engine calls a step's kind when the step becomes ready, is retried by an operator, is
 cancelled, passes its waiting deadline or is completed by hand; it never branches on kind names.
 The ``task`` kind lives in :mod:`orchestration.engine.task_kind`, ``signal`` and ``timer`` in
-:mod:`orchestration.waits`; other apps register theirs (``approvals`` registers ``approval``)
-without the engine importing them. The engine calls a kind inside its own transaction, with the
-instance row locked; the kind changes the step only through its transitions and records what it
-did on the journal.
+:mod:`orchestration.waits`, ``child`` in :mod:`orchestration.children`; other apps register
+theirs (``approvals`` registers ``approval``) without the engine importing them. The engine
+calls a kind inside its own transaction, with the instance row locked; the kind changes the
+step only through its transitions and records what it did on the journal.
 
 A kind subclasses :class:`StepKind` and overrides what differs from the defaults.
 """

@@ -102,6 +102,18 @@ class WorkflowInstance(FSMModelMixin, models.Model):
     erased_at = models.DateTimeField(null=True, blank=True)
     # Last event sequence number used; bumped under the row lock so history is gap-free.
     last_seq = models.PositiveIntegerField(default=0)
+    # A child workflow: the parent's ``child`` step that started it, and that step's attempt
+    # (one child per attempt: the unique constraint below). Null for a top-level instance.
+    # No index of its own: the unique (parent_step, parent_attempt) index starts with it.
+    parent_step = models.ForeignKey(
+        "StepRun",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="child_instances",
+        db_index=False,
+    )
+    parent_attempt = models.PositiveIntegerField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
@@ -115,6 +127,12 @@ class WorkflowInstance(FSMModelMixin, models.Model):
                 F("idempotency_key"),
                 condition=Q(idempotency_key__isnull=False),
                 name="instance_idempotency_key_per_caller",
+            ),
+            # A child step starts one child per attempt, however often it is asked to.
+            models.UniqueConstraint(
+                fields=["parent_step", "parent_attempt"],
+                condition=Q(parent_step__isnull=False),
+                name="instance_child_per_parent_attempt",
             ),
         ]
         indexes = [

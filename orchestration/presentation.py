@@ -91,6 +91,39 @@ def status_url(instance: WorkflowInstance | Any) -> str:
     return reverse("instances:detail", args=[pk])
 
 
+def parent_link(instance: WorkflowInstance) -> dict[str, Any] | None:
+    """The parent of a child workflow, for the status page (its parent step and instance
+    loaded with it: ``selectors.instance_get``); None for a top-level instance."""
+    step = instance.parent_step if instance.parent_step_id else None
+    if step is None:
+        return None
+    return {
+        "id": str(step.instance_id),
+        "short": str(step.instance_id)[:8],
+        "workflow": step.instance.workflow,
+        "step": step.name,
+        "url": status_url(step.instance_id),
+    }
+
+
+def child_links(instance: WorkflowInstance) -> list[dict[str, Any]]:
+    """The child workflows of an instance (``selectors.attach_children``), for the status
+    page: one per child step attempt, with its state."""
+    return [
+        {
+            "id": str(child.pk),
+            "short": str(child.pk)[:8],
+            "workflow": child.workflow,
+            "state": child.state,
+            "state_label": child.get_state_display(),
+            "step": step,
+            "attempt": child.parent_attempt,
+            "url": status_url(child),
+        }
+        for child, step in getattr(instance, "child_links", [])
+    ]
+
+
 # -- HTML snippets (the admins) ------------------------------------------------------------------
 
 

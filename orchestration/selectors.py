@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from django.db.models import Prefetch, Q, QuerySet
 
 from . import sealing
+from .definitions import registry
 from .errors import InvalidInput, NotAllowed, NotFound
 from .models import KEY_OWNER, Event, InstanceState, StepRun, WorkflowInstance
 
@@ -37,10 +38,47 @@ def instances_started_by(user: Any) -> QuerySet[WorkflowInstance]:
 
 
 def _with_steps(qs: QuerySet[WorkflowInstance]) -> QuerySet[WorkflowInstance]:
-    # Two queries whatever the number of instances: the instances (with their starter) and
-    # all their steps.
+    # Two queries whatever the number of instances: the instances (with their starter and,
+    # for a child, the parent's step and instance) and all their steps.
     steps = Prefetch("steps", queryset=StepRun.objects.order_by("position"))
-    return qs.select_related("started_by").prefetch_related(steps)
+    return qs.select_related("started_by", "parent_step__instance").prefetch_related(steps)
+
+
+def attach_children(instances: Iterable[WorkflowInstance]) -> list[WorkflowInstance]:
+    """Set ``child_links`` on each instance: the child workflows its ``child`` steps started,
+    as ``(child, step name)`` by step and attempt. One query for the whole page, and none
+    when no instance's definition has a ``child`` step (read from the registry, so a fresh
+    instance's steps are not read again)."""
+    instances = list(instances)
+    parents = [i for i in instances if _may_have_children(i)]
+    found: dict[int, list[WorkflowInstance]] = {}
+    if parents:
+        rows = (
+            WorkflowInstance.objects.filter(parent_step__instance__in=parents)
+            .select_related("parent_step")
+            .only(
+                "id",
+                "workflow",
+                "version",
+                "state",
+                "parent_attempt",
+                "parent_step__name",
+                "parent_step__instance",
+            )
+            .order_by("parent_step__position", "parent_attempt")
+        )
+        for child in rows:
+            found.setdefault(child.parent_step.instance_id, []).append(child)
+    for instance in instances:
+        instance.child_links = [(c, c.parent_step.name) for c in found.get(instance.pk, [])]
+    return instances
+
+
+def _may_have_children(instance: WorkflowInstance) -> bool:
+    definition = registry.get(instance.workflow, instance.version)
+    if definition is None:
+        return True  # not registered (any more): look
+    return any(spec.kind == "child" for spec in definition.steps.values())
 
 
 def _filter_value(name: str, value: str | None) -> str | None:
@@ -139,6 +177,7 @@ def instance_get(*, user: Any, instance_id: Any) -> WorkflowInstance:
             instance = candidate
     if instance is None:
         raise NotFound("instance not found")
+    attach_children([instance])
     return instance
 
 

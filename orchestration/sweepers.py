@@ -16,7 +16,7 @@ from django.conf import settings
 from django.db.models import DateTimeField, F, Q, Value
 from django.utils import timezone
 
-from . import engine, saga, waits
+from . import children, engine, saga, waits
 from .models import CompensationPhase, InstanceState, StepRun, StepState, WorkflowInstance
 
 log = logging.getLogger("signoff.sweepers")
@@ -154,10 +154,19 @@ def sweep_instance_deadlines(*, now: datetime | None = None, batch: int | None =
 
 
 def sweep_waiting_deadlines(*, now: datetime | None = None, batch: int | None = None) -> int:
-    """Fire timer steps and time out signal waits whose deadline passed."""
+    """Fire timer steps, time out signal waits and child steps, and start a child step's next
+    child, whose deadline passed; and, the backstop of the ``child_sync`` doorbell, bring up
+    to date the child steps whose child ended (its doorbell was lost)."""
     now = now or timezone.now()
     ids = waits.due_waiting_steps(now, _batch(batch))
-    return _each("waiting_deadlines", ids, lambda pk: engine.waiting_step_deadline(step_run_id=pk))
+    done = _each("waiting_deadlines", ids, lambda pk: engine.waiting_step_deadline(step_run_id=pk))
+    grace = timedelta(seconds=settings.SIGNOFF_DOORBELL_GRACE_SECONDS)
+    ended = children.due_child_steps(now, _batch(batch), grace)
+    return done + _each(
+        "child_steps",
+        ended,
+        lambda pk: children.child_step_sync(step_run_id=pk, skip_locked=True).startswith("child_"),
+    )
 
 
 def sweep_all(*, now: datetime | None = None) -> dict[str, int]:

@@ -14,7 +14,7 @@ from celery.signals import task_postrun, task_prerun
 from django.conf import settings
 from django.db import close_old_connections, connections
 
-from . import engine, saga, sweepers
+from . import children, engine, saga, sweepers
 from .journal import register_doorbell_task
 from .retention import sweep_retention as sweep_retention_now
 
@@ -67,9 +67,22 @@ def sweep_retention() -> dict[str, int]:
     return sweep_retention_now()
 
 
+@shared_task(
+    name="orchestration.child_sync",
+    acks_late=True,
+    reject_on_worker_lost=True,
+    ignore_result=True,
+)
+def child_sync(step_run_id: int, attempt: int) -> str:
+    """A child ended, or a child step's retry backoff is over: bring the parent's step up to
+    date (idempotent; see orchestration.children.child_step_sync)."""
+    return children.child_step_sync(step_run_id=step_run_id, attempt=attempt or None)
+
+
 # Doorbells (orchestration.journal) send these; the journal does not import this module.
 register_doorbell_task("run_step", run_step)
 register_doorbell_task("run_compensation", run_compensation)
+register_doorbell_task("child_sync", child_sync)
 
 
 # When this process last finished a task (time.monotonic()).

@@ -209,6 +209,14 @@ def _describe_own(event: Event) -> EventText | None:
         )
     if t == "step_compensation_failed":
         return "Compensation failed", "bad", error_line(d.get("error"))
+    if t == "child_started":
+        return (
+            f"Child workflow {d.get('workflow', '')} started",
+            "info",
+            f"instance {d.get('child', '')}",
+        )
+    if t == "child_cancelled":
+        return "Child workflow cancelled", "muted", f"instance {d.get('child', '')}"
     if t == "signal_received":
         return f"Signal {d.get('signal', '')} received", "human", str(d.get("source", "") or "")
     if t == "instance_erased":

@@ -45,7 +45,15 @@ from .operator_actions import (
     step_links,
     step_operations,
 )
-from .presentation import error_line, human_duration, masked, pretty_json, status_url
+from .presentation import (
+    child_links,
+    error_line,
+    human_duration,
+    masked,
+    parent_link,
+    pretty_json,
+    status_url,
+)
 from .timeline import build_timeline, timeline_details
 
 TIMELINE_LIMIT = 500  # events shown on the page; the downloads hold them all
@@ -138,6 +146,8 @@ def page_context(request: HttpRequest, instance: WorkflowInstance) -> dict[str, 
             pretty_json(instance.output, reveal=reveal) if instance.output is not None else ""
         ),
         "error_line": error_line(instance.error),
+        "parent": parent_link(instance),
+        "children": child_links(instance),
         "admin_url": _admin_url(request, instance),
         "now": now,
         "states": [(state, state.replace("_", " ")) for state in LEGEND],

@@ -425,3 +425,136 @@ def revisable_workflow(name: str, *, max_rounds: int = 3, **approval_options: An
 revisable = revisable_workflow("t_revisable")
 revisable_long = revisable_workflow("t_revisable_long", max_rounds=8)
 revisable_once = revisable_workflow("t_revisable_once", max_rounds=1)
+
+
+# -- child workflows (issue 15) ------------------------------------------------------------------
+#
+# child_kyc: reserve (undone by release) -> check (fails at once when input.fail).
+# child_parent: prepare -> verify (a child_kyc; a second child when the first fails) -> finish.
+# child_parent_wait: hold (a child_wait: reserve, then a "go" signal) -> after.
+# child_parent_timeout: hold (a child_wait that must finish within a minute).
+# child_parent_sealed: a sealed ssn passed into a child field the child does not seal.
+
+from orchestration.children import child_step  # noqa: E402
+
+CHILD_FAST = RetryPolicy(
+    max_attempts=2,
+    initial_interval=timedelta(milliseconds=100),
+    max_interval=timedelta(milliseconds=200),
+    jitter=0.0,
+)
+
+
+def _child_reserve(ctx: StepContext) -> dict[str, Any]:
+    record(ctx)
+    return {"reserved": ctx.input["customer"]}
+
+
+def _child_release(ctx: StepContext, output: dict[str, Any]) -> dict[str, Any]:
+    ledger().hincrby(f"ledger:{ctx.instance_id}", "released", 1)
+    return {"released": output["reserved"]}
+
+
+def _child_check(ctx: StepContext) -> dict[str, Any]:
+    record(ctx)
+    if ctx.input.get("fail"):
+        raise NonRetryableError(f"customer {ctx.input['customer']} refused")
+    return {"verified": ctx.input["customer"], "business_key": ctx.business_key}
+
+
+child_kyc = Workflow(
+    "child_kyc",
+    description="a child: reserve, then check",
+    input_schema={
+        "type": "object",
+        "required": ["customer"],
+        "properties": {"customer": {"type": "string", "minLength": 1}, "fail": {"type": "boolean"}},
+    },
+)
+child_kyc.task(_child_reserve, name="reserve", retry=FAST, compensate=_child_release)
+child_kyc.task(_child_check, name="check", after=["reserve"], retry=FAST)
+registry.register(child_kyc)
+
+
+def _child_prepare(ctx: StepContext) -> dict[str, Any]:
+    record(ctx)
+    return {"customer": ctx.input["customer"].upper()}
+
+
+def _child_finish(ctx: StepContext) -> dict[str, Any]:
+    record(ctx)
+    return {"from_child": ctx.outputs["verify"]["check"]["verified"]}
+
+
+child_parent = Workflow("child_parent", description="a parent with a child_kyc step")
+child_parent.task(_child_prepare, name="prepare", retry=FAST)
+child_step(
+    child_parent,
+    "verify",
+    workflow="child_kyc",
+    after=["prepare"],
+    input=lambda ctx: {
+        "customer": ctx.outputs["prepare"]["customer"],
+        # the first child fails when asked to: the step's retry starts a second one
+        "fail": bool(ctx.input.get("fail_first"))
+        and ctx.attempt == 1
+        or bool(ctx.input.get("fail_always")),
+    },
+    retry=CHILD_FAST,
+)
+child_parent.task(_child_finish, name="finish", after=["verify"], retry=FAST)
+registry.register(child_parent)
+
+child_wait = Workflow("child_wait", description="a child: reserve, then wait for go")
+child_wait.task(_child_reserve, name="reserve", retry=FAST, compensate=_child_release)
+signal_step(child_wait, "go", after=["reserve"])
+registry.register(child_wait)
+
+
+def _child_after(ctx: StepContext) -> dict[str, Any]:
+    record(ctx)
+    return {"done": True}
+
+
+child_parent_wait = Workflow("child_parent_wait", description="a parent waiting on child_wait")
+child_step(
+    child_parent_wait,
+    "hold",
+    workflow="child_wait",
+    input=lambda ctx: {"customer": ctx.input.get("customer", "c-1")},
+)
+child_parent_wait.task(_child_after, name="after", after=["hold"], retry=FAST)
+registry.register(child_parent_wait)
+
+child_parent_timeout = Workflow("child_parent_timeout", description="a child with a timeout")
+child_step(
+    child_parent_timeout,
+    "hold",
+    workflow="child_wait",
+    input=lambda ctx: {"customer": "slow"},
+    timeout=timedelta(minutes=1),
+)
+registry.register(child_parent_timeout)
+
+child_sealed_target = Workflow("child_sealed_target", description="a child sealing nothing")
+child_sealed_target.task(
+    lambda ctx: {
+        "seen": ctx.input["tax_id"][-4:],
+        "len": len(ctx.input["tax_id"]),
+        "echo": {"tax_id": ctx.input["tax_id"]},  # a child echoing its input
+    },
+    name="use",
+    retry=FAST,
+)
+registry.register(child_sealed_target)
+
+child_parent_sealed = Workflow(
+    "child_parent_sealed", description="a sealed field into a child", sensitive=["input.ssn"]
+)
+child_step(
+    child_parent_sealed,
+    "hand_over",
+    workflow="child_sealed_target",
+    input=lambda ctx: {"tax_id": ctx.input["ssn"], "note": "plain"},
+)
+registry.register(child_parent_sealed)

@@ -13,10 +13,12 @@ from typing import Any
 from django.contrib import admin
 from django.db.models import OuterRef, Q, QuerySet, Subquery
 from django.http import HttpRequest, HttpResponse
+from django.urls import reverse
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 
-from .. import sealing
+from .. import sealing, selectors
 from ..models import StepRun, WorkflowInstance
 from ..operator_actions import INSTANCE_OPERATIONS
 from ..presentation import coarse_age, error_block, json_block, pill, status_url
@@ -125,6 +127,8 @@ class WorkflowInstanceAdmin(
                     "idempotency_key",
                     "started_by",
                     "status_page",
+                    "parent_link",
+                    "children_links",
                 ]
             },
         ),
@@ -150,6 +154,8 @@ class WorkflowInstanceAdmin(
         "idempotency_key",
         "started_by",
         "status_page",
+        "parent_link",
+        "children_links",
         "created_at",
         "started_at",
         "finished_at",
@@ -248,6 +254,40 @@ class WorkflowInstanceAdmin(
     @admin.display(description="status page")
     def status_page(self, obj: WorkflowInstance) -> str:
         return format_html('<a href="{}">Status&nbsp;→</a>', status_url(obj))
+
+    @admin.display(description="parent")
+    def parent_link(self, obj: WorkflowInstance) -> str:
+        step = obj.parent_step if obj.parent_step_id else None
+        if step is None:
+            return "—"
+        return format_html(
+            '<a href="{}">{} <code>{}</code></a> · step <code>{}</code>',
+            reverse("admin:orchestration_workflowinstance_change", args=[step.instance_id]),
+            step.instance.workflow,
+            str(step.instance_id)[:8],
+            step.name,
+        )
+
+    @admin.display(description="child workflows")
+    def children_links(self, obj: WorkflowInstance) -> str:
+        links = selectors.attach_children([obj])[0].child_links
+        if not links:
+            return "—"
+        return format_html_join(
+            mark_safe("<br>"),
+            '<a href="{}">{} <code>{}</code></a> {} · step <code>{}</code>, attempt {}',
+            (
+                (
+                    reverse("admin:orchestration_workflowinstance_change", args=[child.pk]),
+                    child.workflow,
+                    str(child.pk)[:8],
+                    pill(child.state, child.get_state_display()),
+                    step,
+                    child.parent_attempt,
+                )
+                for child, step in links
+            ),
+        )
 
     @admin.display(description="input")
     def input_pretty(self, obj: WorkflowInstance) -> str:

@@ -13,7 +13,7 @@ from drf_spectacular.extensions import OpenApiSerializerExtension
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from orchestration import sealing
+from orchestration import sealing, selectors
 from orchestration.jsonsafe import storable_json_problem
 from orchestration.jsonsafe import string_problem as _string_problem
 from orchestration.models import Event, InstanceState, Signal, StepRun, StepState, WorkflowInstance
@@ -200,6 +200,21 @@ class InstanceLinksSerializer(serializers.Serializer):
     status_page = serializers.CharField()
 
 
+class ParentLinkSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    workflow = serializers.CharField()
+    step = serializers.CharField(help_text="The parent's child step that started this one.")
+
+
+class ChildLinkSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    workflow = serializers.CharField()
+    # Not an enum of its own: drf-spectacular would name the instance states' enum apart.
+    state = serializers.CharField(help_text="The child's state (an instance state).")
+    step = serializers.CharField(help_text="The child step of this instance that started it.")
+    attempt = serializers.IntegerField(help_text="The step's attempt it was started for.")
+
+
 class InstanceSerializer(serializers.ModelSerializer):
     state = serializers.ChoiceField(choices=InstanceState.choices)
     steps = StepRunSerializer(many=True, read_only=True)
@@ -213,6 +228,8 @@ class InstanceSerializer(serializers.ModelSerializer):
         help_text="Username of who started it; null when started by the system.",
     )
     links = serializers.SerializerMethodField()
+    parent = serializers.SerializerMethodField()
+    children = serializers.SerializerMethodField()
 
     class Meta:
         model = WorkflowInstance
@@ -233,7 +250,34 @@ class InstanceSerializer(serializers.ModelSerializer):
             "deadline_at",
             "updated_at",
             "steps",
+            "parent",
+            "children",
             "links",
+        ]
+
+    @extend_schema_field(ParentLinkSerializer(allow_null=True))
+    def get_parent(self, obj: WorkflowInstance) -> dict[str, str] | None:
+        """The instance whose child step started this one (null for a top-level one)."""
+        step = obj.parent_step if obj.parent_step_id else None
+        if step is None:
+            return None
+        return {"id": str(step.instance_id), "workflow": step.instance.workflow, "step": step.name}
+
+    @extend_schema_field(ChildLinkSerializer(many=True))
+    def get_children(self, obj: WorkflowInstance) -> list[dict[str, Any]]:
+        """The child workflows this instance's child steps started, one per attempt."""
+        links = getattr(obj, "child_links", None)
+        if links is None:
+            links = selectors.attach_children([obj])[0].child_links
+        return [
+            {
+                "id": str(child.pk),
+                "workflow": child.workflow,
+                "state": child.state,
+                "step": step,
+                "attempt": child.parent_attempt,
+            }
+            for child, step in links
         ]
 
     @extend_schema_field(InstanceLinksSerializer)

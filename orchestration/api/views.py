@@ -113,7 +113,7 @@ class InstanceListView(ApiView):
             business_key=request.query_params.get("business_key"),
         )
         paginator = self.pagination_class()
-        page = paginator.paginate_queryset(qs, request, view=self)
+        page = selectors.attach_children(paginator.paginate_queryset(qs, request, view=self))
         return paginator.get_paginated_response(InstanceSerializer(page, many=True).data)
 
     @extend_schema(

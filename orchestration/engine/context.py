@@ -95,7 +95,19 @@ def request_fingerprint(payload: dict[str, Any]) -> str:
 
 
 def stored_output(instance: WorkflowInstance, step_name: str, output: Any) -> Any:
-    """A step's output as stored: JSON, with the workflow's sensitive fields sealed."""
+    """A step's output as stored: JSON, with the workflow's sensitive fields sealed (and, in a
+    child workflow, every top-level field holding a copy of a sealed input value)."""
     definition = definition_of(instance)
     fields = sealing.output_fields(definition.sensitive, step_name) if definition else set()
-    return sealing.seal_fields(jsonable(output), fields)
+    stored = sealing.seal_fields(jsonable(output), fields)
+    if instance.parent_step_id is not None and isinstance(stored, dict):
+        # A child workflow may hold its parent's sealed values in fields it does not declare
+        # sensitive (orchestration.children seals them in its input): a step echoing one
+        # keeps it sealed. Only children pay for this look.
+        scrubber = sealing.scrubber_for(instance.input)
+        if scrubber:
+            stored = {
+                k: v if sealing.is_sealed(v) or not scrubber.json(v)[1] else sealing.seal_value(v)
+                for k, v in stored.items()
+            }
+    return stored

@@ -181,9 +181,15 @@ def _create(
     actor: str,
     on_behalf_of: str | None = None,
     uploads: PendingFiles | None = None,
+    parent_step: StepRun | None = None,
+    parent_attempt: int | None = None,
+    instance_id: Any = None,
 ) -> WorkflowInstance:
     now = timezone.now()
     instance = WorkflowInstance(
+        **({"id": instance_id} if instance_id is not None else {}),
+        parent_step=parent_step,
+        parent_attempt=parent_attempt,
         workflow=definition.name,
         version=definition.version,
         input=sealing.seal_fields(jsonable(input), sealing.input_fields(definition.sensitive)),
@@ -219,3 +225,54 @@ def _create(
     advance(instance, steps, definition, journal)
     journal.flush(created_steps=list(steps.values()))
     return instance
+
+
+# -- children (orchestration.children) ------------------------------------------------------------
+
+
+def child_input_checked(definition: Workflow, input: Any, started_by: Any) -> dict[str, Any]:
+    """The input a ``child`` step would start ``definition`` with, as :func:`instance_start`
+    checks it (the requester field, the input schema, storable JSON). Raises
+    :class:`InvalidInput` (or :class:`NotAllowed` for another requester) and writes nothing."""
+    input, _ = _requester_input(definition, input, started_by)
+    problems = definition.validate_input(input)
+    unstorable = storable_json_problem(input)
+    if unstorable and not problems:
+        problems = [unstorable]
+    if problems:
+        raise InvalidInput(
+            "invalid input: " + "; ".join(problems),
+            code="invalid_input",
+            errors={"input": problems},
+        )
+    return input
+
+
+def child_create(
+    definition: Workflow,
+    *,
+    input: dict[str, Any],
+    business_key: str,
+    parent_step: StepRun,
+    parent_attempt: int,
+    instance_id: Any,
+    started_by: Any,
+    actor: str,
+) -> WorkflowInstance:
+    """Write a child instance (input already checked by :func:`child_input_checked`; values
+    may be sealed already) linked to its parent's step and attempt, in the caller's
+    transaction (the parent's, whose instance row it holds locked). Its doorbells ring when
+    that transaction commits."""
+    with transaction.atomic():
+        return _create(
+            definition,
+            input,
+            business_key,
+            None,
+            "",
+            started_by,
+            actor,
+            parent_step=parent_step,
+            parent_attempt=parent_attempt,
+            instance_id=instance_id,
+        )
