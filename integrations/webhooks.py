@@ -282,6 +282,10 @@ def _post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int | None, s
     return code, f"HTTP {code}"
 
 
+# Public: alert notices (:mod:`integrations.alerts.delivery`) POST through the same door.
+post = _post
+
+
 def _remember(delivery: WebhookDelivery, entry: dict[str, Any]) -> None:
     delivery.history = [*(delivery.history or []), entry][-HISTORY_KEEP:]
 
