@@ -27,6 +27,8 @@ from django.db.models import F, Max
 from django.utils import timezone
 from django_fsm import can_proceed
 
+from orchestration import sealing
+
 from ..models import Alert, AlertRule, AlertState
 from .conditions import Finding, get_condition, schedule_subject
 from .delivery import notice_queue
@@ -93,7 +95,8 @@ def alert_fire(*, rule: AlertRule, finding: Finding, now: datetime | None = None
                 last_seen_at=now, times_seen=F("times_seen") + 1
             )
             return None
-        details = dict(finding.details)
+        # Masked when written (sealing at the source): what is stored is what may be sent.
+        details = sealing.masked(dict(finding.details))
         if finding.link:
             details["link"] = finding.link
         try:

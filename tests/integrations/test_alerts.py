@@ -1,0 +1,536 @@
+"""Alerts: rules, conditions, deduplication, recovery and the notices.
+
+The unit tests run the engine in-process (no doorbells, ``rung``), record the Celery messages
+the notices would send, and deliver webhooks synchronously to a real HTTP server on
+127.0.0.1. The concurrency test runs two sweepers in two threads on two connections. The
+end-to-end test (``e2e``) uses a real worker whose mail goes over real SMTP.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import Group
+from django.core.exceptions import ValidationError
+from django.db import connection
+from django.utils import timezone
+
+from integrations import mail, webhooks
+from integrations.alerts import conditions, delivery, services
+from integrations.models import Alert, AlertRule, OutboundEmail
+from orchestration import engine
+from orchestration.models import StepRun, WorkflowInstance
+from orchestration.signals import schedule_missed
+from tests.conftest import WorkerProcess, wait_for
+from tests.integrations.test_webhooks import Endpoint, endpoint  # noqa: F401 - fixture
+from tests.workflows import ledger
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def sent(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> dict[str, list]:
+    """The mail and webhook messages the notices would send (none in e2e tests: the worker
+    gets them)."""
+    got: dict[str, list] = {"mail": [], "webhook": []}
+    services.forget_rules()
+    if request.node.get_closest_marker("e2e"):
+        return got
+    monkeypatch.setattr(mail, "_enqueue", lambda pk: got["mail"].append(pk))
+    monkeypatch.setattr(
+        delivery,
+        "enqueue_webhook",
+        lambda pk, notice, countdown=None: got["webhook"].append((pk, notice, countdown)),
+    )
+    return got
+
+
+def rule(condition: str = "instance_failed", **fields: Any) -> AlertRule:
+    fields.setdefault("name", f"rule-{AlertRule.objects.count() + 1}")
+    if "webhook_url" not in fields and "mail_group" not in fields:
+        fields.setdefault("mail_to", "ops@example.com")
+    made = AlertRule(condition=condition, **fields)
+    made.full_clean()
+    made.save()
+    return made
+
+
+def instance_row(state: str, *, quiet_for: timedelta = timedelta(0), **fields: Any) -> Any:
+    """An instance row in ``state``, last changed ``quiet_for`` ago (the conditions read rows
+    only)."""
+    at = timezone.now() - quiet_for
+    fields.setdefault("workflow", "t_sequence")
+    return WorkflowInstance.objects.create(
+        version=1, state=state, created_at=at, updated_at=at, **fields
+    )
+
+
+def run_scheduled(capture: Any, instance: Any) -> None:
+    """Play the worker in-process, committing (and announcing) after each attempt."""
+    for _ in range(10):
+        due = list(StepRun.objects.filter(instance=instance, state="scheduled"))
+        if not due:
+            return
+        for step in due:
+            with capture(execute=True):
+                engine.step_execute(step_run_id=step.pk, attempt=step.attempt)
+
+
+def alert_mails() -> list[OutboundEmail]:
+    return list(OutboundEmail.objects.filter(kind__startswith="alert_").order_by("pk"))
+
+
+# -- rules: bad input ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fields", "field", "text"),
+    [
+        ({"mail_to": ""}, "__all__", "at least one channel"),
+        ({"condition": "instance_stuck", "stuck_after": None}, "stuck_after", "Required"),
+        ({"condition": "instance_stuck", "stuck_after": timedelta(0)}, "stuck_after", "Required"),
+        ({"condition": "instance_stuck", "stuck_after": -timedelta(hours=1)}, "stuck_after", "neg"),
+        ({"condition": "approval_overdue", "overdue_grace": -timedelta(1)}, "overdue_grace", "neg"),
+        ({"condition": "instance_exploded"}, "condition", "instance_exploded"),
+        ({"webhook_url": "http://hooks.example.com/x"}, "webhook_url", "https://"),
+        ({"webhook_url": "ftp://hooks.example.com/x"}, "webhook_url", "https://"),
+        ({"webhook_url": "https://user:pw@hooks.example.com/"}, "webhook_url", "password"),
+        ({"mail_to": "ops@example.com, not-an-address"}, "mail_to", "not-an-address"),
+    ],
+)
+def test_a_bad_rule_is_refused_with_the_field_named(
+    fields: dict[str, Any], field: str, text: str
+) -> None:
+    values = {"name": "bad", "condition": "instance_failed", "mail_to": "ops@example.com"}
+    values.update(fields)
+    with pytest.raises(ValidationError) as caught:
+        AlertRule(**values).full_clean()
+    errors = caught.value.message_dict
+    assert field in errors, errors
+    assert text.lower() in " ".join(errors[field]).lower()
+    assert AlertRule.objects.count() == 0
+
+
+def test_a_group_or_a_webhook_is_a_channel_too() -> None:
+    group = Group.objects.create(name="oncall")
+    AlertRule(name="g", condition="instance_failed", mail_group=group).full_clean()
+    AlertRule(name="w", condition="instance_failed", webhook_url="https://h.example/x").full_clean()
+
+
+def test_the_admin_refuses_a_bad_rule_and_saves_a_good_one(admin_client: Any) -> None:
+    url = "/admin/integrations/alertrule/add/"
+    base = {"name": "stuck", "condition": "instance_stuck", "workflow": "", "enabled": "on"}
+    response = admin_client.post(
+        url, {**base, "stuck_after": "-01:00:00", "mail_to": "ops@example.com"}
+    )
+    assert response.status_code == 200 and b"cannot be negative" in response.content
+    response = admin_client.post(url, {**base, "stuck_after": "01:00:00"})
+    assert response.status_code == 200 and b"at least one channel" in response.content
+    assert AlertRule.objects.count() == 0
+    response = admin_client.post(
+        url, {**base, "stuck_after": "01:00:00", "mail_to": "ops@example.com"}
+    )
+    assert response.status_code == 302
+    assert AlertRule.objects.get().stuck_after == timedelta(hours=1)
+
+
+# -- instance_failed: fired by the event, deduplicated, resolved by the retry ----------------------
+
+
+def test_a_failed_instance_alerts_once_and_its_retry_resolves_it_once(
+    rung: list, django_capture_on_commit_callbacks: Any, sent: dict[str, list]
+) -> None:
+    watching = rule("instance_failed", workflow="t_fixable")
+    rule("instance_failed", name="other workflow", workflow="t_sequence")
+    with django_capture_on_commit_callbacks(execute=True):
+        instance, _ = engine.instance_start(workflow="t_fixable", business_key="ORDER-7")
+    run_scheduled(django_capture_on_commit_callbacks, instance)
+    instance.refresh_from_db()
+    assert instance.state == "failed"
+
+    alert = Alert.objects.get()  # only the rule for t_fixable fired
+    assert (alert.rule, alert.state, alert.subject) == (
+        watching,
+        "firing",
+        f"instance:{instance.pk}",
+    )
+    assert "ORDER-7" in alert.title and alert.details["error"]["type"].endswith("NonRetryableError")
+    [fired] = alert_mails()
+    assert fired.to == ["ops@example.com"] and fired.subject.startswith("[Alert]")
+    assert f"/instances/{instance.pk}/" in fired.body_text
+    assert f"/admin/integrations/alert/{alert.pk}/change/" in fired.body_text
+    assert sent["mail"] == [fired.pk]
+
+    # The sweeper finds the same failure: seen again, no second alert, no second mail.
+    with django_capture_on_commit_callbacks(execute=True):
+        assert services.sweep_alerts() == 0
+        assert services.sweep_alerts() == 0
+    alert.refresh_from_db()
+    assert alert.times_seen == 3 and len(alert_mails()) == 1
+
+    ledger().set(f"fixed:{instance.pk}", 1)
+    with django_capture_on_commit_callbacks(execute=True):
+        engine.instance_retry(instance_id=instance.pk)
+    alert.refresh_from_db()
+    assert alert.state == "resolved" and alert.resolved_by == "system"
+    run_scheduled(django_capture_on_commit_callbacks, instance)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert services.sweep_alerts() == 0
+    mails = alert_mails()
+    assert [m.kind for m in mails] == ["alert_fired", "alert_resolved"]
+    assert mails[1].subject.startswith("[Resolved]")
+    assert set(alert.deliveries) == {"fired", "resolved"}
+    # Resolving twice does nothing and sends nothing.
+    assert services.alert_resolve(alert_id=alert.pk) is False
+    assert len(alert_mails()) == 2 and Alert.objects.count() == 1
+
+
+def test_a_new_failure_after_recovery_fires_a_new_alert() -> None:
+    watching = rule("instance_failed")
+    failed = instance_row("failed", finished_at=timezone.now(), error={"type": "E"})
+    assert services.sweep_alerts() == 1
+    WorkflowInstance.objects.filter(pk=failed.pk).update(state="running")
+    assert services.sweep_alerts() == 1  # resolved
+    WorkflowInstance.objects.filter(pk=failed.pk).update(state="failed", finished_at=timezone.now())
+    assert services.sweep_alerts() == 1  # fired again: a new alert, the old one stays resolved
+    assert sorted(watching.alerts.values_list("state", flat=True)) == ["firing", "resolved"]
+
+
+def test_repeated_firing_of_one_subject_keeps_one_alert() -> None:
+    watching = rule("instance_failed")
+    finding = conditions.Finding(subject="instance:x", title="t")
+    assert services.alert_fire(rule=watching, finding=finding) is not None
+    for _ in range(3):
+        assert services.alert_fire(rule=watching, finding=finding) is None
+    alert = Alert.objects.get()
+    assert alert.times_seen == 4 and len(alert_mails()) == 1
+
+
+def test_failures_before_the_rule_existed_are_not_news() -> None:
+    instance_row("failed", finished_at=timezone.now() - timedelta(hours=1))
+    rule("instance_failed")
+    assert services.sweep_alerts() == 0 and not Alert.objects.exists()
+
+
+# -- compensation_failed ---------------------------------------------------------------------------
+
+
+class FakeEvent:
+    def __init__(self, instance: Any, type: str, data: dict[str, Any]) -> None:
+        self.instance, self.instance_id, self.type, self.data = instance, instance.pk, type, data
+        self.pk = 1
+
+
+def test_compensation_failed_fires_for_a_saga_that_could_not_undo_and_resolves_on_retry() -> None:
+    rule("compensation_failed")
+    error = {"phase": "compensation", "step": "charge", "type": "Boom", "message": "no refund"}
+    saga = instance_row("failed", finished_at=timezone.now(), error=error)
+    plain = instance_row("failed", finished_at=timezone.now(), error={"type": "E"})
+    services.on_event_committed(None, FakeEvent(plain, "instance_failed", {"error": {"t": 1}}))
+    assert not Alert.objects.exists()  # an ordinary failure is not a compensation failure
+    services.on_event_committed(None, FakeEvent(saga, "instance_failed", {"error": error}))
+    alert = Alert.objects.get()
+    assert alert.subject == f"instance:{saga.pk}" and "compensation failed" in alert.title
+    assert alert.details["error"]["step"] == "charge"
+    assert services.sweep_alerts() == 0  # the sweeper finds the same one: deduplicated
+    WorkflowInstance.objects.filter(pk=saga.pk).update(state="compensating")
+    services.on_event_committed(None, FakeEvent(saga, "instance_retried", {}))
+    alert.refresh_from_db()
+    assert alert.state == "resolved"
+
+
+# -- instance_stuck --------------------------------------------------------------------------------
+
+
+def test_a_quiet_instance_alerts_and_resolves_when_it_progresses() -> None:
+    rule("instance_stuck", stuck_after=timedelta(hours=2))
+    stuck = instance_row("running", quiet_for=timedelta(hours=3))
+    instance_row("running", quiet_for=timedelta(hours=1))  # quiet, but not for long enough
+    instance_row("succeeded", quiet_for=timedelta(days=3))  # done, not stuck
+    instance_row("running", quiet_for=timedelta(hours=3), paused_at=timezone.now())  # paused
+    assert services.sweep_alerts() == 1
+    alert = Alert.objects.get()
+    assert alert.subject == f"instance:{stuck.pk}" and alert.state == "firing"
+    assert services.sweep_alerts() == 0  # still stuck: no second alert
+    WorkflowInstance.objects.filter(pk=stuck.pk).update(updated_at=timezone.now())
+    assert services.sweep_alerts() == 1
+    alert.refresh_from_db()
+    assert alert.state == "resolved"
+    assert [m.kind for m in alert_mails()] == ["alert_fired", "alert_resolved"]
+
+
+def test_an_alert_resolved_by_hand_is_not_fired_again_for_the_same_trouble() -> None:
+    rule("instance_stuck", stuck_after=timedelta(hours=2))
+    stuck = instance_row("running", quiet_for=timedelta(hours=3))
+    services.sweep_alerts()
+    alert = Alert.objects.get()
+    assert services.alert_resolve(alert_id=alert.pk, actor="user:otto") is True
+    assert services.sweep_alerts() == 0  # the same quiet spell
+    WorkflowInstance.objects.filter(pk=stuck.pk).update(updated_at=timezone.now())
+    later = timezone.now() + timedelta(hours=2, minutes=1)
+    assert services.sweep_alerts(now=later) == 1  # it moved, then got stuck again: news
+
+
+# -- approval_overdue (registered by approvals) ----------------------------------------------------
+
+
+@pytest.fixture
+def expense(
+    rung: list, django_capture_on_commit_callbacks: Any, django_user_model: Any
+) -> WorkflowInstance:
+    alice = django_user_model.objects.create_user("alice", email="alice@example.com")
+    bob = django_user_model.objects.create_user("bob", email="bob@example.com")
+    Group.objects.create(name="managers").user_set.add(bob)
+    django_user_model.objects.create_user("admin", email="admin@example.com")
+    with django_capture_on_commit_callbacks(execute=True):
+        instance, _ = engine.instance_start(
+            workflow="expense_approval",
+            input={"amount": 80, "currency": "EUR", "description": "Taxi", "requester": "alice"},
+            started_by=alice,
+        )
+    run_scheduled(django_capture_on_commit_callbacks, instance)
+    return instance
+
+
+def test_an_overdue_approval_alerts_after_its_grace_and_resolves_when_cancelled(
+    expense: WorkflowInstance, django_capture_on_commit_callbacks: Any
+) -> None:
+    assert "approval_overdue" in conditions.registered_conditions()
+    rule("approval_overdue", overdue_grace=timedelta(hours=6), workflow="expense_approval")
+    rule("approval_overdue", name="elsewhere", workflow="t_sequence")
+    now = timezone.now()
+    assert services.sweep_alerts(now=now + timedelta(days=3, hours=1)) == 0  # within the grace
+    assert services.sweep_alerts(now=now + timedelta(days=3, hours=7)) == 1
+    alert = Alert.objects.get()
+    assert alert.subject.startswith("approval:") and "manager_approval overdue" in alert.title
+    assert alert.instance_id == expense.pk
+    with django_capture_on_commit_callbacks(execute=True):
+        engine.instance_cancel(instance_id=expense.pk, reason="withdrawn")
+    alert.refresh_from_db()
+    assert alert.state == "resolved"  # rechecked on the approval_cancelled event
+
+
+# -- schedule_missed (orchestration.signals.schedule_missed) ---------------------------------------
+
+
+def test_a_missed_schedule_alerts_once_until_resolved_by_hand() -> None:
+    rule("schedule_missed")
+    fire = timezone.now().replace(microsecond=0)
+    for reason in ("overlap: skip", "overlap: skip"):
+        schedule_missed.send(
+            sender=None, schedule_id=7, schedule_name="nightly", fire_time=fire, reason=reason
+        )
+    alert = Alert.objects.get()
+    assert (alert.subject, alert.times_seen) == ("schedule:7", 2)
+    assert "nightly" in alert.title and alert.details["reason"] == "overlap: skip"
+    assert services.sweep_alerts() == 0  # nothing recovers a missed fire on its own
+    assert services.alert_resolve(alert_id=alert.pk, actor="user:otto")
+    schedule_missed.send(
+        sender=None, schedule_id=7, schedule_name="nightly", fire_time=fire, reason="down"
+    )
+    assert Alert.objects.filter(state="firing").count() == 1
+    assert len(alert_mails()) == 3  # fired, resolved, fired again
+
+
+# -- delivery: signed webhook, masked content ------------------------------------------------------
+
+
+def test_the_webhook_notice_is_signed_masked_and_retried(
+    endpoint: Callable[..., Endpoint],  # noqa: F811
+    django_capture_on_commit_callbacks: Any,
+    sent: dict[str, list],
+) -> None:
+    server = endpoint(500)
+    hook = rule("instance_failed", webhook_url=server.url)
+    finding = conditions.Finding(
+        subject="instance:s",
+        title="failed",
+        details={"error": {"message": "boom"}, "api_token": "tok-very-secret"},
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        alert = services.alert_fire(rule=hook, finding=finding)
+    assert sent["webhook"] == [(alert.pk, "fired", None)] and sent["mail"] == []
+    assert delivery.alert_webhook_deliver(alert_id=alert.pk, notice="fired") == "retrying"
+    assert sent["webhook"][-1][:2] == (alert.pk, "fired")
+    assert delivery.alert_webhook_deliver(alert_id=alert.pk, notice="fired") == "delivered"
+    assert delivery.alert_webhook_deliver(alert_id=alert.pk, notice="fired") == "skipped"
+    assert len(server.requests) == 2
+    request = server.requests[-1]
+    assert webhooks.verify_signature(
+        hook.webhook_secret, request["headers"]["X-Signoff-Signature"], request["body"]
+    )
+    assert request["headers"]["X-Signoff-Delivery"] == f"alert-{alert.pk}-fired"
+    assert b"tok-very-secret" not in request["body"]
+    document = json.loads(request["body"])
+    assert document["event"] == "alert_fired" and document["alert"]["subject"] == "instance:s"
+    alert.refresh_from_db()
+    webhook = alert.deliveries["fired"]["webhook"]
+    assert webhook["status"] == "delivered" and webhook["attempts"] == 2
+
+
+def test_mail_holds_no_sealed_or_secret_value() -> None:
+    watching = rule("instance_failed")
+    finding = conditions.Finding(
+        subject="instance:m",
+        title="failed",
+        details={"password": "hunter2", "error": {"message": "ok"}},
+    )
+    alert = services.alert_fire(rule=watching, finding=finding)
+    [email] = alert_mails()
+    assert "hunter2" not in email.body_text + email.body_html
+    assert "hunter2" not in json.dumps(alert.details)
+
+
+def test_group_members_with_an_address_are_mailed(django_user_model: Any) -> None:
+    group = Group.objects.create(name="oncall")
+    for name, email, active in (("a", "a@x.io", True), ("b", "", True), ("c", "c@x.io", False)):
+        group.user_set.add(
+            django_user_model.objects.create_user(name, email=email, is_active=active)
+        )
+    watching = rule("instance_failed", mail_group=group, mail_to="lead@x.io")
+    services.alert_fire(rule=watching, finding=conditions.Finding(subject="s", title="t"))
+    assert alert_mails()[0].to == ["a@x.io", "lead@x.io"]
+
+
+# -- the admin -------------------------------------------------------------------------------------
+
+
+def test_resolve_now_in_the_admin_resolves_once(admin_client: Any) -> None:
+    watching = rule("schedule_missed")
+    alert = services.alert_fire(rule=watching, finding=conditions.Finding(subject="s", title="t"))
+    post = {"action": "resolve_now", "_selected_action": [str(alert.pk)], "index": "0"}
+    response = admin_client.post("/admin/integrations/alert/", post, follow=True)
+    assert "1 alerts resolved" in response.content.decode()
+    alert.refresh_from_db()
+    assert alert.state == "resolved" and alert.resolved_by.endswith("admin")
+    response = admin_client.post("/admin/integrations/alert/", post, follow=True)
+    assert "already resolved" in response.content.decode()
+    assert len(alert_mails()) == 2  # fired, resolved: not a second resolved notice
+    page = admin_client.get(f"/admin/integrations/alert/{alert.pk}/change/")
+    assert page.status_code == 200 and b"resolved" in page.content
+    listing = admin_client.get("/admin/integrations/alert/?state__exact=firing")
+    assert listing.status_code == 200
+
+
+# -- two sweepers at once --------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_concurrent_sweepers_fire_one_alert_and_send_one_mail(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    watching = rule("instance_failed")
+    instance_row("failed", finished_at=timezone.now(), error={"type": "E"})
+    both_found = threading.Barrier(2, timeout=10)
+    original = conditions.get_condition("instance_failed")
+
+    def find(rule: Any, now: Any, limit: int) -> list[conditions.Finding]:
+        found = list(original.find(rule, now, limit))
+        both_found.wait()  # both runs have looked before either writes
+        return found
+
+    patched = conditions.Condition(**{**original.__dict__, "find": find})
+    monkeypatch.setitem(conditions._conditions, "instance_failed", patched)
+    results: list[Any] = []
+
+    def sweep() -> None:
+        try:
+            results.append(services.sweep_alerts())
+        except Exception as exc:  # noqa: BLE001 - reported below
+            results.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=sweep) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    assert sorted(results) == [0, 1], results
+    assert watching.alerts.count() == 1 and len(alert_mails()) == 1
+
+
+# -- the whole path: a real worker, real SMTP ------------------------------------------------------
+
+
+class MailingWorker(WorkerProcess):
+    """The test worker, its mail going to the test's SMTP server."""
+
+    def __init__(self, db_name: str, email_url: str) -> None:
+        super().__init__(db_name)
+        self.email_url = email_url
+
+    def env(self) -> dict[str, str]:
+        return {**super().env(), "EMAIL_URL": self.email_url}
+
+
+@pytest.fixture
+def mailing_worker(
+    celery_worker_process: WorkerProcess,
+    smtp_server: Any,
+    redis_client: Any,
+    transactional_db: Any,
+    settings: Any,
+) -> Iterator[MailingWorker]:
+    """A worker whose mail goes over SMTP to ``smtp_server``; the session's worker stops
+    meanwhile so that no other worker takes the mail tasks."""
+    celery_worker_process.quiesce()
+    celery_worker_process.stop()
+    worker = MailingWorker(
+        settings.DATABASES["default"]["NAME"], f"smtp://127.0.0.1:{settings.EMAIL_PORT}"
+    )
+    redis_client.delete("signoff")
+    worker.start()
+    try:
+        yield worker
+    finally:
+        worker.quiesce()
+        worker.stop()
+        celery_worker_process.start()
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_e2e_a_failed_workflow_mails_one_alert_then_one_resolved_notice(
+    mailing_worker: MailingWorker, smtp_server: Any
+) -> None:
+    rule("instance_failed", workflow="t_fixable", mail_to="oncall@example.com")
+    key = f"E2E-{uuid.uuid4().hex[:6]}"
+    instance, _ = engine.instance_start(workflow="t_fixable", business_key=key)
+
+    wait_for(lambda: len(smtp_server.messages) >= 1, timeout=40, message="the alert mail")
+    [message] = smtp_server.messages
+    assert message["To"] == "oncall@example.com"
+    assert message["Subject"].startswith("[Alert]") and key in message["Subject"]
+    assert f"/instances/{instance.pk}/" in message.get_body(("plain",)).get_content()
+    alert = Alert.objects.get()
+    assert alert.state == "firing"
+
+    # The sweeper (beat) runs again: the same failure, no second mail.
+    assert services.sweep_alerts() == 0
+    assert OutboundEmail.objects.filter(kind__startswith="alert_").count() == 1
+
+    ledger().set(f"fixed:{instance.pk}", 1)
+    engine.instance_retry(instance_id=instance.pk)
+    wait_for(
+        lambda: WorkflowInstance.objects.get(pk=instance.pk).state == "succeeded",
+        timeout=40,
+        message="the retried instance to succeed",
+    )
+    wait_for(lambda: len(smtp_server.messages) >= 2, timeout=40, message="the resolved mail")
+    assert services.sweep_alerts() == 0
+    wait_for(
+        lambda: not OutboundEmail.objects.filter(status="queued").exists(),
+        timeout=20,
+        message="the outbox to drain",
+    )
+    subjects = [m["Subject"] for m in smtp_server.messages]
+    assert len(subjects) == 2 and subjects[1].startswith("[Resolved]"), subjects
+    alert.refresh_from_db()
+    assert alert.state == "resolved"
