@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from celery import current_app
@@ -19,6 +20,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from orchestration import sealing
@@ -132,7 +134,8 @@ def notice_queue(*, alert: Alert, rule: AlertRule, notice: str) -> None:
     elif rule.mail_addresses or rule.mail_group_id:
         entry["mail"] = {"status": "no recipients"}
     if rule.webhook_url:
-        entry["webhook"] = {"status": "pending", "attempts": 0}
+        # ``due``: when the next attempt may start (the sweeper's clock for a lost message).
+        entry["webhook"] = {"status": "pending", "attempts": 0, "due": timezone.now().isoformat()}
         alert_id = alert.pk
         transaction.on_commit(lambda: enqueue_webhook(alert_id, notice))
     alert.deliveries = {**(alert.deliveries or {}), notice: entry}
@@ -180,10 +183,15 @@ def alert_webhook_deliver(*, alert_id: int, notice: str) -> str:
         webhook = ((alert.deliveries or {}).get(notice) or {}).get("webhook") if alert else None
         if alert is None or not webhook or webhook.get("status") != "pending":
             return "skipped"
+        started = timezone.now()
+        if _due(webhook) > started + webhooks.EARLY_SLACK:
+            return "not_due"  # a duplicate message, or another worker's attempt in flight
         rule = alert.rule
         attempt = int(webhook.get("attempts", 0)) + 1
         deliveries = dict(alert.deliveries)
-        deliveries[notice] = {**deliveries[notice], "webhook": {**webhook, "attempts": attempt}}
+        # Claimed for a lease past the task's time limit, as webhook deliveries are.
+        claim = {"attempts": attempt, "due": (started + webhooks._lease()).isoformat()}
+        deliveries[notice] = {**deliveries[notice], "webhook": {**webhook, **claim}}
         Alert.objects.filter(pk=alert_id).update(deliveries=deliveries)
     if not rule.webhook_url:
         _record(alert_id, notice, status="failed", error="the rule has no webhook URL any more")
@@ -210,6 +218,46 @@ def alert_webhook_deliver(*, alert_id: int, notice: str) -> str:
         _record(alert_id, notice, status="failed", status_code=code, at=now, error=error[:300])
         log.warning("alert %s %s webhook failed after %d attempts", alert_id, notice, attempt)
         return "failed"
-    _record(alert_id, notice, status_code=code, at=now, error=error[:300])
-    enqueue_webhook(alert_id, notice, countdown=webhooks.backoff(attempt).total_seconds())
+    wait = webhooks.backoff(attempt)
+    due = (timezone.now() + wait).isoformat()
+    _record(alert_id, notice, status_code=code, at=now, error=error[:300], due=due)
+    enqueue_webhook(alert_id, notice, countdown=wait.total_seconds())
     return "retrying"
+
+
+def _due(webhook: dict[str, Any]) -> datetime:
+    try:
+        return datetime.fromisoformat(webhook["due"])
+    except (KeyError, TypeError, ValueError):
+        return datetime.min.replace(tzinfo=UTC)
+
+
+def ring_lost_webhooks(*, now: datetime, grace: timedelta, batch: int) -> int:
+    """Send again the webhook task of notices still pending past their due time plus
+    ``grace`` (the message was lost: broker down at commit, Redis flushed). Locks each alert
+    with ``skip_locked`` and re-checks under the lock. Returns how many were rung."""
+    pending = Q()
+    for notice in NOTICES:
+        pending |= Q(**{f"deliveries__{notice}__webhook__status": "pending"})
+    ids = list(Alert.objects.filter(pending).order_by("pk").values_list("pk", flat=True)[:batch])
+    rung = 0
+    for pk in ids:
+        with transaction.atomic():
+            alert = Alert.objects.select_for_update(skip_locked=True).filter(pk=pk).first()
+            if alert is None:
+                continue
+            deliveries = dict(alert.deliveries or {})
+            for notice in NOTICES:
+                webhook = (deliveries.get(notice) or {}).get("webhook")
+                if not webhook or webhook.get("status") != "pending":
+                    continue
+                if _due(webhook) > now - grace:
+                    continue
+                deliveries[notice] = {
+                    **deliveries[notice],
+                    "webhook": {**webhook, "due": now.isoformat()},
+                }
+                transaction.on_commit(lambda a=pk, n=notice: enqueue_webhook(a, n))
+                rung += 1
+            Alert.objects.filter(pk=pk).update(deliveries=deliveries)
+    return rung

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -31,7 +31,7 @@ from orchestration import sealing
 
 from ..models import Alert, AlertRule, AlertState
 from .conditions import Finding, get_condition, schedule_subject
-from .delivery import notice_queue
+from .delivery import notice_queue, ring_lost_webhooks
 
 log = logging.getLogger("signoff.alerts")
 
@@ -266,9 +266,10 @@ def _sweep_rule(rule: AlertRule, now: datetime, batch: int) -> int:
 
 def sweep_alerts(*, now: datetime | None = None, batch: int | None = None) -> int:
     """For each enabled rule: resolve its firing alerts whose subject recovered, then fire for
-    what its condition finds now, at most ``SIGNOFF_ALERT_BATCH`` of each per rule. Safe to run
-    concurrently (skip-locked resolves, the unique firing index). A failing rule is logged and
-    the others go on. Returns how many alerts fired or resolved."""
+    what its condition finds now, at most ``SIGNOFF_ALERT_BATCH`` of each per rule; then ring
+    again for webhook notices whose message was lost. Safe to run concurrently (skip-locked
+    resolves and rings, the unique firing index). A failing rule is logged and the others go
+    on. Returns how many alerts fired or resolved."""
     now = now or timezone.now()
     batch = batch or getattr(settings, "SIGNOFF_ALERT_BATCH", 200)
     acted = 0
@@ -277,6 +278,12 @@ def sweep_alerts(*, now: datetime | None = None, batch: int | None = None) -> in
             acted += _sweep_rule(rule, now, batch)
         except Exception:  # noqa: BLE001 - isolate a failing rule
             log.exception("alert sweeper failed on rule %s", rule.pk)
-    if acted:
-        log.info("alert sweeper fired or resolved %d alerts", acted)
+    grace = timedelta(seconds=getattr(settings, "SIGNOFF_WEBHOOK_GRACE_SECONDS", 60))
+    try:
+        rung = ring_lost_webhooks(now=now, grace=grace, batch=batch)
+    except Exception:  # noqa: BLE001 - the next run tries again
+        log.exception("alert sweeper could not ring lost webhook notices")
+        rung = 0
+    if acted or rung:
+        log.info("alert sweeper: %d fired or resolved, %d webhook notices rung", acted, rung)
     return acted

@@ -345,7 +345,9 @@ def test_the_webhook_notice_is_signed_masked_and_retried(
     endpoint: Callable[..., Endpoint],  # noqa: F811
     django_capture_on_commit_callbacks: Any,
     sent: dict[str, list],
+    settings: Any,
 ) -> None:
+    settings.SIGNOFF_WEBHOOK_BACKOFF_SECONDS = 0  # the retry is due at once
     server = endpoint(500)
     hook = rule("instance_failed", webhook_url=server.url)
     finding = conditions.Finding(
@@ -372,6 +374,27 @@ def test_the_webhook_notice_is_signed_masked_and_retried(
     alert.refresh_from_db()
     webhook = alert.deliveries["fired"]["webhook"]
     assert webhook["status"] == "delivered" and webhook["attempts"] == 2
+
+
+def test_a_lost_webhook_message_is_rung_again_by_the_sweeper_once(
+    django_capture_on_commit_callbacks: Any, sent: dict[str, list]
+) -> None:
+    hook = rule("schedule_missed", webhook_url="https://hooks.example.com/alerts")
+    alert = services.alert_fire(rule=hook, finding=conditions.Finding(subject="s", title="t"))
+    assert sent["webhook"] == []  # the message was lost (never sent: no commit here)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert services.sweep_alerts() == 0  # within the grace period: left alone
+    assert sent["webhook"] == []
+    later = timezone.now() + timedelta(minutes=5)
+    with django_capture_on_commit_callbacks(execute=True):
+        services.sweep_alerts(now=later)
+        services.sweep_alerts(now=later)  # rung just now: not again
+    assert sent["webhook"] == [(alert.pk, "fired", None)]
+    # An early duplicate of a claimed attempt does nothing.
+    Alert.objects.filter(pk=alert.pk).update(
+        deliveries={"fired": {"webhook": {"status": "pending", "due": later.isoformat()}}}
+    )
+    assert delivery.alert_webhook_deliver(alert_id=alert.pk, notice="fired") == "not_due"
 
 
 def test_mail_holds_no_sealed_or_secret_value() -> None:
