@@ -497,6 +497,11 @@ OPS: dict[str, Op] = {
     ),
     "POST /inbox/bulk/ approve": Op(_bulk_approve, writes=True, judge=_bulk_judge),
     # Alerts: rules are the admin's to change; operators resolve an alert by hand.
+    "GET /api/v1/alerts/": Op(
+        lambda c, w: c.get("/api/v1/alerts/"),
+        api=True,
+        listed=lambda r, w: w.alert_id in {a["id"] for a in r.json()["results"]},
+    ),
     "GET admin: alerts changelist": Op(lambda c, w: c.get("/admin/integrations/alert/")),
     "GET admin: alert change view": Op(
         lambda c, w: c.get(f"/admin/integrations/alert/{w.alert_id}/change/")
@@ -586,6 +591,7 @@ MATRIX: dict[str, tuple[Any, ...]] = {
     "POST admin: bulk action cancel":               (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, 403, DONE, DONE),  # noqa: E501
     "POST admin: instance operate cancel":          (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 404, 403, DONE, DONE),  # noqa: E501
     "POST /inbox/bulk/ approve":                    (LOGIN, REFUSED, DONE, REFUSED, REFUSED, REFUSED, REFUSED),  # noqa: E501
+    "GET /api/v1/alerts/":                          (401, 403, 403, 403, LISTED, LISTED, LISTED),  # noqa: E501
     "GET admin: alerts changelist":                 (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, 200, 200, 200),  # noqa: E501
     "GET admin: alert change view":                 (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, 200, 200, 200),  # noqa: E501
     "POST admin: alert resolve now":                (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, 403, DONE, DONE),  # noqa: E501

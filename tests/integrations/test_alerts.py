@@ -557,3 +557,36 @@ def test_e2e_a_failed_workflow_mails_one_alert_then_one_resolved_notice(
     assert len(subjects) == 2 and subjects[1].startswith("[Resolved]"), subjects
     alert.refresh_from_db()
     assert alert.state == "resolved"
+
+
+# -- the read API ----------------------------------------------------------------------------------
+
+
+def test_the_alerts_api_lists_filters_and_refuses(
+    django_user_model: Any, django_assert_max_num_queries: Any
+) -> None:
+    from django.contrib.auth.models import Permission
+    from rest_framework.test import APIClient
+
+    watching = rule("schedule_missed")
+    for n in range(5):
+        services.alert_fire(rule=watching, finding=conditions.Finding(subject=f"s{n}", title="t"))
+    services.alert_resolve(alert_id=Alert.objects.order_by("pk").first().pk)
+    viewer = django_user_model.objects.create_user("vera", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_alert"))
+    client = APIClient()
+    client.force_authenticate(django_user_model.objects.get(pk=viewer.pk))
+    with django_assert_max_num_queries(4):
+        body = client.get("/api/v1/alerts/").json()
+    assert len(body["results"]) == 5 and body["results"][0]["rule"] == watching.name
+    firing = client.get("/api/v1/alerts/?state=firing").json()["results"]
+    assert len(firing) == 4 and {a["state"] for a in firing} == {"firing"}
+    assert len(client.get(f"/api/v1/alerts/?rule={watching.pk}").json()["results"]) == 5
+    for bad in ("state=burning", "rule=abc", "condition=nope", "page_size=0"):
+        response = client.get(f"/api/v1/alerts/?{bad}")
+        assert response.status_code == 400 and response.json()["code"], bad
+    plain = APIClient()
+    plain.force_authenticate(django_user_model.objects.create_user("sam", is_staff=True))
+    response = plain.get("/api/v1/alerts/")
+    assert response.status_code == 403 and response.json()["code"] == "permission_denied"
+    assert APIClient().get("/api/v1/alerts/").status_code == 401
