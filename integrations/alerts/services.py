@@ -259,8 +259,17 @@ def _sweep_rule(rule: AlertRule, now: datetime, batch: int) -> int:
                 if subject in recovered:
                     acted += alert_resolve(alert_id=pk, now=now, skip_locked=True)
     if condition.find is not None:
-        for finding in _fresh(rule, list(condition.find(rule, now, batch))):
-            acted += alert_fire(rule=rule, finding=finding, now=now) is not None
+        findings = _fresh(rule, list(condition.find(rule, now, batch)))
+        # Still firing: seen again, counted in one statement (no row locks, no notice).
+        firing = Alert.objects.filter(
+            rule=rule, state=AlertState.FIRING, subject__in=[f.subject for f in findings]
+        )
+        seen = set(firing.values_list("subject", flat=True))
+        if seen:
+            firing.update(last_seen_at=now, times_seen=F("times_seen") + 1)
+        for finding in findings:
+            if finding.subject not in seen:
+                acted += alert_fire(rule=rule, finding=finding, now=now) is not None
     return acted
 
 

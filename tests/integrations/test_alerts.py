@@ -212,6 +212,19 @@ def test_repeated_firing_of_one_subject_keeps_one_alert() -> None:
     assert alert.times_seen == 4 and len(alert_mails()) == 1
 
 
+def test_the_database_refuses_a_second_firing_alert_for_one_subject() -> None:
+    from django.db import IntegrityError, transaction
+
+    watching = rule("instance_failed")
+    first = services.alert_fire(rule=watching, finding=conditions.Finding(subject="x", title="t"))
+    now = timezone.now()
+    row = {"rule": watching, "condition": "instance_failed", "subject": "x", "title": "t"}
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Alert.objects.create(**row, first_fired_at=now, last_seen_at=now)
+    services.alert_resolve(alert_id=first.pk)
+    Alert.objects.create(**row, first_fired_at=now, last_seen_at=now)  # resolved ones don't count
+
+
 def test_failures_before_the_rule_existed_are_not_news() -> None:
     instance_row("failed", finished_at=timezone.now() - timedelta(hours=1))
     rule("instance_failed")
