@@ -507,28 +507,17 @@ class MailingWorker(WorkerProcess):
 
 
 @pytest.fixture
-def mailing_worker(
-    celery_worker_process: WorkerProcess,
-    smtp_server: Any,
-    redis_client: Any,
-    transactional_db: Any,
-    settings: Any,
-) -> Iterator[MailingWorker]:
-    """A worker whose mail goes over SMTP to ``smtp_server``; the session's worker stops
-    meanwhile so that no other worker takes the mail tasks."""
-    celery_worker_process.quiesce()
-    celery_worker_process.stop()
-    worker = MailingWorker(
+def mailing_worker(worker: WorkerProcess, smtp_server: Any, settings: Any) -> Iterator[Any]:
+    """Stands in for the shared worker (stopped meanwhile, so that no other worker takes the
+    mail tasks; the ``worker`` fixture starts it again afterwards)."""
+    worker.stop()
+    own = MailingWorker(
         settings.DATABASES["default"]["NAME"], f"smtp://127.0.0.1:{settings.EMAIL_PORT}"
     )
-    redis_client.delete("signoff")
-    worker.start()
-    try:
-        yield worker
-    finally:
-        worker.quiesce()
-        worker.stop()
-        celery_worker_process.start()
+    own.start()
+    yield own
+    own.quiesce()
+    own.stop()
 
 
 @pytest.mark.e2e
