@@ -125,6 +125,9 @@ def test_a_group_or_a_webhook_is_a_channel_too() -> None:
 
 def test_the_admin_refuses_a_bad_rule_and_saves_a_good_one(admin_client: Any) -> None:
     url = "/admin/integrations/alertrule/add/"
+    form = admin_client.get(url).content.decode()
+    for condition in ("instance_failed", "instance_stuck", "approval_overdue", "schedule_missed"):
+        assert f'value="{condition}"' in form
     base = {"name": "stuck", "condition": "instance_stuck", "workflow": "", "enabled": "on"}
     response = admin_client.post(
         url, {**base, "stuck_after": "-01:00:00", "mail_to": "ops@example.com"}
@@ -137,7 +140,12 @@ def test_the_admin_refuses_a_bad_rule_and_saves_a_good_one(admin_client: Any) ->
         url, {**base, "stuck_after": "01:00:00", "mail_to": "ops@example.com"}
     )
     assert response.status_code == 302
-    assert AlertRule.objects.get().stuck_after == timedelta(hours=1)
+    made = AlertRule.objects.get()
+    assert made.stuck_after == timedelta(hours=1) and made.webhook_secret.startswith("whsec_")
+    listing = admin_client.get("/admin/integrations/alertrule/")
+    assert listing.status_code == 200 and b"stuck" in listing.content
+    page = admin_client.get(f"/admin/integrations/alertrule/{made.pk}/change/")
+    assert page.status_code == 200 and made.webhook_secret.encode() in page.content
 
 
 # -- instance_failed: fired by the event, deduplicated, resolved by the retry ----------------------
