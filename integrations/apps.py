@@ -18,13 +18,14 @@ class IntegrationsConfig(AppConfig):
         # erase hooks, the webhook admins, and the tasks the services send by name
         from . import alert_admin, erasure, tasks, webhook_admin  # noqa: F401
         from .alerts import services as alerts
-        from .metrics import email_metrics
+        from .metrics import alert_metrics, email_metrics
         from .webhooks import on_event_committed
 
         event_committed.connect(on_event_committed, dispatch_uid="integrations.webhooks")
         event_committed.connect(alerts.on_event_committed, dispatch_uid="integrations.alerts")
         schedule_missed.connect(alerts.on_schedule_missed, dispatch_uid="integrations.alerts")
         register_collector("integrations", email_metrics)
+        register_collector("integrations_alerts", alert_metrics)
         from django.db.models.signals import post_delete, post_save
 
         from .models import AlertRule, WebhookSubscription

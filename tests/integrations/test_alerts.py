@@ -226,6 +226,17 @@ def test_a_quiet_instance_alerts_and_resolves_when_it_progresses() -> None:
     assert [m.kind for m in alert_mails()] == ["alert_fired", "alert_resolved"]
 
 
+def test_firing_alerts_are_counted_on_metrics() -> None:
+    from integrations.metrics import alert_metrics
+
+    rule("instance_stuck", stuck_after=timedelta(hours=2))
+    instance_row("running", quiet_for=timedelta(hours=3))
+    services.sweep_alerts()
+    [family] = alert_metrics()
+    counts = {sample.labels["condition"]: sample.value for sample in family.samples}
+    assert counts["instance_stuck"] == 1 and counts["instance_failed"] == 0
+
+
 def test_an_alert_resolved_by_hand_is_not_fired_again_for_the_same_trouble() -> None:
     rule("instance_stuck", stuck_after=timedelta(hours=2))
     stuck = instance_row("running", quiet_for=timedelta(hours=3))
