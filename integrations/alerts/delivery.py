@@ -169,8 +169,9 @@ def _record(alert_id: int, notice: str, **changes: Any) -> dict[str, Any] | None
 def alert_webhook_deliver(*, alert_id: int, notice: str) -> str:
     """POST one notice of an alert to its rule's URL, signed. Returns ``delivered``,
     ``retrying`` (the task sends it again later), ``failed`` (after
-    ``SIGNOFF_WEBHOOK_MAX_ATTEMPTS``) or ``skipped`` (not pending: already delivered, a
-    duplicate message). The attempt is claimed under the row lock (skip_locked) before the
+    ``SIGNOFF_WEBHOOK_MAX_ATTEMPTS``), ``not_due`` (an attempt is claimed and in flight, or
+    the next one is not due yet) or ``skipped`` (not pending: already delivered, a duplicate
+    message). The attempt is claimed under the row lock (skip_locked) before the
     POST, which runs outside any transaction; receivers dedupe on ``X-Signoff-Delivery``
     (``alert-<id>-<notice>``)."""
     with transaction.atomic():
@@ -190,7 +191,7 @@ def alert_webhook_deliver(*, alert_id: int, notice: str) -> str:
         attempt = int(webhook.get("attempts", 0)) + 1
         deliveries = dict(alert.deliveries)
         # Claimed for a lease past the task's time limit, as webhook deliveries are.
-        claim = {"attempts": attempt, "due": (started + webhooks._lease()).isoformat()}
+        claim = {"attempts": attempt, "due": (started + webhooks.lease()).isoformat()}
         deliveries[notice] = {**deliveries[notice], "webhook": {**webhook, **claim}}
         Alert.objects.filter(pk=alert_id).update(deliveries=deliveries)
     if not rule.webhook_url:
