@@ -27,12 +27,14 @@ class ApprovalsConfig(AppConfig):
             services,
             tasks,  # the render task the sweepers send by name
         )
+        from .alerting import register as register_alert_conditions
         from .context import comment_details, instance_reader
         from .lifecycle import on_event_committed
         from .metrics import approval_metrics
         from .status_links import approval_step_links
         from .timeline import APPROVAL_EVENTS
 
+        register_alert_conditions()
         register_step_links(approval_step_links)
         register_instance_reader(instance_reader)
         register_timeline_details(comment_details)

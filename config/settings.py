@@ -359,6 +359,11 @@ SIGNOFF_WEBHOOK_KEEP_DAYS = env_int("SIGNOFF_WEBHOOK_KEEP_DAYS", 30)
 SIGNOFF_WEBHOOK_SUBSCRIPTION_CACHE_SECONDS = env_float(
     "SIGNOFF_WEBHOOK_SUBSCRIPTION_CACHE_SECONDS", 5.0
 )
+# Alerts (integrations.alerts): seconds a process keeps the enabled rules before reading them
+# again; hosts an http:// (not https://) alert webhook may name; the sweeper's batch.
+SIGNOFF_ALERT_RULE_CACHE_SECONDS = env_float("SIGNOFF_ALERT_RULE_CACHE_SECONDS", 5.0)
+SIGNOFF_ALERT_HTTP_HOSTS = env_list("SIGNOFF_ALERT_HTTP_HOSTS")
+SIGNOFF_ALERT_BATCH = env_int("SIGNOFF_ALERT_BATCH", 200)
 # Email action links: lifetime (never past the request's resolution) and failure rate limit.
 SIGNOFF_LINK_MAX_AGE_SECONDS = env_int("SIGNOFF_LINK_MAX_AGE_SECONDS", 7 * 24 * 3600)
 SIGNOFF_LINK_FAILURES_PER_IP = env_int("SIGNOFF_LINK_FAILURES_PER_IP", 20)

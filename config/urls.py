@@ -29,5 +29,6 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     # approvals first: the orchestration API ends with a JSON catch-all 404
     path("api/v1/approvals/", include("approvals.api.urls")),
+    path("api/v1/alerts/", include("integrations.api.urls")),
     path("api/v1/", include("orchestration.api.urls")),
 ]

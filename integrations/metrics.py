@@ -1,4 +1,5 @@
-"""The outbox's family on ``/metrics``: outbound mails by delivery status. Registered with
+"""The integrations' families on ``/metrics``: outbound mails by delivery status, firing
+alerts by condition. Registered with
 :func:`orchestration.metrics.register_collector` from ``IntegrationsConfig.ready()``."""
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from collections.abc import Iterator
 from django.db.models import Count
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from .models import OutboundEmail
+from .models import Alert, AlertCondition, OutboundEmail
 
 
 def email_metrics() -> Iterator[Metric]:
@@ -21,4 +22,19 @@ def email_metrics() -> Iterator[Metric]:
         counts[row["status"]] = row["n"]
     for status, n in sorted(counts.items()):
         family.add_metric([status], n)
+    yield family
+
+
+def alert_metrics() -> Iterator[Metric]:
+    """Firing alerts by condition (zero for each condition with none)."""
+    family = GaugeMetricFamily(
+        "signoff_alerts_firing", "Alerts firing now, by condition.", labels=["condition"]
+    )
+    counts = dict.fromkeys(AlertCondition.values, 0)
+    for row in (
+        Alert.objects.filter(state="firing").values("condition").annotate(n=Count("pk")).order_by()
+    ):
+        counts[row["condition"]] = row["n"]
+    for condition, n in sorted(counts.items()):
+        family.add_metric([condition], n)
     yield family

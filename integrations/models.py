@@ -14,6 +14,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
+from django_fsm import FSMField, FSMModelMixin, transition
 
 
 class OutboundEmail(models.Model):
@@ -188,3 +189,122 @@ class WebhookDelivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event_type} → {self.subscription_id} #{self.pk}"
+
+
+# -- alerts ----------------------------------------------------------------------------------------
+
+
+class AlertCondition(models.TextChoices):
+    """The conditions an alert rule may watch. Each is implemented by a condition registered in
+    :mod:`integrations.alerts.conditions` (``approval_overdue`` by the approvals app)."""
+
+    INSTANCE_FAILED = "instance_failed", "instance failed"
+    INSTANCE_STUCK = "instance_stuck", "instance stuck (no progress for a while)"
+    APPROVAL_OVERDUE = "approval_overdue", "approval overdue (past its due time)"
+    SCHEDULE_MISSED = "schedule_missed", "schedule missed or skipped a fire"
+    COMPENSATION_FAILED = "compensation_failed", "compensation failed (a saga could not undo)"
+
+
+class AlertRule(models.Model):
+    """What operators want to hear about, and where. Validation lives in :meth:`clean` (the
+    admin's form runs it; :func:`integrations.alerts.services.alert_rule_save` too)."""
+
+    name = models.CharField(max_length=100, unique=True)
+    condition = models.CharField(max_length=40, choices=AlertCondition.choices)
+    workflow = models.CharField(
+        max_length=100, blank=True, default="", help_text="Only this workflow (empty: every one)."
+    )
+    stuck_after = models.DurationField(
+        null=True,
+        blank=True,
+        help_text="instance_stuck: no progress for this long (e.g. 01:00:00 for an hour).",
+    )
+    overdue_grace = models.DurationField(
+        null=True,
+        blank=True,
+        help_text="approval_overdue: fire this long after the due time (empty: at once).",
+    )
+    mail_to = models.TextField(
+        blank=True, default="", help_text="Mail addresses, one per line or comma-separated."
+    )
+    mail_group = models.ForeignKey(
+        "auth.Group",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="Also mail the active members of this group (with an address).",
+    )
+    webhook_url = models.URLField(
+        max_length=500, blank=True, default="", help_text="https:// endpoint to POST alerts to."
+    )
+    # The receiver checks X-Signoff-Signature with it (as for webhook subscriptions).
+    webhook_secret = models.CharField(max_length=100, default=new_webhook_secret, editable=False)
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def mail_addresses(self) -> list[str]:
+        """The addresses written in ``mail_to`` (not the group's members)."""
+        return [a.strip() for a in self.mail_to.replace(",", "\n").splitlines() if a.strip()]
+
+    def clean(self) -> None:
+        from .alerts.rules import rule_problems
+
+        if errors := rule_problems(self):
+            raise ValidationError(errors)
+
+
+class AlertState(models.TextChoices):
+    FIRING = "firing"
+    RESOLVED = "resolved"
+
+
+class Alert(FSMModelMixin, models.Model):
+    """One rule firing for one subject (an instance, an approval request, a schedule) until
+    the subject recovers. At most one firing alert per (rule, subject): the partial unique
+    index is the deduplication. ``deliveries`` says, per notice (``fired``, ``resolved``) and
+    channel (``mail``, ``webhook``), what was sent and how it went."""
+
+    rule = models.ForeignKey(AlertRule, on_delete=models.CASCADE, related_name="alerts")
+    condition = models.CharField(max_length=40)
+    subject = models.CharField(max_length=200, help_text="e.g. instance:<id>, approval:<id>")
+    instance_id = models.UUIDField(null=True, blank=True)
+    title = models.CharField(max_length=300)
+    # What the condition found (masked: never a sealed value).
+    details = models.JSONField(default=dict, blank=True, encoder=DjangoJSONEncoder)
+    state = FSMField(default=AlertState.FIRING, choices=AlertState.choices, protected=True)
+    first_fired_at = models.DateTimeField()
+    last_seen_at = models.DateTimeField()
+    times_seen = models.PositiveIntegerField(default=1)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    resolved_by = models.CharField(max_length=200, blank=True, default="")
+    deliveries = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-first_fired_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["rule", "subject"],
+                condition=Q(state="firing"),
+                name="alert_firing_once",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["rule", "id"], name="alert_firing", condition=Q(state="firing")),
+            models.Index(fields=["instance_id"], name="alert_instance"),
+        ]
+        permissions = [("resolve_alert", "Can resolve a firing alert by hand")]
+
+    def __str__(self) -> str:
+        return f"{self.rule_id}: {self.title} ({self.state})"
+
+    @transition(field=state, source=AlertState.FIRING, target=AlertState.RESOLVED)
+    def resolve(self) -> None:
+        """The subject recovered (or an operator said so)."""

@@ -7,6 +7,8 @@ from __future__ import annotations
 from celery import shared_task
 
 from . import mail, webhooks
+from .alerts import delivery as alert_delivery
+from .alerts import services as alert_services
 
 
 @shared_task(
@@ -56,3 +58,19 @@ def deliver_webhook(delivery_id: int) -> str:
 @shared_task(name="integrations.sweep_webhooks", ignore_result=True)
 def sweep_webhooks() -> int:
     return webhooks.sweep_webhooks()
+
+
+@shared_task(
+    name=alert_delivery.DELIVER_ALERT_WEBHOOK,
+    acks_late=True,
+    ignore_result=True,
+    soft_time_limit=60,
+    time_limit=90,
+)
+def deliver_alert_webhook(alert_id: int, notice: str) -> str:
+    return alert_delivery.alert_webhook_deliver(alert_id=alert_id, notice=notice)
+
+
+@shared_task(name="integrations.sweep_alerts", ignore_result=True)
+def sweep_alerts() -> int:
+    return alert_services.sweep_alerts()

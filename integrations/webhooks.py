@@ -282,6 +282,11 @@ def _post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int | None, s
     return code, f"HTTP {code}"
 
 
+# Public: alert notices (:mod:`integrations.alerts.delivery`) POST through the same door and
+# claim their attempts for the same lease (``lease`` is defined below).
+post = _post
+
+
 def _remember(delivery: WebhookDelivery, entry: dict[str, Any]) -> None:
     delivery.history = [*(delivery.history or []), entry][-HISTORY_KEEP:]
 
@@ -290,6 +295,9 @@ def _lease() -> timedelta:
     """How long a claimed attempt keeps others away: past the task's hard time limit, so a
     second attempt starts only when the first is surely over (or its worker died)."""
     return timedelta(seconds=float(_setting("SIGNOFF_WEBHOOK_TIMEOUT", 5)) + 90)
+
+
+lease = _lease
 
 
 def webhook_deliver(*, delivery_id: int) -> str:

@@ -250,3 +250,38 @@ def instance_for_signature(*, instance_id: Any) -> WorkflowInstance:
     if instance is None:
         raise NotFound("instance not found")
     return instance
+
+
+# -- for watchers (the alert rules in integrations) ----------------------------------------------
+
+_BRIEF = ("id", "workflow", "version", "state", "error", "business_key", "updated_at", "paused_at")
+
+
+def instances_by_id(ids: list[Any]) -> dict[str, WorkflowInstance]:
+    """The named instances (a few columns), keyed by their id as text; unknown ids are left
+    out. One query."""
+    return {
+        str(i.pk): i
+        for i in WorkflowInstance.objects.filter(pk__in=list(ids)).only(*_BRIEF).order_by()
+    }
+
+
+def quiet_instances(*, before: Any, workflow: str = "", limit: int = 200) -> list[WorkflowInstance]:
+    """Pending or running instances, not paused, whose last event is older than ``before``
+    (no progress since), oldest first, at most ``limit``."""
+    qs = WorkflowInstance.objects.filter(
+        state__in=(InstanceState.PENDING, InstanceState.RUNNING),
+        paused_at__isnull=True,
+        updated_at__lt=before,
+    )
+    if workflow:
+        qs = qs.filter(workflow=workflow)
+    return list(qs.only(*_BRIEF).order_by("updated_at")[:limit])
+
+
+def failed_instances(*, since: Any, workflow: str = "", limit: int = 200) -> list[WorkflowInstance]:
+    """Failed instances that finished at or after ``since``, oldest first, at most ``limit``."""
+    qs = WorkflowInstance.objects.filter(state=InstanceState.FAILED, finished_at__gte=since)
+    if workflow:
+        qs = qs.filter(workflow=workflow)
+    return list(qs.only(*_BRIEF, "finished_at").order_by("finished_at")[:limit])

@@ -5,3 +5,6 @@ from django.dispatch import Signal
 
 # Sent once per committed event with ``event`` (an ``orchestration.models.Event``).
 event_committed = Signal()
+
+# Sent on commit when a schedule's fire is missed or skipped (schedule_id, schedule_name, fire_time, reason).
+schedule_missed = Signal()

@@ -29,3 +29,7 @@ LOGGING["root"]["level"] = "WARNING"  # noqa: F405
 # The suite sends invalid tokens from one address on purpose (schemathesis' auth probes, the
 # 401 tests): the throttle's own tests set the production limit back.
 SIGNOFF_TOKEN_FAILURES_PER_IP = 1_000_000
+# Alert rules made by a test reach the worker at once; the alert tests' webhook receivers
+# listen on plain http on the loopback.
+SIGNOFF_ALERT_RULE_CACHE_SECONDS = 0.0
+SIGNOFF_ALERT_HTTP_HOSTS = ["127.0.0.1", "localhost"]

@@ -48,6 +48,9 @@ from rest_framework.test import APIClient
 
 from approvals import mail_preferences, notifications
 from approvals.models import ActionToken, ApprovalRequest, Decision, MailPreference
+from integrations.alerts.conditions import Finding
+from integrations.alerts.services import alert_fire
+from integrations.models import Alert, AlertRule
 from orchestration import engine
 from orchestration.models import Event, StepRun, WorkflowInstance
 
@@ -70,6 +73,8 @@ VIEW_PERMISSIONS = [
     "approvals.view_approvalrequest",
     "approvals.view_decision",
     "integrations.view_outboundemail",
+    "integrations.view_alert",
+    "integrations.view_alertrule",
     "authtoken.view_tokenproxy",
 ]
 
@@ -93,6 +98,7 @@ class World:
     failed: WorkflowInstance  # alice's, failed in validate
     waiting: WorkflowInstance  # alice's onboarding, waiting for setup_completed
     links: dict[str, str] = field(default_factory=dict)  # person -> signed link token
+    alert_id: int = 0  # a firing alert (a missed schedule)
 
 
 def _run_scheduled(instance: WorkflowInstance) -> None:
@@ -127,7 +133,13 @@ def _make_world() -> World:
         "staff": person("sam", staff=True),
         "viewer": person("vera", staff=True, perms=tuple(VIEW_PERMISSIONS)),
         "operator": person(
-            "otto", staff=True, perms=(*VIEW_PERMISSIONS, "orchestration.operate_instance")
+            "otto",
+            staff=True,
+            perms=(
+                *VIEW_PERMISSIONS,
+                "orchestration.operate_instance",
+                "integrations.resolve_alert",
+            ),
         ),
         "superuser": User.objects.create_superuser("root", "root@example.com", "pw-root-123"),
         "other": person("carol"),  # no role in the expense: a "wrong person" for links
@@ -160,7 +172,13 @@ def _make_world() -> World:
     tokens = {
         role: Token.objects.create(user=user).key for role, user in users.items() if role != "other"
     }
-    return World(users, tokens, expense, approval, failed, waiting, links)
+    alert = alert_fire(
+        rule=AlertRule.objects.create(
+            name="missed", condition="schedule_missed", mail_to="ops@example.com"
+        ),
+        finding=Finding(subject="schedule:1", title="nightly missed"),
+    )
+    return World(users, tokens, expense, approval, failed, waiting, links, alert.pk)
 
 
 @pytest.fixture(scope="module")
@@ -210,6 +228,8 @@ def snapshot() -> tuple:
         ),
         sorted(get_user_model().objects.values_list("username", "is_active")),
         sorted(MailPreference.objects.values_list("user_id", "mode", "digest_hour", "time_zone")),
+        sorted(Alert.objects.values_list("pk", "state")),
+        sorted(AlertRule.objects.values_list("name", "condition", "enabled")),
     )
 
 
@@ -276,6 +296,27 @@ def _reassign(users: str) -> Callable[[Client, World], HttpResponse]:
         )
 
     return call
+
+
+def _resolve_alert(c: Client, w: World) -> HttpResponse:
+    return c.post(
+        "/admin/integrations/alert/",
+        {"action": "resolve_now", "_selected_action": [str(w.alert_id)], "index": "0"},
+    )
+
+
+def _add_alert_rule(c: Client, w: World) -> HttpResponse:
+    return c.post(
+        "/admin/integrations/alertrule/add/",
+        {
+            "name": "stuck",
+            "condition": "instance_stuck",
+            "workflow": "",
+            "stuck_after": "01:00:00",
+            "mail_to": "ops@example.com",
+            "enabled": "on",
+        },
+    )
 
 
 def _bulk_approve(c: Client, w: World) -> HttpResponse:
@@ -455,6 +496,19 @@ OPS: dict[str, Op] = {
         writes=True,
     ),
     "POST /inbox/bulk/ approve": Op(_bulk_approve, writes=True, judge=_bulk_judge),
+    # Alerts: rules are the admin's to change; operators resolve an alert by hand.
+    "GET /api/v1/alerts/": Op(
+        lambda c, w: c.get("/api/v1/alerts/"),
+        api=True,
+        listed=lambda r, w: w.alert_id in {a["id"] for a in r.json()["results"]},
+    ),
+    "GET admin: alerts changelist": Op(lambda c, w: c.get("/admin/integrations/alert/")),
+    "GET admin: alert change view": Op(
+        lambda c, w: c.get(f"/admin/integrations/alert/{w.alert_id}/change/")
+    ),
+    "POST admin: alert resolve now": Op(_resolve_alert, writes=True),
+    "GET admin: alert rules changelist": Op(lambda c, w: c.get("/admin/integrations/alertrule/")),
+    "POST admin: add an alert rule": Op(_add_alert_rule, writes=True),
     # Mail preferences: the page is the logged-in person's own; the signed link in bob's mails
     # changes bob's mode for whoever holds it, and nothing else.
     "GET /inbox/preferences/": Op(lambda c, w: c.get("/inbox/preferences/")),
@@ -537,6 +591,12 @@ MATRIX: dict[str, tuple[Any, ...]] = {
     "POST admin: bulk action cancel":               (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, 403, DONE, DONE),  # noqa: E501
     "POST admin: instance operate cancel":          (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 404, 403, DONE, DONE),  # noqa: E501
     "POST /inbox/bulk/ approve":                    (LOGIN, REFUSED, DONE, REFUSED, REFUSED, REFUSED, REFUSED),  # noqa: E501
+    "GET /api/v1/alerts/":                          (401, 403, 403, 403, LISTED, LISTED, LISTED),  # noqa: E501
+    "GET admin: alerts changelist":                 (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, 200, 200, 200),  # noqa: E501
+    "GET admin: alert change view":                 (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, 200, 200, 200),  # noqa: E501
+    "POST admin: alert resolve now":                (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, 403, DONE, DONE),  # noqa: E501
+    "GET admin: alert rules changelist":            (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, 200, 200, 200),  # noqa: E501
+    "POST admin: add an alert rule":                (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, 403, 403, DONE),  # noqa: E501
     "GET /inbox/preferences/":                      (LOGIN, 200, 200, 200, 200, 200, 200),
     "POST /inbox/preferences/ digest":              (LOGIN, DONE, DONE, DONE, DONE, DONE, DONE),
     "GET /mail/{bob's preferences link}/":          (200, 200, 200, 200, 200, 200, 200),

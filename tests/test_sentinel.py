@@ -33,7 +33,14 @@ from django.urls import NoReverseMatch, reverse
 from rest_framework.test import APIClient
 
 from approvals.models import ApprovalRequest
-from integrations.models import WEBHOOK_EVENTS, OutboundEmail, WebhookDelivery, WebhookSubscription
+from integrations.models import (
+    WEBHOOK_EVENTS,
+    Alert,
+    AlertRule,
+    OutboundEmail,
+    WebhookDelivery,
+    WebhookSubscription,
+)
 from orchestration import sealing
 from orchestration.models import WorkflowInstance
 from tests.conftest import WorkerProcess, wait_for
@@ -166,6 +173,7 @@ def responses(people: dict[str, Any], instances: list[WorkflowInstance]) -> dict
         for instance in instances:
             read(api_user, client, f"/api/v1/instances/{instance.pk}/")
             read(api_user, client, f"/api/v1/instances/{instance.pk}/history/")
+    read("viewer", viewer, "/api/v1/alerts/")
     read("approver", inbox, "/inbox/?state=all")
     read("approver", approver, "/api/v1/approvals/?state=all")
     for request in ApprovalRequest.objects.filter(instance__in=instances):
@@ -227,6 +235,13 @@ def test_a_sentinel_in_every_sealed_field_is_readable_nowhere_before_and_after_e
         WebhookSubscription.objects.create(
             name="everything", url=server.url, event_types=sorted(WEBHOOK_EVENTS)
         )
+        # An alert on the failure, by mail and by webhook: its notices hold no sealed value.
+        AlertRule.objects.create(
+            name="failures",
+            condition="instance_failed",
+            mail_to="ops@example.com",
+            webhook_url=server.url,
+        )
         starter = _api(people["starter"])
         said: dict[str, str] = {}  # what the API answered the starter and the approver
 
@@ -279,13 +294,14 @@ def test_a_sentinel_in_every_sealed_field_is_readable_nowhere_before_and_after_e
             lambda: (
                 not OutboundEmail.objects.exclude(status="sent").exists()
                 and not WebhookDelivery.objects.exclude(status="delivered").exists()
+                and Alert.objects.filter(deliveries__fired__webhook__status="delivered").exists()
             ),
             timeout=40,
             message="every mail sent and every webhook delivered",
         )
-        assert len(smtp_server.messages) == 2
+        assert len(smtp_server.messages) == 3  # two review requests, one alert
         delivered = {r["headers"]["X-Signoff-Event"] for r in server.requests}
-        assert {"approval_requested", "step_failed", "instance_failed"} <= delivered
+        assert {"approval_requested", "step_failed", "instance_failed", "alert_fired"} <= delivered
 
         # The control: the value is really there, sealed, and opens for who may see it.
         everything = database_text()

@@ -1,0 +1,234 @@
+"""Alerts in the admin. Rules are managed here (their checks are the model's ``clean``, run by
+the form); alerts are read-only history with one action, "resolve now", which needs
+``integrations.resolve_alert`` and goes through ``alert_resolve`` (one resolved notice per
+channel; an alert already resolved is left alone)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.db.models import Count, Q, QuerySet
+from django.http import HttpRequest
+from django.utils.html import format_html, format_html_join
+
+from orchestration.actors import actor_of
+from orchestration.admin.shared import ReadOnlyAdminMixin, StrictActionsMixin
+from orchestration.definitions import registry
+from orchestration.presentation import json_block, pill, status_url
+
+from .alerts.services import alert_resolve
+from .models import Alert, AlertRule, OutboundEmail
+
+CHANGE_LIST_TEMPLATE = "admin/integrations/outboundemail/change_list.html"
+CHANGE_FORM_TEMPLATE = "admin/integrations/outboundemail/change_form.html"
+RESOLVE_PERMISSION = "integrations.resolve_alert"
+
+
+class AlertRuleForm(forms.ModelForm):
+    webhook_url = forms.URLField(
+        max_length=500,
+        required=False,
+        assume_scheme="https",
+        help_text="https:// endpoint; POSTs are signed with the rule's secret.",
+    )
+    workflow = forms.ChoiceField(
+        choices=[], required=False, help_text="Only this workflow (empty: every one)."
+    )
+
+    class Meta:
+        model = AlertRule
+        fields = [
+            "name",
+            "condition",
+            "workflow",
+            "stuck_after",
+            "overdue_grace",
+            "mail_to",
+            "mail_group",
+            "webhook_url",
+            "enabled",
+        ]
+        widgets = {"mail_to": forms.Textarea(attrs={"rows": 3})}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        names = {workflow.name for workflow in registry.all()}
+        if self.instance.workflow:
+            names.add(self.instance.workflow)  # keep a name no longer registered
+        self.fields["workflow"].choices = [("", "every workflow")] + [
+            (name, name) for name in sorted(names)
+        ]
+
+
+@admin.register(AlertRule)
+class AlertRuleAdmin(admin.ModelAdmin):
+    form = AlertRuleForm
+    list_display = ["name", "condition", "workflow_filter", "channels", "enabled", "firing"]
+    list_filter = ["enabled", "condition"]
+    search_fields = ["name"]
+    change_list_template = CHANGE_LIST_TEMPLATE
+    change_form_template = CHANGE_FORM_TEMPLATE
+
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        fields = list(AlertRuleForm.Meta.fields)
+        if obj is not None:
+            fields += [self._secret_field(request, obj), "created_at"]
+        return fields
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return ["secret_shown", "secret_hidden", "created_at"]
+
+    def _secret_field(self, request: HttpRequest, obj: Any) -> str:
+        return "secret_shown" if self.has_change_permission(request, obj) else "secret_hidden"
+
+    @admin.display(description="webhook secret")
+    def secret_shown(self, obj: AlertRule) -> str:
+        return format_html("<code>{}</code>", obj.webhook_secret)
+
+    @admin.display(description="webhook secret")
+    def secret_hidden(self, obj: AlertRule) -> str:
+        return "•••••• (shown to who may change this rule)"
+
+    @admin.display(description="workflow")
+    def workflow_filter(self, obj: AlertRule) -> str:
+        return obj.workflow or "all"
+
+    @admin.display(description="channels")
+    def channels(self, obj: AlertRule) -> str:
+        parts = []
+        if obj.mail_addresses:
+            parts.append(f"{len(obj.mail_addresses)} address(es)")
+        if obj.mail_group_id:
+            parts.append("a group")
+        if obj.webhook_url:
+            parts.append("webhook")
+        return ", ".join(parts) or "—"
+
+    @admin.display(description="firing", ordering="firing_count")
+    def firing(self, obj: AlertRule) -> int:
+        return getattr(obj, "firing_count", 0)
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        # One query for the list, firing counts included.
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(firing_count=Count("alerts", filter=Q(alerts__state="firing")))
+        )
+
+
+@admin.register(Alert)
+class AlertAdmin(StrictActionsMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = [
+        "id",
+        "first_fired_at",
+        "rule",
+        "title",
+        "state_pill",
+        "times_seen",
+        "last_seen_at",
+        "resolved_at",
+    ]
+    list_filter = ["state", "rule", "condition"]
+    list_select_related = ["rule"]
+    search_fields = ["subject", "title"]
+    date_hierarchy = "first_fired_at"
+    show_full_result_count = False
+    list_per_page = 100
+    actions = ["resolve_now"]
+    change_list_template = CHANGE_LIST_TEMPLATE
+    change_form_template = CHANGE_FORM_TEMPLATE
+    fieldsets = [
+        (
+            None,
+            {
+                "fields": [
+                    ("rule", "condition", "state_pill"),
+                    ("subject", "instance"),
+                    "title",
+                    ("first_fired_at", "last_seen_at", "times_seen"),
+                    ("resolved_at", "resolved_by"),
+                ]
+            },
+        ),
+        ("Notices", {"fields": ["deliveries_table"]}),
+        ("Details", {"fields": ["details_block"]}),
+    ]
+    readonly_fields = [
+        "rule",
+        "condition",
+        "state_pill",
+        "subject",
+        "instance",
+        "title",
+        "first_fired_at",
+        "last_seen_at",
+        "times_seen",
+        "resolved_at",
+        "resolved_by",
+        "deliveries_table",
+        "details_block",
+    ]
+
+    def has_resolve_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(RESOLVE_PERMISSION)
+
+    @admin.action(description="Resolve now (selected alerts)", permissions=["resolve"])
+    def resolve_now(self, request: HttpRequest, queryset: QuerySet) -> None:
+        actor = actor_of(request.user)
+        resolved, left = 0, 0
+        for pk in queryset.values_list("pk", flat=True):
+            if alert_resolve(alert_id=pk, actor=actor):
+                resolved += 1
+            else:
+                left += 1
+        if resolved:
+            self.message_user(
+                request, f"{resolved} alerts resolved; resolved notices queued.", messages.SUCCESS
+            )
+        if left:
+            self.message_user(request, f"{left} not resolved: already resolved.", messages.WARNING)
+
+    @admin.display(description="state", ordering="state")
+    def state_pill(self, obj: Alert) -> str:
+        return pill(obj.state)
+
+    @admin.display(description="instance")
+    def instance(self, obj: Alert) -> str:
+        if not obj.instance_id:
+            return "—"
+        return format_html(
+            '<a href="{}">{}</a>', status_url(obj.instance_id), str(obj.instance_id)[:8]
+        )
+
+    @admin.display(description="notices")
+    def deliveries_table(self, obj: Alert) -> str:
+        rows = []
+        mail_ids = [
+            (entry.get("mail") or {}).get("email_id") for entry in (obj.deliveries or {}).values()
+        ]
+        mail_status = dict(
+            OutboundEmail.objects.filter(pk__in=[pk for pk in mail_ids if pk]).values_list(
+                "pk", "status"
+            )
+        )
+        for notice, entry in (obj.deliveries or {}).items():
+            for channel, info in entry.items():
+                if channel == "mail" and info.get("email_id"):
+                    status = mail_status.get(info["email_id"], "deleted")
+                    text = f"{status}, {info.get('to', 0)} recipient(s)"
+                else:
+                    text = ", ".join(f"{k}: {v}" for k, v in info.items())
+                rows.append((notice, channel, text))
+        if not rows:
+            return "—"
+        return format_html(
+            "<ul>{}</ul>",
+            format_html_join("", "<li><strong>{}</strong> by {}: {}</li>", rows),
+        )
+
+    @admin.display(description="details (masked)")
+    def details_block(self, obj: Alert) -> str:
+        return json_block(obj.details)
