@@ -11,6 +11,7 @@ class OrchestrationConfig(AppConfig):
         ("orchestration.sweep_step_timeouts", 5),
         ("orchestration.sweep_instance_deadlines", 30),
         ("orchestration.sweep_waiting_deadlines", 10),
+        ("orchestration.sweep_schedules", 10),
         ("orchestration.sweep_retention", 3600),
     ]
 

@@ -102,6 +102,15 @@ class WorkflowInstance(FSMModelMixin, models.Model):
     erased_at = models.DateTimeField(null=True, blank=True)
     # Last event sequence number used; bumped under the row lock so history is gap-free.
     last_seq = models.PositiveIntegerField(default=0)
+    # Started by a schedule (orchestration.schedule_models): which, and for which fire time.
+    schedule = models.ForeignKey(
+        "orchestration.Schedule",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="instances",
+    )
+    scheduled_for = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
@@ -468,3 +477,12 @@ class Attachment(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.context})"
+
+
+# Schedules live in their own module; imported here so Django registers their models.
+from .schedule_models import (  # noqa: E402, F401
+    FireOutcome,
+    OverlapPolicy,
+    Schedule,
+    ScheduleFire,
+)

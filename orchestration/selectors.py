@@ -11,7 +11,15 @@ from django.db.models import Prefetch, Q, QuerySet
 
 from . import sealing
 from .errors import InvalidInput, NotAllowed, NotFound
-from .models import KEY_OWNER, Event, InstanceState, StepRun, WorkflowInstance
+from .models import (
+    KEY_OWNER,
+    Event,
+    InstanceState,
+    Schedule,
+    ScheduleFire,
+    StepRun,
+    WorkflowInstance,
+)
 
 log = logging.getLogger("signoff.engine")
 
@@ -211,3 +219,49 @@ def instance_for_signature(*, instance_id: Any) -> WorkflowInstance:
     if instance is None:
         raise NotFound("instance not found")
     return instance
+
+
+# -- schedules --------------------------------------------------------------------------------
+
+SCHEDULE_PERMISSIONS = {
+    "view": "orchestration.view_schedule",
+    "add": "orchestration.add_schedule",
+    "change": "orchestration.change_schedule",
+    "delete": "orchestration.delete_schedule",
+}
+
+
+def may_schedule(user: Any, action: str) -> bool:
+    """Whether ``user`` may ``action`` (view, add, change, delete) schedules: the model
+    permission; staff may also view, as they see every instance (pause, resume and trigger
+    are changes)."""
+    if not getattr(user, "is_authenticated", False) or not user.is_active:
+        return False
+    if action == "view" and (user.is_staff or user.has_perm(SCHEDULE_PERMISSIONS["change"])):
+        return True
+    return user.has_perm(SCHEDULE_PERMISSIONS[action])
+
+
+def schedule_list(*, user: Any) -> QuerySet[Schedule]:
+    """Every schedule, by name, for a user who may view schedules (:class:`NotAllowed`
+    otherwise), with what its resource shows loaded in the same query."""
+    if not may_schedule(user, "view"):
+        raise NotAllowed("viewing schedules needs orchestration.view_schedule or staff")
+    return Schedule.objects.select_related("created_by").order_by("name")
+
+
+def schedule_get(*, user: Any, schedule_id: Any) -> Schedule:
+    schedule = schedule_list(user=user).filter(pk=_schedule_pk(schedule_id)).first()
+    if schedule is None:
+        raise NotFound("no such schedule", code="not_found")
+    return schedule
+
+
+def schedule_fires(*, schedule: Schedule, limit: int = 50) -> list[ScheduleFire]:
+    """The schedule's newest fire records."""
+    return list(schedule.fires.order_by("-fire_time")[:limit])
+
+
+def _schedule_pk(value: Any) -> int:
+    text = str(value)
+    return int(text) if text.isdigit() and len(text) < 19 else 0

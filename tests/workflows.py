@@ -425,3 +425,29 @@ def revisable_workflow(name: str, *, max_rounds: int = 3, **approval_options: An
 revisable = revisable_workflow("t_revisable")
 revisable_long = revisable_workflow("t_revisable_long", max_rounds=8)
 revisable_once = revisable_workflow("t_revisable_once", max_rounds=1)
+
+
+# Started by schedules (tests/orchestration/test_schedules*.py): the fire time in the context.
+def _report(ctx: StepContext) -> dict[str, Any]:
+    record(ctx)
+    when = ctx.scheduled_for
+    return {"scheduled_for": when.isoformat() if when else None, "report": ctx.input["report"]}
+
+
+scheduled = Workflow(
+    "t_scheduled",
+    description="a report a schedule starts",
+    input_schema={
+        "type": "object",
+        "properties": {
+            "report": {"type": "string", "maxLength": 50},
+            "token": {"type": "string"},
+            "hold": {"type": "boolean"},
+        },
+        "required": ["report"],
+        "additionalProperties": False,
+    },
+    sensitive=["input.token"],
+)
+scheduled.task(_report, name="report", retry=FAST)
+registry.register(scheduled)

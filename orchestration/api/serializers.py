@@ -213,6 +213,15 @@ class InstanceSerializer(serializers.ModelSerializer):
         help_text="Username of who started it; null when started by the system.",
     )
     links = serializers.SerializerMethodField()
+    schedule = serializers.IntegerField(
+        source="schedule_id",
+        read_only=True,
+        allow_null=True,
+        help_text="The schedule that started it (GET /api/v1/schedules/{id}/); null if none.",
+    )
+    scheduled_for = serializers.DateTimeField(
+        read_only=True, allow_null=True, help_text="That schedule's fire time; null if none."
+    )
 
     class Meta:
         model = WorkflowInstance
@@ -232,6 +241,8 @@ class InstanceSerializer(serializers.ModelSerializer):
             "finished_at",
             "deadline_at",
             "updated_at",
+            "schedule",
+            "scheduled_for",
             "steps",
             "links",
         ]

@@ -453,6 +453,7 @@ class ApiRootView(ApiView):
             {
                 "workflows": "/api/v1/workflows/",
                 "instances": "/api/v1/instances/",
+                "schedules": "/api/v1/schedules/",
                 "schema": "/api/schema/",
                 "docs": "/api/docs/",
             }
