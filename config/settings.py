@@ -239,6 +239,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # Two "outcome" fields (a decision's, a schedule fire's): each enum gets its own name.
+    "ENUM_NAME_OVERRIDES": {
+        "OutcomeEnum": "approvals.models.choices.Outcome",
+        "FireOutcomeEnum": "orchestration.schedule_models.FireOutcome",
+    },
 }
 
 # --- Celery -----------------------------------------------------------------------------------
