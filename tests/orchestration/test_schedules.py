@@ -278,9 +278,9 @@ def test_jitter_delays_the_start_but_not_the_fire_time() -> None:
     with time_machine.travel(T0 - timedelta(minutes=1), tick=False):
         schedule = make(interval_seconds=3600, jitter_seconds=600)
     delay = jitter_of(Timing.of(schedule), T0)
+    assert timedelta(0) < delay <= timedelta(seconds=600)  # this name and fire time: > 0
     assert schedule.fire_due_at == T0 + delay
-    if delay:
-        assert sweep(T0 + delay - timedelta(seconds=1)) == 0
+    assert sweep(T0 + delay - timedelta(seconds=1)) == 0
     assert sweep(T0 + delay) == 1
     assert WorkflowInstance.objects.get(schedule=schedule).scheduled_for == T0
 
@@ -472,3 +472,27 @@ def test_now_is_the_one_clock() -> None:
         assert schedule.created_at == timezone.now()
     assert schedule.next_fire_at == datetime(2030, 1, 1, 0, 1, tzinfo=UTC)
     assert due_at(Timing.of(schedule), schedule.next_fire_at) == schedule.fire_due_at
+
+
+def test_key_rotation_reencrypts_the_stored_input(settings, rung: list) -> None:
+    from cryptography.fernet import Fernet
+
+    from orchestration.retention import rotate_keys
+
+    first, second = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    settings.SIGNOFF_ENCRYPTION_KEYS = first
+    sealing._keys_from.cache_clear()
+    try:
+        with time_machine.travel(T0 - timedelta(minutes=1), tick=False):
+            schedule = make(input={"report": "r", "token": "t0ken"})
+        settings.SIGNOFF_ENCRYPTION_KEYS = f"{second},{first}"
+        sealing._keys_from.cache_clear()
+        assert rotate_keys() >= 1
+        settings.SIGNOFF_ENCRYPTION_KEYS = second  # the old key is gone
+        sealing._keys_from.cache_clear()
+        sweep(T0)
+        assert ScheduleFire.objects.get(schedule=schedule).outcome == "started"
+        instance = WorkflowInstance.objects.get(schedule=schedule)
+        assert sealing.open_fields(instance.input, where="input")["token"] == "t0ken"
+    finally:
+        sealing._keys_from.cache_clear()
