@@ -30,7 +30,7 @@ from .schedule_serializers import (
     ScheduleWriteSerializer,
 )
 from .serializers import ErrorSerializer
-from .views import ApiView
+from .views import INVALID_CURSOR, ApiView
 
 SCHEDULE_ID = OpenApiParameter("id", OpenApiTypes.INT, OpenApiParameter.PATH)
 TAGS = ["schedules"]
@@ -87,7 +87,11 @@ class ScheduleListView(ApiView):
         tags=TAGS,
         description="Every schedule, by name, cursor-paginated, each with its next five fire "
         "times and its timing in words. Needs orchestration.view_schedule (or staff).",
-        responses={200: ScheduleSerializer(many=True), **_errors(400, 403)},
+        responses={
+            200: ScheduleSerializer(many=True),
+            **_errors(400, 403),
+            404: OpenApiResponse(ErrorSerializer, description=INVALID_CURSOR),
+        },
     )
     def get(self, request: Request) -> Response:
         qs = selectors.schedule_list(user=request.user)
