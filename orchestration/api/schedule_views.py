@@ -144,10 +144,11 @@ class ScheduleDetailView(ApiView):
         return _read(request, pk)
 
     @extend_schema(
-        summary="Replace a schedule's settings",
+        summary="Change a schedule's settings (name and workflow required)",
         tags=TAGS,
-        description="Needs orchestration.change_schedule. A change of the timing plans the "
-        "next fire from now.",
+        description="Needs orchestration.change_schedule. Fields left out keep their values "
+        "(the input too); the whole schedule is checked again. A change of the timing plans "
+        "the next fire from now.",
         parameters=[SCHEDULE_ID],
         request=ScheduleWriteSerializer,
         responses={200: ScheduleSerializer, **_errors(400, 403, 404, 409, 413)},

@@ -306,3 +306,19 @@ def test_a_fire_by_the_sweeper_shows_in_the_fires_list(api: Any, rung: list) -> 
     ]
     opened = sealing.open_fields(WorkflowInstance.objects.get().input, where="input")
     assert opened == {"report": "sales", "token": "s3cret"}
+
+
+def test_the_status_page_shows_the_fire_time(client: Any, staff: Any, rung: list) -> None:
+    schedule = schedules.schedule_create(
+        values={
+            "name": "page",
+            "workflow": "t_scheduled",
+            "input": {"report": "r"},
+            "cron": "0 8 * * *",
+        }
+    )
+    with time_machine.travel(T0, tick=False):
+        fired = schedules.schedule_trigger(schedule_id=schedule.pk)
+    client.force_login(staff)
+    page = client.get(f"/instances/{fired.instance_id}/").content.decode()
+    assert "scheduled for 2026-06-01 08:00:00" in page
