@@ -25,7 +25,7 @@ from . import engine, sealing
 from .errors import Conflict, InvalidInput, SignoffError
 from .models import InstanceState, WorkflowInstance
 from .schedule_models import FireOutcome, OverlapPolicy, Schedule, ScheduleFire
-from .schedule_timing import Timing, due_at, next_fire_after, zone
+from .schedule_timing import Timing, due_at, fire_at_or_before, next_fire_after, zone
 from .signals import schedule_missed
 
 log = logging.getLogger("signoff.schedules")
@@ -222,9 +222,13 @@ def schedule_fire_due(*, schedule_id: int, now: datetime | None = None) -> int:
             first_missed = first_missed or moment
             newest_missed = moment
             if missed >= MAX_COUNTED_MISSES:
-                # Jump to the first fire time that may still run; the count is a floor.
+                # Jump ahead instead of walking on; the count is then a floor. Any fire time
+                # at or before `edge` is missed whatever its jitter, and every one after it
+                # is looked at below, so none that may still run is skipped.
                 jitter = timedelta(seconds=timing.jitter_seconds)
-                moment = next_fire_after(timing, now - tolerance - jitter)
+                edge = now - tolerance - jitter - timedelta(microseconds=1)
+                newest_missed = max(newest_missed, fire_at_or_before(timing, edge))
+                moment = next_fire_after(timing, newest_missed)
                 while now - due_at(timing, moment) > tolerance:
                     newest_missed, moment = moment, next_fire_after(timing, moment)
                 break

@@ -117,6 +117,25 @@ def next_fire_after(timing: Timing, after: datetime) -> datetime:
     return candidate.astimezone(UTC)  # pragma: no cover - a wall time repeats at most once
 
 
+def fire_at_or_before(timing: Timing, moment: datetime) -> datetime:
+    """The last nominal fire time at or before ``moment`` (aware, in UTC): where the sweeper
+    jumps to after a long downtime instead of walking every missed fire time."""
+    if timing.interval_seconds:
+        step = timing.interval_seconds
+        n = int((moment - EPOCH).total_seconds() // step)
+        return EPOCH + timedelta(seconds=n * step)
+    tz = zone(timing.time_zone) or ZoneInfo("UTC")
+    # get_prev is strictly before its start; cron has no seconds, so a second later includes
+    # a fire time at ``moment`` itself.
+    it = croniter(timing.cron, (moment + timedelta(seconds=1)).astimezone(tz))
+    wildcard_hour = _hour_is_wildcard(timing.cron)
+    for _ in range(4):
+        candidate = it.get_prev(datetime)
+        if candidate <= moment and (wildcard_hour or not _second_occurrence(candidate, tz)):
+            return candidate.astimezone(UTC)
+    return candidate.astimezone(UTC)  # pragma: no cover - a wall time repeats at most once
+
+
 def fire_times(timing: Timing, after: datetime) -> Iterator[datetime]:
     """Nominal fire times after ``after``, in order (endless)."""
     moment = after

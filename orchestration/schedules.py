@@ -249,9 +249,10 @@ def _pk(schedule_id: Any) -> int:
     if isinstance(schedule_id, bool):
         return 0
     try:
-        return int(schedule_id)
+        pk = int(schedule_id)
     except (TypeError, ValueError):
         return 0
+    return pk if 0 < pk < 2**63 else 0  # never a value the database cannot compare
 
 
 def schedule_check(
@@ -264,7 +265,14 @@ def schedule_check(
         return _checked({**CREATE_DEFAULTS, **values}, user)
     current = {field: getattr(schedule, field) for field in FIELDS}
     if "input" not in values:
-        current["input"] = sealing.open_fields(schedule.input, where="input")
+        try:
+            current["input"] = sealing.open_fields(schedule.input, where="input")
+        except sealing.SealError as exc:
+            raise _bad(
+                f"the stored input cannot be opened ({exc}); give the input again",
+                "input_unreadable",
+                "input",
+            ) from exc
     merged = {**current, **values}
     # Switching between cron and interval: giving one clears the other.
     if values.get("cron") and "interval_seconds" not in values:

@@ -21,6 +21,7 @@ from orchestration.schedule_timing import (
     Timing,
     describe,
     due_at,
+    fire_at_or_before,
     jitter_of,
     next_fire_after,
     next_fire_times,
@@ -124,6 +125,21 @@ def test_interval_fire_times_are_anchored_at_the_epoch() -> None:
     assert next_fire_after(timing, datetime(2026, 6, 1, 8, 15, tzinfo=UTC)) == datetime(
         2026, 6, 1, 8, 30, tzinfo=UTC
     )
+
+
+def test_the_fire_time_at_or_before_a_moment() -> None:
+    cron = Timing(name="x", cron="30 2 * * *", time_zone="Europe/Berlin")
+    last = datetime(2026, 6, 1, 0, 30, tzinfo=UTC)  # 02:30 CEST
+    assert fire_at_or_before(cron, last) == last
+    assert fire_at_or_before(cron, last + timedelta(hours=20)) == last
+    assert fire_at_or_before(cron, last - timedelta(seconds=1)) == last - timedelta(days=1)
+    # across fall back: the repeated 02:30 counts once (its first occurrence)
+    assert fire_at_or_before(cron, datetime(2026, 10, 25, 3, tzinfo=UTC)) == datetime(
+        2026, 10, 25, 0, 30, tzinfo=UTC
+    )
+    interval = Timing(name="x", interval_seconds=900)
+    assert fire_at_or_before(interval, T0 + timedelta(minutes=14)) == T0
+    assert fire_at_or_before(interval, T0) == T0
 
 
 def test_jitter_stays_within_its_bounds_and_is_the_same_for_every_sweeper() -> None:
@@ -496,3 +512,19 @@ def test_key_rotation_reencrypts_the_stored_input(settings, rung: list) -> None:
         assert sealing.open_fields(instance.input, where="input")["token"] == "t0ken"
     finally:
         sealing._keys_from.cache_clear()
+
+
+def test_a_long_downtime_is_one_missed_row_and_the_sweep_stays_bounded(settings) -> None:
+    settings.SIGNOFF_SCHEDULE_GRACE_SECONDS = 5
+    with time_machine.travel(T0 - timedelta(days=1, seconds=1), tick=False):
+        schedule = make(interval_seconds=1, catchup_window_seconds=0)
+    sweep(T0)  # a day of fire times, one a second: 86,400
+    rows = fires(schedule)
+    missed_row = ScheduleFire.objects.get(schedule=schedule, outcome="missed")
+    assert missed_row.count == schedule_firing.MAX_COUNTED_MISSES
+    assert missed_row.note.startswith("at least 10000 fire time(s)")
+    assert missed_row.fire_time == T0 - timedelta(seconds=6)  # the newest one too late
+    # the last 5 s plus now: one started, the rest skipped (it is still running)
+    assert [o for _, o in rows[1:]] == ["started"] + ["skipped_overlap"] * 5
+    schedule.refresh_from_db()
+    assert schedule.next_fire_at == T0 + timedelta(seconds=1)
