@@ -28,6 +28,15 @@ from .serializers import (
 NEXT_FIRE_TIMES = 5
 
 
+class StrictBooleanField(serializers.BooleanField):
+    """A JSON boolean: ``"true"``, ``1`` and ``"yes"`` are refused."""
+
+    def to_internal_value(self, data: Any) -> bool:
+        if not isinstance(data, bool):
+            self.fail("invalid", input=data)
+        return data
+
+
 class ScheduleWriteSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
     name = StrictCharField(max_length=100, help_text="Unique; letters, digits, space, _ . : -")
     workflow = StrictCharField(max_length=100, help_text="A registered workflow name.")
@@ -86,7 +95,7 @@ class ScheduleWriteSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
 
 
 class ScheduleCreateSerializer(ScheduleWriteSerializer):
-    paused = serializers.BooleanField(required=False, help_text="Create it paused.")
+    paused = StrictBooleanField(required=False, help_text="Create it paused.")
     paused_note = StrictCharField(max_length=500, required=False, allow_blank=True)
 
 

@@ -322,3 +322,11 @@ def test_the_status_page_shows_the_fire_time(client: Any, staff: Any, rung: list
     client.force_login(staff)
     page = client.get(f"/instances/{fired.instance_id}/").content.decode()
     assert "scheduled for 2026-06-01 08:00:00" in page
+
+
+def test_create_paused_takes_a_json_boolean_only(api: Any) -> None:
+    before = state()
+    error(api.post(URL, {**BODY, "paused": "true"}, format="json"), 400, "invalid")
+    assert state() == before
+    body = create(api, paused=True, paused_note="not yet")
+    assert body["paused"] is True and body["next_fire_times"] == []
