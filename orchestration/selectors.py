@@ -64,8 +64,10 @@ def instance_list(
     workflow: str | None = None,
     state: str | None = None,
     business_key: str | None = None,
+    schedule: str | None = None,
 ) -> QuerySet[WorkflowInstance]:
-    """Instances ``user`` may see, filtered; an unknown ``state`` is :class:`InvalidInput`.
+    """Instances ``user`` may see, filtered (``schedule``: the id of the schedule that started
+    them); an unknown ``state`` or a ``schedule`` that is not an id is :class:`InvalidInput`.
     The query count does not grow with the number of instances."""
     qs = instances_visible_to(user)
     if state is not None:
@@ -80,6 +82,10 @@ def instance_list(
         qs = qs.filter(workflow=workflow)
     if _filter_value("business_key", business_key):
         qs = qs.filter(business_key=business_key)
+    if schedule is not None:
+        if not schedule.isascii() or not schedule.isdigit() or len(schedule) > 18:
+            raise InvalidInput("schedule must be a schedule's id", code="invalid_filter")
+        qs = qs.filter(schedule_id=int(schedule))
     return _with_steps(qs)
 
 

@@ -330,3 +330,14 @@ def test_create_paused_takes_a_json_boolean_only(api: Any) -> None:
     assert state() == before
     body = create(api, paused=True, paused_note="not yet")
     assert body["paused"] is True and body["next_fire_times"] == []
+
+
+def test_instances_can_be_listed_by_schedule(api: Any, staff: Any, rung: list) -> None:
+    first, second = create(api, name="one"), create(api, name="two")
+    with time_machine.travel(T0, tick=False):
+        mine = api.post(f"{URL}{first['id']}/trigger/", {}, format="json").json()["instance"]
+        api.post(f"{URL}{second['id']}/trigger/", {}, format="json")
+    listed = token_client(staff).get(f"/api/v1/instances/?schedule={first['id']}").json()
+    assert [i["id"] for i in listed["results"]] == [mine]
+    bad = token_client(staff).get("/api/v1/instances/?schedule=x1")
+    error(bad, 400, "invalid_filter")
