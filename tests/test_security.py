@@ -601,6 +601,13 @@ OPS: dict[str, Op] = {
         ),
         writes=True,
     ),
+    "POST admin: schedules fire now action": Op(
+        lambda c, w: c.post(
+            "/admin/orchestration/schedule/",
+            {"action": "trigger_schedules", "_selected_action": [w.schedule.pk], "index": "0"},
+        ),
+        writes=True,
+    ),
     "POST admin: add schedule": Op(
         lambda c, w: c.post(
             "/admin/orchestration/schedule/add/",
@@ -681,6 +688,7 @@ MATRIX: dict[str, tuple[Any, ...]] = {
     "GET admin: schedule fires":                    (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, 200, 200, 200),  # noqa: E501
     "POST admin: schedules pause action":           (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, 403, DONE, DONE),  # noqa: E501
     "POST admin: schedules resume action (paused)": (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, 403, DONE, DONE),  # noqa: E501
+    "POST admin: schedules fire now action":        (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, 403, DONE, DONE),  # noqa: E501
     "POST admin: add schedule":                     (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, 403, DONE, DONE),  # noqa: E501
 }
 # fmt: on

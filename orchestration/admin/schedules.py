@@ -1,10 +1,10 @@
 """Schedules in the admin: list them with their next fire in words, add and change them
-through the service's checks, pause and resume them, and read their fire records.
+through the service's checks, pause, resume and fire them now, and read their fire records.
 
-Adding, changing, pausing and resuming need Django's model permissions on Schedule (pause and
-resume are changes: ``orchestration.change_schedule``, as in the API); a posted action the user
-may not run is a 403 (:class:`~.shared.StrictActionsMixin`). The stored input is never shown
-unmasked: the form takes a new input or keeps the stored one.
+Adding, changing, pausing, resuming and firing need Django's model permissions on Schedule
+(pause, resume and fire now are changes: ``orchestration.change_schedule``, as in the API); a
+posted action the user may not run is a 403 (:class:`~.shared.StrictActionsMixin`). The stored
+input is never shown unmasked: the form takes a new input or keeps the stored one.
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ class ScheduleAdmin(StrictActionsMixin, admin.ModelAdmin):
     ]
     list_filter = ["paused", "overlap", "workflow"]
     search_fields = ["name", "workflow"]
-    actions = ["pause_schedules", "resume_schedules"]
+    actions = ["pause_schedules", "resume_schedules", "trigger_schedules"]
     readonly_fields = [
         "stored_input",
         "timing",
@@ -188,6 +188,19 @@ class ScheduleAdmin(StrictActionsMixin, admin.ModelAdmin):
         for pk in list(queryset.values_list("pk", flat=True)):
             schedules.schedule_resume(schedule_id=pk, user=request.user)
         self.message_user(request, f"Resumed {queryset.count()} schedule(s).", messages.SUCCESS)
+
+    @admin.action(description="Fire the selected schedules now", permissions=["change"])
+    def trigger_schedules(self, request: HttpRequest, queryset: QuerySet[Schedule]) -> None:
+        """Fire each now under its overlap policy (as the API's trigger), reporting what each
+        fire did; a schedule that already fired this second is reported, not fired again."""
+        for schedule in list(queryset):
+            try:
+                fired = schedules.schedule_trigger(schedule_id=schedule.pk, user=request.user)
+            except SignoffError as exc:
+                self.message_user(request, f"{schedule.name}: {exc.message}", messages.ERROR)
+                continue
+            level = messages.SUCCESS if fired.outcome == "started" else messages.WARNING
+            self.message_user(request, f"{schedule.name}: {fired.outcome}", level)
 
 
 @admin.register(ScheduleFire)

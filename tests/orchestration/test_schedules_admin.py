@@ -182,3 +182,24 @@ def test_fire_records_are_read_only(editor: Client, rung: list) -> None:
     delete = reverse("admin:orchestration_schedulefire_delete", args=[fire.pk])
     assert editor.post(delete, {"post": "yes"}).status_code == 403
     assert rows() == before
+
+
+def test_fire_now_action_reports_each_outcome_once_per_second(editor: Client, rung: list) -> None:
+    schedule = make()
+    data = {"action": "trigger_schedules", "_selected_action": [schedule.pk], "index": "0"}
+    with time_machine.travel(T0, tick=False):
+        first = editor.post(CHANGELIST, data, follow=True)
+        assert [str(m) for m in first.context["messages"]] == ["hourly: started"]
+        again = editor.post(CHANGELIST, data, follow=True)
+    assert [str(m) for m in again.context["messages"]] == [
+        "hourly: schedule 'hourly' already fired at 2026-06-01T08:00:00+00:00"
+    ]
+    assert list(ScheduleFire.objects.values_list("fire_time", "outcome")) == [(T0, "started")]
+
+
+def test_view_only_staff_cannot_fire_now(looker: Client) -> None:
+    schedule = make()
+    before = rows()
+    data = {"action": "trigger_schedules", "_selected_action": [schedule.pk], "index": "0"}
+    assert looker.post(CHANGELIST, data).status_code == 403
+    assert rows() == before
