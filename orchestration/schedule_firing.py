@@ -145,6 +145,9 @@ def _start(schedule: Schedule, fire_time: datetime) -> tuple[WorkflowInstance | 
             )
     except (SignoffError, sealing.SealError) as exc:
         why = getattr(exc, "message", None) or str(exc)
+        # A refusal may quote the input (a schema error names the bad value): sealed values
+        # are masked before the reason is logged or stored.
+        why = sealing.scrubber_for(schedule.input).text(why)[0]
         log.warning("schedule %s: the fire at %s was refused: %s", schedule.name, fire_time, why)
         return None, why
     return instance, ""

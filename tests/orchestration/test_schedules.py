@@ -528,3 +528,23 @@ def test_a_long_downtime_is_one_missed_row_and_the_sweep_stays_bounded(settings)
     assert [o for _, o in rows[1:]] == ["started"] + ["skipped_overlap"] * 5
     schedule.refresh_from_db()
     assert schedule.next_fire_at == T0 + timedelta(seconds=1)
+
+
+def test_a_refusal_quoting_a_sealed_value_is_stored_masked(rung: list) -> None:
+    with time_machine.travel(T0 - timedelta(minutes=1), tick=False):
+        schedule = make(input={"report": "r", "token": "SEKRIT-TOKEN-123"})
+    # the schema changes under the stored input: the token must now be a number
+    from tests.workflows import scheduled
+
+    original = scheduled.input_schema
+    scheduled.input_schema = {
+        **original,
+        "properties": {**original["properties"], "token": {"type": "integer"}},
+    }
+    try:
+        sweep(T0)
+    finally:
+        scheduled.input_schema = original
+    row = ScheduleFire.objects.get(schedule=schedule)
+    assert row.outcome == "failed" and "is not of type 'integer'" in row.note
+    assert "SEKRIT" not in row.note
