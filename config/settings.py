@@ -324,6 +324,9 @@ SIGNOFF_SWEEP_BATCH = env_int("SIGNOFF_SWEEP_BATCH", 500)
 SIGNOFF_SCHEDULE_GRACE_SECONDS = env_int("SIGNOFF_SCHEDULE_GRACE_SECONDS", 60)
 SIGNOFF_SCHEDULE_MAX_FIRES_PER_SWEEP = env_int("SIGNOFF_SCHEDULE_MAX_FIRES_PER_SWEEP", 100)
 SIGNOFF_SCHEDULE_MAX_INPUT_BYTES = env_int("SIGNOFF_SCHEDULE_MAX_INPUT_BYTES", 64 * 1024)
+# Fire records older than this are deleted by the schedule sweeper (at least 2 days: a record
+# is what keeps its fire time from starting twice, and a trigger may name a time a day back).
+SIGNOFF_SCHEDULE_FIRE_RETENTION_DAYS = env_int("SIGNOFF_SCHEDULE_FIRE_RETENTION_DAYS", 90)
 # Escalations on PostgreSQL: set-based, in chunks of SIGNOFF_ESCALATION_CHUNK requests per
 # transaction, at most SIGNOFF_ESCALATION_BATCH per sweep; their mails are rendered by Celery
 # tasks on SIGNOFF_MAIL_RENDER_QUEUE (empty: the default queue). SIGNOFF_ESCALATION_BATCHED=0

@@ -22,6 +22,10 @@ class OrchestrationConfig(AppConfig):
 
         # Step kinds, start-up checks, and the Celery tasks doorbells send.
         from . import checks, engine, tasks, waits  # noqa: F401
+        from .metrics import register_collector
+        from .schedule_metrics import schedule_metrics
+
+        register_collector("schedules", schedule_metrics)
 
         for module in settings.SIGNOFF_WORKFLOW_MODULES:
             import_module(module)

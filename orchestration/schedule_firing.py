@@ -322,3 +322,19 @@ def buffered_schedule_ids(batch: int) -> list[int]:
         .order_by("buffered_fire_at")
         .values_list("pk", flat=True)[:batch]
     )
+
+
+def prune_fires(*, now: datetime, batch: int) -> int:
+    """Delete up to ``batch`` fire records recorded longer ago than
+    SIGNOFF_SCHEDULE_FIRE_RETENTION_DAYS (never under 2 days: the record of a fire time is its
+    idempotency while a sweeper or a trigger could still name it). Returns how many."""
+    days = max(settings.SIGNOFF_SCHEDULE_FIRE_RETENTION_DAYS, 2)
+    old = list(
+        ScheduleFire.objects.filter(at__lt=now - timedelta(days=days))
+        .order_by("at")
+        .values_list("pk", flat=True)[:batch]
+    )
+    if not old:
+        return 0
+    deleted, _ = ScheduleFire.objects.filter(pk__in=old).delete()
+    return deleted

@@ -132,6 +132,9 @@ class ScheduleFire(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["schedule", "fire_time"], name="schedule_fire_once"),
         ]
+        # Old records are pruned by age (SIGNOFF_SCHEDULE_FIRE_RETENTION_DAYS); metrics count
+        # the recent ones.
+        indexes = [models.Index(fields=["at"], name="schedule_fire_at")]
 
     def __str__(self) -> str:
         return f"{self.schedule_id} @ {self.fire_time.isoformat()}: {self.outcome}"

@@ -163,7 +163,8 @@ def sweep_waiting_deadlines(*, now: datetime | None = None, batch: int | None = 
 def sweep_schedules(*, now: datetime | None = None, batch: int | None = None) -> int:
     """Fire due schedules (each under its own lock, ``skip_locked``; see
     :func:`orchestration.schedule_firing.schedule_fire_due`) and start buffered fires whose
-    running instance has ended. Returns the fire times handled plus buffered fires started."""
+    running instance has ended; deletes a batch of fire records past their retention. Returns
+    the fire times handled plus buffered fires started."""
     now = now or timezone.now()
     ids = schedule_firing.due_schedule_ids(now, _batch(batch))
     done = 0
@@ -175,11 +176,15 @@ def sweep_schedules(*, now: datetime | None = None, batch: int | None = None) ->
     if done:
         log.info("sweeper schedules handled %d fire times", done)
     buffered = schedule_firing.buffered_schedule_ids(_batch(batch))
-    return done + _each(
+    done += _each(
         "schedule_buffers",
         buffered,
         lambda pk: schedule_firing.schedule_start_buffered(schedule_id=pk, now=now),
     )
+    pruned = schedule_firing.prune_fires(now=now, batch=_batch(batch))
+    if pruned:
+        log.info("sweeper schedules deleted %d old fire records", pruned)
+    return done
 
 
 def sweep_all(*, now: datetime | None = None) -> dict[str, int]:

@@ -548,3 +548,46 @@ def test_a_refusal_quoting_a_sealed_value_is_stored_masked(rung: list) -> None:
     row = ScheduleFire.objects.get(schedule=schedule)
     assert row.outcome == "failed" and "is not of type 'integer'" in row.note
     assert "SEKRIT" not in row.note
+
+
+def test_old_fire_records_are_pruned_but_never_within_two_days(settings, rung: list) -> None:
+    with time_machine.travel(T0 - timedelta(minutes=1), tick=False):
+        schedule = make()
+    sweep(T0)
+    settings.SIGNOFF_SCHEDULE_FIRE_RETENTION_DAYS = 0  # taken as 2
+    sweep(T0 + timedelta(days=1, minutes=30))  # fires, and keeps the first record
+    assert ScheduleFire.objects.filter(fire_time=T0).exists()
+    settings.SIGNOFF_SCHEDULE_FIRE_RETENTION_DAYS = 3
+    schedules.schedule_pause(schedule_id=schedule.pk)
+    sweep(T0 + timedelta(days=3, seconds=1))
+    assert not ScheduleFire.objects.filter(fire_time=T0).exists()
+    # the records of a day later stay: the fires missed meanwhile, and one skipped
+    assert [o for _, o in fires(schedule)] == ["missed", "skipped_overlap"]
+
+
+def test_schedule_metrics(client, rung: list) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with time_machine.travel(T0 - timedelta(minutes=1), tick=False):
+        make(interval_seconds=600)
+        make(name="off", interval_seconds=600)
+        schedules.schedule_pause(schedule_id=Schedule.objects.get(name="off").pk)
+    sweep(T0)
+    sweep(T0 + timedelta(minutes=10))  # skipped: the first still runs
+
+    def samples() -> dict[tuple[str, tuple], float]:
+        text = client.get("/metrics").content.decode()
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+
+    with time_machine.travel(T0 + timedelta(minutes=25), tick=False):
+        got = samples()
+    assert got[("signoff_schedules", (("state", "active"),))] == 1
+    assert got[("signoff_schedules", (("state", "paused"),))] == 1
+    assert got[("signoff_schedule_overdue_seconds", ())] == 300  # due at T0+20, unswept
+    assert got[("signoff_schedule_fires_last_day", (("outcome", "started"),))] == 1
+    assert got[("signoff_schedule_fires_last_day", (("outcome", "skipped_overlap"),))] == 1
+    assert got[("signoff_schedule_fires_last_day", (("outcome", "missed"),))] == 0
