@@ -1,16 +1,17 @@
-"""Start-up check: every definition version that unfinished instances run on must still be
-registered, or those instances could never finish. Runs with `manage.py check --database
+"""Start-up checks: every definition version that unfinished instances run on must still be
+registered, or those instances could never finish; and every active schedule should start a
+registered workflow (or its fires are recorded failed). Run with `manage.py check --database
 default`, before `migrate`, and when `runall` and workers start."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from django.core.checks import Error, Tags, register
+from django.core.checks import Error, Tags, Warning, register
 from django.db import DatabaseError
 
 from .definitions import registry
-from .models import InstanceState, WorkflowInstance
+from .models import InstanceState, Schedule, WorkflowInstance
 
 OPEN = [
     InstanceState.PENDING,
@@ -59,4 +60,31 @@ def check_definitions_in_use(
             id="signoff.E001",
         )
         for workflow, version, count in missing
+    ]
+
+
+@register(Tags.database)
+def check_schedules_startable(
+    app_configs: Any = None, databases: Any = None, **kwargs: Any
+) -> list[Warning]:
+    """A warning per active schedule whose workflow (or pinned version) is not registered."""
+    if not databases:
+        return []
+    try:
+        rows = list(
+            Schedule.objects.filter(paused=False).values_list("name", "workflow", "version")
+        )
+    except DatabaseError:
+        return []  # tables not migrated yet
+    return [
+        Warning(
+            f"schedule {name!r} starts workflow {workflow}"
+            + (f" version {version}" if version else "")
+            + ", which is not registered: its fires will be recorded failed",
+            hint="Register the workflow (SIGNOFF_WORKFLOW_MODULES), or pause or change the "
+            "schedule.",
+            id="signoff.W001",
+        )
+        for name, workflow, version in rows
+        if registry.get(workflow, version) is None
     ]

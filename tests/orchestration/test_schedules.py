@@ -591,3 +591,16 @@ def test_schedule_metrics(client, rung: list) -> None:
     assert got[("signoff_schedule_fires_last_day", (("outcome", "started"),))] == 1
     assert got[("signoff_schedule_fires_last_day", (("outcome", "skipped_overlap"),))] == 1
     assert got[("signoff_schedule_fires_last_day", (("outcome", "missed"),))] == 0
+
+
+def test_a_start_up_check_warns_of_schedules_of_unregistered_workflows() -> None:
+    from orchestration.checks import check_schedules_startable
+
+    make()
+    assert check_schedules_startable(databases=["default"]) == []
+    Schedule.objects.filter(name="nightly").update(workflow="gone_away")
+    warnings = check_schedules_startable(databases=["default"])
+    assert [w.id for w in warnings] == ["signoff.W001"]
+    assert "'nightly' starts workflow gone_away" in warnings[0].msg
+    Schedule.objects.filter(name="nightly").update(paused=True)
+    assert check_schedules_startable(databases=["default"]) == []
