@@ -109,6 +109,9 @@ class WorkflowInstance(FSMModelMixin, models.Model):
         blank=True,
         on_delete=models.SET_NULL,
         related_name="instances",
+        # indexed partially below: most instances have no schedule, and the start's INSERT
+        # should not maintain an index entry for each of them
+        db_index=False,
     )
     scheduled_for = models.DateTimeField(null=True, blank=True)
 
@@ -135,6 +138,12 @@ class WorkflowInstance(FSMModelMixin, models.Model):
                 fields=["workflow", "finished_at"],
                 name="instance_finished",
                 condition=Q(finished_at__isnull=False),
+            ),
+            # A schedule's overlap policy asks whether one of its runs is still open.
+            models.Index(
+                fields=["schedule", "state"],
+                name="instance_schedule_state",
+                condition=Q(schedule__isnull=False),
             ),
             # The deadline sweeper reads only running instances with a deadline.
             models.Index(
