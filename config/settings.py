@@ -239,6 +239,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # Two "outcome" fields (a decision's, a schedule fire's): each enum gets its own name.
+    "ENUM_NAME_OVERRIDES": {
+        "OutcomeEnum": "approvals.models.choices.Outcome",
+        "FireOutcomeEnum": "orchestration.schedule_models.FireOutcome",
+    },
 }
 
 # --- Celery -----------------------------------------------------------------------------------
@@ -314,6 +319,14 @@ SIGNOFF_CHAIN_SECONDS = env_int("SIGNOFF_CHAIN_SECONDS", 60)
 SIGNOFF_DB_HEALTH_CHECK_IDLE_SECONDS = env_float("SIGNOFF_DB_HEALTH_CHECK_IDLE_SECONDS", 1.0)
 # Rows a sweeper handles per run.
 SIGNOFF_SWEEP_BATCH = env_int("SIGNOFF_SWEEP_BATCH", 500)
+# Schedules: how late past its catch-up window a fire may still start (the schedule sweeper's
+# own lag), how many fire times of one schedule one sweep starts, and the largest fixed input.
+SIGNOFF_SCHEDULE_GRACE_SECONDS = env_int("SIGNOFF_SCHEDULE_GRACE_SECONDS", 60)
+SIGNOFF_SCHEDULE_MAX_FIRES_PER_SWEEP = env_int("SIGNOFF_SCHEDULE_MAX_FIRES_PER_SWEEP", 100)
+SIGNOFF_SCHEDULE_MAX_INPUT_BYTES = env_int("SIGNOFF_SCHEDULE_MAX_INPUT_BYTES", 64 * 1024)
+# Fire records older than this are deleted by the schedule sweeper (at least 2 days: a record
+# is what keeps its fire time from starting twice, and a trigger may name a time a day back).
+SIGNOFF_SCHEDULE_FIRE_RETENTION_DAYS = env_int("SIGNOFF_SCHEDULE_FIRE_RETENTION_DAYS", 90)
 # Escalations on PostgreSQL: set-based, in chunks of SIGNOFF_ESCALATION_CHUNK requests per
 # transaction, at most SIGNOFF_ESCALATION_BATCH per sweep; their mails are rendered by Celery
 # tasks on SIGNOFF_MAIL_RENDER_QUEUE (empty: the default queue). SIGNOFF_ESCALATION_BATCHED=0

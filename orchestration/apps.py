@@ -11,6 +11,7 @@ class OrchestrationConfig(AppConfig):
         ("orchestration.sweep_step_timeouts", 5),
         ("orchestration.sweep_instance_deadlines", 30),
         ("orchestration.sweep_waiting_deadlines", 10),
+        ("orchestration.sweep_schedules", 10),
         ("orchestration.sweep_retention", 3600),
     ]
 
@@ -21,6 +22,10 @@ class OrchestrationConfig(AppConfig):
 
         # Step kinds, start-up checks, and the Celery tasks doorbells send.
         from . import checks, children, engine, tasks, waits  # noqa: F401
+        from .metrics import register_collector
+        from .schedule_metrics import schedule_metrics
+
+        register_collector("schedules", schedule_metrics)
 
         for module in settings.SIGNOFF_WORKFLOW_MODULES:
             import_module(module)

@@ -1,17 +1,18 @@
 """Start-up checks: every definition version that unfinished instances run on must still be
-registered, or those instances could never finish (runs with `manage.py check --database
-default`, before `migrate`, and when `runall` and workers start); and every child step's
-workflow must be registered (every `manage.py check`)."""
+registered, or those instances could never finish; every active schedule should start a
+registered workflow (or its fires are recorded failed) — these two run with `manage.py check
+--database default`, before `migrate`, and when `runall` and workers start; and every child
+step's workflow must be registered (every `manage.py check`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from django.core.checks import Error, Tags, register
+from django.core.checks import Error, Tags, Warning, register
 from django.db import DatabaseError
 
 from .definitions import registry
-from .models import InstanceState, WorkflowInstance
+from .models import InstanceState, Schedule, WorkflowInstance
 
 OPEN = [
     InstanceState.PENDING,
@@ -82,3 +83,30 @@ def check_child_workflows(app_configs: Any = None, **kwargs: Any) -> list[Error]
                     )
                 )
     return errors
+
+
+@register(Tags.database)
+def check_schedules_startable(
+    app_configs: Any = None, databases: Any = None, **kwargs: Any
+) -> list[Warning]:
+    """A warning per active schedule whose workflow (or pinned version) is not registered."""
+    if not databases:
+        return []
+    try:
+        rows = list(
+            Schedule.objects.filter(paused=False).values_list("name", "workflow", "version")
+        )
+    except DatabaseError:
+        return []  # tables not migrated yet
+    return [
+        Warning(
+            f"schedule {name!r} starts workflow {workflow}"
+            + (f" version {version}" if version else "")
+            + ", which is not registered: its fires will be recorded failed",
+            hint="Register the workflow (SIGNOFF_WORKFLOW_MODULES), or pause or change the "
+            "schedule.",
+            id="signoff.W001",
+        )
+        for name, workflow, version in rows
+        if registry.get(workflow, version) is None
+    ]

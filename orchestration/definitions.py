@@ -27,7 +27,7 @@ import keyword
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import jsonschema
@@ -58,6 +58,8 @@ class StepContext:
     input: Mapping[str, Any]
     outputs: Mapping[str, Any]
     business_key: str = ""
+    # The fire time of the schedule that started the instance (None when not scheduled).
+    scheduled_for: datetime | None = None
     # In a compensation only: True when the step never succeeded and is undone because one of
     # its attempts was claimed (``compensate_attempted=True``). The compensation's ``output``
     # is then None (a succeeded step may return None too, so test this flag, not the output)

@@ -114,6 +114,18 @@ class WorkflowInstance(FSMModelMixin, models.Model):
         db_index=False,
     )
     parent_attempt = models.PositiveIntegerField(null=True, blank=True)
+    # Started by a schedule (orchestration.schedule_models): which, and for which fire time.
+    schedule = models.ForeignKey(
+        "orchestration.Schedule",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="instances",
+        # indexed partially below: most instances have no schedule, and the start's INSERT
+        # should not maintain an index entry for each of them
+        db_index=False,
+    )
+    scheduled_for = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
@@ -144,6 +156,12 @@ class WorkflowInstance(FSMModelMixin, models.Model):
                 fields=["workflow", "finished_at"],
                 name="instance_finished",
                 condition=Q(finished_at__isnull=False),
+            ),
+            # A schedule's overlap policy asks whether one of its runs is still open.
+            models.Index(
+                fields=["schedule", "state"],
+                name="instance_schedule_state",
+                condition=Q(schedule__isnull=False),
             ),
             # The deadline sweeper reads only running instances with a deadline.
             models.Index(
@@ -486,3 +504,12 @@ class Attachment(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.context})"
+
+
+# Schedules live in their own module; imported here so Django registers their models.
+from .schedule_models import (  # noqa: E402, F401
+    FireOutcome,
+    OverlapPolicy,
+    Schedule,
+    ScheduleFire,
+)

@@ -29,7 +29,7 @@ from . import attachments, sealing
 from .definitions import registry
 from .engine.locking import lock_instance
 from .errors import NotFound
-from .models import Event, InstanceState, Signal, StepRun, WorkflowInstance
+from .models import Event, InstanceState, Schedule, Signal, StepRun, WorkflowInstance
 
 log = logging.getLogger("signoff.retention")
 FINISHED = [
@@ -89,6 +89,8 @@ def rotate_keys(*, batch: int = 500) -> int:
         (WorkflowInstance, ["input", "output"]),
         (StepRun, ["output"]),
         (Signal, ["payload"]),
+        # a schedule's fixed input: its fires open it under the current keys
+        (Schedule, ["input"]),
     ):
         qs = model.objects.annotate(**{f"{f}_text": Cast(f, TextField()) for f in fields})
         condition = Q()

@@ -12,7 +12,15 @@ from django.db.models import Prefetch, Q, QuerySet
 from . import sealing
 from .definitions import registry
 from .errors import InvalidInput, NotAllowed, NotFound
-from .models import KEY_OWNER, Event, InstanceState, StepRun, WorkflowInstance
+from .models import (
+    KEY_OWNER,
+    Event,
+    InstanceState,
+    Schedule,
+    ScheduleFire,
+    StepRun,
+    WorkflowInstance,
+)
 
 log = logging.getLogger("signoff.engine")
 
@@ -94,8 +102,10 @@ def instance_list(
     workflow: str | None = None,
     state: str | None = None,
     business_key: str | None = None,
+    schedule: str | None = None,
 ) -> QuerySet[WorkflowInstance]:
-    """Instances ``user`` may see, filtered; an unknown ``state`` is :class:`InvalidInput`.
+    """Instances ``user`` may see, filtered (``schedule``: the id of the schedule that started
+    them); an unknown ``state`` or a ``schedule`` that is not an id is :class:`InvalidInput`.
     The query count does not grow with the number of instances."""
     qs = instances_visible_to(user)
     if state is not None:
@@ -110,6 +120,10 @@ def instance_list(
         qs = qs.filter(workflow=workflow)
     if _filter_value("business_key", business_key):
         qs = qs.filter(business_key=business_key)
+    if schedule is not None:
+        if not schedule.isascii() or not schedule.isdigit() or len(schedule) > 18:
+            raise InvalidInput("schedule must be a schedule's id", code="invalid_filter")
+        qs = qs.filter(schedule_id=int(schedule))
     return _with_steps(qs)
 
 
@@ -285,3 +299,49 @@ def failed_instances(*, since: Any, workflow: str = "", limit: int = 200) -> lis
     if workflow:
         qs = qs.filter(workflow=workflow)
     return list(qs.only(*_BRIEF, "finished_at").order_by("finished_at")[:limit])
+
+
+# -- schedules --------------------------------------------------------------------------------
+
+SCHEDULE_PERMISSIONS = {
+    "view": "orchestration.view_schedule",
+    "add": "orchestration.add_schedule",
+    "change": "orchestration.change_schedule",
+    "delete": "orchestration.delete_schedule",
+}
+
+
+def may_schedule(user: Any, action: str) -> bool:
+    """Whether ``user`` may ``action`` (view, add, change, delete) schedules: the model
+    permission; staff may also view, as they see every instance (pause, resume and trigger
+    are changes)."""
+    if not getattr(user, "is_authenticated", False) or not user.is_active:
+        return False
+    if action == "view" and (user.is_staff or user.has_perm(SCHEDULE_PERMISSIONS["change"])):
+        return True
+    return user.has_perm(SCHEDULE_PERMISSIONS[action])
+
+
+def schedule_list(*, user: Any) -> QuerySet[Schedule]:
+    """Every schedule, by name, for a user who may view schedules (:class:`NotAllowed`
+    otherwise), with what its resource shows loaded in the same query."""
+    if not may_schedule(user, "view"):
+        raise NotAllowed("viewing schedules needs orchestration.view_schedule or staff")
+    return Schedule.objects.select_related("created_by").order_by("name")
+
+
+def schedule_get(*, user: Any, schedule_id: Any) -> Schedule:
+    schedule = schedule_list(user=user).filter(pk=_schedule_pk(schedule_id)).first()
+    if schedule is None:
+        raise NotFound("no such schedule", code="not_found")
+    return schedule
+
+
+def schedule_fires(*, schedule: Schedule, limit: int = 50) -> list[ScheduleFire]:
+    """The schedule's newest fire records."""
+    return list(schedule.fires.order_by("-fire_time")[:limit])
+
+
+def _schedule_pk(value: Any) -> int:
+    text = str(value)
+    return int(text) if text.isdigit() and len(text) < 19 else 0

@@ -16,7 +16,7 @@ from django.conf import settings
 from django.db.models import DateTimeField, F, Q, Value
 from django.utils import timezone
 
-from . import children, engine, saga, waits
+from . import children, engine, saga, schedule_firing, waits
 from .models import CompensationPhase, InstanceState, StepRun, StepState, WorkflowInstance
 
 log = logging.getLogger("signoff.sweepers")
@@ -169,6 +169,33 @@ def sweep_waiting_deadlines(*, now: datetime | None = None, batch: int | None = 
     )
 
 
+def sweep_schedules(*, now: datetime | None = None, batch: int | None = None) -> int:
+    """Fire due schedules (each under its own lock, ``skip_locked``; see
+    :func:`orchestration.schedule_firing.schedule_fire_due`) and start buffered fires whose
+    running instance has ended; deletes a batch of fire records past their retention. Returns
+    the fire times handled plus buffered fires started."""
+    now = now or timezone.now()
+    ids = schedule_firing.due_schedule_ids(now, _batch(batch))
+    done = 0
+    for pk in ids:
+        try:
+            done += schedule_firing.schedule_fire_due(schedule_id=pk, now=now)
+        except Exception:  # noqa: BLE001 - isolate a failing row
+            log.exception("sweeper schedules failed on %s", pk)
+    if done:
+        log.info("sweeper schedules handled %d fire times", done)
+    buffered = schedule_firing.buffered_schedule_ids(_batch(batch))
+    done += _each(
+        "schedule_buffers",
+        buffered,
+        lambda pk: schedule_firing.schedule_start_buffered(schedule_id=pk, now=now),
+    )
+    pruned = schedule_firing.prune_fires(now=now, batch=_batch(batch))
+    if pruned:
+        log.info("sweeper schedules deleted %d old fire records", pruned)
+    return done
+
+
 def sweep_all(*, now: datetime | None = None) -> dict[str, int]:
     """Run every engine sweeper once (tests, `manage.py signoff sweep`)."""
     return {
@@ -176,4 +203,5 @@ def sweep_all(*, now: datetime | None = None) -> dict[str, int]:
         "step_timeouts": sweep_step_timeouts(now=now),
         "instance_deadlines": sweep_instance_deadlines(now=now),
         "waiting_deadlines": sweep_waiting_deadlines(now=now),
+        "schedules": sweep_schedules(now=now),
     }

@@ -62,6 +62,11 @@ def sweep_waiting_deadlines() -> int:
     return sweepers.sweep_waiting_deadlines()
 
 
+@shared_task(name="orchestration.sweep_schedules", ignore_result=True)
+def sweep_schedules() -> int:
+    return sweepers.sweep_schedules()
+
+
 @shared_task(name="orchestration.sweep_retention", ignore_result=True)
 def sweep_retention() -> dict[str, int]:
     return sweep_retention_now()

@@ -34,7 +34,7 @@ from schemathesis.specs.openapi import checks as openapi_checks
 from approvals.models import ApprovalRequest
 from approvals.services import approval_decide
 from config.wsgi import application
-from orchestration import engine
+from orchestration import engine, schedules
 from orchestration.models import StepRun, WorkflowInstance
 
 MAX_EXAMPLES = int(os.environ.get("SIGNOFF_FUZZ_EXAMPLES", "20"))
@@ -67,7 +67,13 @@ CHECKS = [
 
 # Real ids and names to put into generated requests, filled by ``make_world`` (the hooks run
 # while hypothesis draws, after the fixtures).
-REAL: dict[str, list[Any]] = {"instances": [], "approvals": [], "waiting": [], "signals": []}
+REAL: dict[str, list[Any]] = {
+    "instances": [],
+    "approvals": [],
+    "waiting": [],
+    "signals": [],
+    "schedules": [],
+}
 
 # Valid starts, merged into generated bodies of POST /api/v1/instances/ (the rest of the
 # generated body stays: business_key, version, unknown fields).
@@ -94,6 +100,8 @@ def flatmap_path_parameters(context: Any, path_parameters: dict[str, Any] | None
     path = context.operation.path
     if path.startswith("/api/v1/approvals/"):
         kind = "approvals"
+    elif path.startswith("/api/v1/schedules/"):
+        kind = "schedules"
     else:
         # Signals mostly to the instance that waits for one.
         kind = "waiting" if "{name}" in path else "instances"
@@ -106,10 +114,21 @@ def flatmap_path_parameters(context: Any, path_parameters: dict[str, Any] | None
     )
 
 
+# Valid schedules, merged into generated bodies of POST /api/v1/schedules/ now and then.
+SCHEDULES: list[dict[str, Any]] = [
+    {"workflow": "t_sequence", "cron": "*/5 * * * *", "interval_seconds": None},
+    {"workflow": "customer_onboarding", "input": {"customer": "Fuzz", "plan": "free"}},
+]
+
+
 @schema.hook
 def flatmap_body(context: Any, body: Any) -> Any:
-    """Starts of registered workflows with valid input, now and then."""
-    if context.operation.label != "POST /api/v1/instances/" or not isinstance(body, dict):
+    """Starts of registered workflows with valid input, now and then (and valid schedules)."""
+    if not isinstance(body, dict):
+        return st.just(body)
+    if context.operation.label == "POST /api/v1/schedules/":
+        return _real_or_generated(None, SCHEDULES).map(lambda valid: {**body, **(valid or {})})
+    if context.operation.label != "POST /api/v1/instances/":
         return st.just(body)
     return _real_or_generated(None, STARTS).map(lambda start: {**body, **(start or {})})
 
@@ -162,7 +181,8 @@ def make_world() -> str:
     """Demo data and a fuzzing user who may do everything the API offers; returns its token.
 
     The user is staff with ``operate_instance`` and ``view_sensitive`` (every instance, sealed
-    fields opened) and a manager (the demo expenses wait for a manager's decision)."""
+    fields opened), may manage schedules, and is a manager (the demo expenses wait for a
+    manager's decision)."""
     User = get_user_model()  # noqa: N806
     call_command("seed_demo", stdout=io.StringIO())
     user = User.objects.create_user("fuzzer", email="fuzzer@example.com", is_staff=True)
@@ -170,7 +190,13 @@ def make_world() -> str:
     user.user_permissions.add(
         *Permission.objects.filter(
             content_type__app_label="orchestration",
-            codename__in=["operate_instance", "view_sensitive"],
+            codename__in=[
+                "operate_instance",
+                "view_sensitive",
+                "add_schedule",
+                "change_schedule",
+                "delete_schedule",
+            ],
         )
     )
     alice = User.objects.get(username="alice")
@@ -199,6 +225,12 @@ def make_world() -> str:
     REAL["approvals"] = list(ApprovalRequest.objects.values_list("pk", flat=True))
     REAL["waiting"] = [str(onboarding.pk), *REAL["instances"][:2]]
     REAL["signals"] = ["setup_completed"]
+    REAL["schedules"] = [
+        schedules.schedule_create(
+            values={"name": f"fuzz {n}", "workflow": "t_sequence", "interval_seconds": 3600}
+        ).pk
+        for n in range(2)
+    ]
     return Token.objects.create(user=user).key
 
 

@@ -51,8 +51,8 @@ from approvals.models import ActionToken, ApprovalRequest, Decision, MailPrefere
 from integrations.alerts.conditions import Finding
 from integrations.alerts.services import alert_fire
 from integrations.models import Alert, AlertRule
-from orchestration import engine
-from orchestration.models import Event, StepRun, WorkflowInstance
+from orchestration import engine, schedules
+from orchestration.models import Event, Schedule, ScheduleFire, StepRun, WorkflowInstance
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -63,7 +63,8 @@ ROLE_HELP = {
     "assignee": "bob: in the managers group the expense waits for, not staff",
     "staff": "sam: is_staff, no permissions",
     "viewer": "vera: is_staff with view permissions only",
-    "operator": "otto: is_staff, view permissions and orchestration.operate_instance",
+    "operator": "otto: is_staff, view permissions, orchestration.operate_instance and the "
+    "schedule permissions (add, change, delete)",
     "superuser": "root",
 }
 VIEW_PERMISSIONS = [
@@ -76,6 +77,13 @@ VIEW_PERMISSIONS = [
     "integrations.view_alert",
     "integrations.view_alertrule",
     "authtoken.view_tokenproxy",
+    "orchestration.view_schedule",
+    "orchestration.view_schedulefire",
+]
+SCHEDULE_PERMISSIONS = [
+    "orchestration.add_schedule",
+    "orchestration.change_schedule",
+    "orchestration.delete_schedule",
 ]
 
 LOGIN = "login"
@@ -99,6 +107,8 @@ class World:
     waiting: WorkflowInstance  # alice's onboarding, waiting for setup_completed
     links: dict[str, str] = field(default_factory=dict)  # person -> signed link token
     alert_id: int = 0  # a firing alert (a missed schedule)
+    schedule: Any = None  # an active schedule of t_sequence, every hour
+    paused_schedule: Any = None  # a paused one
 
 
 def _run_scheduled(instance: WorkflowInstance) -> None:
@@ -139,6 +149,7 @@ def _make_world() -> World:
                 *VIEW_PERMISSIONS,
                 "orchestration.operate_instance",
                 "integrations.resolve_alert",
+                *SCHEDULE_PERMISSIONS,
             ),
         ),
         "superuser": User.objects.create_superuser("root", "root@example.com", "pw-root-123"),
@@ -178,7 +189,30 @@ def _make_world() -> World:
         ),
         finding=Finding(subject="schedule:1", title="nightly missed"),
     )
-    return World(users, tokens, expense, approval, failed, waiting, links, alert.pk)
+    hourly = schedules.schedule_create(
+        values={"name": "matrix hourly", "workflow": "t_sequence", "interval_seconds": 3600}
+    )
+    paused = schedules.schedule_create(
+        values={
+            "name": "matrix paused",
+            "workflow": "t_sequence",
+            "cron": "0 6 * * *",
+            "paused": True,
+            "paused_note": "matrix",
+        }
+    )
+    return World(
+        users,
+        tokens,
+        expense,
+        approval,
+        failed,
+        waiting,
+        links,
+        alert_id=alert.pk,
+        schedule=hourly,
+        paused_schedule=paused,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -230,6 +264,12 @@ def snapshot() -> tuple:
         sorted(MailPreference.objects.values_list("user_id", "mode", "digest_hour", "time_zone")),
         sorted(Alert.objects.values_list("pk", "state")),
         sorted(AlertRule.objects.values_list("name", "condition", "enabled")),
+        sorted(
+            Schedule.objects.values_list(
+                "name", "paused", "paused_note", "overlap", "next_fire_at", "updated_at"
+            )
+        ),
+        ScheduleFire.objects.count(),
     )
 
 
@@ -558,6 +598,95 @@ OPS: dict[str, Op] = {
     "POST status page: complete the approval step by hand": Op(
         lambda c, w: c.post(_step_url(w, "/instances"), COMPLETE_BY_HAND), writes=True
     ),
+    # schedules: reading needs view_schedule (or staff); writing the model permissions
+    "GET /api/v1/schedules/": Op(
+        lambda c, w: c.get("/api/v1/schedules/"),
+        api=True,
+        listed=lambda r, w: w.schedule.pk in {s["id"] for s in r.json()["results"]},
+    ),
+    "GET /api/v1/schedules/{id}/": Op(
+        lambda c, w: c.get(f"/api/v1/schedules/{w.schedule.pk}/"), api=True
+    ),
+    "GET /api/v1/schedules/{id}/fires/": Op(
+        lambda c, w: c.get(f"/api/v1/schedules/{w.schedule.pk}/fires/"), api=True
+    ),
+    "POST /api/v1/schedules/": Op(
+        lambda c, w: _json(
+            c,
+            "post",
+            "/api/v1/schedules/",
+            {"name": "matrix new", "workflow": "t_sequence", "cron": "*/5 * * * *"},
+        ),
+        api=True,
+        writes=True,
+    ),
+    "PATCH /api/v1/schedules/{id}/": Op(
+        lambda c, w: _json(
+            c, "patch", f"/api/v1/schedules/{w.schedule.pk}/", {"overlap": "allow_all"}
+        ),
+        api=True,
+        writes=True,
+    ),
+    "DELETE /api/v1/schedules/{id}/": Op(
+        lambda c, w: c.delete(f"/api/v1/schedules/{w.schedule.pk}/"), api=True, writes=True
+    ),
+    "POST /api/v1/schedules/{id}/pause/": Op(
+        lambda c, w: _json(c, "post", f"/api/v1/schedules/{w.schedule.pk}/pause/", {}),
+        api=True,
+        writes=True,
+    ),
+    "POST /api/v1/schedules/{id}/resume/ (paused)": Op(
+        lambda c, w: _json(c, "post", f"/api/v1/schedules/{w.paused_schedule.pk}/resume/"),
+        api=True,
+        writes=True,
+    ),
+    "POST /api/v1/schedules/{id}/trigger/": Op(
+        lambda c, w: _json(c, "post", f"/api/v1/schedules/{w.schedule.pk}/trigger/", {}),
+        api=True,
+        writes=True,
+    ),
+    "GET admin: schedules changelist": Op(lambda c, w: c.get("/admin/orchestration/schedule/")),
+    "GET admin: schedule fires": Op(lambda c, w: c.get("/admin/orchestration/schedulefire/")),
+    "POST admin: schedules pause action": Op(
+        lambda c, w: c.post(
+            "/admin/orchestration/schedule/",
+            {"action": "pause_schedules", "_selected_action": [w.schedule.pk], "index": "0"},
+        ),
+        writes=True,
+    ),
+    "POST admin: schedules resume action (paused)": Op(
+        lambda c, w: c.post(
+            "/admin/orchestration/schedule/",
+            {
+                "action": "resume_schedules",
+                "_selected_action": [w.paused_schedule.pk],
+                "index": "0",
+            },
+        ),
+        writes=True,
+    ),
+    "POST admin: schedules fire now action": Op(
+        lambda c, w: c.post(
+            "/admin/orchestration/schedule/",
+            {"action": "trigger_schedules", "_selected_action": [w.schedule.pk], "index": "0"},
+        ),
+        writes=True,
+    ),
+    "POST admin: add schedule": Op(
+        lambda c, w: c.post(
+            "/admin/orchestration/schedule/add/",
+            {
+                "name": "matrix admin",
+                "workflow": "t_sequence",
+                "cron": "0 7 * * *",
+                "time_zone": "UTC",
+                "jitter_seconds": "0",
+                "overlap": "skip",
+                "catchup_window_seconds": "3600",
+            },
+        ),
+        writes=True,
+    ),
 }
 
 # fmt: off
@@ -615,6 +744,22 @@ MATRIX: dict[str, tuple[Any, ...]] = {
     "POST admin: complete the approval step by hand": (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 404, 403, 403, 403),  # noqa: E501
     "POST admin: complete it by hand, SIGNOFF_OPERATORS_COMPLETE_APPROVALS=1": (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 404, 403, DONE, DONE),  # noqa: E501
     "POST status page: complete the approval step by hand": (LOGIN, 403, 403, 403, 403, 403, 403),  # noqa: E501
+    # Schedules: staff and view_schedule read; add/change/delete_schedule write (otto has them).
+    "GET /api/v1/schedules/":                       (401, 403, 403, LISTED, LISTED, LISTED, LISTED),  # noqa: E501
+    "GET /api/v1/schedules/{id}/":                  (401, 403, 403, 200, 200, 200, 200),
+    "GET /api/v1/schedules/{id}/fires/":            (401, 403, 403, 200, 200, 200, 200),
+    "POST /api/v1/schedules/":                      (401, 403, 403, 403, 403, 201, 201),
+    "PATCH /api/v1/schedules/{id}/":                (401, 403, 403, 403, 403, 200, 200),
+    "DELETE /api/v1/schedules/{id}/":               (401, 403, 403, 403, 403, 204, 204),
+    "POST /api/v1/schedules/{id}/pause/":           (401, 403, 403, 403, 403, 200, 200),
+    "POST /api/v1/schedules/{id}/resume/ (paused)": (401, 403, 403, 403, 403, 200, 200),
+    "POST /api/v1/schedules/{id}/trigger/":         (401, 403, 403, 403, 403, 201, 201),
+    "GET admin: schedules changelist":              (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, 200, 200, 200),  # noqa: E501
+    "GET admin: schedule fires":                    (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, 200, 200, 200),  # noqa: E501
+    "POST admin: schedules pause action":           (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, 403, DONE, DONE),  # noqa: E501
+    "POST admin: schedules resume action (paused)": (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, 403, DONE, DONE),  # noqa: E501
+    "POST admin: schedules fire now action":        (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, 403, DONE, DONE),  # noqa: E501
+    "POST admin: add schedule":                     (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, 403, DONE, DONE),  # noqa: E501
 }
 # fmt: on
 
@@ -674,7 +819,7 @@ def test_authorization_matrix(world: World, operation: str, role: str, expected:
         f"{operation} as {role} ({ROLE_HELP[role]}): expected {expected}, got {got} "
         f"{response.content[:300]!r}"
     )
-    if op.writes and got in (200, 201, 202, DONE):
+    if op.writes and got in (200, 201, 202, 204, DONE):
         assert snapshot() != before, f"{operation} as {role} answered {got} but changed nothing"
     else:
         assert snapshot() == before, f"{operation} as {role} changed data"

@@ -558,3 +558,29 @@ child_step(
     input=lambda ctx: {"tax_id": ctx.input["ssn"], "note": "plain"},
 )
 registry.register(child_parent_sealed)
+
+
+# Started by schedules (tests/orchestration/test_schedules*.py): the fire time in the context.
+def _report(ctx: StepContext) -> dict[str, Any]:
+    record(ctx)
+    when = ctx.scheduled_for
+    return {"scheduled_for": when.isoformat() if when else None, "report": ctx.input["report"]}
+
+
+scheduled = Workflow(
+    "t_scheduled",
+    description="a report a schedule starts",
+    input_schema={
+        "type": "object",
+        "properties": {
+            "report": {"type": "string", "maxLength": 50},
+            "token": {"type": "string"},
+            "hold": {"type": "boolean"},
+        },
+        "required": ["report"],
+        "additionalProperties": False,
+    },
+    sensitive=["input.token"],
+)
+scheduled.task(_report, name="report", retry=FAST)
+registry.register(scheduled)

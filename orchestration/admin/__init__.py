@@ -13,7 +13,8 @@ they post an action anyway.
   their steps and history, and the operator actions on them;
 - :mod:`.events`: every event, read-only;
 - :mod:`.periodic_tasks`: the sweepers' schedule (django-celery-beat);
+- :mod:`.schedules`: workflow schedules (pause, resume) and their fire records;
 - :mod:`.tokens`: the REST API's tokens, never shown whole (replaces DRF's token admin).
 """
 
-from . import events, instances, periodic_tasks, tokens  # noqa: F401 - they register the admins
+from . import events, instances, periodic_tasks, schedules, tokens  # noqa: F401 - they register the admins

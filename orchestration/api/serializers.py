@@ -230,6 +230,15 @@ class InstanceSerializer(serializers.ModelSerializer):
     links = serializers.SerializerMethodField()
     parent = serializers.SerializerMethodField()
     children = serializers.SerializerMethodField()
+    schedule = serializers.IntegerField(
+        source="schedule_id",
+        read_only=True,
+        allow_null=True,
+        help_text="The schedule that started it (GET /api/v1/schedules/{id}/); null if none.",
+    )
+    scheduled_for = serializers.DateTimeField(
+        read_only=True, allow_null=True, help_text="That schedule's fire time; null if none."
+    )
 
     class Meta:
         model = WorkflowInstance
@@ -249,6 +258,8 @@ class InstanceSerializer(serializers.ModelSerializer):
             "finished_at",
             "deadline_at",
             "updated_at",
+            "schedule",
+            "scheduled_for",
             "steps",
             "parent",
             "children",

@@ -1,6 +1,6 @@
 from django.urls import path, re_path
 
-from . import views
+from . import schedule_views, views
 
 urlpatterns = [
     path("", views.ApiRootView.as_view(), name="api-root"),
@@ -22,6 +22,28 @@ urlpatterns = [
         "instances/<str:pk>/signals/<str:name>/",
         views.InstanceSignalView.as_view(),
         name="api-instance-signal",
+    ),
+    path("schedules/", schedule_views.ScheduleListView.as_view(), name="api-schedules"),
+    path("schedules/<str:pk>/", schedule_views.ScheduleDetailView.as_view(), name="api-schedule"),
+    path(
+        "schedules/<str:pk>/pause/",
+        schedule_views.SchedulePauseView.as_view(),
+        name="api-schedule-pause",
+    ),
+    path(
+        "schedules/<str:pk>/resume/",
+        schedule_views.ScheduleResumeView.as_view(),
+        name="api-schedule-resume",
+    ),
+    path(
+        "schedules/<str:pk>/trigger/",
+        schedule_views.ScheduleTriggerView.as_view(),
+        name="api-schedule-trigger",
+    ),
+    path(
+        "schedules/<str:pk>/fires/",
+        schedule_views.ScheduleFiresView.as_view(),
+        name="api-schedule-fires",
     ),
     re_path(r"^.*$", views.not_found),
 ]

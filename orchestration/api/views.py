@@ -98,6 +98,9 @@ class InstanceListView(ApiView):
             OpenApiParameter("workflow", str, description="Workflow name."),
             OpenApiParameter("state", str, enum=InstanceState.values),
             OpenApiParameter("business_key", str),
+            OpenApiParameter(
+                "schedule", int, description="Only instances this schedule started (its id)."
+            ),
         ],
         responses={
             200: InstanceSerializer(many=True),
@@ -111,6 +114,7 @@ class InstanceListView(ApiView):
             workflow=request.query_params.get("workflow"),
             state=request.query_params.get("state"),
             business_key=request.query_params.get("business_key"),
+            schedule=request.query_params.get("schedule"),
         )
         paginator = self.pagination_class()
         page = selectors.attach_children(paginator.paginate_queryset(qs, request, view=self))
@@ -453,6 +457,7 @@ class ApiRootView(ApiView):
             {
                 "workflows": "/api/v1/workflows/",
                 "instances": "/api/v1/instances/",
+                "schedules": "/api/v1/schedules/",
                 "schema": "/api/schema/",
                 "docs": "/api/docs/",
             }

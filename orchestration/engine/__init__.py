@@ -46,7 +46,7 @@ from .operator import (
     step_complete_manually,
     step_retry_now,
 )
-from .starting import MAX_KEY_LENGTH, instance_start
+from .starting import MAX_KEY_LENGTH, instance_start, requester_input
 from .stepping import (
     Claimed,
     complete_attempt,
@@ -82,6 +82,7 @@ __all__ = [
     "jsonable",
     "lock_instance",
     "request_fingerprint",
+    "requester_input",
     "schedule_task",
     "scrubbed_error",
     "step_claim",

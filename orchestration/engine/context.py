@@ -78,6 +78,7 @@ def context_of(instance: WorkflowInstance, steps: dict[str, StepRun], step: Step
             if s.state in (S.SUCCEEDED, S.COMPENSATING, S.COMPENSATED) and not s.comp_attempted
         },
         business_key=instance.business_key,
+        scheduled_for=instance.scheduled_for,
         sensitive=definition.sensitive if definition else frozenset(),
     )
 

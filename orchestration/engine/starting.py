@@ -8,6 +8,7 @@ commit.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from django.db import IntegrityError, transaction
@@ -36,6 +37,8 @@ def instance_start(
     started_by: Any = None,
     actor: str = "system",
     files: Sequence[Any] = (),
+    schedule: Any = None,
+    scheduled_for: datetime | None = None,
 ) -> tuple[WorkflowInstance, bool]:
     """Start an instance; returns ``(instance, created)``.
 
@@ -49,6 +52,10 @@ def instance_start(
     workflow or invalid input raise :class:`InvalidInput` and write nothing. Writes the
     instance, its steps and ``instance_started`` plus the first steps' events in one
     transaction; their doorbells ring after commit.
+
+    ``schedule`` and ``scheduled_for`` (the schedule's fire time) are set by
+    :mod:`orchestration.schedule_firing`: the instance links to its schedule and its steps see
+    the fire time as ``ctx.scheduled_for``.
     """
     input = {} if input is None else input
     if not isinstance(workflow, str) or not workflow:
@@ -119,6 +126,8 @@ def instance_start(
                 actor,
                 on_behalf_of,
                 uploads,
+                schedule=schedule,
+                scheduled_for=scheduled_for,
             ), True
     except IntegrityError:
         # Two requests with one key raced; the loser answers like a repeat.
@@ -128,6 +137,14 @@ def instance_start(
         if existing is None:
             raise
         return existing, False
+
+
+def requester_input(definition: Workflow, input: Any, started_by: Any) -> Any:
+    """``input`` as a start by ``started_by`` would take it: the workflow's requester field
+    filled with their username when absent; naming someone else needs
+    ``orchestration.start_on_behalf`` (:class:`NotAllowed` otherwise). Schedules check their
+    fixed input with it when they are saved, since their fires start as the system."""
+    return _requester_input(definition, input, started_by)[0]
 
 
 def _requester_input(definition: Workflow, input: Any, started_by: Any) -> tuple[Any, str | None]:
@@ -184,6 +201,8 @@ def _create(
     parent_step: StepRun | None = None,
     parent_attempt: int | None = None,
     instance_id: Any = None,
+    schedule: Any = None,
+    scheduled_for: datetime | None = None,
 ) -> WorkflowInstance:
     now = timezone.now()
     instance = WorkflowInstance(
@@ -199,6 +218,8 @@ def _create(
         started_by=started_by if getattr(started_by, "pk", None) else None,
         created_at=now,
         updated_at=now,
+        schedule=schedule,
+        scheduled_for=scheduled_for,
     )
     journal = Journal(instance, actor=actor, now=now)
     instance.start()
@@ -218,6 +239,11 @@ def _create(
             "version": definition.version,
             "business_key": business_key,
             **({"on_behalf_of": on_behalf_of} if on_behalf_of else {}),
+            **(
+                {"schedule": schedule.name, "scheduled_for": scheduled_for.isoformat()}
+                if schedule is not None and scheduled_for is not None
+                else {}
+            ),
         },
     )
     if uploads is not None:
