@@ -20,7 +20,7 @@ class OrchestrationConfig(AppConfig):
         from django.conf import settings
 
         # Step kinds, start-up checks, and the Celery tasks doorbells send.
-        from . import checks, engine, tasks, waits  # noqa: F401
+        from . import checks, engine, fanout, tasks, waits  # noqa: F401
 
         for module in settings.SIGNOFF_WORKFLOW_MODULES:
             import_module(module)

@@ -468,3 +468,7 @@ class Attachment(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.context})"
+
+
+# Map steps (dynamic fan-out) keep their items in their own tables.
+from .fanout_models import MapItem, MapRun  # noqa: E402, F401

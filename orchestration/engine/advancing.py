@@ -58,6 +58,8 @@ def advance(
                 journal.record("step_skipped", step=step, data={"reason": "when_false"})
                 continue
         get_kind(spec.kind).ready(step_run=step, spec=spec, journal=journal, now=journal.now)
+        if instance.state != I.RUNNING:
+            return  # the kind failed the step, and with it the instance (a map's bad items)
     if all(s.state in STEP_DONE for s in steps.values()):
         succeed_instance(instance, steps, definition, journal)
 

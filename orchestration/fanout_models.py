@@ -1,0 +1,172 @@
+"""Durable state of ``map`` steps (dynamic fan-out, :mod:`orchestration.fanout`): one
+:class:`MapItem` per item of the list, and one :class:`MapRun` per map step holding its
+counters.
+
+Items live in their own table so that thousands of them never touch the instance row: an
+item's task claims and completes *its* row (``select_for_update`` on that row, a django-fsm
+transition), and only the counter row of its step (:class:`MapRun`) serializes the "who is
+last" question. Transitions only change the row; the services in :mod:`.fanout_items` lock,
+transition and save.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import models
+from django.db.models import Q
+from django_fsm import FSMField, FSMModelMixin, transition
+
+from .models import StepRun
+
+
+class MapItemState(models.TextChoices):
+    PENDING = "pending"
+    SCHEDULED = "scheduled"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    RETRYING = "retrying"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class MapRunState(models.TextChoices):
+    RUNNING = "running"
+    SETTLED = "settled"
+
+
+M = MapItemState
+# In the step's concurrency window (counted by MapRun.in_flight).
+ITEM_IN_FLIGHT = [M.SCHEDULED, M.RUNNING, M.RETRYING]
+ITEM_CLAIMABLE = [M.SCHEDULED, M.RETRYING]
+# Not finished (counted by MapRun.open).
+ITEM_OPEN = [M.PENDING, *ITEM_IN_FLIGHT]
+ITEM_CANCELLABLE = [M.PENDING, M.SCHEDULED, M.RETRYING]
+
+
+class MapRun(FSMModelMixin, models.Model):
+    """The counters of one map step: the only row every finishing item updates.
+
+    ``open`` counts items not finished, ``in_flight`` those in the concurrency window
+    (scheduled, running or retrying). Each item leaving the window updates them in its own
+    transaction as its last statement, so the row is held only for the commit; the item that
+    takes ``open`` to 0 (or ``failed`` past ``tolerate``) knows, race-free, that the step must
+    settle. ``running`` → ``settled`` when the step succeeded or failed (under the instance
+    lock); an operator's retry reopens it."""
+
+    step_run = models.OneToOneField(
+        StepRun, on_delete=models.CASCADE, primary_key=True, related_name="map_run"
+    )
+    state = FSMField(default=MapRunState.RUNNING, choices=MapRunState.choices, protected=True)
+    total = models.PositiveIntegerField()
+    concurrency = models.PositiveIntegerField()
+    tolerate = models.PositiveIntegerField(default=0)
+    open = models.IntegerField()
+    in_flight = models.IntegerField(default=0)
+    succeeded = models.IntegerField(default=0)
+    failed = models.IntegerField(default=0)
+    cancelled = models.IntegerField(default=0)
+    # Operator retries of the step (1 for the first run).
+    round = models.PositiveIntegerField(default=1)
+
+    class Meta:
+        indexes = [
+            # The settle backstop reads only unsettled runs.
+            models.Index(
+                fields=["step_run"], name="maprun_unsettled", condition=Q(state="running")
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"map run of step {self.step_run_id} ({self.state})"
+
+    @transition(field=state, source=MapRunState.RUNNING, target=MapRunState.SETTLED)
+    def settle(self) -> None:
+        pass
+
+    @transition(field=state, source=MapRunState.SETTLED, target=MapRunState.RUNNING)
+    def reopen(self) -> None:
+        self.round += 1
+
+    def counts(self) -> dict[str, int]:
+        """The step's items by outcome, as the API and the status page show them."""
+        return {
+            "total": self.total,
+            "pending": max(self.open - self.in_flight, 0),
+            "in_flight": self.in_flight,
+            "succeeded": self.succeeded,
+            "failed": self.failed,
+            "cancelled": self.cancelled,
+        }
+
+
+class MapItem(FSMModelMixin, models.Model):
+    """One item of a map step: its value, attempts, deadlines and result."""
+
+    step_run = models.ForeignKey(
+        StepRun, on_delete=models.CASCADE, related_name="map_items", db_index=False
+    )
+    index = models.PositiveIntegerField()
+    state = FSMField(default=M.PENDING, choices=M.choices, protected=True)
+    # The item's value (sealed whole when its workflow declares sensitive fields).
+    item = models.JSONField(null=True, blank=True)
+    attempt = models.PositiveIntegerField(default=0)
+    attempt_base = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    rung_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    timeout_at = models.DateTimeField(null=True, blank=True)
+    output = models.JSONField(null=True, blank=True)
+    error = models.JSONField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["step_run", "index"]
+        constraints = [
+            models.UniqueConstraint(fields=["step_run", "index"], name="mapitem_step_index"),
+        ]
+        indexes = [
+            # The next pending item of a step, in index order.
+            models.Index(
+                fields=["step_run", "index"], name="mapitem_pending", condition=Q(state="pending")
+            ),
+            # Lost item doorbells: scheduled/retrying items by due time.
+            models.Index(
+                fields=["next_attempt_at"],
+                name="mapitem_due_doorbell",
+                condition=Q(state__in=["scheduled", "retrying"]),
+            ),
+            # Item timeouts: running items by their attempt deadline.
+            models.Index(
+                fields=["timeout_at"], name="mapitem_running_timeout", condition=Q(state="running")
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"item {self.index} of step {self.step_run_id} ({self.state})"
+
+    @transition(field=state, source=M.PENDING, target=M.SCHEDULED)
+    def schedule(self) -> None:
+        self.attempt += 1
+        self.error = None
+
+    @transition(field=state, source=ITEM_CLAIMABLE, target=M.RUNNING)
+    def claim(self) -> None:
+        pass
+
+    @transition(field=state, source=M.RUNNING, target=M.SUCCEEDED)
+    def succeed(self, output: Any = None) -> None:
+        self.output = output
+        self.error = None
+
+    @transition(field=state, source=M.RUNNING, target=M.RETRYING)
+    def retry_later(self) -> None:
+        self.attempt += 1
+
+    @transition(field=state, source=M.RUNNING, target=M.FAILED)
+    def fail(self) -> None:
+        pass
+
+    @transition(field=state, source=ITEM_CANCELLABLE, target=M.CANCELLED)
+    def cancel(self) -> None:
+        pass
