@@ -40,6 +40,7 @@ from .engine import definition_of, step_context
 from .engine.advancing import fail_instance
 from .engine.context import error_info, jsonable
 from .fanout_items import (
+    ItemContext,
     cancel_open_items,
     get_item_runner,
     recount,
@@ -54,19 +55,6 @@ from .models import StepRun
 
 M = MapItemState
 MAX_ITEMS_DEFAULT = 10_000
-
-
-@dataclass(frozen=True)
-class ItemContext(StepContext):
-    """What a map step's function sees for one item: the step's context plus the item's
-    index; the idempotency key names the item, so an external call made for it is applied
-    once whatever its attempts."""
-
-    item_index: int = 0
-
-    @property
-    def idempotency_key(self) -> str:
-        return f"{self.instance_id}:{self.step}:{self.item_index}"
 
 
 @dataclass

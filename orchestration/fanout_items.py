@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.db import transaction
@@ -41,6 +41,7 @@ from django.utils import timezone
 
 from . import journal as journal_module
 from . import sealing
+from .definitions import StepContext, registry
 from .engine import definition_of, lock_instance, stored_output
 from .engine.context import context_of, error_info, jsonable, scrubbed_error
 from .fanout_models import (
@@ -55,13 +56,25 @@ from .fanout_models import (
 from .journal import Doorbell, Journal
 from .models import InstanceState, StepRun, StepState
 
-if TYPE_CHECKING:
-    from .definitions import StepContext
-    from .fanout import MapStep
+# A map step's spec (orchestration.fanout.MapStep; that module imports this one).
+MapStep = Any
 
 log = logging.getLogger("signoff.engine")
 M = MapItemState
 S = StepState
+
+
+@dataclass(frozen=True)
+class ItemContext(StepContext):
+    """What a map step's function sees for one item: the step's context plus the item's
+    index; the idempotency key names the item, so an external call made for it is applied
+    once whatever its attempts."""
+
+    item_index: int = 0
+
+    @property
+    def idempotency_key(self) -> str:
+        return f"{self.instance_id}:{self.step}:{self.item_index}"
 
 
 # -- runners -----------------------------------------------------------------------------------
@@ -245,19 +258,15 @@ def _locked_item(item_id: int, *, states: list[str], skip_locked: bool = False) 
 
 
 def _spec_of(item: MapItem) -> MapStep | None:
-    from .fanout import MapStep
-
     definition = definition_of(item.step_run.instance)
     spec = definition.steps.get(item.step_run.name) if definition else None
-    return spec if isinstance(spec, MapStep) else None
+    return spec if spec is not None and spec.kind == "map" else None
 
 
 def item_claim(*, item_id: int, attempt: int) -> ClaimedItem | None:
     """Claim attempt ``attempt`` of an item: ``scheduled``/``retrying`` → ``running``, on the
     item's row lock only. None, changing nothing, for a duplicate, stale or early message or
     a paused instance; an item whose step no longer waits (cancelled, failed) is cancelled."""
-    from .fanout import ItemContext
-
     with transaction.atomic():
         item = _locked_item(item_id, states=ITEM_CLAIMABLE)
         if item is None or item.attempt != attempt:
@@ -525,8 +534,6 @@ def ring_lost_items(*, due: Q, batch: int, now: datetime | None = None) -> int:
     """Ring again, in one bounded batch, items ``scheduled``/``retrying`` whose doorbell seems
     lost (``due``: the doorbell sweeper's filter over ``next_attempt_at``/``rung_at``). Rows
     another transaction holds are skipped (SKIP LOCKED); the next sweep comes back."""
-    from .fanout import MapStep
-
     now = now or timezone.now()
     with transaction.atomic():
         rows = list(
@@ -549,12 +556,10 @@ def ring_lost_items(*, due: Q, batch: int, now: datetime | None = None) -> int:
         by_spec: dict[tuple[str, int, str], list[tuple[int, int, None]]] = {}
         for pk, attempt, workflow, version, name in rows:
             by_spec.setdefault((workflow, version, name), []).append((pk, attempt, None))
-        from .definitions import registry
-
         for (workflow, version, name), bells in by_spec.items():
             definition = registry.get(workflow, version)
             spec = definition.steps.get(name) if definition else None
-            ring_items(bells, spec if isinstance(spec, MapStep) else None)
+            ring_items(bells, spec if spec is not None and spec.kind == "map" else None)
     log.info("rang %d lost map item doorbells", len(rows))
     return len(rows)
 

@@ -5,8 +5,9 @@ counters.
 Items live in their own table so that thousands of them never touch the instance row: an
 item's task claims and completes *its* row (``select_for_update`` on that row, a django-fsm
 transition), and only the counter row of its step (:class:`MapRun`) serializes the "who is
-last" question. Transitions only change the row; the services in :mod:`.fanout_items` lock,
-transition and save.
+last" question (``orchestration.models`` imports this module; the foreign keys name
+``StepRun`` by label so the import goes one way). Transitions only change the row; the
+services in :mod:`.fanout_items` lock, transition and save.
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ from typing import Any
 from django.db import models
 from django.db.models import Q
 from django_fsm import FSMField, FSMModelMixin, transition
-
-from .models import StepRun
 
 
 class MapItemState(models.TextChoices):
@@ -55,7 +54,7 @@ class MapRun(FSMModelMixin, models.Model):
     lock); an operator's retry reopens it."""
 
     step_run = models.OneToOneField(
-        StepRun, on_delete=models.CASCADE, primary_key=True, related_name="map_run"
+        "orchestration.StepRun", on_delete=models.CASCADE, primary_key=True, related_name="map_run"
     )
     state = FSMField(default=MapRunState.RUNNING, choices=MapRunState.choices, protected=True)
     total = models.PositiveIntegerField()
@@ -104,7 +103,7 @@ class MapItem(FSMModelMixin, models.Model):
     """One item of a map step: its value, attempts, deadlines and result."""
 
     step_run = models.ForeignKey(
-        StepRun, on_delete=models.CASCADE, related_name="map_items", db_index=False
+        "orchestration.StepRun", on_delete=models.CASCADE, related_name="map_items", db_index=False
     )
     index = models.PositiveIntegerField()
     state = FSMField(default=M.PENDING, choices=M.choices, protected=True)
