@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from django.core.exceptions import ObjectDoesNotExist
 from django.db.models import Prefetch, Q, QuerySet
 
 from . import sealing
@@ -38,8 +39,10 @@ def instances_started_by(user: Any) -> QuerySet[WorkflowInstance]:
 
 def _with_steps(qs: QuerySet[WorkflowInstance]) -> QuerySet[WorkflowInstance]:
     # Two queries whatever the number of instances: the instances (with their starter) and
-    # all their steps.
-    steps = Prefetch("steps", queryset=StepRun.objects.order_by("position"))
+    # all their steps (with a map step's counter row, joined).
+    steps = Prefetch(
+        "steps", queryset=StepRun.objects.select_related("map_run").order_by("position")
+    )
     return qs.select_related("started_by").prefetch_related(steps)
 
 
@@ -211,3 +214,15 @@ def instance_for_signature(*, instance_id: Any) -> WorkflowInstance:
     if instance is None:
         raise NotFound("instance not found")
     return instance
+
+
+def map_item_counts(step: StepRun) -> dict[str, int] | None:
+    """A map step's items by outcome (:meth:`MapRun.counts`), from its counter row (joined
+    by :func:`_with_steps`, else one query); None for other kinds or before it has items."""
+    if step.kind != "map":
+        return None
+    try:
+        run = step.map_run
+    except ObjectDoesNotExist:
+        return None
+    return run.counts()
