@@ -39,15 +39,16 @@ from .definitions import Predicate, RetryPolicy, StepContext, StepSpec, Workflow
 from .engine import definition_of, step_context
 from .engine.advancing import fail_instance
 from .engine.context import error_info, jsonable
-from .fanout_items import (
+from .errors import Conflict
+from .fanout_models import MapItem, MapItemState, MapRun
+from .fanout_runners import (
     ItemContext,
     cancel_open_items,
     get_item_runner,
-    recount,
+    in_flight,
     schedule_pending,
-    settle_locked,
 )
-from .fanout_models import MapItem, MapItemState, MapRun
+from .fanout_settle import settle_locked
 from .journal import Journal
 from .jsonsafe import storable_json_problem
 from .kinds import StepKind, register_kind
@@ -234,12 +235,20 @@ class MapKind(StepKind):
         self, *, step_run: StepRun, spec: StepSpec, journal: Journal, now: datetime
     ) -> None:
         """Run again only the items that failed or were cancelled; succeeded items keep their
-        outputs. A step that failed before it had items evaluates ``items`` afresh."""
+        outputs. A step that failed before it had items evaluates ``items`` afresh. Refused
+        (:class:`Conflict`, nothing changed) while items of the failed step still run."""
         assert isinstance(spec, MapStep)
         run = MapRun.objects.select_for_update().filter(pk=step_run.pk).first()
         if run is None:
             self.ready(step_run=step_run, spec=spec, journal=journal, now=now)
             return
+        running = in_flight(step_run.pk)
+        if running:
+            raise Conflict(
+                f"{running} items of step {step_run.name} are still running; retry when they "
+                "have finished",
+                code="items_in_flight",
+            )
         rerun = MapItem.objects.filter(
             step_run_id=step_run.pk, state__in=[M.FAILED, M.CANCELLED]
         ).update(
@@ -251,16 +260,14 @@ class MapKind(StepKind):
             timeout_at=None,
         )
         run.reopen()
-        recount(run)
+        run.save(update_fields=["state", "round"])
         step_run.wait()
         step_run.started_at = now
         step_run.finished_at = None
         step_run.error = None
         journal.record("step_started", step=step_run, data={"retry": True, "items_rerun": rerun})
-        schedule_pending(run, spec, now=now, limit=run.concurrency - run.in_flight)
-        run.save()
-        if run.open == 0:
-            settle_locked(journal, step_run, spec, run)
+        if not schedule_pending(step_run.pk, spec, now=now, limit=run.concurrency):
+            settle_locked(journal, step_run, spec, run)  # nothing left to run
 
     def cancelled(
         self, *, step_run: StepRun, spec: StepSpec, journal: Journal, now: datetime
@@ -270,9 +277,9 @@ class MapKind(StepKind):
         run = MapRun.objects.select_for_update().filter(pk=step_run.pk).first()
         if run is None or run.state != "running":
             return
-        cancel_open_items(run, now=now)
+        cancel_open_items(step_run.pk, spec, now=now)
         run.settle()
-        run.save()
+        run.save(update_fields=["state"])
 
     def offers_operator(self, action: str) -> bool:
         return action != "retry_now"
@@ -318,7 +325,6 @@ def _create_items(
     step: StepRun, spec: MapStep, items: list[Any], sealed: bool, now: datetime
 ) -> None:
     """Write the items (the step has its id now) and schedule the first ``concurrency``."""
-    first = min(spec.concurrency, len(items))
     MapItem.objects.bulk_create(
         [
             MapItem(
@@ -330,15 +336,13 @@ def _create_items(
         ],
         batch_size=2000,
     )
-    run = MapRun(
+    MapRun(
         step_run_id=step.pk,
         total=len(items),
         concurrency=spec.concurrency,
         tolerate=spec.tolerate_failures,
-        open=len(items),
-    )
-    schedule_pending(run, spec, now=now or timezone.now(), limit=first)
-    run.save(force_insert=True)
+    ).save(force_insert=True)
+    schedule_pending(step.pk, spec, now=now or timezone.now(), limit=spec.concurrency)
 
 
 register_kind(MapKind())

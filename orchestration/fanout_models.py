@@ -1,12 +1,11 @@
 """Durable state of ``map`` steps (dynamic fan-out, :mod:`orchestration.fanout`): one
-:class:`MapItem` per item of the list, and one :class:`MapRun` per map step holding its
-counters.
+:class:`MapItem` per item of the list, and one :class:`MapRun` per map step.
 
-Items live in their own table so that thousands of them never touch the instance row: an
-item's task claims and completes *its* row (``select_for_update`` on that row, a django-fsm
-transition), and only the counter row of its step (:class:`MapRun`) serializes the "who is
-last" question (``orchestration.models`` imports this module; the foreign keys name
-``StepRun`` by label so the import goes one way). Transitions only change the row; the
+Items live in their own table so that thousands of them never touch a shared row: an item's
+task claims and completes *its* row (``select_for_update`` on that row, a django-fsm
+transition); no counter is updated per item (a first version had one, and every item queued on
+it: bench/fanout.py). ``orchestration.models`` imports this module; the foreign keys name
+``StepRun`` by label so the import goes one way. Transitions only change the row; the
 services in :mod:`.fanout_items` lock, transition and save.
 """
 
@@ -35,23 +34,18 @@ class MapRunState(models.TextChoices):
 
 
 M = MapItemState
-# In the step's concurrency window (counted by MapRun.in_flight).
+# In the step's concurrency window.
 ITEM_IN_FLIGHT = [M.SCHEDULED, M.RUNNING, M.RETRYING]
 ITEM_CLAIMABLE = [M.SCHEDULED, M.RETRYING]
-# Not finished (counted by MapRun.open).
+# Not finished.
 ITEM_OPEN = [M.PENDING, *ITEM_IN_FLIGHT]
 ITEM_CANCELLABLE = [M.PENDING, M.SCHEDULED, M.RETRYING]
 
 
 class MapRun(FSMModelMixin, models.Model):
-    """The counters of one map step: the only row every finishing item updates.
-
-    ``open`` counts items not finished, ``in_flight`` those in the concurrency window
-    (scheduled, running or retrying). Each item leaving the window updates them in its own
-    transaction as its last statement, so the row is held only for the commit; the item that
-    takes ``open`` to 0 (or ``failed`` past ``tolerate``) knows, race-free, that the step must
-    settle. ``running`` → ``settled`` when the step succeeded or failed (under the instance
-    lock); an operator's retry reopens it."""
+    """One map step's run over its items: ``running`` → ``settled`` when the step succeeded
+    or failed (under the instance lock); an operator's retry reopens it. No item updates this
+    row: it is locked only to settle or reopen the step."""
 
     step_run = models.OneToOneField(
         "orchestration.StepRun", on_delete=models.CASCADE, primary_key=True, related_name="map_run"
@@ -60,11 +54,6 @@ class MapRun(FSMModelMixin, models.Model):
     total = models.PositiveIntegerField()
     concurrency = models.PositiveIntegerField()
     tolerate = models.PositiveIntegerField(default=0)
-    open = models.IntegerField()
-    in_flight = models.IntegerField(default=0)
-    succeeded = models.IntegerField(default=0)
-    failed = models.IntegerField(default=0)
-    cancelled = models.IntegerField(default=0)
     # Operator retries of the step (1 for the first run).
     round = models.PositiveIntegerField(default=1)
 
@@ -86,17 +75,6 @@ class MapRun(FSMModelMixin, models.Model):
     @transition(field=state, source=MapRunState.SETTLED, target=MapRunState.RUNNING)
     def reopen(self) -> None:
         self.round += 1
-
-    def counts(self) -> dict[str, int]:
-        """The step's items by outcome, as the API and the status page show them."""
-        return {
-            "total": self.total,
-            "pending": max(self.open - self.in_flight, 0),
-            "in_flight": self.in_flight,
-            "succeeded": self.succeeded,
-            "failed": self.failed,
-            "cancelled": self.cancelled,
-        }
 
 
 class MapItem(FSMModelMixin, models.Model):
@@ -134,6 +112,15 @@ class MapItem(FSMModelMixin, models.Model):
                 fields=["next_attempt_at"],
                 name="mapitem_due_doorbell",
                 condition=Q(state__in=["scheduled", "retrying"]),
+            ),
+            # "Is anything left?" and "how many failed?": the items not succeeded, by step
+            # (so the tail of a 5,000-item step counts a handful of rows, not 5,000).
+            models.Index(
+                fields=["step_run", "state"],
+                name="mapitem_unfinished",
+                condition=Q(
+                    state__in=["pending", "scheduled", "running", "retrying", "failed", "cancelled"]
+                ),
             ),
             # Item timeouts: running items by their attempt deadline.
             models.Index(

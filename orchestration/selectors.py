@@ -7,11 +7,12 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from django.core.exceptions import ObjectDoesNotExist
-from django.db.models import Prefetch, Q, QuerySet
+from django.db.models import Count, Prefetch, Q, QuerySet
 
 from . import sealing
 from .errors import InvalidInput, NotAllowed, NotFound
+from .fanout_models import MapItem
+from .fanout_runners import item_states, summary
 from .models import KEY_OWNER, Event, InstanceState, StepRun, WorkflowInstance
 
 log = logging.getLogger("signoff.engine")
@@ -217,12 +218,28 @@ def instance_for_signature(*, instance_id: Any) -> WorkflowInstance:
 
 
 def map_item_counts(step: StepRun) -> dict[str, int] | None:
-    """A map step's items by outcome (:meth:`MapRun.counts`), from its counter row (joined
-    by :func:`_with_steps`, else one query); None for other kinds or before it has items."""
+    """A map step's items by state, with their ``total`` (one grouped count); None for other
+    kinds or before the step has items."""
     if step.kind != "map":
         return None
-    try:
-        run = step.map_run
-    except ObjectDoesNotExist:
-        return None
-    return run.counts()
+    counts = item_states(step.pk)
+    return summary(counts) if counts else None
+
+
+def map_item_counts_for(instances: Any) -> dict[int, dict[str, int]]:
+    """:func:`map_item_counts` of every map step of ``instances`` (their steps prefetched), in
+    one query (none without map steps): for lists."""
+    ids = [s.pk for i in instances for s in i.steps.all() if s.kind == "map"]
+    if not ids:
+        return {}
+    found: dict[int, dict[str, int]] = {}
+    rows = (
+        MapItem.objects.filter(step_run_id__in=ids)
+        .order_by()
+        .values_list("step_run_id", "state")
+        .annotate(n=Count("pk"))
+        .values_list("step_run_id", "state", "n")
+    )
+    for step_id, state, n in rows:
+        found.setdefault(step_id, {})[state] = n
+    return {step_id: summary(counts) for step_id, counts in found.items()}

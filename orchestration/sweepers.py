@@ -16,7 +16,7 @@ from django.conf import settings
 from django.db.models import DateTimeField, F, Q, Value
 from django.utils import timezone
 
-from . import engine, fanout_items, saga, waits
+from . import engine, fanout_items, fanout_settle, saga, waits
 from .models import CompensationPhase, InstanceState, StepRun, StepState, WorkflowInstance
 
 log = logging.getLogger("signoff.sweepers")
@@ -116,11 +116,11 @@ def sweep_doorbells(
     )
     # Map steps: lost item doorbells (one bounded SKIP LOCKED batch), and steps whose items
     # all finished but whose settling transaction never ran (its worker died in between).
-    done += fanout_items.ring_lost_items(due=due, batch=_batch(batch), now=now)
+    done += fanout_settle.ring_lost_items(due=due, batch=_batch(batch), now=now)
     return done + _each(
         "map_settle",
-        fanout_items.unsettled_runs(batch=_batch(batch)),
-        lambda pk: fanout_items.map_step_settle(step_run_id=pk, skip_locked=True),
+        fanout_settle.unsettled_runs(batch=_batch(batch)),
+        lambda pk: fanout_settle.map_step_settle(step_run_id=pk, skip_locked=True),
     )
 
 

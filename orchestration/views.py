@@ -91,7 +91,7 @@ class StepRow:
 
 def page_context(request: HttpRequest, instance: WorkflowInstance) -> dict[str, Any]:
     now = timezone.now()
-    steps = list(instance.steps.select_related("map_run"))
+    steps = list(instance.steps.all())
     definition = registry.get(instance.workflow, instance.version)
     events = list(Event.objects.filter(instance=instance).order_by("-seq")[:TIMELINE_LIMIT])
     events.reverse()

@@ -173,14 +173,17 @@ class SealedJSONField(serializers.JSONField):
 
 
 class MapItemCountsSerializer(serializers.Serializer):
-    """A map step's items by outcome (its counter row; exact at every commit)."""
+    """A map step's items by state (as committed when read)."""
 
     total = serializers.IntegerField()
     pending = serializers.IntegerField(help_text="not started yet")
-    in_flight = serializers.IntegerField(help_text="scheduled, running or retrying")
+    scheduled = serializers.IntegerField()
+    running = serializers.IntegerField()
+    retrying = serializers.IntegerField(help_text="waiting for their next attempt")
     succeeded = serializers.IntegerField()
     failed = serializers.IntegerField()
     cancelled = serializers.IntegerField()
+    in_flight = serializers.IntegerField(help_text="scheduled + running + retrying")
 
 
 class StepRunSerializer(serializers.ModelSerializer):
@@ -211,6 +214,9 @@ class StepRunSerializer(serializers.ModelSerializer):
 
     @extend_schema_field(MapItemCountsSerializer(allow_null=True))
     def get_items(self, obj: StepRun) -> dict[str, int] | None:
+        counts = self.context.get("map_counts")
+        if counts is not None:  # a list: counted for the whole page at once
+            return counts.get(obj.pk)
         return map_item_counts(obj)
 
 

@@ -187,7 +187,7 @@ def test_concurrency_window_is_never_exceeded(
     most = drive(instance)
     assert most == 3
     run = MapRun.objects.get(step_run__instance=instance)
-    assert (run.state, run.open, run.in_flight, run.succeeded) == ("settled", 0, 0, 20)
+    assert (run.state, run.total, run.concurrency) == ("settled", 20, 3)
     assert refresh(instance).state == "succeeded"
 
 
@@ -323,8 +323,7 @@ def test_cancel_cancels_pending_items_and_a_late_doorbell_does_nothing(
     engine.instance_cancel(instance_id=instance.pk, actor="test")
     states = [i.state for i in items_of(instance)]
     assert states == ["succeeded"] + ["cancelled"] * 5
-    run = MapRun.objects.get(step_run__instance=instance)
-    assert (run.state, run.open, run.in_flight, run.cancelled) == ("settled", 0, 0, 5)
+    assert MapRun.objects.get(step_run__instance=instance).state == "settled"
     late = items_of(instance)[1]
     assert item_execute(item_id=late.pk, attempt=1) == "stale"
     assert [i for i, _, _ in calls] == [0]
@@ -406,7 +405,7 @@ def test_a_step_whose_settling_was_lost_is_settled_by_the_sweeper(
 ) -> None:
     workflows("t_unit_map_settle", concurrency=2)
     instance = start("t_unit_map_settle", [1, 2])
-    monkeypatch.setattr("orchestration.fanout_items.map_step_settle", lambda **kw: False)
+    monkeypatch.setattr("orchestration.fanout_items.maybe_settle", lambda **kw: False)
     drive(instance)  # items done; the worker "died" before settling
     assert steps_of(instance)["each"].state == "waiting"
     monkeypatch.undo()
@@ -442,10 +441,13 @@ def test_api_step_resource_counts_the_items(
     assert steps["each"]["items"] == {
         "total": 5,
         "pending": 1,
-        "in_flight": 2,
+        "scheduled": 2,
+        "running": 0,
+        "retrying": 0,
         "succeeded": 1,
         "failed": 1,
         "cancelled": 0,
+        "in_flight": 2,
     }
     # the list carries the counts too, in a constant number of queries
     for _ in range(3):
@@ -453,6 +455,9 @@ def test_api_step_resource_counts_the_items(
     with django_assert_max_num_queries(8):
         listed = client.get("/api/v1/instances/?workflow=t_unit_map_api").json()
     assert len(listed["results"]) == 4
+    counted = [s["items"] for i in listed["results"] for s in i["steps"] if s["name"] == "each"]
+    assert [c and c["total"] for c in counted].count(None) == 3  # no items yet
+    assert [c for c in counted if c] == [steps["each"]["items"]]
 
 
 def test_status_page_shows_an_items_summary_not_a_row_per_item(
@@ -468,5 +473,24 @@ def test_status_page_shows_an_items_summary_not_a_row_per_item(
         item_execute(item_id=item.pk, attempt=1)
     client.force_login(starter)
     page = client.get(f"/instances/{instance.pk}/").content.decode()
-    assert "3 of 300 items done · 0 failed · 5 running" in page
+    assert "3 of 300 items done · 0 failed · 5 in flight" in page
     assert page.count("<tr") < 40  # bounded: no row per item
+
+
+def test_operator_retry_is_refused_while_items_still_run(workflows: Any, rung: list) -> None:
+    from orchestration.errors import Conflict
+
+    workflows("t_unit_map_busy", concurrency=3)
+    plan[0] = ["fatal"]
+    instance = start("t_unit_map_busy", list(range(6)))
+    engine.step_execute(step_run_id=steps_of(instance)["source"].pk, attempt=1)
+    slow = items_of(instance)[1]
+    assert item_claim(item_id=slow.pk, attempt=1) is not None  # still running
+    first = items_of(instance)[0]
+    item_execute(item_id=first.pk, attempt=1)  # fails fast
+    assert refresh(instance).state == "failed"
+    before = (refresh(instance).last_seq, [(i.state, i.attempt) for i in items_of(instance)])
+    with pytest.raises(Conflict, match="1 items of step each are still running"):
+        engine.instance_retry(instance_id=instance.pk, actor="operator")
+    after = (refresh(instance).last_seq, [(i.state, i.attempt) for i in items_of(instance)])
+    assert after == before and refresh(instance).state == "failed"
