@@ -14,9 +14,10 @@ map step's own time (``started_at`` to ``finished_at``); *ms per item* its inver
 runs, a sampler reads ``pg_stat_activity`` every 5 ms: of the samples in which a worker's
 statement was active, the share that waited on a lock (``wait_event_type = 'Lock'``), split by
 the table the waiting statement touches: the instance row (``orchestration_workflowinstance``),
-the step's counter row (``orchestration_maprun``), item rows (``orchestration_mapitem``). The
-design's claim is that the instance row is locked twice per map step (start and settle), not
-per item: its share should be ~0, whatever N. Also counted: the events the step wrote.
+the step's run row (``orchestration_maprun``), item rows (``orchestration_mapitem``). The
+design's claim is that no shared row is locked per item (the instance row is locked to start
+and to settle the step): those shares should be ~0, whatever N. Also counted: the worker's CPU
+per item (main + pool processes) and the events the step wrote.
 
 Noise: 2 cores shared with PostgreSQL, Redis, the worker and whatever else runs. The load
 average is recorded; compare runs taken under similar load.
@@ -39,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 from bench.common import (  # noqa: E402
     BenchRun,
     ServiceProcess,
+    cpu_seconds,
     db_name,
     empty_workflow_tables,
     make_log,
@@ -59,7 +61,7 @@ WORKFLOW_MODULES = "bench.fanout_workflows"
 log = make_log("fanout")
 TABLES = {
     "orchestration_workflowinstance": "instance row",
-    "orchestration_maprun": "counter row",
+    "orchestration_maprun": "run row",
     "orchestration_mapitem": "item rows",
 }
 
@@ -135,13 +137,14 @@ class LockSampler(threading.Thread):
         return {"samples": self.samples, "active": self.active, "lock_wait_pct": share}
 
 
-def run_case(n: int, concurrency: int) -> dict[str, Any]:
+def run_case(n: int, concurrency: int, worker: Worker) -> dict[str, Any]:
     from orchestration import engine
     from orchestration.fanout_models import MapItem
     from orchestration.models import Event, StepRun, WorkflowInstance
 
     sampler = LockSampler()
     sampler.start()
+    cpu_before = cpu_seconds(worker.pids())
     began = time.monotonic()
     instance, _ = engine.instance_start(workflow=f"bench_map_c{concurrency}", input={"n": n})
     wait_until(
@@ -151,6 +154,7 @@ def run_case(n: int, concurrency: int) -> dict[str, Any]:
         interval=0.1,
     )
     wall = time.monotonic() - began
+    cpu = cpu_seconds(worker.pids()) - cpu_before
     locks = sampler.stop()
     step = StepRun.objects.get(instance=instance, name="each")
     seconds = (step.finished_at - step.started_at).total_seconds()
@@ -165,6 +169,7 @@ def run_case(n: int, concurrency: int) -> dict[str, Any]:
         "items_per_s": round(n / seconds, 1),
         "ms_per_item": round(1000 * seconds / n, 3),
         "items_retried": retried,
+        "worker_cpu_ms_per_item": round(1000 * cpu / n, 2),
         "events": events,
         **locks,
     }
@@ -179,15 +184,16 @@ def render(report: dict[str, Any]) -> str:
     lines = [
         "",
         f"Fan-out (map steps)  {report['finished_at']}  worker processes {report['processes']}",
-        "items  conc  items/s  ms/item  events  lock waits (% of active DB samples): "
-        "instance / counter / items / other",
+        "items  conc  items/s  ms/item  worker CPU ms/item  events  "
+        "lock waits (% of active DB samples): instance / counter / items / other",
     ]
     for case in report["cases"]:
         w = case["lock_wait_pct"]
         lines.append(
             f"{case['items']:>5}  {case['concurrency']:>4}  {case['items_per_s']:>7}  "
-            f"{case['ms_per_item']:>7}  {case['events']:>6}  "
-            f"{w['instance row']} / {w['counter row']} / {w['item rows']} / {w['other']}"
+            f"{case['ms_per_item']:>7}  {case['worker_cpu_ms_per_item']:>18}  "
+            f"{case['events']:>6}  "
+            f"{w['instance row']} / {w['run row']} / {w['item rows']} / {w['other']}"
         )
     return "\n".join(lines) + "\n"
 
@@ -205,7 +211,7 @@ def summarise(report: dict[str, Any]) -> list[dict[str, Any]]:
                 "% of DB samples",
                 goal="<= 1",
                 ok=instance_share <= 1,
-                note=f"counter row {case['lock_wait_pct']['counter row']} %",
+                note=f"run row {case['lock_wait_pct']['run row']} %",
             )
         )
     return rows
@@ -228,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for n in (1000,) if args.quick else (1000, 5000):
             for concurrency in (10, 50):
-                cases.append(run_case(n, concurrency))
+                cases.append(run_case(n, concurrency, worker))
     finally:
         worker.stop()
     report = {"processes": args.processes, "cases": cases, **bench.machine_report()}
