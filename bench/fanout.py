@@ -185,7 +185,7 @@ def render(report: dict[str, Any]) -> str:
         "",
         f"Fan-out (map steps)  {report['finished_at']}  worker processes {report['processes']}",
         "items  conc  items/s  ms/item  worker CPU ms/item  events  "
-        "lock waits (% of active DB samples): instance / counter / items / other",
+        "lock waits (% of active DB samples): instance / run / items / other",
     ]
     for case in report["cases"]:
         w = case["lock_wait_pct"]

@@ -281,9 +281,6 @@ class MapKind(StepKind):
         run.settle()
         run.save(update_fields=["state"])
 
-    def offers_operator(self, action: str) -> bool:
-        return action != "retry_now"
-
     def state_label(self, state: str) -> str:
         if state == "waiting":
             return "map · items running"
