@@ -24,7 +24,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.db import transaction
 from django.utils import timezone
 
-from . import sealing
+from . import fanout_sql, sealing
 from .definitions import StepContext
 from .engine import definition_of, stored_output
 from .engine.context import context_of, error_info, jsonable, scrubbed_error
@@ -56,12 +56,7 @@ class ClaimedItem:
 
 def _locked_item(item_id: int, *, states: list[str], skip_locked: bool = False) -> MapItem | None:
     """The item row, locked (with its step and instance, read as of now, not locked)."""
-    return (
-        MapItem.objects.select_for_update(of=("self",), skip_locked=skip_locked)
-        .select_related("step_run", "step_run__instance")
-        .filter(pk=item_id, state__in=states)
-        .first()
-    )
+    return fanout_sql.locked_item(item_id, states=states, skip_locked=skip_locked)
 
 
 def _spec_of(item: MapItem) -> MapStep | None:
@@ -75,16 +70,11 @@ def _take_next(item: MapItem, spec: MapStep | None, now: datetime) -> bool:
     in its place, if the step still waits. Returns whether one was."""
     if spec is None or item.step_run.state != S.WAITING:
         return False
-    candidate = (
-        MapItem.objects.select_for_update(skip_locked=True)
-        .filter(step_run_id=item.step_run_id, state=M.PENDING)
-        .order_by("index")
-        .first()
-    )
+    candidate = fanout_sql.next_pending(item.step_run_id)
     if candidate is None:
         return False
     schedule(candidate, now)
-    candidate.save(update_fields=SCHEDULED_FIELDS)
+    fanout_sql.save_item(candidate, SCHEDULED_FIELDS)
     get_item_runner(spec.runner).start([candidate], spec)
     return True
 
@@ -105,7 +95,7 @@ def item_claim(*, item_id: int, attempt: int) -> ClaimedItem | None:
         if step.state != S.WAITING or instance.state != InstanceState.RUNNING:
             item.cancel()
             item.finished_at = now
-            item.save(update_fields=["state", "finished_at"])
+            fanout_sql.save_item(item, ["state", "finished_at"])
             return None
         if item.next_attempt_at is not None and item.next_attempt_at > now + timedelta(seconds=1):
             return None  # early: its own doorbell or the sweeper comes back
@@ -120,11 +110,10 @@ def item_claim(*, item_id: int, attempt: int) -> ClaimedItem | None:
         item.claim()
         item.started_at = now
         item.timeout_at = now + spec.start_to_close if spec else None
-        item.save(update_fields=["state", "started_at", "timeout_at"])
+        fanout_sql.save_item(item, ["state", "started_at", "timeout_at"])
         if error is None:
             try:
-                steps = {s.name: s for s in StepRun.objects.filter(instance=instance)}
-                base = context_of(instance, steps, step)
+                base = context_of(instance, fanout_sql.steps_of(instance), step)
                 value = sealing.open_value(item.item, where=f"item {item.index}")
             except sealing.SealError as exc:  # a key is missing: retryable (a deploy fixes it)
                 error = {"type": "signoff.SealError", "message": str(exc), "traceback": ""}
@@ -153,7 +142,7 @@ def item_complete(*, item_id: int, attempt: int, output: Any) -> bool:
         item.succeed(stored_output(item.step_run.instance, item.step_run.name, output))
         item.finished_at = now
         item.timeout_at = None
-        item.save(update_fields=["state", "output", "error", "finished_at", "timeout_at"])
+        fanout_sql.save_item(item, ["state", "output", "error", "finished_at", "timeout_at"])
         took = _take_next(item, _spec_of(item), now)
     if not took:
         maybe_settle(step_run_id=item.step_run_id)
@@ -194,22 +183,15 @@ def _failed_locked(
         item.next_attempt_at = next_at
         item.rung_at = now
         item.started_at = None
-        item.save(
-            update_fields=[
-                "state",
-                "attempt",
-                "error",
-                "timeout_at",
-                "next_attempt_at",
-                "rung_at",
-                "started_at",
-            ]
+        fanout_sql.save_item(
+            item,
+            ["state", "attempt", "error", "timeout_at", "next_attempt_at", "rung_at", "started_at"],
         )
         ring_items([(item.pk, item.attempt, next_at)], spec)
         return False
     item.fail()
     item.finished_at = now
-    item.save(update_fields=["state", "error", "timeout_at", "finished_at"])
+    fanout_sql.save_item(item, ["state", "error", "timeout_at", "finished_at"])
     failed = MapItem.objects.filter(step_run_id=item.step_run_id, state=M.FAILED).count()
     tolerate = spec.tolerate_failures if spec is not None else 0
     if failed <= tolerate:
