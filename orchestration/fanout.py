@@ -259,8 +259,9 @@ class MapKind(StepKind):
             next_attempt_at=None,
             timeout_at=None,
         )
-        run.reopen()
-        run.save(update_fields=["state", "round"])
+        if run.state == "settled":
+            run.reopen()
+            run.save(update_fields=["state", "round"])
         step_run.wait()
         step_run.started_at = now
         step_run.finished_at = None

@@ -494,3 +494,27 @@ def test_operator_retry_is_refused_while_items_still_run(workflows: Any, rung: l
         engine.instance_retry(instance_id=instance.pk, actor="operator")
     after = (refresh(instance).last_seq, [(i.state, i.attempt) for i in items_of(instance)])
     assert after == before and refresh(instance).state == "failed"
+
+
+def test_a_first_map_step_over_bad_input_fails_the_start_cleanly(rung: list) -> None:
+    wf = Workflow("t_unit_map_first")
+    map_step(wf, "each", items=lambda ctx: ctx.input["files"], max_items=2)(_item)
+    registry.register(wf)
+    try:
+        for files, message in [
+            ("a.png", "items must be a list, got str"),
+            (["a", "b", "c"], "3 items exceed max_items=2"),
+        ]:
+            instance, _ = engine.instance_start(workflow="t_unit_map_first", input={"files": files})
+            instance = refresh(instance)
+            each = steps_of(instance)["each"]
+            assert (instance.state, each.state) == ("failed", "failed")
+            assert each.error["message"] == message
+            assert not MapItem.objects.filter(step_run=each).exists()
+            assert list(
+                Event.objects.filter(instance=instance)
+                .order_by("seq")
+                .values_list("type", flat=True)
+            ) == ["instance_started", "step_failed", "instance_failed"]
+    finally:
+        registry.unregister("t_unit_map_first", 1)
