@@ -162,7 +162,9 @@ def ring_lost_items(*, due: Q, batch: int, now: datetime | None = None) -> int:
             MapItem.objects.select_for_update(of=("self",), skip_locked=True)
             .filter(state__in=ITEM_CLAIMABLE)
             .filter(due)
-            .filter(step_run__instance__paused_at__isnull=True, step_run__state=S.WAITING)
+            # Whatever the step's state: an item left scheduled when its step was cancelled
+            # (its row was locked then) is cancelled by its claim when it rings.
+            .filter(step_run__instance__paused_at__isnull=True)
             .order_by("next_attempt_at")
             .values_list(
                 "pk",

@@ -455,3 +455,24 @@ def test_a_first_map_step_over_bad_input_fails_the_start_cleanly(rung: list) -> 
             ) == ["instance_started", "step_failed", "instance_failed"]
     finally:
         registry.unregister("t_unit_map_first", 1)
+
+
+def test_an_item_left_scheduled_by_a_cancel_is_cancelled_when_rung_again(
+    workflows: Any, rung: list, django_capture_on_commit_callbacks: Any
+) -> None:
+    workflows("t_unit_map_orphan", concurrency=2)
+    instance = start("t_unit_map_orphan", list(range(4)))
+    engine.step_execute(step_run_id=steps_of(instance)["source"].pk, attempt=1)
+    orphan = items_of(instance)[0]
+    engine.instance_cancel(instance_id=instance.pk, actor="test")
+    # as if its row had been locked by its own transaction during the cancel (SKIP LOCKED)
+    MapItem.objects.filter(pk=orphan.pk).update(
+        state="scheduled", finished_at=None, next_attempt_at=orphan.next_attempt_at
+    )
+    later = timezone.now() + timedelta(minutes=5)
+    with django_capture_on_commit_callbacks(execute=True):
+        sweepers.sweep_doorbells(now=later)
+    bell = next(b for b in rung if b.task == "run_map_item" and b.step_run_id == orphan.pk)
+    assert item_execute(item_id=bell.step_run_id, attempt=bell.attempt) == "stale"
+    orphan.refresh_from_db()
+    assert orphan.state == "cancelled" and calls == []
