@@ -21,7 +21,9 @@ The step's output is the list of the items' outputs in index order. With
 failure, or with the default 0 the first, fails the step at once ("fail fast"): pending items
 are cancelled and the step's error names the item and why.
 
-Items are run by an *item runner* (:mod:`.fanout_items`); this module registers the kind.
+Items are run by an *item runner* (:mod:`.fanout_runners`, the seam for a child workflow per
+item); an item's attempt is :mod:`.fanout_items`, settling the step :mod:`.fanout_settle`. This
+module is the DSL and the kind (ready, retried by an operator, cancelled).
 """
 
 from __future__ import annotations
