@@ -8,6 +8,8 @@ crash in one still leaves the others' figures):
 3. ``api``      bench/api.py      ``POST /api/v1/instances/`` under gunicorn, 50 clients
 4. ``inbox``    bench/inbox.py    inbox API and HTML at 100,000 pending among 1,000,000
 5. ``sweepers`` bench/sweepers.py 10,000 overdue escalations; sweeps over zero due rows
+6. ``fanout``   bench/fanout.py   map steps: items/s (1,000 and 5,000 items, concurrency 10
+   and 50) and the share of lock waits on the instance row
 
 Each script prints its own detailed table and writes ``bench/results/<name>.json`` with a
 ``"summary"`` list of rows (``bench.common.row``); this script prints those rows as one table
@@ -44,6 +46,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "inbox": ("bench/inbox.py", [], ["--count", "20"]),
     # The seed is fixed; quick compares the per-row path on fewer rows.
     "sweepers": ("bench/sweepers.py", [], ["--per-row-rows", "50"]),
+    "fanout": ("bench/fanout.py", [], ["--quick"]),
 }
 
 

@@ -21,7 +21,7 @@ class OrchestrationConfig(AppConfig):
         from django.conf import settings
 
         # Step kinds, start-up checks, and the Celery tasks doorbells send.
-        from . import checks, children, engine, tasks, waits  # noqa: F401
+        from . import checks, children, engine, fanout, tasks, waits  # noqa: F401
         from .metrics import register_collector
         from .schedule_metrics import schedule_metrics
 

@@ -507,6 +507,8 @@ class Attachment(models.Model):
 
 
 # Schedules live in their own module; imported here so Django registers their models.
+# Map steps (dynamic fan-out) keep their items in their own tables.
+from .fanout_models import MapItem, MapRun  # noqa: E402, F401
 from .schedule_models import (  # noqa: E402, F401
     FireOutcome,
     OverlapPolicy,

@@ -16,7 +16,7 @@ from django.conf import settings
 from django.db.models import DateTimeField, F, Q, Value
 from django.utils import timezone
 
-from . import children, engine, saga, schedule_firing, waits
+from . import children, engine, fanout_items, fanout_settle, saga, schedule_firing, waits
 from .models import CompensationPhase, InstanceState, StepRun, StepState, WorkflowInstance
 
 log = logging.getLogger("signoff.sweepers")
@@ -109,10 +109,18 @@ def sweep_doorbells(
         .order_by("next_attempt_at")
         .values_list("pk", flat=True)[: _batch(batch)]
     )
-    return done + _each(
+    done += _each(
         "compensation_doorbells",
         compensations,
         lambda pk: saga.ring_compensation_again(step_run_id=pk, older_than=older_than),
+    )
+    # Map steps: lost item doorbells (one bounded SKIP LOCKED batch), and steps whose items
+    # all finished but whose settling transaction never ran (its worker died in between).
+    done += fanout_settle.ring_lost_items(due=due, batch=_batch(batch), now=now)
+    return done + _each(
+        "map_settle",
+        fanout_settle.unsettled_runs(batch=_batch(batch)),
+        lambda pk: fanout_settle.map_step_settle(step_run_id=pk, skip_locked=True),
     )
 
 
@@ -133,10 +141,15 @@ def sweep_step_timeouts(*, now: datetime | None = None, batch: int | None = None
         .order_by("timeout_at")
         .values_list("pk", flat=True)[: _batch(batch)]
     )
-    return done + _each(
+    done += _each(
         "compensation_timeouts",
         compensations,
         lambda pk: saga.time_out_compensation(step_run_id=pk),
+    )
+    return done + _each(
+        "map_item_timeouts",
+        fanout_items.due_item_timeouts(now=now, batch=_batch(batch)),
+        lambda pk: fanout_items.item_time_out(item_id=pk),
     )
 
 

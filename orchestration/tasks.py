@@ -14,7 +14,7 @@ from celery.signals import task_postrun, task_prerun
 from django.conf import settings
 from django.db import close_old_connections, connections
 
-from . import children, engine, saga, sweepers
+from . import children, engine, fanout_items, saga, sweepers
 from .journal import register_doorbell_task
 from .retention import sweep_retention as sweep_retention_now
 
@@ -57,6 +57,17 @@ def run_compensation(step_run_id: int, attempt: int) -> str:
     return saga.execute_compensation(step_run_id=step_run_id, attempt=attempt)
 
 
+@shared_task(
+    name="orchestration.run_map_item",
+    acks_late=True,
+    reject_on_worker_lost=True,
+    ignore_result=True,
+)
+def run_map_item(item_id: int, attempt: int) -> str:
+    """One attempt of one item of a map step (idempotent: claimed on the item's row)."""
+    return fanout_items.item_execute(item_id=item_id, attempt=attempt)
+
+
 @shared_task(name="orchestration.sweep_waiting_deadlines", ignore_result=True)
 def sweep_waiting_deadlines() -> int:
     return sweepers.sweep_waiting_deadlines()
@@ -88,6 +99,7 @@ def child_sync(step_run_id: int, attempt: int) -> str:
 register_doorbell_task("run_step", run_step)
 register_doorbell_task("run_compensation", run_compensation)
 register_doorbell_task("child_sync", child_sync)
+register_doorbell_task("run_map_item", run_map_item)
 
 
 # When this process last finished a task (time.monotonic()).

@@ -89,6 +89,8 @@ class StepRow:
     traceback: str
     operations: list[Operation]
     links: list[tuple[str, str]] = field(default_factory=list)  # from register_step_links
+    # A map step's items by outcome (selectors.map_item_counts): a summary, never a row per item.
+    items: dict[str, int] | None = None
 
     @property
     def took(self) -> str:
@@ -121,6 +123,7 @@ def page_context(request: HttpRequest, instance: WorkflowInstance) -> dict[str, 
                 traceback=error.get("traceback", "") or "",
                 operations=step_operations(instance, s) if operator else [],
                 links=links.get(s.pk, []),
+                items=selectors.map_item_counts(s),
             )
         )
     current = [s.name for s in steps if s.state in ("running", "scheduled", "retrying", "waiting")]

@@ -12,7 +12,8 @@ os.environ["CELERY_BROKER_URL"] = os.environ.get(
     "SIGNOFF_TEST_REDIS_URL", "redis://127.0.0.1:6379/15"
 )
 os.environ.setdefault(
-    "SIGNOFF_WORKFLOW_MODULES", "demo.workflows,demo.expenses,demo.trips,tests.workflows"
+    "SIGNOFF_WORKFLOW_MODULES",
+    "demo.workflows,demo.expenses,demo.trips,tests.workflows,tests.fanout_workflows",
 )
 # Outside the embedded default the settings refuse to start without real secrets: the suite's
 # own, fixed (the worker processes it starts inherit them). Never deploy them.

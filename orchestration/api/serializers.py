@@ -17,6 +17,7 @@ from orchestration import sealing, selectors
 from orchestration.jsonsafe import storable_json_problem
 from orchestration.jsonsafe import string_problem as _string_problem
 from orchestration.models import Event, InstanceState, Signal, StepRun, StepState, WorkflowInstance
+from orchestration.selectors import map_item_counts
 
 
 class StrictCharField(serializers.CharField):
@@ -171,10 +172,28 @@ class SealedJSONField(serializers.JSONField):
         return sealing.masked(value)
 
 
+class MapItemCountsSerializer(serializers.Serializer):
+    """A map step's items by state (as committed when read)."""
+
+    total = serializers.IntegerField()
+    pending = serializers.IntegerField(help_text="not started yet")
+    scheduled = serializers.IntegerField()
+    running = serializers.IntegerField()
+    retrying = serializers.IntegerField(help_text="waiting for their next attempt")
+    succeeded = serializers.IntegerField()
+    failed = serializers.IntegerField()
+    cancelled = serializers.IntegerField()
+    in_flight = serializers.IntegerField(help_text="scheduled + running + retrying")
+
+
 class StepRunSerializer(serializers.ModelSerializer):
     state = serializers.ChoiceField(choices=StepState.choices)
     error = serializers.JSONField(allow_null=True, help_text="type, message, traceback")
     output = SealedJSONField(allow_null=True)
+    items = serializers.SerializerMethodField(
+        help_text="A map step's items by outcome (null for other kinds, or before its items "
+        "exist); never one entry per item."
+    )
 
     class Meta:
         model = StepRun
@@ -190,7 +209,15 @@ class StepRunSerializer(serializers.ModelSerializer):
             "timeout_at",
             "output",
             "error",
+            "items",
         ]
+
+    @extend_schema_field(MapItemCountsSerializer(allow_null=True))
+    def get_items(self, obj: StepRun) -> dict[str, int] | None:
+        counts = self.context.get("map_counts")
+        if counts is not None:  # a list: counted for the whole page at once
+            return counts.get(obj.pk)
+        return map_item_counts(obj)
 
 
 class InstanceLinksSerializer(serializers.Serializer):

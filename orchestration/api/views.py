@@ -118,7 +118,9 @@ class InstanceListView(ApiView):
         )
         paginator = self.pagination_class()
         page = selectors.attach_children(paginator.paginate_queryset(qs, request, view=self))
-        return paginator.get_paginated_response(InstanceSerializer(page, many=True).data)
+        context = {"map_counts": selectors.map_item_counts_for(page)}
+        data = InstanceSerializer(page, many=True, context=context).data
+        return paginator.get_paginated_response(data)
 
     @extend_schema(
         summary="Start an instance",

@@ -59,7 +59,7 @@ def advance(
                 continue
         get_kind(spec.kind).ready(step_run=step, spec=spec, journal=journal, now=journal.now)
         if instance.state != I.RUNNING:
-            return  # the kind failed (or cancelled) the instance: nothing more starts
+            return  # the kind failed (or cancelled) the instance (a map's bad items...)
     if all(s.state in STEP_DONE for s in steps.values()):
         succeed_instance(instance, steps, definition, journal)
 
