@@ -20,10 +20,12 @@ class OrchestrationConfig(AppConfig):
         from django.conf import settings
 
         # Step kinds, start-up checks, and the Celery tasks doorbells send.
-        from . import checks, engine, tasks, waits  # noqa: F401
+        from . import checks, engine, tasks, tracing, waits  # noqa: F401
 
         for module in settings.SIGNOFF_WORKFLOW_MODULES:
             import_module(module)
+        # Before the web handler loads its middleware (Django's span per request goes in).
+        tracing.setup_from_settings()
         post_migrate.connect(_install_periodic_tasks, sender=self)
 
 

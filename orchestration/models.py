@@ -102,6 +102,9 @@ class WorkflowInstance(FSMModelMixin, models.Model):
     erased_at = models.DateTimeField(null=True, blank=True)
     # Last event sequence number used; bumped under the row lock so history is gap-free.
     last_seq = models.PositiveIntegerField(default=0)
+    # The W3C traceparent of the span that started it ("" when tracing was off): every step
+    # attempt's span is its child, so one workflow is one trace (orchestration.tracing).
+    trace_context = models.CharField(max_length=55, blank=True, default="", editable=False)
 
     class Meta:
         ordering = ["-created_at"]
