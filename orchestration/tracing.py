@@ -212,16 +212,21 @@ def note_started(span: Any, instance: WorkflowInstance, created: bool) -> None:
 
 
 def step_span(
-    context: StepContext, trace_context: str, start_time: int | None = None
+    context: StepContext,
+    trace_context: str,
+    start_time: int | None = None,
+    *,
+    action: str = "step",
 ) -> contextlib.AbstractContextManager[Any]:
-    """The span of one step attempt (``step <workflow>.<step>``), current while its function
-    runs and its outcome is recorded. Its parent is the instance's stored ``trace_context``
-    (the start's span); the message that delivered it, when in another trace, is a link.
-    ``start_time`` (ns since the epoch, :func:`clock`) lets it cover the claim. Yields the
-    span; off, the one shared ``nullcontext``: the step path pays one call."""
+    """The span of one step attempt (``step <workflow>.<step>``; a compensation attempt's with
+    ``action="compensate"``), current while its function runs and its outcome is recorded.
+    Its parent is the instance's stored ``trace_context`` (the start's span); the message that
+    delivered it, when in another trace, is a link. ``start_time`` (ns since the epoch,
+    :func:`clock`) lets it cover the claim. Yields the span; off, the one shared
+    ``nullcontext``: the step path pays one call."""
     if _tracer is None:
         return _OFF
-    return _step_span(context, trace_context, start_time)
+    return _step_span(context, trace_context, start_time, action)
 
 
 def clock() -> int | None:
@@ -234,7 +239,9 @@ def clock() -> int | None:
 
 
 @contextlib.contextmanager
-def _step_span(context: StepContext, trace_context: str, start_time: int | None) -> Iterator[Any]:
+def _step_span(
+    context: StepContext, trace_context: str, start_time: int | None, action: str
+) -> Iterator[Any]:
     from opentelemetry import trace
 
     parent = _context_of(trace_context)
@@ -244,26 +251,29 @@ def _step_span(context: StepContext, trace_context: str, start_time: int | None)
         stored = trace.get_current_span(parent).get_span_context()
         if delivering.trace_id != stored.trace_id:
             links.append(trace.Link(delivering, {"signoff.link": "delivered_by"}))
+    attributes: dict[str, Any] = {
+        "signoff.instance_id": str(context.instance_id),
+        "signoff.workflow": context.workflow,
+        "signoff.version": context.version,
+        "signoff.step": context.step,
+        "signoff.attempt": context.attempt,
+    }
+    if action != "step":
+        attributes["signoff.action"] = action
     span = _tracer.start_span(
-        f"step {context.workflow}.{context.step}",
+        f"{action} {context.workflow}.{context.step}",
         context=parent,  # None: the current context (an instance started with tracing off)
         links=links,
         start_time=start_time,
-        attributes={
-            "signoff.instance_id": str(context.instance_id),
-            "signoff.workflow": context.workflow,
-            "signoff.version": context.version,
-            "signoff.step": context.step,
-            "signoff.attempt": context.attempt,
-        },
+        attributes=attributes,
     )
     with trace.use_span(span, end_on_exit=True, record_exception=False):
         yield span
 
 
 def step_outcome(span: Any, outcome: str, error: BaseException | None = None) -> None:
-    """Record an attempt's outcome (``succeeded``, ``failed``, ``timed_out``) on its span; a
-    failure's error by type only (its message may carry input data)."""
+    """Record an attempt's outcome (``succeeded``, ``compensated``, ``failed``, ``timed_out``)
+    on its span; a failure's error by type only (its message may carry input data)."""
     if span is None:
         return
     from opentelemetry.trace import Status, StatusCode
@@ -271,7 +281,7 @@ def step_outcome(span: Any, outcome: str, error: BaseException | None = None) ->
     span.set_attribute("signoff.outcome", outcome)
     if error is not None:
         _error(span, error)
-    elif outcome != "succeeded":
+    elif outcome not in ("succeeded", "compensated"):
         span.set_status(Status(StatusCode.ERROR, outcome))
 
 

@@ -26,6 +26,8 @@ from orchestration import engine, tasks, tracing
 from orchestration.errors import InvalidInput
 from orchestration.models import StepRun, WorkflowInstance
 from tests.conftest import WorkerProcess, wait_for
+from tests.orchestration.test_engine import run_ready
+from tests.orchestration.test_saga import run_compensations
 
 from .test_api import INSTANCES, token_client
 
@@ -179,6 +181,28 @@ def test_each_attempt_is_its_own_span_with_its_number(traces, rung) -> None:
         "succeeded",
     )
     assert first.parent.span_id == second.parent.span_id
+
+
+@pytest.mark.django_db
+def test_a_saga_in_one_trace_with_a_span_per_compensation_attempt(traces, rung) -> None:
+    instance, _ = engine.instance_start(
+        workflow="trip_booking", input={"traveller": "Ada", "fail_at": "book_car"}
+    )
+    run_ready(instance)
+    run_compensations(instance)
+    assert WorkflowInstance.objects.get(pk=instance.pk).state == "compensated"
+    [start] = named(traces, "start ")
+    undone = named(traces, "compensate ")
+    assert [s.name for s in undone] == [
+        "compensate trip_booking.book_hotel",
+        "compensate trip_booking.book_flight",
+    ]
+    for span in undone + named(traces, "step "):
+        assert span.parent.span_id == start.context.span_id
+    assert {s.attributes["signoff.action"] for s in undone} == {"compensate"}
+    assert {s.attributes["signoff.outcome"] for s in undone} == {"compensated"}
+    [failed] = [s for s in named(traces, "step ") if s.status.status_code == StatusCode.ERROR]
+    assert failed.name == "step trip_booking.book_car"
 
 
 @pytest.mark.django_db
