@@ -29,3 +29,7 @@ LOGGING["root"]["level"] = "WARNING"  # noqa: F405
 # The suite sends invalid tokens from one address on purpose (schemathesis' auth probes, the
 # 401 tests): the throttle's own tests set the production limit back.
 SIGNOFF_TOKEN_FAILURES_PER_IP = 1_000_000
+# Traces are on only where a test turns them on (tests/orchestration/test_tracing.py; its
+# worker gets SIGNOFF_TEST_TRACING=1): a developer's OTEL_EXPORTER_OTLP_ENDPOINT must not send
+# the suite's spans anywhere.
+SIGNOFF_TRACING = os.environ.get("SIGNOFF_TEST_TRACING") == "1"

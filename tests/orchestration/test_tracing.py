@@ -22,6 +22,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
+from config.celery import celery_role
 from orchestration import engine, tasks, tracing
 from orchestration.errors import InvalidInput
 from orchestration.models import StepRun, WorkflowInstance
@@ -279,6 +280,15 @@ def test_a_sweeper_run_is_a_span_with_the_rows_it_handled(traces, rung) -> None:
     assert not named(traces, "sweep orchestration.run_step")
 
 
+def test_celery_processes_are_told_apart_for_their_service_name() -> None:
+    assert celery_role(["/venv/bin/celery", "-A", "config", "worker", "-Q", "signoff"]) == "worker"
+    assert celery_role(["/venv/lib/celery/__main__.py", "-A", "config", "beat"]) == "beat"
+    assert celery_role(["celery", "-A", "config", "inspect", "ping"]) is None
+    assert celery_role(["manage.py", "runserver"]) is None
+    assert celery_role(["/venv/bin/gunicorn", "config.wsgi"]) is None
+    assert celery_role([]) is None
+
+
 def test_rows_of_a_sweepers_result() -> None:
     assert tracing._rows(3) == 3
     assert tracing._rows({"reminders": 2, "escalations": 1}) == 3
@@ -388,6 +398,7 @@ def traced_worker(
     100 ms; doorbells rung again as soon as they are overdue), then restarted as it was."""
     worker = celery_worker_process
     worker.extra_env = {
+        "SIGNOFF_TEST_TRACING": "1",
         "OTEL_EXPORTER_OTLP_ENDPOINT": collector.url,
         "OTEL_BSP_SCHEDULE_DELAY": "100",
         "SIGNOFF_DOORBELL_GRACE_SECONDS": "0",
