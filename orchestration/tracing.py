@@ -162,6 +162,11 @@ def traceparent() -> str:
     return value if TRACEPARENT.match(value) else ""
 
 
+def trace_id_of(value: str) -> str:
+    """The trace id (32 hex digits) of a stored ``traceparent``; "" when there is none."""
+    return value.split("-")[1] if TRACEPARENT.match(value or "") else ""
+
+
 def _context_of(value: str) -> Any:
     """The OpenTelemetry context a stored ``traceparent`` names, or None (empty, malformed)."""
     if not value or not TRACEPARENT.match(value):

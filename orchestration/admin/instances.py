@@ -16,7 +16,7 @@ from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from .. import sealing
+from .. import sealing, tracing
 from ..models import StepRun, WorkflowInstance
 from ..operator_actions import INSTANCE_OPERATIONS
 from ..presentation import coarse_age, error_block, json_block, pill, status_url
@@ -135,6 +135,7 @@ class WorkflowInstanceAdmin(
                     ("created_at", "started_at", "finished_at"),
                     ("updated_at", "deadline_at"),
                     "last_seq",
+                    "trace_id",
                 ]
             },
         ),
@@ -156,6 +157,7 @@ class WorkflowInstanceAdmin(
         "updated_at",
         "deadline_at",
         "last_seq",
+        "trace_id",
         "input_pretty",
         "output_pretty",
         "error_pretty",
@@ -248,6 +250,11 @@ class WorkflowInstanceAdmin(
     @admin.display(description="status page")
     def status_page(self, obj: WorkflowInstance) -> str:
         return format_html('<a href="{}">Status&nbsp;→</a>', status_url(obj))
+
+    @admin.display(description="trace id")
+    def trace_id(self, obj: WorkflowInstance) -> str:
+        """The instance's OpenTelemetry trace, to look up in the tracing UI (README "Traces")."""
+        return tracing.trace_id_of(obj.trace_context) or "—"
 
     @admin.display(description="input")
     def input_pretty(self, obj: WorkflowInstance) -> str:

@@ -289,6 +289,9 @@ def _run_attempt(
         tracing.step_outcome(span, "failed", exc)
         return "failed", None
     hold = claimed.spec.queue if chain_until is not None else False
-    _ok, next_claimed = complete_attempt(step_run_id, attempt, output, hold=hold, until=chain_until)
-    tracing.step_outcome(span, "succeeded" if _ok else "ignored")
+    recorded, next_claimed = complete_attempt(
+        step_run_id, attempt, output, hold=hold, until=chain_until
+    )
+    # "ignored": the step had moved on (timed out, cancelled) before this result came.
+    tracing.step_outcome(span, "succeeded" if recorded else "ignored")
     return "succeeded", next_claimed

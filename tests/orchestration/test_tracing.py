@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import time_machine
 from django.conf import settings
+from django.urls import reverse
 from django.utils import timezone
 from opentelemetry import trace
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -32,6 +33,7 @@ from tests.orchestration.test_saga import run_compensations
 
 from .test_api import INSTANCES, token_client
 
+ADMIN_CHANGE = "admin:orchestration_workflowinstance_change"
 DJANGO_MIDDLEWARE = "opentelemetry.instrumentation.django.middleware.otel_middleware"
 
 
@@ -90,6 +92,19 @@ def test_start_is_a_span_whose_context_the_instance_keeps(traces, rung) -> None:
     assert start.resource.attributes["service.name"] == "signoff-test"
     stored = WorkflowInstance.objects.get(pk=instance.pk).trace_context
     assert stored == traceparent_of(start)
+
+
+@pytest.mark.django_db
+def test_the_admin_shows_an_instances_trace_id(traces, rung, admin_client) -> None:
+    traced, _ = engine.instance_start(workflow="t_sequence")
+    [start] = traces.get_finished_spans()
+    tracing.shutdown()
+    untraced, _ = engine.instance_start(workflow="t_sequence")
+    page = admin_client.get(reverse(ADMIN_CHANGE, args=[traced.pk]))
+    assert f"{start.context.trace_id:032x}" in page.content.decode()
+    page = admin_client.get(reverse(ADMIN_CHANGE, args=[untraced.pk]))
+    assert "Trace id" in page.content.decode() and untraced.trace_context == ""
+    tracing.setup(exporter=traces, set_global=False)  # the fixture turns it off again
 
 
 @pytest.mark.django_db
