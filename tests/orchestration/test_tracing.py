@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import gzip
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -440,11 +440,21 @@ def worker_steps(collector: Collector, count: int) -> list[dict[str, Any]]:
     )
 
 
+def closed(spans: Callable[[], list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """``spans()`` once every parent they name is among them: each worker process exports its
+    own batches, so a child may arrive before its parent from the other process."""
+
+    def every_parent_present() -> list[dict[str, Any]] | None:
+        found = spans()
+        ids = {s["span_id"] for s in found}
+        return found if all(s["parent"] in ids for s in found if s["parent"]) else None
+
+    return wait_for(every_parent_present, message="every parent span exported")
+
+
 def assert_one_trace_one_root(spans: list[dict[str, Any]]) -> dict[str, Any]:
-    """Every span in one trace, each parent present, exactly one root; returns the root."""
+    """Every span in one trace, exactly one root; returns the root."""
     assert len({s["trace_id"] for s in spans}) == 1, {(s["name"], s["trace_id"]) for s in spans}
-    ids = {s["span_id"] for s in spans}
-    assert all(s["parent"] in ids for s in spans if s["parent"])
     [root] = [s for s in spans if s["parent"] is None]
     return root
 
@@ -463,8 +473,7 @@ def test_a_workflow_started_through_the_api_is_one_trace_with_a_span_per_step(
     )
     steps = worker_steps(collector, 6)
     ours = local(traces)
-    everything = ours + collector.spans()
-    root = assert_one_trace_one_root(everything)
+    root = assert_one_trace_one_root(closed(lambda: ours + collector.spans()))
     assert root["name"] == "POST api/v1/instances/" and root["service"] == "signoff-test"
     [start] = [s for s in ours if s["name"] == "start t_parallel"]
     assert start["parent"] == root["span_id"]
@@ -482,7 +491,10 @@ def test_a_workflow_started_through_the_api_is_one_trace_with_a_span_per_step(
             "signoff.outcome": "succeeded",
         }
     # The doorbells' messages carry the context too: the worker's task spans are in the trace.
-    assert any(s["name"] == "run/orchestration.run_step" for s in collector.spans())
+    wait_for(
+        lambda: any(s["name"] == "run/orchestration.run_step" for s in collector.spans()),
+        message="the worker's task spans",
+    )
 
 
 @pytest.mark.e2e
@@ -498,8 +510,9 @@ def test_a_lost_doorbell_rung_again_by_the_sweeper_stays_in_the_workflows_trace(
     steps = worker_steps(collector, 3)
     [start] = [s for s in local(traces) if s["name"] == "start t_sequence"]
     assert start["parent"] is None  # started in-process: the start is the root
-    everything = local(traces) + collector.spans()
-    workflow_trace = [s for s in everything if s["trace_id"] == start["trace_id"]]
+    workflow_trace = closed(
+        lambda: [s for s in local(traces) + collector.spans() if s["trace_id"] == start["trace_id"]]
+    )
     assert assert_one_trace_one_root(workflow_trace) == start
     by_step = {s["attributes"]["signoff.step"]: s for s in steps}
     assert sorted(by_step) == ["a", "b", "c"]
@@ -507,6 +520,8 @@ def test_a_lost_doorbell_rung_again_by_the_sweeper_stays_in_the_workflows_trace(
     # "a" came through the sweeper's trace: a link to the message's span there.
     [(linked_trace, linked_span)] = by_step["a"]["links"]
     assert linked_trace != start["trace_id"]
+    # The delivering task's span ends after the steps it ran (chained): wait for its export.
+    wait_for(lambda: linked_span in {s["span_id"] for s in collector.spans()})
     sweeper_trace = {s["span_id"]: s for s in collector.spans() if s["trace_id"] == linked_trace}
     assert sweeper_trace[linked_span]["name"] == "run/orchestration.run_step"
     [sweep] = [s for s in sweeper_trace.values() if s["name"].startswith("sweep ")]
