@@ -224,9 +224,15 @@ def test_a_lost_doorbell_rung_again_by_the_sweeper_stays_in_the_workflows_trace(
     # "a" came through the sweeper's trace: a link to the message's span there.
     [(linked_trace, linked_span)] = by_step["a"]["links"]
     assert linked_trace != start["trace_id"]
-    # The delivering task's span ends after the steps it ran (chained): wait for its export.
-    wait_for(lambda: linked_span in {s["span_id"] for s in collector.spans()})
-    sweeper_trace = {s["span_id"]: s for s in collector.spans() if s["trace_id"] == linked_trace}
+
+    # The delivering task's span (it ends after the steps it chained) and the sweeper's come in
+    # later batches, from either pool process: wait for both.
+    def sweeper_trace_exported() -> dict[str, dict[str, Any]] | None:
+        found = {s["span_id"]: s for s in collector.spans() if s["trace_id"] == linked_trace}
+        swept = any(s["name"].startswith("sweep ") for s in found.values())
+        return found if linked_span in found and swept else None
+
+    sweeper_trace = wait_for(sweeper_trace_exported, message="the sweeper's trace")
     assert sweeper_trace[linked_span]["name"] == "run/orchestration.run_step"
     [sweep] = [s for s in sweeper_trace.values() if s["name"].startswith("sweep ")]
     assert sweep["attributes"]["signoff.sweeper"] == "orchestration.sweep_doorbells"
