@@ -311,6 +311,13 @@ SIGNOFF_METRICS_ALLOWED_IPS = env_list("SIGNOFF_METRICS_ALLOWED_IPS", "127.0.0.1
 SIGNOFF_METRICS_TOKEN = env("SIGNOFF_METRICS_TOKEN")
 # Reuse a computed /metrics body for this many seconds (0: compute on every scrape).
 SIGNOFF_METRICS_CACHE_SECONDS = env_int("SIGNOFF_METRICS_CACHE_SECONDS", 0)
+# Traces (OpenTelemetry, orchestration.tracing): on when an OTLP endpoint is configured (the
+# standard OTEL_EXPORTER_OTLP_* and OTEL_SERVICE_NAME variables apply), or with
+# SIGNOFF_TRACING=1 (then to the exporter's default endpoint, http://localhost:4318).
+SIGNOFF_TRACING = env_bool(
+    "SIGNOFF_TRACING",
+    bool(env("OTEL_EXPORTER_OTLP_ENDPOINT") or env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")),
+)
 # A worker that finishes a step runs the next one of the same queue at once (no broker round
 # trip), for up to this many seconds beyond the first step's start-to-close; 0 turns it off.
 SIGNOFF_CHAIN_SECONDS = env_int("SIGNOFF_CHAIN_SECONDS", 60)

@@ -21,7 +21,7 @@ class OrchestrationConfig(AppConfig):
         from django.conf import settings
 
         # Step kinds, start-up checks, and the Celery tasks doorbells send.
-        from . import checks, children, engine, fanout, tasks, waits  # noqa: F401
+        from . import checks, children, engine, fanout, tasks, tracing, waits  # noqa: F401
         from .metrics import register_collector
         from .schedule_metrics import schedule_metrics
 
@@ -29,6 +29,8 @@ class OrchestrationConfig(AppConfig):
 
         for module in settings.SIGNOFF_WORKFLOW_MODULES:
             import_module(module)
+        # Before the web handler loads its middleware (Django's span per request goes in).
+        tracing.setup_from_settings()
         post_migrate.connect(_install_periodic_tasks, sender=self)
 
 

@@ -126,6 +126,9 @@ class WorkflowInstance(FSMModelMixin, models.Model):
         db_index=False,
     )
     scheduled_for = models.DateTimeField(null=True, blank=True)
+    # The W3C traceparent of the span that started it ("" when tracing was off): every step
+    # attempt's span is its child, so one workflow is one trace (orchestration.tracing).
+    trace_context = models.CharField(max_length=55, blank=True, default="", editable=False)
 
     class Meta:
         ordering = ["-created_at"]

@@ -23,6 +23,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from . import journal as journal_module
+from . import tracing
 from .definitions import StepContext, TaskStep, Workflow
 from .engine import error_info, jsonable, lock_instance, scrubbed_error, step_context
 from .engine.compensating import advance_compensation, compensation_of
@@ -43,11 +44,11 @@ TIMEOUT = {
 
 def claim_compensation(
     *, step_run_id: int, attempt: int
-) -> tuple[TaskStep, StepContext, Any] | None:
+) -> tuple[TaskStep, StepContext, Any, str] | None:
     """Claim compensation attempt ``attempt`` of a step: ``comp_phase`` → ``running``. Writes
     ``step_compensation_started``; returns the spec, the context (``attempted_only`` for a step
-    that never succeeded) and the output to undo, or None (changing nothing) for a stale or
-    early message."""
+    that never succeeded), the output to undo and the instance's trace context, or None
+    (changing nothing) for a stale or early message."""
     with transaction.atomic():
         locked = lock_instance(
             step_run_id=step_run_id,
@@ -71,7 +72,8 @@ def claim_compensation(
         journal.flush()
         ctx = step_context(journal, step)
         ctx = dataclasses.replace(ctx, attempt=attempt, attempted_only=step.comp_attempted)
-        return spec, ctx, None if step.comp_attempted else step.output
+        output = None if step.comp_attempted else step.output
+        return spec, ctx, output, locked.instance.trace_context
 
 
 def finish_compensation(
@@ -171,21 +173,28 @@ def _compensation_failed(
 
 def execute_compensation(*, step_run_id: int, attempt: int) -> str:
     """Run one compensation attempt: claim, call ``compensate(ctx, output)``, record the
-    outcome. Safe to call twice: the second claim finds nothing to do (``"stale"``)."""
+    outcome. Safe to call twice: the second claim finds nothing to do (``"stale"``). With
+    tracing on, the attempt is a ``compensate <workflow>.<step>`` span in the workflow's trace.
+    """
+    began = tracing.clock()
     claimed = claim_compensation(step_run_id=step_run_id, attempt=attempt)
     if claimed is None:
         return "stale"
-    spec, ctx, output = claimed
-    try:
-        result = jsonable(spec.compensate(ctx, output))
-    except SoftTimeLimitExceeded:
-        finish_compensation(step_run_id=step_run_id, attempt=attempt, error_data=dict(TIMEOUT))
-        return "timed_out"
-    except Exception as exc:  # noqa: BLE001 - the engine applies the policy
-        finish_compensation(step_run_id=step_run_id, attempt=attempt, error=exc)
-        return "failed"
-    finish_compensation(step_run_id=step_run_id, attempt=attempt, result=result)
-    return "compensated"
+    spec, ctx, output, trace_context = claimed
+    with tracing.step_span(ctx, trace_context, began, action="compensate") as span:
+        try:
+            result = jsonable(spec.compensate(ctx, output))
+        except SoftTimeLimitExceeded:
+            finish_compensation(step_run_id=step_run_id, attempt=attempt, error_data=dict(TIMEOUT))
+            tracing.step_outcome(span, "timed_out")
+            return "timed_out"
+        except Exception as exc:  # noqa: BLE001 - the engine applies the policy
+            finish_compensation(step_run_id=step_run_id, attempt=attempt, error=exc)
+            tracing.step_outcome(span, "failed", exc)
+            return "failed"
+        finish_compensation(step_run_id=step_run_id, attempt=attempt, result=result)
+        tracing.step_outcome(span, "compensated")
+        return "compensated"
 
 
 def time_out_compensation(*, step_run_id: int) -> bool:

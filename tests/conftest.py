@@ -40,11 +40,15 @@ CHROMIUM_ARGS = [
 
 class WorkerProcess:
     """A real Celery worker (prefork, 2 processes) in its own process group, on the test
-    database and the test Redis database."""
+    database and the test Redis database. ``extra_env`` is added to its environment (read at
+    each start: set it, then restart)."""
 
-    def __init__(self, db_name: str, concurrency: int = 2) -> None:
+    def __init__(
+        self, db_name: str, concurrency: int = 2, extra_env: dict[str, str] | None = None
+    ) -> None:
         self.db_name = db_name
         self.concurrency = concurrency
+        self.extra_env = dict(extra_env or {})
         self.process: subprocess.Popen | None = None
         self.log = ROOT / "var" / "test-worker.log"
 
@@ -60,6 +64,7 @@ class WorkerProcess:
                 "SIGNOFF_WORKFLOW_MODULES": ",".join(settings.SIGNOFF_WORKFLOW_MODULES),
             }
         )
+        env.update(self.extra_env)
         return env
 
     def start(self) -> None:

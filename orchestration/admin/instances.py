@@ -18,7 +18,7 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
-from .. import sealing, selectors
+from .. import sealing, selectors, tracing
 from ..models import StepRun, WorkflowInstance
 from ..operator_actions import INSTANCE_OPERATIONS
 from ..presentation import coarse_age, error_block, json_block, pill, status_url
@@ -139,6 +139,7 @@ class WorkflowInstanceAdmin(
                     ("created_at", "started_at", "finished_at"),
                     ("updated_at", "deadline_at"),
                     "last_seq",
+                    "trace_id",
                 ]
             },
         ),
@@ -162,6 +163,7 @@ class WorkflowInstanceAdmin(
         "updated_at",
         "deadline_at",
         "last_seq",
+        "trace_id",
         "input_pretty",
         "output_pretty",
         "error_pretty",
@@ -288,6 +290,11 @@ class WorkflowInstanceAdmin(
                 for child, step in links
             ),
         )
+
+    @admin.display(description="trace id")
+    def trace_id(self, obj: WorkflowInstance) -> str:
+        """The instance's OpenTelemetry trace, to look up in the tracing UI (README "Traces")."""
+        return tracing.trace_id_of(obj.trace_context) or "—"
 
     @admin.display(description="input")
     def input_pretty(self, obj: WorkflowInstance) -> str:

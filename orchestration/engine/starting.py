@@ -14,7 +14,7 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from .. import sealing
+from .. import sealing, tracing
 from ..definitions import Workflow, registry
 from ..errors import Conflict, InvalidInput, NotAllowed
 from ..journal import Journal
@@ -56,7 +56,41 @@ def instance_start(
     ``schedule`` and ``scheduled_for`` (the schedule's fire time) are set by
     :mod:`orchestration.schedule_firing`: the instance links to its schedule and its steps see
     the fire time as ``ctx.scheduled_for``.
+
+    With tracing on, the start is a span (a child of the API request's span, when it came
+    through the API) and the instance keeps its context: every step's span is its child.
     """
+    with tracing.start_span(workflow=workflow, version=version) as span:
+        instance, created = _start(
+            workflow=workflow,
+            input=input,
+            business_key=business_key,
+            idempotency_key=idempotency_key,
+            version=version,
+            started_by=started_by,
+            actor=actor,
+            files=files,
+            schedule=schedule,
+            scheduled_for=scheduled_for,
+        )
+        tracing.note_started(span, instance, created)
+        return instance, created
+
+
+def _start(
+    *,
+    workflow: str,
+    input: dict[str, Any] | None = None,
+    business_key: str = "",
+    idempotency_key: str | None = None,
+    version: int | None = None,
+    started_by: Any = None,
+    actor: str = "system",
+    files: Sequence[Any] = (),
+    schedule: Any = None,
+    scheduled_for: datetime | None = None,
+) -> tuple[WorkflowInstance, bool]:
+    """:func:`instance_start`, outside its span."""
     input = {} if input is None else input
     if not isinstance(workflow, str) or not workflow:
         raise InvalidInput("workflow must be a non-empty string", code="invalid")
@@ -220,6 +254,7 @@ def _create(
         updated_at=now,
         schedule=schedule,
         scheduled_for=scheduled_for,
+        trace_context=tracing.traceparent(),
     )
     journal = Journal(instance, actor=actor, now=now)
     instance.start()

@@ -17,7 +17,7 @@ from typing import Any
 from celery.exceptions import SoftTimeLimitExceeded
 from django.db import InterfaceError, OperationalError, connection, transaction
 
-from .. import sealing
+from .. import sealing, tracing
 from ..definitions import StepContext, TaskStep, Workflow
 from ..journal import Journal
 from ..models import InstanceState, StepRun, StepState, WorkflowInstance
@@ -42,6 +42,7 @@ class Claimed:
     context: StepContext
     step_run_id: int = 0
     attempt: int = 0
+    trace_context: str = ""  # the instance's (orchestration.tracing)
 
 
 def step_claim(*, step_run_id: int, attempt: int) -> Claimed | None:
@@ -127,7 +128,13 @@ def claim_locked(
             reason="seal_error",
         )
         return None
-    return Claimed(spec=spec, context=context, step_run_id=step.pk, attempt=step.attempt)
+    return Claimed(
+        spec=spec,
+        context=context,
+        step_run_id=step.pk,
+        attempt=step.attempt,
+        trace_context=instance.trace_context,
+    )
 
 
 def step_complete(*, step_run_id: int, attempt: int, output: Any) -> bool:
@@ -237,7 +244,11 @@ def step_execute(*, step_run_id: int, attempt: int, chain_until: float | None = 
     that step's start-to-close fits before the deadline, the completing transaction also
     claims it and it runs here at once instead of waiting for its own Celery message (see
     :func:`complete_attempt`).
+
+    With tracing on, each attempt has its span (:func:`orchestration.tracing.step_span`),
+    the first one from before its claim.
     """
+    began = tracing.clock()
     try:
         claimed = step_claim(step_run_id=step_run_id, attempt=attempt)
     except (OperationalError, InterfaceError):
@@ -250,23 +261,37 @@ def step_execute(*, step_run_id: int, attempt: int, chain_until: float | None = 
         log.warning("claim of step %s failed on a dropped connection; reconnecting", step_run_id)
         connection.close()
         claimed = step_claim(step_run_id=step_run_id, attempt=attempt)
-    if claimed is None:
-        return "stale"
-    while True:
-        step_run_id, attempt = claimed.step_run_id, claimed.attempt
-        fn = claimed.spec.fn
-        assert fn is not None
-        try:
-            output = jsonable(fn(claimed.context))
-        except SoftTimeLimitExceeded:
-            # The worker enforced start-to-close itself; same outcome as the sweeper's.
-            step_time_out(step_run_id=step_run_id, attempt=attempt)
-            return "timed_out"
-        except Exception as exc:  # noqa: BLE001 - every step error is the engine's to handle
-            step_fail(step_run_id=step_run_id, attempt=attempt, error=exc)
-            return "failed"
-        chain = chain_until is not None
-        hold = claimed.spec.queue if chain else False
-        _ok, claimed = complete_attempt(step_run_id, attempt, output, hold=hold, until=chain_until)
-        if claimed is None:
-            return "succeeded"
+    outcome = "stale"
+    while claimed is not None:
+        with tracing.step_span(claimed.context, claimed.trace_context, began) as span:
+            outcome, claimed = _run_attempt(claimed, chain_until, span)
+        began = None
+    return outcome
+
+
+def _run_attempt(
+    claimed: Claimed, chain_until: float | None, span: Any
+) -> tuple[str, Claimed | None]:
+    """Call a claimed attempt's function and record its outcome; returns the outcome and the
+    next step this worker claimed to run at once (chaining), if any."""
+    step_run_id, attempt = claimed.step_run_id, claimed.attempt
+    fn = claimed.spec.fn
+    assert fn is not None
+    try:
+        output = jsonable(fn(claimed.context))
+    except SoftTimeLimitExceeded:
+        # The worker enforced start-to-close itself; same outcome as the sweeper's.
+        step_time_out(step_run_id=step_run_id, attempt=attempt)
+        tracing.step_outcome(span, "timed_out")
+        return "timed_out", None
+    except Exception as exc:  # noqa: BLE001 - every step error is the engine's to handle
+        step_fail(step_run_id=step_run_id, attempt=attempt, error=exc)
+        tracing.step_outcome(span, "failed", exc)
+        return "failed", None
+    hold = claimed.spec.queue if chain_until is not None else False
+    recorded, next_claimed = complete_attempt(
+        step_run_id, attempt, output, hold=hold, until=chain_until
+    )
+    # "ignored": the step had moved on (timed out, cancelled) before this result came.
+    tracing.step_outcome(span, "succeeded" if recorded else "ignored")
+    return "succeeded", next_claimed

@@ -3,9 +3,11 @@ Debian's Chromium for the status page browser test."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from django.conf import settings
 from django.contrib.auth.models import Permission
 
 VIEW_PERMISSIONS = [
@@ -45,3 +47,22 @@ def operator(django_user_model: Any) -> Any:
 @pytest.fixture
 def superuser(django_user_model: Any) -> Any:
     return django_user_model.objects.create_superuser("root", "root@example.com", "pw-root-123")
+
+
+DJANGO_TRACING_MIDDLEWARE = "opentelemetry.instrumentation.django.middleware.otel_middleware"
+
+
+@pytest.fixture
+def traces() -> Iterator[Any]:
+    """Tracing on in this process (Django and Celery instrumented), spans kept in the SDK's
+    in-memory exporter (yielded), turned off again after the test."""
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from orchestration import tracing
+
+    assert not tracing.enabled()
+    exporter = InMemorySpanExporter()
+    tracing.setup(exporter=exporter, service="signoff-test", set_global=False)
+    yield exporter
+    tracing.shutdown()
+    assert not any(DJANGO_TRACING_MIDDLEWARE in m for m in settings.MIDDLEWARE)
