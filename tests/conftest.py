@@ -209,7 +209,8 @@ def django_db_setup(django_db_setup: Any, django_db_blocker: Any) -> Iterator[No
         conn.close()
         for target in (conn.settings_dict, settings.DATABASES[conn.alias]):
             target["HOST"], target["PORT"] = direct[conn.alias]
-        pgbouncer_admin(pooler, f"KILL {conn.settings_dict['NAME']}", f"RESUME {conn.settings_dict['NAME']}")
+        name = conn.settings_dict["NAME"]
+        pgbouncer_admin(pooler, f"KILL {name}", f"RESUME {name}")
 
 
 def pgbouncer_admin(url: str, *commands: str) -> None:

@@ -39,9 +39,11 @@ def run_through(fault: Callable[[], None], *, instances: int = 8, timeout: float
     assert before < total, "the run finished before the fault: nothing was tested"
     fault()
     wait_for(
-        lambda: not WorkflowInstance.objects.filter(
-            pk__in=ids, state__in=["pending", "running", "compensating"]
-        ).exists(),
+        lambda: (
+            not WorkflowInstance.objects.filter(
+                pk__in=ids, state__in=["pending", "running", "compensating"]
+            ).exists()
+        ),
         sweep=True,
         timeout=timeout,
         interval=0.25,
@@ -50,9 +52,7 @@ def run_through(fault: Callable[[], None], *, instances: int = 8, timeout: float
     retried = 0
     for instance in WorkflowInstance.objects.filter(pk__in=ids):
         assert instance.state == "succeeded", instance.state
-        runs = {
-            k.decode(): int(v) for k, v in ledger().hgetall(f"ledger:{instance.pk}").items()
-        }
+        runs = {k.decode(): int(v) for k, v in ledger().hgetall(f"ledger:{instance.pk}").items()}
         assert all(count == 1 for count in runs.values()), runs  # once per attempt
         for step in StepRun.objects.filter(instance=instance):
             assert step.state == "succeeded", (step.name, step.state)

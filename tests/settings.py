@@ -13,7 +13,9 @@ os.environ["DATABASE_URL"] = os.environ.get(
     "SIGNOFF_TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/signoff"
 )
 SIGNOFF_TEST_REDIS_URL = os.environ.get("SIGNOFF_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-os.environ["CELERY_BROKER_URL"] = os.environ.get("SIGNOFF_TEST_BROKER_URL") or SIGNOFF_TEST_REDIS_URL
+os.environ["CELERY_BROKER_URL"] = (
+    os.environ.get("SIGNOFF_TEST_BROKER_URL") or SIGNOFF_TEST_REDIS_URL
+)
 SIGNOFF_TEST_DB_POOLER_URL = os.environ.get("SIGNOFF_TEST_DB_POOLER_URL", "")
 if SIGNOFF_TEST_DB_POOLER_URL:
     # The test database is created and dropped directly (PgBouncer cannot drop a database it
