@@ -5,7 +5,8 @@ It runs its own web server and workers on the database ``signoff_chaos`` and Red
 workers, flushes its Redis database and terminates its own database's backends
 (``--pg-restart=terminate``: a full PostgreSQL restart would also cut this test process's
 connections). With SIGNOFF_CHAOS_BROKER=amqp (``make chaos BROKER=amqp``) the broker is
-RabbitMQ, restarted once instead of the flush. The test asserts its exit code and every invariant it prints.
+RabbitMQ, restarted once instead of the flush. The test asserts its exit code and every
+invariant it prints.
 """
 
 from __future__ import annotations
