@@ -16,8 +16,8 @@ AMQP_VHOST ?= signoff_test
 AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/$(AMQP_VHOST)
 # The end-to-end subset that runs again through PgBouncer on RabbitMQ (README, "PgBouncer and
 # RabbitMQ").
-E2E_CORE := tests/orchestration/test_e2e.py tests/approvals/test_e2e.py \
-	tests/test_pgbouncer.py::test_the_pooled_run_goes_through_pgbouncer
+E2E_CORE := tests/orchestration/test_e2e.py tests/orchestration/test_api_e2e.py \
+	tests/approvals/test_e2e.py tests/test_pgbouncer.py::test_the_pooled_run_goes_through_pgbouncer
 E2E_SUBSET := $(E2E_CORE) tests/test_rabbitmq.py
 # make chaos BROKER=amqp: the chaos runs on RabbitMQ, restarting it mid-run.
 BROKER ?= redis

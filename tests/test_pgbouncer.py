@@ -9,6 +9,7 @@ such a run really goes through it.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -17,9 +18,12 @@ from typing import Any
 import psycopg
 import pytest
 from django.conf import settings
+from django.core.management import call_command
 from django.db import connection
 
+from approvals.models import ApprovalRequest
 from orchestration import engine
+from orchestration.models import WorkflowInstance
 from tests.conftest import ROOT, WorkerProcess, wait_for
 from tests.server_faults import run_through, script
 
@@ -84,25 +88,50 @@ def test_pgbouncer_restarted_mid_run_loses_nothing_and_doubles_nothing(
     assert stats(port, name).get("total_xact_count", 0) > 0
 
 
-def test_the_pooled_run_goes_through_pgbouncer(worker: WorkerProcess) -> None:
+def test_the_pooled_run_goes_through_pgbouncer(
+    worker: WorkerProcess, client: Any, django_user_model: Any
+) -> None:
     """Through the shared PgBouncer when SIGNOFF_TEST_DB_POOLER_URL is set (make test's pooled
-    step), directly otherwise: either way the test process and the worker use the same
-    path, with the pooler's settings when pooled."""
+    step), directly otherwise; either way the engine, the inbox, the API and the streamed
+    history export (QuerySet.iterator(): a server-side cursor unless disabled) work, and the
+    test process and its worker take the same path, with the pooler's settings when pooled."""
     pooled = bool(settings.SIGNOFF_TEST_DB_POOLER_URL)
     name = connection.settings_dict["NAME"]
     assert connection.settings_dict.get("DISABLE_SERVER_SIDE_CURSORS", False) is pooled
-    instance, _ = engine.instance_start(workflow="t_sequence")
+    call_command("seed_demo")
+    users = django_user_model.objects
+    instance, _ = engine.instance_start(
+        workflow="expense_approval",
+        input={"amount": 80, "currency": "EUR", "description": "taxi", "requester": "alice"},
+        started_by=users.get(username="alice"),
+    )
+    request = wait_for(
+        lambda: ApprovalRequest.objects.filter(instance=instance).first(), message="request"
+    )
+    client.force_login(users.get(username="bob"))
+    inbox = client.get("/inbox/")
+    assert inbox.status_code == 200 and b"taxi" in inbox.content
+    pending = client.get("/api/v1/approvals/?state=pending").json()["results"]
+    assert [r["id"] for r in pending] == [request.pk]
+    decided = client.post(
+        f"/api/v1/approvals/{request.pk}/approve/", {"comment": "ok"}, "application/json"
+    )
+    assert decided.status_code == 200, decided.content
     wait_for(
-        lambda: type(instance).objects.get(pk=instance.pk).state == "succeeded",
+        lambda: WorkflowInstance.objects.get(pk=instance.pk).state == "succeeded",
         message="the instance",
     )
+    client.force_login(users.get(username="alice"))
+    export = client.get(f"/instances/{instance.pk}/history.json")
+    assert export.status_code == 200
+    history = json.loads(b"".join(export.streaming_content))
+    seqs = [e["seq"] for e in history["events"]]
+    assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) > 10
     if pooled:
-        assert str(connection.settings_dict["PORT"]) == str(
-            psycopg.conninfo.conninfo_to_dict(settings.SIGNOFF_TEST_DB_POOLER_URL)["port"]
-        )
-        port = int(connection.settings_dict["PORT"])
-        # Both processes' transactions: the test process's start and the worker's steps.
-        assert stats(port, name).get("total_xact_count", 0) >= 4
+        pooler = psycopg.conninfo.conninfo_to_dict(settings.SIGNOFF_TEST_DB_POOLER_URL)
+        assert str(connection.settings_dict["PORT"]) == str(pooler["port"])
+        # The test process's transactions and the worker's steps, all through PgBouncer.
+        assert stats(int(pooler["port"]), name).get("total_xact_count", 0) >= 20
     else:
         direct = psycopg.conninfo.conninfo_to_dict(os.environ["DATABASE_URL"])
         assert str(connection.settings_dict["PORT"]) == str(direct.get("port", 5432))
