@@ -17,6 +17,7 @@ import redis
 from aiosmtpd.controller import Controller
 from django.conf import settings
 
+from config.backends import is_amqp
 from orchestration.worker import worker_command
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -164,7 +165,7 @@ class Broker:
         database); RabbitMQ: purge the task queue and the delayed-delivery queues."""
         from config.celery import app
 
-        if not app.conf.broker_url.startswith(("amqp", "pyamqp")):
+        if not is_amqp(app.conf.broker_url):
             redis.Redis.from_url(settings.CELERY_BROKER_URL).flushdb()
             return
         from kombu.transport.native_delayed_delivery import level_name
