@@ -112,7 +112,7 @@ def test_the_pooled_run_goes_through_pgbouncer(
     inbox = client.get("/inbox/")
     assert inbox.status_code == 200 and b"taxi" in inbox.content
     pending = client.get("/api/v1/approvals/?state=pending").json()["results"]
-    assert [r["id"] for r in pending] == [request.pk]
+    assert request.pk in [r["id"] for r in pending]  # beside the demo data's requests
     decided = client.post(
         f"/api/v1/approvals/{request.pk}/approve/", {"comment": "ok"}, "application/json"
     )
