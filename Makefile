@@ -6,7 +6,21 @@ STAMP := $(VENV)/.installed
 PORT ?= 8000
 export PORT
 
-.PHONY: install run test lint imports bench bench-quick bench-tools chaos services-check browser clean
+.PHONY: install run test test-pooled test-pgbouncer test-amqp servers lint imports bench \
+	bench-quick bench-tools chaos services-check browser clean
+
+# PgBouncer (transaction pooling, 127.0.0.1:6432, config in var/pgbouncer/) and RabbitMQ (vhost
+# AMQP_VHOST for the user guest), both Debian packages, installed and started when missing.
+PGBOUNCER_URL ?= postgres://postgres@127.0.0.1:6432
+AMQP_VHOST ?= signoff_test
+AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/$(AMQP_VHOST)
+# The end-to-end subset that runs again through PgBouncer on RabbitMQ (README, "PgBouncer and
+# RabbitMQ").
+E2E_CORE := tests/orchestration/test_e2e.py tests/orchestration/test_api_e2e.py \
+	tests/approvals/test_e2e.py tests/test_pgbouncer.py::test_the_pooled_run_goes_through_pgbouncer
+E2E_SUBSET := $(E2E_CORE) tests/test_rabbitmq.py
+# make chaos BROKER=amqp: the chaos runs on RabbitMQ, restarting it mid-run.
+BROKER ?= redis
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,9 +40,28 @@ services-check: install
 browser:
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
-# The import rules first (seconds): a broken rule fails the run before the suite starts.
-test: install services-check browser imports
+servers:
+	scripts/pgbouncer.sh start
+	scripts/rabbitmq.sh start $(AMQP_VHOST)
+
+# The import rules first (seconds): a broken rule fails the run before the suite starts. Then
+# the suite (PostgreSQL directly, Redis as broker), then the end-to-end subset again with the
+# test process and its worker going through PgBouncer and RabbitMQ as the broker.
+test: install services-check browser imports servers
 	$(PY) -m pytest
+	$(MAKE) --no-print-directory test-pooled
+
+# The end-to-end subset through PgBouncer on RabbitMQ (what `make test` runs after the suite),
+# or through one of them only.
+test-pooled: install servers
+	SIGNOFF_TEST_DB_POOLER_URL=$(PGBOUNCER_URL) SIGNOFF_TEST_BROKER_URL=$(AMQP_URL) \
+		$(PY) -m pytest -m 'e2e or rabbitmq' $(E2E_SUBSET)
+
+test-pgbouncer: install servers
+	SIGNOFF_TEST_DB_POOLER_URL=$(PGBOUNCER_URL) $(PY) -m pytest -m e2e $(E2E_CORE)
+
+test-amqp: install servers
+	SIGNOFF_TEST_BROKER_URL=$(AMQP_URL) $(PY) -m pytest -m 'e2e or rabbitmq' $(E2E_SUBSET)
 
 # The import rules of DESIGN.md as import-linter contracts (pyproject.toml, ARCHITECTURE.md).
 imports: install
@@ -50,9 +83,9 @@ bench: install services-check bench-tools
 bench-quick: install services-check bench-tools
 	$(PY) bench/run.py --quick $(BENCH_ARGS)
 
-chaos: install services-check
-	$(PY) -m pytest -m chaos tests/test_chaos.py
-	$(PY) bench/chaos.py
+chaos: install services-check $(if $(filter amqp,$(BROKER)),servers)
+	SIGNOFF_CHAOS_BROKER=$(BROKER) $(PY) -m pytest -m chaos tests/test_chaos.py
+	SIGNOFF_CHAOS_BROKER=$(BROKER) $(PY) bench/chaos.py
 
 clean:
 	rm -rf $(VENV) var staticfiles

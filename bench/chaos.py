@@ -73,6 +73,12 @@ Invariants checked
 Counts also show ``attempted_compensations`` (steps undone for their attempts only) and, of
 those, ``lost_response_effects_undone`` (their attempts had applied the effect).
 
+RabbitMQ: ``--broker amqp`` (``make chaos BROKER=amqp``) runs the same on RabbitMQ
+(``SIGNOFF_CHAOS_AMQP_URL``, default vhost ``signoff_chaos`` for the user guest, quorum queues,
+publisher confirms), started by ``scripts/rabbitmq.sh`` when down; instead of the flush, at
+35 % of the ramp it restarts the whole RabbitMQ server (``scripts/rabbitmq.sh restart``, about
+6 s down here), with every invariant checked the same way.
+
 Also: ``--calm`` runs the same workload without kills, flush or PostgreSQL hit (a baseline);
 ``--check-only`` checks the database the last run left.
 
@@ -129,6 +135,12 @@ DB_URL = os.environ.get(
     "SIGNOFF_CHAOS_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/signoff_chaos"
 )
 REDIS_URL = os.environ.get("SIGNOFF_CHAOS_REDIS_URL", "redis://127.0.0.1:6379/7")
+# --broker amqp (or SIGNOFF_CHAOS_BROKER=amqp, what `make chaos BROKER=amqp` sets): RabbitMQ,
+# its own virtual host; the flush becomes a restart of the whole RabbitMQ server.
+AMQP_URL = os.environ.get(
+    "SIGNOFF_CHAOS_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/signoff_chaos"
+)
+BROKER_URL = REDIS_URL  # main() switches it to AMQP_URL for --broker amqp
 WORKFLOW_MODULES = "bench.chaos_workflows"
 QUEUE = "signoff"
 MIX = {"chaos_sequence": 30, "chaos_parallel": 25, "chaos_approval": 20, "chaos_saga": 25}
@@ -169,13 +181,19 @@ def chaos_env(doorbell_grace: int) -> dict[str, str]:
     from cryptography.fernet import Fernet
 
     env = dict(os.environ)
-    for name in ("SIGNOFF_TEST_DATABASE_URL", "SIGNOFF_TEST_REDIS_URL"):
+    for name in (
+        "SIGNOFF_TEST_DATABASE_URL",
+        "SIGNOFF_TEST_REDIS_URL",
+        "SIGNOFF_TEST_BROKER_URL",
+        "SIGNOFF_TEST_DB_POOLER_URL",
+        "SIGNOFF_DB_POOLER",
+    ):
         env.pop(name, None)
     env.update(
         {
             "DJANGO_SETTINGS_MODULE": "config.settings",
             "DATABASE_URL": DB_URL,
-            "CELERY_BROKER_URL": REDIS_URL,
+            "CELERY_BROKER_URL": BROKER_URL,
             "SIGNOFF_WORKFLOW_MODULES": WORKFLOW_MODULES,
             "SIGNOFF_DOORBELL_GRACE_SECONDS": str(doorbell_grace),
             "SIGNOFF_ENCRYPTION_KEYS": os.environ.get("SIGNOFF_CHAOS_ENCRYPTION_KEYS")
@@ -643,7 +661,7 @@ class Run:
             for what, due in list(pending.items()):
                 if now >= due:
                     del pending[what]
-                    self.chaos_event(self.flush_redis if what == "flush" else self.hit_postgres)
+                    self.chaos_event(self.hit_broker if what == "flush" else self.hit_postgres)
             if now >= next_kill and chaos_time():
                 child_only = (kills + 1) % 3 == 0
                 if self.chaos_event(partial(self.kill_worker, child_only=child_only)):
@@ -696,6 +714,24 @@ class Run:
             log(f"SIGKILL worker {worker.name} (group {worker.process.pid}); starting another")
             self.workers[slot] = self.start_worker(slot)
             return True
+
+    def hit_broker(self) -> None:
+        """Redis: FLUSHDB. RabbitMQ: restart the whole server (scripts/rabbitmq.sh restart)."""
+        if BROKER_URL == AMQP_URL:
+            self.restart_rabbitmq()
+        else:
+            self.flush_redis()
+
+    def restart_rabbitmq(self) -> None:
+        began = time.monotonic()
+        subprocess.run(
+            [str(ROOT / "scripts" / "rabbitmq.sh"), "restart", amqp_vhost()],
+            check=True,
+            timeout=180,
+            stdout=subprocess.DEVNULL,
+        )
+        self.stats.add("rabbitmq_restarts")
+        self.stats.note(f"RabbitMQ restarted in {time.monotonic() - began:.1f}s")
 
     def flush_redis(self) -> None:
         import redis
@@ -1207,7 +1243,7 @@ def hold_run_lock() -> None:
     import tempfile
 
     global _lock_file, _pid_file, _started
-    tag = hashlib.sha256(f"{DB_URL}|{REDIS_URL}".encode()).hexdigest()[:12]
+    tag = hashlib.sha256(f"{DB_URL}|{BROKER_URL}".encode()).hexdigest()[:12]
     path = Path(tempfile.gettempdir()) / f"signoff-chaos-{tag}.lock"
     _lock_file = open(path, "w")  # noqa: SIM115 - held until the process exits
     try:
@@ -1261,7 +1297,8 @@ def render(summary: dict[str, Any]) -> str:
     calm = " (calm: no kills, flush or PostgreSQL hit)" if summary["calm"] else ""
     lines.append(
         f"workflows {summary['workflows']} (seed {summary['seed']}), fail rate "
-        f"{summary['fail_rate']:g}, PostgreSQL: {summary['pg_restart']}, doorbell grace "
+        f"{summary['fail_rate']:g}, broker: {summary['broker']}, PostgreSQL: "
+        f"{summary['pg_restart']}, doorbell grace "
         f"{summary['doorbell_grace_s']}s{calm}"
     )
     lines.append(f"instances by state:    {c.get('instances_by_state')}")
@@ -1282,7 +1319,8 @@ def render(summary: dict[str, Any]) -> str:
         f"kills: {chaos.get('kills_worker', 0)} workers + {chaos.get('kills_pool_process', 0)} "
         f"pool processes, worker starts {chaos.get('worker_starts', 0)}; redis flushes "
         f"{chaos.get('redis_flushes', 0)} ({chaos.get('messages_lost_queued', 0)} queued + "
-        f"{chaos.get('messages_lost_unacked', 0)} unacked messages lost); pg restarts "
+        f"{chaos.get('messages_lost_unacked', 0)} unacked messages lost); rabbitmq restarts "
+        f"{chaos.get('rabbitmq_restarts', 0)}; pg restarts "
         f"{chaos.get('pg_restarts', 0)}, pg terminations {chaos.get('pg_terminations', 0)} "
         f"({chaos.get('pg_backends_terminated', 0)} backends)"
     )
@@ -1314,13 +1352,31 @@ def render(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def amqp_vhost() -> str:
+    from urllib.parse import unquote, urlsplit
+
+    return unquote(urlsplit(AMQP_URL).path.lstrip("/")) or "/"
+
+
+def empty_broker() -> None:
+    """Redis: FLUSHDB of its database. RabbitMQ: start it when down and give the run a fresh
+    virtual host (its queues, the delayed-delivery ones too, are deleted with the old one)."""
+    if BROKER_URL != AMQP_URL:
+        import redis
+
+        redis.Redis.from_url(REDIS_URL).flushdb()
+        return
+    script = str(ROOT / "scripts" / "rabbitmq.sh")
+    subprocess.run([script, "start", amqp_vhost()], check=True, timeout=300)
+    subprocess.run(["rabbitmqctl", "-q", "delete_vhost", amqp_vhost()], check=True, timeout=60)
+    subprocess.run([script, "vhost", amqp_vhost()], check=True, timeout=60)
+
+
 def setup_and_drive(
     args: argparse.Namespace, env: dict[str, str]
 ) -> tuple[float, Run, dict[str, Any]]:
     ensure_database(args.fresh_db)
-    import redis
-
-    redis.Redis.from_url(REDIS_URL).flushdb()  # before the workers declare their queues
+    empty_broker()  # before the workers declare their queues
 
     import django
 
@@ -1377,6 +1433,13 @@ def main(argv: list[str] | None = None) -> int:
         "pg_terminate_backend on the chaos database's backends only",
     )
     parser.add_argument(
+        "--broker",
+        choices=["redis", "amqp"],
+        default=os.environ.get("SIGNOFF_CHAOS_BROKER", "redis"),
+        help="redis: flush its database once; amqp: RabbitMQ (quorum queues), restarted once "
+        "(default: SIGNOFF_CHAOS_BROKER or redis)",
+    )
+    parser.add_argument(
         "--force-restart",
         action="store_true",
         help="restart PostgreSQL even while other databases have clients",
@@ -1411,6 +1474,8 @@ def main(argv: list[str] | None = None) -> int:
         "--logs", type=Path, default=RESULTS / "chaos-logs", help="web and worker logs"
     )
     args = bench.parse(argv)
+    global BROKER_URL
+    BROKER_URL = AMQP_URL if args.broker == "amqp" else REDIS_URL
     if args.ramp is None:
         args.ramp = max(25.0, 0.1 * args.workflows)
     if args.timeout is None:
@@ -1464,6 +1529,7 @@ def main(argv: list[str] | None = None) -> int:
         "calm": args.calm,
         "doorbell_grace_s": args.doorbell_grace,
         "pg_restart": run.pg_mode,
+        "broker": args.broker,
         "timed_out": timing["timed_out"],
         "counts": counts,
         "chaos": dict(sorted(run.stats.counts.items())),
@@ -1479,7 +1545,7 @@ def main(argv: list[str] | None = None) -> int:
         "passed": all(r["ok"] for r in checker.results.values()),
         "environment": {
             "database": db_name(DB_URL),
-            "broker": REDIS_URL,
+            "broker": BROKER_URL,
             "python": platform.python_version(),
             "cpus": os.cpu_count(),
             "loadavg": loadavg(),

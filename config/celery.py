@@ -3,9 +3,11 @@
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from celery import Celery
 
+from config.backends import whole_second_countdown
 from orchestration import tracing
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
@@ -25,6 +27,25 @@ _role = celery_role(sys.argv)
 if _role:
     tracing.set_role(_role)
 
-app = Celery("signoff")
+
+class SignoffCelery(Celery):
+    """Celery, with delayed messages that RabbitMQ's quorum queues can carry."""
+
+    def send_task(self, name: str, *args: Any, **options: Any) -> Any:
+        """On RabbitMQ with quorum queues (native delayed delivery), an ``eta`` or ``countdown``
+        becomes a whole-second countdown rounded up (config.backends.whole_second_countdown);
+        on Redis it is passed as given."""
+        if self.conf.task_default_queue_type == "quorum" and (
+            options.get("eta") is not None or options.get("countdown") is not None
+        ):
+            countdown = whole_second_countdown(
+                options.pop("countdown", None), options.pop("eta", None), self.now()
+            )
+            if countdown is not None:
+                options["countdown"] = countdown
+        return super().send_task(name, *args, **options)
+
+
+app = SignoffCelery("signoff")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()

@@ -15,6 +15,7 @@ from urllib.parse import unquote, urlsplit
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from config import backends
 from orchestration.embedded import socket_path_for
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -145,6 +146,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     }
 else:
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# SIGNOFF_DB_POOLER=pgbouncer (or a DATABASE_URL on port 6432): a transaction-pooling PgBouncer
+# is in front of PostgreSQL; no server-side cursors, no prepared statements (config.backends).
+SIGNOFF_DB_POOLER = backends.database_pooler(DATABASE_URL, env("SIGNOFF_DB_POOLER"))
+backends.apply_pooler(DATABASES["default"], SIGNOFF_DB_POOLER)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -251,7 +256,12 @@ SPECTACULAR_SETTINGS = {
 # DATA_DIR, started by `manage.py runall`.
 CELERY_BROKER_URL = env("CELERY_BROKER_URL", EMBEDDED_BROKER_URL)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600)}
+# amqp://... selects RabbitMQ: quorum queues, publisher confirms (config.backends); Redis
+# gets its visibility timeout.
+for _name, _value in backends.broker_settings(
+    CELERY_BROKER_URL, visibility_timeout=env_int("CELERY_VISIBILITY_TIMEOUT", 3600)
+).items():
+    globals()[f"CELERY_{_name}"] = _value
 CELERY_TASK_IGNORE_RESULT = True  # state lives in the engine's tables; no result backend
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_ACKS_LATE = True

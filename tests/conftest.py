@@ -17,6 +17,7 @@ import redis
 from aiosmtpd.controller import Controller
 from django.conf import settings
 
+from config.backends import is_amqp
 from orchestration.worker import worker_command
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,31 +41,44 @@ CHROMIUM_ARGS = [
 
 class WorkerProcess:
     """A real Celery worker (prefork, 2 processes) in its own process group, on the test
-    database and the test Redis database. ``extra_env`` is added to its environment (read at
-    each start: set it, then restart)."""
+    database (through PgBouncer when the test process goes through it) and the test broker.
+
+    ``database_url`` and ``extra_env`` point one worker elsewhere (a test's own PgBouncer,
+    a collector for its traces); ``extra_env`` is read at each start: set it, then restart."""
 
     def __init__(
-        self, db_name: str, concurrency: int = 2, extra_env: dict[str, str] | None = None
+        self,
+        db_name: str,
+        concurrency: int = 2,
+        *,
+        database_url: str | None = None,
+        extra_env: dict[str, str] | None = None,
     ) -> None:
         self.db_name = db_name
         self.concurrency = concurrency
+        self.database_url = database_url
         self.extra_env = dict(extra_env or {})
         self.process: subprocess.Popen | None = None
         self.log = ROOT / "var" / "test-worker.log"
 
     def env(self) -> dict[str, str]:
         db = settings.DATABASES["default"]
-        url = f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{self.db_name}"
+        url = self.database_url or (
+            f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{self.db_name}"
+        )
         env = dict(os.environ)
         env.update(
             {
                 "DJANGO_SETTINGS_MODULE": "tests.settings",
                 "SIGNOFF_TEST_DATABASE_URL": url,
-                "SIGNOFF_TEST_REDIS_URL": settings.CELERY_BROKER_URL,
+                "SIGNOFF_TEST_REDIS_URL": settings.SIGNOFF_TEST_REDIS_URL,
+                "SIGNOFF_TEST_BROKER_URL": settings.CELERY_BROKER_URL,
                 "SIGNOFF_WORKFLOW_MODULES": ",".join(settings.SIGNOFF_WORKFLOW_MODULES),
+                **self.extra_env,
             }
         )
-        env.update(self.extra_env)
+        # The worker's database is chosen here: it never re-applies the test process's switch.
+        env.pop("SIGNOFF_TEST_DB_POOLER_URL", None)
         return env
 
     def start(self) -> None:
@@ -100,7 +114,7 @@ class WorkerProcess:
 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            redis.Redis.from_url(settings.CELERY_BROKER_URL).delete("signoff")
+            Broker().purge("signoff")
             inspect = app.control.inspect(destination=[self.name], timeout=1.0, limit=1)
             active = (inspect.active() or {}).get(self.name)
             if active == []:
@@ -128,9 +142,99 @@ class WorkerProcess:
         self.start()
 
 
+class Broker:
+    """The test broker, Redis or RabbitMQ alike, through kombu: how many messages wait in a
+    queue, emptying one, and forgetting every queued message (the broker "restarted empty")."""
+
+    def depth(self, queue: str) -> int:
+        from config.celery import app
+
+        with app.connection_for_write() as conn:
+            return conn.default_channel.queue_declare(queue=queue, passive=True).message_count
+
+    def purge(self, queue: str) -> None:
+        from config.celery import app
+
+        with app.connection_for_write() as conn:
+            try:
+                conn.default_channel.queue_purge(queue)
+            except conn.channel_errors:  # RabbitMQ: the queue was never declared
+                pass
+
+    def flush(self) -> None:
+        """Redis: FLUSHDB (the ledger of tests/workflows.py goes too when it shares the
+        database); RabbitMQ: purge the task queue and the delayed-delivery queues."""
+        from config.celery import app
+
+        if not is_amqp(app.conf.broker_url):
+            redis.Redis.from_url(settings.CELERY_BROKER_URL).flushdb()
+            return
+        from kombu.transport.native_delayed_delivery import level_name
+
+        for queue in ["signoff", *(level_name(level) for level in range(28))]:
+            self.purge(queue)
+
+
+@pytest.fixture(scope="session")
+def broker() -> Broker:
+    return Broker()
+
+
 @pytest.fixture(scope="session")
 def redis_client() -> redis.Redis:
-    return redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    """The test Redis database (the broker too unless SIGNOFF_TEST_BROKER_URL is amqp)."""
+    return redis.Redis.from_url(settings.SIGNOFF_TEST_REDIS_URL)
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup: Any, django_db_blocker: Any) -> Iterator[None]:
+    """With SIGNOFF_TEST_DB_POOLER_URL: once the test database exists (created directly),
+    every connection of this process and of the worker goes through PgBouncer; before it is
+    dropped, PgBouncer lets go of its server connections to it."""
+    pooler = settings.SIGNOFF_TEST_DB_POOLER_URL
+    if not pooler:
+        yield
+        return
+    from urllib.parse import urlsplit
+
+    from django.db import connections
+
+    parts = urlsplit(pooler)
+    direct = {}
+    for conn in connections.all():
+        direct[conn.alias] = (conn.settings_dict["HOST"], conn.settings_dict["PORT"])
+        conn.close()
+        for target in (conn.settings_dict, settings.DATABASES[conn.alias]):
+            target["HOST"], target["PORT"] = parts.hostname, str(parts.port)
+    yield
+    for conn in connections.all():
+        conn.close()
+        for target in (conn.settings_dict, settings.DATABASES[conn.alias]):
+            target["HOST"], target["PORT"] = direct[conn.alias]
+        name = conn.settings_dict["NAME"]
+        pgbouncer_admin(pooler, f"KILL {name}", f"RESUME {name}")
+
+
+def pgbouncer_admin(url: str, *commands: str) -> None:
+    """Run commands on PgBouncer's admin console (the ``pgbouncer`` database at ``url``)."""
+    from urllib.parse import urlsplit
+
+    import psycopg
+
+    parts = urlsplit(url)
+    with psycopg.connect(
+        host=parts.hostname,
+        port=parts.port,
+        user=parts.username or "postgres",
+        dbname="pgbouncer",
+        autocommit=True,
+        prepare_threshold=None,
+    ) as conn:
+        for command in commands:
+            try:
+                conn.execute(command)
+            except psycopg.Error:  # e.g. KILL of a database PgBouncer never saw
+                pass
 
 
 @pytest.fixture(scope="session")
@@ -143,12 +247,12 @@ def celery_worker_process(django_db_setup: Any, django_db_blocker: Any) -> Itera
 
 @pytest.fixture
 def worker(
-    celery_worker_process: WorkerProcess, redis_client: redis.Redis, transactional_db: Any
+    celery_worker_process: WorkerProcess, broker: Broker, transactional_db: Any
 ) -> Iterator[WorkerProcess]:
     """A running worker, an empty test queue, and committed (transactional) test data."""
     if celery_worker_process.process.poll() is not None:
         celery_worker_process.start()
-    redis_client.delete("signoff")
+    broker.purge("signoff")
     yield celery_worker_process
     if celery_worker_process.process.poll() is not None:
         celery_worker_process.start()

@@ -1,6 +1,10 @@
 """Test settings: the real services (PostgreSQL and Redis), never the embedded default.
 
-Override with SIGNOFF_TEST_DATABASE_URL and SIGNOFF_TEST_REDIS_URL.
+Override with SIGNOFF_TEST_DATABASE_URL and SIGNOFF_TEST_REDIS_URL. SIGNOFF_TEST_BROKER_URL
+(amqp://...) puts the broker on RabbitMQ (Redis still keeps the test workflows' ledger), and
+SIGNOFF_TEST_DB_POOLER_URL (postgres://user@host:6432) sends the test process and its worker
+through PgBouncer once the test database exists (tests/conftest.py, README "PgBouncer and
+RabbitMQ").
 """
 
 import os
@@ -8,9 +12,16 @@ import os
 os.environ["DATABASE_URL"] = os.environ.get(
     "SIGNOFF_TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/signoff"
 )
-os.environ["CELERY_BROKER_URL"] = os.environ.get(
-    "SIGNOFF_TEST_REDIS_URL", "redis://127.0.0.1:6379/15"
+SIGNOFF_TEST_REDIS_URL = os.environ.get("SIGNOFF_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+os.environ["CELERY_BROKER_URL"] = (
+    os.environ.get("SIGNOFF_TEST_BROKER_URL") or SIGNOFF_TEST_REDIS_URL
 )
+SIGNOFF_TEST_DB_POOLER_URL = os.environ.get("SIGNOFF_TEST_DB_POOLER_URL", "")
+if SIGNOFF_TEST_DB_POOLER_URL:
+    # The test database is created and dropped directly (PgBouncer cannot drop a database it
+    # holds connections to); every connection after that goes through PgBouncer with its
+    # settings (config.backends.apply_pooler), the worker's too.
+    os.environ["SIGNOFF_DB_POOLER"] = "pgbouncer"
 os.environ.setdefault(
     "SIGNOFF_WORKFLOW_MODULES",
     "demo.workflows,demo.expenses,demo.trips,tests.workflows,tests.fanout_workflows",

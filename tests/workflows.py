@@ -28,7 +28,9 @@ _redis: redis.Redis | None = None
 def ledger() -> redis.Redis:
     global _redis
     if _redis is None:
-        _redis = redis.Redis.from_url(settings.CELERY_BROKER_URL.replace("redis+socket", "unix"))
+        # The test Redis database, also when the broker is RabbitMQ (tests/settings.py).
+        url = getattr(settings, "SIGNOFF_TEST_REDIS_URL", "") or settings.CELERY_BROKER_URL
+        _redis = redis.Redis.from_url(url.replace("redis+socket", "unix"))
     return _redis
 
 
@@ -584,3 +586,23 @@ scheduled = Workflow(
 )
 scheduled.task(_report, name="report", retry=FAST)
 registry.register(scheduled)
+
+
+# Steps that take a moment, with a short start-to-close: a server restarted in the middle of
+# a run (tests/test_pgbouncer.py, tests/test_rabbitmq.py) finds steps running.
+def _paced_step(ctx: StepContext) -> dict[str, Any]:
+    record(ctx)
+    time.sleep(0.25)
+    return {"step": ctx.step, "attempt": ctx.attempt}
+
+
+paced = Workflow("t_paced", description="four quarter-second steps in a row")
+for _i, _name in enumerate(["p1", "p2", "p3", "p4"]):
+    paced.task(
+        _paced_step,
+        name=_name,
+        after=[f"p{_i}"] if _i else [],
+        retry=FAST,
+        start_to_close=timedelta(seconds=3),
+    )
+registry.register(paced)

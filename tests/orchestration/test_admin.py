@@ -577,12 +577,12 @@ def test_skip_with_output_continues_the_flow(worker: Any, client: Client, operat
 
 @pytest.mark.e2e
 def test_resume_stuck_rings_again_after_the_broker_was_flushed(
-    worker: Any, redis_client: Any, client: Client, operator: Any
+    worker: Any, broker: Any, client: Client, operator: Any
 ) -> None:
-    worker.kill()  # nobody consumes: the doorbell waits in Redis...
+    worker.kill()  # nobody consumes: the doorbell waits in the broker...
     try:
         instance, _ = engine.instance_start(workflow="t_sequence")
-        redis_client.flushdb()  # ...and is lost
+        broker.flush()  # ...and is lost
     finally:
         worker.start()
     time.sleep(1.0)

@@ -161,12 +161,12 @@ def test_worker_killed_mid_step_and_the_sweeper_recovers_the_instance(worker) ->
     assert "step_timed_out" in types
 
 
-def test_flushed_broker_loses_no_workflow(worker, redis_client, settings) -> None:
+def test_flushed_broker_loses_no_workflow(worker, broker, settings) -> None:
     settings.SIGNOFF_DOORBELL_GRACE_SECONDS = 1
     worker.stop()
     instances = [engine.instance_start(workflow="t_parallel")[0] for _ in range(5)]
-    assert redis_client.llen("signoff") == 5
-    redis_client.flushdb()  # every queued doorbell is gone
+    assert broker.depth("signoff") == 5
+    broker.flush()  # every queued doorbell is gone (Redis: FLUSHDB; RabbitMQ: purged)
     worker.start()
     wait_for(
         lambda: finished(*instances), sweep=True, timeout=40, message="instances after FLUSHDB"
