@@ -19,8 +19,9 @@ class OrchestrationConfig(AppConfig):
 
         from django.conf import settings
 
-        # Step kinds, start-up checks, and the Celery tasks doorbells send.
-        from . import checks, children, engine, tasks, waits  # noqa: F401
+        # Step kinds, start-up checks, the Celery tasks doorbells send, and the operator's
+        # repair actions (they join the admin's and status page's operations).
+        from . import checks, children, engine, repair_actions, tasks, waits  # noqa: F401
 
         for module in settings.SIGNOFF_WORKFLOW_MODULES:
             import_module(module)
