@@ -206,8 +206,9 @@ def instance_edit_input(
     """Replace the input of a failed (or paused) instance with ``input`` before a retry.
 
     The new input must pass the workflow's ``input_schema``; the field naming the requester
-    (``requester_input``) and the files' field cannot change; sensitive fields are sealed
-    again (a sealed field sent back as the mask keeps its value). Writes
+    (``requester_input``) and the files' field cannot change (left out, they are kept);
+    sensitive fields are sealed again (a sealed field sent back as the mask keeps its value).
+    Writes
     ``instance_input_edited`` with the reason and a diff (sealed values masked); returns the
     diff. Raises :class:`Conflict` (``unchanged``) when nothing would change, and changes
     nothing whenever it raises. The kinds of the steps that started are asked
@@ -223,6 +224,9 @@ def instance_edit_input(
         definition = _definition(locked)
         current = instance.input if isinstance(instance.input, dict) else {}
         new = _keep_masked(input, current)
+        for name in (definition.requester_input, definition.attachments):
+            if name is not None and name in current and name not in new:
+                new[name] = current[name]  # left out: kept (neither may change)
         opened_old = sealing.open_fields(current, where="input")
         opened_new = sealing.open_fields(new, where="input")
         for name in (definition.requester_input, definition.attachments):
