@@ -18,7 +18,8 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
-from .. import sealing, selectors
+# repair_actions: its operations join INSTANCE_OPERATIONS before the bulk actions are listed
+from .. import repair_actions, sealing, selectors  # noqa: F401
 from ..models import StepRun, WorkflowInstance
 from ..operator_actions import INSTANCE_OPERATIONS
 from ..presentation import (
