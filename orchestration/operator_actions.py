@@ -227,6 +227,7 @@ STEP_OPERATIONS: dict[str, Operation] = {
             offered=lambda i, s: (
                 s is not None
                 and _task_step(i, s)
+                and not undo_failed(i)
                 and (
                     (s.state == "retrying" and i.state == "running")
                     or (s.state in ("failed", "timed_out", "cancelled") and i.state == "failed")
@@ -250,6 +251,7 @@ STEP_OPERATIONS: dict[str, Operation] = {
             offered=lambda i, s: (
                 s is not None
                 and i.state in ("running", "failed")
+                and not undo_failed(i)
                 and s.state
                 in ("failed", "timed_out", "cancelled", "retrying", "scheduled", "waiting")
                 and kinds.offers_operator(s.kind, "complete")

@@ -351,6 +351,8 @@ def test_repairs_of_the_forward_run_are_refused_while_the_undo_failed() -> None:
         ),
         lambda: engine.step_skip(step_run_id=pay.pk, output={}, actor=OPS, reason="r"),
         lambda: engine.instance_reset(instance_id=instance.pk, step="pay", actor=OPS, reason="r"),
+        lambda: engine.step_retry_now(step_run_id=pay.pk, actor=OPS),
+        lambda: engine.step_complete_manually(step_run_id=pay.pk, output={}, actor=OPS, reason="r"),
     ):
         with pytest.raises(Conflict) as exc:
             call()

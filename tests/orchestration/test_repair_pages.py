@@ -120,6 +120,8 @@ def test_a_failed_undo_reads_undo_failed_with_its_own_actions(
     assert 'data-state="undo_failed">Undo failed</span>' in html
     assert 'class="step state-undo_failed' in html  # the graph's box too
     assert action(instance, "retry") not in html  # it would not retry steps
+    assert step_action(instance, "pay", "retry-now") not in html  # nor a forward step
+    assert step_action(instance, "pay", "complete") not in html
     assert action(instance, "retry-undo") in html
     confirm = client.post(action(instance, "retry-undo")).content.decode()
     assert "compensations" in confirm and "No forward step runs again" in confirm
