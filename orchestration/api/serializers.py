@@ -175,6 +175,10 @@ class StepRunSerializer(serializers.ModelSerializer):
     state = serializers.ChoiceField(choices=StepState.choices)
     error = serializers.JSONField(allow_null=True, help_text="type, message, traceback")
     output = SealedJSONField(allow_null=True)
+    undo_failed = serializers.SerializerMethodField(
+        help_text="True when the step's compensation failed for good (state compensating): "
+        "retry the instance (the undo) or resolve it by hand."
+    )
 
     class Meta:
         model = StepRun
@@ -182,6 +186,7 @@ class StepRunSerializer(serializers.ModelSerializer):
             "name",
             "kind",
             "state",
+            "undo_failed",
             "attempt",
             "scheduled_at",
             "started_at",
@@ -191,6 +196,9 @@ class StepRunSerializer(serializers.ModelSerializer):
             "output",
             "error",
         ]
+
+    def get_undo_failed(self, step: StepRun) -> bool:
+        return step.shown_state == "undo_failed"
 
 
 class InstanceLinksSerializer(serializers.Serializer):

@@ -89,6 +89,8 @@ def test_resolve_compensation_through_the_api(ops_api, user) -> None:
     play(instance)
     detail = ops_api.get(f"{INSTANCES}{instance.pk}/").json()
     assert detail["state"] == "failed"
+    book = next(s for s in detail["steps"] if s["name"] == "book")
+    assert (book["state"], book["undo_failed"]) == ("compensating", True)
     response = post(
         ops_api,
         f"{INSTANCES}{instance.pk}/steps/book/resolve-compensation/",
