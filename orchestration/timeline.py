@@ -184,7 +184,7 @@ def _describe_own(event: Event) -> EventText | None:
         return (
             "Skipped by an operator",
             "operator",
-            f"{d.get('reason', '')} — output {_short(d.get('output'))}",
+            f"{d.get('reason', '')} — output {_short(masked(d.get('output')))}",
         )
     if t == "step_skipped":
         return "Skipped", "muted", str(d.get("reason", "")).replace("_", " ")
