@@ -92,9 +92,10 @@ class ApprovalKind(kinds.StepKind):
         """The engine asks before completing (``complete``), retrying (``retry``), skipping
         (``skip``), editing (``edit``: its output; ``edit_input``: the instance's input once
         the step started) or resetting (``reset``) an approval step by hand: the decision
-        policy answers (the system — no user, e.g. ``manage.py signoff retry`` — may retry:
-        that asks the assignees again)."""
-        if action == "retry" and user is None:
+        policy answers. The system — no user, e.g. ``manage.py signoff retry`` — may retry,
+        reset (both ask the assignees again) and edit the input (it is nobody's own request);
+        it never skips an approval step or edits its outcome."""
+        if action in ("retry", "reset", "edit_input") and user is None:
             return
         request = ApprovalRequest.objects.filter(step_run_id=step_run.pk).order_by("-pk").first()
         if request is not None:

@@ -106,6 +106,17 @@ def test_resetting_over_a_decided_approval_asks_the_policy(rejected, ops, who, c
     assert _snapshot(rejected) == before
 
 
+def test_the_system_may_reset_but_never_skips_an_approval(rejected, settings) -> None:
+    settings.SIGNOFF_OPERATORS_COMPLETE_APPROVALS = True
+    step = _step(rejected, "manager_approval")
+    with pytest.raises(NotAllowed):
+        engine.step_skip(step_run_id=step.pk, output={}, actor="system", reason="r", user=None)
+    engine.instance_reset(
+        instance_id=rejected.pk, step="manager_approval", actor="system", reason="r", user=None
+    )
+    assert _step(rejected, "manager_approval").state == "waiting"
+
+
 def test_another_operator_resets_and_the_assignees_are_asked_again(rejected, ops) -> None:
     assert _reset(rejected, ops["eve"]) == ["manager_approval"]
     assert _step(rejected, "manager_approval").state == "waiting"

@@ -70,6 +70,10 @@ def test_admin_instance_page_with_repairs_fits_1280(
     expect(page.get_by_role("link", name="Skip…")).to_be_visible()
     assert no_overflow(page), "the admin's instance page scrolls sideways"
     shoot(page, "repair-admin-1280.png")
+    page.get_by_role("link", name="Edit output…").click()
+    expect(page.locator("textarea[name=value]")).to_contain_text("••••••")
+    assert no_overflow(page), "the admin's edit form scrolls sideways"
+    shoot(page, "repair-admin-edit-output-1280.png")
 
 
 def test_undo_failed_reads_as_such_and_offers_its_actions(
