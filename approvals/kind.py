@@ -89,17 +89,31 @@ class ApprovalKind(kinds.StepKind):
     def authorize_operator(
         self, *, action: str, step_run: StepRun, spec: StepSpec, instance: Any, user: Any
     ) -> None:
-        """The engine asks before completing (``complete``) or retrying (``retry``) an
-        approval step by hand: the decision policy answers (a retry by the system — no user,
-        e.g. ``manage.py signoff retry`` — asks the assignees again and is allowed)."""
-        if action == "retry" and user is None:
+        """The engine asks before completing (``complete``), retrying (``retry``), skipping
+        (``skip``), editing (``edit``: its output; ``edit_input``: the instance's input once
+        the step started) or resetting (``reset``) an approval step by hand: the decision
+        policy answers. The system — no user, e.g. ``manage.py signoff retry`` — may retry,
+        reset (both ask the assignees again) and edit the input (it is nobody's own request);
+        it never skips an approval step or edits its outcome."""
+        if action in ("retry", "reset", "edit_input") and user is None:
             return
         request = ApprovalRequest.objects.filter(step_run_id=step_run.pk).order_by("-pk").first()
         if request is not None:
             request.instance = instance
-        act = policy.Act.COMPLETE_STEP if action == "complete" else policy.Act.RETRY_STEP
+        act = _ACTS.get(action)
+        if act is None:
+            return  # resolving a compensation: approval steps have none
         policy.authorize(act, user=user, request=request, instance=instance)
 
+
+_ACTS = {
+    "complete": policy.Act.COMPLETE_STEP,
+    "retry": policy.Act.RETRY_STEP,
+    "edit": policy.Act.EDIT_STEP,
+    "edit_input": policy.Act.EDIT_INPUT,
+    "skip": policy.Act.SKIP_STEP,
+    "reset": policy.Act.RESET_STEP,
+}
 
 kinds.register_kind(ApprovalKind())
 

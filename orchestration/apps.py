@@ -20,8 +20,18 @@ class OrchestrationConfig(AppConfig):
 
         from django.conf import settings
 
-        # Step kinds, start-up checks, and the Celery tasks doorbells send.
-        from . import checks, children, engine, fanout, tasks, tracing, waits  # noqa: F401
+        # Step kinds, start-up checks, the Celery tasks doorbells send, and the operator's
+        # repair actions (they join the admin's and status page's operations).
+        from . import (  # noqa: F401
+            checks,
+            children,
+            engine,
+            fanout,
+            repair_actions,
+            tasks,
+            tracing,
+            waits,
+        )
         from .metrics import register_collector
         from .schedule_metrics import schedule_metrics
 

@@ -46,9 +46,10 @@ STYLE = """
 .wf-graph .state-succeeded rect { fill: #e8f5ee; stroke: #1d7a4b; }
 .wf-graph .state-succeeded .meta { fill: #155c38; }
 .wf-graph .state-skipped rect { fill: #f7f8fa; stroke: #aab2bd; stroke-dasharray: 5 4; }
-.wf-graph .state-failed rect, .wf-graph .state-timed_out rect {
+.wf-graph .state-failed rect, .wf-graph .state-timed_out rect, .wf-graph .state-undo_failed rect {
   fill: #fdecea; stroke: #b42318; stroke-width: 2; }
-.wf-graph .state-failed .meta, .wf-graph .state-timed_out .meta { fill: #8f1c13; font-weight: 600; }
+.wf-graph .state-failed .meta, .wf-graph .state-timed_out .meta,
+.wf-graph .state-undo_failed .meta { fill: #8f1c13; font-weight: 600; }
 .wf-graph .state-cancelled rect { fill: #f0f2f5; stroke: #9aa3af; stroke-dasharray: 5 4; }
 .wf-graph .state-compensating rect { fill: #fef9c3; stroke: #ca8a04; stroke-width: 2; }
 .wf-graph .state-compensated rect { fill: #eef2ff; stroke: #6366f1; }
@@ -122,7 +123,7 @@ def layout(definition: Workflow | None, steps: Iterable) -> Layout:
                 Node(
                     name=name,
                     kind=step.kind,
-                    state=step.state,
+                    state=step.shown_state,
                     attempt=step.attempt,
                     level=level,
                     x=PAD + level * (BOX_W + GAP_X),

@@ -73,8 +73,10 @@ class StepKind:
         self, *, action: str, step_run: StepRun, spec: StepSpec, instance: Any, user: Any
     ) -> None:
         """Raise :class:`~orchestration.errors.NotAllowed` to refuse an operator's ``action``
-        (``complete``, ``retry``) on one of this kind's steps. A kind that owns its steps'
-        outcomes (approvals) asks its policy; default: the engine's own checks decide."""
+        (``complete``, ``retry``; repairs: ``edit`` its output, ``edit_input`` once it started,
+        ``skip``, ``reset``, ``resolve`` its failed undo) on one of this kind's steps. A kind
+        that owns its steps' outcomes (approvals) asks its policy; default: the engine's own
+        checks decide."""
 
     def offers_operator(self, action: str) -> bool:
         """Whether to offer operator ``action`` on steps of this kind at all (buttons only)."""
@@ -107,9 +109,10 @@ def get_kind(name: str) -> StepKind:
 def authorize_operator(
     *, action: str, step_run: StepRun, spec: StepSpec, instance: Any, user: Any
 ) -> None:
-    """Ask the step's kind whether ``user`` may ``action`` ("complete", "retry") the step by
-    hand. Called by the engine under the instance lock; the engine never completes or retries
-    a step of another app's kind without asking it."""
+    """Ask the step's kind whether ``user`` may ``action`` ("complete", "retry", "edit",
+    "edit_input", "skip", "reset", "resolve") the step by hand. Called by the engine under
+    the instance lock; the engine never completes, retries or repairs a step of another app's
+    kind without asking it."""
     get_kind(spec.kind).authorize_operator(
         action=action, step_run=step_run, spec=spec, instance=instance, user=user
     )

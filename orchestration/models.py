@@ -297,6 +297,19 @@ class StepRun(FSMModelMixin, models.Model):
     def __str__(self) -> str:
         return f"{self.name} ({self.state}, attempt {self.attempt})"
 
+    @property
+    def shown_state(self) -> str:
+        """The state as people read it: ``undo_failed`` for a step whose compensation failed
+        for good (``compensating`` with ``comp_phase`` failed: nothing runs, an operator must
+        retry the undo or resolve it by hand), else :attr:`state`."""
+        if self.state == S.COMPENSATING and self.comp_phase == C.FAILED:
+            return "undo_failed"
+        return self.state
+
+    @property
+    def shown_state_label(self) -> str:
+        return "Undo failed" if self.shown_state == "undo_failed" else self.get_state_display()
+
     # -- transitions --------------------------------------------------------------------------
     @transition(field=state, source=[S.PENDING, *STEP_RETRYABLE], target=S.SCHEDULED)
     def schedule(self) -> None:
@@ -388,6 +401,42 @@ class StepRun(FSMModelMixin, models.Model):
 
     @transition(field=comp_phase, source=C.RUNNING, target=C.DONE)
     def close_compensation(self) -> None:
+        pass
+
+    # -- operator repair (orchestration.engine.repairing) ------------------------------------
+    @transition(
+        field=state, source=[S.FAILED, S.TIMED_OUT, S.CANCELLED, S.RETRYING], target=S.SKIPPED
+    )
+    def skip_by_hand(self, output: Any = None) -> None:
+        """An operator skipped the failed step; later steps read ``output`` in its place. A
+        skipped step did nothing, so a saga has nothing of it to undo."""
+        self.output = output
+        self.error = None
+
+    @transition(
+        field=state,
+        source=[S.SUCCEEDED, S.SKIPPED, S.FAILED, S.TIMED_OUT, S.CANCELLED],
+        target=S.PENDING,
+    )
+    def reset(self) -> None:
+        """An operator resumes the instance from this step (or one it depends on): it runs
+        again when its dependencies are done, with a fresh retry budget."""
+        self.attempt_base = self.attempt
+        self.output = None
+        self.error = None
+
+    @transition(
+        field=state,
+        source=S.COMPENSATING,
+        target=S.COMPENSATED,
+        conditions=[lambda step: step.comp_phase == C.FAILED],
+    )
+    def resolve_compensation(self) -> None:
+        """An operator undid the step by hand after its compensation failed for good."""
+        self.close_failed_compensation()
+
+    @transition(field=comp_phase, source=C.FAILED, target=C.DONE)
+    def close_failed_compensation(self) -> None:
         pass
 
     @transition(

@@ -123,6 +123,7 @@ class Operation:
     form_kwargs: Callable[[Any], dict[str, Any]] | None = None
     success: Callable[[Any, dict[str, Any]], str] | None = None
     operators_only: bool = True
+    bulk: bool = True  # also an admin bulk action (False: it needs one target's form)
 
     @property
     def title(self) -> str:
@@ -132,6 +133,12 @@ class Operation:
 
 def _open(instance: WorkflowInstance) -> bool:
     return instance.state == "running"
+
+
+def undo_failed(instance: WorkflowInstance) -> bool:
+    """The instance failed while undoing its steps (a compensation failed for good): "Retry
+    the undo" and "Mark undone by hand" (:mod:`orchestration.repair_actions`) apply."""
+    return instance.state == "failed" and (instance.error or {}).get("phase") == "compensation"
 
 
 INSTANCE_OPERATIONS: dict[str, Operation] = {
@@ -147,7 +154,8 @@ INSTANCE_OPERATIONS: dict[str, Operation] = {
             run=lambda i, user, data: engine.instance_retry(
                 instance_id=i.pk, actor=actor_of(user), user=user
             ),
-            offered=lambda i, s: i.state == "failed",
+            # a failed undo is retried by "Retry the undo" (repair_actions), worded for it
+            offered=lambda i, s: i.state == "failed" and not undo_failed(i),
         ),
         Operation(
             name="resume",
@@ -219,6 +227,7 @@ STEP_OPERATIONS: dict[str, Operation] = {
             offered=lambda i, s: (
                 s is not None
                 and _task_step(i, s)
+                and not undo_failed(i)
                 and (
                     (s.state == "retrying" and i.state == "running")
                     or (s.state in ("failed", "timed_out", "cancelled") and i.state == "failed")
@@ -242,11 +251,12 @@ STEP_OPERATIONS: dict[str, Operation] = {
             offered=lambda i, s: (
                 s is not None
                 and i.state in ("running", "failed")
+                and not undo_failed(i)
                 and s.state
                 in ("failed", "timed_out", "cancelled", "retrying", "scheduled", "waiting")
                 and kinds.offers_operator(s.kind, "complete")
             ),
-            help="Skip a step with a given output",
+            help="Mark the step succeeded with a given output (its work was done by hand)",
         ),
     ]
 }

@@ -127,6 +127,14 @@ def child_links(instance: WorkflowInstance) -> list[dict[str, Any]]:
 # -- HTML snippets (the admins) ------------------------------------------------------------------
 
 
+def instance_state_label(instance: WorkflowInstance) -> str:
+    """The instance's state in words: "Failed: undo failed" for one whose compensation failed
+    for good (an operator retries the undo or resolves it by hand)."""
+    if instance.state == "failed" and (instance.error or {}).get("phase") == "compensation":
+        return "Failed: undo failed"
+    return instance.get_state_display()
+
+
 def pill(state: str, label: str | None = None) -> str:
     return format_html('<span class="so-pill so-{}">{}</span>', state, label or state)
 

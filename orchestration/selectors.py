@@ -219,6 +219,19 @@ def instance_for_action(*, user: Any, instance_id: Any) -> WorkflowInstance:
     return instance
 
 
+def instance_for_operator(*, user: Any, instance_id: Any) -> WorkflowInstance:
+    """The instance if ``user`` holds ``orchestration.operate_instance`` (the repair actions:
+    edit, skip, reset, resolve an undo — the starter alone may not). :class:`NotFound` for
+    an instance the user may not see; :class:`NotAllowed` for one they may only see."""
+    instance = instance_get(user=user, instance_id=instance_id)
+    if not user.has_perm(OPERATE_PERMISSION):
+        raise NotAllowed(
+            f"repairing an instance needs the {OPERATE_PERMISSION} permission",
+            code="permission_denied",
+        )
+    return instance
+
+
 def instance_with_idempotency_key(*, user: Any, workflow: str, key: str) -> WorkflowInstance | None:
     """The instance of ``workflow`` that ``user`` started with ``key`` (keys are per caller)."""
     return (

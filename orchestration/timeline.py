@@ -130,14 +130,22 @@ def _revision_line(changes: Any) -> str:
     if not isinstance(changes, dict):
         return ""
     parts = []
-    for name, change in masked(changes).items():
+    for key, change in masked(changes).items():
+        name = key or "value"  # a value that is not an object diffs as a whole
         if not isinstance(change, dict):
             parts.append(f"{name} changed")
         elif change.get("added"):
             parts.append(f"{name} set to {_short(change.get('to'))}")
+        elif change.get("removed"):
+            parts.append(f"{name} removed (was {_short(change.get('from'))})")
         else:
             parts.append(f"{name} {_short(change.get('from'))} → {_short(change.get('to'))}")
     return "; ".join(parts)
+
+
+def _repair_line(d: dict[str, Any]) -> str:
+    """An operator's edit: "<reason> — amount -1 → 5" (sealed values masked)."""
+    return f"{d.get('reason', '')} — {_revision_line(d.get('changes'))}"
 
 
 def _describe_own(event: Event) -> EventText | None:
@@ -172,6 +180,12 @@ def _describe_own(event: Event) -> EventText | None:
         )
     if t == "step_timed_out":
         return f"Timed out{attempt}", "bad", f"exceeded {d.get('limit', 'its deadline')}"
+    if t == "step_skipped" and d.get("operator"):
+        return (
+            "Skipped by an operator",
+            "operator",
+            f"{d.get('reason', '')} — output {_short(masked(d.get('output')))}",
+        )
     if t == "step_skipped":
         return "Skipped", "muted", str(d.get("reason", "")).replace("_", " ")
     if t == "step_cancelled":
@@ -181,10 +195,28 @@ def _describe_own(event: Event) -> EventText | None:
         return "Waiting", "human", f"until {until}" if until else ""
     if t == "step_completed_manually":
         return "Completed by hand", "operator", str(d.get("reason", ""))
+    if t == "instance_input_edited":
+        return "Input edited", "operator", _repair_line(d)
+    if t == "step_output_edited":
+        return "Output edited", "operator", _repair_line(d)
+    if t == "instance_reset":
+        reset = ", ".join(d.get("reset") or []) or "nothing"
+        retried = f"; retried {', '.join(d['retried'])}" if d.get("retried") else ""
+        return (
+            f"Reset to {d.get('step', '')}",
+            "operator",
+            f"{d.get('reason', '')} — re-running {reset}{retried}",
+        )
+    if t == "step_compensation_resolved":
+        return "Undone by hand", "operator", str(d.get("reason", ""))
+    if t == "instance_compensating" and d.get("cause") == "resolved_by_hand":
+        return "Compensating again (an undo was resolved by hand)", "operator", ""
     if t == "instance_input_revised":
         return "Input revised", "human", _revision_line(d.get("changes"))
     if t == "instance_succeeded":
         return "Instance succeeded", "ok", ""
+    if t == "instance_failed" and (d.get("error") or {}).get("phase") == "compensation":
+        return "Instance failed: undo failed", "bad", error_line(d.get("error"))
     if t == "instance_failed":
         return "Instance failed", "bad", error_line(d.get("error"))
     if t == "instance_cancelled":

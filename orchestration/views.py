@@ -49,6 +49,7 @@ from .presentation import (
     child_links,
     error_line,
     human_duration,
+    instance_state_label,
     masked,
     parent_link,
     pretty_json,
@@ -154,6 +155,7 @@ def page_context(request: HttpRequest, instance: WorkflowInstance) -> dict[str, 
         "admin_url": _admin_url(request, instance),
         "now": now,
         "states": [(state, state.replace("_", " ")) for state in LEGEND],
+        "instance_state_label": instance_state_label(instance),
     }
 
 

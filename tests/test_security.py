@@ -270,6 +270,10 @@ def snapshot() -> tuple:
             )
         ),
         ScheduleFire.objects.count(),
+        sorted(
+            (str(pk), json.dumps(value, sort_keys=True))
+            for pk, value in WorkflowInstance.objects.values_list("pk", "input")
+        ),
     )
 
 
@@ -412,6 +416,40 @@ def _outbox_mail(w: World) -> int:
     from integrations.models import OutboundEmail
 
     return OutboundEmail.objects.filter(request_id=w.approval.pk).values_list("pk", flat=True)[0]
+
+
+# -- operator repair (issue 16): the failed expense (validate failed on amount -1) -------------
+
+FIXED_EXPENSE = {"amount": 12, "currency": "EUR", "description": "Taxi", "requester": "alice"}
+
+
+def _repair_api(path: str, body: dict[str, Any]) -> Callable[[Client, World], HttpResponse]:
+    return lambda c, w: _json(c, "post", f"/api/v1/instances/{w.failed.pk}/{path}", body)
+
+
+def _validate_step(w: World) -> int:
+    return StepRun.objects.get(instance=w.failed, name="validate").pk
+
+
+def _repair_page(prefix: str, action: str, data: dict[str, str]) -> Callable:
+    """A repair on the failed expense's validate step (``action``) or the instance (when
+    ``action`` starts with "instance:"), on the status page or in the admin (``prefix``)."""
+
+    def call(c: Client, w: World) -> HttpResponse:
+        if action.startswith("instance:"):
+            name = action.split(":", 1)[1]
+            middle = "operate" if prefix.startswith("/admin") else "actions"
+            url = f"{prefix}/{w.failed.pk}/{middle}/{name}/"
+        else:
+            url = f"{prefix}/{w.failed.pk}/steps/{_validate_step(w)}/{action}/"
+        return c.post(url, {"confirm": "1", "reason": "matrix", **data})
+
+    return call
+
+
+STATUS = "/instances"
+ADMIN_INSTANCES = "/admin/orchestration/workflowinstance"
+EDIT_FORM = {"value": json.dumps(FIXED_EXPENSE)}
 
 
 def _preferences_link(w: World) -> str:
@@ -687,6 +725,45 @@ OPS: dict[str, Op] = {
         ),
         writes=True,
     ),
+    # Operator repair: operate_instance only (the starter alone may not), whatever the channel.
+    "POST /api/v1/instances/{id}/edit-input/": Op(
+        _repair_api("edit-input/", {"input": FIXED_EXPENSE, "reason": "matrix"}),
+        api=True,
+        writes=True,
+    ),
+    "POST /api/v1/instances/{id}/steps/{step}/skip/": Op(
+        _repair_api("steps/validate/skip/", {"output": {}, "reason": "matrix"}),
+        api=True,
+        writes=True,
+    ),
+    "POST /api/v1/instances/{id}/reset/": Op(
+        _repair_api("reset/", {"step": "validate", "reason": "matrix"}), api=True, writes=True
+    ),
+    # validate failed: it has no output to edit and no undo to resolve (409 for operators)
+    "POST /api/v1/instances/{id}/steps/{step}/edit-output/ (failed step)": Op(
+        _repair_api("steps/validate/edit-output/", {"output": {}, "reason": "matrix"}),
+        api=True,
+        writes=True,
+    ),
+    "POST /api/v1/instances/{id}/steps/{step}/resolve-compensation/ (no undo)": Op(
+        _repair_api("steps/validate/resolve-compensation/", {"reason": "matrix"}),
+        api=True,
+        writes=True,
+    ),
+    "POST status page: edit input": Op(
+        _repair_page(STATUS, "instance:edit-input", EDIT_FORM), writes=True
+    ),
+    "POST status page: skip a failed step": Op(
+        _repair_page(STATUS, "skip", {"value": "{}"}), writes=True
+    ),
+    "POST status page: re-run from a step": Op(_repair_page(STATUS, "reset", {}), writes=True),
+    "POST admin: edit input": Op(
+        _repair_page(ADMIN_INSTANCES, "instance:edit-input", EDIT_FORM), writes=True
+    ),
+    "POST admin: skip a failed step": Op(
+        _repair_page(ADMIN_INSTANCES, "skip", {"value": "{}"}), writes=True
+    ),
+    "POST admin: re-run from a step": Op(_repair_page(ADMIN_INSTANCES, "reset", {}), writes=True),
 }
 
 # fmt: off
@@ -760,6 +837,18 @@ MATRIX: dict[str, tuple[Any, ...]] = {
     "POST admin: schedules resume action (paused)": (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, 403, DONE, DONE),  # noqa: E501
     "POST admin: schedules fire now action":        (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, 403, DONE, DONE),  # noqa: E501
     "POST admin: add schedule":                     (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, 403, DONE, DONE),  # noqa: E501
+    # Repairs (edit, skip, reset, resolve an undo) need orchestration.operate_instance.
+    "POST /api/v1/instances/{id}/edit-input/":      (401, 403, 404, 403, 403, 200, 200),
+    "POST /api/v1/instances/{id}/steps/{step}/skip/": (401, 403, 404, 403, 403, 200, 200),
+    "POST /api/v1/instances/{id}/reset/":           (401, 403, 404, 403, 403, 200, 200),
+    "POST /api/v1/instances/{id}/steps/{step}/edit-output/ (failed step)": (401, 403, 404, 403, 403, 409, 409),  # noqa: E501
+    "POST /api/v1/instances/{id}/steps/{step}/resolve-compensation/ (no undo)": (401, 403, 404, 403, 403, 409, 409),  # noqa: E501
+    "POST status page: edit input":                 (LOGIN, 403, 404, 403, 403, DONE, DONE),
+    "POST status page: skip a failed step":         (LOGIN, 403, 404, 403, 403, DONE, DONE),
+    "POST status page: re-run from a step":         (LOGIN, 403, 404, 403, 403, DONE, DONE),
+    "POST admin: edit input":                       (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 404, 403, DONE, DONE),  # noqa: E501
+    "POST admin: skip a failed step":               (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 404, 403, DONE, DONE),  # noqa: E501
+    "POST admin: re-run from a step":               (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 404, 403, DONE, DONE),  # noqa: E501
 }
 # fmt: on
 

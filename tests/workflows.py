@@ -606,3 +606,73 @@ for _i, _name in enumerate(["p1", "p2", "p3", "p4"]):
         start_to_close=timedelta(seconds=3),
     )
 registry.register(paced)
+# -- operator repair (issue 16): edit, skip, reset, a failed undo resolved by hand ------------
+#
+# t_repair: load -> check (fails for good on a negative amount) -> report (with
+# input.break_report: fails for good until the ledger's fixed:<id> is set). input.card and
+# load's output token are sealed.
+# t_repair_saga: reserve -> book -> pay (fails for good); book's undo always fails for good,
+# reserve's undo works: resolving book by hand lets reserve's undo run.
+
+
+def _repair_load(ctx: StepContext) -> dict[str, Any]:
+    record(ctx)
+    return {"amount": ctx.input["amount"], "token": f"tok-{ctx.input.get('card', 'none')}"}
+
+
+def _repair_check(ctx: StepContext) -> dict[str, Any]:
+    record(ctx)
+    if ctx.input["amount"] < 0:
+        raise NonRetryableError(f"amount must be positive, got {ctx.input['amount']}")
+    return {"ok": True, "amount": ctx.input["amount"]}
+
+
+def _repair_report(ctx: StepContext) -> dict[str, Any]:
+    record(ctx)
+    if ctx.input.get("break_report") and ledger().get(f"fixed:{ctx.instance_id}") is None:
+        raise NonRetryableError("report is broken until fixed")
+    return {"check": ctx.outputs["check"], "loaded": ctx.outputs["load"]["amount"]}
+
+
+REPAIR_SCHEMA = {
+    "type": "object",
+    "required": ["amount"],
+    "properties": {
+        "amount": {"type": "number"},
+        "card": {"type": "string"},
+        "break_report": {"type": "boolean"},
+    },
+    "additionalProperties": False,
+}
+
+repair = Workflow(
+    "t_repair",
+    description="an operator repairs it",
+    input_schema=REPAIR_SCHEMA,
+    sensitive=["input.card", "outputs.load.token"],
+)
+repair.task(_repair_load, name="load", retry=FAST)
+repair.task(_repair_check, name="check", after=["load"], retry=FAST)
+repair.task(_repair_report, name="report", after=["check"], retry=FAST)
+registry.register(repair)
+
+
+def _undo_fails(ctx: StepContext, output: Any) -> None:
+    ledger().rpush(f"undo_order:{ctx.instance_id}", f"{ctx.step}:failed")
+    raise NonRetryableError(f"cannot undo {ctx.step}: the partner's API is gone")
+
+
+ONCE = RetryPolicy(max_attempts=1)
+
+repair_saga = Workflow("t_repair_saga", description="a saga whose undo fails for good")
+repair_saga.task(_effect_step, name="reserve", retry=FAST, compensate=_undo_effect)
+repair_saga.task(
+    _effect_step,
+    name="book",
+    after=["reserve"],
+    retry=FAST,
+    compensate=_undo_fails,
+    compensate_retry=ONCE,
+)
+repair_saga.task(_effect_step, name="pay", after=["book"], retry=FAST)
+registry.register(repair_saga)

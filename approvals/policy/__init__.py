@@ -37,6 +37,14 @@ The rules, in the order they are checked (the first that fails answers):
      never on their own request.
    - ``retry_step``: a retry asks the assignees again with a fresh request; it decides
      nothing, so anyone the engine lets retry the instance may.
+   - ``skip_step`` and ``edit_step`` (an operator skipping the approval step with an output,
+     or editing its output): they decide the step like ``complete_step`` — refused unless
+     ``SIGNOFF_OPERATORS_COMPLETE_APPROVALS`` is on (``approval_step``), and then only for an
+     operator who is neither the requester nor the starter (``own_request``) nor someone who
+     decided one of the step's requests (``own_decision``).
+   - ``edit_input`` (the instance's input edited once the step started) and ``reset_step``
+     (the instance re-run over the step: its assignees are asked again, the decision made is
+     thrown away): an operator who is neither the requester, the starter nor a decider.
    - ``attach`` (add a file to a pending request): its requester (and the instance's starter),
      a current assignee directly or through a group, the active delegate of one, or an
      operator; nobody else (``not_participant``).
@@ -136,6 +144,7 @@ from .grants import (
     OPERATE_PERMISSION,
     OVERRIDE_CLAIM_PERMISSION,
     SENT_BACK,
+    STEP_ACTS,
     Act,
     CommentGrant,
     Grant,
@@ -205,7 +214,7 @@ def authorize(
         if request is None:
             raise NotFound("approval request not found")
         instance = request.instance
-    if act in (Act.COMPLETE_STEP, Act.RETRY_STEP):
+    if act in STEP_ACTS:
         return authorize_step(act, user, request, instance)
     if act is Act.DOWNLOAD:
         return authorize_download(user, instance, now)

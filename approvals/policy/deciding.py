@@ -10,11 +10,12 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import Group
+from django.db.models import Q
 
 from orchestration.errors import Conflict, NotAllowed, NotFound
 from orchestration.models import WorkflowInstance
 
-from ..models import ApprovalRequest, RequestState
+from ..models import ApprovalRequest, Decision, RequestState
 from .claims import check_claim
 from .grants import Act, Grant, already_decided, stamp
 from .roles import (
@@ -152,6 +153,8 @@ def authorize_step(
     if act is Act.RETRY_STEP:
         # Asks the assignees again (a fresh request); the engine checked who may retry.
         return Grant(act, user)
+    if act in (Act.EDIT_STEP, Act.EDIT_INPUT, Act.SKIP_STEP, Act.RESET_STEP):
+        return _authorize_repair(act, user, request, instance)
     if not settings.SIGNOFF_OPERATORS_COMPLETE_APPROVALS:
         raise NotAllowed(
             "an approval step is decided by its assignees, not completed by hand "
@@ -163,3 +166,37 @@ def authorize_step(
     if user.pk in requester_ids(request, instance):
         raise NotAllowed("you cannot complete an approval of your own request", code="own_request")
     return Grant(act, user, on_behalf=True)
+
+
+def _authorize_repair(
+    act: Act, user: Any, request: ApprovalRequest | None, instance: WorkflowInstance
+) -> Grant:
+    """An operator's repair over an approval step (``skip_step``, ``edit_step``, ``edit_input``,
+    ``reset_step``: see the package docstring). ``request``: the step's latest request (None
+    before one was opened); a decider of any of the step's requests counts."""
+    if not is_operator(user):
+        raise NotAllowed("you may not operate workflow instances", code="permission_denied")
+    if user.pk in requester_ids(request, instance):
+        raise NotAllowed(
+            "you cannot skip, edit or reset your way through an approval of your own request",
+            code="own_request",
+        )
+    if request is not None and (
+        Decision.objects.filter(
+            request__step_run_id=request.step_run_id, request__instance_id=instance.pk
+        )
+        .filter(Q(decided_by=user) | Q(assignee=user))
+        .exists()
+    ):
+        raise NotAllowed(
+            "you decided this approval: another operator must skip, edit or reset over it",
+            code="own_decision",
+        )
+    steers = act in (Act.EDIT_STEP, Act.SKIP_STEP)  # the step's outcome itself
+    if steers and not settings.SIGNOFF_OPERATORS_COMPLETE_APPROVALS:
+        raise NotAllowed(
+            "an approval step is decided by its assignees, not skipped or edited by hand "
+            "(SIGNOFF_OPERATORS_COMPLETE_APPROVALS is off)",
+            code="approval_step",
+        )
+    return Grant(act, user, on_behalf=steers)

@@ -25,6 +25,12 @@ class Act(StrEnum):
     REASSIGN = "reassign"
     COMPLETE_STEP = "complete_step"
     RETRY_STEP = "retry_step"
+    # operator repair (orchestration.engine.repairing): edit an output or the input after the
+    # step ran, skip the step with a given output, reset the instance over it
+    EDIT_STEP = "edit_step"
+    EDIT_INPUT = "edit_input"
+    SKIP_STEP = "skip_step"
+    RESET_STEP = "reset_step"
     # files (see "Files" in the package docstring)
     ATTACH = "attach"
     DOWNLOAD = "download"
@@ -42,6 +48,14 @@ class Act(StrEnum):
 
 
 CLAIM_ACTS = (Act.CLAIM, Act.RELEASE, Act.TAKE_OVER)
+STEP_ACTS = (
+    Act.COMPLETE_STEP,
+    Act.RETRY_STEP,
+    Act.EDIT_STEP,
+    Act.EDIT_INPUT,
+    Act.SKIP_STEP,
+    Act.RESET_STEP,
+)
 CONTEXT_ACTS = (Act.VIEW_INSTANCE, Act.READ_COMMENTS, Act.COMMENT)
 
 

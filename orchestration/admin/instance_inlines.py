@@ -60,7 +60,7 @@ class StepRunInline(_InstanceChildInline):
 
     @admin.display(description="state")
     def state_pill(self, obj: StepRun) -> str:
-        return pill(obj.state, obj.get_state_display())
+        return pill(obj.shown_state, obj.shown_state_label)
 
     @admin.display(description="started")
     def started(self, obj: StepRun) -> str:

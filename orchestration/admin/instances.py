@@ -18,10 +18,18 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
-from .. import sealing, selectors, tracing
+# repair_actions: its operations join INSTANCE_OPERATIONS before the bulk actions are listed
+from .. import repair_actions, sealing, selectors, tracing  # noqa: F401
 from ..models import StepRun, WorkflowInstance
 from ..operator_actions import INSTANCE_OPERATIONS
-from ..presentation import coarse_age, error_block, json_block, pill, status_url
+from ..presentation import (
+    coarse_age,
+    error_block,
+    instance_state_label,
+    json_block,
+    pill,
+    status_url,
+)
 from ..selectors import stuck_q
 from .instance_inlines import EventInline, StepRunInline
 from .instance_operations import InstanceOperationsMixin, bulk_action
@@ -110,7 +118,7 @@ class WorkflowInstanceAdmin(
     search_help_text = "An instance id (or its first 8 characters) or a business key (prefix)."
     date_hierarchy = "created_at"
     ordering = ["-created_at"]
-    actions = [bulk_action(op) for op in INSTANCE_OPERATIONS.values()]
+    actions = [bulk_action(op) for op in INSTANCE_OPERATIONS.values() if op.bulk]
     inlines = [StepRunInline, EventInline]
     change_form_template = "admin/orchestration/workflowinstance/change_form.html"
     change_list_template = "admin/orchestration/workflowinstance/change_list.html"
@@ -224,7 +232,7 @@ class WorkflowInstanceAdmin(
 
     @admin.display(description="state", ordering="state")
     def state_pill(self, obj: WorkflowInstance) -> str:
-        html = pill(obj.state, obj.get_state_display())
+        html = pill(obj.state, instance_state_label(obj))
         if obj.paused_at:
             html = format_html("{} {}", html, pill("paused", "paused"))
         return html

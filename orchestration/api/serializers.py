@@ -194,6 +194,10 @@ class StepRunSerializer(serializers.ModelSerializer):
         help_text="A map step's items by outcome (null for other kinds, or before its items "
         "exist); never one entry per item."
     )
+    undo_failed = serializers.SerializerMethodField(
+        help_text="True when the step's compensation failed for good (state compensating): "
+        "retry the instance (the undo) or resolve it by hand."
+    )
 
     class Meta:
         model = StepRun
@@ -201,6 +205,7 @@ class StepRunSerializer(serializers.ModelSerializer):
             "name",
             "kind",
             "state",
+            "undo_failed",
             "attempt",
             "scheduled_at",
             "started_at",
@@ -218,6 +223,9 @@ class StepRunSerializer(serializers.ModelSerializer):
         if counts is not None:  # a list: counted for the whole page at once
             return counts.get(obj.pk)
         return map_item_counts(obj)
+
+    def get_undo_failed(self, step: StepRun) -> bool:
+        return step.shown_state == "undo_failed"
 
 
 class InstanceLinksSerializer(serializers.Serializer):

@@ -1,6 +1,6 @@
 from django.urls import path, re_path
 
-from . import schedule_views, views
+from . import repair_views, schedule_views, views
 
 urlpatterns = [
     path("", views.ApiRootView.as_view(), name="api-root"),
@@ -17,6 +17,32 @@ urlpatterns = [
     ),
     path("instances/<str:pk>/retry/", views.InstanceRetryView.as_view(), name="api-instance-retry"),
     path("instances/<str:pk>/files/", views.InstanceFilesView.as_view(), name="api-instance-files"),
+    # operator repair
+    path(
+        "instances/<str:pk>/edit-input/",
+        repair_views.InstanceEditInputView.as_view(),
+        name="api-instance-edit-input",
+    ),
+    path(
+        "instances/<str:pk>/reset/",
+        repair_views.InstanceResetView.as_view(),
+        name="api-instance-reset",
+    ),
+    path(
+        "instances/<str:pk>/steps/<str:step>/edit-output/",
+        repair_views.StepEditOutputView.as_view(),
+        name="api-step-edit-output",
+    ),
+    path(
+        "instances/<str:pk>/steps/<str:step>/skip/",
+        repair_views.StepSkipView.as_view(),
+        name="api-step-skip",
+    ),
+    path(
+        "instances/<str:pk>/steps/<str:step>/resolve-compensation/",
+        repair_views.StepResolveCompensationView.as_view(),
+        name="api-step-resolve-compensation",
+    ),
     path("files/<str:pk>/", views.FileDownloadView.as_view(), name="api-file"),
     path(
         "instances/<str:pk>/signals/<str:name>/",

@@ -22,6 +22,7 @@ when they do. Callers use this package (``from orchestration import engine``); i
 - :mod:`.cancelling` — cancelling one step;
 - :mod:`.revising` — revising a running instance's input;
 - :mod:`.operator` — operator and API actions (cancel, retry, pause, complete by hand, ...);
+- :mod:`.repairing` — operator repair: edit input or output, skip, reset, resolve an undo;
 - :mod:`.sweeping` — what the sweepers call: ring again, time out, expire, waiting deadlines;
 - :mod:`.task_kind` — the ``task`` step kind.
 """
@@ -46,6 +47,14 @@ from .operator import (
     step_complete_manually,
     step_retry_now,
 )
+from .repairing import (
+    compensation_resolve,
+    instance_edit_input,
+    instance_reset,
+    step_by_name,
+    step_edit_output,
+    step_skip,
+)
 from .starting import MAX_KEY_LENGTH, instance_start, requester_input
 from .stepping import (
     Claimed,
@@ -69,11 +78,14 @@ __all__ = [
     "LockedInstance",
     "TaskKind",
     "complete_attempt",
+    "compensation_resolve",
     "definition_of",
     "error_info",
     "instance_cancel",
+    "instance_edit_input",
     "instance_expire",
     "instance_pause",
+    "instance_reset",
     "instance_resume",
     "instance_retry",
     "instance_revise_input",
@@ -85,14 +97,17 @@ __all__ = [
     "requester_input",
     "schedule_task",
     "scrubbed_error",
+    "step_by_name",
     "step_claim",
     "step_complete",
     "step_complete_manually",
     "step_context",
+    "step_edit_output",
     "step_execute",
     "step_fail",
     "step_retry_now",
     "step_ring_again",
+    "step_skip",
     "step_time_out",
     "stored_output",
     "waiting_step_deadline",

@@ -75,7 +75,9 @@ def context_of(instance: WorkflowInstance, steps: dict[str, StepRun], step: Step
             name: sealing.open_fields(s.output, where=f"outputs.{name}")
             for name, s in steps.items()
             # a step undone for its attempts only (saga) never had an output
-            if s.state in (S.SUCCEEDED, S.COMPENSATING, S.COMPENSATED) and not s.comp_attempted
+            if (s.state in (S.SUCCEEDED, S.COMPENSATING, S.COMPENSATED) and not s.comp_attempted)
+            # a step an operator skipped with an output stands in for the step's result
+            or (s.state == S.SKIPPED and s.output is not None)
         },
         business_key=instance.business_key,
         scheduled_for=instance.scheduled_for,

@@ -217,6 +217,11 @@ def step_retry_now(*, step_run_id: Any, actor: str) -> StepRun:
             locked.step,
             locked.definition,
         )
+        if (instance.error or {}).get("phase") == "compensation":
+            raise Conflict(
+                "the instance failed while undoing its steps: retry the undo or resolve it",
+                code="undo_failed",
+            )
         spec = definition.steps.get(step.name) if definition else None
         if not isinstance(spec, TaskStep):
             raise Conflict("only task steps can be retried", code="invalid_step")
@@ -257,6 +262,11 @@ def step_complete_manually(
         instance, journal, step = locked.instance, locked.journal, locked.step
         if instance.state not in (I.RUNNING, I.FAILED):
             raise Conflict(f"instance is {instance.state}", code="invalid_state")
+        if (instance.error or {}).get("phase") == "compensation":
+            raise Conflict(
+                "the instance failed while undoing its steps: retry the undo or resolve it",
+                code="undo_failed",
+            )
         definition = locked.definition
         if step.state not in (
             S.FAILED,
