@@ -486,3 +486,14 @@ class Attachment(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.context})"
+
+
+class FailureGroupProxy(WorkflowInstance):
+    """The admin's "Failures" page (failed instances grouped, :mod:`orchestration.failures`):
+    a proxy, so the page has its place in the admin's menu. No table, no rows of its own."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "failure group"
+        verbose_name_plural = "failures"
+        default_permissions = ()

@@ -10,6 +10,7 @@ from typing import Any
 from django.db.models import Prefetch, Q, QuerySet
 
 from . import sealing
+from . import search as searching
 from .definitions import registry
 from .errors import InvalidInput, NotAllowed, NotFound
 from .models import KEY_OWNER, Event, InstanceState, StepRun, WorkflowInstance
@@ -94,9 +95,12 @@ def instance_list(
     workflow: str | None = None,
     state: str | None = None,
     business_key: str | None = None,
+    search: Any = None,
 ) -> QuerySet[WorkflowInstance]:
     """Instances ``user`` may see, filtered; an unknown ``state`` is :class:`InvalidInput`.
-    The query count does not grow with the number of instances."""
+    ``search`` (an :class:`orchestration.search.InstanceSearch`) narrows by error text and
+    input fields; a sealed field in it is :class:`InvalidInput`. The query count does not
+    grow with the number of instances."""
     qs = instances_visible_to(user)
     if state is not None:
         # An empty ?state= is not a state either: 400, as the schema's enum says.
@@ -110,6 +114,9 @@ def instance_list(
         qs = qs.filter(workflow=workflow)
     if _filter_value("business_key", business_key):
         qs = qs.filter(business_key=business_key)
+    if search:
+        searching.refuse_sealed(search, workflow or None)
+        qs = searching.apply(qs, search)
     return _with_steps(qs)
 
 

@@ -12,8 +12,9 @@ they post an action anyway.
 - :mod:`.instances`, :mod:`.instance_inlines`, :mod:`.instance_operations`: workflow instances,
   their steps and history, and the operator actions on them;
 - :mod:`.events`: every event, read-only;
+- :mod:`.failures`: the "Failures" page (failed instances grouped) and "retry all in a group";
 - :mod:`.periodic_tasks`: the sweepers' schedule (django-celery-beat);
 - :mod:`.tokens`: the REST API's tokens, never shown whole (replaces DRF's token admin).
 """
 
-from . import events, instances, periodic_tasks, tokens  # noqa: F401 - they register the admins
+from . import events, failures, instances, periodic_tasks, tokens  # noqa: F401 - they register the admins
