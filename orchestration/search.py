@@ -34,7 +34,17 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from django.db.models import BooleanField, Exists, F, Func, OuterRef, Q, QuerySet, Value
+from django.db.models import (
+    BooleanField,
+    Exists,
+    F,
+    Func,
+    JSONField,
+    OuterRef,
+    Q,
+    QuerySet,
+    Value,
+)
 from django.db.models.fields.json import KeyTextTransform, KeyTransform
 
 from . import vendor
@@ -291,7 +301,7 @@ def _sqlite_condition(qs: QuerySet, n: int, condition: InputCondition) -> QueryS
     typed = _scalar(value)
     match = Q(**{name: value})
     if not isinstance(typed, str):
-        match |= Q(**{name: typed}) if typed is not None else Q(**{f"{name}__isnull": True})
+        match |= Q(**{name: Value(typed, JSONField())})
     return qs.filter(match)
 
 
@@ -300,14 +310,20 @@ def apply(qs: QuerySet[WorkflowInstance], search: InstanceSearch) -> QuerySet[Wo
     postgres = vendor.is_postgresql()
     if search.error:
         if postgres:
+            # One set of ids from both trigram indexes (a UNION), so the list semi-joins it.
             pattern = Value(_like_pattern(search.error))
-            in_steps = StepRun.objects.filter(
-                _ILike(KeyTextTransform("message", "error"), pattern), error__isnull=False
-            ).values("instance_id")
-            qs = qs.filter(
-                Q(_ILike(KeyTextTransform("message", "error"), pattern), error__isnull=False)
-                | Q(pk__in=in_steps)
+            message = KeyTextTransform("message", "error")
+            in_instances = (
+                WorkflowInstance.objects.filter(_ILike(message, pattern), error__isnull=False)
+                .order_by()
+                .values("id")
             )
+            in_steps = (
+                StepRun.objects.filter(_ILike(message, pattern), error__isnull=False)
+                .order_by()
+                .values("instance_id")
+            )
+            qs = qs.filter(pk__in=in_instances.union(in_steps))
         else:
             steps = StepRun.objects.filter(
                 instance=OuterRef("pk"), error__message__icontains=search.error
