@@ -329,17 +329,21 @@ class GroupRetry:
     left: int = 0
 
 
-def retry_group(key: GroupKey, user: Any, reason: str) -> GroupRetry:
+def retry_group(key: GroupKey, user: Any, reason: str) -> Any:
     """Retry every failed instance of the group (at most :data:`RETRY_GROUP_LIMIT`, oldest
     failure first), each through ``engine.instance_retry`` in its own transaction with
     ``user`` as the actor and ``reason`` on its ``instance_retried`` event; an instance the
     engine refuses (it moved on, a step kind's policy says no) is reported, not retried.
-    Needs ``orchestration.operate_instance`` (:class:`NotAllowed`)."""
+    Needs ``orchestration.operate_instance`` (:class:`NotAllowed`).
+
+    Returns a :class:`GroupRetry`. Once the batch operation service is merged, the body
+    becomes ``return batches.batch_create(action="retry", filter=group_filter(key),
+    user=user, reason=reason)`` (the admin view then reports the job it returns)."""
     if not (user.is_active and user.has_perm(OPERATE_PERMISSION)):
         raise NotAllowed(f"retrying needs the {OPERATE_PERMISSION} permission")
-    reason = (reason or "").strip()
-    if not reason:
-        raise InvalidInput("a reason is required", code="reason_required")
+    reason = (reason or "").strip() if isinstance(reason, str) else ""
+    if not reason or len(reason) > 1000:
+        raise InvalidInput("a reason (at most 1000 characters) is required", code="invalid_reason")
     ids = list(group_instances(user=user, key=key).values_list("pk", flat=True))
     outcome = GroupRetry(left=max(len(ids) - RETRY_GROUP_LIMIT, 0))
     actor = actor_of(user)

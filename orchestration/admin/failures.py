@@ -100,8 +100,12 @@ class FailuresAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         confirmed = request.method == "POST" and "confirm" in request.POST
         form = RetryGroupForm(request.POST if confirmed else None)
         if confirmed and form.is_valid():
-            outcome = failures.retry_group(key, request.user, form.cleaned_data["reason"])
-            self._report(request, outcome)
+            try:
+                outcome = failures.retry_group(key, request.user, form.cleaned_data["reason"])
+            except SignoffError as exc:  # e.g. a batch already running on these instances
+                messages.error(request, f"Refused: {exc.message}")
+                return HttpResponseRedirect(back)
+            self._report(request, outcome, group.count)
             return HttpResponseRedirect(back)
         sample = list(failures.group_instances(user=request.user, key=key)[:20])
         return confirm_page(
@@ -121,7 +125,13 @@ class FailuresAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         )
 
     @staticmethod
-    def _report(request: HttpRequest, outcome: failures.GroupRetry) -> None:
+    def _report(request: HttpRequest, outcome: Any, count: int) -> None:
+        if not isinstance(outcome, failures.GroupRetry):
+            # retry_group re-pointed at the batch operation service: a job was started.
+            messages.success(
+                request, f"Retry of {count} instance(s) started as a batch operation: {outcome}."
+            )
+            return
         if outcome.retried:
             n = len(outcome.retried)
             messages.success(request, f"{n} instance{'s' if n != 1 else ''} retried.")

@@ -326,8 +326,39 @@ def test_retry_group_reports_what_the_engine_refuses(admin_user: Any, rung: list
     engine.instance_cancel(instance_id=lookups[0].pk, actor="system")
     outcome = failures.retry_group(key, admin_user, "after the fix")
     assert outcome.retried == [lookups[1].pk] and outcome.refused == [] and outcome.left == 0
-    with pytest.raises(failures.InvalidInput):
-        failures.retry_group(key, admin_user, " ")
+    for bad in (" ", "x" * 1001, None):
+        with pytest.raises(failures.InvalidInput):
+            failures.retry_group(key, admin_user, bad)
+
+
+@pytest.mark.django_db
+def test_the_retry_page_reports_a_batch_job_once_retry_group_is_re_pointed(
+    admin_user: Any, admin_client: Client, monkeypatch: pytest.MonkeyPatch, rung: list
+) -> None:
+    """The seam: retry_group may return a batch job instead; the page reports it, and a
+    refusal of the service (a batch already running) comes back as a message."""
+    _fail_lookups(2, admin_user)
+    key = _groups(admin_user)[0].key
+    calls = []
+
+    def batch(key: Any, user: Any, reason: str) -> str:
+        calls.append(failures.group_filter(key))
+        return "batch #7"
+
+    monkeypatch.setattr(failures, "retry_group", batch)
+    url = f"{RETRY}?group={key.token}"
+    response = admin_client.post(url, {"confirm": "1", "reason": "fixed"}, follow=True)
+    texts = [str(m) for m in response.context["messages"]]
+    assert texts == ["Retry of 2 instance(s) started as a batch operation: batch #7."]
+    assert calls == [failures.group_filter(key)]
+
+    def busy(key: Any, user: Any, reason: str) -> None:
+        raise failures.SignoffError("a batch is already running on these instances")
+
+    monkeypatch.setattr(failures, "retry_group", busy)
+    response = admin_client.post(url, {"confirm": "1", "reason": "fixed"}, follow=True)
+    texts = [str(m) for m in response.context["messages"]]
+    assert texts == ["Refused: a batch is already running on these instances"]
 
 
 @pytest.mark.django_db
