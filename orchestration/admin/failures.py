@@ -21,7 +21,7 @@ from django.urls import path, reverse
 
 from .. import failures
 from ..errors import SignoffError
-from ..models import FailureGroupProxy
+from ..models import FailureGroupProxy, WorkflowInstance
 from ..operator_actions import can_operate, require_operator, short_label
 from .shared import ReadOnlyAdminMixin, confirm_page
 
@@ -59,7 +59,20 @@ class FailuresAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         return [
             path("", wrap(self.changelist_view), name="orchestration_failuregroupproxy_changelist"),
             path("retry/", wrap(self.retry_view), name="orchestration_failuregroupproxy_retry"),
+            path(
+                "<path:object_id>/change/",
+                wrap(self.change_view),
+                name="orchestration_failuregroupproxy_change",
+            ),
         ]
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: Any = None
+    ) -> HttpResponse:
+        """A failed instance is shown as the instance admin shows it (same checks, same
+        masking), so the proxy has no page of its own to keep in step."""
+        instances = self.admin_site._registry[WorkflowInstance]
+        return instances.change_view(request, object_id, form_url, extra_context)
 
     def _require_view(self, request: HttpRequest) -> None:
         if not self.has_view_permission(request):

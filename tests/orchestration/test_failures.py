@@ -425,3 +425,15 @@ def test_twenty_failures_of_one_bug_are_one_group_and_one_press_reruns_them(
         assert Event.objects.filter(instance_id=pk, type="instance_retried").count() == 1
     assert failures.failure_groups(user=ops)[0] == []
     assert StepRun.objects.filter(instance_id__in=ids, state="succeeded").count() == 40
+
+
+@pytest.mark.django_db
+def test_a_failure_opens_as_its_instance_page(
+    admin_client: Client, django_user_model: Any, client: Client
+) -> None:
+    row = failed_rows(1)[0]
+    response = admin_client.get(f"{PAGE}{row.pk}/change/")
+    assert response.status_code == 200 and str(row.pk) in response.content.decode()
+    sam = django_user_model.objects.create_user("sam", password="pw", is_staff=True)
+    client.force_login(sam)
+    assert client.get(f"{PAGE}{row.pk}/change/").status_code == 403
