@@ -567,3 +567,14 @@ from .schedule_models import (  # noqa: E402, F401
     Schedule,
     ScheduleFire,
 )
+
+
+class FailureGroupProxy(WorkflowInstance):
+    """The admin's "Failures" page (failed instances grouped, :mod:`orchestration.failures`):
+    a proxy, so the page has its place in the admin's menu. No table, no rows of its own."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "failure group"
+        verbose_name_plural = "failures"
+        default_permissions = ()

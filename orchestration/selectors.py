@@ -10,6 +10,7 @@ from typing import Any
 from django.db.models import Count, Prefetch, Q, QuerySet
 
 from . import sealing
+from . import search as searching
 from .definitions import registry
 from .errors import InvalidInput, NotAllowed, NotFound
 from .fanout_models import MapItem
@@ -108,10 +109,13 @@ def instance_list(
     state: str | None = None,
     business_key: str | None = None,
     schedule: str | None = None,
+    search: Any = None,
 ) -> QuerySet[WorkflowInstance]:
     """Instances ``user`` may see, filtered (``schedule``: the id of the schedule that started
     them); an unknown ``state`` or a ``schedule`` that is not an id is :class:`InvalidInput`.
-    The query count does not grow with the number of instances."""
+    ``search`` (an :class:`orchestration.search.InstanceSearch`) narrows by error text and
+    input fields; a sealed field in it is :class:`InvalidInput`. The query count does not
+    grow with the number of instances."""
     qs = instances_visible_to(user)
     if state is not None:
         # An empty ?state= is not a state either: 400, as the schema's enum says.
@@ -129,6 +133,9 @@ def instance_list(
         if not schedule.isascii() or not schedule.isdigit() or len(schedule) > 18:
             raise InvalidInput("schedule must be a schedule's id", code="invalid_filter")
         qs = qs.filter(schedule_id=int(schedule))
+    if search:
+        searching.refuse_sealed(search, workflow or None)
+        qs = searching.apply(qs, search)
     return _with_steps(qs)
 
 

@@ -205,3 +205,23 @@ def test_refused_bulk_reject_comes_back_with_the_same_ticks(
     page.get_by_role("button", name="Reject selected").click()
     expect(page.locator(".msg-success")).to_contain_text("Rejected 1")
     expect(page.locator(".request")).to_have_count(1)
+
+
+def test_failures_page_fits_1280(page: Page, live_server: Any, screens: dict[str, Any]) -> None:
+    """The admin's Failures page, with a long unbroken message and a long workflow name, and
+    its "retry all" confirmation, fit 1280 px."""
+    from tests.orchestration.test_failures import failed_rows
+
+    failed_rows(12, message="order {i} not found (request {id}) " + "x" * 400)
+    failed_rows(3, workflow="a_workflow_with_a_rather_long_name_for_a_column", step="s" * 90)
+    page.set_viewport_size(DESKTOP)
+    base = live_server.url
+    log_in(page, base, screens["ops"])
+    page.goto(f"{base}/admin/orchestration/failuregroupproxy/")
+    expect(page.locator("tr.so-group")).to_have_count(3)
+    expect(page.locator("tr.so-group").first).to_have_attribute("data-count", "12")
+    fits(page, "admin-failures")
+    inside_viewport(page, ".so-retry-group")
+    page.locator(".so-retry-group").first.click()
+    expect(page.locator(".so-question")).to_contain_text("Retry every failed instance")
+    fits(page, "admin-failures-retry")

@@ -325,6 +325,20 @@ ON_BEHALF = {"SIGNOFF_DECIDE_ON_BEHALF": True}
 OPERATORS_COMPLETE = {"SIGNOFF_OPERATORS_COMPLETE_APPROVALS": True}
 
 
+def _retry_failed_group(c: Client, w: World) -> HttpResponse:
+    """The Failures page's "retry all" for the group of the failed expense."""
+    from orchestration.failures import GroupKey, normalise_message
+
+    error = w.failed.error
+    key = GroupKey(
+        w.failed.workflow, error["step"], error["type"], normalise_message(error["message"])
+    )
+    return c.post(
+        f"/admin/orchestration/failuregroupproxy/retry/?group={key.token}",
+        {"confirm": "1", "reason": "fixed"},
+    )
+
+
 def _decide_on_behalf(c: Client, w: World) -> HttpResponse:
     return c.post(
         f"/admin/approvals/approvalrequest/{w.approval.pk}/decide/",
@@ -500,6 +514,20 @@ OPS: dict[str, Op] = {
     "GET /api/v1/approvals/{id}/": Op(
         lambda c, w: c.get(f"/api/v1/approvals/{w.approval.pk}/"), api=True
     ),
+    # Searching finds only what the caller may see; a sealed field is searched by nobody.
+    "GET /api/v1/instances/?error=": Op(
+        lambda c, w: c.get("/api/v1/instances/?error=must+be+positive"),
+        api=True,
+        listed=lambda r, w: str(w.failed.pk) in _ids(r),
+    ),
+    "GET /api/v1/instances/?input.amount=": Op(
+        lambda c, w: c.get("/api/v1/instances/?input.amount=-1"),
+        api=True,
+        listed=lambda r, w: str(w.failed.pk) in _ids(r),
+    ),
+    "GET /api/v1/instances/?input.<sealed field>=": Op(
+        lambda c, w: c.get("/api/v1/instances/?input.card=4111"), api=True
+    ),
     "POST /api/v1/approvals/{id}/approve/": Op(
         lambda c, w: _json(c, "post", f"/api/v1/approvals/{w.approval.pk}/approve/", {}),
         api=True,
@@ -566,6 +594,15 @@ OPS: dict[str, Op] = {
         lambda c, w: c.get(f"/admin/orchestration/workflowinstance/{w.expense.pk}/change/")
     ),
     "POST admin: bulk action cancel": Op(_bulk_cancel, writes=True),
+    "GET admin: failures page": Op(
+        lambda c, w: c.get("/admin/orchestration/failuregroupproxy/"),
+        listed=lambda r, w: 'class="so-group"' in r.content.decode(),
+    ),
+    "POST admin: failures retry all in a group": Op(_retry_failed_group, writes=True),
+    "GET admin: instances searched by error": Op(
+        lambda c, w: c.get("/admin/orchestration/workflowinstance/?q=error:positive"),
+        listed=lambda r, w: str(w.failed.pk)[:8] in r.content.decode(),
+    ),
     "POST admin: instance operate cancel": Op(
         lambda c, w: c.post(
             f"/admin/orchestration/workflowinstance/{w.expense.pk}/operate/cancel/",
@@ -779,6 +816,9 @@ MATRIX: dict[str, tuple[Any, ...]] = {
     "POST /api/v1/instances/{id}/signals/{name}/":  (401, 202, 404, 403, 403, 202, 202),
     "GET /api/v1/approvals/":                       (401, HIDDEN, LISTED, HIDDEN, HIDDEN, HIDDEN, HIDDEN),  # noqa: E501
     "GET /api/v1/approvals/{id}/":                  (401, 200, 200, 200, 200, 200, 200),
+    "GET /api/v1/instances/?error=":                (401, LISTED, HIDDEN, LISTED, LISTED, LISTED, LISTED),  # noqa: E501
+    "GET /api/v1/instances/?input.amount=":         (401, LISTED, HIDDEN, LISTED, LISTED, LISTED, LISTED),  # noqa: E501
+    "GET /api/v1/instances/?input.<sealed field>=": (401, 400, 400, 400, 400, 400, 400),
     "POST /api/v1/approvals/{id}/approve/":         (401, 403, 200, 403, 403, 403, 403),
     "POST /api/v1/approvals/{id}/reject/":          (401, 403, 200, 403, 403, 403, 403),
     "GET /inbox/":                                  (LOGIN, HIDDEN, LISTED, HIDDEN, HIDDEN, HIDDEN, HIDDEN),  # noqa: E501
@@ -795,6 +835,9 @@ MATRIX: dict[str, tuple[Any, ...]] = {
     "GET admin: instances changelist":              (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, 200, 200, 200),  # noqa: E501
     "GET admin: instance change view":              (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, 200, 200, 200),  # noqa: E501
     "POST admin: bulk action cancel":               (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, 403, DONE, DONE),  # noqa: E501
+    "GET admin: failures page":                     (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, LISTED, LISTED, LISTED),  # noqa: E501
+    "POST admin: failures retry all in a group":    (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, 403, DONE, DONE),  # noqa: E501
+    "GET admin: instances searched by error":       (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, LISTED, LISTED, LISTED),  # noqa: E501
     "POST admin: instance operate cancel":          (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 404, 403, DONE, DONE),  # noqa: E501
     "POST /inbox/bulk/ approve":                    (LOGIN, REFUSED, DONE, REFUSED, REFUSED, REFUSED, REFUSED),  # noqa: E501
     "GET /api/v1/alerts/":                          (401, 403, 403, 403, LISTED, LISTED, LISTED),  # noqa: E501

@@ -676,3 +676,20 @@ repair_saga.task(
 )
 repair_saga.task(_effect_step, name="pay", after=["book"], retry=FAST)
 registry.register(repair_saga)
+# -- failures grouped and search (issue 16) ---------------------------------------------------
+
+
+def _lookup_order(ctx: StepContext) -> dict[str, Any]:
+    """Fails with a message that differs per instance (its order number and a request id)
+    until the ``fixed:t_lookup`` switch is set (the "bug fix")."""
+    record(ctx)
+    if ledger().get("fixed:t_lookup") is None:
+        order = ctx.input.get("order", 0)
+        raise NonRetryableError(f"order {order} not found (request {ctx.instance_id})")
+    return {"found": ctx.input.get("order")}
+
+
+lookup = Workflow("t_lookup", description="fails per order until fixed", sensitive=["input.card"])
+lookup.task(_lookup_order, name="lookup")
+lookup.task(_step, name="ship", after=["lookup"])
+registry.register(lookup)

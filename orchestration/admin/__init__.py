@@ -12,9 +12,17 @@ they post an action anyway.
 - :mod:`.instances`, :mod:`.instance_inlines`, :mod:`.instance_operations`: workflow instances,
   their steps and history, and the operator actions on them;
 - :mod:`.events`: every event, read-only;
+- :mod:`.failures`: the "Failures" page (failed instances grouped) and "retry all in a group";
 - :mod:`.periodic_tasks`: the sweepers' schedule (django-celery-beat);
 - :mod:`.schedules`: workflow schedules (pause, resume) and their fire records;
 - :mod:`.tokens`: the REST API's tokens, never shown whole (replaces DRF's token admin).
 """
 
-from . import events, instances, periodic_tasks, schedules, tokens  # noqa: F401 - they register the admins
+from . import (  # noqa: F401 - they register the admins
+    events,
+    failures,
+    instances,
+    periodic_tasks,
+    schedules,
+    tokens,
+)

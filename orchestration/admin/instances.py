@@ -31,6 +31,7 @@ from ..presentation import (
     status_url,
 )
 from ..selectors import stuck_q
+from . import instance_search
 from .instance_inlines import EventInline, StepRunInline
 from .instance_operations import InstanceOperationsMixin, bulk_action
 from .shared import ReadOnlyAdminMixin, StrictActionsMixin, reveal_of
@@ -115,7 +116,7 @@ class WorkflowInstanceAdmin(
     show_full_result_count = False
     empty_value_display = "—"
     search_fields = ["business_key"]
-    search_help_text = "An instance id (or its first 8 characters) or a business key (prefix)."
+    search_help_text = instance_search.HELP
     date_hierarchy = "created_at"
     ordering = ["-created_at"]
     actions = [bulk_action(op) for op in INSTANCE_OPERATIONS.values() if op.bulk]
@@ -198,6 +199,9 @@ class WorkflowInstanceAdmin(
         term = search_term.strip()
         if not term:
             return queryset, False
+        searched = instance_search.search_results(request, queryset, term)
+        if searched is not None:
+            return searched, False
         q = Q(business_key=term) | Q(business_key__startswith=term)
         try:
             q |= Q(pk=uuid.UUID(term))

@@ -19,7 +19,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from orchestration import actors, attachments, engine, selectors
+from orchestration import actors, attachments, engine, search, selectors
 from orchestration.definitions import registry
 from orchestration.errors import Conflict, InvalidInput, NotAllowed, NotFound
 from orchestration.models import InstanceState
@@ -101,6 +101,24 @@ class InstanceListView(ApiView):
             OpenApiParameter(
                 "schedule", int, description="Only instances this schedule started (its id)."
             ),
+            OpenApiParameter(
+                "error",
+                str,
+                description="Error text (3 to 200 characters, case-insensitive, anywhere) in "
+                "the instance's error message or one of its steps' (a retrying step's too).",
+            ),
+            OpenApiParameter(
+                "input.<path>",
+                str,
+                description="Search an input field by its path (dot-separated keys; a number "
+                "is an array index): `input.customer.country=DE` (equals; a number, true, "
+                "false or null also matches the JSON value). An operator in brackets: "
+                "`input.amount[gte]=100` (gt, gte, lt, lte: numbers), "
+                "`input.customer.name[contains]=acme` (case-insensitive), "
+                "`input.customer.vat[exists]=true`. At most 5, combined with AND. A sealed "
+                "(sensitive) field answers 400 `sealed_field`; a bad path, operator or value "
+                "400 `invalid_search`.",
+            ),
         ],
         responses={
             200: InstanceSerializer(many=True),
@@ -115,6 +133,7 @@ class InstanceListView(ApiView):
             state=request.query_params.get("state"),
             business_key=request.query_params.get("business_key"),
             schedule=request.query_params.get("schedule"),
+            search=search.parse_params(request.query_params),
         )
         paginator = self.pagination_class()
         page = selectors.attach_children(paginator.paginate_queryset(qs, request, view=self))

@@ -189,12 +189,18 @@ def schedule_compensation(
 
 
 def retry_compensation(
-    instance: WorkflowInstance, steps: dict[str, StepRun], definition: Workflow, journal: Journal
+    instance: WorkflowInstance,
+    steps: dict[str, StepRun],
+    definition: Workflow,
+    journal: Journal,
+    *,
+    reason: str = "",
 ) -> None:
     """Retry an instance whose compensation failed: back to ``compensating``."""
     instance.compensate()
     instance.error = None
-    journal.record("instance_retried", data={"phase": "compensation"})
+    data = {"phase": "compensation", **({"reason": reason} if reason else {})}
+    journal.record("instance_retried", data=data)
     for step in steps.values():
         spec = compensation_of(definition, step)
         if step.state == S.COMPENSATING and step.comp_phase == C.FAILED and spec:

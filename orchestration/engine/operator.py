@@ -68,12 +68,15 @@ def instance_cancel(
 
 
 def instance_retry(
-    *, instance_id: Any, actor: str = "system", user: Any = None
+    *, instance_id: Any, actor: str = "system", user: Any = None, reason: str = ""
 ) -> WorkflowInstance:
     """Retry a failed instance from its failed, timed-out or cancelled steps, each with a
     fresh retry budget and schedule-to-close window. Raises :class:`Conflict` unless the
     instance is ``failed``. Steps of another app's kind start again only if that kind allows
-    ``user`` (None: the system) to retry them (:func:`kinds.authorize_operator`)."""
+    ``user`` (None: the system) to retry them (:func:`kinds.authorize_operator`). A
+    ``reason`` (optional) is recorded on the ``instance_retried`` event."""
+    if not isinstance(reason, str) or len(reason) > 1000 or string_problem(reason):
+        raise InvalidInput("reason must be valid text of at most 1000 characters")
     with transaction.atomic():
         locked = _lock_for_operator(instance_id, actor)
         instance, steps, journal = locked.instance, locked.steps, locked.journal
@@ -89,10 +92,10 @@ def instance_retry(
                 code="definition_missing",
             )
         if (instance.error or {}).get("phase") == "compensation":
-            retry_compensation(instance, steps, definition, journal)
+            retry_compensation(instance, steps, definition, journal, reason=reason)
             journal.flush()
             return instance
-        reopen_instance(instance, definition, journal)
+        reopen_instance(instance, definition, journal, {"reason": reason} if reason else None)
         for name in definition.order():
             step = steps[name]
             if step.state in STEP_RETRYABLE:

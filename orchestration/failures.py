@@ -1,0 +1,357 @@
+"""Failures grouped: failed instances by (workflow, failed step, error type, normalised
+message), so 300 failures that are one error read as one row, and retrying them all after a
+fix is one action.
+
+The message is *normalised* before grouping: timestamps, UUIDs, e-mail addresses, quoted
+strings, hex ids and numbers become placeholders (``<ts>``, ``<uuid>``, ``<email>``, ``<str>``,
+``<hex>``, ``<n>``), so "order 1234 not found" and "order 98 not found" are one group. On
+PostgreSQL the normalisation runs in SQL (nested ``regexp_replace``) and the grouping is one
+``GROUP BY`` query, whatever the number of failures; on SQLite (the embedded default) the
+same rules run in Python over one query's rows. The two rule lists are kept side by side and
+a test checks they agree.
+
+"Retry all in this group" goes through :func:`retry_group`, a seam: today it retries the
+group's instances one by one through ``engine.instance_retry`` (bounded by
+:data:`RETRY_GROUP_LIMIT`), each retry asking the engine, which asks the step kinds; the batch
+operation service replaces its body with one call taking :func:`group_filter`'s filter.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from django.db.models import (
+    Aggregate,
+    Count,
+    F,
+    Func,
+    Max,
+    Min,
+    QuerySet,
+    TextField,
+    UUIDField,
+    Value,
+)
+from django.db.models.fields.json import KeyTextTransform
+from django.db.models.functions import Coalesce
+
+from . import engine, vendor
+from .actors import actor_of
+from .errors import InvalidInput, NotAllowed, SignoffError
+from .models import InstanceState, WorkflowInstance
+from .selectors import OPERATE_PERMISSION, instances_visible_to
+
+GROUP_LIMIT = 200  # groups shown, largest first
+RETRY_GROUP_LIMIT = 500  # instances one "retry all" retries at most (the rest: press again)
+KEY_PART_MAX = 2100  # characters of one part of a group's key (messages are cut at 2000)
+
+# (PostgreSQL ARE pattern, Python pattern, placeholder), applied in this order. Kept in step:
+# ``\y`` is PostgreSQL's word boundary, ``\b`` Python's (ASCII); everything else is written
+# the same on both sides (``[0-9]``, not ``\d``).
+_HEX = "[0-9a-fA-F]"
+_RULES: list[tuple[str, str, str]] = [
+    (
+        r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]+)?)?"
+        r"(Z|[+-][0-9]{2}:?[0-9]{2})?",
+        "",
+        "<ts>",
+    ),
+    (rf"{_HEX}{{8}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{12}}", "", "<uuid>"),
+    (r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}", "", "<email>"),
+    ("'[^']*'|" + '"[^"]*"', "", "<str>"),
+    (rf"0[xX]{_HEX}+", "", "<hex>"),
+    # A hex id: 8 or more hex characters with at least one digit and one letter.
+    (
+        rf"\y(?={_HEX}*[0-9])(?={_HEX}*[a-fA-F]){_HEX}{{8,}}\y",
+        rf"\b(?={_HEX}*[0-9])(?={_HEX}*[a-fA-F]){_HEX}{{8,}}\b",
+        "<hex>",
+    ),
+    (r"[0-9]+(\.[0-9]+)?", "", "<n>"),
+]
+PG_RULES = [(pg, repl) for pg, _, repl in _RULES]
+PY_RULES = [(re.compile(py or pg, re.ASCII), repl) for pg, py, repl in _RULES]
+
+
+def normalise_message(message: str | None) -> str:
+    """``message`` with its variable parts replaced by placeholders (the Python side)."""
+    text = message or ""
+    for pattern, repl in PY_RULES:
+        text = pattern.sub(repl, text)
+    return text
+
+
+def normalised_sql(expression: Any) -> Func:
+    """``expression`` (text) normalised in SQL: nested ``regexp_replace`` (PostgreSQL)."""
+    out: Any = Coalesce(expression, Value(""), output_field=TextField())
+    for pattern, repl in PG_RULES:
+        out = Func(
+            out,
+            Value(pattern),
+            Value(repl),
+            Value("g"),
+            function="REGEXP_REPLACE",
+            output_field=TextField(),
+        )
+    return out
+
+
+class _LatestId(Aggregate):
+    """The id of the group's most recent failure: ``(ARRAY_AGG(id ORDER BY at DESC))[1]``."""
+
+    function = "ARRAY_AGG"
+    template = "(%(function)s(%(expressions)s DESC))[1]"
+    arg_joiner = " ORDER BY "
+    output_field = UUIDField()
+
+
+# -- groups ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GroupKey:
+    """What makes failures one group."""
+
+    workflow: str
+    step: str
+    error_type: str
+    message: str  # normalised
+
+    @property
+    def token(self) -> str:
+        """The key as a URL-safe string (the retry page's ``?group=``)."""
+        raw = json.dumps([self.workflow, self.step, self.error_type, self.message])
+        return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+    @property
+    def digest(self) -> str:
+        """A short stable id (HTML ids, logs)."""
+        return hashlib.sha256(self.token.encode()).hexdigest()[:12]
+
+    @classmethod
+    def from_token(cls, token: str) -> GroupKey:
+        """The key in ``token``; :class:`InvalidInput` for anything that is not one."""
+        try:
+            if not isinstance(token, str) or not token or len(token) > 4 * 4 * KEY_PART_MAX:
+                raise ValueError
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+            parts = json.loads(raw.decode())
+            if not (
+                isinstance(parts, list)
+                and len(parts) == 4
+                and all(isinstance(p, str) and len(p) <= KEY_PART_MAX for p in parts)
+                and not any("\x00" in p for p in parts)
+                and parts[0]
+            ):
+                raise ValueError
+        except (ValueError, binascii.Error, UnicodeDecodeError):
+            raise InvalidInput("not a failure group", code="invalid_group") from None
+        return cls(*parts)
+
+
+@dataclass(frozen=True)
+class FailureGroup:
+    """One group: its key, how many instances are in it, when the first and the last failed,
+    and the most recent one (a sample to open)."""
+
+    key: GroupKey
+    count: int
+    first_seen: datetime | None
+    last_seen: datetime | None
+    sample_id: Any
+
+    # Shortcuts for templates.
+    @property
+    def workflow(self) -> str:
+        return self.key.workflow
+
+    @property
+    def step(self) -> str:
+        return self.key.step
+
+    @property
+    def error_type(self) -> str:
+        return self.key.error_type
+
+    @property
+    def message(self) -> str:
+        return self.key.message
+
+
+def _failed(user: Any) -> QuerySet[WorkflowInstance]:
+    return instances_visible_to(user).filter(state=InstanceState.FAILED).order_by()
+
+
+def _with_key_parts(qs: QuerySet[WorkflowInstance]) -> QuerySet[WorkflowInstance]:
+    return qs.annotate(
+        g_step=Coalesce(KeyTextTransform("step", "error"), Value(""), output_field=TextField()),
+        g_type=Coalesce(KeyTextTransform("type", "error"), Value(""), output_field=TextField()),
+        g_at=Coalesce("finished_at", "updated_at"),
+    )
+
+
+def failure_groups(*, user: Any, limit: int = GROUP_LIMIT) -> tuple[list[FailureGroup], bool]:
+    """The failed instances ``user`` may see, grouped; the largest ``limit`` groups (ties: most
+    recent first) and whether there were more. One query on PostgreSQL (the grouping in SQL);
+    one query on SQLite (rows grouped here)."""
+    qs = _with_key_parts(_failed(user))
+    if vendor.is_postgresql():
+        rows = (
+            qs.annotate(g_message=normalised_sql(KeyTextTransform("message", "error")))
+            .values("workflow", "g_step", "g_type", "g_message")
+            .annotate(
+                n=Count("pk"),
+                first=Min("g_at"),
+                last=Max("g_at"),
+                sample=_LatestId(F("id"), F("g_at")),
+            )
+            .order_by("-n", "-last", "workflow", "g_step")[: limit + 1]
+        )
+        groups = [
+            FailureGroup(
+                GroupKey(r["workflow"], r["g_step"], r["g_type"], r["g_message"]),
+                r["n"],
+                r["first"],
+                r["last"],
+                r["sample"],
+            )
+            for r in rows
+        ]
+    else:
+        groups = _group_in_python(qs, limit + 1)
+    return groups[:limit], len(groups) > limit
+
+
+def _group_in_python(qs: QuerySet[WorkflowInstance], limit: int) -> list[FailureGroup]:
+    found: dict[GroupKey, dict[str, Any]] = {}
+    rows = qs.annotate(g_message=KeyTextTransform("message", "error")).values_list(
+        "pk", "workflow", "g_step", "g_type", "g_message", "g_at"
+    )
+    for pk, workflow, step, error_type, message, at in rows.iterator(chunk_size=2000):
+        key = GroupKey(workflow, step, error_type, normalise_message(message))
+        group = found.setdefault(key, {"n": 0, "first": at, "last": at, "sample": pk})
+        group["n"] += 1
+        if at is not None and (group["first"] is None or at < group["first"]):
+            group["first"] = at
+        if at is not None and (group["last"] is None or at >= group["last"]):
+            group["last"], group["sample"] = at, pk
+    ordered = sorted(
+        found.items(),
+        key=lambda kv: (-kv[1]["n"], -(kv[1]["last"].timestamp() if kv[1]["last"] else 0)),
+    )
+    return [
+        FailureGroup(key, g["n"], g["first"], g["last"], g["sample"]) for key, g in ordered[:limit]
+    ]
+
+
+def group_instances(*, user: Any, key: GroupKey) -> QuerySet[WorkflowInstance]:
+    """The failed instances of the group ``key`` that ``user`` may see, oldest failure
+    first. On PostgreSQL one filtered query (the same normalisation as the grouping); on
+    SQLite the candidates' ids are picked in Python first."""
+    qs = _with_key_parts(_failed(user).filter(workflow=key.workflow)).filter(
+        g_step=key.step, g_type=key.error_type
+    )
+    if vendor.is_postgresql():
+        qs = qs.alias(g_message=normalised_sql(KeyTextTransform("message", "error"))).filter(
+            g_message=key.message
+        )
+    else:
+        ids = [
+            pk
+            for pk, message in qs.annotate(
+                g_message=KeyTextTransform("message", "error")
+            ).values_list("pk", "g_message")
+            if normalise_message(message) == key.message
+        ]
+        qs = _with_key_parts(WorkflowInstance.objects.filter(pk__in=ids))
+    return qs.order_by("g_at", "pk")
+
+
+def group_of(*, user: Any, key: GroupKey) -> FailureGroup | None:
+    """The group ``key`` now (its count, times and sample), or None when it has no failed
+    instance ``user`` may see (any more)."""
+    stats = (
+        group_instances(user=user, key=key)
+        .order_by()
+        .aggregate(n=Count("pk"), first=Min("g_at"), last=Max("g_at"))
+    )
+    if not stats["n"]:
+        return None
+    sample = group_instances(user=user, key=key).order_by("-g_at").values_list("pk", flat=True)
+    return FailureGroup(key, stats["n"], stats["first"], stats["last"], sample.first())
+
+
+def group_filter(key: GroupKey) -> dict[str, Any]:
+    """The group as a batch operation's filter (``batches.batch_create(filter=...)``):
+    failed instances of the workflow whose failed step and error type are the group's, and
+    whose normalised message is the group's (``error_message_normalised``: the batch
+    service applies it with :func:`message_filter`)."""
+    return {
+        "workflow": key.workflow,
+        "state": InstanceState.FAILED.value,
+        "failed_step": key.step,
+        "error_type": key.error_type,
+        "error_message_normalised": key.message,
+    }
+
+
+def message_filter(qs: QuerySet[WorkflowInstance], message: str) -> QuerySet[WorkflowInstance]:
+    """``qs`` narrowed to instances whose error message normalises to ``message`` (for the
+    batch service's ``error_message_normalised`` filter key)."""
+    if vendor.is_postgresql():
+        return qs.alias(g_message=normalised_sql(KeyTextTransform("message", "error"))).filter(
+            g_message=message
+        )
+    ids = [
+        pk
+        for pk, error in qs.values_list("pk", "error")
+        if normalise_message((error or {}).get("message")) == message
+    ]
+    return qs.filter(pk__in=ids)
+
+
+# -- retry all -------------------------------------------------------------------------------------
+
+
+@dataclass
+class GroupRetry:
+    """What "retry all in this group" did: instances retried, refused (label, why), and how
+    many of the group were left for another press (over :data:`RETRY_GROUP_LIMIT`)."""
+
+    retried: list[Any] = field(default_factory=list)
+    refused: list[tuple[str, str]] = field(default_factory=list)
+    left: int = 0
+
+
+def retry_group(key: GroupKey, user: Any, reason: str) -> Any:
+    """Retry every failed instance of the group (at most :data:`RETRY_GROUP_LIMIT`, oldest
+    failure first), each through ``engine.instance_retry`` in its own transaction with
+    ``user`` as the actor and ``reason`` on its ``instance_retried`` event; an instance the
+    engine refuses (it moved on, a step kind's policy says no) is reported, not retried.
+    Needs ``orchestration.operate_instance`` (:class:`NotAllowed`).
+
+    Returns a :class:`GroupRetry`. Once the batch operation service is merged, the body
+    becomes ``return batches.batch_create(action="retry", filter=group_filter(key),
+    user=user, reason=reason)`` (the admin view then reports the job it returns)."""
+    if not (user.is_active and user.has_perm(OPERATE_PERMISSION)):
+        raise NotAllowed(f"retrying needs the {OPERATE_PERMISSION} permission")
+    reason = (reason or "").strip() if isinstance(reason, str) else ""
+    if not reason or len(reason) > 1000:
+        raise InvalidInput("a reason (at most 1000 characters) is required", code="invalid_reason")
+    ids = list(group_instances(user=user, key=key).values_list("pk", flat=True))
+    outcome = GroupRetry(left=max(len(ids) - RETRY_GROUP_LIMIT, 0))
+    actor = actor_of(user)
+    for pk in ids[:RETRY_GROUP_LIMIT]:
+        try:
+            engine.instance_retry(instance_id=pk, actor=actor, user=user, reason=reason)
+        except SignoffError as exc:
+            outcome.refused.append((str(pk)[:8], exc.message))
+        else:
+            outcome.retried.append(pk)
+    return outcome
