@@ -12,6 +12,7 @@ class OrchestrationConfig(AppConfig):
         ("orchestration.sweep_instance_deadlines", 30),
         ("orchestration.sweep_waiting_deadlines", 10),
         ("orchestration.sweep_retention", 3600),
+        ("orchestration.sweep_stale_batches", 30),
     ]
 
     def ready(self) -> None:

@@ -486,3 +486,7 @@ class Attachment(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.context})"
+
+
+# Batch operations live in their own module; imported here so Django registers them.
+from .batch_models import BatchItem, BatchOperation  # noqa: E402, F401
