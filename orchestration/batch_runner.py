@@ -28,9 +28,8 @@ from django.db.models import F
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
-from . import engine
+from . import batches, engine
 from .batch_models import BATCH_ACTIVE, BatchItem, BatchOperation, BatchState, ItemOutcome
-from .batches import may_operate
 from .errors import NotAllowed, SignoffError
 
 log = logging.getLogger("signoff.batches")
@@ -46,16 +45,6 @@ ACTIONS: dict[str, Callable[[Any, Any, BatchOperation], Any]] = {
     "resume": lambda pk, user, b: engine.instance_unpause(instance_id=pk, actor=b.actor),
 }
 COUNTER = {ItemOutcome.DONE: "done", ItemOutcome.SKIPPED: "skipped", ItemOutcome.FAILED: "failed"}
-
-
-def ring(batch_id: int, *, countdown: float = 0) -> None:
-    """Send ``orchestration.run_batch`` for the batch (on ``SIGNOFF_BATCH_QUEUE``)."""
-    from .tasks import run_batch
-
-    options: dict[str, Any] = {"countdown": max(0.0, countdown)}
-    if settings.SIGNOFF_BATCH_QUEUE:
-        options["queue"] = settings.SIGNOFF_BATCH_QUEUE
-    run_batch.apply_async(args=[batch_id], **options)
 
 
 def _start(batch_id: int) -> BatchOperation | None:
@@ -134,7 +123,7 @@ def batch_run_chunk(*, batch_id: int, chunk: int | None = None) -> str:
     if batch is None:
         return "inactive"
     user = batch.created_by
-    allowed = may_operate(user)
+    allowed = batches.may_operate(user)
     size = chunk or settings.SIGNOFF_BATCH_CHUNK
     began = time.monotonic()
     ids = list(
@@ -168,7 +157,7 @@ def batch_run_chunk(*, batch_id: int, chunk: int | None = None) -> str:
         countdown = max(0.0, handled / batch.rate - (time.monotonic() - began))
         batch.heartbeat_at = now + timedelta(seconds=countdown)
         batch.save(update_fields=["heartbeat_at"])
-        transaction.on_commit(lambda: ring(batch.pk, countdown=countdown))
+        transaction.on_commit(lambda: batches.ring(batch.pk, countdown=countdown))
         return "more"
 
 
@@ -196,7 +185,7 @@ def sweep_stale_batches(*, now: datetime | None = None, stale: timedelta | None 
                 continue
             batch.heartbeat_at = now
             batch.save(update_fields=["heartbeat_at"])
-            transaction.on_commit(lambda pk=pk: ring(pk))
+            transaction.on_commit(lambda pk=pk: batches.ring(pk))
             rung += 1
     if rung:
         log.info("sweeper stale_batches rang %d batches", rung)

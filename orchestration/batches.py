@@ -331,9 +331,26 @@ def _refuse_overlap(ids: list[Any]) -> None:
         )
 
 
-def _ring_on_commit(batch_id: int, countdown: float = 0) -> None:
-    from .batch_runner import ring
+# The Celery task that runs a batch's next chunk: registered by orchestration.tasks (which
+# imports the runner), so this module names no task module.
+_RUN_TASK: list[Any] = []
 
+
+def register_run_task(task: Any) -> Any:
+    """Register the task :func:`ring` sends (``orchestration.run_batch``)."""
+    _RUN_TASK[:] = [task]
+    return task
+
+
+def ring(batch_id: int, *, countdown: float = 0) -> None:
+    """Send the batch's next run (on ``SIGNOFF_BATCH_QUEUE``, after ``countdown`` seconds)."""
+    options: dict[str, Any] = {"countdown": max(0.0, countdown)}
+    if settings.SIGNOFF_BATCH_QUEUE:
+        options["queue"] = settings.SIGNOFF_BATCH_QUEUE
+    _RUN_TASK[0].apply_async(args=[batch_id], **options)
+
+
+def _ring_on_commit(batch_id: int, countdown: float = 0) -> None:
     transaction.on_commit(lambda: ring(batch_id, countdown=countdown))
 
 

@@ -14,7 +14,7 @@ from celery.signals import task_postrun, task_prerun
 from django.conf import settings
 from django.db import close_old_connections, connections
 
-from . import batch_runner, children, engine, saga, sweepers
+from . import batch_runner, batches, children, engine, saga, sweepers
 from .journal import register_doorbell_task
 from .retention import sweep_retention as sweep_retention_now
 
@@ -99,6 +99,7 @@ def sweep_stale_batches() -> int:
 register_doorbell_task("run_step", run_step)
 register_doorbell_task("run_compensation", run_compensation)
 register_doorbell_task("child_sync", child_sync)
+batches.register_run_task(run_batch)
 
 
 # When this process last finished a task (time.monotonic()).

@@ -189,7 +189,7 @@ def test_creation_sends_the_first_run_on_commit(
     operator: Any, django_capture_on_commit_callbacks: Any, monkeypatch: Any
 ) -> None:
     rung: list[tuple] = []
-    monkeypatch.setattr(batch_runner, "ring", lambda pk, countdown=0: rung.append((pk, countdown)))
+    monkeypatch.setattr(batches, "ring", lambda pk, countdown=0: rung.append((pk, countdown)))
     failed_instance()
     with django_capture_on_commit_callbacks(execute=True):
         batch = batches.batch_create(
@@ -202,7 +202,7 @@ def test_creation_sends_the_first_run_on_commit(
 def test_a_retry_batch_retries_each_failed_instance_once_and_skips_the_others(
     operator: Any, monkeypatch: Any
 ) -> None:
-    monkeypatch.setattr(batch_runner, "ring", lambda pk, countdown=0: None)
+    monkeypatch.setattr(batches, "ring", lambda pk, countdown=0: None)
     failed = [failed_instance() for _ in range(3)]
     running = running_instance()
     ids = [str(i.pk) for i in [*failed, running]]
@@ -229,7 +229,7 @@ def test_a_retry_batch_retries_each_failed_instance_once_and_skips_the_others(
 def test_cancel_pause_and_resume_batches_use_the_engine_services(
     operator: Any, monkeypatch: Any
 ) -> None:
-    monkeypatch.setattr(batch_runner, "ring", lambda pk, countdown=0: None)
+    monkeypatch.setattr(batches, "ring", lambda pk, countdown=0: None)
     a, b = running_instance("A"), running_instance("B")
 
     def run(action: str, reason: str, instance: WorkflowInstance) -> BatchOperation:
@@ -252,7 +252,7 @@ def test_cancel_pause_and_resume_batches_use_the_engine_services(
 def test_a_refused_instance_is_failed_with_the_reason_and_the_batch_goes_on(
     operator: Any, monkeypatch: Any
 ) -> None:
-    monkeypatch.setattr(batch_runner, "ring", lambda pk, countdown=0: None)
+    monkeypatch.setattr(batches, "ring", lambda pk, countdown=0: None)
     a, b = failed_instance(), failed_instance()
     retry = engine.instance_retry
 
@@ -276,7 +276,7 @@ def test_a_refused_instance_is_failed_with_the_reason_and_the_batch_goes_on(
 def test_a_creator_who_lost_the_permission_gets_every_item_failed(
     operator: Any, monkeypatch: Any
 ) -> None:
-    monkeypatch.setattr(batch_runner, "ring", lambda pk, countdown=0: None)
+    monkeypatch.setattr(batches, "ring", lambda pk, countdown=0: None)
     a = failed_instance()
     batch = batches.batch_create(
         action="retry", filter={"ids": [str(a.pk)]}, user=operator, reason="x"
@@ -289,7 +289,7 @@ def test_a_creator_who_lost_the_permission_gets_every_item_failed(
 
 
 def test_a_cancelled_batch_stops_before_its_next_instance(operator: Any, monkeypatch: Any) -> None:
-    monkeypatch.setattr(batch_runner, "ring", lambda pk, countdown=0: None)
+    monkeypatch.setattr(batches, "ring", lambda pk, countdown=0: None)
     instances = [failed_instance() for _ in range(3)]
     batch = batches.batch_create(
         action="retry", filter={"state": "failed"}, user=operator, reason="x"
@@ -308,7 +308,7 @@ def test_the_next_chunk_is_throttled_to_the_rate(
     operator: Any, monkeypatch: Any, django_capture_on_commit_callbacks: Any
 ) -> None:
     rung: list[tuple] = []
-    monkeypatch.setattr(batch_runner, "ring", lambda pk, countdown=0: rung.append((pk, countdown)))
+    monkeypatch.setattr(batches, "ring", lambda pk, countdown=0: rung.append((pk, countdown)))
     for _ in range(3):
         failed_instance()
     batch = batches.batch_create(
@@ -326,7 +326,7 @@ def test_the_sweeper_rings_a_stale_running_batch_once(
     operator: Any, monkeypatch: Any, django_capture_on_commit_callbacks: Any
 ) -> None:
     rung: list[int] = []
-    monkeypatch.setattr(batch_runner, "ring", lambda pk, countdown=0: rung.append(pk))
+    monkeypatch.setattr(batches, "ring", lambda pk, countdown=0: rung.append(pk))
     failed_instance()
     batch = batches.batch_create(
         action="retry", filter={"state": "failed"}, user=operator, reason="x"
