@@ -11,9 +11,10 @@ they post an action anyway.
   actions, the confirmation page);
 - :mod:`.instances`, :mod:`.instance_inlines`, :mod:`.instance_operations`: workflow instances,
   their steps and history, and the operator actions on them;
+- :mod:`.batches`: batch operations (the instance list's batch actions, batch by filter);
 - :mod:`.events`: every event, read-only;
 - :mod:`.periodic_tasks`: the sweepers' schedule (django-celery-beat);
 - :mod:`.tokens`: the REST API's tokens, never shown whole (replaces DRF's token admin).
 """
 
-from . import events, instances, periodic_tasks, tokens  # noqa: F401 - they register the admins
+from . import batches, events, instances, periodic_tasks, tokens  # noqa: F401 - they register the admins

@@ -23,6 +23,7 @@ from ..models import StepRun, WorkflowInstance
 from ..operator_actions import INSTANCE_OPERATIONS
 from ..presentation import coarse_age, error_block, json_block, pill, status_url
 from ..selectors import stuck_q
+from .batches import BATCH_ACTIONS
 from .instance_inlines import EventInline, StepRunInline
 from .instance_operations import InstanceOperationsMixin, bulk_action
 from .shared import ReadOnlyAdminMixin, StrictActionsMixin, reveal_of
@@ -110,7 +111,7 @@ class WorkflowInstanceAdmin(
     search_help_text = "An instance id (or its first 8 characters) or a business key (prefix)."
     date_hierarchy = "created_at"
     ordering = ["-created_at"]
-    actions = [bulk_action(op) for op in INSTANCE_OPERATIONS.values()]
+    actions = [*(bulk_action(op) for op in INSTANCE_OPERATIONS.values()), *BATCH_ACTIONS]
     inlines = [StepRunInline, EventInline]
     change_form_template = "admin/orchestration/workflowinstance/change_form.html"
     change_list_template = "admin/orchestration/workflowinstance/change_list.html"
