@@ -51,7 +51,8 @@ from approvals.models import ActionToken, ApprovalRequest, Decision, MailPrefere
 from integrations.alerts.conditions import Finding
 from integrations.alerts.services import alert_fire
 from integrations.models import Alert, AlertRule
-from orchestration import engine
+from orchestration import batches, engine
+from orchestration.batch_models import BatchItem, BatchOperation
 from orchestration.models import Event, StepRun, WorkflowInstance
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -99,6 +100,7 @@ class World:
     waiting: WorkflowInstance  # alice's onboarding, waiting for setup_completed
     links: dict[str, str] = field(default_factory=dict)  # person -> signed link token
     alert_id: int = 0  # a firing alert (a missed schedule)
+    batch_id: int = 0  # a queued batch pausing the waiting onboarding
 
 
 def _run_scheduled(instance: WorkflowInstance) -> None:
@@ -178,7 +180,10 @@ def _make_world() -> World:
         ),
         finding=Finding(subject="schedule:1", title="nightly missed"),
     )
-    return World(users, tokens, expense, approval, failed, waiting, links, alert.pk)
+    batch = batches.batch_create(
+        action="pause", filter={"ids": [str(waiting.pk)]}, user=users["superuser"], reason="m"
+    )
+    return World(users, tokens, expense, approval, failed, waiting, links, alert.pk, batch.pk)
 
 
 @pytest.fixture(scope="module")
@@ -230,6 +235,8 @@ def snapshot() -> tuple:
         sorted(MailPreference.objects.values_list("user_id", "mode", "digest_hour", "time_zone")),
         sorted(Alert.objects.values_list("pk", "state")),
         sorted(AlertRule.objects.values_list("name", "condition", "enabled")),
+        sorted(BatchOperation.objects.values_list("state", flat=True)),
+        BatchItem.objects.count(),
     )
 
 
@@ -277,6 +284,34 @@ def _step_url(w: World, prefix: str) -> str:
 
 
 COMPLETE_BY_HAND = {"confirm": "1", "output": '{"decision": "approved"}', "reason": "done it"}
+BATCH_BODY = {"action": "retry", "filter": {"workflow": "expense_approval", "state": "failed"}}
+BATCHES = "/admin/orchestration/batchoperation/"
+
+
+def _batch_retry_selected(c: Client, w: World) -> HttpResponse:
+    return c.post(
+        "/admin/orchestration/workflowinstance/",
+        {
+            "action": "batch_retry",
+            "_selected_action": [str(w.failed.pk)],
+            "index": "0",
+            "confirm": "1",
+            "reason": "matrix",
+        },
+    )
+
+
+def _batch_by_filter(c: Client, w: World) -> HttpResponse:
+    form = {"action": "retry", "workflow": "expense_approval", "state": "failed"}
+    return c.post(f"{BATCHES}new/", {**form, "reason": "matrix", "start": "1"})
+
+
+def _cancel_batch(c: Client, w: World) -> HttpResponse:
+    return c.post(
+        BATCHES, {"action": "cancel_batches", "_selected_action": [str(w.batch_id)], "confirm": "1"}
+    )
+
+
 ON_BEHALF = {"SIGNOFF_DECIDE_ON_BEHALF": True}
 OPERATORS_COMPLETE = {"SIGNOFF_OPERATORS_COMPLETE_APPROVALS": True}
 
@@ -558,6 +593,29 @@ OPS: dict[str, Op] = {
     "POST status page: complete the approval step by hand": Op(
         lambda c, w: c.post(_step_url(w, "/instances"), COMPLETE_BY_HAND), writes=True
     ),
+    # Batch operations: operators only, whoever started the instances.
+    "GET /api/v1/batches/": Op(lambda c, w: c.get("/api/v1/batches/"), api=True),
+    "POST /api/v1/batches/ dry_run": Op(
+        lambda c, w: _json(c, "post", "/api/v1/batches/", {**BATCH_BODY, "dry_run": True}),
+        api=True,
+    ),
+    "POST /api/v1/batches/": Op(
+        lambda c, w: _json(c, "post", "/api/v1/batches/", {**BATCH_BODY, "reason": "matrix"}),
+        api=True,
+        writes=True,
+    ),
+    "GET /api/v1/batches/{id}/": Op(lambda c, w: c.get(f"/api/v1/batches/{w.batch_id}/"), api=True),
+    "POST /api/v1/batches/{id}/cancel/": Op(
+        lambda c, w: _json(c, "post", f"/api/v1/batches/{w.batch_id}/cancel/"),
+        api=True,
+        writes=True,
+    ),
+    "POST admin: retry selected (as a batch)": Op(_batch_retry_selected, writes=True),
+    "GET admin: batches changelist": Op(lambda c, w: c.get(BATCHES)),
+    "GET admin: batch change view": Op(lambda c, w: c.get(f"{BATCHES}{w.batch_id}/change/")),
+    "GET admin: batch by filter page": Op(lambda c, w: c.get(f"{BATCHES}new/")),
+    "POST admin: batch by filter start": Op(_batch_by_filter, writes=True),
+    "POST admin: cancel batch": Op(_cancel_batch, writes=True),
 }
 
 # fmt: off
@@ -615,6 +673,17 @@ MATRIX: dict[str, tuple[Any, ...]] = {
     "POST admin: complete the approval step by hand": (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 404, 403, 403, 403),  # noqa: E501
     "POST admin: complete it by hand, SIGNOFF_OPERATORS_COMPLETE_APPROVALS=1": (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 404, 403, DONE, DONE),  # noqa: E501
     "POST status page: complete the approval step by hand": (LOGIN, 403, 403, 403, 403, 403, 403),  # noqa: E501
+    "GET /api/v1/batches/":                         (401, 403, 403, 403, 403, 200, 200),
+    "POST /api/v1/batches/ dry_run":                (401, 403, 403, 403, 403, 200, 200),
+    "POST /api/v1/batches/":                        (401, 403, 403, 403, 403, 202, 202),
+    "GET /api/v1/batches/{id}/":                    (401, 403, 403, 403, 403, 200, 200),
+    "POST /api/v1/batches/{id}/cancel/":            (401, 403, 403, 403, 403, 200, 200),
+    "POST admin: retry selected (as a batch)":      (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, 403, DONE, DONE),  # noqa: E501
+    "GET admin: batches changelist":                (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, 403, 200, 200),  # noqa: E501
+    "GET admin: batch change view":                 (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, 403, 200, 200),  # noqa: E501
+    "GET admin: batch by filter page":              (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, 403, 200, 200),  # noqa: E501
+    "POST admin: batch by filter start":            (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, 403, DONE, DONE),  # noqa: E501
+    "POST admin: cancel batch":                     (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, 403, DONE, DONE),  # noqa: E501
 }
 # fmt: on
 
