@@ -15,6 +15,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
 from .. import batches
@@ -22,7 +23,7 @@ from ..batch_models import BATCH_ACTIVE, BatchAction, BatchItem, BatchOperation
 from ..errors import SignoffError
 from ..models import InstanceState
 from ..operator_actions import require_operator, short_label
-from ..presentation import pill
+from ..presentation import coarse_age, json_block, pill
 from .shared import ReadOnlyAdminMixin, StrictActionsMixin, confirm_page
 
 ACTION_HELP = {
@@ -185,7 +186,7 @@ def progress_bar(batch: BatchOperation) -> str:
 
 @admin.register(BatchOperation)
 class BatchOperationAdmin(StrictActionsMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
-    list_display = ["id", "action", "state_pill", "progress", "counts", "created_by", "created_at"]
+    list_display = ["id", "action", "state_pill", "progress", "counts", "created"]
     list_filter = ["state", "action"]
     list_select_related = ["created_by"]
     list_per_page = 50
@@ -198,7 +199,7 @@ class BatchOperationAdmin(StrictActionsMixin, ReadOnlyAdminMixin, admin.ModelAdm
         ("action", "state_pill"),
         "progress",
         "counts",
-        "filter",
+        "filter_display",
         "reason",
         ("created_by", "actor", "rate"),
         ("created_at", "started_at", "finished_at", "heartbeat_at"),
@@ -211,7 +212,7 @@ class BatchOperationAdmin(StrictActionsMixin, ReadOnlyAdminMixin, admin.ModelAdm
         "state_pill",
         "progress",
         "counts",
-        "filter",
+        "filter_display",
         "reason",
         "created_by",
         "actor",
@@ -239,6 +240,25 @@ class BatchOperationAdmin(StrictActionsMixin, ReadOnlyAdminMixin, admin.ModelAdm
     @admin.display(description="progress")
     def progress(self, obj: BatchOperation) -> str:
         return progress_bar(obj)
+
+    @admin.display(description="created", ordering="created_at")
+    def created(self, obj: BatchOperation) -> str:
+        who = obj.created_by.get_username() if obj.created_by else obj.actor
+        return format_html(
+            '<span title="{}">{} · {}</span>',
+            obj.created_at.isoformat(timespec="seconds"),
+            who,
+            coarse_age(timezone.now() - obj.created_at),
+        )
+
+    @admin.display(description="filter")
+    def filter_display(self, obj: BatchOperation) -> str:
+        ids = obj.filter.get("ids")
+        if ids is None:
+            return json_block(obj.filter)
+        shown = ", ".join(ids[:5])
+        more = f", and {len(ids) - 5} more" if len(ids) > 5 else ""
+        return format_html("{} ticked instance(s): <code>{}</code>{}", len(ids), shown, more)
 
     @admin.display(description="done · skipped · failed")
     def counts(self, obj: BatchOperation) -> str:
