@@ -260,7 +260,7 @@ class BatchOperationAdmin(StrictActionsMixin, ReadOnlyAdminMixin, admin.ModelAdm
         more = f", and {len(ids) - 5} more" if len(ids) > 5 else ""
         return format_html("{} ticked instance(s): <code>{}</code>{}", len(ids), shown, more)
 
-    @admin.display(description="done · skipped · failed")
+    @admin.display(description="done · skip · fail")
     def counts(self, obj: BatchOperation) -> str:
         return f"{obj.done} · {obj.skipped} · {obj.failed}"
 
