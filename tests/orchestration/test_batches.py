@@ -340,3 +340,11 @@ def test_the_sweeper_rings_a_stale_running_batch_once(
     batch_runner.batch_run_chunk(batch_id=batch.pk)
     with django_capture_on_commit_callbacks(execute=True):
         assert batch_runner.sweep_stale_batches(now=later + timedelta(hours=1)) == 0  # done
+
+
+def test_the_stale_batch_sweeper_is_a_beat_task_and_the_runner_is_registered() -> None:
+    from orchestration import tasks
+    from orchestration.periodic import wanted_periodic_tasks
+
+    assert ("orchestration.sweep_stale_batches", 30) in wanted_periodic_tasks()
+    assert batches._RUN_TASK == [tasks.run_batch]
