@@ -17,8 +17,13 @@ from orchestration.batch_models import BatchAction, BatchItem, BatchOperation
 from orchestration.errors import NotAllowed
 
 from .pagination import CheckedCursorPagination
-from .serializers import ErrorSerializer, RejectUnknownFieldsMixin, StrictCharField
-from .views import ApiView
+from .serializers import (
+    ErrorSerializer,
+    JSONObjectField,
+    RejectUnknownFieldsMixin,
+    StrictCharField,
+)
+from .views import INVALID_CURSOR, ApiView
 
 FILTER_HELP = (
     "Which instances: any of workflow, version, state, failed_step, error_type (dotted "
@@ -29,9 +34,27 @@ FILTER_HELP = (
 )
 
 
+class StrictBooleanField(serializers.BooleanField):
+    """A JSON boolean: ``"true"``, ``1`` and ``"yes"`` are refused."""
+
+    def to_internal_value(self, data: Any) -> bool:
+        if not isinstance(data, bool):
+            self.fail("invalid")
+        return data
+
+
+class StrictNumberField(serializers.FloatField):
+    """A JSON number: ``"2"`` and ``true`` are refused."""
+
+    def to_internal_value(self, data: Any) -> float:
+        if isinstance(data, bool) or not isinstance(data, int | float):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
 class BatchCreateSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
     action = serializers.ChoiceField(choices=BatchAction.choices)
-    filter = serializers.DictField(required=False, default=dict, help_text=FILTER_HELP)
+    filter = JSONObjectField(required=False, default=dict, help_text=FILTER_HELP)
     reason = StrictCharField(
         max_length=1000,
         required=False,
@@ -39,14 +62,16 @@ class BatchCreateSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
         allow_blank=True,
         help_text="Required unless dry_run; kept on the batch and on each cancel event.",
     )
-    all = serializers.BooleanField(
+    all = StrictBooleanField(
         required=False, default=False, help_text="Confirms a batch with no filter."
     )
-    dry_run = serializers.BooleanField(
+    dry_run = StrictBooleanField(
         required=False, default=False, help_text="Preview: the count and a sample, nothing made."
     )
-    rate = serializers.FloatField(
+    rate = StrictNumberField(
         required=False,
+        min_value=0.1,
+        max_value=1000,
         allow_null=True,
         default=None,
         help_text="Instances a second at most (0.1–1000; default SIGNOFF_BATCH_RATE).",
@@ -155,7 +180,11 @@ class BatchListView(ApiView):
         summary="List batch operations",
         tags=["batches"],
         description="Newest first, cursor-paginated. Needs orchestration.operate_instance.",
-        responses={200: BatchSerializer(many=True), **_errors(400, 401, 403)},
+        responses={
+            200: BatchSerializer(many=True),
+            **_errors(400, 401, 403),
+            404: OpenApiResponse(ErrorSerializer, description=INVALID_CURSOR),
+        },
     )
     def get(self, request: Request) -> Response:
         _operator(request)
