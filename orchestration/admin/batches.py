@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.core.exceptions import PermissionDenied
@@ -127,7 +128,9 @@ def batch_action(action: str) -> Any:
         if confirmed:
             status = 400
             if form.is_valid():
-                ids = [str(pk) for pk in queryset.order_by().values_list("pk", flat=True)]
+                cap = settings.SIGNOFF_BATCH_MAX_INSTANCES  # one more: refused as too many
+                rows = queryset.order_by().values_list("pk", flat=True)[: cap + 1]
+                ids = [str(pk) for pk in rows]
                 batch = _run(
                     request,
                     form,

@@ -348,3 +348,38 @@ def test_the_stale_batch_sweeper_is_a_beat_task_and_the_runner_is_registered() -
 
     assert ("orchestration.sweep_stale_batches", 30) in wanted_periodic_tasks()
     assert batches._RUN_TASK == [tasks.run_batch]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_batches_created_at_once_on_the_same_instances_one_is_refused(
+    operator: Any, monkeypatch: Any
+) -> None:
+    import threading
+
+    from django.db import connection
+
+    monkeypatch.setattr(batches, "ring", lambda pk, countdown=0: None)
+    for _ in range(3):
+        failed_instance()
+    barrier = threading.Barrier(2)
+    outcomes: list[str] = []
+
+    def create(action: str) -> None:
+        try:
+            barrier.wait()
+            batches.batch_create(
+                action=action, filter={"state": "failed"}, user=operator, reason=action
+            )
+            outcomes.append("created")
+        except Conflict as exc:
+            outcomes.append(exc.code)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=create, args=(a,)) for a in ("retry", "cancel")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["batch_overlap", "created"]
+    assert BatchOperation.objects.count() == 1 and BatchItem.objects.count() == 3
