@@ -924,6 +924,42 @@ def test_an_operator_cannot_push_their_own_expense_through(world: World, channel
     assert ApprovalRequest.objects.get(pk=approval.pk).state == "pending"
 
 
+def test_an_operators_batch_retry_of_their_own_rejected_expense_asks_the_managers_again(
+    world: World,
+) -> None:
+    """otto's expense, rejected by bob, fails. otto's batch retry goes through the same
+    service and policy as the single retry: the approval step is asked again (a new request
+    waiting for the managers), never pushed through."""
+    from approvals.deciding import approval_decide
+    from orchestration import batch_runner
+
+    otto = world.users["operator"]
+    instance, _ = engine.instance_start(
+        workflow="expense_approval",
+        input={"amount": 5000, "currency": "EUR", "description": "Laptop"},
+        started_by=otto,
+    )
+    _run_scheduled(instance)
+    approval = ApprovalRequest.objects.get(instance=instance, step_name="manager_approval")
+    approval_decide(
+        request_id=approval.pk, user=world.users["assignee"], outcome="reject", comment="no"
+    )
+    _run_scheduled(instance)
+    assert WorkflowInstance.objects.get(pk=instance.pk).state == "failed"
+    batch = batches.batch_create(
+        action="retry", filter={"ids": [str(instance.pk)]}, user=otto, reason="try again"
+    )
+    batch_runner.batch_run_chunk(batch_id=batch.pk)
+    batch.refresh_from_db()
+    assert (batch.state, batch.done, batch.failed) == ("done", 1, 0)
+    step = StepRun.objects.get(instance=instance, name="manager_approval")
+    assert step.state == "waiting"
+    again = ApprovalRequest.objects.filter(instance=instance).order_by("-pk").first()
+    assert again.pk != approval.pk and again.state == "pending"
+    retried = Event.objects.get(instance=instance, type="instance_retried")
+    assert retried.actor == "user:otto"
+
+
 def test_operators_decisions_on_behalf_are_recorded_as_such(world: World) -> None:
     with override_settings(**ON_BEHALF):
         response = _decide_on_behalf(client_for("operator", world, api=False), world)
