@@ -68,7 +68,7 @@ def _start(batch_id: int) -> BatchOperation | None:
         return batch
 
 
-def _handle(batch: BatchOperation, item_id: int, user: Any, allowed: bool) -> bool:
+def _handle(batch: BatchOperation, item_id: int, user: Any) -> bool:
     """Act on one item's instance and record its outcome, in one transaction. False when the
     batch is no longer running (stop)."""
     with transaction.atomic():
@@ -88,20 +88,16 @@ def _handle(batch: BatchOperation, item_id: int, user: Any, allowed: bool) -> bo
         if item is None:  # handled already, or another runner has it now
             return True
         outcome, message = ItemOutcome.DONE, ""
-        if not allowed:
-            outcome = ItemOutcome.FAILED
-            message = "the batch's creator may no longer operate instances"
-        else:
-            try:
-                with transaction.atomic():
-                    ACTIONS[batch.action](item.instance_id, user, batch)
-            except NotAllowed as exc:
-                outcome, message = ItemOutcome.FAILED, exc.message
-            except SignoffError as exc:  # the instance is not in a state the action applies to
-                outcome, message = ItemOutcome.SKIPPED, exc.message
-            except Exception as exc:  # noqa: BLE001 - one instance's bug does not stop the batch
-                log.exception("batch %s: %s failed on %s", batch.pk, batch.action, item.instance_id)
-                outcome, message = ItemOutcome.FAILED, f"error: {type(exc).__name__}"
+        try:
+            with transaction.atomic():
+                ACTIONS[batch.action](item.instance_id, user, batch)
+        except NotAllowed as exc:
+            outcome, message = ItemOutcome.FAILED, exc.message
+        except SignoffError as exc:  # the instance is not in a state the action applies to
+            outcome, message = ItemOutcome.SKIPPED, exc.message
+        except Exception as exc:  # noqa: BLE001 - one instance's bug does not stop the batch
+            log.exception("batch %s: %s failed on %s", batch.pk, batch.action, item.instance_id)
+            outcome, message = ItemOutcome.FAILED, f"error: {type(exc).__name__}"
         now = timezone.now()
         item.outcome, item.message, item.finished_at = outcome, message[:2000], now
         item.save(update_fields=["outcome", "message", "finished_at"])
@@ -114,16 +110,32 @@ def _handle(batch: BatchOperation, item_id: int, user: Any, allowed: bool) -> bo
         return True
 
 
+def _fail(batch_id: int, error: str) -> str:
+    """The batch stops as ``failed`` with ``error``; its unhandled instances are left alone."""
+    with transaction.atomic():
+        batch = BatchOperation.objects.select_for_update().get(pk=batch_id)
+        if batch.state not in BATCH_ACTIVE:
+            return "stopped"
+        batch.fail(error)
+        batch.finished_at = timezone.now()
+        batch.save(update_fields=["state", "error", "finished_at"])
+        log.warning("batch %s failed: %s", batch_id, error)
+        return "failed"
+
+
 def batch_run_chunk(*, batch_id: int, chunk: int | None = None) -> str:
     """Run the next chunk of a batch and send the next run (throttled), or finish it.
 
     Idempotent: a finished or cancelled batch, or an item already handled, is left alone.
-    Returns what happened: ``inactive``, ``stopped``, ``more`` or ``done``."""
+    A batch whose creator may no longer operate instances (deactivated, permission withdrawn,
+    deleted) fails as a whole. Returns what happened: ``inactive``, ``stopped``, ``failed``,
+    ``more`` or ``done``."""
     batch = _start(batch_id)
     if batch is None:
         return "inactive"
     user = batch.created_by
-    allowed = batches.may_operate(user)
+    if not batches.may_operate(user):
+        return _fail(batch.pk, "the batch's creator may no longer operate instances")
     size = chunk or settings.SIGNOFF_BATCH_CHUNK
     began = time.monotonic()
     ids = list(
@@ -133,7 +145,7 @@ def batch_run_chunk(*, batch_id: int, chunk: int | None = None) -> str:
     )
     handled = 0
     for item_id in ids:
-        if not _handle(batch, item_id, user, allowed):
+        if not _handle(batch, item_id, user):
             return "stopped"
         handled += 1
     with transaction.atomic():

@@ -273,7 +273,7 @@ def test_a_refused_instance_is_failed_with_the_reason_and_the_batch_goes_on(
     assert refresh(a).state == "failed" and refresh(b).state == "running"
 
 
-def test_a_creator_who_lost_the_permission_gets_every_item_failed(
+def test_a_batch_whose_creator_lost_the_permission_fails_and_acts_on_nothing(
     operator: Any, monkeypatch: Any
 ) -> None:
     monkeypatch.setattr(batches, "ring", lambda pk, countdown=0: None)
@@ -283,9 +283,11 @@ def test_a_creator_who_lost_the_permission_gets_every_item_failed(
     )
     operator.is_active = False
     operator.save()
-    batch_runner.batch_run_chunk(batch_id=batch.pk)
+    assert batch_runner.batch_run_chunk(batch_id=batch.pk) == "failed"
     batch.refresh_from_db()
-    assert batch.failed == 1 and refresh(a).state == "failed"
+    assert batch.state == "failed" and "may no longer operate" in batch.error
+    assert (batch.done, batch.failed) == (0, 0) and refresh(a).state == "failed"
+    assert batch_runner.batch_run_chunk(batch_id=batch.pk) == "inactive"
 
 
 def test_a_cancelled_batch_stops_before_its_next_instance(operator: Any, monkeypatch: Any) -> None:
