@@ -280,3 +280,21 @@ def test_admin_cancel_batch_action_confirms_then_cancels(operator: Any, viewer: 
     assert client.post(BATCHES, {**selected, "confirm": "1"}).status_code == 302
     assert BatchOperation.objects.get().state == "cancelled"
     assert WorkflowInstance.objects.get(pk=a.pk).state == "failed"
+
+
+def test_admin_batch_action_across_a_filtered_list_takes_every_match(operator: Any) -> None:
+    a, b = running_instance("SEL-1"), running_instance("SEL-2")
+    failed_instance("SEL-3")
+    response = admin_client(operator).post(
+        INSTANCES + "?state__exact=running",
+        {
+            "action": "batch_pause",
+            "select_across": "1",
+            "_selected_action": [str(a.pk)],
+            "confirm": "1",
+            "reason": "freeze for the migration",
+        },
+    )
+    assert response.status_code == 302
+    batch = BatchOperation.objects.get()
+    assert batch.action == "pause" and set(batch.filter["ids"]) == {str(a.pk), str(b.pk)}
