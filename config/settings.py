@@ -344,6 +344,15 @@ SIGNOFF_SCHEDULE_MAX_INPUT_BYTES = env_int("SIGNOFF_SCHEDULE_MAX_INPUT_BYTES", 6
 # Fire records older than this are deleted by the schedule sweeper (at least 2 days: a record
 # is what keeps its fire time from starting twice, and a trigger may name a time a day back).
 SIGNOFF_SCHEDULE_FIRE_RETENTION_DAYS = env_int("SIGNOFF_SCHEDULE_FIRE_RETENTION_DAYS", 90)
+# Batch operations (orchestration.batches): at most SIGNOFF_BATCH_RATE instances a second, in
+# chunks of SIGNOFF_BATCH_CHUNK per task, on SIGNOFF_BATCH_QUEUE (empty: the default queue); at
+# most SIGNOFF_BATCH_MAX_INSTANCES per batch; a running batch silent for
+# SIGNOFF_BATCH_STALE_SECONDS is rung again by its sweeper.
+SIGNOFF_BATCH_RATE = env_float("SIGNOFF_BATCH_RATE", 20.0)
+SIGNOFF_BATCH_CHUNK = env_int("SIGNOFF_BATCH_CHUNK", 50)
+SIGNOFF_BATCH_QUEUE = env("SIGNOFF_BATCH_QUEUE", "") or None
+SIGNOFF_BATCH_MAX_INSTANCES = env_int("SIGNOFF_BATCH_MAX_INSTANCES", 10_000)
+SIGNOFF_BATCH_STALE_SECONDS = env_int("SIGNOFF_BATCH_STALE_SECONDS", 60)
 # Escalations on PostgreSQL: set-based, in chunks of SIGNOFF_ESCALATION_CHUNK requests per
 # transaction, at most SIGNOFF_ESCALATION_BATCH per sweep; their mails are rendered by Celery
 # tasks on SIGNOFF_MAIL_RENDER_QUEUE (empty: the default queue). SIGNOFF_ESCALATION_BATCHED=0

@@ -30,5 +30,6 @@ urlpatterns = [
     # approvals first: the orchestration API ends with a JSON catch-all 404
     path("api/v1/approvals/", include("approvals.api.urls")),
     path("api/v1/alerts/", include("integrations.api.urls")),
+    path("api/v1/batches/", include("orchestration.api.batch_urls")),
     path("api/v1/", include("orchestration.api.urls")),
 ]

@@ -10,10 +10,9 @@ PostgreSQL the normalisation runs in SQL (nested ``regexp_replace``) and the gro
 same rules run in Python over one query's rows. The two rule lists are kept side by side and
 a test checks they agree.
 
-"Retry all in this group" goes through :func:`retry_group`, a seam: today it retries the
-group's instances one by one through ``engine.instance_retry`` (bounded by
-:data:`RETRY_GROUP_LIMIT`), each retry asking the engine, which asks the step kinds; the batch
-operation service replaces its body with one call taking :func:`group_filter`'s filter.
+"Retry all in this group" goes through :func:`retry_group`: one batch operation
+(:mod:`orchestration.batches`) whose filter is :func:`group_filter`'s, run in the background;
+each instance's retry asks the engine, which asks the step kinds.
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ import binascii
 import hashlib
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -42,14 +41,12 @@ from django.db.models import (
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Coalesce
 
-from . import engine, vendor
-from .actors import actor_of
-from .errors import InvalidInput, NotAllowed, SignoffError
+from . import vendor
+from .errors import InvalidInput
 from .models import InstanceState, WorkflowInstance
-from .selectors import OPERATE_PERMISSION, instances_visible_to
+from .selectors import instances_visible_to
 
 GROUP_LIMIT = 200  # groups shown, largest first
-RETRY_GROUP_LIMIT = 500  # instances one "retry all" retries at most (the rest: press again)
 KEY_PART_MAX = 2100  # characters of one part of a group's key (messages are cut at 2000)
 
 # (PostgreSQL ARE pattern, Python pattern, placeholder), applied in this order. Kept in step:
@@ -319,39 +316,14 @@ def message_filter(qs: QuerySet[WorkflowInstance], message: str) -> QuerySet[Wor
 # -- retry all -------------------------------------------------------------------------------------
 
 
-@dataclass
-class GroupRetry:
-    """What "retry all in this group" did: instances retried, refused (label, why), and how
-    many of the group were left for another press (over :data:`RETRY_GROUP_LIMIT`)."""
-
-    retried: list[Any] = field(default_factory=list)
-    refused: list[tuple[str, str]] = field(default_factory=list)
-    left: int = 0
-
-
 def retry_group(key: GroupKey, user: Any, reason: str) -> Any:
-    """Retry every failed instance of the group (at most :data:`RETRY_GROUP_LIMIT`, oldest
-    failure first), each through ``engine.instance_retry`` in its own transaction with
-    ``user`` as the actor and ``reason`` on its ``instance_retried`` event; an instance the
-    engine refuses (it moved on, a step kind's policy says no) is reported, not retried.
-    Needs ``orchestration.operate_instance`` (:class:`NotAllowed`).
+    """Retry every failed instance of the group as one batch operation
+    (:func:`orchestration.batches.batch_create`, action ``retry``, the group as its filter:
+    :func:`group_filter`): a background job, throttled, resumable, each instance retried once
+    through ``engine.instance_retry`` with ``user`` as the actor. Needs
+    ``orchestration.operate_instance`` (:class:`NotAllowed`); a batch already running on some
+    of these instances is :class:`~orchestration.errors.Conflict`. Returns the
+    :class:`~orchestration.batch_models.BatchOperation`."""
+    from . import batches  # batches reads failures' message filter: imported when used
 
-    Returns a :class:`GroupRetry`. Once the batch operation service is merged, the body
-    becomes ``return batches.batch_create(action="retry", filter=group_filter(key),
-    user=user, reason=reason)`` (the admin view then reports the job it returns)."""
-    if not (user.is_active and user.has_perm(OPERATE_PERMISSION)):
-        raise NotAllowed(f"retrying needs the {OPERATE_PERMISSION} permission")
-    reason = (reason or "").strip() if isinstance(reason, str) else ""
-    if not reason or len(reason) > 1000:
-        raise InvalidInput("a reason (at most 1000 characters) is required", code="invalid_reason")
-    ids = list(group_instances(user=user, key=key).values_list("pk", flat=True))
-    outcome = GroupRetry(left=max(len(ids) - RETRY_GROUP_LIMIT, 0))
-    actor = actor_of(user)
-    for pk in ids[:RETRY_GROUP_LIMIT]:
-        try:
-            engine.instance_retry(instance_id=pk, actor=actor, user=user, reason=reason)
-        except SignoffError as exc:
-            outcome.refused.append((str(pk)[:8], exc.message))
-        else:
-            outcome.retried.append(pk)
-    return outcome
+    return batches.batch_create(action="retry", filter=group_filter(key), user=user, reason=reason)

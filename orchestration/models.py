@@ -578,3 +578,7 @@ class FailureGroupProxy(WorkflowInstance):
         verbose_name = "failure group"
         verbose_name_plural = "failures"
         default_permissions = ()
+
+
+# Batch operations live in their own module; imported here so Django registers them.
+from .batch_models import BatchItem, BatchOperation  # noqa: E402, F401

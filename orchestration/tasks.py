@@ -14,7 +14,7 @@ from celery.signals import task_postrun, task_prerun
 from django.conf import settings
 from django.db import close_old_connections, connections
 
-from . import children, engine, fanout_items, saga, sweepers
+from . import batch_runner, batches, children, engine, fanout_items, saga, sweepers
 from .journal import register_doorbell_task
 from .retention import sweep_retention as sweep_retention_now
 
@@ -95,11 +95,28 @@ def child_sync(step_run_id: int, attempt: int) -> str:
     return children.child_step_sync(step_run_id=step_run_id, attempt=attempt or None)
 
 
+@shared_task(
+    name="orchestration.run_batch",
+    acks_late=True,
+    reject_on_worker_lost=True,
+    ignore_result=True,
+)
+def run_batch(batch_id: int) -> str:
+    """The next chunk of a batch operation (idempotent; see orchestration.batch_runner)."""
+    return batch_runner.batch_run_chunk(batch_id=batch_id)
+
+
+@shared_task(name="orchestration.sweep_stale_batches", ignore_result=True)
+def sweep_stale_batches() -> int:
+    return batch_runner.sweep_stale_batches()
+
+
 # Doorbells (orchestration.journal) send these; the journal does not import this module.
 register_doorbell_task("run_step", run_step)
 register_doorbell_task("run_compensation", run_compensation)
 register_doorbell_task("child_sync", child_sync)
 register_doorbell_task("run_map_item", run_map_item)
+batches.register_run_task(run_batch)
 
 
 # When this process last finished a task (time.monotonic()).

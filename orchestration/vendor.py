@@ -22,3 +22,12 @@ def is_postgresql(connection: Any = None) -> bool:
 def supports_json_contains(connection: Any = None) -> bool:
     """Whether JSON ``contains`` lookups work (PostgreSQL yes, SQLite no)."""
     return bool((connection or connections[DEFAULT_DB_ALIAS]).features.supports_json_field_contains)
+
+
+def transaction_lock(key: int, connection: Any = None) -> None:
+    """Hold an exclusive lock named ``key`` until the current transaction ends: a PostgreSQL
+    transaction-level advisory lock; SQLite serializes writing transactions already."""
+    connection = connection or connections[DEFAULT_DB_ALIAS]
+    if is_postgresql(connection):
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [key])

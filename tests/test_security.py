@@ -51,7 +51,8 @@ from approvals.models import ActionToken, ApprovalRequest, Decision, MailPrefere
 from integrations.alerts.conditions import Finding
 from integrations.alerts.services import alert_fire
 from integrations.models import Alert, AlertRule
-from orchestration import engine, schedules
+from orchestration import batches, engine, schedules
+from orchestration.batch_models import BatchItem, BatchOperation
 from orchestration.models import Event, Schedule, ScheduleFire, StepRun, WorkflowInstance
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -109,6 +110,7 @@ class World:
     alert_id: int = 0  # a firing alert (a missed schedule)
     schedule: Any = None  # an active schedule of t_sequence, every hour
     paused_schedule: Any = None  # a paused one
+    batch_id: int = 0  # a queued batch pausing the waiting onboarding
 
 
 def _run_scheduled(instance: WorkflowInstance) -> None:
@@ -201,6 +203,9 @@ def _make_world() -> World:
             "paused_note": "matrix",
         }
     )
+    batch = batches.batch_create(
+        action="pause", filter={"ids": [str(waiting.pk)]}, user=users["superuser"], reason="m"
+    )
     return World(
         users,
         tokens,
@@ -212,6 +217,7 @@ def _make_world() -> World:
         alert_id=alert.pk,
         schedule=hourly,
         paused_schedule=paused,
+        batch_id=batch.pk,
     )
 
 
@@ -274,6 +280,8 @@ def snapshot() -> tuple:
             (str(pk), json.dumps(value, sort_keys=True))
             for pk, value in WorkflowInstance.objects.values_list("pk", "input")
         ),
+        sorted(BatchOperation.objects.values_list("state", flat=True)),
+        BatchItem.objects.count(),
     )
 
 
@@ -321,6 +329,34 @@ def _step_url(w: World, prefix: str) -> str:
 
 
 COMPLETE_BY_HAND = {"confirm": "1", "output": '{"decision": "approved"}', "reason": "done it"}
+BATCH_BODY = {"action": "retry", "filter": {"workflow": "expense_approval", "state": "failed"}}
+BATCHES = "/admin/orchestration/batchoperation/"
+
+
+def _batch_retry_selected(c: Client, w: World) -> HttpResponse:
+    return c.post(
+        "/admin/orchestration/workflowinstance/",
+        {
+            "action": "batch_retry",
+            "_selected_action": [str(w.failed.pk)],
+            "index": "0",
+            "confirm": "1",
+            "reason": "matrix",
+        },
+    )
+
+
+def _batch_by_filter(c: Client, w: World) -> HttpResponse:
+    form = {"action": "retry", "workflow": "expense_approval", "state": "failed"}
+    return c.post(f"{BATCHES}new/", {**form, "reason": "matrix", "start": "1"})
+
+
+def _cancel_batch(c: Client, w: World) -> HttpResponse:
+    return c.post(
+        BATCHES, {"action": "cancel_batches", "_selected_action": [str(w.batch_id)], "confirm": "1"}
+    )
+
+
 ON_BEHALF = {"SIGNOFF_DECIDE_ON_BEHALF": True}
 OPERATORS_COMPLETE = {"SIGNOFF_OPERATORS_COMPLETE_APPROVALS": True}
 
@@ -801,6 +837,29 @@ OPS: dict[str, Op] = {
         _repair_page(ADMIN_INSTANCES, "skip", {"value": "{}"}), writes=True
     ),
     "POST admin: re-run from a step": Op(_repair_page(ADMIN_INSTANCES, "reset", {}), writes=True),
+    # Batch operations: operators only, whoever started the instances.
+    "GET /api/v1/batches/": Op(lambda c, w: c.get("/api/v1/batches/"), api=True),
+    "POST /api/v1/batches/ dry_run": Op(
+        lambda c, w: _json(c, "post", "/api/v1/batches/", {**BATCH_BODY, "dry_run": True}),
+        api=True,
+    ),
+    "POST /api/v1/batches/": Op(
+        lambda c, w: _json(c, "post", "/api/v1/batches/", {**BATCH_BODY, "reason": "matrix"}),
+        api=True,
+        writes=True,
+    ),
+    "GET /api/v1/batches/{id}/": Op(lambda c, w: c.get(f"/api/v1/batches/{w.batch_id}/"), api=True),
+    "POST /api/v1/batches/{id}/cancel/": Op(
+        lambda c, w: _json(c, "post", f"/api/v1/batches/{w.batch_id}/cancel/"),
+        api=True,
+        writes=True,
+    ),
+    "POST admin: retry selected (as a batch)": Op(_batch_retry_selected, writes=True),
+    "GET admin: batches changelist": Op(lambda c, w: c.get(BATCHES)),
+    "GET admin: batch change view": Op(lambda c, w: c.get(f"{BATCHES}{w.batch_id}/change/")),
+    "GET admin: batch by filter page": Op(lambda c, w: c.get(f"{BATCHES}new/")),
+    "POST admin: batch by filter start": Op(_batch_by_filter, writes=True),
+    "POST admin: cancel batch": Op(_cancel_batch, writes=True),
 }
 
 # fmt: off
@@ -892,6 +951,17 @@ MATRIX: dict[str, tuple[Any, ...]] = {
     "POST admin: edit input":                       (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 404, 403, DONE, DONE),  # noqa: E501
     "POST admin: skip a failed step":               (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 404, 403, DONE, DONE),  # noqa: E501
     "POST admin: re-run from a step":               (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 404, 403, DONE, DONE),  # noqa: E501
+    "GET /api/v1/batches/":                         (401, 403, 403, 403, 403, 200, 200),
+    "POST /api/v1/batches/ dry_run":                (401, 403, 403, 403, 403, 200, 200),
+    "POST /api/v1/batches/":                        (401, 403, 403, 403, 403, 202, 202),
+    "GET /api/v1/batches/{id}/":                    (401, 403, 403, 403, 403, 200, 200),
+    "POST /api/v1/batches/{id}/cancel/":            (401, 403, 403, 403, 403, 200, 200),
+    "POST admin: retry selected (as a batch)":      (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, 403, DONE, DONE),  # noqa: E501
+    "GET admin: batches changelist":                (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, 403, 200, 200),  # noqa: E501
+    "GET admin: batch change view":                 (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, 403, 200, 200),  # noqa: E501
+    "GET admin: batch by filter page":              (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, 403, 200, 200),  # noqa: E501
+    "POST admin: batch by filter start":            (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, 403, DONE, DONE),  # noqa: E501
+    "POST admin: cancel batch":                     (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, 403, DONE, DONE),  # noqa: E501
 }
 # fmt: on
 
@@ -1130,6 +1200,42 @@ def test_an_operator_cannot_push_their_own_expense_through(world: World, channel
     assert got in (403, REFUSED), got
     assert snapshot() == before
     assert ApprovalRequest.objects.get(pk=approval.pk).state == "pending"
+
+
+def test_an_operators_batch_retry_of_their_own_rejected_expense_asks_the_managers_again(
+    world: World,
+) -> None:
+    """otto's expense, rejected by bob, fails. otto's batch retry goes through the same
+    service and policy as the single retry: the approval step is asked again (a new request
+    waiting for the managers), never pushed through."""
+    from approvals.deciding import approval_decide
+    from orchestration import batch_runner
+
+    otto = world.users["operator"]
+    instance, _ = engine.instance_start(
+        workflow="expense_approval",
+        input={"amount": 5000, "currency": "EUR", "description": "Laptop"},
+        started_by=otto,
+    )
+    _run_scheduled(instance)
+    approval = ApprovalRequest.objects.get(instance=instance, step_name="manager_approval")
+    approval_decide(
+        request_id=approval.pk, user=world.users["assignee"], outcome="reject", comment="no"
+    )
+    _run_scheduled(instance)
+    assert WorkflowInstance.objects.get(pk=instance.pk).state == "failed"
+    batch = batches.batch_create(
+        action="retry", filter={"ids": [str(instance.pk)]}, user=otto, reason="try again"
+    )
+    batch_runner.batch_run_chunk(batch_id=batch.pk)
+    batch.refresh_from_db()
+    assert (batch.state, batch.done, batch.failed) == ("done", 1, 0)
+    step = StepRun.objects.get(instance=instance, name="manager_approval")
+    assert step.state == "waiting"
+    again = ApprovalRequest.objects.filter(instance=instance).order_by("-pk").first()
+    assert again.pk != approval.pk and again.state == "pending"
+    retried = Event.objects.get(instance=instance, type="instance_retried")
+    assert retried.actor == "user:otto"
 
 
 def test_operators_decisions_on_behalf_are_recorded_as_such(world: World) -> None:

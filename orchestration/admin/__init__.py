@@ -11,6 +11,7 @@ they post an action anyway.
   actions, the confirmation page);
 - :mod:`.instances`, :mod:`.instance_inlines`, :mod:`.instance_operations`: workflow instances,
   their steps and history, and the operator actions on them;
+- :mod:`.batches`: batch operations (the instance list's batch actions, batch by filter);
 - :mod:`.events`: every event, read-only;
 - :mod:`.failures`: the "Failures" page (failed instances grouped) and "retry all in a group";
 - :mod:`.periodic_tasks`: the sweepers' schedule (django-celery-beat);
@@ -19,6 +20,7 @@ they post an action anyway.
 """
 
 from . import (  # noqa: F401 - they register the admins
+    batches,
     events,
     failures,
     instances,

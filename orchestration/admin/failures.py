@@ -18,6 +18,7 @@ from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils.html import format_html
 
 from .. import failures
 from ..errors import SignoffError
@@ -118,7 +119,16 @@ class FailuresAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
             except SignoffError as exc:  # e.g. a batch already running on these instances
                 messages.error(request, f"Refused: {exc.message}")
                 return HttpResponseRedirect(back)
-            self._report(request, outcome, group.count)
+            job = reverse("admin:orchestration_batchoperation_change", args=[outcome.pk])
+            messages.success(
+                request,
+                format_html(
+                    'Retry of {} instance(s) started as <a href="{}">batch operation {}</a>.',
+                    outcome.total,
+                    job,
+                    outcome.pk,
+                ),
+            )
             return HttpResponseRedirect(back)
         sample = list(failures.group_instances(user=request.user, key=key)[:20])
         return confirm_page(
@@ -128,7 +138,7 @@ class FailuresAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
             question=(
                 f"Retry every failed instance of this group ({key.error_type or 'no type'}: "
                 f"{key.message[:300]}) from its failed steps, each with a fresh retry budget? "
-                f"At most {failures.RETRY_GROUP_LIMIT} per press."
+                "It runs as a batch operation in the background."
             ),
             form=form,
             objects=[short_label(i) for i in sample],
@@ -136,26 +146,3 @@ class FailuresAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
             back_url=back,
             status=400 if confirmed else 200,
         )
-
-    @staticmethod
-    def _report(request: HttpRequest, outcome: Any, count: int) -> None:
-        if not isinstance(outcome, failures.GroupRetry):
-            # retry_group re-pointed at the batch operation service: a job was started.
-            messages.success(
-                request, f"Retry of {count} instance(s) started as a batch operation: {outcome}."
-            )
-            return
-        if outcome.retried:
-            n = len(outcome.retried)
-            messages.success(request, f"{n} instance{'s' if n != 1 else ''} retried.")
-        if outcome.refused:
-            shown = "; ".join(f"{label}: {why}" for label, why in outcome.refused[:20])
-            more = f"; and {len(outcome.refused) - 20} more" if len(outcome.refused) > 20 else ""
-            level = messages.WARNING if outcome.retried else messages.ERROR
-            messages.add_message(request, level, f"{len(outcome.refused)} refused — {shown}{more}")
-        if outcome.left:
-            messages.info(
-                request,
-                f"{outcome.left} more in this group: press "
-                f"“Retry all” again to retry the next {failures.RETRY_GROUP_LIMIT}.",
-            )

@@ -32,6 +32,7 @@ from ..presentation import (
 )
 from ..selectors import stuck_q
 from . import instance_search
+from .batches import BATCH_ACTIONS
 from .instance_inlines import EventInline, StepRunInline
 from .instance_operations import InstanceOperationsMixin, bulk_action
 from .shared import ReadOnlyAdminMixin, StrictActionsMixin, reveal_of
@@ -119,7 +120,10 @@ class WorkflowInstanceAdmin(
     search_help_text = instance_search.HELP
     date_hierarchy = "created_at"
     ordering = ["-created_at"]
-    actions = [bulk_action(op) for op in INSTANCE_OPERATIONS.values() if op.bulk]
+    actions = [
+        *(bulk_action(op) for op in INSTANCE_OPERATIONS.values() if op.bulk),
+        *BATCH_ACTIONS,
+    ]
     inlines = [StepRunInline, EventInline]
     change_form_template = "admin/orchestration/workflowinstance/change_form.html"
     change_list_template = "admin/orchestration/workflowinstance/change_list.html"

@@ -17,7 +17,8 @@ from django.db.models import Value
 from django.test import Client
 from django.utils import timezone
 
-from orchestration import engine, failures
+from orchestration import batches, engine, failures
+from orchestration.batch_models import BatchOperation
 from orchestration.models import Event, StepRun, WorkflowInstance
 from tests.conftest import wait_for
 from tests.orchestration.test_engine import run_ready
@@ -319,46 +320,63 @@ def test_retry_all_refuses_viewers_and_bad_groups(
 
 
 @pytest.mark.django_db
-def test_retry_group_reports_what_the_engine_refuses(admin_user: Any, rung: list) -> None:
-    lookups = _fail_lookups(2, admin_user)
+def test_retry_group_starts_one_batch_over_the_groups_failed_instances(
+    admin_user: Any, rung: list
+) -> None:
+    lookups = _fail_lookups(3, admin_user)
     key = _groups(admin_user)[0].key
-    # One of them is cancelled meanwhile by someone else: still "failed" rows are retried.
+    # One of them is cancelled meanwhile by someone else: only the still failed are selected.
     engine.instance_cancel(instance_id=lookups[0].pk, actor="system")
-    outcome = failures.retry_group(key, admin_user, "after the fix")
-    assert outcome.retried == [lookups[1].pk] and outcome.refused == [] and outcome.left == 0
+    job = failures.retry_group(key, admin_user, "after the fix")
+    assert isinstance(job, BatchOperation)
+    assert (job.action, job.state, job.total, job.reason) == ("retry", "queued", 2, "after the fix")
+    assert job.filter == failures.group_filter(key)
+    assert sorted(job.items.values_list("instance_id", flat=True)) == sorted(
+        i.pk for i in lookups[1:]
+    )
+    # A second press while the first batch holds them: refused, nothing more written.
+    with pytest.raises(failures.SignoffError):
+        failures.retry_group(key, admin_user, "again")
+    assert BatchOperation.objects.count() == 1
     for bad in (" ", "x" * 1001, None):
         with pytest.raises(failures.InvalidInput):
             failures.retry_group(key, admin_user, bad)
+    assert BatchOperation.objects.count() == 1
 
 
 @pytest.mark.django_db
-def test_the_retry_page_reports_a_batch_job_once_retry_group_is_re_pointed(
-    admin_user: Any, admin_client: Client, monkeypatch: pytest.MonkeyPatch, rung: list
-) -> None:
-    """The seam: retry_group may return a batch job instead; the page reports it, and a
-    refusal of the service (a batch already running) comes back as a message."""
+def test_the_group_filter_selects_only_the_groups_message(admin_user: Any, rung: list) -> None:
     _fail_lookups(2, admin_user)
     key = _groups(admin_user)[0].key
-    calls = []
+    same = batches.matching_instances(batches.normalise_filter(failures.group_filter(key)))
+    assert same.count() == 2
+    other = failures.GroupKey(key.workflow, key.step, key.error_type, "another message")
+    assert (
+        batches.matching_instances(batches.normalise_filter(failures.group_filter(other))).count()
+        == 0
+    )
 
-    def batch(key: Any, user: Any, reason: str) -> str:
-        calls.append(failures.group_filter(key))
-        return "batch #7"
 
-    monkeypatch.setattr(failures, "retry_group", batch)
+@pytest.mark.django_db
+def test_the_retry_page_starts_a_batch_and_links_it(
+    admin_user: Any, admin_client: Client, rung: list
+) -> None:
+    """One press starts one batch operation (the page links it); a second press while it
+    holds the same instances comes back as a refusal and starts nothing."""
+    _fail_lookups(2, admin_user)
+    key = _groups(admin_user)[0].key
     url = f"{RETRY}?group={key.token}"
     response = admin_client.post(url, {"confirm": "1", "reason": "fixed"}, follow=True)
+    job = BatchOperation.objects.get()
     texts = [str(m) for m in response.context["messages"]]
-    assert texts == ["Retry of 2 instance(s) started as a batch operation: batch #7."]
-    assert calls == [failures.group_filter(key)]
-
-    def busy(key: Any, user: Any, reason: str) -> None:
-        raise failures.SignoffError("a batch is already running on these instances")
-
-    monkeypatch.setattr(failures, "retry_group", busy)
+    assert texts == [
+        f'Retry of 2 instance(s) started as <a href="/admin/orchestration/batchoperation/'
+        f'{job.pk}/change/">batch operation {job.pk}</a>.'
+    ]
     response = admin_client.post(url, {"confirm": "1", "reason": "fixed"}, follow=True)
     texts = [str(m) for m in response.context["messages"]]
-    assert texts == ["Refused: a batch is already running on these instances"]
+    assert len(texts) == 1 and texts[0].startswith("Refused: ")
+    assert BatchOperation.objects.count() == 1
 
 
 @pytest.mark.django_db
@@ -367,18 +385,6 @@ def test_retry_group_needs_the_operate_permission(django_user_model: Any, rung: 
     key = failures.GroupKey("t_lookup", "lookup", "x", "y")
     with pytest.raises(failures.NotAllowed):
         failures.retry_group(key, vera, "why")
-
-
-@pytest.mark.django_db
-def test_retry_group_is_bounded(
-    admin_user: Any, monkeypatch: pytest.MonkeyPatch, rung: list
-) -> None:
-    _fail_lookups(3, admin_user)
-    monkeypatch.setattr(failures, "RETRY_GROUP_LIMIT", 2)
-    key = _groups(admin_user)[0].key
-    outcome = failures.retry_group(key, admin_user, "in steps")
-    assert len(outcome.retried) == 2 and outcome.left == 1
-    assert WorkflowInstance.objects.filter(state="failed").count() == 1
 
 
 # -- end to end -----------------------------------------------------------------------------------
