@@ -37,7 +37,9 @@ B = BatchState
 
 # The engine service per action: (instance id, user, batch) -> anything.
 ACTIONS: dict[str, Callable[[Any, Any, BatchOperation], Any]] = {
-    "retry": lambda pk, user, b: engine.instance_retry(instance_id=pk, actor=b.actor, user=user),
+    "retry": lambda pk, user, b: engine.instance_retry(
+        instance_id=pk, actor=b.actor, user=user, reason=b.reason
+    ),
     "cancel": lambda pk, user, b: engine.instance_cancel(
         instance_id=pk, actor=b.actor, reason=b.reason
     ),

@@ -256,7 +256,7 @@ def test_a_refused_instance_is_failed_with_the_reason_and_the_batch_goes_on(
     a, b = failed_instance(), failed_instance()
     retry = engine.instance_retry
 
-    def refuse_a(*, instance_id: Any, actor: str, user: Any) -> Any:
+    def refuse_a(*, instance_id: Any, actor: str, user: Any, reason: str = "") -> Any:
         if instance_id == a.pk:
             raise NotAllowed("you may not retry your own approval")
         return retry(instance_id=instance_id, actor=actor, user=user)
