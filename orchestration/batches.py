@@ -16,7 +16,7 @@ Filter keys (all optional, combined with AND; at least one, or ``confirm_all``):
   zone; from inclusive, to exclusive),
 - ``business_key_prefix``;
 - ``error_message_normalised``: the error message as the Failures page normalises it
-  (:func:`orchestration.failures.message_filter`; "retry all in this group" sets it);
+  (:func:`orchestration.failure_messages.message_filter`; "retry all in this group" sets it);
 
 or ``ids``: the instances ticked, by id (nothing else then).
 """
@@ -39,6 +39,7 @@ from . import vendor
 from .actors import actor_of
 from .batch_models import BATCH_ACTIVE, BatchAction, BatchItem, BatchOperation, BatchState
 from .errors import Conflict, InvalidInput, NotAllowed, NotFound
+from .failure_messages import message_filter
 from .jsonsafe import string_problem
 from .models import InstanceState, WorkflowInstance
 from .selectors import OPERATE_PERMISSION
@@ -216,8 +217,6 @@ def matching_instances(filter: dict[str, Any]) -> QuerySet[WorkflowInstance]:
         name = filter["error_type"]
         qs = qs.filter(Q(error__type=name) | Q(error__type__endswith=f".{name}"))
     if "error_message_normalised" in filter:
-        from .failures import message_filter  # failures starts batches: imported when used
-
         qs = message_filter(qs, filter["error_message_normalised"])
     return qs
 

@@ -21,7 +21,6 @@ import base64
 import binascii
 import hashlib
 import json
-import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -30,7 +29,6 @@ from django.db.models import (
     Aggregate,
     Count,
     F,
-    Func,
     Max,
     Min,
     QuerySet,
@@ -41,62 +39,20 @@ from django.db.models import (
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Coalesce
 
-from . import vendor
+from . import batches, vendor
 from .errors import InvalidInput
+from .failure_messages import (  # noqa: F401 - part of this module's names
+    PG_RULES,
+    PY_RULES,
+    message_filter,
+    normalise_message,
+    normalised_sql,
+)
 from .models import InstanceState, WorkflowInstance
 from .selectors import instances_visible_to
 
 GROUP_LIMIT = 200  # groups shown, largest first
 KEY_PART_MAX = 2100  # characters of one part of a group's key (messages are cut at 2000)
-
-# (PostgreSQL ARE pattern, Python pattern, placeholder), applied in this order. Kept in step:
-# ``\y`` is PostgreSQL's word boundary, ``\b`` Python's (ASCII); everything else is written
-# the same on both sides (``[0-9]``, not ``\d``).
-_HEX = "[0-9a-fA-F]"
-_RULES: list[tuple[str, str, str]] = [
-    (
-        r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]+)?)?"
-        r"(Z|[+-][0-9]{2}:?[0-9]{2})?",
-        "",
-        "<ts>",
-    ),
-    (rf"{_HEX}{{8}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{12}}", "", "<uuid>"),
-    (r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}", "", "<email>"),
-    ("'[^']*'|" + '"[^"]*"', "", "<str>"),
-    (rf"0[xX]{_HEX}+", "", "<hex>"),
-    # A hex id: 8 or more hex characters with at least one digit and one letter.
-    (
-        rf"\y(?={_HEX}*[0-9])(?={_HEX}*[a-fA-F]){_HEX}{{8,}}\y",
-        rf"\b(?={_HEX}*[0-9])(?={_HEX}*[a-fA-F]){_HEX}{{8,}}\b",
-        "<hex>",
-    ),
-    (r"[0-9]+(\.[0-9]+)?", "", "<n>"),
-]
-PG_RULES = [(pg, repl) for pg, _, repl in _RULES]
-PY_RULES = [(re.compile(py or pg, re.ASCII), repl) for pg, py, repl in _RULES]
-
-
-def normalise_message(message: str | None) -> str:
-    """``message`` with its variable parts replaced by placeholders (the Python side)."""
-    text = message or ""
-    for pattern, repl in PY_RULES:
-        text = pattern.sub(repl, text)
-    return text
-
-
-def normalised_sql(expression: Any) -> Func:
-    """``expression`` (text) normalised in SQL: nested ``regexp_replace`` (PostgreSQL)."""
-    out: Any = Coalesce(expression, Value(""), output_field=TextField())
-    for pattern, repl in PG_RULES:
-        out = Func(
-            out,
-            Value(pattern),
-            Value(repl),
-            Value("g"),
-            function="REGEXP_REPLACE",
-            output_field=TextField(),
-        )
-    return out
 
 
 class _LatestId(Aggregate):
@@ -298,21 +254,6 @@ def group_filter(key: GroupKey) -> dict[str, Any]:
     }
 
 
-def message_filter(qs: QuerySet[WorkflowInstance], message: str) -> QuerySet[WorkflowInstance]:
-    """``qs`` narrowed to instances whose error message normalises to ``message`` (for the
-    batch service's ``error_message_normalised`` filter key)."""
-    if vendor.is_postgresql():
-        return qs.alias(g_message=normalised_sql(KeyTextTransform("message", "error"))).filter(
-            g_message=message
-        )
-    ids = [
-        pk
-        for pk, error in qs.values_list("pk", "error")
-        if normalise_message((error or {}).get("message")) == message
-    ]
-    return qs.filter(pk__in=ids)
-
-
 # -- retry all -------------------------------------------------------------------------------------
 
 
@@ -324,6 +265,4 @@ def retry_group(key: GroupKey, user: Any, reason: str) -> Any:
     ``orchestration.operate_instance`` (:class:`NotAllowed`); a batch already running on some
     of these instances is :class:`~orchestration.errors.Conflict`. Returns the
     :class:`~orchestration.batch_models.BatchOperation`."""
-    from . import batches  # batches reads failures' message filter: imported when used
-
     return batches.batch_create(action="retry", filter=group_filter(key), user=user, reason=reason)
