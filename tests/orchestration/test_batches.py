@@ -354,8 +354,10 @@ def test_the_stale_batch_sweeper_is_a_beat_task_and_the_runner_is_registered() -
 
 @pytest.mark.django_db(transaction=True)
 def test_two_batches_created_at_once_on_the_same_instances_one_is_refused(
-    operator: Any, monkeypatch: Any
+    operator: Any, monkeypatch: Any, rung: list
 ) -> None:
+    # rung: these starts commit, and a worker left running by an earlier end-to-end test must
+    # not take their steps while run_ready plays the worker.
     import threading
 
     from django.db import connection
