@@ -8,6 +8,8 @@ instance as the detail endpoint shows it. Errors are ``{"detail", "code"}`` (400
 
 from __future__ import annotations
 
+from typing import Any
+
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
@@ -60,6 +62,21 @@ def _valid(serializer_class: type[serializers.Serializer], request: Request) -> 
     return serializer.validated_data
 
 
+def _with_output(action: Any, request: Request, pk: str, step: str) -> Response:
+    """A step repair that takes an operator's output (edit output, skip): ``action`` on the
+    named step of an instance the caller may operate."""
+    instance = selectors.instance_for_operator(user=request.user, instance_id=pk)
+    data = _valid(OutputSerializer, request)
+    action(
+        step_run_id=engine.step_by_name(instance_id=instance.pk, name=step),
+        output=data["output"],
+        actor=actor_of(request),
+        reason=data["reason"],
+        user=request.user,
+    )
+    return _answer(request, instance.pk)
+
+
 class InstanceEditInputView(ApiView):
     @extend_schema(
         summary="Edit a failed (or paused) instance's input before a retry",
@@ -97,16 +114,7 @@ class StepEditOutputView(ApiView):
         responses={200: InstanceSerializer, **_errors(400, 403, 404, 409, 413)},
     )
     def post(self, request: Request, pk: str, step: str) -> Response:
-        instance = selectors.instance_for_operator(user=request.user, instance_id=pk)
-        data = _valid(OutputSerializer, request)
-        engine.step_edit_output(
-            step_run_id=engine.step_by_name(instance_id=instance.pk, name=step),
-            output=data["output"],
-            actor=actor_of(request),
-            reason=data["reason"],
-            user=request.user,
-        )
-        return _answer(request, instance.pk)
+        return _with_output(engine.step_edit_output, request, pk, step)
 
 
 class StepSkipView(ApiView):
@@ -122,16 +130,7 @@ class StepSkipView(ApiView):
         responses={200: InstanceSerializer, **_errors(400, 403, 404, 409, 413)},
     )
     def post(self, request: Request, pk: str, step: str) -> Response:
-        instance = selectors.instance_for_operator(user=request.user, instance_id=pk)
-        data = _valid(OutputSerializer, request)
-        engine.step_skip(
-            step_run_id=engine.step_by_name(instance_id=instance.pk, name=step),
-            output=data["output"],
-            actor=actor_of(request),
-            reason=data["reason"],
-            user=request.user,
-        )
-        return _answer(request, instance.pk)
+        return _with_output(engine.step_skip, request, pk, step)
 
 
 class InstanceResetView(ApiView):
