@@ -22,7 +22,13 @@ from tests.attachments_fixtures import (
     upload,
 )
 
-pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+# Steps run in this process: no doorbell may reach a worker left running by an earlier
+# end-to-end test (it would race this test, and its teardown flush).
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("rung"),
+]
 
 
 @pytest.mark.parametrize("viewport", list(VIEWPORTS))

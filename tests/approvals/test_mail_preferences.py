@@ -248,6 +248,7 @@ def test_one_digest_per_local_day_at_the_chosen_hour_in_two_time_zones(
 
 
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("rung")  # no doorbell to a worker left running by an earlier test
 def test_a_repeated_or_concurrent_sweep_sends_one_digest(
     people: dict[str, Any], flow: Any, django_db_blocker: Any
 ) -> None:

@@ -15,7 +15,13 @@ from tests.orchestration.test_engine import refresh, run_ready
 from tests.orchestration.test_saga import play
 from tests.orchestration.test_status_browser import log_in, shoot
 
-pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+# Steps run in this process: no doorbell may reach a worker left running by an earlier
+# end-to-end test (it would race this test, and its teardown flush).
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("rung"),
+]
 
 
 def no_overflow(page: Page) -> bool:
