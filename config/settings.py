@@ -244,6 +244,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # 429 from the token authentication's per-address failure limit, on every token operation.
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "orchestration.api.schema_hooks.add_token_throttling",
+    ],
     # Two "outcome" fields (a decision's, a schedule fire's): each enum gets its own name.
     "ENUM_NAME_OVERRIDES": {
         "OutcomeEnum": "approvals.models.choices.Outcome",

@@ -655,3 +655,25 @@ def test_compose_seeds_no_demo_users_unless_asked_with_a_password(tmp_path) -> N
     assert "manage.py seed_demo" not in calls
     code, calls, _ = migrate_step(SEED_DEMO="1", DEMO_PASSWORD="my-own-demo-password")
     assert (code, calls) == (0, ["manage.py migrate --noinput", "manage.py seed_demo"])
+
+
+def test_the_openapi_schema_declares_the_token_limit_on_every_token_operation() -> None:
+    """The 429 above comes from authentication, before any view: the schema says so for each
+    operation that takes a token, with its body and its Retry-After header."""
+    from drf_spectacular.generators import SchemaGenerator
+
+    schema = SchemaGenerator().get_schema(request=None, public=True)
+    operations = [
+        (path, method, operation)
+        for path, methods in schema["paths"].items()
+        for method, operation in methods.items()
+        if method in ("get", "put", "patch", "post", "delete")
+    ]
+    with_tokens = [op for op in operations if {"tokenAuth": []} in op[2].get("security", [])]
+    assert len(with_tokens) > 30
+    for path, method, operation in with_tokens:
+        throttled = operation["responses"].get("429")
+        assert throttled is not None, (method, path)
+        assert "Retry-After" in throttled["headers"]
+        body = throttled["content"]["application/json"]["schema"]
+        assert body == {"$ref": "#/components/schemas/Error"}
