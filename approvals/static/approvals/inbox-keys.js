@@ -91,6 +91,10 @@
     var template = document.getElementById(templateId);
     if (!template) return;
     var dialog = template.content.firstElementChild.cloneNode(true);
+    // A dialog closed a moment ago may still wait for its "close" event (a queued task):
+    // never two with one id.
+    var stale = dialog.id ? document.getElementById(dialog.id) : null;
+    if (stale) stale.remove();
     document.body.appendChild(dialog);
     dialog.addEventListener("close", function () { dialog.remove(); });
     var focus = prepare ? prepare(dialog) : null;
