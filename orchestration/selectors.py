@@ -55,7 +55,9 @@ def _with_steps(qs: QuerySet[WorkflowInstance]) -> QuerySet[WorkflowInstance]:
     steps = Prefetch(
         "steps", queryset=StepRun.objects.select_related("map_run").order_by("position")
     )
-    return qs.select_related("started_by", "parent_step__instance").prefetch_related(steps)
+    return qs.select_related(
+        "started_by", "parent_step__instance", "parent_item__step_run__instance"
+    ).prefetch_related(steps)
 
 
 def attach_children(instances: Iterable[WorkflowInstance]) -> list[WorkflowInstance]:
@@ -398,3 +400,13 @@ def map_item_counts_for(instances: Any) -> dict[int, dict[str, int]]:
     for step_id, state, n in rows:
         found.setdefault(step_id, {})[state] = n
     return {step_id: summary(counts) for step_id, counts in found.items()}
+
+
+def parent_step_of(instance: WorkflowInstance) -> tuple[StepRun | None, int | None]:
+    """``(the parent's step that started this child, the map item's index or None)``; a
+    top-level instance: ``(None, None)``."""
+    if instance.parent_step_id:
+        return instance.parent_step, None
+    if instance.parent_item_id:
+        return instance.parent_item.step_run, instance.parent_item.index
+    return None, None

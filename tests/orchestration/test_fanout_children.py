@@ -293,3 +293,31 @@ def test_the_sweeper_tells_an_item_whose_child_ended_when_its_doorbell_was_lost(
         play(parent)
     assert refresh(parent).state == "succeeded"
     assert StepRun.objects.get(instance=parent, name="total").output == {"squares": [0, 1]}
+
+
+# -- links -----------------------------------------------------------------------------------------
+
+
+def test_a_map_child_links_to_its_parent_and_item_in_the_api_and_status_page(
+    user: Any, client: Any, django_assert_max_num_queries: Any
+) -> None:
+    from tests.orchestration.test_api import INSTANCES, LIST_QUERY_BOUND, start_as, token_client
+
+    parent = start_as(user, "t_fc_parent_wait", input={"customers": ["a", "b"]})
+    play(parent)
+    first, second = children_of(parent)
+    api = token_client(user)
+    body = api.get(f"{INSTANCES}{second.pk}/").json()
+    assert body["parent"] == {
+        "id": str(parent.pk),
+        "workflow": "t_fc_parent_wait",
+        "step": "holds",
+        "item": 1,
+    }
+    with django_assert_max_num_queries(LIST_QUERY_BOUND + 1):
+        listed = api.get(INSTANCES).json()["results"]
+    assert {r["parent"]["item"] for r in listed if r["parent"]} == {0, 1}
+    client.force_login(user)
+    page = client.get(f"/instances/{first.pk}/").content.decode()
+    assert 'id="parent-link"' in page and f"/instances/{parent.pk}/" in page
+    assert "<code>holds</code> for item 0" in page
