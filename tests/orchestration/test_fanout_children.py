@@ -3,7 +3,6 @@ the doorbells are played by hand. With a real worker: test_fanout_children_e2e.p
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -19,25 +18,12 @@ from orchestration.fanout_items import item_execute
 from orchestration.fanout_models import MapItem
 from orchestration.models import StepRun, WorkflowInstance
 from orchestration.waits import signal_send
+from tests.orchestration.test_children import scratch  # noqa: F401 - a fixture
 from tests.orchestration.test_engine import refresh, run_ready, steps_of
 from tests.orchestration.test_saga import run_compensations
 from tests.workflows import ledger
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def scratch() -> Iterator[Any]:
-    added: list[Workflow] = []
-
-    def register(wf: Workflow) -> Workflow:
-        registry.register(wf)
-        added.append(wf)
-        return wf
-
-    yield register
-    for wf in added:
-        registry.unregister(wf.name, wf.version)
 
 
 @pytest.fixture(autouse=True)
