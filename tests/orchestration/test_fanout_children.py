@@ -18,12 +18,14 @@ from orchestration.fanout_items import item_execute
 from orchestration.fanout_models import MapItem
 from orchestration.models import StepRun, WorkflowInstance
 from orchestration.waits import signal_send
-from tests.orchestration.test_children import scratch  # noqa: F401 - a fixture
+from tests.orchestration import test_children
 from tests.orchestration.test_engine import refresh, run_ready, steps_of
 from tests.orchestration.test_saga import run_compensations
 from tests.workflows import ledger
 
 pytestmark = pytest.mark.django_db
+
+scratch = test_children.scratch  # the child step's tests' fixture: workflows for one test
 
 
 @pytest.fixture(autouse=True)
