@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from django.db.models import Count, Prefetch, Q, QuerySet
+from django.db.models import Count, OuterRef, Prefetch, Q, QuerySet, Subquery
 
 from . import sealing
 from . import search as searching
@@ -18,6 +18,7 @@ from .fanout_runners import item_states, summary
 from .models import (
     KEY_OWNER,
     Event,
+    FireOutcome,
     InstanceState,
     Schedule,
     ScheduleFire,
@@ -367,6 +368,21 @@ def schedule_get(*, user: Any, schedule_id: Any) -> Schedule:
 def schedule_fires(*, schedule: Schedule, limit: int = 50) -> list[ScheduleFire]:
     """The schedule's newest fire records."""
     return list(schedule.fires.order_by("-fire_time")[:limit])
+
+
+def schedules_on_time_again(schedule_ids: Iterable[Any]) -> set[int]:
+    """Of ``schedule_ids``, the schedules whose newest fire record says ``started``: after a
+    miss, a fire on time again (what a ``schedule missed`` alert recovers on). One query."""
+    ids = [pk for pk in map(_schedule_pk, schedule_ids) if pk]
+    if not ids:
+        return set()
+    newest = ScheduleFire.objects.filter(schedule=OuterRef("pk")).order_by("-fire_time")
+    return set(
+        Schedule.objects.filter(pk__in=ids)
+        .annotate(newest=Subquery(newest.values("outcome")[:1]))
+        .filter(newest=FireOutcome.STARTED)
+        .values_list("pk", flat=True)
+    )
 
 
 def _schedule_pk(value: Any) -> int:
