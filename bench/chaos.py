@@ -983,18 +983,9 @@ class Checker:
             GROUP BY s.id
             """
         )
-        for key, state, attempt, output, attempts, states, last_output in rows:
-            attempts = [a for a in attempts if a is not None]
-            if len(attempts) != len(set(attempts)):
-                problems.append(f"{key}: children per attempt {attempts}")
-            if state == "succeeded":
-                if not attempts or attempts[-1] != attempt or states[-1] != "succeeded":
-                    problems.append(f"{key}: succeeded at attempt {attempt}, children {states}")
-                elif _json(output) != _json(last_output):
-                    problems.append(f"{key}: output is not its child's")
         child_steps = len(rows)
         # map items run as children: one child per item attempt, the item holds its output
-        rows = self.sql(
+        rows += self.sql(
             f"""
             SELECT s.instance_id::text || ':' || s.name || ':' || m.index, m.state, m.attempt,
                    m.output, array_agg(c.parent_attempt ORDER BY c.parent_attempt),
@@ -1006,14 +997,15 @@ class Checker:
             """
         )
         for key, state, attempt, output, attempts, states, last_output in rows:
+            attempts = [a for a in attempts if a is not None]
             if len(attempts) != len(set(attempts)):
                 problems.append(f"{key}: children per attempt {attempts}")
             if state == "succeeded":
-                if attempts[-1] != attempt or states[-1] != "succeeded":
+                if not attempts or attempts[-1] != attempt or states[-1] != "succeeded":
                     problems.append(f"{key}: succeeded at attempt {attempt}, children {states}")
                 elif _json(output) != _json(last_output):
                     problems.append(f"{key}: output is not its child's")
-        child_items = len(rows)
+        child_items = len(rows) - child_steps
         # a map step over children that succeeded: every item succeeded and has its child
         missing = self.sql(
             f"""

@@ -13,11 +13,11 @@ import time_machine
 from django.utils import timezone
 
 from integrations.alerts import services
-from integrations.models import Alert, OutboundEmail
+from integrations.models import Alert
 from orchestration import schedules, sweepers
 from orchestration.models import ScheduleFire, WorkflowInstance
 from tests.conftest import wait_for
-from tests.integrations.alert_helpers import rule
+from tests.integrations.alert_helpers import expect_one_resolved_mail, rule
 from tests.integrations.test_alerts_delivery import MailingWorker, mailing_worker  # noqa: F401
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -68,14 +68,7 @@ def test_e2e_a_missed_schedule_mails_one_alert_then_resolves_when_it_fires_on_ti
         lambda: WorkflowInstance.objects.filter(schedule=schedule, state="succeeded").exists(),
         message="the scheduled instance to succeed",
     )
-    wait_for(lambda: len(smtp_server.messages) >= 2, timeout=40, message="the resolved mail")
-    wait_for(
-        lambda: not OutboundEmail.objects.filter(status="queued").exists(),
-        timeout=20,
-        message="the outbox to drain",
-    )
-    subjects = [m["Subject"] for m in smtp_server.messages]
-    assert len(subjects) == 2 and subjects[1].startswith("[Resolved]"), subjects
+    expect_one_resolved_mail(smtp_server)
     alert.refresh_from_db()
     assert alert.state == "resolved" and Alert.objects.count() == 1
     assert list(
