@@ -309,3 +309,31 @@ def test_a_map_child_links_to_its_parent_and_item_in_the_api_and_status_page(
     page = client.get(f"/instances/{first.pk}/").content.decode()
     assert 'id="parent-link"' in page and f"/instances/{parent.pk}/" in page
     assert "<code>holds</code> for item 0" in page
+
+
+def test_a_failed_child_is_followed_by_a_new_one_under_the_retry_policy(scratch: Any) -> None:
+    wf = Workflow("t_fc_retry")
+    map_children(
+        wf,
+        "each",
+        workflow="t_fc_item",
+        items=lambda ctx: [2, 3],
+        # the item's first child fails; its second succeeds
+        input=lambda ctx, n: {"n": n, "parent": str(ctx.instance_id), "fail": ctx.attempt == 1},
+        retry=RetryPolicy(max_attempts=2, initial_interval=timedelta(seconds=1)),
+    )
+    scratch(wf)
+    parent = start("t_fc_retry")
+    play(parent)
+    with time_machine.travel(timezone.now() + timedelta(seconds=5)):
+        play(parent)
+        assert refresh(parent).state == "succeeded"
+    kids = children_of(parent)
+    assert [(k.parent_item.index, k.parent_attempt, k.state) for k in kids] == [
+        (0, 1, "failed"),
+        (0, 2, "succeeded"),
+        (1, 1, "failed"),
+        (1, 2, "succeeded"),
+    ]
+    assert steps_of(parent)["each"].output == [{"square": {"square": 4}}, {"square": {"square": 9}}]
+    assert [i.attempt for i in items_of(parent)] == [2, 2]
