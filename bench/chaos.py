@@ -14,8 +14,9 @@ What it does
 2. Starts gunicorn on a free port and 2 Celery workers (prefork, 2 processes each), every
    process with ``SIGNOFF_WORKFLOW_MODULES=bench.chaos_workflows`` and a doorbell grace of 2 s
    (``--doorbell-grace``). They boot while the database is migrated.
-3. Drives N workflows, a seeded mix of ``chaos_sequence``, ``chaos_parallel``, ``chaos_approval``
-   and ``chaos_saga`` (half of the sagas doomed to unwind), started through
+3. Drives N workflows, a seeded mix of ``chaos_sequence``, ``chaos_parallel``, ``chaos_approval``,
+   ``chaos_saga`` (half of the sagas doomed to unwind) and ``chaos_family`` (a map over tasks,
+   a child workflow and a map over child workflows), started through
    ``POST /api/v1/instances/`` with an ``Idempotency-Key`` (retried on errors) by
    ``--starters`` client threads, spread over ``--ramp`` seconds (default 0.1 s per workflow,
    at least 25 s). Every step attempt fails transiently with probability 0.2 (a seeded hash,
@@ -41,10 +42,15 @@ What it does
 
 Invariants checked
 ------------------
-- ``instances_started``: exactly N instances, one per business key (API retries were
-  idempotent).
-- ``all_terminal``: no instance pending, running or compensating.
-- ``expected_outcome``: doomed sagas ``compensated``, everything else ``succeeded``.
+- ``instances_started``: exactly N top-level instances, one per business key (API retries were
+  idempotent); child instances (which carry their parent's business key) are counted apart.
+- ``children_once``: every child step and every map item run as a child workflow started at
+  most one child per attempt; a succeeded one's last child succeeded and its output is the
+  step's (or item's); a succeeded family's map over children has every item succeeded with
+  its child.
+- ``all_terminal``: no instance (children included) pending, running or compensating.
+- ``expected_outcome``: doomed sagas ``compensated``, everything else (children included)
+  ``succeeded``.
 - ``events_gap_free``: per instance, event ``seq`` runs 1..n without gaps, n = ``last_seq``.
 - ``one_start_one_end``: one ``instance_started`` and one terminal event per instance, the
   terminal event matching the state.
@@ -59,7 +65,8 @@ Invariants checked
 - ``effects_exactly_once``: each succeeded step's side effect applied exactly once, each
   compensated step's undo applied exactly once, none for a step that never succeeded unless
   the saga undid it for its attempts (``compensate_attempted``), and the attempt the engine
-  recorded as successful completed in the ledger.
+  recorded as successful completed in the ledger. The same for each item of a map step run as
+  tasks (its key ``<instance>:<step>:<index>``); a child's steps are task steps of the child.
 - ``unwound_effects_undone``: in a saga that unwound, every side effect applied by a step with
   a compensation is undone — also when the step never succeeded: an attempt applied the effect
   and then failed (a lost response) or timed out, and the step failed, timed out or was
@@ -143,7 +150,13 @@ AMQP_URL = os.environ.get(
 BROKER_URL = REDIS_URL  # main() switches it to AMQP_URL for --broker amqp
 WORKFLOW_MODULES = "bench.chaos_workflows"
 QUEUE = "signoff"
-MIX = {"chaos_sequence": 30, "chaos_parallel": 25, "chaos_approval": 20, "chaos_saga": 25}
+MIX = {
+    "chaos_sequence": 25,
+    "chaos_parallel": 20,
+    "chaos_approval": 20,
+    "chaos_saga": 20,
+    "chaos_family": 15,
+}
 TERMINAL = ("succeeded", "failed", "cancelled", "compensated")
 # Tables a reset keeps: the schema's own bookkeeping and beat's schedule (set by migrations).
 KEEP_TABLES = ("django_migrations", "django_content_type", "auth_permission")
@@ -435,6 +448,11 @@ class Api:
     def close(self) -> None:
         if self.conn is not None:
             self.conn.close()
+
+
+def _json(value: Any) -> Any:
+    """A JSON column as read by a raw query (text or already parsed)."""
+    return json.loads(value) if isinstance(value, str) else value
 
 
 # -- the run ------------------------------------------------------------------------------------
@@ -893,6 +911,7 @@ class Checker:
         self.t_request = ApprovalRequest._meta.db_table
         self.t_decision = Decision._meta.db_table
         counts = self.check_instances()
+        counts.update(self.check_children())
         self.check_events()
         self.check_step_states()
         counts.update(self.check_steps_and_ledger())
@@ -904,20 +923,28 @@ class Checker:
 
         plan = {body["business_key"]: body for body in self.run.plan}
         rows = list(
-            WorkflowInstance.objects.values_list("id", "workflow", "state", "business_key", "input")
+            WorkflowInstance.objects.values_list(
+                "id", "workflow", "state", "business_key", "input", "parent_step", "parent_item"
+            )
         )
-        keys = Counter(row[3] for row in rows)
+        # The plan's instances are the top-level ones; children (of chaos_family's child and
+        # map steps) carry their parent's business key and are checked by children_once.
+        top = [row for row in rows if row[5] is None and row[6] is None]
+        kids = [row for row in rows if row[5] is not None or row[6] is not None]
+        keys = Counter(row[3] for row in top)
         problems = [f"{k}: {n} instances" for k, n in keys.items() if n > 1]
         problems += [f"{k}: never started" for k in plan if k not in keys]
         problems += [f"{k}: not in the plan" for k in keys if k not in plan]
         self.verdict(
-            "instances_started", problems, f"{len(rows)} instances for {len(plan)} planned"
+            "instances_started",
+            problems,
+            f"{len(top)} instances for {len(plan)} planned (and {len(kids)} children)",
         )
-        open_ = [f"{i} {w} {s}" for i, w, s, _, _ in rows if s not in TERMINAL]
+        open_ = [f"{r[0]} {r[1]} {r[2]}" for r in rows if r[2] not in TERMINAL]
         self.verdict("all_terminal", open_, f"{len(rows) - len(open_)} of {len(rows)} terminal")
         wrong = []
         expected_counts: Counter[str] = Counter()
-        for pk, workflow, state, _, data in rows:
+        for pk, workflow, state, _, data, *_ in rows:
             expected = (
                 "compensated" if workflow == "chaos_saga" and data.get("doom") else "succeeded"
             )
@@ -930,10 +957,73 @@ class Checker:
             ", ".join(f"{n} expected {s}" for s, n in sorted(expected_counts.items())),
         )
         return {
-            "instances_by_state": dict(Counter(row[2] for row in rows)),
-            "instances_by_workflow": dict(Counter(row[1] for row in rows)),
-            "doomed_sagas": sum(1 for row in rows if row[4].get("doom")),
+            "instances_by_state": dict(Counter(row[2] for row in top)),
+            "instances_by_workflow": dict(Counter(row[1] for row in top)),
+            "child_instances_by_state": dict(Counter(row[2] for row in kids)),
+            "doomed_sagas": sum(1 for row in top if row[4].get("doom")),
         }
+
+    def check_children(self) -> dict[str, Any]:
+        """Children are started once per attempt of their child step or map item, linked to
+        it, and their parent took the output of the one that counted."""
+        from orchestration.fanout_models import MapItem
+
+        t_item = MapItem._meta.db_table
+        problems = []
+        # child steps: one child per attempt; a succeeded step holds its last child's output
+        rows = self.sql(
+            f"""
+            SELECT s.instance_id::text || ':' || s.name, s.state, s.attempt, s.output,
+                   array_agg(c.parent_attempt ORDER BY c.parent_attempt),
+                   array_agg(c.state ORDER BY c.parent_attempt),
+                   (array_agg(c.output ORDER BY c.parent_attempt DESC))[1]
+            FROM {self.t_step} s
+            LEFT JOIN {self.t_instance} c ON c.parent_step_id = s.id
+            WHERE s.kind = 'child'
+            GROUP BY s.id
+            """
+        )
+        child_steps = len(rows)
+        # map items run as children: one child per item attempt, the item holds its output
+        rows += self.sql(
+            f"""
+            SELECT s.instance_id::text || ':' || s.name || ':' || m.index, m.state, m.attempt,
+                   m.output, array_agg(c.parent_attempt ORDER BY c.parent_attempt),
+                   array_agg(c.state ORDER BY c.parent_attempt),
+                   (array_agg(c.output ORDER BY c.parent_attempt DESC))[1]
+            FROM {t_item} m JOIN {self.t_step} s ON s.id = m.step_run_id
+            JOIN {self.t_instance} c ON c.parent_item_id = m.id
+            GROUP BY s.instance_id, s.name, m.id
+            """
+        )
+        for key, state, attempt, output, attempts, states, last_output in rows:
+            attempts = [a for a in attempts if a is not None]
+            if len(attempts) != len(set(attempts)):
+                problems.append(f"{key}: children per attempt {attempts}")
+            if state == "succeeded":
+                if not attempts or attempts[-1] != attempt or states[-1] != "succeeded":
+                    problems.append(f"{key}: succeeded at attempt {attempt}, children {states}")
+                elif _json(output) != _json(last_output):
+                    problems.append(f"{key}: output is not its child's")
+        child_items = len(rows) - child_steps
+        # a map step over children that succeeded: every item succeeded and has its child
+        missing = self.sql(
+            f"""
+            SELECT s.instance_id::text || ':' || s.name || ':' || m.index, m.state
+            FROM {t_item} m JOIN {self.t_step} s ON s.id = m.step_run_id
+            JOIN {self.t_instance} i ON i.id = s.instance_id
+            WHERE i.workflow = 'chaos_family' AND s.name = 'brood'
+              AND i.state = 'succeeded' AND (m.state <> 'succeeded' OR NOT EXISTS (
+                SELECT 1 FROM {self.t_instance} c WHERE c.parent_item_id = m.id))
+            """
+        )
+        problems += [f"{key}: {state} in a succeeded family, or no child" for key, state in missing]
+        self.verdict(
+            "children_once",
+            problems,
+            f"{child_steps} child steps and {child_items} child items, one child per attempt",
+        )
+        return {"child_steps": child_steps, "child_items": child_items}
 
     def check_events(self) -> None:
         rows = self.sql(
@@ -1137,7 +1227,34 @@ class Checker:
                     problems.append(f"{key}: compensation {comp_attempt} not completed in ledger")
             elif undo and finished:
                 problems.append(f"{key}: {state}, yet its undo was applied")
-        known = {row[0] for row in steps}
+        # Map items run as tasks (not as children): each succeeded item's effect applied once,
+        # by the attempt the engine recorded; none for an item that never succeeded.
+        from orchestration.fanout_models import MapItem
+
+        items = self.sql(
+            f"""
+            SELECT s.instance_id::text || ':' || s.name || ':' || m.index, m.state, m.attempt,
+                   m.output, i.state = ANY(%s)
+            FROM {MapItem._meta.db_table} m JOIN {self.t_step} s ON s.id = m.step_run_id
+            JOIN {self.t_instance} i ON i.id = s.instance_id
+            WHERE NOT EXISTS (
+                SELECT 1 FROM {self.t_instance} c WHERE c.parent_item_id = m.id)
+            """,
+            [list(TERMINAL)],
+        )
+        for key, state, attempt, output, finished in items:
+            forward = (key, "forward") in effects
+            if state == "succeeded":
+                recorded = (_json(output) or {}).get("attempt")
+                if not forward:
+                    problems.append(f"item {key}: succeeded but its effect was never applied")
+                if recorded != attempt:
+                    problems.append(f"item {key}: output of attempt {recorded}, item at {attempt}")
+                if (key, "forward", recorded) not in completed:
+                    problems.append(f"item {key}: attempt {recorded} not completed in ledger")
+            elif forward and finished:
+                problems.append(f"item {key}: {state}, yet its effect was applied")
+        known = {row[0] for row in steps} | {row[0] for row in items}
         problems += [f"{k} ({p}): effect of an unknown step" for k, p in effects if k not in known]
         dupes = self.sql(
             "SELECT count(*) FROM chaos_executions WHERE event IN ('completed', 'failed') "
@@ -1154,7 +1271,8 @@ class Checker:
         self.verdict(
             "effects_exactly_once",
             problems,
-            f"{forward_effects} effects and {undo_effects} undos applied once; "
+            f"{forward_effects} effects ({len(items)} of map items) and {undo_effects} undos "
+            "applied once; "
             f"{dupes} repeated applications absorbed by the idempotency key",
         )
         events = dict(

@@ -3,7 +3,7 @@
 Loaded through ``SIGNOFF_WORKFLOW_MODULES=bench.chaos_workflows`` by the chaos run's web
 server, workers and the chaos process itself; nothing else imports it.
 
-Four shapes, every task step flaky:
+Five shapes, every task step (and every map item) flaky:
 
 - ``chaos_sequence``: ``one → two → three → four``.
 - ``chaos_parallel``: ``split`` → ``left``, ``middle``, ``right`` in parallel → ``join``.
@@ -19,6 +19,12 @@ Four shapes, every task step flaky:
   if no attempt of it was ever claimed) and ``ship`` cancelled. Every compensation checks what
   it is given: the step's own output, or output None with ``ctx.attempted_only`` for a step
   that never succeeded; anything else fails it for good (the instance would end ``failed``).
+- ``chaos_family``: ``split`` → in parallel ``fan`` (a map step: a flaky task per item, four
+  items, two at a time), ``kid`` (a child step: a ``chaos_kid``) and ``brood`` (a map step over
+  child workflows: a ``chaos_kid`` per item, three items, two at a time) → ``join``. A
+  ``chaos_kid`` is ``work → done``. Children are instances too: they carry the parent's
+  business key, and their input carries the family's ``seed``, ``n`` (``<n>/kid`` or
+  ``<n>/brood/<index>``) and ``fail_rate``.
 
 Transient failures: an attempt fails when a hash of ``(seed, phase, step key, attempt)`` falls
 under ``fail_rate`` (input, default 0.2), so every process agrees on which attempts fail. The
@@ -48,6 +54,7 @@ from typing import Any
 from django.db import connection
 
 from approvals.definitions import approval
+from orchestration.children import child_step
 from orchestration.definitions import (
     NonRetryableError,
     RetryPolicy,
@@ -55,10 +62,14 @@ from orchestration.definitions import (
     Workflow,
     registry,
 )
+from orchestration.fanout import ItemContext, map_step
+from orchestration.fanout_children import map_children
 
 DEFAULT_FAIL_RATE = 0.2
 APPROVERS = ("chaos_a", "chaos_b")
-WORKFLOWS = ("chaos_sequence", "chaos_parallel", "chaos_approval", "chaos_saga")
+WORKFLOWS = ("chaos_sequence", "chaos_parallel", "chaos_approval", "chaos_saga", "chaos_family")
+# Started by a chaos_family, never by the plan.
+CHILD_WORKFLOWS = ("chaos_kid",)
 
 # Generous: a step may lose attempts to transient failures (20 %) and to killed workers
 # (a timed-out attempt counts as one); 0.2 ** 12 makes exhaustion by chance negligible.
@@ -139,6 +150,8 @@ def run_flaky(ctx: StepContext, phase: str = "forward", *, doomed: bool = False)
     _execution(key, phase, attempt, "started")
     rate = float(ctx.input.get("fail_rate", DEFAULT_FAIL_RATE))
     stable = f"{ctx.input['n']}:{ctx.step}" if "n" in ctx.input else key
+    if isinstance(ctx, ItemContext):
+        stable += f":{ctx.item_index}"
     dice = roll(ctx.input.get("seed", 0), phase, stable, attempt)
     if dice < rate / 2:
         _execution(key, phase, attempt, "failed")
@@ -248,3 +261,59 @@ def hold(ctx: StepContext) -> dict[str, Any]:
 
 _task(saga, "ship", ("charge", "hold"))
 registry.register(saga, replace=True)
+
+# -- a child and fan-outs ------------------------------------------------------------------------
+
+kid = Workflow("chaos_kid", version=1, description="Chaos: a child workflow, work then done.")
+_task(kid, "work")
+_task(kid, "done", ("work",))
+registry.register(kid, replace=True)
+
+
+def _kid_input(ctx: StepContext, label: str) -> dict[str, Any]:
+    return {
+        "seed": ctx.input.get("seed", 0),
+        "n": f"{ctx.input['n']}/{label}",
+        "fail_rate": ctx.input.get("fail_rate", DEFAULT_FAIL_RATE),
+    }
+
+
+family = Workflow(
+    "chaos_family",
+    version=1,
+    description="Chaos: a map over tasks, a child and a map over children, then join.",
+)
+_task(family, "split")
+
+
+@map_step(
+    family,
+    "fan",
+    items=lambda ctx: [0, 1, 2, 3],
+    after=["split"],
+    concurrency=2,
+    retry=RETRY,
+    start_to_close=STEP_TIMEOUT,
+)
+def fan(ctx: ItemContext, item: int) -> dict[str, Any]:
+    return run_flaky(ctx)
+
+
+child_step(
+    family,
+    "kid",
+    workflow="chaos_kid",
+    after=["split"],
+    input=lambda ctx: _kid_input(ctx, "kid"),
+)
+map_children(
+    family,
+    "brood",
+    workflow="chaos_kid",
+    items=lambda ctx: [0, 1, 2],
+    after=["split"],
+    input=lambda ctx, item: _kid_input(ctx, f"brood/{item}"),
+    concurrency=2,
+)
+_task(family, "join", ("fan", "kid", "brood"))
+registry.register(family, replace=True)

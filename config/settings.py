@@ -306,7 +306,7 @@ DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", "Signoff <signoff@localhost>")
 # --- Signoff ----------------------------------------------------------------------------------
 # Modules whose import registers workflow definitions.
 SIGNOFF_WORKFLOW_MODULES = env_list(
-    "SIGNOFF_WORKFLOW_MODULES", "demo.workflows,demo.expenses,demo.trips"
+    "SIGNOFF_WORKFLOW_MODULES", "demo.workflows,demo.expenses,demo.trips,demo.vendors"
 )
 # Request bodies over this size get 413 (API and forms), except multipart uploads to the views
 # that take files (SIGNOFF_MAX_UPLOAD_BYTES, below). Form fields of a multipart body still count

@@ -28,6 +28,7 @@ class OrchestrationConfig(AppConfig):
             children,
             engine,
             fanout,
+            fanout_children,
             repair_actions,
             tasks,
             tracing,

@@ -66,13 +66,15 @@ def check_definitions_in_use(
 
 @register()
 def check_child_workflows(app_configs: Any = None, **kwargs: Any) -> list[Error]:
-    """Every ``child`` step (:mod:`orchestration.children`) names a registered workflow: one
+    """Every ``child`` step (:mod:`orchestration.children`), and every map step over child
+    workflows (:mod:`orchestration.fanout_children`), names a registered workflow: one
     may have been unregistered or replaced after its parent registered."""
     errors = []
     for workflow in registry.all():
         for spec in workflow.steps.values():
             name, version = getattr(spec, "workflow", None), getattr(spec, "version", None)
-            if spec.kind == "child" and registry.get(name, version) is None:
+            starts = spec.kind == "child" or getattr(spec, "runner", None) == "child"
+            if starts and registry.get(name, version) is None:
                 errors.append(
                     Error(
                         f"{workflow.label}: step {spec.name!r} starts {name}"

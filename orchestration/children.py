@@ -103,21 +103,7 @@ class ChildStep(StepSpec):
     def problems_in(self, workflow: Workflow) -> list[str]:
         """The child must be registered already (list its module before the parent's in
         ``SIGNOFF_WORKFLOW_MODULES``), take no files, and never lead back to the parent."""
-        if self.workflow == workflow.name:
-            return [f"a workflow cannot start itself as a child ({self.workflow})"]
-        child = registry.get(self.workflow, self.version)
-        if child is None:
-            which = f"{self.workflow} v{self.version}" if self.version else self.workflow
-            return [
-                f"unknown child workflow {which}: register it before the parent (list its "
-                "module earlier in SIGNOFF_WORKFLOW_MODULES)"
-            ]
-        if child.attachments is not None:
-            return [f"child workflow {child.label} takes files; a child step cannot pass files"]
-        path = _path_back_to(workflow.name, child, seen=set())
-        if path:
-            return ["child workflows form a cycle: " + " → ".join([workflow.name, *path])]
-        return []
+        return child_workflow_problems(workflow, self.workflow, self.version)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -129,6 +115,31 @@ class ChildStep(StepSpec):
         }
 
 
+def child_workflow_problems(parent: Workflow, name: str, version: int | None) -> list[str]:
+    """Why ``parent`` may not start workflow ``name`` (``version``; None: the newest) as a
+    child, a ``child`` step's or a map step's child items' (empty: it may)."""
+    if name == parent.name:
+        return [f"a workflow cannot start itself as a child ({name})"]
+    child = registry.get(name, version)
+    if child is None:
+        which = f"{name} v{version}" if version else name
+        return [
+            f"unknown child workflow {which}: register it before the parent (list its "
+            "module earlier in SIGNOFF_WORKFLOW_MODULES)"
+        ]
+    if child.attachments is not None:
+        return [f"child workflow {child.label} takes files; a child step cannot pass files"]
+    path = _path_back_to(parent.name, child, seen=set())
+    if path:
+        return ["child workflows form a cycle: " + " → ".join([parent.name, *path])]
+    return []
+
+
+def _starts_children(spec: StepSpec) -> bool:
+    """A ``child`` step, or a map step whose items run as child workflows."""
+    return isinstance(spec, ChildStep) or getattr(spec, "runner", None) == "child"
+
+
 def _path_back_to(name: str, definition: Workflow, seen: set[str]) -> list[str]:
     """The chain of child workflows from ``definition`` that starts ``name`` again (empty:
     none does)."""
@@ -136,11 +147,12 @@ def _path_back_to(name: str, definition: Workflow, seen: set[str]) -> list[str]:
         return []
     seen.add(definition.label)
     for spec in definition.steps.values():
-        if not isinstance(spec, ChildStep):
+        if not _starts_children(spec):
             continue
-        if spec.workflow == name:
+        workflow, version = spec.workflow, spec.version  # type: ignore[attr-defined]
+        if workflow == name:
             return [definition.name, name]
-        nested = registry.get(spec.workflow, spec.version)
+        nested = registry.get(workflow, version)
         if nested is not None:
             path = _path_back_to(name, nested, seen)
             if path:
@@ -226,16 +238,8 @@ class ChildKind(StepKind):
         if child is None or child.state in INSTANCE_FINISHED:
             return
         reason = f"parent {journal.instance.pk} step {step_run.name} was cancelled"
-        with transaction.atomic():
-            locked = lock_instance(
-                instance_id=child.pk,
-                actor=journal.actor,
-                instance_states=(I.PENDING, I.RUNNING),
-            )
-            if locked is None:
-                return
-            locked.cancel_instance(reason)
-            locked.journal.flush()
+        if not child_cancel(child_id=child.pk, actor=journal.actor, reason=reason):
+            return
         journal.record(
             "child_cancelled", step=step_run, data={"child": str(child.pk), "reason": reason}
         )
@@ -278,6 +282,20 @@ class ChildKind(StepKind):
 
 
 register_kind(ChildKind())
+
+
+def child_cancel(*, child_id: Any, actor: str, reason: str) -> bool:
+    """Cancel a running child in a transaction of its own (nested in the parent's, whose lock
+    comes first: parent, then child); its saga unwinds. False: it had ended already."""
+    with transaction.atomic():
+        locked = lock_instance(
+            instance_id=child_id, actor=actor, instance_states=(I.PENDING, I.RUNNING)
+        )
+        if locked is None:
+            return False
+        locked.cancel_instance(reason)
+        locked.journal.flush()
+    return True
 
 
 def start_child(locked: LockedInstance, step: StepRun, spec: ChildStep) -> None:
@@ -323,18 +341,39 @@ def start_child(locked: LockedInstance, step: StepRun, spec: ChildStep) -> None:
 def _child_start(
     locked: LockedInstance, step: StepRun, spec: ChildStep
 ) -> tuple[Workflow, dict[str, Any], str]:
-    instance = locked.instance
-    definition = registry.get(spec.workflow, spec.version)
+    ctx = step_context(locked.journal, step)
+    return child_start_values(
+        workflow=spec.workflow,
+        version=spec.version,
+        parent=locked.instance,
+        parent_outputs=[s.output for s in locked.steps.values()],
+        make_input=(lambda: spec.input(ctx)) if spec.input is not None else (lambda: {}),
+        make_key=(lambda: spec.business_key(ctx)) if spec.business_key is not None else None,
+    )
+
+
+def child_start_values(
+    *,
+    workflow: str,
+    version: int | None,
+    parent: WorkflowInstance,
+    parent_outputs: Iterable[Any],
+    make_input: Callable[[], Any],
+    make_key: Callable[[], Any] | None,
+) -> tuple[Workflow, dict[str, Any], str]:
+    """The definition, checked input and business key a child of ``parent`` starts with (a
+    ``child`` step's, or a map step's child item's), or :class:`StepFailure` saying why not.
+    ``make_key`` None: the parent's business key. Sealed values of the parent stay sealed."""
+    definition = registry.get(workflow, version)
     if definition is None:
-        which = f"{spec.workflow} v{spec.version}" if spec.version else spec.workflow
+        which = f"{workflow} v{version}" if version else workflow
         raise StepFailure(
             "signoff.ChildWorkflowUnknown", f"child workflow {which} is not registered"
         )
-    ctx = step_context(locked.journal, step)
-    scrubber = sealing.scrubber_for(instance.input, *(s.output for s in locked.steps.values()))
+    scrubber = sealing.scrubber_for(parent.input, *parent_outputs)
     try:
-        raw = spec.input(ctx) if spec.input is not None else {}
-        key = spec.business_key(ctx) if spec.business_key is not None else instance.business_key
+        raw = make_input()
+        key = make_key() if make_key is not None else parent.business_key
     except Exception as exc:  # noqa: BLE001 - a broken mapping fails the step, clearly
         message = f"{type(exc).__name__}: {exc}"
         message = scrubber.text(message)[0] if scrubber else message
@@ -349,7 +388,7 @@ def _child_start(
             "the child's business key would carry a sealed value of the parent in clear",
         )
     try:
-        checked = child_input_checked(definition, raw, instance.started_by)
+        checked = child_input_checked(definition, raw, parent.started_by)
     except SignoffError as exc:
         message = scrubber.text(str(exc))[0] if scrubber else str(exc)
         raise StepFailure(

@@ -31,7 +31,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 from django.db.models import F
 from django.utils import timezone
@@ -77,10 +77,16 @@ class MapStep(StepSpec):
     # workflow per item): orchestration.fanout_items.register_item_runner.
     runner: str = "task"
     kind: str = "map"
+    # Whether items run ``fn`` (a runner starting a child workflow per item needs none).
+    needs_fn: ClassVar[bool] = True
+
+    def item_deadline(self, now: datetime) -> datetime | None:
+        """When an item's attempt claimed at ``now`` times out (None: never)."""
+        return now + self.start_to_close
 
     def problems(self) -> list[str]:
         found = []
-        if not callable(self.fn):
+        if self.needs_fn and not callable(self.fn):
             found.append("fn must be callable")
         if not callable(self.items):
             found.append("items must be a callable returning the list")

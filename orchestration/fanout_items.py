@@ -32,6 +32,7 @@ from .fanout_models import ITEM_CLAIMABLE, MapItem, MapItemState
 from .fanout_runners import (
     SCHEDULED_FIELDS,
     ItemContext,
+    ItemNotStarted,
     MapStep,
     get_item_runner,
     ring_items,
@@ -109,20 +110,30 @@ def item_claim(*, item_id: int, attempt: int) -> ClaimedItem | None:
             }
         item.claim()
         item.started_at = now
-        item.timeout_at = now + spec.start_to_close if spec else None
+        item.timeout_at = spec.item_deadline(now) if spec else None
         fanout_sql.save_item(item, ["state", "started_at", "timeout_at"])
+        retryable = spec is not None
         if error is None:
             try:
-                base = context_of(instance, fanout_sql.steps_of(instance), step)
+                steps = fanout_sql.steps_of(instance)
+                base = context_of(instance, steps, step)
                 value = sealing.open_value(item.item, where=f"item {item.index}")
             except sealing.SealError as exc:  # a key is missing: retryable (a deploy fixes it)
                 error = {"type": "signoff.SealError", "message": str(exc), "traceback": ""}
-        if error is not None:
-            settle = _failed_locked(item, spec, now, error, retryable=spec is not None)
-        else:
+        if error is None:
             context = ItemContext(
                 **{**base.__dict__, "attempt": item.attempt}, item_index=item.index
             )
+            try:
+                # A runner may run the item itself in this transaction (a child workflow
+                # started with the claim); the item then stays running until it reports.
+                if get_item_runner(spec.runner).begin(item, spec, context, value, steps):
+                    return None
+            except ItemNotStarted as exc:
+                error, retryable = exc.error, False
+        if error is not None:
+            settle = _failed_locked(item, spec, now, error, retryable=retryable)
+        else:
             return ClaimedItem(item.pk, item.attempt, step.pk, spec, context, value)
     if settle:
         maybe_settle(step_run_id=item.step_run_id)

@@ -156,3 +156,8 @@ class MapItem(FSMModelMixin, models.Model):
     @transition(field=state, source=ITEM_CANCELLABLE, target=M.CANCELLED)
     def cancel(self) -> None:
         pass
+
+    @transition(field=state, source=M.RUNNING, target=M.CANCELLED)
+    def abandon(self) -> None:
+        """A running item whose step was cancelled or failed, its work stopped (a child item's
+        child cancelled with it)."""

@@ -63,6 +63,33 @@ class ItemRunner:
         """These items were cancelled (the step failed or was cancelled). Default: nothing
         (a task item's message finds its item cancelled and does nothing)."""
 
+    def begin(
+        self,
+        item: MapItem,
+        spec: MapStep,
+        context: ItemContext,
+        value: Any,
+        steps: dict[str, Any],
+    ) -> bool:
+        """Called in the claim's transaction (the item row locked, now ``running``): True
+        when the runner started the item's work itself and will report its outcome later;
+        False (the default) to have ``spec.fn`` called after the commit. Raise
+        :class:`ItemNotStarted` to fail the item for good."""
+        return False
+
+    def cancel_running(self, step_run_id: int, spec: MapStep, *, now: datetime) -> int:
+        """The step is being cancelled or failed (its instance locked): stop the items still
+        running, if this runner can. Default: nothing (a task item finishes on its own)."""
+        return 0
+
+
+class ItemNotStarted(Exception):
+    """An item's work cannot start; ``error`` is stored on the item, which fails for good."""
+
+    def __init__(self, error: dict[str, Any]) -> None:
+        super().__init__(error.get("message", ""))
+        self.error = error
+
 
 class TaskItemRunner(ItemRunner):
     """A Celery message (``orchestration.run_map_item``) per item, sent after commit."""
@@ -146,8 +173,9 @@ def cancel_open_items(step_run_id: int, spec: MapStep | None, *, now: datetime) 
         .filter(step_run_id=step_run_id, state__in=ITEM_CANCELLABLE)
         .values_list("pk", flat=True)
     )
+    stopped = spec and get_item_runner(spec.runner).cancel_running(step_run_id, spec, now=now)
     if not ids:
-        return 0
+        return stopped or 0
     # A set-based transition (pending/scheduled/retrying → cancelled) over what may be
     # thousands of rows, instead of one UPDATE per item.
     MapItem.objects.filter(pk__in=ids).update(
@@ -155,7 +183,7 @@ def cancel_open_items(step_run_id: int, spec: MapStep | None, *, now: datetime) 
     )
     if spec is not None:
         get_item_runner(spec.runner).cancelled(ids, spec)
-    return len(ids)
+    return len(ids) + (stopped or 0)
 
 
 def in_flight(step_run_id: int) -> int:

@@ -114,3 +114,24 @@ def save_item(item: MapItem, fields: list[str]) -> None:
     params = [f.get_db_prep_save(getattr(item, f.attname), connection) for f in model_fields]
     with connection.cursor() as cursor:
         cursor.execute(sql, [*params, item.pk])
+
+
+def step_still_waiting(step_run_id: int, instance_id: Any) -> bool:
+    """Whether the step waits and its instance runs, read after a share lock on the
+    instance row: a transaction cancelling or failing the instance (which holds it for update)
+    is waited for, and its outcome seen. Share locks do not block one another, so items
+    claimed side by side do not queue on it."""
+    connection = connections[DEFAULT_DB_ALIAS]
+    if is_postgresql(connection):
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT i.state FROM orchestration_workflowinstance i WHERE i.id = %s FOR SHARE",
+                [instance_id],
+            )
+            row = cursor.fetchone()
+    else:
+        row = WorkflowInstance.objects.filter(pk=instance_id).values_list("state").first()
+    if row is None or row[0] != "running":
+        return False
+    state = StepRun.objects.filter(pk=step_run_id).values_list("state", flat=True).first()
+    return state == "waiting"

@@ -249,19 +249,15 @@ class Journal:
             Doorbell(step.pk, bell.attempt, bell.eta, bell.queue, bell.time_limit, bell.task)
             for step, bell in self._bells
         ]
-        parent_step_id = self.instance.parent_step_id
-        if parent_step_id is not None and any(e.type in CHILD_ENDING_EVENTS for e in self.events):
-            # A child ended: its parent's step is told after the commit, never here (the
-            # parent's row is locked only in a transaction of its own: no lock-order cycle).
+        parent_id, task = self.instance.parent_step_id, "child_sync"
+        if parent_id is None:
+            parent_id, task = self.instance.parent_item_id, "child_item_sync"
+        if parent_id is not None and any(e.type in CHILD_ENDING_EVENTS for e in self.events):
+            # A child ended: its parent's step (or map item) is told after the commit, never
+            # here (the parent's rows are locked only in a transaction of their own: no
+            # lock-order cycle).
             bells.append(
-                Doorbell(
-                    parent_step_id,
-                    self.instance.parent_attempt or 0,
-                    None,
-                    None,
-                    None,
-                    "child_sync",
-                )
+                Doorbell(parent_id, self.instance.parent_attempt or 0, None, None, None, task)
             )
         if bells:
             transaction.on_commit(lambda: ring_doorbells(bells))

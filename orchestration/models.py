@@ -114,6 +114,16 @@ class WorkflowInstance(FSMModelMixin, models.Model):
         db_index=False,
     )
     parent_attempt = models.PositiveIntegerField(null=True, blank=True)
+    # A child started for one item of a map step (orchestration.fanout_children): that item,
+    # and the item's attempt in ``parent_attempt`` (one child per item attempt). Null else.
+    parent_item = models.ForeignKey(
+        "orchestration.MapItem",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="child_instances",
+        db_index=False,
+    )
     # Started by a schedule (orchestration.schedule_models): which, and for which fire time.
     schedule = models.ForeignKey(
         "orchestration.Schedule",
@@ -148,6 +158,12 @@ class WorkflowInstance(FSMModelMixin, models.Model):
                 fields=["parent_step", "parent_attempt"],
                 condition=Q(parent_step__isnull=False),
                 name="instance_child_per_parent_attempt",
+            ),
+            # A map step's child runner starts one child per item attempt.
+            models.UniqueConstraint(
+                fields=["parent_item", "parent_attempt"],
+                condition=Q(parent_item__isnull=False),
+                name="instance_child_per_item_attempt",
             ),
         ]
         indexes = [

@@ -18,7 +18,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from . import sealing
+from . import sealing, selectors
 from .models import WorkflowInstance
 
 MASK = sealing.MASK
@@ -94,7 +94,7 @@ def status_url(instance: WorkflowInstance | Any) -> str:
 def parent_link(instance: WorkflowInstance) -> dict[str, Any] | None:
     """The parent of a child workflow, for the status page (its parent step and instance
     loaded with it: ``selectors.instance_get``); None for a top-level instance."""
-    step = instance.parent_step if instance.parent_step_id else None
+    step, item = selectors.parent_step_of(instance)
     if step is None:
         return None
     return {
@@ -102,6 +102,7 @@ def parent_link(instance: WorkflowInstance) -> dict[str, Any] | None:
         "short": str(step.instance_id)[:8],
         "workflow": step.instance.workflow,
         "step": step.name,
+        "item": item,
         "url": status_url(step.instance_id),
     }
 

@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from django.db.models import Count, Prefetch, Q, QuerySet
+from django.db.models import Count, OuterRef, Prefetch, Q, QuerySet, Subquery
 
 from . import sealing
 from . import search as searching
@@ -18,6 +18,7 @@ from .fanout_runners import item_states, summary
 from .models import (
     KEY_OWNER,
     Event,
+    FireOutcome,
     InstanceState,
     Schedule,
     ScheduleFire,
@@ -55,7 +56,9 @@ def _with_steps(qs: QuerySet[WorkflowInstance]) -> QuerySet[WorkflowInstance]:
     steps = Prefetch(
         "steps", queryset=StepRun.objects.select_related("map_run").order_by("position")
     )
-    return qs.select_related("started_by", "parent_step__instance").prefetch_related(steps)
+    return qs.select_related(
+        "started_by", "parent_step__instance", "parent_item__step_run__instance"
+    ).prefetch_related(steps)
 
 
 def attach_children(instances: Iterable[WorkflowInstance]) -> list[WorkflowInstance]:
@@ -367,6 +370,21 @@ def schedule_fires(*, schedule: Schedule, limit: int = 50) -> list[ScheduleFire]
     return list(schedule.fires.order_by("-fire_time")[:limit])
 
 
+def schedules_on_time_again(schedule_ids: Iterable[Any]) -> set[int]:
+    """Of ``schedule_ids``, the schedules whose newest fire record says ``started``: after a
+    miss, a fire on time again (what a ``schedule missed`` alert recovers on). One query."""
+    ids = [pk for pk in map(_schedule_pk, schedule_ids) if pk]
+    if not ids:
+        return set()
+    newest = ScheduleFire.objects.filter(schedule=OuterRef("pk")).order_by("-fire_time")
+    return set(
+        Schedule.objects.filter(pk__in=ids)
+        .annotate(newest=Subquery(newest.values("outcome")[:1]))
+        .filter(newest=FireOutcome.STARTED)
+        .values_list("pk", flat=True)
+    )
+
+
 def _schedule_pk(value: Any) -> int:
     text = str(value)
     return int(text) if text.isdigit() and len(text) < 19 else 0
@@ -398,3 +416,13 @@ def map_item_counts_for(instances: Any) -> dict[int, dict[str, int]]:
     for step_id, state, n in rows:
         found.setdefault(step_id, {})[state] = n
     return {step_id: summary(counts) for step_id, counts in found.items()}
+
+
+def parent_step_of(instance: WorkflowInstance) -> tuple[StepRun | None, int | None]:
+    """``(the parent's step that started this child, the map item's index or None)``; a
+    top-level instance: ``(None, None)``."""
+    if instance.parent_step_id:
+        return instance.parent_step, None
+    if instance.parent_item_id:
+        return instance.parent_item.step_run, instance.parent_item.index
+    return None, None

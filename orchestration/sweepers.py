@@ -16,7 +16,16 @@ from django.conf import settings
 from django.db.models import DateTimeField, F, Q, Value
 from django.utils import timezone
 
-from . import children, engine, fanout_items, fanout_settle, saga, schedule_firing, waits
+from . import (
+    children,
+    engine,
+    fanout_children,
+    fanout_items,
+    fanout_settle,
+    saga,
+    schedule_firing,
+    waits,
+)
 from .models import CompensationPhase, InstanceState, StepRun, StepState, WorkflowInstance
 
 log = logging.getLogger("signoff.sweepers")
@@ -175,10 +184,19 @@ def sweep_waiting_deadlines(*, now: datetime | None = None, batch: int | None = 
     done = _each("waiting_deadlines", ids, lambda pk: engine.waiting_step_deadline(step_run_id=pk))
     grace = timedelta(seconds=settings.SIGNOFF_DOORBELL_GRACE_SECONDS)
     ended = children.due_child_steps(now, _batch(batch), grace)
-    return done + _each(
+    done += _each(
         "child_steps",
         ended,
         lambda pk: children.child_step_sync(step_run_id=pk, skip_locked=True).startswith("child_"),
+    )
+    # Map steps over child workflows: items whose child ended and whose doorbell was lost.
+    items = fanout_children.due_child_items(now, _batch(batch), grace)
+    return done + _each(
+        "child_items",
+        items,
+        lambda row: fanout_children.child_item_sync(item_id=row[0], attempt=row[1]).startswith(
+            "child_"
+        ),
     )
 
 

@@ -14,7 +14,16 @@ from celery.signals import task_postrun, task_prerun
 from django.conf import settings
 from django.db import close_old_connections, connections
 
-from . import batch_runner, batches, children, engine, fanout_items, saga, sweepers
+from . import (
+    batch_runner,
+    batches,
+    children,
+    engine,
+    fanout_children,
+    fanout_items,
+    saga,
+    sweepers,
+)
 from .journal import register_doorbell_task
 from .retention import sweep_retention as sweep_retention_now
 
@@ -96,6 +105,18 @@ def child_sync(step_run_id: int, attempt: int) -> str:
 
 
 @shared_task(
+    name="orchestration.child_item_sync",
+    acks_late=True,
+    reject_on_worker_lost=True,
+    ignore_result=True,
+)
+def child_item_sync(item_id: int, attempt: int) -> str:
+    """A map step's child item's child ended: record it on the item (idempotent; see
+    orchestration.fanout_children.child_item_sync)."""
+    return fanout_children.child_item_sync(item_id=item_id, attempt=attempt)
+
+
+@shared_task(
     name="orchestration.run_batch",
     acks_late=True,
     reject_on_worker_lost=True,
@@ -116,6 +137,7 @@ register_doorbell_task("run_step", run_step)
 register_doorbell_task("run_compensation", run_compensation)
 register_doorbell_task("child_sync", child_sync)
 register_doorbell_task("run_map_item", run_map_item)
+register_doorbell_task("child_item_sync", child_item_sync)
 batches.register_run_task(run_batch)
 
 

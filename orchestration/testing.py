@@ -34,7 +34,7 @@ from . import journal
 from .actors import actor_of
 from .definitions import StepContext, TaskStep
 from .engine import instance_start
-from .models import StepRun, StepState, WorkflowInstance
+from .models import MapItem, StepRun, StepState, WorkflowInstance
 from .periodic import wanted_periodic_tasks
 from .testing_handle import WorkflowHandle
 from .testing_support import KitError, assert_history, definition_of, versions_of
@@ -377,7 +377,13 @@ class SignoffKit:
 
 
 def _live(bell: _Bell) -> bool:
-    """Whether the step still waits for this doorbell's attempt (a stale one moves no clock)."""
+    """Whether the step (or map item) still waits for this doorbell's attempt (a stale one
+    moves no clock)."""
+    if bell.task in ("run_map_item", "child_item_sync"):
+        states = ("running",) if bell.task == "child_item_sync" else ("scheduled", "retrying")
+        return MapItem.objects.filter(
+            pk=bell.step_run_id, attempt=bell.attempt, state__in=states
+        ).exists()
     step = StepRun.objects.filter(pk=bell.step_run_id).first()
     if step is None:
         return False

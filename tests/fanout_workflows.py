@@ -73,3 +73,76 @@ fanout_chaos = registry.register(
 fanout_window = registry.register(
     fanout_workflow("t_fanout_window", concurrency=3, start_to_close=timedelta(seconds=30))
 )
+
+
+# Fan-out over child workflows (orchestration.fanout_children): t_fc_parent starts one
+# t_fc_item child per number (5 at a time, one failure tolerated); t_fc_parent_wait one
+# child_wait per customer (each reserves, with a saga, then waits for a "go" signal).
+
+from orchestration.definitions import NonRetryableError  # noqa: E402
+from orchestration.fanout_children import map_children  # noqa: E402
+from orchestration.models import WorkflowInstance  # noqa: E402
+
+
+def _child_item(ctx: StepContext) -> dict[str, Any]:
+    """Run by each child: records how many children of its parent run now (the window) and
+    its execution; fails for good when told to."""
+    r = ledger()
+    parent = ctx.input["parent"]
+    running = WorkflowInstance.objects.filter(
+        parent_item__step_run__instance_id=parent, state="running"
+    ).count()
+    r.rpush(f"fc:samples:{parent}", running)
+    time.sleep(float(ctx.input.get("sleep", 0.0)))
+    if ctx.input.get("fail"):
+        raise NonRetryableError(f"number {ctx.input['n']} refused")
+    r.hincrby(f"fc:runs:{parent}", str(ctx.input["n"]), 1)
+    return {"square": ctx.input["n"] ** 2}
+
+
+fc_item = Workflow(
+    "t_fc_item",
+    description="a child per number: square it",
+    input_schema={
+        "type": "object",
+        "required": ["n", "parent"],
+        "properties": {"n": {"type": "integer"}, "parent": {"type": "string"}},
+    },
+)
+fc_item.task(_child_item, name="square", retry=ITEM_RETRY)
+registry.register(fc_item)
+
+fc_parent = Workflow("t_fc_parent", description="list -> a child per number -> total")
+fc_parent.task(_list, name="numbers")
+map_children(
+    fc_parent,
+    "squares",
+    workflow="t_fc_item",
+    items=lambda ctx: ctx.outputs["numbers"]["numbers"],
+    after=["numbers"],
+    input=lambda ctx, n: {
+        "n": n,
+        "parent": str(ctx.instance_id),
+        "fail": n in ctx.input.get("fail", []),
+        "sleep": ctx.input.get("sleep", 0.0),
+    },
+    concurrency=5,
+    tolerate_failures=1,
+)
+fc_parent.task(
+    lambda ctx: {"squares": [o and o["square"]["square"] for o in ctx.outputs["squares"]]},
+    name="total",
+    after=["squares"],
+)
+registry.register(fc_parent)
+
+fc_parent_wait = Workflow("t_fc_parent_wait", description="a child_wait per customer")
+map_children(
+    fc_parent_wait,
+    "holds",
+    workflow="child_wait",
+    items=lambda ctx: ctx.input["customers"],
+    input=lambda ctx, customer: {"customer": customer},
+    concurrency=2,
+)
+registry.register(fc_parent_wait)

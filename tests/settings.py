@@ -24,7 +24,7 @@ if SIGNOFF_TEST_DB_POOLER_URL:
     os.environ["SIGNOFF_DB_POOLER"] = "pgbouncer"
 os.environ.setdefault(
     "SIGNOFF_WORKFLOW_MODULES",
-    "demo.workflows,demo.expenses,demo.trips,tests.workflows,tests.fanout_workflows",
+    "demo.workflows,demo.expenses,demo.trips,demo.vendors,tests.workflows,tests.fanout_workflows",
 )
 # Outside the embedded default the settings refuse to start without real secrets: the suite's
 # own, fixed (the worker processes it starts inherit them). Never deploy them.

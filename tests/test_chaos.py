@@ -23,6 +23,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 INVARIANTS = [
     "instances_started",
+    "children_once",
     "all_terminal",
     "expected_outcome",
     "events_gap_free",
@@ -101,5 +102,11 @@ def test_chaos_run_keeps_every_invariant(tmp_path: Path) -> None:
     else:
         assert chaos.get("redis_flushes") == 1, chaos
     assert chaos.get("pg_terminations") == 1, chaos
+    # The child and map steps ran (chaos_family), their children counted apart.
+    families = summary["counts"]["instances_by_workflow"].get("chaos_family", 0)
+    assert families > 0
+    # a child and three map children each
+    assert summary["counts"]["child_instances_by_state"].get("succeeded", 0) >= 4 * families
+    assert summary["counts"]["child_items"] > 0 and summary["counts"]["child_steps"] > 0
     assert summary["counts"]["retries"] > 0
     assert summary["counts"]["decisions"] > 0

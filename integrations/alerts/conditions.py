@@ -231,6 +231,15 @@ register_condition(
     recovered=_recovered_stuck,
     requires=("stuck_after",),
 )
-# Fired by orchestration.signals.schedule_missed (see services.on_schedule_missed); a missed
-# fire has no state to recover from: an operator resolves it (the next miss fires again).
-register_condition("schedule_missed", label="schedule missed")
+
+
+def _recovered_schedules(rule: Any, subjects: list[str], now: datetime) -> set[str]:
+    """A schedule whose newest fire started on time again has recovered from its miss."""
+    ids = {s.removeprefix("schedule:") for s in subjects if s.startswith("schedule:")}
+    on_time = {str(pk) for pk in selectors.schedules_on_time_again(ids)}
+    return {s for s in subjects if s.removeprefix("schedule:") in on_time}
+
+
+# Fired by orchestration.signals.schedule_missed (see services.on_schedule_missed); resolved
+# by the sweeper once the schedule fires on time again (or by an operator).
+register_condition("schedule_missed", label="schedule missed", recovered=_recovered_schedules)

@@ -239,6 +239,9 @@ class ParentLinkSerializer(serializers.Serializer):
     id = serializers.UUIDField()
     workflow = serializers.CharField()
     step = serializers.CharField(help_text="The parent's child step that started this one.")
+    item = serializers.IntegerField(
+        required=False, help_text="For a child of a map step's item: the item's index."
+    )
 
 
 class ChildLinkSerializer(serializers.Serializer):
@@ -303,11 +306,13 @@ class InstanceSerializer(serializers.ModelSerializer):
 
     @extend_schema_field(ParentLinkSerializer(allow_null=True))
     def get_parent(self, obj: WorkflowInstance) -> dict[str, str] | None:
-        """The instance whose child step started this one (null for a top-level one)."""
-        step = obj.parent_step if obj.parent_step_id else None
+        """The instance whose child step (or map step's item) started this one (null for a
+        top-level one)."""
+        step, item = selectors.parent_step_of(obj)
         if step is None:
             return None
-        return {"id": str(step.instance_id), "workflow": step.instance.workflow, "step": step.name}
+        link = {"id": str(step.instance_id), "workflow": step.instance.workflow, "step": step.name}
+        return link if item is None else {**link, "item": item}
 
     @extend_schema_field(ChildLinkSerializer(many=True))
     def get_children(self, obj: WorkflowInstance) -> list[dict[str, Any]]:

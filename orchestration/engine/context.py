@@ -103,7 +103,8 @@ def stored_output(instance: WorkflowInstance, step_name: str, output: Any) -> An
     definition = definition_of(instance)
     fields = sealing.output_fields(definition.sensitive, step_name) if definition else set()
     stored = sealing.seal_fields(jsonable(output), fields)
-    if instance.parent_step_id is not None and isinstance(stored, dict):
+    is_child = instance.parent_step_id is not None or instance.parent_item_id is not None
+    if is_child and isinstance(stored, dict):
         # A child workflow may hold its parent's sealed values in fields it does not declare
         # sensitive (orchestration.children seals them in its input): a step echoing one
         # keeps it sealed. Only children pay for this look.

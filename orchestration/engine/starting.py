@@ -236,6 +236,7 @@ def _create(
     parent_attempt: int | None = None,
     instance_id: Any = None,
     schedule: Any = None,
+    parent_item: Any = None,
     scheduled_for: datetime | None = None,
 ) -> WorkflowInstance:
     now = timezone.now()
@@ -243,6 +244,7 @@ def _create(
         **({"id": instance_id} if instance_id is not None else {}),
         parent_step=parent_step,
         parent_attempt=parent_attempt,
+        parent_item=parent_item,
         workflow=definition.name,
         version=definition.version,
         input=sealing.seal_fields(jsonable(input), sealing.input_fields(definition.sensitive)),
@@ -314,14 +316,15 @@ def child_create(
     *,
     input: dict[str, Any],
     business_key: str,
-    parent_step: StepRun,
+    parent_step: StepRun | None = None,
     parent_attempt: int,
     instance_id: Any,
     started_by: Any,
     actor: str,
+    parent_item: Any = None,
 ) -> WorkflowInstance:
     """Write a child instance (input already checked by :func:`child_input_checked`; values
-    may be sealed already) linked to its parent's step and attempt, in the caller's
+    may be sealed already) linked to its parent's step (or map item) and attempt, in the caller's
     transaction (the parent's, whose instance row it holds locked). Its doorbells ring when
     that transaction commits."""
     with transaction.atomic():
@@ -336,4 +339,5 @@ def child_create(
             parent_step=parent_step,
             parent_attempt=parent_attempt,
             instance_id=instance_id,
+            parent_item=parent_item,
         )

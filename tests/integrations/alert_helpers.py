@@ -46,3 +46,17 @@ def run_scheduled(capture: Any, instance: Any) -> None:
 
 def alert_mails() -> list[OutboundEmail]:
     return list(OutboundEmail.objects.filter(kind__startswith="alert_").order_by("pk"))
+
+
+def expect_one_resolved_mail(smtp_server: Any) -> None:
+    """Wait for the second mail and the outbox to drain: an alert, then one resolved notice."""
+    from tests.conftest import wait_for
+
+    wait_for(lambda: len(smtp_server.messages) >= 2, timeout=40, message="the resolved mail")
+    wait_for(
+        lambda: not OutboundEmail.objects.filter(status="queued").exists(),
+        timeout=20,
+        message="the outbox to drain",
+    )
+    subjects = [m["Subject"] for m in smtp_server.messages]
+    assert len(subjects) == 2 and subjects[1].startswith("[Resolved]"), subjects

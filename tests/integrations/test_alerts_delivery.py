@@ -22,7 +22,12 @@ from integrations.models import Alert, OutboundEmail
 from orchestration import engine
 from orchestration.models import WorkflowInstance
 from tests.conftest import WorkerProcess, wait_for
-from tests.integrations.alert_helpers import alert_mails, instance_row, rule
+from tests.integrations.alert_helpers import (
+    alert_mails,
+    expect_one_resolved_mail,
+    instance_row,
+    rule,
+)
 from tests.integrations.test_webhooks import Endpoint, endpoint  # noqa: F401 - fixture
 from tests.workflows import ledger
 
@@ -208,13 +213,7 @@ def test_e2e_a_failed_workflow_mails_one_alert_then_one_resolved_notice(
     )
     wait_for(lambda: len(smtp_server.messages) >= 2, timeout=40, message="the resolved mail")
     assert services.sweep_alerts() == 0
-    wait_for(
-        lambda: not OutboundEmail.objects.filter(status="queued").exists(),
-        timeout=20,
-        message="the outbox to drain",
-    )
-    subjects = [m["Subject"] for m in smtp_server.messages]
-    assert len(subjects) == 2 and subjects[1].startswith("[Resolved]"), subjects
+    expect_one_resolved_mail(smtp_server)
     alert.refresh_from_db()
     assert alert.state == "resolved"
 

@@ -27,6 +27,16 @@ DEMO_EXPENSES = [
     ("seed-expense-4", "alice", 89.9, "Books", None),
 ]
 
+DEMO_VENDOR = {
+    "vendor": "Acme Supplies",
+    "country": "DE",
+    "documents": [{"name": "vat-certificate"}, {"name": "bank-letter"}, {"name": "iso-9001"}],
+    "contacts": [
+        {"name": "Ann Lee", "email": "ann@acme.example"},
+        {"name": "Ben Ortiz", "email": "ben@acme.example"},
+    ],
+}
+
 
 def receipt_pdf(text: str) -> bytes:
     """A one-page PDF showing ``text`` (ASCII): a demo receipt any viewer opens."""
@@ -104,7 +114,8 @@ class Command(BaseCommand):
         self.stdout.write(who_logs_in_where(settings.SIGNOFF_BASE_URL))
 
     def _start_demo_instances(self, User) -> None:  # noqa: ANN001, N803
-        """A few expenses so the inbox is not empty on first run (idempotent by key)."""
+        """A few expenses and a vendor onboarding so the inbox is not empty on first run
+        (idempotent by key)."""
         from orchestration.attachments import content_file
         from orchestration.engine import instance_start
 
@@ -130,3 +141,15 @@ class Command(BaseCommand):
             )
             if created:
                 self.stdout.write(f"  started expense_approval {instance.pk} ({description})")
+        # A vendor onboarding: its document checks and contact invitations fan out, and its
+        # child KYC workflow asks finance (carol) for a compliance approval.
+        instance, created = instance_start(
+            workflow="vendor_onboarding",
+            input=DEMO_VENDOR,
+            business_key="VENDOR-ACME",
+            idempotency_key="seed-vendor-1",
+            started_by=User.objects.get(username="bob"),
+            actor="seed_demo",
+        )
+        if created:
+            self.stdout.write(f"  started vendor_onboarding {instance.pk} (Acme Supplies)")
