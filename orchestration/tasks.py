@@ -15,6 +15,7 @@ from django.conf import settings
 from django.db import close_old_connections, connections
 
 from . import batch_runner, batches, children, engine, fanout_items, saga, sweepers
+from .history_partitions import sweep_history_partitions as sweep_history_partitions_now
 from .journal import register_doorbell_task
 from .retention import sweep_retention as sweep_retention_now
 
@@ -81,6 +82,11 @@ def sweep_schedules() -> int:
 @shared_task(name="orchestration.sweep_retention", ignore_result=True)
 def sweep_retention() -> dict[str, int]:
     return sweep_retention_now()
+
+
+@shared_task(name="orchestration.sweep_history_partitions", ignore_result=True)
+def sweep_history_partitions() -> dict[str, int]:
+    return sweep_history_partitions_now()
 
 
 @shared_task(
