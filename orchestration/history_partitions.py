@@ -218,7 +218,7 @@ def drop_expired_partitions(*, now: datetime | None = None) -> dict[str, int]:
     their few events in later partitions go with them). A partition with one instance that
     still needs its history is kept whole, and retention handles its rows one by one.
 
-    Per partition: one transaction locks it (no event can be added to it), re-checks, and
+    Per partition: one transaction locks it (no event can be added to it), checks, and
     detaches and drops it; the instances are deleted after, in retention's batches. If that
     stops half-way the rest are still past their deletion time: the next retention sweep
     deletes them row by row."""
@@ -227,29 +227,47 @@ def drop_expired_partitions(*, now: datetime | None = None) -> dict[str, int]:
     now = now or timezone.now()
     cutoffs = retention.deletion_cutoffs(now=now)
     dropped = deleted = 0
+    if not cutoffs:  # no definition lets retention delete anything
+        return {"dropped": dropped, "deleted": deleted}
     for part in partitions():
         if part.hi > now:
             break
-        q = connection.ops.quote_name
-        with transaction.atomic():
-            transaction_lock(LOCK_KEY)
-            with connection.cursor() as cursor:
-                cursor.execute(f"LOCK TABLE {q(part.name)} IN SHARE ROW EXCLUSIVE MODE")
-            if _blocking_instance(part.name, cutoffs) is not None:
-                continue
-            with connection.cursor() as cursor:
-                cursor.execute(f"SELECT DISTINCT instance_id FROM {q(part.name)}")
-                ids = [r[0] for r in cursor.fetchall()]
-                # Deferred FK checks of rows written earlier in this transaction (only ever
-                # in tests) would forbid the DROP: run them now.
-                cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
-                cursor.execute(f"ALTER TABLE {q(TABLE)} DETACH PARTITION {q(part.name)}")
-                cursor.execute(f"DROP TABLE {q(part.name)}")
+        try:
+            ids = _drop_if_allowed(part, cutoffs)
+        except Exception:  # noqa: BLE001 - isolate a failing partition; retried next sweep
+            log.exception("history partition %s could not be dropped", part.name)
+            continue
+        if ids is None:
+            continue
         dropped += 1
         log.info("history partition %s dropped (%d instances)", part.name, len(ids))
         for start in range(0, len(ids), 500):
             deleted += retention.instances_delete(ids[start : start + 500])
     return {"dropped": dropped, "deleted": deleted}
+
+
+def _drop_if_allowed(part: Partition, cutoffs: list[tuple[str, int, datetime]]) -> list | None:
+    """In one transaction: lock the partition against new rows, re-check that retention may
+    delete every instance in it, detach and drop it. Returns its instance ids, or None when it
+    is kept. Detaching locks the whole event table for a moment: a ``lock_timeout`` keeps the
+    engine's writers from queueing behind a long wait (the sweep then tries next time)."""
+    q = connection.ops.quote_name
+    with transaction.atomic():
+        transaction_lock(LOCK_KEY)
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL lock_timeout = '5s'")
+            cursor.execute(f"LOCK TABLE {q(part.name)} IN SHARE ROW EXCLUSIVE MODE")
+        if _blocking_instance(part.name, cutoffs) is not None:
+            return None
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT DISTINCT instance_id FROM {q(part.name)}")
+            ids = [r[0] for r in cursor.fetchall()]
+            # Deferred FK checks of rows written earlier in this transaction (only ever in
+            # tests) would forbid the DROP: run them now.
+            cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+            cursor.execute(f"ALTER TABLE {q(TABLE)} DETACH PARTITION {q(part.name)}")
+            cursor.execute(f"DROP TABLE {q(part.name)}")
+    return ids
 
 
 def sweep_history_partitions(*, now: datetime | None = None) -> dict[str, int]:
