@@ -341,6 +341,10 @@ SIGNOFF_CHAIN_SECONDS = env_int("SIGNOFF_CHAIN_SECONDS", 60)
 SIGNOFF_DB_HEALTH_CHECK_IDLE_SECONDS = env_float("SIGNOFF_DB_HEALTH_CHECK_IDLE_SECONDS", 1.0)
 # Rows a sweeper handles per run.
 SIGNOFF_SWEEP_BATCH = env_int("SIGNOFF_SWEEP_BATCH", 500)
+# History that scales (PostgreSQL): the event table's partitions are a month (or a week) each;
+# the history sweeper keeps this many periods ahead of now (README, "History that scales").
+SIGNOFF_HISTORY_PARTITION_INTERVAL = env("SIGNOFF_HISTORY_PARTITION_INTERVAL", "month")
+SIGNOFF_HISTORY_PARTITIONS_AHEAD = env_int("SIGNOFF_HISTORY_PARTITIONS_AHEAD", 3)
 # Schedules: how late past its catch-up window a fire may still start (the schedule sweeper's
 # own lag), how many fire times of one schedule one sweep starts, and the largest fixed input.
 SIGNOFF_SCHEDULE_GRACE_SECONDS = env_int("SIGNOFF_SCHEDULE_GRACE_SECONDS", 60)

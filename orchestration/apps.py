@@ -13,6 +13,7 @@ class OrchestrationConfig(AppConfig):
         ("orchestration.sweep_waiting_deadlines", 10),
         ("orchestration.sweep_schedules", 10),
         ("orchestration.sweep_retention", 3600),
+        ("orchestration.sweep_history_partitions", 3600),
         ("orchestration.sweep_stale_batches", 30),
     ]
 

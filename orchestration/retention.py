@@ -253,14 +253,32 @@ def sweep_retention(*, now: datetime | None = None, batch: int = 200) -> dict[st
             old = due.filter(finished_at__lte=now - definition.retention - definition.delete_after)
             ids = list(old.values_list("pk", flat=True)[:batch])
             if ids:
-                with transaction.atomic():
-                    for hook in _delete_hooks.values():
-                        hook(ids)
-                    deleted += (
-                        WorkflowInstance.objects.filter(pk__in=ids)
-                        .delete()[1]
-                        .get("orchestration.WorkflowInstance", 0)
-                    )
+                deleted += instances_delete(ids)
     if erased or deleted:
         log.info("retention erased %d and deleted %d instances", erased, deleted)
     return {"erased": erased, "deleted": deleted}
+
+
+def deletion_cutoffs(*, now: datetime) -> list[tuple[str, int, datetime]]:
+    """``(workflow, version, cutoff)`` for every definition whose instances retention deletes:
+    a finished instance of it may go once it finished at or before ``cutoff``. Definitions not
+    listed (no retention, or history kept after erasure) keep their instances."""
+    return [
+        (d.name, d.version, now - d.retention - d.delete_after)
+        for d in registry.all()
+        if d.retention is not None and d.delete_after is not None
+    ]
+
+
+def instances_delete(ids: list[Any]) -> int:
+    """Delete these instances with their history, in one transaction: the other apps' delete
+    hooks first (rows with no foreign key to the instance), then the rows. Returns how many
+    instances were deleted (ids already gone count for nothing)."""
+    with transaction.atomic():
+        for hook in _delete_hooks.values():
+            hook(ids)
+        return (
+            WorkflowInstance.objects.filter(pk__in=ids)
+            .delete()[1]
+            .get("orchestration.WorkflowInstance", 0)
+        )

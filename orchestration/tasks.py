@@ -24,6 +24,7 @@ from . import (
     saga,
     sweepers,
 )
+from .history_partitions import sweep_history_partitions as sweep_history_partitions_now
 from .journal import register_doorbell_task
 from .retention import sweep_retention as sweep_retention_now
 
@@ -90,6 +91,11 @@ def sweep_schedules() -> int:
 @shared_task(name="orchestration.sweep_retention", ignore_result=True)
 def sweep_retention() -> dict[str, int]:
     return sweep_retention_now()
+
+
+@shared_task(name="orchestration.sweep_history_partitions", ignore_result=True)
+def sweep_history_partitions() -> dict[str, int]:
+    return sweep_history_partitions_now()
 
 
 @shared_task(

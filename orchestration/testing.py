@@ -53,6 +53,7 @@ __all__ = [
 DEFAULT_SKIPPED_SWEEPERS = frozenset(
     {
         "orchestration.sweep_retention",
+        "orchestration.sweep_history_partitions",
         "integrations.sweep_outbox",
         "integrations.sweep_webhooks",
         "approvals.sweep_digests",
