@@ -107,7 +107,9 @@ def test_a_lagging_replica_never_shows_a_decision_pending_to_its_maker_nor_reope
     )
     assert late.status_code in (302, 409, 400)
     api = dave.post(
-        f"/api/v1/approvals/{request.pk}/reject/", {"comment": "no"}, content_type="application/json"
+        f"/api/v1/approvals/{request.pk}/reject/",
+        {"comment": "no"},
+        content_type="application/json",
     )
     assert api.status_code == 409, api.content
     assert Decision.objects.filter(request=request).count() == 1
