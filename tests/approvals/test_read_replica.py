@@ -19,7 +19,12 @@ from approvals.models import ApprovalRequest, Decision
 from orchestration import replica
 from tests.conftest import wait_for
 
-pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
+# No doorbells: a worker left running by an earlier end-to-end test would take the steps
+# this file runs in-process.
+pytestmark = [
+    pytest.mark.django_db(transaction=True, databases="__all__"),
+    pytest.mark.usefixtures("rung"),
+]
 
 
 def caught_up() -> None:
