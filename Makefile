@@ -7,7 +7,7 @@ PORT ?= 8000
 export PORT
 
 .PHONY: install run test test-pooled test-pgbouncer test-amqp servers lint imports bench \
-	bench-quick bench-tools chaos services-check browser clean
+	bench-quick bench-tools chaos services-check browser clean replica
 
 # PgBouncer (transaction pooling, 127.0.0.1:6432, config in var/pgbouncer/) and RabbitMQ (vhost
 # AMQP_VHOST for the user guest), both Debian packages, installed and started when missing.
@@ -40,14 +40,20 @@ services-check: install
 browser:
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
-servers:
+servers: replica
 	scripts/pgbouncer.sh start
 	scripts/rabbitmq.sh start $(AMQP_VHOST)
+
+# The streaming read replica (a second PostgreSQL cluster on 127.0.0.1:5433, README "Read
+# replica"): tests/test_db_router.py and tests/approvals/test_read_replica.py read from it.
+replica:
+	scripts/replica.sh start
 
 # The import rules first (seconds): a broken rule fails the run before the suite starts. Then
 # the suite (PostgreSQL directly, Redis as broker), then the end-to-end subset again with the
 # test process and its worker going through PgBouncer and RabbitMQ as the broker.
-test: install services-check browser imports servers
+test: install browser imports servers
+	$(PY) -m tests.services --replica
 	$(PY) -m pytest
 	$(MAKE) --no-print-directory test-pooled
 

@@ -21,6 +21,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from orchestration.definitions import registry
 from orchestration.errors import InvalidInput, SignoffError
+from orchestration.replica import replica_reads
 
 from . import search, selectors, services
 from .forms import (
@@ -58,6 +59,7 @@ def _label(pk: int, title: str | None) -> str:
 
 @login_required
 @require_http_methods(["GET", "HEAD"])
+@replica_reads
 def inbox_list(request: HttpRequest) -> HttpResponse:
     """The list: a tab (pending, decided, all), text search and filters, an order (newest,
     due, or a column), one keyset page. Wrong filters answer 400 with the reason and the form

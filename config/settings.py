@@ -88,6 +88,8 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # After a write by a signed-in user: their reads wait for the replica (config.db_router).
+    "config.db_router.ReadYourWritesMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Last: turns a login refused for too many failures into the lockout page (429).
@@ -150,6 +152,22 @@ else:
 # is in front of PostgreSQL; no server-side cursors, no prepared statements (config.backends).
 SIGNOFF_DB_POOLER = backends.database_pooler(DATABASE_URL, env("SIGNOFF_DB_POOLER"))
 backends.apply_pooler(DATABASES["default"], SIGNOFF_DB_POOLER)
+# DATABASE_REPLICA_URL: a streaming read replica (a hot standby) of the same database. The
+# router sends the reads of the inbox lists, status pages and history exports there
+# (orchestration.replica), except for a user whose last write it has not replayed yet; all
+# else stays on the primary. Needs a cache shared by the web processes (SIGNOFF_CACHE_URL) for
+# read-your-writes across processes. README, "Read replica".
+DATABASE_REPLICA_URL = env("DATABASE_REPLICA_URL")
+if DATABASE_REPLICA_URL:
+    DATABASES["replica"] = dj_database_url.parse(
+        DATABASE_REPLICA_URL, conn_max_age=env_int("CONN_MAX_AGE", 600)
+    )
+    DATABASES["replica"]["CONN_HEALTH_CHECKS"] = True
+    backends.apply_pooler(DATABASES["replica"], backends.database_pooler(DATABASE_REPLICA_URL, ""))
+SIGNOFF_REPLICA_READS = bool(DATABASE_REPLICA_URL) and env_bool("SIGNOFF_REPLICA_READS", True)
+# How long a user's last write position is kept (their reads wait for the replica that long).
+SIGNOFF_REPLICA_MARK_SECONDS = env_int("SIGNOFF_REPLICA_MARK_SECONDS", 3600)
+DATABASE_ROUTERS = ["config.db_router.ReplicaRouter"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [

@@ -55,6 +55,7 @@ from .presentation import (
     pretty_json,
     status_url,
 )
+from .replica import replica_reads
 from .timeline import build_timeline, timeline_details
 
 TIMELINE_LIMIT = 500  # events shown on the page; the downloads hold them all
@@ -180,6 +181,7 @@ def visible_instance(request: HttpRequest, pk: Any) -> WorkflowInstance:
 
 @login_required
 @require_GET
+@replica_reads
 def instance_status(request: HttpRequest, pk: Any) -> HttpResponse:
     instance = visible_instance(request, pk)
     return render(request, "instances/status.html", page_context(request, instance))
@@ -187,6 +189,7 @@ def instance_status(request: HttpRequest, pk: Any) -> HttpResponse:
 
 @login_required
 @require_GET
+@replica_reads
 def instance_live(request: HttpRequest, pk: Any) -> JsonResponse:
     """The live part of the status page, for the page's poll: ``changed`` is false (and no
     HTML is rendered) while the history has not moved past ``?seq=``."""
@@ -247,6 +250,7 @@ def _filename(instance: WorkflowInstance, ext: str) -> str:
 
 @login_required
 @require_GET
+@replica_reads
 def history_json(request: HttpRequest, pk: Any) -> StreamingHttpResponse:
     """The instance and its whole history as one JSON document (streamed)."""
     instance = visible_instance(request, pk)
@@ -286,6 +290,7 @@ CSV_COLUMNS = ["seq", "at", "type", "step", "attempt", "actor", "data"]
 
 @login_required
 @require_GET
+@replica_reads
 def history_csv(request: HttpRequest, pk: Any) -> StreamingHttpResponse:
     """The whole history as CSV, one event per row (``data`` as JSON)."""
     instance = visible_instance(request, pk)

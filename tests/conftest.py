@@ -201,13 +201,15 @@ def django_db_setup(django_db_setup: Any, django_db_blocker: Any) -> Iterator[No
 
     parts = urlsplit(pooler)
     direct = {}
-    for conn in connections.all():
+    # Only the primary's alias: the replica (a mirror on its own server) stays direct.
+    pooled = [connections["default"]]
+    for conn in pooled:
         direct[conn.alias] = (conn.settings_dict["HOST"], conn.settings_dict["PORT"])
         conn.close()
         for target in (conn.settings_dict, settings.DATABASES[conn.alias]):
             target["HOST"], target["PORT"] = parts.hostname, str(parts.port)
     yield
-    for conn in connections.all():
+    for conn in pooled:
         conn.close()
         for target in (conn.settings_dict, settings.DATABASES[conn.alias]):
             target["HOST"], target["PORT"] = direct[conn.alias]

@@ -17,6 +17,15 @@ os.environ["CELERY_BROKER_URL"] = (
     os.environ.get("SIGNOFF_TEST_BROKER_URL") or SIGNOFF_TEST_REDIS_URL
 )
 SIGNOFF_TEST_DB_POOLER_URL = os.environ.get("SIGNOFF_TEST_DB_POOLER_URL", "")
+# The streaming replica of scripts/replica.sh (a second cluster, 127.0.0.1:5433): an alias
+# `replica` mirroring the test database (it streams from the primary, so the test database
+# and every committed row appear there by themselves). Replica reads stay off in the suite;
+# tests/test_db_router.py and tests/approvals/test_read_replica.py turn them on. Nothing
+# connects to it otherwise, so a suite run without the replica passes as before.
+SIGNOFF_TEST_REPLICA_URL = os.environ.get(
+    "SIGNOFF_TEST_REPLICA_URL", "postgres://postgres@127.0.0.1:5433/signoff"
+)
+os.environ["DATABASE_REPLICA_URL"] = SIGNOFF_TEST_REPLICA_URL
 if SIGNOFF_TEST_DB_POOLER_URL:
     # The test database is created and dropped directly (PgBouncer cannot drop a database it
     # holds connections to); every connection after that goes through PgBouncer with its
@@ -32,6 +41,9 @@ os.environ["SECRET_KEY"] = "tests-only-secret-key-for-the-test-databases-0123456
 os.environ["SIGNOFF_ENCRYPTION_KEYS"] = "5ivTi3DjPOMz6XT6R0DblYlA6SpEVDUQ6Zb7kI-arhk="
 
 from config.settings import *  # noqa: E402, F403
+
+DATABASES["replica"]["TEST"] = {"MIRROR": "default"}  # noqa: F405
+SIGNOFF_REPLICA_READS = False
 
 # The worker process reads subscriptions for every event: a test's new subscription must
 # reach a worker that served an earlier test a moment ago (the cache itself is tested apart).

@@ -593,7 +593,7 @@ def test_compose_publishes_ports_on_loopback_only() -> None:
         for name, service in compose()["services"].items()
         if service.get("ports")
     }
-    assert set(published) == {"web", "mailpit", "pgbouncer", "rabbitmq"}
+    assert set(published) == {"web", "mailpit", "pgbouncer", "rabbitmq", "postgres-replica"}
     for name, ports in published.items():
         for port in ports:
             assert str(port).startswith("127.0.0.1:"), (name, port)

@@ -31,6 +31,7 @@ from orchestration.api.pagination import CheckedCursorPagination
 from orchestration.api.serializers import ErrorSerializer
 from orchestration.api.views import ApiView
 from orchestration.errors import InvalidInput, NotFound
+from orchestration.replica import replica_reads
 from orchestration.selectors import can_read
 
 from .serializers import (
@@ -286,6 +287,7 @@ class ApprovalListView(ApiView):
             ),
         },
     )
+    @replica_reads
     def get(self, request: Request) -> Response:
         params = request.query_params
         state = params.get("state")

@@ -23,6 +23,7 @@ from orchestration import actors, attachments, engine, search, selectors
 from orchestration.definitions import registry
 from orchestration.errors import Conflict, InvalidInput, NotAllowed, NotFound
 from orchestration.models import InstanceState
+from orchestration.replica import replica_reads
 
 from .pagination import EventPagination, InstancePagination
 from .parsers import JSONParser, multipart_body
@@ -264,6 +265,7 @@ class InstanceDetailView(ApiView):
         parameters=[INSTANCE_ID],
         responses={200: InstanceSerializer, **_errors(404)},
     )
+    @replica_reads
     def get(self, request: Request, pk: str) -> Response:
         instance = selectors.instance_get(user=request.user, instance_id=pk)
         reveal = selectors.may_reveal(request.user, instance)
@@ -290,6 +292,7 @@ class InstanceHistoryView(ApiView):
             ),
         },
     )
+    @replica_reads
     def get(self, request: Request, pk: str) -> Response:
         instance = selectors.instance_get(user=request.user, instance_id=pk)
         paginator = self.pagination_class()
