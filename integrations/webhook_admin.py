@@ -79,7 +79,7 @@ def _describe(entry: dict[str, Any]) -> str:
 
 
 @admin.register(WebhookSubscription)
-class WebhookSubscriptionAdmin(admin.ModelAdmin):
+class WebhookSubscriptionAdmin(StrictActionsMixin, admin.ModelAdmin):
     form = WebhookSubscriptionForm
     list_display = [
         "name",
