@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
-from cryptography.fernet import InvalidToken
 from django.core.exceptions import ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
@@ -101,15 +100,16 @@ def new_webhook_secret() -> str:
 
 
 def seal_secret(secret: str) -> str:
-    """A secret as stored: a Fernet token under ``SIGNOFF_ENCRYPTION_KEYS`` (DESIGN.md "Trust":
-    nothing usable is stored that could be lifted from a dump)."""
-    return sealing.fernet().encrypt(secret.encode()).decode()
+    """A secret as stored: the Fernet token of a sealed value (``orchestration.sealing``, under
+    ``SIGNOFF_ENCRYPTION_KEYS``; DESIGN.md "Trust": nothing usable is stored that could be
+    lifted from a dump)."""
+    return sealing.seal_value(secret)[sealing.MARK]
 
 
 def open_secret(stored: str) -> str:
     try:
-        return sealing.fernet().decrypt(stored.encode()).decode()
-    except InvalidToken:
+        return str(sealing.open_value({sealing.MARK: stored}, where="webhook secret"))
+    except (sealing.SealError, ValueError):
         raise sealing.SealError(
             "cannot decrypt a webhook secret: none of the keys in SIGNOFF_ENCRYPTION_KEYS opens it"
         ) from None

@@ -10,7 +10,7 @@ def seal_secrets(apps, schema_editor):
 
     Subscription = apps.get_model("integrations", "WebhookSubscription")
     for row in Subscription.objects.filter(secret__startswith="whsec_"):
-        row.secret = sealing.fernet().encrypt(row.secret.encode()).decode()
+        row.secret = sealing.seal_value(row.secret)[sealing.MARK]
         row.save(update_fields=["secret"])
 
 
@@ -19,7 +19,7 @@ def open_secrets(apps, schema_editor):
 
     Subscription = apps.get_model("integrations", "WebhookSubscription")
     for row in Subscription.objects.exclude(secret__startswith="whsec_"):
-        row.secret = sealing.fernet().decrypt(row.secret.encode()).decode()
+        row.secret = sealing.open_value({sealing.MARK: row.secret})
         row.save(update_fields=["secret"])
 
 

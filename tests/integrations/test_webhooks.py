@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 import time_machine
-from standardwebhooks import Webhook, WebhookVerificationError
 from django.contrib.auth.models import Permission
 from django.core.exceptions import ValidationError
 from django.db import connection
 from django.urls import reverse
+from standardwebhooks import Webhook, WebhookVerificationError
 
 from integrations import webhook_http, webhooks
 from integrations.models import WebhookDelivery, WebhookSubscription, open_secret
