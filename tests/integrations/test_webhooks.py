@@ -736,28 +736,35 @@ def test_e2e_a_worker_delivers_signed_lifecycle_events(
 ) -> None:
     server = endpoint()
     hook = subscribe(server.url, event_types=["instance_started", "instance_succeeded"])
+    # A second subscription to the same events: each event's two deliveries go out as one
+    # batch task (one HTTP client) on the worker.
+    other = endpoint()
+    second = subscribe(other.url, event_types=["instance_started", "instance_succeeded"])
 
     instance, _ = engine.instance_start(workflow="t_sequence", business_key="E2E-1")
 
     wait_for(
         lambda: (
-            WebhookDelivery.objects.filter(instance_id=instance.pk, status="delivered").count() == 2
+            WebhookDelivery.objects.filter(instance_id=instance.pk, status="delivered").count() == 4
         ),
         timeout=30,
-        message="two delivered webhooks",
+        message="four delivered webhooks",
     )
-    assert sorted(r["headers"]["X-Signoff-Event"] for r in server.requests) == [
-        "instance_started",
-        "instance_succeeded",
-    ]
-    for request in server.requests:
-        assert webhooks.verify_signature(
-            secret_of(hook), request["headers"]["X-Signoff-Signature"], request["body"]
-        )
-        document = json.loads(request["body"])
-        assert document["instance"]["id"] == str(instance.pk)
-        assert document["instance"]["business_key"] == "E2E-1"
-        assert str(document["id"]) == request["headers"]["X-Signoff-Delivery"]
+    for receiver, subscription in ((server, hook), (other, second)):
+        assert sorted(r["headers"]["X-Signoff-Event"] for r in receiver.requests) == [
+            "instance_started",
+            "instance_succeeded",
+        ]
+        for request in receiver.requests:
+            # As a receiver does it: the standardwebhooks library, then the JSON.
+            document = verified(secret_of(subscription), request)
+            assert webhooks.verify_signature(
+                secret_of(subscription), request["headers"]["X-Signoff-Signature"], request["body"]
+            )
+            assert document["instance"]["id"] == str(instance.pk)
+            assert document["instance"]["business_key"] == "E2E-1"
+            assert str(document["id"]) == request["headers"]["webhook-id"]
+            assert request["headers"]["webhook-id"] == request["headers"]["X-Signoff-Delivery"]
 
 
 def test_active_subscriptions_are_cached_per_process_and_forgotten_on_change(
