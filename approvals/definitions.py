@@ -22,6 +22,7 @@ from datetime import timedelta
 from typing import Any
 
 from orchestration import sealing
+from orchestration.calendar import calendar_name_problem
 from orchestration.definitions import Predicate, StepContext, StepSpec, Workflow
 
 MAX_ROUNDS = 3  # default bound on the rounds of one approval step (send back for changes)
@@ -118,7 +119,14 @@ class ApprovalStep(StepSpec):
     claim_idle: timedelta | None = None
     revisable: tuple[str, ...] = ()
     max_rounds: int = MAX_ROUNDS
+    # A named business calendar (SIGNOFF_BUSINESS_CALENDARS); naming one counts the timers in
+    # its business time.
+    calendar: str | None = None
     kind: str = "approval"
+
+    @property
+    def in_business_time(self) -> bool:
+        return self.business_hours or self.calendar is not None
 
     def problems(self) -> list[str]:
         found = []
@@ -142,6 +150,8 @@ class ApprovalStep(StepSpec):
             found.append("remind_every must be a timedelta of at least one minute")
         if self.on_expire not in ON_EXPIRE:
             found.append(f"on_expire must be one of {', '.join(ON_EXPIRE)}")
+        if problem := calendar_name_problem(self.calendar):
+            found.append(problem)
         if self.claim not in CLAIMS:
             found.append("claim must be 'soft', 'hard' or None")
         elif self.claim == "hard" and not self.one_decision_resolves:
@@ -228,7 +238,8 @@ class ApprovalStep(StepSpec):
             "remind_every": self.remind_every.total_seconds() if self.remind_every else None,
             "escalate": [level.describe() for level in self.escalate],
             "on_expire": self.on_expire,
-            "business_hours": self.business_hours,
+            "business_hours": self.in_business_time,
+            "calendar": self.calendar,
             "claim": self.claim_mode or None,
             "claim_idle": self.claim_idle.total_seconds() if self.claim_idle else None,
             "revisable": list(self.revisable),
@@ -334,6 +345,7 @@ def approval(
     escalate: Iterable[Escalation] = (),
     on_expire: str = "reject",
     business_hours: bool = False,
+    calendar: str | None = None,
     claim: str | None = "soft",
     claim_idle: timedelta | None = None,
     revisable: Iterable[str] = (),
@@ -350,7 +362,9 @@ def approval(
     Timers: ``due`` (the request expires then and ``on_expire`` runs: ``reject`` (default),
     ``approve``, ``cancel_instance`` or ``fail``), ``remind_every`` (mail the current assignees
     again), ``escalate`` (levels, each ``after`` a duration from creation). With
-    ``business_hours`` all of them count working time of the business calendar.
+    ``business_hours`` all of them count working time of the business calendar; with
+    ``calendar="name"`` working time of that named calendar (``SIGNOFF_BUSINESS_CALENDARS``;
+    an unknown name is refused at registration).
 
     Claims (``approvals.claims``): on a request assigned to a group or to several people, an
     assignee who may decide may claim it ("I'm on it"); others cannot decide while it holds.
@@ -386,6 +400,7 @@ def approval(
         escalate=tuple(escalate),
         on_expire=on_expire,
         business_hours=business_hours,
+        calendar=calendar,
         claim=claim,
         claim_idle=claim_idle,
         revisable=tuple([revisable] if isinstance(revisable, str) else revisable),

@@ -1,6 +1,7 @@
 """When an approval's timers fire: due, reminders and escalations, counted in business time
-when the step says so. Reads only; the kind (:mod:`approvals.kind`), the sweepers and the
-request page's "what happens next" all count the same way."""
+(of the step's named calendar, or the default one) when the step says so. Reads only; the
+kind (:mod:`approvals.kind`), the sweepers and the request page's "what happens next" all
+count the same way."""
 
 from __future__ import annotations
 
@@ -19,9 +20,11 @@ def timer_at(spec: ApprovalStep, start: datetime, duration: timedelta | None) ->
     ``SIGNOFF_DEMO_TIME_FACTOR`` compresses wall-clock timers for demos."""
     if duration is None:
         return None
-    if not spec.business_hours and settings.SIGNOFF_DEMO_TIME_FACTOR > 1:
+    if not spec.in_business_time and settings.SIGNOFF_DEMO_TIME_FACTOR > 1:
         duration = duration / settings.SIGNOFF_DEMO_TIME_FACTOR
-    return add_duration(start, duration, business=spec.business_hours)
+    return add_duration(
+        start, duration, business=spec.in_business_time, calendar=getattr(spec, "calendar", None)
+    )
 
 
 def before_due(request: ApprovalRequest, moment: datetime | None) -> datetime | None:

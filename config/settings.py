@@ -7,6 +7,7 @@ production shape (PostgreSQL and Redis). See ``.env.example``.
 
 from __future__ import annotations
 
+import json
 import os
 from datetime import timedelta
 from pathlib import Path
@@ -396,6 +397,19 @@ SIGNOFF_BUSINESS_TIMEZONE = env("SIGNOFF_BUSINESS_TIMEZONE", TIME_ZONE)
 SIGNOFF_BUSINESS_DAYS = env("SIGNOFF_BUSINESS_DAYS", "mon-fri")
 SIGNOFF_BUSINESS_HOURS = env("SIGNOFF_BUSINESS_HOURS", "09:00-17:00")
 SIGNOFF_HOLIDAYS = env_list("SIGNOFF_HOLIDAYS")  # ISO dates, comma-separated
+# Public holidays of a country (ISO 3166 code, e.g. DE) and optional subdivision (BY) from the
+# `holidays` library, for any year, beside the explicit dates above. Checked at startup
+# (orchestration.checks): an unknown code stops `manage.py check` and every command.
+SIGNOFF_BUSINESS_COUNTRY = env("SIGNOFF_BUSINESS_COUNTRY", "")
+SIGNOFF_BUSINESS_SUBDIVISION = env("SIGNOFF_BUSINESS_SUBDIVISION", "")
+# Named calendars an approval step picks with calendar="name": a JSON object of
+# {"name": {"country": "FR", "subdivision": "", "timezone": "Europe/Paris", "days": "mon-fri",
+# "hours": "09:00-18:00", "holidays": ["2031-05-02"]}}; a key left out takes the default
+# calendar's value (the SIGNOFF_BUSINESS_* settings above).
+try:
+    SIGNOFF_BUSINESS_CALENDARS = json.loads(env("SIGNOFF_BUSINESS_CALENDARS", "{}") or "{}")
+except ValueError as exc:
+    raise ImproperlyConfigured(f"SIGNOFF_BUSINESS_CALENDARS is not a JSON object: {exc}") from None
 # Segregation of duties (approvals.policy, README "Security"). Whoever started an instance
 # counts as its requester and never decides it; operators (orchestration.operate_instance) may
 # record an assignee's decision on their behalf only with SIGNOFF_DECIDE_ON_BEHALF=1, and
@@ -416,7 +430,20 @@ SIGNOFF_SIGNAL_SECRETS = dict(
 )
 # Outbound webhooks: request timeout, attempts before giving up, optional Celery queue, and
 # how long finished deliveries are kept.
-SIGNOFF_WEBHOOK_TIMEOUT = env_int("SIGNOFF_WEBHOOK_TIMEOUT", 5)
+SIGNOFF_WEBHOOK_TIMEOUT = env_int("SIGNOFF_WEBHOOK_TIMEOUT", 5)  # read and write, seconds
+# The HTTP client (httpx, integrations.webhook_http): seconds to connect, to wait for a free
+# connection of the batch's pool, and for a whole attempt (response body included); response
+# bodies are read up to SIGNOFF_WEBHOOK_MAX_RESPONSE_BYTES and no further.
+SIGNOFF_WEBHOOK_CONNECT_TIMEOUT = env_float("SIGNOFF_WEBHOOK_CONNECT_TIMEOUT", 3.0)
+SIGNOFF_WEBHOOK_POOL_TIMEOUT = env_float("SIGNOFF_WEBHOOK_POOL_TIMEOUT", 5.0)
+SIGNOFF_WEBHOOK_TOTAL_TIMEOUT = env_float("SIGNOFF_WEBHOOK_TOTAL_TIMEOUT", 30.0)
+SIGNOFF_WEBHOOK_MAX_RESPONSE_BYTES = env_int("SIGNOFF_WEBHOOK_MAX_RESPONSE_BYTES", 64 * 1024)
+# Webhook and alert URLs may point at loopback, link-local or private addresses (also after
+# DNS resolution) only with this on: off in production, on in the embedded default (a demo's
+# receiver on 127.0.0.1) and in the tests.
+SIGNOFF_WEBHOOK_ALLOW_PRIVATE = env_bool("SIGNOFF_WEBHOOK_ALLOW_PRIVATE", EMBEDDED)
+# After a secret rotation the previous secret keeps signing (a second signature) this long.
+SIGNOFF_WEBHOOK_SECRET_OVERLAP_HOURS = env_float("SIGNOFF_WEBHOOK_SECRET_OVERLAP_HOURS", 24.0)
 SIGNOFF_WEBHOOK_MAX_ATTEMPTS = env_int("SIGNOFF_WEBHOOK_MAX_ATTEMPTS", 8)
 SIGNOFF_WEBHOOK_QUEUE = env("SIGNOFF_WEBHOOK_QUEUE", "")
 SIGNOFF_WEBHOOK_KEEP_DAYS = env_int("SIGNOFF_WEBHOOK_KEEP_DAYS", 30)

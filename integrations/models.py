@@ -6,7 +6,7 @@ engine's commit, POSTed by a Celery task; its id is the receivers' deduplication
 
 from __future__ import annotations
 
-import secrets
+from typing import Any
 from urllib.parse import urlsplit
 
 from django.core.exceptions import ValidationError
@@ -15,6 +15,10 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 from django_fsm import FSMField, FSMModelMixin, transition
+
+from orchestration import sealing
+
+from . import webhook_http, webhook_signing
 
 
 class OutboundEmail(models.Model):
@@ -91,7 +95,28 @@ WEBHOOK_EVENTS: dict[str, str] = {**WEBHOOK_LIFECYCLE_EVENTS, **WEBHOOK_OPT_IN_E
 
 
 def new_webhook_secret() -> str:
-    return "whsec_" + secrets.token_urlsafe(32)
+    """A Standard Webhooks secret: ``whsec_`` and 32 random bytes in base64."""
+    return webhook_signing.new_secret()
+
+
+def seal_secret(secret: str) -> str:
+    """A secret as stored: the Fernet token of a sealed value (``orchestration.sealing``, under
+    ``SIGNOFF_ENCRYPTION_KEYS``; DESIGN.md "Trust": nothing usable is stored that could be
+    lifted from a dump)."""
+    return sealing.seal_value(secret)[sealing.MARK]
+
+
+def open_secret(stored: str) -> str:
+    try:
+        return str(sealing.open_value({sealing.MARK: stored}, where="webhook secret"))
+    except (sealing.SealError, ValueError):
+        raise sealing.SealError(
+            "cannot decrypt a webhook secret: none of the keys in SIGNOFF_ENCRYPTION_KEYS opens it"
+        ) from None
+
+
+def new_sealed_webhook_secret() -> str:
+    return seal_secret(new_webhook_secret())
 
 
 class WebhookSubscription(models.Model):
@@ -99,8 +124,11 @@ class WebhookSubscription(models.Model):
 
     name = models.CharField(max_length=100, unique=True)
     url = models.URLField(max_length=500, help_text="http:// or https:// endpoint to POST to.")
-    # The receiver checks X-Signoff-Signature with it; shown in the admin to who may change it.
-    secret = models.CharField(max_length=100, default=new_webhook_secret, editable=False)
+    # Sealed (a Fernet token): shown whole once, when made (creation or rotation), then masked.
+    secret = models.TextField(default=new_sealed_webhook_secret, editable=False)
+    # After a rotation the previous secret (sealed) signs too until it expires.
+    previous_secret = models.TextField(blank=True, default="", editable=False)
+    previous_secret_expires_at = models.DateTimeField(null=True, blank=True, editable=False)
     event_types = models.JSONField(
         default=list, blank=True, help_text="Empty: every lifecycle event."
     )
@@ -118,6 +146,11 @@ class WebhookSubscription(models.Model):
         errors: dict[str, str] = {}
         if urlsplit(self.url or "").scheme not in ("http", "https"):
             errors["url"] = "Use an http:// or https:// URL."
+        else:
+            try:
+                webhook_http.check_target(self.url)
+            except webhook_http.TargetRefused as exc:
+                errors["url"] = str(exc)
         if not isinstance(self.event_types, list) or not all(
             isinstance(t, str) for t in self.event_types
         ):
@@ -130,6 +163,22 @@ class WebhookSubscription(models.Model):
             errors["workflows"] = "A list of workflow names."
         if errors:
             raise ValidationError(errors)
+
+    def signing_secrets(self, now: Any = None) -> list[str]:
+        """The secrets that sign a delivery now: the current one, and the previous one while
+        its overlap lasts."""
+        now = now or timezone.now()
+        found = [open_secret(self.secret)]
+        if (
+            self.previous_secret
+            and self.previous_secret_expires_at
+            and now < (self.previous_secret_expires_at)
+        ):
+            found.append(open_secret(self.previous_secret))
+        return found
+
+    def secret_hint(self) -> str:
+        return webhook_signing.masked_secret(open_secret(self.secret))
 
     def wants(self, event_type: str, workflow: str) -> bool:
         """Whether an event of this type, of an instance of this workflow, is sent here."""

@@ -55,6 +55,19 @@ def deliver_webhook(delivery_id: int) -> str:
     return webhooks.webhook_deliver(delivery_id=delivery_id)
 
 
+@shared_task(
+    name=webhooks.DELIVER_WEBHOOKS,
+    acks_late=True,
+    ignore_result=True,
+    # The deliveries of one event, one HTTP client; each attempt is bounded by the client's
+    # timeouts (SIGNOFF_WEBHOOK_TOTAL_TIMEOUT at most), retries are the service's.
+    soft_time_limit=300,
+    time_limit=330,
+)
+def deliver_webhooks(delivery_ids: list[int]) -> dict[str, int]:
+    return webhooks.webhook_deliver_batch(delivery_ids=delivery_ids)
+
+
 @shared_task(name="integrations.sweep_webhooks", ignore_result=True)
 def sweep_webhooks() -> int:
     return webhooks.sweep_webhooks()

@@ -1,7 +1,10 @@
-"""Webhooks in the admin. Subscriptions are managed here (name, URL, filters, active; the secret
-is generated and shown to who may change the subscription). Deliveries are read-only history;
-one operator action, "retry", hands a failed delivery back to the delivery task through
-``webhooks.webhook_delivery_retry``. Retrying needs ``orchestration.operate_instance``."""
+"""Webhooks in the admin. Subscriptions are managed here (name, URL, filters, active). The
+secret is generated, shown whole once (in the message after the subscription is added or its
+secret rotated) and masked ever after; "rotate secret" gives a new one while the previous one
+keeps signing for the overlap (``SIGNOFF_WEBHOOK_SECRET_OVERLAP_HOURS``). Deliveries are
+read-only history; one operator action, "retry", hands a failed delivery back to the delivery
+task through ``webhooks.webhook_delivery_retry``. Retrying needs
+``orchestration.operate_instance``."""
 
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from .models import (
     WEBHOOK_LIFECYCLE_EVENTS,
     WebhookDelivery,
     WebhookSubscription,
+    open_secret,
 )
 
 # The outbox's templates only add the house admin style; they fit any integrations model.
@@ -75,7 +79,7 @@ def _describe(entry: dict[str, Any]) -> str:
 
 
 @admin.register(WebhookSubscription)
-class WebhookSubscriptionAdmin(admin.ModelAdmin):
+class WebhookSubscriptionAdmin(StrictActionsMixin, admin.ModelAdmin):
     form = WebhookSubscriptionForm
     list_display = [
         "name",
@@ -92,35 +96,35 @@ class WebhookSubscriptionAdmin(admin.ModelAdmin):
     change_list_template = CHANGE_LIST_TEMPLATE
     change_form_template = CHANGE_FORM_TEMPLATE
 
-    def _secret_field(self, request: HttpRequest, obj: Any) -> str:
-        # View-only staff see that a secret exists, not what it is.
-        return "secret_shown" if self.has_change_permission(request, obj) else "secret_hidden"
-
     def get_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
         fields = ["name", "url", "active", "event_types", "workflows"]
         if obj is not None:
-            fields += [self._secret_field(request, obj), "created_at", "deliveries_link"]
+            fields += ["secret_hidden", "created_at", "deliveries_link"]
         return fields
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
-        return ["secret_shown", "secret_hidden", "created_at", "deliveries_link"]
+        return ["secret_hidden", "created_at", "deliveries_link"]
 
     def response_add(self, request: HttpRequest, obj: Any, post_url_continue: Any = None) -> Any:
         self.message_user(
             request,
-            "A signing secret was generated: copy it from “secret” below and give it to the "
-            "receiver.",
+            format_html(
+                "Signing secret of {}: <code>{}</code> — copy it now and give it to the "
+                "receiver; it is not shown again.",
+                obj.name,
+                open_secret(obj.secret),
+            ),
             messages.INFO,
         )
         return super().response_add(request, obj, post_url_continue)
 
     @admin.display(description="secret")
-    def secret_shown(self, obj: WebhookSubscription) -> str:
-        return format_html("<code>{}</code>", obj.secret)
-
-    @admin.display(description="secret")
     def secret_hidden(self, obj: WebhookSubscription) -> str:
-        return "•••••• (shown to who may change this subscription)"
+        hint = obj.secret_hint()
+        if obj.previous_secret and obj.previous_secret_expires_at:
+            until = obj.previous_secret_expires_at
+            return f"{hint} (the previous secret signs too until {until:%Y-%m-%d %H:%M} UTC)"
+        return hint
 
     @admin.display(description="events")
     def events(self, obj: WebhookSubscription) -> str:
@@ -138,16 +142,24 @@ class WebhookSubscriptionAdmin(admin.ModelAdmin):
         return format_html('<a href="{}?subscription__id__exact={}">deliveries</a>', url, obj.pk)
 
     @admin.action(
-        description="Generate a new secret (receivers must be updated)", permissions=["change"]
+        description="Rotate secret (the previous one keeps signing for the overlap)",
+        permissions=["change"],
     )
     def rotate_secret(self, request: HttpRequest, queryset: QuerySet) -> None:
-        names = []
-        for subscription in queryset:
-            webhooks.webhook_secret_rotate(subscription_id=subscription.pk)
-            names.append(subscription.name)
-        self.message_user(
-            request, f"New secret for: {', '.join(names)}. Open each to copy it.", messages.SUCCESS
-        )
+        hours = webhooks.overlap().total_seconds() / 3600
+        for subscription in queryset.order_by("pk"):
+            secret = webhooks.webhook_secret_rotate(subscription_id=subscription.pk)
+            self.message_user(
+                request,
+                format_html(
+                    "New signing secret of {}: <code>{}</code> — copy it now, it is not shown "
+                    "again. The previous secret signs too for {} hours.",
+                    subscription.name,
+                    secret,
+                    f"{hours:g}",
+                ),
+                messages.SUCCESS,
+            )
 
 
 @admin.register(WebhookDelivery)

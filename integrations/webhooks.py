@@ -10,24 +10,23 @@ and records the outcome: 2xx marks it delivered; anything else schedules the nex
 exponential backoff (``eta`` on the Celery message and ``next_attempt_at`` on the row), until
 the last attempt marks it failed. :func:`sweep_webhooks` rings again for pending deliveries
 whose message was lost. A delivery may reach an endpoint more than once (a worker killed
-mid-request); receivers dedupe on ``X-Signoff-Delivery``.
+mid-request); receivers dedupe on ``webhook-id`` (``X-Signoff-Delivery``).
 
-Signature: ``X-Signoff-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>``,
-checked by :func:`verify_signature`.
+Deliveries of one event go out as one batch task over one HTTP client (connections reused);
+the HTTP client and its guard against internal targets are :mod:`integrations.webhook_http`,
+the signatures (Standard Webhooks, and the deprecated ``X-Signoff-Signature``)
+:mod:`integrations.webhook_signing`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import logging
 import time
-import urllib.error
-import urllib.request
 from datetime import datetime, timedelta
 from typing import Any
 
+import httpx
 from celery import current_app
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
@@ -36,16 +35,26 @@ from django.utils import timezone
 
 from orchestration import sealing
 
-from .models import WEBHOOK_EVENTS, WebhookDelivery, WebhookSubscription, new_webhook_secret
+from . import webhook_http, webhook_signing
+from .models import (
+    WEBHOOK_EVENTS,
+    WebhookDelivery,
+    WebhookSubscription,
+    new_webhook_secret,
+    seal_secret,
+)
+from .webhook_signing import SIGNATURE_HEADER, signature_header, verify_signature
+
+__all__ = ["SIGNATURE_HEADER", "signature_header", "verify_signature"]
 
 log = logging.getLogger("signoff.webhooks")
 
-USER_AGENT = "Signoff-Webhooks/1"
-SIGNATURE_HEADER = "X-Signoff-Signature"
+USER_AGENT = webhook_http.USER_AGENT
 HISTORY_KEEP = 20
 # The delivery task (:mod:`integrations.tasks`, loaded by the app's ready()), sent by name from
 # Celery's registry: the task calls this module, so this module does not import it.
 DELIVER_WEBHOOK = "integrations.deliver_webhook"
+DELIVER_WEBHOOKS = "integrations.deliver_webhooks"
 # A message may arrive a little before the row's due time (clock skew between hosts).
 EARLY_SLACK = timedelta(seconds=2)
 
@@ -63,51 +72,6 @@ def backoff(attempts: int) -> timedelta:
     base = float(_setting("SIGNOFF_WEBHOOK_BACKOFF_SECONDS", 10))
     cap = float(_setting("SIGNOFF_WEBHOOK_BACKOFF_MAX_SECONDS", 3600))
     return timedelta(seconds=min(base * 2 ** max(attempts - 1, 0), cap))
-
-
-# -- signing -------------------------------------------------------------------------------------
-
-
-def sign(secret: str, timestamp: int, body: bytes) -> str:
-    """Hex HMAC-SHA256 of ``"<timestamp>.<body>"`` under ``secret``."""
-    message = str(int(timestamp)).encode() + b"." + body
-    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
-
-
-def signature_header(secret: str, body: bytes, *, timestamp: int | None = None) -> str:
-    t = int(time.time() if timestamp is None else timestamp)
-    return f"t={t},v1={sign(secret, t, body)}"
-
-
-def verify_signature(
-    secret: str,
-    header: str,
-    body: bytes,
-    tolerance: int = 300,
-    *,
-    now: float | None = None,
-) -> bool:
-    """The receiver's check: ``header`` (``X-Signoff-Signature``) signs exactly ``body`` (the raw
-    request bytes) under ``secret``, with a timestamp within ``tolerance`` seconds of now (a
-    captured request cannot be replayed later). Constant-time comparison."""
-    timestamp: int | None = None
-    signatures: list[str] = []
-    for part in (header or "").split(","):
-        key, _, value = part.strip().partition("=")
-        if key == "t":
-            try:
-                timestamp = int(value)
-            except ValueError:
-                return False
-        elif key == "v1" and value:
-            signatures.append(value)
-    if timestamp is None or not signatures:
-        return False
-    current = time.time() if now is None else now
-    if abs(current - timestamp) > tolerance:
-        return False
-    expected = sign(secret, timestamp, body)
-    return any(hmac.compare_digest(expected, candidate) for candidate in signatures)
 
 
 # -- receiver: the engine's announcement → delivery rows -----------------------------------------
@@ -211,8 +175,26 @@ def webhook_deliveries_create(*, event: Any) -> list[WebhookDelivery]:
 
 
 def _enqueue_all(ids: list[int]) -> None:
-    for pk in ids:
-        _enqueue(pk)
+    if len(ids) == 1:
+        _enqueue(ids[0])
+    else:
+        _enqueue_batch(ids)
+
+
+def _enqueue_batch(ids: list[int]) -> None:
+    """One task for the deliveries of one event: one HTTP client, its connections reused. A
+    broker failure is logged; the sweeper rings again for each row."""
+    options: dict[str, Any] = {
+        "retry": True,
+        "retry_policy": {"max_retries": 2, "interval_start": 0, "interval_step": 0.2},
+    }
+    queue = _setting("SIGNOFF_WEBHOOK_QUEUE", "")
+    if queue:
+        options["queue"] = queue
+    try:
+        current_app.tasks[DELIVER_WEBHOOKS].apply_async((ids,), **options)
+    except Exception:  # noqa: BLE001 - the sweeper is the fallback
+        log.warning("webhook deliveries %s not enqueued; the sweeper will send them", ids)
 
 
 def _enqueue(delivery_id: int, eta: datetime | None = None) -> None:
@@ -238,16 +220,6 @@ def _enqueue(delivery_id: int, eta: datetime | None = None) -> None:
 # -- delivery ------------------------------------------------------------------------------------
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """A redirect is an answer, not a delivery: the POST is not repeated elsewhere."""
-
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
-_opener = urllib.request.build_opener(_NoRedirect)
-
-
 def body_of(delivery: WebhookDelivery) -> bytes:
     document = {"id": delivery.pk, **delivery.payload}
     return json.dumps(
@@ -255,36 +227,24 @@ def body_of(delivery: WebhookDelivery) -> bytes:
     ).encode()
 
 
-def _post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int | None, str]:
+def _post(
+    url: str, body: bytes, headers: dict[str, str], *, client: httpx.Client | None = None
+) -> webhook_http.Outcome:
+    """POST once through ``client`` (or a client of its own)."""
+    if client is not None:
+        return webhook_http.send(client, url, body, headers)
+    with webhook_http.new_client() as own:
+        return webhook_http.send(own, url, body, headers)
+
+
+def post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int | None, str]:
     """POST once; returns ``(status code or None, error text)`` with an empty error on 2xx."""
-    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
-    timeout = float(_setting("SIGNOFF_WEBHOOK_TIMEOUT", 5))
-    try:
-        with _opener.open(request, timeout=timeout) as response:
-            code = response.status
-            response.read(64 * 1024)
-    except urllib.error.HTTPError as exc:
-        try:
-            excerpt = exc.read(500).decode("utf-8", "replace").strip()
-        except Exception:  # noqa: BLE001 - the status is what matters
-            excerpt = ""
-        finally:
-            exc.close()
-        return exc.code, f"HTTP {exc.code}" + (f": {excerpt}" if excerpt else "")
-    except urllib.error.URLError as exc:
-        reason = exc.reason
-        text = f"{type(reason).__name__}: {reason}" if isinstance(reason, Exception) else reason
-        return None, str(text)
-    except Exception as exc:  # noqa: BLE001 - timeouts, resets, bad URLs: all retryable
-        return None, f"{type(exc).__name__}: {exc}"
-    if 200 <= code < 300:
-        return code, ""
-    return code, f"HTTP {code}"
+    outcome = _post(url, body, headers)
+    return outcome.status_code, outcome.error
 
 
-# Public: alert notices (:mod:`integrations.alerts.delivery`) POST through the same door and
-# claim their attempts for the same lease (``lease`` is defined below).
-post = _post
+# Alert notices (:mod:`integrations.alerts.delivery`) POST through :func:`post` and claim their
+# attempts for the same lease (``lease`` below).
 
 
 def _remember(delivery: WebhookDelivery, entry: dict[str, Any]) -> None:
@@ -300,9 +260,10 @@ def _lease() -> timedelta:
 lease = _lease
 
 
-def webhook_deliver(*, delivery_id: int) -> str:
+def webhook_deliver(*, delivery_id: int, client: httpx.Client | None = None) -> str:
     """POST one pending, due delivery and record the attempt. Returns ``delivered``,
-    ``retrying``, ``failed``, ``not_due`` or ``skipped``.
+    ``retrying``, ``failed``, ``not_due`` or ``skipped``. ``client``: the batch's HTTP client
+    (else one of its own).
 
     No transaction is open during the request (on SQLite an open write transaction would hold
     the database's write lock): a short one claims the attempt under the row lock (``attempts``
@@ -311,7 +272,9 @@ def webhook_deliver(*, delivery_id: int) -> str:
     (``skipped``); a worker that dies mid-request leaves a claim the sweeper rings again for
     when the lease ends. On failure the next attempt is scheduled with exponential backoff,
     its message sent after the commit; after ``SIGNOFF_WEBHOOK_MAX_ATTEMPTS`` attempts the
-    delivery is ``failed`` (an operator may retry it from the admin)."""
+    delivery is ``failed`` (an operator may retry it from the admin). A refused target (a
+    private address, ``SIGNOFF_WEBHOOK_ALLOW_PRIVATE`` off) fails at once: no request is made
+    and retrying will not help."""
     with transaction.atomic():
         delivery = (
             WebhookDelivery.objects.select_for_update(skip_locked=True)
@@ -337,17 +300,20 @@ def webhook_deliver(*, delivery_id: int) -> str:
     attempt = delivery.attempts
 
     body = body_of(delivery)
+    timestamp = int(started.timestamp())
+    signing = subscription.signing_secrets(started)
     headers = {
         "Content-Type": "application/json",
         "User-Agent": USER_AGENT,
+        **webhook_signing.standard_headers(signing, str(delivery.pk), timestamp, body),
+        # Deprecated, removed in the next release (README "Webhooks").
         "X-Signoff-Event": delivery.event_type,
         "X-Signoff-Delivery": str(delivery.pk),
-        SIGNATURE_HEADER: signature_header(
-            subscription.secret, body, timestamp=int(started.timestamp())
-        ),
+        SIGNATURE_HEADER: signature_header(signing, body, timestamp=timestamp),
     }
     clock = time.monotonic()
-    code, error = _post(subscription.url, body, headers)
+    outcome = _post(subscription.url, body, headers, client=client)
+    code, error = outcome.status_code, outcome.error
     elapsed_ms = int((time.monotonic() - clock) * 1000)
 
     with transaction.atomic():
@@ -378,7 +344,7 @@ def webhook_deliver(*, delivery_id: int) -> str:
             delivery.delivered_at = now
             delivery.next_attempt_at = None
             result = "delivered"
-        elif attempt >= max_attempts():
+        elif outcome.refused or attempt >= max_attempts():
             delivery.status = WebhookDelivery.Status.FAILED
             delivery.next_attempt_at = None
             result = "failed"
@@ -429,10 +395,45 @@ def webhook_delivery_retry(*, delivery_id: int, actor: str = "system") -> bool:
     return True
 
 
-def webhook_secret_rotate(*, subscription_id: int) -> str:
-    """Give a subscription a new secret; deliveries signed from now on use it."""
+def webhook_deliver_batch(*, delivery_ids: list[int]) -> dict[str, int]:
+    """Deliver several deliveries (those of one event) over one HTTP client, so connections to
+    the same host are reused. Each is claimed and recorded as by :func:`webhook_deliver`.
+    Returns how many ended in each result."""
+    results: dict[str, int] = {}
+    with webhook_http.new_client() as client:
+        for pk in delivery_ids:
+            try:
+                result = webhook_deliver(delivery_id=pk, client=client)
+            except Exception:  # noqa: BLE001 - isolate a failing row; the sweeper rings again
+                log.exception("webhook delivery %s failed in its batch", pk)
+                result = "error"
+            results[result] = results.get(result, 0) + 1
+    return results
+
+
+def overlap() -> timedelta:
+    return timedelta(hours=float(_setting("SIGNOFF_WEBHOOK_SECRET_OVERLAP_HOURS", 24)))
+
+
+def webhook_secret_rotate(
+    *, subscription_id: int, now: datetime | None = None, overlap_for: timedelta | None = None
+) -> str:
+    """Give a subscription a new secret and return it (the only time it is readable whole).
+    The previous secret keeps signing beside it (a second ``v1`` signature) for the overlap
+    (``SIGNOFF_WEBHOOK_SECRET_OVERLAP_HOURS``), so the receiver can switch without losing a
+    delivery; a secret older than the previous one stops signing at once. Under the row
+    lock; raises ``WebhookSubscription.DoesNotExist`` for an unknown id."""
+    now = now or timezone.now()
     secret = new_webhook_secret()
-    WebhookSubscription.objects.filter(pk=subscription_id).update(secret=secret)
+    with transaction.atomic():
+        subscription = WebhookSubscription.objects.select_for_update().get(pk=subscription_id)
+        subscription.previous_secret = subscription.secret
+        subscription.previous_secret_expires_at = now + (
+            overlap() if overlap_for is None else overlap_for
+        )
+        subscription.secret = seal_secret(secret)
+        subscription.save(update_fields=["secret", "previous_secret", "previous_secret_expires_at"])
+        transaction.on_commit(forget_subscriptions)
     return secret
 
 
@@ -465,7 +466,8 @@ def sweep_webhooks(
     """Enqueue again pending deliveries due longer than the grace period ago (their message
     was lost: broker down at commit, Redis flushed). Bounded batch, row locks with
     ``skip_locked``, re-checked under the lock. Also deletes finished deliveries older than
-    ``SIGNOFF_WEBHOOK_KEEP_DAYS`` (default 30; 0 keeps them). Returns how many were rung."""
+    ``SIGNOFF_WEBHOOK_KEEP_DAYS`` (default 30; 0 keeps them), and previous secrets past their
+    overlap. Returns how many were rung."""
     now = now or timezone.now()
     grace = (
         _setting("SIGNOFF_WEBHOOK_GRACE_SECONDS", 60) if grace_seconds is None else grace_seconds
@@ -487,6 +489,11 @@ def sweep_webhooks(
             log.exception("webhook sweeper failed on delivery %s", pk)
     if rung:
         log.info("webhook sweeper rang again for %d deliveries", rung)
+
+    # Previous secrets past their overlap sign nothing any more: not kept either.
+    WebhookSubscription.objects.filter(previous_secret_expires_at__lte=now).update(
+        previous_secret="", previous_secret_expires_at=None
+    )
 
     keep_days = int(_setting("SIGNOFF_WEBHOOK_KEEP_DAYS", 30))
     if keep_days > 0:

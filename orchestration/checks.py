@@ -2,7 +2,8 @@
 registered, or those instances could never finish; every active schedule should start a
 registered workflow (or its fires are recorded failed) — these two run with `manage.py check
 --database default`, before `migrate`, and when `runall` and workers start; and every child
-step's workflow must be registered (every `manage.py check`)."""
+step's workflow must be registered, and the business calendars must name known countries,
+subdivisions and time zones (every `manage.py check`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 from django.core.checks import Error, Tags, Warning, register
 from django.db import DatabaseError
 
+from .calendar import calendar_problems
 from .definitions import registry
 from .models import InstanceState, Schedule, WorkflowInstance
 
@@ -111,4 +113,21 @@ def check_schedules_startable(
         )
         for name, workflow, version in rows
         if registry.get(workflow, version) is None
+    ]
+
+
+@register()
+def check_business_calendars(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    """The default business calendar (SIGNOFF_BUSINESS_*) and the named ones
+    (SIGNOFF_BUSINESS_CALENDARS): a country or subdivision the ``holidays`` library does not
+    know, a time zone, days, hours or a holiday that does not parse stops start-up."""
+    return [
+        Error(
+            problem,
+            hint="SIGNOFF_BUSINESS_COUNTRY takes an ISO 3166 code (DE, FR, US, ...), "
+            "SIGNOFF_BUSINESS_SUBDIVISION one of its subdivisions (BY, ...); README "
+            '"Business calendars".',
+            id="signoff.E031",
+        )
+        for problem in calendar_problems()
     ]

@@ -57,6 +57,8 @@ SIGNOFF_TOKEN_FAILURES_PER_IP = 1_000_000
 # listen on plain http on the loopback.
 SIGNOFF_ALERT_RULE_CACHE_SECONDS = 0.0
 SIGNOFF_ALERT_HTTP_HOSTS = ["127.0.0.1", "localhost"]
+# The webhook tests' receivers listen on 127.0.0.1 (the refusal has its own tests).
+SIGNOFF_WEBHOOK_ALLOW_PRIVATE = True
 # Traces are on only where a test turns them on (tests/orchestration/test_tracing.py; its
 # worker gets SIGNOFF_TEST_TRACING=1): a developer's OTEL_EXPORTER_OTLP_ENDPOINT must not send
 # the suite's spans anywhere.

@@ -50,7 +50,7 @@ from approvals import mail_preferences, notifications
 from approvals.models import ActionToken, ApprovalRequest, Decision, MailPreference
 from integrations.alerts.conditions import Finding
 from integrations.alerts.services import alert_fire
-from integrations.models import Alert, AlertRule
+from integrations.models import Alert, AlertRule, WebhookSubscription, open_secret
 from orchestration import batches, engine, schedules
 from orchestration.batch_models import BatchItem, BatchOperation
 from orchestration.models import Event, Schedule, ScheduleFire, StepRun, WorkflowInstance
@@ -77,6 +77,7 @@ VIEW_PERMISSIONS = [
     "integrations.view_outboundemail",
     "integrations.view_alert",
     "integrations.view_alertrule",
+    "integrations.view_webhooksubscription",
     "authtoken.view_tokenproxy",
     "orchestration.view_schedule",
     "orchestration.view_schedulefire",
@@ -111,6 +112,8 @@ class World:
     schedule: Any = None  # an active schedule of t_sequence, every hour
     paused_schedule: Any = None  # a paused one
     batch_id: int = 0  # a queued batch pausing the waiting onboarding
+    webhook_id: int = 0  # a webhook subscription (its secret is sealed, never shown whole)
+    webhook_secret: str = ""
 
 
 def _run_scheduled(instance: WorkflowInstance) -> None:
@@ -206,6 +209,7 @@ def _make_world() -> World:
     batch = batches.batch_create(
         action="pause", filter={"ids": [str(waiting.pk)]}, user=users["superuser"], reason="m"
     )
+    hook = WebhookSubscription.objects.create(name="matrix erp", url="http://127.0.0.1:9/hook")
     return World(
         users,
         tokens,
@@ -218,6 +222,8 @@ def _make_world() -> World:
         schedule=hourly,
         paused_schedule=paused,
         batch_id=batch.pk,
+        webhook_id=hook.pk,
+        webhook_secret=open_secret(hook.secret),
     )
 
 
@@ -282,6 +288,11 @@ def snapshot() -> tuple:
         ),
         sorted(BatchOperation.objects.values_list("state", flat=True)),
         BatchItem.objects.count(),
+        sorted(
+            WebhookSubscription.objects.values_list(
+                "name", "url", "active", "secret", "previous_secret"
+            )
+        ),
     )
 
 
@@ -460,6 +471,23 @@ def _no_whole_key(response: HttpResponse, w: World) -> Any:
     if response.status_code == 200 and any(key in body for key in w.tokens.values()):
         return LEAK
     return None
+
+
+def _no_whole_secret(response: HttpResponse, w: World) -> Any:
+    """A webhook secret is shown whole only once, when it is made; never on a page after."""
+    if response.status_code == 200 and w.webhook_secret in response.content.decode():
+        return LEAK
+    return None
+
+
+SUBSCRIPTIONS = "/admin/integrations/webhooksubscription/"
+NEW_SUBSCRIPTION = {"name": "new hook", "url": "http://127.0.0.1:9/new", "active": "on"}
+
+
+def _rotate_webhook_secret(c: Client, w: World) -> HttpResponse:
+    return c.post(
+        SUBSCRIPTIONS, {"action": "rotate_secret", "_selected_action": [str(w.webhook_id)]}
+    )
 
 
 def _outbox_mail(w: World) -> int:
@@ -660,6 +688,26 @@ OPS: dict[str, Op] = {
     "POST admin: alert resolve now": Op(_resolve_alert, writes=True),
     "GET admin: alert rules changelist": Op(lambda c, w: c.get("/admin/integrations/alertrule/")),
     "POST admin: add an alert rule": Op(_add_alert_rule, writes=True),
+    # Webhook subscriptions: the admin's to change (add, rotate a secret); view-only staff
+    # read them; no page shows a whole secret after it was made.
+    "GET admin: webhook subscriptions (no whole secret)": Op(
+        lambda c, w: c.get(SUBSCRIPTIONS), judge=_no_whole_secret
+    ),
+    "GET admin: webhook subscription (no whole secret)": Op(
+        lambda c, w: c.get(f"{SUBSCRIPTIONS}{w.webhook_id}/change/"), judge=_no_whole_secret
+    ),
+    "POST admin: rotate a webhook secret": Op(_rotate_webhook_secret, writes=True),
+    "POST admin: add a webhook subscription": Op(
+        lambda c, w: c.post(f"{SUBSCRIPTIONS}add/", NEW_SUBSCRIPTION), writes=True
+    ),
+    # A URL resolving to a private address: refused (the form again), nothing saved.
+    "POST admin: add a webhook subscription to a private address": Op(
+        lambda c, w: c.post(f"{SUBSCRIPTIONS}add/", NEW_SUBSCRIPTION),
+        settings={"SIGNOFF_WEBHOOK_ALLOW_PRIVATE": False},
+        judge=lambda r, w: (
+            REFUSED if r.status_code == 200 and b"resolves to 127.0.0.1" in r.content else None
+        ),
+    ),
     # Mail preferences: the page is the logged-in person's own; the signed link in bob's mails
     # changes bob's mode for whoever holds it, and nothing else.
     "GET /inbox/preferences/": Op(lambda c, w: c.get("/inbox/preferences/")),
@@ -905,6 +953,11 @@ MATRIX: dict[str, tuple[Any, ...]] = {
     "POST admin: alert resolve now":                (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, 403, DONE, DONE),  # noqa: E501
     "GET admin: alert rules changelist":            (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, 200, 200, 200),  # noqa: E501
     "POST admin: add an alert rule":                (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, 403, 403, DONE),  # noqa: E501
+    "GET admin: webhook subscriptions (no whole secret)": (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, 200, 200, 200),  # noqa: E501
+    "GET admin: webhook subscription (no whole secret)": (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, 200, 200, 200),  # noqa: E501
+    "POST admin: rotate a webhook secret":          (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, 403, 403, DONE),  # noqa: E501
+    "POST admin: add a webhook subscription":       (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, 403, 403, DONE),  # noqa: E501
+    "POST admin: add a webhook subscription to a private address": (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, 403, 403, REFUSED),  # noqa: E501
     "GET /inbox/preferences/":                      (LOGIN, 200, 200, 200, 200, 200, 200),
     "POST /inbox/preferences/ digest":              (LOGIN, DONE, DONE, DONE, DONE, DONE, DONE),
     "GET /mail/{bob's preferences link}/":          (200, 200, 200, 200, 200, 200, 200),

@@ -25,7 +25,7 @@ from django.utils import timezone
 
 from orchestration import sealing
 
-from .. import mail, webhooks
+from .. import mail, webhook_signing, webhooks
 from ..models import Alert, AlertRule
 from .conditions import get_condition
 
@@ -206,9 +206,15 @@ def alert_webhook_deliver(*, alert_id: int, notice: str) -> str:
     headers = {
         "Content-Type": "application/json",
         "User-Agent": webhooks.USER_AGENT,
+        # Standard Webhooks, as subscriptions' deliveries (README "Outbound webhooks").
+        **webhook_signing.standard_headers(
+            [rule.webhook_secret], f"alert-{alert_id}-{notice}", int(started.timestamp()), body
+        ),
         "X-Signoff-Event": f"alert_{notice}",
         "X-Signoff-Delivery": f"alert-{alert_id}-{notice}",
-        webhooks.SIGNATURE_HEADER: webhooks.signature_header(rule.webhook_secret, body),
+        webhooks.SIGNATURE_HEADER: webhooks.signature_header(
+            rule.webhook_secret, body, timestamp=int(started.timestamp())
+        ),
     }
     code, error = webhooks.post(rule.webhook_url, body, headers)
     now = timezone.now().isoformat()

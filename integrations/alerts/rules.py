@@ -11,6 +11,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 
+from .. import webhook_http
 from .conditions import get_condition
 
 MAX_ADDRESSES = 50
@@ -25,12 +26,15 @@ def webhook_url_problem(url: str) -> str | None:
         return "Use an https:// URL with a host."
     if parts.username or parts.password:
         return "Put no user name or password in the URL (the request is signed)."
-    if parts.scheme == "https":
-        return None
     allowed = getattr(settings, "SIGNOFF_ALERT_HTTP_HOSTS", [])
-    if parts.scheme == "http" and parts.hostname in allowed:
-        return None
-    return "Use an https:// URL."
+    if parts.scheme != "https" and not (parts.scheme == "http" and parts.hostname in allowed):
+        return "Use an https:// URL."
+    # The webhooks' guard: no loopback, link-local or private target (also after DNS).
+    try:
+        webhook_http.check_target(url)
+    except webhook_http.TargetRefused as exc:
+        return str(exc)
+    return None
 
 
 def rule_problems(rule: Any) -> dict[str, str]:

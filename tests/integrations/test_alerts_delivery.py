@@ -15,6 +15,7 @@ import pytest
 from django.contrib.auth.models import Group
 from django.db import connection
 from django.utils import timezone
+from standardwebhooks import Webhook
 
 from integrations import webhooks
 from integrations.alerts import conditions, delivery, services
@@ -64,6 +65,9 @@ def test_the_webhook_notice_is_signed_masked_and_retried(
         hook.webhook_secret, request["headers"]["X-Signoff-Signature"], request["body"]
     )
     assert request["headers"]["X-Signoff-Delivery"] == f"alert-{alert.pk}-fired"
+    # Standard Webhooks too, verified as a receiver would.
+    assert request["headers"]["webhook-id"] == f"alert-{alert.pk}-fired"
+    Webhook(hook.webhook_secret).verify(request["body"], request["headers"])
     assert b"tok-very-secret" not in request["body"]
     document = json.loads(request["body"])
     assert document["event"] == "alert_fired" and document["alert"]["subject"] == "instance:s"

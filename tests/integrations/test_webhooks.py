@@ -22,9 +22,10 @@ from django.contrib.auth.models import Permission
 from django.core.exceptions import ValidationError
 from django.db import connection
 from django.urls import reverse
+from standardwebhooks import Webhook, WebhookVerificationError
 
-from integrations import webhooks
-from integrations.models import WebhookDelivery, WebhookSubscription
+from integrations import webhook_http, webhooks
+from integrations.models import WebhookDelivery, WebhookSubscription, open_secret
 from orchestration import engine
 from orchestration.models import Event, StepRun, WorkflowInstance
 from orchestration.signals import event_committed
@@ -106,8 +107,22 @@ def enqueued(
     if request.node.get_closest_marker("e2e"):
         return sent
     monkeypatch.setattr(webhooks, "_enqueue", lambda pk, eta=None: sent.append((pk, eta)))
+    monkeypatch.setattr(
+        webhooks, "_enqueue_batch", lambda ids: sent.extend((pk, None) for pk in ids)
+    )
     monkeypatch.setattr("orchestration.journal.ring_doorbells", lambda bells: None)
     return sent
+
+
+def secret_of(hook: WebhookSubscription) -> str:
+    """The subscription's current secret, as the receiver was given it (stored sealed)."""
+    return open_secret(WebhookSubscription.objects.get(pk=hook.pk).secret)
+
+
+def verified(secret: str, request: dict[str, Any]) -> Any:
+    """What a receiver does with a delivery: the ``standardwebhooks`` library's check of the
+    raw body and the headers (raises ``WebhookVerificationError``), then the JSON."""
+    return Webhook(secret).verify(request["body"], request["headers"])
 
 
 def subscribe(url: str, **fields: Any) -> WebhookSubscription:
@@ -161,7 +176,12 @@ def test_signed_delivery_of_a_real_event_reaches_a_loopback_server(
     assert headers["User-Agent"] == "Signoff-Webhooks/1"
     assert headers["X-Signoff-Event"] == "instance_started"
     assert headers["X-Signoff-Delivery"] == str(delivery.pk)
-    assert webhooks.verify_signature(hook.secret, headers["X-Signoff-Signature"], body)
+    assert headers["webhook-id"] == str(delivery.pk)
+    assert headers["webhook-signature"].startswith("v1,")
+    assert len(headers["webhook-signature"].split(" ")) == 1  # one secret, one signature
+    assert verified(secret_of(hook), request)["id"] == delivery.pk
+    # The deprecated header still verifies, for one release.
+    assert webhooks.verify_signature(secret_of(hook), headers["X-Signoff-Signature"], body)
 
     event = Event.objects.get(instance=instance, type="instance_started")
     document = json.loads(body)
@@ -206,21 +226,62 @@ def test_tampered_body_wrong_secret_and_stale_timestamp_fail_verification(
     sent_at = START.timestamp()
     assert header.startswith(f"t={int(sent_at)},v1=")
 
-    assert webhooks.verify_signature(hook.secret, header, body, now=sent_at + 299)
+    assert webhooks.verify_signature(secret_of(hook), header, body, now=sent_at + 299)
     tampered = body.replace(b'"instance_started"', b'"instance_failed"', 1)
     assert tampered != body
-    assert not webhooks.verify_signature(hook.secret, header, tampered, now=sent_at)
+    assert not webhooks.verify_signature(secret_of(hook), header, tampered, now=sent_at)
     assert not webhooks.verify_signature("whsec_other", header, body, now=sent_at)
     # Replayed after the tolerance, or dated in the future.
-    assert not webhooks.verify_signature(hook.secret, header, body, now=sent_at + 301)
-    assert not webhooks.verify_signature(hook.secret, header, body, now=sent_at - 301)
+    assert not webhooks.verify_signature(secret_of(hook), header, body, now=sent_at + 301)
+    assert not webhooks.verify_signature(secret_of(hook), header, body, now=sent_at - 301)
     with time_machine.travel(START + timedelta(minutes=6), tick=False):
-        assert not webhooks.verify_signature(hook.secret, header, body)
+        assert not webhooks.verify_signature(secret_of(hook), header, body)
     # A timestamp moved forward breaks the signature.
     moved = header.replace(f"t={int(sent_at)}", f"t={int(sent_at) + 200}")
-    assert not webhooks.verify_signature(hook.secret, moved, body, now=sent_at + 200)
+    assert not webhooks.verify_signature(secret_of(hook), moved, body, now=sent_at + 200)
     for broken in ["", "v1=abc", f"t={int(sent_at)}", "t=soon,v1=abc", "garbage"]:
-        assert not webhooks.verify_signature(hook.secret, broken, body, now=sent_at)
+        assert not webhooks.verify_signature(secret_of(hook), broken, body, now=sent_at)
+
+
+def test_standard_webhooks_receivers_refuse_tampered_wrong_stale_and_missing(
+    endpoint: Callable[..., Endpoint], django_capture_on_commit_callbacks: Any
+) -> None:
+    """The ``standardwebhooks`` library, as a receiver runs it, accepts the delivery as sent and
+    refuses every altered copy: body, id, timestamp, signature, secret, missing headers."""
+    server = endpoint()
+    hook = subscribe(server.url, event_types=["instance_started"])
+    with time_machine.travel(START, tick=False):
+        start_instance(django_capture_on_commit_callbacks)
+        delivery = WebhookDelivery.objects.get(subscription=hook)
+        webhooks.webhook_deliver(delivery_id=delivery.pk)
+        [request] = server.requests
+        secret = secret_of(hook)
+        assert request["headers"]["webhook-timestamp"] == str(int(START.timestamp()))
+        assert verified(secret, request)["event"] == "instance_started"
+
+        headers, body = request["headers"], request["body"]
+        signature = headers["webhook-signature"]
+        altered = [
+            (body.replace(b"instance_started", b"instance_failed", 1), headers),
+            (body + b" ", headers),
+            (body, {**headers, "webhook-id": str(delivery.pk + 1)}),
+            (body, {**headers, "webhook-timestamp": str(int(START.timestamp()) + 1)}),
+            (body, {**headers, "webhook-signature": "v1," + signature[3:][::-1]}),
+            (body, {**headers, "webhook-signature": "v2," + signature[3:]}),
+            (body, {**headers, "webhook-signature": ""}),
+            (body, {k: v for k, v in headers.items() if k != "webhook-id"}),
+            (body, {k: v for k, v in headers.items() if k != "webhook-signature"}),
+            (body, {k: v for k, v in headers.items() if k != "webhook-timestamp"}),
+        ]
+        for changed_body, changed_headers in altered:
+            with pytest.raises(WebhookVerificationError):
+                Webhook(secret).verify(changed_body, changed_headers)
+        with pytest.raises(WebhookVerificationError):
+            Webhook(webhooks.new_webhook_secret()).verify(body, headers)
+    # Replayed later than the library's tolerance (five minutes).
+    with time_machine.travel(START + timedelta(minutes=6), tick=False):
+        with pytest.raises(WebhookVerificationError):
+            verified(secret, request)
 
 
 # -- retries -------------------------------------------------------------------------------------
@@ -268,7 +329,8 @@ def test_failing_endpoint_is_retried_with_backoff_then_marked_failed(
             delivery.refresh_from_db()
             assert delivery.attempts == attempt
             assert delivery.last_status_code is None
-            assert "ConnectionRefusedError" in delivery.last_error
+            assert "ConnectError" in delivery.last_error
+            assert "refused" in delivery.last_error.lower()
             if attempt < 8:
                 assert result == "retrying"
                 waits.append((delivery.next_attempt_at - previous).total_seconds())
@@ -353,13 +415,13 @@ def test_no_transaction_is_open_during_the_request_and_the_attempt_is_claimed(
     baseline = len(connection.savepoint_ids)  # the test's own transaction
     seen: dict[str, Any] = {}
 
-    def post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, str]:
+    def post(url: str, body: bytes, headers: dict[str, str], **kw: Any) -> webhook_http.Outcome:
         # On SQLite an open transaction here would hold the write lock for the whole request.
         seen["savepoints"] = len(connection.savepoint_ids) - baseline
         # A duplicate message during the request finds the attempt claimed.
         seen["duplicate"] = webhooks.webhook_deliver(delivery_id=delivery.pk)
         seen["attempts"] = WebhookDelivery.objects.get(pk=delivery.pk).attempts
-        return 204, ""
+        return webhook_http.Outcome(204, "")
 
     monkeypatch.setattr(webhooks, "_post", post)
     assert webhooks.webhook_deliver(delivery_id=delivery.pk) == "delivered"
@@ -373,9 +435,9 @@ def test_an_attempt_overtaken_by_an_operator_retry_is_not_recorded(
     start_instance(django_capture_on_commit_callbacks)
     delivery = WebhookDelivery.objects.get(subscription=hook)
 
-    def post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, str]:
+    def post(url: str, body: bytes, headers: dict[str, str], **kw: Any) -> webhook_http.Outcome:
         assert webhooks.webhook_delivery_retry(delivery_id=delivery.pk, actor="user:ops")
-        return 500, "HTTP 500"
+        return webhook_http.Outcome(500, "HTTP 500")
 
     monkeypatch.setattr(webhooks, "_post", post)
     assert webhooks.webhook_deliver(delivery_id=delivery.pk) == "skipped"
@@ -477,23 +539,35 @@ def test_subscription_admin_generates_and_shows_the_secret(admin_client: Any) ->
     )
     assert response.status_code == 302, response.content[:2000]
     hook = WebhookSubscription.objects.get(name="erp")
-    assert hook.secret.startswith("whsec_") and len(hook.secret) > 30
+    assert secret_of(hook).startswith("whsec_") and len(secret_of(hook)) > 30
     assert hook.event_types == ["instance_succeeded", "step_failed"]
     assert hook.workflows == ["t_sequence"]
 
+    # Shown whole once, in the message after the add; stored sealed; masked ever after.
+    secret = secret_of(hook)
+    shown = admin_client.get(reverse("admin:integrations_webhooksubscription_changelist"))
+    assert secret.encode() in shown.content
+    assert secret not in hook.secret and "whsec_" not in hook.secret
     page = admin_client.get(
         reverse("admin:integrations_webhooksubscription_change", args=[hook.pk])
     )
     assert page.status_code == 200
-    assert hook.secret.encode() in page.content
+    assert secret.encode() not in page.content
+    assert secret[-4:].encode() in page.content  # the hint
+    again = admin_client.get(reverse("admin:integrations_webhooksubscription_changelist"))
+    assert secret.encode() not in again.content
 
-    old = hook.secret
-    admin_client.post(
+    old = secret_of(hook)
+    rotated = admin_client.post(
         reverse("admin:integrations_webhooksubscription_changelist"),
         {"action": "rotate_secret", "_selected_action": [hook.pk]},
+        follow=True,
     )
     hook.refresh_from_db()
-    assert hook.secret != old
+    assert secret_of(hook) != old
+    assert secret_of(hook).encode() in rotated.content  # the new one, once
+    assert old.encode() not in rotated.content
+    assert hook.previous_secret and hook.previous_secret_expires_at is not None
 
     bad = admin_client.post(
         reverse("admin:integrations_webhooksubscription_add"),
@@ -511,7 +585,7 @@ def test_view_only_staff_do_not_see_the_secret(client: Any, staff: Any) -> None:
     page = client.get(reverse("admin:integrations_webhooksubscription_change", args=[hook.pk]))
 
     assert page.status_code == 200
-    assert hook.secret.encode() not in page.content
+    assert secret_of(hook).encode() not in page.content
 
 
 def test_subscription_validation() -> None:
@@ -662,28 +736,35 @@ def test_e2e_a_worker_delivers_signed_lifecycle_events(
 ) -> None:
     server = endpoint()
     hook = subscribe(server.url, event_types=["instance_started", "instance_succeeded"])
+    # A second subscription to the same events: each event's two deliveries go out as one
+    # batch task (one HTTP client) on the worker.
+    other = endpoint()
+    second = subscribe(other.url, event_types=["instance_started", "instance_succeeded"])
 
     instance, _ = engine.instance_start(workflow="t_sequence", business_key="E2E-1")
 
     wait_for(
         lambda: (
-            WebhookDelivery.objects.filter(instance_id=instance.pk, status="delivered").count() == 2
+            WebhookDelivery.objects.filter(instance_id=instance.pk, status="delivered").count() == 4
         ),
         timeout=30,
-        message="two delivered webhooks",
+        message="four delivered webhooks",
     )
-    assert sorted(r["headers"]["X-Signoff-Event"] for r in server.requests) == [
-        "instance_started",
-        "instance_succeeded",
-    ]
-    for request in server.requests:
-        assert webhooks.verify_signature(
-            hook.secret, request["headers"]["X-Signoff-Signature"], request["body"]
-        )
-        document = json.loads(request["body"])
-        assert document["instance"]["id"] == str(instance.pk)
-        assert document["instance"]["business_key"] == "E2E-1"
-        assert str(document["id"]) == request["headers"]["X-Signoff-Delivery"]
+    for receiver, subscription in ((server, hook), (other, second)):
+        assert sorted(r["headers"]["X-Signoff-Event"] for r in receiver.requests) == [
+            "instance_started",
+            "instance_succeeded",
+        ]
+        for request in receiver.requests:
+            # As a receiver does it: the standardwebhooks library, then the JSON.
+            document = verified(secret_of(subscription), request)
+            assert webhooks.verify_signature(
+                secret_of(subscription), request["headers"]["X-Signoff-Signature"], request["body"]
+            )
+            assert document["instance"]["id"] == str(instance.pk)
+            assert document["instance"]["business_key"] == "E2E-1"
+            assert str(document["id"]) == request["headers"]["webhook-id"]
+            assert request["headers"]["webhook-id"] == request["headers"]["X-Signoff-Delivery"]
 
 
 def test_active_subscriptions_are_cached_per_process_and_forgotten_on_change(
