@@ -48,7 +48,7 @@ gettext:
 messages: install gettext
 	$(PY) manage.py compilemessages --ignore=.venv --ignore=var --ignore=build
 
-# axe-core for the accessibility tests (tests/test_accessibility_browser.py), from the npm
+# axe-core for the accessibility tests (tests/approvals/test_accessibility_browser.py), from the npm
 # registry into build/axe (git-ignored) at install time, never fetched by a test.
 AXE_VERSION := 4.14.1
 AXE_JS := build/axe/node_modules/axe-core/axe.min.js
