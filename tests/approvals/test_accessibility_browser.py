@@ -187,7 +187,9 @@ FOCUS_STYLE = """() => {
   return {
     tag: el.tagName.toLowerCase(),
     name: (el.innerText || el.value || el.getAttribute('aria-label') || '').trim().slice(0, 60),
-    focusVisible: el.matches(':focus-visible'),
+    focusVisible: el.matches(':focus-visible') || el.matches(':focus-within'),
+    type: el.type || '',
+    id: el.id,
     outline: style.outlineStyle !== 'none' && parseFloat(style.outlineWidth) >= 2,
     outlineColor: style.outlineColor,
   };
@@ -248,4 +250,3 @@ def test_every_action_is_reached_by_keyboard_with_a_visible_focus(
     page.goto(base + path.format(instance=world["laptop"].instance_id))
     stops = tab_to(page, target, limit=200)
     assert len(stops) > 3
-
