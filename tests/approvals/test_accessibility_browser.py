@@ -250,3 +250,19 @@ def test_every_action_is_reached_by_keyboard_with_a_visible_focus(
     page.goto(base + path.format(instance=world["laptop"].instance_id))
     stops = tab_to(page, target, limit=200)
     assert len(stops) > 3
+
+
+@pytest.mark.docs  # not part of `make test`: `pytest -m docs` refreshes docs/inbox-de.png
+def test_docs_screenshot_of_the_german_inbox(
+    page: Page, live_server: Any, world: dict[str, Any], axe_source: str
+) -> None:
+    """README's German inbox: bob chose German and Berlin time."""
+    mail_preferences.mail_preference_set(
+        user=world["bob"], mode="immediate", language="de", time_zone="Europe/Berlin"
+    )
+    page.set_viewport_size({"width": 1280, "height": 800})
+    log_in(page, live_server.url, world["bob"])
+    page.goto(f"{live_server.url}/inbox/")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Posteingang")
+    assert_accessible(page, axe_source, "German inbox")
+    page.screenshot(path=str(Path(settings.BASE_DIR) / "docs" / "inbox-de.png"))
