@@ -22,9 +22,16 @@ RUN pip install ".[s3]"
 
 COPY . .
 
-# Static files (admin, API docs) are collected at build time and served by WhiteNoise.
-# SECRET_KEY here only lets settings import; it is not in the final environment.
-RUN SECRET_KEY=collectstatic-only python manage.py collectstatic --noinput \
+# Static files (admin, API docs) are collected at build time and served by WhiteNoise, and
+# the translations compiled (locale/*/django.po -> .mo, with msgfmt from Debian's gettext,
+# removed again). SECRET_KEY here only lets settings import; it is not in the final
+# environment.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gettext \
+ && SECRET_KEY=collectstatic-only python manage.py compilemessages \
+ && apt-get purge -y --auto-remove gettext \
+ && rm -rf /var/lib/apt/lists/* \
+ && SECRET_KEY=collectstatic-only python manage.py collectstatic --noinput \
  && mkdir -p /app/var \
  && chown signoff:signoff /app/var
 

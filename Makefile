@@ -7,7 +7,7 @@ PORT ?= 8000
 export PORT
 
 .PHONY: install run test test-pooled test-pgbouncer test-amqp servers lint imports bench \
-	bench-quick bench-tools chaos services-check browser clean replica
+	bench-quick bench-tools chaos services-check browser gettext messages axe clean replica
 
 # PgBouncer (transaction pooling, 127.0.0.1:6432, config in var/pgbouncer/) and RabbitMQ (vhost
 # AMQP_VHOST for the user guest), both Debian packages, installed and started when missing.
@@ -30,7 +30,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-run: install
+run: install messages
 	$(PY) manage.py runall --port $(PORT) --migrate --seed-demo
 
 services-check: install
@@ -39,6 +39,25 @@ services-check: install
 # The browser tests use Debian's chromium; `playwright install` is never run.
 browser:
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+
+# Translations (README, "Time zone and language"): locale/*/LC_MESSAGES/django.po is the
+# source, the .mo files are built here (git-ignored), with msgfmt from Debian's gettext.
+gettext:
+	command -v msgfmt >/dev/null || (apt-get update -qq && apt-get install -y -qq gettext)
+
+messages: install gettext
+	$(PY) manage.py compilemessages --ignore=.venv --ignore=var --ignore=build
+
+# axe-core for the accessibility tests (tests/approvals/test_accessibility_browser.py), from the npm
+# registry into build/axe (git-ignored) at install time, never fetched by a test.
+AXE_VERSION := 4.14.1
+AXE_JS := build/axe/node_modules/axe-core/axe.min.js
+$(AXE_JS):
+	command -v npm >/dev/null || (apt-get update -qq && apt-get install -y -qq npm)
+	mkdir -p build/axe
+	npm install --prefix build/axe --no-save --no-audit --no-fund axe-core@$(AXE_VERSION)
+
+axe: $(AXE_JS)
 
 servers: replica
 	scripts/pgbouncer.sh start
@@ -52,7 +71,7 @@ replica:
 # The import rules first (seconds): a broken rule fails the run before the suite starts. Then
 # the suite (PostgreSQL directly, Redis as broker), then the end-to-end subset again with the
 # test process and its worker going through PgBouncer and RabbitMQ as the broker.
-test: install browser imports servers
+test: install browser messages axe imports servers
 	$(PY) -m tests.services --replica
 	$(PY) -m pytest
 	$(MAKE) --no-print-directory test-pooled
@@ -95,4 +114,5 @@ chaos: install services-check $(if $(filter amqp,$(BROKER)),servers)
 	SIGNOFF_CHAOS_BROKER=$(BROKER) $(PY) bench/chaos.py
 
 clean:
-	rm -rf $(VENV) var staticfiles
+	rm -rf $(VENV) var staticfiles build
+	find locale -name '*.mo' -delete

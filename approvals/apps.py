@@ -23,6 +23,7 @@ class ApprovalsConfig(AppConfig):
         from . import (  # noqa: F401 - step kind, erase hooks, readers, the preferences link
             erasure,
             files,
+            locale,  # the recipient's language and zone for mail
             mail_preferences,
             services,
             tasks,  # the render task the sweepers send by name

@@ -15,6 +15,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect
+from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 
 from orchestration.errors import SignoffError
@@ -36,15 +37,17 @@ class TakeOverForm(forms.Form):
 
 
 def _act(
-    request: HttpRequest, pk: int, act: Callable[[], Any], done: str, verb: str
+    request: HttpRequest, pk: int, act: Callable[[], Any], done: str, refused: str
 ) -> HttpResponse:
+    """Run ``act``; ``done`` is the success message, ``refused`` the refusal's (with
+    ``%(why)s``), both already translated."""
     try:
         act()
     except SignoffError as exc:
         approval = selectors.request_for(request.user, pk) if pk < 2**63 else None
         if approval is None:
             raise Http404("No such request in your inbox.") from None
-        messages.error(request, f"Not {verb}: {exc.message}.")
+        messages.error(request, refused % {"why": exc.message})
         return render_detail(request, approval, DecisionForm(), status=exc.status)
     messages.success(request, done)
     return redirect("inbox:detail", pk=pk)
@@ -57,8 +60,8 @@ def inbox_claim(request: HttpRequest, pk: int) -> HttpResponse:
         request,
         pk,
         lambda: claims.approval_claim(request_id=pk, user=request.user, channel=Channel.WEB),
-        "You claimed this request: others see that you are on it.",
-        "claimed",
+        _("You claimed this request: others see that you are on it."),
+        _("Not claimed: %(why)s."),
     )
 
 
@@ -69,8 +72,8 @@ def inbox_release(request: HttpRequest, pk: int) -> HttpResponse:
         request,
         pk,
         lambda: claims.approval_release(request_id=pk, user=request.user, channel=Channel.WEB),
-        "Claim released: any assignee may decide this request again.",
-        "released",
+        _("Claim released: any assignee may decide this request again."),
+        _("Not released: %(why)s."),
     )
 
 
@@ -82,7 +85,7 @@ def inbox_take_over(request: HttpRequest, pk: int) -> HttpResponse:
         approval = visible_or_404(request, pk)
         for errors in form.errors.values():
             for error in errors:
-                messages.error(request, f"Not taken over: {error}")
+                messages.error(request, _("Not taken over: %(why)s") % {"why": error})
         return render_detail(request, approval, DecisionForm(), status=400)
     return _act(
         request,
@@ -94,6 +97,6 @@ def inbox_take_over(request: HttpRequest, pk: int) -> HttpResponse:
             expected_claimant=form.cleaned_data["claimant"] or None,
             channel=Channel.WEB,
         ),
-        "You took the claim over: the request is yours to decide.",
-        "taken over",
+        _("You took the claim over: the request is yours to decide."),
+        _("Not taken over: %(why)s."),
     )

@@ -8,6 +8,7 @@ from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
+from django.utils.translation import gettext as _
 from django.views.decorators.http import require_http_methods, require_POST
 
 from orchestration.errors import SignoffError
@@ -34,14 +35,17 @@ def delegation_page(request: HttpRequest) -> HttpResponse:
                     ends_at=form.cleaned_data["ends_at"],
                 )
             except SignoffError as exc:
-                messages.error(request, f"Not saved: {exc.message}.")
+                messages.error(request, _("Not saved: %(why)s.") % {"why": exc.message})
                 status = exc.status
             else:
                 messages.success(
                     request,
-                    f"{created.delegate.get_username()} can decide your requests from "
-                    f"{timezone.localtime(created.starts_at):%Y-%m-%d %H:%M} to "
-                    f"{timezone.localtime(created.ends_at):%Y-%m-%d %H:%M}.",
+                    _("%(name)s can decide your requests from %(start)s to %(end)s.")
+                    % {
+                        "name": created.delegate.get_username(),
+                        "start": f"{timezone.localtime(created.starts_at):%Y-%m-%d %H:%M}",
+                        "end": f"{timezone.localtime(created.ends_at):%Y-%m-%d %H:%M}",
+                    },
                 )
                 return redirect("inbox:delegation")
         else:
@@ -80,7 +84,7 @@ def delegation_stop(request: HttpRequest, pk: int) -> HttpResponse:
     except SignoffError as exc:
         if exc.status == 404:
             raise Http404("No such delegation.") from None
-        messages.error(request, f"Not ended: {exc.message}.")
+        messages.error(request, _("Not ended: %(why)s.") % {"why": exc.message})
     else:
-        messages.success(request, "Delegation ended.")
+        messages.success(request, _("Delegation ended."))
     return redirect("inbox:delegation")

@@ -16,6 +16,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.translation import gettext as _
 from django.views.decorators.http import require_http_methods, require_POST
 
 from orchestration import sealing
@@ -75,12 +76,12 @@ def claim_summary(user: Any, approval: ApprovalRequest, *, may_decide: bool) -> 
 
 
 def _refusal(exc: SignoffError) -> str:
-    return f"Your decision was not recorded: {exc.message}."
+    return _("Your decision was not recorded: %(why)s.") % {"why": exc.message}
 
 
 def _sent_back_by(decisions: list[Any]) -> str:
     sent = [d for d in decisions if d.outcome == Outcome.REQUEST_CHANGES]
-    return sent[-1].decided_by.get_username() if sent else "an approver"
+    return sent[-1].decided_by.get_username() if sent else _("an approver")
 
 
 def _why_not(
@@ -91,31 +92,46 @@ def _why_not(
 ) -> str:
     """Why the user sees no decision buttons on a request."""
     if claim is not None and claim.blocks and approval.state == RequestState.PENDING:
-        return f"{claim.message}: you can decide once it is released, taken over or expired."
+        return _("%(claim)s: you can decide once it is released, taken over or expired.") % {
+            "claim": claim.message
+        }
     by = _sent_back_by(decisions)
-    answered = approval.answered_by.get_username() if approval.answered_by_id else "the requester"
+    answered = (
+        approval.answered_by.get_username() if approval.answered_by_id else _("the requester")
+    )
     if approval.state == RequestState.CHANGES_REQUESTED:
-        return f"Changes were requested by {by}; waiting for the requester to revise and resubmit."
+        return _(
+            "Changes were requested by %(by)s; waiting for the requester to revise and resubmit."
+        ) % {"by": by}
     if approval.state == RequestState.RESUBMITTED:
-        return (
-            f"Round {approval.round} was sent back for changes by {by}; {answered} revised and "
-            f"resubmitted it as round {approval.round + 1}."
-        )
+        return _(
+            "Round %(round)s was sent back for changes by %(by)s; %(who)s revised and "
+            "resubmitted it as round %(next)s."
+        ) % {"round": approval.round, "by": by, "who": answered, "next": approval.round + 1}
     if approval.state == RequestState.WITHDRAWN:
-        return f"Sent back for changes by {by}; {answered} withdrew the request."
+        return _("Sent back for changes by %(by)s; %(who)s withdrew the request.") % {
+            "by": by,
+            "who": answered,
+        }
     if approval.state != RequestState.PENDING:
         deciders = ", ".join(
             d.decided_by.get_username() for d in decisions if approval.state.startswith(d.outcome)
         )
-        by = f" by {deciders}" if deciders else ""
-        return f"This request was {approval.state}{by}."
+        state = RequestState(approval.state).label.lower()
+        if deciders:
+            return _("This request was %(state)s by %(names)s.") % {
+                "state": state,
+                "names": deciders,
+            }
+        return _("This request was %(state)s.") % {"state": state}
     mine = [d for d in decisions if d.decided_by_id == user.pk]
     if mine:
-        verb = "approved" if mine[-1].outcome == Outcome.APPROVE else "rejected"
-        return f"You {verb} this request; it is waiting for other decisions."
+        if mine[-1].outcome == Outcome.APPROVE:
+            return _("You approved this request; it is waiting for other decisions.")
+        return _("You rejected this request; it is waiting for other decisions.")
     if approval.requester_id == user.pk and not approval.allow_self_approval:
-        return "This is your own request: someone else decides it."
-    return "You are not an assignee of this request."
+        return _("This is your own request: someone else decides it.")
+    return _("You are not an assignee of this request.")
 
 
 def render_detail(
@@ -286,19 +302,29 @@ def inbox_decide(request: HttpRequest, pk: int) -> HttpResponse:
         messages.error(request, _refusal(exc))
         return render_detail(request, approval, form, status=exc.status)
     approval = decision.request
-    verb = "Approved" if outcome == Outcome.APPROVE else "Rejected"
     if outcome == Outcome.REQUEST_CHANGES:
-        who = approval.requester.get_username() if approval.requester_id else "the requester"
-        messages.success(request, f"Sent “{approval.title}” back to {who} for changes.")
-    elif approval.state == RequestState.PENDING:
-        noun = "approval" if outcome == Outcome.APPROVE else "rejection"
+        who = approval.requester.get_username() if approval.requester_id else _("the requester")
         messages.success(
             request,
-            f"Your {noun} of “{approval.title}” was recorded; "
-            "the request is waiting for other decisions.",
+            _("Sent “%(title)s” back to %(who)s for changes.")
+            % {"title": approval.title, "who": who},
         )
+    elif approval.state == RequestState.PENDING:
+        if outcome == Outcome.APPROVE:
+            text = _(
+                "Your approval of “%(title)s” was recorded; the request is waiting for other "
+                "decisions."
+            )
+        else:
+            text = _(
+                "Your rejection of “%(title)s” was recorded; the request is waiting for other "
+                "decisions."
+            )
+        messages.success(request, text % {"title": approval.title})
+    elif outcome == Outcome.APPROVE:
+        messages.success(request, _("Approved “%(title)s”.") % {"title": approval.title})
     else:
-        messages.success(request, f"{verb} “{approval.title}”.")
+        messages.success(request, _("Rejected “%(title)s”.") % {"title": approval.title})
     return redirect(safe_next(request, request.POST.get("next")))
 
 
@@ -328,12 +354,12 @@ def inbox_comment(request: HttpRequest, pk: int) -> HttpResponse:
     except SignoffError as exc:
         if exc.status == 404:
             raise Http404("No such request in your inbox.") from None
-        messages.error(request, f"Your comment was not posted: {exc.message}.")
+        messages.error(request, _("Your comment was not posted: %(why)s.") % {"why": exc.message})
         return render_detail(
             request, approval, DecisionForm(), status=exc.status, comment_form=form
         )
     if posted.created:
-        messages.success(request, "Your comment was posted.")
+        messages.success(request, _("Your comment was posted."))
     else:
-        messages.info(request, "Your comment was already posted.")
+        messages.info(request, _("Your comment was already posted."))
     return redirect(f"{reverse('inbox:detail', args=[pk])}#comment-{posted.comment.pk}")

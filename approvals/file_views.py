@@ -7,6 +7,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 
 from orchestration.errors import SignoffError
@@ -30,9 +31,9 @@ def inbox_attach(request: HttpRequest, pk: int) -> HttpResponse:
         return render(
             request,
             "inbox/refused.html",
-            {"message": f"Your file was not added: {exc.message}."},
+            {"message": _("Your file was not added: %(why)s.") % {"why": exc.message}},
             status=exc.status,
         )
     names = ", ".join(f"“{a.name}”" for a in saved)
-    messages.success(request, f"Added {names}.")
+    messages.success(request, _("Added %(names)s.") % {"names": names})
     return redirect("inbox:detail", pk=pk)

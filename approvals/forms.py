@@ -8,8 +8,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django import forms
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.utils import timezone
+from django.utils.text import format_lazy
+from django.utils.translation import gettext_lazy as _
 
 from orchestration import attachments, sealing
 from orchestration.definitions import registry
@@ -24,13 +27,13 @@ PAGE_SIZE = 25
 BULK_LIMIT = 100  # requests one bulk decision may touch
 
 STATE_CHOICES = [
-    ("pending", "Pending"),
-    ("decided", "Decided by me"),
-    ("all", "All I can see"),
+    ("pending", _("Pending")),
+    ("decided", _("Decided by me")),
+    ("all", _("All I can see")),
 ]
 SORT_CHOICES = [
-    ("newest", "Newest first"),
-    ("due", "Due soonest"),
+    ("newest", _("Newest first")),
+    ("due", _("Due soonest")),
 ]  # and col.<key> / -col.<key> for the columns a workflow marks (approvals.search)
 
 
@@ -56,7 +59,7 @@ class InboxFilterForm(forms.Form):
                 if any(spec.kind == "approval" for spec in wf.steps.values())
             }
         )
-        self.fields["workflow"].choices = [("", "All workflows"), *[(n, n) for n in names]]
+        self.fields["workflow"].choices = [("", _("All workflows")), *[(n, n) for n in names]]
 
     def values(self) -> dict[str, str]:
         """The cleaned tab, workflow, order and cursors (defaults for anything missing or
@@ -85,15 +88,19 @@ class MyRequestsFilterForm(forms.Form):
     a search too long or holding NUL characters (PostgreSQL cannot compare text with them),
     or an unknown state, makes the page answer 400 with the message, never a 500."""
 
-    state = forms.ChoiceField(choices=[("", "Any state"), *InstanceState.choices], required=False)
+    state = forms.ChoiceField(
+        choices=[("", _("Any state")), *InstanceState.choices], required=False
+    )
     q = forms.CharField(
         required=False,
         max_length=SEARCH_MAX,
         strip=True,
-        label="Search",
+        label=_("Search"),
         error_messages={
-            "max_length": f"Search for at most {SEARCH_MAX} characters.",
-            "null_characters_not_allowed": "The search cannot contain NUL characters.",
+            "max_length": format_lazy(
+                _("Search for at most {count} characters."), count=SEARCH_MAX
+            ),
+            "null_characters_not_allowed": _("The search cannot contain NUL characters."),
         },
     )
     # Cursors are opaque: one that does not parse gives the first page (the view decides).
@@ -122,7 +129,7 @@ class CommentForm(forms.Form):
     them)."""
 
     body = forms.CharField(
-        label="Comment",
+        label=_("Comment"),
         max_length=MAX_BODY,
         widget=forms.Textarea(attrs={"rows": 3, "maxlength": MAX_BODY}),
         error_messages={"required": "The comment is empty: write something."},
@@ -154,7 +161,7 @@ class IdListField(forms.Field):
 
     def validate(self, value: list[int]) -> None:
         if self.required and not value:
-            raise forms.ValidationError("Select at least one request.", code="required")
+            raise forms.ValidationError(_("Select at least one request."), code="required")
         if len(value) > BULK_LIMIT:
             raise forms.ValidationError(f"Select at most {BULK_LIMIT} requests at a time.")
 
@@ -356,9 +363,9 @@ def _local_widget() -> forms.DateTimeInput:
 
 
 class DelegationForm(forms.Form):
-    delegate = forms.CharField(max_length=150, label="Delegate (username)")
-    starts_at = forms.DateTimeField(label="From", widget=_local_widget())
-    ends_at = forms.DateTimeField(label="Until", widget=_local_widget())
+    delegate = forms.CharField(max_length=150, label=_("Delegate (username)"))
+    starts_at = forms.DateTimeField(label=_("From"), widget=_local_widget())
+    ends_at = forms.DateTimeField(label=_("Until"), widget=_local_widget())
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -381,13 +388,27 @@ class MailPreferenceForm(forms.Form):
 
     mode = forms.ChoiceField(choices=MailPreference.Mode.choices, widget=forms.RadioSelect)
     digest_hour = forms.TypedChoiceField(
-        choices=[(h, f"{h:02d}:00") for h in range(24)], coerce=int, label="Digest at"
+        choices=[(h, f"{h:02d}:00") for h in range(24)], coerce=int, label=_("Digest at")
     )
-    time_zone = forms.ChoiceField(choices=(), label="Time zone")
+    time_zone = forms.ChoiceField(
+        choices=(),
+        label=_("Time zone"),
+        error_messages={"invalid_choice": _("Unknown time zone: choose one from the list.")},
+    )
+    language = forms.ChoiceField(
+        choices=(),
+        required=False,
+        label=_("Language"),
+        error_messages={"invalid_choice": _("Unknown language: choose one from the list.")},
+    )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fields["time_zone"].choices = [(z, z) for z in sorted(time_zone_names())]
+        self.fields["language"].choices = [
+            ("", _("As my browser asks")),
+            *[(code, name) for code, name in settings.LANGUAGES],
+        ]
 
 
 class MailModeForm(forms.Form):

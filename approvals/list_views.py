@@ -17,6 +17,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.translation import gettext as _
 from django.views.decorators.http import require_http_methods, require_POST
 
 from orchestration.definitions import registry
@@ -134,8 +135,16 @@ def _list_context(
             {"label": column.label, "url": _list_url(filters, sort=flip), "sorted": direction}
         )
         sorts += [
-            (up, f"{column.label}, low to high", _list_url(filters, sort=up)),
-            (f"-{up}", f"{column.label}, high to low", _list_url(filters, sort=f"-{up}")),
+            (
+                up,
+                _("%(label)s, low to high") % {"label": column.label},
+                _list_url(filters, sort=up),
+            ),
+            (
+                f"-{up}",
+                _("%(label)s, high to low") % {"label": column.label},
+                _list_url(filters, sort=f"-{up}"),
+            ),
         ]
     return {
         "filters": filters,
@@ -185,11 +194,15 @@ def inbox_bulk(request: HttpRequest) -> HttpResponse:
             kept.append(pk)
         else:
             done.append(label)
-    verb = "Approved" if outcome == Outcome.APPROVE else "Rejected"
     if done:
-        messages.success(request, f"{verb} {len(done)}: {'; '.join(done)}.")
+        values = {"count": len(done), "items": "; ".join(done)}
+        if outcome == Outcome.APPROVE:
+            messages.success(request, _("Approved %(count)d: %(items)s.") % values)
+        else:
+            messages.success(request, _("Rejected %(count)d: %(items)s.") % values)
     if refused:
-        messages.error(request, f"Refused {len(refused)}: {'; '.join(refused)}.")
+        values = {"count": len(refused), "items": "; ".join(refused)}
+        messages.error(request, _("Refused %(count)d: %(items)s.") % values)
         _keep_selection(request, kept, form.cleaned_data["comment"])
     return redirect(next_url)
 

@@ -30,7 +30,7 @@ from django.utils import timezone
 from integrations.mail import register_preferences_link
 from orchestration.errors import InvalidInput
 
-from .models import MailPreference, time_zone_validate
+from .models import MailPreference, language_validate, time_zone_validate
 
 User = get_user_model()
 PREFERENCES_SALT = "signoff.approvals.mail-preferences"
@@ -63,12 +63,14 @@ def mail_preference_set(
     mode: str,
     digest_hour: int | None = None,
     time_zone: str | None = None,
+    language: str | None = None,
     now: datetime | None = None,
 ) -> MailPreference:
-    """Set ``user``'s mail preference (``digest_hour`` / ``time_zone``: None keeps the current
-    one). Invalid input raises :class:`InvalidInput` with field errors and changes nothing.
-    One transaction, the row locked; the next digest's time is computed again (a change of
-    hour or zone never sends a second digest the same local day: ``last_digest_on`` stays)."""
+    """Set ``user``'s mail preference (``digest_hour`` / ``time_zone`` / ``language``: None
+    keeps the current one; the zone and language are also those of every page and mail).
+    Invalid input raises :class:`InvalidInput` with field errors and changes nothing. One
+    transaction, the row locked; the next digest's time is computed again (a change of hour or
+    zone never sends a second digest the same local day: ``last_digest_on`` stays)."""
     now = now or timezone.now()
     errors: dict[str, list[str]] = {}
     if mode not in Mode.values:
@@ -84,6 +86,11 @@ def mail_preference_set(
             time_zone_validate(time_zone)
         except ValidationError as exc:
             errors["time_zone"] = list(exc.messages)
+    if language is not None:
+        try:
+            language_validate(language)
+        except ValidationError as exc:
+            errors["language"] = list(exc.messages)
     if errors:
         raise InvalidInput("invalid mail preference", errors=errors)
     with transaction.atomic():
@@ -94,6 +101,8 @@ def mail_preference_set(
             preference.digest_hour = digest_hour
         if time_zone is not None:
             preference.time_zone = time_zone
+        if language is not None:
+            preference.language = language
         preference.next_digest_at = preference.digest_due_at(now)
         preference.updated_at = now
         preference.save()

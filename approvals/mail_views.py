@@ -9,39 +9,43 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed
 from django.shortcuts import redirect, render
+from django.utils.translation import gettext_lazy as _
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_http_methods
 
 from orchestration.errors import SignoffError
 
-from . import mail_preferences
+from . import locale, mail_preferences
 from .forms import MailModeForm, MailPreferenceForm
 from .models import MailPreference
 
 LINK_REFUSALS = {
     "expired": (
         410,
-        "This link has expired",
-        "Mail preference links work for a limited time. Use the link in a newer mail, or log "
-        "in and open Mail in the inbox.",
+        _("This link has expired"),
+        _(
+            "Mail preference links work for a limited time. Use the link in a newer mail, or log "
+            "in and open Preferences in the inbox."
+        ),
     ),
     "invalid": (
         400,
-        "This link is not valid",
-        "It may have been cut short or changed. Use the link in a newer mail, or log in and "
-        "open Mail in the inbox.",
+        _("This link is not valid"),
+        _(
+            "It may have been cut short or changed. Use the link in a newer mail, or log in and "
+            "open Preferences in the inbox."
+        ),
     ),
 }
 
 
 def _saved(preference: MailPreference) -> str:
     if preference.mode == MailPreference.Mode.DIGEST:
-        return (
-            f"Saved: one daily digest at {preference.digest_hour:02d}:00 "
-            f"({preference.time_zone}); escalations still arrive at once."
-        )
-    return "Saved: each mail arrives at once."
+        return _(
+            "Saved: one daily digest at %(hour)s:00 (%(zone)s); escalations still arrive at once."
+        ) % {"hour": f"{preference.digest_hour:02d}", "zone": preference.time_zone}
+    return _("Saved: each mail arrives at once.")
 
 
 def _form_errors(form: MailPreferenceForm | MailModeForm, exc: SignoffError) -> None:
@@ -66,11 +70,17 @@ def preferences_page(request: HttpRequest) -> HttpResponse:
                     mode=form.cleaned_data["mode"],
                     digest_hour=form.cleaned_data["digest_hour"],
                     time_zone=form.cleaned_data["time_zone"],
+                    language=form.cleaned_data["language"],
                 )
             except SignoffError as exc:
                 _form_errors(form, exc)
                 status = exc.status
             else:
+                # This session shows the new language and zone from the next page on.
+                locale.remember(
+                    request, request.user.pk, (preference.language, preference.time_zone)
+                )
+                locale.activate((preference.language, preference.time_zone))
                 messages.success(request, _saved(preference))
                 return redirect("inbox:preferences")
         else:
@@ -81,6 +91,7 @@ def preferences_page(request: HttpRequest) -> HttpResponse:
                 "mode": preference.mode,
                 "digest_hour": preference.digest_hour,
                 "time_zone": preference.time_zone,
+                "language": preference.language,
             }
         )
     context = {"form": form, "preference": preference}

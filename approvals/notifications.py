@@ -37,6 +37,7 @@ from integrations.mail import (
 )
 
 from . import mail_preferences
+from .locale import locales_of
 from .models import ActionToken, ApprovalRequest, RequestState
 
 User = get_user_model()
@@ -285,6 +286,7 @@ def mails_render(*, email_ids: list[int]) -> int:
             return 0
         requests = ApprovalRequest.objects.in_bulk({m.request_id for m in mails})
         users = User.objects.in_bulk({m.render_context.get("user") for m in mails})
+        locales = locales_of(users)  # each recipient's language and zone, one query
         rendered, lost = [], []
         for mail in mails:
             spec = mail.render_context
@@ -298,6 +300,7 @@ def mails_render(*, email_ids: list[int]) -> int:
                 context=context,
                 personal_link=True,
                 recipient_id=user.pk,
+                locale=locales[user.pk],
             )
             rendered.append(
                 RenderedEmail(

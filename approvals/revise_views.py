@@ -8,6 +8,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.utils.translation import gettext as _
 from django.views.decorators.http import require_http_methods, require_POST
 
 from orchestration.errors import SignoffError
@@ -27,7 +28,7 @@ def _answer_refused(request: HttpRequest, exc: SignoffError) -> HttpResponse:
         request,
         "inbox/refused.html",
         {
-            "message": f"Nothing was changed: {exc.message}.",
+            "message": _("Nothing was changed: %(why)s.") % {"why": exc.message},
             "pending_count": pending_count(request),
         },
         status=exc.status,
@@ -79,7 +80,9 @@ def inbox_revise(request: HttpRequest, pk: int) -> HttpResponse:
                 status = 400
             else:
                 messages.success(
-                    request, f"Resubmitted “{new.title}”: round {new.round} waits for a decision."
+                    request,
+                    _("Resubmitted “%(title)s”: round %(round)s waits for a decision.")
+                    % {"title": new.title, "round": new.round},
                 )
                 return redirect("inbox:detail", pk=new.pk)
         else:
@@ -115,5 +118,8 @@ def inbox_withdraw(request: HttpRequest, pk: int) -> HttpResponse:
         )
     except SignoffError as exc:
         return _answer_refused(request, exc)
-    messages.success(request, f"Withdrew “{approval.title}”; the workflow was cancelled.")
+    messages.success(
+        request,
+        _("Withdrew “%(title)s”; the workflow was cancelled.") % {"title": approval.title},
+    )
     return redirect("inbox:list")

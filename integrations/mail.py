@@ -23,6 +23,7 @@ import re
 import secrets
 import smtplib
 import socket
+import zoneinfo
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -33,7 +34,7 @@ from django.conf import settings
 from django.core.mail import EmailMultiAlternatives, get_connection
 from django.db import connection, transaction
 from django.template.loader import render_to_string
-from django.utils import timezone
+from django.utils import timezone, translation
 from django.utils.html import escape
 
 from .models import OutboundEmail
@@ -82,6 +83,27 @@ def _preferences_url(recipient_id: int) -> str:
     return maker(recipient_id)
 
 
+RecipientLocales = Callable[[list[int]], dict[int, tuple[str, str]]]
+_recipient_locales: dict[str, RecipientLocales] = {}
+
+
+def register_recipient_locale(reader: RecipientLocales) -> None:
+    """Let ``reader(user_ids)`` say each recipient's ``(language, time zone)`` (language ""
+    when they chose none): a mail to a person is rendered in their language and zone.
+    Registering again replaces it."""
+    _recipient_locales["reader"] = reader
+
+
+def recipient_locale(recipient_id: int | None) -> tuple[str, str]:
+    """The language and time zone a mail to ``recipient_id`` is rendered in (the site's
+    ``LANGUAGE_CODE`` and ``TIME_ZONE`` for anyone without a choice, or no recipient)."""
+    language, zone = "", settings.TIME_ZONE
+    reader = _recipient_locales.get("reader")
+    if recipient_id is not None and reader is not None:
+        language, zone = reader([recipient_id]).get(recipient_id, (language, zone))
+    return language or settings.LANGUAGE_CODE, zone or settings.TIME_ZONE
+
+
 def register_link_minter(name: str, minter: LinkMinter) -> None:
     """Let ``name`` (the ``minter`` of a row's ``link_ref``) make the personal links of the
     mails queued with it. ``minter(link_ref)`` runs at delivery, once per attempt, inside the
@@ -102,6 +124,7 @@ def email_queue(
     request_id: int | None = None,
     link_ref: dict[str, Any] | None = None,
     recipient_id: int | None = None,
+    locale: tuple[str, str] | None = None,
 ) -> OutboundEmail | None:
     """Render ``email/<template>.txt`` / ``.html`` (first line of the text is ``Subject: ...``)
     and write an outbox row; the send task runs after commit. Idempotent: a second call with
@@ -112,7 +135,8 @@ def email_queue(
     is stored as :data:`LINK_PLACEHOLDER`. Only ids belong in it: it is stored and shown.
 
     ``recipient_id``: the user the mail is for; the mail gets their preferences link (footer
-    and ``List-Unsubscribe``), made at delivery (:func:`register_preferences_link`).
+    and ``List-Unsubscribe``), made at delivery (:func:`register_preferences_link`); it is
+    rendered in their language and time zone (``locale``, or read: :func:`email_render`).
     """
     to = sorted({addr for addr in to if addr})
     if not to:
@@ -124,6 +148,7 @@ def email_queue(
         context=context,
         personal_link=link_ref is not None,
         recipient_id=recipient_id,
+        locale=locale,
     )
     email, created = OutboundEmail.objects.get_or_create(
         message_id=message_id,
@@ -150,6 +175,7 @@ def email_render(
     context: dict[str, Any],
     personal_link: bool = False,
     recipient_id: int | None = None,
+    locale: tuple[str, str] | None = None,
 ) -> tuple[str, str, str]:
     """Subject, text body and HTML body of ``email/<template>.txt`` / ``.html``.
 
@@ -159,7 +185,23 @@ def email_render(
 
     ``recipient_id``: the text gets the ``email/_preferences.txt`` footer and the HTML layout
     its preferences row (``{{ preferences_link }}``), both holding
-    :func:`preferences_placeholder`; a preferences placeholder in the content is defused."""
+    :func:`preferences_placeholder`; a preferences placeholder in the content is defused.
+
+    ``locale``: the ``(language, time zone)`` to render in; without it, the recipient's
+    (:func:`recipient_locale`, one query), so every string and time of the mail is theirs."""
+    if locale is None:
+        locale = recipient_locale(recipient_id)
+    language, zone = locale
+    with (
+        translation.override(language or settings.LANGUAGE_CODE),
+        timezone.override(zoneinfo.ZoneInfo(zone or settings.TIME_ZONE)),
+    ):
+        return _email_render(template, context, personal_link, recipient_id)
+
+
+def _email_render(
+    template: str, context: dict[str, Any], personal_link: bool, recipient_id: int | None
+) -> tuple[str, str, str]:
     marker = f"signoff-link-{secrets.token_hex(8)}" if personal_link else None
     if marker:
         context = {**context, "link": marker}

@@ -13,32 +13,33 @@ from django.conf import settings
 from django.db import models
 from django.db.models import F, Q, Value
 from django.db.models.functions import Coalesce
+from django.utils.translation import gettext_lazy as _
 from django_fsm import FSMField, FSMModelMixin, transition
 
 
 class InstanceState(models.TextChoices):
-    PENDING = "pending"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    COMPENSATING = "compensating"
-    COMPENSATED = "compensated"
+    PENDING = "pending", _("Pending")
+    RUNNING = "running", _("Running")
+    SUCCEEDED = "succeeded", _("Succeeded")
+    FAILED = "failed", _("Failed")
+    CANCELLED = "cancelled", _("Cancelled")
+    COMPENSATING = "compensating", _("Compensating")
+    COMPENSATED = "compensated", _("Compensated")
 
 
 class StepState(models.TextChoices):
-    PENDING = "pending"
-    SCHEDULED = "scheduled"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    RETRYING = "retrying"
-    FAILED = "failed"
-    TIMED_OUT = "timed_out"
-    WAITING = "waiting"
-    CANCELLED = "cancelled"
-    SKIPPED = "skipped"
-    COMPENSATING = "compensating"
-    COMPENSATED = "compensated"
+    PENDING = "pending", _("Pending")
+    SCHEDULED = "scheduled", _("Scheduled")
+    RUNNING = "running", _("Running")
+    SUCCEEDED = "succeeded", _("Succeeded")
+    RETRYING = "retrying", _("Retrying")
+    FAILED = "failed", _("Failed")
+    TIMED_OUT = "timed_out", _("Timed Out")
+    WAITING = "waiting", _("Waiting")
+    CANCELLED = "cancelled", _("Cancelled")
+    SKIPPED = "skipped", _("Skipped")
+    COMPENSATING = "compensating", _("Compensating")
+    COMPENSATED = "compensated", _("Compensated")
 
 
 class CompensationPhase(models.TextChoices):

@@ -273,7 +273,11 @@ def snapshot() -> tuple:
             for pk, output in StepRun.objects.values_list("pk", "output")
         ),
         sorted(get_user_model().objects.values_list("username", "is_active")),
-        sorted(MailPreference.objects.values_list("user_id", "mode", "digest_hour", "time_zone")),
+        sorted(
+            MailPreference.objects.values_list(
+                "user_id", "mode", "digest_hour", "time_zone", "language"
+            )
+        ),
         sorted(Alert.objects.values_list("pk", "state")),
         sorted(AlertRule.objects.values_list("name", "condition", "enabled")),
         sorted(
@@ -717,6 +721,19 @@ OPS: dict[str, Op] = {
         ),
         writes=True,
     ),
+    # The person's own time zone and language (README, "Time zone and language").
+    "POST /inbox/preferences/ zone and language": Op(
+        lambda c, w: c.post(
+            "/inbox/preferences/",
+            {
+                "mode": "immediate",
+                "digest_hour": "8",
+                "time_zone": "Europe/Berlin",
+                "language": "de",
+            },
+        ),
+        writes=True,
+    ),
     "GET /mail/{bob's preferences link}/": Op(lambda c, w: c.get(_preferences_link(w))),
     "POST /mail/{bob's preferences link}/ digest": Op(
         lambda c, w: c.post(_preferences_link(w), {"mode": "digest"}), writes=True
@@ -960,6 +977,7 @@ MATRIX: dict[str, tuple[Any, ...]] = {
     "POST admin: add a webhook subscription to a private address": (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, 403, 403, REFUSED),  # noqa: E501
     "GET /inbox/preferences/":                      (LOGIN, 200, 200, 200, 200, 200, 200),
     "POST /inbox/preferences/ digest":              (LOGIN, DONE, DONE, DONE, DONE, DONE, DONE),
+    "POST /inbox/preferences/ zone and language":   (LOGIN, DONE, DONE, DONE, DONE, DONE, DONE),
     "GET /mail/{bob's preferences link}/":          (200, 200, 200, 200, 200, 200, 200),
     "POST /mail/{bob's preferences link}/ digest":  (200, 200, 200, 200, 200, 200, 200),
     # What staff may read holds nothing usable: mail keeps a placeholder, tokens a prefix.
@@ -1474,6 +1492,7 @@ CSRF_CASES: dict[str, tuple[str, Callable[[Client, World], HttpResponse]]] = {
     "status page cancel": ("operator", OPS["POST /instances/{id}/actions/cancel/"].call),
     "admin bulk cancel": ("operator", _bulk_cancel),
     "mail preferences page": ("assignee", OPS["POST /inbox/preferences/ digest"].call),
+    "zone and language": ("assignee", OPS["POST /inbox/preferences/ zone and language"].call),
     "mail preferences link": ("anonymous", OPS["POST /mail/{bob's preferences link}/ digest"].call),
 }
 

@@ -13,7 +13,14 @@ Every name is importable from ``approvals.models`` (migrations name some of them
 from .assignees import ActionToken, Delegation, PastAssignee
 from .choices import DECISIONS, Channel, ClaimMode, ClaimState, Outcome, Policy, RequestState
 from .decisions import Comment, Decision
-from .mail import MailPreference, default_time_zone, time_zone_names, time_zone_validate
+from .mail import (
+    MailPreference,
+    default_time_zone,
+    language_codes,
+    language_validate,
+    time_zone_names,
+    time_zone_validate,
+)
 from .requests import SEARCH_TEXT_MAX, ApprovalRequest, search_document
 
 __all__ = [
@@ -28,6 +35,8 @@ __all__ = [
     "Decision",
     "Delegation",
     "MailPreference",
+    "language_codes",
+    "language_validate",
     "Outcome",
     "PastAssignee",
     "Policy",

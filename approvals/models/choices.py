@@ -4,39 +4,40 @@ a decision came through, the outcomes, and the claim modes and states."""
 from __future__ import annotations
 
 from django.db import models
+from django.utils.translation import gettext_lazy as _
 
 
 class RequestState(models.TextChoices):
-    PENDING = "pending"
-    APPROVED = "approved"
-    REJECTED = "rejected"
-    EXPIRED = "expired"
-    CANCELLED = "cancelled"
+    PENDING = "pending", _("Pending")
+    APPROVED = "approved", _("Approved")
+    REJECTED = "rejected", _("Rejected")
+    EXPIRED = "expired", _("Expired")
+    CANCELLED = "cancelled", _("Cancelled")
     # Sent back to the requester for changes (this round ends; the step keeps waiting).
-    CHANGES_REQUESTED = "changes_requested", "Changes requested"
+    CHANGES_REQUESTED = "changes_requested", _("Changes requested")
     # The requester answered a round sent back: revised and resubmitted (the next round is a
     # new request) or withdrew (the instance is cancelled).
-    RESUBMITTED = "resubmitted"
-    WITHDRAWN = "withdrawn"
+    RESUBMITTED = "resubmitted", _("Resubmitted")
+    WITHDRAWN = "withdrawn", _("Withdrawn")
 
 
 class Policy(models.TextChoices):
-    ANY = "any"  # the first decision resolves it
-    ALL = "all"  # every assigned user and every assigned group (one member) must approve
-    QUORUM = "quorum"  # N distinct approvals
+    ANY = "any", _("Any")  # the first decision resolves it
+    ALL = "all", _("All")  # every assigned user and every assigned group (one member) must approve
+    QUORUM = "quorum", _("Quorum")  # N distinct approvals
 
 
 class Channel(models.TextChoices):
-    WEB = "web"
-    EMAIL = "email"
-    API = "api"
-    ADMIN = "admin"
+    WEB = "web", _("Web")
+    EMAIL = "email", _("Email")
+    API = "api", _("Api")
+    ADMIN = "admin", _("Admin")
 
 
 class Outcome(models.TextChoices):
-    APPROVE = "approve"
-    REJECT = "reject"
-    REQUEST_CHANGES = "request_changes", "Request changes"
+    APPROVE = "approve", _("Approve")
+    REJECT = "reject", _("Reject")
+    REQUEST_CHANGES = "request_changes", _("Request changes")
 
 
 # What approve and reject (and bulk) accept; request_changes has its own service.

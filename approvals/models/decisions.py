@@ -7,6 +7,7 @@ from django.conf import settings
 from django.contrib.auth.models import Group
 from django.db import models
 from django.db.models import Q
+from django.utils.translation import gettext_lazy as _
 
 from .choices import Channel, Outcome
 from .requests import ApprovalRequest
@@ -55,10 +56,10 @@ class Comment(models.Model):
     submission (a double click, a retried API call) one comment."""
 
     class Role(models.TextChoices):
-        REQUESTER = "requester"
-        ASSIGNEE = "assignee"
-        DELEGATE = "delegate"
-        OPERATOR = "operator"
+        REQUESTER = "requester", _("Requester")
+        ASSIGNEE = "assignee", _("Assignee")
+        DELEGATE = "delegate", _("Delegate")
+        OPERATOR = "operator", _("Operator")
 
     request = models.ForeignKey(ApprovalRequest, on_delete=models.CASCADE, related_name="comments")
     author = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")

@@ -1,5 +1,6 @@
 """How each person wants their mail: at once, or one daily digest at an hour of their time
-zone (:class:`MailPreference`, and the time zone checks its field uses)."""
+zone (:class:`MailPreference`, and the time zone checks its field uses). The same row holds
+the person's time zone and language for every page and mail (:mod:`approvals.locale`)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
 
 
 def time_zone_validate(value: str) -> None:
@@ -31,6 +33,17 @@ def default_time_zone() -> str:
     return settings.TIME_ZONE
 
 
+def language_codes() -> frozenset[str]:
+    """The languages Signoff is translated into (``settings.LANGUAGES``)."""
+    return frozenset(code for code, _ in settings.LANGUAGES)
+
+
+def language_validate(value: str) -> None:
+    """Empty (the browser's ``Accept-Language`` decides) or one of ``settings.LANGUAGES``."""
+    if not isinstance(value, str) or (value and value not in language_codes()):
+        raise ValidationError(f"Unknown language: {str(value)[:16]!r}.", code="language")
+
+
 class MailPreference(models.Model):
     """How one person wants their mail: each mail at once (the default, also without a row),
     or the new-request and reminder mails held for one daily digest at ``digest_hour`` in
@@ -39,8 +52,8 @@ class MailPreference(models.Model):
     last digest, so a day never gets two."""
 
     class Mode(models.TextChoices):
-        IMMEDIATE = "immediate", "Each mail at once"
-        DIGEST = "digest", "One daily digest"
+        IMMEDIATE = "immediate", _("Each mail at once")
+        DIGEST = "digest", _("One daily digest")
 
     user = models.OneToOneField(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="mail_preference"
@@ -51,6 +64,11 @@ class MailPreference(models.Model):
     )
     time_zone = models.CharField(
         max_length=64, default=default_time_zone, validators=[time_zone_validate]
+    )
+    # The person's language for pages and mail; empty: the browser's Accept-Language (pages)
+    # or settings.LANGUAGE_CODE (mail). ``time_zone`` above is their zone for every time shown.
+    language = models.CharField(
+        max_length=8, blank=True, default="", validators=[language_validate]
     )
     next_digest_at = models.DateTimeField(null=True, blank=True)
     last_digest_on = models.DateField(null=True, blank=True)

@@ -8,6 +8,7 @@ from typing import Any
 
 from django import template
 from django.utils.timesince import timesince
+from django.utils.translation import gettext
 
 from orchestration import attachments
 
@@ -93,5 +94,5 @@ def ago(value: datetime | None, now: datetime) -> str:
     if value is None:
         return ""
     if now - value < timedelta(minutes=1):
-        return "just now"
-    return f"{timesince(value, now)} ago"
+        return gettext("just now")
+    return gettext("%(time)s ago") % {"time": timesince(value, now)}

@@ -13,6 +13,14 @@
 
   // -- select all on this page --------------------------------------------------------------
 
+  // The page's language: the template writes each sentence, translated, on #keys-text.
+  var texts = document.getElementById("keys-text");
+  function text(key, fallback, values) {
+    var found = (texts && texts.dataset[key]) || fallback;
+    Object.keys(values || {}).forEach(function (name) { found = found.replace("{" + name + "}", function () { return values[name]; }); });
+    return found;
+  }
+
   var selectAll = document.getElementById("select-all");
   var selectedCount = document.getElementById("selected-count");
   var boxes = Array.prototype.slice.call(list.querySelectorAll('input[type="checkbox"][name="ids"]'));
@@ -22,7 +30,7 @@
     var ticked = boxes.filter(function (box) { return box.checked; }).length;
     selectAll.checked = ticked > 0 && ticked === boxes.length;
     selectAll.indeterminate = ticked > 0 && ticked < boxes.length;
-    selectedCount.textContent = ticked + " selected";
+    selectedCount.textContent = text("selected", "{n} selected", { n: String(ticked) });
   }
 
   if (selectAll) {
@@ -76,7 +84,7 @@
 
   function currentRow() {
     if (current < 0) {
-      say("Press j to choose a request first");
+      say(text("chooseFirst", "Press j to choose a request first"));
       return null;
     }
     return rows[current];
@@ -109,7 +117,7 @@
   function ask(row, outcome) {
     var url = row.getAttribute("data-decide-url");
     if (!url) {
-      say("You cannot decide this request here");
+      say(text("cannotDecide", "You cannot decide this request here"));
       return;
     }
     var approve = outcome === "approve";
@@ -126,12 +134,14 @@
     form.setAttribute("action", url);
     form.elements.outcome.value = approve ? "approve" : "reject";
     dialog.querySelector("#decide-heading").textContent =
-      (approve ? "Approve " : "Reject ") + label(row) + "?";
-    confirm.textContent = approve ? "Approve" : "Reject";
+      approve
+        ? text("approveTitle", "Approve {title}?", { title: label(row) })
+        : text("rejectTitle", "Reject {title}?", { title: label(row) });
+    confirm.textContent = approve ? text("approve", "Approve") : text("reject", "Reject");
     confirm.className = "btn " + (approve ? "btn-approve" : "btn-reject");
     dialog.querySelector("#decide-rule").hidden = !needsComment;
     dialog.querySelector("#decide-comment-hint").textContent =
-      needsComment ? "(required to reject)" : "(optional)";
+      needsComment ? text("required", "(required to reject)") : text("optional", "(optional)");
     comment.required = needsComment;
     var sending = false;
     form.addEventListener("submit", function (event) {
@@ -150,7 +160,7 @@
   function toggle(row) {
     var box = row.querySelector('input[type="checkbox"][name="ids"]');
     if (box) box.click(); // fires "change": the count follows
-    else say("This request cannot be selected here");
+    else say(text("cannotSelect", "This request cannot be selected here"));
   }
 
   // -- keys -------------------------------------------------------------------------------------
