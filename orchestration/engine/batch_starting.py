@@ -19,6 +19,7 @@ from django.utils import timezone
 from ..errors import Conflict, InvalidInput, NotAllowed, SignoffError
 from ..journal import Journal, flush_created
 from ..models import KEY_OWNER, StepRun, WorkflowInstance
+from ..vendor import in_values
 from .starting import CheckedStart, built, start_checked
 
 MAX_BATCH_ITEMS = 1000
@@ -160,19 +161,18 @@ def _existing(
     keys = {c.idempotency_key for c in checked.values() if c.idempotency_key is not None}
     if not keys:
         return {}
-    rows = (
-        WorkflowInstance.objects.alias(owner=KEY_OWNER)
-        .filter(owner=getattr(started_by, "pk", None) or 0, idempotency_key__in=keys)
-        .only(
-            "id",
-            "workflow",
-            "version",
-            "state",
-            "business_key",
-            "idempotency_key",
-            "request_hash",
-            "created_at",
-        )
+    mine = WorkflowInstance.objects.alias(owner=KEY_OWNER).filter(
+        owner=getattr(started_by, "pk", None) or 0
+    )
+    rows = in_values(mine, "idempotency_key", sorted(keys)).only(
+        "id",
+        "workflow",
+        "version",
+        "state",
+        "business_key",
+        "idempotency_key",
+        "request_hash",
+        "created_at",
     )
     return {(row.workflow, row.idempotency_key): row for row in rows}
 
