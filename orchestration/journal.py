@@ -386,6 +386,12 @@ def _column(field: Any, objs: list[Any], connection: Any) -> list[Any]:
     if type(field) in _PLAIN_FIELDS and len(set(map(type, values)) - {type(None)}) <= 1:
         if type(next((v for v in values if v is not None), None)) in _AS_IS:
             return values
+    if type(field) is models.DateTimeField and all(
+        v is None or (type(v) is datetime and v.tzinfo is not None) for v in values
+    ):
+        # Aware datetimes go to PostgreSQL as they are (naive ones take Django's path, which
+        # warns and makes them aware).
+        return values
     prep = field.get_db_prep_save
     return [prep(v, connection) for v in values]
 

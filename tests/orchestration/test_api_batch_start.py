@@ -197,3 +197,41 @@ def test_batch_start_is_in_the_openapi_schema(user: Any) -> None:
     assert request["required"] == ["items"] and request["additionalProperties"] is False
     item = schema["components"]["schemas"]["BatchStartItemRequest"]["properties"]
     assert {"workflow", "input", "idempotency_key"} <= set(item)
+
+
+def test_batch_writes_the_rows_a_single_start_writes(user: Any, rung: list) -> None:
+    """The batch's column-array INSERT (plain values sent as they are) stores what the single
+    start's ORM path stores, column for column."""
+    body = {"workflow": "t_parallel", "input": {"n": 1, "when": "x"}, "business_key": "bk"}
+    single, _ = engine.instance_start(**body, started_by=user, actor="api:alice")
+    engine.instances_start_batch(items=[body], started_by=user, actor="api:alice")
+    batch = WorkflowInstance.objects.exclude(pk=single.pk).get()
+
+    def rows(instance: WorkflowInstance) -> dict[str, Any]:
+        skip = {"id", "instance", "instance_id"}
+        return {
+            "instance": {
+                k: v
+                for k, v in WorkflowInstance.objects.filter(pk=instance.pk).values().get().items()
+                if k not in skip
+            },
+            "steps": [
+                {k: v for k, v in row.items() if k not in skip}
+                for row in StepRun.objects.filter(instance=instance).order_by("position").values()
+            ],
+            "events": [
+                {k: v for k, v in row.items() if k not in skip}
+                for row in Event.objects.filter(instance=instance).order_by("seq").values()
+            ],
+        }
+
+    ours, theirs = rows(batch), rows(single)
+    for part in (ours, theirs):
+        for key in ("created_at", "updated_at", "started_at"):
+            part["instance"].pop(key)
+        for step in part["steps"]:
+            for key in ("scheduled_at", "next_attempt_at", "rung_at"):
+                step.pop(key)
+        for event in part["events"]:
+            event.pop("at")
+    assert ours == theirs
