@@ -129,6 +129,7 @@ from bench.common import (  # noqa: E402
     git_head,
     loadavg,
     make_log,
+    pct,
     percentile,
     root_pythonpath,
     setup_bench_django,
@@ -147,6 +148,7 @@ log = make_log("api")
 
 GOAL_P50_MS = 5.0
 GOAL_P99_MS = 15.0
+GOAL_BATCH_PER_S = 5000
 
 # The wrk script. Globals per thread: tid (set by setup), sent, counts and the 2xx ids.
 LUA = r"""
@@ -513,6 +515,139 @@ def phase_inprocess(run: str, token: str, count: int, profile_path: Path | None)
     return result
 
 
+BATCH_PATH = "/api/v1/instances/batch/"
+
+
+def batch_body(run: str, phase: str, batch: int, size: int) -> bytes:
+    """One batch start body: ``size`` items of ``bench_noop3``, each with its own key."""
+    items = [
+        {
+            "workflow": WORKFLOW,
+            "input": {"bench_api": run, "phase": phase, "tag": f"{batch}-{i}"},
+            "idempotency_key": f"{run}-{phase}-{batch}-{i}",
+        }
+        for i in range(size)
+    ]
+    return json.dumps({"items": items}).encode()
+
+
+def post_batch(port: int, token: str, body: bytes) -> tuple[float, dict[str, int]]:
+    """POST one batch; its wall time (s) and the count of each item status."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{BATCH_PATH}",
+        data=body,
+        method="POST",
+        headers={"Authorization": f"Token {token}", "Content-Type": "application/json"},
+    )
+    began = time.perf_counter()
+    with urllib.request.urlopen(request, timeout=60) as answer:
+        payload = answer.read()
+        status = answer.status
+    took = time.perf_counter() - began
+    if status != 207:
+        raise RuntimeError(f"batch start answered {status}: {payload[:300]!r}")
+    counts: dict[str, int] = {}
+    for result in json.loads(payload)["results"]:
+        counts[str(result["status"])] = counts.get(str(result["status"]), 0) + 1
+    return took, counts
+
+
+def phase_batch(
+    run: str, port: int, token: str, batches: int, size: int, server_pids: list[int]
+) -> dict[str, Any]:
+    """Batch starts through gunicorn: ``batches`` bodies of ``size`` items one after another
+    (1 client), then the first again (every item a repeat: 200), then two clients at once.
+    Instances/s = items started / wall time; CPU of gunicorn and the PostgreSQL backends per
+    instance over the 1-client run."""
+    import threading
+
+    post_batch(port, token, batch_body(run, "batch-warmup", 0, 50))  # each worker's first
+    post_batch(port, token, batch_body(run, "batch-warmup", 1, 50))
+    post_batch(port, token, batch_body(run, "batch-warmup", 2, 50))
+    bodies = [batch_body(run, "batch", b, size) for b in range(batches)]
+    pg_pids = backend_pids()
+    web_before, pg_before = cpu_seconds(server_pids), cpu_seconds(pg_pids)
+    times: list[float] = []
+    counts: dict[str, int] = {}
+    began = time.perf_counter()
+    for body in bodies:
+        took, got = post_batch(port, token, body)
+        times.append(took)
+        for k, v in got.items():
+            counts[k] = counts.get(k, 0) + v
+    wall = time.perf_counter() - began
+    web_cpu, pg_cpu = cpu_seconds(server_pids) - web_before, cpu_seconds(pg_pids) - pg_before
+    started = counts.get("201", 0)
+    _, repeat = post_batch(port, token, bodies[0])
+    # Two clients: two gunicorn workers write at once.
+    two: list[Any] = []
+    pair = [batch_body(run, "batch2", b, size) for b in range(2 * max(batches // 2, 1))]
+
+    def client(mine: list[bytes]) -> None:
+        for body in mine:
+            two.append(post_batch(port, token, body))
+
+    threads = [threading.Thread(target=client, args=(pair[i::2],)) for i in range(2)]
+    began2 = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall2 = time.perf_counter() - began2
+    started2 = sum(c.get("201", 0) for _, c in two)
+    return {
+        "batches": batches,
+        "items_per_batch": size,
+        "statuses": counts,
+        "instances_per_s": round(started / wall, 1) if wall else 0.0,
+        "batch_ms": {k: round(v * 1000, 1) for k, v in pct(times, 50, 90, 100).items()},
+        "cpu_ms_per_instance": {
+            "gunicorn": round(web_cpu * 1000 / max(started, 1), 4),
+            "postgres": round(pg_cpu * 1000 / max(started, 1), 4),
+        },
+        "repeat_statuses": repeat,
+        "two_clients": {
+            "batches": len(two),
+            "instances_per_s": round(started2 / wall2, 1) if wall2 else 0.0,
+            "statuses": {
+                k: sum(c.get(k, 0) for _, c in two) for k in sorted({k for _, c in two for k in c})
+            },
+        },
+        "note": "1 client: batches one after another; instances/s = 201 items / wall time "
+        "(HTTP, JSON, checks, the transaction, the doorbells' publish, the answer)",
+    }
+
+
+def check_batches(run: str, batch: dict[str, Any]) -> dict[str, Any]:
+    """Every batch item answered 201 is in the database once, with three steps."""
+    from django.db.models import Count
+
+    from orchestration.models import StepRun, WorkflowInstance
+
+    rows = WorkflowInstance.objects.filter(
+        workflow=WORKFLOW, input__bench_api=run, input__phase__in=["batch", "batch2"]
+    )
+    created = rows.count()
+    expected = batch["statuses"].get("201", 0) + batch["two_clients"]["statuses"].get("201", 0)
+    steps = set(
+        StepRun.objects.filter(instance__in=rows)
+        .values("instance_id")
+        .annotate(n=Count("id"))
+        .values_list("n", flat=True)
+    )
+    ok = (
+        created == expected
+        and steps == {3}
+        and batch["repeat_statuses"] == {"200": batch["items_per_batch"]}
+    )
+    return {
+        "instances": created,
+        "expected": expected,
+        "steps_per_instance": sorted(steps),
+        "ok": ok,
+    }
+
+
 def verify(run: str, answered: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Match every wrk phase's 2xx answers against the instances in the database."""
     from django.db.models import Count
@@ -633,6 +768,39 @@ def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
         row("queries per start (in-process)", inproc["queries_per_start"], "queries", "+ 2"),
         row("start in-process, no HTTP: p50", inproc["ms"]["p50"], "ms"),
         row("gunicorn workers (sync)", results["environment"]["gunicorn_workers"], "processes"),
+        *batch_rows(results["batch"]),
+    ]
+
+
+def batch_rows(batch: dict[str, Any]) -> list[dict[str, Any]]:
+    size = batch["items_per_batch"]
+    rate = batch["instances_per_s"]
+    return [
+        row(
+            f"batch start ({size} items), 1 client: instances/s",
+            rate,
+            "inst/s",
+            f">= {GOAL_BATCH_PER_S:,}",
+            rate >= GOAL_BATCH_PER_S,
+        ),
+        row(f"batch start ({size} items), 1 client: p50 per batch", batch["batch_ms"]["p50"], "ms"),
+        row(
+            f"batch start ({size} items), 2 clients: instances/s",
+            batch["two_clients"]["instances_per_s"],
+            "inst/s",
+        ),
+        row(
+            "batch start: CPU per instance, gunicorn + PostgreSQL",
+            round(sum(batch["cpu_ms_per_instance"].values()), 3),
+            "ms",
+        ),
+        row(
+            "batch start: every 201 item in the database once (3 steps); a repeat all 200",
+            batch["check"]["ok"],
+            "",
+            "True",
+            bool(batch["check"]["ok"]),
+        ),
     ]
 
 
@@ -691,6 +859,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0, help="gunicorn's port (0: a free one)")
     parser.add_argument("--inprocess", type=int, default=200, help="starts in this process")
     parser.add_argument("--profile", action="store_true", help="cProfile the in-process starts too")
+    parser.add_argument("--batches", type=int, default=10, help="batch starts of --batch-size")
+    parser.add_argument("--batch-size", type=int, default=1000, help="items per batch start")
     parser.add_argument("--quick", action="store_true", help="shorter phases")
     args = bench.parse(argv)
     if args.quick:
@@ -698,6 +868,7 @@ def main(argv: list[str] | None = None) -> int:
         args.single_seconds = min(args.single_seconds, 5.0)
         args.warmup = min(args.warmup, 2.0)
         args.inprocess = min(args.inprocess, 50)
+        args.batches = min(args.batches, 4)
     wrk_path()  # fail early and clearly
 
     env = bench_env()
@@ -741,6 +912,10 @@ def main(argv: list[str] | None = None) -> int:
             served = drain(run, "clients", raw["clients"])
             web_after, pg_after = cpu_seconds(server.pids()), cpu_seconds(pg_pids)
             results["gunicorn_worker_pids"] = server.children()
+            log(f"batch start: {args.batches} batches of {args.batch_size}")
+            results["batch"] = phase_batch(
+                run, port, token, args.batches, args.batch_size, server.pids()
+            )
     except RuntimeError as exc:
         failure = str(exc)
     finally:
@@ -763,6 +938,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     log("checking the database: every 2xx answer's instance, once")
     results["verify"] = verify(run, raw)
+    results["batch"]["check"] = check_batches(run, results["batch"])
     log(f"in-process: {args.inprocess} starts through Django's test Client")
     results["inprocess"] = phase_inprocess(
         run, token, args.inprocess, results_dir / "api-profile.txt" if args.profile else None

@@ -530,6 +530,18 @@ def _repair_page(prefix: str, action: str, data: dict[str, str]) -> Callable:
 
 
 STATUS = "/instances"
+BATCH_START = "/api/v1/instances/batch/"
+
+
+def _batch_started(response: HttpResponse, w: World | None = None) -> Any:
+    """A batch start answers 207: DONE when every item started, else the first item's status
+    (the same answer a single start would give)."""
+    if response.status_code != 207:
+        return None
+    statuses = [r["status"] for r in response.json()["results"]]
+    return DONE if set(statuses) == {201} else statuses[0]
+
+
 ADMIN_INSTANCES = "/admin/orchestration/workflowinstance"
 EDIT_FORM = {"value": json.dumps(FIXED_EXPENSE)}
 
@@ -556,6 +568,18 @@ OPS: dict[str, Op] = {
         lambda c, w: _json(c, "post", "/api/v1/instances/", {"workflow": "t_sequence"}),
         api=True,
         writes=True,
+    ),
+    "POST /api/v1/instances/batch/": Op(
+        lambda c, w: _json(c, "post", BATCH_START, {"items": [{"workflow": "t_sequence"}] * 2}),
+        api=True,
+        writes=True,
+        judge=_batch_started,
+    ),
+    "POST /api/v1/instances/batch/ an expense naming alice": Op(
+        lambda c, w: _json(c, "post", BATCH_START, {"items": [EXPENSE_FOR_ALICE]}),
+        api=True,
+        writes=True,
+        judge=_batch_started,
     ),
     "POST /api/v1/instances/{id}/cancel/": Op(
         lambda c, w: _json(c, "post", f"/api/v1/instances/{w.expense.pk}/cancel/", {}),
@@ -935,6 +959,9 @@ MATRIX: dict[str, tuple[Any, ...]] = {
     "GET /api/v1/instances/{id}/":                  (401, 200, 200, 200, 200, 200, 200),
     "GET /api/v1/instances/{id}/history/":          (401, 200, 200, 200, 200, 200, 200),
     "POST /api/v1/instances/":                      (401, 201, 201, 201, 201, 201, 201),
+    "POST /api/v1/instances/batch/":                (401, DONE, DONE, DONE, DONE, DONE, DONE),
+    # As a single start: only alice herself, or a holder of start_on_behalf (root), names her.
+    "POST /api/v1/instances/batch/ an expense naming alice": (401, DONE, 403, 403, 403, 403, DONE),  # noqa: E501
     "POST /api/v1/instances/{id}/cancel/":          (401, 200, 403, 403, 403, 200, 200),
     "POST /api/v1/instances/{id}/retry/ (failed)":  (401, 200, 404, 403, 403, 200, 200),
     "POST /api/v1/instances/{id}/signals/{name}/":  (401, 202, 404, 403, 403, 202, 202),

@@ -386,3 +386,50 @@ class SignalSerializer(serializers.ModelSerializer):
 
     def get_consumed(self, obj: Signal) -> bool:
         return obj.consumed_at is not None
+
+
+# -- batch start (POST /api/v1/instances/batch/): documentation of the body and the answer; the
+# view hands the items to the engine, which checks each one as a single start is checked.
+
+
+class BatchStartItemSerializer(StartInstanceSerializer):
+    idempotency_key = StrictCharField(
+        max_length=200,
+        required=False,
+        help_text="This item's Idempotency-Key (as the header of a single start): unique per "
+        "workflow within the batch.",
+    )
+
+
+class BatchStartSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
+    items = BatchStartItemSerializer(
+        many=True,
+        min_length=1,
+        max_length=1000,
+        help_text="1 to 1,000 start requests, each with its own result.",
+    )
+
+
+class BatchStartedInstanceSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    workflow = serializers.CharField()
+    version = serializers.IntegerField()
+    state = serializers.CharField()
+    business_key = serializers.CharField()
+    created_at = serializers.DateTimeField()
+
+
+class BatchStartResultSerializer(serializers.Serializer):
+    index = serializers.IntegerField(help_text="The item's position in `items`, from 0.")
+    status = serializers.IntegerField(
+        help_text="201 started; 200 a repeat (same key, same body): the first instance; 409 the "
+        "key was used with another body; 400 invalid item; 403 the item names another "
+        "requester without orchestration.start_on_behalf."
+    )
+    instance = BatchStartedInstanceSerializer(allow_null=True)
+    error = ErrorSerializer(allow_null=True)
+
+
+class BatchStartResponseSerializer(serializers.Serializer):
+    results = BatchStartResultSerializer(many=True, help_text="One per item, in item order.")
+    started = serializers.IntegerField(help_text="How many items answered 201.")

@@ -6,6 +6,7 @@ urlpatterns = [
     path("", views.ApiRootView.as_view(), name="api-root"),
     path("workflows/", views.WorkflowListView.as_view(), name="api-workflows"),
     path("instances/", views.InstanceListView.as_view(), name="api-instances"),
+    path("instances/batch/", views.InstanceBatchStartView.as_view(), name="api-instances-batch"),
     path("instances/<str:pk>/", views.InstanceDetailView.as_view(), name="api-instance"),
     path(
         "instances/<str:pk>/history/",

@@ -29,6 +29,8 @@ from .pagination import EventPagination, InstancePagination
 from .parsers import JSONParser, multipart_body
 from .serializers import (
     AttachmentSerializer,
+    BatchStartResponseSerializer,
+    BatchStartSerializer,
     CancelInstanceSerializer,
     ErrorSerializer,
     EventSerializer,
@@ -215,6 +217,72 @@ class InstanceListView(ApiView):
             # A repeat of someone else's request: the key is taken, and that is all we say.
             raise _key_conflict(request, data["workflow"], key or "") from None
         return Response(InstanceSerializer(instance).data, status=status.HTTP_200_OK)
+
+
+class InstanceBatchStartView(ApiView):
+    @extend_schema(
+        summary="Start many instances",
+        tags=["instances"],
+        description='Up to 1,000 start requests in one body, `{"items": [...]}`, each '
+        "item a start body (workflow, input, business_key, version) with its own optional "
+        "`idempotency_key` (the Idempotency-Key header of a single start). The answer is 207 "
+        "Multi-Status with one result per item, in order: 201 started, 200 a repeat of an "
+        "earlier start (same key, same body: that instance), 409 the key was used with another "
+        "body, 400 an invalid item, 403 an item naming another requester. A bad item does not "
+        "stop the others; the new instances are written in one transaction (all or none) and "
+        "their steps start after it commits.\n\n"
+        "The whole batch is refused (400, nothing written) when `items` is not a list, is "
+        "empty or longer than 1,000, or gives one idempotency_key twice for one workflow "
+        "(code duplicate_idempotency_key). The body counts against SIGNOFF_MAX_REQUEST_BYTES "
+        "(413 over it): split large batches. Same permission as a single start.",
+        request=BatchStartSerializer,
+        responses={
+            207: BatchStartResponseSerializer,
+            **_errors(400, 413),
+        },
+    )
+    def post(self, request: Request) -> Response:
+        body = request.data
+        if not isinstance(body, dict) or set(body) != {"items"}:
+            raise InvalidInput('the body must be {"items": [...]}', code="invalid")
+        results = engine.instances_start_batch(
+            items=body["items"], started_by=request.user, actor=actor_of(request)
+        )
+        return Response(
+            {
+                "results": [_batch_result(r) for r in results],
+                "started": sum(r.status == 201 for r in results),
+            },
+            status=status.HTTP_207_MULTI_STATUS,
+        )
+
+
+_DATETIME = serializers.DateTimeField()
+
+
+def _batch_result(result: engine.BatchItemResult) -> dict[str, Any]:
+    instance, error = result.instance, result.error
+    return {
+        "index": result.index,
+        "status": result.status,
+        "instance": None
+        if instance is None
+        else {
+            "id": str(instance.pk),
+            "workflow": instance.workflow,
+            "version": instance.version,
+            "state": instance.state,
+            "business_key": instance.business_key,
+            "created_at": _DATETIME.to_representation(instance.created_at),
+        },
+        "error": None
+        if error is None
+        else {
+            "detail": error.message,
+            "code": error.code,
+            **({"fields": error.errors} if error.errors is not None else {}),
+        },
+    }
 
 
 START_FORM_FIELDS = {"workflow", "input", "business_key", "version"}

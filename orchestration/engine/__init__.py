@@ -14,6 +14,7 @@ when they do. Callers use this package (``from orchestration import engine``); i
   hot path's fixed SQL;
 - :mod:`.context` — the step context, stored outputs, error info, fingerprints;
 - :mod:`.starting` — :func:`instance_start`;
+- :mod:`.batch_starting` — :func:`instances_start_batch` (many starts in one transaction);
 - :mod:`.stepping` — a task step's attempt: claim, execute, complete, fail;
 - :mod:`.retrying` — the retry policy of a failed or timed-out attempt;
 - :mod:`.advancing` — start ready steps through their kinds; succeed, fail, cancel an instance;
@@ -27,6 +28,7 @@ when they do. Callers use this package (``from orchestration import engine``); i
 - :mod:`.task_kind` — the ``task`` step kind.
 """
 
+from .batch_starting import MAX_BATCH_ITEMS, BatchItemResult, instances_start_batch
 from .context import (
     definition_of,
     error_info,
@@ -73,7 +75,9 @@ _jsonable = jsonable
 step_schedule = schedule_task
 
 __all__ = [
+    "MAX_BATCH_ITEMS",
     "MAX_KEY_LENGTH",
+    "BatchItemResult",
     "Claimed",
     "LockedInstance",
     "TaskKind",
@@ -90,6 +94,7 @@ __all__ = [
     "instance_retry",
     "instance_revise_input",
     "instance_start",
+    "instances_start_batch",
     "instance_unpause",
     "jsonable",
     "lock_instance",

@@ -8,6 +8,7 @@ commit.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -77,20 +78,34 @@ def instance_start(
         return instance, created
 
 
-def _start(
+@dataclass
+class CheckedStart:
+    """A start's request once checked (:func:`start_checked`): what :func:`_create` writes."""
+
+    definition: Workflow
+    input: dict[str, Any]
+    business_key: str
+    idempotency_key: str | None
+    fingerprint: str
+    on_behalf_of: str | None
+    uploads: PendingFiles | None
+
+
+def start_checked(
     *,
-    workflow: str,
-    input: dict[str, Any] | None = None,
-    business_key: str = "",
-    idempotency_key: str | None = None,
-    version: int | None = None,
+    workflow: Any,
+    input: Any = None,
+    business_key: Any = "",
+    idempotency_key: Any = None,
+    version: Any = None,
     started_by: Any = None,
-    actor: str = "system",
     files: Sequence[Any] = (),
-    schedule: Any = None,
-    scheduled_for: datetime | None = None,
-) -> tuple[WorkflowInstance, bool]:
-    """:func:`instance_start`, outside its span."""
+) -> CheckedStart:
+    """The checks of :func:`instance_start`, writing nothing: the workflow and version, the
+    requester field, the files, the input schema, storable JSON, the business key and the
+    Idempotency-Key. Raises :class:`InvalidInput` (or :class:`NotAllowed` for another
+    requester); returns what the start would write and the request's fingerprint (a batch
+    start checks each of its items with it)."""
     input = {} if input is None else input
     if not isinstance(workflow, str) or not workflow:
         raise InvalidInput("workflow must be a non-empty string", code="invalid")
@@ -143,7 +158,41 @@ def _start(
     if uploads is not None and uploads.checked:
         # The files by name and content, not by the ids this start would give them.
         request["files"] = uploads.digests
-    fingerprint = request_fingerprint(request)
+    return CheckedStart(
+        definition=definition,
+        input=stored_input,
+        business_key=business_key,
+        idempotency_key=idempotency_key,
+        fingerprint=request_fingerprint(request),
+        on_behalf_of=on_behalf_of,
+        uploads=uploads,
+    )
+
+
+def _start(
+    *,
+    workflow: str,
+    input: dict[str, Any] | None = None,
+    business_key: str = "",
+    idempotency_key: str | None = None,
+    version: int | None = None,
+    started_by: Any = None,
+    actor: str = "system",
+    files: Sequence[Any] = (),
+    schedule: Any = None,
+    scheduled_for: datetime | None = None,
+) -> tuple[WorkflowInstance, bool]:
+    """:func:`instance_start`, outside its span."""
+    checked = start_checked(
+        workflow=workflow,
+        input=input,
+        business_key=business_key,
+        idempotency_key=idempotency_key,
+        version=version,
+        started_by=started_by,
+        files=files,
+    )
+    fingerprint = checked.fingerprint
     if idempotency_key is not None:
         existing = _same_key(workflow, idempotency_key, fingerprint, started_by)
         if existing is not None:
@@ -151,15 +200,15 @@ def _start(
     try:
         with guard(), transaction.atomic():
             return _create(
-                definition,
-                stored_input,
+                checked.definition,
+                checked.input,
                 business_key,
                 idempotency_key,
                 fingerprint,
                 started_by,
                 actor,
-                on_behalf_of,
-                uploads,
+                checked.on_behalf_of,
+                checked.uploads,
                 schedule=schedule,
                 scheduled_for=scheduled_for,
             ), True
@@ -239,7 +288,46 @@ def _create(
     parent_item: Any = None,
     scheduled_for: datetime | None = None,
 ) -> WorkflowInstance:
-    now = timezone.now()
+    instance, journal, steps = built(
+        definition,
+        input,
+        business_key,
+        idempotency_key,
+        fingerprint,
+        started_by,
+        actor,
+        on_behalf_of,
+        uploads,
+        parent_step,
+        parent_attempt,
+        instance_id,
+        schedule,
+        scheduled_for,
+    )
+    journal.flush(created_steps=steps)
+    return instance
+
+
+def built(
+    definition: Workflow,
+    input: dict[str, Any],
+    business_key: str,
+    idempotency_key: str | None,
+    fingerprint: str,
+    started_by: Any,
+    actor: str,
+    on_behalf_of: str | None = None,
+    uploads: PendingFiles | None = None,
+    parent_step: StepRun | None = None,
+    parent_attempt: int | None = None,
+    instance_id: Any = None,
+    schedule: Any = None,
+    scheduled_for: datetime | None = None,
+    now: datetime | None = None,
+) -> tuple[WorkflowInstance, Journal, list[StepRun]]:
+    """A new instance, its steps and its journal (``instance_started``, the first steps
+    scheduled), not yet written: :func:`_create` flushes one, a batch start many at once."""
+    now = now or timezone.now()
     instance = WorkflowInstance(
         **({"id": instance_id} if instance_id is not None else {}),
         parent_step=parent_step,
@@ -286,8 +374,7 @@ def _create(
     if uploads is not None:
         uploads.record(instance, journal)
     advance(instance, steps, definition, journal)
-    journal.flush(created_steps=list(steps.values()))
-    return instance
+    return instance, journal, list(steps.values())
 
 
 # -- children (orchestration.children) ------------------------------------------------------------

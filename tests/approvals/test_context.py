@@ -515,3 +515,38 @@ def test_past_assignees_are_recorded_by_replacing_escalations(
         assert web(people["eve"]).get(f"/instances/{instance.pk}/").status_code == 404
     finally:
         registry.unregister(wf.name, wf.version)
+
+
+def test_the_end_of_a_workflow_without_approval_steps_costs_the_end_notice_no_query(
+    people: dict[str, Any],
+    expense: Any,
+    queued: list[int],
+    django_assert_num_queries: Any,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    """The worker announces every instance's end; a workflow that declares no approval step
+    cannot have a request, so approvals' receiver answers from the registry. One that does
+    (or an event whose instance is not at hand) still asks the database."""
+    from approvals.lifecycle import on_event_committed
+    from orchestration.models import Event
+
+    with django_capture_on_commit_callbacks(execute=True):
+        instance, _ = engine.instance_start(workflow="t_sequence", started_by=people["alice"])
+    with django_capture_on_commit_callbacks(execute=True):
+        run_scheduled(instance)
+    end = Event.objects.select_related("instance").get(instance=instance, type="instance_succeeded")
+    with django_assert_num_queries(0):
+        on_event_committed(sender=Event, event=end)
+    bare = Event.objects.get(pk=end.pk)
+    with django_assert_num_queries(2):  # not at hand: asked
+        on_event_committed(sender=Event, event=bare)
+
+    manager = expense(120)
+    with django_capture_on_commit_callbacks(execute=True):
+        engine.instance_cancel(instance_id=manager.instance_id, actor="user:otto", reason="dup")
+    cancelled = Event.objects.select_related("instance").get(
+        instance_id=manager.instance_id, type="instance_cancelled"
+    )
+    OutboundEmail.objects.all().delete()
+    on_event_committed(sender=Event, event=cancelled)
+    assert requester_mail("approval_finished") != []

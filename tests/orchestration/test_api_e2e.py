@@ -97,3 +97,32 @@ def test_onboarding_started_through_the_api_retries_a_flaky_step_and_succeeds(
     assert again.status_code == 200
     assert again.json()["id"] == created.json()["id"]
     assert again.json()["state"] == "succeeded"
+
+
+def test_a_batch_started_through_the_api_runs_to_completion_on_a_worker(
+    worker: Any, user: Any
+) -> None:
+    from orchestration.models import WorkflowInstance
+
+    client = token_client(user)
+    items = [
+        {"workflow": "t_sequence", "input": {"n": n}, "idempotency_key": f"batch-{n}"}
+        for n in range(30)
+    ]
+    items.append({"workflow": "t_parallel", "idempotency_key": "batch-p"})
+    response = client.post(f"{INSTANCES}batch/", {"items": items}, format="json")
+    assert response.status_code == 207, response.content
+    assert response.json()["started"] == 31
+    ids = [r["instance"]["id"] for r in response.json()["results"]]
+
+    def all_finished() -> bool:
+        return not WorkflowInstance.objects.filter(pk__in=ids, state="running").exists()
+
+    wait_for(all_finished, timeout=90, interval=0.2, message="the batch to finish")
+    states = set(WorkflowInstance.objects.filter(pk__in=ids).values_list("state", flat=True))
+    assert states == {"succeeded"}
+    body = client.get(f"{INSTANCES}{ids[0]}/").json()
+    assert [s["state"] for s in body["steps"]] == ["succeeded"] * 3
+    events = client.get(f"{INSTANCES}{ids[-1]}/history/").json()["results"]
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    assert events[-1]["type"] == "instance_succeeded"
