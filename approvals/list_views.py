@@ -16,7 +16,8 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
-from django.utils import timezone
+from django.utils import dateformat, timezone
+from django.utils.timesince import timesince, timeuntil
 from django.views.decorators.http import require_http_methods, require_POST
 
 from orchestration.definitions import registry
@@ -33,6 +34,7 @@ from .forms import (
 )
 from .models import ApprovalRequest, Outcome, RequestState
 from .navigation import COUNT_CAP, pending_count, remember_pending_count, safe_next
+from .templatetags.inbox import ago
 
 User = get_user_model()
 REVISE_LIMIT = 20  # requests listed under "Revise and resubmit" at the top of the inbox
@@ -107,6 +109,7 @@ def inbox_list(request: HttpRequest) -> HttpResponse:
         )
         values = row.columns if isinstance(row.columns, dict) else {}
         row.column_values = [(c.label, values.get(c.column_key)) for c in columns]
+        _row_times(row, now)
     kept = request.session.pop(KEPT_SELECTION, None) or {"ids": [], "comment": ""}
     for row in page.rows:
         row.picked = row.selectable and str(row.pk) in kept["ids"]
@@ -121,6 +124,27 @@ def inbox_list(request: HttpRequest) -> HttpResponse:
         "any_selectable": any(row.selectable for row in page.rows),
     }
     return render(request, "inbox/list.html", context)
+
+
+STAMP = "Y-m-d H:i T"
+
+
+def _row_times(row: ApprovalRequest, now: Any) -> None:
+    """A row's times as the page shows them, formatted here once rather than through
+    template filters (the same functions the ``date``, ``ago``, ``timesince`` and
+    ``timeuntil`` filters call; the template escapes them as it did the filters' output)."""
+    created = timezone.localtime(row.created_at)
+    row.created_title = dateformat.format(created, STAMP)
+    row.created_ago = ago(row.created_at, now)
+    row.due_text = ""
+    if row.due_at and (row.overdue or row.state == RequestState.PENDING):
+        due = timezone.localtime(row.due_at)
+        row.due_iso = dateformat.format(due, "c")
+        row.due_title = dateformat.format(due, STAMP)
+        if row.overdue:
+            row.due_text = f"due {timesince(row.due_at, now)} ago"
+        else:
+            row.due_text = f"due in {timeuntil(row.due_at, now)}"
 
 
 def _first_pending_page(
