@@ -5,7 +5,8 @@
 - :mod:`~approvals.models.decisions` — :class:`Decision`, :class:`Comment`;
 - :mod:`~approvals.models.assignees` — :class:`Delegation`, :class:`PastAssignee`,
   :class:`ActionToken`;
-- :mod:`~approvals.models.mail` — :class:`MailPreference`.
+- :mod:`~approvals.models.mail` — :class:`MailPreference`;
+- :mod:`~approvals.models.timers` — :class:`EscalationTimer`.
 
 Every name is importable from ``approvals.models`` (migrations name some of them here).
 """
@@ -15,6 +16,7 @@ from .choices import DECISIONS, Channel, ClaimMode, ClaimState, Outcome, Policy,
 from .decisions import Comment, Decision
 from .mail import MailPreference, default_time_zone, time_zone_names, time_zone_validate
 from .requests import SEARCH_TEXT_MAX, ApprovalRequest, search_document
+from .timers import EscalationTimer
 
 __all__ = [
     "DECISIONS",
@@ -27,6 +29,7 @@ __all__ = [
     "Comment",
     "Decision",
     "Delegation",
+    "EscalationTimer",
     "MailPreference",
     "Outcome",
     "PastAssignee",
