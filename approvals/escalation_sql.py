@@ -69,13 +69,18 @@ def lock_due_sql() -> str:
     return f"""
 SELECT {rc("id")}, {rc("step_run")}, {rc("level")}, {rc("created_at")}, {rc("step_name")},
        {ic("id")}, {ic("workflow")}, {ic("version")}, {ic("state")}, {ic("business_key")}
-FROM {_table(t)} t
-JOIN {_table(r)} r ON {rc("id")} = t.{_col(t, "request")}
+FROM (
+    -- The due timers in their index's order; OFFSET 0 keeps the planner from flattening
+    -- it (it would merge-join the primary key of the whole request table instead of walking
+    -- the timers and stopping at the limit).
+    SELECT {_col(t, "request")} AS request_id, {_col(t, "due_at")} AS due_at
+    FROM {_table(t)} WHERE {_col(t, "due_at")} <= %s ORDER BY {_col(t, "due_at")} OFFSET 0
+) t
+JOIN {_table(r)} r ON {rc("id")} = t.request_id
 JOIN {_table(i)} i ON {ic("id")} = {rc("instance")}
-WHERE t.{_col(t, "due_at")} <= %s
-  AND {rc("state")} = '{RequestState.PENDING.value}' AND {rc("next_escalation_at")} <= %s
+WHERE {rc("state")} = '{RequestState.PENDING.value}' AND {rc("next_escalation_at")} <= %s
   AND NOT ({rc("id")} = ANY(%s::bigint[]))
-ORDER BY t.{_col(t, "due_at")}
+ORDER BY t.due_at
 LIMIT %s
 FOR NO KEY UPDATE OF i, r SKIP LOCKED
 """

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime
 
+from django.db.models import Exists, OuterRef
+
 from .models import ApprovalRequest, EscalationTimer, RequestState
 
 
@@ -36,9 +38,10 @@ def timers_clear(request_ids: Iterable[int]) -> None:
 
 def timers_remove_stale(now: datetime) -> int:
     """Remove the due timers of requests no longer pending; returns how many."""
-    stale = EscalationTimer.objects.filter(due_at__lte=now).exclude(
-        request__state=RequestState.PENDING
-    )
+    # NOT EXISTS per due timer (through the requests' primary key); an exclude() across the
+    # relation would compare with every pending request.
+    pending = ApprovalRequest.objects.filter(pk=OuterRef("request_id"), state=RequestState.PENDING)
+    stale = EscalationTimer.objects.filter(due_at__lte=now).filter(~Exists(pending))
     return stale.delete()[0]
 
 

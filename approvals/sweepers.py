@@ -103,6 +103,8 @@ RENDER_SLICE = 250  # outbox rows per render task
 # A ``rendering`` row older than this had its render task lost (or its worker died): the
 # next sweep sends the task again (rendering twice is impossible: see mails_render).
 RENDER_GRACE = timedelta(seconds=60)
+LOCK_PLANNER = "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off"
+PLANNER_BACK = "SET LOCAL enable_hashjoin = on; SET LOCAL enable_mergejoin = on"
 LOCK_DUE_SQL = lock_due_sql()  # parameters: now, now, request ids left out, limit
 
 
@@ -229,8 +231,13 @@ class _ChunkedSweep:
                     # A few thousand rows: JIT compilation costs more than it saves (the
                     # planner's estimates for the unnest() arrays would set it off).
                     cursor.execute("SET LOCAL jit = off")
+                    # Walk the due timers in order and stop at the limit: with a large
+                    # backlog the planner would hash-join every due row, then sort them
+                    # (EXPLAIN at 50,000 due: 242 ms; nested loops: 20 ms).
+                    cursor.execute(LOCK_PLANNER)
                     cursor.execute(lock_due_sql(), [self.now, self.now, excluded, size])
                     rows = cursor.fetchall()
+                    cursor.execute(PLANNER_BACK)
                 if not rows:
                     return [], 0, []
                 acted, fallback, events, mail_ids = _escalate_chunk(rows)

@@ -1078,8 +1078,10 @@ def explain_chunk(chunk: int) -> dict[str, Any]:
     try:
         with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute("SET LOCAL jit = off")
+            cursor.execute(sweepers.LOCK_PLANNER)
             cursor.execute(sweepers.LOCK_DUE_SQL, [now, now, [], chunk])
             rows = cursor.fetchall()
+            cursor.execute(sweepers.PLANNER_BACK)
             sid = transaction.savepoint()
             with captured(captured_sql):
                 sweepers._escalate_chunk(rows)
@@ -1089,6 +1091,8 @@ def explain_chunk(chunk: int) -> dict[str, Any]:
                 "lock": (sweepers.LOCK_DUE_SQL, [now, now, [], chunk]),
                 "escalate": (statement, params),
             }.items():
+                # The planner settings the sweep runs each statement with.
+                cursor.execute(sweepers.LOCK_PLANNER if name == "lock" else sweepers.PLANNER_BACK)
                 cursor.execute(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {text}", args)
                 document = cursor.fetchone()[0]
                 document = json.loads(document) if isinstance(document, str) else document
