@@ -27,7 +27,7 @@ from django.contrib.auth.models import Group
 from orchestration import engine
 from orchestration.definitions import StepContext
 
-from . import notifications
+from . import escalation_timers, notifications
 from .definitions import ApprovalStep, Escalation
 from .models import ApprovalRequest, PastAssignee
 from .services import past_assignees_record, timer_at
@@ -121,6 +121,7 @@ def escalate_row(
     if next_level(spec, request.level) is None:
         request.next_escalation_at = None
         request.save(update_fields=["next_escalation_at"])
+        escalation_timers.timer_follow(request)
         return False
     plan = escalation_plan(spec, request.level, engine.step_context(locked.journal, step))
     before = {u.pk for u in notifications.current_assignee_users(request)}
@@ -137,6 +138,7 @@ def escalate_row(
     request.level = plan.level
     request.next_escalation_at = plan.next_escalation_at(request.created_at)
     request.save(update_fields=["level", "next_escalation_at"])
+    escalation_timers.timer_follow(request)
     removed_names = User.objects.filter(pk__in=removed).values_list(User.USERNAME_FIELD, flat=True)
     locked.record(EVENT, step=step, data=plan.event_data(removed_names))
     notifications.notify_assignees(

@@ -5,7 +5,8 @@ Every table and column name comes from the models (``_meta``; the user model fro
 ``get_user_model()``), and the outbox rows are written by integrations' public
 :func:`integrations.mail.unrendered_emails_insert`: this module names no other app's table.
 The statement does what :func:`approvals.escalation.escalate_row` does, for levels that only
-add people (:func:`approvals.escalation.set_based`): the new level and timer, the added
+add people (:func:`approvals.escalation.set_based`): the new level and timer (the request's
+column and its :class:`~approvals.models.EscalationTimer` row), the added
 assignees, the instances' ``last_seq``, one ``approval_escalated`` event per request with the
 plan's data (gap-free seq, as the journal numbers them) and one unrendered mail per newcomer,
 chosen by the rules of :meth:`EscalationPlan.mailed` and ``notify_assignees``.
@@ -28,7 +29,7 @@ from orchestration.models import Event, StepRun, WorkflowInstance
 
 from . import notifications
 from .escalation import EVENT, MAIL, EscalationPlan
-from .models import ApprovalRequest, RequestState
+from .models import ApprovalRequest, EscalationTimer, RequestState
 
 User = get_user_model()
 ACTOR = "sweeper"
@@ -49,12 +50,15 @@ def _col(model: type[Model], field: str) -> str:
 @functools.cache
 def lock_due_sql() -> str:
     """The due requests and their instances, locked in the engine's order (instance, then
-    request; ``FOR NO KEY UPDATE … SKIP LOCKED``). Under READ COMMITTED a row changed since
-    the snapshot is re-checked against the WHERE clause once locked, so a request decided or
-    escalated meanwhile drops out. Parameters: now, ids to leave out, limit. Columns: the
-    request's id, step run, level, creation, step name; the instance's id, workflow, version,
-    state, business key."""
-    r, i = ApprovalRequest, WorkflowInstance
+    request; ``FOR NO KEY UPDATE … SKIP LOCKED``), found through the timers' index
+    (:class:`~approvals.models.EscalationTimer`). Under READ COMMITTED a locked row changed
+    since the snapshot is re-checked against the WHERE clause, so a request decided or
+    escalated meanwhile drops out: the check names the request's own ``state`` and
+    ``next_escalation_at`` (the timer row is not locked, and its snapshot copy would not
+    change). Parameters: now, now, ids to leave out, limit. Columns: the request's id, step
+    run, level, creation, step name; the instance's id, workflow, version, state, business
+    key."""
+    r, i, t = ApprovalRequest, WorkflowInstance, EscalationTimer
 
     def rc(field: str) -> str:
         return f"r.{_col(r, field)}"
@@ -65,11 +69,18 @@ def lock_due_sql() -> str:
     return f"""
 SELECT {rc("id")}, {rc("step_run")}, {rc("level")}, {rc("created_at")}, {rc("step_name")},
        {ic("id")}, {ic("workflow")}, {ic("version")}, {ic("state")}, {ic("business_key")}
-FROM {_table(i)} i
-JOIN {_table(r)} r ON {rc("instance")} = {ic("id")}
+FROM (
+    -- The due timers in their index's order; OFFSET 0 keeps the planner from flattening
+    -- it (it would merge-join the primary key of the whole request table instead of walking
+    -- the timers and stopping at the limit).
+    SELECT {_col(t, "request")} AS request_id, {_col(t, "due_at")} AS due_at
+    FROM {_table(t)} WHERE {_col(t, "due_at")} <= %s ORDER BY {_col(t, "due_at")} OFFSET 0
+) t
+JOIN {_table(r)} r ON {rc("id")} = t.request_id
+JOIN {_table(i)} i ON {ic("id")} = {rc("instance")}
 WHERE {rc("state")} = '{RequestState.PENDING.value}' AND {rc("next_escalation_at")} <= %s
   AND NOT ({rc("id")} = ANY(%s::bigint[]))
-ORDER BY {rc("next_escalation_at")}
+ORDER BY t.due_at
 LIMIT %s
 FOR NO KEY UPDATE OF i, r SKIP LOCKED
 """
@@ -82,7 +93,7 @@ def escalate_sql(mails: str) -> str:
     were before it: ``newcomers`` compares with the assignees before this level, as the
     per-row path does. An instance with several due requests gets consecutive seq numbers
     (ranked by request id)."""
-    r, i, e, s = ApprovalRequest, WorkflowInstance, Event, StepRun
+    r, i, e, s, t = ApprovalRequest, WorkflowInstance, Event, StepRun, EscalationTimer
     au = ApprovalRequest.assignee_users.through
     ag = ApprovalRequest.assignee_groups.through
     ug = User.groups.through
@@ -104,6 +115,12 @@ WITH due AS (
     RETURNING r.{_col(r, "id")} AS id, r.{_col(r, "instance")} AS instance_id,
               r.{_col(r, "step_run")} AS step_run_id, r.{_col(r, "requester")} AS requester_id,
               r.{_col(r, "allow_self_approval")} AS allow_self_approval
+), timers AS (
+    UPDATE {_table(t)} t SET {_col(t, "due_at")} = due.next
+    FROM due WHERE t.{_col(t, "request")} = due.id AND due.next IS NOT NULL
+), untimed AS (
+    DELETE FROM {_table(t)} t USING due
+    WHERE t.{_col(t, "request")} = due.id AND due.next IS NULL
 ), ranked AS (
     SELECT id, instance_id, step_run_id,
            row_number() OVER (PARTITION BY instance_id ORDER BY id) AS rank

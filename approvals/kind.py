@@ -18,7 +18,7 @@ from orchestration.definitions import StepSpec
 from orchestration.journal import Journal
 from orchestration.models import StepRun
 
-from . import notifications, policy
+from . import escalation_timers, notifications, policy
 from .definitions import ApprovalStep
 from .models import ApprovalRequest, Policy, RequestState
 from .timing import before_due, timer_at
@@ -175,6 +175,7 @@ def open_round(
     def create() -> None:
         request.step_run = step_run
         request.save(force_insert=True)
+        escalation_timers.timer_start(request)
         request.assignee_users.set(users)
         request.assignee_groups.set(groups)
         notifications.notify_assignees(

@@ -12,11 +12,12 @@ from urllib.parse import urlencode
 from django.contrib import messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
-from django.db.models import Prefetch, QuerySet
+from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
-from django.utils import timezone
+from django.utils import dateformat, timezone
+from django.utils.timesince import timesince, timeuntil
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_http_methods, require_POST
 
@@ -34,7 +35,8 @@ from .forms import (
     InboxFilterForm,
 )
 from .models import ApprovalRequest, Outcome, RequestState
-from .navigation import pending_count, safe_next
+from .navigation import COUNT_CAP, pending_count, remember_pending_count, safe_next
+from .templatetags.inbox import ago
 
 User = get_user_model()
 REVISE_LIMIT = 20  # requests listed under "Revise and resubmit" at the top of the inbox
@@ -80,15 +82,27 @@ def inbox_list(request: HttpRequest) -> HttpResponse:
         return render(request, "inbox/list.html", context, status=400)
     qs = pending if filters["state"] == "pending" else LISTS[filters["state"]](request.user)
     now = timezone.now()
-    qs = search.apply(qs, found, now)
-    qs = qs.select_related("requester", "claimed_by").prefetch_related(
-        "assignee_groups", Prefetch("assignee_users", queryset=User.objects.only("username"))
-    )
+    qs = search.apply(qs, found, now).select_related("requester", "claimed_by")
     columns = search.columns_for(registry.all(), found.workflow, found.step)
     sort = search.sort_for(filters["sort"], columns)
     filters["sort"] = sort.name
-    page = search.paginate(qs, sort, filters["after"], filters["before"], PAGE_SIZE)
+    if (
+        filters["state"] == "pending"
+        and not found.any
+        and sort.name == "newest"
+        and not (filters["after"] or filters["before"])
+    ):
+        page = _first_pending_page(request, pending, qs)
+    else:
+        page = search.paginate(qs, sort, filters["after"], filters["before"], PAGE_SIZE)
+    # The assignees' names for the whole page: one query, no model instances.
+    selectors.attach_assignees(page.rows)
+    list_url = reverse("inbox:list")
     for row in page.rows:
+        names = getattr(row, selectors.ASSIGNEES)
+        row.assigned_to = ", ".join([*names["groups"], *names["users"]])
+        row.detail_url = f"{list_url}{row.pk}/"
+        row.decide_url = f"{list_url}{row.pk}/decide/"
         row.overdue = bool(row.state == RequestState.PENDING and row.due_at and row.due_at < now)
         row.claim_holder = selectors.claim_holder_name(row, now)
         row.claim_mine = row.claim_holder is not None and row.claimed_by_id == request.user.pk
@@ -98,6 +112,7 @@ def inbox_list(request: HttpRequest) -> HttpResponse:
         )
         values = row.columns if isinstance(row.columns, dict) else {}
         row.column_values = [(c.label, values.get(c.column_key)) for c in columns]
+        _row_times(row, now)
     kept = request.session.pop(KEPT_SELECTION, None) or {"ids": [], "comment": ""}
     for row in page.rows:
         row.picked = row.selectable and str(row.pk) in kept["ids"]
@@ -112,6 +127,46 @@ def inbox_list(request: HttpRequest) -> HttpResponse:
         "any_selectable": any(row.selectable for row in page.rows),
     }
     return render(request, "inbox/list.html", context)
+
+
+STAMP = "Y-m-d H:i T"
+
+
+def _row_times(row: ApprovalRequest, now: Any) -> None:
+    """A row's times as the page shows them, formatted here once rather than through
+    template filters (the same functions the ``date``, ``ago``, ``timesince`` and
+    ``timeuntil`` filters call; the template escapes them as it did the filters' output)."""
+    created = timezone.localtime(row.created_at)
+    row.created_title = dateformat.format(created, STAMP)
+    row.created_ago = ago(row.created_at, now)
+    row.due_text = ""
+    if row.due_at and (row.overdue or row.state == RequestState.PENDING):
+        due = timezone.localtime(row.due_at)
+        row.due_iso = dateformat.format(due, "c")
+        row.due_title = dateformat.format(due, STAMP)
+        if row.overdue:
+            row.due_text = _("due %(ago)s ago") % {"ago": timesince(row.due_at, now)}
+        else:
+            row.due_text = _("due in %(left)s") % {"left": timeuntil(row.due_at, now)}
+
+
+def _first_pending_page(
+    request: HttpRequest, pending: QuerySet[ApprovalRequest], qs: QuerySet[ApprovalRequest]
+) -> search.Page:
+    """The first page of the pending tab, unfiltered, newest first, with the navigation's
+    capped count from the same walk: the ids of the first ``COUNT_CAP + 1`` decidable
+    requests in the list's order (one walk of the pending index, which the count needed
+    anyway) give both the count and the page, whose rows are then read by primary key. The
+    same rows and cursors as :func:`approvals.search.paginate`, one index walk instead of
+    two (bench/inbox.py: README, "Benchmarks")."""
+    sort = search.Sort("newest")
+    ids = list(pending.order_by(*sort.forward()).values_list("pk", flat=True)[: COUNT_CAP + 1])
+    remember_pending_count(request, len(ids))
+    shown = ids[:PAGE_SIZE]
+    place = {pk: n for n, pk in enumerate(shown)}
+    rows = sorted(qs.filter(pk__in=shown), key=lambda row: place[row.pk]) if shown else []
+    more = len(ids) > PAGE_SIZE
+    return search.Page(rows, sort.key(rows[-1]) if more and rows else None, None)
 
 
 def _list_context(

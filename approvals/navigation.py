@@ -25,9 +25,16 @@ def pending_count(request: HttpRequest, pending: QuerySet[ApprovalRequest] | Non
         if pending is None:
             pending = selectors.decidable_by(request.user)
         found = pending.values("pk")[: COUNT_CAP + 1].count()
-        cached = f"{COUNT_CAP}+" if found > COUNT_CAP else str(found)
-        request._inbox_pending_count = cached
+        cached = remember_pending_count(request, found)
     return cached
+
+
+def remember_pending_count(request: HttpRequest, found: int) -> str:
+    """Cache on the request the count a view found itself (the rows it counted, at most
+    ``COUNT_CAP + 1``), as :func:`pending_count` shows it."""
+    shown = f"{COUNT_CAP}+" if found > COUNT_CAP else str(found)
+    request._inbox_pending_count = shown
+    return shown
 
 
 def safe_next(request: HttpRequest, candidate: str | None) -> str:

@@ -32,8 +32,6 @@ from django.views.decorators.http import require_http_methods
 from orchestration.models import StepRun, StepState, WorkflowInstance
 
 from . import selectors
-from .api.serializers import ASSIGNEES
-from .api.views import attach_assignees
 from .context import step_label
 from .forms import MyRequestsFilterForm
 from .list_views import REVISE_LIMIT
@@ -159,7 +157,8 @@ def _annotate(rows: list[WorkflowInstance], user: Any, now: datetime) -> None:
             titles[request.instance_id] = request.title
             if request.state in OPEN_REQUEST_STATES:
                 requests[request.instance_id] = request
-        attach_assignees([r for r in requests.values() if r.state == RequestState.PENDING])
+        waiting = [r for r in requests.values() if r.state == RequestState.PENDING]
+        selectors.attach_assignees(waiting)
     for row in rows:
         step = steps.get(row.pk)
         request = requests.get(row.pk) if row.state == "running" else None
@@ -177,7 +176,7 @@ def _annotate(rows: list[WorkflowInstance], user: Any, now: datetime) -> None:
         if request.state == RequestState.CHANGES_REQUESTED:
             row.revise_url = reverse("inbox:revise", args=[request.pk])
             continue
-        names = getattr(request, ASSIGNEES, {"users": [], "groups": []})
+        names = getattr(request, selectors.ASSIGNEES, {"users": [], "groups": []})
         row.holders = [*(f"group {g}" for g in names["groups"]), *names["users"]]
         row.claimed_by_name = selectors.claim_holder_name(request, now)
         row.due_at = request.due_at

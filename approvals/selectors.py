@@ -4,11 +4,14 @@ walk the pending partial index in order."""
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+from django.db import connection
 from django.db.models import Exists, OuterRef, Prefetch, Q, QuerySet
 from django.utils import timezone
 
@@ -31,6 +34,52 @@ User = get_user_model()
 AssignedUser = ApprovalRequest.assignee_users.through
 AssignedGroup = ApprovalRequest.assignee_groups.through
 Membership = User.groups.through
+# The attribute :func:`attach_assignees` sets: {"users": [names], "groups": [names]}.
+ASSIGNEES = "assignee_names"
+
+
+@functools.cache
+def _assignees_sql(count: int) -> str:
+    """Both assignment tables of ``count`` requests, UNION ALL: (request id, kind, name)."""
+    quote = connection.ops.quote_name
+    username = quote(User._meta.get_field(User.USERNAME_FIELD).column)
+    ids = ", ".join(["%s"] * count)
+
+    def part(through: Any, fk: str, target: Any, label: str) -> str:
+        return (
+            f"SELECT a.{quote(through._meta.get_field('approvalrequest').column)}, "
+            f"'{'users' if target is User else 'groups'}', t.{label} "
+            f"FROM {quote(through._meta.db_table)} a "
+            f"JOIN {quote(target._meta.db_table)} t "
+            f"ON t.{quote(target._meta.pk.column)} = a.{quote(through._meta.get_field(fk).column)} "
+            f"WHERE a.{quote(through._meta.get_field('approvalrequest').column)} IN ({ids})"
+        )
+
+    return (
+        part(AssignedUser, "user", User, username)
+        + " UNION ALL "
+        + part(AssignedGroup, "group", Group, quote("name"))
+    )
+
+
+def attach_assignees(requests: list[ApprovalRequest]) -> list[ApprovalRequest]:
+    """Set the assigned users' and groups' names on each request: one query for a whole
+    page (both assignment tables, UNION ALL), names only, no model instances. Fixed SQL per
+    page size: building it with the ORM cost more than running it (1.9 -> 0.6 ms for a page
+    of 50 in bench/inbox.py)."""
+    names: dict[int, dict[str, list[str]]] = {r.pk: {"users": [], "groups": []} for r in requests}
+    if names:
+        ids = list(names)
+        with connection.cursor() as cursor:
+            cursor.execute(_assignees_sql(len(ids)), ids + ids)
+            for request_id, kind, name in cursor.fetchall():
+                names[request_id][kind].append(name)
+    for request in requests:
+        found = names[request.pk]
+        setattr(
+            request, ASSIGNEES, {"users": sorted(found["users"]), "groups": sorted(found["groups"])}
+        )
+    return requests
 
 
 def principal_ids(user: Any, now: datetime | None = None) -> list[int]:

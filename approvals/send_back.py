@@ -16,7 +16,7 @@ from orchestration.errors import Conflict, InvalidInput, NotAllowed
 from orchestration.jsonsafe import string_problem
 from orchestration.models import StepRun
 
-from . import notifications, policy
+from . import escalation_timers, notifications, policy
 from .definitions import ApprovalStep
 from .inputs import check_channel, clean_comment
 from .kind import open_round
@@ -75,6 +75,7 @@ def approval_request_changes(
         request.save(
             update_fields=["state", "resolved_at", "next_reminder_at", "next_escalation_at"]
         )
+        escalation_timers.timer_follow(request)
         locked.record(
             "approval_changes_requested",
             step=locked.step_by_id(step_run_id),

@@ -23,6 +23,7 @@ again by the next sweep. Levels the batch cannot express (an assignees function,
 from __future__ import annotations
 
 import logging
+import threading
 from collections import defaultdict
 from datetime import datetime, timedelta
 from typing import Any
@@ -39,7 +40,7 @@ from orchestration.journal import announce_events
 from orchestration.models import Event, WorkflowInstance
 from orchestration.vendor import is_postgresql
 
-from . import notifications
+from . import escalation_timers, notifications
 from .definitions import ApprovalStep
 from .digests import sweep_digests
 from .escalation import escalate_row, escalation_plan, next_level, set_based
@@ -97,11 +98,14 @@ def sweep_reminders(*, now: datetime | None = None, batch: int | None = None) ->
 
 ESCALATION_BATCH = 10_000  # due requests one sweep takes on (SIGNOFF_ESCALATION_BATCH)
 ESCALATION_CHUNK = 2_000  # requests per transaction (SIGNOFF_ESCALATION_CHUNK)
+ESCALATION_CONNECTIONS = 2  # chunks at once, each on its own connection
 RENDER_SLICE = 250  # outbox rows per render task
 # A ``rendering`` row older than this had its render task lost (or its worker died): the
 # next sweep sends the task again (rendering twice is impossible: see mails_render).
 RENDER_GRACE = timedelta(seconds=60)
-LOCK_DUE_SQL = lock_due_sql()  # parameters: now, request ids left out, limit
+LOCK_PLANNER = "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off"
+PLANNER_BACK = "SET LOCAL enable_hashjoin = on; SET LOCAL enable_mergejoin = on"
+LOCK_DUE_SQL = lock_due_sql()  # parameters: now, now, request ids left out, limit
 
 
 def _escalate_rows(rows: list[tuple[int, int]], now: datetime) -> int:
@@ -123,26 +127,103 @@ def sweep_escalations(*, now: datetime | None = None, batch: int | None = None) 
     a request decided first is not escalated."""
     now = now or timezone.now()
     if not _batched():
-        return _escalate_rows(due_rows("next_escalation_at", now, batch), now)
+        escalation_timers.timers_remove_stale(now)
+        limit = batch or settings.SIGNOFF_SWEEP_BATCH
+        return _escalate_rows(escalation_timers.due_rows(now, limit), now)
     return escalations_batch(now=now, batch=batch)
 
 
 # -- escalations, batched (PostgreSQL) ------------------------------------------------------------
 
 
-def escalations_batch(*, now: datetime, batch: int | None = None, chunk: int | None = None) -> int:
+def escalations_batch(
+    *,
+    now: datetime,
+    batch: int | None = None,
+    chunk: int | None = None,
+    connections: int | None = None,
+) -> int:
     """The batched escalation sweep (PostgreSQL). Phase 1 here, per chunk one transaction:
     lock, re-check, set-based writes (module doc); after each commit the chunk's render tasks
     are sent, after the last one the events are announced (``event_committed``, as the
     journal does after its commit). Also sends again the render tasks of ``rendering`` mails
-    older than :data:`RENDER_GRACE`. Returns how many requests were escalated."""
+    older than :data:`RENDER_GRACE`. Returns how many requests were escalated.
+
+    ``connections`` (``SIGNOFF_ESCALATION_CONNECTIONS``, default 2): chunks run on that many
+    database connections at once, each in its own thread; ``SKIP LOCKED`` gives each chunk
+    rows no other holds, so the connections never wait on each other and a request is
+    escalated once. Inside a transaction (a caller's ``atomic``, a test's) one connection:
+    others could not see its rows."""
     batch = batch or _setting("SIGNOFF_ESCALATION_BATCH", ESCALATION_BATCH)
     chunk = chunk or _setting("SIGNOFF_ESCALATION_CHUNK", ESCALATION_CHUNK)
+    workers = connections or _setting("SIGNOFF_ESCALATION_CONNECTIONS", ESCALATION_CONNECTIONS)
     mails_redispatch(now=now)
-    done = escalated = 0
-    excluded: list[int] = []  # left to the per-row path in this run
-    announce: list[Event] = []
-    while done < batch:
+    escalation_timers.timers_remove_stale(now)
+    sweep = _ChunkedSweep(now=now, batch=batch, chunk=chunk)
+    if workers > 1 and not connection.in_atomic_block:
+        threads = [
+            threading.Thread(target=sweep.run_on_own_connection, name=f"escalations-{n}")
+            for n in range(workers)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    else:
+        sweep.run()
+    if sweep.announce:
+        # Outside a transaction (beat) this runs at once; inside one, after its commit.
+        transaction.on_commit(lambda: announce_events(sweep.announce))
+    if sweep.escalated:
+        log.info("sweeper escalations acted on %d approval requests", sweep.escalated)
+    return sweep.escalated
+
+
+class _ChunkedSweep:
+    """The chunks of one batched sweep, shared by the connections that run them: the budget
+    (``batch`` rows), the rows left to the per-row path, the events to announce."""
+
+    def __init__(self, *, now: datetime, batch: int, chunk: int) -> None:
+        self.now, self.batch, self.chunk = now, batch, chunk
+        self.taken = 0  # rows reserved by chunks so far (at most ``batch``)
+        self.escalated = 0
+        self.excluded: list[int] = []  # left to the per-row path in this run
+        self.announce: list[Event] = []
+        self.finished = False
+        self.lock = threading.Lock()
+
+    def _reserve(self) -> int:
+        with self.lock:
+            size = 0 if self.finished else min(self.chunk, self.batch - self.taken)
+            self.taken += size
+            return size
+
+    def _settle(self, reserved: int, rows: int, acted: int, events: list[Event]) -> None:
+        with self.lock:
+            self.taken -= reserved - rows
+            self.escalated += acted
+            self.announce += events
+            if rows < reserved:
+                self.finished = True  # fewer due rows than asked for: none left unlocked
+
+    def run_on_own_connection(self) -> None:
+        try:
+            self.run()
+        except Exception:  # noqa: BLE001 - a thread's failure must not pass silently
+            log.exception("escalation sweep connection failed")
+        finally:
+            connection.close()
+
+    def run(self) -> None:
+        while size := self._reserve():
+            rows, acted, events = self._one_chunk(size)
+            self._settle(size, len(rows), acted, events)
+            if not rows:
+                break
+
+    def _one_chunk(self, size: int) -> tuple[list[tuple[Any, ...]], int, list[Event]]:
+        with self.lock:
+            excluded = list(self.excluded)
         fallback: list[tuple[int, int]] = []
         try:
             with transaction.atomic():
@@ -150,42 +231,29 @@ def escalations_batch(*, now: datetime, batch: int | None = None, chunk: int | N
                     # A few thousand rows: JIT compilation costs more than it saves (the
                     # planner's estimates for the unnest() arrays would set it off).
                     cursor.execute("SET LOCAL jit = off")
-                    cursor.execute(lock_due_sql(), [now, excluded, min(chunk, batch - done)])
+                    # Walk the due timers in order and stop at the limit: with a large
+                    # backlog the planner would hash-join every due row, then sort them
+                    # (EXPLAIN at 50,000 due: 242 ms; nested loops: 20 ms).
+                    cursor.execute(LOCK_PLANNER)
+                    cursor.execute(lock_due_sql(), [self.now, self.now, excluded, size])
                     rows = cursor.fetchall()
+                    cursor.execute(PLANNER_BACK)
                 if not rows:
-                    break
+                    return [], 0, []
                 acted, fallback, events, mail_ids = _escalate_chunk(rows)
                 transaction.on_commit(lambda ids=mail_ids: mails_dispatch(ids))
         except Exception:  # noqa: BLE001 - one bad chunk: its rows go the per-row way
             log.exception("batched escalation failed; its rows go through the per-row path")
-            rows = _due_excluding(now, excluded, min(chunk, batch - done))
+            rows = escalation_timers.due_rows(self.now, size, excluded)
             if not rows:
-                break
+                return [], 0, []
             acted, events = 0, []
             fallback = [(r[0], r[1]) for r in rows]
-        done += len(rows)
-        escalated += acted
-        announce += events
         if fallback:
-            escalated += _escalate_rows(fallback, now)
-            excluded += [request_id for request_id, _ in fallback]
-        if len(rows) < chunk:
-            break
-    if announce:
-        # Outside a transaction (beat) this runs at once; inside one, after its commit.
-        transaction.on_commit(lambda: announce_events(announce))
-    if escalated:
-        log.info("sweeper escalations acted on %d approval requests", escalated)
-    return escalated
-
-
-def _due_excluding(now: datetime, excluded: list[int], limit: int) -> list[tuple[Any, ...]]:
-    return list(
-        ApprovalRequest.objects.filter(state=RequestState.PENDING, next_escalation_at__lte=now)
-        .exclude(pk__in=excluded)
-        .order_by("next_escalation_at")
-        .values_list("pk", "step_run_id")[:limit]
-    )
+            with self.lock:
+                self.excluded += [request_id for request_id, _ in fallback]
+            acted += _escalate_rows(fallback, self.now)
+        return rows, acted, events
 
 
 def _escalate_chunk(
@@ -214,6 +282,7 @@ def _escalate_chunk(
         if level is None:
             ids = [r[0] for r in members]
             ApprovalRequest.objects.filter(pk__in=ids).update(next_escalation_at=None)
+            escalation_timers.timers_clear(ids)
             continue
         if not set_based(level):
             fallback += [(r[0], r[1]) for r in members]
@@ -271,6 +340,7 @@ def sweep_expiry(*, now: datetime | None = None, batch: int | None = None) -> in
         request.save(
             update_fields=["state", "resolved_at", "next_reminder_at", "next_escalation_at"]
         )
+        escalation_timers.timer_follow(request)
         locked.record("approval_expired", step=step, data={"on_expire": action})
         notifications.tokens_supersede(
             request, set(request.tokens.values_list("user_id", flat=True)), now

@@ -535,6 +535,7 @@ def reset() -> dict[str, Any]:
             )
         )
         sql(f"UPDATE {SEED_TABLE} SET info = info || jsonb_build_object('anchor', now())")
+        removed["timers"] = timers_rebuild()
     # The requests table only: its 50,000 updated rows would leave dead entries in the
     # partial indexes the sweepers read (the other tables lost at most 10,000 rows of millions).
     # The outbox too: the last run's rendered rows left dead entries in the partial index the
@@ -542,6 +543,7 @@ def reset() -> dict[str, Any]:
     vacuum(
         [
             "approvals_approvalrequest",
+            "approvals_escalationtimer",
             "approvals_approvalrequest_assignee_users",
             "integrations_outboundemail",
         ]
@@ -591,8 +593,11 @@ def captured(into: list[tuple[str, Any]]) -> Iterator[None]:
 def due_queries(sweep: Callable[..., int]) -> list[tuple[str, Any]]:
     """The SELECTs a sweeper runs to find due rows, captured from a run that finds none (its
     ``now`` far in the past, so nothing else runs)."""
+    from django.test import override_settings
+
     queries: list[tuple[str, Any]] = []
-    with captured(queries):
+    # One connection, this one, so every statement is captured.
+    with captured(queries), override_settings(SIGNOFF_ESCALATION_CONNECTIONS=1):
         sweep(now=datetime(2000, 1, 1, tzinfo=UTC), batch=LAYOUT["overdue"])
     return [(q, p) for q, p in queries if q.lstrip().upper().startswith("SELECT")]
 
@@ -892,10 +897,25 @@ def measure_escalation(info: dict[str, Any], rows: int) -> dict[str, Any]:
 
 def clear_due() -> int:
     """Move the escalations still due a day ahead (for the empty sweeps)."""
-    return len(
+    moved = len(
         sql(
             "UPDATE approvals_approvalrequest SET next_escalation_at = now() + interval '1 day' "
             "WHERE state = 'pending' AND next_escalation_at <= now() RETURNING 1"
+        )
+    )
+    timers_rebuild()
+    return moved
+
+
+def timers_rebuild() -> int:
+    """The escalation timers (``approvals_escalationtimer``) as the requests say them, as
+    the services keep them: one row per pending request with a timer."""
+    sql("DELETE FROM approvals_escalationtimer")
+    return len(
+        sql(
+            "INSERT INTO approvals_escalationtimer (request_id, due_at) "
+            "SELECT id, next_escalation_at FROM approvals_approvalrequest "
+            "WHERE state = 'pending' AND next_escalation_at IS NOT NULL RETURNING 1"
         )
     )
 
@@ -1058,17 +1078,21 @@ def explain_chunk(chunk: int) -> dict[str, Any]:
     try:
         with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute("SET LOCAL jit = off")
-            cursor.execute(sweepers.LOCK_DUE_SQL, [now, [], chunk])
+            cursor.execute(sweepers.LOCK_PLANNER)
+            cursor.execute(sweepers.LOCK_DUE_SQL, [now, now, [], chunk])
             rows = cursor.fetchall()
+            cursor.execute(sweepers.PLANNER_BACK)
             sid = transaction.savepoint()
             with captured(captured_sql):
                 sweepers._escalate_chunk(rows)
             transaction.savepoint_rollback(sid)
             statement, params = next(q for q in captured_sql if "WITH due" in q[0])
             for name, (text, args) in {
-                "lock": (sweepers.LOCK_DUE_SQL, [now, [], chunk]),
+                "lock": (sweepers.LOCK_DUE_SQL, [now, now, [], chunk]),
                 "escalate": (statement, params),
             }.items():
+                # The planner settings the sweep runs each statement with.
+                cursor.execute(sweepers.LOCK_PLANNER if name == "lock" else sweepers.PLANNER_BACK)
                 cursor.execute(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {text}", args)
                 document = cursor.fetchone()[0]
                 document = json.loads(document) if isinstance(document, str) else document

@@ -24,6 +24,7 @@ from approvals.models import (
     Policy,
     RequestState,
 )
+from approvals.selectors import ASSIGNEES
 from orchestration import sealing
 
 
@@ -57,7 +58,7 @@ TIMESTAMP = serializers.DateTimeField()
 
 # Where the views put a request's assignee names ({"users": [...], "groups": [...]}) and its
 # decisions (a list), loaded for a whole page at once.
-ASSIGNEES = "assignee_names"
+
 DECISIONS = "decision_list"
 
 

@@ -5,7 +5,8 @@
 - :mod:`~approvals.models.decisions` — :class:`Decision`, :class:`Comment`;
 - :mod:`~approvals.models.assignees` — :class:`Delegation`, :class:`PastAssignee`,
   :class:`ActionToken`;
-- :mod:`~approvals.models.mail` — :class:`MailPreference`.
+- :mod:`~approvals.models.mail` — :class:`MailPreference`;
+- :mod:`~approvals.models.timers` — :class:`EscalationTimer`.
 
 Every name is importable from ``approvals.models`` (migrations name some of them here).
 """
@@ -22,6 +23,7 @@ from .mail import (
     time_zone_validate,
 )
 from .requests import SEARCH_TEXT_MAX, ApprovalRequest, search_document
+from .timers import EscalationTimer
 
 __all__ = [
     "DECISIONS",
@@ -34,6 +36,7 @@ __all__ = [
     "Comment",
     "Decision",
     "Delegation",
+    "EscalationTimer",
     "MailPreference",
     "language_codes",
     "language_validate",

@@ -181,16 +181,12 @@ class ApprovalRequest(FSMModelMixin, models.Model):
                 name="approval_changes_requester",
                 condition=Q(state="changes_requested"),
             ),
-            # The reminder and escalation sweepers read only pending rows with a due timer.
+            # The reminder sweeper reads only pending rows with a due timer (the escalation
+            # sweeper reads EscalationTimer, so an escalation's update of this row is HOT).
             models.Index(
                 fields=["next_reminder_at"],
                 name="approval_pending_reminder",
                 condition=Q(state="pending", next_reminder_at__isnull=False),
-            ),
-            models.Index(
-                fields=["next_escalation_at"],
-                name="approval_pending_escalation",
-                condition=Q(state="pending", next_escalation_at__isnull=False),
             ),
             # The claim sweeper reads only pending, claimed rows with an expiry.
             models.Index(

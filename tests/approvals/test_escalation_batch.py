@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from approvals import notifications, services, sweepers
 from approvals.definitions import Escalation, approval
-from approvals.models import ActionToken, ApprovalRequest
+from approvals.models import ActionToken, ApprovalRequest, EscalationTimer
 from integrations import webhooks
 from integrations.mail import LINK_PLACEHOLDER
 from integrations.models import OutboundEmail, WebhookDelivery, WebhookSubscription
@@ -548,3 +548,87 @@ def test_worker_renders_the_follow_ups_and_the_escalated_persons_link_decides(
         message="instance finished after the mailed decision",
     )
     assert StepRun.objects.get(instance=instance, name="pay").state == "succeeded"
+
+
+def timer_of(request: ApprovalRequest) -> datetime | None:
+    row = EscalationTimer.objects.filter(request_id=request.pk).first()
+    return row.due_at if row else None
+
+
+def test_the_timer_row_follows_the_request_on_every_path(people, flow) -> None:
+    name = flow("t_eb_timer", due=timedelta(days=2), escalate=LEVELS)
+    batched, per_row, decided, sent_back = (start(name) for _ in range(4))
+    requests = {i: ApprovalRequest.objects.get(instance=i) for i in (batched, per_row, decided)}
+    for request in requests.values():
+        assert timer_of(request) == request.next_escalation_at == T0 + timedelta(hours=1)
+    # Decided: the request leaves pending, its timer stays until due, then the sweep drops it.
+    services.approval_decide(
+        request_id=requests[decided].pk, user=people["ann"], outcome="approve", comment=""
+    )
+    assert timer_of(requests[decided]) is not None
+    # Sent back for changes: gone at once.
+    back = ApprovalRequest.objects.get(instance=sent_back)
+    services.approval_request_changes(
+        request_id=back.pk, user=people["ann"], comment="fix it", channel="web"
+    )
+    assert timer_of(back) is None
+    with at(T0 + timedelta(hours=1)):
+        assert sweepers.escalations_batch(now=timezone.now()) == 2
+    for request in requests.values():
+        request.refresh_from_db()
+    assert timer_of(requests[decided]) is None
+    for request in (requests[batched], requests[per_row]):
+        assert request.level == 1 and request.next_escalation_at == T0 + timedelta(hours=5)
+        assert timer_of(request) == request.next_escalation_at
+    # The per-row path (the batch's fallback, SQLite) keeps it too; the last level clears it.
+    row = requests[per_row]
+    with at(T0 + timedelta(hours=5)):
+        assert sweepers._escalate_rows([(row.pk, row.step_run_id)], timezone.now()) == 1
+    row.refresh_from_db()
+    assert row.level == 2 and row.next_escalation_at is None and timer_of(row) is None
+    with at(T0 + timedelta(hours=6)):
+        assert sweepers.sweep_escalations() == 1
+    requests[batched].refresh_from_db()
+    assert requests[batched].level == 2 and requests[batched].next_escalation_at is None
+    assert not EscalationTimer.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_sweeps_on_two_connections_each_escalate_each_request_exactly_once(
+    people, flow, monkeypatch
+) -> None:
+    """Two whole sweeps at once (as two beat processes would run them), each running its
+    chunks on two connections: four connections competing for the same 40 due requests."""
+    monkeypatch.setattr(sweepers, "mails_dispatch", lambda ids: None)
+    name = flow("t_eb_race2", parallel=True, due=timedelta(days=2), escalate=LEVELS[:1])
+    instances = [start(name) for _ in range(20)]
+    barrier = threading.Barrier(2)
+    counts: list[int] = []
+
+    def run() -> None:
+        barrier.wait()
+        try:
+            counts.append(
+                sweepers.escalations_batch(now=T0 + timedelta(hours=1), chunk=3, connections=2)
+            )
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    with at(T0 + timedelta(hours=1)):
+        counts.append(sweepers.sweep_escalations())  # what all of them skipped, if anything
+    assert sum(counts) == 40
+    assert ApprovalRequest.objects.filter(level=1).count() == 40
+    events = Event.objects.filter(type="approval_escalated")
+    assert events.count() == 40
+    assert len({(e.instance_id, e.step) for e in events}) == 40  # each request once
+    assert OutboundEmail.objects.filter(kind="approval_escalated").count() == 120
+    assert not EscalationTimer.objects.exists()  # the last level: no timer left
+    for instance in instances:
+        instance.refresh_from_db()
+        seqs = list(Event.objects.filter(instance=instance).values_list("seq", flat=True))
+        assert sorted(seqs) == list(range(1, instance.last_seq + 1))
