@@ -5,7 +5,7 @@ also leaves 20 % of each page free, so that update can be a HOT update (the new 
 on its page, no index entry anywhere). Applies to pages written from now on;
 ``VACUUM FULL approvals_approvalrequest`` rewrites the old ones. Nothing more on SQLite.
 
-Follows 0010_user_language.
+Follows 0010_user_language."""
 
 import django.db.models.deletion
 from django.db import migrations, models

@@ -303,6 +303,7 @@ def _create(
         instance_id,
         schedule,
         scheduled_for,
+        parent_item=parent_item,
     )
     journal.flush(created_steps=steps)
     return instance
@@ -324,6 +325,7 @@ def built(
     schedule: Any = None,
     scheduled_for: datetime | None = None,
     now: datetime | None = None,
+    parent_item: Any = None,
 ) -> tuple[WorkflowInstance, Journal, list[StepRun]]:
     """A new instance, its steps and its journal (``instance_started``, the first steps
     scheduled), not yet written: :func:`_create` flushes one, a batch start many at once."""
