@@ -271,40 +271,10 @@ def _same_key(
     return existing
 
 
-def _create(
-    definition: Workflow,
-    input: dict[str, Any],
-    business_key: str,
-    idempotency_key: str | None,
-    fingerprint: str,
-    started_by: Any,
-    actor: str,
-    on_behalf_of: str | None = None,
-    uploads: PendingFiles | None = None,
-    parent_step: StepRun | None = None,
-    parent_attempt: int | None = None,
-    instance_id: Any = None,
-    schedule: Any = None,
-    parent_item: Any = None,
-    scheduled_for: datetime | None = None,
-) -> WorkflowInstance:
-    instance, journal, steps = built(
-        definition,
-        input,
-        business_key,
-        idempotency_key,
-        fingerprint,
-        started_by,
-        actor,
-        on_behalf_of,
-        uploads,
-        parent_step,
-        parent_attempt,
-        instance_id,
-        schedule,
-        scheduled_for,
-        parent_item=parent_item,
-    )
+def _create(*args: Any, **kwargs: Any) -> WorkflowInstance:
+    """Write one new instance (:func:`built`'s arguments) and its journal, in the caller's
+    transaction."""
+    instance, journal, steps = built(*args, **kwargs)
     journal.flush(created_steps=steps)
     return instance
 
