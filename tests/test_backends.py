@@ -110,7 +110,8 @@ SESSION_STATE = [
     # SQL keywords as this code writes them: upper case (prose says "listen" or "Set").
     (re.compile(r"\b(UN)?LISTEN\s+\w"), "LISTEN"),
     (re.compile(r"CREATE\s+(TEMP|TEMPORARY)\s+TABLE"), "temporary table"),
-    (re.compile(r"""["']\s*SET\s+(?!LOCAL\b)(?!\()[A-Za-z_]"""), "session SET"),
+    # SET CONSTRAINTS, like SET LOCAL, lasts only to the end of the transaction.
+    (re.compile(r"""["']\s*SET\s+(?!LOCAL\b)(?!CONSTRAINTS\b)(?!\()[A-Za-z_]"""), "session SET"),
     (re.compile(r"\bDECLARE\s+\w+\s+.*CURSOR"), "cursor"),
     (re.compile(r"\bPREPARE\s+\w+\s+(AS|\()"), "prepared statement"),
 ]
@@ -144,5 +145,9 @@ def test_the_session_state_patterns_catch_what_they_name() -> None:
     }
     for text, what in samples.items():
         assert [w for p, w in SESSION_STATE if p.search(text)] == [what], text
-    for fine in ('cursor.execute("SET LOCAL jit = off")', "SELECT pg_advisory_xact_lock(1)"):
+    for fine in (
+        'cursor.execute("SET LOCAL jit = off")',
+        'cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")',
+        "SELECT pg_advisory_xact_lock(1)",
+    ):
         assert not [w for p, w in SESSION_STATE if p.search(fine)], fine
