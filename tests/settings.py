@@ -43,6 +43,9 @@ os.environ["SIGNOFF_ENCRYPTION_KEYS"] = "5ivTi3DjPOMz6XT6R0DblYlA6SpEVDUQ6Zb7kI-
 from config.settings import *  # noqa: E402, F403
 
 DATABASES["replica"]["TEST"] = {"MIRROR": "default"}  # noqa: F405
+# Read by config.settings above; processes the suite starts with other settings (the embedded
+# default of `make run`, the chaos run) must not inherit it.
+os.environ.pop("DATABASE_REPLICA_URL", None)
 SIGNOFF_REPLICA_READS = False
 
 # The worker process reads subscriptions for every event: a test's new subscription must

@@ -407,10 +407,10 @@ def test_api_list_query_count_stays_constant_with_claimed_rows(people) -> None:
 def test_the_schema_documents_every_claim_operation(client) -> None:
     schema = client.get("/api/schema/?format=json").json()
     for op, statuses in {
-        "claim": {"200", "400", "401", "403", "404", "409", "413"},
-        "release": {"200", "400", "401", "403", "404", "409", "413"},
-        "take-over": {"200", "400", "401", "403", "404", "409", "413"},
-        "reassign": {"200", "400", "401", "403", "404", "409", "413"},
+        "claim": {"200", "400", "401", "403", "404", "409", "413", "429"},
+        "release": {"200", "400", "401", "403", "404", "409", "413", "429"},
+        "take-over": {"200", "400", "401", "403", "404", "409", "413", "429"},
+        "reassign": {"200", "400", "401", "403", "404", "409", "413", "429"},
     }.items():
         post = schema["paths"][f"/api/v1/approvals/{{id}}/{op}/"]["post"]
         assert set(post["responses"]) == statuses, op
