@@ -10,6 +10,11 @@ crash in one still leaves the others' figures):
 5. ``sweepers`` bench/sweepers.py 10,000 overdue escalations; sweeps over zero due rows
 6. ``fanout``   bench/fanout.py   map steps: items/s (1,000 and 5,000 items, concurrency 10
    and 50) and the share of lock waits on the instance row
+7. ``peers``    bench/peers.py    DBOS Transact (the bench-only extra, ``pip install '.[bench]'``)
+   doing engine's workload on the same PostgreSQL; skipped, and said so, when not installed
+
+After the table, for each comparable row (:data:`COMPARISONS`) found in this run: Signoff's
+figure, the peer's, and how many times better Signoff is (below 1: the peer is better).
 
 Each script prints its own detailed table and writes ``bench/results/<name>.json`` with a
 ``"summary"`` list of rows (``bench.common.row``); this script prints those rows as one table
@@ -47,7 +52,31 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     # The seed is fixed; quick compares the per-row path on fewer rows.
     "sweepers": ("bench/sweepers.py", [], ["--per-row-rows", "50"]),
     "fanout": ("bench/fanout.py", [], ["--quick"]),
+    "peers": ("bench/peers.py", [], ["--quick"]),
 }
+
+# label, Signoff's row (section, measure prefix), the peer's row (section, measure prefix),
+# True when higher is better.
+COMPARISONS: list[tuple[str, tuple[str, str], tuple[str, str], bool]] = [
+    (
+        "completed 3-step workflows/s, all at once",
+        ("engine", "completed 3-step workflows/s"),
+        ("peers", "peer: completed 3-step workflows/s"),
+        True,
+    ),
+    (
+        "step gap p50 (fn end -> next fn start)",
+        ("engine", "step gap p50"),
+        ("peers", "peer: step gap p50"),
+        False,
+    ),
+    (
+        "start in-process p50 (peer: enqueue)",
+        ("api", "start in-process, no HTTP: p50"),
+        ("peers", "peer: enqueue one workflow in-process p50"),
+        False,
+    ),
+]
 
 
 log = make_log("bench")
@@ -98,6 +127,52 @@ def value_text(row: dict[str, Any]) -> str:
     return f"{text} {row.get('unit', '')}".strip()
 
 
+def find_row(report: dict[str, Any], section: str, prefix: str) -> dict[str, Any] | None:
+    """The first summary row of ``section`` whose measure starts with ``prefix``, if it ran."""
+    found = report["sections"].get(section)
+    if not found or found["exit"] != 0:
+        return None
+    return next((r for r in found["summary"] if r["measure"].startswith(prefix)), None)
+
+
+def comparisons(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """For each of :data:`COMPARISONS` with both rows in ``report`` (numbers): Signoff's row,
+    the peer's and ``advantage``, how many times better Signoff's figure is (> 1: Signoff
+    ahead; for a time, peer / Signoff; for a rate, Signoff / peer)."""
+    out = []
+    for label, (ours_section, ours), (peer_section, peer), higher_better in COMPARISONS:
+        a, b = find_row(report, ours_section, ours), find_row(report, peer_section, peer)
+        if a is None or b is None:
+            continue
+        x, y = a["value"], b["value"]
+        if not all(isinstance(v, int | float) and v > 0 for v in (x, y)):
+            continue
+        advantage = x / y if higher_better else y / x
+        out.append(
+            {
+                "measure": label,
+                "signoff": a,
+                "peer": b,
+                "advantage": round(advantage, 2),
+            }
+        )
+    return out
+
+
+def render_comparisons(report: dict[str, Any]) -> list[str]:
+    rows = report.get("comparisons") or []
+    if not rows:
+        return []
+    lines = ["", "Signoff beside the peer (x: times better; below 1, the peer is better)"]
+    width = max(len(r["measure"]) for r in rows)
+    for r in rows:
+        lines.append(
+            f"  {r['measure']:<{width}}  Signoff {value_text(r['signoff']):>12}  "
+            f"peer {value_text(r['peer']):>12}  {r['advantage']:.2f}x"
+        )
+    return lines
+
+
 def render(report: dict[str, Any]) -> str:
     rows: list[tuple[str, str, str, str]] = []
     for name, section in report["sections"].items():
@@ -129,7 +204,8 @@ def render(report: dict[str, Any]) -> str:
         r for s in report["sections"].values() for r in s["summary"] if r.get("ok") is not None
     ]
     met = sum(1 for r in goals if r["ok"])
-    lines += [rule, f"goals met: {met} of {len(goals)}", ""]
+    lines += [rule, f"goals met: {met} of {len(goals)}"]
+    lines += [*render_comparisons(report), ""]
     return "\n".join(lines)
 
 
@@ -153,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     for name in names:
         report["sections"][name] = run_one(name, args.quick)
+    report["comparisons"] = comparisons(report)
     report.update(bench.machine_report())
     report["finished_at"] = finished_at()
     bench.finish(report, render)

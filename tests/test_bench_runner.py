@@ -120,3 +120,74 @@ def test_every_benchmark_accepts_the_arguments_run_passes_it(name: str) -> None:
     assert found.returncode == 0, found.stderr[-2000:]
     for flag in [a for a in (*extra, *quick) if a.startswith("--")]:
         assert flag in found.stdout, f"{script} has no {flag}"
+
+
+def _section(*rows: dict[str, Any], exit: int = 0) -> dict[str, Any]:
+    return {"script": "x.py", "exit": exit, "seconds": 1.0, "summary": list(rows)}
+
+
+def _report(**sections: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "sections": sections,
+        "finished_at": "now",
+        "loadavg_before": [0.1],
+        "loadavg_after": [0.2],
+        "machine": {
+            "git_head": "abc",
+            "cpus": 2,
+            "cpu_model": "cpu",
+            "memory_gb": 4,
+            "python": "3",
+        },
+    }
+
+
+def test_signoff_beside_the_peer_with_the_ratio_each_way() -> None:
+    """A rate: Signoff / peer; a time: peer / Signoff; > 1 means Signoff is ahead."""
+    report = _report(
+        engine=_section(
+            goal_row("step gap p50 (fn end -> next fn start)", 2.5, "ms", "<=", 1.5),
+            goal_row("completed 3-step workflows/s (200 at once)", 150.0, "wf/s", ">=", 250),
+        ),
+        api=_section(row("start in-process, no HTTP: p50", 6.0, "ms")),
+        peers=_section(
+            row("peer: DBOS Transact", "3.4.0"),
+            row("peer: step gap p50 (fn end -> next fn start)", 2.0, "ms"),
+            row("peer: completed 3-step workflows/s (200 at once)", 100.0, "wf/s"),
+            row("peer: enqueue one workflow in-process p50", 3.0, "ms"),
+        ),
+    )
+    found = {c["measure"]: c for c in runner.comparisons(report)}
+    assert found["completed 3-step workflows/s, all at once"]["advantage"] == 1.5
+    assert found["step gap p50 (fn end -> next fn start)"]["advantage"] == 0.8
+    assert found["start in-process p50 (peer: enqueue)"]["advantage"] == 0.5
+    assert found["step gap p50 (fn end -> next fn start)"]["signoff"]["value"] == 2.5
+    report["comparisons"] = runner.comparisons(report)
+    text = runner.render(report)
+    assert "Signoff beside the peer" in text
+    line = next(
+        x for x in text.splitlines() if x.strip().startswith("completed 3-step workflows/s, all")
+    )
+    assert "150.00 wf/s" in line and "100.00 wf/s" in line and line.endswith("1.50x")
+
+
+def test_no_comparison_without_both_figures() -> None:
+    """The peer not installed (a text row), a failed section, or a section not run: no row,
+    and the table says nothing about the peer."""
+    engine = _section(goal_row("step gap p50 (fn end -> next fn start)", 2.5, "ms", "<=", 1.5))
+    absent = _section(row("DBOS Transact", "not installed", note="skipped"))
+    assert runner.comparisons(_report(engine=engine, peers=absent)) == []
+    failed = _section(row("peer: step gap p50 (fn end -> next fn start)", 2.0, "ms"), exit=1)
+    assert runner.comparisons(_report(engine=engine, peers=failed)) == []
+    assert runner.comparisons(_report(engine=engine)) == []
+    report = _report(engine=engine)
+    report["comparisons"] = []
+    assert "Signoff beside the peer" not in runner.render(report)
+
+
+def test_the_peer_says_when_it_is_not_installed() -> None:
+    from bench import peers
+
+    rows = peers.summarise({"dbos_version": None})
+    assert rows == [row("DBOS Transact", "not installed", note=f"skipped; {peers.INSTALL_HINT}")]
+    assert "pip install '.[bench]'" in rows[0]["note"]
