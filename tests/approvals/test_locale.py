@@ -358,3 +358,23 @@ def test_the_catalogue_holds_every_string_of_the_sources(tmp_path: Path) -> None
     ours = {msgid for msgid, _, _ in _entries(PO.read_text())}
     assert fresh - ours == set()
     assert len(fresh) > 400
+
+
+# -- the status page's timeline ----------------------------------------------------------------
+
+
+def test_the_timeline_of_a_german_status_page_is_german(
+    people: Any, waiting: ApprovalRequest
+) -> None:
+    prefer(people["alice"], language="de")
+    html = logged_in(people["alice"]).get(f"/instances/{waiting.instance_id}/").content.decode()
+    assert "Instanz gestartet" in html
+    assert "Genehmigung angefordert" in html
+    assert "Instance started" not in html
+    assert "Approval requested" not in html
+    # The same page in English reads as before.
+    prefer(people["alice"], language="en")
+    html = logged_in(people["alice"]).get(f"/instances/{waiting.instance_id}/").content.decode()
+    assert "Instance started" in html
+    assert "Approval requested" in html
+    assert "Instanz gestartet" not in html
