@@ -378,3 +378,18 @@ def test_the_timeline_of_a_german_status_page_is_german(
     assert "Instance started" in html
     assert "Approval requested" in html
     assert "Instanz gestartet" not in html
+
+
+def test_the_operator_actions_of_a_german_status_page_are_german(
+    django_user_model: Any, waiting: ApprovalRequest
+) -> None:
+    root = django_user_model.objects.create_superuser("root", "root@example.com", "pw-root-123")
+    prefer(root, language="de")
+    html = logged_in(root).get(f"/instances/{waiting.instance_id}/").content.decode()
+    assert "Pausieren" in html
+    assert "Wieder anstoßen (jetzt klingeln)" in html
+    assert "Resume (ring now)" not in html
+    prefer(root, language="en")
+    html = logged_in(root).get(f"/instances/{waiting.instance_id}/").content.decode()
+    assert "Resume (ring now)" in html
+    assert "Pausieren" not in html
