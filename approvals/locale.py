@@ -102,3 +102,12 @@ class UserLocaleMiddleware:
 
 
 register_recipient_locale(locales_of)
+
+
+def why(exc: Any) -> str:
+    """A service's refusal (``exc.message``) in the page's language. Services raise their
+    messages in English (the API answers them as they are) and mark the fixed ones with
+    ``gettext_noop``; the pages translate them here. A message with values in it (a name, a
+    limit) has no German entry and stays English."""
+    message = str(getattr(exc, "message", "") or "")
+    return translation.gettext(message) if message else message

@@ -18,6 +18,7 @@ from orchestration.errors import SignoffError
 
 from . import locale, mail_preferences
 from .forms import MailModeForm, MailPreferenceForm
+from .locale import why
 from .models import MailPreference
 
 LINK_REFUSALS = {
@@ -53,7 +54,7 @@ def _form_errors(form: MailPreferenceForm | MailModeForm, exc: SignoffError) -> 
         for error in errors:
             form.add_error(name if name in form.fields else None, error)
     if not exc.errors:
-        form.add_error(None, exc.message)
+        form.add_error(None, why(exc))
 
 
 @login_required

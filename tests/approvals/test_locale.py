@@ -393,3 +393,29 @@ def test_the_operator_actions_of_a_german_status_page_are_german(
     html = logged_in(root).get(f"/instances/{waiting.instance_id}/").content.decode()
     assert "Resume (ring now)" in html
     assert "Pausieren" not in html
+
+
+# -- a service's refusal on a page -------------------------------------------------------------
+
+
+def test_a_refusal_is_in_the_pages_language(people: Any, waiting: ApprovalRequest) -> None:
+    prefer(people["bob"], language="de")
+    bob = logged_in(people["bob"])
+    page = bob.post(f"/inbox/{waiting.pk}/decide/", {"outcome": "reject", "comment": "   "})
+    assert page.status_code == 400
+    html = page.content.decode()
+    assert "zum Ablehnen ist ein Kommentar erforderlich" in html
+    assert "a comment is required to reject" not in html
+    assert ApprovalRequest.objects.get(pk=waiting.pk).state == waiting.state
+    page = bob.post(
+        "/inbox/delegation/",
+        {"delegate": "bob", "starts_at": "2030-01-02T00:00", "ends_at": "2030-01-03T00:00"},
+        follow=True,
+    )
+    assert "wählen Sie jemand anderen als Vertretung" in page.content.decode()
+    # In English the refusal reads as before.
+    prefer(people["bob"], language="en")
+    page = logged_in(people["bob"]).post(
+        f"/inbox/{waiting.pk}/decide/", {"outcome": "reject", "comment": "   "}
+    )
+    assert "a comment is required to reject" in page.content.decode()
