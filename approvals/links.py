@@ -26,6 +26,7 @@ from django.views.decorators.csrf import ensure_csrf_cookie
 from orchestration.errors import Conflict, NotAllowed, NotFound, SignoffError
 
 from . import notifications, policy
+from .locale import activate_person, why
 from .models import ActionToken, ApprovalRequest, Channel, Outcome, RequestState
 from .services import approval_decide, approval_request_changes
 
@@ -110,10 +111,10 @@ def _problem(token: ActionToken) -> tuple[str, str] | None:
         policy.authorize(policy.Act.DECIDE, user=token.user, request=approval)
     except Conflict as exc:
         if exc.code == "claimed":  # the link stays good for when the claim ends
-            return "claimed", _sentence(exc.message) + " " + REASONS["claimed"][1]
-        return "resolved", _sentence(exc.message)
+            return "claimed", _sentence(why(exc)) + " " + REASONS["claimed"][1]
+        return "resolved", _sentence(why(exc))
     except (NotAllowed, NotFound) as exc:
-        return "not_allowed", _sentence(exc.message)
+        return "not_allowed", _sentence(why(exc))
     return None
 
 
@@ -136,6 +137,7 @@ def action_link(request: HttpRequest, token: str) -> HttpResponse:
     if found is None:
         _count_failure(request)
         return _refuse(request, "unknown", 404)
+    activate_person(request, found.user_id)  # the page in the mail's language
     problem = _problem(found)
     if problem:
         return _refuse(request, problem[0], _status(problem[0]), problem[1])
@@ -197,19 +199,17 @@ def _decide(request: HttpRequest, token_id: int) -> HttpResponse:
             token.save(update_fields=["used_at"])
     except Conflict as exc:
         if exc.code == "claimed":
-            return _refuse(request, "claimed", 409, _sentence(exc.message))
+            return _refuse(request, "claimed", 409, _sentence(why(exc)))
         if exc.code in ("max_rounds", "no_requester"):  # still open: approve or reject it
             token = ActionToken.objects.select_related("request", "user").get(pk=token_id)
-            return render(
-                request, "links/confirm.html", _page(token, error=exc.message), status=409
-            )
-        return _refuse(request, "resolved", 409, exc.message)
+            return render(request, "links/confirm.html", _page(token, error=why(exc)), status=409)
+        return _refuse(request, "resolved", 409, why(exc))
     except (NotAllowed, NotFound) as exc:
-        return _refuse(request, "not_allowed", 403, _sentence(exc.message))
+        return _refuse(request, "not_allowed", 403, _sentence(why(exc)))
     except SignoffError as exc:
         token = ActionToken.objects.select_related("request", "user").get(pk=token_id)
         return render(
-            request, "links/confirm.html", _page(token, error=exc.message), status=exc.status
+            request, "links/confirm.html", _page(token, error=why(exc)), status=exc.status
         )
     token.request.refresh_from_db()
     return render(

@@ -419,3 +419,29 @@ def test_a_refusal_is_in_the_pages_language(people: Any, waiting: ApprovalReques
         f"/inbox/{waiting.pk}/decide/", {"outcome": "reject", "comment": "   "}
     )
     assert "a comment is required to reject" in page.content.decode()
+
+
+# -- pages reached from a mail -----------------------------------------------------------------
+
+
+def test_a_mailed_link_opens_in_the_recipients_language(
+    people: Any, waiting: ApprovalRequest
+) -> None:
+    from django.utils import timezone
+
+    from approvals import notifications
+
+    prefer(people["bob"], language="de")
+    url = f"/a/{notifications.token_issue(waiting, people['bob'], timezone.now(), 't')}/"
+    browser = Client(HTTP_ACCEPT_LANGUAGE="en")  # no login: the link's person counts
+    page = browser.get(url)
+    assert page.status_code == 200
+    assert '<html lang="de">' in page.content.decode()
+    assert page["Content-Language"] == "de"
+    assert (
+        ApprovalRequest.objects.get(pk=waiting.pk).state == waiting.state
+    )  # a GET decides nothing
+    # Someone who chose no language gets the browser's.
+    prefer(people["bob"], language="")
+    page = Client(HTTP_ACCEPT_LANGUAGE="en").get(url)
+    assert '<html lang="en">' in page.content.decode()
