@@ -20,6 +20,7 @@ from django.db import transaction
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed
 from django.shortcuts import render
 from django.utils import timezone
+from django.utils.translation import gettext_lazy
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import ensure_csrf_cookie
 
@@ -34,26 +35,39 @@ WINDOW_SECONDS = 600
 
 REASONS = {
     "tampered": (
-        "This link is not valid",
-        "It was changed or cut off. Copy the whole link from the mail, or decide in your inbox.",
+        gettext_lazy("This link is not valid"),
+        gettext_lazy(
+            "It was changed or cut off. Copy the whole link from the mail, or decide in your inbox."
+        ),
     ),
-    "unknown": ("This link is not valid", "No such link exists. Decide in your inbox instead."),
-    "used": ("This link was already used", "Each link works once."),
-    "expired": ("This link has expired", "Links work for a limited time."),
+    "unknown": (
+        gettext_lazy("This link is not valid"),
+        gettext_lazy("No such link exists. Decide in your inbox instead."),
+    ),
+    "used": (gettext_lazy("This link was already used"), gettext_lazy("Each link works once.")),
+    "expired": (
+        gettext_lazy("This link has expired"),
+        gettext_lazy("Links work for a limited time."),
+    ),
     "superseded": (
-        "This link no longer applies",
-        "The request was escalated and is now with someone else.",
+        gettext_lazy("This link no longer applies"),
+        gettext_lazy("The request was escalated and is now with someone else."),
     ),
-    "resolved": ("This request is already closed", ""),
+    "resolved": (gettext_lazy("This request is already closed"), ""),
     "claimed": (
-        "Someone else is on this request",
-        "Another assignee claimed it. The link works again if they release it or the claim "
-        "expires.",
+        gettext_lazy("Someone else is on this request"),
+        gettext_lazy(
+            "Another assignee claimed it. The link works again if they release it or the claim "
+            "expires."
+        ),
     ),
-    "not_allowed": ("This link cannot decide this request", ""),
+    "not_allowed": (gettext_lazy("This link cannot decide this request"), ""),
     "rate_limited": (
-        "Too many invalid links",
-        "Too many invalid links came from your address. Try again later, or decide in your inbox.",
+        gettext_lazy("Too many invalid links"),
+        gettext_lazy(
+            "Too many invalid links came from your address. Try again later, or decide in "
+            "your inbox."
+        ),
     ),
 }
 
@@ -111,7 +125,7 @@ def _problem(token: ActionToken) -> tuple[str, str] | None:
         policy.authorize(policy.Act.DECIDE, user=token.user, request=approval)
     except Conflict as exc:
         if exc.code == "claimed":  # the link stays good for when the claim ends
-            return "claimed", _sentence(why(exc)) + " " + REASONS["claimed"][1]
+            return "claimed", _sentence(why(exc)) + " " + str(REASONS["claimed"][1])
         return "resolved", _sentence(why(exc))
     except (NotAllowed, NotFound) as exc:
         return "not_allowed", _sentence(why(exc))

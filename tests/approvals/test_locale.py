@@ -445,3 +445,21 @@ def test_a_mailed_link_opens_in_the_recipients_language(
     prefer(people["bob"], language="")
     page = Client(HTTP_ACCEPT_LANGUAGE="en").get(url)
     assert '<html lang="en">' in page.content.decode()
+
+
+def test_a_used_link_is_refused_in_the_recipients_language(
+    people: Any, waiting: ApprovalRequest
+) -> None:
+    from django.utils import timezone
+
+    from approvals import notifications
+    from approvals.models import ActionToken
+
+    prefer(people["bob"], language="de")
+    url = f"/a/{notifications.token_issue(waiting, people['bob'], timezone.now(), 't')}/"
+    ActionToken.objects.filter(request=waiting).update(used_at=timezone.now())
+    page = Client(HTTP_ACCEPT_LANGUAGE="en").get(url)
+    assert page.status_code == 410
+    html = page.content.decode()
+    assert "Dieser Link wurde bereits verwendet" in html
+    assert "This link was already used" not in html
