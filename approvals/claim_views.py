@@ -23,6 +23,7 @@ from orchestration.errors import SignoffError
 from . import claims, selectors
 from .detail_views import render_detail, visible_or_404
 from .forms import DecisionForm
+from .locale import why
 from .models import Channel
 
 
@@ -47,7 +48,7 @@ def _act(
         approval = selectors.request_for(request.user, pk) if pk < 2**63 else None
         if approval is None:
             raise Http404("No such request in your inbox.") from None
-        messages.error(request, refused % {"why": exc.message})
+        messages.error(request, refused % {"why": why(exc)})
         return render_detail(request, approval, DecisionForm(), status=exc.status)
     messages.success(request, done)
     return redirect("inbox:detail", pk=pk)

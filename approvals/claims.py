@@ -25,6 +25,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.utils.translation import gettext_noop
 
 from orchestration import engine
 from orchestration.errors import Conflict, InvalidInput, SignoffError
@@ -66,11 +67,12 @@ def _clean_note(note: Any, *, required: bool) -> str:
     if note is None:
         note = ""
     if not isinstance(note, str):
-        raise InvalidInput("note must be a string", code="invalid")
+        raise InvalidInput(gettext_noop("note must be a string"), code="invalid")
     note = note.strip()
     if required and not note:
         raise InvalidInput(
-            "a note is required: tell the claimant why you take it over", code="note_required"
+            gettext_noop("a note is required: tell the claimant why you take it over"),
+            code="note_required",
         )
     if len(note) > MAX_NOTE:
         raise InvalidInput(f"the note is longer than {MAX_NOTE} characters", code="invalid")

@@ -20,6 +20,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Count, OuterRef, QuerySet, Subquery
 from django.db.models.functions import Coalesce
+from django.utils.translation import gettext_noop
 
 from integrations.mail import email_queue
 from orchestration import attachments
@@ -39,13 +40,15 @@ Role = Comment.Role
 
 def _clean_body(body: Any) -> str:
     if not isinstance(body, str):
-        raise InvalidInput("the comment must be text", code="invalid_comment")
+        raise InvalidInput(gettext_noop("the comment must be text"), code="invalid_comment")
     problem = string_problem(body)
     if problem:
         raise InvalidInput(f"the comment {problem}", code="invalid_comment")
     body = body.strip()
     if not body:
-        raise InvalidInput("the comment is empty: write something", code="comment_required")
+        raise InvalidInput(
+            gettext_noop("the comment is empty: write something"), code="comment_required"
+        )
     if len(body) > MAX_BODY:
         raise InvalidInput(
             f"the comment is {len(body)} characters long; at most {MAX_BODY} are allowed",
@@ -101,11 +104,11 @@ def comment_post(
     stores none of its files again.
     """
     if channel not in (Channel.WEB, Channel.API):
-        raise InvalidInput("channel must be web or api", code="invalid_channel")
+        raise InvalidInput(gettext_noop("channel must be web or api"), code="invalid_channel")
     body = _clean_body(body)
     key = _clean_key(idempotency_key)
     if not getattr(user, "is_authenticated", False):
-        raise NotAllowed("log in to comment", code="not_authenticated")
+        raise NotAllowed(gettext_noop("log in to comment"), code="not_authenticated")
     step_run_id = step_run_of(request_id)
     with attachments.guard(), transaction.atomic():
         locked, request = lock_request(request_id, step_run_id, user)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.db import transaction
+from django.utils.translation import gettext_noop
 
 from orchestration import engine
 from orchestration.errors import InvalidInput, NotAllowed
@@ -51,7 +52,7 @@ def approval_decide(
     check_channel(channel)
     comment = clean_comment(comment)
     if not getattr(user, "is_authenticated", False):
-        raise NotAllowed("log in to decide", code="not_authenticated")
+        raise NotAllowed(gettext_noop("log in to decide"), code="not_authenticated")
     step_run_id = step_run_of(request_id)
     with transaction.atomic():
         locked, request = lock_request(request_id, step_run_id, user)
@@ -112,7 +113,7 @@ def _record_decision(
     reason: str = "",
 ) -> Decision:
     if outcome == Outcome.REJECT and request.reject_requires_comment and not comment:
-        raise InvalidInput("a comment is required to reject", code="comment_required")
+        raise InvalidInput(gettext_noop("a comment is required to reject"), code="comment_required")
     user, principal = grant.actor, grant.principal
     decision = Decision.objects.create(
         request=request,

@@ -15,6 +15,7 @@ from orchestration.errors import SignoffError
 
 from . import services
 from .forms import DelegationForm
+from .locale import why
 from .models import Delegation
 from .navigation import pending_count
 
@@ -35,7 +36,7 @@ def delegation_page(request: HttpRequest) -> HttpResponse:
                     ends_at=form.cleaned_data["ends_at"],
                 )
             except SignoffError as exc:
-                messages.error(request, _("Not saved: %(why)s.") % {"why": exc.message})
+                messages.error(request, _("Not saved: %(why)s.") % {"why": why(exc)})
                 status = exc.status
             else:
                 messages.success(
@@ -84,7 +85,7 @@ def delegation_stop(request: HttpRequest, pk: int) -> HttpResponse:
     except SignoffError as exc:
         if exc.status == 404:
             raise Http404("No such delegation.") from None
-        messages.error(request, _("Not ended: %(why)s.") % {"why": exc.message})
+        messages.error(request, _("Not ended: %(why)s.") % {"why": why(exc)})
     else:
         messages.success(request, _("Delegation ended."))
     return redirect("inbox:delegation")

@@ -26,6 +26,7 @@ from orchestration.models import Event
 
 from . import comments, context, policy, selectors, services
 from .forms import CommentForm, DecisionForm
+from .locale import why
 from .models import ApprovalRequest, Outcome, RequestState
 from .navigation import pending_count, safe_next
 
@@ -76,7 +77,7 @@ def claim_summary(user: Any, approval: ApprovalRequest, *, may_decide: bool) -> 
 
 
 def _refusal(exc: SignoffError) -> str:
-    return _("Your decision was not recorded: %(why)s.") % {"why": exc.message}
+    return _("Your decision was not recorded: %(why)s.") % {"why": why(exc)}
 
 
 def _sent_back_by(decisions: list[Any]) -> str:
@@ -235,7 +236,7 @@ def _context_and_comments(
         )
         can_comment, why_no_comment = True, ""
     except SignoffError as exc:
-        can_comment, why_no_comment = False, exc.message
+        can_comment, why_no_comment = False, why(exc)
     return {
         "decision_lines": context.decision_lines(approval),
         "thread": thread,
@@ -354,7 +355,7 @@ def inbox_comment(request: HttpRequest, pk: int) -> HttpResponse:
     except SignoffError as exc:
         if exc.status == 404:
             raise Http404("No such request in your inbox.") from None
-        messages.error(request, _("Your comment was not posted: %(why)s.") % {"why": exc.message})
+        messages.error(request, _("Your comment was not posted: %(why)s.") % {"why": why(exc)})
         return render_detail(
             request, approval, DecisionForm(), status=exc.status, comment_form=form
         )

@@ -14,6 +14,7 @@ from orchestration.errors import SignoffError
 from orchestration.middleware import accepts_uploads
 
 from .files import request_attach
+from .locale import why
 
 
 @accepts_uploads
@@ -31,7 +32,7 @@ def inbox_attach(request: HttpRequest, pk: int) -> HttpResponse:
         return render(
             request,
             "inbox/refused.html",
-            {"message": _("Your file was not added: %(why)s.") % {"why": exc.message}},
+            {"message": _("Your file was not added: %(why)s.") % {"why": why(exc)}},
             status=exc.status,
         )
     names = ", ".join(f"“{a.name}”" for a in saved)

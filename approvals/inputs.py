@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.utils.translation import gettext_noop
+
 from orchestration.errors import InvalidInput
 from orchestration.jsonsafe import string_problem
 
@@ -19,23 +21,27 @@ def check_outcome(outcome: Any) -> None:
     """Approve or reject (sending back for changes is its own act)."""
     if outcome == Outcome.REQUEST_CHANGES:
         raise InvalidInput(
-            "request changes with its own action (a comment for the requester is required)",
+            gettext_noop(
+                "request changes with its own action (a comment for the requester is required)"
+            ),
             code="invalid_outcome",
         )
     if outcome not in DECISIONS:
-        raise InvalidInput("outcome must be one of approve, reject", code="invalid_outcome")
+        raise InvalidInput(
+            gettext_noop("outcome must be one of approve, reject"), code="invalid_outcome"
+        )
 
 
 def check_channel(channel: Any) -> None:
     """A person's channel: web, email or api (``admin`` is the operators' own services')."""
     if channel not in Channel.values or channel == Channel.ADMIN:
-        raise InvalidInput("channel must be one of web, email, api")
+        raise InvalidInput(gettext_noop("channel must be one of web, email, api"))
 
 
 def clean_comment(comment: Any) -> str:
     """The comment trimmed: text of at most :data:`MAX_COMMENT` characters."""
     if not isinstance(comment, str):
-        raise InvalidInput("comment must be a string")
+        raise InvalidInput(gettext_noop("comment must be a string"))
     comment = comment.strip()
     if len(comment) > MAX_COMMENT:
         raise InvalidInput(f"comment is longer than {MAX_COMMENT} characters")
@@ -47,7 +53,7 @@ def clean_comment(comment: Any) -> str:
 def clean_reason(reason: Any) -> str:
     """An operator's mandatory reason, trimmed: at most :data:`MAX_REASON` characters."""
     if not isinstance(reason, str) or not reason.strip():
-        raise InvalidInput("a reason is required", code="reason_required")
+        raise InvalidInput(gettext_noop("a reason is required"), code="reason_required")
     if len(reason) > MAX_REASON:
         raise InvalidInput(f"the reason is longer than {MAX_REASON} characters")
     return reason.strip()

@@ -20,12 +20,14 @@ from django.db import transaction
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed
 from django.shortcuts import render
 from django.utils import timezone
+from django.utils.translation import gettext_lazy
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import ensure_csrf_cookie
 
 from orchestration.errors import Conflict, NotAllowed, NotFound, SignoffError
 
 from . import notifications, policy
+from .locale import activate_person, why
 from .models import ActionToken, ApprovalRequest, Channel, Outcome, RequestState
 from .services import approval_decide, approval_request_changes
 
@@ -33,26 +35,39 @@ WINDOW_SECONDS = 600
 
 REASONS = {
     "tampered": (
-        "This link is not valid",
-        "It was changed or cut off. Copy the whole link from the mail, or decide in your inbox.",
+        gettext_lazy("This link is not valid"),
+        gettext_lazy(
+            "It was changed or cut off. Copy the whole link from the mail, or decide in your inbox."
+        ),
     ),
-    "unknown": ("This link is not valid", "No such link exists. Decide in your inbox instead."),
-    "used": ("This link was already used", "Each link works once."),
-    "expired": ("This link has expired", "Links work for a limited time."),
+    "unknown": (
+        gettext_lazy("This link is not valid"),
+        gettext_lazy("No such link exists. Decide in your inbox instead."),
+    ),
+    "used": (gettext_lazy("This link was already used"), gettext_lazy("Each link works once.")),
+    "expired": (
+        gettext_lazy("This link has expired"),
+        gettext_lazy("Links work for a limited time."),
+    ),
     "superseded": (
-        "This link no longer applies",
-        "The request was escalated and is now with someone else.",
+        gettext_lazy("This link no longer applies"),
+        gettext_lazy("The request was escalated and is now with someone else."),
     ),
-    "resolved": ("This request is already closed", ""),
+    "resolved": (gettext_lazy("This request is already closed"), ""),
     "claimed": (
-        "Someone else is on this request",
-        "Another assignee claimed it. The link works again if they release it or the claim "
-        "expires.",
+        gettext_lazy("Someone else is on this request"),
+        gettext_lazy(
+            "Another assignee claimed it. The link works again if they release it or the claim "
+            "expires."
+        ),
     ),
-    "not_allowed": ("This link cannot decide this request", ""),
+    "not_allowed": (gettext_lazy("This link cannot decide this request"), ""),
     "rate_limited": (
-        "Too many invalid links",
-        "Too many invalid links came from your address. Try again later, or decide in your inbox.",
+        gettext_lazy("Too many invalid links"),
+        gettext_lazy(
+            "Too many invalid links came from your address. Try again later, or decide in "
+            "your inbox."
+        ),
     ),
 }
 
@@ -110,10 +125,10 @@ def _problem(token: ActionToken) -> tuple[str, str] | None:
         policy.authorize(policy.Act.DECIDE, user=token.user, request=approval)
     except Conflict as exc:
         if exc.code == "claimed":  # the link stays good for when the claim ends
-            return "claimed", _sentence(exc.message) + " " + REASONS["claimed"][1]
-        return "resolved", _sentence(exc.message)
+            return "claimed", _sentence(why(exc)) + " " + str(REASONS["claimed"][1])
+        return "resolved", _sentence(why(exc))
     except (NotAllowed, NotFound) as exc:
-        return "not_allowed", _sentence(exc.message)
+        return "not_allowed", _sentence(why(exc))
     return None
 
 
@@ -136,6 +151,7 @@ def action_link(request: HttpRequest, token: str) -> HttpResponse:
     if found is None:
         _count_failure(request)
         return _refuse(request, "unknown", 404)
+    activate_person(request, found.user_id)  # the page in the mail's language
     problem = _problem(found)
     if problem:
         return _refuse(request, problem[0], _status(problem[0]), problem[1])
@@ -197,19 +213,17 @@ def _decide(request: HttpRequest, token_id: int) -> HttpResponse:
             token.save(update_fields=["used_at"])
     except Conflict as exc:
         if exc.code == "claimed":
-            return _refuse(request, "claimed", 409, _sentence(exc.message))
+            return _refuse(request, "claimed", 409, _sentence(why(exc)))
         if exc.code in ("max_rounds", "no_requester"):  # still open: approve or reject it
             token = ActionToken.objects.select_related("request", "user").get(pk=token_id)
-            return render(
-                request, "links/confirm.html", _page(token, error=exc.message), status=409
-            )
-        return _refuse(request, "resolved", 409, exc.message)
+            return render(request, "links/confirm.html", _page(token, error=why(exc)), status=409)
+        return _refuse(request, "resolved", 409, why(exc))
     except (NotAllowed, NotFound) as exc:
-        return _refuse(request, "not_allowed", 403, _sentence(exc.message))
+        return _refuse(request, "not_allowed", 403, _sentence(why(exc)))
     except SignoffError as exc:
         token = ActionToken.objects.select_related("request", "user").get(pk=token_id)
         return render(
-            request, "links/confirm.html", _page(token, error=exc.message), status=exc.status
+            request, "links/confirm.html", _page(token, error=why(exc)), status=exc.status
         )
     token.request.refresh_from_db()
     return render(

@@ -34,6 +34,7 @@ from .forms import (
     BulkDecisionForm,
     InboxFilterForm,
 )
+from .locale import why
 from .models import ApprovalRequest, Outcome, RequestState
 from .navigation import COUNT_CAP, pending_count, remember_pending_count, safe_next
 from .templatetags.inbox import ago
@@ -77,7 +78,7 @@ def inbox_list(request: HttpRequest) -> HttpResponse:
     except InvalidInput as exc:
         context = {
             **_list_context(request, form, filters, pending, rows=[], columns=[]),
-            "filter_error": exc.message,
+            "filter_error": why(exc),
         }
         return render(request, "inbox/list.html", context, status=400)
     qs = pending if filters["state"] == "pending" else LISTS[filters["state"]](request.user)
@@ -245,7 +246,7 @@ def inbox_bulk(request: HttpRequest) -> HttpResponse:
                 channel="web",
             )
         except SignoffError as exc:
-            refused.append(f"{label}: {exc.message}")
+            refused.append(f"{label}: {why(exc)}")
             kept.append(pk)
         else:
             done.append(label)

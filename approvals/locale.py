@@ -102,3 +102,22 @@ class UserLocaleMiddleware:
 
 
 register_recipient_locale(locales_of)
+
+
+def why(exc: Any) -> str:
+    """A service's refusal (``exc.message``) in the page's language. Services raise their
+    messages in English (the API answers them as they are) and mark the fixed ones with
+    ``gettext_noop``; the pages translate them here. A message with values in it (a name, a
+    limit) has no German entry and stays English."""
+    message = str(getattr(exc, "message", "") or "")
+    return translation.gettext(message) if message else message
+
+
+def activate_person(request: HttpRequest, user_id: int) -> None:
+    """A page reached from a mail (an email link, no login): the language and time zone of the
+    link's person for this response (one query); the browser's language when they chose
+    none."""
+    locale = locales_of([user_id])[user_id]
+    activate(locale)
+    if locale[0] in language_codes():
+        request.LANGUAGE_CODE = locale[0]

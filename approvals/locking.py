@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.utils.translation import gettext_noop
+
 from orchestration import engine
 from orchestration.actors import actor_of
 from orchestration.errors import NotFound
@@ -25,7 +27,7 @@ def step_run_of(request_id: Any) -> int:
     except (TypeError, ValueError, OverflowError):
         step_run_id = None
     if step_run_id is None:
-        raise NotFound("approval request not found")
+        raise NotFound(gettext_noop("approval request not found"))
     return step_run_id
 
 
@@ -37,7 +39,7 @@ def lock_request(
     The caller's transaction is open."""
     locked = engine.lock_instance(step_run_id=step_run_id, actor=actor_of(user))
     if locked is None:
-        raise NotFound("approval request not found")
+        raise NotFound(gettext_noop("approval request not found"))
     # NO KEY UPDATE: rows that only refer to the request (a token minted while a mail is
     # delivered holds KEY SHARE for that delivery) never make a decision wait.
     request = ApprovalRequest.objects.select_for_update(no_key=True).get(pk=int(request_id))

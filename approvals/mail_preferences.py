@@ -26,6 +26,7 @@ from django.core import signing
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
+from django.utils.translation import gettext_noop
 
 from integrations.mail import register_preferences_link
 from orchestration.errors import InvalidInput
@@ -92,7 +93,7 @@ def mail_preference_set(
         except ValidationError as exc:
             errors["language"] = list(exc.messages)
     if errors:
-        raise InvalidInput("invalid mail preference", errors=errors)
+        raise InvalidInput(gettext_noop("invalid mail preference"), errors=errors)
     with transaction.atomic():
         MailPreference.objects.get_or_create(user_id=user.pk)
         preference = MailPreference.objects.select_for_update().get(user_id=user.pk)

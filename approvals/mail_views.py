@@ -18,6 +18,7 @@ from orchestration.errors import SignoffError
 
 from . import locale, mail_preferences
 from .forms import MailModeForm, MailPreferenceForm
+from .locale import activate_person, why
 from .models import MailPreference
 
 LINK_REFUSALS = {
@@ -53,7 +54,7 @@ def _form_errors(form: MailPreferenceForm | MailModeForm, exc: SignoffError) -> 
         for error in errors:
             form.add_error(name if name in form.fields else None, error)
     if not exc.errors:
-        form.add_error(None, exc.message)
+        form.add_error(None, why(exc))
 
 
 @login_required
@@ -111,6 +112,7 @@ def preferences_link(request: HttpRequest, token: str) -> HttpResponse:
         status, title, text = LINK_REFUSALS[reason]
         context = {"reason": reason, "title": title, "text": text}
         return render(request, "links/refused.html", context, status=status)
+    activate_person(request, person.pk)  # the page in the mail's language
     preference = mail_preferences.preference_of(person)
     status, done = 200, False
     form = MailModeForm()

@@ -10,6 +10,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.db import transaction
+from django.utils.translation import gettext_noop
 
 from orchestration.errors import InvalidInput
 
@@ -121,5 +122,5 @@ def _named_assignees(users: list[str], groups: list[str]) -> tuple[list[Any], li
             f"unknown users or groups: {', '.join(unknown)}", code="unknown_assignee"
         )
     if not user_rows and not group_rows:
-        raise InvalidInput("name at least one user or group", code="no_assignee")
+        raise InvalidInput(gettext_noop("name at least one user or group"), code="no_assignee")
     return user_rows, group_rows

@@ -17,6 +17,7 @@ from orchestration.middleware import accepts_uploads
 from . import policy, services
 from .detail_views import visible_or_404
 from .forms import ReviseForm, WithdrawForm
+from .locale import why
 from .models import Outcome
 from .navigation import pending_count
 
@@ -28,7 +29,7 @@ def _answer_refused(request: HttpRequest, exc: SignoffError) -> HttpResponse:
         request,
         "inbox/refused.html",
         {
-            "message": _("Nothing was changed: %(why)s.") % {"why": exc.message},
+            "message": _("Nothing was changed: %(why)s.") % {"why": why(exc)},
             "pending_count": pending_count(request),
         },
         status=exc.status,
@@ -39,7 +40,7 @@ def _field_errors(form: ReviseForm, exc: SignoffError) -> None:
     """Put the service's input errors ("amount: -5 is less than the minimum of 0") on the
     fields they name, the rest on the form."""
     problems = (exc.errors or {}).get("input") if isinstance(exc.errors, dict) else None
-    for problem in problems or [exc.message]:
+    for problem in problems or [why(exc)]:
         name, _, rest = str(problem).partition(": ")
         field = name.split("/", 1)[0]
         if rest and field in form.fields:

@@ -23,6 +23,7 @@ from django.db.models import F, Q, QuerySet
 from django.db.models.fields.json import KeyTransform
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
+from django.utils.translation import gettext_noop
 
 from orchestration.errors import InvalidInput
 
@@ -87,7 +88,9 @@ def _moment(value: str) -> datetime:
         moment = datetime.combine(day, time.min)
     if moment is None:
         raise InvalidInput(
-            "due before must be a date (2026-12-31) or a date and time (2026-12-31T17:00)",
+            gettext_noop(
+                "due before must be a date (2026-12-31) or a date and time (2026-12-31T17:00)"
+            ),
             code="invalid_filter",
         )
     if timezone.is_naive(moment):
@@ -100,7 +103,7 @@ def parse_filters(params: Mapping[str, Any], *, search: str = "search") -> Filte
     on the web page). Wrong input is :class:`InvalidInput` with words for people."""
     overdue = _text(params, "overdue", 10, "overdue").lower()
     if overdue not in TRUE + FALSE:
-        raise InvalidInput("overdue must be true or false", code="invalid_filter")
+        raise InvalidInput(gettext_noop("overdue must be true or false"), code="invalid_filter")
     due = _text(params, "due_before", 40, "due before")
     return Filters(
         search=_text(params, search, SEARCH_MAX, "search"),

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from django.db import transaction
+from django.utils.translation import gettext_noop
 
 from orchestration import attachments, engine
 from orchestration.errors import Conflict, InvalidInput, NotAllowed
@@ -41,11 +42,13 @@ def approval_request_changes(
     comment = clean_comment(comment)
     if not comment:
         raise InvalidInput(
-            "a comment is required to request changes: tell the requester what to change",
+            gettext_noop(
+                "a comment is required to request changes: tell the requester what to change"
+            ),
             code="comment_required",
         )
     if not getattr(user, "is_authenticated", False):
-        raise NotAllowed("log in to decide", code="not_authenticated")
+        raise NotAllowed(gettext_noop("log in to decide"), code="not_authenticated")
     step_run_id = step_run_of(request_id)
     with transaction.atomic():
         locked, request = lock_request(request_id, step_run_id, user)
@@ -102,7 +105,9 @@ def approval_request_changes(
 
 def _clean_changes(changes: Any, request: ApprovalRequest) -> dict[str, Any]:
     if not isinstance(changes, dict):
-        raise InvalidInput("input must be a JSON object of the fields to change", code="invalid")
+        raise InvalidInput(
+            gettext_noop("input must be a JSON object of the fields to change"), code="invalid"
+        )
     refused = sorted(str(name) for name in changes if name not in request.revisable)
     if refused:
         allowed = ", ".join(request.revisable) or "none"
@@ -120,14 +125,16 @@ def _sent_back(
     """Lock and authorize an answer (resubmit, withdraw) to a request sent back for changes;
     the caller's transaction is open."""
     if not getattr(user, "is_authenticated", False):
-        raise NotAllowed("log in to act on approval requests", code="not_authenticated")
+        raise NotAllowed(
+            gettext_noop("log in to act on approval requests"), code="not_authenticated"
+        )
     step_run_id = step_run_of(request_id)
     locked, request = lock_request(request_id, step_run_id, user)
     policy.authorize(act, user=user, request=request, instance=locked.instance)
     step = locked.step_by_id(step_run_id)
     spec = locked.definition.steps.get(step.name) if locked.definition and step else None
     if step is None or step.state != "waiting" or not isinstance(spec, ApprovalStep):
-        raise Conflict("the approval step is no longer waiting", code="invalid_state")
+        raise Conflict(gettext_noop("the approval step is no longer waiting"), code="invalid_state")
     return locked, request, step, spec
 
 
@@ -236,7 +243,7 @@ def approval_withdraw(
     instance lock. Authorized like :func:`approval_resubmit` (act ``withdraw``)."""
     check_channel(channel)
     if not isinstance(reason, str) or len(reason) > 500 or string_problem(reason):
-        raise InvalidInput("reason must be valid text of at most 500 characters")
+        raise InvalidInput(gettext_noop("reason must be valid text of at most 500 characters"))
     reason = reason.strip()
     with transaction.atomic():
         locked, request, step, _spec = _sent_back(request_id, user, policy.Act.WITHDRAW)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.utils.translation import gettext as _
+
 from orchestration.models import Event
 from orchestration.timeline import EventText, EventTitles
 
@@ -21,28 +23,33 @@ def _data(event: Event) -> dict[str, Any]:
 
 
 def _people(d: dict[str, Any]) -> str:
-    return ", ".join([*d.get("users", []), *[f"group {g}" for g in d.get("groups", [])]])
+    groups = [_("group %(group)s") % {"group": g} for g in d.get("groups", [])]
+    return ", ".join([*d.get("users", []), *groups])
 
 
 def _by(d: dict[str, Any]) -> str:
     """Who acted, and for whom when on behalf: "otto for alice"."""
     who = str(d.get("user", "?"))
     if d.get("for"):
-        who += f" for {d['for']}"
+        who = _("%(user)s for %(for)s") % {"user": who, "for": d["for"]}
     return who
 
 
 def requested(event: Event) -> EventText:
     d = _data(event)
     who = _people(d)
-    title = "Approval requested" + (f" (round {d['round']})" if d.get("round") else "")
-    return title, "human", f"from {who}" if who else ""
+    if d.get("round"):
+        title = _("Approval requested (round %(round)s)") % {"round": d["round"]}
+    else:
+        title = _("Approval requested")
+    return title, "human", _("from %(people)s") % {"people": who} if who else ""
 
 
 def changes_requested(event: Event) -> EventText:
     d = _data(event)
     return (
-        f"Changes requested by {_by(d)} via {d.get('channel', '?')}",
+        _("Changes requested by %(by)s via %(channel)s")
+        % {"by": _by(d), "channel": d.get("channel", "?")},
         "warn",
         str(d.get("comment") or ""),
     )
@@ -51,9 +58,13 @@ def changes_requested(event: Event) -> EventText:
 def resubmitted(event: Event) -> EventText:
     d = _data(event)
     changed = d.get("changed") or []
-    detail = "changed " + ", ".join(map(str, changed)) if changed else "nothing changed"
+    if changed:
+        detail = _("changed %(fields)s") % {"fields": ", ".join(map(str, changed))}
+    else:
+        detail = _("nothing changed")
     return (
-        f"Resubmitted by {d.get('user', '?')} for round {d.get('round', '?')}",
+        _("Resubmitted by %(user)s for round %(round)s")
+        % {"user": d.get("user", "?"), "round": d.get("round", "?")},
         "human",
         detail,
     )
@@ -61,32 +72,50 @@ def resubmitted(event: Event) -> EventText:
 
 def withdrawn(event: Event) -> EventText:
     d = _data(event)
-    return f"Withdrawn by {d.get('user', '?')}", "bad", str(d.get("reason", ""))
+    return (
+        _("Withdrawn by %(user)s") % {"user": d.get("user", "?")},
+        "bad",
+        str(d.get("reason", "")),
+    )
 
 
 def decided(event: Event) -> EventText:
     d = _data(event)
-    verb = "Approved" if d.get("outcome") == "approve" else "Rejected"
+    approved = d.get("outcome") == "approve"
+    values = {"by": _by(d), "channel": d.get("channel", "?")}
+    if approved:
+        title = _("Approved by %(by)s via %(channel)s") % values
+    else:
+        title = _("Rejected by %(by)s via %(channel)s") % values
     detail = str(d.get("comment") or "")
     if d.get("reason"):
-        detail = (detail + " · " if detail else "") + f"on behalf, reason: {d['reason']}"
-    tone = "ok" if d.get("outcome") == "approve" else "bad"
-    return f"{verb} by {_by(d)} via {d.get('channel', '?')}", tone, detail
+        behalf = _("on behalf, reason: %(reason)s") % {"reason": d["reason"]}
+        detail = (detail + " · " if detail else "") + behalf
+    return title, "ok" if approved else "bad", detail
 
 
 def commented(event: Event) -> EventText:
     d = _data(event)
-    role = f" ({d['role']})" if d.get("role") else ""
-    return f"Comment by {d.get('user', '?')}{role}", "human", ""
+    who = {"user": d.get("user", "?"), "role": d.get("role")}
+    if d.get("role"):
+        return _("Comment by %(user)s (%(role)s)") % who, "human", ""
+    return _("Comment by %(user)s") % who, "human", ""
 
 
 def resolved(event: Event) -> EventText:
-    return f"Approval {_data(event).get('outcome', 'resolved')}", "human", ""
+    outcome = _data(event).get("outcome")
+    if outcome is None:
+        return _("Approval resolved"), "human", ""
+    return _("Approval %(outcome)s") % {"outcome": outcome}, "human", ""
 
 
 def reassigned(event: Event) -> EventText:
     d = _data(event)
-    return f"Reassigned to {_people(d)}", "operator", str(d.get("reason", ""))
+    return (
+        _("Reassigned to %(people)s") % {"people": _people(d)},
+        "operator",
+        str(d.get("reason", "")),
+    )
 
 
 APPROVAL_EVENTS = EventTitles(

@@ -25,6 +25,7 @@ from django import forms
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest
+from django.utils.translation import gettext_lazy
 
 from . import engine, jsonsafe, kinds
 from .actors import actor_of
@@ -56,22 +57,22 @@ class CancelForm(forms.Form):
         required=False,
         max_length=1000,
         widget=forms.Textarea(attrs={"rows": 2}),
-        help_text="Optional; recorded on the instance_cancelled event.",
+        help_text=gettext_lazy("Optional; recorded on the instance_cancelled event."),
     )
 
 
 class CompleteStepForm(forms.Form):
     output = forms.CharField(
-        label="Output (JSON)",
+        label=gettext_lazy("Output (JSON)"),
         initial="{}",
         max_length=100_000,
         widget=forms.Textarea(attrs={"rows": 6, "class": "mono", "spellcheck": "false"}),
-        help_text="What the step would have returned; later steps read it.",
+        help_text=gettext_lazy("What the step would have returned; later steps read it."),
     )
     reason = forms.CharField(
         max_length=1000,
         widget=forms.Textarea(attrs={"rows": 2}),
-        help_text="Required: what you did by hand, for the audit trail.",
+        help_text=gettext_lazy("Required: what you did by hand, for the audit trail."),
     )
 
     def clean_output(self) -> Any:
@@ -146,10 +147,11 @@ INSTANCE_OPERATIONS: dict[str, Operation] = {
     for op in [
         Operation(
             name="retry",
-            label="Retry failed steps",
+            label=gettext_lazy("Retry failed steps"),
             done="retried",
-            question="Retry the failed, timed-out and cancelled steps, each with a fresh retry "
-            "budget?",
+            question=gettext_lazy(
+                "Retry the failed, timed-out and cancelled steps, each with a fresh retry budget?"
+            ),
             form=ConfirmForm,
             run=lambda i, user, data: engine.instance_retry(
                 instance_id=i.pk, actor=actor_of(user), user=user
@@ -159,10 +161,12 @@ INSTANCE_OPERATIONS: dict[str, Operation] = {
         ),
         Operation(
             name="resume",
-            label="Resume (ring now)",
+            label=gettext_lazy("Resume (ring now)"),
             done="resumed",
-            question="Ring the doorbell of every scheduled or retrying step now, skipping "
-            "backoffs (use after the broker lost its messages)?",
+            question=gettext_lazy(
+                "Ring the doorbell of every scheduled or retrying step now, skipping "
+                "backoffs (use after the broker lost its messages)?"
+            ),
             form=ConfirmForm,
             run=lambda i, user, data: engine.instance_resume(
                 instance_id=i.pk, actor=actor_of(user)
@@ -171,19 +175,23 @@ INSTANCE_OPERATIONS: dict[str, Operation] = {
         ),
         Operation(
             name="pause",
-            label="Pause",
+            label=gettext_lazy("Pause"),
             done="paused",
-            question="Pause: nothing new is scheduled or started until you unpause; running "
-            "attempts finish.",
+            question=gettext_lazy(
+                "Pause: nothing new is scheduled or started until you unpause; running "
+                "attempts finish."
+            ),
             form=ConfirmForm,
             run=lambda i, user, data: engine.instance_pause(instance_id=i.pk, actor=actor_of(user)),
             offered=lambda i, s: _open(i) and i.paused_at is None,
         ),
         Operation(
             name="unpause",
-            label="Unpause",
+            label=gettext_lazy("Unpause"),
             done="unpaused",
-            question="Unpause: ring the waiting steps and schedule what became ready?",
+            question=gettext_lazy(
+                "Unpause: ring the waiting steps and schedule what became ready?"
+            ),
             form=ConfirmForm,
             run=lambda i, user, data: engine.instance_unpause(
                 instance_id=i.pk, actor=actor_of(user)
@@ -192,10 +200,12 @@ INSTANCE_OPERATIONS: dict[str, Operation] = {
         ),
         Operation(
             name="cancel",
-            label="Cancel",
+            label=gettext_lazy("Cancel"),
             done="cancelled",
-            question="Cancel: open steps are cancelled (pending approvals too); running attempts "
-            "finish but their results are ignored.",
+            question=gettext_lazy(
+                "Cancel: open steps are cancelled (pending approvals too); running attempts "
+                "finish but their results are ignored."
+            ),
             form=CancelForm,
             run=lambda i, user, data: engine.instance_cancel(
                 instance_id=i.pk, actor=actor_of(user), reason=data.get("reason", "")
@@ -218,10 +228,12 @@ STEP_OPERATIONS: dict[str, Operation] = {
     for op in [
         Operation(
             name="retry-now",
-            label="Retry now",
+            label=gettext_lazy("Retry now"),
             done="scheduled again",
-            question="Run this step again now (a retrying step skips the rest of its backoff; a "
-            "failed one gets a fresh retry budget and its instance runs again)?",
+            question=gettext_lazy(
+                "Run this step again now (a retrying step skips the rest of its backoff; a "
+                "failed one gets a fresh retry budget and its instance runs again)?"
+            ),
             form=ConfirmForm,
             run=lambda s, user, data: engine.step_retry_now(step_run_id=s.pk, actor=actor_of(user)),
             offered=lambda i, s: (
@@ -236,10 +248,12 @@ STEP_OPERATIONS: dict[str, Operation] = {
         ),
         Operation(
             name="complete",
-            label="Complete by hand…",
+            label=gettext_lazy("Complete by hand…"),
             done="completed by hand",
-            question="Mark this step succeeded with the output you give (after doing its work "
-            "by hand). The flow continues from here.",
+            question=gettext_lazy(
+                "Mark this step succeeded with the output you give (after doing its work "
+                "by hand). The flow continues from here."
+            ),
             form=CompleteStepForm,
             run=lambda s, user, data: engine.step_complete_manually(
                 step_run_id=s.pk,
@@ -256,7 +270,9 @@ STEP_OPERATIONS: dict[str, Operation] = {
                 in ("failed", "timed_out", "cancelled", "retrying", "scheduled", "waiting")
                 and kinds.offers_operator(s.kind, "complete")
             ),
-            help="Mark the step succeeded with a given output (its work was done by hand)",
+            help=gettext_lazy(
+                "Mark the step succeeded with a given output (its work was done by hand)"
+            ),
         ),
     ]
 }

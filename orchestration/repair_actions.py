@@ -14,6 +14,7 @@ import json
 from typing import Any
 
 from django import forms
+from django.utils.translation import gettext_lazy
 
 from . import engine, jsonsafe, kinds, sealing
 from .actors import actor_of
@@ -45,7 +46,7 @@ class ReasonForm(forms.Form):
     reason = forms.CharField(
         max_length=1000,
         widget=forms.Textarea(attrs={"rows": 2}),
-        help_text="Required: why, for the audit trail (recorded with your name).",
+        help_text=gettext_lazy("Required: why, for the audit trail (recorded with your name)."),
     )
 
     def clean_reason(self) -> str:
@@ -60,7 +61,7 @@ class JSONValueForm(ReasonForm):
     ``••••••`` to keep one) and the reason."""
 
     value = forms.CharField(
-        label="Value (JSON)",
+        label=gettext_lazy("Value (JSON)"),
         max_length=MAX_JSON_TEXT,
         widget=forms.Textarea(attrs={"rows": 10, "class": "mono", "spellcheck": "false"}),
         help_text=f"Sealed fields show as {sealing.MASK}: leave that to keep the value.",
@@ -88,7 +89,7 @@ class JSONValueForm(ReasonForm):
 class SkipForm(JSONValueForm):
     def __init__(self, *args: Any, current: Any = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["value"].label = "Output (JSON)"
+        self.fields["value"].label = gettext_lazy("Output (JSON)")
         self.fields["value"].initial = "{}"
         self.fields["value"].help_text = "What later steps read in place of this step's output."
 
@@ -101,10 +102,12 @@ def instance_repairs() -> list[Operation]:
     return [
         Operation(
             name="edit-input",
-            label="Edit input…",
+            label=gettext_lazy("Edit input…"),
             done="input edited",
-            question="Replace the instance's input (checked against the workflow's schema; "
-            "sensitive fields sealed again). Nothing runs: retry afterwards.",
+            question=gettext_lazy(
+                "Replace the instance's input (checked against the workflow's schema; "
+                "sensitive fields sealed again). Nothing runs: retry afterwards."
+            ),
             form=JSONValueForm,
             form_kwargs=lambda i: {"current": i.input},
             run=lambda i, user, data: engine.instance_edit_input(
@@ -119,10 +122,12 @@ def instance_repairs() -> list[Operation]:
         ),
         Operation(
             name="retry-undo",
-            label="Retry the undo",
+            label=gettext_lazy("Retry the undo"),
             done="undo retried",
-            question="Run the failed compensations (the undo of finished steps) again, each "
-            "with a fresh retry budget? No forward step runs again.",
+            question=gettext_lazy(
+                "Run the failed compensations (the undo of finished steps) again, each "
+                "with a fresh retry budget? No forward step runs again."
+            ),
             form=ConfirmForm,
             run=lambda i, user, data: engine.instance_retry(
                 instance_id=i.pk, actor=actor_of(user), user=user
@@ -138,10 +143,12 @@ def step_repairs() -> list[Operation]:
     return [
         Operation(
             name="edit-output",
-            label="Edit output…",
+            label=gettext_lazy("Edit output…"),
             done="output edited",
-            question="Replace this finished step's output (sensitive fields sealed again). "
-            "Steps that run after your retry read the new one.",
+            question=gettext_lazy(
+                "Replace this finished step's output (sensitive fields sealed again). "
+                "Steps that run after your retry read the new one."
+            ),
             form=JSONValueForm,
             form_kwargs=lambda s: {"current": s.output},
             run=lambda s, user, data: engine.step_edit_output(
@@ -160,10 +167,12 @@ def step_repairs() -> list[Operation]:
         ),
         Operation(
             name="skip",
-            label="Skip…",
+            label=gettext_lazy("Skip…"),
             done="skipped",
-            question="Skip this step: it ends skipped (nothing to undo) with the output you "
-            "give, and the instance goes on from here.",
+            question=gettext_lazy(
+                "Skip this step: it ends skipped (nothing to undo) with the output you "
+                "give, and the instance goes on from here."
+            ),
             form=SkipForm,
             run=lambda s, user, data: engine.step_skip(
                 step_run_id=s.pk,
@@ -184,10 +193,12 @@ def step_repairs() -> list[Operation]:
         ),
         Operation(
             name="reset",
-            label="Re-run from here…",
+            label=gettext_lazy("Re-run from here…"),
             done="reset: the instance runs again from it",
-            question="Reset this step and every step after it to pending and run them again "
-            "(what they did before is not undone). Other failed steps are retried.",
+            question=gettext_lazy(
+                "Reset this step and every step after it to pending and run them again "
+                "(what they did before is not undone). Other failed steps are retried."
+            ),
             form=ReasonForm,
             run=lambda s, user, data: engine.instance_reset(
                 instance_id=s.instance_id,
@@ -206,10 +217,12 @@ def step_repairs() -> list[Operation]:
         ),
         Operation(
             name="resolve-undo",
-            label="Mark undone by hand…",
+            label=gettext_lazy("Mark undone by hand…"),
             done="marked undone by hand",
-            question="Its compensation failed for good. Mark the step undone (you reverted "
-            "its effect by hand); the rest of the undo goes on.",
+            question=gettext_lazy(
+                "Its compensation failed for good. Mark the step undone (you reverted "
+                "its effect by hand); the rest of the undo goes on."
+            ),
             form=ReasonForm,
             run=lambda s, user, data: engine.compensation_resolve(
                 step_run_id=s.pk, actor=actor_of(user), reason=data["reason"], user=user

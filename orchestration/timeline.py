@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.http import HttpRequest
+from django.utils.translation import gettext as _
 
 from .models import Event, WorkflowInstance
 from .presentation import compact_json, error_line, human_duration, masked
@@ -131,135 +132,191 @@ def _revision_line(changes: Any) -> str:
         return ""
     parts = []
     for key, change in masked(changes).items():
-        name = key or "value"  # a value that is not an object diffs as a whole
+        name = key or _("value")  # a value that is not an object diffs as a whole
         if not isinstance(change, dict):
-            parts.append(f"{name} changed")
+            parts.append(_("%(name)s changed") % {"name": name})
         elif change.get("added"):
-            parts.append(f"{name} set to {_short(change.get('to'))}")
+            parts.append(
+                _("%(name)s set to %(value)s") % {"name": name, "value": _short(change.get("to"))}
+            )
         elif change.get("removed"):
-            parts.append(f"{name} removed (was {_short(change.get('from'))})")
+            parts.append(
+                _("%(name)s removed (was %(value)s)")
+                % {"name": name, "value": _short(change.get("from"))}
+            )
         else:
-            parts.append(f"{name} {_short(change.get('from'))} → {_short(change.get('to'))}")
+            parts.append(
+                _("%(name)s %(before)s → %(after)s")
+                % {
+                    "name": name,
+                    "before": _short(change.get("from")),
+                    "after": _short(change.get("to")),
+                }
+            )
     return "; ".join(parts)
 
 
 def _repair_line(d: dict[str, Any]) -> str:
     """An operator's edit: "<reason> — amount -1 → 5" (sealed values masked)."""
-    return f"{d.get('reason', '')} — {_revision_line(d.get('changes'))}"
+    return _("%(reason)s — %(changes)s") % {
+        "reason": d.get("reason", ""),
+        "changes": _revision_line(d.get("changes")),
+    }
+
+
+def _with_attempt(event: Event, plain: str, numbered: str) -> str:
+    """``plain`` or, for an event of an attempt, ``numbered`` with its number."""
+    return numbered % {"attempt": event.attempt} if event.attempt else plain
+
+
+def _reason(d: dict[str, Any]) -> str:
+    return str(d.get("reason", "")).replace("_", " ")
 
 
 def _describe_own(event: Event) -> EventText | None:
-    """The engine's own events; None for another app's."""
+    """The engine's own events; None for another app's. Titles and details are translated
+    at render time (the page's language)."""
     d = event.data if isinstance(event.data, dict) else {}
     t = event.type
-    attempt = f" (attempt {event.attempt})" if event.attempt else ""
+    n = {"attempt": event.attempt}
     if t == "instance_started":
-        return "Instance started", "info", ""
+        return _("Instance started"), "info", ""
     if t == "step_scheduled":
         if d.get("operator"):
-            return "Scheduled now by an operator", "operator", ""
-        return ("Scheduled again" if d.get("retry") else "Scheduled") + attempt, "muted", ""
+            return _("Scheduled now by an operator"), "operator", ""
+        if d.get("retry"):
+            title = _with_attempt(
+                event, _("Scheduled again"), _("Scheduled again (attempt %(attempt)s)")
+            )
+        else:
+            title = _with_attempt(event, _("Scheduled"), _("Scheduled (attempt %(attempt)s)"))
+        return title, "muted", ""
     if t == "step_started":
-        return f"Attempt {event.attempt} started", "info", ""
+        return _("Attempt %(attempt)s started") % n, "info", ""
     if t == "step_succeeded":
-        return "Succeeded" + attempt, "ok", ""
+        return _with_attempt(event, _("Succeeded"), _("Succeeded (attempt %(attempt)s)")), "ok", ""
     if t == "step_retrying":
         delay = d.get("delay")
-        when = f", next attempt in {human_duration(timedelta(seconds=delay))}" if delay else ""
-        return (
-            f"Attempt {event.attempt} failed{when}",
-            "warn",
-            error_line(d.get("error")),
-        )
+        if delay:
+            title = _("Attempt %(attempt)s failed, next attempt in %(delay)s") % {
+                "attempt": event.attempt,
+                "delay": human_duration(timedelta(seconds=delay)),
+            }
+        else:
+            title = _("Attempt %(attempt)s failed") % n
+        return title, "warn", error_line(d.get("error"))
     if t == "step_failed":
-        reason = str(d.get("reason", "")).replace("_", " ")
-        return (
-            f"Failed{attempt}" + (f" — {reason}" if reason else ""),
-            "bad",
-            error_line(d.get("error")),
-        )
+        title = _with_attempt(event, _("Failed"), _("Failed (attempt %(attempt)s)"))
+        reason = _reason(d)
+        if reason:
+            title = _("%(title)s — %(reason)s") % {"title": title, "reason": reason}
+        return title, "bad", error_line(d.get("error"))
     if t == "step_timed_out":
-        return f"Timed out{attempt}", "bad", f"exceeded {d.get('limit', 'its deadline')}"
+        limit = d.get("limit")
+        return (
+            _with_attempt(event, _("Timed out"), _("Timed out (attempt %(attempt)s)")),
+            "bad",
+            _("exceeded %(limit)s") % {"limit": limit} if limit else _("exceeded its deadline"),
+        )
     if t == "step_skipped" and d.get("operator"):
         return (
-            "Skipped by an operator",
+            _("Skipped by an operator"),
             "operator",
-            f"{d.get('reason', '')} — output {_short(masked(d.get('output')))}",
+            _("%(reason)s — output %(output)s")
+            % {"reason": d.get("reason", ""), "output": _short(masked(d.get("output")))},
         )
     if t == "step_skipped":
-        return "Skipped", "muted", str(d.get("reason", "")).replace("_", " ")
+        return _("Skipped"), "muted", _reason(d)
     if t == "step_cancelled":
-        return "Cancelled", "muted", str(d.get("reason", "")).replace("_", " ")
+        return _("Cancelled"), "muted", _reason(d)
     if t == "step_waiting":
         until = d.get("until")
-        return "Waiting", "human", f"until {until}" if until else ""
+        return _("Waiting"), "human", _("until %(until)s") % {"until": until} if until else ""
     if t == "step_completed_manually":
-        return "Completed by hand", "operator", str(d.get("reason", ""))
+        return _("Completed by hand"), "operator", str(d.get("reason", ""))
     if t == "instance_input_edited":
-        return "Input edited", "operator", _repair_line(d)
+        return _("Input edited"), "operator", _repair_line(d)
     if t == "step_output_edited":
-        return "Output edited", "operator", _repair_line(d)
+        return _("Output edited"), "operator", _repair_line(d)
     if t == "instance_reset":
-        reset = ", ".join(d.get("reset") or []) or "nothing"
-        retried = f"; retried {', '.join(d['retried'])}" if d.get("retried") else ""
-        return (
-            f"Reset to {d.get('step', '')}",
-            "operator",
-            f"{d.get('reason', '')} — re-running {reset}{retried}",
-        )
+        reset = ", ".join(d.get("reset") or []) or _("nothing")
+        if d.get("retried"):
+            detail = _("%(reason)s — re-running %(reset)s; retried %(retried)s") % {
+                "reason": d.get("reason", ""),
+                "reset": reset,
+                "retried": ", ".join(d["retried"]),
+            }
+        else:
+            detail = _("%(reason)s — re-running %(reset)s") % {
+                "reason": d.get("reason", ""),
+                "reset": reset,
+            }
+        return _("Reset to %(step)s") % {"step": d.get("step", "")}, "operator", detail
     if t == "step_compensation_resolved":
-        return "Undone by hand", "operator", str(d.get("reason", ""))
+        return _("Undone by hand"), "operator", str(d.get("reason", ""))
     if t == "instance_compensating" and d.get("cause") == "resolved_by_hand":
-        return "Compensating again (an undo was resolved by hand)", "operator", ""
+        return _("Compensating again (an undo was resolved by hand)"), "operator", ""
     if t == "instance_input_revised":
-        return "Input revised", "human", _revision_line(d.get("changes"))
+        return _("Input revised"), "human", _revision_line(d.get("changes"))
     if t == "instance_succeeded":
-        return "Instance succeeded", "ok", ""
+        return _("Instance succeeded"), "ok", ""
     if t == "instance_failed" and (d.get("error") or {}).get("phase") == "compensation":
-        return "Instance failed: undo failed", "bad", error_line(d.get("error"))
+        return _("Instance failed: undo failed"), "bad", error_line(d.get("error"))
     if t == "instance_failed":
-        return "Instance failed", "bad", error_line(d.get("error"))
+        return _("Instance failed"), "bad", error_line(d.get("error"))
     if t == "instance_cancelled":
-        return "Instance cancelled", "bad", str(d.get("reason", ""))
+        return _("Instance cancelled"), "bad", str(d.get("reason", ""))
     if t == "instance_compensating":
-        return "Compensating (undoing finished steps)", "warn", str(d.get("reason", ""))
+        return _("Compensating (undoing finished steps)"), "warn", str(d.get("reason", ""))
     if t == "instance_compensated":
-        return "Instance compensated", "warn", ""
+        return _("Instance compensated"), "warn", ""
     if t == "step_compensating":
         # compensate_attempted: the step never succeeded, but an attempt may have acted
-        detail = "never succeeded; undoing its attempts" if d.get("attempted") else ""
-        return "Compensation scheduled", "warn", detail
+        detail = _("never succeeded; undoing its attempts") if d.get("attempted") else ""
+        return _("Compensation scheduled"), "warn", detail
     if t == "step_compensation_started":
-        return f"Compensation attempt {event.attempt} started", "warn", ""
+        return _("Compensation attempt %(attempt)s started") % n, "warn", ""
     if t == "step_compensated":
-        return "Compensated", "warn", ""
+        return _("Compensated"), "warn", ""
     if t == "step_compensation_retrying":
         return (
-            f"Compensation attempt {event.attempt} failed, retrying",
+            _("Compensation attempt %(attempt)s failed, retrying") % n,
             "warn",
             error_line(d.get("error")),
         )
     if t == "step_compensation_failed":
-        return "Compensation failed", "bad", error_line(d.get("error"))
+        return _("Compensation failed"), "bad", error_line(d.get("error"))
     if t == "child_started":
         return (
-            f"Child workflow {d.get('workflow', '')} started",
+            _("Child workflow %(workflow)s started") % {"workflow": d.get("workflow", "")},
             "info",
-            f"instance {d.get('child', '')}",
+            _("instance %(child)s") % {"child": d.get("child", "")},
         )
     if t == "child_cancelled":
-        return "Child workflow cancelled", "muted", f"instance {d.get('child', '')}"
+        return (
+            _("Child workflow cancelled"),
+            "muted",
+            _("instance %(child)s") % {"child": d.get("child", "")},
+        )
     if t == "signal_received":
-        return f"Signal {d.get('signal', '')} received", "human", str(d.get("source", "") or "")
+        return (
+            _("Signal %(signal)s received") % {"signal": d.get("signal", "")},
+            "human",
+            str(d.get("source", "") or ""),
+        )
     if t == "instance_erased":
-        return "Sensitive fields erased", "operator", str(d.get("reason", ""))
+        return _("Sensitive fields erased"), "operator", str(d.get("reason", ""))
     if t == "instance_retried" and d.get("phase") == "compensation":
-        return "Compensation retried", "operator", ""
-    if t in ("instance_paused", "instance_unpaused", "instance_resumed", "instance_retried"):
-        detail = ""
-        if t == "instance_resumed" and d.get("rung"):
-            detail = "rang " + ", ".join(d["rung"])
-        return t.replace("instance_", "").capitalize(), "operator", detail
+        return _("Compensation retried"), "operator", ""
+    if t == "instance_paused":
+        return _("Paused"), "operator", ""
+    if t == "instance_unpaused":
+        return _("Unpaused"), "operator", ""
+    if t == "instance_retried":
+        return _("Retried"), "operator", ""
+    if t == "instance_resumed":
+        detail = _("rang %(signals)s") % {"signals": ", ".join(d["rung"])} if d.get("rung") else ""
+        return _("Resumed"), "operator", detail
     return None
 
 
@@ -272,7 +329,7 @@ def describe(event: Event, registered: EventTitles | None = None) -> EventText:
     title = (registered or _registered()).titles.get(event.type)
     if title is not None:
         return title(event)
-    return event.type.replace("_", " ").capitalize(), "muted", ""
+    return event.type.replace("_", " ").capitalize(), "muted", ""  # a type, not a sentence
 
 
 def build_timeline(

@@ -29,6 +29,7 @@ from django.shortcuts import redirect, render
 from django.template.loader import render_to_string
 from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
+from django.utils.translation import gettext as _
 from django.views.decorators.http import require_GET, require_http_methods
 
 from . import graph, selectors
@@ -325,7 +326,7 @@ def _act(
     """The confirmation page, or the action done and back to the status page with a message
     (see :func:`operator_actions.confirm_and_run`)."""
     confirmation = confirm_and_run(
-        request, op, target, subject=subject, refused=f"{op.title} refused"
+        request, op, target, subject=subject, refused=_("%(action)s refused") % {"action": op.title}
     )
     if confirmation is None:
         return redirect(status_url(instance))

@@ -117,6 +117,7 @@ from typing import Any
 
 from django.contrib.auth.models import Group
 from django.utils import timezone
+from django.utils.translation import gettext_noop
 
 from orchestration.errors import NotAllowed, NotFound
 from orchestration.models import WorkflowInstance
@@ -207,12 +208,14 @@ def authorize(
     act = Act(act)
     now = now or timezone.now()
     if not getattr(user, "is_authenticated", False):
-        raise NotAllowed("log in to act on approval requests", code="not_authenticated")
+        raise NotAllowed(
+            gettext_noop("log in to act on approval requests"), code="not_authenticated"
+        )
     if not user.is_active:
-        raise NotAllowed("this account is deactivated", code="inactive")
+        raise NotAllowed(gettext_noop("this account is deactivated"), code="inactive")
     if instance is None:
         if request is None:
-            raise NotFound("approval request not found")
+            raise NotFound(gettext_noop("approval request not found"))
         instance = request.instance
     if act in STEP_ACTS:
         return authorize_step(act, user, request, instance)
@@ -224,7 +227,7 @@ def authorize(
     if act in (Act.RESUBMIT, Act.WITHDRAW):
         return authorize_answer(act, user, request, instance, now)
     if not can_see(user, request, now):
-        raise NotFound("approval request not found")
+        raise NotFound(gettext_noop("approval request not found"))
     if request.state != RequestState.PENDING:
         raise already_decided(request)
     requesters = requester_ids(request, instance)
@@ -239,10 +242,13 @@ def authorize(
     if act in CLAIM_ACTS:
         return authorize_claim_act(act, user, request, requesters, now)
     if not is_operator(user):
-        raise NotAllowed("you may not operate approval requests", code="permission_denied")
+        raise NotAllowed(
+            gettext_noop("you may not operate approval requests"), code="permission_denied"
+        )
     if user.pk in requesters:
         raise NotAllowed(
-            "you cannot act on your own request, not even as an operator", code="own_request"
+            gettext_noop("you cannot act on your own request, not even as an operator"),
+            code="own_request",
         )
     if act is Act.DECIDE_ON_BEHALF:
         return authorize_on_behalf(user, request, assignee, requesters, now)

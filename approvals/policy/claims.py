@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from django.utils import timezone
+from django.utils.translation import gettext_noop
 
 from orchestration.errors import Conflict, NotAllowed
 
@@ -53,7 +54,7 @@ def authorize_claim_act(
     own = claimed and request.claimed_by_id == user.pk
     if act is Act.RELEASE:
         if not claimed:
-            raise Conflict("this request is not claimed", code="not_claimed")
+            raise Conflict(gettext_noop("this request is not claimed"), code="not_claimed")
         if own:
             return Grant(act, user)
         if not may_override_claims(user):
@@ -63,13 +64,19 @@ def authorize_claim_act(
                 code="not_claimant",
             )
         if user.pk in requesters:
-            raise NotAllowed("you cannot release a claim on your own request", code="own_request")
+            raise NotAllowed(
+                gettext_noop("you cannot release a claim on your own request"), code="own_request"
+            )
         return Grant(act, user, on_behalf=True)
     if act is Act.TAKE_OVER:
         if not claimed:
-            raise Conflict("this request is not claimed; claim it instead", code="not_claimed")
+            raise Conflict(
+                gettext_noop("this request is not claimed; claim it instead"), code="not_claimed"
+            )
         if own:
-            raise Conflict("you already hold the claim on this request", code="own_claim")
+            raise Conflict(
+                gettext_noop("you already hold the claim on this request"), code="own_claim"
+            )
     # claim, or take over: the claimant-to-be must be someone who may decide it now.
     grant = decide_grant(user, request, requesters, now)
     problem = claimable_problem(request)

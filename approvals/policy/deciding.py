@@ -11,6 +11,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import Group
 from django.db.models import Q
+from django.utils.translation import gettext_noop
 
 from orchestration.errors import Conflict, NotAllowed, NotFound
 from orchestration.models import WorkflowInstance
@@ -56,7 +57,9 @@ def authorize_request_changes(
         )
     if not request.has_reviser:
         raise Conflict(
-            "nobody could revise this request (it has no requester); approve or reject",
+            gettext_noop(
+                "nobody could revise this request (it has no requester); approve or reject"
+            ),
             code="no_requester",
         )
     return replace(grant, act=Act.REQUEST_CHANGES)
@@ -67,14 +70,18 @@ def authorize_on_behalf(
 ) -> Grant:
     if not settings.SIGNOFF_DECIDE_ON_BEHALF:
         raise NotAllowed(
-            "decisions on behalf of an assignee are turned off (SIGNOFF_DECIDE_ON_BEHALF)",
+            gettext_noop(
+                "decisions on behalf of an assignee are turned off (SIGNOFF_DECIDE_ON_BEHALF)"
+            ),
             code="on_behalf_disabled",
         )
     if assignee is None:
-        raise NotAllowed("name the assignee you decide for", code="not_assignee")
+        raise NotAllowed(gettext_noop("name the assignee you decide for"), code="not_assignee")
     name = assignee.get_username()
     if assignee.pk == user.pk:
-        raise NotAllowed("decide your own requests in your inbox", code="self_assignment")
+        raise NotAllowed(
+            gettext_noop("decide your own requests in your inbox"), code="self_assignment"
+        )
     if not assignee.is_active:
         raise NotAllowed(f"{name}'s account is deactivated", code="inactive")
     direct, member_of = assignment(request, assignee, assigned_groups(request))
@@ -100,17 +107,20 @@ def authorize_reassign(
         return Grant(Act.REASSIGN, user)
     new_users, new_groups = new_users or (), new_groups or ()
     if any(u.pk == user.pk for u in new_users):
-        raise NotAllowed("you cannot assign a request to yourself", code="self_assignment")
+        raise NotAllowed(
+            gettext_noop("you cannot assign a request to yourself"), code="self_assignment"
+        )
     group_ids = {g.pk for g in new_groups}
     if group_ids and user.groups.filter(pk__in=group_ids).exists():
         raise NotAllowed(
-            "you cannot assign a request to a group you belong to", code="self_assignment"
+            gettext_noop("you cannot assign a request to a group you belong to"),
+            code="self_assignment",
         )
     if not request.allow_self_approval:
         deciders = [u for u in new_users if u.pk not in requesters]
         if not deciders and not new_groups:
             raise NotAllowed(
-                "nobody you named may decide this request (the requester cannot)",
+                gettext_noop("nobody you named may decide this request (the requester cannot)"),
                 code="self_approval",
             )
     return Grant(Act.REASSIGN, user)
@@ -125,7 +135,7 @@ def authorize_answer(
         if can_see(user, request, now):
             verb = "resubmit" if act is Act.RESUBMIT else "withdraw"
             raise NotAllowed(f"only the requester may {verb} this request", code="not_requester")
-        raise NotFound("approval request not found")
+        raise NotFound(gettext_noop("approval request not found"))
     if request.state == RequestState.RESUBMITTED or request.state == RequestState.WITHDRAWN:
         who = request.answered_by.get_username() if request.answered_by_id else "someone"
         raise Conflict(
@@ -134,7 +144,7 @@ def authorize_answer(
         )
     if request.state == RequestState.PENDING:
         raise Conflict(
-            "the request is waiting for a decision, not for your changes",
+            gettext_noop("the request is waiting for a decision, not for your changes"),
             code="not_changes_requested",
         )
     if request.state != RequestState.CHANGES_REQUESTED:
@@ -157,14 +167,20 @@ def authorize_step(
         return _authorize_repair(act, user, request, instance)
     if not settings.SIGNOFF_OPERATORS_COMPLETE_APPROVALS:
         raise NotAllowed(
-            "an approval step is decided by its assignees, not completed by hand "
-            "(SIGNOFF_OPERATORS_COMPLETE_APPROVALS is off)",
+            gettext_noop(
+                "an approval step is decided by its assignees, not completed by hand "
+                "(SIGNOFF_OPERATORS_COMPLETE_APPROVALS is off)"
+            ),
             code="approval_step",
         )
     if not is_operator(user):
-        raise NotAllowed("you may not operate workflow instances", code="permission_denied")
+        raise NotAllowed(
+            gettext_noop("you may not operate workflow instances"), code="permission_denied"
+        )
     if user.pk in requester_ids(request, instance):
-        raise NotAllowed("you cannot complete an approval of your own request", code="own_request")
+        raise NotAllowed(
+            gettext_noop("you cannot complete an approval of your own request"), code="own_request"
+        )
     return Grant(act, user, on_behalf=True)
 
 
@@ -175,10 +191,14 @@ def _authorize_repair(
     ``reset_step``: see the package docstring). ``request``: the step's latest request (None
     before one was opened); a decider of any of the step's requests counts."""
     if not is_operator(user):
-        raise NotAllowed("you may not operate workflow instances", code="permission_denied")
+        raise NotAllowed(
+            gettext_noop("you may not operate workflow instances"), code="permission_denied"
+        )
     if user.pk in requester_ids(request, instance):
         raise NotAllowed(
-            "you cannot skip, edit or reset your way through an approval of your own request",
+            gettext_noop(
+                "you cannot skip, edit or reset your way through an approval of your own request"
+            ),
             code="own_request",
         )
     if request is not None and (
@@ -189,14 +209,18 @@ def _authorize_repair(
         .exists()
     ):
         raise NotAllowed(
-            "you decided this approval: another operator must skip, edit or reset over it",
+            gettext_noop(
+                "you decided this approval: another operator must skip, edit or reset over it"
+            ),
             code="own_decision",
         )
     steers = act in (Act.EDIT_STEP, Act.SKIP_STEP)  # the step's outcome itself
     if steers and not settings.SIGNOFF_OPERATORS_COMPLETE_APPROVALS:
         raise NotAllowed(
-            "an approval step is decided by its assignees, not skipped or edited by hand "
-            "(SIGNOFF_OPERATORS_COMPLETE_APPROVALS is off)",
+            gettext_noop(
+                "an approval step is decided by its assignees, not skipped or edited by hand "
+                "(SIGNOFF_OPERATORS_COMPLETE_APPROVALS is off)"
+            ),
             code="approval_step",
         )
     return Grant(act, user, on_behalf=steers)

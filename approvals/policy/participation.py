@@ -7,6 +7,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from django.utils.translation import gettext_noop
+
 from orchestration.errors import Conflict, NotAllowed, NotFound
 from orchestration.models import WorkflowInstance
 
@@ -29,8 +31,10 @@ def authorize_attach(
         if direct or member_of:
             return Grant(Act.ATTACH, user, principal, via(member_of))
     raise NotAllowed(
-        "only the requester, the assignees (or their delegates) and operators may add files "
-        "to this request",
+        gettext_noop(
+            "only the requester, the assignees (or their delegates) and operators may add files "
+            "to this request"
+        ),
         code="not_participant",
     )
 
@@ -41,7 +45,7 @@ def authorize_download(user: Any, instance: WorkflowInstance, now: datetime) -> 
     try:
         authorize_view_instance(user, instance, now)
     except NotFound:
-        raise NotFound("file not found") from None
+        raise NotFound(gettext_noop("file not found")) from None
     return Grant(Act.DOWNLOAD, user)
 
 
@@ -55,7 +59,7 @@ def authorize_context(
     if act is Act.VIEW_INSTANCE:
         return authorize_view_instance(user, instance, now)
     if request is None or not can_see(user, request, now):
-        raise NotFound("approval request not found")
+        raise NotFound(gettext_noop("approval request not found"))
     if act is Act.READ_COMMENTS:
         return Grant(act, user)
     return authorize_comment(user, request, instance, now)
@@ -68,7 +72,7 @@ def authorize_view_instance(user: Any, instance: WorkflowInstance, now: datetime
         return Grant(Act.VIEW_INSTANCE, user)
     seen = ApprovalRequest.objects.filter(instance_id=instance.pk).filter(seeing_filter(user, now))
     if not seen.exists():
-        raise NotFound("instance not found")
+        raise NotFound(gettext_noop("instance not found"))
     return Grant(Act.VIEW_INSTANCE, user)
 
 
@@ -101,6 +105,9 @@ def authorize_comment(
     if is_operator(user):
         return CommentGrant(Act.COMMENT, user, role=Role.OPERATOR)
     raise NotAllowed(
-        "only the request's assignees, their delegates, its requester and operators comment on it",
+        gettext_noop(
+            "only the request's assignees, their delegates, its requester and operators "
+            "comment on it"
+        ),
         code="not_participant",
     )

@@ -12,6 +12,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.db.models import Exists, OuterRef
+from django.utils.translation import gettext_noop
 
 from orchestration.errors import Conflict, NotAllowed
 from orchestration.models import WorkflowInstance
@@ -103,7 +104,9 @@ def decide_grant(user: Any, request: ApprovalRequest, requesters: set[int], now:
             continue
         return Grant(Act.DECIDE, user, principal, via(member_of))
     if self_blocked:
-        raise NotAllowed("you cannot decide your own request", code="self_approval")
+        raise NotAllowed(gettext_noop("you cannot decide your own request"), code="self_approval")
     if already:
-        raise Conflict("you have already decided this request", code="already_decided")
-    raise NotAllowed("you are not an assignee of this request", code="not_assignee")
+        raise Conflict(
+            gettext_noop("you have already decided this request"), code="already_decided"
+        )
+    raise NotAllowed(gettext_noop("you are not an assignee of this request"), code="not_assignee")

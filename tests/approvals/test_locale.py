@@ -358,3 +358,108 @@ def test_the_catalogue_holds_every_string_of_the_sources(tmp_path: Path) -> None
     ours = {msgid for msgid, _, _ in _entries(PO.read_text())}
     assert fresh - ours == set()
     assert len(fresh) > 400
+
+
+# -- the status page's timeline ----------------------------------------------------------------
+
+
+def test_the_timeline_of_a_german_status_page_is_german(
+    people: Any, waiting: ApprovalRequest
+) -> None:
+    prefer(people["alice"], language="de")
+    html = logged_in(people["alice"]).get(f"/instances/{waiting.instance_id}/").content.decode()
+    assert "Instanz gestartet" in html
+    assert "Genehmigung angefordert" in html
+    assert "Instance started" not in html
+    assert "Approval requested" not in html
+    # The same page in English reads as before.
+    prefer(people["alice"], language="en")
+    html = logged_in(people["alice"]).get(f"/instances/{waiting.instance_id}/").content.decode()
+    assert "Instance started" in html
+    assert "Approval requested" in html
+    assert "Instanz gestartet" not in html
+
+
+def test_the_operator_actions_of_a_german_status_page_are_german(
+    django_user_model: Any, waiting: ApprovalRequest
+) -> None:
+    root = django_user_model.objects.create_superuser("root", "root@example.com", "pw-root-123")
+    prefer(root, language="de")
+    html = logged_in(root).get(f"/instances/{waiting.instance_id}/").content.decode()
+    assert "Pausieren" in html
+    assert "Wieder anstoßen (jetzt klingeln)" in html
+    assert "Resume (ring now)" not in html
+    prefer(root, language="en")
+    html = logged_in(root).get(f"/instances/{waiting.instance_id}/").content.decode()
+    assert "Resume (ring now)" in html
+    assert "Pausieren" not in html
+
+
+# -- a service's refusal on a page -------------------------------------------------------------
+
+
+def test_a_refusal_is_in_the_pages_language(people: Any, waiting: ApprovalRequest) -> None:
+    prefer(people["bob"], language="de")
+    bob = logged_in(people["bob"])
+    page = bob.post(f"/inbox/{waiting.pk}/decide/", {"outcome": "reject", "comment": "   "})
+    assert page.status_code == 400
+    html = page.content.decode()
+    assert "zum Ablehnen ist ein Kommentar erforderlich" in html
+    assert "a comment is required to reject" not in html
+    assert ApprovalRequest.objects.get(pk=waiting.pk).state == waiting.state
+    page = bob.post(
+        "/inbox/delegation/",
+        {"delegate": "bob", "starts_at": "2030-01-02T00:00", "ends_at": "2030-01-03T00:00"},
+        follow=True,
+    )
+    assert "wählen Sie jemand anderen als Vertretung" in page.content.decode()
+    # In English the refusal reads as before.
+    prefer(people["bob"], language="en")
+    page = logged_in(people["bob"]).post(
+        f"/inbox/{waiting.pk}/decide/", {"outcome": "reject", "comment": "   "}
+    )
+    assert "a comment is required to reject" in page.content.decode()
+
+
+# -- pages reached from a mail -----------------------------------------------------------------
+
+
+def test_a_mailed_link_opens_in_the_recipients_language(
+    people: Any, waiting: ApprovalRequest
+) -> None:
+    from django.utils import timezone
+
+    from approvals import notifications
+
+    prefer(people["bob"], language="de")
+    url = f"/a/{notifications.token_issue(waiting, people['bob'], timezone.now(), 't')}/"
+    browser = Client(HTTP_ACCEPT_LANGUAGE="en")  # no login: the link's person counts
+    page = browser.get(url)
+    assert page.status_code == 200
+    assert '<html lang="de">' in page.content.decode()
+    assert page["Content-Language"] == "de"
+    assert (
+        ApprovalRequest.objects.get(pk=waiting.pk).state == waiting.state
+    )  # a GET decides nothing
+    # Someone who chose no language gets the browser's.
+    prefer(people["bob"], language="")
+    page = Client(HTTP_ACCEPT_LANGUAGE="en").get(url)
+    assert '<html lang="en">' in page.content.decode()
+
+
+def test_a_used_link_is_refused_in_the_recipients_language(
+    people: Any, waiting: ApprovalRequest
+) -> None:
+    from django.utils import timezone
+
+    from approvals import notifications
+    from approvals.models import ActionToken
+
+    prefer(people["bob"], language="de")
+    url = f"/a/{notifications.token_issue(waiting, people['bob'], timezone.now(), 't')}/"
+    ActionToken.objects.filter(request=waiting).update(used_at=timezone.now())
+    page = Client(HTTP_ACCEPT_LANGUAGE="en").get(url)
+    assert page.status_code == 410
+    html = page.content.decode()
+    assert "Dieser Link wurde bereits verwendet" in html
+    assert "This link was already used" not in html
