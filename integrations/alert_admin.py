@@ -1,7 +1,10 @@
 """Alerts in the admin. Rules are managed here (their checks are the model's ``clean``, run by
-the form); alerts are read-only history with one action, "resolve now", which needs
-``integrations.resolve_alert`` and goes through ``alert_resolve`` (one resolved notice per
-channel; an alert already resolved is left alone)."""
+the form). A rule's webhook secret is handled as a webhook subscription's (shared helpers of
+``webhook_admin``): shown whole once, in the message after it is made or rotated ("rotate
+webhook secret", change permission), masked ever after. Alerts are read-only history with
+one action, "resolve now", which needs ``integrations.resolve_alert`` and goes through
+``alert_resolve`` (one resolved notice per channel; an alert already resolved is left
+alone)."""
 
 from __future__ import annotations
 
@@ -18,8 +21,16 @@ from orchestration.admin.shared import ReadOnlyAdminMixin, StrictActionsMixin
 from orchestration.definitions import registry
 from orchestration.presentation import json_block, pill, status_url
 
-from .alerts.services import alert_resolve
-from .models import Alert, AlertRule, OutboundEmail
+from .alerts.services import alert_resolve, alert_rule_secret_rotate
+from .models import (
+    Alert,
+    AlertRule,
+    OutboundEmail,
+    new_webhook_secret,
+    open_secret,
+    seal_secret,
+)
+from .webhook_admin import masked_secret_line, show_new_secret, show_rotated_secret
 
 CHANGE_LIST_TEMPLATE = "admin/integrations/outboundemail/change_list.html"
 CHANGE_FORM_TEMPLATE = "admin/integrations/outboundemail/change_form.html"
@@ -63,33 +74,57 @@ class AlertRuleForm(forms.ModelForm):
 
 
 @admin.register(AlertRule)
-class AlertRuleAdmin(admin.ModelAdmin):
+class AlertRuleAdmin(StrictActionsMixin, admin.ModelAdmin):
     form = AlertRuleForm
     list_display = ["name", "condition", "workflow_filter", "channels", "enabled", "firing"]
     list_filter = ["enabled", "condition"]
     search_fields = ["name"]
+    actions = ["rotate_webhook_secret"]
     change_list_template = CHANGE_LIST_TEMPLATE
     change_form_template = CHANGE_FORM_TEMPLATE
 
     def get_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
         fields = list(AlertRuleForm.Meta.fields)
         if obj is not None:
-            fields += [self._secret_field(request, obj), "created_at"]
+            fields += ["secret_hidden", "created_at"]
         return fields
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
-        return ["secret_shown", "secret_hidden", "created_at"]
+        return ["secret_hidden", "created_at"]
 
-    def _secret_field(self, request: HttpRequest, obj: Any) -> str:
-        return "secret_shown" if self.has_change_permission(request, obj) else "secret_hidden"
+    def response_add(self, request: HttpRequest, obj: Any, post_url_continue: Any = None) -> Any:
+        if obj.webhook_url:
+            show_new_secret(self, request, obj.name, open_secret(obj.webhook_secret))
+        return super().response_add(request, obj, post_url_continue)
 
-    @admin.display(description="webhook secret")
-    def secret_shown(self, obj: AlertRule) -> str:
-        return format_html("<code>{}</code>", obj.webhook_secret)
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        if change and obj.webhook_url and not form.initial.get("webhook_url"):
+            # A webhook given to a rule made without one: a fresh secret, handed over now.
+            secret = new_webhook_secret()
+            obj.webhook_secret = seal_secret(secret)
+            obj.webhook_previous_secret, obj.webhook_previous_secret_expires_at = "", None
+            obj._new_secret = secret
+        super().save_model(request, obj, form, change)
+
+    def response_change(self, request: HttpRequest, obj: Any) -> Any:
+        if secret := getattr(obj, "_new_secret", ""):
+            show_new_secret(self, request, obj.name, secret)
+        return super().response_change(request, obj)
 
     @admin.display(description="webhook secret")
     def secret_hidden(self, obj: AlertRule) -> str:
-        return "•••••• (shown to who may change this rule)"
+        return masked_secret_line(
+            obj.secret_hint(), obj.webhook_previous_secret, obj.webhook_previous_secret_expires_at
+        )
+
+    @admin.action(
+        description="Rotate webhook secret (the previous one keeps signing for the overlap)",
+        permissions=["change"],
+    )
+    def rotate_webhook_secret(self, request: HttpRequest, queryset: QuerySet) -> None:
+        for rule in queryset.order_by("pk"):
+            secret = alert_rule_secret_rotate(rule_id=rule.pk)
+            show_rotated_secret(self, request, rule.name, secret)
 
     @admin.display(description="workflow")
     def workflow_filter(self, obj: AlertRule) -> str:

@@ -119,6 +119,18 @@ def new_sealed_webhook_secret() -> str:
     return seal_secret(new_webhook_secret())
 
 
+def live_secrets(
+    current: str, previous: str, previous_expires_at: Any, now: Any = None
+) -> list[str]:
+    """The unsealed secrets that sign a delivery now: the current one, and the previous one
+    while its overlap lasts (webhook subscriptions and alert rules alike)."""
+    now = now or timezone.now()
+    found = [open_secret(current)]
+    if previous and previous_expires_at and now < previous_expires_at:
+        found.append(open_secret(previous))
+    return found
+
+
 class WebhookSubscription(models.Model):
     """An outside endpoint that receives signed POSTs for the events it asks for."""
 
@@ -167,15 +179,7 @@ class WebhookSubscription(models.Model):
     def signing_secrets(self, now: Any = None) -> list[str]:
         """The secrets that sign a delivery now: the current one, and the previous one while
         its overlap lasts."""
-        now = now or timezone.now()
-        found = [open_secret(self.secret)]
-        if (
-            self.previous_secret
-            and self.previous_secret_expires_at
-            and now < (self.previous_secret_expires_at)
-        ):
-            found.append(open_secret(self.previous_secret))
-        return found
+        return live_secrets(self.secret, self.previous_secret, self.previous_secret_expires_at, now)
 
     def secret_hint(self) -> str:
         return webhook_signing.masked_secret(open_secret(self.secret))
@@ -287,8 +291,12 @@ class AlertRule(models.Model):
     webhook_url = models.URLField(
         max_length=500, blank=True, default="", help_text="https:// endpoint to POST alerts to."
     )
-    # The receiver checks X-Signoff-Signature with it (as for webhook subscriptions).
-    webhook_secret = models.CharField(max_length=100, default=new_webhook_secret, editable=False)
+    # Sealed (a Fernet token), as webhook subscriptions' secrets: shown whole once, when made
+    # (creation or rotation), then masked. After a rotation the previous one signs too until
+    # it expires.
+    webhook_secret = models.TextField(default=new_sealed_webhook_secret, editable=False)
+    webhook_previous_secret = models.TextField(blank=True, default="", editable=False)
+    webhook_previous_secret_expires_at = models.DateTimeField(null=True, blank=True, editable=False)
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
 
@@ -302,6 +310,18 @@ class AlertRule(models.Model):
     def mail_addresses(self) -> list[str]:
         """The addresses written in ``mail_to`` (not the group's members)."""
         return [a.strip() for a in self.mail_to.replace(",", "\n").splitlines() if a.strip()]
+
+    def signing_secrets(self, now: Any = None) -> list[str]:
+        """The unsealed secrets that sign an alert's webhook POST now."""
+        return live_secrets(
+            self.webhook_secret,
+            self.webhook_previous_secret,
+            self.webhook_previous_secret_expires_at,
+            now,
+        )
+
+    def secret_hint(self) -> str:
+        return webhook_signing.masked_secret(open_secret(self.webhook_secret))
 
     def clean(self) -> None:
         from .alerts.rules import rule_problems

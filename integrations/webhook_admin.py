@@ -78,6 +78,48 @@ def _describe(entry: dict[str, Any]) -> str:
     return f"attempt {entry['attempt']}: {outcome}{took}"
 
 
+def show_new_secret(
+    model_admin: admin.ModelAdmin, request: HttpRequest, name: str, secret: str
+) -> None:
+    """The one time a new signing secret is shown whole: a message after it was made."""
+    model_admin.message_user(
+        request,
+        format_html(
+            "Signing secret of {}: <code>{}</code> — copy it now and give it to the "
+            "receiver; it is not shown again.",
+            name,
+            secret,
+        ),
+        messages.INFO,
+    )
+
+
+def show_rotated_secret(
+    model_admin: admin.ModelAdmin, request: HttpRequest, name: str, secret: str
+) -> None:
+    """The one time a rotated signing secret is shown whole."""
+    hours = webhooks.overlap().total_seconds() / 3600
+    model_admin.message_user(
+        request,
+        format_html(
+            "New signing secret of {}: <code>{}</code> — copy it now, it is not shown "
+            "again. The previous secret signs too for {} hours.",
+            name,
+            secret,
+            f"{hours:g}",
+        ),
+        messages.SUCCESS,
+    )
+
+
+def masked_secret_line(hint: str, previous: str, previous_expires_at: Any) -> str:
+    """A secret as shown after its handover: masked, with the overlap of the previous one."""
+    if previous and previous_expires_at:
+        until = previous_expires_at
+        return f"{hint} (the previous secret signs too until {until:%Y-%m-%d %H:%M} UTC)"
+    return hint
+
+
 @admin.register(WebhookSubscription)
 class WebhookSubscriptionAdmin(StrictActionsMixin, admin.ModelAdmin):
     form = WebhookSubscriptionForm
@@ -106,25 +148,14 @@ class WebhookSubscriptionAdmin(StrictActionsMixin, admin.ModelAdmin):
         return ["secret_hidden", "created_at", "deliveries_link"]
 
     def response_add(self, request: HttpRequest, obj: Any, post_url_continue: Any = None) -> Any:
-        self.message_user(
-            request,
-            format_html(
-                "Signing secret of {}: <code>{}</code> — copy it now and give it to the "
-                "receiver; it is not shown again.",
-                obj.name,
-                open_secret(obj.secret),
-            ),
-            messages.INFO,
-        )
+        show_new_secret(self, request, obj.name, open_secret(obj.secret))
         return super().response_add(request, obj, post_url_continue)
 
     @admin.display(description="secret")
     def secret_hidden(self, obj: WebhookSubscription) -> str:
-        hint = obj.secret_hint()
-        if obj.previous_secret and obj.previous_secret_expires_at:
-            until = obj.previous_secret_expires_at
-            return f"{hint} (the previous secret signs too until {until:%Y-%m-%d %H:%M} UTC)"
-        return hint
+        return masked_secret_line(
+            obj.secret_hint(), obj.previous_secret, obj.previous_secret_expires_at
+        )
 
     @admin.display(description="events")
     def events(self, obj: WebhookSubscription) -> str:
@@ -146,20 +177,9 @@ class WebhookSubscriptionAdmin(StrictActionsMixin, admin.ModelAdmin):
         permissions=["change"],
     )
     def rotate_secret(self, request: HttpRequest, queryset: QuerySet) -> None:
-        hours = webhooks.overlap().total_seconds() / 3600
         for subscription in queryset.order_by("pk"):
             secret = webhooks.webhook_secret_rotate(subscription_id=subscription.pk)
-            self.message_user(
-                request,
-                format_html(
-                    "New signing secret of {}: <code>{}</code> — copy it now, it is not shown "
-                    "again. The previous secret signs too for {} hours.",
-                    subscription.name,
-                    secret,
-                    f"{hours:g}",
-                ),
-                messages.SUCCESS,
-            )
+            show_rotated_secret(self, request, subscription.name, secret)
 
 
 @admin.register(WebhookDelivery)

@@ -38,6 +38,7 @@ from orchestration import sealing
 from . import webhook_http, webhook_signing
 from .models import (
     WEBHOOK_EVENTS,
+    AlertRule,
     WebhookDelivery,
     WebhookSubscription,
     new_webhook_secret,
@@ -423,17 +424,38 @@ def webhook_secret_rotate(
     (``SIGNOFF_WEBHOOK_SECRET_OVERLAP_HOURS``), so the receiver can switch without losing a
     delivery; a secret older than the previous one stops signing at once. Under the row
     lock; raises ``WebhookSubscription.DoesNotExist`` for an unknown id."""
+    secret = rotate_sealed_secret(
+        WebhookSubscription,
+        subscription_id,
+        ("secret", "previous_secret", "previous_secret_expires_at"),
+        now=now,
+        overlap_for=overlap_for,
+    )
+    transaction.on_commit(forget_subscriptions)
+    return secret
+
+
+def rotate_sealed_secret(
+    model: type[Any],
+    pk: int,
+    fields: tuple[str, str, str],
+    *,
+    now: datetime | None = None,
+    overlap_for: timedelta | None = None,
+) -> str:
+    """Give the row ``pk`` of ``model`` a new sealed secret and return it unsealed (the only
+    time it is readable whole). ``fields`` names the current secret, the previous secret and
+    the previous one's expiry: the current one moves to previous, signing for the overlap.
+    Under the row lock; raises ``model.DoesNotExist`` for an unknown id."""
+    current, previous, expires = fields
     now = now or timezone.now()
     secret = new_webhook_secret()
     with transaction.atomic():
-        subscription = WebhookSubscription.objects.select_for_update().get(pk=subscription_id)
-        subscription.previous_secret = subscription.secret
-        subscription.previous_secret_expires_at = now + (
-            overlap() if overlap_for is None else overlap_for
-        )
-        subscription.secret = seal_secret(secret)
-        subscription.save(update_fields=["secret", "previous_secret", "previous_secret_expires_at"])
-        transaction.on_commit(forget_subscriptions)
+        row = model.objects.select_for_update().get(pk=pk)
+        setattr(row, previous, getattr(row, current))
+        setattr(row, expires, now + (overlap() if overlap_for is None else overlap_for))
+        setattr(row, current, seal_secret(secret))
+        row.save(update_fields=[current, previous, expires])
     return secret
 
 
@@ -493,6 +515,9 @@ def sweep_webhooks(
     # Previous secrets past their overlap sign nothing any more: not kept either.
     WebhookSubscription.objects.filter(previous_secret_expires_at__lte=now).update(
         previous_secret="", previous_secret_expires_at=None
+    )
+    AlertRule.objects.filter(webhook_previous_secret_expires_at__lte=now).update(
+        webhook_previous_secret="", webhook_previous_secret_expires_at=None
     )
 
     keep_days = int(_setting("SIGNOFF_WEBHOOK_KEEP_DAYS", 30))

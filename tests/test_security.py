@@ -114,6 +114,8 @@ class World:
     batch_id: int = 0  # a queued batch pausing the waiting onboarding
     webhook_id: int = 0  # a webhook subscription (its secret is sealed, never shown whole)
     webhook_secret: str = ""
+    alert_rule_id: int = 0  # an alert rule with a webhook (its secret sealed too)
+    alert_rule_secret: str = ""
 
 
 def _run_scheduled(instance: WorkflowInstance) -> None:
@@ -210,6 +212,9 @@ def _make_world() -> World:
         action="pause", filter={"ids": [str(waiting.pk)]}, user=users["superuser"], reason="m"
     )
     hook = WebhookSubscription.objects.create(name="matrix erp", url="http://127.0.0.1:9/hook")
+    hooked_rule = AlertRule.objects.create(
+        name="matrix hooked", condition="instance_failed", webhook_url="http://127.0.0.1:9/alert"
+    )
     return World(
         users,
         tokens,
@@ -224,6 +229,8 @@ def _make_world() -> World:
         batch_id=batch.pk,
         webhook_id=hook.pk,
         webhook_secret=open_secret(hook.secret),
+        alert_rule_id=hooked_rule.pk,
+        alert_rule_secret=open_secret(hooked_rule.webhook_secret),
     )
 
 
@@ -279,7 +286,11 @@ def snapshot() -> tuple:
             )
         ),
         sorted(Alert.objects.values_list("pk", "state")),
-        sorted(AlertRule.objects.values_list("name", "condition", "enabled")),
+        sorted(
+            AlertRule.objects.values_list(
+                "name", "condition", "enabled", "webhook_secret", "webhook_previous_secret"
+            )
+        ),
         sorted(
             Schedule.objects.values_list(
                 "name", "paused", "paused_note", "overlap", "next_fire_at", "updated_at"
@@ -478,8 +489,10 @@ def _no_whole_key(response: HttpResponse, w: World) -> Any:
 
 
 def _no_whole_secret(response: HttpResponse, w: World) -> Any:
-    """A webhook secret is shown whole only once, when it is made; never on a page after."""
-    if response.status_code == 200 and w.webhook_secret in response.content.decode():
+    """A webhook secret (a subscription's, an alert rule's) is shown whole only once, when it
+    is made; never on a page after."""
+    body = response.content.decode()
+    if response.status_code == 200 and (w.webhook_secret in body or w.alert_rule_secret in body):
         return LEAK
     return None
 
@@ -491,6 +504,16 @@ NEW_SUBSCRIPTION = {"name": "new hook", "url": "http://127.0.0.1:9/new", "active
 def _rotate_webhook_secret(c: Client, w: World) -> HttpResponse:
     return c.post(
         SUBSCRIPTIONS, {"action": "rotate_secret", "_selected_action": [str(w.webhook_id)]}
+    )
+
+
+ALERT_RULES = "/admin/integrations/alertrule/"
+
+
+def _rotate_alert_rule_secret(c: Client, w: World) -> HttpResponse:
+    return c.post(
+        ALERT_RULES,
+        {"action": "rotate_webhook_secret", "_selected_action": [str(w.alert_rule_id)]},
     )
 
 
@@ -715,6 +738,14 @@ OPS: dict[str, Op] = {
     ),
     "POST admin: alert resolve now": Op(_resolve_alert, writes=True),
     "GET admin: alert rules changelist": Op(lambda c, w: c.get("/admin/integrations/alertrule/")),
+    # An alert rule's webhook secret: shown whole once, when made; masked on every page after.
+    "GET admin: alert rules (no whole secret)": Op(
+        lambda c, w: c.get(ALERT_RULES), judge=_no_whole_secret
+    ),
+    "GET admin: alert rule (no whole secret)": Op(
+        lambda c, w: c.get(f"{ALERT_RULES}{w.alert_rule_id}/change/"), judge=_no_whole_secret
+    ),
+    "POST admin: rotate an alert rule's webhook secret": Op(_rotate_alert_rule_secret, writes=True),
     "POST admin: add an alert rule": Op(_add_alert_rule, writes=True),
     # Webhook subscriptions: the admin's to change (add, rotate a secret); view-only staff
     # read them; no page shows a whole secret after it was made.
@@ -997,6 +1028,9 @@ MATRIX: dict[str, tuple[Any, ...]] = {
     "POST admin: alert resolve now":                (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, 403, DONE, DONE),  # noqa: E501
     "GET admin: alert rules changelist":            (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, 200, 200, 200),  # noqa: E501
     "POST admin: add an alert rule":                (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, 403, 403, DONE),  # noqa: E501
+    "GET admin: alert rules (no whole secret)":     (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, 200, 200, 200),  # noqa: E501
+    "GET admin: alert rule (no whole secret)":      (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, 200, 200, 200),  # noqa: E501
+    "POST admin: rotate an alert rule's webhook secret": (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, 403, 403, DONE),  # noqa: E501
     "GET admin: webhook subscriptions (no whole secret)": (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, 200, 200, 200),  # noqa: E501
     "GET admin: webhook subscription (no whole secret)": (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, 200, 200, 200),  # noqa: E501
     "POST admin: rotate a webhook secret":          (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 403, 403, 403, DONE),  # noqa: E501

@@ -203,17 +203,18 @@ def alert_webhook_deliver(*, alert_id: int, notice: str) -> str:
         separators=(",", ":"),
         ensure_ascii=False,
     ).encode()
+    signing = rule.signing_secrets()  # unsealed here only, never stored or logged
     headers = {
         "Content-Type": "application/json",
         "User-Agent": webhooks.USER_AGENT,
         # Standard Webhooks, as subscriptions' deliveries (README "Outbound webhooks").
         **webhook_signing.standard_headers(
-            [rule.webhook_secret], f"alert-{alert_id}-{notice}", int(started.timestamp()), body
+            signing, f"alert-{alert_id}-{notice}", int(started.timestamp()), body
         ),
         "X-Signoff-Event": f"alert_{notice}",
         "X-Signoff-Delivery": f"alert-{alert_id}-{notice}",
         webhooks.SIGNATURE_HEADER: webhooks.signature_header(
-            rule.webhook_secret, body, timestamp=int(started.timestamp())
+            signing, body, timestamp=int(started.timestamp())
         ),
     }
     code, error = webhooks.post(rule.webhook_url, body, headers)

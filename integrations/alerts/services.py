@@ -29,6 +29,7 @@ from django_fsm import can_proceed
 
 from orchestration import sealing
 
+from .. import webhooks
 from ..models import Alert, AlertRule, AlertState
 from .conditions import Finding, get_condition, schedule_subject
 from .delivery import notice_queue, ring_lost_webhooks
@@ -296,3 +297,18 @@ def sweep_alerts(*, now: datetime | None = None, batch: int | None = None) -> in
     if acted or rung:
         log.info("alert sweeper: %d fired or resolved, %d webhook notices rung", acted, rung)
     return acted
+
+
+def alert_rule_secret_rotate(
+    *, rule_id: int, now: datetime | None = None, overlap_for: timedelta | None = None
+) -> str:
+    """Give an alert rule a new webhook secret and return it (the only time it is readable
+    whole); the previous one keeps signing for the overlap, as for webhook subscriptions
+    (:func:`integrations.webhooks.webhook_secret_rotate`)."""
+    return webhooks.rotate_sealed_secret(
+        AlertRule,
+        rule_id,
+        ("webhook_secret", "webhook_previous_secret", "webhook_previous_secret_expires_at"),
+        now=now,
+        overlap_for=overlap_for,
+    )

@@ -4,23 +4,34 @@ import integrations.models
 from django.db import migrations, models
 
 
-def seal_secrets(apps, schema_editor):
-    """Secrets were stored in clear: seal them (Fernet, SIGNOFF_ENCRYPTION_KEYS)."""
+def seal_column(apps, model_name, field):
+    """Seal the clear ``whsec_`` values of ``model_name.field`` (Fernet, SIGNOFF_ENCRYPTION_KEYS);
+    sealed rows are left alone. Shared with 0008 (alert rules)."""
     from orchestration import sealing
 
-    Subscription = apps.get_model("integrations", "WebhookSubscription")
-    for row in Subscription.objects.filter(secret__startswith="whsec_"):
-        row.secret = sealing.seal_value(row.secret)[sealing.MARK]
-        row.save(update_fields=["secret"])
+    Model = apps.get_model("integrations", model_name)
+    for row in Model.objects.filter(**{f"{field}__startswith": "whsec_"}):
+        setattr(row, field, sealing.seal_value(getattr(row, field))[sealing.MARK])
+        row.save(update_fields=[field])
+
+
+def open_column(apps, model_name, field):
+    """The reverse: the sealed values of ``model_name.field`` back to clear text."""
+    from orchestration import sealing
+
+    Model = apps.get_model("integrations", model_name)
+    for row in Model.objects.exclude(**{f"{field}__startswith": "whsec_"}).exclude(**{field: ""}):
+        setattr(row, field, sealing.open_value({sealing.MARK: getattr(row, field)}))
+        row.save(update_fields=[field])
+
+
+def seal_secrets(apps, schema_editor):
+    """Secrets were stored in clear: seal them."""
+    seal_column(apps, "WebhookSubscription", "secret")
 
 
 def open_secrets(apps, schema_editor):
-    from orchestration import sealing
-
-    Subscription = apps.get_model("integrations", "WebhookSubscription")
-    for row in Subscription.objects.exclude(secret__startswith="whsec_"):
-        row.secret = sealing.open_value({sealing.MARK: row.secret})
-        row.save(update_fields=["secret"])
+    open_column(apps, "WebhookSubscription", "secret")
 
 
 class Migration(migrations.Migration):

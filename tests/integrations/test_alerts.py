@@ -16,7 +16,7 @@ from django.core.exceptions import ValidationError
 from django.utils import timezone
 
 from integrations.alerts import conditions, services
-from integrations.models import Alert, AlertRule
+from integrations.models import Alert, AlertRule, open_secret
 from orchestration import engine
 from orchestration.models import WorkflowInstance
 from orchestration.signals import schedule_missed
@@ -81,11 +81,14 @@ def test_the_admin_refuses_a_bad_rule_and_saves_a_good_one(admin_client: Any) ->
     )
     assert response.status_code == 302
     made = AlertRule.objects.get()
-    assert made.stuck_after == timedelta(hours=1) and made.webhook_secret.startswith("whsec_")
+    secret = open_secret(made.webhook_secret)
+    assert made.stuck_after == timedelta(hours=1) and secret.startswith("whsec_")
     listing = admin_client.get("/admin/integrations/alertrule/")
     assert listing.status_code == 200 and b"stuck" in listing.content
     page = admin_client.get(f"/admin/integrations/alertrule/{made.pk}/change/")
-    assert page.status_code == 200 and made.webhook_secret.encode() in page.content
+    # Sealed and masked: the whole secret is shown only when a webhook is given.
+    assert page.status_code == 200 and secret.encode() not in page.content
+    assert f"whsec_••••••{secret[-4:]}".encode() in page.content
 
 
 # -- instance_failed: fired by the event, deduplicated, resolved by the retry ----------------------

@@ -19,7 +19,7 @@ from standardwebhooks import Webhook
 
 from integrations import webhooks
 from integrations.alerts import conditions, delivery, services
-from integrations.models import Alert, OutboundEmail
+from integrations.models import Alert, OutboundEmail, open_secret
 from orchestration import engine
 from orchestration.models import WorkflowInstance
 from tests.conftest import WorkerProcess, wait_for
@@ -62,12 +62,12 @@ def test_the_webhook_notice_is_signed_masked_and_retried(
     assert len(server.requests) == 2
     request = server.requests[-1]
     assert webhooks.verify_signature(
-        hook.webhook_secret, request["headers"]["X-Signoff-Signature"], request["body"]
+        open_secret(hook.webhook_secret), request["headers"]["X-Signoff-Signature"], request["body"]
     )
     assert request["headers"]["X-Signoff-Delivery"] == f"alert-{alert.pk}-fired"
     # Standard Webhooks too, verified as a receiver would.
     assert request["headers"]["webhook-id"] == f"alert-{alert.pk}-fired"
-    Webhook(hook.webhook_secret).verify(request["body"], request["headers"])
+    Webhook(open_secret(hook.webhook_secret)).verify(request["body"], request["headers"])
     assert b"tok-very-secret" not in request["body"]
     document = json.loads(request["body"])
     assert document["event"] == "alert_fired" and document["alert"]["subject"] == "instance:s"
