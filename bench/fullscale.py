@@ -3,7 +3,8 @@
 Run it with ``.venv/bin/python bench/fullscale.py`` (``--help`` for the knobs). Two databases:
 ``signoff_bench_full`` (seeded once inside PostgreSQL and reused; ``--reseed`` rebuilds it) and
 ``signoff_bench_empty`` (its workflow tables emptied by each run). Override them with
-``SIGNOFF_BENCH_FULL_URL`` / ``SIGNOFF_BENCH_EMPTY_URL``.
+``SIGNOFF_BENCH_FULL_URL`` / ``SIGNOFF_BENCH_EMPTY_URL``; the broker (Redis db 12, flushed by
+each run) with ``SIGNOFF_BENCH_FULL_REDIS_URL``.
 
 The seed (``INSERT ... SELECT generate_series``, like bench/history.py): ``--instances``
 (default 1,000,000) finished three-step instances (business key ``fullseed-N``), their three
@@ -42,7 +43,7 @@ FULL_URL = os.environ.get(
 EMPTY_URL = os.environ.get(
     "SIGNOFF_BENCH_EMPTY_URL", "postgres://postgres@127.0.0.1:5432/signoff_bench_empty"
 )
-REDIS_URL = os.environ.get("SIGNOFF_BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
+REDIS_URL = os.environ.get("SIGNOFF_BENCH_FULL_REDIS_URL", "redis://127.0.0.1:6379/12")
 RESULTS = ROOT / "bench" / "results"
 CHUNK = 50_000
 SPAN_DAYS = 730
@@ -241,7 +242,13 @@ def seed(instances: int, events: int, reseed: bool) -> dict[str, Any]:
 
 def run_script(script: str, url: str, extra: list[str]) -> dict[str, Any]:
     out = RESULTS / f"fullscale-{script}-{'full' if url == FULL_URL else 'empty'}.json"
-    env = dict(os.environ, SIGNOFF_BENCH_DATABASE_URL=url, SIGNOFF_BENCH_REDIS_URL=REDIS_URL)
+    env = dict(
+        os.environ,
+        SIGNOFF_BENCH_DATABASE_URL=url,
+        SIGNOFF_BENCH_REDIS_URL=REDIS_URL,
+        SIGNOFF_BENCH_API_DATABASE_URL=url,
+        SIGNOFF_BENCH_API_REDIS_URL=REDIS_URL,
+    )
     command = [sys.executable, str(ROOT / "bench" / f"{script}.py"), "--output", str(out), *extra]
     log(f"{script} on {url.rsplit('/', 1)[-1]}")
     subprocess.run(command, env=env, cwd=ROOT, check=True)
