@@ -190,7 +190,9 @@ def setup_bench_django(env: dict[str, str], url: str, log: Callable[[str], None]
 
 def empty_workflow_tables() -> None:
     """TRUNCATE the engine's tables (instances, steps, events) of the bench database this
-    process is set up on (a dedicated one), then close the connection."""
+    process is set up on (a dedicated one), then close the connection. On a database seeded by
+    ``bench/fullscale.py`` (table ``bench_fullscale_seed``) only the rows that are not part of
+    the seed are deleted."""
     from django.db import connection
 
     from orchestration.models import Event, StepRun, WorkflowInstance
@@ -199,7 +201,21 @@ def empty_workflow_tables() -> None:
         connection.ops.quote_name(m._meta.db_table) for m in (Event, StepRun, WorkflowInstance)
     )
     with connection.cursor() as cursor:
-        cursor.execute(f"TRUNCATE {tables} CASCADE")
+        cursor.execute("SELECT to_regclass('bench_fullscale_seed') IS NOT NULL")
+        if cursor.fetchone()[0]:
+            # bench/fullscale.py's seeded database: keep the seed, drop what runs added.
+            keep = "business_key LIKE 'fullseed-%'"
+            cursor.execute(
+                "DELETE FROM orchestration_event WHERE instance_id IN (SELECT id FROM "
+                f"orchestration_workflowinstance WHERE NOT ({keep}))"
+            )
+            cursor.execute(
+                "DELETE FROM orchestration_steprun WHERE instance_id IN (SELECT id FROM "
+                f"orchestration_workflowinstance WHERE NOT ({keep}))"
+            )
+            cursor.execute(f"DELETE FROM orchestration_workflowinstance WHERE NOT ({keep})")
+        else:
+            cursor.execute(f"TRUNCATE {tables} CASCADE")
     connection.close()
 
 
