@@ -108,9 +108,10 @@ bench: install services-check bench-tools
 bench-quick: install services-check bench-tools
 	$(PY) bench/run.py --quick $(BENCH_ARGS)
 
-chaos: install services-check $(if $(filter amqp,$(BROKER)),servers)
+chaos: install services-check servers
 	SIGNOFF_CHAOS_BROKER=$(BROKER) $(PY) -m pytest -m chaos tests/test_chaos.py \
-		tests/orchestration/test_fanout_e2e.py
+		tests/orchestration/test_fanout_e2e.py tests/orchestration/test_batches_e2e.py \
+		tests/orchestration/test_schedules_e2e.py tests/test_pgbouncer.py
 	SIGNOFF_CHAOS_BROKER=$(BROKER) $(PY) bench/chaos.py
 
 clean:

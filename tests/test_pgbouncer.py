@@ -60,6 +60,7 @@ def own_pgbouncer() -> Any:
     shutil.rmtree(folder, ignore_errors=True)
 
 
+@pytest.mark.chaos  # a fault run: `make chaos` runs it (README, "PgBouncer and RabbitMQ")
 def test_pgbouncer_restarted_mid_run_loses_nothing_and_doubles_nothing(
     worker: WorkerProcess, own_pgbouncer: Any, settings: Any
 ) -> None:

@@ -138,6 +138,7 @@ class Beat:
             self.process.wait()
 
 
+@pytest.mark.chaos  # a fault run (two beats, one killed): `make chaos` runs it
 def test_two_beats_and_a_beat_restart_start_each_fire_once(worker: Any) -> None:
     from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
