@@ -31,7 +31,6 @@ import logging
 import re
 import secrets
 import unicodedata
-import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +45,7 @@ from django.dispatch import receiver
 
 from .errors import InvalidInput
 from .file_refs import ref
+from .ids import new_id
 from .journal import Journal
 from .models import Attachment, WorkflowInstance
 
@@ -366,7 +366,7 @@ class PendingFiles:
         user = self.user if getattr(self.user, "pk", None) else None
         self.rows = [
             Attachment(
-                id=uuid.uuid4(),
+                id=new_id(),
                 position=position,
                 context=self.context,
                 name=c.name,
