@@ -58,6 +58,8 @@ FIGURES: list[tuple[str, str, tuple[str, ...], bool]] = [
     ("start in-process p50 (ms)", "engine", ("inprocess", "start_ms", "p50"), False),
     ("API start, 1 client p50 (ms)", "api", ("single", "latency_ms", "p50"), False),
     ("API start in-process p50 (ms)", "api", ("inprocess", "ms", "p50"), False),
+    ("API start, 50 clients: starts/s", "api", ("clients", "requests_per_s"), True),
+    ("batch start, 2 clients: inst/s", "api", ("batch", "two_clients", "instances_per_s"), True),
 ]
 
 

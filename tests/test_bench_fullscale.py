@@ -37,3 +37,19 @@ def test_render_marks_misses_and_missing_figures() -> None:
     assert "| completed 3-step workflows/s | 200 | 100 | +50.0 % | NO |" in table
     assert "| step gap p50 (ms) | 2 | 1 | -50.0 % | yes |" in table
     assert "| API start in-process p50 (ms) | – | – | – | – |" in table
+
+
+def test_the_concurrent_and_batch_start_rates_are_compared_higher_is_better() -> None:
+    empty = reports(200.0, 2.0, {}, 4.0)
+    full = reports(200.0, 2.0, {}, 4.0)
+    empty["api"].update(
+        {"clients": {"requests_per_s": 240.0}, "batch": {"two_clients": {"instances_per_s": 3000}}}
+    )
+    full["api"].update(
+        {"clients": {"requests_per_s": 180.0}, "batch": {"two_clients": {"instances_per_s": 3300}}}
+    )
+    rows = {r["measure"]: r for r in fullscale.compare(empty, full)}
+    concurrent = rows["API start, 50 clients: starts/s"]
+    assert concurrent["worse_pct"] == 25.0 and concurrent["ok"] is False
+    batch = rows["batch start, 2 clients: inst/s"]
+    assert batch["worse_pct"] == -10.0 and batch["ok"] is True
