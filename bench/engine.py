@@ -814,6 +814,12 @@ def summarise(results: dict[str, Any]) -> list[dict[str, Any]]:
             note=f"{inproc['queries_per_claim']:.0f} / {inproc['queries_per_complete']:.1f} "
             "queries",
         ),
+        row(
+            "engine start in-process p50 (instance_start)",
+            inproc["start_ms"]["p50"],
+            "ms",
+            note="validation, sealing, the one-statement insert, commit, doorbell; no API",
+        ),
     ]
 
 

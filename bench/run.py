@@ -76,6 +76,12 @@ COMPARISONS: list[tuple[str, tuple[str, str], tuple[str, str], bool]] = [
         ("peers", "peer: enqueue one workflow in-process p50"),
         False,
     ),
+    (
+        "engine start in-process p50 (peer: enqueue)",
+        ("engine", "engine start in-process p50 (instance_start)"),
+        ("peers", "peer: enqueue one workflow in-process p50"),
+        False,
+    ),
 ]
 
 

@@ -148,6 +148,7 @@ def test_signoff_beside_the_peer_with_the_ratio_each_way() -> None:
         engine=_section(
             goal_row("step gap p50 (fn end -> next fn start)", 2.5, "ms", "<=", 1.5),
             goal_row("completed 3-step workflows/s (200 at once)", 150.0, "wf/s", ">=", 250),
+            row("engine start in-process p50 (instance_start)", 2.0, "ms"),
         ),
         api=_section(row("start in-process, no HTTP: p50", 6.0, "ms")),
         peers=_section(
@@ -161,6 +162,7 @@ def test_signoff_beside_the_peer_with_the_ratio_each_way() -> None:
     assert found["completed 3-step workflows/s, all at once"]["advantage"] == 1.5
     assert found["step gap p50 (fn end -> next fn start)"]["advantage"] == 0.8
     assert found["start in-process p50 (peer: enqueue)"]["advantage"] == 0.5
+    assert found["engine start in-process p50 (peer: enqueue)"]["advantage"] == 1.5
     assert found["step gap p50 (fn end -> next fn start)"]["signoff"]["value"] == 2.5
     report["comparisons"] = runner.comparisons(report)
     text = runner.render(report)
