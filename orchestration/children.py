@@ -33,6 +33,7 @@ How it stays consistent:
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -54,7 +55,6 @@ from .engine import LockedInstance, definition_of, lock_instance, step_context, 
 from .engine.context import jsonable
 from .engine.starting import child_create, child_input_checked
 from .errors import SignoffError
-from .ids import new_id
 from .journal import Journal
 from .jsonsafe import string_problem
 from .kinds import StepKind, register_kind
@@ -308,7 +308,7 @@ def start_child(locked: LockedInstance, step: StepRun, spec: ChildStep) -> None:
         step.timeout_at = None
         locked.fail_step(step, exc.error, reason="child_not_started")
         return
-    child_id = new_id()
+    child_id = uuid.uuid4()
     step.next_attempt_at = None
     step.timeout_at = journal.now + spec.timeout if spec.timeout else None
     journal.record(

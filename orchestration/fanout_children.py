@@ -35,6 +35,7 @@ A child item has no attempt timeout of its own: give the child workflow a ``dead
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -57,7 +58,6 @@ from .fanout_runners import (
     TaskItemRunner,
     register_item_runner,
 )
-from .ids import new_id
 from .models import INSTANCE_FINISHED, InstanceState, StepState, WorkflowInstance
 
 M = MapItemState
@@ -201,7 +201,7 @@ class ChildItemRunner(TaskItemRunner):
             business_key=key,
             parent_item=item,
             parent_attempt=item.attempt,
-            instance_id=new_id(),
+            instance_id=uuid.uuid4(),
             started_by=parent.started_by if parent.started_by_id else None,
             actor="system",
         )

@@ -6,6 +6,7 @@ row, calls a transition, saves and appends the event in one transaction.
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from django.conf import settings
@@ -14,8 +15,6 @@ from django.db.models import F, Q, Value
 from django.db.models.functions import Coalesce
 from django.utils.translation import gettext_lazy as _
 from django_fsm import FSMField, FSMModelMixin, transition
-
-from .ids import new_id
 
 
 class InstanceState(models.TextChoices):
@@ -76,7 +75,7 @@ KEY_OWNER = Coalesce(F("started_by"), Value(0))
 class WorkflowInstance(FSMModelMixin, models.Model):
     """One execution of a workflow definition, pinned to the version it started on."""
 
-    id = models.UUIDField(primary_key=True, default=new_id, editable=False)
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     workflow = models.CharField(max_length=100)
     version = models.PositiveIntegerField()
     state = FSMField(default=I.PENDING, choices=I.choices, protected=True)
@@ -545,7 +544,7 @@ class Attachment(models.Model):
     their own things without a foreign key into their tables. The bytes live in the
     ``attachments`` storage under ``storage_key``, a random name that is never shown."""
 
-    id = models.UUIDField(primary_key=True, default=new_id, editable=False)
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     instance = models.ForeignKey(
         WorkflowInstance, on_delete=models.CASCADE, related_name="attachments", db_index=False
     )

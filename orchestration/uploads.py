@@ -31,6 +31,7 @@ import logging
 import re
 import secrets
 import unicodedata
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,7 +46,6 @@ from django.dispatch import receiver
 
 from .errors import InvalidInput
 from .file_refs import ref
-from .ids import new_id
 from .journal import Journal
 from .models import Attachment, WorkflowInstance
 
@@ -366,7 +366,7 @@ class PendingFiles:
         user = self.user if getattr(self.user, "pk", None) else None
         self.rows = [
             Attachment(
-                id=new_id(),
+                id=uuid.uuid4(),
                 position=position,
                 context=self.context,
                 name=c.name,
