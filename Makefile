@@ -73,7 +73,7 @@ replica:
 # test process and its worker going through PgBouncer and RabbitMQ as the broker.
 test: install browser messages axe imports servers
 	$(PY) -m tests.services --replica
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadgroup
 	$(MAKE) --no-print-directory test-pooled
 
 # The end-to-end subset through PgBouncer on RabbitMQ (what `make test` runs after the suite),

@@ -59,7 +59,9 @@ class WorkerProcess:
         self.database_url = database_url
         self.extra_env = dict(extra_env or {})
         self.process: subprocess.Popen | None = None
-        self.log = ROOT / "var" / "test-worker.log"
+        # One log per pytest-xdist worker (gw0, gw1), "test-worker.log" without xdist.
+        suffix = os.environ.get("PYTEST_XDIST_WORKER", "")
+        self.log = ROOT / "var" / f"test-worker{'-' + suffix if suffix else ''}.log"
 
     def env(self) -> dict[str, str]:
         db = settings.DATABASES["default"]

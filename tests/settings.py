@@ -9,6 +9,25 @@ RabbitMQ").
 
 import os
 
+# pytest-xdist (`make test` runs two worker processes, gw0 and gw1): each its own Redis
+# database, counting down from the given one (15 for gw0, 14 for gw1), as its test database
+# gets pytest-django's `_gw0`/`_gw1` suffix. The processes a test starts (the Celery worker)
+# inherit the shifted URL and the mark below, so they never shift it twice.
+_XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+if _XDIST_WORKER.startswith("gw") and not os.environ.get("SIGNOFF_TEST_XDIST_SHIFTED"):
+    _base, _, _db = os.environ.get(
+        "SIGNOFF_TEST_REDIS_URL", "redis://127.0.0.1:6379/15"
+    ).rpartition("/")
+    os.environ["SIGNOFF_TEST_REDIS_URL"] = f"{_base}/{int(_db) - int(_XDIST_WORKER[2:])}"
+    os.environ["SIGNOFF_TEST_XDIST_SHIFTED"] = _XDIST_WORKER
+    # Uploaded files too (the orphan sweep's tests list the whole folder).
+    if "SIGNOFF_FILES_DIR" not in os.environ:
+        from pathlib import Path
+
+        os.environ["SIGNOFF_FILES_DIR"] = str(
+            Path(__file__).resolve().parent.parent / "var" / f"test-files-{_XDIST_WORKER}"
+        )
+
 os.environ["DATABASE_URL"] = os.environ.get(
     "SIGNOFF_TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/signoff"
 )

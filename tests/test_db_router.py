@@ -15,7 +15,11 @@ from config.db_router import ReplicaRouter
 from orchestration import replica
 from tests.conftest import wait_for
 
-pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
+# xdist_group: see tests/approvals/test_read_replica.py (replay paused on the one replica).
+pytestmark = [
+    pytest.mark.django_db(transaction=True, databases="__all__"),
+    pytest.mark.xdist_group("replica"),
+]
 
 
 def replay_position() -> int:

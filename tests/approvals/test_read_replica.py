@@ -21,9 +21,12 @@ from tests.conftest import wait_for
 
 # No doorbells: a worker left running by an earlier end-to-end test would take the steps
 # this file runs in-process.
+# xdist_group: replay is paused and resumed on the one replica cluster, so every replica
+# test runs in the same pytest-xdist worker (`--dist loadgroup`), one at a time.
 pytestmark = [
     pytest.mark.django_db(transaction=True, databases="__all__"),
     pytest.mark.usefixtures("rung"),
+    pytest.mark.xdist_group("replica"),
 ]
 
 
