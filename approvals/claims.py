@@ -28,7 +28,7 @@ from django.db import transaction
 from django.utils.translation import gettext_noop
 
 from orchestration import engine
-from orchestration.errors import Conflict, InvalidInput, SignoffError
+from orchestration.errors import Conflict, InvalidInput, Message, SignoffError
 from orchestration.jsonsafe import string_problem
 from orchestration.models import StepRun
 
@@ -75,9 +75,14 @@ def _clean_note(note: Any, *, required: bool) -> str:
             code="note_required",
         )
     if len(note) > MAX_NOTE:
-        raise InvalidInput(f"the note is longer than {MAX_NOTE} characters", code="invalid")
+        raise InvalidInput(
+            Message(gettext_noop("the note is longer than %(max)s characters"), max=MAX_NOTE),
+            code="invalid",
+        )
     if string_problem(note):
-        raise InvalidInput(f"note: {string_problem(note)}", code="invalid")
+        raise InvalidInput(
+            Message(gettext_noop("note: %(problem)s"), problem=string_problem(note)), code="invalid"
+        )
     return note
 
 

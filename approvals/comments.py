@@ -24,7 +24,7 @@ from django.utils.translation import gettext_noop
 
 from integrations.mail import email_queue
 from orchestration import attachments
-from orchestration.errors import Conflict, InvalidInput, NotAllowed
+from orchestration.errors import Conflict, InvalidInput, Message, NotAllowed
 from orchestration.jsonsafe import string_problem
 
 from . import notifications, policy
@@ -43,7 +43,10 @@ def _clean_body(body: Any) -> str:
         raise InvalidInput(gettext_noop("the comment must be text"), code="invalid_comment")
     problem = string_problem(body)
     if problem:
-        raise InvalidInput(f"the comment {problem}", code="invalid_comment")
+        raise InvalidInput(
+            Message(gettext_noop("the comment %(problem)s"), problem=problem),
+            code="invalid_comment",
+        )
     body = body.strip()
     if not body:
         raise InvalidInput(
@@ -51,7 +54,13 @@ def _clean_body(body: Any) -> str:
         )
     if len(body) > MAX_BODY:
         raise InvalidInput(
-            f"the comment is {len(body)} characters long; at most {MAX_BODY} are allowed",
+            Message(
+                gettext_noop(
+                    "the comment is %(length)s characters long; at most %(max)s are allowed"
+                ),
+                length=len(body),
+                max=MAX_BODY,
+            ),
             code="comment_too_long",
         )
     return body

@@ -56,8 +56,9 @@ class ClaimSummary:
         if self.holder is None:
             return ""
         stamp = timezone.localtime(self.since).strftime("%Y-%m-%d %H:%M %Z") if self.since else ""
-        who = "you" if self.mine else self.holder
-        return f"Claimed by {who} since {stamp}"
+        if self.mine:
+            return _("Claimed by you since %(when)s") % {"when": stamp}
+        return _("Claimed by %(name)s since %(when)s") % {"name": self.holder, "when": stamp}
 
 
 def claim_summary(user: Any, approval: ApprovalRequest, *, may_decide: bool) -> ClaimSummary:
@@ -273,7 +274,9 @@ def inbox_decide(request: HttpRequest, pk: int) -> HttpResponse:
         approval = visible_or_404(request, pk)
         for errors in form.errors.values():
             for error in errors:
-                messages.error(request, f"Your decision was not recorded: {error}")
+                messages.error(
+                    request, _("Your decision was not recorded: %(why)s") % {"why": error}
+                )
         return render_detail(request, approval, form, status=400)
     outcome = form.cleaned_data["outcome"]
     try:
@@ -341,7 +344,7 @@ def inbox_comment(request: HttpRequest, pk: int) -> HttpResponse:
     if not form.is_valid():
         for errors in form.errors.values():
             for error in errors:
-                messages.error(request, f"Your comment was not posted: {error}")
+                messages.error(request, _("Your comment was not posted: %(why)s") % {"why": error})
         return render_detail(request, approval, DecisionForm(), status=400, comment_form=form)
     try:
         posted = comments.comment_post(

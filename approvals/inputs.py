@@ -8,7 +8,7 @@ from typing import Any
 
 from django.utils.translation import gettext_noop
 
-from orchestration.errors import InvalidInput
+from orchestration.errors import InvalidInput, Message
 from orchestration.jsonsafe import string_problem
 
 from .models import DECISIONS, Channel, Outcome
@@ -44,9 +44,13 @@ def clean_comment(comment: Any) -> str:
         raise InvalidInput(gettext_noop("comment must be a string"))
     comment = comment.strip()
     if len(comment) > MAX_COMMENT:
-        raise InvalidInput(f"comment is longer than {MAX_COMMENT} characters")
+        raise InvalidInput(
+            Message(gettext_noop("comment is longer than %(max)s characters"), max=MAX_COMMENT)
+        )
     if string_problem(comment):
-        raise InvalidInput(f"comment: {string_problem(comment)}")
+        raise InvalidInput(
+            Message(gettext_noop("comment: %(problem)s"), problem=string_problem(comment))
+        )
     return comment
 
 
@@ -55,5 +59,7 @@ def clean_reason(reason: Any) -> str:
     if not isinstance(reason, str) or not reason.strip():
         raise InvalidInput(gettext_noop("a reason is required"), code="reason_required")
     if len(reason) > MAX_REASON:
-        raise InvalidInput(f"the reason is longer than {MAX_REASON} characters")
+        raise InvalidInput(
+            Message(gettext_noop("the reason is longer than %(max)s characters"), max=MAX_REASON)
+        )
     return reason.strip()

@@ -24,7 +24,7 @@ from django.utils.translation import gettext_lazy
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import ensure_csrf_cookie
 
-from orchestration.errors import Conflict, NotAllowed, NotFound, SignoffError
+from orchestration.errors import Conflict, NotAllowed, NotFound, SignoffError, localize
 
 from . import notifications, policy
 from .locale import activate_person, why
@@ -114,7 +114,7 @@ def _problem(token: ActionToken) -> tuple[str, str] | None:
     or the requester get a refusal here, on GET already (POST asks again under the lock)."""
     approval = token.request
     if approval.state != RequestState.PENDING:
-        return "resolved", _sentence(policy.already_decided_message(approval))
+        return "resolved", _sentence(localize(policy.already_decided_message(approval)))
     if token.used_at is not None:
         return "used", ""
     if token.superseded_at is not None:

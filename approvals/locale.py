@@ -22,6 +22,7 @@ from django.http import HttpRequest, HttpResponse
 from django.utils import timezone, translation
 
 from integrations.mail import register_recipient_locale
+from orchestration.errors import localized
 
 from .models import MailPreference, language_codes, time_zone_names
 
@@ -106,11 +107,11 @@ register_recipient_locale(locales_of)
 
 def why(exc: Any) -> str:
     """A service's refusal (``exc.message``) in the page's language. Services raise their
-    messages in English (the API answers them as they are) and mark the fixed ones with
-    ``gettext_noop``; the pages translate them here. A message with values in it (a name, a
-    limit) has no German entry and stays English."""
-    message = str(getattr(exc, "message", "") or "")
-    return translation.gettext(message) if message else message
+    messages in English (the API answers them as they are): the fixed ones marked with
+    ``gettext_noop``, those with values in them (a name, a limit) as an
+    :class:`orchestration.errors.Message` (a ``gettext_noop`` template and its values); the
+    pages translate them here (:func:`orchestration.errors.localized`)."""
+    return localized(exc)
 
 
 def activate_person(request: HttpRequest, user_id: int) -> None:

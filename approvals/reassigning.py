@@ -12,7 +12,7 @@ from django.contrib.auth.models import Group
 from django.db import transaction
 from django.utils.translation import gettext_noop
 
-from orchestration.errors import InvalidInput
+from orchestration.errors import InvalidInput, Message
 
 from . import notifications, policy
 from .claims import claim_drop_if_ineligible
@@ -119,7 +119,8 @@ def _named_assignees(users: list[str], groups: list[str]) -> tuple[list[Any], li
     )
     if unknown:
         raise InvalidInput(
-            f"unknown users or groups: {', '.join(unknown)}", code="unknown_assignee"
+            Message(gettext_noop("unknown users or groups: %(names)s"), names=", ".join(unknown)),
+            code="unknown_assignee",
         )
     if not user_rows and not group_rows:
         raise InvalidInput(gettext_noop("name at least one user or group"), code="no_assignee")

@@ -111,7 +111,7 @@ def inbox_withdraw(request: HttpRequest, pk: int) -> HttpResponse:
         approval = visible_or_404(request, pk)
         for errors in form.errors.values():
             for error in errors:
-                messages.error(request, f"Not withdrawn: {error}")
+                messages.error(request, _("Not withdrawn: %(why)s") % {"why": error})
         return redirect("inbox:revise", pk=approval.pk)
     try:
         approval = services.approval_withdraw(

@@ -25,7 +25,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 from django.utils.translation import gettext_noop
 
-from orchestration.errors import InvalidInput
+from orchestration.errors import InvalidInput, Message
 
 from .definitions import ApprovalStep, Show
 from .models import ApprovalRequest, RequestState
@@ -66,13 +66,28 @@ class Filters:
 def _text(params: Mapping[str, Any], name: str, limit: int, label: str) -> str:
     value = params.get(name) or ""
     if not isinstance(value, str):
-        raise InvalidInput(f"{label} must be text", code="invalid_filter")
+        raise InvalidInput(
+            Message(gettext_noop("%(filter)s must be text"), filter=Message(label)),
+            code="invalid_filter",
+        )
     if "\x00" in value:
         # PostgreSQL cannot compare text holding NUL: a 400, not a 500.
-        raise InvalidInput(f"{label} cannot contain NUL characters", code="invalid_filter")
+        raise InvalidInput(
+            Message(
+                gettext_noop("%(filter)s cannot contain NUL characters"), filter=Message(label)
+            ),
+            code="invalid_filter",
+        )
     value = value.strip()
     if len(value) > limit:
-        raise InvalidInput(f"{label}: at most {limit} characters", code="invalid_filter")
+        raise InvalidInput(
+            Message(
+                gettext_noop("%(filter)s: at most %(max)s characters"),
+                filter=Message(label),
+                max=limit,
+            ),
+            code="invalid_filter",
+        )
     return value
 
 
@@ -101,15 +116,15 @@ def _moment(value: str) -> datetime:
 def parse_filters(params: Mapping[str, Any], *, search: str = "search") -> Filters:
     """The filters of a query string (``search`` names the text search's parameter: ``q``
     on the web page). Wrong input is :class:`InvalidInput` with words for people."""
-    overdue = _text(params, "overdue", 10, "overdue").lower()
+    overdue = _text(params, "overdue", 10, gettext_noop("overdue")).lower()
     if overdue not in TRUE + FALSE:
         raise InvalidInput(gettext_noop("overdue must be true or false"), code="invalid_filter")
-    due = _text(params, "due_before", 40, "due before")
+    due = _text(params, "due_before", 40, gettext_noop("due before"))
     return Filters(
-        search=_text(params, search, SEARCH_MAX, "search"),
-        workflow=_text(params, "workflow", NAME_MAX, "workflow"),
-        step=_text(params, "step", NAME_MAX, "step"),
-        requester=_text(params, "requester", NAME_MAX, "requester"),
+        search=_text(params, search, SEARCH_MAX, gettext_noop("search")),
+        workflow=_text(params, "workflow", NAME_MAX, gettext_noop("workflow")),
+        step=_text(params, "step", NAME_MAX, gettext_noop("step")),
+        requester=_text(params, "requester", NAME_MAX, gettext_noop("requester")),
         overdue=overdue in TRUE,
         due_before=_moment(due) if due else None,
     )

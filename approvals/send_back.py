@@ -13,7 +13,7 @@ from django.db import transaction
 from django.utils.translation import gettext_noop
 
 from orchestration import attachments, engine
-from orchestration.errors import Conflict, InvalidInput, NotAllowed
+from orchestration.errors import Conflict, InvalidInput, Message, NotAllowed
 from orchestration.jsonsafe import string_problem
 from orchestration.models import StepRun
 
@@ -110,9 +110,13 @@ def _clean_changes(changes: Any, request: ApprovalRequest) -> dict[str, Any]:
         )
     refused = sorted(str(name) for name in changes if name not in request.revisable)
     if refused:
-        allowed = ", ".join(request.revisable) or "none"
+        allowed = ", ".join(request.revisable) or Message(gettext_noop("none"))
         raise InvalidInput(
-            f"not revisable in this step: {', '.join(refused)} (revisable: {allowed})",
+            Message(
+                gettext_noop("not revisable in this step: %(fields)s (revisable: %(allowed)s)"),
+                fields=", ".join(refused),
+                allowed=allowed,
+            ),
             code="not_revisable",
             errors={"input": [f"{name}: not revisable" for name in refused]},
         )
@@ -213,8 +217,14 @@ def _revision_files(
     field = getattr(locked.definition, "attachments", None)
     if field is None or field not in request.revisable:
         raise InvalidInput(
-            "this step takes no files on a resubmission"
-            + (f" ({field} is not revisable here)" if field else ""),
+            Message(
+                gettext_noop(
+                    "this step takes no files on a resubmission (%(field)s is not revisable here)"
+                ),
+                field=field,
+            )
+            if field
+            else gettext_noop("this step takes no files on a resubmission"),
             code="not_revisable",
             errors={"files": ["not revisable in this step"]},
         )

@@ -15,6 +15,7 @@ from django.db.models import Q, QuerySet
 from django.http import HttpRequest
 from django.utils.html import escape, format_html
 from django.utils.safestring import SafeString, mark_safe
+from django.utils.translation import gettext_lazy
 
 from orchestration.admin.shared import ReadOnlyAdminMixin, StrictActionsMixin
 from orchestration.presentation import pill, status_url
@@ -75,7 +76,10 @@ class OutboundEmailAdmin(StrictActionsMixin, ReadOnlyAdminMixin, admin.ModelAdmi
                 ]
             },
         ),
-        ("Body", {"fields": ["personal_link", "body_text_block", "body_html_preview"]}),
+        (
+            gettext_lazy("Body"),
+            {"fields": ["personal_link", "body_text_block", "body_html_preview"]},
+        ),
     ]
     readonly_fields = [
         "kind",
@@ -112,15 +116,15 @@ class OutboundEmailAdmin(StrictActionsMixin, ReadOnlyAdminMixin, admin.ModelAdmi
             pass
         return queryset.filter(q), False
 
-    @admin.display(description="to")
+    @admin.display(description=gettext_lazy("to"))
     def recipients(self, obj: OutboundEmail) -> str:
         return ", ".join(obj.to or [])
 
-    @admin.display(description="status", ordering="status")
+    @admin.display(description=gettext_lazy("status"), ordering="status")
     def status_pill(self, obj: OutboundEmail) -> str:
         return pill(obj.status, obj.get_status_display())
 
-    @admin.display(description="instance")
+    @admin.display(description=gettext_lazy("instance"))
     def instance(self, obj: OutboundEmail) -> str:
         if not obj.instance_id:
             return "—"
@@ -128,23 +132,23 @@ class OutboundEmailAdmin(StrictActionsMixin, ReadOnlyAdminMixin, admin.ModelAdmi
             '<a href="{}">{}</a>', status_url(obj.instance_id), str(obj.instance_id)[:8]
         )
 
-    @admin.display(description="last error")
+    @admin.display(description=gettext_lazy("last error"))
     def last_error_block(self, obj: OutboundEmail) -> str:
         if not obj.last_error:
             return "—"
         return format_html('<pre class="so-json">{}</pre>', obj.last_error)
 
-    @admin.display(description="personal link")
+    @admin.display(description=gettext_lazy("personal link"))
     def personal_link(self, obj: OutboundEmail) -> str:
         if not obj.link_ref and LINK_PLACEHOLDER not in obj.body_text:
             return "—"
         return format_html("<code>{}</code> — {}", LINK_PLACEHOLDER, LINK_NOTE)
 
-    @admin.display(description="text")
+    @admin.display(description=gettext_lazy("text"))
     def body_text_block(self, obj: OutboundEmail) -> str:
         return format_html('<pre class="so-json">{}</pre>', _marked(obj.body_text))
 
-    @admin.display(description="HTML")
+    @admin.display(description=gettext_lazy("HTML"))
     def body_html_preview(self, obj: OutboundEmail) -> str:
         if not obj.body_html:
             return "—"

@@ -15,6 +15,8 @@ from django.contrib import admin, messages
 from django.db.models import Count, Q, QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html, format_html_join
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 
 from orchestration.actors import actor_of
 from orchestration.admin.shared import ReadOnlyAdminMixin, StrictActionsMixin
@@ -111,14 +113,16 @@ class AlertRuleAdmin(StrictActionsMixin, admin.ModelAdmin):
             show_new_secret(self, request, obj.name, secret)
         return super().response_change(request, obj)
 
-    @admin.display(description="webhook secret")
+    @admin.display(description=gettext_lazy("webhook secret"))
     def secret_hidden(self, obj: AlertRule) -> str:
         return masked_secret_line(
             obj.secret_hint(), obj.webhook_previous_secret, obj.webhook_previous_secret_expires_at
         )
 
     @admin.action(
-        description="Rotate webhook secret (the previous one keeps signing for the overlap)",
+        description=gettext_lazy(
+            "Rotate webhook secret (the previous one keeps signing for the overlap)"
+        ),
         permissions=["change"],
     )
     def rotate_webhook_secret(self, request: HttpRequest, queryset: QuerySet) -> None:
@@ -126,11 +130,11 @@ class AlertRuleAdmin(StrictActionsMixin, admin.ModelAdmin):
             secret = alert_rule_secret_rotate(rule_id=rule.pk)
             show_rotated_secret(self, request, rule.name, secret)
 
-    @admin.display(description="workflow")
+    @admin.display(description=gettext_lazy("workflow"))
     def workflow_filter(self, obj: AlertRule) -> str:
         return obj.workflow or "all"
 
-    @admin.display(description="channels")
+    @admin.display(description=gettext_lazy("channels"))
     def channels(self, obj: AlertRule) -> str:
         parts = []
         if obj.mail_addresses:
@@ -141,7 +145,7 @@ class AlertRuleAdmin(StrictActionsMixin, admin.ModelAdmin):
             parts.append("webhook")
         return ", ".join(parts) or "—"
 
-    @admin.display(description="firing", ordering="firing_count")
+    @admin.display(description=gettext_lazy("firing"), ordering="firing_count")
     def firing(self, obj: AlertRule) -> int:
         return getattr(obj, "firing_count", 0)
 
@@ -188,8 +192,8 @@ class AlertAdmin(StrictActionsMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
                 ]
             },
         ),
-        ("Notices", {"fields": ["deliveries_table"]}),
-        ("Details", {"fields": ["details_block"]}),
+        (gettext_lazy("Notices"), {"fields": ["deliveries_table"]}),
+        (gettext_lazy("Details"), {"fields": ["details_block"]}),
     ]
     readonly_fields = [
         "rule",
@@ -210,7 +214,9 @@ class AlertAdmin(StrictActionsMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     def has_resolve_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm(RESOLVE_PERMISSION)
 
-    @admin.action(description="Resolve now (selected alerts)", permissions=["resolve"])
+    @admin.action(
+        description=gettext_lazy("Resolve now (selected alerts)"), permissions=["resolve"]
+    )
     def resolve_now(self, request: HttpRequest, queryset: QuerySet) -> None:
         actor = actor_of(request.user)
         resolved, left = 0, 0
@@ -221,16 +227,22 @@ class AlertAdmin(StrictActionsMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
                 left += 1
         if resolved:
             self.message_user(
-                request, f"{resolved} alerts resolved; resolved notices queued.", messages.SUCCESS
+                request,
+                _("%(count)d alerts resolved; resolved notices queued.") % {"count": resolved},
+                messages.SUCCESS,
             )
         if left:
-            self.message_user(request, f"{left} not resolved: already resolved.", messages.WARNING)
+            self.message_user(
+                request,
+                _("%(count)d not resolved: already resolved.") % {"count": left},
+                messages.WARNING,
+            )
 
-    @admin.display(description="state", ordering="state")
+    @admin.display(description=gettext_lazy("state"), ordering="state")
     def state_pill(self, obj: Alert) -> str:
         return pill(obj.state)
 
-    @admin.display(description="instance")
+    @admin.display(description=gettext_lazy("instance"))
     def instance(self, obj: Alert) -> str:
         if not obj.instance_id:
             return "—"
@@ -238,7 +250,7 @@ class AlertAdmin(StrictActionsMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
             '<a href="{}">{}</a>', status_url(obj.instance_id), str(obj.instance_id)[:8]
         )
 
-    @admin.display(description="notices")
+    @admin.display(description=gettext_lazy("notices"))
     def deliveries_table(self, obj: Alert) -> str:
         rows = []
         mail_ids = [
@@ -264,6 +276,6 @@ class AlertAdmin(StrictActionsMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
             format_html_join("", "<li><strong>{}</strong> by {}: {}</li>", rows),
         )
 
-    @admin.display(description="details (masked)")
+    @admin.display(description=gettext_lazy("details (masked)"))
     def details_block(self, obj: Alert) -> str:
         return json_block(obj.details)

@@ -17,6 +17,8 @@ from django.db.models import Q, QuerySet
 from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 
 from orchestration.actors import actor_of
 from orchestration.admin.shared import ReadOnlyAdminMixin, StrictActionsMixin
@@ -85,8 +87,10 @@ def show_new_secret(
     model_admin.message_user(
         request,
         format_html(
-            "Signing secret of {}: <code>{}</code> — copy it now and give it to the "
-            "receiver; it is not shown again.",
+            _(
+                "Signing secret of {}: <code>{}</code> — copy it now and give it to the "
+                "receiver; it is not shown again."
+            ),
             name,
             secret,
         ),
@@ -102,8 +106,10 @@ def show_rotated_secret(
     model_admin.message_user(
         request,
         format_html(
-            "New signing secret of {}: <code>{}</code> — copy it now, it is not shown "
-            "again. The previous secret signs too for {} hours.",
+            _(
+                "New signing secret of {}: <code>{}</code> — copy it now, it is not shown "
+                "again. The previous secret signs too for {} hours."
+            ),
             name,
             secret,
             f"{hours:g}",
@@ -151,21 +157,21 @@ class WebhookSubscriptionAdmin(StrictActionsMixin, admin.ModelAdmin):
         show_new_secret(self, request, obj.name, open_secret(obj.secret))
         return super().response_add(request, obj, post_url_continue)
 
-    @admin.display(description="secret")
+    @admin.display(description=gettext_lazy("secret"))
     def secret_hidden(self, obj: WebhookSubscription) -> str:
         return masked_secret_line(
             obj.secret_hint(), obj.previous_secret, obj.previous_secret_expires_at
         )
 
-    @admin.display(description="events")
+    @admin.display(description=gettext_lazy("events"))
     def events(self, obj: WebhookSubscription) -> str:
         return ", ".join(obj.event_types) if obj.event_types else "all lifecycle events"
 
-    @admin.display(description="workflows")
+    @admin.display(description=gettext_lazy("workflows"))
     def workflow_filter(self, obj: WebhookSubscription) -> str:
         return ", ".join(obj.workflows) if obj.workflows else "all"
 
-    @admin.display(description="deliveries")
+    @admin.display(description=gettext_lazy("deliveries"))
     def deliveries_link(self, obj: WebhookSubscription) -> str:
         if obj.pk is None:
             return "—"
@@ -173,7 +179,7 @@ class WebhookSubscriptionAdmin(StrictActionsMixin, admin.ModelAdmin):
         return format_html('<a href="{}?subscription__id__exact={}">deliveries</a>', url, obj.pk)
 
     @admin.action(
-        description="Rotate secret (the previous one keeps signing for the overlap)",
+        description=gettext_lazy("Rotate secret (the previous one keeps signing for the overlap)"),
         permissions=["change"],
     )
     def rotate_secret(self, request: HttpRequest, queryset: QuerySet) -> None:
@@ -219,8 +225,8 @@ class WebhookDeliveryAdmin(StrictActionsMixin, ReadOnlyAdminMixin, admin.ModelAd
                 ]
             },
         ),
-        ("Attempts", {"fields": ["history_table"]}),
-        ("Payload", {"fields": ["payload_block"]}),
+        (gettext_lazy("Attempts"), {"fields": ["history_table"]}),
+        (gettext_lazy("Payload"), {"fields": ["payload_block"]}),
     ]
     readonly_fields = [
         "subscription",
@@ -254,7 +260,9 @@ class WebhookDeliveryAdmin(StrictActionsMixin, ReadOnlyAdminMixin, admin.ModelAd
             pass
         return queryset.filter(q), False
 
-    @admin.action(description="Retry delivery (selected deliveries)", permissions=["operate"])
+    @admin.action(
+        description=gettext_lazy("Retry delivery (selected deliveries)"), permissions=["operate"]
+    )
     def retry_deliveries(self, request: HttpRequest, queryset: QuerySet) -> None:
         actor = actor_of(request.user)
         retried, refused = 0, 0
@@ -265,32 +273,35 @@ class WebhookDeliveryAdmin(StrictActionsMixin, ReadOnlyAdminMixin, admin.ModelAd
                 refused += 1
         if retried:
             self.message_user(
-                request, f"{retried} deliveries queued to be sent again.", messages.SUCCESS
+                request,
+                _("%(count)d deliveries queued to be sent again.") % {"count": retried},
+                messages.SUCCESS,
             )
         if refused:
             self.message_user(
                 request,
-                f"{refused} not retried: already delivered, or being delivered right now.",
+                _("%(count)d not retried: already delivered, or being delivered right now.")
+                % {"count": refused},
                 messages.WARNING,
             )
 
-    @admin.display(description="status", ordering="status")
+    @admin.display(description=gettext_lazy("status"), ordering="status")
     def status_pill(self, obj: WebhookDelivery) -> str:
         return pill(obj.status, obj.get_status_display())
 
-    @admin.display(description="instance")
+    @admin.display(description=gettext_lazy("instance"))
     def instance(self, obj: WebhookDelivery) -> str:
         return format_html(
             '<a href="{}">{}</a>', status_url(obj.instance_id), str(obj.instance_id)[:8]
         )
 
-    @admin.display(description="last error")
+    @admin.display(description=gettext_lazy("last error"))
     def last_error_block(self, obj: WebhookDelivery) -> str:
         if not obj.last_error:
             return "—"
         return format_html('<pre class="so-json">{}</pre>', obj.last_error)
 
-    @admin.display(description="attempts")
+    @admin.display(description=gettext_lazy("attempts"))
     def history_table(self, obj: WebhookDelivery) -> str:
         if not obj.history:
             return "—"
@@ -303,6 +314,6 @@ class WebhookDeliveryAdmin(StrictActionsMixin, ReadOnlyAdminMixin, admin.ModelAd
             ),
         )
 
-    @admin.display(description="body (id added when sent)")
+    @admin.display(description=gettext_lazy("body (id added when sent)"))
     def payload_block(self, obj: WebhookDelivery) -> str:
         return json_block(obj.payload)

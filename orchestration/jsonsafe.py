@@ -13,6 +13,10 @@ import math
 import re
 from typing import Any
 
+from django.utils.translation import gettext_noop
+
+from .errors import Message
+
 # Deeper than this is not a business document; it also keeps every later json.dumps of the
 # value (fingerprint, storage, step contexts) far from Python's recursion limit.
 MAX_JSON_DEPTH = 32
@@ -77,11 +81,11 @@ def loads(text: str | bytes, *, max_depth: int = MAX_JSON_PARSE_DEPTH) -> Any:
 
 def string_problem(value: str) -> str | None:
     if "\x00" in value:
-        return "strings must not contain NUL characters"
+        return Message(gettext_noop("strings must not contain NUL characters"))
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        return "strings must be valid Unicode (no lone surrogates)"
+        return Message(gettext_noop("strings must be valid Unicode (no lone surrogates)"))
     return None
 
 

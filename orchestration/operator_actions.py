@@ -25,12 +25,12 @@ from django import forms
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest
-from django.utils.translation import gettext_lazy
+from django.utils.translation import gettext, gettext_lazy, ngettext
 
 from . import engine, jsonsafe, kinds
 from .actors import actor_of
 from .definitions import TaskStep, registry
-from .errors import InvalidInput, NotAllowed, SignoffError
+from .errors import InvalidInput, NotAllowed, SignoffError, localized
 from .models import StepRun, WorkflowInstance
 from .selectors import OPERATE_PERMISSION
 
@@ -114,7 +114,7 @@ class Operation:
 
     name: str
     label: str
-    done: str  # "{n} instance(s) retried" -> the past participle
+    done: str  # "{n} instance(s) retried" -> the past participle (gettext_lazy)
     question: str
     form: type[forms.Form]
     run: Callable[[Any, Any, dict[str, Any]], Any]  # (target, user, form data)
@@ -148,7 +148,7 @@ INSTANCE_OPERATIONS: dict[str, Operation] = {
         Operation(
             name="retry",
             label=gettext_lazy("Retry failed steps"),
-            done="retried",
+            done=gettext_lazy("retried"),
             question=gettext_lazy(
                 "Retry the failed, timed-out and cancelled steps, each with a fresh retry budget?"
             ),
@@ -162,7 +162,7 @@ INSTANCE_OPERATIONS: dict[str, Operation] = {
         Operation(
             name="resume",
             label=gettext_lazy("Resume (ring now)"),
-            done="resumed",
+            done=gettext_lazy("resumed"),
             question=gettext_lazy(
                 "Ring the doorbell of every scheduled or retrying step now, skipping "
                 "backoffs (use after the broker lost its messages)?"
@@ -176,7 +176,7 @@ INSTANCE_OPERATIONS: dict[str, Operation] = {
         Operation(
             name="pause",
             label=gettext_lazy("Pause"),
-            done="paused",
+            done=gettext_lazy("paused"),
             question=gettext_lazy(
                 "Pause: nothing new is scheduled or started until you unpause; running "
                 "attempts finish."
@@ -188,7 +188,7 @@ INSTANCE_OPERATIONS: dict[str, Operation] = {
         Operation(
             name="unpause",
             label=gettext_lazy("Unpause"),
-            done="unpaused",
+            done=gettext_lazy("unpaused"),
             question=gettext_lazy(
                 "Unpause: ring the waiting steps and schedule what became ready?"
             ),
@@ -201,7 +201,7 @@ INSTANCE_OPERATIONS: dict[str, Operation] = {
         Operation(
             name="cancel",
             label=gettext_lazy("Cancel"),
-            done="cancelled",
+            done=gettext_lazy("cancelled"),
             question=gettext_lazy(
                 "Cancel: open steps are cancelled (pending approvals too); running attempts "
                 "finish but their results are ignored."
@@ -229,7 +229,7 @@ STEP_OPERATIONS: dict[str, Operation] = {
         Operation(
             name="retry-now",
             label=gettext_lazy("Retry now"),
-            done="scheduled again",
+            done=gettext_lazy("scheduled again"),
             question=gettext_lazy(
                 "Run this step again now (a retrying step skips the rest of its backoff; a "
                 "failed one gets a fresh retry budget and its instance runs again)?"
@@ -249,7 +249,7 @@ STEP_OPERATIONS: dict[str, Operation] = {
         Operation(
             name="complete",
             label=gettext_lazy("Complete by hand…"),
-            done="completed by hand",
+            done=gettext_lazy("completed by hand"),
             question=gettext_lazy(
                 "Mark this step succeeded with the output you give (after doing its work "
                 "by hand). The flow continues from here."
@@ -305,22 +305,36 @@ class Report:
         named at most); ``refused_noun`` words the second ("" for "2 refused — …")."""
         out: list[tuple[int, str]] = []
         if self.done:
-            out.append((messages.SUCCESS, f"{_count(len(self.done), noun)} {op.done}."))
+            out.append((messages.SUCCESS, done_line(_count(len(self.done), noun), op)))
         if self.refused:
             n = len(self.refused)
             shown = "; ".join(f"{label}: {why}" for label, why in self.refused[:20])
-            more = f"; and {n - 20} more" if n > 20 else ""
+            if n > 20:
+                shown += gettext("; and %(count)s more") % {"count": n - 20}
             counted = _count(n, noun if refused_noun is None else refused_noun)
             out.append(
                 (
                     messages.WARNING if self.done else messages.ERROR,
-                    f"{counted} refused — {shown}{more}",
+                    gettext("%(counted)s refused — %(refusals)s")
+                    % {"counted": counted, "refusals": shown},
                 )
             )
         return out
 
 
+def done_line(subject: str, op: Operation) -> str:
+    """ "Instance 1a2b3c4d retried." (or "3 instances retried."), in the active language."""
+    return gettext("%(subject)s %(done)s.") % {
+        "subject": f"{subject[:1].upper()}{subject[1:]}",
+        "done": op.done,
+    }
+
+
 def _count(n: int, noun: str) -> str:
+    if noun == "instance":
+        return ngettext("%(count)d instance", "%(count)d instances", n) % {"count": n}
+    if noun == "request":
+        return ngettext("%(count)d request", "%(count)d requests", n) % {"count": n}
     return f"{n} {noun}{'s' if n != 1 else ''}" if noun else str(n)
 
 
@@ -338,7 +352,7 @@ def operate(
         try:
             op.run(target, user, data)
         except SignoffError as exc:
-            report.refused.append((label(target), exc.message))
+            report.refused.append((label(target), localized(exc)))
         else:
             report.done.append(target)
     return report
@@ -370,7 +384,7 @@ def confirm_and_run(
     target: Any,
     *,
     subject: str,
-    refused: str = "Refused",
+    refused: str | None = None,
     invalid_status: int = 400,
 ) -> Confirmation | None:
     """``op`` on one target (an instance or a step), asked first: a GET, or a POST without
@@ -378,9 +392,10 @@ def confirm_and_run(
     ``confirm`` and a valid form calls the service once.
 
     Returns None when it ran ("<Subject> <done>.", or ``op.success``, as a success message) or
-    the service refused it ("<refused>: <why>" as an error message): the caller goes back to
-    its page. Bad input (400) or a refusal of the decision policy (403) shows the form again
-    with why; an invalid form answers ``invalid_status``.
+    the service refused it ("<refused>: <why>" as an error message; by default "Refused"):
+    the caller goes back to its page. Bad input (400) or a refusal of the decision policy
+    (403) shows the form again with why; an invalid form answers ``invalid_status``. The
+    lines and the refusals are in the active language.
     """
     form, confirmed = _confirmation_form(
         request, op, op.form_kwargs(target) if op.form_kwargs else None
@@ -392,15 +407,19 @@ def confirm_and_run(
     try:
         op.run(target, request.user, form.cleaned_data)
     except (InvalidInput, NotAllowed) as exc:
-        form.add_error(None, exc.message)
+        form.add_error(None, localized(exc))
         return Confirmation(form, exc.status)
     except SignoffError as exc:
-        messages.error(request, f"{refused}: {exc.message}")
+        messages.error(
+            request,
+            gettext("%(refused)s: %(why)s")
+            % {"refused": refused or gettext("Refused"), "why": localized(exc)},
+        )
         return None
     if op.success is not None:
         messages.success(request, op.success(target, form.cleaned_data))
     else:
-        messages.success(request, f"{subject[:1].upper()}{subject[1:]} {op.done}.")
+        messages.success(request, done_line(subject, op))
     return None
 
 

@@ -103,7 +103,7 @@ def instance_repairs() -> list[Operation]:
         Operation(
             name="edit-input",
             label=gettext_lazy("Edit input…"),
-            done="input edited",
+            done=gettext_lazy("input edited"),
             question=gettext_lazy(
                 "Replace the instance's input (checked against the workflow's schema; "
                 "sensitive fields sealed again). Nothing runs: retry afterwards."
@@ -123,7 +123,7 @@ def instance_repairs() -> list[Operation]:
         Operation(
             name="retry-undo",
             label=gettext_lazy("Retry the undo"),
-            done="undo retried",
+            done=gettext_lazy("undo retried"),
             question=gettext_lazy(
                 "Run the failed compensations (the undo of finished steps) again, each "
                 "with a fresh retry budget? No forward step runs again."
@@ -144,7 +144,7 @@ def step_repairs() -> list[Operation]:
         Operation(
             name="edit-output",
             label=gettext_lazy("Edit output…"),
-            done="output edited",
+            done=gettext_lazy("output edited"),
             question=gettext_lazy(
                 "Replace this finished step's output (sensitive fields sealed again). "
                 "Steps that run after your retry read the new one."
@@ -168,7 +168,7 @@ def step_repairs() -> list[Operation]:
         Operation(
             name="skip",
             label=gettext_lazy("Skip…"),
-            done="skipped",
+            done=gettext_lazy("skipped"),
             question=gettext_lazy(
                 "Skip this step: it ends skipped (nothing to undo) with the output you "
                 "give, and the instance goes on from here."
@@ -194,7 +194,7 @@ def step_repairs() -> list[Operation]:
         Operation(
             name="reset",
             label=gettext_lazy("Re-run from here…"),
-            done="reset: the instance runs again from it",
+            done=gettext_lazy("reset: the instance runs again from it"),
             question=gettext_lazy(
                 "Reset this step and every step after it to pending and run them again "
                 "(what they did before is not undone). Other failed steps are retried."
@@ -218,7 +218,7 @@ def step_repairs() -> list[Operation]:
         Operation(
             name="resolve-undo",
             label=gettext_lazy("Mark undone by hand…"),
-            done="marked undone by hand",
+            done=gettext_lazy("marked undone by hand"),
             question=gettext_lazy(
                 "Its compensation failed for good. Mark the step undone (you reverted "
                 "its effect by hand); the rest of the undo goes on."

@@ -8,12 +8,13 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.utils.translation import gettext as _
 from django.views.decorators.http import require_GET, require_http_methods
 
 from . import attachments, engine, start
 from .actors import actor_of
 from .definitions import registry
-from .errors import SignoffError
+from .errors import SignoffError, localized
 from .middleware import accepts_uploads
 
 
@@ -61,13 +62,18 @@ def start_form(request: HttpRequest, name: str) -> HttpResponse:
                     files=request.FILES.getlist("files"),
                 )
             except SignoffError as exc:
-                form.add_error(None, exc.message)
+                form.add_error(None, localized(exc))
                 status = exc.status if exc.status in (400, 403, 409) else 400
             else:
                 if created:
-                    messages.success(request, f"Started {definition.name}: follow it here.")
+                    messages.success(
+                        request,
+                        _("Started %(workflow)s: follow it here.") % {"workflow": definition.name},
+                    )
                 else:
-                    messages.info(request, "This form was already sent: here is what it started.")
+                    messages.info(
+                        request, _("This form was already sent: here is what it started.")
+                    )
                 return redirect("instances:detail", pk=instance.pk)
         else:
             status = 400

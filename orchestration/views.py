@@ -357,7 +357,7 @@ def instance_action(request: HttpRequest, pk: Any, name: str) -> HttpResponse:
         instance,
         op,
         instance,
-        f"instance {str(instance.pk)[:8]}",
+        _("instance %(id)s") % {"id": str(instance.pk)[:8]},
         reverse("instances:action", args=[instance.pk, name]),
     )
 
@@ -375,6 +375,6 @@ def step_action(request: HttpRequest, pk: Any, step_id: int, name: str) -> HttpR
         instance,
         op,
         step,
-        f"step {step.name}",
+        _("step %(name)s") % {"name": step.name},
         reverse("instances:step-action", args=[instance.pk, step.pk, name]),
     )

@@ -8,6 +8,7 @@ from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
+from django.utils.translation import gettext_lazy
 
 from orchestration.admin.shared import ReadOnlyAdminMixin, StrictActionsMixin
 from orchestration.presentation import pill
@@ -16,7 +17,7 @@ from ..models import Delegation
 
 
 class ActiveDelegationFilter(admin.SimpleListFilter):
-    title = "active"
+    title = gettext_lazy("active")
     parameter_name = "active"
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
@@ -46,7 +47,7 @@ class DelegationAdmin(StrictActionsMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     def get_actions(self, request: HttpRequest) -> dict[str, Any]:
         return {}
 
-    @admin.display(description="status")
+    @admin.display(description=gettext_lazy("status"))
     def status(self, obj: Delegation) -> str:
         now = timezone.now()
         if obj.starts_at > now:

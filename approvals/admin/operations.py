@@ -23,6 +23,8 @@ from django.http import (
     HttpResponseRedirect,
 )
 from django.urls import path, reverse
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 
 from orchestration.admin.shared import confirm_page
 from orchestration.operator_actions import Operation, confirm_and_run, confirm_and_run_each
@@ -79,60 +81,72 @@ def _decide_on_behalf(obj: ApprovalRequest, user: Any, data: dict[str, Any]) -> 
 
 REASSIGN = Operation(
     name="reassign",
-    label="Reassign",
-    done="reassigned",
-    question="Replace the assignees of this pending request. People no longer assigned lose "
-    "their email links; newcomers get mail.",
+    label=gettext_lazy("Reassign"),
+    done=gettext_lazy("reassigned"),
+    question=gettext_lazy(
+        "Replace the assignees of this pending request. People no longer assigned lose "
+        "their email links; newcomers get mail."
+    ),
     form=ReassignForm,
     form_kwargs=_current_assignees,
     run=_reassign,
 )
 REASSIGN_EACH = Operation(
     name="reassign_selected",
-    label="Reassign approval requests",
-    done="reassigned",
-    question="Replace the assignees of each selected pending request. Decided requests are "
-    "refused.",
+    label=gettext_lazy("Reassign approval requests"),
+    done=gettext_lazy("reassigned"),
+    question=gettext_lazy(
+        "Replace the assignees of each selected pending request. Decided requests are refused."
+    ),
     form=ReassignForm,
     run=_reassign,
 )
 DECIDE_ON_BEHALF = Operation(
     name="decide",
-    label="Decide on behalf",
-    done="decided on behalf",
-    question="Record an assignee's decision for them (e.g. given by phone). It counts as "
-    "theirs under the request's policy; you and your reason are recorded.",
+    label=gettext_lazy("Decide on behalf"),
+    done=gettext_lazy("decided on behalf"),
+    question=gettext_lazy(
+        "Record an assignee's decision for them (e.g. given by phone). It counts as "
+        "theirs under the request's policy; you and your reason are recorded."
+    ),
     form=DecideOnBehalfForm,
     form_kwargs=_undecided_assignees,
     run=_decide_on_behalf,
-    success=lambda obj, data: f"Decision recorded for {data['assignee']} on “{obj.title}”.",
+    success=lambda obj, data: (
+        _("Decision recorded for %(name)s on “%(title)s”.")
+        % {"name": data["assignee"], "title": obj.title}
+    ),
 )
 # Who may release or take over is the decision policy's answer (in the service), not a model
 # permission: viewing the request is enough to ask. ``{holder}`` is filled in on the page.
 RELEASE_CLAIM = Operation(
     name="release_claim",
-    label="Release the claim",
-    done="released",
-    question="End {holder}'s claim on this request: any assignee may then decide it. Releasing "
-    "someone else's claim needs approvals.override_claim and is recorded as forced.",
+    label=gettext_lazy("Release the claim"),
+    done=gettext_lazy("released"),
+    question=gettext_lazy(
+        "End {holder}'s claim on this request: any assignee may then decide it. Releasing "
+        "someone else's claim needs approvals.override_claim and is recorded as forced."
+    ),
     form=ClaimNoteForm,
     run=lambda obj, user, data: claims.approval_release(
         request_id=obj.pk, user=user, note=data["note"], channel=Channel.ADMIN
     ),
-    success=lambda obj, data: "Claim released.",
+    success=lambda obj, data: _("Claim released."),
     operators_only=False,
 )
 TAKE_OVER_CLAIM = Operation(
     name="take_over_claim",
-    label="Take the claim over",
-    done="taken over",
-    question="Take {holder}'s claim over: you must be someone who may decide this request (a "
-    "hard claim also needs approvals.override_claim). Your note is recorded.",
+    label=gettext_lazy("Take the claim over"),
+    done=gettext_lazy("taken over"),
+    question=gettext_lazy(
+        "Take {holder}'s claim over: you must be someone who may decide this request (a "
+        "hard claim also needs approvals.override_claim). Your note is recorded."
+    ),
     form=TakeOverClaimForm,
     run=lambda obj, user, data: claims.approval_take_over(
         request_id=obj.pk, user=user, note=data["note"], channel=Channel.ADMIN
     ),
-    success=lambda obj, data: "Claim taken over: the request is yours to decide in the inbox.",
+    success=lambda obj, data: _("Claim taken over: the request is yours to decide in the inbox."),
     operators_only=False,
 )
 
@@ -212,12 +226,14 @@ class OperatorActionsMixin:
             raise Http404("No such approval request.")
         if op.operators_only and not self.has_operate_permission(request):
             raise PermissionDenied("You may not operate approval requests.")
-        confirmation = confirm_and_run(request, op, obj, subject=f"“{obj.title}”")
+        confirmation = confirm_and_run(
+            request, op, obj, subject=_("“%(title)s”") % {"title": obj.title}
+        )
         if confirmation is None:
             return HttpResponseRedirect(self._back(obj))
         question = op.question
         if "{holder}" in question:  # a claim's page names its holder
-            question = question.format(holder=selectors.claim_holder_name(obj) or "nobody")
+            question = question.format(holder=selectors.claim_holder_name(obj) or _("nobody"))
         return confirm_page(
             self,
             request,

@@ -12,6 +12,7 @@ from django.db.models import Count, QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.html import format_html
+from django.utils.translation import gettext_lazy
 
 from orchestration.admin.shared import ReadOnlyAdminMixin, StrictActionsMixin
 from orchestration.presentation import json_block, pill, status_url
@@ -61,7 +62,7 @@ class ActionTokenInline(_ReadOnlyInline):
     """Email links sent (only their hashes are stored; nothing here can act)."""
 
     model = ActionToken
-    verbose_name_plural = "Email action links"
+    verbose_name_plural = gettext_lazy("Email action links")
     fields = ["user", "purpose", "created_at", "expires_at", "used_at", "superseded_at"]
     readonly_fields = fields
     ordering = ["created_at"]
@@ -70,7 +71,9 @@ class ActionTokenInline(_ReadOnlyInline):
         return super().get_queryset(request).select_related("user")
 
 
-@admin.action(description="Reassign (selected pending requests)…", permissions=["operate"])
+@admin.action(
+    description=gettext_lazy("Reassign (selected pending requests)…"), permissions=["operate"]
+)
 def reassign_selected(
     modeladmin: ApprovalRequestAdmin, request: HttpRequest, queryset: QuerySet
 ) -> Any:
@@ -127,7 +130,7 @@ class ApprovalRequestAdmin(
             },
         ),
         (
-            "Times",
+            gettext_lazy("Times"),
             {
                 "fields": [
                     ("created_at", "due_at", "resolved_at"),
@@ -171,25 +174,25 @@ class ApprovalRequestAdmin(
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         return super().get_queryset(request).annotate(n_decisions=Count("decisions"))
 
-    @admin.display(description="state", ordering="state")
+    @admin.display(description=gettext_lazy("state"), ordering="state")
     def state_pill(self, obj: ApprovalRequest) -> str:
         return pill(obj.state, obj.get_state_display())
 
-    @admin.display(description="decisions", ordering="n_decisions")
+    @admin.display(description=gettext_lazy("decisions"), ordering="n_decisions")
     def decision_count(self, obj: ApprovalRequest) -> int:
         return getattr(obj, "n_decisions", 0)
 
-    @admin.display(description="instance")
+    @admin.display(description=gettext_lazy("instance"))
     def status_page(self, obj: ApprovalRequest) -> str:
         return format_html('<a href="{}">Status page&nbsp;→</a>', status_url(obj.instance_id))
 
-    @admin.display(description="assigned to")
+    @admin.display(description=gettext_lazy("assigned to"))
     def assignees(self, obj: ApprovalRequest) -> str:
         users = [u.get_username() for u in obj.assignee_users.all()]
         groups = [f"group {g.name}" for g in obj.assignee_groups.all()]
         return ", ".join(users + groups) or "—"
 
-    @admin.display(description="claim")
+    @admin.display(description=gettext_lazy("claim"))
     def claim_display(self, obj: ApprovalRequest) -> str:
         if not obj.claim_mode:
             return "no claims on this request"
@@ -206,6 +209,6 @@ class ApprovalRequestAdmin(
             f" ({obj.claim_mode}{expires})"
         )
 
-    @admin.display(description="what the approver sees")
+    @admin.display(description=gettext_lazy("what the approver sees"))
     def fields_pretty(self, obj: ApprovalRequest) -> str:
         return json_block(obj.fields)

@@ -10,7 +10,7 @@ from typing import Any
 from django.utils import timezone
 from django.utils.translation import gettext_noop
 
-from orchestration.errors import Conflict, NotAllowed
+from orchestration.errors import Conflict, Message, NotAllowed
 
 from ..models import ApprovalRequest, ClaimMode, ClaimState, RequestState
 from .grants import Act, Grant, stamp
@@ -19,12 +19,18 @@ from .roles import decide_grant, may_override_claims, requester_ids
 
 def claimant_name(request: ApprovalRequest) -> str:
     claimant = request.claimed_by
-    return claimant.get_username() if claimant is not None else "a removed user"
+    return (
+        claimant.get_username() if claimant is not None else Message(gettext_noop("a removed user"))
+    )
 
 
-def claimed_message(request: ApprovalRequest) -> str:
-    """ "claimed by bob since 2026-03-02 10:15:00 UTC" """
-    return f"claimed by {claimant_name(request)} since {stamp(request.claimed_at)}"
+def claimed_message(request: ApprovalRequest) -> Message:
+    """ "claimed by bob since 2026-03-02 10:15:00 UTC" (in English; a page localizes it)"""
+    return Message(
+        gettext_noop("claimed by %(name)s since %(when)s"),
+        name=claimant_name(request),
+        when=stamp(request.claimed_at),
+    )
 
 
 def claimed(request: ApprovalRequest) -> Conflict:
@@ -41,9 +47,11 @@ def check_claim(request: ApprovalRequest, person: Any, now: datetime) -> None:
 def claimable_problem(request: ApprovalRequest) -> str | None:
     """Why ``request`` takes no claims, or None. Reads the assignees (two small queries)."""
     if request.claim_mode == ClaimMode.NONE:
-        return "this request takes no claims (its step says claim=None, or several must decide)"
+        return gettext_noop(
+            "this request takes no claims (its step says claim=None, or several must decide)"
+        )
     if not request.assignee_groups.exists() and request.assignee_users.count() < 2:
-        return "this request is assigned to one person alone; it needs no claim"
+        return gettext_noop("this request is assigned to one person alone; it needs no claim")
     return None
 
 
@@ -58,10 +66,14 @@ def authorize_claim_act(
         if own:
             return Grant(act, user)
         if not may_override_claims(user):
-            hint = "; take it over instead" if request.claim_mode == ClaimMode.SOFT else ""
+            if request.claim_mode == ClaimMode.SOFT:
+                template = gettext_noop(
+                    "%(claimed)s: only they may release it; take it over instead"
+                )
+            else:
+                template = gettext_noop("%(claimed)s: only they may release it")
             raise NotAllowed(
-                f"{claimed_message(request)}: only they may release it{hint}",
-                code="not_claimant",
+                Message(template, claimed=claimed_message(request)), code="not_claimant"
             )
         if user.pk in requesters:
             raise NotAllowed(
@@ -91,8 +103,13 @@ def authorize_claim_act(
         and not may_override_claims(user)
     ):
         raise NotAllowed(
-            f"{claimed_message(request)}: a hard claim is released by its claimant or "
-            "taken over by someone allowed to override claims",
+            Message(
+                gettext_noop(
+                    "%(claimed)s: a hard claim is released by its claimant or taken over by "
+                    "someone allowed to override claims"
+                ),
+                claimed=claimed_message(request),
+            ),
             code="hard_claim",
         )
     return Grant(act, user, grant.principal, grant.via_group)

@@ -13,7 +13,7 @@ from django.contrib.auth.models import Group
 from django.db.models import Q
 from django.utils.translation import gettext_noop
 
-from orchestration.errors import Conflict, NotAllowed, NotFound
+from orchestration.errors import Conflict, Message, NotAllowed, NotFound, state_word
 from orchestration.models import WorkflowInstance
 
 from ..models import ApprovalRequest, Decision, RequestState
@@ -51,8 +51,14 @@ def authorize_request_changes(
     check_claim(request, grant.actor, now)
     if request.last_round:
         raise Conflict(
-            f"this is round {request.round} of {request.max_rounds}, the last: changes can "
-            "no longer be requested; approve or reject",
+            Message(
+                gettext_noop(
+                    "this is round %(round)s of %(max)s, the last: changes can no longer be "
+                    "requested; approve or reject"
+                ),
+                round=request.round,
+                max=request.max_rounds,
+            ),
             code="max_rounds",
         )
     if not request.has_reviser:
@@ -83,14 +89,25 @@ def authorize_on_behalf(
             gettext_noop("decide your own requests in your inbox"), code="self_assignment"
         )
     if not assignee.is_active:
-        raise NotAllowed(f"{name}'s account is deactivated", code="inactive")
+        raise NotAllowed(
+            Message(gettext_noop("%(name)s's account is deactivated"), name=name), code="inactive"
+        )
     direct, member_of = assignment(request, assignee, assigned_groups(request))
     if not direct and not member_of:
-        raise NotAllowed(f"{name} is not an assignee of this request", code="not_assignee")
+        raise NotAllowed(
+            Message(gettext_noop("%(name)s is not an assignee of this request"), name=name),
+            code="not_assignee",
+        )
     if not request.allow_self_approval and assignee.pk in requesters:
-        raise NotAllowed(f"{name} cannot decide their own request", code="self_approval")
+        raise NotAllowed(
+            Message(gettext_noop("%(name)s cannot decide their own request"), name=name),
+            code="self_approval",
+        )
     if request.decisions.filter(assignee=assignee).exists():
-        raise Conflict(f"{name} has already decided", code="already_decided")
+        raise Conflict(
+            Message(gettext_noop("%(name)s has already decided"), name=name),
+            code="already_decided",
+        )
     # The vote is the assignee's: only their own claim (or none) lets it through.
     check_claim(request, assignee, now)
     return Grant(Act.DECIDE_ON_BEHALF, user, assignee, via(member_of), on_behalf=True)
@@ -133,13 +150,24 @@ def authorize_answer(
     owners = {request.requester_id, instance.started_by_id} - {None}
     if user.pk not in owners:
         if can_see(user, request, now):
-            verb = "resubmit" if act is Act.RESUBMIT else "withdraw"
-            raise NotAllowed(f"only the requester may {verb} this request", code="not_requester")
+            if act is Act.RESUBMIT:
+                message = gettext_noop("only the requester may resubmit this request")
+            else:
+                message = gettext_noop("only the requester may withdraw this request")
+            raise NotAllowed(message, code="not_requester")
         raise NotFound(gettext_noop("approval request not found"))
     if request.state == RequestState.RESUBMITTED or request.state == RequestState.WITHDRAWN:
-        who = request.answered_by.get_username() if request.answered_by_id else "someone"
+        if request.answered_by_id:
+            who: str = request.answered_by.get_username()
+        else:
+            who = Message(gettext_noop("someone"))
         raise Conflict(
-            f"already {request.state} by {who} at {stamp(request.answered_at)}",
+            Message(
+                gettext_noop("already %(state)s by %(name)s at %(when)s"),
+                state=state_word(request.state),
+                name=who,
+                when=stamp(request.answered_at),
+            ),
             code=f"already_{request.state}",
         )
     if request.state == RequestState.PENDING:
@@ -151,7 +179,10 @@ def authorize_answer(
         raise already_decided(request)
     if instance.state != "running":
         raise Conflict(
-            f"the workflow instance is {instance.state}; it can no longer be revised",
+            Message(
+                gettext_noop("the workflow instance is %(state)s; it can no longer be revised"),
+                state=state_word(instance.state),
+            ),
             code="invalid_state",
         )
     return Grant(act, user)

@@ -10,8 +10,9 @@ from typing import Any
 
 from django.contrib.auth.models import Group
 from django.utils import timezone
+from django.utils.translation import gettext_noop
 
-from orchestration.errors import Conflict
+from orchestration.errors import Conflict, Message, state_word
 
 from ..models import ApprovalRequest, RequestState
 
@@ -83,8 +84,10 @@ class CommentGrant(Grant):
     role: str = ""
 
 
-def stamp(when: datetime | None) -> str:
-    return timezone.localtime(when).strftime("%Y-%m-%d %H:%M:%S %Z") if when else "earlier"
+def stamp(when: datetime | None) -> str:  # "earlier" is a Message: a page localizes it
+    if when is None:
+        return Message(gettext_noop("earlier"))
+    return timezone.localtime(when).strftime("%Y-%m-%d %H:%M:%S %Z")
 
 
 SENT_BACK = (RequestState.CHANGES_REQUESTED, RequestState.RESUBMITTED, RequestState.WITHDRAWN)
@@ -95,13 +98,27 @@ def already_decided(request: ApprovalRequest) -> Conflict:
     when = request.resolved_at or (last.at if last else None)
     at = stamp(when)
     if request.state in (RequestState.APPROVED, RequestState.REJECTED) and last is not None:
-        message = f"already {request.state} by {last.decided_by.get_username()} at {at}"
+        name = last.decided_by.get_username()
+        if request.state == RequestState.APPROVED:
+            message = Message(
+                gettext_noop("already approved by %(name)s at %(when)s"), name=name, when=at
+            )
+        else:
+            message = Message(
+                gettext_noop("already rejected by %(name)s at %(when)s"), name=name, when=at
+            )
     elif request.state in SENT_BACK and last is not None:
-        message = f"changes were already requested by {last.decided_by.get_username()} at {at}"
+        message = Message(
+            gettext_noop("changes were already requested by %(name)s at %(when)s"),
+            name=last.decided_by.get_username(),
+            when=at,
+        )
     else:
-        message = f"already {request.state} at {at}"
+        message = Message(
+            gettext_noop("already %(state)s at %(when)s"), state=state_word(request.state), when=at
+        )
     return Conflict(message, code="already_decided")
 
 
-def already_decided_message(request: ApprovalRequest) -> str:
+def already_decided_message(request: ApprovalRequest) -> Message:
     return already_decided(request).message

@@ -9,7 +9,7 @@ from typing import Any
 
 from django.utils.translation import gettext_noop
 
-from orchestration.errors import Conflict, NotAllowed, NotFound
+from orchestration.errors import Conflict, Message, NotAllowed, NotFound, state_word
 from orchestration.models import WorkflowInstance
 
 from ..models import ApprovalRequest, Comment, Decision
@@ -81,7 +81,10 @@ def authorize_comment(
 ) -> CommentGrant:
     if instance.state not in OPEN_INSTANCE_STATES:
         raise Conflict(
-            f"the workflow has {instance.state}: its requests take no more comments",
+            Message(
+                gettext_noop("the workflow has %(state)s: its requests take no more comments"),
+                state=state_word(instance.state),
+            ),
             code="comments_closed",
         )
     Role = Comment.Role  # noqa: N806

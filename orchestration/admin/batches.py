@@ -18,10 +18,12 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy, ngettext
 
 from .. import batches
 from ..batch_models import BATCH_ACTIVE, BatchAction, BatchItem, BatchOperation
-from ..errors import SignoffError
+from ..errors import SignoffError, localized
 from ..models import InstanceState
 from ..operator_actions import require_operator, short_label
 from ..presentation import coarse_age, json_block, pill
@@ -98,7 +100,7 @@ def _run(request: HttpRequest, form: Any, **kwargs: Any) -> BatchOperation | bat
     try:
         return batches.batch_create(user=request.user, rate=form.cleaned_data.get("rate"), **kwargs)
     except SignoffError as exc:
-        form.add_error(None, exc.message)
+        form.add_error(None, localized(exc))
         form.refused_status = exc.status
         return None
 
@@ -106,8 +108,12 @@ def _run(request: HttpRequest, form: Any, **kwargs: Any) -> BatchOperation | bat
 def _started(request: HttpRequest, batch: BatchOperation) -> HttpResponseRedirect:
     messages.success(
         request,
-        f"Batch #{batch.pk} started: {batch.action} of {batch.total} instance"
-        f"{'s' if batch.total != 1 else ''}, in the background.",
+        ngettext(
+            "Batch #%(id)s started: %(action)s of %(count)d instance, in the background.",
+            "Batch #%(id)s started: %(action)s of %(count)d instances, in the background.",
+            batch.total,
+        )
+        % {"id": batch.pk, "action": batch.action, "count": batch.total},
     )
     return HttpResponseRedirect(
         reverse("admin:orchestration_batchoperation_change", args=[batch.pk])
@@ -115,6 +121,14 @@ def _started(request: HttpRequest, batch: BatchOperation) -> HttpResponseRedirec
 
 
 # -- the instance list's actions ---------------------------------------------------------------
+
+
+BATCH_ACTION_LABELS = {
+    "retry": gettext_lazy("Retry selected (as a batch)…"),
+    "cancel": gettext_lazy("Cancel selected (as a batch)…"),
+    "pause": gettext_lazy("Pause selected (as a batch)…"),
+    "resume": gettext_lazy("Resume selected (as a batch)…"),
+}
 
 
 def batch_action(action: str) -> Any:
@@ -161,7 +175,10 @@ def batch_action(action: str) -> Any:
 
     run.__name__ = f"batch_{action}"
     return admin.action(
-        description=f"{action.capitalize()} selected (as a batch)…", permissions=["operate"]
+        description=BATCH_ACTION_LABELS.get(
+            action, f"{action.capitalize()} selected (as a batch)…"
+        ),
+        permissions=["operate"],
     )(run)
 
 
@@ -236,15 +253,15 @@ class BatchOperationAdmin(StrictActionsMixin, ReadOnlyAdminMixin, admin.ModelAdm
     def has_module_permission(self, request: HttpRequest) -> bool:
         return self.has_operate_permission(request) or super().has_module_permission(request)
 
-    @admin.display(description="state", ordering="state")
+    @admin.display(description=gettext_lazy("state"), ordering="state")
     def state_pill(self, obj: BatchOperation) -> str:
         return pill(obj.state)
 
-    @admin.display(description="progress")
+    @admin.display(description=gettext_lazy("progress"))
     def progress(self, obj: BatchOperation) -> str:
         return progress_bar(obj)
 
-    @admin.display(description="created", ordering="created_at")
+    @admin.display(description=gettext_lazy("created"), ordering="created_at")
     def created(self, obj: BatchOperation) -> str:
         who = obj.created_by.get_username() if obj.created_by else obj.actor
         return format_html(
@@ -254,7 +271,7 @@ class BatchOperationAdmin(StrictActionsMixin, ReadOnlyAdminMixin, admin.ModelAdm
             coarse_age(timezone.now() - obj.created_at),
         )
 
-    @admin.display(description="filter")
+    @admin.display(description=gettext_lazy("filter"))
     def filter_display(self, obj: BatchOperation) -> str:
         ids = obj.filter.get("ids")
         if ids is None:
@@ -263,11 +280,11 @@ class BatchOperationAdmin(StrictActionsMixin, ReadOnlyAdminMixin, admin.ModelAdm
         more = f", and {len(ids) - 5} more" if len(ids) > 5 else ""
         return format_html("{} ticked instance(s): <code>{}</code>{}", len(ids), shown, more)
 
-    @admin.display(description="done · skip · fail")
+    @admin.display(description=gettext_lazy("done · skip · fail"))
     def counts(self, obj: BatchOperation) -> str:
         return f"{obj.done} · {obj.skipped} · {obj.failed}"
 
-    @admin.display(description="skipped or failed (first 50)")
+    @admin.display(description=gettext_lazy("skipped or failed (first 50)"))
     def problems(self, obj: BatchOperation) -> str:
         rows = list(
             BatchItem.objects.filter(batch=obj, outcome__in=["skipped", "failed"])
@@ -291,7 +308,7 @@ class BatchOperationAdmin(StrictActionsMixin, ReadOnlyAdminMixin, admin.ModelAdm
         )
         return format_html('<ul class="so-problems">{}</ul>', items)
 
-    @admin.action(description="Cancel selected batches…", permissions=["operate"])
+    @admin.action(description=gettext_lazy("Cancel selected batches…"), permissions=["operate"])
     def cancel_batches(self, request: HttpRequest, queryset: QuerySet) -> Any:
         if not (request.method == "POST" and "confirm" in request.POST):
             return confirm_page(
@@ -315,11 +332,17 @@ class BatchOperationAdmin(StrictActionsMixin, ReadOnlyAdminMixin, admin.ModelAdm
                 batches.batch_cancel(batch_id=batch.pk, user=request.user)
                 done += 1
             except SignoffError as exc:
-                refused.append(f"#{batch.pk}: {exc.message}")
+                refused.append(f"#{batch.pk}: {localized(exc)}")
         if done:
-            messages.success(request, f"{done} batch{'es' if done != 1 else ''} cancelled.")
+            messages.success(
+                request,
+                ngettext("%(count)d batch cancelled.", "%(count)d batches cancelled.", done)
+                % {"count": done},
+            )
         if refused:
-            messages.warning(request, "Refused — " + "; ".join(refused[:20]))
+            messages.warning(
+                request, _("Refused — %(refusals)s") % {"refusals": "; ".join(refused[:20])}
+            )
         return None
 
     # -- pages ---------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from typing import Any
 from django.contrib import admin
 from django.http import HttpRequest
 from django.utils.html import format_html
+from django.utils.translation import gettext_lazy
 
 from .. import sealing
 from ..models import Event
@@ -37,7 +38,7 @@ class EventAdmin(StrictActionsMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
             obj._signoff_reveal = sealing.can_view(request.user)
         return obj
 
-    @admin.display(description="instance")
+    @admin.display(description=gettext_lazy("instance"))
     def instance_link(self, obj: Event) -> str:
         return format_html(
             '<a href="{}">{} {}</a>',
@@ -46,6 +47,6 @@ class EventAdmin(StrictActionsMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
             str(obj.instance_id)[:8],
         )
 
-    @admin.display(description="data")
+    @admin.display(description=gettext_lazy("data"))
     def data_pretty(self, obj: Event) -> str:
         return json_block(obj.data, reveal=reveal_of(obj))

@@ -19,9 +19,10 @@ from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpR
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
+from django.utils.translation import gettext as _
 
 from .. import failures
-from ..errors import SignoffError
+from ..errors import SignoffError, localized
 from ..models import FailureGroupProxy, WorkflowInstance
 from ..operator_actions import can_operate, require_operator, short_label
 from .shared import ReadOnlyAdminMixin, confirm_page
@@ -109,7 +110,7 @@ class FailuresAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
             return HttpResponse(exc.message, status=400, content_type="text/plain")
         group = failures.group_of(user=request.user, key=key)
         if group is None:
-            messages.info(request, "No failed instance is left in that group.")
+            messages.info(request, _("No failed instance is left in that group."))
             return HttpResponseRedirect(back)
         confirmed = request.method == "POST" and "confirm" in request.POST
         form = RetryGroupForm(request.POST if confirmed else None)
@@ -117,13 +118,13 @@ class FailuresAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
             try:
                 outcome = failures.retry_group(key, request.user, form.cleaned_data["reason"])
             except SignoffError as exc:  # e.g. a batch already running on these instances
-                messages.error(request, f"Refused: {exc.message}")
+                messages.error(request, _("Refused: %(why)s") % {"why": localized(exc)})
                 return HttpResponseRedirect(back)
             job = reverse("admin:orchestration_batchoperation_change", args=[outcome.pk])
             messages.success(
                 request,
                 format_html(
-                    'Retry of {} instance(s) started as <a href="{}">batch operation {}</a>.',
+                    _('Retry of {} instance(s) started as <a href="{}">batch operation {}</a>.'),
                     outcome.total,
                     job,
                     outcome.pk,

@@ -11,6 +11,7 @@ from django.http import HttpRequest
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html_join
+from django.utils.translation import gettext_lazy
 
 from ..models import Event, StepRun
 from ..operator_actions import step_operations
@@ -38,7 +39,7 @@ class _InstanceChildInline(admin.TabularInline):
 
 class StepRunInline(_InstanceChildInline):
     model = StepRun
-    verbose_name_plural = "Steps"
+    verbose_name_plural = gettext_lazy("Steps")
     fields = [
         "name",
         "kind",
@@ -58,35 +59,35 @@ class StepRunInline(_InstanceChildInline):
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         return super().get_queryset(request).select_related("instance")
 
-    @admin.display(description="state")
+    @admin.display(description=gettext_lazy("state"))
     def state_pill(self, obj: StepRun) -> str:
         return pill(obj.shown_state, obj.shown_state_label)
 
-    @admin.display(description="started")
+    @admin.display(description=gettext_lazy("started"))
     def started(self, obj: StepRun) -> str:
         return clock(obj.started_at)
 
-    @admin.display(description="took")
+    @admin.display(description=gettext_lazy("took"))
     def took(self, obj: StepRun) -> str:
         if obj.started_at is None:
             return "—"
         return human_duration((obj.finished_at or timezone.now()) - obj.started_at)
 
-    @admin.display(description="next attempt")
+    @admin.display(description=gettext_lazy("next attempt"))
     def next_attempt(self, obj: StepRun) -> str:
         if obj.state not in ("retrying", "scheduled") or obj.next_attempt_at is None:
             return "—"
         return clock(obj.next_attempt_at)
 
-    @admin.display(description="output")
+    @admin.display(description=gettext_lazy("output"))
     def output_snippet(self, obj: StepRun) -> str:
         return json_snippet(obj.output, reveal=self.reveal, limit=28)
 
-    @admin.display(description="last error")
+    @admin.display(description=gettext_lazy("last error"))
     def last_error(self, obj: StepRun) -> str:
         return error_block(obj.error)
 
-    @admin.display(description="actions")
+    @admin.display(description=gettext_lazy("actions"))
     def step_actions(self, obj: StepRun) -> str:
         if not self.can_operate or obj.pk is None:
             return ""
@@ -108,16 +109,16 @@ class StepRunInline(_InstanceChildInline):
 
 class EventInline(_InstanceChildInline):
     model = Event
-    verbose_name_plural = "History (events, read-only)"
+    verbose_name_plural = gettext_lazy("History (events, read-only)")
     fields = ["seq", "at_clock", "type", "step", "attempt", "actor", "data_snippet"]
     readonly_fields = fields
     ordering = ["seq"]
 
-    @admin.display(description="at")
+    @admin.display(description=gettext_lazy("at"))
     def at_clock(self, obj: Event) -> str:
         return clock(obj.at, millis=True)
 
-    @admin.display(description="data")
+    @admin.display(description=gettext_lazy("data"))
     def data_snippet(self, obj: Event) -> str:
         data = obj.data if isinstance(obj.data, dict) else {}
         error = data.get("error")

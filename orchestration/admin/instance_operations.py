@@ -19,6 +19,9 @@ from django.http import (
     HttpResponseRedirect,
 )
 from django.urls import path, reverse
+from django.utils.text import format_lazy
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 
 from ..models import StepRun, WorkflowInstance
 from ..operator_actions import (
@@ -41,9 +44,8 @@ def bulk_action(op: Operation) -> Any:
         return modeladmin.run_bulk(request, queryset, op)
 
     action.__name__ = f"op_{op.name}"
-    return admin.action(description=f"{op.label} (selected instances)…", permissions=["operate"])(
-        action
-    )
+    description = format_lazy(gettext_lazy("{action} (selected instances)…"), action=op.label)
+    return admin.action(description=description, permissions=["operate"])(action)
 
 
 class InstanceOperationsMixin:
@@ -112,7 +114,13 @@ class InstanceOperationsMixin:
         op = INSTANCE_OPERATIONS.get(name)
         if op is None:
             raise Http404("No such action.")
-        return self._single(request, instance, op, instance, f"Instance {short_label(instance)}")
+        return self._single(
+            request,
+            instance,
+            op,
+            instance,
+            _("Instance %(label)s") % {"label": short_label(instance)},
+        )
 
     def step_operate_view(
         self, request: HttpRequest, object_id: Any, step_id: int, name: str
@@ -124,7 +132,7 @@ class InstanceOperationsMixin:
         step = StepRun.objects.filter(pk=step_id, instance=instance).first()
         if op is None or step is None:
             raise Http404("No such step or action.")
-        return self._single(request, instance, op, step, f"Step {step.name}")
+        return self._single(request, instance, op, step, _("Step %(name)s") % {"name": step.name})
 
     def run_bulk(self, request: HttpRequest, queryset: QuerySet, op: Operation) -> Any:
         """The bulk action: a confirmation page first, then one service call per instance."""

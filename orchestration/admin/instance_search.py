@@ -9,9 +9,10 @@ from __future__ import annotations
 from django.contrib import messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.utils.translation import gettext as _
 
 from .. import search
-from ..errors import InvalidInput
+from ..errors import InvalidInput, localized
 
 HELP = (
     "An instance id (or its first 8 characters) or a business key (prefix); or "
@@ -29,6 +30,6 @@ def search_results(request: HttpRequest, queryset: QuerySet, term: str) -> Query
             return None
         search.refuse_sealed(found, request.GET.get("workflow__exact") or None)
     except InvalidInput as exc:
-        messages.error(request, f"Search: {exc.message}")
+        messages.error(request, _("Search: %(why)s") % {"why": localized(exc)})
         return queryset.none()
     return search.apply(queryset, found)

@@ -17,6 +17,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
+from django.utils.translation import gettext_lazy
 
 # repair_actions: its operations join INSTANCE_OPERATIONS before the bulk actions are listed
 from .. import repair_actions, sealing, selectors, tracing  # noqa: F401
@@ -44,7 +45,7 @@ CURRENT_STATES = ["running", "retrying", "scheduled", "waiting", "failed", "time
 
 
 class StuckFilter(admin.SimpleListFilter):
-    title = "stuck"
+    title = gettext_lazy("stuck")
     parameter_name = "stuck"
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
@@ -57,7 +58,7 @@ class StuckFilter(admin.SimpleListFilter):
 
 
 class FailedRecentlyFilter(admin.SimpleListFilter):
-    title = "failed"
+    title = gettext_lazy("failed")
     parameter_name = "failed_within"
     WINDOWS = {"1h": timedelta(hours=1), "24h": timedelta(days=1), "7d": timedelta(days=7)}
 
@@ -72,7 +73,7 @@ class FailedRecentlyFilter(admin.SimpleListFilter):
 
 
 class PausedFilter(admin.SimpleListFilter):
-    title = "paused"
+    title = gettext_lazy("paused")
     parameter_name = "paused"
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
@@ -146,7 +147,7 @@ class WorkflowInstanceAdmin(
             },
         ),
         (
-            "Times",
+            gettext_lazy("Times"),
             {
                 "fields": [
                     ("created_at", "started_at", "finished_at"),
@@ -156,7 +157,7 @@ class WorkflowInstanceAdmin(
                 ]
             },
         ),
-        ("Data", {"fields": ["input_pretty", "output_pretty", "error_pretty"]}),
+        (gettext_lazy("Data"), {"fields": ["input_pretty", "output_pretty", "error_pretty"]}),
     ]
     readonly_fields = [
         "id",
@@ -230,22 +231,22 @@ class WorkflowInstanceAdmin(
         return obj
 
     # -- columns ---------------------------------------------------------------------------
-    @admin.display(description="id", ordering="id")
+    @admin.display(description=gettext_lazy("id"), ordering="id")
     def short_id(self, obj: WorkflowInstance) -> str:
         return format_html('<code title="{}">{}</code>', obj.pk, str(obj.pk)[:8])
 
-    @admin.display(description="workflow", ordering="workflow")
+    @admin.display(description=gettext_lazy("workflow"), ordering="workflow")
     def workflow_version(self, obj: WorkflowInstance) -> str:
         return f"{obj.workflow} v{obj.version}"
 
-    @admin.display(description="state", ordering="state")
+    @admin.display(description=gettext_lazy("state"), ordering="state")
     def state_pill(self, obj: WorkflowInstance) -> str:
         html = pill(obj.state, instance_state_label(obj))
         if obj.paused_at:
             html = format_html("{} {}", html, pill("paused", "paused"))
         return html
 
-    @admin.display(description="age", ordering="created_at")
+    @admin.display(description=gettext_lazy("age"), ordering="created_at")
     def age(self, obj: WorkflowInstance) -> str:
         return format_html(
             '<span title="created {}, last change {}">{}</span>',
@@ -254,7 +255,7 @@ class WorkflowInstanceAdmin(
             coarse_age(timezone.now() - obj.created_at),
         )
 
-    @admin.display(description="current step")
+    @admin.display(description=gettext_lazy("current step"))
     def current_step(self, obj: WorkflowInstance) -> str:
         name = getattr(obj, "current_step_name", None)
         if not name:
@@ -269,11 +270,11 @@ class WorkflowInstanceAdmin(
             status_url(obj),
         )
 
-    @admin.display(description="status page")
+    @admin.display(description=gettext_lazy("status page"))
     def status_page(self, obj: WorkflowInstance) -> str:
         return format_html('<a href="{}">Status&nbsp;→</a>', status_url(obj))
 
-    @admin.display(description="parent")
+    @admin.display(description=gettext_lazy("parent"))
     def parent_link(self, obj: WorkflowInstance) -> str:
         step = obj.parent_step if obj.parent_step_id else None
         if step is None:
@@ -286,7 +287,7 @@ class WorkflowInstanceAdmin(
             step.name,
         )
 
-    @admin.display(description="child workflows")
+    @admin.display(description=gettext_lazy("child workflows"))
     def children_links(self, obj: WorkflowInstance) -> str:
         links = selectors.attach_children([obj])[0].child_links
         if not links:
@@ -307,20 +308,20 @@ class WorkflowInstanceAdmin(
             ),
         )
 
-    @admin.display(description="trace id")
+    @admin.display(description=gettext_lazy("trace id"))
     def trace_id(self, obj: WorkflowInstance) -> str:
         """The instance's OpenTelemetry trace, to look up in the tracing UI (README "Traces")."""
         return tracing.trace_id_of(obj.trace_context) or "—"
 
-    @admin.display(description="input")
+    @admin.display(description=gettext_lazy("input"))
     def input_pretty(self, obj: WorkflowInstance) -> str:
         return json_block(obj.input, reveal=reveal_of(obj))
 
-    @admin.display(description="output")
+    @admin.display(description=gettext_lazy("output"))
     def output_pretty(self, obj: WorkflowInstance) -> str:
         return json_block(obj.output, reveal=reveal_of(obj))
 
-    @admin.display(description="error")
+    @admin.display(description=gettext_lazy("error"))
     def error_pretty(self, obj: WorkflowInstance) -> str:
         if not obj.error:
             return "—"

@@ -20,9 +20,11 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.timesince import timeuntil
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 
 from .. import schedules
-from ..errors import SignoffError
+from ..errors import SignoffError, localized
 from ..presentation import json_block
 from ..schedule_models import Schedule, ScheduleFire
 from ..schedule_timing import Timing, describe
@@ -154,15 +156,15 @@ class ScheduleAdmin(StrictActionsMixin, admin.ModelAdmin):
         for pk in list(queryset.values_list("pk", flat=True)):
             schedules.schedule_delete(schedule_id=pk, user=request.user)
 
-    @admin.display(description="Input")
+    @admin.display(description=gettext_lazy("Input"))
     def stored_input(self, obj: Schedule) -> str:
         return json_block(obj.input)
 
-    @admin.display(description="When")
+    @admin.display(description=gettext_lazy("When"))
     def timing(self, obj: Schedule) -> str:
         return describe(Timing.of(obj))
 
-    @admin.display(description="Next fire", ordering="fire_due_at")
+    @admin.display(description=gettext_lazy("Next fire"), ordering="fire_due_at")
     def next_fire(self, obj: Schedule) -> str:
         if obj.paused or obj.next_fire_at is None:
             return "paused"
@@ -172,24 +174,34 @@ class ScheduleAdmin(StrictActionsMixin, admin.ModelAdmin):
         local = timezone.localtime(obj.next_fire_at)
         return f"in {timeuntil(obj.next_fire_at, now)} ({local:%Y-%m-%d %H:%M %Z})"
 
-    @admin.display(description="Fires")
+    @admin.display(description=gettext_lazy("Fires"))
     def fires_link(self, obj: Schedule) -> str:
         url = reverse("admin:orchestration_schedulefire_changelist")
         return format_html('<a href="{}?schedule__id__exact={}">fires</a>', url, obj.pk)
 
-    @admin.action(description="Pause the selected schedules", permissions=["change"])
+    @admin.action(description=gettext_lazy("Pause the selected schedules"), permissions=["change"])
     def pause_schedules(self, request: HttpRequest, queryset: QuerySet[Schedule]) -> None:
         for pk in list(queryset.values_list("pk", flat=True)):
             schedules.schedule_pause(schedule_id=pk, note="paused in the admin", user=request.user)
-        self.message_user(request, f"Paused {queryset.count()} schedule(s).", messages.SUCCESS)
+        self.message_user(
+            request,
+            _("Paused %(count)d schedule(s).") % {"count": queryset.count()},
+            messages.SUCCESS,
+        )
 
-    @admin.action(description="Resume the selected schedules", permissions=["change"])
+    @admin.action(description=gettext_lazy("Resume the selected schedules"), permissions=["change"])
     def resume_schedules(self, request: HttpRequest, queryset: QuerySet[Schedule]) -> None:
         for pk in list(queryset.values_list("pk", flat=True)):
             schedules.schedule_resume(schedule_id=pk, user=request.user)
-        self.message_user(request, f"Resumed {queryset.count()} schedule(s).", messages.SUCCESS)
+        self.message_user(
+            request,
+            _("Resumed %(count)d schedule(s).") % {"count": queryset.count()},
+            messages.SUCCESS,
+        )
 
-    @admin.action(description="Fire the selected schedules now", permissions=["change"])
+    @admin.action(
+        description=gettext_lazy("Fire the selected schedules now"), permissions=["change"]
+    )
     def trigger_schedules(self, request: HttpRequest, queryset: QuerySet[Schedule]) -> None:
         """Fire each now under its overlap policy (as the API's trigger), reporting what each
         fire did; a schedule that already fired this second is reported, not fired again."""
@@ -197,7 +209,7 @@ class ScheduleAdmin(StrictActionsMixin, admin.ModelAdmin):
             try:
                 fired = schedules.schedule_trigger(schedule_id=schedule.pk, user=request.user)
             except SignoffError as exc:
-                self.message_user(request, f"{schedule.name}: {exc.message}", messages.ERROR)
+                self.message_user(request, f"{schedule.name}: {localized(exc)}", messages.ERROR)
                 continue
             level = messages.SUCCESS if fired.outcome == "started" else messages.WARNING
             self.message_user(request, f"{schedule.name}: {fired.outcome}", level)
@@ -212,7 +224,7 @@ class ScheduleFireAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_select_related = ["schedule"]
     date_hierarchy = "fire_time"
 
-    @admin.display(description="Instance")
+    @admin.display(description=gettext_lazy("Instance"))
     def instance_link(self, obj: ScheduleFire) -> str:
         if obj.instance_id is None:
             return "-"

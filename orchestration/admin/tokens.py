@@ -21,6 +21,7 @@ from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
+from django.utils.translation import gettext_lazy
 from rest_framework.authtoken.models import TokenProxy
 
 SHOWN_CHARS = 6
@@ -63,7 +64,7 @@ class ApiTokenAdmin(drf_token_admin.TokenAdmin):
     readonly_fields = fields
     actions = None  # DRF's: bulk actions do not fit the user-id mapping
 
-    @admin.display(description="key")
+    @admin.display(description=gettext_lazy("key"))
     def key_shown(self, obj: TokenProxy) -> str:
         return key_prefix(obj.key)
 

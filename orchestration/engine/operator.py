@@ -12,10 +12,11 @@ from __future__ import annotations
 from typing import Any
 
 from django.db import transaction
+from django.utils.translation import gettext_noop
 
 from .. import kinds
 from ..definitions import TaskStep
-from ..errors import Conflict, InvalidInput, NotFound
+from ..errors import Conflict, InvalidInput, Message, NotFound, state_word
 from ..jsonsafe import storable_json_problem, string_problem
 from ..models import STEP_RETRYABLE, InstanceState, StepRun, StepState, WorkflowInstance
 from .advancing import advance, reopen_instance
@@ -60,7 +61,11 @@ def instance_cancel(
         instance = locked.instance
         if instance.state not in (I.PENDING, I.RUNNING, I.FAILED):
             raise Conflict(
-                f"instance is {instance.state}; it cannot be cancelled", code="invalid_state"
+                Message(
+                    gettext_noop("instance is %(state)s; it cannot be cancelled"),
+                    state=state_word(instance.state),
+                ),
+                code="invalid_state",
             )
         locked.cancel_instance(reason)
         locked.journal.flush()
@@ -82,13 +87,20 @@ def instance_retry(
         instance, steps, journal = locked.instance, locked.steps, locked.journal
         if instance.state != I.FAILED:
             raise Conflict(
-                f"instance is {instance.state}; only failed instances can be retried",
+                Message(
+                    gettext_noop("instance is %(state)s; only failed instances can be retried"),
+                    state=state_word(instance.state),
+                ),
                 code="invalid_state",
             )
         definition = locked.definition
         if definition is None:
             raise Conflict(
-                f"{instance.workflow} v{instance.version} is not registered",
+                Message(
+                    gettext_noop("%(workflow)s v%(version)s is not registered"),
+                    workflow=instance.workflow,
+                    version=instance.version,
+                ),
                 code="definition_missing",
             )
         if (instance.error or {}).get("phase") == "compensation":
@@ -161,7 +173,10 @@ def instance_pause(*, instance_id: Any, actor: str) -> WorkflowInstance:
         instance, journal = locked.instance, locked.journal
         if instance.state != I.RUNNING:
             raise Conflict(
-                f"instance is {instance.state}; only running instances can be paused",
+                Message(
+                    gettext_noop("instance is %(state)s; only running instances can be paused"),
+                    state=state_word(instance.state),
+                ),
                 code="invalid_state",
             )
         if instance.paused_at is not None:
@@ -197,7 +212,10 @@ def instance_resume(*, instance_id: Any, actor: str) -> list[str]:
         instance, journal = locked.instance, locked.journal
         if instance.state != I.RUNNING:
             raise Conflict(
-                f"instance is {instance.state}; only running instances can be resumed",
+                Message(
+                    gettext_noop("instance is %(state)s; only running instances can be resumed"),
+                    state=state_word(instance.state),
+                ),
                 code="invalid_state",
             )
         if instance.paused_at is not None:
@@ -240,7 +258,13 @@ def step_retry_now(*, step_run_id: Any, actor: str) -> StepRun:
             schedule_task(step, spec, journal, retry=True)
         else:
             raise Conflict(
-                f"step is {step.state} in a {instance.state} instance; nothing to retry",
+                Message(
+                    gettext_noop(
+                        "step is %(step_state)s in a %(state)s instance; nothing to retry"
+                    ),
+                    step_state=state_word(step.state),
+                    state=state_word(instance.state),
+                ),
                 code="invalid_state",
             )
         journal.flush()
@@ -259,12 +283,17 @@ def step_complete_manually(
         raise InvalidInput("a reason (up to 1000 characters) is required", code="reason_required")
     problem = storable_json_problem(output)
     if problem:
-        raise InvalidInput(f"output: {problem}", code="invalid_output")
+        raise InvalidInput(
+            Message(gettext_noop("output: %(problem)s"), problem=problem), code="invalid_output"
+        )
     with transaction.atomic():
         locked = _lock_step_for_operator(step_run_id, actor)
         instance, journal, step = locked.instance, locked.journal, locked.step
         if instance.state not in (I.RUNNING, I.FAILED):
-            raise Conflict(f"instance is {instance.state}", code="invalid_state")
+            raise Conflict(
+                Message(gettext_noop("instance is %(state)s"), state=state_word(instance.state)),
+                code="invalid_state",
+            )
         if (instance.error or {}).get("phase") == "compensation":
             raise Conflict(
                 "the instance failed while undoing its steps: retry the undo or resolve it",
@@ -280,7 +309,11 @@ def step_complete_manually(
             S.WAITING,
         ):
             raise Conflict(
-                f"step is {step.state}; it cannot be completed by hand", code="invalid_state"
+                Message(
+                    gettext_noop("step is %(step_state)s; it cannot be completed by hand"),
+                    step_state=state_word(step.state),
+                ),
+                code="invalid_state",
             )
         spec = definition.steps.get(step.name) if definition else None
         if spec is not None:

@@ -26,10 +26,11 @@ import json
 from typing import Any
 
 from django.db import transaction
+from django.utils.translation import gettext_noop
 
 from .. import kinds, sealing
 from ..definitions import Workflow
-from ..errors import Conflict, InvalidInput, NotFound
+from ..errors import Conflict, InvalidInput, Message, NotFound, state_word
 from ..jsonsafe import storable_json_problem, string_problem
 from ..models import (
     STEP_ACTIVE,
@@ -61,10 +62,14 @@ MAX_REASON = 1000
 
 def _reason(reason: Any) -> str:
     if not isinstance(reason, str) or not reason.strip():
-        raise InvalidInput("a reason is required", code="reason_required")
+        raise InvalidInput(gettext_noop("a reason is required"), code="reason_required")
     if len(reason) > MAX_REASON or string_problem(reason):
         raise InvalidInput(
-            f"reason must be valid text of at most {MAX_REASON} characters", code="invalid_reason"
+            Message(
+                gettext_noop("reason must be valid text of at most %(max)s characters"),
+                max=MAX_REASON,
+            ),
+            code="invalid_reason",
         )
     return reason.strip()
 
@@ -124,10 +129,14 @@ def _check_editable(instance: WorkflowInstance) -> None:
         return
     if instance.state == I.RUNNING:
         raise Conflict(
-            "instance is running; pause it first (or wait until it fails)", code="not_paused"
+            gettext_noop("instance is running; pause it first (or wait until it fails)"),
+            code="not_paused",
         )
     raise Conflict(
-        f"instance is {instance.state}; only a failed or paused instance can be edited",
+        Message(
+            gettext_noop("instance is %(state)s; only a failed or paused instance can be edited"),
+            state=state_word(instance.state),
+        ),
         code="invalid_state",
     )
 
@@ -271,7 +280,13 @@ def step_edit_output(
         definition = _definition(locked)
         if step.state not in STEP_DONE:
             raise Conflict(
-                f"step is {step.state}; only a succeeded or skipped step's output can be edited",
+                Message(
+                    gettext_noop(
+                        "step is %(step_state)s; only a succeeded or skipped step's output can "
+                        "be edited"
+                    ),
+                    step_state=state_word(step.state),
+                ),
                 code="invalid_state",
             )
         new = _keep_masked(output, step.output)
@@ -314,8 +329,15 @@ def step_skip(
         )
         if not allowed:
             raise Conflict(
-                f"step is {step.state} in a {instance.state} instance; only a failed, timed-out "
-                "or cancelled step of a failed instance (or a retrying one) can be skipped",
+                Message(
+                    gettext_noop(
+                        "step is %(step_state)s in a %(state)s instance; only a failed, "
+                        "timed-out or cancelled step of a failed instance (or a retrying one) "
+                        "can be skipped"
+                    ),
+                    step_state=state_word(step.state),
+                    state=state_word(instance.state),
+                ),
                 code="invalid_state",
             )
         _definition(locked)
@@ -375,7 +397,10 @@ def instance_reset(
             )
         if instance.state != I.FAILED:
             raise Conflict(
-                f"instance is {instance.state}; only a failed instance can be reset",
+                Message(
+                    gettext_noop("instance is %(state)s; only a failed instance can be reset"),
+                    state=state_word(instance.state),
+                ),
                 code="invalid_state",
             )
         definition = _definition(locked)

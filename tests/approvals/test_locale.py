@@ -463,3 +463,156 @@ def test_a_used_link_is_refused_in_the_recipients_language(
     html = page.content.decode()
     assert "Dieser Link wurde bereits verwendet" in html
     assert "This link was already used" not in html
+
+
+# -- refusals with values, claims, operator lines, our admin: German on a German page --------
+
+
+def test_a_refusal_with_a_value_is_in_the_pages_language(
+    people: Any, waiting: ApprovalRequest
+) -> None:
+    """A limit in a refusal ("requester: at most 150 characters") is said in German around
+    the value; the same request in English reads as before."""
+    too_long = {"requester": "x" * 151}
+    prefer(people["bob"], language="de")
+    html = logged_in(people["bob"]).get("/inbox/", too_long).content.decode()
+    assert "Es wurde nichts gesucht: anfragende Person: höchstens 150 Zeichen." in html
+    assert "at most 150 characters" not in html
+    prefer(people["bob"], language="en")
+    html = logged_in(people["bob"]).get("/inbox/", too_long).content.decode()
+    assert "Nothing was searched: requester: at most 150 characters." in html
+    assert "höchstens" not in html
+
+
+def test_claimed_and_already_decided_are_in_the_pages_language(
+    people: Any, waiting: ApprovalRequest
+) -> None:
+    from approvals import claims
+
+    claims.approval_claim(request_id=waiting.pk, user=people["dave"])
+    prefer(people["bob"], language="de")
+    bob = logged_in(people["bob"])
+    detail = bob.get(f"/inbox/{waiting.pk}/").content.decode()
+    assert "Von dave übernommen seit" in detail
+    assert "Claimed by dave since" not in detail
+    refused = bob.post(f"/inbox/{waiting.pk}/decide/", {"outcome": "approve"})
+    assert refused.status_code == 409
+    html = refused.content.decode()
+    assert "Ihre Entscheidung wurde nicht gespeichert: übernommen von dave seit" in html
+    assert "claimed by dave since" not in html
+    assert ApprovalRequest.objects.get(pk=waiting.pk).state == "pending"
+    # dave decides; bob's late decision is refused with who and when, in German.
+    dave = logged_in(people["dave"])
+    assert dave.post(f"/inbox/{waiting.pk}/decide/", {"outcome": "approve"}).status_code == 302
+    late = bob.post(f"/inbox/{waiting.pk}/decide/", {"outcome": "reject", "comment": "no"})
+    assert late.status_code == 409
+    html = late.content.decode()
+    assert "bereits genehmigt von dave am" in html
+    assert "already approved by dave" not in html
+    # The same refusal in English reads as before.
+    prefer(people["bob"], language="en")
+    late = logged_in(people["bob"]).post(
+        f"/inbox/{waiting.pk}/decide/", {"outcome": "reject", "comment": "no"}
+    )
+    html = late.content.decode()
+    assert "already approved by dave at" in html
+    assert "bereits genehmigt" not in html
+
+
+def test_an_operators_success_line_is_in_the_pages_language(
+    django_user_model: Any, waiting: ApprovalRequest
+) -> None:
+    from django.urls import reverse
+
+    from orchestration.models import WorkflowInstance
+
+    root = django_user_model.objects.create_superuser("root", "root@example.com", "pw-root-123")
+    short = str(waiting.instance_id)[:8]
+    prefer(root, language="de")
+    pause = reverse("instances:action", args=[waiting.instance_id, "pause"])
+    page = logged_in(root).post(pause, {"confirm": "1"}, follow=True)
+    html = page.content.decode()
+    assert f"Instanz {short} pausiert." in html
+    assert f"Instance {short} paused." not in html
+    assert WorkflowInstance.objects.get(pk=waiting.instance_id).paused_at is not None
+    # A refusal on the same page: the state is named in German too.
+    page = logged_in(root).post(
+        reverse("instances:action", args=[waiting.instance_id, "retry"]),
+        {"confirm": "1"},
+        follow=True,
+    )
+    html = page.content.decode()
+    assert "die Instanz ist laufend; nur fehlgeschlagene Instanzen" in html
+    assert "only failed instances can be retried" not in html
+    prefer(root, language="en")
+    unpause = reverse("instances:action", args=[waiting.instance_id, "unpause"])
+    html = logged_in(root).post(unpause, {"confirm": "1"}, follow=True).content.decode()
+    assert f"Instance {short} unpaused." in html
+    assert "fortgesetzt" not in html
+
+
+def test_our_admin_is_in_the_pages_language(
+    django_user_model: Any, waiting: ApprovalRequest
+) -> None:
+    from orchestration import schedules
+    from orchestration.models import Schedule
+
+    root = django_user_model.objects.create_superuser("root", "root@example.com", "pw-root-123")
+    schedule = schedules.schedule_create(
+        values={
+            "name": "hourly",
+            "workflow": "t_scheduled",
+            "input": {"report": "x"},
+            "interval_seconds": 3600,
+        }
+    )
+    changelist = "/admin/orchestration/schedule/"
+    pause = {"action": "pause_schedules", "_selected_action": [schedule.pk], "index": "0"}
+    prefer(root, language="de")
+    admin = logged_in(root)
+    requests = admin.get("/admin/approvals/approvalrequest/").content.decode()
+    assert "Neu zuweisen (ausgewählte offene Anfragen)…" in requests  # an action's description
+    assert "Reassign (selected pending requests)" not in requests
+    listed = admin.get(changelist).content.decode()
+    assert "Die ausgewählten Zeitpläne pausieren" in listed
+    assert "Pause the selected schedules" not in listed
+    done = admin.post(changelist, pause, follow=True).content.decode()
+    assert "1 Zeitplan/Zeitpläne pausiert." in done  # the admin's message_user line
+    assert "Paused 1 schedule(s)." not in done
+    assert Schedule.objects.get(pk=schedule.pk).paused
+    prefer(root, language="en")
+    admin = logged_in(root)
+    listed = admin.get(changelist).content.decode()
+    assert "Pause the selected schedules" in listed
+    done = admin.post(
+        changelist, {**pause, "action": "resume_schedules"}, follow=True
+    ).content.decode()
+    assert "Resumed 1 schedule(s)." in done
+    assert "fortgesetzt" not in done
+
+
+def test_the_api_answers_in_english_whatever_the_language(
+    people: Any, waiting: ApprovalRequest
+) -> None:
+    """The JSON API's messages are a contract: English, for a German person whose browser asks
+    for German too."""
+    from approvals import claims
+
+    claims.approval_claim(request_id=waiting.pk, user=people["dave"])
+    prefer(people["bob"], language="de")
+    bob = logged_in(people["bob"])
+    answer = bob.post(
+        f"/api/v1/approvals/{waiting.pk}/approve/",
+        {},
+        content_type="application/json",
+        HTTP_ACCEPT_LANGUAGE="de",
+    )
+    assert answer.status_code == 409
+    body = answer.json()
+    assert body["code"] == "claimed"
+    assert body["detail"].startswith("claimed by dave since ")
+    assert "übernommen" not in body["detail"]
+    too_long = bob.get("/api/v1/approvals/", {"requester": "x" * 151}, HTTP_ACCEPT_LANGUAGE="de")
+    assert too_long.status_code == 400
+    assert too_long.json()["detail"] == "requester: at most 150 characters"
+    assert ApprovalRequest.objects.get(pk=waiting.pk).state == "pending"
