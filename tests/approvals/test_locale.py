@@ -53,6 +53,12 @@ def logged_in(user: Any) -> Client:
 
 
 @pytest.fixture
+def root(django_user_model: Any) -> Any:
+    """A superuser: the status page's operator actions and our admin."""
+    return django_user_model.objects.create_superuser("root", "root@example.com", "pw-root-123")
+
+
+@pytest.fixture
 def waiting(expense: Callable[..., ApprovalRequest]) -> ApprovalRequest:
     """An expense waiting for bob, asked at T0 and due three days later."""
     with time_machine.travel(T0, tick=False):
@@ -381,9 +387,8 @@ def test_the_timeline_of_a_german_status_page_is_german(
 
 
 def test_the_operator_actions_of_a_german_status_page_are_german(
-    django_user_model: Any, waiting: ApprovalRequest
+    root: Any, waiting: ApprovalRequest
 ) -> None:
-    root = django_user_model.objects.create_superuser("root", "root@example.com", "pw-root-123")
     prefer(root, language="de")
     html = logged_in(root).get(f"/instances/{waiting.instance_id}/").content.decode()
     assert "Pausieren" in html
@@ -520,13 +525,12 @@ def test_claimed_and_already_decided_are_in_the_pages_language(
 
 
 def test_an_operators_success_line_is_in_the_pages_language(
-    django_user_model: Any, waiting: ApprovalRequest
+    root: Any, waiting: ApprovalRequest
 ) -> None:
     from django.urls import reverse
 
     from orchestration.models import WorkflowInstance
 
-    root = django_user_model.objects.create_superuser("root", "root@example.com", "pw-root-123")
     short = str(waiting.instance_id)[:8]
     prefer(root, language="de")
     pause = reverse("instances:action", args=[waiting.instance_id, "pause"])
@@ -551,13 +555,10 @@ def test_an_operators_success_line_is_in_the_pages_language(
     assert "fortgesetzt" not in html
 
 
-def test_our_admin_is_in_the_pages_language(
-    django_user_model: Any, waiting: ApprovalRequest
-) -> None:
+def test_our_admin_is_in_the_pages_language(root: Any, waiting: ApprovalRequest) -> None:
     from orchestration import schedules
     from orchestration.models import Schedule
 
-    root = django_user_model.objects.create_superuser("root", "root@example.com", "pw-root-123")
     schedule = schedules.schedule_create(
         values={
             "name": "hourly",
