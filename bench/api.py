@@ -768,7 +768,7 @@ def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
         row("queries per start (in-process)", inproc["queries_per_start"], "queries", "+ 2"),
         row("start in-process, no HTTP: p50", inproc["ms"]["p50"], "ms"),
         row("gunicorn workers (sync)", results["environment"]["gunicorn_workers"], "processes"),
-        *batch_rows(results["batch"]),
+        *(batch_rows(results["batch"]) if "batch" in results else []),
     ]
 
 
@@ -859,7 +859,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0, help="gunicorn's port (0: a free one)")
     parser.add_argument("--inprocess", type=int, default=200, help="starts in this process")
     parser.add_argument("--profile", action="store_true", help="cProfile the in-process starts too")
-    parser.add_argument("--batches", type=int, default=10, help="batch starts of --batch-size")
+    parser.add_argument(
+        "--batches",
+        type=int,
+        default=10,
+        help="batch starts of --batch-size (0: no batch phase)",
+    )
     parser.add_argument("--batch-size", type=int, default=1000, help="items per batch start")
     parser.add_argument("--quick", action="store_true", help="shorter phases")
     args = bench.parse(argv)
@@ -912,10 +917,11 @@ def main(argv: list[str] | None = None) -> int:
             served = drain(run, "clients", raw["clients"])
             web_after, pg_after = cpu_seconds(server.pids()), cpu_seconds(pg_pids)
             results["gunicorn_worker_pids"] = server.children()
-            log(f"batch start: {args.batches} batches of {args.batch_size}")
-            results["batch"] = phase_batch(
-                run, port, token, args.batches, args.batch_size, server.pids()
-            )
+            if args.batches > 0:
+                log(f"batch start: {args.batches} batches of {args.batch_size}")
+                results["batch"] = phase_batch(
+                    run, port, token, args.batches, args.batch_size, server.pids()
+                )
     except RuntimeError as exc:
         failure = str(exc)
     finally:
@@ -938,7 +944,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     log("checking the database: every 2xx answer's instance, once")
     results["verify"] = verify(run, raw)
-    results["batch"]["check"] = check_batches(run, results["batch"])
+    if "batch" in results:
+        results["batch"]["check"] = check_batches(run, results["batch"])
     log(f"in-process: {args.inprocess} starts through Django's test Client")
     results["inprocess"] = phase_inprocess(
         run, token, args.inprocess, results_dir / "api-profile.txt" if args.profile else None

@@ -276,6 +276,9 @@ def _create(*args: Any, **kwargs: Any) -> WorkflowInstance:
     transaction."""
     instance, journal, steps = built(*args, **kwargs)
     journal.flush(created_steps=steps)
+    # Its steps as written, for the start's own answer (InstanceSerializer, context
+    # ``as_started``), which then reads nothing back.
+    instance.started_steps = steps
     return instance
 
 
