@@ -413,3 +413,50 @@ def test_reassign_replaces_the_assignees(people, make_flow, operator) -> None:
     assert ApprovalRequest.objects.get(pk=request.pk).state == "approved"
     reassigned = Event.objects.get(type="approval_reassigned")
     assert reassigned.data == {"users": ["ben"], "groups": ["reviewers"], "reason": "ann left"}
+
+
+@pytest.mark.parametrize("starter_is_requester", [True, False])
+def test_the_fixed_sql_decidable_list_is_the_orm_conditions(
+    people, make_flow, settings, starter_is_requester
+) -> None:
+    # selectors.Decidable (fixed SQL) against selectors.decidable_filter_orm (the ORM lookups
+    # it replaced) for every person over requests that differ in each condition: assigned to
+    # a user or a group, the person's own (requester or starter), allowed self-approval,
+    # already decided by them, decided by someone else, delegated, and not pending.
+    settings.SIGNOFF_STARTER_IS_REQUESTER = starter_is_requester
+    groups = make_flow("t_ap_eq_groups", groups=["reviewers"], policy="all")
+    users = make_flow("t_ap_eq_users", users=["ann", "cat"], policy="all")
+    selfish = make_flow("t_ap_eq_self", users=["req", "cat"], allow_self_approval=True)
+    requests = [start(name)[1] for name in (groups, groups, users, users, selfish, selfish)]
+    ApprovalRequest.objects.filter(pk=requests[1].pk).update(requester=people["cat"])
+    WorkflowInstance.objects.filter(pk=requests[3].instance_id).update(started_by=people["ann"])
+    ApprovalRequest.objects.filter(pk=requests[3].pk).update(requester=None)
+    services.approval_decide(request_id=requests[2].pk, user=people["ann"], outcome="approve")
+    services.approval_decide(request_id=requests[0].pk, user=people["dan"], outcome="approve")
+    ApprovalRequest.objects.filter(pk=requests[5].pk).update(state="rejected")
+    now = timezone.now()
+    services.delegation_create(
+        user=people["cat"], delegate=people["eve"], starts_at=now, ends_at=now + timedelta(days=1)
+    )
+    seen = {}
+    for name, user in people.items():
+        ids = selectors.principal_ids(user)
+        orm = ApprovalRequest.objects.filter(state="pending").filter(
+            selectors.decidable_filter_orm(user, ids)
+        )
+        fixed = selectors.decidable_by(user)
+        assert sorted(fixed.values_list("pk", flat=True)) == sorted(
+            orm.values_list("pk", flat=True)
+        )
+        # The same rows when the query is a subquery of another (its tables renamed).
+        nested = ApprovalRequest.objects.filter(pk__in=fixed.values("pk"))
+        assert set(nested) == set(orm)
+        assert fixed.values("pk")[:100].count() == orm.count()
+        seen[name] = {r.pk for r in fixed}
+    # The cases really differ (the comparison above is not between two empty lists).
+    assert seen["cat"] >= {requests[4].pk} and requests[1].pk not in seen["cat"]
+    assert seen["eve"] == seen["cat"] | seen["eve"]  # eve decides for cat
+    assert requests[2].pk not in seen["ann"] and requests[3].pk in seen["cat"]
+    assert (requests[3].pk in seen["ann"]) is not starter_is_requester
+    assert requests[4].pk in seen["req"]  # allowed to approve their own
+    assert requests[5].pk not in set().union(*seen.values())
