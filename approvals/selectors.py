@@ -177,13 +177,16 @@ def _decidable_sql(principals: int, starter_is_requester: bool) -> str:
 
     ids = ", ".join(["%s"] * principals)
     request_fk = column(AssignedUser, "approvalrequest")
-    own = "COALESCE({requester} = %s, FALSE)"
-    if starter_is_requester:
-        own += (
-            f" OR EXISTS (SELECT 1 FROM {quote(WorkflowInstance._meta.db_table)} i "
-            f"WHERE i.{quote(WorkflowInstance._meta.pk.column)} = {{instance}} "
-            f"AND i.{column(WorkflowInstance, 'started_by')} = %s)"
-        )
+    # Not their own unless the step allows it. Each part is a top-level AND, so PostgreSQL
+    # checks it as an anti join on the rows that pass the walk (inside an OR the starter's
+    # EXISTS became a hash of every instance the person started).
+    starter = (
+        f"AND NOT EXISTS (SELECT 1 FROM {quote(WorkflowInstance._meta.db_table)} i "
+        f"WHERE i.{quote(WorkflowInstance._meta.pk.column)} = {{instance}} "
+        f"AND i.{column(WorkflowInstance, 'started_by')} = %s AND NOT {{allow}}) "
+        if starter_is_requester
+        else ""
+    )
     return (
         # Assigned: one EXISTS over a UNION ALL, as _assigned_to (the plan probes the
         # through-tables' unique indexes row by row while it walks the pending index).
@@ -194,8 +197,8 @@ def _decidable_sql(principals: int, starter_is_requester: bool) -> str:
         f"AND ag.{column(AssignedGroup, 'group')} IN (SELECT m.{column(Membership, 'group')} "
         f"FROM {quote(Membership._meta.db_table)} m "
         f"WHERE m.{column(Membership, 'user')} IN ({ids})) LIMIT 1) "
-        # Not their own (unless the step allows it), not decided by them already.
-        f"AND ({{allow}} OR NOT ({own})) "
+        f"AND ({{allow}} OR NOT COALESCE({{requester}} = %s, FALSE)) {starter}"
+        # Not decided by them already.
         f"AND NOT EXISTS (SELECT 1 FROM {quote(Decision._meta.db_table)} d "
         f"WHERE d.{column(Decision, 'request')} = {{pk}} "
         f"AND d.{column(Decision, 'decided_by')} = %s)"
