@@ -1,0 +1,106 @@
+"""The orchestration side of a German page (issue 19 item 4): the start form's checks and file
+refusals, batch and schedule refusals in the admin, the engine's refusals on the status page,
+all in the page's language, while the API answers the same refusals in English."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.contrib.auth.models import Group
+from django.test import Client
+
+from orchestration.models import Attachment, WorkflowInstance
+from tests.attachments_fixtures import (
+    EXE,
+    files_dir_fixture,  # noqa: F401 - the files_dir fixture
+    upload,
+)
+
+pytestmark = pytest.mark.django_db
+MO = Path(settings.BASE_DIR) / "locale" / "de" / "LC_MESSAGES" / "django.mo"
+EXPENSE = {"amount": 120, "currency": "EUR", "description": "Taxi to the airport"}
+
+
+@pytest.fixture(autouse=True)
+def compiled() -> None:
+    """The German catalogue is built by `make messages` (make test does it first)."""
+    if not MO.exists() or MO.stat().st_mtime < MO.with_suffix(".po").stat().st_mtime:
+        pytest.fail(f"{MO} is missing or older than the .po: run `make messages`")
+
+
+@pytest.fixture
+def alice(django_user_model: Any) -> Any:
+    group, _ = Group.objects.get_or_create(name="employees")
+    user = django_user_model.objects.create_user("alice", email="alice@example.com")
+    group.user_set.add(user)
+    return user
+
+
+@pytest.fixture
+def root(django_user_model: Any) -> Any:
+    return django_user_model.objects.create_superuser("root", "root@example.com", "pw-root-123")
+
+
+def browser(user: Any, language: str = "de") -> Client:
+    """A logged-in browser asking for ``language`` (the person chose none)."""
+    client = Client(HTTP_ACCEPT_LANGUAGE=language)
+    client.force_login(user)
+    return client
+
+
+def start(client: Client, data: dict[str, Any], **extra: Any) -> Any:
+    key = client.get("/start/expense_approval/").context["form"].initial["key"]
+    return client.post("/start/expense_approval/", {"input": json.dumps(data), "key": key, **extra})
+
+
+# -- the start form ------------------------------------------------------------------------------
+
+
+def test_the_start_forms_file_refusals_are_in_the_pages_language(
+    alice: Any, files_dir: Path
+) -> None:
+    german = browser(alice)
+    form = german.get("/start/expense_approval/").content.decode()
+    assert "Referenz" in form and "Optional: Ihre eigene Referenz" in form
+    page = start(german, EXPENSE, files=[upload("scan.pdf", EXE), upload("empty.pdf", b"")])
+    assert page.status_code == 400
+    html = page.content.decode()
+    assert "scan.pdf: der Inhalt ist ein ausführbares Windows-Programm" in html
+    assert "das wird nicht angenommen; angenommen: " in html
+    assert "empty.pdf: die Datei ist leer" in html
+    assert "which is not accepted" not in html and "the file is empty" not in html
+    assert WorkflowInstance.objects.count() == 0 and Attachment.objects.count() == 0
+    # The same refusal in English reads as before.
+    html = start(browser(alice, "en"), EXPENSE, files=[upload("empty.pdf", b"")]).content.decode()
+    assert "empty.pdf: the file is empty" in html
+    assert "die Datei ist leer" not in html
+
+
+def test_the_start_forms_input_checks_are_in_the_pages_language(alice: Any) -> None:
+    german = browser(alice)
+    page = start(german, {"amount": 5, "currency": "eur"})
+    assert page.status_code == 400
+    html = page.content.decode()
+    assert "Bitte korrigieren Sie die Fehler unten." in html
+    error_map = page.context["form"].fields["input"].widget.error_map
+    assert error_map["description"] == ["Dieses Feld ist zwingend erforderlich."]
+    assert error_map["currency"] == ["Nicht im erwarteten Format."]
+    page = german.post("/start/expense_approval/", {"input": "[1]", "key": "k"})
+    assert "Die Daten des Formulars müssen ein Objekt sein." in page.content.decode()
+    assert WorkflowInstance.objects.count() == 0
+    english = start(browser(alice, "en"), {"currency": "EUR"})
+    assert "Please correct the errors below." in english.content.decode()
+
+
+def test_the_api_refuses_a_start_in_english_whatever_the_language(alice: Any) -> None:
+    answer = browser(alice).post(
+        "/api/v1/instances/",
+        {"workflow": "no_such_workflow", "input": {}},
+        content_type="application/json",
+    )
+    assert answer.status_code == 400
+    assert answer.json()["detail"] == "unknown workflow 'no_such_workflow'"
