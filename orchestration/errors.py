@@ -75,6 +75,8 @@ STATE_WORDS = frozenset(
         gettext_noop("changes_requested"),
         gettext_noop("resubmitted"),
         gettext_noop("withdrawn"),
+        gettext_noop("queued"),
+        gettext_noop("done"),
     }
 )
 

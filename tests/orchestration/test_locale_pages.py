@@ -104,3 +104,95 @@ def test_the_api_refuses_a_start_in_english_whatever_the_language(alice: Any) ->
     )
     assert answer.status_code == 400
     assert answer.json()["detail"] == "unknown workflow 'no_such_workflow'"
+
+
+# -- batches and schedules in the admin ----------------------------------------------------------
+
+
+def test_a_batch_refusal_in_the_german_admin_is_german(
+    root: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from orchestration import batches
+    from orchestration.batch_models import BatchOperation
+    from tests.orchestration.test_batches import failed_instance
+
+    monkeypatch.setattr(batches, "ring", lambda pk, countdown=0: None)
+    instance = failed_instance()
+    batches.batch_create(action="retry", filter={"ids": [str(instance.pk)]}, user=root, reason="1")
+    instances = "/admin/orchestration/workflowinstance/"
+    selected = {"action": "batch_cancel", "_selected_action": [str(instance.pk)]}
+    german = browser(root)
+    confirm = german.post(instances, selected).content.decode()
+    assert "Ausgewählte Instanzen als Stapel abbrechen: bestätigen" in confirm
+    assert "Ein Hintergrundauftrag erledigt das" in confirm
+    refused = german.post(instances, {**selected, "confirm": "1", "reason": "2"})
+    assert refused.status_code == 409
+    html = refused.content.decode()
+    assert f"wirkt bereits auf Instanz {instance.pk}" in html
+    assert "already acts on instance" not in html
+    by_filter = german.post(
+        "/admin/orchestration/batchoperation/new/",
+        {"action": "retry", "workflow": "no_such_workflow", "reason": "x", "start": "1"},
+    )
+    assert by_filter.status_code == 400
+    html = by_filter.content.decode()
+    assert "der Filter trifft keine Instanz" in html and "Vorschau" in html
+    assert BatchOperation.objects.count() == 1
+    # The same refusal in English reads as before.
+    english = browser(root, "en").post(instances, {**selected, "confirm": "1", "reason": "2"})
+    assert "already acts on instance" in english.content.decode()
+
+
+SCHEDULE_FORM = {
+    "name": "nightly",
+    "workflow": "t_scheduled",
+    "version": "",
+    "business_key_template": "",
+    "cron": "0 2 * *",
+    "interval_seconds": "",
+    "time_zone": "Europe/Berlin",
+    "jitter_seconds": "0",
+    "overlap": "skip",
+    "catchup_window_seconds": "3600",
+    "new_input": '{"report": "nightly"}',
+}
+
+
+def test_a_schedule_refusal_in_the_german_admin_is_german(root: Any) -> None:
+    from orchestration import schedules
+    from orchestration.models import Schedule
+
+    add = "/admin/orchestration/schedule/add/"
+    german = browser(root)
+    page = german.post(add, SCHEDULE_FORM)
+    assert page.status_code == 200  # the form again, with the error at the field
+    html = page.content.decode()
+    assert "cron &#x27;0 2 * *&#x27; muss 5 Felder haben" in html
+    assert "must have 5 fields" not in html
+    page = german.post(add, {**SCHEDULE_FORM, "cron": "0 2 * * *", "time_zone": "Mars/Base"})
+    assert "ist keine bekannte IANA-Zeitzone" in page.content.decode()
+    assert not Schedule.objects.exists()
+    schedules.schedule_create(
+        values={
+            "name": "often",
+            "workflow": "t_scheduled",
+            "input": {"report": "x"},
+            "interval_seconds": 7200,
+        }
+    )
+    listed = german.get("/admin/orchestration/schedule/").content.decode()
+    assert "alle 2 Stunden" in listed
+    english = browser(root, "en")
+    assert "every 2 hours" in english.get("/admin/orchestration/schedule/").content.decode()
+    html = english.post(add, SCHEDULE_FORM).content.decode()
+    assert "must have 5 fields" in html
+
+
+def test_the_api_refuses_a_schedule_in_english_whatever_the_language(root: Any) -> None:
+    answer = browser(root).post(
+        "/api/v1/schedules/",
+        {"name": "n", "workflow": "t_scheduled", "cron": "0 2 * *"},
+        content_type="application/json",
+    )
+    assert answer.status_code == 400
+    assert "must have 5 fields" in json.dumps(answer.json())
