@@ -77,6 +77,7 @@ STATE_WORDS = frozenset(
         gettext_noop("withdrawn"),
         gettext_noop("queued"),
         gettext_noop("done"),
+        gettext_noop("undo failed"),
     }
 )
 

@@ -329,7 +329,9 @@ class StepRun(FSMModelMixin, models.Model):
 
     @property
     def shown_state_label(self) -> str:
-        return "Undo failed" if self.shown_state == "undo_failed" else self.get_state_display()
+        if self.shown_state == "undo_failed":
+            return str(_("Undo failed"))
+        return self.get_state_display()
 
     # -- transitions --------------------------------------------------------------------------
     @transition(field=state, source=[S.PENDING, *STEP_RETRYABLE], target=S.SCHEDULED)

@@ -196,3 +196,48 @@ def test_the_api_refuses_a_schedule_in_english_whatever_the_language(root: Any) 
     )
     assert answer.status_code == 400
     assert "must have 5 fields" in json.dumps(answer.json())
+
+
+# -- the engine's refusals on the status page and in the admin ---------------------------------
+
+
+def test_the_engines_refusals_on_a_german_status_page_are_german(operator: Any, user: Any) -> None:
+    from django.urls import reverse
+
+    from tests.orchestration.test_engine import steps_of
+    from tests.orchestration.test_repair_pages import undo_failed
+
+    instance = undo_failed(user)
+    pay = steps_of(instance)["pay"]
+    german = browser(operator)
+    page = german.get(reverse("instances:detail", args=[instance.pk])).content.decode()
+    assert "Rückgängigmachen fehlgeschlagen" in page  # the step's state
+    skip = reverse("instances:step-action", args=[instance.pk, pay.pk, "skip"])
+    refused = german.post(skip, {"confirm": "1", "value": "{}", "reason": "r"}, follow=True)
+    html = refused.content.decode()
+    assert "die Instanz ist beim Rückgängigmachen ihrer Schritte fehlgeschlagen" in html
+    assert "the instance failed while undoing its steps" not in html
+    # In the admin too.
+    admin_skip = reverse(
+        "admin:orchestration_workflowinstance_step_operate", args=[instance.pk, pay.pk, "skip"]
+    )
+    html = german.post(
+        admin_skip, {"confirm": "1", "value": "{}", "reason": "r"}, follow=True
+    ).content.decode()
+    assert "die Instanz ist beim Rückgängigmachen ihrer Schritte fehlgeschlagen" in html
+    assert steps_of(instance)["pay"].state == pay.state  # nothing changed
+    # The same refusal on an English page reads as before.
+    english = browser(operator, "en").post(
+        skip, {"confirm": "1", "value": "{}", "reason": "r"}, follow=True
+    )
+    assert "the instance failed while undoing its steps" in english.content.decode()
+
+
+def test_a_bad_search_in_the_german_admin_is_german(root: Any) -> None:
+    page = browser(root).get(
+        "/admin/orchestration/workflowinstance/", {"q": "input.amount[gte]=lots"}
+    )
+    html = page.content.decode()
+    assert "gte vergleicht Zahlen (wie 12 oder -3.5)" in html
+    assert "compares numbers" not in html
+    assert "Eine Instanz-ID (oder ihre ersten 8 Zeichen)" in html  # the search box's help
