@@ -212,6 +212,7 @@ def test_the_engines_refusals_on_a_german_status_page_are_german(operator: Any, 
     german = browser(operator)
     page = german.get(reverse("instances:detail", args=[instance.pk])).content.decode()
     assert "Rückgängigmachen fehlgeschlagen" in page  # the step's state
+    assert "Fehlgeschlagen: Rückgängigmachen fehlgeschlagen" in page  # the instance's
     skip = reverse("instances:step-action", args=[instance.pk, pay.pk, "skip"])
     refused = german.post(skip, {"confirm": "1", "value": "{}", "reason": "r"}, follow=True)
     html = refused.content.decode()
