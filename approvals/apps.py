@@ -1,9 +1,10 @@
 from django.apps import AppConfig
+from django.utils.translation import gettext_lazy
 
 
 class ApprovalsConfig(AppConfig):
     name = "approvals"
-    verbose_name = "Approvals"
+    verbose_name = gettext_lazy("Approvals")
     default_auto_field = "django.db.models.BigAutoField"
     periodic_tasks = [
         ("approvals.sweep_reminders", 30),

@@ -71,7 +71,10 @@ def _clean_key(key: Any) -> str:
         return ""
     if not isinstance(key, str) or not key.strip() or len(key) > MAX_KEY or not key.isprintable():
         raise InvalidInput(
-            f"the idempotency key must be 1 to {MAX_KEY} printable characters",
+            Message(
+                gettext_noop("the idempotency key must be 1 to %(max)s printable characters"),
+                max=MAX_KEY,
+            ),
             code="invalid_idempotency_key",
         )
     return key
@@ -196,7 +199,10 @@ def with_files(thread: Sequence[Comment]) -> Sequence[Comment]:
 
 def _key_conflict(key: str) -> Conflict:
     return Conflict(
-        f"the idempotency key {key!r} was already used for another comment",
+        Message(
+            gettext_noop("the idempotency key %(key)s was already used for another comment"),
+            key=repr(key),
+        ),
         code="idempotency_conflict",
     )
 

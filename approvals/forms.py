@@ -16,6 +16,7 @@ from django.utils.translation import gettext_lazy as _
 
 from orchestration import attachments, sealing
 from orchestration.definitions import registry
+from orchestration.errors import localize
 from orchestration.jsonsafe import storable_json_problem, too_deep
 from orchestration.models import InstanceState
 
@@ -287,7 +288,7 @@ def _kept_files_field(value: Any, label: str) -> forms.Field:
     choices = [
         (
             item["id"],
-            f"{item['name']} ({attachments.human_size(item['size'])})"
+            f"{item['name']} ({localize(attachments.human_size(item['size']))})"
             if isinstance(item.get("size"), int)
             else item["name"],
         )

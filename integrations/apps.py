@@ -1,9 +1,10 @@
 from django.apps import AppConfig
+from django.utils.translation import gettext_lazy
 
 
 class IntegrationsConfig(AppConfig):
     name = "integrations"
-    verbose_name = "Integrations"
+    verbose_name = gettext_lazy("Integrations")
     default_auto_field = "django.db.models.BigAutoField"
     periodic_tasks = [
         ("integrations.sweep_outbox", 60),

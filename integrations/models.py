@@ -14,6 +14,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
 from django_fsm import FSMField, FSMModelMixin, transition
 
 from orchestration import sealing
@@ -52,6 +53,8 @@ class OutboundEmail(models.Model):
     link_ref = models.JSONField(null=True, blank=True)
 
     class Meta:
+        verbose_name = _("outbound email")
+        verbose_name_plural = _("outbound emails")
         ordering = ["-created_at"]
         indexes = [
             models.Index(
@@ -149,6 +152,8 @@ class WebhookSubscription(models.Model):
     created_at = models.DateTimeField(default=timezone.now, editable=False)
 
     class Meta:
+        verbose_name = _("webhook subscription")
+        verbose_name_plural = _("webhook subscriptions")
         ordering = ["name"]
 
     def __str__(self) -> str:
@@ -223,8 +228,9 @@ class WebhookDelivery(models.Model):
     delivered_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
+        verbose_name = _("webhook delivery")
+        verbose_name_plural = _("webhook deliveries")
         ordering = ["-created_at", "-id"]
-        verbose_name_plural = "webhook deliveries"
         constraints = [
             models.UniqueConstraint(
                 fields=["subscription", "instance_id", "event_seq"], name="webhook_delivery_once"
@@ -301,6 +307,8 @@ class AlertRule(models.Model):
     created_at = models.DateTimeField(default=timezone.now, editable=False)
 
     class Meta:
+        verbose_name = _("alert rule")
+        verbose_name_plural = _("alert rules")
         ordering = ["name"]
 
     def __str__(self) -> str:
@@ -357,6 +365,8 @@ class Alert(FSMModelMixin, models.Model):
     deliveries = models.JSONField(default=dict, blank=True)
 
     class Meta:
+        verbose_name = _("alert")
+        verbose_name_plural = _("alerts")
         ordering = ["-first_fired_at", "-id"]
         constraints = [
             models.UniqueConstraint(

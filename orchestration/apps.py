@@ -1,10 +1,11 @@
 from django.apps import AppConfig
 from django.db.models.signals import post_migrate
+from django.utils.translation import gettext_lazy
 
 
 class OrchestrationConfig(AppConfig):
     name = "orchestration"
-    verbose_name = "Workflows"
+    verbose_name = gettext_lazy("Workflows")
     default_auto_field = "django.db.models.BigAutoField"
     periodic_tasks = [
         ("orchestration.sweep_doorbells", 10),

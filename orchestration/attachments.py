@@ -25,6 +25,7 @@ from typing import Any
 from django.db import transaction
 from django.http import FileResponse
 from django.utils import timezone
+from django.utils.translation import gettext_noop
 
 from .actors import actor_of
 from .engine.locking import lock_instance
@@ -93,7 +94,7 @@ def attachments_save(
     with guard(), transaction.atomic():
         locked = lock_instance(instance_id=pk, actor=actor)
         if locked is None:
-            raise NotFound("instance not found")
+            raise NotFound(gettext_noop("instance not found"))
         saved = _save(locked.instance, files, user, context, locked.journal)
         locked.journal.flush()
         return saved
@@ -103,7 +104,9 @@ def _save(
     instance: WorkflowInstance, files: Sequence[Any], user: Any, context: str, journal: Journal
 ) -> list[Attachment]:
     if not files:
-        raise InvalidInput("no file was sent", code="no_files", errors={"files": ["required"]})
+        raise InvalidInput(
+            gettext_noop("no file was sent"), code="no_files", errors={"files": ["required"]}
+        )
     already = Attachment.objects.filter(instance_id=instance.pk).count()
     pending = PendingFiles(check_files(files, already=already), context, user)
     pending.record(instance, journal)
@@ -149,10 +152,12 @@ def attachment_for_reader(*, user: Any, attachment_id: Any) -> Attachment:
     pk = _uuid(attachment_id)
     attachment = Attachment.objects.select_related("instance").filter(pk=pk).first() if pk else None
     if attachment is None:
-        raise NotFound("file not found")
+        raise NotFound(gettext_noop("file not found"))
     if not may_read(user, attachment.instance):
         raise NotAllowed(
-            "you may not read this file: it is for the people of its workflow instance",
+            gettext_noop(
+                "you may not read this file: it is for the people of its workflow instance"
+            ),
             code="not_allowed",
         )
     return attachment
@@ -185,7 +190,7 @@ def instance_files_for_reader(*, user: Any, instance_id: Any) -> tuple[WorkflowI
     pk = _uuid(instance_id)
     instance = WorkflowInstance.objects.filter(pk=pk).first() if pk else None
     if instance is None or not may_read(user, instance):
-        raise NotFound("instance not found")
+        raise NotFound(gettext_noop("instance not found"))
     return instance, attachments_of(instance_id=instance.pk)
 
 
@@ -199,7 +204,7 @@ def file_response(attachment: Attachment) -> FileResponse:
         handle = storage().open(attachment.storage_key, "rb")
     except FileNotFoundError:
         log.error("the bytes of attachment %s are missing", attachment.pk)
-        raise NotFound("the file's content is missing", code="file_missing") from None
+        raise NotFound(gettext_noop("the file's content is missing"), code="file_missing") from None
     content_type = attachment.content_type
     if content_type == "text/plain":
         content_type += "; charset=utf-8"

@@ -12,6 +12,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django.utils.translation import gettext_lazy as _
 from django_fsm import FSMField, FSMModelMixin, transition
 
 
@@ -67,6 +68,8 @@ class BatchOperation(FSMModelMixin, models.Model):
     cancelled_by = models.CharField(max_length=150, blank=True, default="")
 
     class Meta:
+        verbose_name = _("batch operation")
+        verbose_name_plural = _("batch operations")
         ordering = ["-created_at"]
         indexes = [
             models.Index(
@@ -125,6 +128,8 @@ class BatchItem(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
+        verbose_name = _("batch item")
+        verbose_name_plural = _("batch items")
         ordering = ["batch", "position"]
         constraints = [
             models.UniqueConstraint(fields=["batch", "instance"], name="batchitem_batch_instance"),

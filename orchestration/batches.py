@@ -34,11 +34,12 @@ from django.db import transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
+from django.utils.translation import gettext_noop
 
 from . import vendor
 from .actors import actor_of
 from .batch_models import BATCH_ACTIVE, BatchAction, BatchItem, BatchOperation, BatchState
-from .errors import Conflict, InvalidInput, NotAllowed, NotFound
+from .errors import Conflict, InvalidInput, Message, NotAllowed, NotFound, state_word
 from .failure_messages import message_filter
 from .jsonsafe import string_problem
 from .models import InstanceState, WorkflowInstance
@@ -86,17 +87,35 @@ def may_operate(user: Any) -> bool:
     )
 
 
+def _needs_permission() -> Message:
+    return Message(
+        gettext_noop("batch operations need the %(permission)s permission"),
+        permission=OPERATE_PERMISSION,
+    )
+
+
 # -- the filter ----------------------------------------------------------------------------------
 
 
 def _text(key: str, value: Any, max_length: int = 200) -> str:
     if not isinstance(value, str) or not value.strip() or len(value) > max_length:
         raise InvalidInput(
-            f"filter.{key} must be a non-empty text of at most {max_length} characters",
+            Message(
+                gettext_noop(
+                    "filter.%(key)s must be a non-empty text of at most %(max)s characters"
+                ),
+                key=key,
+                max=max_length,
+            ),
             code="invalid_filter",
         )
     if string_problem(value):
-        raise InvalidInput(f"filter.{key}: {string_problem(value)}", code="invalid_filter")
+        raise InvalidInput(
+            Message(
+                gettext_noop("filter.%(key)s: %(problem)s"), key=key, problem=string_problem(value)
+            ),
+            code="invalid_filter",
+        )
     return value.strip()
 
 
@@ -109,8 +128,13 @@ def _moment(key: str, value: Any) -> datetime:
             parsed = None
     if parsed is None or timezone.is_naive(parsed):
         raise InvalidInput(
-            f"filter.{key} must be an ISO 8601 date and time with a time zone "
-            "(e.g. 2026-12-05T09:00:00Z)",
+            Message(
+                gettext_noop(
+                    "filter.%(key)s must be an ISO 8601 date and time with a time zone "
+                    "(e.g. 2026-12-05T09:00:00Z)"
+                ),
+                key=key,
+            ),
             code="invalid_time_range",
         )
     return parsed
@@ -119,10 +143,19 @@ def _moment(key: str, value: Any) -> datetime:
 def _ids(value: Any) -> list[uuid.UUID]:
     cap = settings.SIGNOFF_BATCH_MAX_INSTANCES
     if not isinstance(value, list) or not value:
-        raise InvalidInput("ids must be a non-empty list of instance ids", code="invalid_ids")
+        raise InvalidInput(
+            gettext_noop("ids must be a non-empty list of instance ids"), code="invalid_ids"
+        )
     if len(value) > cap:
         raise InvalidInput(
-            f"at most {cap} ids in one batch (got {len(value)}); use a filter or several batches",
+            Message(
+                gettext_noop(
+                    "at most %(max)s ids in one batch (got %(count)s); use a filter or several "
+                    "batches"
+                ),
+                max=cap,
+                count=len(value),
+            ),
             code="too_many_ids",
         )
     ids: list[uuid.UUID] = []
@@ -133,7 +166,10 @@ def _ids(value: Any) -> list[uuid.UUID]:
         except ValueError:
             pk = None
         if pk is None:
-            raise InvalidInput(f"not an instance id: {str(raw)[:64]!r}", code="invalid_ids")
+            raise InvalidInput(
+                Message(gettext_noop("not an instance id: %(value)s"), value=repr(str(raw)[:64])),
+                code="invalid_ids",
+            )
         if pk not in seen:
             seen.add(pk)
             ids.append(pk)
@@ -146,18 +182,21 @@ def normalise_filter(raw: Any) -> dict[str, Any]:
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise InvalidInput("filter must be an object", code="invalid_filter")
+        raise InvalidInput(gettext_noop("filter must be an object"), code="invalid_filter")
     unknown = sorted(set(raw) - set(FILTER_KEYS) - {"ids"})
     if unknown:
         raise InvalidInput(
-            f"unknown filter key(s): {', '.join(map(str, unknown))[:200]}; known: "
-            f"{', '.join(FILTER_KEYS)}, or ids",
+            Message(
+                gettext_noop("unknown filter key(s): %(unknown)s; known: %(known)s, or ids"),
+                unknown=", ".join(map(str, unknown))[:200],
+                known=", ".join(FILTER_KEYS),
+            ),
             code="invalid_filter",
         )
     if "ids" in raw:
         if len(raw) > 1:
             raise InvalidInput(
-                "ids select the instances themselves: give either ids or filter keys",
+                gettext_noop("ids select the instances themselves: give either ids or filter keys"),
                 code="invalid_filter",
             )
         return {"ids": [str(pk) for pk in _ids(raw["ids"])]}
@@ -175,12 +214,17 @@ def normalise_filter(raw: Any) -> dict[str, Any]:
     if "version" in raw:
         version = raw["version"]
         if isinstance(version, bool) or not isinstance(version, int) or not 0 < version < 2**31:
-            raise InvalidInput("filter.version must be a positive integer", code="invalid_filter")
+            raise InvalidInput(
+                gettext_noop("filter.version must be a positive integer"), code="invalid_filter"
+            )
         out["version"] = version
     if "state" in raw:
         if raw["state"] not in InstanceState.values:
             raise InvalidInput(
-                f"filter.state must be one of {', '.join(InstanceState.values)}",
+                Message(
+                    gettext_noop("filter.state must be one of %(states)s"),
+                    states=", ".join(InstanceState.values),
+                ),
                 code="invalid_filter",
             )
         out["state"] = raw["state"]
@@ -189,7 +233,10 @@ def normalise_filter(raw: Any) -> dict[str, Any]:
         start, end = moments.get(f"{prefix}_from"), moments.get(f"{prefix}_to")
         if start is not None and end is not None and start >= end:
             raise InvalidInput(
-                f"filter.{prefix}_from must be before filter.{prefix}_to",
+                Message(
+                    gettext_noop("filter.%(prefix)s_from must be before filter.%(prefix)s_to"),
+                    prefix=prefix,
+                ),
                 code="invalid_time_range",
             )
     out.update({key: value.isoformat() for key, value in moments.items()})
@@ -228,7 +275,7 @@ def _check_rate(rate: Any) -> float:
     if rate is None:
         return float(settings.SIGNOFF_BATCH_RATE)
     if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0.1 <= rate <= 1000:
-        raise InvalidInput("rate must be a number of instances a second, 0.1 to 1000")
+        raise InvalidInput(gettext_noop("rate must be a number of instances a second, 0.1 to 1000"))
     return float(rate)
 
 
@@ -255,16 +302,20 @@ def batch_create(
     (``batch_overlap``: a queued or running batch holds one of them) — and then writes
     nothing."""
     if not may_operate(user):
-        raise NotAllowed(f"batch operations need the {OPERATE_PERMISSION} permission")
+        raise NotAllowed(_needs_permission())
     if action not in BatchAction.values:
         raise InvalidInput(
-            f"unknown action {str(action)[:50]!r}; one of {', '.join(BatchAction.values)}",
+            Message(
+                gettext_noop("unknown action %(action)s; one of %(actions)s"),
+                action=repr(str(action)[:50]),
+                actions=", ".join(BatchAction.values),
+            ),
             code="invalid_action",
         )
     normalised = normalise_filter(filter)
     if not normalised and confirm_all is not True:
         raise InvalidInput(
-            'a batch with no filter acts on every instance: confirm with "all": true',
+            gettext_noop('a batch with no filter acts on every instance: confirm with "all": true'),
             code="confirm_all_required",
         )
     rate = _check_rate(rate)
@@ -275,9 +326,14 @@ def batch_create(
         sample = list(qs.order_by("created_at", "id")[:SAMPLE_SIZE])
         return Preview(action=action, count=count, filter=normalised, sample=sample)
     if not isinstance(reason, str) or not reason.strip() or len(reason) > 1000:
-        raise InvalidInput("a reason (up to 1000 characters) is required", code="reason_required")
+        raise InvalidInput(
+            gettext_noop("a reason (up to 1000 characters) is required"), code="reason_required"
+        )
     if string_problem(reason):
-        raise InvalidInput(f"reason: {string_problem(reason)}", code="reason_required")
+        raise InvalidInput(
+            Message(gettext_noop("reason: %(problem)s"), problem=string_problem(reason)),
+            code="reason_required",
+        )
     with transaction.atomic():
         vendor.transaction_lock(CREATE_LOCK)
         ids = list(qs.order_by("created_at", "id").values_list("pk", flat=True)[: cap + 1])
@@ -311,16 +367,26 @@ def _check_selection(normalised: dict[str, Any], ids: list[Any], cap: int) -> No
         if missing:
             shown = ", ".join(sorted(missing)[:5])
             raise InvalidInput(
-                f"{len(missing)} id(s) match no instance: {shown}", code="unknown_ids"
+                Message(
+                    gettext_noop("%(count)s id(s) match no instance: %(ids)s"),
+                    count=len(missing),
+                    ids=shown,
+                ),
+                code="unknown_ids",
             )
     if len(ids) > cap:
         raise InvalidInput(
-            f"the filter matches more than {cap} instances (SIGNOFF_BATCH_MAX_INSTANCES); "
-            "narrow it (e.g. a time range) and run several batches",
+            Message(
+                gettext_noop(
+                    "the filter matches more than %(max)s instances (SIGNOFF_BATCH_MAX_INSTANCES); "
+                    "narrow it (e.g. a time range) and run several batches"
+                ),
+                max=cap,
+            ),
             code="too_many_instances",
         )
     if not ids:
-        raise InvalidInput("the filter matches no instance", code="nothing_selected")
+        raise InvalidInput(gettext_noop("the filter matches no instance"), code="nothing_selected")
 
 
 def _refuse_overlap(ids: list[Any]) -> None:
@@ -338,8 +404,14 @@ def _refuse_overlap(ids: list[Any]) -> None:
             break
     if clash:
         raise Conflict(
-            f"batch #{clash['batch_id']} (queued or running) already acts on instance "
-            f"{clash['instance_id']}; wait for it or cancel it first",
+            Message(
+                gettext_noop(
+                    "batch #%(batch)s (queued or running) already acts on instance "
+                    "%(instance)s; wait for it or cancel it first"
+                ),
+                batch=clash["batch_id"],
+                instance=clash["instance_id"],
+            ),
             code="batch_overlap",
         )
 
@@ -372,10 +444,10 @@ def batch_get(*, batch_id: Any) -> BatchOperation:
     try:
         pk = int(batch_id)
     except (TypeError, ValueError):
-        raise NotFound("batch not found") from None
+        raise NotFound(gettext_noop("batch not found")) from None
     batch = BatchOperation.objects.select_related("created_by").filter(pk=pk).first()
     if batch is None:
-        raise NotFound("batch not found")
+        raise NotFound(gettext_noop("batch not found"))
     return batch
 
 
@@ -383,12 +455,18 @@ def batch_cancel(*, batch_id: Any, user: Any) -> BatchOperation:
     """Stop a queued or running batch: instances not handled yet are left alone (one being
     handled at that moment finishes). :class:`Conflict` when it already ended."""
     if not may_operate(user):
-        raise NotAllowed(f"batch operations need the {OPERATE_PERMISSION} permission")
+        raise NotAllowed(_needs_permission())
     pk = batch_get(batch_id=batch_id).pk
     with transaction.atomic():
         batch = BatchOperation.objects.select_for_update().get(pk=pk)
         if batch.state not in BATCH_ACTIVE:
-            raise Conflict(f"batch is {batch.state}; it cannot be cancelled", code="invalid_state")
+            raise Conflict(
+                Message(
+                    gettext_noop("batch is %(state)s; it cannot be cancelled"),
+                    state=state_word(batch.state),
+                ),
+                code="invalid_state",
+            )
         batch.cancel()
         batch.finished_at = timezone.now()
         batch.cancelled_by = actor_of(user)

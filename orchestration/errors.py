@@ -3,6 +3,7 @@ in the HTML views."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from django.utils.translation import gettext, gettext_noop
@@ -27,6 +28,31 @@ class Message(str):
         return message
 
 
+def joined(parts: Sequence[Any], separator: str = "; ") -> Message:
+    """``parts`` (Messages, or values shown as they are) joined with ``separator``, as one
+    :class:`Message` a page localizes part by part (its English text is the English parts
+    joined)."""
+    template = separator.join(f"%(p{i})s" for i in range(len(parts)))
+    return Message(template, **{f"p{i}": part for i, part in enumerate(parts)})
+
+
+def invalid_input(problems: Sequence[str]) -> Message:
+    """ "invalid input: …" naming the input schema's problems (the validator's words, shown as
+    they are)."""
+    return Message(gettext_noop("invalid input: %(problems)s"), problems="; ".join(problems))
+
+
+def unknown_workflow(workflow: Any, version: Any = None) -> Message:
+    """ "unknown workflow 'x'", or "workflow 'x' has no version 3" when ``version`` is given."""
+    if version:
+        return Message(
+            gettext_noop("workflow %(workflow)s has no version %(version)s"),
+            workflow=repr(workflow),
+            version=version,
+        )
+    return Message(gettext_noop("unknown workflow %(workflow)s"), workflow=repr(workflow))
+
+
 # The states a refusal names ("instance is failed; ..."), marked for makemessages so a page can
 # say them in its language (the English word is the state's value, as the API gives it).
 STATE_WORDS = frozenset(
@@ -49,6 +75,9 @@ STATE_WORDS = frozenset(
         gettext_noop("changes_requested"),
         gettext_noop("resubmitted"),
         gettext_noop("withdrawn"),
+        gettext_noop("queued"),
+        gettext_noop("done"),
+        gettext_noop("undo failed"),
     }
 )
 

@@ -38,6 +38,7 @@ from django.db.models import (
 )
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Coalesce
+from django.utils.translation import gettext_noop
 
 from . import batches, vendor
 from .errors import InvalidInput
@@ -104,7 +105,7 @@ class GroupKey:
             ):
                 raise ValueError
         except (ValueError, binascii.Error, UnicodeDecodeError):
-            raise InvalidInput("not a failure group", code="invalid_group") from None
+            raise InvalidInput(gettext_noop("not a failure group"), code="invalid_group") from None
         return cls(*parts)
 
 

@@ -35,13 +35,14 @@ from typing import Any, ClassVar
 
 from django.db.models import F
 from django.utils import timezone
+from django.utils.translation import gettext_noop
 
 from . import sealing
 from .definitions import Predicate, RetryPolicy, StepContext, StepSpec, Workflow
 from .engine import definition_of, step_context
 from .engine.advancing import fail_instance
 from .engine.context import error_info, jsonable
-from .errors import Conflict
+from .errors import Conflict, Message
 from .fanout_models import MapItem, MapItemState, MapRun
 from .fanout_runners import (
     ItemContext,
@@ -253,8 +254,14 @@ class MapKind(StepKind):
         running = in_flight(step_run.pk)
         if running:
             raise Conflict(
-                f"{running} items of step {step_run.name} are still running; retry when they "
-                "have finished",
+                Message(
+                    gettext_noop(
+                        "%(count)s items of step %(step)s are still running; retry when they "
+                        "have finished"
+                    ),
+                    count=running,
+                    step=step_run.name,
+                ),
                 code="items_in_flight",
             )
         rerun = MapItem.objects.filter(

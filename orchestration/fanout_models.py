@@ -15,6 +15,7 @@ from typing import Any
 
 from django.db import models
 from django.db.models import Q
+from django.utils.translation import gettext_lazy as _
 from django_fsm import FSMField, FSMModelMixin, transition
 
 
@@ -58,6 +59,8 @@ class MapRun(FSMModelMixin, models.Model):
     round = models.PositiveIntegerField(default=1)
 
     class Meta:
+        verbose_name = _("map run")
+        verbose_name_plural = _("map runs")
         indexes = [
             # The settle backstop reads only unsettled runs.
             models.Index(
@@ -98,6 +101,8 @@ class MapItem(FSMModelMixin, models.Model):
     error = models.JSONField(null=True, blank=True)
 
     class Meta:
+        verbose_name = _("map item")
+        verbose_name_plural = _("map items")
         ordering = ["step_run", "index"]
         constraints = [
             models.UniqueConstraint(fields=["step_run", "index"], name="mapitem_step_index"),

@@ -9,7 +9,9 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from .errors import InvalidInput
+from django.utils.translation import gettext_noop
+
+from .errors import InvalidInput, Message
 from .models import Attachment
 
 # A JSON schema for the list of files a workflow's ``attachments`` input field holds, for
@@ -72,7 +74,10 @@ def refs_of_instance(
     Raises :class:`InvalidInput` naming the field otherwise."""
     if not isinstance(value, list):
         raise InvalidInput(
-            f"input.{field} must be a list of file ids of this instance",
+            Message(
+                gettext_noop("input.%(field)s must be a list of file ids of this instance"),
+                field=field,
+            ),
             code="invalid_input",
             errors={"input": [f"{field}: must be a list of file ids"]},
         )
@@ -82,7 +87,11 @@ def refs_of_instance(
         file_id = as_uuid(raw)
         if file_id is None:
             raise InvalidInput(
-                f"input.{field}: {str(raw)[:60]!r} is not a file id",
+                Message(
+                    gettext_noop("input.%(field)s: %(value)s is not a file id"),
+                    field=field,
+                    value=repr(str(raw)[:60]),
+                ),
                 code="invalid_input",
                 errors={"input": [f"{field}: not a file id"]},
             )
@@ -95,7 +104,11 @@ def refs_of_instance(
     unknown = [str(i) for i in ids if i not in rows]
     if unknown:
         raise InvalidInput(
-            f"input.{field}: no such file on this instance: {', '.join(unknown)}",
+            Message(
+                gettext_noop("input.%(field)s: no such file on this instance: %(ids)s"),
+                field=field,
+                ids=", ".join(unknown),
+            ),
             code="invalid_input",
             errors={"input": [f"{field}: no such file on this instance"]},
         )

@@ -97,11 +97,13 @@ def storable_json_problem(value: Any) -> str | None:
         item, depth = stack.pop()
         if isinstance(item, dict | list):
             if depth > MAX_JSON_DEPTH:
-                return f"nested deeper than {MAX_JSON_DEPTH} levels"
+                return Message(
+                    gettext_noop("nested deeper than %(max)s levels"), max=MAX_JSON_DEPTH
+                )
             if isinstance(item, dict):
                 for key, child in item.items():
                     if not isinstance(key, str):
-                        return "object keys must be strings"
+                        return Message(gettext_noop("object keys must be strings"))
                     problem = string_problem(key)
                     if problem:
                         return problem
@@ -113,7 +115,9 @@ def storable_json_problem(value: Any) -> str | None:
             if problem:
                 return problem
         elif isinstance(item, float) and not math.isfinite(item):
-            return "numbers must be finite"
+            return Message(gettext_noop("numbers must be finite"))
         elif item is not None and not isinstance(item, bool | int | float):
-            return f"unsupported value of type {type(item).__name__}"
+            return Message(
+                gettext_noop("unsupported value of type %(type)s"), type=type(item).__name__
+            )
     return None

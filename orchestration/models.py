@@ -142,6 +142,8 @@ class WorkflowInstance(FSMModelMixin, models.Model):
     trace_context = models.CharField(max_length=55, blank=True, default="", editable=False)
 
     class Meta:
+        verbose_name = _("workflow instance")
+        verbose_name_plural = _("workflow instances")
         ordering = ["-created_at"]
         constraints = [
             # Idempotency keys are the caller's own: one per (workflow, starter, key), the
@@ -275,6 +277,8 @@ class StepRun(FSMModelMixin, models.Model):
     error = models.JSONField(null=True, blank=True)
 
     class Meta:
+        verbose_name = _("step run")
+        verbose_name_plural = _("step runs")
         ordering = ["instance", "position"]
         constraints = [
             models.UniqueConstraint(fields=["instance", "name"], name="steprun_instance_name"),
@@ -325,7 +329,9 @@ class StepRun(FSMModelMixin, models.Model):
 
     @property
     def shown_state_label(self) -> str:
-        return "Undo failed" if self.shown_state == "undo_failed" else self.get_state_display()
+        if self.shown_state == "undo_failed":
+            return str(_("Undo failed"))
+        return self.get_state_display()
 
     # -- transitions --------------------------------------------------------------------------
     @transition(field=state, source=[S.PENDING, *STEP_RETRYABLE], target=S.SCHEDULED)
@@ -484,6 +490,8 @@ class Event(models.Model):
     at = models.DateTimeField()
 
     class Meta:
+        verbose_name = _("event")
+        verbose_name_plural = _("events")
         ordering = ["instance", "seq"]
         constraints = [
             models.UniqueConstraint(fields=["instance", "seq"], name="event_instance_seq"),
@@ -517,6 +525,8 @@ class Signal(models.Model):
     step = models.CharField(max_length=100, blank=True, default="")
 
     class Meta:
+        verbose_name = _("signal")
+        verbose_name_plural = _("signals")
         ordering = ["received_at", "id"]
         constraints = [
             models.UniqueConstraint(
@@ -565,6 +575,8 @@ class Attachment(models.Model):
     position = models.PositiveSmallIntegerField(default=0, help_text="Order within its upload.")
 
     class Meta:
+        verbose_name = _("attachment")
+        verbose_name_plural = _("attachments")
         ordering = ["uploaded_at", "position"]
         indexes = [
             # Every read is by instance (optionally by context), in upload order.
@@ -591,9 +603,9 @@ class FailureGroupProxy(WorkflowInstance):
     a proxy, so the page has its place in the admin's menu. No table, no rows of its own."""
 
     class Meta:
+        verbose_name = _("failure group")
+        verbose_name_plural = _("failures")
         proxy = True
-        verbose_name = "failure group"
-        verbose_name_plural = "failures"
         default_permissions = ()
 
 

@@ -17,8 +17,10 @@ from typing import Any
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
+from django.utils.translation import gettext as _
 
 from . import sealing, selectors
+from .errors import localize, state_word
 from .models import WorkflowInstance
 
 MASK = sealing.MASK
@@ -132,12 +134,15 @@ def instance_state_label(instance: WorkflowInstance) -> str:
     """The instance's state in words: "Failed: undo failed" for one whose compensation failed
     for good (an operator retries the undo or resolves it by hand)."""
     if instance.state == "failed" and (instance.error or {}).get("phase") == "compensation":
-        return "Failed: undo failed"
+        return _("Failed: undo failed")
     return instance.get_state_display()
 
 
 def pill(state: str, label: str | None = None) -> str:
-    return format_html('<span class="so-pill so-{}">{}</span>', state, label or state)
+    """A state as a coloured pill, its word in the page's language (``label``: other words)."""
+    return format_html(
+        '<span class="so-pill so-{}">{}</span>', state, label or localize(state_word(state))
+    )
 
 
 def json_block(value: Any, *, reveal: bool = False) -> str:

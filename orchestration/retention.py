@@ -24,6 +24,7 @@ from django.db import transaction
 from django.db.models import Q, TextField
 from django.db.models.functions import Cast
 from django.utils import timezone
+from django.utils.translation import gettext_noop
 
 from . import attachments, sealing
 from .definitions import registry
@@ -148,7 +149,7 @@ def instance_erase(*, instance_id: Any, actor: str, reason: str) -> int:
     with transaction.atomic():
         locked = lock_instance(instance_id=instance_id, actor=actor)
         if locked is None:
-            raise NotFound("instance not found")
+            raise NotFound(gettext_noop("instance not found"))
         instance, journal = locked.instance, locked.journal
         steps = list(locked.steps.values())
         signals = list(Signal.objects.filter(instance=instance))

@@ -20,9 +20,10 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
+from django.utils.translation import gettext_noop
 
 from . import engine, sealing
-from .errors import Conflict, InvalidInput, SignoffError
+from .errors import Conflict, InvalidInput, Message, SignoffError
 from .models import InstanceState, WorkflowInstance
 from .schedule_models import FireOutcome, OverlapPolicy, Schedule, ScheduleFire
 from .schedule_timing import Timing, due_at, fire_at_or_before, next_fire_after, zone
@@ -56,8 +57,13 @@ def render_business_key(template: str, *, schedule_name: str, fire_time: datetim
         key = match.group(1)
         if key not in values:
             raise InvalidInput(
-                f"business_key_template: unknown placeholder {{{key}}}; use "
-                + ", ".join("{" + p + "}" for p in PLACEHOLDERS),
+                Message(
+                    gettext_noop(
+                        "business_key_template: unknown placeholder %(key)s; use %(known)s"
+                    ),
+                    key="{" + key + "}",
+                    known=", ".join("{" + p + "}" for p in PLACEHOLDERS),
+                ),
                 code="invalid_business_key_template",
             )
         return values[key]
@@ -163,7 +169,11 @@ def fire(
         raise RuntimeError("fire() runs inside the transaction that locked the schedule")
     if ScheduleFire.objects.filter(schedule=schedule, fire_time=fire_time).exists():
         raise Conflict(
-            f"schedule {schedule.name!r} already fired at {fire_time.isoformat()}",
+            Message(
+                gettext_noop("schedule %(name)s already fired at %(at)s"),
+                name=repr(schedule.name),
+                at=fire_time.isoformat(),
+            ),
             code="already_fired",
         )
     schedule.last_fire_at = max(filter(None, [schedule.last_fire_at, fire_time]))

@@ -16,6 +16,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django.utils.translation import gettext_lazy as _
 
 
 class OverlapPolicy(models.TextChoices):
@@ -79,6 +80,8 @@ class Schedule(models.Model):
     updated_at = models.DateTimeField()
 
     class Meta:
+        verbose_name = _("schedule")
+        verbose_name_plural = _("schedules")
         ordering = ["name"]
         constraints = [
             models.CheckConstraint(
@@ -128,6 +131,8 @@ class ScheduleFire(models.Model):
     at = models.DateTimeField()
 
     class Meta:
+        verbose_name = _("schedule fire")
+        verbose_name_plural = _("schedule fires")
         ordering = ["-fire_time"]
         constraints = [
             models.UniqueConstraint(fields=["schedule", "fire_time"], name="schedule_fire_once"),

@@ -22,6 +22,9 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from croniter import croniter
+from django.utils.translation import gettext_noop
+
+from .errors import Message
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -71,19 +74,27 @@ def cron_problem(expression: str) -> str | None:
     """Why ``expression`` is not a schedule's cron expression (five fields: minute, hour, day
     of month, month, day of week), or None."""
     if not isinstance(expression, str) or not expression.strip():
-        return "cron must be a non-empty string"
+        return Message(gettext_noop("cron must be a non-empty string"))
     fields = expression.split()
     if len(fields) != 5:
-        return (
-            f"cron {expression!r} must have 5 fields (minute hour day-of-month month "
-            f"day-of-week), not {len(fields)}"
+        return Message(
+            gettext_noop(
+                "cron %(cron)s must have 5 fields (minute hour day-of-month month "
+                "day-of-week), not %(count)s"
+            ),
+            cron=repr(expression),
+            count=len(fields),
         )
     if not croniter.is_valid(expression):
-        return f"cron {expression!r} is not a valid cron expression"
+        return Message(
+            gettext_noop("cron %(cron)s is not a valid cron expression"), cron=repr(expression)
+        )
     try:
         croniter(expression, datetime(2000, 1, 1, tzinfo=UTC)).get_next(datetime)
     except Exception as exc:  # noqa: BLE001 - croniter raises several kinds
-        return f"cron {expression!r} never fires: {exc}"
+        return Message(
+            gettext_noop("cron %(cron)s never fires: %(error)s"), cron=repr(expression), error=exc
+        )
     return None
 
 
@@ -163,17 +174,28 @@ def next_fire_times(timing: Timing, after: datetime, count: int = 5) -> list[dat
     return [next(times) for _ in range(count)]
 
 
-def _every(seconds: int) -> str:
-    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+# "every {unit}" and "every {n} {unit}s" for each unit, marked for makemessages.
+_EVERY = {
+    "day": (gettext_noop("every day"), gettext_noop("every %(n)s days")),
+    "hour": (gettext_noop("every hour"), gettext_noop("every %(n)s hours")),
+    "minute": (gettext_noop("every minute"), gettext_noop("every %(n)s minutes")),
+    "second": (gettext_noop("every second"), gettext_noop("every %(n)s seconds")),
+}
+
+
+def _every(seconds: int) -> Message:
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1)):
         if seconds % size == 0:
             n = seconds // size
-            return f"every {unit}" if n == 1 else f"every {n} {unit}s"
-    return "every second" if seconds == 1 else f"every {seconds} seconds"
+            one, many = _EVERY[unit]
+            return Message(one) if n == 1 else Message(many, n=n)
+    raise AssertionError("unreachable")  # pragma: no cover - every whole number divides by 1
 
 
 def describe(timing: Timing) -> str:
     """The timing in words: cron-descriptor's reading of the expression ("At 02:00 AM, Monday
-    through Friday") or "every N minutes", with the time zone and the jitter."""
+    through Friday", in English) or "every N minutes", with the time zone and the jitter; a
+    :class:`Message` (English; a page shows it through ``localize``)."""
     if timing.interval_seconds:
         words = _every(timing.interval_seconds)
     else:
@@ -185,10 +207,12 @@ def describe(timing: Timing) -> str:
             words = get_description(timing.cron, options)
         except Exception:  # noqa: BLE001 - a description must never break a page
             words = timing.cron
-        if timing.time_zone and timing.time_zone != "UTC":
-            words = f"{words} ({timing.time_zone})"
-        else:
-            words = f"{words} (UTC)"
+        zone_name = timing.time_zone if timing.time_zone and timing.time_zone != "UTC" else "UTC"
+        words = Message("%(words)s (%(zone)s)", words=words, zone=zone_name)
     if timing.jitter_seconds:
-        words = f"{words}, up to {timing.jitter_seconds} s later (jitter)"
+        words = Message(
+            gettext_noop("%(words)s, up to %(seconds)s s later (jitter)"),
+            words=words,
+            seconds=timing.jitter_seconds,
+        )
     return words

@@ -19,10 +19,11 @@ from typing import Any
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
+from django.utils.translation import gettext_noop
 
 from . import actors, engine, sealing
 from .definitions import registry
-from .errors import Conflict, InvalidInput, NotFound
+from .errors import Conflict, InvalidInput, Message, NotFound, invalid_input, unknown_workflow
 from .jsonsafe import storable_json_problem, string_problem
 from .schedule_firing import fire, render_business_key
 from .schedule_models import OverlapPolicy, Schedule, ScheduleFire
@@ -68,7 +69,16 @@ def _int(values: dict[str, Any], field: str, low: int, high: int, *, allow_none:
     if value is None and allow_none:
         return
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise _bad(f"{field} must be an integer from {low} to {high}", f"invalid_{field}", field)
+        raise _bad(
+            Message(
+                gettext_noop("%(field)s must be an integer from %(low)s to %(high)s"),
+                field=field,
+                low=low,
+                high=high,
+            ),
+            f"invalid_{field}",
+            field,
+        )
 
 
 def _checked(values: dict[str, Any], user: Any) -> dict[str, Any]:
@@ -77,31 +87,35 @@ def _checked(values: dict[str, Any], user: Any) -> dict[str, Any]:
     name = values.get("name")
     if not isinstance(name, str) or not NAME_RE.match(name) or string_problem(name):
         raise _bad(
-            "name must be 1 to 100 characters: letters, digits, space, _ . : - "
-            "(starting with a letter or digit)",
+            gettext_noop(
+                "name must be 1 to 100 characters: letters, digits, space, _ . : - "
+                "(starting with a letter or digit)"
+            ),
             "invalid_name",
             "name",
         )
     workflow, version = values.get("workflow"), values.get("version")
     if not isinstance(workflow, str) or not workflow:
-        raise _bad("workflow must be a non-empty string", "unknown_workflow", "workflow")
+        raise _bad(
+            gettext_noop("workflow must be a non-empty string"), "unknown_workflow", "workflow"
+        )
     _int(values, "version", 1, 2**31 - 1, allow_none=True)
     definition = registry.get(workflow, version)
     if definition is None:
         known = registry.get(workflow) is not None
         raise _bad(
-            f"workflow {workflow!r} has no version {version}"
-            if known and version
-            else f"unknown workflow {workflow!r}",
+            unknown_workflow(workflow, version if known else None),
             "unknown_workflow",
             "workflow",
         )
     cron, interval = values.get("cron") or "", values.get("interval_seconds")
     if not isinstance(cron, str):
-        raise _bad("cron must be a string", "invalid_cron", "cron")
+        raise _bad(gettext_noop("cron must be a string"), "invalid_cron", "cron")
     if bool(cron) == (interval is not None):
         raise _bad(
-            "give exactly one of cron and interval_seconds", "invalid_timing", "interval_seconds"
+            gettext_noop("give exactly one of cron and interval_seconds"),
+            "invalid_timing",
+            "interval_seconds",
         )
     if cron and (problem := cron_problem(cron)):
         raise _bad(problem, "invalid_cron", "cron")
@@ -109,35 +123,43 @@ def _checked(values: dict[str, Any], user: Any) -> dict[str, Any]:
     tz = values.get("time_zone")
     if zone(tz) is None:
         raise _bad(
-            f"time_zone {tz!r} is not a known IANA time zone (such as Europe/Berlin)",
+            Message(
+                gettext_noop(
+                    "time_zone %(zone)s is not a known IANA time zone (such as Europe/Berlin)"
+                ),
+                zone=repr(tz),
+            ),
             "invalid_time_zone",
             "time_zone",
         )
     _int(values, "jitter_seconds", 0, MAX_JITTER_SECONDS, allow_none=False)
     if interval is not None and values["jitter_seconds"] >= interval:
         raise _bad(
-            "jitter_seconds must be smaller than interval_seconds",
+            gettext_noop("jitter_seconds must be smaller than interval_seconds"),
             "invalid_jitter_seconds",
             "jitter_seconds",
         )
     _int(values, "catchup_window_seconds", 0, MAX_CATCHUP_SECONDS, allow_none=False)
     if values.get("overlap") not in OverlapPolicy.values:
         raise _bad(
-            "overlap must be one of " + ", ".join(OverlapPolicy.values),
+            Message(
+                gettext_noop("overlap must be one of %(choices)s"),
+                choices=", ".join(OverlapPolicy.values),
+            ),
             "invalid_overlap",
             "overlap",
         )
     template = values.get("business_key_template") or ""
     if not isinstance(template, str) or len(template) > 200 or string_problem(template):
         raise _bad(
-            "business_key_template must be a string of at most 200 characters",
+            gettext_noop("business_key_template must be a string of at most 200 characters"),
             "invalid_business_key_template",
             "business_key_template",
         )
     sample = render_business_key(template, schedule_name=name, fire_time=timezone.now(), tz=tz)
     if len(sample) > 200:
         raise _bad(
-            "business_key_template makes keys longer than 200 characters",
+            gettext_noop("business_key_template makes keys longer than 200 characters"),
             "invalid_business_key_template",
             "business_key_template",
         )
@@ -154,15 +176,23 @@ def _checked_input(input: Any, definition: Any, user: Any) -> dict[str, Any]:
     if input is None:
         input = {}
     if not isinstance(input, dict):
-        raise _bad("input must be a JSON object", "invalid_input", "input")
+        raise _bad(gettext_noop("input must be a JSON object"), "invalid_input", "input")
     problem = storable_json_problem(input)
     if problem:
-        raise _bad(f"input: {problem}", "invalid_input", "input")
+        raise _bad(
+            Message(gettext_noop("input: %(problem)s"), problem=problem), "invalid_input", "input"
+        )
     size = len(json.dumps(input, separators=(",", ":")).encode())
     limit = settings.SIGNOFF_SCHEDULE_MAX_INPUT_BYTES
     if size > limit:
         raise _bad(
-            f"input is {size} bytes; a schedule's input may have at most {limit}",
+            Message(
+                gettext_noop(
+                    "input is %(size)s bytes; a schedule's input may have at most %(max)s"
+                ),
+                size=size,
+                max=limit,
+            ),
             "input_too_large",
             "input",
         )
@@ -174,7 +204,7 @@ def _checked_input(input: Any, definition: Any, user: Any) -> dict[str, Any]:
     problems = definition.validate_input(checked)
     if problems:
         raise InvalidInput(
-            "invalid input: " + "; ".join(problems),
+            invalid_input(problems),
             code="invalid_input",
             errors={"input": problems},
         )
@@ -196,7 +226,10 @@ def schedule_create(*, values: dict[str, Any], created_by: Any = None) -> Schedu
     its first fire is the first fire time after now. A taken name is a :class:`Conflict`."""
     unknown = set(values) - set(FIELDS) - {"paused", "paused_note"}
     if unknown:
-        raise InvalidInput(f"unknown fields: {', '.join(sorted(unknown))}", code="invalid")
+        raise InvalidInput(
+            Message(gettext_noop("unknown fields: %(fields)s"), fields=", ".join(sorted(unknown))),
+            code="invalid",
+        )
     checked = schedule_check(
         values={k: v for k, v in values.items() if k in FIELDS}, user=created_by
     )
@@ -223,25 +256,29 @@ def schedule_create(*, values: dict[str, Any], created_by: Any = None) -> Schedu
 
 def _taken(name: str) -> Conflict:
     return Conflict(
-        f"a schedule named {name!r} exists already",
+        Message(gettext_noop("a schedule named %(name)s exists already"), name=repr(name)),
         code="name_taken",
-        errors={"name": ["A schedule with this name exists already."]},
+        errors={"name": [gettext_noop("A schedule with this name exists already.")]},
     )
 
 
 def _pause_values(values: dict[str, Any]) -> tuple[bool, str]:
     paused, note = values.get("paused", False), values.get("paused_note", "")
     if not isinstance(paused, bool):
-        raise _bad("paused must be true or false", "invalid_paused", "paused")
+        raise _bad(gettext_noop("paused must be true or false"), "invalid_paused", "paused")
     if not isinstance(note, str) or len(note) > 500 or string_problem(note):
-        raise _bad("paused_note must be at most 500 characters", "invalid_note", "paused_note")
+        raise _bad(
+            gettext_noop("paused_note must be at most 500 characters"),
+            "invalid_note",
+            "paused_note",
+        )
     return paused, note
 
 
 def _locked(schedule_id: Any) -> Schedule:
     schedule = Schedule.objects.select_for_update().filter(pk=_pk(schedule_id)).first()
     if schedule is None:
-        raise NotFound("no such schedule", code="not_found")
+        raise NotFound(gettext_noop("no such schedule"), code="not_found")
     return schedule
 
 
@@ -269,7 +306,12 @@ def schedule_check(
             current["input"] = sealing.open_fields(schedule.input, where="input")
         except sealing.SealError as exc:
             raise _bad(
-                f"the stored input cannot be opened ({exc}); give the input again",
+                Message(
+                    gettext_noop(
+                        "the stored input cannot be opened (%(error)s); give the input again"
+                    ),
+                    error=exc,
+                ),
                 "input_unreadable",
                 "input",
             ) from exc
@@ -291,7 +333,10 @@ def schedule_update(*, schedule_id: Any, values: dict[str, Any], user: Any = Non
     interval, time zone, jitter, name) plans the next fire from now; other changes keep it."""
     unknown = set(values) - set(FIELDS)
     if unknown:
-        raise InvalidInput(f"unknown fields: {', '.join(sorted(unknown))}", code="invalid")
+        raise InvalidInput(
+            Message(gettext_noop("unknown fields: %(fields)s"), fields=", ".join(sorted(unknown))),
+            code="invalid",
+        )
     with transaction.atomic():
         schedule = _locked(schedule_id)
         checked = schedule_check(values=values, user=user, schedule=schedule)
@@ -357,9 +402,13 @@ def schedule_trigger(
     if fire_time is None:
         fire_time = now.replace(microsecond=0)
     elif not isinstance(fire_time, datetime) or timezone.is_naive(fire_time):
-        raise _bad("fire_time must be an aware date-time", "invalid_fire_time", "fire_time")
+        raise _bad(
+            gettext_noop("fire_time must be an aware date-time"), "invalid_fire_time", "fire_time"
+        )
     elif abs(fire_time - now) > timedelta(days=1):
-        raise _bad("fire_time must be within a day of now", "invalid_fire_time", "fire_time")
+        raise _bad(
+            gettext_noop("fire_time must be within a day of now"), "invalid_fire_time", "fire_time"
+        )
     with transaction.atomic():
         schedule = _locked(schedule_id)
         result = fire(schedule, fire_time, now=now, triggered_by=actors.actor_of(user))

@@ -46,10 +46,11 @@ from django.db.models import (
     Value,
 )
 from django.db.models.fields.json import KeyTextTransform, KeyTransform
+from django.utils.translation import gettext_noop
 
 from . import vendor
 from .definitions import registry
-from .errors import InvalidInput
+from .errors import InvalidInput, Message
 from .models import StepRun, WorkflowInstance
 
 ERROR_MIN, ERROR_MAX = 3, 200  # characters of an error search
@@ -88,12 +89,18 @@ class InstanceSearch:
         return bool(self.error or self.conditions)
 
 
+def _too_many_conditions() -> Message:
+    return Message(gettext_noop("at most %(max)s input conditions"), max=MAX_CONDITIONS)
+
+
 # -- parsing -------------------------------------------------------------------------------------
 
 
 def _text(name: str, value: str) -> str:
     if "\x00" in value:
-        raise InvalidInput(f"{name} must not contain NUL characters", code=CODE)
+        raise InvalidInput(
+            Message(gettext_noop("%(name)s must not contain NUL characters"), name=name), code=CODE
+        )
     return value
 
 
@@ -101,7 +108,13 @@ def parse_error(value: str) -> str:
     value = _text("error", value).strip()
     if not ERROR_MIN <= len(value) <= ERROR_MAX:
         raise InvalidInput(
-            f"error must be {ERROR_MIN} to {ERROR_MAX} characters (got {len(value)})", code=CODE
+            Message(
+                gettext_noop("error must be %(min)s to %(max)s characters (got %(count)s)"),
+                min=ERROR_MIN,
+                max=ERROR_MAX,
+                count=len(value),
+            ),
+            code=CODE,
         )
     return value
 
@@ -111,8 +124,13 @@ def parse_condition(key: str, value: str) -> InputCondition:
     match = _KEY.fullmatch(_text("the parameter name", key))
     if match is None:
         raise InvalidInput(
-            f"{key[:80]!r} is not an input search: use input.<path>=<value> or "
-            "input.<path>[<operator>]=<value>",
+            Message(
+                gettext_noop(
+                    "%(key)s is not an input search: use input.<path>=<value> or "
+                    "input.<path>[<operator>]=<value>"
+                ),
+                key=repr(key[:80]),
+            ),
             code=CODE,
         )
     segments = match["path"].split(".")
@@ -120,24 +138,53 @@ def parse_condition(key: str, value: str) -> InputCondition:
         _SEGMENT.fullmatch(s) and "__" not in s for s in segments
     ):
         raise InvalidInput(
-            f"invalid input path {match['path'][:80]!r}: up to {MAX_DEPTH} dot-separated keys "
-            "of letters, digits, '_' and '-' (at most 64 each, no '__')",
+            Message(
+                gettext_noop(
+                    "invalid input path %(path)s: up to %(max)s dot-separated keys of letters, "
+                    "digits, '_' and '-' (at most 64 each, no '__')"
+                ),
+                path=repr(match["path"][:80]),
+                max=MAX_DEPTH,
+            ),
             code=CODE,
         )
     op = match["op"] if match["op"] is not None else "eq"
     if op not in OPERATORS:
         raise InvalidInput(
-            f"unknown operator {op[:20]!r}; one of {', '.join(OPERATORS)}", code=CODE
+            Message(
+                gettext_noop("unknown operator %(op)s; one of %(operators)s"),
+                op=repr(op[:20]),
+                operators=", ".join(OPERATORS),
+            ),
+            code=CODE,
         )
     value = _text(key, value)
     if len(value) > VALUE_MAX:
-        raise InvalidInput(f"{key[:80]}: value longer than {VALUE_MAX} characters", code=CODE)
+        raise InvalidInput(
+            Message(
+                gettext_noop("%(key)s: value longer than %(max)s characters"),
+                key=key[:80],
+                max=VALUE_MAX,
+            ),
+            code=CODE,
+        )
     if op in ("gt", "gte", "lt", "lte") and not _NUMBER.fullmatch(value):
-        raise InvalidInput(f"{key[:80]}: {op} compares numbers (like 12 or -3.5)", code=CODE)
+        raise InvalidInput(
+            Message(
+                gettext_noop("%(key)s: %(op)s compares numbers (like 12 or -3.5)"),
+                key=key[:80],
+                op=op,
+            ),
+            code=CODE,
+        )
     if op == "exists" and value not in ("true", "false"):
-        raise InvalidInput(f"{key[:80]}: exists takes true or false", code=CODE)
+        raise InvalidInput(
+            Message(gettext_noop("%(key)s: exists takes true or false"), key=key[:80]), code=CODE
+        )
     if op == "contains" and not value:
-        raise InvalidInput(f"{key[:80]}: contains needs some text", code=CODE)
+        raise InvalidInput(
+            Message(gettext_noop("%(key)s: contains needs some text"), key=key[:80]), code=CODE
+        )
     return InputCondition(tuple(segments), op, value)
 
 
@@ -150,7 +197,9 @@ def parse_params(params: Mapping[str, Any]) -> InstanceSearch:
     for key in params:
         values = getlist(key) if getlist else [params[key]]
         if (key == "error" or key.startswith("input.")) and len(values) > 1:
-            raise InvalidInput(f"{key[:80]} is given more than once", code=CODE)
+            raise InvalidInput(
+                Message(gettext_noop("%(key)s is given more than once"), key=key[:80]), code=CODE
+            )
         items.append((key, values[-1] if values else ""))
     error = ""
     conditions = []
@@ -160,7 +209,7 @@ def parse_params(params: Mapping[str, Any]) -> InstanceSearch:
         elif key.startswith("input.") or key.startswith("input["):
             conditions.append(parse_condition(key, value))
     if len(conditions) > MAX_CONDITIONS:
-        raise InvalidInput(f"at most {MAX_CONDITIONS} input conditions", code=CODE)
+        raise InvalidInput(_too_many_conditions(), code=CODE)
     return InstanceSearch(error, tuple(conditions))
 
 
@@ -176,18 +225,23 @@ def parse_term(term: str) -> InstanceSearch | None:
         quoted, word, key, value, other = match.groups()
         if quoted is not None or word is not None:
             if error:
-                raise InvalidInput("error: is given more than once", code=CODE)
+                raise InvalidInput(gettext_noop("error: is given more than once"), code=CODE)
             error = parse_error(quoted if quoted is not None else word)
         elif key is not None:
             conditions.append(parse_condition(key, value))
         else:
             raise InvalidInput(
-                f"{other[:80]!r}: write error:<text> or input.<path>=<value> "
-                "(or search an id or business key alone)",
+                Message(
+                    gettext_noop(
+                        "%(word)s: write error:<text> or input.<path>=<value> (or search an id "
+                        "or business key alone)"
+                    ),
+                    word=repr(other[:80]),
+                ),
                 code=CODE,
             )
     if len(conditions) > MAX_CONDITIONS:
-        raise InvalidInput(f"at most {MAX_CONDITIONS} input conditions", code=CODE)
+        raise InvalidInput(_too_many_conditions(), code=CODE)
     return InstanceSearch(error, tuple(conditions))
 
 
@@ -214,7 +268,12 @@ def refuse_sealed(search: InstanceSearch, workflow: str | None = None) -> None:
     for condition in search.conditions:
         if condition.path[0] in sealed or any(s.startswith("$") for s in condition.path):
             raise InvalidInput(
-                f"input.{condition.path[0]} is a sealed (sensitive) field and cannot be searched",
+                Message(
+                    gettext_noop(
+                        "input.%(field)s is a sealed (sensitive) field and cannot be searched"
+                    ),
+                    field=condition.path[0],
+                ),
                 code="sealed_field",
             )
 

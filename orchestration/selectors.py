@@ -8,11 +8,12 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from django.db.models import Count, OuterRef, Prefetch, Q, QuerySet, Subquery
+from django.utils.translation import gettext_noop
 
 from . import sealing
 from . import search as searching
 from .definitions import registry
-from .errors import InvalidInput, NotAllowed, NotFound
+from .errors import InvalidInput, Message, NotAllowed, NotFound
 from .fanout_models import MapItem
 from .fanout_runners import item_states, summary
 from .models import (
@@ -101,7 +102,10 @@ def _may_have_children(instance: WorkflowInstance) -> bool:
 def _filter_value(name: str, value: str | None) -> str | None:
     if value is not None and "\x00" in value:
         # PostgreSQL cannot compare text with NUL; answer 400 rather than a 500.
-        raise InvalidInput(f"{name} must not contain NUL characters", code="invalid_filter")
+        raise InvalidInput(
+            Message(gettext_noop("%(name)s must not contain NUL characters"), name=name),
+            code="invalid_filter",
+        )
     return value
 
 
@@ -124,7 +128,11 @@ def instance_list(
         # An empty ?state= is not a state either: 400, as the schema's enum says.
         if state not in InstanceState.values:
             raise InvalidInput(
-                f"unknown state {state!r}; one of {', '.join(InstanceState.values)}",
+                Message(
+                    gettext_noop("unknown state %(state)s; one of %(states)s"),
+                    state=repr(state),
+                    states=", ".join(InstanceState.values),
+                ),
                 code="invalid_filter",
             )
         qs = qs.filter(state=state)
@@ -134,7 +142,9 @@ def instance_list(
         qs = qs.filter(business_key=business_key)
     if schedule is not None:
         if not schedule.isascii() or not schedule.isdigit() or len(schedule) > 18:
-            raise InvalidInput("schedule must be a schedule's id", code="invalid_filter")
+            raise InvalidInput(
+                gettext_noop("schedule must be a schedule's id"), code="invalid_filter"
+            )
         qs = qs.filter(schedule_id=int(schedule))
     if search:
         searching.refuse_sealed(search, workflow or None)
@@ -198,14 +208,14 @@ def instance_get(*, user: Any, instance_id: Any) -> WorkflowInstance:
     try:
         pk = uuid.UUID(str(instance_id))
     except ValueError:
-        raise NotFound("instance not found") from None
+        raise NotFound(gettext_noop("instance not found")) from None
     instance = _with_steps(instances_visible_to(user).filter(pk=pk)).first()
     if instance is None and _READERS and getattr(user, "is_authenticated", False):
         candidate = _with_steps(WorkflowInstance.objects.filter(pk=pk)).first()
         if candidate is not None and is_reader(user, candidate):
             instance = candidate
     if instance is None:
-        raise NotFound("instance not found")
+        raise NotFound(gettext_noop("instance not found"))
     attach_children([instance])
     return instance
 
@@ -223,7 +233,12 @@ def instance_for_action(*, user: Any, instance_id: Any) -> WorkflowInstance:
         return instance
     if not user.has_perm(OPERATE_PERMISSION):
         raise NotAllowed(
-            f"acting on an instance you did not start needs the {OPERATE_PERMISSION} permission",
+            Message(
+                gettext_noop(
+                    "acting on an instance you did not start needs the %(permission)s permission"
+                ),
+                permission=OPERATE_PERMISSION,
+            ),
             code="permission_denied",
         )
     return instance
@@ -236,7 +251,10 @@ def instance_for_operator(*, user: Any, instance_id: Any) -> WorkflowInstance:
     instance = instance_get(user=user, instance_id=instance_id)
     if not user.has_perm(OPERATE_PERMISSION):
         raise NotAllowed(
-            f"repairing an instance needs the {OPERATE_PERMISSION} permission",
+            Message(
+                gettext_noop("repairing an instance needs the %(permission)s permission"),
+                permission=OPERATE_PERMISSION,
+            ),
             code="permission_denied",
         )
     return instance
@@ -287,10 +305,10 @@ def instance_for_signature(*, instance_id: Any) -> WorkflowInstance:
     try:
         pk = uuid.UUID(str(instance_id))
     except ValueError:
-        raise NotFound("instance not found") from None
+        raise NotFound(gettext_noop("instance not found")) from None
     instance = WorkflowInstance.objects.filter(pk=pk).first()
     if instance is None:
-        raise NotFound("instance not found")
+        raise NotFound(gettext_noop("instance not found"))
     return instance
 
 
@@ -354,14 +372,16 @@ def schedule_list(*, user: Any) -> QuerySet[Schedule]:
     """Every schedule, by name, for a user who may view schedules (:class:`NotAllowed`
     otherwise), with what its resource shows loaded in the same query."""
     if not may_schedule(user, "view"):
-        raise NotAllowed("viewing schedules needs orchestration.view_schedule or staff")
+        raise NotAllowed(
+            gettext_noop("viewing schedules needs orchestration.view_schedule or staff")
+        )
     return Schedule.objects.select_related("created_by").order_by("name")
 
 
 def schedule_get(*, user: Any, schedule_id: Any) -> Schedule:
     schedule = schedule_list(user=user).filter(pk=_schedule_pk(schedule_id)).first()
     if schedule is None:
-        raise NotFound("no such schedule", code="not_found")
+        raise NotFound(gettext_noop("no such schedule"), code="not_found")
     return schedule
 
 

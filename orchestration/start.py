@@ -19,11 +19,14 @@ from typing import Any
 
 import jsonschema
 from django import forms
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy, ngettext
 from django_jsonform.constants import JOIN_SYMBOL
 from django_jsonform.widgets import JSONFormWidget
 
 from . import jsonsafe
 from .definitions import Workflow, registry
+from .errors import localize
 
 MAX_KEY = 200
 _REQUIRED = re.compile(r"^'(?P<name>[^']+)' is a required property$")
@@ -80,6 +83,41 @@ def form_schema(definition: Workflow) -> dict[str, Any]:
     return schema
 
 
+def _said(error: Any) -> str:
+    """A schema error in the page's language: the usual checks (a required field, a limit, a
+    choice, a pattern, a kind of value) in our words, anything else as the validator says it."""
+    limit = error.validator_value
+    if error.validator == "required":
+        return _("This field is required.")
+    if error.validator == "pattern":
+        return _("Not in the expected format.")
+    if error.validator == "minimum":
+        return _("Must be at least %(limit)s.") % {"limit": limit}
+    if error.validator == "maximum":
+        return _("Must be at most %(limit)s.") % {"limit": limit}
+    if error.validator == "exclusiveMinimum":
+        return _("Must be more than %(limit)s.") % {"limit": limit}
+    if error.validator == "exclusiveMaximum":
+        return _("Must be less than %(limit)s.") % {"limit": limit}
+    if error.validator == "minLength" and isinstance(limit, int):
+        return ngettext(
+            "Must be at least %(limit)d character long.",
+            "Must be at least %(limit)d characters long.",
+            limit,
+        ) % {"limit": limit}
+    if error.validator == "maxLength" and isinstance(limit, int):
+        return ngettext(
+            "Must be at most %(limit)d character long.",
+            "Must be at most %(limit)d characters long.",
+            limit,
+        ) % {"limit": limit}
+    if error.validator == "enum":
+        return _("Choose one of the offered values.")
+    if error.validator == "type":
+        return _("Not the expected kind of value.")
+    return error.message
+
+
 def _field_errors(definition: Workflow, data: dict[str, Any]) -> tuple[dict[str, list[str]], list]:
     """The schema's complaints about ``data``, keyed as django-jsonform's error map wants them
     (field paths joined by its symbol), and those that name no field."""
@@ -95,9 +133,9 @@ def _field_errors(definition: Workflow, data: dict[str, Any]) -> tuple[dict[str,
             found = _REQUIRED.match(error.message)
             if found:
                 path = [*path, found["name"]]
-                message = "This field is required."
-        elif error.validator == "pattern":
-            message = "Not in the expected format."
+                message = _said(error)
+        else:
+            message = _said(error)
         if path:
             by_field.setdefault(JOIN_SYMBOL.join(path), []).append(message)
         else:
@@ -110,10 +148,12 @@ class StartForm(forms.Form):
     the input as the engine takes it (without the files' field)."""
 
     business_key = forms.CharField(
-        label="Reference",
+        label=gettext_lazy("Reference"),
         required=False,
         max_length=200,
-        help_text="Optional: your own reference (an order or ticket number), shown everywhere.",
+        help_text=gettext_lazy(
+            "Optional: your own reference (an order or ticket number), shown everywhere."
+        ),
     )
     key = forms.CharField(widget=forms.HiddenInput, max_length=MAX_KEY)
 
@@ -121,7 +161,7 @@ class StartForm(forms.Form):
         super().__init__(*args, **kwargs)
         self.definition = definition
         self.fields["input"] = forms.CharField(
-            label="Details",
+            label=gettext_lazy("Details"),
             required=False,
             widget=JSONFormWidget(schema=form_schema(definition)),
         )
@@ -132,7 +172,7 @@ class StartForm(forms.Form):
     def clean_key(self) -> str:
         key = self.cleaned_data["key"]
         if not key.isprintable():
-            raise forms.ValidationError("Reload the page and submit again.")
+            raise forms.ValidationError(_("Reload the page and submit again."))
         return key
 
     def clean_input(self) -> dict[str, Any]:
@@ -140,14 +180,16 @@ class StartForm(forms.Form):
         try:
             data = jsonsafe.loads(raw)
         except jsonsafe.JSONInputError as exc:
-            raise forms.ValidationError(f"The form's data is not valid JSON: {exc}") from None
+            raise forms.ValidationError(
+                _("The form's data is not valid JSON: %(error)s") % {"error": exc}
+            ) from None
         if data in ("", None):
             data = {}
         if not isinstance(data, dict):
-            raise forms.ValidationError("The form's data must be an object.")
+            raise forms.ValidationError(_("The form's data must be an object."))
         problem = jsonsafe.storable_json_problem(data)
         if problem:
-            raise forms.ValidationError(problem)
+            raise forms.ValidationError(localize(problem))
         # What the engine adds (the requester, the files) is not the person's to fill in.
         for name in (self.definition.requester_input, self.definition.attachments):
             if name:
@@ -161,5 +203,5 @@ class StartForm(forms.Form):
         if by_field:
             self.fields["input"].widget.add_error(by_field)
         if by_field or general:
-            raise forms.ValidationError(["Please correct the errors below.", *general])
+            raise forms.ValidationError([_("Please correct the errors below."), *general])
         return data

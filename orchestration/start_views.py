@@ -41,8 +41,11 @@ def start_form(request: HttpRequest, name: str) -> HttpResponse:
             request,
             "inbox/refused.html",
             {
-                "message": f"You may not start “{definition.description or definition.name}”: "
-                "it is for members of " + ", ".join(definition.startable_by) + "."
+                "message": _("You may not start “%(workflow)s”: it is for members of %(groups)s.")
+                % {
+                    "workflow": definition.description or definition.name,
+                    "groups": ", ".join(definition.startable_by),
+                }
             },
             status=403,
         )

@@ -43,8 +43,9 @@ from django.core.files.storage import Storage, storages
 from django.db import transaction
 from django.db.models.signals import post_delete
 from django.dispatch import receiver
+from django.utils.translation import gettext_noop
 
-from .errors import InvalidInput
+from .errors import InvalidInput, Message, joined, localize
 from .file_refs import ref
 from .journal import Journal
 from .models import Attachment, WorkflowInstance
@@ -65,11 +66,11 @@ TYPE_LABELS = {
     "image/webp": "WebP",
     "image/tiff": "TIFF",
     "image/heic": "HEIC",
-    "text/plain": "plain text",
+    "text/plain": Message(gettext_noop("plain text")),
     "application/zip": "ZIP",
-    "application/x-executable": "an executable (ELF)",
-    "application/x-msdownload": "a Windows executable",
-    "application/octet-stream": "unrecognised binary data",
+    "application/x-executable": Message(gettext_noop("an executable (ELF)")),
+    "application/x-msdownload": Message(gettext_noop("a Windows executable")),
+    "application/octet-stream": Message(gettext_noop("unrecognised binary data")),
 }
 EXTENSIONS = {
     "application/pdf": ("pdf",),
@@ -102,14 +103,16 @@ class CheckedFile:
 
 
 def human_size(size: int) -> str:
+    """``size`` in words (a :class:`Message`: "12 bytes" is said in the page's language)."""
     if size < 1024:
-        return f"{size} bytes"
+        return Message(gettext_noop("%(count)s bytes"), count=size)
     if size < 1024 * 1024:
         return f"{size / 1024:.1f} KB".replace(".0 ", " ")
     return f"{size / (1024 * 1024):.1f} MB".replace(".0 ", " ")
 
 
 def type_label(content_type: str) -> str:
+    """How a type is named (a :class:`Message` where the name is words: "plain text")."""
     return TYPE_LABELS.get(content_type, content_type)
 
 
@@ -118,17 +121,18 @@ def accepted_types() -> list[str]:
 
 
 def upload_limits() -> dict[str, Any]:
-    """What a file input says about what it takes (``accept``, and the limits in words)."""
+    """What a file input says about what it takes (``accept``, and the limits in words, in
+    the active language)."""
     return {
         "accept": ",".join(accepted_types()),
-        "accepted": accepted_label(),
-        "max_size": human_size(settings.SIGNOFF_FILE_MAX_BYTES),
+        "accepted": localize(accepted_label()),
+        "max_size": localize(human_size(settings.SIGNOFF_FILE_MAX_BYTES)),
         "max_count": settings.SIGNOFF_FILE_MAX_COUNT,
     }
 
 
 def accepted_label() -> str:
-    return ", ".join(type_label(t) for t in accepted_types())
+    return joined([type_label(t) for t in accepted_types()], ", ")
 
 
 def safe_name(raw: Any) -> str:
@@ -219,22 +223,33 @@ def check_files(files: Sequence[Any], *, already: int = 0) -> list[CheckedFile]:
     per_instance = settings.SIGNOFF_FILE_MAX_PER_INSTANCE
     if len(files) > per_upload:
         raise InvalidInput(
-            f"{len(files)} files sent; at most {per_upload} per upload",
+            Message(
+                gettext_noop("%(count)s files sent; at most %(max)s per upload"),
+                count=len(files),
+                max=per_upload,
+            ),
             code="too_many_files",
             errors={"files": [f"at most {per_upload} files per upload"]},
         )
     if already + len(files) > per_instance:
         left = max(per_instance - already, 0)
         raise InvalidInput(
-            f"the instance holds {already} files and takes at most {per_instance}: "
-            f"{left} more may be added",
+            Message(
+                gettext_noop(
+                    "the instance holds %(count)s files and takes at most %(max)s: %(left)s "
+                    "more may be added"
+                ),
+                count=already,
+                max=per_instance,
+                left=left,
+            ),
             code="too_many_files",
             errors={"files": [f"at most {per_instance} files per instance"]},
         )
     limit = settings.SIGNOFF_FILE_MAX_BYTES
     allowed = accepted_types()
     checked: list[CheckedFile] = []
-    problems: list[tuple[str, str, str]] = []  # (name, message, code)
+    problems: list[tuple[str, Message, str]] = []  # (name, message, code)
     for upload in files:
         if not isinstance(upload, File):
             raise TypeError(f"expected a django File, got {type(upload).__name__}")
@@ -244,21 +259,26 @@ def check_files(files: Sequence[Any], *, already: int = 0) -> list[CheckedFile]:
             problems.append(
                 (
                     name,
-                    f"{name}: {human_size(declared)}, over the limit of {human_size(limit)} "
-                    "per file",
+                    _too_large(name, declared, limit),
                     "file_too_large",
                 )
             )
             continue
         size, sha256, head, text = _inspect(upload)
         if size == 0:
-            problems.append((name, f"{name}: the file is empty", "empty_file"))
+            problems.append(
+                (
+                    name,
+                    Message(gettext_noop("%(name)s: the file is empty"), name=name),
+                    "empty_file",
+                )
+            )
             continue
         if size > limit:
             problems.append(
                 (
                     name,
-                    f"{name}: {human_size(size)}, over the limit of {human_size(limit)} per file",
+                    _too_large(name, size, limit),
                     "file_too_large",
                 )
             )
@@ -268,8 +288,16 @@ def check_files(files: Sequence[Any], *, already: int = 0) -> list[CheckedFile]:
             problems.append(
                 (
                     name,
-                    f"{name}: its content is {type_label(content_type)} ({content_type}), "
-                    f"which is not accepted; accepted: {accepted_label()}",
+                    Message(
+                        gettext_noop(
+                            "%(name)s: its content is %(type)s (%(content_type)s), which is not "
+                            "accepted; accepted: %(accepted)s"
+                        ),
+                        name=name,
+                        type=type_label(content_type),
+                        content_type=content_type,
+                        accepted=accepted_label(),
+                    ),
                     "file_type_refused",
                 )
             )
@@ -286,11 +314,20 @@ def check_files(files: Sequence[Any], *, already: int = 0) -> list[CheckedFile]:
     if problems:
         codes = {code for _, _, code in problems}
         raise InvalidInput(
-            "; ".join(message for _, message, _ in problems),
+            joined([message for _, message, _ in problems]),
             code=codes.pop() if len(codes) == 1 else "files_refused",
             errors={"files": [message for _, message, _ in problems]},
         )
     return checked
+
+
+def _too_large(name: str, size: int, limit: int) -> Message:
+    return Message(
+        gettext_noop("%(name)s: %(size)s, over the limit of %(limit)s per file"),
+        name=name,
+        size=human_size(size),
+        limit=human_size(limit),
+    )
 
 
 def content_file(data: bytes, name: str) -> File:
@@ -420,15 +457,22 @@ def start_files(
     if name is None:
         if files:
             raise InvalidInput(
-                f"workflow {definition.name!r} takes no files",
+                Message(
+                    gettext_noop("workflow %(name)s takes no files"), name=repr(definition.name)
+                ),
                 code="files_not_accepted",
                 errors={"files": ["this workflow takes no files"]},
             )
         return None
     if isinstance(input, dict) and name in input:
         raise InvalidInput(
-            f"input.{name} lists the uploaded files and is filled from them: send the files "
-            "(multipart, field files), not the field",
+            Message(
+                gettext_noop(
+                    "input.%(field)s lists the uploaded files and is filled from them: send the "
+                    "files (multipart, field files), not the field"
+                ),
+                field=name,
+            ),
             code="invalid_input",
             errors={"input": [f"{name}: filled from the uploaded files"]},
         )

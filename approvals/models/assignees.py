@@ -6,6 +6,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 from django.db.models import F, Q
+from django.utils.translation import gettext_lazy as _
 
 from .requests import ApprovalRequest
 
@@ -24,6 +25,8 @@ class Delegation(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
+        verbose_name = _("delegation")
+        verbose_name_plural = _("delegations")
         ordering = ["-starts_at"]
         constraints = [
             models.CheckConstraint(
@@ -53,6 +56,8 @@ class ActionToken(models.Model):
     superseded_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
+        verbose_name = _("action token")
+        verbose_name_plural = _("action tokens")
         indexes = [models.Index(fields=["request", "user"], name="token_request_user")]
 
     def __str__(self) -> str:
@@ -80,6 +85,8 @@ class PastAssignee(models.Model):
     removed_at = models.DateTimeField()
 
     class Meta:
+        verbose_name = _("past assignee")
+        verbose_name_plural = _("past assignees")
         constraints = [
             models.UniqueConstraint(fields=["request", "user"], name="past_assignee_once"),
         ]

@@ -39,6 +39,8 @@ class Decision(models.Model):
     at = models.DateTimeField()
 
     class Meta:
+        verbose_name = _("decision")
+        verbose_name_plural = _("decisions")
         ordering = ["at", "id"]
         constraints = [
             models.UniqueConstraint(fields=["request", "assignee"], name="decision_one_per_person"),
@@ -70,6 +72,8 @@ class Comment(models.Model):
     idempotency_key = models.CharField(max_length=200, blank=True, default="")
 
     class Meta:
+        verbose_name = _("comment")
+        verbose_name_plural = _("comments")
         ordering = ["created_at", "id"]
         constraints = [
             models.UniqueConstraint(

@@ -76,6 +76,8 @@ class MailPreference(models.Model):
     updated_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
+        verbose_name = _("mail preference")
+        verbose_name_plural = _("mail preferences")
         constraints = [
             models.CheckConstraint(
                 condition=Q(digest_hour__gte=0, digest_hour__lte=23), name="mail_digest_hour_0_23"

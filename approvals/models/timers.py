@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.db import models
+from django.utils.translation import gettext_lazy as _
 
 
 class EscalationTimer(models.Model):
@@ -24,6 +25,8 @@ class EscalationTimer(models.Model):
     due_at = models.DateTimeField()
 
     class Meta:
+        verbose_name = _("escalation timer")
+        verbose_name_plural = _("escalation timers")
         indexes = [models.Index(fields=["due_at"], name="escalation_timer_due")]
 
     def __str__(self) -> str:

@@ -11,6 +11,7 @@ from django.utils.timesince import timesince
 from django.utils.translation import gettext
 
 from orchestration import attachments
+from orchestration.errors import localize
 
 register = template.Library()
 
@@ -59,7 +60,7 @@ def field_value(value: Any) -> str:
     if attachments.is_refs(value):  # files: their names and sizes (links: ``file_links``)
         return (
             ", ".join(
-                f"{item['name']} ({attachments.human_size(item['size'])})"
+                f"{item['name']} ({localize(attachments.human_size(item['size']))})"
                 if isinstance(item.get("size"), int)
                 else str(item["name"])
                 for item in value

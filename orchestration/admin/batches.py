@@ -30,10 +30,12 @@ from ..presentation import coarse_age, json_block, pill
 from .shared import ReadOnlyAdminMixin, StrictActionsMixin, confirm_page
 
 ACTION_HELP = {
-    "retry": "Retry each failed instance from its failed steps (fresh retry budgets).",
-    "cancel": "Cancel each unfinished (or failed) instance and its open steps.",
-    "pause": "Pause each running instance: nothing new starts until resumed.",
-    "resume": "Resume (unpause) each paused instance.",
+    "retry": gettext_lazy(
+        "Retry each failed instance from its failed steps (fresh retry budgets)."
+    ),
+    "cancel": gettext_lazy("Cancel each unfinished (or failed) instance and its open steps."),
+    "pause": gettext_lazy("Pause each running instance: nothing new starts until resumed."),
+    "resume": gettext_lazy("Resume (unpause) each paused instance."),
 }
 
 
@@ -44,38 +46,61 @@ class BatchConfirmForm(forms.Form):
     reason = forms.CharField(
         max_length=1000,
         widget=forms.Textarea(attrs={"rows": 2}),
-        help_text="Required: why, for the audit trail (kept on the batch; cancel events carry it).",
+        label=gettext_lazy("Reason"),
+        help_text=gettext_lazy(
+            "Required: why, for the audit trail (kept on the batch; cancel events carry it)."
+        ),
     )
     rate = forms.FloatField(
         required=False,
         min_value=0.1,
         max_value=1000,
-        help_text="Instances a second at most (empty: the default, SIGNOFF_BATCH_RATE).",
+        label=gettext_lazy("Rate"),
+        help_text=gettext_lazy(
+            "Instances a second at most (empty: the default, SIGNOFF_BATCH_RATE)."
+        ),
     )
 
     def clean_reason(self) -> str:
         reason = self.cleaned_data["reason"].strip()
         if not reason and self.fields["reason"].required:
-            raise forms.ValidationError("A reason is required.")
+            raise forms.ValidationError(_("A reason is required."))
         return reason
 
 
 class BatchFilterForm(BatchConfirmForm):
-    action = forms.ChoiceField(choices=BatchAction.choices)
-    workflow = forms.CharField(required=False, max_length=200)
-    version = forms.IntegerField(required=False, min_value=1)
-    state = forms.ChoiceField(required=False, choices=[("", "any"), *InstanceState.choices])
-    failed_step = forms.CharField(required=False, max_length=200)
-    error_type = forms.CharField(
-        required=False, max_length=200, help_text="Dotted name, or its last part (ValueError)."
+    action = forms.ChoiceField(label=gettext_lazy("Action"), choices=BatchAction.choices)
+    workflow = forms.CharField(label=gettext_lazy("Workflow"), required=False, max_length=200)
+    version = forms.IntegerField(label=gettext_lazy("Version"), required=False, min_value=1)
+    state = forms.ChoiceField(
+        label=gettext_lazy("State"),
+        required=False,
+        choices=[("", gettext_lazy("any")), *InstanceState.choices],
     )
-    business_key_prefix = forms.CharField(required=False, max_length=200)
-    created_from = forms.DateTimeField(required=False, help_text="From (inclusive).")
-    created_to = forms.DateTimeField(required=False, help_text="To (exclusive).")
-    updated_from = forms.DateTimeField(required=False)
-    updated_to = forms.DateTimeField(required=False)
+    failed_step = forms.CharField(label=gettext_lazy("Failed step"), required=False, max_length=200)
+    error_type = forms.CharField(
+        label=gettext_lazy("Error type"),
+        required=False,
+        max_length=200,
+        help_text=gettext_lazy("Dotted name, or its last part (ValueError)."),
+    )
+    business_key_prefix = forms.CharField(
+        label=gettext_lazy("Business key prefix"), required=False, max_length=200
+    )
+    created_from = forms.DateTimeField(
+        label=gettext_lazy("Created from"),
+        required=False,
+        help_text=gettext_lazy("From (inclusive)."),
+    )
+    created_to = forms.DateTimeField(
+        label=gettext_lazy("Created to"), required=False, help_text=gettext_lazy("To (exclusive).")
+    )
+    updated_from = forms.DateTimeField(label=gettext_lazy("Updated from"), required=False)
+    updated_to = forms.DateTimeField(label=gettext_lazy("Updated to"), required=False)
     all = forms.BooleanField(
-        required=False, label="All instances", help_text="Confirms a batch with no filter."
+        required=False,
+        label=gettext_lazy("All instances"),
+        help_text=gettext_lazy("Confirms a batch with no filter."),
     )
     field_order = ["action", *batches.FILTER_KEYS, "all", "reason", "rate"]
 
@@ -123,6 +148,12 @@ def _started(request: HttpRequest, batch: BatchOperation) -> HttpResponseRedirec
 # -- the instance list's actions ---------------------------------------------------------------
 
 
+BATCH_CONFIRM_TITLES = {
+    "retry": gettext_lazy("Retry selected instances as a batch: confirm"),
+    "cancel": gettext_lazy("Cancel selected instances as a batch: confirm"),
+    "pause": gettext_lazy("Pause selected instances as a batch: confirm"),
+    "resume": gettext_lazy("Resume selected instances as a batch: confirm"),
+}
 BATCH_ACTION_LABELS = {
     "retry": gettext_lazy("Retry selected (as a batch)…"),
     "cancel": gettext_lazy("Cancel selected (as a batch)…"),
@@ -158,10 +189,13 @@ def batch_action(action: str) -> Any:
         return confirm_page(
             modeladmin,
             request,
-            title=f"{action.capitalize()} selected instances as a batch: confirm",
-            question=f"{ACTION_HELP[action]} A background job does it, throttled, each "
-            "instance once; its page shows the progress. Instances the action does not apply "
-            "to are skipped; those refused are reported with the reason.",
+            title=str(BATCH_CONFIRM_TITLES[action]),
+            question=_(
+                "%(help)s A background job does it, throttled, each instance once; its page "
+                "shows the progress. Instances the action does not apply to are skipped; those "
+                "refused are reported with the reason."
+            )
+            % {"help": ACTION_HELP[action]},
             form=form,
             objects=[short_label(i) for i in queryset[:20]],
             count=queryset.count(),
@@ -277,8 +311,13 @@ class BatchOperationAdmin(StrictActionsMixin, ReadOnlyAdminMixin, admin.ModelAdm
         if ids is None:
             return json_block(obj.filter)
         shown = ", ".join(ids[:5])
-        more = f", and {len(ids) - 5} more" if len(ids) > 5 else ""
-        return format_html("{} ticked instance(s): <code>{}</code>{}", len(ids), shown, more)
+        more = _(", and %(count)s more") % {"count": len(ids) - 5} if len(ids) > 5 else ""
+        return format_html(
+            "{} <code>{}</code>{}",
+            _("%(count)s ticked instance(s):") % {"count": len(ids)},
+            shown,
+            more,
+        )
 
     @admin.display(description=gettext_lazy("done · skip · fail"))
     def counts(self, obj: BatchOperation) -> str:
@@ -314,9 +353,11 @@ class BatchOperationAdmin(StrictActionsMixin, ReadOnlyAdminMixin, admin.ModelAdm
             return confirm_page(
                 self,
                 request,
-                title="Cancel batches: confirm",
-                question="Stop these batches: instances not handled yet are left as they "
-                "are (what was done stays done).",
+                title=_("Cancel batches: confirm"),
+                question=_(
+                    "Stop these batches: instances not handled yet are left as they are (what "
+                    "was done stays done)."
+                ),
                 form=forms.Form(),
                 objects=list(queryset[:20]),
                 count=queryset.count(),
@@ -378,7 +419,7 @@ class BatchOperationAdmin(StrictActionsMixin, ReadOnlyAdminMixin, admin.ModelAdm
         if request.method not in ("GET", "POST"):
             return HttpResponseNotAllowed(["GET", "POST"])
         if not self.has_operate_permission(request):
-            raise PermissionDenied("You may not operate workflow instances.")
+            raise PermissionDenied(_("You may not operate workflow instances."))
         preview = None
         status = 200
         starting = request.method == "POST" and "start" in request.POST
@@ -407,7 +448,7 @@ class BatchOperationAdmin(StrictActionsMixin, ReadOnlyAdminMixin, admin.ModelAdm
         context = {
             **self.admin_site.each_context(request),
             "opts": self.model._meta,
-            "title": "New batch by filter",
+            "title": _("New batch by filter"),
             "form": form,
             "preview": preview,
             "media": self.media,

@@ -10,11 +10,12 @@ from django.contrib import messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 
 from .. import search
 from ..errors import InvalidInput, localized
 
-HELP = (
+HELP = gettext_lazy(
     "An instance id (or its first 8 characters) or a business key (prefix); or "
     'error:<text> (error:"two words") and input.<path>=<value> '
     "(input.customer.country=DE, input.amount[gte]=100; sealed fields cannot be searched)."

@@ -24,7 +24,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
 from .. import schedules
-from ..errors import SignoffError, localized
+from ..errors import SignoffError, localize, localized
 from ..presentation import json_block
 from ..schedule_models import Schedule, ScheduleFire
 from ..schedule_timing import Timing, describe
@@ -47,9 +47,11 @@ FORM_FIELDS = [
 class ScheduleForm(forms.ModelForm):
     new_input = forms.JSONField(
         required=False,
-        label="Input",
-        help_text="A JSON object, checked against the workflow's input schema. Leave empty "
-        "to keep the stored input (shown above, sensitive fields masked).",
+        label=gettext_lazy("Input"),
+        help_text=gettext_lazy(
+            "A JSON object, checked against the workflow's input schema. Leave empty "
+            "to keep the stored input (shown above, sensitive fields masked)."
+        ),
     )
 
     class Meta:
@@ -60,7 +62,7 @@ class ScheduleForm(forms.ModelForm):
         super().__init__(*args, **kwargs)
         self.user = user
         if self.instance.pk is None:
-            self.fields["new_input"].help_text = "A JSON object (empty: {})."
+            self.fields["new_input"].help_text = _("A JSON object (empty: {}).")
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
@@ -82,7 +84,8 @@ class ScheduleForm(forms.ModelForm):
             target = field if field in self.fields else None
             if field == "input":
                 target = "new_input"
-            raise ValidationError({target: exc.message} if target else exc.message) from None
+            message = localized(exc)
+            raise ValidationError({target: message} if target else message) from None
         self.service_values = values
         return cleaned
 
@@ -162,22 +165,25 @@ class ScheduleAdmin(StrictActionsMixin, admin.ModelAdmin):
 
     @admin.display(description=gettext_lazy("When"))
     def timing(self, obj: Schedule) -> str:
-        return describe(Timing.of(obj))
+        return localize(describe(Timing.of(obj)))
 
     @admin.display(description=gettext_lazy("Next fire"), ordering="fire_due_at")
     def next_fire(self, obj: Schedule) -> str:
         if obj.paused or obj.next_fire_at is None:
-            return "paused"
+            return _("paused")
         now = timezone.now()
         if obj.next_fire_at <= now:
-            return "due now"
+            return _("due now")
         local = timezone.localtime(obj.next_fire_at)
-        return f"in {timeuntil(obj.next_fire_at, now)} ({local:%Y-%m-%d %H:%M %Z})"
+        return _("in %(time)s (%(at)s)") % {
+            "time": timeuntil(obj.next_fire_at, now),
+            "at": f"{local:%Y-%m-%d %H:%M %Z}",
+        }
 
     @admin.display(description=gettext_lazy("Fires"))
     def fires_link(self, obj: Schedule) -> str:
         url = reverse("admin:orchestration_schedulefire_changelist")
-        return format_html('<a href="{}?schedule__id__exact={}">fires</a>', url, obj.pk)
+        return format_html('<a href="{}?schedule__id__exact={}">{}</a>', url, obj.pk, _("fires"))
 
     @admin.action(description=gettext_lazy("Pause the selected schedules"), permissions=["change"])
     def pause_schedules(self, request: HttpRequest, queryset: QuerySet[Schedule]) -> None:

@@ -32,7 +32,7 @@ S = StepState
 def _lock_for_operator(instance_id: Any, actor: str) -> LockedInstance:
     locked = lock_instance(instance_id=instance_id, actor=actor)
     if locked is None:
-        raise NotFound("instance not found")
+        raise NotFound(gettext_noop("instance not found"))
     return locked
 
 
@@ -41,10 +41,10 @@ def _lock_step_for_operator(step_run_id: Any, actor: str) -> LockedInstance:
     try:
         pk = int(step_run_id)
     except (TypeError, ValueError):
-        raise NotFound("step not found") from None
+        raise NotFound(gettext_noop("step not found")) from None
     locked = lock_instance(step_run_id=pk, actor=actor)
     if locked is None:
-        raise NotFound("step not found")
+        raise NotFound(gettext_noop("step not found"))
     return locked
 
 
@@ -55,7 +55,7 @@ def instance_cancel(
     running attempts finish but their results are ignored. Raises :class:`Conflict` when the
     instance already finished."""
     if not isinstance(reason, str) or len(reason) > 1000 or string_problem(reason):
-        raise InvalidInput("reason must be valid text of at most 1000 characters")
+        raise InvalidInput(gettext_noop("reason must be valid text of at most 1000 characters"))
     with transaction.atomic():
         locked = _lock_for_operator(instance_id, actor)
         instance = locked.instance
@@ -81,7 +81,7 @@ def instance_retry(
     ``user`` (None: the system) to retry them (:func:`kinds.authorize_operator`). A
     ``reason`` (optional) is recorded on the ``instance_retried`` event."""
     if not isinstance(reason, str) or len(reason) > 1000 or string_problem(reason):
-        raise InvalidInput("reason must be valid text of at most 1000 characters")
+        raise InvalidInput(gettext_noop("reason must be valid text of at most 1000 characters"))
     with transaction.atomic():
         locked = _lock_for_operator(instance_id, actor)
         instance, steps, journal = locked.instance, locked.steps, locked.journal
@@ -180,7 +180,7 @@ def instance_pause(*, instance_id: Any, actor: str) -> WorkflowInstance:
                 code="invalid_state",
             )
         if instance.paused_at is not None:
-            raise Conflict("instance is already paused", code="already_paused")
+            raise Conflict(gettext_noop("instance is already paused"), code="already_paused")
         instance.paused_at = journal.now
         journal.record("instance_paused")
         journal.flush()
@@ -194,7 +194,7 @@ def instance_unpause(*, instance_id: Any, actor: str) -> WorkflowInstance:
         locked = _lock_for_operator(instance_id, actor)
         instance, journal = locked.instance, locked.journal
         if instance.paused_at is None:
-            raise Conflict("instance is not paused", code="not_paused")
+            raise Conflict(gettext_noop("instance is not paused"), code="not_paused")
         instance.paused_at = None
         journal.record("instance_unpaused")
         _ring_open_steps(locked, now_only=False)
@@ -219,7 +219,7 @@ def instance_resume(*, instance_id: Any, actor: str) -> list[str]:
                 code="invalid_state",
             )
         if instance.paused_at is not None:
-            raise Conflict("instance is paused; unpause it instead", code="paused")
+            raise Conflict(gettext_noop("instance is paused; unpause it instead"), code="paused")
         rung = _ring_open_steps(locked, now_only=True)
         journal.record("instance_resumed", data={"rung": rung})
         journal.flush()
@@ -240,12 +240,14 @@ def step_retry_now(*, step_run_id: Any, actor: str) -> StepRun:
         )
         if (instance.error or {}).get("phase") == "compensation":
             raise Conflict(
-                "the instance failed while undoing its steps: retry the undo or resolve it",
+                gettext_noop(
+                    "the instance failed while undoing its steps: retry the undo or resolve it"
+                ),
                 code="undo_failed",
             )
         spec = definition.steps.get(step.name) if definition else None
         if not isinstance(spec, TaskStep):
-            raise Conflict("only task steps can be retried", code="invalid_step")
+            raise Conflict(gettext_noop("only task steps can be retried"), code="invalid_step")
         if step.state == S.RETRYING and instance.state == I.RUNNING:
             step.next_attempt_at = journal.now
             step.rung_at = journal.now
@@ -280,7 +282,9 @@ def step_complete_manually(
     ``step_completed_manually``. A step of a kind another app owns (an approval) is completed
     only if that kind allows ``user`` to (:func:`kinds.authorize_operator`, under the lock)."""
     if not isinstance(reason, str) or not reason.strip() or len(reason) > 1000:
-        raise InvalidInput("a reason (up to 1000 characters) is required", code="reason_required")
+        raise InvalidInput(
+            gettext_noop("a reason (up to 1000 characters) is required"), code="reason_required"
+        )
     problem = storable_json_problem(output)
     if problem:
         raise InvalidInput(
@@ -296,7 +300,9 @@ def step_complete_manually(
             )
         if (instance.error or {}).get("phase") == "compensation":
             raise Conflict(
-                "the instance failed while undoing its steps: retry the undo or resolve it",
+                gettext_noop(
+                    "the instance failed while undoing its steps: retry the undo or resolve it"
+                ),
                 code="undo_failed",
             )
         definition = locked.definition

@@ -30,7 +30,7 @@ from django.utils.translation import gettext_noop
 
 from .. import kinds, sealing
 from ..definitions import Workflow
-from ..errors import Conflict, InvalidInput, Message, NotFound, state_word
+from ..errors import Conflict, InvalidInput, Message, NotFound, invalid_input, state_word
 from ..jsonsafe import storable_json_problem, string_problem
 from ..models import (
     STEP_ACTIVE,
@@ -77,10 +77,18 @@ def _reason(reason: Any) -> str:
 def _value(value: Any, what: str) -> Any:
     problem = storable_json_problem(value)
     if problem:
-        raise InvalidInput(f"{what}: {problem}", code=f"invalid_{what}")
+        raise InvalidInput(
+            Message(gettext_noop("%(what)s: %(problem)s"), what=what, problem=problem),
+            code=f"invalid_{what}",
+        )
     if len(json.dumps(value, ensure_ascii=False)) > MAX_VALUE_BYTES:
         raise InvalidInput(
-            f"{what} is over {MAX_VALUE_BYTES:,} bytes of JSON", code=f"{what}_too_large"
+            Message(
+                gettext_noop("%(what)s is over %(max)s bytes of JSON"),
+                what=what,
+                max=f"{MAX_VALUE_BYTES:,}",
+            ),
+            code=f"{what}_too_large",
         )
     return jsonable(value)
 
@@ -88,7 +96,7 @@ def _value(value: Any, what: str) -> Any:
 def _lock(instance_id: Any, actor: str) -> LockedInstance:
     locked = lock_instance(instance_id=instance_id, actor=actor)
     if locked is None:
-        raise NotFound("instance not found")
+        raise NotFound(gettext_noop("instance not found"))
     return locked
 
 
@@ -96,10 +104,10 @@ def _lock_step(step_run_id: Any, actor: str) -> LockedInstance:
     try:
         pk = int(step_run_id)
     except (TypeError, ValueError):
-        raise NotFound("step not found") from None
+        raise NotFound(gettext_noop("step not found")) from None
     locked = lock_instance(step_run_id=pk, actor=actor)
     if locked is None:
-        raise NotFound("step not found")
+        raise NotFound(gettext_noop("step not found"))
     return locked
 
 
@@ -107,7 +115,12 @@ def _definition(locked: LockedInstance) -> Workflow:
     if locked.definition is None:
         instance = locked.instance
         raise Conflict(
-            f"{instance.workflow} v{instance.version} is not registered", code="definition_missing"
+            Message(
+                gettext_noop("%(workflow)s v%(version)s is not registered"),
+                workflow=instance.workflow,
+                version=instance.version,
+            ),
+            code="definition_missing",
         )
     return locked.definition
 
@@ -120,7 +133,9 @@ def _check_editable(instance: WorkflowInstance) -> None:
     """Edits apply to a failed instance (forward run) or a paused running one."""
     if _undo_failed(instance):
         raise Conflict(
-            "the instance failed while undoing its steps: retry the undo or resolve it by hand",
+            gettext_noop(
+                "the instance failed while undoing its steps: retry the undo or resolve it by hand"
+            ),
             code="undo_failed",
         )
     if instance.state == I.FAILED:
@@ -224,7 +239,7 @@ def instance_edit_input(
     (``edit_input``)."""
     reason = _reason(reason)
     if not isinstance(input, dict):
-        raise InvalidInput("input must be a JSON object", code="invalid_input")
+        raise InvalidInput(gettext_noop("input must be a JSON object"), code="invalid_input")
     input = _value(input, "input")
     with transaction.atomic():
         locked = _lock(instance_id, actor)
@@ -240,11 +255,14 @@ def instance_edit_input(
         opened_new = sealing.open_fields(new, where="input")
         for name in (definition.requester_input, definition.attachments):
             if name is not None and not _same(opened_old.get(name), opened_new.get(name)):
-                raise InvalidInput(f"input.{name} cannot be edited", code="not_editable")
+                raise InvalidInput(
+                    Message(gettext_noop("input.%(field)s cannot be edited"), field=name),
+                    code="not_editable",
+                )
         problems = definition.validate_input(opened_new)
         if problems:
             raise InvalidInput(
-                "invalid input: " + "; ".join(problems),
+                invalid_input(problems),
                 code="invalid_input",
                 errors={"input": problems},
             )
@@ -252,7 +270,7 @@ def instance_edit_input(
         stored = sealing.seal_fields(new, sealed_names)
         diff = _diff(current, stored, sealed_names)
         if not diff:
-            raise Conflict("the input is unchanged", code="unchanged")
+            raise Conflict(gettext_noop("the input is unchanged"), code="unchanged")
         started = [s for s in locked.steps.values() if s.state != S.PENDING]
         _authorize("edit_input", locked, started, user)
         instance.input = stored
@@ -294,7 +312,7 @@ def step_edit_output(
         sealed_names = sealing.output_fields(definition.sensitive, step.name)
         diff = _diff(step.output, stored, sealed_names)
         if not diff:
-            raise Conflict("the output is unchanged", code="unchanged")
+            raise Conflict(gettext_noop("the output is unchanged"), code="unchanged")
         _authorize("edit", locked, [step], user)
         step.output = stored
         journal.touch(step)
@@ -321,7 +339,9 @@ def step_skip(
         instance, journal, step = locked.instance, locked.journal, locked.step
         if _undo_failed(instance):
             raise Conflict(
-                "the instance failed while undoing its steps: retry the undo or resolve it",
+                gettext_noop(
+                    "the instance failed while undoing its steps: retry the undo or resolve it"
+                ),
                 code="undo_failed",
             )
         allowed = (instance.state == I.FAILED and step.state in STEP_RETRYABLE) or (
@@ -386,13 +406,17 @@ def instance_reset(
     step did before is not undone: its effects must be safe to repeat (idempotency keys)."""
     reason = _reason(reason)
     if not isinstance(step, str) or not step:
-        raise InvalidInput("step must name a step of the workflow", code="invalid_step")
+        raise InvalidInput(
+            gettext_noop("step must name a step of the workflow"), code="invalid_step"
+        )
     with transaction.atomic():
         locked = _lock(instance_id, actor)
         instance, journal, steps = locked.instance, locked.journal, locked.steps
         if _undo_failed(instance):
             raise Conflict(
-                "the instance failed while undoing its steps: retry the undo or resolve it",
+                gettext_noop(
+                    "the instance failed while undoing its steps: retry the undo or resolve it"
+                ),
                 code="undo_failed",
             )
         if instance.state != I.FAILED:
@@ -405,19 +429,35 @@ def instance_reset(
             )
         definition = _definition(locked)
         if step not in definition.steps or step not in steps:
-            raise InvalidInput(f"no step {step!r} in {instance.workflow}", code="unknown_step")
+            raise InvalidInput(
+                Message(
+                    gettext_noop("no step %(step)s in %(workflow)s"),
+                    step=repr(step),
+                    workflow=instance.workflow,
+                ),
+                code="unknown_step",
+            )
         waiting_on = [d for d in definition.steps[step].after if steps[d].state not in STEP_DONE]
         if waiting_on:
             raise Conflict(
-                f"{step} depends on {', '.join(waiting_on)}, which did not succeed: reset from "
-                "there",
+                Message(
+                    gettext_noop(
+                        "%(step)s depends on %(steps)s, which did not succeed: reset from there"
+                    ),
+                    step=step,
+                    steps=", ".join(waiting_on),
+                ),
                 code="dependency_not_done",
             )
         names = reset_set(definition, step)
         busy = [n for n in names if steps[n].state in STEP_ACTIVE]
         if busy:
             raise Conflict(
-                f"{', '.join(busy)} still running; wait until it ends", code="step_running"
+                Message(
+                    gettext_noop("%(steps)s still running; wait until it ends"),
+                    steps=", ".join(busy),
+                ),
+                code="step_running",
             )
         to_reset = [steps[n] for n in names if steps[n].state != S.PENDING]
         to_retry = [
@@ -473,8 +513,13 @@ def compensation_resolve(*, step_run_id: Any, actor: str, reason: str, user: Any
         instance, journal, step, steps = locked.instance, locked.journal, locked.step, locked.steps
         if step.shown_state != "undo_failed" or not _undo_failed(instance):
             raise Conflict(
-                f"step is {step.shown_state.replace('_', ' ')}; only a step whose undo failed "
-                "can be resolved by hand",
+                Message(
+                    gettext_noop(
+                        "step is %(step_state)s; only a step whose undo failed can be resolved "
+                        "by hand"
+                    ),
+                    step_state=state_word(step.shown_state.replace("_", " ")),
+                ),
                 code="invalid_state",
             )
         definition = _definition(locked)
@@ -504,11 +549,11 @@ def compensation_resolve(*, step_run_id: Any, actor: str, reason: str, user: Any
 def step_by_name(*, instance_id: Any, name: Any) -> Any:
     """The id of ``instance_id``'s step ``name`` (NotFound for an unknown step)."""
     if not isinstance(name, str):
-        raise NotFound("step not found")
+        raise NotFound(gettext_noop("step not found"))
     steps = StepRun.objects.filter(instance_id=instance_id, name=name)
     pk = steps.values_list("pk", flat=True).first()
     if pk is None:
-        raise NotFound(f"no step {name!r} in this instance")
+        raise NotFound(Message(gettext_noop("no step %(step)s in this instance"), step=repr(name)))
     return pk
 
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from django.utils.translation import gettext_noop
+
 from .. import sealing
 from ..definitions import Workflow
-from ..errors import Conflict, InvalidInput
+from ..errors import Conflict, InvalidInput, Message, invalid_input, state_word
 from ..file_refs import refs_of_instance
 from ..journal import Journal
 from ..jsonsafe import storable_json_problem, string_problem
@@ -34,24 +36,40 @@ def revise_input(
     journal (not yet written) that the files' field may list."""
     if instance.state != I.RUNNING:
         raise Conflict(
-            f"instance is {instance.state}; only a running instance's input can be revised",
+            Message(
+                gettext_noop(
+                    "instance is %(state)s; only a running instance's input can be revised"
+                ),
+                state=state_word(instance.state),
+            ),
             code="invalid_state",
         )
     if definition is None:
         raise Conflict(
-            f"{instance.workflow} v{instance.version} is not registered",
+            Message(
+                gettext_noop("%(workflow)s v%(version)s is not registered"),
+                workflow=instance.workflow,
+                version=instance.version,
+            ),
             code="definition_missing",
         )
     if not isinstance(changes, dict):
-        raise InvalidInput("the changes must be a JSON object of input fields", code="invalid")
+        raise InvalidInput(
+            gettext_noop("the changes must be a JSON object of input fields"), code="invalid"
+        )
     problem = storable_json_problem(changes)
     if problem:
-        raise InvalidInput(f"input: {problem}", code="invalid_input")
+        raise InvalidInput(
+            Message(gettext_noop("input: %(problem)s"), problem=problem), code="invalid_input"
+        )
     if not isinstance(reason, str) or len(reason) > 1000 or string_problem(reason):
-        raise InvalidInput("reason must be valid text of at most 1000 characters")
+        raise InvalidInput(gettext_noop("reason must be valid text of at most 1000 characters"))
     if definition.requester_input is not None and definition.requester_input in changes:
         raise InvalidInput(
-            f"input.{definition.requester_input} names the requester; it cannot be revised",
+            Message(
+                gettext_noop("input.%(field)s names the requester; it cannot be revised"),
+                field=definition.requester_input,
+            ),
             code="not_revisable",
         )
     changes = jsonable(changes)
@@ -65,11 +83,11 @@ def revise_input(
         )
     current = sealing.open_fields(instance.input, where="input")
     if not isinstance(current, dict):
-        raise Conflict("the instance's input is not an object", code="invalid_state")
+        raise Conflict(gettext_noop("the instance's input is not an object"), code="invalid_state")
     problems = definition.validate_input({**current, **changes})
     if problems:
         raise InvalidInput(
-            "invalid input: " + "; ".join(problems),
+            invalid_input(problems),
             code="invalid_input",
             errors={"input": problems},
         )

@@ -14,10 +14,11 @@ from typing import Any
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
+from django.utils.translation import gettext_noop
 
 from .. import sealing, tracing
 from ..definitions import Workflow, registry
-from ..errors import Conflict, InvalidInput, NotAllowed
+from ..errors import Conflict, InvalidInput, Message, NotAllowed, invalid_input, unknown_workflow
 from ..journal import Journal
 from ..jsonsafe import storable_json_problem, string_problem
 from ..models import KEY_OWNER, StepRun, WorkflowInstance
@@ -108,14 +109,12 @@ def start_checked(
     start checks each of its items with it)."""
     input = {} if input is None else input
     if not isinstance(workflow, str) or not workflow:
-        raise InvalidInput("workflow must be a non-empty string", code="invalid")
+        raise InvalidInput(gettext_noop("workflow must be a non-empty string"), code="invalid")
     definition = registry.get(workflow, version)
     if definition is None:
         known = registry.get(workflow) is not None
         raise InvalidInput(
-            f"workflow {workflow!r} has no version {version}"
-            if known and version
-            else f"unknown workflow {workflow!r}",
+            unknown_workflow(workflow, version if known else None),
             code="unknown_workflow",
         )
     input, on_behalf_of = _requester_input(definition, input, started_by)
@@ -130,14 +129,16 @@ def start_checked(
         problems = [unstorable]
     if problems:
         raise InvalidInput(
-            "invalid input: " + "; ".join(problems),
+            invalid_input(problems),
             code="invalid_input",
             errors={"input": problems},
         )
     if not isinstance(business_key, str) or len(business_key) > 200 or string_problem(business_key):
         raise InvalidInput(
-            "business_key must be a string of at most 200 characters "
-            "(valid Unicode, no NUL characters)"
+            gettext_noop(
+                "business_key must be a string of at most 200 characters "
+                "(valid Unicode, no NUL characters)"
+            )
         )
     if idempotency_key is not None and (
         not isinstance(idempotency_key, str)
@@ -247,8 +248,13 @@ def _requester_input(definition: Workflow, input: Any, started_by: Any) -> tuple
         return input, None
     if not started_by.has_perm("orchestration.start_on_behalf"):
         raise NotAllowed(
-            f"input.{field_name} names someone else; starting a workflow for another person "
-            "needs the orchestration.start_on_behalf permission",
+            Message(
+                gettext_noop(
+                    "input.%(field)s names someone else; starting a workflow for another "
+                    "person needs the orchestration.start_on_behalf permission"
+                ),
+                field=field_name,
+            ),
             code="on_behalf_not_allowed",
         )
     return input, named if isinstance(named, str) else None
@@ -265,7 +271,10 @@ def _same_key(
     )
     if existing is not None and existing.request_hash != fingerprint:
         raise Conflict(
-            f"Idempotency-Key {key!r} was already used for a different request",
+            Message(
+                gettext_noop("Idempotency-Key %(key)s was already used for a different request"),
+                key=repr(key),
+            ),
             code="idempotency_conflict",
         )
     return existing
@@ -366,7 +375,7 @@ def child_input_checked(definition: Workflow, input: Any, started_by: Any) -> di
         problems = [unstorable]
     if problems:
         raise InvalidInput(
-            "invalid input: " + "; ".join(problems),
+            invalid_input(problems),
             code="invalid_input",
             errors={"input": problems},
         )

@@ -10,6 +10,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
 from orchestration import attachments
+from orchestration.errors import localize
 
 register = template.Library()
 
@@ -38,7 +39,7 @@ def file_context(context: str) -> str:
 
 @register.filter
 def file_type(content_type: str) -> str:
-    return attachments.type_label(content_type)
+    return localize(attachments.type_label(content_type))
 
 
 @register.filter
@@ -54,7 +55,11 @@ def file_links(value: Any) -> SafeString | None:
             (
                 reverse("instances:file", args=[item["id"]]),
                 item["name"],
-                attachments.human_size(item["size"]) if isinstance(item.get("size"), int) else "",
+                (
+                    localize(attachments.human_size(item["size"]))
+                    if isinstance(item.get("size"), int)
+                    else ""
+                ),
             )
             for item in value
         ),

@@ -617,3 +617,27 @@ def test_the_api_answers_in_english_whatever_the_language(
     assert too_long.status_code == 400
     assert too_long.json()["detail"] == "requester: at most 150 characters"
     assert ApprovalRequest.objects.get(pk=waiting.pk).state == "pending"
+
+
+def test_the_admin_index_names_our_models_in_the_pages_language(root: Any) -> None:
+    prefer(root, language="de")
+    html = logged_in(root).get("/admin/").content.decode()
+    for name in [
+        "Genehmigungen",  # the apps
+        "Anbindungen",
+        "Workflow-Instanzen",  # the models
+        "Zeitpläne",
+        "Stapelaktionen",
+        "Genehmigungsanfragen",
+        "Vertretungen",
+        "Ausgehende E-Mails",
+        "Alarmregeln",
+    ]:
+        assert name in html, name
+    assert "Workflow instances" not in html
+    assert "Approval requests" not in html
+    prefer(root, language="en")
+    html = logged_in(root).get("/admin/").content.decode()
+    for name in ["Approvals", "Integrations", "Workflow instances", "Schedules", "Outbound emails"]:
+        assert name in html, name
+    assert "Workflow-Instanzen" not in html
