@@ -172,6 +172,36 @@ def test_a_wrong_token_is_401(method: str, path: str, user: Any) -> None:
     assert snapshot() == before
 
 
+def test_a_deactivated_users_token_is_401_and_writes_nothing(user: Any) -> None:
+    client = token_client(user)
+    assert client.get(INSTANCES).status_code == 200
+    type(user).objects.filter(pk=user.pk).update(is_active=False)
+    before = snapshot()
+    response = client.post(INSTANCES, {"workflow": "t_sequence"}, format="json")
+    assert_error(response, 401, "authentication_failed")
+    assert "inactive" in response.json()["detail"]
+    assert snapshot() == before
+
+
+def test_the_token_lookup_gives_the_user_and_its_stored_token(user: Any) -> None:
+    # orchestration.api.authentication's fixed SQL returns what DRF's ORM lookup returned.
+    from orchestration.api.authentication import ThrottledTokenAuthentication
+
+    token, _ = Token.objects.get_or_create(user=user)
+    found_user, found_token = ThrottledTokenAuthentication().authenticate_credentials(token.key)
+    assert (found_user.pk, found_user.get_username(), found_user.email) == (
+        user.pk,
+        user.get_username(),
+        user.email,
+    )
+    assert found_user.password == user.password and found_user.is_active
+    assert (found_token.pk, found_token.user_id, found_token.created) == (
+        token.pk,
+        user.pk,
+        token.created,
+    )
+
+
 def test_token_authentication_starts_and_reads_an_instance(user: Any) -> None:
     client = token_client(user)
     created = client.post(INSTANCES, {"workflow": "t_sequence"}, format="json")
