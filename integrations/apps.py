@@ -29,9 +29,14 @@ class IntegrationsConfig(AppConfig):
         register_collector("integrations_alerts", alert_metrics)
         from django.db.models.signals import post_delete, post_save
 
+        from orchestration.retention import register_sealed_tokens
+
         from .models import AlertRule, WebhookSubscription
         from .webhooks import forget_subscriptions
 
+        # `manage.py signoff rotate-keys` re-encrypts the sealed webhook secrets too.
+        register_sealed_tokens(WebhookSubscription, ["secret", "previous_secret"])
+        register_sealed_tokens(AlertRule, ["webhook_secret", "webhook_previous_secret"])
         post_save.connect(forget_subscriptions, sender=WebhookSubscription)
         post_delete.connect(forget_subscriptions, sender=WebhookSubscription)
         post_save.connect(alerts.forget_rules, sender=AlertRule)

@@ -30,6 +30,7 @@ from . import attachments, sealing
 from .definitions import registry
 from .engine.locking import lock_instance
 from .errors import NotFound
+from .fanout_models import MapItem
 from .models import Event, InstanceState, Schedule, Signal, StepRun, WorkflowInstance
 
 log = logging.getLogger("signoff.retention")
@@ -81,38 +82,88 @@ def _has_sealed(field: str) -> Q:
     return Q(**{f"{field}_text__contains": f'"{sealing.MARK}"'})
 
 
+# Sealed columns of other apps, registered by them (the engine imports none of them):
+# JSON columns that hold sealed values at any depth, as the engine's own, and text columns
+# that hold one bare Fernet token (a sealed value's token without its wrapper: integrations'
+# webhook secrets). :func:`rotate_keys` re-encrypts both.
+_SEALED_JSON: list[tuple[Any, tuple[str, ...]]] = []
+_SEALED_TOKENS: list[tuple[Any, tuple[str, ...]]] = []
+
+
+def register_sealed_json(model: Any, fields: list[str]) -> None:
+    """Let :func:`rotate_keys` re-encrypt the sealed values inside ``model``'s JSON
+    ``fields``."""
+    if (model, tuple(fields)) not in _SEALED_JSON:
+        _SEALED_JSON.append((model, tuple(fields)))
+
+
+def register_sealed_tokens(model: Any, fields: list[str]) -> None:
+    """Let :func:`rotate_keys` re-encrypt ``model``'s text ``fields``, each empty or one bare
+    sealed token (``sealing.seal_value(x)[sealing.MARK]``)."""
+    if (model, tuple(fields)) not in _SEALED_TOKENS:
+        _SEALED_TOKENS.append((model, tuple(fields)))
+
+
 def rotate_keys(*, batch: int = 500) -> int:
     """Re-encrypt every sealed value under the newest key, in batches of short transactions;
-    returns how many rows changed. Afterwards older keys can be removed. (Events and other
-    apps' rows never hold sealed values: they are masked when written.)"""
+    returns how many rows changed. Afterwards older keys can be removed: the engine's rows
+    (instances, steps, signals, schedules, map items) and what other apps registered
+    (:func:`register_sealed_json`, :func:`register_sealed_tokens`: integrations' webhook
+    secrets). Events and other rows never hold sealed values: they are masked when
+    written."""
     changed = 0
     for model, fields in (
-        (WorkflowInstance, ["input", "output"]),
-        (StepRun, ["output"]),
-        (Signal, ["payload"]),
+        (WorkflowInstance, ("input", "output")),
+        (StepRun, ("output",)),
+        (Signal, ("payload",)),
         # a schedule's fixed input: its fires open it under the current keys
-        (Schedule, ["input"]),
+        (Schedule, ("input",)),
+        # a map step's items (sealed when the workflow has sensitive fields) and outputs
+        (MapItem, ("item", "output")),
+        *_SEALED_JSON,
     ):
         qs = model.objects.annotate(**{f"{f}_text": Cast(f, TextField()) for f in fields})
         condition = Q()
         for f in fields:
             condition |= _has_sealed(f)
-        last = None
-        while True:
-            page = qs.filter(condition).order_by("pk")
-            if last is not None:
-                page = page.filter(pk__gt=last)
-            ids = list(page.values_list("pk", flat=True)[:batch])
-            if not ids:
-                break
-            with transaction.atomic():
-                for row in model.objects.select_for_update().filter(pk__in=ids):
-                    for f in fields:
-                        setattr(row, f, sealing.rotate_fields(getattr(row, f)))
-                    row.save(update_fields=fields)
-                    changed += 1
-            last = ids[-1]
+        changed += _rotate_rows(model, qs.filter(condition), fields, sealing.rotate_fields, batch)
+    for model, fields in _SEALED_TOKENS:
+        condition = Q()
+        for f in fields:
+            condition |= ~Q(**{f: ""})
+        changed += _rotate_rows(
+            model, model.objects.filter(condition), fields, _rotate_token, batch
+        )
     return changed
+
+
+def _rotate_token(token: Any) -> Any:
+    if not token:
+        return token
+    return sealing.rotate_value({sealing.MARK: token})[sealing.MARK]
+
+
+def _rotate_rows(
+    model: Any, found: Any, fields: tuple[str, ...], rotate: Callable[[Any], Any], batch: int
+) -> int:
+    """Rotate ``fields`` of the rows ``found``, by primary key, ``batch`` rows a transaction
+    (each row locked while it is rewritten)."""
+    changed = 0
+    last = None
+    while True:
+        page = found.order_by("pk")
+        if last is not None:
+            page = page.filter(pk__gt=last)
+        ids = list(page.values_list("pk", flat=True)[:batch])
+        if not ids:
+            return changed
+        with transaction.atomic():
+            for row in model.objects.select_for_update().filter(pk__in=ids):
+                for f in fields:
+                    setattr(row, f, rotate(getattr(row, f)))
+                row.save(update_fields=list(fields))
+                changed += 1
+        last = ids[-1]
 
 
 def _erase(value: Any) -> tuple[Any, int]:

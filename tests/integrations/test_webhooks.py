@@ -782,3 +782,37 @@ def test_active_subscriptions_are_cached_per_process_and_forgotten_on_change(
     settings.SIGNOFF_WEBHOOK_SUBSCRIPTION_CACHE_SECONDS = 0
     with django_assert_num_queries(1):
         assert webhooks.active_subscriptions() == [hook]  # 0: read for every event
+
+
+def test_key_rotation_reencrypts_webhook_and_alert_secrets(settings: Any) -> None:
+    # The subscriptions' and alert rules' sealed secrets (current and, during an overlap,
+    # previous) are re-encrypted by `manage.py signoff rotate-keys`: after the old key is
+    # removed they still open to the same secrets.
+    from cryptography.fernet import Fernet
+
+    from integrations.models import AlertRule, live_secrets
+    from orchestration.retention import rotate_keys
+    from tests.integrations.alert_helpers import rule
+
+    first, second = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    settings.SIGNOFF_ENCRYPTION_KEYS = first
+    hook = WebhookSubscription.objects.create(name="erp", url="http://127.0.0.1:9/", event_types=[])
+    newest = webhooks.webhook_secret_rotate(subscription_id=hook.pk)
+    alert = rule(webhook_url="http://127.0.0.1:9/alert")
+    hook.refresh_from_db()
+    secrets = [open_secret(hook.secret), open_secret(hook.previous_secret)]
+    assert secrets[0] == newest
+    alert_secret = open_secret(alert.webhook_secret)
+    stored = (hook.secret, hook.previous_secret, alert.webhook_secret)
+
+    settings.SIGNOFF_ENCRYPTION_KEYS = f"{second},{first}"
+    assert rotate_keys() >= 2
+    settings.SIGNOFF_ENCRYPTION_KEYS = second  # the old key removed
+    hook.refresh_from_db()
+    alert = AlertRule.objects.get(pk=alert.pk)
+    assert (hook.secret, hook.previous_secret, alert.webhook_secret) != stored
+    assert [open_secret(hook.secret), open_secret(hook.previous_secret)] == secrets
+    assert open_secret(alert.webhook_secret) == alert_secret
+    assert (
+        live_secrets(hook.secret, hook.previous_secret, hook.previous_secret_expires_at) == secrets
+    )

@@ -113,3 +113,35 @@ def test_items_of_a_workflow_with_sealed_fields_are_stored_sealed(rung: list) ->
         ]
     finally:
         registry.unregister("t_unit_map_sealed_items", 1)
+
+
+def test_key_rotation_reencrypts_sealed_map_items(rung: list, settings: Any) -> None:
+    # `manage.py signoff rotate-keys` covers map items: after the old key is removed the
+    # items still open, and the map runs to the end.
+    from cryptography.fernet import Fernet
+
+    from orchestration import sealing
+    from orchestration.retention import rotate_keys
+
+    first, second = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    settings.SIGNOFF_ENCRYPTION_KEYS = first
+    wf = Workflow("t_unit_map_rotated_items", sensitive=["input.cards"])
+    map_step(wf, "each", items=lambda ctx: ctx.input["cards"], concurrency=2)(_item)
+    registry.register(wf)
+    calls.clear()
+    plan.clear()
+    try:
+        instance, _ = engine.instance_start(
+            workflow="t_unit_map_rotated_items", input={"cards": [4111, 5500]}
+        )
+        before = [i.item for i in items_of(instance)]
+        settings.SIGNOFF_ENCRYPTION_KEYS = f"{second},{first}"
+        assert rotate_keys() >= 3  # the instance's input and the two items
+        settings.SIGNOFF_ENCRYPTION_KEYS = second  # the old key removed
+        after = [i.item for i in items_of(instance)]
+        assert all(is_sealed(value) for value in after) and after != before
+        assert [sealing.open_value(value) for value in after] == [4111, 5500]
+        drive(instance)
+        assert refresh(instance).state == "succeeded"
+    finally:
+        registry.unregister("t_unit_map_rotated_items", 1)
