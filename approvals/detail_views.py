@@ -20,9 +20,9 @@ from django.utils.translation import gettext as _
 from django.views.decorators.http import require_http_methods, require_POST
 
 from orchestration import sealing
+from orchestration import selectors as orchestration_selectors
 from orchestration.errors import SignoffError
 from orchestration.middleware import accepts_uploads
-from orchestration.models import Event
 
 from . import comments, context, policy, selectors, services
 from .forms import CommentForm, DecisionForm
@@ -151,7 +151,7 @@ def render_detail(
     instance = approval.instance
     decisions = list(approval.decisions.select_related("decided_by", "assignee", "via_group"))
     events = list(
-        Event.objects.filter(instance_id=instance.pk)
+        orchestration_selectors.events_of(instance)
         .order_by("-seq")
         .only("seq", "type", "step", "actor", "at")[:HISTORY_LIMIT]
     )

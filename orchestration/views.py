@@ -104,7 +104,7 @@ def page_context(request: HttpRequest, instance: WorkflowInstance) -> dict[str, 
     now = timezone.now()
     steps = list(instance.steps.all())
     definition = registry.get(instance.workflow, instance.version)
-    events = list(Event.objects.filter(instance=instance).order_by("-seq")[:TIMELINE_LIMIT])
+    events = list(selectors.events_of(instance).order_by("-seq")[:TIMELINE_LIMIT])
     events.reverse()
     # A reader (someone another app lets read the instance: an assignee) reads only: no
     # operator action, sealed fields masked whatever their permissions.
@@ -230,7 +230,7 @@ def _instance_record(instance: WorkflowInstance, reveal: bool) -> dict[str, Any]
 
 
 def _events(instance: WorkflowInstance) -> Iterator[Event]:
-    return Event.objects.filter(instance=instance).order_by("seq").iterator(chunk_size=2000)
+    return selectors.events_of(instance).order_by("seq").iterator(chunk_size=2000)
 
 
 def _event_record(e: Event, reveal: bool) -> dict[str, Any]:

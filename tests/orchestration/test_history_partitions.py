@@ -192,6 +192,41 @@ def test_history_reads_span_partitions_in_order_through_an_index_per_partition(
     assert len(scans) == len(_tables())  # one per partition (no bound on at to prune by)
 
 
+def test_a_history_read_skips_the_partitions_before_its_instance(flows, staff) -> None:
+    # selectors.events_of bounds the read below by the instance's creation (less a day of
+    # clock margin): the months before it are pruned from the plan, and nothing is lost.
+    from orchestration import selectors
+
+    retained, _ = flows
+    history_partitions.create_partitions(OLD, OLD + timedelta(days=80))
+    later = OLD + timedelta(days=40)
+    with time_machine.travel(later, tick=False):
+        instance, _ = engine.instance_start(workflow=retained.name)
+    with time_machine.travel(later + timedelta(days=30), tick=False):
+        run_ready(instance)
+    everything = list(Event.objects.filter(instance=instance).order_by("seq"))
+    assert {_partition_of(e) for e in everything} >= {"orchestration_event_p20230201"}
+    read = list(selectors.instance_history(instance=instance))
+    assert [e.pk for e in read] == [e.pk for e in everything]
+
+    sql, params = selectors.instance_history(instance=instance).query.sql_with_params()
+    with connection.cursor() as cursor:
+        cursor.execute("EXPLAIN " + sql, params)
+        plan = "\n".join(r[0] for r in cursor.fetchall())
+    scanned = {t for t in _tables() if t in plan}
+    assert "orchestration_event_p20230101" not in scanned  # the month before: pruned
+    assert "orchestration_event_p20230201" in scanned
+    assert len(scanned) < len(_tables())
+
+    client = APIClient()
+    staff.is_superuser = True
+    staff.save()
+    client.force_authenticate(staff)
+    body = client.get(f"/api/v1/instances/{instance.pk}/history/").json()
+    items = body["results"] if isinstance(body, dict) else body
+    assert [i["seq"] for i in items] == [e.seq for e in everything]
+
+
 @pytest.mark.django_db(transaction=True)
 def test_migration_0020_converts_a_table_with_rows_and_ids_continue() -> None:
     executor = MigrationExecutor(connection)

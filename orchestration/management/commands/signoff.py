@@ -14,7 +14,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from orchestration import engine, jsonsafe, selectors, sweepers
 from orchestration.errors import SignoffError
-from orchestration.models import Event, StepRun, WorkflowInstance
+from orchestration.models import StepRun, WorkflowInstance
 
 ACTOR = "cli"
 
@@ -127,7 +127,7 @@ class Command(BaseCommand):
 
     def do_history(self, options: dict[str, Any]) -> None:
         instance = self._instance(options)
-        for e in Event.objects.filter(instance=instance).order_by("seq"):
+        for e in selectors.instance_history(instance=instance):
             step = f" {e.step}#{e.attempt}" if e.step else ""
             self.stdout.write(f"{e.seq:>4} {e.at:%Y-%m-%d %H:%M:%S} {e.type}{step} ({e.actor})")
 
