@@ -70,7 +70,8 @@ def attach_assignees(requests: list[ApprovalRequest]) -> list[ApprovalRequest]:
     names: dict[int, dict[str, list[str]]] = {r.pk: {"users": [], "groups": []} for r in requests}
     if names:
         ids = list(names)
-        with connection.cursor() as cursor:
+        # Read where the page's rows were read (the replica inside replica reads).
+        with connections[router.db_for_read(ApprovalRequest)].cursor() as cursor:
             cursor.execute(_assignees_sql(len(ids)), ids + ids)
             for request_id, kind, name in cursor.fetchall():
                 names[request_id][kind].append(name)

@@ -87,6 +87,33 @@ def test_the_inbox_is_read_from_the_replica(replica_reads: None, people, expense
     assert listed(dave, later)
 
 
+def test_the_inbox_lists_every_row_and_name_from_the_replica(
+    replica_reads: None, people, expense
+) -> None:
+    # The page's assignee names (selectors.attach_assignees, fixed SQL) and the delegators
+    # are read where the rows are: nothing of the list but the replica check on the primary.
+    from django.db import connections
+    from django.test.utils import CaptureQueriesContext
+
+    first = expense(50)
+    dave = signed_in(people["dave"])
+    caught_up()
+    with (
+        CaptureQueriesContext(connections["default"]) as primary,
+        CaptureQueriesContext(connections["replica"]) as replica,
+    ):
+        response = dave.get("/api/v1/approvals/")
+    assert response.status_code == 200
+    assert [row["id"] for row in response.json()["results"]] == [first.pk]
+    assert response.json()["results"][0]["assignees"]["groups"]
+    on_replica = " ".join(q["sql"] for q in replica.captured_queries)
+    on_primary = " ".join(q["sql"] for q in primary.captured_queries)
+    assert "approvals_approvalrequest_assignee_groups" in on_replica
+    assert "approvals_delegation" in on_replica
+    assert "approvals_approvalrequest_assignee_groups" not in on_primary
+    assert "approvals_delegation" not in on_primary
+
+
 def test_a_lagging_replica_never_shows_a_decision_pending_to_its_maker_nor_reopens_it(
     replica_reads: None, people, expense
 ) -> None:
