@@ -92,16 +92,20 @@ def test_status_page_shows_an_items_summary_not_a_row_per_item(
     assert page.count("<tr") < 40  # bounded: no row per item
 
 
-def test_items_of_a_workflow_with_sealed_fields_are_stored_sealed(rung: list) -> None:
-    wf = Workflow("t_unit_map_sealed_items", sensitive=["input.cards"])
+def _sealed_map(name: str) -> Any:
+    """A map over the sealed input field ``cards``, registered (unregister it after), and an
+    instance of it over [4111, 5500]."""
+    wf = Workflow(name, sensitive=["input.cards"])
     map_step(wf, "each", items=lambda ctx: ctx.input["cards"], concurrency=2)(_item)
     registry.register(wf)
     calls.clear()
     plan.clear()
+    return engine.instance_start(workflow=name, input={"cards": [4111, 5500]})[0]
+
+
+def test_items_of_a_workflow_with_sealed_fields_are_stored_sealed(rung: list) -> None:
     try:
-        instance, _ = engine.instance_start(
-            workflow="t_unit_map_sealed_items", input={"cards": [4111, 5500]}
-        )
+        instance = _sealed_map("t_unit_map_sealed_items")
         stored = [i.item for i in items_of(instance)]
         assert all(is_sealed(value) for value in stored)
         assert "4111" not in str(stored)
@@ -125,15 +129,8 @@ def test_key_rotation_reencrypts_sealed_map_items(rung: list, settings: Any) -> 
 
     first, second = Fernet.generate_key().decode(), Fernet.generate_key().decode()
     settings.SIGNOFF_ENCRYPTION_KEYS = first
-    wf = Workflow("t_unit_map_rotated_items", sensitive=["input.cards"])
-    map_step(wf, "each", items=lambda ctx: ctx.input["cards"], concurrency=2)(_item)
-    registry.register(wf)
-    calls.clear()
-    plan.clear()
     try:
-        instance, _ = engine.instance_start(
-            workflow="t_unit_map_rotated_items", input={"cards": [4111, 5500]}
-        )
+        instance = _sealed_map("t_unit_map_rotated_items")
         before = [i.item for i in items_of(instance)]
         settings.SIGNOFF_ENCRYPTION_KEYS = f"{second},{first}"
         assert rotate_keys() >= 3  # the instance's input and the two items

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 import time_machine
@@ -154,6 +155,16 @@ def test_a_partition_is_dropped_only_when_every_instance_in_it_may_be_deleted(fl
     assert history_partitions.drop_expired_partitions(now=later) == {"dropped": 0, "deleted": 0}
 
 
+def api_history_seqs(staff: Any, instance: WorkflowInstance) -> list[int]:
+    """The seqs of ``GET /api/v1/instances/{id}/history/`` as a superuser reads them."""
+    client = APIClient()
+    staff.is_superuser = True
+    staff.save()
+    client.force_authenticate(staff)
+    body = client.get(f"/api/v1/instances/{instance.pk}/history/").json()
+    return [i["seq"] for i in (body["results"] if isinstance(body, dict) else body)]
+
+
 def test_history_reads_span_partitions_in_order_through_an_index_per_partition(
     flows, staff
 ) -> None:
@@ -169,13 +180,7 @@ def test_history_reads_span_partitions_in_order_through_an_index_per_partition(
     partitions = {_partition_of(e) for e in Event.objects.filter(instance=instance)}
     assert len(partitions) >= 2
 
-    client = APIClient()
-    staff.is_superuser = True
-    staff.save()
-    client.force_authenticate(staff)
-    body = client.get(f"/api/v1/instances/{instance.pk}/history/").json()
-    items = body["results"] if isinstance(body, dict) else body
-    assert [i["seq"] for i in items] == sorted(seqs) == list(range(1, len(seqs) + 1))
+    assert api_history_seqs(staff, instance) == sorted(seqs) == list(range(1, len(seqs) + 1))
 
     # The tables here are tiny, so PostgreSQL would rather read them whole: with sequential
     # scans priced out, every partition must still have an index path (bench/history.py shows
@@ -218,13 +223,7 @@ def test_a_history_read_skips_the_partitions_before_its_instance(flows, staff) -
     assert "orchestration_event_p20230201" in scanned
     assert len(scanned) < len(_tables())
 
-    client = APIClient()
-    staff.is_superuser = True
-    staff.save()
-    client.force_authenticate(staff)
-    body = client.get(f"/api/v1/instances/{instance.pk}/history/").json()
-    items = body["results"] if isinstance(body, dict) else body
-    assert [i["seq"] for i in items] == [e.seq for e in everything]
+    assert api_history_seqs(staff, instance) == [e.seq for e in everything]
 
 
 @pytest.mark.django_db(transaction=True)
