@@ -18,7 +18,7 @@ from orchestration.errors import Conflict, NotAllowed
 from orchestration.models import WorkflowInstance
 
 from ..models import ApprovalRequest, Delegation
-from ..selectors import seeing_filter, sees_all_requests
+from ..selectors import sees_all_requests, sees_request
 from .grants import OPERATE_PERMISSION, OVERRIDE_CLAIM_PERMISSION, Act, Grant
 
 User = get_user_model()
@@ -47,7 +47,7 @@ def can_see(user: Any, request: ApprovalRequest, now: datetime | None = None) ->
     query."""
     if sees_all_requests(user):
         return True
-    return ApprovalRequest.objects.filter(pk=request.pk).filter(seeing_filter(user, now)).exists()
+    return sees_request(user, request.pk, now)
 
 
 def assigned_groups(request: ApprovalRequest) -> set[int]:

@@ -460,3 +460,41 @@ def test_the_fixed_sql_decidable_list_is_the_orm_conditions(
     assert (requests[3].pk in seen["ann"]) is not starter_is_requester
     assert requests[4].pk in seen["req"]  # allowed to approve their own
     assert requests[5].pk not in set().union(*seen.values())
+
+
+@pytest.mark.parametrize("starter_is_requester", [True, False])
+def test_the_fixed_sql_visibility_check_is_the_orm_conditions(
+    people, make_flow, settings, starter_is_requester
+) -> None:
+    # selectors.sees_request (fixed SQL, what policy.can_see asks) against the ORM form
+    # (seeing_filter) for every person and request: assigned to a user or a group, decided,
+    # a past assignee, the requester, the starter, delegated, and none of these.
+    settings.SIGNOFF_STARTER_IS_REQUESTER = starter_is_requester
+    groups = make_flow("t_ap_see_groups", groups=["reviewers"], policy="all")
+    users = make_flow("t_ap_see_users", users=["ann"], policy="all")
+    requests = [start(name)[1] for name in (groups, groups, users, users)]
+    ApprovalRequest.objects.filter(pk=requests[1].pk).update(requester=None)
+    WorkflowInstance.objects.filter(pk=requests[1].instance_id).update(started_by=people["ben"])
+    services.approval_decide(request_id=requests[0].pk, user=people["dan"], outcome="approve")
+    PastAssignee.objects.create(request=requests[2], user=people["ben"], removed_at=timezone.now())
+    now = timezone.now()
+    services.delegation_create(
+        user=people["ann"], delegate=people["eve"], starts_at=now, ends_at=now + timedelta(days=1)
+    )
+    seen = {}
+    for name, user in people.items():
+        for request in requests:
+            orm = (
+                ApprovalRequest.objects.filter(pk=request.pk)
+                .filter(selectors.seeing_filter(user))
+                .exists()
+            )
+            assert selectors.sees_request(user, request.pk) is orm, (name, request.pk)
+            seen[name, request.pk] = orm
+    # The cases differ: someone sees each request, and someone does not.
+    assert all(any(seen[n, r.pk] for n in people) for r in requests)
+    assert not all(seen.values())
+    assert seen["ben", requests[1].pk] is starter_is_requester  # the starter
+    assert seen["ben", requests[2].pk]  # a past assignee
+    assert seen["eve", requests[2].pk]  # through ann's delegation
+    assert not seen["ben", requests[3].pk]
