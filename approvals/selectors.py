@@ -95,18 +95,40 @@ def principal_ids(user: Any, now: datetime | None = None) -> list[int]:
         return [user.pk, *(row[0] for row in cursor.fetchall())]
 
 
+def _table(model: Any) -> str:
+    return connection.ops.quote_name(model._meta.db_table)
+
+
+def _column(model: Any, name: str) -> str:
+    """A field's column (``"pk"``: the primary key's), quoted, for the fixed SQL below."""
+    field = model._meta.pk if name == "pk" else model._meta.get_field(name)
+    return connection.ops.quote_name(field.column)
+
+
 @functools.cache
 def _delegators_sql() -> str:
     """Who delegated to a person (parameters: the delegate's id, now, now), newest first."""
-    quote = connection.ops.quote_name
-
-    def column(name: str) -> str:
-        return quote(Delegation._meta.get_field(name).column)
-
+    d = Delegation
     return (
-        f"SELECT {column('user')} FROM {quote(Delegation._meta.db_table)} "
-        f"WHERE {column('delegate')} = %s AND {column('starts_at')} <= %s "
-        f"AND {column('ends_at')} > %s ORDER BY {column('starts_at')} DESC"
+        f"SELECT {_column(d, 'user')} FROM {_table(d)} WHERE {_column(d, 'delegate')} = %s "
+        f"AND {_column(d, 'starts_at')} <= %s AND {_column(d, 'ends_at')} > %s "
+        f"ORDER BY {_column(d, 'starts_at')} DESC"
+    )
+
+
+def _assigned_sql(principals: int, request: str) -> str:
+    """The assignments of the request ``request`` (an SQL expression) to any of
+    ``principals`` ids, directly or through a group, as two ``SELECT 1`` joined by UNION ALL
+    (parameters: the ids, twice)."""
+    ids = ", ".join(["%s"] * principals)
+    au, ag, m = AssignedUser, AssignedGroup, Membership
+    return (
+        f"SELECT 1 FROM {_table(au)} au WHERE au.{_column(au, 'approvalrequest')} = {request} "
+        f"AND au.{_column(au, 'user')} IN ({ids}) "
+        f"UNION ALL SELECT 1 FROM {_table(ag)} ag "
+        f"WHERE ag.{_column(ag, 'approvalrequest')} = {request} "
+        f"AND ag.{_column(ag, 'group')} IN (SELECT m.{_column(m, 'group')} FROM {_table(m)} m "
+        f"WHERE m.{_column(m, 'user')} IN ({ids}))"
     )
 
 
@@ -175,52 +197,29 @@ def decidable_by(user: Any, now: datetime | None = None) -> QuerySet[ApprovalReq
     )
 
 
-def decidable_filter_orm(user: Any, ids: list[int]) -> Q:
-    """:class:`Decidable` as ORM lookups (the same rows; tests hold them equal)."""
-    return (
-        _assigned_to(ids)
-        & ~(own_filter(user) & Q(allow_self_approval=False))
-        & ~Exists(Decision.objects.filter(request=OuterRef("pk"), decided_by=user))
-    )
-
-
 @functools.cache
 def _decidable_sql(principals: int, starter_is_requester: bool) -> str:
     """The condition of :class:`Decidable` for ``principals`` ids, with ``{pk}``,
     ``{requester}``, ``{instance}`` and ``{allow}`` for the request's columns (as the
     query names them)."""
-    quote = connection.ops.quote_name
-
-    def column(model: Any, name: str) -> str:
-        return quote(model._meta.get_field(name).column)
-
-    ids = ", ".join(["%s"] * principals)
-    request_fk = column(AssignedUser, "approvalrequest")
+    i, d = WorkflowInstance, Decision
     # Not their own unless the step allows it. Each part is a top-level AND, so PostgreSQL
     # checks it as an anti join on the rows that pass the walk (inside an OR the starter's
     # EXISTS became a hash of every instance the person started).
     starter = (
-        f"AND NOT EXISTS (SELECT 1 FROM {quote(WorkflowInstance._meta.db_table)} i "
-        f"WHERE i.{quote(WorkflowInstance._meta.pk.column)} = {{instance}} "
-        f"AND i.{column(WorkflowInstance, 'started_by')} = %s AND NOT {{allow}}) "
+        f"AND NOT EXISTS (SELECT 1 FROM {_table(i)} i WHERE i.{_column(i, 'pk')} = {{instance}} "
+        f"AND i.{_column(i, 'started_by')} = %s AND NOT {{allow}}) "
         if starter_is_requester
         else ""
     )
     return (
         # Assigned: one EXISTS over a UNION ALL, as _assigned_to (the plan probes the
         # through-tables' unique indexes row by row while it walks the pending index).
-        f"EXISTS (SELECT 1 FROM {quote(AssignedUser._meta.db_table)} au "
-        f"WHERE au.{request_fk} = {{pk}} AND au.{column(AssignedUser, 'user')} IN ({ids}) "
-        f"UNION ALL SELECT 1 FROM {quote(AssignedGroup._meta.db_table)} ag "
-        f"WHERE ag.{column(AssignedGroup, 'approvalrequest')} = {{pk}} "
-        f"AND ag.{column(AssignedGroup, 'group')} IN (SELECT m.{column(Membership, 'group')} "
-        f"FROM {quote(Membership._meta.db_table)} m "
-        f"WHERE m.{column(Membership, 'user')} IN ({ids})) LIMIT 1) "
+        f"EXISTS ({_assigned_sql(principals, '{pk}')} LIMIT 1) "
         f"AND ({{allow}} OR NOT COALESCE({{requester}} = %s, FALSE)) {starter}"
         # Not decided by them already.
-        f"AND NOT EXISTS (SELECT 1 FROM {quote(Decision._meta.db_table)} d "
-        f"WHERE d.{column(Decision, 'request')} = {{pk}} "
-        f"AND d.{column(Decision, 'decided_by')} = %s)"
+        f"AND NOT EXISTS (SELECT 1 FROM {_table(d)} d WHERE d.{_column(d, 'request')} = {{pk}} "
+        f"AND d.{_column(d, 'decided_by')} = %s)"
     )
 
 
@@ -242,36 +241,22 @@ def _sees_sql(principals: int, starter_is_requester: bool) -> str:
     """:func:`sees_request`'s statement: assigned (directly or through a group), decided, a
     past assignee (each for the user or a delegator as :func:`_visible` has it), or their
     own request (requester or, with the setting, the instance's starter)."""
-    quote = connection.ops.quote_name
-
-    def column(model: Any, name: str) -> str:
-        return quote(model._meta.get_field(name).column)
-
-    def table(model: Any) -> str:
-        return quote(model._meta.db_table)
-
+    d, p, r, i = Decision, PastAssignee, ApprovalRequest, WorkflowInstance
     ids = ", ".join(["%s"] * principals)
     parts = [
-        f"SELECT 1 FROM {table(AssignedUser)} au WHERE au.{column(AssignedUser, 'approvalrequest')}"
-        f" = %s AND au.{column(AssignedUser, 'user')} IN ({ids})",
-        f"SELECT 1 FROM {table(AssignedGroup)} ag"
-        f" WHERE ag.{column(AssignedGroup, 'approvalrequest')} = %s"
-        f" AND ag.{column(AssignedGroup, 'group')} IN (SELECT m.{column(Membership, 'group')}"
-        f" FROM {table(Membership)} m WHERE m.{column(Membership, 'user')} IN ({ids}))",
-        f"SELECT 1 FROM {table(Decision)} d WHERE d.{column(Decision, 'request')} = %s"
-        f" AND d.{column(Decision, 'decided_by')} = %s",
-        f"SELECT 1 FROM {table(PastAssignee)} p WHERE p.{column(PastAssignee, 'request')} = %s"
-        f" AND p.{column(PastAssignee, 'user')} IN ({ids})",
-        f"SELECT 1 FROM {table(ApprovalRequest)} r WHERE r.{quote(ApprovalRequest._meta.pk.column)}"
-        f" = %s AND r.{column(ApprovalRequest, 'requester')} = %s",
+        _assigned_sql(principals, "%s"),
+        f"SELECT 1 FROM {_table(d)} d WHERE d.{_column(d, 'request')} = %s"
+        f" AND d.{_column(d, 'decided_by')} = %s",
+        f"SELECT 1 FROM {_table(p)} p WHERE p.{_column(p, 'request')} = %s"
+        f" AND p.{_column(p, 'user')} IN ({ids})",
+        f"SELECT 1 FROM {_table(r)} r WHERE r.{_column(r, 'pk')} = %s"
+        f" AND r.{_column(r, 'requester')} = %s",
     ]
     if starter_is_requester:
         parts.append(
-            f"SELECT 1 FROM {table(ApprovalRequest)} r JOIN {table(WorkflowInstance)} i"
-            f" ON i.{quote(WorkflowInstance._meta.pk.column)}"
-            f" = r.{column(ApprovalRequest, 'instance')}"
-            f" WHERE r.{quote(ApprovalRequest._meta.pk.column)} = %s"
-            f" AND i.{column(WorkflowInstance, 'started_by')} = %s"
+            f"SELECT 1 FROM {_table(r)} r JOIN {_table(i)} i"
+            f" ON i.{_column(i, 'pk')} = r.{_column(r, 'instance')}"
+            f" WHERE r.{_column(r, 'pk')} = %s AND i.{_column(i, 'started_by')} = %s"
         )
     return "SELECT EXISTS (" + " UNION ALL ".join(parts) + ")"
 
@@ -279,7 +264,8 @@ def _sees_sql(principals: int, starter_is_requester: bool) -> str:
 class Decidable(Expression):
     """The condition of :func:`decidable_by` for the principals ``ids`` (the user and who
     delegated to them) and the user ``user_pk``, as fixed SQL: the ORM form
-    (:func:`decidable_filter_orm`) cost about 2.6 ms to build and 2 ms to compile per list
+    (:func:`assigned_filter`, not :func:`own_filter` unless allowed, not decided by them; the
+    tests keep it and hold the two equal) cost about 2.6 ms to build and 2 ms to compile per list
     request (cProfile, bench/inbox.py), more than PostgreSQL took to run it. The request's
     own columns are compiled by the query, so the condition stays right when the query
     becomes a subquery (its tables renamed)."""

@@ -8,6 +8,7 @@ from datetime import timedelta
 import pytest
 from django.contrib.auth.models import Group, Permission
 from django.db import connection
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 from approvals import selectors, services
@@ -419,10 +420,10 @@ def test_reassign_replaces_the_assignees(people, make_flow, operator) -> None:
 def test_the_fixed_sql_decidable_list_is_the_orm_conditions(
     people, make_flow, settings, starter_is_requester
 ) -> None:
-    # selectors.Decidable (fixed SQL) against selectors.decidable_filter_orm (the ORM lookups
-    # it replaced) for every person over requests that differ in each condition: assigned to
-    # a user or a group, the person's own (requester or starter), allowed self-approval,
-    # already decided by them, decided by someone else, delegated, and not pending.
+    # selectors.Decidable (fixed SQL) against the ORM lookups it replaced, for every person
+    # over requests that differ in each condition: assigned to a user or a group, the
+    # person's own (requester or starter), allowed self-approval, already decided by them,
+    # decided by someone else, delegated, and not pending.
     settings.SIGNOFF_STARTER_IS_REQUESTER = starter_is_requester
     groups = make_flow("t_ap_eq_groups", groups=["reviewers"], policy="all")
     users = make_flow("t_ap_eq_users", users=["ann", "cat"], policy="all")
@@ -442,7 +443,9 @@ def test_the_fixed_sql_decidable_list_is_the_orm_conditions(
     for name, user in people.items():
         ids = selectors.principal_ids(user)
         orm = ApprovalRequest.objects.filter(state="pending").filter(
-            selectors.decidable_filter_orm(user, ids)
+            selectors.assigned_filter(ids)
+            & ~(selectors.own_filter(user) & Q(allow_self_approval=False))
+            & ~Exists(Decision.objects.filter(request=OuterRef("pk"), decided_by=user))
         )
         fixed = selectors.decidable_by(user)
         assert sorted(fixed.values_list("pk", flat=True)) == sorted(
