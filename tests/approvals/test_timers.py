@@ -20,6 +20,7 @@ from orchestration import engine
 from orchestration.calendar import add_duration
 from orchestration.definitions import DefinitionError, Registry, Workflow, registry
 from orchestration.models import Event, StepRun, WorkflowInstance
+from tests.conftest import wait_for
 
 pytestmark = pytest.mark.django_db
 T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)  # a Monday
@@ -291,6 +292,13 @@ def test_two_sweeps_at_once_escalate_each_request_once(people, flow, worker) -> 
     for instance in instances:
         seqs = list(Event.objects.filter(instance=instance).values_list("seq", flat=True))
         assert sorted(seqs) == list(range(1, len(seqs) + 1))
+    # The worker renders and delivers the 20 mails after the sweeps: let it finish, or its
+    # writes race the teardown's TRUNCATE (a deadlock seen once in CI).
+    wait_for(
+        lambda: not OutboundEmail.objects.filter(status__in=["rendering", "queued"]).exists(),
+        timeout=60,
+        message="the escalation mails delivered",
+    )
 
 
 def test_upcoming_timers_say_what_happens_when(people, flow) -> None:
